@@ -1,0 +1,40 @@
+# Shared by scripts/demo and scripts/test. Source it; do not run it.
+set -euo pipefail
+
+CLEAVE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CLEAVE_BUILD="${CLEAVE_BUILD:-$CLEAVE_ROOT/build}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+# Installs whatever packages from scripts/packages.txt are missing (apt-get; sudo when not root).
+cleave_install_deps() {
+  local wanted missing=()
+  wanted=$(grep -v -E '^\s*(#|$)' "$CLEAVE_ROOT/scripts/packages.txt")
+  for pkg in $wanted; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    log "all ${#wanted[@]} Debian packages present"
+    return 0
+  fi
+  log "installing ${#missing[@]} missing Debian packages: ${missing[*]}"
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "error: not root and sudo is missing; install: ${missing[*]}" >&2; exit 1; }
+    sudo="sudo"
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+# Configures (once) and builds everything into $CLEAVE_BUILD.
+cleave_build() {
+  local jobs
+  jobs=$(nproc 2>/dev/null || echo 2)
+  if [ ! -f "$CLEAVE_BUILD/build.ninja" ]; then
+    log "configuring into $CLEAVE_BUILD"
+    cmake -S "$CLEAVE_ROOT" -B "$CLEAVE_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
+  fi
+  log "building with $jobs jobs"
+  cmake --build "$CLEAVE_BUILD" -j "$jobs"
+}

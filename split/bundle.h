@@ -1,0 +1,90 @@
+// Model bundles: a directory holding manifest.json plus the files it lists.
+//
+// manifest.json = {
+//   "format": "cleave-bundle", "format_version": 1,
+//   "created_unix": <int>, "kind": "<what the model is, e.g. vision-split>",
+//   "model": { ...free-form description written by the producer (architecture, split
+//              point, exits, thresholds, quantization parameters)... },
+//   "files": { "<name>": {"sha256": "<hex>", "bytes": <int>}, ... }
+// }
+// A bundle is written atomically: every file goes to a sibling staging directory, is
+// fsynced, then the directory is renamed into place (replacing an older bundle only after
+// the new one is complete). Opening a bundle verifies the format version and the size and
+// SHA-256 of every listed file and refuses unlisted names; any mismatch is DataLoss naming
+// the file. manifest.sig (Ed25519, a later issue) is reserved and not listed in "files".
+#pragma once
+
+#include <filesystem>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace cleave {
+
+inline constexpr int kBundleFormatVersion = 1;
+
+struct BundleFileInfo {
+  std::string sha256;  // lowercase hex
+  uint64_t bytes = 0;
+};
+
+// Collects files and a model description, then commits them as one bundle directory.
+// Not thread-safe. Nothing is visible at `dir` until Commit() succeeds; a destroyed,
+// uncommitted writer removes its staging directory.
+class BundleWriter {
+ public:
+  // `dir` is the final bundle directory (its parent must exist or be creatable).
+  explicit BundleWriter(std::filesystem::path dir);
+  ~BundleWriter();
+  BundleWriter(const BundleWriter&) = delete;
+  BundleWriter& operator=(const BundleWriter&) = delete;
+
+  // Adds a file with these bytes. `name` is a plain file name (no '/', not "manifest.json").
+  Status AddFile(const std::string& name, const std::string& bytes);
+  // Path inside the staging directory where a producer may write `name` itself (e.g.
+  // torch::save); the file is hashed at Commit(). Creates the staging directory.
+  Result<std::filesystem::path> StagingPath(const std::string& name);
+
+  // Writes manifest.json with `kind` and `model`, fsyncs, and renames into place.
+  Status Commit(const std::string& kind, const nlohmann::json& model);
+
+ private:
+  Status EnsureStaging();
+  std::filesystem::path dir_;
+  std::filesystem::path staging_;
+  std::map<std::string, bool> names_;
+  bool committed_ = false;
+};
+
+// A verified, opened bundle. Immutable after Open(); safe to share across threads.
+class Bundle {
+ public:
+  // Reads and verifies `dir` (see the file comment). Errors: NotFound (no directory or
+  // manifest), InvalidArgument (malformed manifest), VersionMismatch, DataLoss (hash/size).
+  static Result<Bundle> Open(const std::filesystem::path& dir);
+
+  const std::filesystem::path& dir() const { return dir_; }
+  const std::string& kind() const { return kind_; }
+  const nlohmann::json& model() const { return model_; }
+  const std::map<std::string, BundleFileInfo>& files() const { return files_; }
+  // SHA-256 of manifest.json itself: identifies this exact bundle (for logs and replies).
+  const std::string& manifest_sha256() const { return manifest_sha256_; }
+
+  bool HasFile(const std::string& name) const { return files_.count(name) > 0; }
+  // Absolute path of a listed file; NotFound for unlisted names.
+  Result<std::filesystem::path> PathOf(const std::string& name) const;
+  // Re-reads a listed file and checks its hash again (guards against changes after Open).
+  Result<std::string> ReadVerified(const std::string& name) const;
+
+ private:
+  std::filesystem::path dir_;
+  std::string kind_;
+  nlohmann::json model_;
+  std::map<std::string, BundleFileInfo> files_;
+  std::string manifest_sha256_;
+};
+
+}  // namespace cleave
