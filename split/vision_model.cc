@@ -1,0 +1,352 @@
+#include "split/vision_model.h"
+
+#include <string>
+
+namespace cleave::split {
+namespace {
+
+using nlohmann::json;
+
+BlockSpec Conv(int in, int out, int stride, bool relu, const std::string& role = "",
+               int kernel = 3) {
+  BlockSpec b;
+  b.type = "conv";
+  b.role = role;
+  b.in_channels = in;
+  b.out_channels = out;
+  b.kernel = kernel;
+  b.stride = stride;
+  b.relu = relu;
+  return b;
+}
+
+BlockSpec FusedMB(int in, int out, int stride, int expansion) {
+  BlockSpec b;
+  b.type = "fused_mb";
+  b.in_channels = in;
+  b.out_channels = out;
+  b.stride = stride;
+  b.expansion = expansion;
+  return b;
+}
+
+BlockSpec Classifier(int in, int classes) {
+  BlockSpec b;
+  b.type = "classifier";
+  b.in_channels = in;
+  b.out_channels = classes;
+  return b;
+}
+
+int OutSize(int size, int kernel, int stride) {
+  const int pad = kernel / 2;
+  return (size + 2 * pad - kernel) / stride + 1;
+}
+
+}  // namespace
+
+json VisionModelSpec::ToJson() const {
+  json blocks_json = json::array();
+  for (const auto& b : blocks) {
+    blocks_json.push_back({{"type", b.type},
+                           {"role", b.role},
+                           {"in_channels", b.in_channels},
+                           {"out_channels", b.out_channels},
+                           {"kernel", b.kernel},
+                           {"stride", b.stride},
+                           {"expansion", b.expansion},
+                           {"relu", b.relu}});
+  }
+  json exits_json = json::array();
+  for (const auto& e : exits) {
+    exits_json.push_back({{"after_block", e.after_block}, {"hidden_channels", e.hidden_channels}});
+  }
+  return {{"input_channels", input_channels},
+          {"image_size", image_size},
+          {"num_classes", num_classes},
+          {"input_mean", input_mean},
+          {"input_std", input_std},
+          {"blocks", blocks_json},
+          {"exits", exits_json},
+          {"split_after", split_after}};
+}
+
+Result<VisionModelSpec> VisionModelSpec::FromJson(const json& j) {
+  VisionModelSpec s;
+  try {
+    s.input_channels = j.at("input_channels").get<int>();
+    s.image_size = j.at("image_size").get<int>();
+    s.num_classes = j.at("num_classes").get<int>();
+    s.input_mean = j.at("input_mean").get<float>();
+    s.input_std = j.at("input_std").get<float>();
+    s.split_after = j.at("split_after").get<int>();
+    for (const auto& bj : j.at("blocks")) {
+      BlockSpec b;
+      b.type = bj.at("type").get<std::string>();
+      b.role = bj.value("role", std::string());
+      b.in_channels = bj.at("in_channels").get<int>();
+      b.out_channels = bj.at("out_channels").get<int>();
+      b.kernel = bj.value("kernel", 3);
+      b.stride = bj.value("stride", 1);
+      b.expansion = bj.value("expansion", 2);
+      b.relu = bj.value("relu", true);
+      s.blocks.push_back(b);
+    }
+    for (const auto& ej : j.at("exits")) {
+      s.exits.push_back({ej.at("after_block").get<int>(), ej.at("hidden_channels").get<int>()});
+    }
+  } catch (const json::exception& e) {
+    return Status::InvalidArgument(std::string("malformed model spec: ") + e.what());
+  }
+  CLEAVE_RETURN_IF_ERROR(s.Validate());
+  return s;
+}
+
+Status VisionModelSpec::Validate() const {
+  if (input_channels <= 0 || image_size <= 0 || num_classes <= 1) {
+    return Status::InvalidArgument(
+        "model spec: input_channels, image_size must be > 0 and "
+        "num_classes > 1");
+  }
+  if (!(input_std > 0.0f)) return Status::InvalidArgument("model spec: input_std must be > 0");
+  if (blocks.empty()) return Status::InvalidArgument("model spec: no blocks");
+  int channels = input_channels;
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const BlockSpec& b = blocks[i];
+    const std::string where = "model spec: block " + std::to_string(i);
+    if (b.in_channels != channels) {
+      return Status::InvalidArgument(where + " expects " + std::to_string(b.in_channels) +
+                                     " input channels but receives " + std::to_string(channels));
+    }
+    if (b.out_channels <= 0 || b.out_channels > 4096) {
+      return Status::InvalidArgument(where + ": out_channels out of range");
+    }
+    if (b.stride < 1 || b.stride > 4) return Status::InvalidArgument(where + ": bad stride");
+    if (b.type == "conv") {
+      if (b.kernel < 1 || b.kernel > 7 || b.kernel % 2 == 0) {
+        return Status::InvalidArgument(where + ": kernel must be odd and in [1,7]");
+      }
+    } else if (b.type == "fused_mb") {
+      if (b.expansion < 1 || b.expansion > 8) {
+        return Status::InvalidArgument(where + ": expansion must be in [1,8]");
+      }
+    } else if (b.type == "classifier") {
+      if (i + 1 != blocks.size()) {
+        return Status::InvalidArgument(where + ": classifier must be the last block");
+      }
+      if (b.out_channels != num_classes) {
+        return Status::InvalidArgument(where + ": classifier outputs must equal num_classes");
+      }
+    } else {
+      return Status::InvalidArgument(where + ": unknown block type '" + b.type + "'");
+    }
+    channels = b.out_channels;
+  }
+  if (blocks.back().type != "classifier") {
+    return Status::InvalidArgument("model spec: the last block must be a classifier");
+  }
+  const int last = static_cast<int>(blocks.size()) - 1;
+  for (const auto& e : exits) {
+    if (e.after_block < 0 || e.after_block >= last) {
+      return Status::InvalidArgument("model spec: exit after block " +
+                                     std::to_string(e.after_block) + " is out of range");
+    }
+    if (e.hidden_channels <= 0) return Status::InvalidArgument("model spec: exit hidden <= 0");
+  }
+  if (split_after < -1 || split_after >= last) {
+    return Status::InvalidArgument("model spec: split_after out of range");
+  }
+  return Status::Ok();
+}
+
+VisionModelSpec VisionModelSpec::DefaultSplit(int bottleneck_channels) {
+  VisionModelSpec s;
+  s.blocks = {Conv(1, 24, 1, true),                                // 0: 28x28 stem
+              FusedMB(24, 32, 2, 2),                               // 1: 14x14
+              FusedMB(32, 32, 1, 2),                               // 2: 14x14 (exit)
+              Conv(32, bottleneck_channels, 2, false, "encoder"),  // 3: 7x7 bottleneck
+              Conv(bottleneck_channels, 64, 1, true, "decoder"),   // 4: 7x7
+              FusedMB(64, 64, 1, 2),                               // 5
+              FusedMB(64, 64, 1, 2),                               // 6
+              Classifier(64, 10)};                                 // 7
+  s.exits = {{2, 32}};
+  s.split_after = 3;
+  return s;
+}
+
+VisionModelSpec VisionModelSpec::DefaultTeacher() {
+  VisionModelSpec s;
+  s.blocks = {Conv(1, 24, 1, true),  FusedMB(24, 32, 2, 2), FusedMB(32, 32, 1, 2),
+              FusedMB(32, 64, 2, 2),  // 3: 7x7, the features the student's decoder imitates
+              FusedMB(64, 64, 1, 2), FusedMB(64, 64, 1, 2), Classifier(64, 10)};
+  return s;
+}
+
+VisionModelSpec VisionModelSpec::TinySplit() {
+  VisionModelSpec s;
+  s.blocks = {Conv(1, 4, 2, true),              // 0: 14x14
+              FusedMB(4, 4, 1, 2),              // 1: 14x14 (exit)
+              Conv(4, 2, 2, false, "encoder"),  // 2: 7x7
+              Conv(2, 8, 1, true, "decoder"),   // 3: 7x7
+              FusedMB(8, 8, 1, 2),              // 4
+              Classifier(8, 10)};               // 5
+  s.exits = {{1, 4}};
+  s.split_after = 2;
+  return s;
+}
+
+ConvBnActImpl::ConvBnActImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
+  conv = register_module(
+      "conv",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(spec.in_channels, spec.out_channels, spec.kernel)
+                            .stride(spec.stride)
+                            .padding(spec.kernel / 2)
+                            .bias(false)));
+  bn = register_module("bn", torch::nn::BatchNorm2d(spec.out_channels));
+}
+
+torch::Tensor ConvBnActImpl::forward(torch::Tensor x) {
+  x = bn(conv(x));
+  return spec().relu ? torch::relu(x) : x;
+}
+
+FusedMBConvImpl::FusedMBConvImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
+  const int hidden = spec.in_channels * spec.expansion;
+  residual_ = spec.stride == 1 && spec.in_channels == spec.out_channels;
+  expand_conv = register_module(
+      "expand_conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(spec.in_channels, hidden, 3)
+                                           .stride(spec.stride)
+                                           .padding(1)
+                                           .bias(false)));
+  expand_bn = register_module("expand_bn", torch::nn::BatchNorm2d(hidden));
+  project_conv = register_module(
+      "project_conv",
+      torch::nn::Conv2d(torch::nn::Conv2dOptions(hidden, spec.out_channels, 1).bias(false)));
+  project_bn = register_module("project_bn", torch::nn::BatchNorm2d(spec.out_channels));
+}
+
+torch::Tensor FusedMBConvImpl::forward(torch::Tensor x) {
+  torch::Tensor y = project_bn(project_conv(torch::relu(expand_bn(expand_conv(x)))));
+  return residual_ ? y + x : y;
+}
+
+ClassifierImpl::ClassifierImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
+  fc = register_module("fc", torch::nn::Linear(spec.in_channels, spec.out_channels));
+}
+
+torch::Tensor ClassifierImpl::forward(torch::Tensor x) {
+  return fc(torch::flatten(torch::adaptive_avg_pool2d(x, {1, 1}), 1));
+}
+
+ExitHeadImpl::ExitHeadImpl(const ExitSpec& spec, int in_channels, int num_classes) {
+  conv = register_module(
+      "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, spec.hidden_channels, 3)
+                                    .stride(2)
+                                    .padding(1)
+                                    .bias(false)));
+  bn = register_module("bn", torch::nn::BatchNorm2d(spec.hidden_channels));
+  fc = register_module("fc", torch::nn::Linear(spec.hidden_channels, num_classes));
+}
+
+torch::Tensor ExitHeadImpl::forward(torch::Tensor x) {
+  x = torch::relu(bn(conv(x)));
+  return fc(torch::flatten(torch::adaptive_avg_pool2d(x, {1, 1}), 1));
+}
+
+SplitVisionNetImpl::SplitVisionNetImpl(VisionModelSpec spec) : spec_(std::move(spec)) {
+  int size = spec_.image_size;
+  for (size_t i = 0; i < spec_.blocks.size(); ++i) {
+    const BlockSpec& b = spec_.blocks[i];
+    std::shared_ptr<VisionBlockImpl> block;
+    if (b.type == "conv") {
+      block = std::make_shared<ConvBnActImpl>(b);
+      size = OutSize(size, b.kernel, b.stride);
+    } else if (b.type == "fused_mb") {
+      block = std::make_shared<FusedMBConvImpl>(b);
+      size = OutSize(size, 3, b.stride);
+    } else {
+      block = std::make_shared<ClassifierImpl>(b);
+      size = 1;
+    }
+    blocks_.push_back(register_module("block" + std::to_string(i), block));
+    block_out_size_.push_back(size);
+  }
+  for (size_t i = 0; i < spec_.exits.size(); ++i) {
+    const ExitSpec& e = spec_.exits[i];
+    exits_.push_back(
+        register_module("exit" + std::to_string(i),
+                        ExitHead(e, spec_.blocks[e.after_block].out_channels, spec_.num_classes)));
+  }
+}
+
+torch::Tensor SplitVisionNetImpl::Preprocess(const torch::Tensor& images) const {
+  return (images - spec_.input_mean) / spec_.input_std;
+}
+
+torch::Tensor SplitVisionNetImpl::ForwardRange(torch::Tensor x, int begin, int end) {
+  for (int i = begin; i < end; ++i) x = blocks_[i]->forward(x);
+  return x;
+}
+
+torch::Tensor SplitVisionNetImpl::forward(torch::Tensor images) {
+  return ForwardRange(Preprocess(images), 0, num_blocks());
+}
+
+SplitVisionNetImpl::Outputs SplitVisionNetImpl::ForwardWithExits(torch::Tensor images, int end) {
+  Outputs out;
+  torch::Tensor x = Preprocess(images);
+  for (int i = 0; i < end; ++i) {
+    x = blocks_[i]->forward(x);
+    for (size_t e = 0; e < spec_.exits.size(); ++e) {
+      if (spec_.exits[e].after_block == i) out.exit_logits.push_back(exits_[e]->forward(x));
+    }
+  }
+  out.features = x;
+  return out;
+}
+
+int64_t SplitVisionNetImpl::ParameterCount(int begin, int end, bool with_exits) const {
+  int64_t total = 0;
+  for (int i = begin; i < end; ++i) {
+    for (const auto& p : blocks_[i]->parameters()) total += p.numel();
+  }
+  if (with_exits) {
+    for (size_t e = 0; e < spec_.exits.size(); ++e) {
+      const int at = spec_.exits[e].after_block;
+      if (at >= begin && at < end) {
+        for (const auto& p : exits_[e]->parameters()) total += p.numel();
+      }
+    }
+  }
+  return total;
+}
+
+int64_t SplitVisionNetImpl::MacCount(int begin, int end, bool with_exits) const {
+  int64_t macs = 0;
+  for (int i = begin; i < end; ++i) {
+    const BlockSpec& b = spec_.blocks[i];
+    const int64_t out = block_out_size_[i];
+    const int64_t area = out * out;
+    if (b.type == "conv") {
+      macs += area * b.kernel * b.kernel * b.in_channels * b.out_channels;
+    } else if (b.type == "fused_mb") {
+      const int64_t hidden = int64_t{b.in_channels} * b.expansion;
+      macs += area * 9 * b.in_channels * hidden + area * hidden * b.out_channels;
+    } else {
+      const int64_t in_size = i > 0 ? block_out_size_[i - 1] : spec_.image_size;
+      macs += in_size * in_size * b.in_channels + int64_t{b.in_channels} * b.out_channels;
+    }
+    if (with_exits) {
+      for (const auto& e : spec_.exits) {
+        if (e.after_block != i) continue;
+        const int64_t exit_size = (out - 1) / 2 + 1;
+        macs += exit_size * exit_size * 9 * b.out_channels * e.hidden_channels +
+                exit_size * exit_size * e.hidden_channels +
+                int64_t{e.hidden_channels} * spec_.num_classes;
+      }
+    }
+  }
+  return macs;
+}
+
+}  // namespace cleave::split
