@@ -1,7 +1,8 @@
 // Tensor codec: fp32 values <-> compact wire tensors (fp32, fp16, u8, packed u4).
 //
 // u8/u4 are asymmetric affine per-channel: q = clamp(round(x / scale) + zero_point),
-// x' = (q - zero_point) * scale, with one (scale, zero_point) per index of `channel_axis`.
+// x' = (q - zero_point) * scale (saturating at +-FLT_MAX), with one (scale, zero_point) per
+// index of `channel_axis`.
 // u4 packs two values per byte, low nibble first; an odd element count leaves the last
 // high nibble zero. This header is libtorch-free so that the wire layer builds fast and
 // can be fuzzed on its own. All functions are pure and thread-safe.
@@ -43,13 +44,16 @@ struct EncodedTensor {
 };
 
 // Number of elements of `shape`; InvalidArgument on rank > kMaxTensorRank, overflow or
-// more than kMaxTensorElements.
+// more than kMaxTensorElements. A zero dimension does not exempt the others: the product of
+// the non-zero dimensions must also be within the limit ([0, 4000000000] is rejected).
 Result<uint64_t> ElementCount(const std::vector<uint32_t>& shape);
 
 // Bytes `count` elements of `dtype` occupy in EncodedTensor::data.
 uint64_t PackedByteSize(DType dtype, uint64_t count);
 
-// Computes per-channel min/max quantization parameters of `values` for u8/u4.
+// Computes per-channel min/max quantization parameters of `values` for u8/u4. Each range is
+// widened to include 0 (zero_point must stay in [0, qmax]); scales are at least FLT_EPSILON,
+// so constant channels work.
 Result<QuantParams> ComputeQuantParams(const float* values, const std::vector<uint32_t>& shape,
                                        DType dtype, uint32_t channel_axis);
 

@@ -49,6 +49,11 @@ class BundleWriter {
   Result<std::filesystem::path> StagingPath(const std::string& name);
 
   // Writes manifest.json with `kind` and `model`, fsyncs, and renames into place.
+  // Replacing: an existing bundle at `dir` is swapped out atomically where the filesystem
+  // supports renameat2(RENAME_EXCHANGE), else moved aside and removed only after the rename
+  // succeeded. Refuses (FailedPrecondition) to replace a non-directory or a non-empty
+  // directory without manifest.json, a StagingPath() name that was never written, and any
+  // staging entry not added through AddFile()/StagingPath(). Later calls fail.
   Status Commit(const std::string& kind, const nlohmann::json& model);
 
  private:
@@ -64,6 +69,10 @@ class Bundle {
  public:
   // Reads and verifies `dir` (see the file comment). Errors: NotFound (no directory or
   // manifest), InvalidArgument (malformed manifest), VersionMismatch, DataLoss (hash/size).
+  // DataLoss also covers a listed file that is missing or not a regular file, and any
+  // directory entry other than manifest.json, manifest.sig and the listed files (so a
+  // file copied in by hand, which nothing verified, is never mistaken for the model's).
+  // Listed names must be plain (no '/', '\\', "..", NUL; not manifest.json/.sig).
   static Result<Bundle> Open(const std::filesystem::path& dir);
 
   const std::filesystem::path& dir() const { return dir_; }

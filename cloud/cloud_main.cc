@@ -1,0 +1,103 @@
+// cleave-cloud: serves the tail of a split model (decoder + remaining blocks) on a ZeroMQ
+// ROUTER socket. See cloud/tail_server.h for the serving loop.
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "cloud/tail_server.h"
+#include "common/config.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/shutdown.h"
+#include "split/bundle.h"
+#include "split/split_runtime.h"
+
+namespace {
+
+using cleave::ConfigType;
+
+cleave::ConfigSchema CloudSchema() {
+  cleave::ConfigSchema schema;
+  schema
+      .Add("cloud.bundle", ConfigType::kString, "",
+           "model bundle directory (from `cleave train`); its tail is served")
+      .Add("cloud.listen", ConfigType::kString, "tcp://127.0.0.1:5560",
+           "ZeroMQ endpoint edges connect to (port 0 picks a free port)")
+      .Add("cloud.max_batch", ConfigType::kInt, "64",
+           "most waiting requests computed together in one batch")
+      .Add("cloud.threads", ConfigType::kInt, "2", "libtorch intra-op threads")
+      .Add("cloud.max_message_bytes", ConfigType::kInt, "4194304",
+           "larger incoming messages are dropped by the transport")
+      .Add("cloud.ready_file", ConfigType::kString, "",
+           "once serving, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
+      .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
+  return schema;
+}
+
+int Fail(const cleave::Status& status) {
+  std::fprintf(stderr, "cleave-cloud: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "cleave-cloud: the cloud tail service. Receives quantized bottleneck features (or whole "
+      "PNG images) from cleave-edge daemons over ZeroMQ, runs the decoder and the tail of the "
+      "split model, and replies with class scores.\n\nEvery key of the TOML config file can "
+      "be given as a flag (--section.key value); flags win over the file."};
+  cleave::ConfigSchema schema = CloudSchema();
+  std::string config_path;
+  std::map<std::string, std::string> flags;
+  cleave::Config::AddFlags(app, schema, &config_path, &flags);
+  CLI11_PARSE(app, argc, argv);
+
+  cleave::Result<cleave::Config> config = cleave::Config::Load(schema, config_path, flags);
+  if (!config.ok()) return Fail(config.status());
+  if (cleave::Status s = cleave::InitLogging(config->GetString("log.level")); !s.ok()) {
+    return Fail(s);
+  }
+  auto log = cleave::GetLogger("cloud");
+  const std::string bundle_dir = config->GetString("cloud.bundle");
+  if (bundle_dir.empty()) {
+    return Fail(cleave::Status::InvalidArgument(
+        "no model bundle: pass --cloud.bundle DIR or set [cloud] bundle in the config file"));
+  }
+  torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads"))));
+  cleave::InstallShutdownHandlers();
+
+  cleave::Result<cleave::Bundle> bundle = cleave::Bundle::Open(bundle_dir);
+  if (!bundle.ok()) return Fail(bundle.status().WithContext("cannot load bundle " + bundle_dir));
+  auto model = cleave::split::CloudModel::Load(*bundle);
+  if (!model.ok()) return Fail(model.status().WithContext("cannot load the tail of " + bundle_dir));
+  log->info("loaded bundle {} (manifest sha256 {})", bundle_dir,
+            bundle->manifest_sha256().substr(0, 12));
+
+  const std::string model_name = (*model)->model_name();
+  cleave::TransportContext context;
+  cleave::cloud::TailServerOptions options;
+  options.listen = config->GetString("cloud.listen");
+  options.max_batch = static_cast<int>(config->GetInt("cloud.max_batch"));
+  options.socket.max_message_bytes = config->GetInt("cloud.max_message_bytes");
+  auto server = cleave::cloud::TailServer::Create(context, options, std::move(model).value());
+  if (!server.ok()) return Fail(server.status());
+  log->info("serving the tail of model '{}' on {}", model_name, (*server)->endpoint());
+
+  const std::string ready_file = config->GetString("cloud.ready_file");
+  if (!ready_file.empty()) {
+    nlohmann::json ready = {{"endpoint", (*server)->endpoint()}, {"pid", ::getpid()}};
+    if (cleave::Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) {
+      return Fail(s);
+    }
+  }
+  cleave::Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  if (!run.ok()) return Fail(run);
+  return 0;
+}

@@ -1,0 +1,44 @@
+# Local application API of cleave-edge: how programs on the gateway ask for a classification.
+# Every message carries protocolVersion; readers reject versions they do not speak.
+@0x91c77c7409583a61;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("cleave::capnp_edge");
+
+struct ClassifyRequest {
+  protocolVersion @0 :UInt16;
+  requestId @1 :UInt64;            # chosen by the application, echoed in the reply
+  deadlineMs @2 :UInt32;           # end-to-end budget; 0 = the daemon's default
+  exitThreshold @3 :Float32 = -1;  # < 0: the calibrated threshold; else an override in [0, 1]
+  image :union {
+    png @4 :Data;                  # an encoded PNG (any bit depth/colour; converted to gray)
+    gray8 @5 :GrayImage;           # raw 8-bit gray pixels, row-major
+  }
+}
+
+struct GrayImage {
+  width @0 :UInt32;
+  height @1 :UInt32;
+  pixels @2 :Data;
+}
+
+enum AnswerSource {
+  edgeExit @0;   # a confident early exit answered on the gateway
+  cloud @1;      # the cloud tail answered
+  degraded @2;   # the cloud did not answer in time; best local exit
+  error @3;      # no answer could be computed; see `error`
+}
+
+struct ClassifyReply {
+  protocolVersion @0 :UInt16;
+  requestId @1 :UInt64;
+  source @2 :AnswerSource;
+  error @3 :Text;
+  predictedClass @4 :Int32;        # -1 on error
+  confidence @5 :Float32;          # the exit policy's score of the answering exit (0..1)
+  scores @6 :List(Float32);        # class logits of the answer
+  exitIndex @7 :Int32;             # which exit answered (edgeExit/degraded), else -1
+  wireBytes @8 :UInt64;            # bytes this request put on the edge->cloud wire
+  edgeMicros @9 :UInt64;           # head + exit + encode compute on the gateway
+  totalMicros @10 :UInt64;         # receipt to reply inside the daemon
+}

@@ -1,0 +1,200 @@
+#include "common/edge_api.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize-packed.h>
+#include <kj/exception.h>
+#include <kj/io.h>
+
+#include <cmath>
+
+#include "common/edge_api.capnp.h"
+
+namespace cleave::edge_api {
+namespace {
+
+namespace schema = ::cleave::capnp_edge;
+
+capnp::ReaderOptions HostileReaderOptions() {
+  capnp::ReaderOptions options;
+  options.traversalLimitInWords = 2 * kMaxMessageBytes / sizeof(capnp::word);
+  options.nestingLimit = 16;
+  return options;
+}
+
+std::string WritePacked(capnp::MessageBuilder& builder) {
+  kj::VectorOutputStream out;
+  capnp::writePackedMessage(out, builder);
+  auto bytes = out.getArray();
+  return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
+}
+
+// Runs `read` on a packed reader over `bytes`, turning kj exceptions into InvalidArgument.
+template <typename Root, typename Fn>
+auto ReadPacked(std::string_view bytes, const char* what, Fn&& read)
+    -> decltype(read(std::declval<typename Root::Reader>())) {
+  if (bytes.size() > kMaxMessageBytes) {
+    return Status::InvalidArgument(std::string(what) + " of " + std::to_string(bytes.size()) +
+                                   " bytes exceeds the limit");
+  }
+  try {
+    kj::ArrayInputStream input(
+        kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+    capnp::PackedMessageReader reader(input, HostileReaderOptions());
+    return read(reader.getRoot<Root>());
+  } catch (const kj::Exception& e) {
+    return Status::InvalidArgument(std::string("malformed ") + what + ": " +
+                                   e.getDescription().cStr());
+  }
+}
+
+Status CheckVersion(uint16_t version, const char* what) {
+  if (version != kProtocolVersion) {
+    return Status::VersionMismatch(std::string(what) + " has protocol version " +
+                                   std::to_string(version) + "; this build speaks version " +
+                                   std::to_string(kProtocolVersion));
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+const char* AnswerSourceName(AnswerSource source) {
+  switch (source) {
+    case AnswerSource::kEdgeExit: return "edge_exit";
+    case AnswerSource::kCloud: return "cloud";
+    case AnswerSource::kDegraded: return "degraded";
+    case AnswerSource::kError: return "error";
+  }
+  return "unknown";
+}
+
+std::string EncodeClassifyRequest(const ClassifyRequest& request) {
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<schema::ClassifyRequest>();
+  root.setProtocolVersion(request.protocol_version);
+  root.setRequestId(request.request_id);
+  root.setDeadlineMs(request.deadline_ms);
+  root.setExitThreshold(request.exit_threshold);
+  if (request.kind == ImageKind::kPng) {
+    root.getImage().setPng(
+        kj::arrayPtr(reinterpret_cast<const kj::byte*>(request.png.data()), request.png.size()));
+  } else {
+    auto gray = root.getImage().initGray8();
+    gray.setWidth(request.width);
+    gray.setHeight(request.height);
+    gray.setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(request.pixels.data()),
+                                request.pixels.size()));
+  }
+  return WritePacked(builder);
+}
+
+std::string EncodeClassifyReply(const ClassifyReply& reply) {
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<schema::ClassifyReply>();
+  root.setProtocolVersion(reply.protocol_version);
+  root.setRequestId(reply.request_id);
+  switch (reply.source) {
+    case AnswerSource::kEdgeExit: root.setSource(schema::AnswerSource::EDGE_EXIT); break;
+    case AnswerSource::kCloud: root.setSource(schema::AnswerSource::CLOUD); break;
+    case AnswerSource::kDegraded: root.setSource(schema::AnswerSource::DEGRADED); break;
+    default: root.setSource(schema::AnswerSource::ERROR); break;
+  }
+  root.setError(reply.error);
+  root.setPredictedClass(reply.predicted_class);
+  root.setConfidence(reply.confidence);
+  auto scores = root.initScores(static_cast<unsigned>(reply.scores.size()));
+  for (size_t i = 0; i < reply.scores.size(); ++i) scores.set(i, reply.scores[i]);
+  root.setExitIndex(reply.exit_index);
+  root.setWireBytes(reply.wire_bytes);
+  root.setEdgeMicros(reply.edge_micros);
+  root.setTotalMicros(reply.total_micros);
+  return WritePacked(builder);
+}
+
+Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes) {
+  return ReadPacked<schema::ClassifyRequest>(
+      bytes, "classify request",
+      [](schema::ClassifyRequest::Reader root) -> Result<ClassifyRequest> {
+        ClassifyRequest r;
+        r.protocol_version = root.getProtocolVersion();
+        CLEAVE_RETURN_IF_ERROR(CheckVersion(r.protocol_version, "classify request"));
+        r.request_id = root.getRequestId();
+        r.deadline_ms = root.getDeadlineMs();
+        r.exit_threshold = root.getExitThreshold();
+        if (std::isnan(r.exit_threshold) || r.exit_threshold > 1.0f) {
+          return Status::InvalidArgument("exitThreshold must be < 0 (calibrated) or in [0, 1]");
+        }
+        auto image = root.getImage();
+        switch (image.which()) {
+          case schema::ClassifyRequest::Image::PNG: {
+            auto png = image.getPng();
+            if (png.size() == 0) return Status::InvalidArgument("empty png image");
+            r.kind = ImageKind::kPng;
+            r.png.assign(reinterpret_cast<const char*>(png.begin()), png.size());
+            break;
+          }
+          case schema::ClassifyRequest::Image::GRAY8: {
+            auto gray = image.getGray8();
+            r.kind = ImageKind::kGray8;
+            r.width = gray.getWidth();
+            r.height = gray.getHeight();
+            if (r.width == 0 || r.height == 0 || r.width > kMaxImageSide ||
+                r.height > kMaxImageSide) {
+              return Status::InvalidArgument("gray8 image of " + std::to_string(r.width) + "x" +
+                                             std::to_string(r.height) +
+                                             " is empty or larger than the limit");
+            }
+            auto pixels = gray.getPixels();
+            const uint64_t expected = uint64_t{r.width} * r.height;
+            if (pixels.size() != expected) {
+              return Status::InvalidArgument(
+                  "gray8 image carries " + std::to_string(pixels.size()) + " bytes but " +
+                  std::to_string(r.width) + "x" + std::to_string(r.height) + " needs " +
+                  std::to_string(expected));
+            }
+            r.pixels.assign(reinterpret_cast<const char*>(pixels.begin()), pixels.size());
+            break;
+          }
+          default: return Status::InvalidArgument("classify request carries an unknown image kind");
+        }
+        return r;
+      });
+}
+
+Result<ClassifyReply> DecodeClassifyReply(std::string_view bytes) {
+  return ReadPacked<schema::ClassifyReply>(
+      bytes, "classify reply", [](schema::ClassifyReply::Reader root) -> Result<ClassifyReply> {
+        ClassifyReply r;
+        r.protocol_version = root.getProtocolVersion();
+        CLEAVE_RETURN_IF_ERROR(CheckVersion(r.protocol_version, "classify reply"));
+        r.request_id = root.getRequestId();
+        switch (root.getSource()) {
+          case schema::AnswerSource::EDGE_EXIT: r.source = AnswerSource::kEdgeExit; break;
+          case schema::AnswerSource::CLOUD: r.source = AnswerSource::kCloud; break;
+          case schema::AnswerSource::DEGRADED: r.source = AnswerSource::kDegraded; break;
+          case schema::AnswerSource::ERROR: r.source = AnswerSource::kError; break;
+          default: return Status::InvalidArgument("classify reply has an unknown source");
+        }
+        r.error = root.getError().cStr();
+        r.predicted_class = root.getPredictedClass();
+        r.confidence = root.getConfidence();
+        auto scores = root.getScores();
+        if (scores.size() > 100000) return Status::InvalidArgument("too many scores");
+        r.scores.reserve(scores.size());
+        for (float s : scores) r.scores.push_back(s);
+        r.exit_index = root.getExitIndex();
+        r.wire_bytes = root.getWireBytes();
+        r.edge_micros = root.getEdgeMicros();
+        r.total_micros = root.getTotalMicros();
+        return r;
+      });
+}
+
+uint64_t PeekClassifyRequestId(std::string_view bytes) {
+  auto id = ReadPacked<schema::ClassifyRequest>(
+      bytes, "classify request",
+      [](schema::ClassifyRequest::Reader root) -> Result<uint64_t> { return root.getRequestId(); });
+  return id.ok() ? *id : 0;
+}
+
+}  // namespace cleave::edge_api

@@ -1,0 +1,351 @@
+#include "common/wire.h"
+
+#include <capnp/message.h>
+#include <capnp/serialize-packed.h>
+#include <capnp/serialize.h>
+#include <kj/exception.h>
+#include <kj/io.h>
+
+#include <cmath>
+#include <exception>
+#include <new>
+#include <optional>
+#include <utility>
+
+#include "common/inference.capnp.h"
+#include "common/tensor.capnp.h"
+
+namespace cleave::wire {
+namespace {
+
+// The plain enums are cast to and from the schema enums, so their values must agree.
+static_assert(static_cast<uint16_t>(schema::Tensor::DType::FLOAT32) ==
+              static_cast<uint16_t>(DType::kFloat32));
+static_assert(static_cast<uint16_t>(schema::Tensor::DType::FLOAT16) ==
+              static_cast<uint16_t>(DType::kFloat16));
+static_assert(static_cast<uint16_t>(schema::Tensor::DType::UINT8) ==
+              static_cast<uint16_t>(DType::kUInt8));
+static_assert(static_cast<uint16_t>(schema::Tensor::DType::UINT4) ==
+              static_cast<uint16_t>(DType::kUInt4));
+static_assert(static_cast<uint16_t>(schema::InferReply::Status::OK) ==
+              static_cast<uint16_t>(ReplyStatus::kOk));
+static_assert(static_cast<uint16_t>(schema::InferReply::Status::ERROR) ==
+              static_cast<uint16_t>(ReplyStatus::kError));
+static_assert(static_cast<uint16_t>(schema::InferReply::Status::OVERLOADED) ==
+              static_cast<uint16_t>(ReplyStatus::kOverloaded));
+static_assert(static_cast<uint16_t>(schema::InferReply::Status::DEADLINE_EXCEEDED) ==
+              static_cast<uint16_t>(ReplyStatus::kDeadlineExceeded));
+
+size_t WordsFor(size_t bytes) { return (bytes + sizeof(capnp::word) - 1) / sizeof(capnp::word); }
+
+capnp::Data::Reader AsData(const std::string& bytes) {
+  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size());
+}
+
+// With an explicit size: converting a std::string implicitly would stop at an embedded NUL.
+capnp::Text::Reader AsText(const std::string& text) {
+  return capnp::Text::Reader(text.data(), text.size());
+}
+
+std::string ToString(capnp::Data::Reader data) {
+  return std::string(reinterpret_cast<const char*>(data.begin()), data.size());
+}
+
+// Appends everything written to a std::string (writePackedMessage buffers in front of it).
+class StringOutputStream final : public kj::OutputStream {
+ public:
+  explicit StringOutputStream(std::string* out) : out_(out) {}
+  void write(const void* buffer, size_t size) override {
+    out_->append(static_cast<const char*>(buffer), size);
+  }
+
+ private:
+  std::string* out_;
+};
+
+std::string WritePacked(capnp::MessageBuilder& message) {
+  std::string out;
+  StringOutputStream stream(&out);
+  capnp::writePackedMessage(stream, message);
+  return out;
+}
+
+// Words the tensor needs, generously, so the message stays in one segment (a second
+// segment costs a segment-table entry and far pointers on the wire).
+size_t TensorWords(const EncodedTensor& tensor) {
+  return 8 + WordsFor(tensor.shape.size() * 4) + WordsFor(tensor.quant.scale.size() * 4) +
+         WordsFor(tensor.quant.zero_point.size()) + WordsFor(tensor.data.size());
+}
+
+void WriteTensor(const EncodedTensor& tensor, schema::Tensor::Builder out) {
+  // No validation here (see wire.h): unknown dtypes pass through and the peer rejects them.
+  out.setDtype(static_cast<schema::Tensor::DType>(tensor.dtype));
+  if (!tensor.shape.empty()) {
+    auto shape = out.initShape(static_cast<unsigned>(tensor.shape.size()));
+    for (unsigned i = 0; i < shape.size(); ++i) shape.set(i, tensor.shape[i]);
+  }
+  out.setChannelAxis(tensor.channel_axis);
+  if (!tensor.quant.scale.empty()) {
+    auto scale = out.initScale(static_cast<unsigned>(tensor.quant.scale.size()));
+    for (unsigned i = 0; i < scale.size(); ++i) scale.set(i, tensor.quant.scale[i]);
+  }
+  if (!tensor.quant.zero_point.empty()) {
+    auto zero_point = out.initZeroPoint(static_cast<unsigned>(tensor.quant.zero_point.size()));
+    for (unsigned i = 0; i < zero_point.size(); ++i) zero_point.set(i, tensor.quant.zero_point[i]);
+  }
+  if (!tensor.data.empty()) out.setData(AsData(tensor.data));
+}
+
+// Unpacks `bytes` (a packed stream copied into word-aligned memory by the reader, since wire
+// frames need not be aligned) and hands a reader to `read`, with a traversal limit equal to
+// the unpacked size: every object is read once, so a message that makes us traverse more is
+// an amplification attempt. Catches every exception the Cap'n Proto layer throws and turns it
+// into InvalidArgument naming `what`.
+template <typename T, typename ReadFn>
+Result<T> WithPackedReader(std::string_view bytes, const char* what, ReadFn&& read) {
+  if (bytes.empty()) return Status::InvalidArgument(std::string("empty ") + what);
+  if (bytes.size() > kMaxMessageBytes) {
+    return Status::InvalidArgument(std::string(what) + " is " + std::to_string(bytes.size()) +
+                                   " bytes, more than the limit of " +
+                                   std::to_string(kMaxMessageBytes));
+  }
+  const kj::ArrayPtr<const kj::byte> input(reinterpret_cast<const kj::byte*>(bytes.data()),
+                                           bytes.size());
+  try {
+    const size_t unpacked_words = capnp::computeUnpackedSizeInWords(input);
+    if (unpacked_words > kMaxMessageBytes / sizeof(capnp::word)) {
+      return Status::InvalidArgument(std::string(what) + " unpacks to " +
+                                     std::to_string(unpacked_words * sizeof(capnp::word)) +
+                                     " bytes, more than the limit of " +
+                                     std::to_string(kMaxMessageBytes));
+    }
+    capnp::ReaderOptions options;
+    options.traversalLimitInWords = unpacked_words;
+    options.nestingLimit = kMaxNestingDepth;
+    kj::ArrayInputStream stream(input);
+    std::optional<Result<T>> result;
+    {
+      // The reader may load later segments lazily, up to its destruction.
+      capnp::PackedMessageReader message(stream, options);
+      result.emplace(read(message));
+    }
+    const size_t trailing = stream.tryGetReadBuffer().size();
+    if (result->ok() && trailing != 0) {
+      return Status::InvalidArgument(std::string(what) + " has " + std::to_string(trailing) +
+                                     " trailing bytes after the message");
+    }
+    return std::move(*result);
+  } catch (const kj::Exception& e) {
+    return Status::InvalidArgument(std::string("malformed ") + what + ": " +
+                                   e.getDescription().cStr());
+  } catch (const std::bad_alloc&) {
+    return Status::ResourceExhausted(std::string("out of memory decoding ") + what);
+  } catch (const std::exception& e) {
+    return Status::InvalidArgument(std::string("malformed ") + what + ": " + e.what());
+  }
+}
+
+Status CheckVersion(uint16_t version, const char* what) {
+  if (version == kProtocolVersion) return Status::Ok();
+  return Status::VersionMismatch(std::string(what) + " has protocol version " +
+                                 std::to_string(version) + " but this build speaks version " +
+                                 std::to_string(kProtocolVersion));
+}
+
+Result<std::string> ReadModelName(capnp::Text::Reader model) {
+  if (model.size() > kMaxModelNameBytes) {
+    return Status::InvalidArgument("model name is " + std::to_string(model.size()) +
+                                   " bytes, more than the limit of " +
+                                   std::to_string(kMaxModelNameBytes));
+  }
+  for (size_t i = 0; i < model.size(); ++i) {
+    const auto byte = static_cast<uint8_t>(model[i]);
+    if (byte < 0x20 || byte == 0x7F) {
+      return Status::InvalidArgument("model name contains control byte " + std::to_string(byte) +
+                                     " at offset " + std::to_string(i));
+    }
+  }
+  return std::string(model.begin(), model.size());
+}
+
+Result<EncodedTensor> ReadTensor(schema::Tensor::Reader in) {
+  EncodedTensor out;
+  const auto dtype = in.getDtype();
+  switch (dtype) {
+    case schema::Tensor::DType::FLOAT32:
+    case schema::Tensor::DType::FLOAT16:
+    case schema::Tensor::DType::UINT8:
+    case schema::Tensor::DType::UINT4: out.dtype = static_cast<DType>(dtype); break;
+    default:
+      return Status::InvalidArgument("features: unknown tensor dtype value " +
+                                     std::to_string(static_cast<uint16_t>(dtype)));
+  }
+  const auto shape = in.getShape();
+  if (shape.size() > kMaxTensorRank) {
+    return Status::InvalidArgument("features: tensor rank " + std::to_string(shape.size()) +
+                                   " exceeds the limit of " + std::to_string(kMaxTensorRank));
+  }
+  for (uint32_t dim : shape) out.shape.push_back(dim);
+  out.channel_axis = in.getChannelAxis();
+  const auto scale = in.getScale();
+  out.quant.scale.reserve(scale.size());
+  for (float value : scale) out.quant.scale.push_back(value);
+  const auto zero_point = in.getZeroPoint();
+  out.quant.zero_point.reserve(zero_point.size());
+  for (uint8_t value : zero_point) out.quant.zero_point.push_back(value);
+  out.data = ToString(in.getData());
+  CLEAVE_RETURN_IF_ERROR(ValidateTensor(out).WithContext("features"));
+  return out;
+}
+
+Result<InferRequest> ReadRequest(schema::InferRequest::Reader in) {
+  InferRequest out;
+  out.protocol_version = in.getProtocolVersion();
+  CLEAVE_RETURN_IF_ERROR(CheckVersion(out.protocol_version, "InferRequest"));
+  out.request_id = in.getRequestId();
+  out.deadline_ms = in.getDeadlineMs();
+  CLEAVE_ASSIGN_OR_RETURN(out.model, ReadModelName(in.getModel()));
+  const auto input = in.getInput();
+  const auto kind = input.which();
+  switch (kind) {
+    case schema::InferRequest::Input::FEATURES: {
+      out.input = InputKind::kFeatures;
+      CLEAVE_ASSIGN_OR_RETURN(out.features, ReadTensor(input.getFeatures()));
+      break;
+    }
+    case schema::InferRequest::Input::PNG: {
+      out.input = InputKind::kPng;
+      const auto png = input.getPng();
+      if (png.size() == 0) return Status::InvalidArgument("png input is empty");
+      if (png.size() > kMaxPngBytes) {
+        return Status::InvalidArgument("png input is " + std::to_string(png.size()) +
+                                       " bytes, more than the limit of " +
+                                       std::to_string(kMaxPngBytes));
+      }
+      out.png = ToString(png);
+      break;
+    }
+    default:
+      return Status::InvalidArgument("unknown input kind " +
+                                     std::to_string(static_cast<uint16_t>(kind)));
+  }
+  return out;
+}
+
+Result<InferReply> ReadReply(schema::InferReply::Reader in) {
+  InferReply out;
+  out.protocol_version = in.getProtocolVersion();
+  CLEAVE_RETURN_IF_ERROR(CheckVersion(out.protocol_version, "InferReply"));
+  out.request_id = in.getRequestId();
+  const auto status = in.getStatus();
+  switch (status) {
+    case schema::InferReply::Status::OK:
+    case schema::InferReply::Status::ERROR:
+    case schema::InferReply::Status::OVERLOADED:
+    case schema::InferReply::Status::DEADLINE_EXCEEDED:
+      out.status = static_cast<ReplyStatus>(status);
+      break;
+    default:
+      return Status::InvalidArgument("unknown reply status value " +
+                                     std::to_string(static_cast<uint16_t>(status)));
+  }
+  const auto error = in.getError();
+  out.error.assign(error.begin(), error.size());
+  out.num_classes = in.getNumClasses();
+  out.batch_size = in.getBatchSize();
+  out.queue_us = in.getQueueUs();
+  out.compute_us = in.getComputeUs();
+
+  const auto scores = in.getScores();
+  if (out.status == ReplyStatus::kOk || scores.size() > 0) {
+    if (out.num_classes < 1 || out.num_classes > kMaxNumClasses) {
+      return Status::InvalidArgument("reply num_classes " + std::to_string(out.num_classes) +
+                                     " is outside 1.." + std::to_string(kMaxNumClasses));
+    }
+    if (scores.size() == 0 || scores.size() % out.num_classes != 0) {
+      return Status::InvalidArgument("reply has " + std::to_string(scores.size()) +
+                                     " scores, not a positive multiple of num_classes " +
+                                     std::to_string(out.num_classes));
+    }
+  }
+  out.scores.reserve(scores.size());
+  for (float score : scores) out.scores.push_back(score);
+  for (size_t i = 0; i < out.scores.size(); ++i) {
+    if (!std::isfinite(out.scores[i])) {
+      return Status::InvalidArgument("reply score " + std::to_string(i) + " is not finite");
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+const char* ReplyStatusName(ReplyStatus status) {
+  switch (status) {
+    case ReplyStatus::kOk: return "ok";
+    case ReplyStatus::kError: return "error";
+    case ReplyStatus::kOverloaded: return "overloaded";
+    case ReplyStatus::kDeadlineExceeded: return "deadline_exceeded";
+    default: return "unknown";
+  }
+}
+
+std::string EncodeInferRequest(const InferRequest& request) {
+  const size_t words = 16 + WordsFor(request.model.size() + 1) + WordsFor(request.png.size()) +
+                       (request.input == InputKind::kFeatures ? TensorWords(request.features) : 0);
+  capnp::MallocMessageBuilder message(static_cast<unsigned>(words));
+  auto root = message.initRoot<schema::InferRequest>();
+  root.setProtocolVersion(request.protocol_version);
+  root.setRequestId(request.request_id);
+  if (!request.model.empty()) root.setModel(AsText(request.model));
+  root.setDeadlineMs(request.deadline_ms);
+  auto input = root.initInput();
+  if (request.input == InputKind::kPng) {
+    input.setPng(AsData(request.png));
+  } else {
+    WriteTensor(request.features, input.initFeatures());
+  }
+  return WritePacked(message);
+}
+
+std::string EncodeInferReply(const InferReply& reply) {
+  const size_t words = 16 + WordsFor(reply.error.size() + 1) + WordsFor(reply.scores.size() * 4);
+  capnp::MallocMessageBuilder message(static_cast<unsigned>(words));
+  auto root = message.initRoot<schema::InferReply>();
+  root.setProtocolVersion(reply.protocol_version);
+  root.setRequestId(reply.request_id);
+  root.setStatus(static_cast<schema::InferReply::Status>(reply.status));
+  if (!reply.error.empty()) root.setError(AsText(reply.error));
+  if (!reply.scores.empty()) {
+    auto scores = root.initScores(static_cast<unsigned>(reply.scores.size()));
+    for (unsigned i = 0; i < scores.size(); ++i) scores.set(i, reply.scores[i]);
+  }
+  root.setNumClasses(reply.num_classes);
+  root.setBatchSize(reply.batch_size);
+  root.setQueueUs(reply.queue_us);
+  root.setComputeUs(reply.compute_us);
+  return WritePacked(message);
+}
+
+Result<InferRequest> DecodeInferRequest(std::string_view bytes) {
+  return WithPackedReader<InferRequest>(bytes, "InferRequest", [](capnp::MessageReader& message) {
+    return ReadRequest(message.getRoot<schema::InferRequest>());
+  });
+}
+
+Result<InferReply> DecodeInferReply(std::string_view bytes) {
+  return WithPackedReader<InferReply>(bytes, "InferReply", [](capnp::MessageReader& message) {
+    return ReadReply(message.getRoot<schema::InferReply>());
+  });
+}
+
+uint64_t PeekRequestId(std::string_view bytes) {
+  // requestId is field @1, a UInt64 in data word 1, in both InferRequest and InferReply.
+  Result<uint64_t> id =
+      WithPackedReader<uint64_t>(bytes, "message", [](capnp::MessageReader& message) {
+        return Result<uint64_t>(message.getRoot<schema::InferRequest>().getRequestId());
+      });
+  return id.value_or(0);
+}
+
+}  // namespace cleave::wire

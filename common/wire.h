@@ -1,0 +1,80 @@
+// Split-inference wire messages: plain C++ mirrors of common/inference.capnp and their
+// Cap'n Proto *packed* encoding.
+//
+// Nothing outside common/wire.cc touches Cap'n Proto builders or readers: callers fill these
+// structs and get bytes, or hand over bytes and get validated structs. Decoders treat every
+// byte as hostile (explicit traversal/nesting limits, size limits, version check, enum values
+// checked, tensors validated with ValidateTensor) and never throw or abort; they accept input
+// at any alignment. All functions are pure and thread-safe.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/status.h"
+#include "common/tensor_codec.h"
+
+namespace cleave::wire {
+
+// Bumped on any incompatible change to inference.capnp or tensor.capnp. Decoders reject
+// every other version with kVersionMismatch.
+inline constexpr uint16_t kProtocolVersion = 1;
+
+// Limits applied by the decoders (and documented preconditions of the encoders).
+inline constexpr size_t kMaxMessageBytes = size_t{64} << 20;  // packed and unpacked
+inline constexpr size_t kMaxModelNameBytes = 256;
+inline constexpr size_t kMaxPngBytes = size_t{4} << 20;
+inline constexpr uint32_t kMaxNumClasses = 100000;
+inline constexpr int kMaxNestingDepth = 16;
+
+enum class InputKind : uint8_t { kFeatures, kPng };
+
+// Edge -> cloud: finish the computation for one input.
+struct InferRequest {
+  uint16_t protocol_version = kProtocolVersion;
+  uint64_t request_id = 0;
+  std::string model;         // bundle name, <= kMaxModelNameBytes, no control bytes
+  uint32_t deadline_ms = 0;  // remaining budget the edge allows; 0 = none
+  InputKind input = InputKind::kFeatures;
+  EncodedTensor features;  // used when input == kFeatures
+  std::string png;         // used when input == kPng, <= kMaxPngBytes
+};
+
+enum class ReplyStatus : uint8_t { kOk, kError, kOverloaded, kDeadlineExceeded };
+
+// "ok", "error", "overloaded", "deadline_exceeded" ("unknown" for other values).
+const char* ReplyStatusName(ReplyStatus status);
+
+// Cloud -> edge: the answer to the InferRequest with the same request_id.
+struct InferReply {
+  uint16_t protocol_version = kProtocolVersion;
+  uint64_t request_id = 0;
+  ReplyStatus status = ReplyStatus::kOk;
+  std::string error;          // cause when status != kOk
+  std::vector<float> scores;  // row-major [rows, num_classes]; empty unless kOk
+  uint32_t num_classes = 0;   // 1..kMaxNumClasses when scores are present
+  uint32_t batch_size = 0;    // how many requests the cloud computed together
+  uint64_t queue_us = 0;      // time spent waiting in the cloud queue
+  uint64_t compute_us = 0;    // compute time of the batch
+};
+
+// Cap'n Proto packed encoding, always a single segment (we count every byte on the wire).
+// The encoders do not validate: a request that breaks the limits above encodes fine and is
+// rejected by the peer's decoder. Size precondition: every field far below 512 MiB.
+std::string EncodeInferRequest(const InferRequest& request);
+std::string EncodeInferReply(const InferReply& reply);
+
+// Decode and validate. InvalidArgument for malformed, oversized or inconsistent input
+// (message says which field), VersionMismatch when protocol_version != kProtocolVersion.
+// A kFeatures request has a tensor that passed ValidateTensor; a kOk reply has
+// scores.size() == rows * num_classes with rows >= 1 and finite scores.
+Result<InferRequest> DecodeInferRequest(std::string_view bytes);
+Result<InferReply> DecodeInferReply(std::string_view bytes);
+
+// Best effort: the request id of a request or reply that failed to decode (for example a
+// version mismatch), so an error reply can still be routed; 0 if unreadable.
+uint64_t PeekRequestId(std::string_view bytes);
+
+}  // namespace cleave::wire

@@ -1,0 +1,457 @@
+#include "edge/bench_split.h"
+
+#include <torch/torch.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <numeric>
+
+#include "common/datasets.h"
+#include "common/file_util.h"
+#include "common/plot.h"
+#include "common/png_image.h"
+#include "common/progress.h"
+#include "common/tensor_codec.h"
+#include "common/transport.h"
+#include "common/wire.h"
+#include "edge/daemon_launcher.h"
+#include "edge/edge_engine.h"
+#include "edge/offload_client.h"
+#include "split/bundle.h"
+#include "split/split_runtime.h"
+#include "split/vision_model.h"
+
+namespace cleave::edge {
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double MsSince(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+double Percentile(std::vector<double> values, double p) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const double rank = p / 100.0 * static_cast<double>(values.size() - 1);
+  const size_t lo = static_cast<size_t>(rank);
+  const size_t hi = std::min(lo + 1, values.size() - 1);
+  return values[lo] + (values[hi] - values[lo]) * (rank - static_cast<double>(lo));
+}
+
+double Mean(const std::vector<double>& values) {
+  if (values.empty()) return 0.0;
+  return std::accumulate(values.begin(), values.end(), 0.0) / static_cast<double>(values.size());
+}
+
+// One request of one configuration.
+struct Sample {
+  bool correct = false;
+  double bytes = 0;     // everything the edge put on the wire for it
+  double edge_ms = 0;   // edge compute
+  double total_ms = 0;  // end to end, as the application sees it
+  bool at_edge = false;
+  bool degraded = false;
+};
+
+json Summarize(const std::vector<Sample>& samples) {
+  std::vector<double> bytes, edge, total;
+  size_t correct = 0, at_edge = 0, degraded = 0;
+  for (const Sample& s : samples) {
+    bytes.push_back(s.bytes);
+    edge.push_back(s.edge_ms);
+    total.push_back(s.total_ms);
+    correct += s.correct;
+    at_edge += s.at_edge;
+    degraded += s.degraded;
+  }
+  const double n = static_cast<double>(std::max<size_t>(1, samples.size()));
+  return {{"accuracy", correct / n},
+          {"bytes_per_request_mean", Mean(bytes)},
+          {"edge_ms_mean", Mean(edge)},
+          {"p50_ms", Percentile(total, 50)},
+          {"p99_ms", Percentile(total, 99)},
+          {"edge_fraction", at_edge / n},
+          {"degraded", degraded},
+          {"requests", samples.size()}};
+}
+
+// Median of `iterations` timed calls of fn (after a short warm-up), in ms.
+template <typename Fn>
+double MedianMs(int iterations, Fn&& fn) {
+  for (int i = 0; i < 10; ++i) fn();
+  std::vector<double> times;
+  times.reserve(iterations);
+  for (int i = 0; i < iterations; ++i) {
+    const auto start = Clock::now();
+    fn();
+    times.push_back(MsSince(start));
+  }
+  return Percentile(times, 50);
+}
+
+struct TestSet {
+  ImageDataset data;
+  int64_t n = 0;
+  int size = 28;
+  torch::Tensor Image(int64_t i) const {
+    return split::ImagesToTensor(data.images.data() + i * size * size, 1, size, size);
+  }
+  torch::Tensor Batch(int64_t begin, int64_t end) const {
+    return split::ImagesToTensor(data.images.data() + begin * size * size, end - begin, size, size);
+  }
+};
+
+int32_t ArgMaxRow(const torch::Tensor& logits, int64_t row) {
+  return static_cast<int32_t>(logits[row].argmax().item<int64_t>());
+}
+
+// split_no_exit accuracy computed in-process (no wire): head -> u4 codec -> tail.
+Result<double> InProcessSplitAccuracy(split::EdgeModel& edge, split::CloudModel& cloud,
+                                      const TestSet& test) {
+  size_t correct = 0;
+  for (int64_t begin = 0; begin < test.n; begin += 256) {
+    const int64_t end = std::min<int64_t>(test.n, begin + 256);
+    CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head, edge.Run(test.Batch(begin, end)));
+    torch::Tensor features = head.features.contiguous().to(torch::kFloat32);
+    std::vector<uint32_t> shape;
+    for (int64_t d : features.sizes()) shape.push_back(static_cast<uint32_t>(d));
+    CLEAVE_ASSIGN_OR_RETURN(wire::EncodedTensor encoded,
+                            wire::EncodeTensor(features.data_ptr<float>(), shape, edge.wire_dtype(),
+                                               1, &edge.wire_quant()));
+    CLEAVE_ASSIGN_OR_RETURN(std::vector<float> decoded, wire::DecodeTensor(encoded));
+    torch::Tensor restored = torch::from_blob(decoded.data(), features.sizes(), torch::kFloat32);
+    CLEAVE_ASSIGN_OR_RETURN(torch::Tensor logits, cloud.RunTail(restored));
+    for (int64_t i = begin; i < end; ++i) {
+      correct += ArgMaxRow(logits, i - begin) == test.data.labels[i];
+    }
+  }
+  return static_cast<double>(correct) / static_cast<double>(test.n);
+}
+
+// Sends one request and waits for its reply; nullopt when it did not arrive in time.
+std::optional<wire::InferReply> Exchange1(OffloadClient& client, uint64_t id,
+                                          const std::string& bytes, int deadline_ms) {
+  auto replies = client.Exchange({{id, bytes}}, deadline_ms);
+  if (!replies.ok()) return std::nullopt;
+  auto it = replies->find(id);
+  if (it == replies->end() || it->second.status != wire::ReplyStatus::kOk) return std::nullopt;
+  return it->second;
+}
+
+struct SplitRun {
+  std::vector<Sample> samples;
+  // Per image, for the threshold sweep (from the no-exit run): best exit confidence, whether
+  // that exit was right, whether the cloud was right, and the bytes of offloading.
+  std::vector<float> exit_confidence;
+  std::vector<bool> exit_correct, cloud_correct;
+  std::vector<double> offload_bytes;
+};
+
+SplitRun RunSplit(EdgeEngine& engine, OffloadClient& client, const TestSet& test, float threshold,
+                  int deadline_ms, const std::string& label) {
+  SplitRun run;
+  ProgressBar progress(label, static_cast<uint64_t>(test.n));
+  for (int64_t i = 0; i < test.n; ++i) {
+    Sample s;
+    const uint64_t id = static_cast<uint64_t>(i + 1);
+    const auto start = Clock::now();
+    auto decisions =
+        engine.Decide(test.Image(i), {id}, {threshold}, {static_cast<uint32_t>(deadline_ms)});
+    s.edge_ms = MsSince(start);
+    if (!decisions.ok()) {
+      std::fprintf(stderr, "edge failed on image %ld: %s\n", static_cast<long>(i),
+                   decisions.status().ToString().c_str());
+      run.samples.push_back(s);
+      continue;
+    }
+    const HeadDecision& d = (*decisions)[0];
+    const int label_i = test.data.labels[i];
+    run.exit_confidence.push_back(d.best_confidence);
+    run.exit_correct.push_back(d.best_class == label_i);
+    if (d.exit_index >= 0) {
+      s.at_edge = true;
+      s.correct = d.best_class == label_i;
+      run.cloud_correct.push_back(false);
+      run.offload_bytes.push_back(0);
+    } else {
+      s.bytes = static_cast<double>(WireBytes(d.offload_request.size()));
+      auto reply = Exchange1(client, id, d.offload_request, deadline_ms);
+      if (reply) {
+        s.correct = ArgMax(reply->scores) == label_i;
+      } else {
+        s.degraded = true;
+        s.correct = d.best_class == label_i;
+      }
+      run.cloud_correct.push_back(reply && ArgMax(reply->scores) == label_i);
+      run.offload_bytes.push_back(s.bytes);
+    }
+    s.total_ms = MsSince(start);
+    run.samples.push_back(s);
+    if (i % 100 == 0) progress.Update(static_cast<uint64_t>(i));
+  }
+  progress.Finish();
+  return run;
+}
+
+// Accuracy and mean bytes per request if inputs whose best exit is at least `t` confident
+// exit locally (exact for single-exit models), from a run that offloaded everything.
+json Sweep(const SplitRun& all) {
+  json points = json::array();
+  const size_t n = all.exit_confidence.size();
+  for (double t : {0.0, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999, 1.01}) {
+    size_t correct = 0, local = 0;
+    double bytes = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (all.exit_confidence[i] >= t) {
+        ++local;
+        correct += all.exit_correct[i];
+      } else {
+        correct += all.cloud_correct[i];
+        bytes += all.offload_bytes[i];
+      }
+    }
+    const double dn = static_cast<double>(std::max<size_t>(1, n));
+    points.push_back({{"threshold", t},
+                      {"accuracy", correct / dn},
+                      {"bytes_per_request_mean", bytes / dn},
+                      {"edge_fraction", local / dn}});
+  }
+  return points;
+}
+
+}  // namespace
+
+Result<json> RunBenchSplit(const BenchSplitOptions& options) {
+  torch::set_num_threads(std::max(1, options.threads));
+  torch::NoGradGuard no_grad;
+  CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(options.bundle));
+  TestSet test;
+  CLEAVE_ASSIGN_OR_RETURN(test.data, LoadFashionMnist(DatasetSplit::kTest, options.data_dir));
+  test.n = static_cast<int64_t>(test.data.size());
+  if (options.limit > 0) test.n = std::min<int64_t>(test.n, options.limit);
+  test.size = static_cast<int>(test.data.rows);
+
+  split::EdgeModel::Options int8_options;
+  int8_options.int8 = true;
+  int8_options.int8_engine = options.int8_engine;
+  split::EdgeModel::Options fp32_options;
+  fp32_options.int8 = false;
+  CLEAVE_ASSIGN_OR_RETURN(auto edge_int8, split::EdgeModel::Load(bundle, int8_options));
+  CLEAVE_ASSIGN_OR_RETURN(auto edge_fp32, split::EdgeModel::Load(bundle, fp32_options));
+  CLEAVE_ASSIGN_OR_RETURN(auto cloud_model, split::CloudModel::Load(bundle));
+  CLEAVE_ASSIGN_OR_RETURN(auto local, split::LocalModel::Load(bundle));
+  json report;
+  report["bundle"] = options.bundle;
+  report["test_images"] = test.n;
+  report["threads"] = options.threads;
+  report["int8_engine"] = edge_int8->engine();
+
+  // Architecture figures: parameters and MACs of head (+ exits) and tail; stored head sizes.
+  const split::VisionSplitModel& info = edge_fp32->info();
+  const int split_end = info.head_end();
+  const split::SplitVisionNetImpl& net = *info.net;
+  report["head_params"] = net.ParameterCount(0, split_end, true);
+  report["head_macs"] = net.MacCount(0, split_end, true);
+  report["tail_params"] = net.ParameterCount(split_end, net.num_blocks(), false);
+  report["tail_macs"] = net.MacCount(split_end, net.num_blocks(), false);
+  // fp32: 4 bytes per parameter of head + exits; int8: what the int8 head stores (int8
+  // weights, per-channel scales, biases, activation parameters).
+  report["head_fp32_bytes"] = 4 * net.ParameterCount(0, split_end, true);
+  if (!edge_int8->info().int8_head) return Status::FailedPrecondition("bundle has no int8 head");
+  report["head_int8_bytes"] = edge_int8->info().int8_head->WeightBytes();
+
+  // Batch-1 compute timings, in process.
+  std::fprintf(stderr, "timing head (fp32, int8) and tail at batch 1...\n");
+  torch::Tensor one = test.Image(0);
+  report["head_fp32_ms"] = MedianMs(options.timing_iterations, [&] { (void)edge_fp32->Run(one); });
+  report["head_int8_ms"] = MedianMs(options.timing_iterations, [&] { (void)edge_int8->Run(one); });
+  CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head_one, edge_int8->Run(one));
+  torch::Tensor feat_one = head_one.features.contiguous();
+  report["tail_ms"] =
+      MedianMs(options.timing_iterations, [&] { (void)cloud_model->RunTail(feat_one); });
+  report["local_fp32_compute_ms"] =
+      MedianMs(options.timing_iterations, [&] { (void)local->Run(one); });
+
+  std::fprintf(stderr, "accuracy of the split path with fp32 and int8 heads...\n");
+  CLEAVE_ASSIGN_OR_RETURN(double acc_fp32, InProcessSplitAccuracy(*edge_fp32, *cloud_model, test));
+  CLEAVE_ASSIGN_OR_RETURN(double acc_int8, InProcessSplitAccuracy(*edge_int8, *cloud_model, test));
+  report["head_fp32_accuracy"] = acc_fp32;
+  report["head_int8_accuracy"] = acc_int8;
+  cloud_model.reset();
+  edge_fp32.reset();
+
+  // The cloud tail as its own process on tcp loopback.
+  const std::filesystem::path work =
+      std::filesystem::temp_directory_path() / ("cleave-bench-" + std::to_string(::getpid()));
+  CLEAVE_ASSIGN_OR_RETURN(
+      LaunchedDaemon cloud,
+      LaunchDaemon(SelfBinaryDir() / "cleave-cloud",
+                   {"--cloud.bundle", options.bundle, "--cloud.listen", "tcp://127.0.0.1:0",
+                    "--cloud.threads", std::to_string(options.threads), "--log.level", "warn"},
+                   "cloud.ready_file", work, "cloud"));
+  TransportContext context;
+  CLEAVE_ASSIGN_OR_RETURN(auto client, OffloadClient::Connect(context, cloud.endpoint));
+  // Wait for the connection so the first request is not a reconnect measurement.
+  for (int i = 0; i < 200; ++i) {
+    wire::InferRequest ping;
+    ping.request_id = 0;
+    ping.model = "";
+    auto r = client->Exchange({{0, wire::EncodeInferRequest(ping)}}, 50);
+    if (r.ok() && !r->empty()) break;
+  }
+
+  json configs;
+  {  // local_fp32: the whole split model on the edge, nothing on the wire.
+    std::vector<Sample> samples;
+    ProgressBar progress("local_fp32", static_cast<uint64_t>(test.n));
+    for (int64_t i = 0; i < test.n; ++i) {
+      Sample s;
+      const auto start = Clock::now();
+      auto logits = local->Run(test.Image(i));
+      s.edge_ms = s.total_ms = MsSince(start);
+      s.at_edge = true;
+      s.correct = logits.ok() && ArgMaxRow(*logits, 0) == test.data.labels[i];
+      samples.push_back(s);
+      if (i % 100 == 0) progress.Update(static_cast<uint64_t>(i));
+    }
+    progress.Finish();
+    configs["local_fp32"] = Summarize(samples);
+  }
+  {  // cloud_png: the edge sends the raw image as PNG; the cloud runs the whole model.
+    std::vector<Sample> samples;
+    ProgressBar progress("cloud_png", static_cast<uint64_t>(test.n));
+    const std::string model_name = edge_int8->model_name();
+    for (int64_t i = 0; i < test.n; ++i) {
+      Sample s;
+      const auto start = Clock::now();
+      GrayImage image;
+      image.width = image.height = static_cast<uint32_t>(test.size);
+      image.pixels.assign(test.data.images.begin() + i * test.size * test.size,
+                          test.data.images.begin() + (i + 1) * test.size * test.size);
+      wire::InferRequest request;
+      request.request_id = static_cast<uint64_t>(i + 1);
+      request.model = model_name;
+      request.deadline_ms = static_cast<uint32_t>(options.deadline_ms);
+      request.input = wire::InputKind::kPng;
+      CLEAVE_ASSIGN_OR_RETURN(request.png, EncodePngGray8(image));
+      const std::string bytes = wire::EncodeInferRequest(request);
+      s.edge_ms = MsSince(start);
+      s.bytes = static_cast<double>(WireBytes(bytes.size()));
+      auto reply = Exchange1(*client, request.request_id, bytes, options.deadline_ms);
+      s.total_ms = MsSince(start);
+      s.degraded = !reply;
+      s.correct = reply && ArgMax(reply->scores) == test.data.labels[i];
+      samples.push_back(s);
+      if (i % 100 == 0) progress.Update(static_cast<uint64_t>(i));
+    }
+    progress.Finish();
+    configs["cloud_png"] = Summarize(samples);
+  }
+  EdgeEngine engine(std::move(edge_int8));
+  SplitRun no_exit =
+      RunSplit(engine, *client, test, /*threshold=*/2.0f, options.deadline_ms, "split_no_exit");
+  configs["split_no_exit"] = Summarize(no_exit.samples);
+  SplitRun with_exit =
+      RunSplit(engine, *client, test, /*threshold=*/-1.0f, options.deadline_ms, "split_exit");
+  configs["split_exit"] = Summarize(with_exit.samples);
+  report["configs"] = configs;
+  report["exit_threshold"] = engine.model().exit_policy().ToJson();
+  report["sweep"] = Sweep(no_exit);
+  client.reset();
+  (void)cloud.process->Stop(3000);
+
+  // Targets of issue 2, evaluated on what was just measured.
+  const double local_acc = configs["local_fp32"]["accuracy"];
+  const double png_bytes = configs["cloud_png"]["bytes_per_request_mean"];
+  const double budget =
+      1.5 * (report["head_int8_ms"].get<double>() + report["tail_ms"].get<double>()) + 0.5;
+  report["targets"] = {
+      {"local_fp32_accuracy_ge_0.925", local_acc >= 0.925},
+      {"split_exit_within_0.5pt",
+       configs["split_exit"]["accuracy"].get<double>() >= local_acc - 0.005},
+      {"split_exit_bytes_le_png_over_10",
+       configs["split_exit"]["bytes_per_request_mean"].get<double>() <= png_bytes / 10},
+      {"split_no_exit_within_0.5pt",
+       configs["split_no_exit"]["accuracy"].get<double>() >= local_acc - 0.005},
+      {"split_no_exit_bytes_le_png_over_4",
+       configs["split_no_exit"]["bytes_per_request_mean"].get<double>() <= png_bytes / 4},
+      {"int8_cost_le_0.3pt", acc_int8 >= acc_fp32 - 0.003},
+      {"int8_bytes_le_30pct",
+       report["head_int8_bytes"].get<double>() <= 0.3 * report["head_fp32_bytes"].get<double>()},
+      {"split_exit_p50_le_budget", configs["split_exit"]["p50_ms"].get<double>() <= budget},
+      {"latency_budget_ms", budget}};
+
+  if (!options.json_out.empty()) {
+    CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(options.json_out, report.dump(2) + "\n"));
+    std::string plot = options.plot_out;
+    if (plot.empty()) {
+      plot = (std::filesystem::path(options.json_out).replace_extension(".png")).string();
+    }
+    PlotSpec spec_plot;
+    spec_plot.title = "Split inference on Fashion-MNIST: accuracy vs bytes per request";
+    spec_plot.xlabel = "mean bytes on the wire per request";
+    spec_plot.ylabel = "test accuracy";
+    PlotSeries sweep_series;
+    sweep_series.label = "split, exit threshold sweep";
+    for (const auto& p : report["sweep"]) {
+      sweep_series.x.push_back(p["bytes_per_request_mean"]);
+      sweep_series.y.push_back(p["accuracy"]);
+    }
+    spec_plot.series.push_back(sweep_series);
+    for (const char* name : {"cloud_png", "split_no_exit", "split_exit", "local_fp32"}) {
+      PlotSeries point;
+      point.label = name;
+      point.points_only = true;
+      point.x.push_back(configs[name]["bytes_per_request_mean"]);
+      point.y.push_back(configs[name]["accuracy"]);
+      spec_plot.series.push_back(point);
+    }
+    spec_plot.log_x = false;
+    if (Status s = WritePlotPng(spec_plot, plot); !s.ok()) {
+      std::fprintf(stderr, "warning: plot not written: %s\n", s.ToString().c_str());
+    } else {
+      report["plot"] = plot;
+    }
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(work, ec);
+  return report;
+}
+
+void RegisterBenchSplitCommand(CLI::App& bench) {
+  auto options = std::make_shared<BenchSplitOptions>();
+  CLI::App* cmd = bench.add_subcommand(
+      "split",
+      "measure split inference over the real wire (cleave-cloud as its own process on tcp "
+      "loopback): local_fp32, cloud_png, split_no_exit and split_exit on the Fashion-MNIST "
+      "test set; prints JSON");
+  cmd->add_option("--bundle", options->bundle, "model bundle directory")->required();
+  cmd->add_option("--json", options->json_out, "write the JSON report here");
+  cmd->add_option("--plot", options->plot_out,
+                  "PNG plot of accuracy vs bytes (default: the --json path with .png)");
+  cmd->add_option("--data-dir", options->data_dir, "Fashion-MNIST IDX directory");
+  cmd->add_option("--limit", options->limit, "use only the first N test images (0 = all)");
+  cmd->add_option("--threads", options->threads, "libtorch intra-op threads (edge and cloud)");
+  cmd->add_option("--timing-iterations", options->timing_iterations,
+                  "batch-1 compute timing repetitions");
+  cmd->add_option("--deadline-ms", options->deadline_ms, "per-request deadline");
+  cmd->add_option("--int8-engine", options->int8_engine, "auto|onednn|qnnpack|reference");
+  cmd->callback([options] {
+    Result<json> report = RunBenchSplit(*options);
+    if (!report.ok()) {
+      std::fprintf(stderr, "cleave bench split: %s\n", report.status().ToString().c_str());
+      throw CLI::RuntimeError(1);
+    }
+    std::cout << report->dump(2) << std::endl;
+  });
+}
+
+}  // namespace cleave::edge

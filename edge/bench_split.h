@@ -1,0 +1,32 @@
+// `cleave bench split`: accuracy against bytes against latency for split inference, measured
+// over the real wire against a cleave-cloud process on tcp loopback. See docs/benchmarks.md.
+#pragma once
+
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace cleave::edge {
+
+struct BenchSplitOptions {
+  std::string bundle;
+  std::string json_out;  // where to write the report ("" = stdout only)
+  std::string plot_out;  // PNG of accuracy vs bytes per request ("" = beside json)
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  int limit = 0;                // test images (0 = all 10,000)
+  int threads = 1;              // libtorch intra-op threads on both sides
+  int timing_iterations = 300;  // batch-1 compute timings
+  int deadline_ms = 1000;       // per request; generous: this measures, it does not stress
+  std::string int8_engine = "auto";
+};
+
+// Runs the whole benchmark and returns the JSON report (also written to json_out).
+Result<nlohmann::json> RunBenchSplit(const BenchSplitOptions& options);
+
+// Adds `bench split` under `bench`.
+void RegisterBenchSplitCommand(CLI::App& bench);
+
+}  // namespace cleave::edge

@@ -1,0 +1,29 @@
+// cleave: the researcher/operator command line.
+//   cleave train   — train teacher + split model, write a bundle
+//   cleave split   — re-quantize / re-calibrate a bundle
+//   cleave bench   — measurements that print JSON (bench split, ...)
+//   cleave demo    — the main job: daemons on loopback, the test set through the edge
+#include <CLI/CLI.hpp>
+
+#include "edge/bench_split.h"
+#include "edge/demo_command.h"
+#include "split/train_command.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "cleave: edge-cloud split inference and federated learning.\n"
+      "Train and compress split models, measure accuracy vs bytes vs latency, run the demo."};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "show help for every subcommand");
+  cleave::split::RegisterTrainCommands(app);
+  CLI::App* bench = app.add_subcommand("bench", "benchmarks that print JSON");
+  bench->require_subcommand(1);
+  cleave::edge::RegisterBenchSplitCommand(*bench);
+  cleave::edge::RegisterDemoCommand(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  return 0;
+}

@@ -1,0 +1,215 @@
+#include "edge/demo_command.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <numeric>
+
+#include <nlohmann/json.hpp>
+
+#include "common/datasets.h"
+#include "common/file_util.h"
+#include "common/plot.h"
+#include "common/progress.h"
+#include "common/transport.h"
+#include "edge/daemon_launcher.h"
+#include "edge/edge_client.h"
+
+namespace cleave::edge {
+namespace {
+
+using nlohmann::json;
+
+double Percentile(std::vector<double> values, double p) {
+  if (values.empty()) return 0.0;
+  std::sort(values.begin(), values.end());
+  const double rank = p / 100.0 * static_cast<double>(values.size() - 1);
+  const size_t lo = static_cast<size_t>(rank);
+  const size_t hi = std::min(lo + 1, values.size() - 1);
+  return values[lo] + (values[hi] - values[lo]) * (rank - static_cast<double>(lo));
+}
+
+struct Summary {
+  size_t requests = 0, answered = 0, correct = 0, at_edge = 0, cloud = 0, degraded = 0, errors = 0;
+  double bytes_mean = 0, p50_ms = 0, p99_ms = 0;
+  json ToJson() const {
+    const double n = static_cast<double>(std::max<size_t>(1, requests));
+    return {{"requests", requests},
+            {"answered", answered},
+            {"accuracy", correct / n},
+            {"edge_fraction", at_edge / n},
+            {"cloud_fraction", cloud / n},
+            {"degraded", degraded},
+            {"errors", errors},
+            {"bytes_per_request_mean", bytes_mean},
+            {"p50_ms", p50_ms},
+            {"p99_ms", p99_ms}};
+  }
+};
+
+Summary Summarize(const std::vector<ClassifyOutcome>& outcomes, const ImageDataset& data) {
+  Summary s;
+  std::vector<double> latency;
+  double bytes = 0;
+  for (size_t i = 0; i < outcomes.size(); ++i) {
+    const ClassifyOutcome& o = outcomes[i];
+    ++s.requests;
+    if (!o.answered) continue;
+    ++s.answered;
+    latency.push_back(o.latency_ms);
+    bytes += static_cast<double>(o.reply.wire_bytes);
+    switch (o.reply.source) {
+      case edge_api::AnswerSource::kEdgeExit: ++s.at_edge; break;
+      case edge_api::AnswerSource::kCloud: ++s.cloud; break;
+      case edge_api::AnswerSource::kDegraded: ++s.degraded; break;
+      default: ++s.errors; break;
+    }
+    s.correct += o.reply.predicted_class == data.labels[i];
+  }
+  s.bytes_mean = bytes / static_cast<double>(std::max<size_t>(1, s.requests));
+  s.p50_ms = Percentile(latency, 50);
+  s.p99_ms = Percentile(latency, 99);
+  return s;
+}
+
+std::vector<edge_api::ClassifyRequest> MakeRequests(const ImageDataset& data, size_t n,
+                                                    float threshold, uint64_t first_id) {
+  std::vector<edge_api::ClassifyRequest> requests(n);
+  const size_t area = size_t{data.rows} * data.cols;
+  for (size_t i = 0; i < n; ++i) {
+    auto& r = requests[i];
+    r.request_id = first_id + i;
+    r.exit_threshold = threshold;
+    r.kind = edge_api::ImageKind::kGray8;
+    r.width = data.cols;
+    r.height = data.rows;
+    r.pixels.assign(reinterpret_cast<const char*>(data.images.data() + i * area), area);
+  }
+  return requests;
+}
+
+}  // namespace
+
+Result<json> RunDemo(const DemoOptions& options) {
+  CLEAVE_ASSIGN_OR_RETURN(ImageDataset test,
+                          LoadFashionMnist(DatasetSplit::kTest, options.data_dir));
+  size_t n = test.size();
+  if (options.limit > 0) n = std::min<size_t>(n, options.limit);
+  const std::filesystem::path out = options.out_dir;
+  std::error_code ec;
+  std::filesystem::create_directories(out, ec);
+  const std::filesystem::path bin = SelfBinaryDir();
+
+  std::fprintf(stderr, "starting cleave-cloud and cleave-edge on loopback...\n");
+  CLEAVE_ASSIGN_OR_RETURN(LaunchedDaemon cloud,
+                          LaunchDaemon(bin / "cleave-cloud",
+                                       {"--cloud.bundle", options.bundle, "--cloud.listen",
+                                        "tcp://127.0.0.1:0", "--cloud.threads", "1"},
+                                       "cloud.ready_file", out, "cloud"));
+  CLEAVE_ASSIGN_OR_RETURN(
+      LaunchedDaemon edge,
+      LaunchDaemon(bin / "cleave-edge",
+                   {"serve", "--edge.bundle", options.bundle, "--edge.listen", "tcp://127.0.0.1:0",
+                    "--edge.cloud", cloud.endpoint, "--edge.deadline_ms",
+                    std::to_string(options.deadline_ms), "--edge.threads", "1"},
+                   "edge.ready_file", out, "edge"));
+  TransportContext context;
+  CLEAVE_ASSIGN_OR_RETURN(auto client, EdgeClient::Connect(context, edge.endpoint));
+
+  // The main run: the whole test set through the edge daemon with its calibrated threshold.
+  ProgressBar progress("test set through cleave-edge", n);
+  CLEAVE_ASSIGN_OR_RETURN(
+      std::vector<ClassifyOutcome> outcomes,
+      client->Run(MakeRequests(test, n, -1.0f, 1), options.window, options.deadline_ms * 4,
+                  [&](size_t done) { progress.Update(done); }));
+  progress.Finish();
+  Summary main = Summarize(outcomes, test);
+
+  // Threshold sweep (per-request override of the exit threshold) on a subset.
+  json sweep = json::array();
+  const size_t sweep_n = std::min<size_t>(n, options.sweep_limit);
+  uint64_t next_id = n + 1;
+  for (float t : {0.0f, 0.6f, 0.8f, 0.9f, 0.95f, 0.99f, 1.0f}) {
+    CLEAVE_ASSIGN_OR_RETURN(std::vector<ClassifyOutcome> swept,
+                            client->Run(MakeRequests(test, sweep_n, t, next_id), options.window,
+                                        options.deadline_ms * 4));
+    next_id += sweep_n;
+    json point = Summarize(swept, test).ToJson();
+    point["threshold"] = t;
+    sweep.push_back(point);
+    std::fprintf(stderr, "  threshold %.2f: accuracy %.4f, %.1f bytes/request, %.1f%% at edge\n", t,
+                 point["accuracy"].get<double>(), point["bytes_per_request_mean"].get<double>(),
+                 100 * point["edge_fraction"].get<double>());
+  }
+  client.reset();
+  (void)edge.process->Stop(5000);
+  (void)cloud.process->Stop(5000);
+
+  json report = {{"bundle", options.bundle},
+                 {"test_images", n},
+                 {"main", main.ToJson()},
+                 {"sweep", sweep},
+                 {"sweep_images", sweep_n}};
+  CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(out / "report.json", report.dump(2) + "\n"));
+  PlotSpec plot;
+  plot.title = "cleave demo: accuracy vs bytes per request (exit threshold sweep)";
+  plot.xlabel = "mean bytes on the wire per request";
+  plot.ylabel = "test accuracy";
+  PlotSeries series;
+  series.label = "exit threshold 0 .. 1";
+  for (const auto& p : sweep) {
+    series.x.push_back(p["bytes_per_request_mean"]);
+    series.y.push_back(p["accuracy"]);
+  }
+  plot.series.push_back(series);
+  PlotSeries calibrated;
+  calibrated.label = "calibrated threshold";
+  calibrated.points_only = true;
+  calibrated.x.push_back(main.bytes_mean);
+  calibrated.y.push_back(report["main"]["accuracy"]);
+  plot.series.push_back(calibrated);
+  if (Status s = WritePlotPng(plot, out / "accuracy_vs_bytes.png"); !s.ok()) {
+    std::fprintf(stderr, "warning: plot not written: %s\n", s.ToString().c_str());
+  }
+
+  std::printf("\ncleave demo — %zu Fashion-MNIST test images through cleave-edge -> cleave-cloud\n",
+              n);
+  std::printf("  %-28s %10.2f %%\n", "accuracy", 100 * report["main"]["accuracy"].get<double>());
+  std::printf("  %-28s %10.2f %%\n", "answered at the edge",
+              100 * report["main"]["edge_fraction"].get<double>());
+  std::printf("  %-28s %10.1f B\n", "mean bytes on the wire", main.bytes_mean);
+  std::printf("  %-28s %10.2f ms\n", "p50 latency", main.p50_ms);
+  std::printf("  %-28s %10.2f ms\n", "p99 latency", main.p99_ms);
+  std::printf("  %-28s %10zu\n", "degraded answers", main.degraded);
+  std::printf("  %-28s %10zu\n", "unanswered", main.requests - main.answered);
+  std::printf("report: %s\nplot:   %s\n", (out / "report.json").c_str(),
+              (out / "accuracy_vs_bytes.png").c_str());
+  return report;
+}
+
+void RegisterDemoCommand(CLI::App& app) {
+  auto options = std::make_shared<DemoOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "demo",
+      "the main job: start cleave-cloud and cleave-edge on loopback, push the Fashion-MNIST "
+      "test set through the edge daemon, print a table and write report.json + a PNG plot");
+  cmd->add_option("--bundle", options->bundle, "model bundle directory")->required();
+  cmd->add_option("--out", options->out_dir, "output directory (report.json, plot, logs)");
+  cmd->add_option("--data-dir", options->data_dir, "Fashion-MNIST IDX directory");
+  cmd->add_option("--limit", options->limit, "use only the first N test images (0 = all)");
+  cmd->add_option("--sweep-limit", options->sweep_limit, "images per threshold of the sweep");
+  cmd->add_option("--window", options->window, "requests in flight at once");
+  cmd->add_option("--deadline-ms", options->deadline_ms, "per-request deadline");
+  cmd->callback([options] {
+    Result<json> report = RunDemo(*options);
+    if (!report.ok()) {
+      std::fprintf(stderr, "cleave demo: %s\n", report.status().ToString().c_str());
+      throw CLI::RuntimeError(1);
+    }
+  });
+}
+
+}  // namespace cleave::edge

@@ -1,0 +1,61 @@
+// EdgeEngine: the compute half of cleave-edge. For a batch of images it runs the head and
+// its early exits, applies the exit policy, and for inputs that must be offloaded quantizes
+// the bottleneck features and encodes the wire request for the cloud tail.
+//
+// It owns the EdgeModel; it does no I/O, so the daemon, the one-shot CLI and the benchmark
+// share exactly this code path. Not thread-safe: one caller at a time (the model is not).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "common/edge_api.h"
+#include "common/status.h"
+#include "split/split_runtime.h"
+
+namespace cleave::edge {
+
+// What the edge decided for one image.
+struct HeadDecision {
+  int exit_index = -1;             // the exit that answers locally, or -1: offload to the cloud
+  int best_exit = -1;              // the most confident exit (the degraded answer)
+  float best_confidence = 0;       // its exit-policy score
+  int32_t best_class = -1;         // its predicted class
+  std::vector<float> best_scores;  // its logits
+  std::string offload_request;     // encoded wire::InferRequest (only when exit_index == -1)
+  uint64_t edge_micros = 0;        // this image's share of head + exit + encode time
+};
+
+class EdgeEngine {
+ public:
+  explicit EdgeEngine(std::unique_ptr<split::EdgeModel> model);
+
+  // Runs the head on `images` ([N,1,H,W] floats in [0,1]). For row i: `thresholds[i]` < 0
+  // uses the calibrated exit policy, otherwise that threshold for every exit; an offloaded
+  // row gets an InferRequest with `wire_ids[i]` and `deadlines_ms[i]`. All vectors have N
+  // entries (InvalidArgument otherwise).
+  Result<std::vector<HeadDecision>> Decide(const torch::Tensor& images,
+                                           const std::vector<uint64_t>& wire_ids,
+                                           const std::vector<float>& thresholds,
+                                           const std::vector<uint32_t>& deadlines_ms);
+
+  // Converts a decoded application request into a [1,1,H,W] tensor in [0,1], checking the
+  // image size against the model (InvalidArgument naming both sizes on mismatch).
+  Result<torch::Tensor> ImageFromRequest(const edge_api::ClassifyRequest& request) const;
+
+  split::EdgeModel& model() { return *model_; }
+  int image_size() const { return image_size_; }
+
+ private:
+  std::unique_ptr<split::EdgeModel> model_;
+  int image_size_ = 28;
+};
+
+// Index of the largest value (-1 for an empty vector).
+int32_t ArgMax(const std::vector<float>& values);
+
+}  // namespace cleave::edge

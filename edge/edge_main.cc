@@ -1,0 +1,258 @@
+// cleave-edge: the edge daemon for IoT gateways.
+//   cleave-edge serve    — serve local applications over ZeroMQ (the daemon)
+//   cleave-edge classify — one-shot: classify image files or an IDX file and exit
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "common/config.h"
+#include "common/datasets.h"
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "common/png_image.h"
+#include "common/shutdown.h"
+#include "edge/edge_engine.h"
+#include "edge/edge_server.h"
+#include "edge/offload_client.h"
+#include "split/bundle.h"
+
+namespace {
+
+using cleave::ConfigType;
+using cleave::Status;
+template <typename T>
+using Result = cleave::Result<T>;
+
+cleave::ConfigSchema EdgeSchema() {
+  cleave::ConfigSchema schema;
+  schema
+      .Add("edge.bundle", ConfigType::kString, "",
+           "model bundle directory (from `cleave train`); its head and exits run here")
+      .Add("edge.listen", ConfigType::kString, "tcp://127.0.0.1:5555",
+           "ZeroMQ endpoint local applications connect to (ipc:// or tcp://; port 0 = any)")
+      .Add("edge.cloud", ConfigType::kString, "tcp://127.0.0.1:5560",
+           "cleave-cloud endpoint for hard inputs; empty = edge only (hard inputs degrade)")
+      .Add("edge.deadline_ms", ConfigType::kInt, "250",
+           "default end-to-end deadline of a request; past it the best local exit answers")
+      .Add("edge.max_batch", ConfigType::kInt, "32", "requests run through the head together")
+      .Add("edge.int8", ConfigType::kBool, "true", "run the int8-quantized head")
+      .Add("edge.int8_engine", ConfigType::kString, "auto",
+           "auto|onednn|qnnpack|reference (auto measures and keeps the fastest)")
+      .Add("edge.threads", ConfigType::kInt, "1", "libtorch intra-op threads")
+      .Add("edge.ready_file", ConfigType::kString, "",
+           "once serving, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
+      .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
+  return schema;
+}
+
+const char* kFashionMnistClasses[] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                      "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+
+int Fail(const Status& status) {
+  std::fprintf(stderr, "cleave-edge: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+struct Loaded {
+  cleave::Config config;
+  std::unique_ptr<cleave::edge::EdgeEngine> engine;
+};
+
+cleave::Result<Loaded> LoadEngine(const cleave::ConfigSchema& schema, const std::string& path,
+                                  const std::map<std::string, std::string>& flags) {
+  CLEAVE_ASSIGN_OR_RETURN(cleave::Config config, cleave::Config::Load(schema, path, flags));
+  CLEAVE_RETURN_IF_ERROR(cleave::InitLogging(config.GetString("log.level")));
+  const std::string dir = config.GetString("edge.bundle");
+  if (dir.empty()) {
+    return Status::InvalidArgument(
+        "no model bundle: pass --edge.bundle DIR or set [edge] bundle in the config file");
+  }
+  torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, config.GetInt("edge.threads"))));
+  Result<cleave::Bundle> bundle = cleave::Bundle::Open(dir);
+  if (!bundle.ok()) return bundle.status().WithContext("cannot load bundle " + dir);
+  cleave::split::EdgeModel::Options options;
+  options.int8 = config.GetBool("edge.int8");
+  options.int8_engine = config.GetString("edge.int8_engine");
+  auto model = cleave::split::EdgeModel::Load(*bundle, options);
+  if (!model.ok()) return model.status().WithContext("cannot load the head of " + dir);
+  cleave::GetLogger("edge")->info("loaded bundle {} (head {}, engine {})", dir,
+                                  options.int8 ? "int8" : "fp32", (*model)->engine());
+  Loaded loaded{std::move(config), nullptr};
+  loaded.engine = std::make_unique<cleave::edge::EdgeEngine>(std::move(model).value());
+  return loaded;
+}
+
+int Serve(Loaded& loaded) {
+  const cleave::Config& config = loaded.config;
+  cleave::InstallShutdownHandlers();
+  cleave::TransportContext context;
+  cleave::edge::EdgeServerOptions options;
+  options.listen = config.GetString("edge.listen");
+  options.cloud = config.GetString("edge.cloud");
+  options.default_deadline_ms = static_cast<uint32_t>(config.GetInt("edge.deadline_ms"));
+  options.max_batch = static_cast<int>(config.GetInt("edge.max_batch"));
+  auto server = cleave::edge::EdgeServer::Create(context, options, std::move(loaded.engine));
+  if (!server.ok()) return Fail(server.status());
+  cleave::GetLogger("edge")->info("serving applications on {}; cloud at {}", (*server)->endpoint(),
+                                  options.cloud.empty() ? "(none)" : options.cloud);
+  const std::string ready_file = config.GetString("edge.ready_file");
+  if (!ready_file.empty()) {
+    nlohmann::json ready = {{"endpoint", (*server)->endpoint()}, {"pid", ::getpid()}};
+    if (Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) return Fail(s);
+  }
+  Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  return run.ok() ? 0 : Fail(run);
+}
+
+// Reads images from PNG/PGM files or IDX files (.gz or raw) into 8-bit 28x28 pixels.
+Result<std::vector<std::pair<std::string, std::vector<uint8_t>>>> ReadInputs(
+    const std::vector<std::string>& paths, int size) {
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> images;
+  for (const std::string& path : paths) {
+    const bool idx =
+        path.find("idx") != std::string::npos || path.find("ubyte") != std::string::npos;
+    if (idx) {
+      CLEAVE_ASSIGN_OR_RETURN(cleave::ImageDataset data, cleave::LoadIdxImagesOnly(path));
+      if (data.rows != static_cast<uint32_t>(size) || data.cols != static_cast<uint32_t>(size)) {
+        return Status::InvalidArgument(path + ": images are " + std::to_string(data.rows) + "x" +
+                                       std::to_string(data.cols) + "; the model expects " +
+                                       std::to_string(size) + "x" + std::to_string(size));
+      }
+      const size_t area = size_t{data.rows} * data.cols;
+      for (size_t i = 0; i < data.size(); ++i) {
+        images.emplace_back(path + "[" + std::to_string(i) + "]",
+                            std::vector<uint8_t>(data.images.begin() + i * area,
+                                                 data.images.begin() + (i + 1) * area));
+      }
+      continue;
+    }
+    CLEAVE_ASSIGN_OR_RETURN(cleave::GrayImage image, cleave::ReadImageFile(path));
+    if (image.width != static_cast<uint32_t>(size) || image.height != static_cast<uint32_t>(size)) {
+      return Status::InvalidArgument(path + ": image is " + std::to_string(image.width) + "x" +
+                                     std::to_string(image.height) + "; the model expects " +
+                                     std::to_string(size) + "x" + std::to_string(size));
+    }
+    images.emplace_back(path, std::move(image.pixels));
+  }
+  return images;
+}
+
+int Classify(Loaded& loaded, const std::vector<std::string>& paths, bool json, int limit) {
+  const cleave::Config& config = loaded.config;
+  cleave::edge::EdgeEngine& engine = *loaded.engine;
+  auto inputs = ReadInputs(paths, engine.image_size());
+  if (!inputs.ok()) return Fail(inputs.status());
+  if (limit > 0 && static_cast<int>(inputs->size()) > limit) inputs->resize(limit);
+
+  cleave::TransportContext context;
+  std::unique_ptr<cleave::edge::OffloadClient> cloud;
+  const std::string endpoint = config.GetString("edge.cloud");
+  if (!endpoint.empty()) {
+    auto client = cleave::edge::OffloadClient::Connect(context, endpoint);
+    if (!client.ok()) return Fail(client.status());
+    cloud = std::move(client).value();
+  }
+  const int deadline_ms = static_cast<int>(config.GetInt("edge.deadline_ms"));
+  const size_t batch = std::max<int64_t>(1, config.GetInt("edge.max_batch"));
+  const int size = engine.image_size();
+  uint64_t next_id = 1;
+  for (size_t start = 0; start < inputs->size(); start += batch) {
+    const size_t n = std::min(batch, inputs->size() - start);
+    std::vector<uint8_t> pixels;
+    std::vector<uint64_t> ids;
+    for (size_t i = 0; i < n; ++i) {
+      const auto& img = (*inputs)[start + i].second;
+      pixels.insert(pixels.end(), img.begin(), img.end());
+      ids.push_back(next_id++);
+    }
+    torch::Tensor images = cleave::split::ImagesToTensor(pixels.data(), n, size, size);
+    auto decisions = engine.Decide(images, ids, std::vector<float>(n, -1.0f),
+                                   std::vector<uint32_t>(n, deadline_ms));
+    if (!decisions.ok()) return Fail(decisions.status());
+    std::vector<std::pair<uint64_t, std::string>> offload;
+    for (size_t i = 0; i < n; ++i) {
+      if ((*decisions)[i].exit_index < 0 && cloud) {
+        offload.emplace_back(ids[i], (*decisions)[i].offload_request);
+      }
+    }
+    std::map<uint64_t, cleave::wire::InferReply> replies;
+    if (!offload.empty()) {
+      auto exchanged = cloud->Exchange(offload, deadline_ms);
+      if (exchanged.ok()) replies = std::move(exchanged).value();
+    }
+    for (size_t i = 0; i < n; ++i) {
+      const auto& d = (*decisions)[i];
+      std::string source = "edge_exit";
+      int32_t cls = d.best_class;
+      if (d.exit_index < 0) {
+        auto it = replies.find(ids[i]);
+        if (it != replies.end() && it->second.status == cleave::wire::ReplyStatus::kOk) {
+          source = "cloud";
+          cls = cleave::edge::ArgMax(it->second.scores);
+        } else {
+          source = "degraded";
+        }
+      }
+      const std::string label = cls >= 0 && cls < 10 ? kFashionMnistClasses[cls] : "?";
+      if (json) {
+        nlohmann::json line = {{"input", (*inputs)[start + i].first},
+                               {"class", cls},
+                               {"label", label},
+                               {"source", source},
+                               {"confidence", d.best_confidence}};
+        std::cout << line.dump() << "\n";
+      } else {
+        std::printf("%-40s %2d %-12s %-9s conf=%.3f\n", (*inputs)[start + i].first.c_str(), cls,
+                    label.c_str(), source.c_str(), d.best_confidence);
+      }
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "cleave-edge: the edge daemon. Runs the compressed head of a split model with its early "
+      "exits; confident inputs are answered on the gateway, hard ones send a few dozen bytes "
+      "of quantized bottleneck features to cleave-cloud. If the cloud does not answer within "
+      "a request's deadline, the best local exit answers, marked degraded.\n\nEvery key of the "
+      "TOML config file can be given as a flag (--section.key value); flags win over the file."};
+  app.require_subcommand(1);
+  const cleave::ConfigSchema schema = EdgeSchema();
+
+  std::string serve_config;
+  std::map<std::string, std::string> serve_flags;
+  CLI::App* serve = app.add_subcommand(
+      "serve", "serve local applications (ClassifyRequest over ZeroMQ, see common/edge_api.capnp)");
+  cleave::Config::AddFlags(*serve, schema, &serve_config, &serve_flags);
+
+  std::string classify_config;
+  std::map<std::string, std::string> classify_flags;
+  std::vector<std::string> paths;
+  bool json = false;
+  int limit = 0;
+  CLI::App* classify = app.add_subcommand(
+      "classify", "classify image files (PNG, PGM) or IDX files (.gz or raw) once and exit");
+  classify->add_option("inputs", paths, "image or IDX files")->required();
+  classify->add_flag("--json", json, "print one JSON object per input");
+  classify->add_option("--limit", limit, "classify at most this many images (0 = all)");
+  cleave::Config::AddFlags(*classify, schema, &classify_config, &classify_flags);
+  CLI11_PARSE(app, argc, argv);
+
+  if (serve->parsed()) {
+    auto loaded = LoadEngine(schema, serve_config, serve_flags);
+    if (!loaded.ok()) return Fail(loaded.status());
+    return Serve(*loaded);
+  }
+  auto loaded = LoadEngine(schema, classify_config, classify_flags);
+  if (!loaded.ok()) return Fail(loaded.status());
+  return Classify(*loaded, paths, json, limit);
+}

@@ -1,0 +1,100 @@
+// EdgeServer: the cleave-edge serving loop.
+//
+// One thread owns both sockets (libzmq's one-thread-per-socket rule): a ROUTER where local
+// applications send ClassifyRequests, and a DEALER to the cloud tail. Each loop turn drains
+// up to `max_batch` application requests, runs them through the EdgeEngine as one batch,
+// answers confident inputs at once, and sends the rest to the cloud. A pending request is
+// answered by the cloud's reply or, when its deadline passes or the cloud refuses, by the
+// best local exit marked `degraded`. Every request gets exactly one reply; late cloud replies
+// are counted and dropped.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "common/edge_api.h"
+#include "common/status.h"
+#include "common/transport.h"
+#include "edge/edge_engine.h"
+
+namespace cleave::edge {
+
+struct EdgeServerOptions {
+  std::string listen = "tcp://127.0.0.1:5555";  // local application endpoint (ROUTER)
+  std::string cloud = "tcp://127.0.0.1:5560";   // cloud tail endpoint; empty = edge only
+  uint32_t default_deadline_ms = 250;           // when a request does not set one
+  int max_batch = 32;                           // application requests per head batch
+  SocketOptions socket;
+};
+
+struct EdgeServerStats {
+  uint64_t requests = 0;
+  uint64_t answered_exit = 0;
+  uint64_t answered_cloud = 0;
+  uint64_t answered_degraded = 0;
+  uint64_t answered_error = 0;
+  uint64_t rejected = 0;            // undecodable application requests
+  uint64_t late_cloud_replies = 0;  // arrived after the request was answered degraded
+  uint64_t wire_bytes_sent = 0;
+};
+
+class EdgeServer {
+ public:
+  // Binds the local endpoint and connects to the cloud. `context` must outlive the server.
+  static Result<std::unique_ptr<EdgeServer>> Create(TransportContext& context,
+                                                    EdgeServerOptions options,
+                                                    std::unique_ptr<EdgeEngine> engine);
+  ~EdgeServer();
+  EdgeServer(const EdgeServer&) = delete;
+  EdgeServer& operator=(const EdgeServer&) = delete;
+
+  // The bound application endpoint (resolved when the port was 0).
+  const std::string& endpoint() const;
+
+  // Serves until `should_stop()` returns true (checked at least every 50 ms), then answers
+  // every still-pending request degraded before returning.
+  Status Run(const std::function<bool()>& should_stop);
+
+  const EdgeServerStats& stats() const { return stats_; }
+
+ private:
+  struct Pending {
+    std::string peer;
+    uint64_t app_request_id = 0;
+    int64_t deadline_us = 0;
+    int64_t received_us = 0;
+    uint64_t wire_bytes = 0;
+    HeadDecision decision;
+  };
+  struct Incoming {
+    std::string peer;
+    edge_api::ClassifyRequest request;
+    int64_t received_us = 0;
+  };
+
+  EdgeServer(EdgeServerOptions options, std::unique_ptr<EdgeEngine> engine);
+  void ProcessBatch(std::vector<Incoming>& batch);
+  void HandleCloudReply(const std::string& bytes);
+  void ExpireDeadlines(int64_t now_us);
+  void AnswerDegraded(uint64_t wire_id, const std::string& why);
+  void Reply(const std::string& peer, const edge_api::ClassifyReply& reply);
+  int NextTimeoutMs(int64_t now_us) const;
+
+  EdgeServerOptions options_;
+  std::unique_ptr<EdgeEngine> engine_;
+  std::unique_ptr<RouterServer> local_;
+  std::unique_ptr<DealerClient> cloud_;
+  std::map<uint64_t, Pending> pending_;            // by wire request id
+  std::set<std::pair<int64_t, uint64_t>> expiry_;  // (deadline_us, wire id)
+  uint64_t next_wire_id_ = 1;
+  EdgeServerStats stats_;
+};
+
+// Microseconds on the steady clock.
+int64_t SteadyMicros();
+
+}  // namespace cleave::edge

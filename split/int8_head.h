@@ -1,0 +1,77 @@
+// Int8 post-training static quantization of the edge head of a SplitVisionNet.
+//
+// The edge runs blocks [0, end_block) (up to and including the bottleneck encoder) plus the
+// early exits attached to them. Int8Head is a self-contained quantized copy of that part:
+// BatchNorm folded into each conv (Jacob et al. 2018), per-output-channel symmetric int8
+// weights, fp32 biases, and per-tensor affine uint8 activations whose ranges were observed
+// on calibration images (Krishnamoorthi 2018). It keeps no reference to the source network.
+//
+// Execution engines: "onednn" and "qnnpack" run libtorch's quantized kernels (reached
+// through the dispatcher); "reference" runs the same arithmetic in fp32 with
+// quantize-dequantize at every quantization point (fake-quant) and is always available.
+// The quantized engine is process-global libtorch state: Forward sets it before every run.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+
+#include <torch/torch.h>
+
+#include "common/status.h"
+#include "split/vision_model.h"
+
+namespace cleave::split {
+
+struct Int8HeadState;  // weights, scales and prepacked kernels (int8_ops.h)
+
+class Int8Head {
+ public:
+  // Post-training static quantization (Jacob et al. 2018; Krishnamoorthi 2018): BatchNorm
+  // folded into each conv, per-output-channel symmetric int8 weights, per-tensor affine uint8
+  // activations whose ranges are observed on `calibration_images` ([N,1,28,28] floats in
+  // [0,1]), for blocks [0, end_block) of `net` and every exit attached to them. `net` is only
+  // read (its BN running statistics are used; its train/eval mode is left unchanged).
+  // The returned head uses the "reference" engine until SelectEngine is called.
+  static Result<Int8Head> Quantize(SplitVisionNetImpl& net, int end_block,
+                                   const torch::Tensor& calibration_images);
+
+  // Same contract as net.ForwardWithExits(images, end_block) (exit logits float, features
+  // float = dequantized encoder output), computed with int8 weights/activations.
+  // Not thread-safe: one caller at a time (also sets libtorch's global quantized engine).
+  Result<SplitVisionNetImpl::Outputs> Forward(const torch::Tensor& images);
+
+  // Self-contained serialization of the quantized head (int8 weights, scales, zero points,
+  // biases, activation ranges, end_block) to bytes, and back. Deserialize validates
+  // everything against `spec` (shapes, counts) and returns DataLoss/InvalidArgument on
+  // mismatch. A deserialized head uses the "reference" engine until SelectEngine is called.
+  Result<std::string> Serialize() const;
+  static Result<Int8Head> Deserialize(const std::string& bytes, const VisionModelSpec& spec);
+
+  // Bytes of the stored int8 head (weights + per-channel scales + biases + activation
+  // params), the figure reported as head_int8_bytes.
+  int64_t WeightBytes() const;
+
+  // "onednn" | "qnnpack" | "reference". "auto" times each available engine on a batch-1
+  // input and keeps the fastest; "reference" runs the same integer arithmetic in fp32
+  // (fake-quant: quantize-dequantize at every quantization point) and is the fallback.
+  // Unknown names are InvalidArgument; engines this libtorch lacks are Unavailable.
+  Status SelectEngine(const std::string& engine);
+  const std::string& engine() const;
+  // Per-engine batch-1 latency measured by the last SelectEngine("auto") (ms), for reports.
+  const std::map<std::string, double>& engine_timings_ms() const;
+
+  Int8Head(Int8Head&&) noexcept;
+  Int8Head& operator=(Int8Head&&) noexcept;
+  Int8Head(const Int8Head&) = delete;
+  Int8Head& operator=(const Int8Head&) = delete;
+  ~Int8Head();
+
+ private:
+  explicit Int8Head(std::unique_ptr<Int8HeadState> state);
+  Status SelectFastestEngine();
+  std::unique_ptr<Int8HeadState> state_;
+};
+
+}  // namespace cleave::split

@@ -1,0 +1,190 @@
+#include "split/post_training.h"
+
+#include <chrono>
+
+#include "split/wire_quant.h"
+
+namespace cleave::split {
+namespace {
+
+using nlohmann::json;
+
+void Log(std::FILE* out, const std::string& line) {
+  if (out != nullptr) std::fprintf(out, "%s\n", line.c_str());
+}
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+// Per row: the exit's prediction where the policy exits, else the offloaded prediction.
+// Returns (accuracy, exit fraction).
+std::pair<double, double> ExitAccuracy(const std::vector<torch::Tensor>& exits,
+                                       const torch::Tensor& offloaded, const torch::Tensor& labels,
+                                       const ExitPolicy& policy) {
+  const std::vector<int> decision = policy.Decide(exits);
+  const torch::Tensor chosen =
+      torch::tensor(std::vector<int64_t>(decision.begin(), decision.end()), torch::kLong);
+  torch::Tensor pred = offloaded.argmax(1);
+  for (size_t e = 0; e < exits.size(); ++e) {
+    pred = torch::where(chosen.eq(static_cast<int64_t>(e)), exits[e].argmax(1), pred);
+  }
+  const double local = chosen.ge(0).sum().item<double>();
+  const double n = static_cast<double>(labels.size(0));
+  return {pred.eq(labels).sum().item<double>() / n, local / n};
+}
+
+}  // namespace
+
+Result<PathLogits> RunPaths(VisionSplitModel& model, const torch::Tensor& images, int64_t batch) {
+  torch::NoGradGuard no_grad;
+  SplitVisionNetImpl& net = *model.net;
+  net.eval();
+  const int end = model.head_end();
+  PathLogits out;
+  std::vector<torch::Tensor> local, fp32_wire, deployed;
+  std::vector<std::vector<torch::Tensor>> exits_fp32(model.spec.exits.size()),
+      exits_deployed(model.spec.exits.size());
+  try {
+    for (int64_t i = 0; i < images.size(0); i += batch) {
+      const torch::Tensor x = images.narrow(0, i, std::min(batch, images.size(0) - i));
+      SplitVisionNetImpl::Outputs head = net.ForwardWithExits(x, end);
+      local.push_back(net.ForwardRange(head.features, end, net.num_blocks()));
+      CLEAVE_ASSIGN_OR_RETURN(torch::Tensor wired,
+                              WireRoundTrip(head.features, model.wire_dtype, &model.wire_quant));
+      fp32_wire.push_back(net.ForwardRange(wired, end, net.num_blocks()));
+      for (size_t e = 0; e < head.exit_logits.size(); ++e) {
+        exits_fp32[e].push_back(head.exit_logits[e]);
+      }
+      if (model.int8_head) {
+        CLEAVE_ASSIGN_OR_RETURN(SplitVisionNetImpl::Outputs q, model.int8_head->Forward(x));
+        CLEAVE_ASSIGN_OR_RETURN(torch::Tensor qwired,
+                                WireRoundTrip(q.features, model.wire_dtype, &model.wire_quant));
+        deployed.push_back(net.ForwardRange(qwired, end, net.num_blocks()));
+        for (size_t e = 0; e < q.exit_logits.size(); ++e) {
+          exits_deployed[e].push_back(q.exit_logits[e]);
+        }
+      }
+    }
+    out.local_fp32 = torch::cat(local);
+    out.fp32_head_wire = torch::cat(fp32_wire);
+    out.deployed = model.int8_head ? torch::cat(deployed) : out.fp32_head_wire;
+    for (size_t e = 0; e < exits_fp32.size(); ++e) {
+      out.exits_fp32.push_back(torch::cat(exits_fp32[e]));
+      out.exits_deployed.push_back(model.int8_head ? torch::cat(exits_deployed[e])
+                                                   : out.exits_fp32.back());
+    }
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string("evaluating the split model: ") +
+                            e.what_without_backtrace());
+  }
+  return out;
+}
+
+json EvaluatePaths(const PathLogits& logits, const torch::Tensor& labels,
+                   const ExitPolicy& policy) {
+  json j;
+  j["rows"] = labels.size(0);
+  j["local_fp32"] = Accuracy(logits.local_fp32, labels);
+  j["split_no_exit"] = Accuracy(logits.deployed, labels);
+  j["split_no_exit_fp32_head"] = Accuracy(logits.fp32_head_wire, labels);
+  json exit_acc = json::array();
+  for (const auto& e : logits.exits_deployed) exit_acc.push_back(Accuracy(e, labels));
+  j["exit_accuracy"] = exit_acc;
+  auto [acc, frac] = ExitAccuracy(logits.exits_deployed, logits.deployed, labels, policy);
+  j["split_exit"] = acc;
+  j["exit_fraction"] = frac;
+  auto [acc32, frac32] = ExitAccuracy(logits.exits_fp32, logits.fp32_head_wire, labels, policy);
+  j["split_exit_fp32_head"] = acc32;
+  j["exit_fraction_fp32_head"] = frac32;
+  return j;
+}
+
+Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
+                          const LabeledImages& held_out, const LabeledImages& test,
+                          const FinalizeOptions& options) {
+  if (!model.net) return Status::InvalidArgument("finalize: model has no network");
+  if (train.size() == 0 || held_out.size() == 0) {
+    return Status::InvalidArgument("finalize: training and held-out images are required");
+  }
+  torch::NoGradGuard no_grad;
+  SplitVisionNetImpl& net = *model.net;
+  net.eval();
+  const int end = model.head_end();
+
+  // Wire ranges.
+  auto start = std::chrono::steady_clock::now();
+  const bool quantized_wire =
+      model.wire_dtype == wire::DType::kUInt4 || model.wire_dtype == wire::DType::kUInt8;
+  if (!quantized_wire) {
+    model.wire_quant = {};
+  } else if (options.refit_wire || model.wire_quant.scale.empty()) {
+    const torch::Tensor images = train.images.narrow(
+        0, 0, std::min<int64_t>(options.wire_fit_images, train.size()));
+    const torch::Tensor features = Batched(images, 500, [&](const torch::Tensor& x) {
+      return net.ForwardRange(net.Preprocess(x), 0, end);
+    });
+    auto [lo, hi] = ChooseWireRanges(features, model.wire_dtype);
+    model.wire_quant = RangesToQuantParams(lo, hi, model.wire_dtype);
+    Log(options.log, "wire: fitted " + std::string(wire::DTypeName(model.wire_dtype)) +
+                         " ranges on " + std::to_string(images.size(0)) + " training images");
+  }
+
+  // Int8 head (post-training static quantization by Int8Head).
+  model.int8_head.reset();
+  model.int8_info = nullptr;
+  if (options.int8) {
+    start = std::chrono::steady_clock::now();
+    const torch::Tensor calib = train.images.narrow(
+        0, 0, std::min<int64_t>(options.int8_calibration_images, train.size()));
+    auto head = Int8Head::Quantize(net, end, calib);
+    if (!head.ok()) return head.status().WithContext("int8 quantization of the head");
+    model.int8_head = std::make_shared<Int8Head>(std::move(head).value());
+    CLEAVE_RETURN_IF_ERROR(model.int8_head->SelectEngine(options.int8_engine)
+                               .WithContext("int8 engine '" + options.int8_engine + "'"));
+    json timings = json::object();
+    for (const auto& [name, ms] : model.int8_head->engine_timings_ms()) timings[name] = ms;
+    model.int8_info = {{"engine", model.int8_head->engine()},
+                       {"requested_engine", options.int8_engine},
+                       {"engine_timings_ms", timings},
+                       {"calibration_images", calib.size(0)},
+                       {"weight_bytes", model.int8_head->WeightBytes()},
+                       {"seconds", Seconds(start)}};
+    Log(options.log, "int8: head quantized on " + std::to_string(calib.size(0)) +
+                         " images, engine " + model.int8_head->engine() + ", " +
+                         std::to_string(model.int8_head->WeightBytes()) + " bytes");
+  }
+
+  // Exit calibration on the held-out set through the deployed path.
+  CLEAVE_ASSIGN_OR_RETURN(const PathLogits held, RunPaths(model, held_out.images));
+  std::vector<torch::Tensor> scores, correct;
+  for (const auto& logits : held.exits_deployed) {
+    scores.push_back(ExitScores(options.criterion, logits));
+    correct.push_back(logits.argmax(1).eq(held_out.labels));
+  }
+  std::optional<double> reference;
+  if (options.drop_vs_fp32) reference = Accuracy(held.local_fp32, held_out.labels);
+  auto calibration = Calibrate(scores, correct, held.deployed.argmax(1).eq(held_out.labels),
+                               options.criterion, options.target, reference);
+  if (!calibration.ok()) return calibration.status().WithContext("exit calibration");
+  model.exit_policy = calibration->policy();
+  model.calibration = calibration->ToJson();
+  model.calibration["drop_reference"] = options.drop_vs_fp32 ? "local_fp32" : "split_no_exit";
+  Log(options.log, "exits: " + options.target.ToString() + " with " +
+                       ExitCriterionName(options.criterion) + " -> threshold " +
+                       std::to_string(calibration->thresholds.empty()
+                                          ? kExitDisabled
+                                          : calibration->thresholds[0]) +
+                       ", " + std::to_string(100.0 * calibration->exit_fraction) +
+                       "% answered at the edge (held-out)");
+
+  if (!model.evaluation.is_object()) model.evaluation = json::object();
+  model.evaluation["held_out"] = EvaluatePaths(held, held_out.labels, model.exit_policy);
+  if (test.size() > 0) {
+    CLEAVE_ASSIGN_OR_RETURN(const PathLogits t, RunPaths(model, test.images));
+    model.evaluation["test"] = EvaluatePaths(t, test.labels, model.exit_policy);
+  }
+  return Status::Ok();
+}
+
+}  // namespace cleave::split

@@ -1,0 +1,117 @@
+// What the daemons and the benchmark run: the edge head, the cloud tail and the whole model,
+// each loaded from a verified "vision-split" bundle (split/vision_bundle.h).
+//
+// Every method runs under torch::NoGradGuard with the network in eval() mode and turns any
+// c10::Error into a Status: no exception leaves this file. Inputs are checked before they
+// reach libtorch (shape, dtype, finiteness), because they come from peers and files.
+// Threads: each model object serves one caller at a time (libtorch modules are not
+// re-entrant for us, and Int8Head sets a process-global quantized engine per call). Use one
+// object per thread, or serialize calls. The objects own all their weights; the Bundle may
+// be destroyed after Load.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "common/status.h"
+#include "common/tensor_codec.h"
+#include "split/bundle.h"
+#include "split/exit_policy.h"
+#include "split/vision_bundle.h"
+
+namespace cleave::split {
+
+struct EdgeHeadOutput {
+  std::vector<torch::Tensor> exit_logits;  // one [N, num_classes] per exit, in exit order
+  torch::Tensor features;                  // encoder output [N, C, H, W] float, not yet quantized
+};
+
+// The edge side: blocks [0, split_after] and the exits, int8 (default) or fp32.
+class EdgeModel {
+ public:
+  struct Options {
+    bool int8 = true;                  // false: run the fp32 head (head_fp32.pt + exits_fp32.pt)
+    std::string int8_engine = "auto";  // auto | onednn | qnnpack | reference
+  };
+  // Loads only the head (+ exits). Errors from ReadVisionBundle, plus the engine selection's.
+  static Result<std::unique_ptr<EdgeModel>> Load(const Bundle& bundle, const Options& options);
+
+  // images: float [N, 1, H, W] in [0, 1] (N >= 1, H = W = the spec's image size).
+  // InvalidArgument on a wrong shape/dtype or non-finite pixels; Internal if libtorch fails.
+  Result<EdgeHeadOutput> Run(const torch::Tensor& images);
+
+  const ExitPolicy& exit_policy() const { return model_.exit_policy; }
+  // Replaces the thresholds (e.g. for a threshold sweep). The policy's exit count should
+  // match num_exits(); extra thresholds are ignored and missing ones never exit.
+  void set_exit_policy(ExitPolicy policy) { model_.exit_policy = std::move(policy); }
+  wire::DType wire_dtype() const { return model_.wire_dtype; }
+  const wire::QuantParams& wire_quant() const { return model_.wire_quant; }
+  // Per-image feature shape, e.g. {2, 7, 7}.
+  const std::vector<uint32_t>& feature_shape() const { return feature_shape_; }
+  const std::string& model_name() const { return model_.name; }
+  int num_classes() const { return model_.spec.num_classes; }
+  int num_exits() const { return static_cast<int>(model_.spec.exits.size()); }
+  // "fp32", or the int8 engine in use ("onednn", "qnnpack", "reference").
+  std::string engine() const;
+  // The manifest's description (spec, evaluation, calibration...), for reports.
+  const VisionSplitModel& info() const { return model_; }
+
+ private:
+  EdgeModel() = default;
+  VisionSplitModel model_;
+  std::vector<uint32_t> feature_shape_;
+  bool int8_ = true;
+};
+
+// The cloud side: the tail (decoder + rest) and, for the "send the PNG" baseline, the whole
+// fp32 model (loads head_fp32.pt and tail_fp32.pt; never the int8 head).
+class CloudModel {
+ public:
+  static Result<std::unique_ptr<CloudModel>> Load(const Bundle& bundle);
+
+  // features: float [N, C, H, W] with [C, H, W] == feature_shape() (N >= 1) -> logits
+  // [N, num_classes]. InvalidArgument on a wrong shape/dtype or non-finite values.
+  Result<torch::Tensor> RunTail(const torch::Tensor& features);
+  // images as for EdgeModel::Run -> logits of the whole fp32 split model.
+  Result<torch::Tensor> RunFull(const torch::Tensor& images);
+
+  const std::vector<uint32_t>& feature_shape() const { return feature_shape_; }
+  const std::string& model_name() const { return model_.name; }
+  int num_classes() const { return model_.spec.num_classes; }
+  const VisionSplitModel& info() const { return model_; }
+
+ private:
+  CloudModel() = default;
+  VisionSplitModel model_;
+  std::vector<uint32_t> feature_shape_;
+};
+
+// The whole fp32 split model on the edge ("local_fp32" in the benchmark).
+class LocalModel {
+ public:
+  static Result<std::unique_ptr<LocalModel>> Load(const Bundle& bundle);
+  // images as for EdgeModel::Run -> logits [N, num_classes].
+  Result<torch::Tensor> Run(const torch::Tensor& images);
+  const std::string& model_name() const { return model_.name; }
+  int num_classes() const { return model_.spec.num_classes; }
+  const VisionSplitModel& info() const { return model_; }
+
+ private:
+  LocalModel() = default;
+  VisionSplitModel model_;
+};
+
+// uint8 pixels (n * rows * cols, row-major, image after image) -> float [n, 1, rows, cols]
+// in [0, 1]. Copies; `pixels` is only read during the call.
+torch::Tensor ImagesToTensor(const uint8_t* pixels, int64_t n, int rows, int cols);
+
+// Shape/dtype/finiteness check shared by the models: `tensor` must be floating point, 4-D,
+// with dims 1..3 equal to `per_item` and at least one row.
+Status CheckBatch(const torch::Tensor& tensor, const std::vector<int64_t>& per_item,
+                  const char* what);
+
+}  // namespace cleave::split

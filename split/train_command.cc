@@ -1,0 +1,232 @@
+#include "split/train_command.h"
+
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "common/shutdown.h"
+#include "split/post_training.h"
+#include "split/trainer.h"
+#include "split/vision_bundle.h"
+
+namespace cleave::split {
+namespace {
+
+using nlohmann::json;
+
+[[noreturn]] void Fail(const std::string& command, const Status& status) {
+  std::fprintf(stderr, "cleave %s: %s\n", command.c_str(), status.ToString().c_str());
+  throw CLI::RuntimeError(1);
+}
+
+template <typename T>
+T OrFail(const std::string& command, Result<T> result) {
+  if (!result.ok()) Fail(command, result.status());
+  return std::move(result).value();
+}
+
+struct TrainArgs {
+  TrainOptions options;
+  std::string out;
+  std::string wire_dtype = "u4";
+  std::string calibrate = "drop:0.3";
+  std::string criterion = "max_softmax";
+  bool quick = false;
+  bool no_int8 = false;
+  bool no_augment = false;
+  bool quiet = false;
+};
+
+struct SplitArgs {
+  std::string bundle;
+  std::string out;
+  std::string calibrate;
+  std::string criterion;
+  std::string wire_dtype;
+  std::string int8_engine = "auto";
+  std::string data_dir = kFashionMnistDir;
+  int threads = 2;
+  bool no_int8 = false;
+  bool quiet = false;
+};
+
+void RunTrain(TrainArgs& args) {
+  TrainOptions options = args.options;
+  if (args.quick) {
+    // --quick sets the preset; explicit epoch flags given alongside still win.
+    TrainOptions quick = TrainOptions::Quick();
+    const TrainOptions defaults;
+    quick.data_dir = options.data_dir;
+    quick.batch_size = options.batch_size;
+    quick.lr = options.lr;
+    quick.seed = options.seed;
+    quick.threads = options.threads;
+    quick.bottleneck_channels = options.bottleneck_channels;
+    if (options.epochs_teacher != defaults.epochs_teacher) quick.epochs_teacher = options.epochs_teacher;
+    if (options.epochs_distill != defaults.epochs_distill) quick.epochs_distill = options.epochs_distill;
+    if (options.epochs_finetune != defaults.epochs_finetune) {
+      quick.epochs_finetune = options.epochs_finetune;
+    }
+    if (options.epochs_exit != defaults.epochs_exit) quick.epochs_exit = options.epochs_exit;
+    options = quick;
+  }
+  options.wire_dtype = OrFail("train", wire::ParseDType(args.wire_dtype));
+  options.target = OrFail("train", CalibrationTarget::Parse(args.calibrate));
+  options.criterion = OrFail("train", ParseExitCriterion(args.criterion));
+  options.int8 = !args.no_int8;
+  options.augment = !args.no_augment;
+  options.progress_out = args.quiet ? nullptr : stderr;
+  const Status valid = options.Validate();
+  if (!valid.ok()) Fail("train", valid);
+
+  InstallShutdownHandlers();
+  options.cancelled = [] { return ShutdownRequested(); };
+  torch::set_num_threads(options.threads);
+  const TrainData data = OrFail("train", LoadTrainData(options));
+  const TrainReport report = OrFail("train", TrainVisionSplit(options, data, args.out));
+  std::cout << report.ToJson().dump(2) << std::endl;
+}
+
+void RunSplit(SplitArgs& args) {
+  const std::string cmd = "split";
+  torch::set_num_threads(args.threads);
+  const Bundle bundle = OrFail(cmd, Bundle::Open(args.bundle));
+  VisionBundleParts parts;  // every fp32 part: re-quantization starts from the fp32 model
+  VisionSplitModel model = OrFail(cmd, ReadVisionBundle(bundle, parts));
+
+  const json& training = model.training;
+  FinalizeOptions finalize;
+  finalize.log = args.quiet ? nullptr : stderr;
+  finalize.int8 = !args.no_int8;
+  finalize.int8_engine = args.int8_engine;
+  finalize.int8_calibration_images = training.value("int8_calibration_images", int64_t{1536});
+  if (!args.wire_dtype.empty()) {
+    const wire::DType dtype = OrFail(cmd, wire::ParseDType(args.wire_dtype));
+    if (dtype != wire::DType::kUInt4 && dtype != wire::DType::kUInt8) {
+      Fail(cmd, Status::InvalidArgument("--wire-dtype must be u4 or u8"));
+    }
+    finalize.refit_wire = dtype != model.wire_dtype;
+    model.wire_dtype = dtype;
+  }
+  const std::string target_text =
+      !args.calibrate.empty() ? args.calibrate : training.value("calibration_target", "drop:0.3");
+  finalize.target = OrFail(cmd, CalibrationTarget::Parse(target_text));
+  const std::string criterion_text =
+      !args.criterion.empty() ? args.criterion : ExitCriterionName(model.exit_policy.criterion());
+  finalize.criterion = OrFail(cmd, ParseExitCriterion(criterion_text));
+
+  // Rebuild exactly the training/held-out split the bundle was calibrated on.
+  TrainOptions options;
+  options.data_dir = args.data_dir;
+  options.seed = training.value("seed", uint64_t{1});
+  options.held_out = training.value("held_out", int64_t{5000});
+  options.train_limit = training.value("train_limit", int64_t{0});
+  options.test_limit = training.value("test_limit", int64_t{0});
+  const TrainData data = OrFail(cmd, LoadTrainData(options));
+  LabeledImages all = options.train_limit > 0 ? data.train.Head(options.train_limit) : data.train;
+  auto split = OrFail(cmd, HoldOut(all, options.held_out, options.seed));
+  const LabeledImages test =
+      options.test_limit > 0 ? data.test.Head(options.test_limit) : data.test;
+
+  const Status finalized = FinalizeSplitModel(model, split.first, split.second, test, finalize);
+  if (!finalized.ok()) Fail(cmd, finalized);
+  model.training["resplit"] = {{"calibration_target", finalize.target.ToString()},
+                               {"criterion", ExitCriterionName(finalize.criterion)},
+                               {"wire_dtype", wire::DTypeName(model.wire_dtype)},
+                               {"int8_engine", args.int8_engine}};
+  const std::string out = args.out.empty() ? args.bundle : args.out;
+  const Status written = WriteVisionBundle(out, model);
+  if (!written.ok()) Fail(cmd, written);
+  json summary = {{"bundle", out},
+                  {"calibration", model.calibration},
+                  {"wire_dtype", wire::DTypeName(model.wire_dtype)},
+                  {"int8", model.int8_info},
+                  {"test", model.evaluation.value("test", json::object())},
+                  {"held_out", model.evaluation.value("held_out", json::object())}};
+  std::cout << summary.dump(2) << std::endl;
+}
+
+}  // namespace
+
+void RegisterTrainCommands(CLI::App& app) {
+  auto train_args = std::make_shared<TrainArgs>();
+  CLI::App* train = app.add_subcommand(
+      "train",
+      "Train the Fashion-MNIST teacher and split model (BottleFit stages: bottleneck "
+      "distillation, end-to-end fine-tuning with KD and simulated u4 wire, early exits), "
+      "quantize the head to int8, calibrate the exit threshold on a held-out split, report "
+      "test accuracies as JSON on stdout and write a vision-split bundle to --out.");
+  TrainOptions& o = train_args->options;
+  train->add_option("--out", train_args->out, "bundle directory to write (atomically)")
+      ->required();
+  train->add_flag("--quick", train_args->quick,
+                  "small, fast run (2k images, 1 epoch per stage) for smoke tests");
+  train->add_option("--epochs-teacher", o.epochs_teacher, "teacher epochs")->capture_default_str();
+  train->add_option("--epochs-distill", o.epochs_distill,
+                    "stage 1 epochs: encoder+decoder imitate the teacher's features")
+      ->capture_default_str();
+  train->add_option("--epochs-finetune", o.epochs_finetune,
+                    "stage 2 epochs: end to end with distillation and the simulated wire")
+      ->capture_default_str();
+  train->add_option("--epochs-exit", o.epochs_exit, "stage 3 epochs: early exits")
+      ->capture_default_str();
+  train->add_option("--batch-size", o.batch_size, "mini-batch size")->capture_default_str();
+  train->add_option("--lr", o.lr, "peak SGD learning rate of the teacher (fine-tuning uses 0.3x)")
+      ->capture_default_str();
+  train->add_option("--seed", o.seed, "seed of the held-out split and of training")
+      ->capture_default_str();
+  train->add_option("--threads", o.threads, "libtorch intra-op threads")->capture_default_str();
+  train->add_option("--bottleneck-channels", o.bottleneck_channels,
+                    "channels of the 7x7 bottleneck sent over the wire")
+      ->capture_default_str();
+  train->add_option("--wire-dtype", train_args->wire_dtype, "wire quantization: u4 or u8")
+      ->capture_default_str();
+  train->add_option("--calibrate", train_args->calibrate,
+                    "exit calibration target: drop:X (at most X accuracy points below the fp32 "
+                    "split model) or offload:Y (offload at most a fraction Y, or Y%)")
+      ->capture_default_str();
+  train->add_option("--criterion", train_args->criterion,
+                    "exit confidence: max_softmax, entropy or margin")
+      ->capture_default_str();
+  train->add_option("--held-out", o.held_out, "training images held out for calibration")
+      ->capture_default_str();
+  train->add_option("--data-dir", o.data_dir, "Fashion-MNIST IDX directory")
+      ->capture_default_str();
+  train->add_flag("--no-int8", train_args->no_int8, "keep the fp32 head (no int8 head file)");
+  train->add_flag("--no-augment", train_args->no_augment, "disable random crop/flip");
+  train->add_flag("--quiet", train_args->quiet, "no progress output on stderr");
+  train->callback([train_args] { RunTrain(*train_args); });
+
+  auto split_args = std::make_shared<SplitArgs>();
+  CLI::App* split = app.add_subcommand(
+      "split",
+      "Re-quantize and re-calibrate an existing vision-split bundle: refit the wire "
+      "quantizer (--wire-dtype), re-run int8 post-training quantization of the head, "
+      "re-calibrate the exit threshold on the bundle's own held-out split, re-evaluate, and "
+      "write the bundle (in place, atomically, unless --out is given).");
+  split->add_option("--bundle", split_args->bundle, "bundle directory to read")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  split->add_option("--out", split_args->out, "where to write (default: replace --bundle)");
+  split->add_option("--calibrate", split_args->calibrate,
+                    "drop:X or offload:Y (default: the bundle's target)");
+  split->add_option("--criterion", split_args->criterion,
+                    "max_softmax, entropy or margin (default: the bundle's)");
+  split->add_option("--wire-dtype", split_args->wire_dtype, "u4 or u8 (default: the bundle's)");
+  split->add_option("--int8-engine", split_args->int8_engine,
+                    "auto, onednn, qnnpack or reference (recorded for the edge)")
+      ->capture_default_str();
+  split->add_option("--data-dir", split_args->data_dir, "Fashion-MNIST IDX directory")
+      ->capture_default_str();
+  split->add_option("--threads", split_args->threads, "libtorch intra-op threads")
+      ->capture_default_str();
+  split->add_flag("--no-int8", split_args->no_int8, "drop the int8 head");
+  split->add_flag("--quiet", split_args->quiet, "no progress output on stderr");
+  split->callback([split_args] { RunSplit(*split_args); });
+}
+
+}  // namespace cleave::split

@@ -1,0 +1,92 @@
+// The `cleave train` pipeline: data -> teacher -> split student (BottleFit stages 1-2) ->
+// exits (stage 3) -> wire quantizer, int8 head, exit calibration -> evaluation -> bundle.
+// The stages themselves live in split/distill.h, the post-training steps in
+// split/post_training.h; this file holds the options and the orchestration.
+//
+// Data discipline: Fashion-MNIST train (60k) is split with a fixed seed into training rows
+// and a held-out set (5k) used only for exit calibration and validation; the test set
+// (10k) is used only for the final report. The bundle is written once, at the very end,
+// atomically (BundleWriter): an interrupted run (Ctrl-C, `cancelled`) leaves nothing behind.
+// Runs on the calling thread; sets libtorch's intra-op thread count and RNG seed.
+#pragma once
+
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/datasets.h"
+#include "common/status.h"
+#include "common/tensor_codec.h"
+#include "split/distill.h"
+#include "split/exit_policy.h"
+#include "split/train_data.h"
+
+namespace cleave::split {
+
+struct TrainOptions {
+  std::string data_dir = kFashionMnistDir;
+  bool quick = false;  // informational; set by Quick()
+  // Epochs per stage (0 skips the stage; the teacher must train for the student to copy it).
+  int epochs_teacher = 3;
+  int epochs_distill = 1;   // stage 1: bottleneck imitates the teacher's features
+  int epochs_finetune = 2;  // stage 2: end to end with KD and the simulated wire
+  int epochs_exit = 1;      // stage 3: exits with the backbone frozen
+  int batch_size = 128;
+  double lr = 0.1;  // peak SGD learning rate of the teacher; other stages scale from it
+  uint64_t seed = 1;
+  int threads = 2;
+  int bottleneck_channels = 2;
+  // The student; default VisionModelSpec::DefaultSplit(bottleneck_channels) with
+  // DefaultTeacher() as teacher. Tests pass a tiny spec; its teacher is TeacherFor(spec).
+  std::optional<VisionModelSpec> student_spec;
+  wire::DType wire_dtype = wire::DType::kUInt4;
+  CalibrationTarget target;  // drop:0.3
+  ExitCriterion criterion = ExitCriterion::kMaxSoftmax;
+  int64_t held_out = 5000;
+  int64_t train_limit = 0;  // use at most this many training rows (0 = all)
+  int64_t test_limit = 0;   // evaluate on at most this many test rows (0 = all)
+  int64_t int8_calibration_images = 1536;
+  bool int8 = true;
+  std::string int8_engine = "auto";
+  bool augment = true;
+  std::FILE* progress_out = stderr;  // progress bars and step lines; null = silent
+  std::function<bool()> cancelled;   // polled between batches; may be empty
+
+  // The preset for tests and smoke runs: 2k training rows, 1 short epoch per stage, 512
+  // held-out, 1k test rows; finishes in seconds.
+  static TrainOptions Quick();
+  // Range checks with messages naming the option (InvalidArgument).
+  Status Validate() const;
+  nlohmann::json ToJson() const;
+};
+
+struct TrainReport {
+  std::vector<StageStats> stages;
+  double total_seconds = 0;
+  nlohmann::json evaluation;  // {"teacher_test_accuracy", "held_out": {...}, "test": {...}}
+  nlohmann::json calibration;
+  std::string bundle_dir;
+  // The summary printed by `cleave train` (accuracies, exit fraction, timings).
+  nlohmann::json ToJson() const;
+};
+
+// Data handed to the pipeline directly (tests use synthetic sets). `train` is split into
+// training and held-out rows by options.held_out/seed; `test` may be empty.
+struct TrainData {
+  LabeledImages train;
+  LabeledImages test;
+};
+
+// Loads Fashion-MNIST from options.data_dir (errors name the Debian package when missing).
+Result<TrainData> LoadTrainData(const TrainOptions& options);
+
+// Runs the whole pipeline and writes the bundle to `out_dir`.
+Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainData& data,
+                                     const std::filesystem::path& out_dir);
+
+}  // namespace cleave::split

@@ -1,0 +1,285 @@
+#include "split/vision_bundle.h"
+
+#include <cmath>
+#include <sstream>
+
+namespace cleave::split {
+namespace {
+
+using nlohmann::json;
+
+enum class Part { kHead, kExits, kTail };
+
+const char* PartFile(Part part) {
+  switch (part) {
+    case Part::kHead: return kHeadFp32File;
+    case Part::kExits: return kExitsFp32File;
+    case Part::kTail: return kTailFp32File;
+  }
+  return kHeadFp32File;
+}
+
+// Which part a parameter/buffer name ("block3.conv.weight", "exit0.fc.bias") belongs to.
+bool InPart(const std::string& name, Part part, int split_after) {
+  if (name.rfind("exit", 0) == 0) return part == Part::kExits;
+  if (name.rfind("block", 0) != 0) return false;
+  const int block = std::atoi(name.c_str() + 5);
+  return part == (block <= split_after ? Part::kHead : Part::kTail);
+}
+
+struct NamedTensor {
+  std::string name;
+  torch::Tensor tensor;
+  bool is_buffer;
+};
+
+std::vector<NamedTensor> PartTensors(SplitVisionNetImpl& net, Part part) {
+  std::vector<NamedTensor> out;
+  const int split_after = net.spec().split_after;
+  for (const auto& p : net.named_parameters(/*recurse=*/true)) {
+    if (InPart(p.key(), part, split_after)) out.push_back({p.key(), p.value(), false});
+  }
+  for (const auto& b : net.named_buffers(/*recurse=*/true)) {
+    if (InPart(b.key(), part, split_after)) out.push_back({b.key(), b.value(), true});
+  }
+  return out;
+}
+
+Result<std::string> SavePart(SplitVisionNetImpl& net, Part part) {
+  try {
+    torch::serialize::OutputArchive archive;
+    for (const NamedTensor& t : PartTensors(net, part)) {
+      archive.write(t.name, t.tensor.detach(), t.is_buffer);
+    }
+    std::ostringstream out;
+    archive.save_to(out);
+    return out.str();
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string("saving ") + PartFile(part) + ": " +
+                            e.what_without_backtrace());
+  }
+}
+
+// Loads one part into `net`, checking that every tensor is present with the right shape
+// (InputArchive::read would silently resize).
+Status LoadPart(const Bundle& bundle, SplitVisionNetImpl& net, Part part) {
+  const std::string file = PartFile(part);
+  if (!bundle.HasFile(file)) return Status::NotFound("bundle has no " + file);
+  CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, bundle.ReadVerified(file));
+  torch::serialize::InputArchive archive;
+  try {
+    archive.load_from(bytes.data(), bytes.size());
+  } catch (const c10::Error& e) {
+    return Status::DataLoss(file + " is not a readable libtorch archive: " +
+                            e.what_without_backtrace());
+  }
+  torch::NoGradGuard no_grad;
+  for (NamedTensor& t : PartTensors(net, part)) {
+    torch::Tensor stored;
+    bool found = false;
+    try {
+      found = archive.try_read(t.name, stored, t.is_buffer);
+    } catch (const c10::Error& e) {
+      return Status::DataLoss(file + ": tensor " + t.name + " unreadable: " +
+                              e.what_without_backtrace());
+    }
+    if (!found || !stored.defined()) return Status::DataLoss(file + " lacks tensor " + t.name);
+    if (stored.sizes() != t.tensor.sizes() || stored.scalar_type() != t.tensor.scalar_type()) {
+      return Status::DataLoss(file + ": tensor " + t.name + " has shape " +
+                              c10::str(stored.sizes()) + " but the spec needs " +
+                              c10::str(t.tensor.sizes()));
+    }
+    if (stored.is_floating_point() && !torch::isfinite(stored).all().item<bool>()) {
+      return Status::DataLoss(file + ": tensor " + t.name + " has non-finite values");
+    }
+    t.tensor.copy_(stored);
+  }
+  return Status::Ok();
+}
+
+// Wire parameters are checked with the codec's own validator on a dummy tensor, so a
+// bundle can never hold parameters a peer would reject.
+Status ValidateWire(wire::DType dtype, const wire::QuantParams& quant,
+                    const std::vector<uint32_t>& feature_shape) {
+  wire::EncodedTensor probe;
+  probe.dtype = dtype;
+  probe.shape = {1, feature_shape[0], feature_shape[1], feature_shape[2]};
+  probe.channel_axis = 1;
+  probe.quant = quant;
+  const uint64_t count = uint64_t{feature_shape[0]} * feature_shape[1] * feature_shape[2];
+  probe.data.assign(wire::PackedByteSize(dtype, count), '\0');
+  if (dtype == wire::DType::kFloat32 || dtype == wire::DType::kFloat16) {
+    probe.quant = {};
+    if (!quant.scale.empty() || !quant.zero_point.empty()) {
+      return Status::InvalidArgument("float wire dtypes take no quantization parameters");
+    }
+  }
+  return wire::ValidateTensor(probe);
+}
+
+template <typename T>
+Result<T> Field(const json& obj, const char* key) {
+  auto it = obj.find(key);
+  if (it == obj.end()) return Status::InvalidArgument(std::string("missing key \"") + key + "\"");
+  try {
+    return it->get<T>();
+  } catch (const json::exception& e) {
+    return Status::InvalidArgument(std::string("key \"") + key + "\": " + e.what());
+  }
+}
+
+Result<VisionSplitModel> ParseManifest(const json& m) {
+  if (!m.is_object()) return Status::InvalidArgument("\"model\" must be an object");
+  VisionSplitModel model;
+  CLEAVE_ASSIGN_OR_RETURN(model.name, Field<std::string>(m, "name"));
+  if (model.name.empty()) return Status::InvalidArgument("\"name\" is empty");
+  auto spec_json = m.find("spec");
+  if (spec_json == m.end()) return Status::InvalidArgument("missing key \"spec\"");
+  CLEAVE_ASSIGN_OR_RETURN(model.spec, VisionModelSpec::FromJson(*spec_json));
+  CLEAVE_ASSIGN_OR_RETURN(const int split_after, Field<int>(m, "split_after"));
+  if (split_after != model.spec.split_after || split_after < 0) {
+    return Status::InvalidArgument("\"split_after\" " + std::to_string(split_after) +
+                                   " disagrees with the spec or is not a split");
+  }
+  CLEAVE_ASSIGN_OR_RETURN(const std::vector<uint32_t> shape, FeatureShape(model.spec));
+  CLEAVE_ASSIGN_OR_RETURN(const std::vector<uint32_t> stated,
+                          Field<std::vector<uint32_t>>(m, "feature_shape"));
+  if (stated != shape) return Status::InvalidArgument("\"feature_shape\" disagrees with the spec");
+
+  auto policy_json = m.find("exit_policy");
+  if (policy_json == m.end()) return Status::InvalidArgument("missing key \"exit_policy\"");
+  CLEAVE_ASSIGN_OR_RETURN(model.exit_policy, ExitPolicy::FromJson(*policy_json));
+  if (model.exit_policy.num_exits() != static_cast<int>(model.spec.exits.size())) {
+    return Status::InvalidArgument("exit policy has " +
+                                   std::to_string(model.exit_policy.num_exits()) +
+                                   " thresholds but the spec has " +
+                                   std::to_string(model.spec.exits.size()) + " exits");
+  }
+  for (const ExitSpec& e : model.spec.exits) {
+    if (e.after_block > split_after) {
+      return Status::InvalidArgument("an exit sits after the split (block " +
+                                     std::to_string(e.after_block) + ")");
+    }
+  }
+
+  auto wire_json = m.find("wire");
+  if (wire_json == m.end() || !wire_json->is_object()) {
+    return Status::InvalidArgument("missing object \"wire\"");
+  }
+  CLEAVE_ASSIGN_OR_RETURN(const std::string dtype, Field<std::string>(*wire_json, "dtype"));
+  CLEAVE_ASSIGN_OR_RETURN(model.wire_dtype, wire::ParseDType(dtype));
+  CLEAVE_ASSIGN_OR_RETURN(const int axis, Field<int>(*wire_json, "channel_axis"));
+  if (axis != 1) return Status::InvalidArgument("wire channel_axis must be 1");
+  CLEAVE_ASSIGN_OR_RETURN(model.wire_quant.scale, Field<std::vector<float>>(*wire_json, "scale"));
+  CLEAVE_ASSIGN_OR_RETURN(model.wire_quant.zero_point,
+                          Field<std::vector<uint8_t>>(*wire_json, "zero_point"));
+  CLEAVE_RETURN_IF_ERROR(
+      ValidateWire(model.wire_dtype, model.wire_quant, shape).WithContext("\"wire\""));
+
+  model.calibration = m.value("calibration", json());
+  model.int8_info = m.value("int8", json());
+  model.evaluation = m.value("evaluation", json::object());
+  model.training = m.value("training", json::object());
+  return model;
+}
+
+}  // namespace
+
+Result<std::vector<uint32_t>> FeatureShape(const VisionModelSpec& spec) {
+  if (spec.split_after < 0 || spec.split_after >= static_cast<int>(spec.blocks.size())) {
+    return Status::InvalidArgument("model spec has no split point");
+  }
+  int size = spec.image_size;
+  for (int i = 0; i <= spec.split_after; ++i) {
+    const BlockSpec& b = spec.blocks[i];
+    if (b.type == "classifier") return Status::InvalidArgument("split after the classifier");
+    const int kernel = b.type == "conv" ? b.kernel : 3;
+    size = (size + 2 * (kernel / 2) - kernel) / b.stride + 1;
+  }
+  return std::vector<uint32_t>{static_cast<uint32_t>(spec.blocks[spec.split_after].out_channels),
+                               static_cast<uint32_t>(size), static_cast<uint32_t>(size)};
+}
+
+Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitModel& model) {
+  if (!model.net) return Status::InvalidArgument("WriteVisionBundle: model has no network");
+  CLEAVE_RETURN_IF_ERROR(model.spec.Validate());
+  CLEAVE_ASSIGN_OR_RETURN(const std::vector<uint32_t> shape, FeatureShape(model.spec));
+  CLEAVE_RETURN_IF_ERROR(ValidateWire(model.wire_dtype, model.wire_quant, shape)
+                             .WithContext("WriteVisionBundle: wire parameters"));
+  if (model.exit_policy.num_exits() != static_cast<int>(model.spec.exits.size())) {
+    return Status::InvalidArgument("WriteVisionBundle: exit policy/spec exit count mismatch");
+  }
+
+  BundleWriter writer(dir);
+  json files = json::object();
+  for (Part part : {Part::kHead, Part::kExits, Part::kTail}) {
+    CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, SavePart(*model.net.ptr(), part));
+    CLEAVE_RETURN_IF_ERROR(writer.AddFile(PartFile(part), bytes));
+  }
+  files["head_fp32"] = kHeadFp32File;
+  files["exits_fp32"] = kExitsFp32File;
+  files["tail_fp32"] = kTailFp32File;
+  json int8 = nullptr;
+  if (model.int8_head) {
+    CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, model.int8_head->Serialize());
+    CLEAVE_RETURN_IF_ERROR(writer.AddFile(kHeadInt8File, bytes));
+    files["head_int8"] = kHeadInt8File;
+    int8 = model.int8_info.is_object() ? model.int8_info : json::object();
+    int8["file"] = kHeadInt8File;
+    int8["weight_bytes"] = model.int8_head->WeightBytes();
+  }
+  const json manifest = {
+      {"name", model.name},
+      {"spec", model.spec.ToJson()},
+      {"split_after", model.spec.split_after},
+      {"feature_shape", shape},
+      {"exit_policy", model.exit_policy.ToJson()},
+      {"calibration", model.calibration},
+      {"wire",
+       {{"dtype", wire::DTypeName(model.wire_dtype)},
+        {"channel_axis", 1},
+        {"scale", model.wire_quant.scale},
+        {"zero_point", model.wire_quant.zero_point}}},
+      {"int8", int8},
+      {"evaluation", model.evaluation},
+      {"training", model.training},
+      {"files", files}};
+  return writer.Commit(kVisionSplitKind, manifest);
+}
+
+Result<VisionSplitModel> ReadVisionBundle(const Bundle& bundle, const VisionBundleParts& parts) {
+  if (bundle.kind() != kVisionSplitKind) {
+    return Status::InvalidArgument("bundle " + bundle.dir().string() + " is of kind '" +
+                                   bundle.kind() + "', not '" + kVisionSplitKind + "'");
+  }
+  auto parsed = ParseManifest(bundle.model());
+  if (!parsed.ok()) {
+    return parsed.status().WithContext("bundle " + bundle.dir().string() + " manifest");
+  }
+  VisionSplitModel model = std::move(parsed).value();
+  try {
+    model.net = SplitVisionNet(model.spec);
+  } catch (const c10::Error& e) {
+    return Status::InvalidArgument(std::string("cannot build the network: ") +
+                                   e.what_without_backtrace());
+  }
+  const std::pair<bool, Part> wanted[] = {
+      {parts.head_fp32, Part::kHead}, {parts.exits_fp32, Part::kExits}, {parts.tail_fp32, Part::kTail}};
+  for (const auto& [want, part] : wanted) {
+    if (want) CLEAVE_RETURN_IF_ERROR(LoadPart(bundle, *model.net, part));
+  }
+  model.net->eval();
+  if (parts.head_int8) {
+    if (!bundle.HasFile(kHeadInt8File)) {
+      return Status::NotFound("bundle " + bundle.dir().string() + " has no " + kHeadInt8File +
+                              " (train or re-split it with int8 enabled)");
+    }
+    CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, bundle.ReadVerified(kHeadInt8File));
+    auto head = Int8Head::Deserialize(bytes, model.spec);
+    if (!head.ok()) return head.status().WithContext(kHeadInt8File);
+    model.int8_head = std::make_shared<Int8Head>(std::move(head).value());
+  }
+  return model;
+}
+
+}  // namespace cleave::split

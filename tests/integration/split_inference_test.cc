@@ -1,0 +1,272 @@
+// Integration: real cleave-cloud and cleave-edge processes on ephemeral loopback ports,
+// a bundle trained by the real `cleave train --quick`, requests from a local application.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "common/child_process.h"
+#include "common/datasets.h"
+#include "common/transport.h"
+#include "common/wire.h"
+#include "edge/daemon_launcher.h"
+#include "edge/edge_client.h"
+
+namespace cleave::edge {
+namespace {
+
+namespace fs = std::filesystem;
+
+const fs::path kBin = CLEAVE_BIN_DIR;
+
+class SplitInferenceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    work_ = fs::temp_directory_path() / ("cleave-it-" + std::to_string(::getpid()));
+    fs::create_directories(work_);
+    bundle_ = work_ / "bundle";
+    auto train = ChildProcess::Spawn(
+        {(kBin / "cleave").string(), "train", "--quick", "--out", bundle_.string()},
+        (work_ / "train.log").string());
+    ASSERT_TRUE(train.ok()) << train.status().ToString();
+    auto code = (*train)->Wait(10 * 60 * 1000);
+    ASSERT_TRUE(code.ok()) << code.status().ToString();
+    ASSERT_EQ(*code, 0) << "cleave train --quick failed; see " << (work_ / "train.log");
+    auto test = LoadFashionMnist(DatasetSplit::kTest);
+    ASSERT_TRUE(test.ok()) << test.status().ToString();
+    test_ = new ImageDataset(std::move(test).value());
+  }
+  static void TearDownTestSuite() {
+    delete test_;
+    test_ = nullptr;
+    std::error_code ec;
+    fs::remove_all(work_, ec);
+  }
+
+  void SetUp() override {
+    ASSERT_TRUE(test_ != nullptr) << "suite set-up failed";
+    dir_ = work_ / ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::create_directories(dir_);
+  }
+
+  Result<LaunchedDaemon> StartCloud() {
+    return LaunchDaemon(kBin / "cleave-cloud",
+                        {"--cloud.bundle", bundle_.string(), "--cloud.listen", "tcp://127.0.0.1:0",
+                         "--cloud.threads", "1"},
+                        "cloud.ready_file", dir_, "cloud");
+  }
+  Result<LaunchedDaemon> StartEdge(const std::string& cloud_endpoint, int deadline_ms) {
+    return LaunchDaemon(
+        kBin / "cleave-edge",
+        {"serve", "--edge.bundle", bundle_.string(), "--edge.listen", "tcp://127.0.0.1:0",
+         "--edge.cloud", cloud_endpoint, "--edge.deadline_ms", std::to_string(deadline_ms)},
+        "edge.ready_file", dir_, "edge");
+  }
+
+  // Requests for test images [0, n); threshold -1 (calibrated), 0 (always exit) or 2 is not
+  // allowed on the API, so forced offload uses 1.0 (max softmax is < 1 for these models).
+  static std::vector<edge_api::ClassifyRequest> Requests(size_t n, float threshold,
+                                                         uint64_t first_id = 1) {
+    std::vector<edge_api::ClassifyRequest> requests(n);
+    const size_t area = size_t{test_->rows} * test_->cols;
+    for (size_t i = 0; i < n; ++i) {
+      auto& r = requests[i];
+      r.request_id = first_id + i;
+      r.exit_threshold = threshold;
+      r.width = test_->cols;
+      r.height = test_->rows;
+      r.pixels.assign(reinterpret_cast<const char*>(test_->images.data() + i * area), area);
+    }
+    return requests;
+  }
+
+  static fs::path work_;
+  static fs::path bundle_;
+  static ImageDataset* test_;
+  fs::path dir_;
+};
+
+fs::path SplitInferenceTest::work_;
+fs::path SplitInferenceTest::bundle_;
+ImageDataset* SplitInferenceTest::test_ = nullptr;
+
+TEST_F(SplitInferenceTest, EveryRequestAnsweredByExitOrCloud) {
+  auto cloud = StartCloud();
+  ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
+  auto edge = StartEdge(cloud->endpoint, 2000);
+  ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+  TransportContext context;
+  auto client = EdgeClient::Connect(context, edge->endpoint);
+  ASSERT_TRUE(client.ok());
+
+  // 100 forced exits, 100 forced offloads, 100 with the calibrated threshold.
+  std::vector<edge_api::ClassifyRequest> requests = Requests(100, 0.0f, 1);
+  for (auto& r : Requests(100, 1.0f, 1001)) requests.push_back(r);
+  for (auto& r : Requests(100, -1.0f, 2001)) requests.push_back(r);
+  auto outcomes = (*client)->Run(requests, 16, 10000);
+  ASSERT_TRUE(outcomes.ok()) << outcomes.status().ToString();
+  ASSERT_EQ(outcomes->size(), 300u);
+  size_t correct = 0;
+  for (size_t i = 0; i < outcomes->size(); ++i) {
+    const ClassifyOutcome& o = (*outcomes)[i];
+    ASSERT_TRUE(o.answered) << "request " << requests[i].request_id << " got no answer";
+    EXPECT_EQ(o.reply.request_id, requests[i].request_id);
+    EXPECT_TRUE(o.reply.error.empty()) << o.reply.error;
+    EXPECT_GE(o.reply.predicted_class, 0);
+    EXPECT_LT(o.reply.predicted_class, 10);
+    EXPECT_EQ(o.reply.scores.size(), 10u);
+    if (i < 100) {
+      EXPECT_EQ(o.reply.source, edge_api::AnswerSource::kEdgeExit);
+      EXPECT_EQ(o.reply.wire_bytes, 0u);
+    } else if (i < 200) {
+      EXPECT_EQ(o.reply.source, edge_api::AnswerSource::kCloud);
+      EXPECT_GT(o.reply.wire_bytes, 0u);
+      EXPECT_LT(o.reply.wire_bytes, 200u) << "bottleneck features should be a few dozen bytes";
+    } else {
+      EXPECT_TRUE(o.reply.source == edge_api::AnswerSource::kEdgeExit ||
+                  o.reply.source == edge_api::AnswerSource::kCloud);
+    }
+    correct += o.reply.predicted_class == test_->labels[i % 100];
+  }
+  // Even the --quick model is far better than chance (10%).
+  EXPECT_GT(correct, 300u * 4 / 10);
+  EXPECT_EQ((*client)->stray_replies(), 0u);
+}
+
+TEST_F(SplitInferenceTest, KilledCloudDegradesWithinDeadline) {
+  auto cloud = StartCloud();
+  ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
+  const int deadline_ms = 300;
+  auto edge = StartEdge(cloud->endpoint, deadline_ms);
+  ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+  TransportContext context;
+  auto client = EdgeClient::Connect(context, edge->endpoint);
+  ASSERT_TRUE(client.ok());
+
+  // Every request wants the cloud; the cloud is killed after 100 answers.
+  std::vector<edge_api::ClassifyRequest> requests = Requests(300, 1.0f);
+  bool killed = false;
+  size_t done_at_kill = 0;
+  auto outcomes = (*client)->Run(requests, 4, 5000, [&](size_t done) {
+    if (!killed && done >= 100) {
+      ASSERT_TRUE(cloud->process->Signal(SIGKILL).ok());
+      ASSERT_TRUE(cloud->process->Wait(5000).ok());
+      killed = true;
+      done_at_kill = done;
+    }
+  });
+  ASSERT_TRUE(outcomes.ok()) << outcomes.status().ToString();
+  ASSERT_TRUE(killed);
+  size_t cloud_answers = 0, degraded = 0;
+  for (size_t i = 0; i < outcomes->size(); ++i) {
+    const ClassifyOutcome& o = (*outcomes)[i];
+    ASSERT_TRUE(o.answered) << "request " << i << " got no answer";
+    EXPECT_GE(o.reply.predicted_class, 0);
+    if (o.reply.source == edge_api::AnswerSource::kCloud) ++cloud_answers;
+    if (o.reply.source == edge_api::AnswerSource::kDegraded) {
+      ++degraded;
+      // Answered within the deadline (plus scheduling slack on a busy 2-core machine).
+      EXPECT_LE(o.reply.total_micros, static_cast<uint64_t>(deadline_ms + 150) * 1000);
+      EXPECT_LE(o.latency_ms, deadline_ms + 250.0);
+    }
+  }
+  EXPECT_GE(cloud_answers, done_at_kill - 4);  // all before the kill (but those in flight)
+  EXPECT_GE(degraded, outcomes->size() - done_at_kill - 4);
+  // Everything sent after the kill is degraded.
+  for (size_t i = done_at_kill + 4; i < outcomes->size(); ++i) {
+    EXPECT_EQ((*outcomes)[i].reply.source, edge_api::AnswerSource::kDegraded) << i;
+  }
+}
+
+TEST_F(SplitInferenceTest, MalformedInputGetsErrorRepliesAndServiceContinues) {
+  auto cloud = StartCloud();
+  ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
+  TransportContext context;
+  // Straight at the cloud: garbage, wrong version, wrong shape, unknown model.
+  auto dealer = DealerClient::Connect(context, cloud->endpoint);
+  ASSERT_TRUE(dealer.ok());
+  auto roundtrip = [&](const std::string& bytes) -> wire::InferReply {
+    EXPECT_TRUE((*dealer)->Send(bytes, 2000).ok());
+    auto msg = (*dealer)->Receive(5000);
+    EXPECT_TRUE(msg.ok() && msg->has_value()) << "the cloud did not answer";
+    if (!msg.ok() || !msg->has_value()) return {};
+    auto reply = wire::DecodeInferReply(**msg);
+    EXPECT_TRUE(reply.ok()) << reply.status().ToString();
+    return reply.ok() ? *reply : wire::InferReply{};
+  };
+  EXPECT_EQ(roundtrip("\x01\x02garbage").status, wire::ReplyStatus::kError);
+
+  wire::InferRequest request;
+  request.request_id = 7;
+  request.model = "no-such-model";
+  float values[2 * 7 * 7] = {};
+  request.features = *wire::EncodeTensor(values, {1, 2, 7, 7}, wire::DType::kUInt4, 1);
+  wire::InferReply unknown = roundtrip(wire::EncodeInferRequest(request));
+  EXPECT_EQ(unknown.status, wire::ReplyStatus::kError);
+  EXPECT_EQ(unknown.request_id, 7u);
+  EXPECT_NE(unknown.error.find("not served"), std::string::npos) << unknown.error;
+
+  request.protocol_version = wire::kProtocolVersion + 1;
+  request.request_id = 8;
+  wire::InferReply version = roundtrip(wire::EncodeInferRequest(request));
+  EXPECT_EQ(version.status, wire::ReplyStatus::kError);
+  EXPECT_EQ(version.request_id, 8u);
+
+  // The service keeps serving well-formed requests afterwards; the edge rejects bad images.
+  auto edge = StartEdge(cloud->endpoint, 2000);
+  ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+  auto client = EdgeClient::Connect(context, edge->endpoint);
+  ASSERT_TRUE(client.ok());
+  auto bad = Requests(1, -1.0f, 99);
+  bad[0].width = 27;  // pixel count no longer matches: rejected by the decoder
+  auto wrong_size = Requests(1, -1.0f, 100);
+  wrong_size[0].width = 14;
+  wrong_size[0].height = 56;  // right pixel count, wrong image size for the model
+  auto good = Requests(5, 1.0f, 101);
+  std::vector<edge_api::ClassifyRequest> all = {bad[0], wrong_size[0]};
+  all.insert(all.end(), good.begin(), good.end());
+  auto outcomes = (*client)->Run(all, 1, 5000);
+  ASSERT_TRUE(outcomes.ok());
+  ASSERT_TRUE((*outcomes)[0].answered);
+  EXPECT_EQ((*outcomes)[0].reply.source, edge_api::AnswerSource::kError);
+  ASSERT_TRUE((*outcomes)[1].answered);
+  EXPECT_EQ((*outcomes)[1].reply.source, edge_api::AnswerSource::kError);
+  EXPECT_NE((*outcomes)[1].reply.error.find("28x28"), std::string::npos);
+  for (size_t i = 2; i < outcomes->size(); ++i) {
+    ASSERT_TRUE((*outcomes)[i].answered);
+    EXPECT_EQ((*outcomes)[i].reply.source, edge_api::AnswerSource::kCloud);
+  }
+  EXPECT_TRUE(cloud->process->Running());
+  EXPECT_TRUE(edge->process->Running());
+}
+
+TEST_F(SplitInferenceTest, OneShotClassifyOverIdx) {
+  const fs::path out = dir_ / "classify.out";
+  auto proc = ChildProcess::Spawn({(kBin / "cleave-edge").string(), "classify", "--edge.bundle",
+                                   bundle_.string(), "--edge.cloud", "", "--limit", "20", "--json",
+                                   "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"},
+                                  out.string());
+  ASSERT_TRUE(proc.ok());
+  auto code = (*proc)->Wait(120000);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0);
+  std::ifstream in(out);
+  std::string line;
+  int lines = 0;
+  while (std::getline(in, line)) lines += line.rfind("{\"", 0) == 0;
+  EXPECT_EQ(lines, 20);
+
+  auto missing = ChildProcess::Spawn({(kBin / "cleave-edge").string(), "classify", "--edge.bundle",
+                                      (dir_ / "nope").string(), "x.png"},
+                                     (dir_ / "missing.out").string());
+  ASSERT_TRUE(missing.ok());
+  auto missing_code = (*missing)->Wait(60000);
+  ASSERT_TRUE(missing_code.ok());
+  EXPECT_NE(*missing_code, 0);
+}
+
+}  // namespace
+}  // namespace cleave::edge

@@ -1,0 +1,141 @@
+#include "common/edge_api.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+namespace cleave::edge_api {
+namespace {
+
+ClassifyRequest GrayRequest() {
+  ClassifyRequest r;
+  r.request_id = 42;
+  r.deadline_ms = 150;
+  r.exit_threshold = 0.9f;
+  r.kind = ImageKind::kGray8;
+  r.width = 4;
+  r.height = 3;
+  r.pixels = std::string(12, '\x7f');
+  return r;
+}
+
+TEST(EdgeApiTest, GrayRequestRoundTrip) {
+  ClassifyRequest in = GrayRequest();
+  auto out = DecodeClassifyRequest(EncodeClassifyRequest(in));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->request_id, 42u);
+  EXPECT_EQ(out->deadline_ms, 150u);
+  EXPECT_FLOAT_EQ(out->exit_threshold, 0.9f);
+  EXPECT_EQ(out->kind, ImageKind::kGray8);
+  EXPECT_EQ(out->width, 4u);
+  EXPECT_EQ(out->height, 3u);
+  EXPECT_EQ(out->pixels, in.pixels);
+}
+
+TEST(EdgeApiTest, PngRequestRoundTripAndDefaultThreshold) {
+  ClassifyRequest in;
+  in.request_id = 7;
+  in.kind = ImageKind::kPng;
+  in.png = "\x89PNG not really";
+  auto out = DecodeClassifyRequest(EncodeClassifyRequest(in));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->kind, ImageKind::kPng);
+  EXPECT_EQ(out->png, in.png);
+  EXPECT_LT(out->exit_threshold, 0.0f);  // calibrated by default
+}
+
+TEST(EdgeApiTest, ReplyRoundTrip) {
+  ClassifyReply in;
+  in.request_id = 9;
+  in.source = AnswerSource::kDegraded;
+  in.error = "cloud did not answer";
+  in.predicted_class = 3;
+  in.confidence = 0.5f;
+  in.scores = {0.1f, -2.0f, 3.5f};
+  in.exit_index = 0;
+  in.wire_bytes = 61;
+  in.edge_micros = 800;
+  in.total_micros = 250000;
+  auto out = DecodeClassifyReply(EncodeClassifyReply(in));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->source, AnswerSource::kDegraded);
+  EXPECT_EQ(out->error, in.error);
+  EXPECT_EQ(out->predicted_class, 3);
+  EXPECT_EQ(out->scores, in.scores);
+  EXPECT_EQ(out->wire_bytes, 61u);
+  EXPECT_EQ(out->total_micros, 250000u);
+  EXPECT_STREQ(AnswerSourceName(out->source), "degraded");
+}
+
+TEST(EdgeApiTest, RejectsOtherProtocolVersion) {
+  ClassifyRequest in = GrayRequest();
+  in.protocol_version = kProtocolVersion + 1;
+  const std::string bytes = EncodeClassifyRequest(in);
+  auto out = DecodeClassifyRequest(bytes);
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), StatusCode::kVersionMismatch);
+  EXPECT_EQ(PeekClassifyRequestId(bytes), 42u);  // still routable for the error reply
+
+  ClassifyReply reply;
+  reply.protocol_version = 0;
+  EXPECT_EQ(DecodeClassifyReply(EncodeClassifyReply(reply)).status().code(),
+            StatusCode::kVersionMismatch);
+}
+
+TEST(EdgeApiTest, RejectsPixelCountMismatch) {
+  ClassifyRequest in = GrayRequest();
+  in.pixels.pop_back();
+  auto out = DecodeClassifyRequest(EncodeClassifyRequest(in));
+  ASSERT_FALSE(out.ok());
+  EXPECT_EQ(out.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(out.status().message().find("needs 12"), std::string::npos) << out.status().message();
+}
+
+TEST(EdgeApiTest, RejectsEmptyAndOversizedImages) {
+  ClassifyRequest empty = GrayRequest();
+  empty.width = 0;
+  empty.pixels.clear();
+  EXPECT_FALSE(DecodeClassifyRequest(EncodeClassifyRequest(empty)).ok());
+
+  ClassifyRequest huge = GrayRequest();
+  huge.width = kMaxImageSide + 1;
+  huge.height = 1;
+  huge.pixels.assign(kMaxImageSide + 1, 'x');
+  EXPECT_FALSE(DecodeClassifyRequest(EncodeClassifyRequest(huge)).ok());
+
+  ClassifyRequest no_png;
+  no_png.kind = ImageKind::kPng;
+  EXPECT_FALSE(DecodeClassifyRequest(EncodeClassifyRequest(no_png)).ok());
+}
+
+TEST(EdgeApiTest, RejectsBadThreshold) {
+  ClassifyRequest above = GrayRequest();
+  above.exit_threshold = 1.5f;
+  EXPECT_EQ(DecodeClassifyRequest(EncodeClassifyRequest(above)).status().code(),
+            StatusCode::kInvalidArgument);
+  ClassifyRequest nan = GrayRequest();
+  nan.exit_threshold = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_FALSE(DecodeClassifyRequest(EncodeClassifyRequest(nan)).ok());
+}
+
+TEST(EdgeApiTest, RejectsGarbageAndTruncation) {
+  EXPECT_EQ(DecodeClassifyRequest("").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(DecodeClassifyRequest("\xff\xff\xff\xff garbage").ok());
+  const std::string bytes = EncodeClassifyRequest(GrayRequest());
+  for (size_t cut = 1; cut < bytes.size(); cut += 3) {
+    EXPECT_FALSE(DecodeClassifyRequest(bytes.substr(0, cut)).ok()) << "cut at " << cut;
+  }
+  EXPECT_EQ(PeekClassifyRequestId("garbage"), 0u);
+  EXPECT_FALSE(DecodeClassifyReply("\x00\x01").ok());
+}
+
+TEST(EdgeApiTest, RejectsOversizedMessage) {
+  std::string big(kMaxMessageBytes + 1, '\0');
+  auto out = DecodeClassifyRequest(big);
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("exceeds"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace cleave::edge_api

@@ -1,0 +1,313 @@
+#include "split/int8_head.h"
+
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "split/vision_model.h"
+
+namespace cleave::split {
+namespace {
+
+// Random weights with non-trivial BatchNorm statistics, in eval mode, so that folding BN
+// actually matters.
+SplitVisionNet MakeNet(const VisionModelSpec& spec, uint64_t seed) {
+  torch::manual_seed(seed);
+  SplitVisionNet net(spec);
+  torch::NoGradGuard no_grad;
+  for (const auto& module : net->modules(/*include_self=*/false)) {
+    if (auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(module.get())) {
+      const int64_t c = bn->running_mean.size(0);
+      bn->running_mean.copy_(torch::randn({c}) * 0.2);
+      bn->running_var.copy_(torch::rand({c}) + 0.5);
+      bn->weight.copy_(torch::rand({c}) + 0.5);
+      bn->bias.copy_(torch::randn({c}) * 0.2);
+    }
+  }
+  net->eval();
+  return net;
+}
+
+// Blobby images in [0, 1] (random 7x7 patterns upsampled plus a little noise): closer to
+// real pictures than white noise, so logits have real margins.
+torch::Tensor MakeImages(int64_t n, uint64_t seed) {
+  torch::manual_seed(seed);
+  torch::Tensor coarse = torch::rand({n, 1, 7, 7});
+  torch::Tensor images = torch::upsample_bilinear2d(coarse, {28, 28}, /*align_corners=*/false);
+  return (images + 0.05 * torch::randn_like(images)).clamp(0, 1);
+}
+
+SplitVisionNetImpl::Outputs FloatOutputs(SplitVisionNet& net, const torch::Tensor& images,
+                                         int end) {
+  torch::NoGradGuard no_grad;
+  return net->ForwardWithExits(images, end);
+}
+
+double MeanCosine(const torch::Tensor& a, const torch::Tensor& b) {
+  return torch::cosine_similarity(a.flatten(1), b.flatten(1), 1).mean().item<double>();
+}
+
+double Top1Agreement(const torch::Tensor& a, const torch::Tensor& b) {
+  return a.argmax(1).eq(b.argmax(1)).to(torch::kDouble).mean().item<double>();
+}
+
+double RelativeError(const torch::Tensor& a, const torch::Tensor& b) {
+  return ((a - b).norm() / b.norm()).item<double>();
+}
+
+Int8Head QuantizeOrDie(SplitVisionNet& net, int end, const torch::Tensor& calibration) {
+  auto head = Int8Head::Quantize(*net, end, calibration);
+  EXPECT_TRUE(head.ok()) << head.status().ToString();
+  return std::move(head).value();
+}
+
+class Int8HeadTest : public ::testing::Test {
+ protected:
+  VisionModelSpec spec_ = VisionModelSpec::TinySplit();
+  int end_ = spec_.split_after + 1;
+  SplitVisionNet net_ = MakeNet(spec_, 7);
+  torch::Tensor calibration_ = MakeImages(256, 1);
+  torch::Tensor eval_ = MakeImages(512, 2);
+};
+
+// Tolerances for int8 vs fp32 (random weights, TinySplit): exit logits mean cosine > 0.99,
+// top-1 agreement > 95%, features (the dequantized bottleneck) relative L2 error < 10%.
+TEST_F(Int8HeadTest, ReferenceEngineIsCloseToFloat) {
+  Int8Head head = QuantizeOrDie(net_, end_, calibration_);
+  EXPECT_EQ(head.engine(), "reference");
+  auto q = head.Forward(eval_);
+  ASSERT_TRUE(q.ok()) << q.status().ToString();
+  const auto f = FloatOutputs(net_, eval_, end_);
+  ASSERT_EQ(q->exit_logits.size(), f.exit_logits.size());
+  ASSERT_EQ(q->exit_logits.size(), 1u);
+  EXPECT_EQ(q->features.sizes(), f.features.sizes());
+  EXPECT_EQ(q->features.scalar_type(), torch::kFloat);
+  for (size_t e = 0; e < f.exit_logits.size(); ++e) {
+    EXPECT_EQ(q->exit_logits[e].sizes(), f.exit_logits[e].sizes());
+    EXPECT_GT(MeanCosine(q->exit_logits[e], f.exit_logits[e]), 0.99);
+    EXPECT_GT(Top1Agreement(q->exit_logits[e], f.exit_logits[e]), 0.95);
+  }
+  EXPECT_LT(RelativeError(q->features, f.features), 0.10);
+}
+
+TEST_F(Int8HeadTest, WholeNetworkIncludingClassifierIsCloseToFloat) {
+  const int end = static_cast<int>(spec_.blocks.size());
+  Int8Head head = QuantizeOrDie(net_, end, calibration_);
+  auto q = head.Forward(eval_);
+  ASSERT_TRUE(q.ok()) << q.status().ToString();
+  const auto f = FloatOutputs(net_, eval_, end);
+  EXPECT_EQ(q->features.sizes(), f.features.sizes());  // the logits
+  EXPECT_GT(MeanCosine(q->features, f.features), 0.99);
+  EXPECT_GT(Top1Agreement(q->features, f.features), 0.95);
+}
+
+TEST_F(Int8HeadTest, QuantizeOnlyReadsTheNetwork) {
+  net_->train();
+  std::vector<torch::Tensor> before;
+  for (const auto& t : net_->parameters()) before.push_back(t.detach().clone());
+  for (const auto& t : net_->buffers()) before.push_back(t.detach().clone());
+  Int8Head head = QuantizeOrDie(net_, end_, calibration_);
+  EXPECT_TRUE(net_->is_training());
+  size_t i = 0;
+  for (const auto& t : net_->parameters()) EXPECT_TRUE(torch::equal(t, before[i++]));
+  for (const auto& t : net_->buffers()) EXPECT_TRUE(torch::equal(t, before[i++]));
+}
+
+// Every libtorch engine runs the same integer arithmetic as the reference path; they may
+// differ by one rounding step now and then (int32 accumulation and requantization versus
+// fp32), so: logits cosine > 0.999, top-1 agreement > 98%, features relative error < 2%.
+TEST_F(Int8HeadTest, EveryAvailableEngineMatchesReference) {
+  for (int end : {end_, static_cast<int>(spec_.blocks.size())}) {
+    Int8Head head = QuantizeOrDie(net_, end, calibration_);
+    auto ref = head.Forward(eval_);
+    ASSERT_TRUE(ref.ok()) << ref.status().ToString();
+    int tested = 0;
+    for (const std::string engine : {"onednn", "qnnpack"}) {
+      const Status s = head.SelectEngine(engine);
+      if (s.code() == StatusCode::kUnavailable) continue;
+      ASSERT_TRUE(s.ok()) << s.ToString();
+      EXPECT_EQ(head.engine(), engine);
+      ++tested;
+      auto out = head.Forward(eval_);
+      ASSERT_TRUE(out.ok()) << engine << ": " << out.status().ToString();
+      ASSERT_EQ(out->exit_logits.size(), ref->exit_logits.size());
+      for (size_t e = 0; e < ref->exit_logits.size(); ++e) {
+        EXPECT_GT(MeanCosine(out->exit_logits[e], ref->exit_logits[e]), 0.999) << engine;
+        EXPECT_GT(Top1Agreement(out->exit_logits[e], ref->exit_logits[e]), 0.98) << engine;
+      }
+      EXPECT_EQ(out->features.sizes(), ref->features.sizes());
+      EXPECT_LT(RelativeError(out->features, ref->features), 0.02) << engine;
+      // A batch of one gives the same answer as that row of a batch.
+      auto one = head.Forward(eval_.slice(0, 3, 4));
+      ASSERT_TRUE(one.ok());
+      EXPECT_TRUE(torch::allclose(one->features, out->features.slice(0, 3, 4), 1e-5, 1e-6))
+          << engine;
+    }
+    EXPECT_GE(tested, 1) << "this libtorch should ship at least one quantized engine";
+  }
+}
+
+TEST_F(Int8HeadTest, SerializeRoundTripGivesIdenticalOutputs) {
+  Int8Head head = QuantizeOrDie(net_, end_, calibration_);
+  auto bytes = head.Serialize();
+  ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
+  auto loaded = Int8Head::Deserialize(*bytes, spec_);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().ToString();
+  EXPECT_EQ(loaded->WeightBytes(), head.WeightBytes());
+  EXPECT_EQ(loaded->engine(), "reference");
+  auto a = head.Forward(eval_);
+  auto b = loaded->Forward(eval_);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_TRUE(torch::equal(a->features, b->features));
+  ASSERT_EQ(a->exit_logits.size(), b->exit_logits.size());
+  for (size_t e = 0; e < a->exit_logits.size(); ++e) {
+    EXPECT_TRUE(torch::equal(a->exit_logits[e], b->exit_logits[e]));
+  }
+  auto again = loaded->Serialize();
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, *bytes);
+}
+
+TEST_F(Int8HeadTest, DeserializeRejectsTruncatedGarbageAndOtherModels) {
+  Int8Head head = QuantizeOrDie(net_, end_, calibration_);
+  auto bytes = head.Serialize();
+  ASSERT_TRUE(bytes.ok());
+  const std::string& good = *bytes;
+  for (size_t len : {size_t{0}, size_t{1}, size_t{16}, good.size() / 2, good.size() - 1}) {
+    auto r = Int8Head::Deserialize(good.substr(0, len), spec_);
+    ASSERT_FALSE(r.ok()) << "truncated to " << len;
+    EXPECT_EQ(r.status().code(), StatusCode::kDataLoss) << r.status().ToString();
+  }
+  torch::manual_seed(3);
+  const torch::Tensor noise = torch::randint(0, 256, {static_cast<int64_t>(good.size())});
+  std::string garbage(good.size(), '\0');
+  for (size_t i = 0; i < garbage.size(); ++i) {
+    garbage[i] = static_cast<char>(noise[i].item<int64_t>());
+  }
+  auto g = Int8Head::Deserialize(garbage, spec_);
+  ASSERT_FALSE(g.ok());
+  EXPECT_EQ(g.status().code(), StatusCode::kDataLoss);
+
+  VisionModelSpec wider = spec_;  // a valid spec whose stem has 6 channels instead of 4
+  wider.blocks[0].out_channels = 6;
+  wider.blocks[1].in_channels = wider.blocks[1].out_channels = 6;
+  wider.blocks[2].in_channels = 6;
+  ASSERT_TRUE(wider.Validate().ok());
+  auto w = Int8Head::Deserialize(good, wider);
+  ASSERT_FALSE(w.ok());
+  EXPECT_EQ(w.status().code(), StatusCode::kInvalidArgument) << w.status().ToString();
+
+  VisionModelSpec strided = spec_;  // same shapes, different stride: also a different model
+  strided.blocks[1].stride = 2;
+  ASSERT_TRUE(strided.Validate().ok());
+  EXPECT_EQ(Int8Head::Deserialize(good, strided).status().code(), StatusCode::kInvalidArgument);
+
+  VisionModelSpec shorter = spec_;  // the head covers more blocks than this spec has
+  shorter.blocks = {spec_.blocks[0], spec_.blocks.back()};
+  shorter.blocks.back().in_channels = spec_.blocks[0].out_channels;
+  shorter.exits.clear();
+  shorter.split_after = -1;
+  ASSERT_TRUE(shorter.Validate().ok());
+  EXPECT_FALSE(Int8Head::Deserialize(good, shorter).ok());
+}
+
+// A corrupted byte anywhere must never crash the reader or change the head silently: it is
+// rejected, or (in Cap'n Proto padding) the head loads unchanged.
+TEST_F(Int8HeadTest, DeserializeRejectsEveryCorruptedByte) {
+  Int8Head head = QuantizeOrDie(net_, end_, calibration_);
+  auto bytes = head.Serialize();
+  ASSERT_TRUE(bytes.ok());
+  const torch::Tensor probe = eval_.slice(0, 0, 2);
+  auto expected = head.Forward(probe);
+  ASSERT_TRUE(expected.ok());
+  int rejected = 0;
+  for (size_t pos = 0; pos < bytes->size(); ++pos) {
+    std::string corrupt = *bytes;
+    corrupt[pos] = static_cast<char>(corrupt[pos] ^ 0x21);
+    auto r = Int8Head::Deserialize(corrupt, spec_);
+    if (!r.ok()) {
+      ++rejected;
+      continue;
+    }
+    auto out = r->Forward(probe);
+    ASSERT_TRUE(out.ok());
+    EXPECT_TRUE(torch::equal(out->features, expected->features)) << "byte " << pos;
+  }
+  EXPECT_GT(rejected, static_cast<int>(bytes->size()) * 9 / 10);
+}
+
+TEST_F(Int8HeadTest, DeserializeReportsOtherFormatVersions) {
+  Int8Head head = QuantizeOrDie(net_, end_, calibration_);
+  auto bytes = head.Serialize();
+  ASSERT_TRUE(bytes.ok());
+  std::string newer = *bytes;
+  const size_t at = newer.find("\"version\":1");
+  ASSERT_NE(at, std::string::npos);
+  newer[at + 10] = '9';
+  EXPECT_EQ(Int8Head::Deserialize(newer, spec_).status().code(), StatusCode::kVersionMismatch);
+}
+
+// Size figure: int8 weights + per-channel scales + biases + activation parameters against
+// fp32 bytes = 4 x parameter count (including BN gamma/beta) of the same blocks and exits.
+TEST(Int8HeadSizeTest, WeightBytesAtMostThirtyPercentOfFloat) {
+  const VisionModelSpec spec = VisionModelSpec::DefaultSplit(2);
+  SplitVisionNet net = MakeNet(spec, 11);
+  const int end = spec.split_after + 1;
+  auto head = Int8Head::Quantize(*net, end, MakeImages(64, 5));
+  ASSERT_TRUE(head.ok()) << head.status().ToString();
+  const int64_t fp32_bytes = 4 * net->ParameterCount(0, end, /*with_exits=*/true);
+  EXPECT_GT(head->WeightBytes(), fp32_bytes / 5);  // sanity: it counts the weights
+  EXPECT_LE(head->WeightBytes(), fp32_bytes * 3 / 10)
+      << head->WeightBytes() << " vs fp32 " << fp32_bytes;
+}
+
+TEST_F(Int8HeadTest, SelectEngineRejectsUnknownNamesAndAutoPicksATimedEngine) {
+  Int8Head head = QuantizeOrDie(net_, end_, calibration_);
+  for (const std::string bad : {"", "fbgemm", "ONEDNN", "x86", "reference "}) {
+    const Status s = head.SelectEngine(bad);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << "'" << bad << "'";
+    EXPECT_EQ(head.engine(), "reference");
+  }
+  ASSERT_TRUE(head.SelectEngine("auto").ok());
+  const auto& timings = head.engine_timings_ms();
+  ASSERT_TRUE(timings.count("reference"));
+  ASSERT_TRUE(timings.count(head.engine())) << head.engine();
+  for (const auto& [engine, ms] : timings) {
+    EXPECT_GT(ms, 0.0) << engine;
+    EXPECT_LE(timings.at(head.engine()), ms) << "auto must keep the fastest engine";
+  }
+  EXPECT_TRUE(head.Forward(eval_.slice(0, 0, 4)).ok());
+  ASSERT_TRUE(head.SelectEngine("reference").ok());
+  EXPECT_EQ(head.engine(), "reference");
+}
+
+TEST_F(Int8HeadTest, RejectsBadArgumentsWithoutThrowing) {
+  EXPECT_EQ(Int8Head::Quantize(*net_, 0, calibration_).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(Int8Head::Quantize(*net_, 99, calibration_).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(Int8Head::Quantize(*net_, end_, torch::rand({4, 3, 28, 28})).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(Int8Head::Quantize(*net_, end_, torch::Tensor()).status().code(),
+            StatusCode::kInvalidArgument);
+  Int8Head head = QuantizeOrDie(net_, end_, calibration_);
+  EXPECT_EQ(head.Forward(torch::rand({2, 1, 27, 28})).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(head.Forward(torch::rand({2, 28, 28})).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(head.Forward(torch::rand({2, 1, 28, 28}, torch::kDouble)).status().code(),
+            StatusCode::kInvalidArgument);
+  torch::Tensor nan_images = torch::rand({2, 1, 28, 28});
+  nan_images[0][0][0][0] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(head.Forward(nan_images).status().code(), StatusCode::kInvalidArgument);
+
+  Int8Head moved = std::move(head);
+  EXPECT_TRUE(moved.Forward(eval_.slice(0, 0, 1)).ok());
+  EXPECT_EQ(head.Forward(eval_.slice(0, 0, 1)).status().code(),  // NOLINT: use after move
+            StatusCode::kFailedPrecondition);
+}
+
+}  // namespace
+}  // namespace cleave::split
