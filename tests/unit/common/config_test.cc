@@ -237,7 +237,9 @@ TEST_F(ConfigTest, AddFlagsRejectsUnknownFlag) {
   EXPECT_THROW(app.parse(args), CLI::ParseError);
 }
 
-TEST_F(ConfigTest, GetterPreconditionViolationAborts) {
+// Not a ConfigTest: death-test children re-run SetUp but die before TearDown, which would
+// leave their temporary directories behind.
+TEST(ConfigDeathTest, GetterPreconditionViolationAborts) {
   Result<Config> config = Config::Load(TestSchema(), "", {});
   ASSERT_TRUE(config.ok());
   GTEST_FLAG_SET(death_test_style, "threadsafe");

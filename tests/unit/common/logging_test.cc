@@ -2,9 +2,9 @@
 
 #include <stdlib.h>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -39,13 +39,27 @@ class LoggingTest : public ::testing::Test {
   std::filesystem::path dir_;
 };
 
+// "[YYYY-MM-DD HH:MM:SS.mmm] " - checked by hand: <regex> trips GCC 12 warnings under ASan.
+bool StartsWithTimestamp(const std::string& line) {
+  const std::string shape = "[dddd-dd-dd dd:dd:dd.ddd] ";
+  if (line.size() < shape.size()) return false;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    const bool ok = shape[i] == 'd' ? std::isdigit(static_cast<unsigned char>(line[i])) != 0
+                                    : line[i] == shape[i];
+    if (!ok) return false;
+  }
+  return true;
+}
+
 TEST_F(LoggingTest, LinesHaveTimeLevelComponentAndMessage) {
   ASSERT_TRUE(InitLogging("info", LogFile()).ok());
   GetLogger("edge")->info("hello {}", 42);
   const std::string text = ReadLog();
-  const std::regex line(
-      R"(\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\] \[info\] \[edge\] hello 42\n)");
-  EXPECT_TRUE(std::regex_match(text, line)) << text;
+  EXPECT_TRUE(StartsWithTimestamp(text)) << text;
+  const std::string rest = "[info] [edge] hello 42\n";
+  ASSERT_GE(text.size(), rest.size());
+  EXPECT_EQ(text.substr(text.size() - rest.size()), rest) << text;
+  EXPECT_EQ(text.size(), 26 + rest.size()) << text;
 }
 
 TEST_F(LoggingTest, LevelFiltersLowerSeverities) {
