@@ -197,6 +197,7 @@ SplitRun RunSplit(EdgeEngine& engine, OffloadClient& client, const TestSet& test
     run.samples.push_back(s);
     if (i % 100 == 0) progress.Update(static_cast<uint64_t>(i));
   }
+  progress.Update(static_cast<uint64_t>(test.n));
   progress.Finish();
   return run;
 }
@@ -322,6 +323,7 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
       samples.push_back(s);
       if (i % 100 == 0) progress.Update(static_cast<uint64_t>(i));
     }
+    progress.Update(static_cast<uint64_t>(test.n));
     progress.Finish();
     configs["local_fp32"] = Summarize(samples);
   }
@@ -352,6 +354,7 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
       samples.push_back(s);
       if (i % 100 == 0) progress.Update(static_cast<uint64_t>(i));
     }
+    progress.Update(static_cast<uint64_t>(test.n));
     progress.Finish();
     configs["cloud_png"] = Summarize(samples);
   }

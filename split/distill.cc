@@ -16,8 +16,8 @@ constexpr double kKdTemperature = 4.0;
 constexpr double kKdWeight = 0.5;  // share of the KD term; the rest is cross-entropy
 
 // Returns the loss of one batch, with autograd history.
-using StepFn = std::function<torch::Tensor(const torch::Tensor& images,
-                                           const torch::Tensor& labels)>;
+using StepFn =
+    std::function<torch::Tensor(const torch::Tensor& images, const torch::Tensor& labels)>;
 
 std::string Fixed(double v, int digits) {
   char buf[32];
@@ -28,9 +28,10 @@ std::string Fixed(double v, int digits) {
 // Hinton et al. 2015: T^2 * KL(softmax(teacher/T) || softmax(student/T)).
 torch::Tensor KdLoss(const torch::Tensor& student_logits, const torch::Tensor& teacher_logits) {
   const double t = kKdTemperature;
-  return t * t * F::kl_div(F::log_softmax(student_logits / t, F::LogSoftmaxFuncOptions(1)),
-                           F::log_softmax(teacher_logits / t, F::LogSoftmaxFuncOptions(1)),
-                           F::KLDivFuncOptions().reduction(torch::kBatchMean).log_target(true));
+  return t * t *
+         F::kl_div(F::log_softmax(student_logits / t, F::LogSoftmaxFuncOptions(1)),
+                   F::log_softmax(teacher_logits / t, F::LogSoftmaxFuncOptions(1)),
+                   F::KLDivFuncOptions().reduction(torch::kBatchMean).log_target(true));
 }
 
 torch::Tensor CeLoss(const torch::Tensor& logits, const torch::Tensor& labels,
@@ -82,9 +83,9 @@ Result<StageStats> RunStage(const StageConfig& config, const LabeledImages& trai
       loss_avg = step_index == 0 ? value : 0.98 * loss_avg + 0.02 * value;
       stats.samples += batch;
       if (bar) {
-        bar->Update(static_cast<uint64_t>(stats.samples),
-                    "epoch " + std::to_string(epoch + 1) + "/" + std::to_string(config.epochs) +
-                        " loss " + Fixed(loss_avg, 4));
+        bar->Update(static_cast<uint64_t>(stats.samples), "epoch " + std::to_string(epoch + 1) +
+                                                              "/" + std::to_string(config.epochs) +
+                                                              " loss " + Fixed(loss_avg, 4));
       }
     }
   }
@@ -196,9 +197,9 @@ Status InitStudentFromTeacher(SplitVisionNetImpl& student, SplitVisionNetImpl& t
   }
   for (int k = 0; k < tail_blocks; ++k) {
     const int s = decoder + 1 + k, t = encoder + 1 + k;
-    CLEAVE_RETURN_IF_ERROR(CopyModule(student.block(s), teacher.block(t),
-                                      "student block " + std::to_string(s) + " <- teacher " +
-                                          std::to_string(t)));
+    CLEAVE_RETURN_IF_ERROR(
+        CopyModule(student.block(s), teacher.block(t),
+                   "student block " + std::to_string(s) + " <- teacher " + std::to_string(t)));
   }
   return Status::Ok();
 }
@@ -211,9 +212,9 @@ Result<StageStats> DistillBottleneck(SplitVisionNetImpl& student, SplitVisionNet
   student.eval();
   student.block(encoder).train();
   student.block(decoder).train();
-  torch::optim::AdamW optimizer(ParametersOf(student, encoder, decoder + 1),
-                                torch::optim::AdamWOptions(config.lr).weight_decay(
-                                    config.weight_decay));
+  torch::optim::AdamW optimizer(
+      ParametersOf(student, encoder, decoder + 1),
+      torch::optim::AdamWOptions(config.lr).weight_decay(config.weight_decay));
   return RunStage(config, train, optimizer, [&](const torch::Tensor& x, const torch::Tensor&) {
     torch::Tensor head, target;
     {
@@ -233,9 +234,10 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
   teacher.eval();
   student.train();
   for (int e = 0; e < student.num_exits(); ++e) student.exit(e)->eval();
-  torch::optim::SGD optimizer(ParametersOf(student, 0, student.num_blocks()),
-                              torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true)
-                                  .weight_decay(config.weight_decay));
+  torch::optim::SGD optimizer(
+      ParametersOf(student, 0, student.num_blocks()),
+      torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true).weight_decay(
+          config.weight_decay));
   return RunStage(config, train, optimizer, [&](const torch::Tensor& x, const torch::Tensor& y) {
     torch::Tensor features = student.ForwardRange(student.Preprocess(x), 0, split_end);
     wire.Observe(features);
@@ -260,8 +262,8 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
     student.exit(e)->train();
     for (auto& p : student.exit(e)->parameters()) params.push_back(p);
   }
-  torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(config.lr).weight_decay(
-                                            config.weight_decay));
+  torch::optim::AdamW optimizer(
+      params, torch::optim::AdamWOptions(config.lr).weight_decay(config.weight_decay));
   return RunStage(config, train, optimizer, [&](const torch::Tensor& x, const torch::Tensor& y) {
     std::vector<torch::Tensor> taps(spec.exits.size());
     torch::Tensor final_logits;
@@ -279,7 +281,8 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
     torch::Tensor loss = torch::zeros({}, torch::kFloat);
     for (size_t e = 0; e < taps.size(); ++e) {
       const torch::Tensor logits = student.exit(static_cast<int>(e))->forward(taps[e]);
-      loss = loss + (1.0 - kKdWeight) * CeLoss(logits, y) + kKdWeight * KdLoss(logits, final_logits);
+      loss =
+          loss + (1.0 - kKdWeight) * CeLoss(logits, y) + kKdWeight * KdLoss(logits, final_logits);
     }
     return loss;
   });

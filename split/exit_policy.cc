@@ -345,8 +345,8 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
     return Status::FailedPrecondition(
         "calibration: no threshold meets target " + target.ToString() + " (" +
         std::to_string(num_exits) + " exits, " + std::to_string(n) +
-        " rows; with all exits answering, " +
-        std::to_string(100.0 * (n - state.local) / n) + "% is offloaded)");
+        " rows; with all exits answering, " + std::to_string(100.0 * (n - state.local) / n) +
+        "% is offloaded)");
   }
   CalibrationResult result;
   result.criterion = criterion;

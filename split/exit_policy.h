@@ -56,9 +56,10 @@ class ExitPolicy {
   int num_exits() const { return static_cast<int>(thresholds_.size()); }
 
   // For each row: the index of the first exit whose score >= its threshold, or -1 (offload).
-  // `exit_logits[e]` is exit e's [N, C] logits. Never throws: an exit missing from
-  // `exit_logits`, or whose tensor is not [N, C>=2] with the row count of exit 0, is treated
-  // as not confident, so malformed input degrades to offloading (the safe answer).
+  // `exit_logits[e]` is exit e's [N, C] logits; N is taken from the first defined tensor.
+  // Never throws: an exit missing from `exit_logits`, or whose tensor is not a floating
+  // [N, C>=2], is treated as not confident, so malformed input degrades to offloading (the
+  // safe answer). Returns an empty vector when no tensor is defined.
   std::vector<int> Decide(const std::vector<torch::Tensor>& exit_logits) const;
   // Same decision from precomputed scores (`exit_scores[e]` is [N]; N from the first
   // defined tensor; tensors of another size are ignored).
@@ -95,12 +96,12 @@ struct CalibrationTarget {
 struct CalibrationResult {
   ExitCriterion criterion = ExitCriterion::kMaxSoftmax;
   CalibrationTarget target;
-  std::vector<double> thresholds;     // one per exit (all equal: see Calibrate)
-  double exit_fraction = 0;           // share of rows answered by some exit
+  std::vector<double> thresholds;  // one per exit (all equal: see Calibrate)
+  double exit_fraction = 0;        // share of rows answered by some exit
   std::vector<double> per_exit_fraction;
-  double accuracy = 0;                // accuracy of the exit+offload system on the data
-  double full_accuracy = 0;           // accuracy if every row were offloaded
-  double reference_accuracy = 0;      // what "drop" was measured against
+  double accuracy = 0;            // accuracy of the exit+offload system on the data
+  double full_accuracy = 0;       // accuracy if every row were offloaded
+  double reference_accuracy = 0;  // what "drop" was measured against
   int64_t rows = 0;
 
   ExitPolicy policy() const;

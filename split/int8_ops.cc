@@ -99,7 +99,7 @@ torch::Tensor ConvQuantized(const Int8HeadState& state, const QConv& c, const to
 ActQuant ChooseActQuant(float lo, float hi) {
   lo = std::min(lo, 0.0f);
   hi = std::max(hi, 0.0f);
-  if (!(hi - lo >= kMinActRange)) hi = lo + kMinActRange;  // also catches NaN
+  if (hi - lo < kMinActRange) hi = lo + kMinActRange;  // a constant (e.g. all-zero) tensor
   ActQuant q;
   q.scale = (hi - lo) / kActQMax;
   q.zero_point = static_cast<int32_t>(

@@ -119,8 +119,8 @@ Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
   if (!quantized_wire) {
     model.wire_quant = {};
   } else if (options.refit_wire || model.wire_quant.scale.empty()) {
-    const torch::Tensor images = train.images.narrow(
-        0, 0, std::min<int64_t>(options.wire_fit_images, train.size()));
+    const torch::Tensor images =
+        train.images.narrow(0, 0, std::min<int64_t>(options.wire_fit_images, train.size()));
     const torch::Tensor features = Batched(images, 500, [&](const torch::Tensor& x) {
       return net.ForwardRange(net.Preprocess(x), 0, end);
     });
@@ -135,8 +135,8 @@ Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
   model.int8_info = nullptr;
   if (options.int8) {
     start = std::chrono::steady_clock::now();
-    const torch::Tensor calib = train.images.narrow(
-        0, 0, std::min<int64_t>(options.int8_calibration_images, train.size()));
+    const torch::Tensor calib =
+        train.images.narrow(0, 0, std::min<int64_t>(options.int8_calibration_images, train.size()));
     auto head = Int8Head::Quantize(net, end, calib);
     if (!head.ok()) return head.status().WithContext("int8 quantization of the head");
     model.int8_head = std::make_shared<Int8Head>(std::move(head).value());
@@ -164,19 +164,31 @@ Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
   }
   std::optional<double> reference;
   if (options.drop_vs_fp32) reference = Accuracy(held.local_fp32, held_out.labels);
-  auto calibration = Calibrate(scores, correct, held.deployed.argmax(1).eq(held_out.labels),
-                               options.criterion, options.target, reference);
+  const torch::Tensor full_correct = held.deployed.argmax(1).eq(held_out.labels);
+  auto calibration =
+      Calibrate(scores, correct, full_correct, options.criterion, options.target, reference);
+  std::string drop_reference = options.drop_vs_fp32 ? "local_fp32" : "split_no_exit";
+  if (!calibration.ok() && reference &&
+      calibration.status().code() == StatusCode::kFailedPrecondition) {
+    // The deployed path alone is already more than X points below fp32: the best we can do
+    // is to bound the drop against the deployed path itself, and say so.
+    Log(options.log, "exits: warning: the int8/" + std::string(wire::DTypeName(model.wire_dtype)) +
+                         " path misses " + options.target.ToString() +
+                         " against fp32 even without exits; calibrating against it instead");
+    calibration = Calibrate(scores, correct, full_correct, options.criterion, options.target);
+    drop_reference = "split_no_exit (fp32 reference infeasible)";
+  }
   if (!calibration.ok()) return calibration.status().WithContext("exit calibration");
   model.exit_policy = calibration->policy();
   model.calibration = calibration->ToJson();
-  model.calibration["drop_reference"] = options.drop_vs_fp32 ? "local_fp32" : "split_no_exit";
-  Log(options.log, "exits: " + options.target.ToString() + " with " +
-                       ExitCriterionName(options.criterion) + " -> threshold " +
-                       std::to_string(calibration->thresholds.empty()
-                                          ? kExitDisabled
-                                          : calibration->thresholds[0]) +
-                       ", " + std::to_string(100.0 * calibration->exit_fraction) +
-                       "% answered at the edge (held-out)");
+  model.calibration["drop_reference"] = drop_reference;
+  Log(options.log,
+      "exits: " + options.target.ToString() + " with " + ExitCriterionName(options.criterion) +
+          " -> threshold " +
+          std::to_string(calibration->thresholds.empty() ? kExitDisabled
+                                                         : calibration->thresholds[0]) +
+          ", " + std::to_string(100.0 * calibration->exit_fraction) +
+          "% answered at the edge (held-out)");
 
   if (!model.evaluation.is_object()) model.evaluation = json::object();
   model.evaluation["held_out"] = EvaluatePaths(held, held_out.labels, model.exit_policy);

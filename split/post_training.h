@@ -25,11 +25,11 @@ namespace cleave::split {
 
 // Logits of one image set along every path we report.
 struct PathLogits {
-  torch::Tensor local_fp32;                  // whole fp32 model, fp32 features
-  torch::Tensor fp32_head_wire;              // fp32 head -> wire -> tail
-  torch::Tensor deployed;                    // int8 head -> wire -> tail (fp32 head if no int8)
-  std::vector<torch::Tensor> exits_deployed; // exit logits from the int8 head (or fp32)
-  std::vector<torch::Tensor> exits_fp32;     // exit logits from the fp32 head
+  torch::Tensor local_fp32;                   // whole fp32 model, fp32 features
+  torch::Tensor fp32_head_wire;               // fp32 head -> wire -> tail
+  torch::Tensor deployed;                     // int8 head -> wire -> tail (fp32 head if no int8)
+  std::vector<torch::Tensor> exits_deployed;  // exit logits from the int8 head (or fp32)
+  std::vector<torch::Tensor> exits_fp32;      // exit logits from the fp32 head
 };
 
 // Runs `images` through every path of `model` (which must have all fp32 parts, and the
@@ -51,7 +51,7 @@ struct FinalizeOptions {
   std::string int8_engine = "auto";  // recorded in the bundle; the edge may pick another
   int64_t int8_calibration_images = 1536;
   int64_t wire_fit_images = 8192;
-  CalibrationTarget target;          // default drop:0.3
+  CalibrationTarget target;  // default drop:0.3
   ExitCriterion criterion = ExitCriterion::kMaxSoftmax;
   // Bound "drop" against the fp32 split model's held-out accuracy (the benchmark's
   // local_fp32), not against the deployed path's, so int8/u4 losses count against it.

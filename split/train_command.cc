@@ -37,7 +37,7 @@ struct TrainArgs {
   std::string criterion = "max_softmax";
   bool quick = false;
   bool no_int8 = false;
-  bool no_augment = false;
+  bool augment = false;
   bool quiet = false;
 };
 
@@ -66,8 +66,10 @@ void RunTrain(TrainArgs& args) {
     quick.seed = options.seed;
     quick.threads = options.threads;
     quick.bottleneck_channels = options.bottleneck_channels;
-    if (options.epochs_teacher != defaults.epochs_teacher) quick.epochs_teacher = options.epochs_teacher;
-    if (options.epochs_distill != defaults.epochs_distill) quick.epochs_distill = options.epochs_distill;
+    if (options.epochs_teacher != defaults.epochs_teacher)
+      quick.epochs_teacher = options.epochs_teacher;
+    if (options.epochs_distill != defaults.epochs_distill)
+      quick.epochs_distill = options.epochs_distill;
     if (options.epochs_finetune != defaults.epochs_finetune) {
       quick.epochs_finetune = options.epochs_finetune;
     }
@@ -78,7 +80,7 @@ void RunTrain(TrainArgs& args) {
   options.target = OrFail("train", CalibrationTarget::Parse(args.calibrate));
   options.criterion = OrFail("train", ParseExitCriterion(args.criterion));
   options.int8 = !args.no_int8;
-  options.augment = !args.no_augment;
+  options.augment = args.augment;
   options.progress_out = args.quiet ? nullptr : stderr;
   const Status valid = options.Validate();
   if (!valid.ok()) Fail("train", valid);
@@ -161,16 +163,17 @@ void RegisterTrainCommands(CLI::App& app) {
       "quantize the head to int8, calibrate the exit threshold on a held-out split, report "
       "test accuracies as JSON on stdout and write a vision-split bundle to --out.");
   TrainOptions& o = train_args->options;
-  train->add_option("--out", train_args->out, "bundle directory to write (atomically)")
-      ->required();
+  train->add_option("--out", train_args->out, "bundle directory to write (atomically)")->required();
   train->add_flag("--quick", train_args->quick,
                   "small, fast run (2k images, 1 epoch per stage) for smoke tests");
   train->add_option("--epochs-teacher", o.epochs_teacher, "teacher epochs")->capture_default_str();
-  train->add_option("--epochs-distill", o.epochs_distill,
-                    "stage 1 epochs: encoder+decoder imitate the teacher's features")
+  train
+      ->add_option("--epochs-distill", o.epochs_distill,
+                   "stage 1 epochs: encoder+decoder imitate the teacher's features")
       ->capture_default_str();
-  train->add_option("--epochs-finetune", o.epochs_finetune,
-                    "stage 2 epochs: end to end with distillation and the simulated wire")
+  train
+      ->add_option("--epochs-finetune", o.epochs_finetune,
+                   "stage 2 epochs: end to end with distillation and the simulated wire")
       ->capture_default_str();
   train->add_option("--epochs-exit", o.epochs_exit, "stage 3 epochs: early exits")
       ->capture_default_str();
@@ -180,24 +183,27 @@ void RegisterTrainCommands(CLI::App& app) {
   train->add_option("--seed", o.seed, "seed of the held-out split and of training")
       ->capture_default_str();
   train->add_option("--threads", o.threads, "libtorch intra-op threads")->capture_default_str();
-  train->add_option("--bottleneck-channels", o.bottleneck_channels,
-                    "channels of the 7x7 bottleneck sent over the wire")
+  train
+      ->add_option("--bottleneck-channels", o.bottleneck_channels,
+                   "channels of the 7x7 bottleneck sent over the wire")
       ->capture_default_str();
   train->add_option("--wire-dtype", train_args->wire_dtype, "wire quantization: u4 or u8")
       ->capture_default_str();
-  train->add_option("--calibrate", train_args->calibrate,
-                    "exit calibration target: drop:X (at most X accuracy points below the fp32 "
-                    "split model) or offload:Y (offload at most a fraction Y, or Y%)")
+  train
+      ->add_option("--calibrate", train_args->calibrate,
+                   "exit calibration target: drop:X (at most X accuracy points below the fp32 "
+                   "split model) or offload:Y (offload at most a fraction Y, or Y%)")
       ->capture_default_str();
-  train->add_option("--criterion", train_args->criterion,
-                    "exit confidence: max_softmax, entropy or margin")
+  train
+      ->add_option("--criterion", train_args->criterion,
+                   "exit confidence: max_softmax, entropy or margin")
       ->capture_default_str();
   train->add_option("--held-out", o.held_out, "training images held out for calibration")
       ->capture_default_str();
-  train->add_option("--data-dir", o.data_dir, "Fashion-MNIST IDX directory")
-      ->capture_default_str();
+  train->add_option("--data-dir", o.data_dir, "Fashion-MNIST IDX directory")->capture_default_str();
   train->add_flag("--no-int8", train_args->no_int8, "keep the fp32 head (no int8 head file)");
-  train->add_flag("--no-augment", train_args->no_augment, "disable random crop/flip");
+  train->add_flag("--augment", train_args->augment,
+                  "random crop (2 px) and horizontal flip; helps long runs, hurts short ones");
   train->add_flag("--quiet", train_args->quiet, "no progress output on stderr");
   train->callback([train_args] { RunTrain(*train_args); });
 
@@ -217,8 +223,9 @@ void RegisterTrainCommands(CLI::App& app) {
   split->add_option("--criterion", split_args->criterion,
                     "max_softmax, entropy or margin (default: the bundle's)");
   split->add_option("--wire-dtype", split_args->wire_dtype, "u4 or u8 (default: the bundle's)");
-  split->add_option("--int8-engine", split_args->int8_engine,
-                    "auto, onednn, qnnpack or reference (recorded for the edge)")
+  split
+      ->add_option("--int8-engine", split_args->int8_engine,
+                   "auto, onednn, qnnpack or reference (recorded for the edge)")
       ->capture_default_str();
   split->add_option("--data-dir", split_args->data_dir, "Fashion-MNIST IDX directory")
       ->capture_default_str();

@@ -21,20 +21,19 @@ Result<LabeledImages> ToLabeledImages(const ImageDataset& dataset) {
                                    std::to_string(dataset.labels.size()) + " labels");
   }
   LabeledImages out;
-  out.images = torch::from_blob(const_cast<uint8_t*>(dataset.images.data()),
-                                {n, 1, static_cast<int64_t>(dataset.rows),
-                                 static_cast<int64_t>(dataset.cols)},
-                                torch::kUInt8)
+  out.images = torch::from_blob(
+                   const_cast<uint8_t*>(dataset.images.data()),
+                   {n, 1, static_cast<int64_t>(dataset.rows), static_cast<int64_t>(dataset.cols)},
+                   torch::kUInt8)
                    .to(torch::kFloat)
                    .div_(255.0);
-  out.labels =
-      torch::from_blob(const_cast<uint8_t*>(dataset.labels.data()), {n}, torch::kUInt8)
-          .to(torch::kLong);
+  out.labels = torch::from_blob(const_cast<uint8_t*>(dataset.labels.data()), {n}, torch::kUInt8)
+                   .to(torch::kLong);
   return out;
 }
 
-Result<std::pair<LabeledImages, LabeledImages>> HoldOut(const LabeledImages& all,
-                                                        int64_t held_out, uint64_t seed) {
+Result<std::pair<LabeledImages, LabeledImages>> HoldOut(const LabeledImages& all, int64_t held_out,
+                                                        uint64_t seed) {
   if (held_out < 0 || held_out >= all.size()) {
     return Status::InvalidArgument("held-out size " + std::to_string(held_out) +
                                    " must be in [0, " + std::to_string(all.size()) + ")");

@@ -34,12 +34,12 @@ Result<LabeledImages> ToLabeledImages(const ImageDataset& dataset);
 // Splits `all` into (train, held_out) with `held_out` rows chosen by a permutation seeded
 // with `seed`: the same seed always gives the same split, so `cleave split` can recover the
 // calibration set of a bundle trained earlier. InvalidArgument if held_out >= all.size().
-Result<std::pair<LabeledImages, LabeledImages>> HoldOut(const LabeledImages& all,
-                                                        int64_t held_out, uint64_t seed);
+Result<std::pair<LabeledImages, LabeledImages>> HoldOut(const LabeledImages& all, int64_t held_out,
+                                                        uint64_t seed);
 
 struct AugmentOptions {
-  int crop_padding = 2;   // random translation by up to this many pixels (zero padding)
-  bool hflip = true;      // horizontal flip with probability 1/2
+  int crop_padding = 2;  // random translation by up to this many pixels (zero padding)
+  bool hflip = true;     // horizontal flip with probability 1/2
 };
 
 // Returns an augmented copy of `images` [N, C, H, W] (the input is not modified).

@@ -53,7 +53,9 @@ struct TrainOptions {
   int64_t int8_calibration_images = 1536;
   bool int8 = true;
   std::string int8_engine = "auto";
-  bool augment = true;
+  // Random crop/flip. Off by default: in a 3-epoch budget it costs accuracy (measured:
+  // teacher 90.9% with crop+flip vs 92.4% without, 3 epochs, SGD); worth it for long runs.
+  bool augment = false;
   std::FILE* progress_out = stderr;  // progress bars and step lines; null = silent
   std::function<bool()> cancelled;   // polled between batches; may be empty
 

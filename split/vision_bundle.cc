@@ -70,8 +70,8 @@ Status LoadPart(const Bundle& bundle, SplitVisionNetImpl& net, Part part) {
   try {
     archive.load_from(bytes.data(), bytes.size());
   } catch (const c10::Error& e) {
-    return Status::DataLoss(file + " is not a readable libtorch archive: " +
-                            e.what_without_backtrace());
+    return Status::DataLoss(file +
+                            " is not a readable libtorch archive: " + e.what_without_backtrace());
   }
   torch::NoGradGuard no_grad;
   for (NamedTensor& t : PartTensors(net, part)) {
@@ -80,8 +80,8 @@ Status LoadPart(const Bundle& bundle, SplitVisionNetImpl& net, Part part) {
     try {
       found = archive.try_read(t.name, stored, t.is_buffer);
     } catch (const c10::Error& e) {
-      return Status::DataLoss(file + ": tensor " + t.name + " unreadable: " +
-                              e.what_without_backtrace());
+      return Status::DataLoss(file + ": tensor " + t.name +
+                              " unreadable: " + e.what_without_backtrace());
     }
     if (!found || !stored.defined()) return Status::DataLoss(file + " lacks tensor " + t.name);
     if (stored.sizes() != t.tensor.sizes() || stored.scalar_type() != t.tensor.scalar_type()) {
@@ -150,10 +150,9 @@ Result<VisionSplitModel> ParseManifest(const json& m) {
   if (policy_json == m.end()) return Status::InvalidArgument("missing key \"exit_policy\"");
   CLEAVE_ASSIGN_OR_RETURN(model.exit_policy, ExitPolicy::FromJson(*policy_json));
   if (model.exit_policy.num_exits() != static_cast<int>(model.spec.exits.size())) {
-    return Status::InvalidArgument("exit policy has " +
-                                   std::to_string(model.exit_policy.num_exits()) +
-                                   " thresholds but the spec has " +
-                                   std::to_string(model.spec.exits.size()) + " exits");
+    return Status::InvalidArgument(
+        "exit policy has " + std::to_string(model.exit_policy.num_exits()) +
+        " thresholds but the spec has " + std::to_string(model.spec.exits.size()) + " exits");
   }
   for (const ExitSpec& e : model.spec.exits) {
     if (e.after_block > split_after) {
@@ -228,22 +227,21 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
     int8["file"] = kHeadInt8File;
     int8["weight_bytes"] = model.int8_head->WeightBytes();
   }
-  const json manifest = {
-      {"name", model.name},
-      {"spec", model.spec.ToJson()},
-      {"split_after", model.spec.split_after},
-      {"feature_shape", shape},
-      {"exit_policy", model.exit_policy.ToJson()},
-      {"calibration", model.calibration},
-      {"wire",
-       {{"dtype", wire::DTypeName(model.wire_dtype)},
-        {"channel_axis", 1},
-        {"scale", model.wire_quant.scale},
-        {"zero_point", model.wire_quant.zero_point}}},
-      {"int8", int8},
-      {"evaluation", model.evaluation},
-      {"training", model.training},
-      {"files", files}};
+  const json manifest = {{"name", model.name},
+                         {"spec", model.spec.ToJson()},
+                         {"split_after", model.spec.split_after},
+                         {"feature_shape", shape},
+                         {"exit_policy", model.exit_policy.ToJson()},
+                         {"calibration", model.calibration},
+                         {"wire",
+                          {{"dtype", wire::DTypeName(model.wire_dtype)},
+                           {"channel_axis", 1},
+                           {"scale", model.wire_quant.scale},
+                           {"zero_point", model.wire_quant.zero_point}}},
+                         {"int8", int8},
+                         {"evaluation", model.evaluation},
+                         {"training", model.training},
+                         {"files", files}};
   return writer.Commit(kVisionSplitKind, manifest);
 }
 
@@ -263,8 +261,9 @@ Result<VisionSplitModel> ReadVisionBundle(const Bundle& bundle, const VisionBund
     return Status::InvalidArgument(std::string("cannot build the network: ") +
                                    e.what_without_backtrace());
   }
-  const std::pair<bool, Part> wanted[] = {
-      {parts.head_fp32, Part::kHead}, {parts.exits_fp32, Part::kExits}, {parts.tail_fp32, Part::kTail}};
+  const std::pair<bool, Part> wanted[] = {{parts.head_fp32, Part::kHead},
+                                          {parts.exits_fp32, Part::kExits},
+                                          {parts.tail_fp32, Part::kTail}};
   for (const auto& [want, part] : wanted) {
     if (want) CLEAVE_RETURN_IF_ERROR(LoadPart(bundle, *model.net, part));
   }

@@ -18,10 +18,11 @@ std::pair<torch::Tensor, torch::Tensor> ChooseWireRanges(const torch::Tensor& fe
                                                          wire::DType dtype) {
   torch::NoGradGuard no_grad;
   const int64_t channels = features.size(1);
-  torch::Tensor values = features.detach().to(torch::kFloat).transpose(0, 1).reshape({channels, -1});
+  torch::Tensor values =
+      features.detach().to(torch::kFloat).transpose(0, 1).reshape({channels, -1});
   if (values.size(1) > kMaxSamplesPerChannel) {
-    values = values.index_select(1, torch::randperm(values.size(1)).narrow(0, 0,
-                                                                         kMaxSamplesPerChannel));
+    values =
+        values.index_select(1, torch::randperm(values.size(1)).narrow(0, 0, kMaxSamplesPerChannel));
   }
   const torch::Tensor sorted = std::get<0>(values.sort(1));
   const int64_t m = sorted.size(1);

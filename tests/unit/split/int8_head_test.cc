@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -32,12 +34,64 @@ SplitVisionNet MakeNet(const VisionModelSpec& spec, uint64_t seed) {
 }
 
 // Blobby images in [0, 1] (random 7x7 patterns upsampled plus a little noise): closer to
-// real pictures than white noise, so logits have real margins.
+// real pictures than white noise.
 torch::Tensor MakeImages(int64_t n, uint64_t seed) {
   torch::manual_seed(seed);
   torch::Tensor coarse = torch::rand({n, 1, 7, 7});
   torch::Tensor images = torch::upsample_bilinear2d(coarse, {28, 28}, /*align_corners=*/false);
   return (images + 0.05 * torch::randn_like(images)).clamp(0, 1);
+}
+
+// A labelled synthetic task: class k is blobby prototype k, scaled and with pixel noise.
+struct Task {
+  torch::Tensor images;
+  torch::Tensor labels;
+};
+
+Task MakeTask(int64_t n, uint64_t seed) {
+  const torch::Tensor prototypes = MakeImages(10, /*seed=*/99);
+  torch::manual_seed(seed);
+  Task task;
+  task.labels = torch::randint(0, 10, {n}, torch::kLong);
+  task.images = (prototypes.index_select(0, task.labels) * (0.6 + 0.4 * torch::rand({n, 1, 1, 1})) +
+                 0.15 * torch::randn({n, 1, 28, 28}))
+                    .clamp(0, 1);
+  return task;
+}
+
+// Trains `net` briefly on MakeTask (final and exit losses) so its logits depend on the input
+// the way a real model's do; leaves it in eval mode with learned BN statistics.
+void TrainBriefly(SplitVisionNet& net, int steps) {
+  torch::manual_seed(21);
+  torch::optim::Adam optimizer(net->parameters(), 1e-2);
+  net->train();
+  for (int step = 0; step < steps; ++step) {
+    const Task batch = MakeTask(64, 1000 + step);
+    const auto out = net->ForwardWithExits(batch.images, net->num_blocks());
+    torch::Tensor loss = torch::cross_entropy_loss(out.features, batch.labels);
+    for (const auto& logits : out.exit_logits) {
+      loss = loss + torch::cross_entropy_loss(logits, batch.labels);
+    }
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+  }
+  net->eval();
+}
+
+// TinySplit trained once per process (about two seconds); tests only read it. Its exit
+// reaches ~94% and its classifier 100% on MakeTask.
+SplitVisionNet& TrainedTinyNet() {
+  static SplitVisionNet net = [] {
+    SplitVisionNet n = MakeNet(VisionModelSpec::TinySplit(), 7);
+    TrainBriefly(n, 300);
+    return n;
+  }();
+  return net;
+}
+
+double Accuracy(const torch::Tensor& logits, const torch::Tensor& labels) {
+  return logits.argmax(1).eq(labels).to(torch::kDouble).mean().item<double>();
 }
 
 SplitVisionNetImpl::Outputs FloatOutputs(SplitVisionNet& net, const torch::Tensor& images,
@@ -46,12 +100,18 @@ SplitVisionNetImpl::Outputs FloatOutputs(SplitVisionNet& net, const torch::Tenso
   return net->ForwardWithExits(images, end);
 }
 
-double MeanCosine(const torch::Tensor& a, const torch::Tensor& b) {
-  return torch::cosine_similarity(a.flatten(1), b.flatten(1), 1).mean().item<double>();
+// Logits of randomly initialized nets are dominated by a per-class offset shared by all
+// inputs (input-dependent spread is ~1-5% of it), which makes raw cosine and top-1 trivially
+// high. Both metrics therefore compare logits minus the batch mean of the reference `b`:
+// errors in the offset still count, but the input-dependent part decides.
+double CenteredCosine(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor mean = b.mean(0, /*keepdim=*/true);
+  return torch::cosine_similarity(a - mean, b - mean, 1).mean().item<double>();
 }
 
-double Top1Agreement(const torch::Tensor& a, const torch::Tensor& b) {
-  return a.argmax(1).eq(b.argmax(1)).to(torch::kDouble).mean().item<double>();
+double CenteredTop1Agreement(const torch::Tensor& a, const torch::Tensor& b) {
+  const torch::Tensor mean = b.mean(0, /*keepdim=*/true);
+  return (a - mean).argmax(1).eq((b - mean).argmax(1)).to(torch::kDouble).mean().item<double>();
 }
 
 double RelativeError(const torch::Tensor& a, const torch::Tensor& b) {
@@ -73,9 +133,10 @@ class Int8HeadTest : public ::testing::Test {
   torch::Tensor eval_ = MakeImages(512, 2);
 };
 
-// Tolerances for int8 vs fp32 (random weights, TinySplit): exit logits mean cosine > 0.99,
-// top-1 agreement > 95%, features (the dequantized bottleneck) relative L2 error < 10%.
-TEST_F(Int8HeadTest, ReferenceEngineIsCloseToFloat) {
+// Random weights (as the fp32 reference of a fresh model): exit logits mean cosine > 0.99,
+// top-1 agreement > 95% (both on raw logits), features (the dequantized bottleneck) relative
+// L2 error < 5%. Raw-logit metrics are weak here (see CenteredCosine), hence the next test.
+TEST_F(Int8HeadTest, ReferenceEngineIsCloseToFloatWithRandomWeights) {
   Int8Head head = QuantizeOrDie(net_, end_, calibration_);
   EXPECT_EQ(head.engine(), "reference");
   auto q = head.Forward(eval_);
@@ -85,23 +146,48 @@ TEST_F(Int8HeadTest, ReferenceEngineIsCloseToFloat) {
   ASSERT_EQ(q->exit_logits.size(), 1u);
   EXPECT_EQ(q->features.sizes(), f.features.sizes());
   EXPECT_EQ(q->features.scalar_type(), torch::kFloat);
-  for (size_t e = 0; e < f.exit_logits.size(); ++e) {
-    EXPECT_EQ(q->exit_logits[e].sizes(), f.exit_logits[e].sizes());
-    EXPECT_GT(MeanCosine(q->exit_logits[e], f.exit_logits[e]), 0.99);
-    EXPECT_GT(Top1Agreement(q->exit_logits[e], f.exit_logits[e]), 0.95);
-  }
-  EXPECT_LT(RelativeError(q->features, f.features), 0.10);
+  EXPECT_EQ(q->exit_logits[0].sizes(), f.exit_logits[0].sizes());
+  EXPECT_GT(torch::cosine_similarity(q->exit_logits[0], f.exit_logits[0], 1).mean().item<double>(),
+            0.99);
+  EXPECT_GT(q->exit_logits[0]
+                .argmax(1)
+                .eq(f.exit_logits[0].argmax(1))
+                .to(torch::kDouble)
+                .mean()
+                .item<double>(),
+            0.95);
+  EXPECT_LT(RelativeError(q->features, f.features), 0.05);
 }
 
-TEST_F(Int8HeadTest, WholeNetworkIncludingClassifierIsCloseToFloat) {
-  const int end = static_cast<int>(spec_.blocks.size());
-  Int8Head head = QuantizeOrDie(net_, end, calibration_);
-  auto q = head.Forward(eval_);
-  ASSERT_TRUE(q.ok()) << q.status().ToString();
-  const auto f = FloatOutputs(net_, eval_, end);
-  EXPECT_EQ(q->features.sizes(), f.features.sizes());  // the logits
-  EXPECT_GT(MeanCosine(q->features, f.features), 0.99);
-  EXPECT_GT(Top1Agreement(q->features, f.features), 0.95);
+// A briefly trained TinySplit (input-dependent logits, learned BN statistics), for the head
+// and for the whole network: centered cosine > 0.99, centered top-1 agreement > 95%,
+// features relative error < 5%, and task accuracy within 3 points of fp32. (Measured over
+// four training seeds: exit agreement 98.2-99.6%, features error 1.4-2.3%.)
+TEST_F(Int8HeadTest, ReferenceEngineIsCloseToFloatOnATrainedNet) {
+  SplitVisionNet& net = TrainedTinyNet();
+  const Task calibration = MakeTask(256, 1);
+  const Task test = MakeTask(512, 2);
+  for (int end : {end_, static_cast<int>(spec_.blocks.size())}) {
+    Int8Head head = QuantizeOrDie(net, end, calibration.images);
+    auto q = head.Forward(test.images);
+    ASSERT_TRUE(q.ok()) << q.status().ToString();
+    const auto f = FloatOutputs(net, test.images, end);
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs;  // (int8, fp32) logits
+    for (size_t e = 0; e < f.exit_logits.size(); ++e) {
+      pairs.emplace_back(q->exit_logits[e], f.exit_logits[e]);
+    }
+    if (end == net->num_blocks()) {
+      pairs.emplace_back(q->features, f.features);  // the classifier's logits
+    } else {
+      EXPECT_LT(RelativeError(q->features, f.features), 0.05);
+    }
+    for (const auto& [qi, fi] : pairs) {
+      EXPECT_GT(Accuracy(fi, test.labels), 0.5) << "the net did not learn the task";
+      EXPECT_GT(CenteredCosine(qi, fi), 0.99);
+      EXPECT_GT(CenteredTop1Agreement(qi, fi), 0.95);
+      EXPECT_NEAR(Accuracy(qi, test.labels), Accuracy(fi, test.labels), 0.03);
+    }
+  }
 }
 
 TEST_F(Int8HeadTest, QuantizeOnlyReadsTheNetwork) {
@@ -116,13 +202,17 @@ TEST_F(Int8HeadTest, QuantizeOnlyReadsTheNetwork) {
   for (const auto& t : net_->buffers()) EXPECT_TRUE(torch::equal(t, before[i++]));
 }
 
-// Every libtorch engine runs the same integer arithmetic as the reference path; they may
-// differ by one rounding step now and then (int32 accumulation and requantization versus
-// fp32), so: logits cosine > 0.999, top-1 agreement > 98%, features relative error < 2%.
+// Every libtorch engine runs the same integer arithmetic as the reference path; they differ
+// by a rounding step now and then (int32 accumulation and requantization versus fp32), so on
+// the trained net: centered logits cosine > 0.999, centered top-1 agreement > 98%, features
+// relative error < 2%; a batch of one equals that row of a batch to 1e-5.
 TEST_F(Int8HeadTest, EveryAvailableEngineMatchesReference) {
+  SplitVisionNet& net = TrainedTinyNet();
+  const Task calibration = MakeTask(256, 1);
+  const Task test = MakeTask(512, 3);
   for (int end : {end_, static_cast<int>(spec_.blocks.size())}) {
-    Int8Head head = QuantizeOrDie(net_, end, calibration_);
-    auto ref = head.Forward(eval_);
+    Int8Head head = QuantizeOrDie(net, end, calibration.images);
+    auto ref = head.Forward(test.images);
     ASSERT_TRUE(ref.ok()) << ref.status().ToString();
     int tested = 0;
     for (const std::string engine : {"onednn", "qnnpack"}) {
@@ -131,17 +221,16 @@ TEST_F(Int8HeadTest, EveryAvailableEngineMatchesReference) {
       ASSERT_TRUE(s.ok()) << s.ToString();
       EXPECT_EQ(head.engine(), engine);
       ++tested;
-      auto out = head.Forward(eval_);
+      auto out = head.Forward(test.images);
       ASSERT_TRUE(out.ok()) << engine << ": " << out.status().ToString();
       ASSERT_EQ(out->exit_logits.size(), ref->exit_logits.size());
       for (size_t e = 0; e < ref->exit_logits.size(); ++e) {
-        EXPECT_GT(MeanCosine(out->exit_logits[e], ref->exit_logits[e]), 0.999) << engine;
-        EXPECT_GT(Top1Agreement(out->exit_logits[e], ref->exit_logits[e]), 0.98) << engine;
+        EXPECT_GT(CenteredCosine(out->exit_logits[e], ref->exit_logits[e]), 0.999) << engine;
+        EXPECT_GT(CenteredTop1Agreement(out->exit_logits[e], ref->exit_logits[e]), 0.98) << engine;
       }
       EXPECT_EQ(out->features.sizes(), ref->features.sizes());
       EXPECT_LT(RelativeError(out->features, ref->features), 0.02) << engine;
-      // A batch of one gives the same answer as that row of a batch.
-      auto one = head.Forward(eval_.slice(0, 3, 4));
+      auto one = head.Forward(test.images.slice(0, 3, 4));
       ASSERT_TRUE(one.ok());
       EXPECT_TRUE(torch::allclose(one->features, out->features.slice(0, 3, 4), 1e-5, 1e-6))
           << engine;

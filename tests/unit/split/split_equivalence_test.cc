@@ -109,8 +109,8 @@ TEST_P(SplitEquivalenceTest, HeadWireTailEqualsWholeModel) {
 
   if (c.dtype == wire::DType::kFloat32) {
     EXPECT_TRUE(torch::equal(features, head));
-    EXPECT_TRUE(torch::equal(tail, whole)) << "max |diff| "
-                                           << (tail - whole).abs().max().item<float>();
+    EXPECT_TRUE(torch::equal(tail, whole))
+        << "max |diff| " << (tail - whole).abs().max().item<float>();
   } else {
     // Feature error within half a step per channel.
     const int64_t channels = head.size(1);
@@ -118,8 +118,8 @@ TEST_P(SplitEquivalenceTest, HeadWireTailEqualsWholeModel) {
     const torch::Tensor half_step =
         torch::tensor(encoded->quant.scale).view({1, channels, 1, 1}) / 2 + 1e-6;
     EXPECT_TRUE((features - head).abs().le(half_step).all().item<bool>());
-    const double nmse = (tail - whole).pow(2).sum().item<double>() /
-                        whole.pow(2).sum().item<double>();
+    const double nmse =
+        (tail - whole).pow(2).sum().item<double>() / whole.pow(2).sum().item<double>();
     const double bound = c.dtype == wire::DType::kUInt8 ? 1e-3 : 3e-2;
     EXPECT_LT(nmse, bound) << "normalized MSE of the logits";
     // Bytes on the wire per image at the deployment split, e.g. 2x7x7 u4 = 49 bytes.
@@ -131,8 +131,8 @@ TEST_P(SplitEquivalenceTest, HeadWireTailEqualsWholeModel) {
   if (std::getenv("CLEAVE_EQUIVALENCE_PERF") != nullptr) {
     std::cout << "{\"case\":\"" << Name({c, 0}) << "\",\"batch\":64,\"head_ms\":" << head_ms
               << ",\"encode_ms\":" << encode_ms << ",\"decode_ms\":" << decode_ms
-              << ",\"tail_ms\":" << tail_ms << ",\"wire_bytes\":" << encoded->data.size()
-              << "}" << std::endl;
+              << ",\"tail_ms\":" << tail_ms << ",\"wire_bytes\":" << encoded->data.size() << "}"
+              << std::endl;
   }
 }
 

@@ -3,6 +3,7 @@
 // reproduces the local model.
 #include "split/trainer.h"
 
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 
@@ -17,18 +18,16 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// Class c: a bright 8x8 square at one of 10 positions, plus noise. Easy to learn.
+// Class c: a 14x14 patch of brightness (c + 0.5) / 10 plus noise - learnable by a tiny net
+// whose classifier pools globally.
 LabeledImages Synthetic(int64_t n, uint64_t seed) {
   torch::manual_seed(seed);
   LabeledImages set;
   set.labels = torch::randint(0, 10, {n}, torch::kLong);
-  set.images = torch::rand({n, 1, 28, 28}) * 0.3;
-  auto labels = set.labels.accessor<int64_t, 1>();
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t c = labels[i];
-    const int64_t r = 2 + (c / 5) * 12, col = 1 + (c % 5) * 5;
-    set.images[i].narrow(1, r, 8).narrow(2, col, 6).add_(0.7);
-  }
+  const torch::Tensor level = (set.labels.to(torch::kFloat) + 0.5) / 10.0;
+  set.images = torch::zeros({n, 1, 28, 28});
+  set.images.narrow(2, 7, 14).narrow(3, 7, 14).copy_(
+      level.view({n, 1, 1, 1}).expand({n, 1, 14, 14}) + 0.03 * torch::randn({n, 1, 14, 14}));
   set.images.clamp_(0.0, 1.0);
   return set;
 }
@@ -48,7 +47,7 @@ class TrainerTest : public ::testing::Test {
     options.epochs_teacher = 2;
     options.int8_engine = "reference";
     options.threads = 1;
-    options.progress_out = nullptr;
+    options.progress_out = std::getenv("CLEAVE_TEST_VERBOSE") ? stderr : nullptr;
     TrainData data{Synthetic(1280, 1), Synthetic(256, 2)};
     auto report = TrainVisionSplit(options, data, *dir_ / "bundle");
     ASSERT_TRUE(report.ok()) << report.status().ToString();
@@ -71,8 +70,8 @@ nlohmann::json* TrainerTest::report_ = nullptr;
 TEST_F(TrainerTest, ReportHasEveryFigureAndTheModelLearned) {
   ASSERT_NE(report_, nullptr);
   const auto& test = report_->at("test");
-  for (const char* key : {"teacher", "local_fp32", "split_no_exit", "split_exit",
-                          "exit_fraction"}) {
+  for (const char* key :
+       {"teacher", "local_fp32", "split_no_exit", "split_exit", "exit_fraction"}) {
     ASSERT_TRUE(test.contains(key)) << key;
   }
   EXPECT_GT(test.at("teacher").get<double>(), 0.5);
@@ -137,8 +136,8 @@ TEST_F(TrainerTest, EdgeWireCloudMatchesLocalModel) {
   ASSERT_TRUE(deployed.ok());
   const double agree =
       deployed->argmax(1).eq(reference->argmax(1)).to(torch::kDouble).mean().item<double>();
-  const double nmse = (*deployed - *reference).pow(2).sum().item<double>() /
-                      reference->pow(2).sum().item<double>();
+  const double nmse =
+      (*deployed - *reference).pow(2).sum().item<double>() / reference->pow(2).sum().item<double>();
   EXPECT_GE(agree, 0.9);
   EXPECT_LT(nmse, 0.1);
   // The exit policy decides on int8 exit logits.
@@ -153,10 +152,8 @@ TEST_F(TrainerTest, RuntimeRejectsMalformedInputs) {
   auto local = LocalModel::Load(*bundle);
   ASSERT_TRUE(edge.ok() && cloud.ok() && local.ok());
   const auto code = [](const Status& s) { return s.code(); };
-  EXPECT_EQ(code((*edge)->Run(torch::rand({2, 1, 27, 28})).status()),
-            StatusCode::kInvalidArgument);
-  EXPECT_EQ(code((*edge)->Run(torch::rand({0, 1, 28, 28})).status()),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code((*edge)->Run(torch::rand({2, 1, 27, 28})).status()), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code((*edge)->Run(torch::rand({0, 1, 28, 28})).status()), StatusCode::kInvalidArgument);
   EXPECT_EQ(code((*edge)->Run(torch::zeros({2, 1, 28, 28}, torch::kUInt8)).status()),
             StatusCode::kInvalidArgument);
   EXPECT_EQ(code((*edge)->Run(torch::Tensor()).status()), StatusCode::kInvalidArgument);
@@ -165,8 +162,7 @@ TEST_F(TrainerTest, RuntimeRejectsMalformedInputs) {
   EXPECT_EQ(code((*local)->Run(nan).status()), StatusCode::kInvalidArgument);
   EXPECT_EQ(code((*cloud)->RunTail(torch::rand({2, 3, 7, 7})).status()),
             StatusCode::kInvalidArgument);
-  EXPECT_EQ(code((*cloud)->RunTail(torch::rand({2, 2, 7})).status()),
-            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code((*cloud)->RunTail(torch::rand({2, 2, 7})).status()), StatusCode::kInvalidArgument);
   EXPECT_EQ(code((*cloud)->RunFull(torch::rand({2, 2, 28, 28})).status()),
             StatusCode::kInvalidArgument);
 }
@@ -227,8 +223,8 @@ TEST_F(TrainerTest, WrongKindAndInconsistentManifestAreRefused) {
 }
 
 TEST(TrainerCancelTest, CancelledRunWritesNothing) {
-  const fs::path out = fs::temp_directory_path() /
-                       ("cleave_trainer_cancel_" + std::to_string(::getpid()));
+  const fs::path out =
+      fs::temp_directory_path() / ("cleave_trainer_cancel_" + std::to_string(::getpid()));
   fs::remove_all(out);
   TrainOptions options = TrainOptions::Quick();
   options.student_spec = VisionModelSpec::TinySplit();

@@ -124,8 +124,8 @@ TEST(VisionModelSpecTest, MalformedJsonIsRejected) {
   using nlohmann::json;
   const json good = VisionModelSpec::TinySplit().ToJson();
   std::vector<json> cases;
-  for (const char* key : {"input_channels", "image_size", "num_classes", "input_mean",
-                          "input_std", "split_after", "blocks", "exits"}) {
+  for (const char* key : {"input_channels", "image_size", "num_classes", "input_mean", "input_std",
+                          "split_after", "blocks", "exits"}) {
     json j = good;
     j.erase(key);
     cases.push_back(j);
@@ -143,7 +143,9 @@ TEST(VisionModelSpecTest, MalformedJsonIsRejected) {
   for (const json& j : cases) {
     auto r = VisionModelSpec::FromJson(j);
     EXPECT_FALSE(r.ok()) << j.dump();
-    if (!r.ok()) EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    if (!r.ok()) {
+      EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    }
   }
 }
 

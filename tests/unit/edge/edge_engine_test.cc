@@ -1,0 +1,143 @@
+#include "edge/edge_engine.h"
+
+#include <gtest/gtest.h>
+
+#include "common/png_image.h"
+#include "common/wire.h"
+#include "split/bundle.h"
+#include "testing/tiny_bundle.h"
+
+namespace cleave::edge {
+namespace {
+
+class EdgeEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::TempPath("edge_engine");
+    ASSERT_TRUE(testing::WriteTinyBundle(dir_).ok());
+    auto bundle = Bundle::Open(dir_);
+    ASSERT_TRUE(bundle.ok()) << bundle.status().ToString();
+    split::EdgeModel::Options options;
+    options.int8_engine = "reference";
+    auto model = split::EdgeModel::Load(*bundle, options);
+    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    engine_ = std::make_unique<EdgeEngine>(std::move(model).value());
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<EdgeEngine> engine_;
+};
+
+TEST_F(EdgeEngineTest, ThresholdZeroAnswersEverythingLocally) {
+  auto decisions = engine_->Decide(testing::RandomImages(5, 1), {1, 2, 3, 4, 5},
+                                   std::vector<float>(5, 0.0f), std::vector<uint32_t>(5, 100));
+  ASSERT_TRUE(decisions.ok()) << decisions.status().ToString();
+  for (const HeadDecision& d : *decisions) {
+    EXPECT_EQ(d.exit_index, 0);
+    EXPECT_TRUE(d.offload_request.empty());
+    ASSERT_EQ(d.best_scores.size(), 10u);
+    EXPECT_EQ(d.best_class, ArgMax(d.best_scores));
+    EXPECT_GT(d.best_confidence, 0.0f);
+  }
+}
+
+TEST_F(EdgeEngineTest, UnreachableThresholdOffloadsDecodableFeatures) {
+  auto decisions = engine_->Decide(testing::RandomImages(3, 2), {10, 11, 12},
+                                   std::vector<float>(3, 2.0f), {50, 60, 70});
+  ASSERT_TRUE(decisions.ok()) << decisions.status().ToString();
+  for (size_t i = 0; i < 3; ++i) {
+    const HeadDecision& d = (*decisions)[i];
+    EXPECT_EQ(d.exit_index, -1);
+    ASSERT_FALSE(d.offload_request.empty());
+    // The degraded fallback is still prepared.
+    EXPECT_GE(d.best_exit, 0);
+    EXPECT_GE(d.best_class, 0);
+    auto request = wire::DecodeInferRequest(d.offload_request);
+    ASSERT_TRUE(request.ok()) << request.status().ToString();
+    EXPECT_EQ(request->request_id, 10 + i);
+    EXPECT_EQ(request->deadline_ms, 50 + 10 * i);
+    EXPECT_EQ(request->model, "fmnist");
+    EXPECT_EQ(request->input, wire::InputKind::kFeatures);
+    EXPECT_EQ(request->features.dtype, wire::DType::kUInt4);
+    EXPECT_EQ(request->features.shape, (std::vector<uint32_t>{1, 2, 7, 7}));
+    EXPECT_EQ(request->features.data.size(), 49u);  // 98 four-bit values
+  }
+}
+
+TEST_F(EdgeEngineTest, OffloadedFeaturesMatchTheHeadWithinQuantization) {
+  torch::Tensor images = testing::RandomImages(1, 3);
+  auto decisions = engine_->Decide(images, {1}, {2.0f}, {100});
+  ASSERT_TRUE(decisions.ok());
+  auto request = wire::DecodeInferRequest((*decisions)[0].offload_request);
+  ASSERT_TRUE(request.ok());
+  auto values = wire::DecodeTensor(request->features);
+  ASSERT_TRUE(values.ok());
+  auto head = engine_->model().Run(images);
+  ASSERT_TRUE(head.ok());
+  torch::Tensor expected = head->features.contiguous().view(-1);
+  ASSERT_EQ(static_cast<int64_t>(values->size()), expected.numel());
+  const auto& scale = engine_->model().wire_quant().scale;
+  for (size_t i = 0; i < values->size(); ++i) {
+    const size_t channel = i / 49;
+    // Inside the calibrated range the error is at most half a step; outside it clamps.
+    const float lo =
+        -static_cast<float>(engine_->model().wire_quant().zero_point[channel]) * scale[channel];
+    const float hi = lo + 15 * scale[channel];
+    const float clamped = std::min(std::max(expected[i].item<float>(), lo), hi);
+    EXPECT_NEAR((*values)[i], clamped, scale[channel] / 2 + 1e-5) << i;
+  }
+}
+
+TEST_F(EdgeEngineTest, CalibratedThresholdIsUsedForNegativeOverrides) {
+  auto calibrated = engine_->Decide(testing::RandomImages(8, 4), {1, 2, 3, 4, 5, 6, 7, 8},
+                                    std::vector<float>(8, -1.0f), std::vector<uint32_t>(8, 100));
+  ASSERT_TRUE(calibrated.ok());
+  auto explicit_half = engine_->Decide(testing::RandomImages(8, 4), {1, 2, 3, 4, 5, 6, 7, 8},
+                                       std::vector<float>(8, 0.5f), std::vector<uint32_t>(8, 100));
+  ASSERT_TRUE(explicit_half.ok());
+  for (size_t i = 0; i < 8; ++i) {
+    EXPECT_EQ((*calibrated)[i].exit_index, (*explicit_half)[i].exit_index) << i;
+  }
+}
+
+TEST_F(EdgeEngineTest, RejectsMismatchedArguments) {
+  auto decisions = engine_->Decide(testing::RandomImages(2, 5), {1}, {0.5f, 0.5f}, {10, 10});
+  ASSERT_FALSE(decisions.ok());
+  EXPECT_EQ(decisions.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(engine_->Decide(torch::rand({28, 28}), {1}, {0.5f}, {10}).ok());
+}
+
+TEST_F(EdgeEngineTest, ImageFromRequestChecksSizeAndDecodesPng) {
+  edge_api::ClassifyRequest gray;
+  gray.kind = edge_api::ImageKind::kGray8;
+  gray.width = gray.height = 28;
+  gray.pixels.assign(28 * 28, '\xff');
+  auto tensor = engine_->ImageFromRequest(gray);
+  ASSERT_TRUE(tensor.ok());
+  EXPECT_EQ(tensor->sizes(), (std::vector<int64_t>{1, 1, 28, 28}));
+  EXPECT_FLOAT_EQ(tensor->max().item<float>(), 1.0f);
+
+  edge_api::ClassifyRequest small = gray;
+  small.width = small.height = 14;
+  small.pixels.resize(14 * 14);
+  auto rejected = engine_->ImageFromRequest(small);
+  ASSERT_FALSE(rejected.ok());
+  EXPECT_NE(rejected.status().message().find("28x28"), std::string::npos);
+
+  GrayImage image;
+  image.width = image.height = 28;
+  image.pixels.assign(28 * 28, 0);
+  edge_api::ClassifyRequest png;
+  png.kind = edge_api::ImageKind::kPng;
+  png.png = *EncodePngGray8(image);
+  auto from_png = engine_->ImageFromRequest(png);
+  ASSERT_TRUE(from_png.ok());
+  EXPECT_FLOAT_EQ(from_png->max().item<float>(), 0.0f);
+
+  png.png = "not a png";
+  EXPECT_FALSE(engine_->ImageFromRequest(png).ok());
+}
+
+}  // namespace
+}  // namespace cleave::edge

@@ -1,0 +1,243 @@
+// EdgeServer in process: a fake cloud (a ROUTER in the test) that answers, refuses or stays
+// silent, and a local application (a DEALER). Every request must get exactly one reply.
+#include "edge/edge_server.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include "common/wire.h"
+#include "split/bundle.h"
+#include "testing/tiny_bundle.h"
+
+namespace cleave::edge {
+namespace {
+
+class EdgeServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::TempPath("edge_server");
+    ASSERT_TRUE(testing::WriteTinyBundle(dir_).ok());
+  }
+  void TearDown() override {
+    Stop();
+    std::filesystem::remove_all(dir_);
+  }
+
+  // Starts the server; `with_cloud` binds a fake cloud the test drives by hand.
+  void Start(bool with_cloud, uint32_t deadline_ms) {
+    if (with_cloud) {
+      auto cloud = RouterServer::Bind(context_, "tcp://127.0.0.1:0");
+      ASSERT_TRUE(cloud.ok());
+      cloud_ = std::move(cloud).value();
+    }
+    auto bundle = Bundle::Open(dir_);
+    ASSERT_TRUE(bundle.ok());
+    split::EdgeModel::Options options;
+    options.int8_engine = "reference";
+    auto model = split::EdgeModel::Load(*bundle, options);
+    ASSERT_TRUE(model.ok());
+    EdgeServerOptions server_options;
+    server_options.listen = "tcp://127.0.0.1:0";
+    server_options.cloud = with_cloud ? cloud_->endpoint() : "";
+    server_options.default_deadline_ms = deadline_ms;
+    auto server = EdgeServer::Create(context_, server_options,
+                                     std::make_unique<EdgeEngine>(std::move(model).value()));
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(server).value();
+    thread_ = std::thread([this] { run_status_ = server_->Run([this] { return stop_.load(); }); });
+    auto app = DealerClient::Connect(context_, server_->endpoint());
+    ASSERT_TRUE(app.ok());
+    app_ = std::move(app).value();
+  }
+
+  void Stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  edge_api::ClassifyRequest Request(uint64_t id, float threshold) {
+    edge_api::ClassifyRequest r;
+    r.request_id = id;
+    r.exit_threshold = threshold;
+    r.width = r.height = 28;
+    r.pixels.assign(28 * 28, static_cast<char>(id * 13));
+    return r;
+  }
+
+  void Send(const edge_api::ClassifyRequest& r) {
+    ASSERT_TRUE(app_->Send(edge_api::EncodeClassifyRequest(r), 1000).ok());
+  }
+
+  edge_api::ClassifyReply Receive(int timeout_ms = 5000) {
+    auto msg = app_->Receive(timeout_ms);
+    EXPECT_TRUE(msg.ok() && msg->has_value()) << "no reply from the edge server";
+    if (!msg.ok() || !msg->has_value()) return {};
+    auto reply = edge_api::DecodeClassifyReply(**msg);
+    EXPECT_TRUE(reply.ok());
+    return reply.ok() ? *reply : edge_api::ClassifyReply{};
+  }
+
+  // The fake cloud receives one offloaded request.
+  Envelope CloudReceive() {
+    auto msg = cloud_->Receive(5000);
+    EXPECT_TRUE(msg.ok() && msg->has_value()) << "nothing reached the cloud";
+    return msg.ok() && msg->has_value() ? **msg : Envelope{};
+  }
+
+  std::filesystem::path dir_;
+  TransportContext context_;
+  std::unique_ptr<RouterServer> cloud_;
+  std::unique_ptr<EdgeServer> server_;
+  std::unique_ptr<DealerClient> app_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+  Status run_status_;
+};
+
+TEST_F(EdgeServerTest, ConfidentInputIsAnsweredAtTheEdge) {
+  Start(true, 500);
+  Send(Request(1, 0.0f));
+  edge_api::ClassifyReply reply = Receive();
+  EXPECT_EQ(reply.request_id, 1u);
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kEdgeExit);
+  EXPECT_EQ(reply.wire_bytes, 0u);
+  EXPECT_EQ(reply.exit_index, 0);
+  EXPECT_EQ(reply.scores.size(), 10u);
+}
+
+TEST_F(EdgeServerTest, HardInputIsAnsweredByTheCloud) {
+  Start(true, 2000);
+  Send(Request(5, 1.0f));
+  Envelope offloaded = CloudReceive();
+  auto request = wire::DecodeInferRequest(offloaded.body);
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  EXPECT_EQ(request->deadline_ms, 2000u);
+  wire::InferReply answer;
+  answer.request_id = request->request_id;
+  answer.scores = {0, 0, 0, 9, 0, 0, 0, 0, 0, 0};
+  answer.num_classes = 10;
+  answer.batch_size = 1;
+  ASSERT_TRUE(cloud_->Send(offloaded.peer, wire::EncodeInferReply(answer)).ok());
+  edge_api::ClassifyReply reply = Receive();
+  EXPECT_EQ(reply.request_id, 5u);
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kCloud);
+  EXPECT_EQ(reply.predicted_class, 3);
+  EXPECT_EQ(reply.wire_bytes, WireBytes(offloaded.body.size()));
+}
+
+TEST_F(EdgeServerTest, SilentCloudDegradesAtTheDeadline) {
+  Start(true, 150);
+  Send(Request(9, 1.0f));
+  Envelope offloaded = CloudReceive();  // received, never answered
+  ASSERT_FALSE(offloaded.body.empty());
+  edge_api::ClassifyReply reply = Receive(3000);
+  EXPECT_EQ(reply.request_id, 9u);
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kDegraded);
+  EXPECT_GE(reply.total_micros, 150000u);
+  EXPECT_GE(reply.predicted_class, 0);
+  EXPECT_NE(reply.error.find("deadline"), std::string::npos) << reply.error;
+  // A late answer for it is dropped, not delivered twice.
+  auto request = wire::DecodeInferRequest(offloaded.body);
+  ASSERT_TRUE(request.ok());
+  wire::InferReply late;
+  late.request_id = request->request_id;
+  late.scores = std::vector<float>(10, 1.0f);
+  late.num_classes = 10;
+  ASSERT_TRUE(cloud_->Send(offloaded.peer, wire::EncodeInferReply(late)).ok());
+  auto extra = app_->Receive(300);
+  ASSERT_TRUE(extra.ok());
+  EXPECT_FALSE(extra->has_value()) << "a request was answered twice";
+}
+
+TEST_F(EdgeServerTest, CloudErrorDegradesImmediately) {
+  Start(true, 5000);
+  Send(Request(3, 1.0f));
+  Envelope offloaded = CloudReceive();
+  auto request = wire::DecodeInferRequest(offloaded.body);
+  ASSERT_TRUE(request.ok());
+  wire::InferReply refusal;
+  refusal.request_id = request->request_id;
+  refusal.status = wire::ReplyStatus::kOverloaded;
+  refusal.error = "queue full";
+  ASSERT_TRUE(cloud_->Send(offloaded.peer, wire::EncodeInferReply(refusal)).ok());
+  edge_api::ClassifyReply reply = Receive(1000);  // long before the 5 s deadline
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kDegraded);
+  EXPECT_NE(reply.error.find("overloaded"), std::string::npos) << reply.error;
+}
+
+TEST_F(EdgeServerTest, WithoutCloudHardInputsAreDegraded) {
+  Start(false, 100);
+  Send(Request(4, 1.0f));
+  edge_api::ClassifyReply reply = Receive();
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kDegraded);
+  EXPECT_EQ(reply.wire_bytes, 0u);
+}
+
+TEST_F(EdgeServerTest, MalformedRequestsGetErrorsAndServingContinues) {
+  Start(true, 500);
+  ASSERT_TRUE(app_->Send("definitely not capnp", 1000).ok());
+  edge_api::ClassifyReply garbage = Receive();
+  EXPECT_EQ(garbage.source, edge_api::AnswerSource::kError);
+  EXPECT_FALSE(garbage.error.empty());
+
+  edge_api::ClassifyRequest wrong_size = Request(7, 0.0f);
+  wrong_size.width = 14;
+  wrong_size.height = 56;
+  Send(wrong_size);
+  edge_api::ClassifyReply size_reply = Receive();
+  EXPECT_EQ(size_reply.request_id, 7u);
+  EXPECT_EQ(size_reply.source, edge_api::AnswerSource::kError);
+
+  Send(Request(8, 0.0f));
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kEdgeExit);
+  EXPECT_EQ(server_->stats().rejected, 1u);
+}
+
+TEST_F(EdgeServerTest, ShutdownAnswersPendingRequests) {
+  Start(true, 60000);
+  Send(Request(11, 1.0f));
+  ASSERT_FALSE(CloudReceive().body.empty());
+  Stop();
+  edge_api::ClassifyReply reply = Receive(2000);
+  EXPECT_EQ(reply.request_id, 11u);
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kDegraded);
+  EXPECT_TRUE(run_status_.ok());
+}
+
+TEST_F(EdgeServerTest, ManyRequestsEachGetExactlyOneReply) {
+  Start(true, 200);
+  // The cloud answers every other offloaded request; the rest degrade.
+  std::thread cloud([this] {
+    int seen = 0;
+    while (seen < 20) {
+      auto msg = cloud_->Receive(2000);
+      if (!msg.ok() || !msg->has_value()) break;
+      auto request = wire::DecodeInferRequest((*msg)->body);
+      if (request.ok() && seen++ % 2 == 0) {
+        wire::InferReply answer;
+        answer.request_id = request->request_id;
+        answer.scores = std::vector<float>(10, 0.0f);
+        answer.num_classes = 10;
+        (void)cloud_->Send((*msg)->peer, wire::EncodeInferReply(answer));
+      }
+    }
+  });
+  for (uint64_t id = 1; id <= 40; ++id) Send(Request(id, id % 2 ? 0.0f : 1.0f));
+  std::set<uint64_t> seen;
+  for (int i = 0; i < 40; ++i) {
+    edge_api::ClassifyReply reply = Receive(3000);
+    EXPECT_TRUE(seen.insert(reply.request_id).second) << "duplicate reply " << reply.request_id;
+    EXPECT_NE(reply.source, edge_api::AnswerSource::kError);
+  }
+  cloud.join();
+  EXPECT_EQ(seen.size(), 40u);
+  auto extra = app_->Receive(300);
+  ASSERT_TRUE(extra.ok());
+  EXPECT_FALSE(extra->has_value());
+}
+
+}  // namespace
+}  // namespace cleave::edge
