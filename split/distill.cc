@@ -14,10 +14,17 @@ namespace F = torch::nn::functional;
 constexpr double kLabelSmoothing = 0.1;
 constexpr double kKdTemperature = 4.0;
 constexpr double kKdWeight = 0.5;  // share of the KD term; the rest is cross-entropy
+// Stage 2 refreshes the wire ranges every few batches: the range search costs about as much
+// as a small conv layer, and ranges drift slowly.
+constexpr int64_t kWireObserveEvery = 4;
 
+struct Batch {
+  torch::Tensor images;  // augmented when the stage augments
+  torch::Tensor labels;
+  torch::Tensor index;  // rows of the training set
+};
 // Returns the loss of one batch, with autograd history.
-using StepFn =
-    std::function<torch::Tensor(const torch::Tensor& images, const torch::Tensor& labels)>;
+using StepFn = std::function<torch::Tensor(const Batch& batch)>;
 
 std::string Fixed(double v, int digits) {
   char buf[32];
@@ -68,9 +75,9 @@ Result<StageStats> RunStage(const StageConfig& config, const LabeledImages& trai
       }
       SetLearningRate(optimizer, WarmupCosineLr(config.lr, step_index, total_steps));
       const torch::Tensor index = order.narrow(0, s * batch, batch);
-      torch::Tensor images = train.images.index_select(0, index);
-      if (config.augment) images = Augment(images, config.augment_options);
-      const torch::Tensor loss = step(images, train.labels.index_select(0, index));
+      Batch b{train.images.index_select(0, index), train.labels.index_select(0, index), index};
+      if (config.augment) b.images = Augment(b.images, config.augment_options);
+      const torch::Tensor loss = step(b);
       optimizer.zero_grad();
       loss.backward();
       optimizer.step();
@@ -177,8 +184,8 @@ Result<StageStats> TrainTeacher(SplitVisionNetImpl& teacher, const LabeledImages
       teacher.parameters(),
       torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true).weight_decay(
           config.weight_decay));
-  return RunStage(config, train, optimizer, [&](const torch::Tensor& x, const torch::Tensor& y) {
-    return CeLoss(teacher.forward(x), y, kLabelSmoothing);
+  return RunStage(config, train, optimizer, [&](const Batch& b) {
+    return CeLoss(teacher.forward(b.images), b.labels, kLabelSmoothing);
   });
 }
 
@@ -215,11 +222,11 @@ Result<StageStats> DistillBottleneck(SplitVisionNetImpl& student, SplitVisionNet
   torch::optim::AdamW optimizer(
       ParametersOf(student, encoder, decoder + 1),
       torch::optim::AdamWOptions(config.lr).weight_decay(config.weight_decay));
-  return RunStage(config, train, optimizer, [&](const torch::Tensor& x, const torch::Tensor&) {
+  return RunStage(config, train, optimizer, [&](const Batch& b) {
     torch::Tensor head, target;
     {
       torch::NoGradGuard no_grad;  // the head is frozen and equals the teacher's
-      head = teacher.ForwardRange(teacher.Preprocess(x), 0, encoder);
+      head = teacher.ForwardRange(teacher.Preprocess(b.images), 0, encoder);
       target = teacher.block(encoder).forward(head);
     }
     return F::mse_loss(student.ForwardRange(head, encoder, decoder + 1), target);
@@ -232,23 +239,34 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
   const int split_end = student.spec().split_after + 1;
   if (split_end <= 0) return Status::InvalidArgument("student spec has no split point");
   teacher.eval();
+  // Without augmentation every epoch shows the teacher the same images: compute its logits
+  // once (one inference pass) instead of once per epoch.
+  torch::Tensor cached_teacher;
+  if (!config.augment && config.epochs > 1) {
+    cached_teacher = Batched(train.images, 500, [&](const torch::Tensor& x) {
+      return teacher.forward(x);
+    });
+  }
   student.train();
   for (int e = 0; e < student.num_exits(); ++e) student.exit(e)->eval();
-  torch::optim::SGD optimizer(
-      ParametersOf(student, 0, student.num_blocks()),
-      torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true).weight_decay(
-          config.weight_decay));
-  return RunStage(config, train, optimizer, [&](const torch::Tensor& x, const torch::Tensor& y) {
-    torch::Tensor features = student.ForwardRange(student.Preprocess(x), 0, split_end);
-    wire.Observe(features);
+  torch::optim::SGD optimizer(ParametersOf(student, 0, student.num_blocks()),
+                              torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true)
+                                  .weight_decay(config.weight_decay));
+  int64_t step = 0;
+  return RunStage(config, train, optimizer, [&](const Batch& b) {
+    torch::Tensor features = student.ForwardRange(student.Preprocess(b.images), 0, split_end);
+    if (step++ % kWireObserveEvery == 0 || !wire.initialized()) wire.Observe(features);
     features = FakeQuantizeWire(features, wire.Params(), wire.dtype());
     const torch::Tensor logits = student.ForwardRange(features, split_end, student.num_blocks());
     torch::Tensor teacher_logits;
-    {
+    if (cached_teacher.defined()) {
+      teacher_logits = cached_teacher.index_select(0, b.index);
+    } else {
       torch::NoGradGuard no_grad;
-      teacher_logits = teacher.forward(x);
+      teacher_logits = teacher.forward(b.images);
     }
-    return (1.0 - kKdWeight) * CeLoss(logits, y) + kKdWeight * KdLoss(logits, teacher_logits);
+    return (1.0 - kKdWeight) * CeLoss(logits, b.labels) +
+           kKdWeight * KdLoss(logits, teacher_logits);
   });
 }
 
@@ -257,6 +275,15 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
   const VisionModelSpec& spec = student.spec();
   if (spec.exits.empty()) return Status::InvalidArgument("the model has no exits to train");
   student.eval();
+  int last_tap = 0;
+  for (const ExitSpec& e : spec.exits) last_tap = std::max(last_tap, e.after_block);
+  // The frozen backbone's answers are fixed when the images are: compute them once.
+  torch::Tensor cached_final;
+  if (!config.augment && config.epochs > 1) {
+    cached_final = Batched(train.images, 500, [&](const torch::Tensor& x) {
+      return student.forward(x);
+    });
+  }
   std::vector<torch::Tensor> params;
   for (int e = 0; e < student.num_exits(); ++e) {
     student.exit(e)->train();
@@ -264,25 +291,26 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
   }
   torch::optim::AdamW optimizer(
       params, torch::optim::AdamWOptions(config.lr).weight_decay(config.weight_decay));
-  return RunStage(config, train, optimizer, [&](const torch::Tensor& x, const torch::Tensor& y) {
+  return RunStage(config, train, optimizer, [&](const Batch& b) {
     std::vector<torch::Tensor> taps(spec.exits.size());
     torch::Tensor final_logits;
     {
       torch::NoGradGuard no_grad;  // backbone frozen (eval: BN statistics stay put)
-      torch::Tensor h = student.Preprocess(x);
-      for (int i = 0; i < student.num_blocks(); ++i) {
+      torch::Tensor h = student.Preprocess(b.images);
+      const int end = cached_final.defined() ? last_tap + 1 : student.num_blocks();
+      for (int i = 0; i < end; ++i) {
         h = student.block(i).forward(h);
         for (size_t e = 0; e < spec.exits.size(); ++e) {
           if (spec.exits[e].after_block == i) taps[e] = h;
         }
       }
-      final_logits = h;
+      final_logits = cached_final.defined() ? cached_final.index_select(0, b.index) : h;
     }
     torch::Tensor loss = torch::zeros({}, torch::kFloat);
     for (size_t e = 0; e < taps.size(); ++e) {
       const torch::Tensor logits = student.exit(static_cast<int>(e))->forward(taps[e]);
-      loss =
-          loss + (1.0 - kKdWeight) * CeLoss(logits, y) + kKdWeight * KdLoss(logits, final_logits);
+      loss = loss + (1.0 - kKdWeight) * CeLoss(logits, b.labels) +
+             kKdWeight * KdLoss(logits, final_logits);
     }
     return loss;
   });
