@@ -424,9 +424,53 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
       report["plot"] = plot;
     }
   }
+  if (!options.markdown_out.empty()) {
+    CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(options.markdown_out, BenchSplitMarkdown(report)));
+  }
   std::error_code ec;
   std::filesystem::remove_all(work, ec);
   return report;
+}
+
+std::string BenchSplitMarkdown(const json& report) {
+  auto fixed = [](double v, int digits) {
+    char buf[64];
+    std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
+    return std::string(buf);
+  };
+  std::string md;
+  md +=
+      "| config | accuracy | bytes/request (mean) | edge ms (mean) | p50 ms | p99 ms | "
+      "answered at edge |\n|---|---|---|---|---|---|---|\n";
+  for (const char* name : {"local_fp32", "cloud_png", "split_no_exit", "split_exit"}) {
+    const json& c = report.at("configs").at(name);
+    md += std::string("| `") + name + "` | " + fixed(100 * c.at("accuracy").get<double>(), 2) +
+          " % | " + fixed(c.at("bytes_per_request_mean"), 1) + " | " +
+          fixed(c.at("edge_ms_mean"), 3) + " | " + fixed(c.at("p50_ms"), 3) + " | " +
+          fixed(c.at("p99_ms"), 3) + " | " + fixed(100 * c.at("edge_fraction").get<double>(), 1) +
+          " % |\n";
+  }
+  md += "\n| figure | value |\n|---|---|\n";
+  for (const char* key : {"head_fp32_ms", "head_int8_ms", "tail_ms", "local_fp32_compute_ms"}) {
+    md += std::string("| `") + key + "` | " + fixed(report.at(key), 3) + " ms |\n";
+  }
+  for (const char* key : {"head_fp32_accuracy", "head_int8_accuracy"}) {
+    md +=
+        std::string("| `") + key + "` | " + fixed(100 * report.at(key).get<double>(), 2) + " % |\n";
+  }
+  for (const char* key : {"head_fp32_bytes", "head_int8_bytes", "head_params", "head_macs",
+                          "tail_params", "tail_macs"}) {
+    md +=
+        std::string("| `") + key + "` | " + std::to_string(report.at(key).get<int64_t>()) + " |\n";
+  }
+  md += std::string("| int8 engine | ") + report.at("int8_engine").get<std::string>() + " |\n";
+  md += "| test images | " + std::to_string(report.at("test_images").get<int64_t>()) + " |\n";
+  md += "\n| target (issue 2) | met |\n|---|---|\n";
+  for (const auto& [key, value] : report.at("targets").items()) {
+    md += "| `" + key + "` | " +
+          (value.is_boolean() ? (value.get<bool>() ? "yes" : "**no**") : fixed(value, 3)) + " |\n";
+  }
+  return md;
 }
 
 void RegisterBenchSplitCommand(CLI::App& bench) {
@@ -440,6 +484,8 @@ void RegisterBenchSplitCommand(CLI::App& bench) {
   cmd->add_option("--json", options->json_out, "write the JSON report here");
   cmd->add_option("--plot", options->plot_out,
                   "PNG plot of accuracy vs bytes (default: the --json path with .png)");
+  cmd->add_option("--markdown", options->markdown_out,
+                  "also write the report as markdown tables (docs/benchmarks.md)");
   cmd->add_option("--data-dir", options->data_dir, "Fashion-MNIST IDX directory");
   cmd->add_option("--limit", options->limit, "use only the first N test images (0 = all)");
   cmd->add_option("--threads", options->threads, "libtorch intra-op threads (edge and cloud)");

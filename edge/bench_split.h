@@ -15,6 +15,7 @@ struct BenchSplitOptions {
   std::string bundle;
   std::string json_out;  // where to write the report ("" = stdout only)
   std::string plot_out;  // PNG of accuracy vs bytes per request ("" = beside json)
+  std::string markdown_out;  // the report as markdown tables (for docs/benchmarks.md)
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int limit = 0;                // test images (0 = all 10,000)
   int threads = 1;              // libtorch intra-op threads on both sides
@@ -25,6 +26,9 @@ struct BenchSplitOptions {
 
 // Runs the whole benchmark and returns the JSON report (also written to json_out).
 Result<nlohmann::json> RunBenchSplit(const BenchSplitOptions& options);
+
+// The report as markdown: a table per configuration and the top-level figures and targets.
+std::string BenchSplitMarkdown(const nlohmann::json& report);
 
 // Adds `bench split` under `bench`.
 void RegisterBenchSplitCommand(CLI::App& bench);

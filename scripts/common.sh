@@ -27,7 +27,8 @@ cleave_install_deps() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-# Configures (once) and builds everything into $CLEAVE_BUILD.
+# Configures (once) and builds into $CLEAVE_BUILD: everything, or only the targets given
+# (scripts/demo builds just the three binaries; the test binaries are most of the build).
 cleave_build() {
   local jobs
   jobs=$(nproc 2>/dev/null || echo 2)
@@ -35,6 +36,11 @@ cleave_build() {
     log "configuring into $CLEAVE_BUILD"
     cmake -S "$CLEAVE_ROOT" -B "$CLEAVE_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo
   fi
-  log "building with $jobs jobs"
-  cmake --build "$CLEAVE_BUILD" -j "$jobs"
+  if [ $# -gt 0 ]; then
+    log "building $* with $jobs jobs"
+    cmake --build "$CLEAVE_BUILD" -j "$jobs" --target "$@"
+  else
+    log "building everything with $jobs jobs"
+    cmake --build "$CLEAVE_BUILD" -j "$jobs"
+  fi
 }
