@@ -195,6 +195,8 @@ Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
   if (test.size() > 0) {
     CLEAVE_ASSIGN_OR_RETURN(const PathLogits t, RunPaths(model, test.images));
     model.evaluation["test"] = EvaluatePaths(t, test.labels, model.exit_policy);
+  } else {
+    model.evaluation.erase("test");  // figures of an older quantization would mislead
   }
   return Status::Ok();
 }

@@ -62,7 +62,7 @@ struct FinalizeOptions {
 // Fills model.wire_quant (if needed), model.int8_head + int8_info, model.exit_policy +
 // calibration, and model.evaluation["held_out"] / ["test"] (other keys of evaluation are
 // kept). `train` supplies int8/wire calibration images, `held_out` the exit calibration
-// set, `test` the final report (may be empty: then no "test" entry).
+// set, `test` the final report (may be empty: then any older "test" entry is removed).
 Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
                           const LabeledImages& held_out, const LabeledImages& test,
                           const FinalizeOptions& options);

@@ -32,10 +32,10 @@ struct TrainOptions {
   std::string data_dir = kFashionMnistDir;
   bool quick = false;  // informational; set by Quick()
   // Epochs per stage (0 skips the stage; the teacher must train for the student to copy it).
-  int epochs_teacher = 3;
+  int epochs_teacher = 4;
   int epochs_distill = 1;   // stage 1: bottleneck imitates the teacher's features
   int epochs_finetune = 2;  // stage 2: end to end with KD and the simulated wire
-  int epochs_exit = 1;      // stage 3: exits with the backbone frozen
+  int epochs_exit = 2;      // stage 3: exits with the backbone frozen
   int batch_size = 128;
   double lr = 0.1;  // peak SGD learning rate of the teacher; other stages scale from it
   uint64_t seed = 1;

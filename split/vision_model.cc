@@ -169,7 +169,10 @@ VisionModelSpec VisionModelSpec::DefaultSplit(int bottleneck_channels) {
               FusedMB(64, 64, 1, 2),                               // 5
               FusedMB(64, 64, 1, 2),                               // 6
               Classifier(64, 10)};                                 // 7
-  s.exits = {{2, 32}};
+  // Exit width 128 (was 32), measured on a trained student with 2 exit epochs: exit
+  // accuracy 84.4% -> 89.1% on the held-out set, share answered at the edge within 0.3
+  // points of the full model 54% -> 76%, for +1.8M MACs on the edge.
+  s.exits = {{2, 128}};
   s.split_after = 3;
   return s;
 }
