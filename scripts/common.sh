@@ -8,9 +8,9 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # Installs whatever packages from scripts/packages.txt are missing (apt-get; sudo when not root).
 cleave_install_deps() {
-  local wanted missing=()
-  wanted=$(grep -v -E '^\s*(#|$)' "$CLEAVE_ROOT/scripts/packages.txt")
-  for pkg in $wanted; do
+  local -a wanted=() missing=()
+  mapfile -t wanted < <(grep -v -E '^\s*(#|$)' "$CLEAVE_ROOT/scripts/packages.txt")
+  for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
   if [ ${#missing[@]} -eq 0 ]; then
