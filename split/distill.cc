@@ -157,13 +157,6 @@ Result<std::pair<int, int>> BottleneckBlocks(const VisionModelSpec& spec) {
   return std::make_pair(encoder, decoder);
 }
 
-void SetMemoryFormat(torch::nn::Module& module, c10::MemoryFormat format) {
-  torch::NoGradGuard no_grad;
-  for (auto& p : module.parameters()) {
-    if (p.dim() == 4) p.set_data(p.contiguous(format));
-  }
-}
-
 Result<VisionModelSpec> TeacherFor(const VisionModelSpec& student) {
   CLEAVE_ASSIGN_OR_RETURN(const auto pair, BottleneckBlocks(student));
   const BlockSpec& encoder = student.blocks[pair.first];
@@ -250,15 +243,15 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
   // once (one inference pass) instead of once per epoch.
   torch::Tensor cached_teacher;
   if (!config.augment && config.epochs > 1) {
-    cached_teacher =
-        Batched(train.images, 500, [&](const torch::Tensor& x) { return teacher.forward(x); });
+    cached_teacher = Batched(train.images, 500, [&](const torch::Tensor& x) {
+      return teacher.forward(x);
+    });
   }
   student.train();
   for (int e = 0; e < student.num_exits(); ++e) student.exit(e)->eval();
-  torch::optim::SGD optimizer(
-      ParametersOf(student, 0, student.num_blocks()),
-      torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true).weight_decay(
-          config.weight_decay));
+  torch::optim::SGD optimizer(ParametersOf(student, 0, student.num_blocks()),
+                              torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true)
+                                  .weight_decay(config.weight_decay));
   int64_t step = 0;
   return RunStage(config, train, optimizer, [&](const Batch& b) {
     torch::Tensor features = student.ForwardRange(student.Preprocess(b.images), 0, split_end);
@@ -287,8 +280,9 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
   // The frozen backbone's answers are fixed when the images are: compute them once.
   torch::Tensor cached_final;
   if (!config.augment && config.epochs > 1) {
-    cached_final =
-        Batched(train.images, 500, [&](const torch::Tensor& x) { return student.forward(x); });
+    cached_final = Batched(train.images, 500, [&](const torch::Tensor& x) {
+      return student.forward(x);
+    });
   }
   std::vector<torch::Tensor> params;
   for (int e = 0; e < student.num_exits(); ++e) {

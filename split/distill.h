@@ -48,11 +48,6 @@ struct StageStats {
   nlohmann::json ToJson() const;
 };
 
-// Stores every 4-D parameter of `module` in `format`. Training runs channels-last (oneDNN's
-// native layout: ~10% more samples/s measured on the default nets here); bundles and the
-// int8 quantizer get contiguous tensors back. Values are unchanged.
-void SetMemoryFormat(torch::nn::Module& module, c10::MemoryFormat format);
-
 // Teacher: cross-entropy with label smoothing 0.1, SGD + Nesterov momentum.
 Result<StageStats> TrainTeacher(SplitVisionNetImpl& teacher, const LabeledImages& train,
                                 const StageConfig& config);

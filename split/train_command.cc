@@ -33,7 +33,7 @@ struct TrainArgs {
   TrainOptions options;
   std::string out;
   std::string wire_dtype = "u4";
-  std::string calibrate = TrainOptions().target.ToString();
+  std::string calibrate = "drop:0.3";
   std::string criterion = "max_softmax";
   bool quick = false;
   bool no_int8 = false;
@@ -115,9 +115,7 @@ void RunSplit(SplitArgs& args) {
     model.wire_dtype = dtype;
   }
   const std::string target_text =
-      !args.calibrate.empty()
-          ? args.calibrate
-          : training.value("calibration_target", TrainOptions().target.ToString());
+      !args.calibrate.empty() ? args.calibrate : training.value("calibration_target", "drop:0.3");
   finalize.target = OrFail(cmd, CalibrationTarget::Parse(target_text));
   const std::string criterion_text =
       !args.criterion.empty() ? args.criterion : ExitCriterionName(model.exit_policy.criterion());
@@ -180,9 +178,7 @@ void RegisterTrainCommands(CLI::App& app) {
   train->add_option("--epochs-exit", o.epochs_exit, "stage 3 epochs: early exits")
       ->capture_default_str();
   train->add_option("--batch-size", o.batch_size, "mini-batch size")->capture_default_str();
-  train
-      ->add_option("--lr", o.lr,
-                   "peak SGD learning rate of the teacher and of end-to-end fine-tuning")
+  train->add_option("--lr", o.lr, "peak SGD learning rate of the teacher (fine-tuning uses 0.3x)")
       ->capture_default_str();
   train->add_option("--seed", o.seed, "seed of the held-out split and of training")
       ->capture_default_str();
