@@ -13,8 +13,8 @@ namespace cleave::edge {
 
 struct BenchSplitOptions {
   std::string bundle;
-  std::string json_out;  // where to write the report ("" = stdout only)
-  std::string plot_out;  // PNG of accuracy vs bytes per request ("" = beside json)
+  std::string json_out;      // where to write the report ("" = stdout only)
+  std::string plot_out;      // PNG of accuracy vs bytes per request ("" = beside json)
   std::string markdown_out;  // the report as markdown tables (for docs/benchmarks.md)
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int limit = 0;                // test images (0 = all 10,000)

@@ -243,15 +243,15 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
   // once (one inference pass) instead of once per epoch.
   torch::Tensor cached_teacher;
   if (!config.augment && config.epochs > 1) {
-    cached_teacher = Batched(train.images, 500, [&](const torch::Tensor& x) {
-      return teacher.forward(x);
-    });
+    cached_teacher =
+        Batched(train.images, 500, [&](const torch::Tensor& x) { return teacher.forward(x); });
   }
   student.train();
   for (int e = 0; e < student.num_exits(); ++e) student.exit(e)->eval();
-  torch::optim::SGD optimizer(ParametersOf(student, 0, student.num_blocks()),
-                              torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true)
-                                  .weight_decay(config.weight_decay));
+  torch::optim::SGD optimizer(
+      ParametersOf(student, 0, student.num_blocks()),
+      torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true).weight_decay(
+          config.weight_decay));
   int64_t step = 0;
   return RunStage(config, train, optimizer, [&](const Batch& b) {
     torch::Tensor features = student.ForwardRange(student.Preprocess(b.images), 0, split_end);
@@ -280,9 +280,8 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
   // The frozen backbone's answers are fixed when the images are: compute them once.
   torch::Tensor cached_final;
   if (!config.augment && config.epochs > 1) {
-    cached_final = Batched(train.images, 500, [&](const torch::Tensor& x) {
-      return student.forward(x);
-    });
+    cached_final =
+        Batched(train.images, 500, [&](const torch::Tensor& x) { return student.forward(x); });
   }
   std::vector<torch::Tensor> params;
   for (int e = 0; e < student.num_exits(); ++e) {

@@ -257,9 +257,9 @@ TEST_F(TrainerTest, ResplitChangesWireDtypeAndTarget) {
   auto head = (*edge)->Run(held.images);
   ASSERT_TRUE(head.ok());
   const std::vector<int> decision = (*edge)->exit_policy().Decide(head->exit_logits);
-  const double local = std::count_if(decision.begin(), decision.end(), [](int d) {
-                         return d >= 0;
-                       }) / static_cast<double>(decision.size());
+  const double local =
+      std::count_if(decision.begin(), decision.end(), [](int d) { return d >= 0; }) /
+      static_cast<double>(decision.size());
   EXPECT_DOUBLE_EQ(local, calibration.at("exit_fraction").get<double>());
 }
 
