@@ -103,6 +103,16 @@ Result<StageStats> RunStage(const StageConfig& config, const LabeledImages& trai
   return stats;
 }
 
+// Stage stats whose wall time counts from `start` (so set-up passes are included).
+Result<StageStats> SinceStart(Result<StageStats> stats,
+                              std::chrono::steady_clock::time_point start) {
+  if (stats.ok()) {
+    stats->seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+  return stats;
+}
+
 // Copies parameters and buffers between two blocks of identical structure.
 Status CopyModule(torch::nn::Module& dst, torch::nn::Module& src, const std::string& what) {
   torch::NoGradGuard no_grad;
@@ -155,6 +165,13 @@ Result<std::pair<int, int>> BottleneckBlocks(const VisionModelSpec& spec) {
         "model spec needs an 'encoder' block immediately followed by a 'decoder' block");
   }
   return std::make_pair(encoder, decoder);
+}
+
+void SetMemoryFormat(torch::nn::Module& module, c10::MemoryFormat format) {
+  torch::NoGradGuard no_grad;
+  for (auto& p : module.parameters()) {
+    if (p.dim() == 4) p.set_data(p.contiguous(format));
+  }
 }
 
 Result<VisionModelSpec> TeacherFor(const VisionModelSpec& student) {
@@ -238,6 +255,7 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
                                     WireRangeTracker& wire) {
   const int split_end = student.spec().split_after + 1;
   if (split_end <= 0) return Status::InvalidArgument("student spec has no split point");
+  const auto start = std::chrono::steady_clock::now();
   teacher.eval();
   // Without augmentation every epoch shows the teacher the same images: compute its logits
   // once (one inference pass) instead of once per epoch.
@@ -253,7 +271,7 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
       torch::optim::SGDOptions(config.lr).momentum(0.9).nesterov(true).weight_decay(
           config.weight_decay));
   int64_t step = 0;
-  return RunStage(config, train, optimizer, [&](const Batch& b) {
+  auto stats = RunStage(config, train, optimizer, [&](const Batch& b) {
     torch::Tensor features = student.ForwardRange(student.Preprocess(b.images), 0, split_end);
     if (step++ % kWireObserveEvery == 0 || !wire.initialized()) wire.Observe(features);
     features = FakeQuantizeWire(features, wire.Params(), wire.dtype());
@@ -268,12 +286,14 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
     return (1.0 - kKdWeight) * CeLoss(logits, b.labels) +
            kKdWeight * KdLoss(logits, teacher_logits);
   });
+  return SinceStart(std::move(stats), start);
 }
 
 Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& train,
                               const StageConfig& config) {
   const VisionModelSpec& spec = student.spec();
   if (spec.exits.empty()) return Status::InvalidArgument("the model has no exits to train");
+  const auto start = std::chrono::steady_clock::now();
   student.eval();
   int last_tap = 0;
   for (const ExitSpec& e : spec.exits) last_tap = std::max(last_tap, e.after_block);
@@ -290,7 +310,7 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
   }
   torch::optim::AdamW optimizer(
       params, torch::optim::AdamWOptions(config.lr).weight_decay(config.weight_decay));
-  return RunStage(config, train, optimizer, [&](const Batch& b) {
+  auto stats = RunStage(config, train, optimizer, [&](const Batch& b) {
     std::vector<torch::Tensor> taps(spec.exits.size());
     torch::Tensor final_logits;
     {
@@ -313,6 +333,7 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
     }
     return loss;
   });
+  return SinceStart(std::move(stats), start);
 }
 
 }  // namespace cleave::split

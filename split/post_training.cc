@@ -100,9 +100,11 @@ json EvaluatePaths(const PathLogits& logits, const torch::Tensor& labels,
   return j;
 }
 
-Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
-                          const LabeledImages& held_out, const LabeledImages& test,
-                          const FinalizeOptions& options) {
+namespace {
+
+Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
+                    const LabeledImages& held_out, const LabeledImages& test,
+                    const FinalizeOptions& options) {
   if (!model.net) return Status::InvalidArgument("finalize: model has no network");
   if (train.size() == 0 || held_out.size() == 0) {
     return Status::InvalidArgument("finalize: training and held-out images are required");
@@ -199,6 +201,19 @@ Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
     model.evaluation.erase("test");  // figures of an older quantization would mislead
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
+                          const LabeledImages& held_out, const LabeledImages& test,
+                          const FinalizeOptions& options) {
+  try {
+    return FinalizeImpl(model, train, held_out, test, options);
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string("post-training failed inside libtorch: ") +
+                            e.what_without_backtrace());
+  }
 }
 
 }  // namespace cleave::split

@@ -51,7 +51,7 @@ struct FinalizeOptions {
   std::string int8_engine = "auto";  // recorded in the bundle; the edge may pick another
   int64_t int8_calibration_images = 1536;
   int64_t wire_fit_images = 8192;
-  CalibrationTarget target;  // default drop:0.3
+  CalibrationTarget target;  // the caller sets it (cleave train: TrainOptions::target)
   ExitCriterion criterion = ExitCriterion::kMaxSoftmax;
   // Bound "drop" against the fp32 split model's held-out accuracy (the benchmark's
   // local_fp32), not against the deployed path's, so int8/u4 losses count against it.

@@ -33,9 +33,10 @@ struct TrainArgs {
   TrainOptions options;
   std::string out;
   std::string wire_dtype = "u4";
-  std::string calibrate = "drop:0.3";
+  std::string calibrate = TrainOptions().target.ToString();
   std::string criterion = "max_softmax";
   bool quick = false;
+  bool long_preset = false;
   bool no_int8 = false;
   bool augment = false;
   bool quiet = false;
@@ -54,28 +55,33 @@ struct SplitArgs {
   bool quiet = false;
 };
 
-void RunTrain(TrainArgs& args) {
+// Epoch counts and the data/size knobs a preset sets; any of them given explicitly on the
+// command line wins over the preset.
+void ApplyPreset(const TrainOptions& preset, const CLI::App& cmd, TrainOptions& options) {
+  const auto keep = [&cmd](const char* flag) { return cmd.count(flag) > 0; };
+  const TrainOptions given = options;
+  const std::string data_dir = options.data_dir;
+  options = preset;
+  options.data_dir = data_dir;
+  options.batch_size = given.batch_size;
+  options.lr = given.lr;
+  options.seed = given.seed;
+  options.threads = given.threads;
+  options.bottleneck_channels = given.bottleneck_channels;
+  if (keep("--epochs-teacher")) options.epochs_teacher = given.epochs_teacher;
+  if (keep("--epochs-distill")) options.epochs_distill = given.epochs_distill;
+  if (keep("--epochs-finetune")) options.epochs_finetune = given.epochs_finetune;
+  if (keep("--epochs-exit")) options.epochs_exit = given.epochs_exit;
+  if (keep("--held-out")) options.held_out = given.held_out;
+}
+
+void RunTrain(TrainArgs& args, const CLI::App& cmd) {
   TrainOptions options = args.options;
-  if (args.quick) {
-    // --quick sets the preset; explicit epoch flags given alongside still win.
-    TrainOptions quick = TrainOptions::Quick();
-    const TrainOptions defaults;
-    quick.data_dir = options.data_dir;
-    quick.batch_size = options.batch_size;
-    quick.lr = options.lr;
-    quick.seed = options.seed;
-    quick.threads = options.threads;
-    quick.bottleneck_channels = options.bottleneck_channels;
-    if (options.epochs_teacher != defaults.epochs_teacher)
-      quick.epochs_teacher = options.epochs_teacher;
-    if (options.epochs_distill != defaults.epochs_distill)
-      quick.epochs_distill = options.epochs_distill;
-    if (options.epochs_finetune != defaults.epochs_finetune) {
-      quick.epochs_finetune = options.epochs_finetune;
-    }
-    if (options.epochs_exit != defaults.epochs_exit) quick.epochs_exit = options.epochs_exit;
-    options = quick;
+  if (args.quick && args.long_preset) {
+    Fail("train", Status::InvalidArgument("--quick and --long exclude each other"));
   }
+  if (args.quick) ApplyPreset(TrainOptions::Quick(), cmd, options);
+  if (args.long_preset) ApplyPreset(TrainOptions::Long(), cmd, options);
   options.wire_dtype = OrFail("train", wire::ParseDType(args.wire_dtype));
   options.target = OrFail("train", CalibrationTarget::Parse(args.calibrate));
   options.criterion = OrFail("train", ParseExitCriterion(args.criterion));
@@ -115,7 +121,9 @@ void RunSplit(SplitArgs& args) {
     model.wire_dtype = dtype;
   }
   const std::string target_text =
-      !args.calibrate.empty() ? args.calibrate : training.value("calibration_target", "drop:0.3");
+      !args.calibrate.empty()
+          ? args.calibrate
+          : training.value("calibration_target", TrainOptions().target.ToString());
   finalize.target = OrFail(cmd, CalibrationTarget::Parse(target_text));
   const std::string criterion_text =
       !args.criterion.empty() ? args.criterion : ExitCriterionName(model.exit_policy.criterion());
@@ -166,6 +174,9 @@ void RegisterTrainCommands(CLI::App& app) {
   train->add_option("--out", train_args->out, "bundle directory to write (atomically)")->required();
   train->add_flag("--quick", train_args->quick,
                   "small, fast run (2k images, 1 epoch per stage) for smoke tests");
+  train->add_flag("--long", train_args->long_preset,
+                  "longer run for higher accuracy (teacher 8, fine-tune 5, exit 3 epochs; about "
+                  "twice the default's time)");
   train->add_option("--epochs-teacher", o.epochs_teacher, "teacher epochs")->capture_default_str();
   train
       ->add_option("--epochs-distill", o.epochs_distill,
@@ -178,7 +189,9 @@ void RegisterTrainCommands(CLI::App& app) {
   train->add_option("--epochs-exit", o.epochs_exit, "stage 3 epochs: early exits")
       ->capture_default_str();
   train->add_option("--batch-size", o.batch_size, "mini-batch size")->capture_default_str();
-  train->add_option("--lr", o.lr, "peak SGD learning rate of the teacher (fine-tuning uses 0.3x)")
+  train
+      ->add_option("--lr", o.lr,
+                   "peak SGD learning rate of the teacher and of end-to-end fine-tuning")
       ->capture_default_str();
   train->add_option("--seed", o.seed, "seed of the held-out split and of training")
       ->capture_default_str();
@@ -205,7 +218,7 @@ void RegisterTrainCommands(CLI::App& app) {
   train->add_flag("--augment", train_args->augment,
                   "random crop (2 px) and horizontal flip; helps long runs, hurts short ones");
   train->add_flag("--quiet", train_args->quiet, "no progress output on stderr");
-  train->callback([train_args] { RunTrain(*train_args); });
+  train->callback([train_args, train] { RunTrain(*train_args, *train); });
 
   auto split_args = std::make_shared<SplitArgs>();
   CLI::App* split = app.add_subcommand(
