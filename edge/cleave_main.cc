@@ -1,12 +1,15 @@
 // cleave: the researcher/operator command line.
 //   cleave train   — train teacher + split model, write a bundle
 //   cleave split   — re-quantize / re-calibrate a bundle
-//   cleave bench   — measurements that print JSON (bench split, ...)
+//   cleave sim     — federated learning with many virtual clients in one process
+//   cleave bench   — measurements that print JSON (split, fl, sim-scale, aggregate)
 //   cleave demo    — the main job: daemons on loopback, the test set through the edge
 #include <CLI/CLI.hpp>
 
 #include "edge/bench_split.h"
 #include "edge/demo_command.h"
+#include "federated/bench_fl.h"
+#include "federated/sim_command.h"
 #include "split/train_command.h"
 
 int main(int argc, char** argv) {
@@ -19,6 +22,8 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "benchmarks that print JSON");
   bench->require_subcommand(1);
   cleave::edge::RegisterBenchSplitCommand(*bench);
+  cleave::federated::RegisterFederatedBenchCommands(*bench);
+  cleave::federated::RegisterSimCommand(app);
   cleave::edge::RegisterDemoCommand(app);
   try {
     app.parse(argc, argv);

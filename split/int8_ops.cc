@@ -125,6 +125,11 @@ Result<Int8HeadState> BuildSkeleton(const VisionModelSpec& spec, int end_block) 
   for (int i = 0; i < end_block; ++i) {
     const BlockSpec& b = spec.blocks[i];
     QBlock block;
+    if ((b.type == "conv" && (!b.batch_norm || b.padding >= 0)) || b.type == "maxpool" ||
+        b.type == "linear") {
+      return Status::Unimplemented("int8 head: block " + std::to_string(i) + " (" + b.type +
+                                   ") is not supported by the int8 path; keep this model fp32");
+    }
     if (b.type == "conv") {
       block.kind = QBlock::Kind::kConv;
       block.conv = MakeConv(b.in_channels, b.out_channels, b.kernel, b.stride, b.relu);

@@ -188,13 +188,13 @@ Result<std::vector<uint32_t>> FeatureShape(const VisionModelSpec& spec) {
   if (spec.split_after < 0 || spec.split_after >= static_cast<int>(spec.blocks.size())) {
     return Status::InvalidArgument("model spec has no split point");
   }
-  int size = spec.image_size;
   for (int i = 0; i <= spec.split_after; ++i) {
     const BlockSpec& b = spec.blocks[i];
-    if (b.type == "classifier") return Status::InvalidArgument("split after the classifier");
-    const int kernel = b.type == "conv" ? b.kernel : 3;
-    size = (size + 2 * (kernel / 2) - kernel) / b.stride + 1;
+    if (b.type == "classifier" || b.type == "linear") {
+      return Status::InvalidArgument("split after a " + b.type + " block (features must be maps)");
+    }
   }
+  const int size = spec.OutputSize(spec.split_after);
   return std::vector<uint32_t>{static_cast<uint32_t>(spec.blocks[spec.split_after].out_channels),
                                static_cast<uint32_t>(size), static_cast<uint32_t>(size)};
 }

@@ -38,9 +38,29 @@ BlockSpec Classifier(int in, int classes) {
   return b;
 }
 
-int OutSize(int size, int kernel, int stride) {
-  const int pad = kernel / 2;
+int OutSize(int size, int kernel, int stride, int pad) {
   return (size + 2 * pad - kernel) / stride + 1;
+}
+
+int ConvPadding(const BlockSpec& b) { return b.padding >= 0 ? b.padding : b.kernel / 2; }
+
+BlockSpec Plain(const std::string& type, int in, int out, int kernel, int stride, bool relu) {
+  BlockSpec b;
+  b.type = type;
+  b.in_channels = in;
+  b.out_channels = out;
+  b.kernel = kernel;
+  b.stride = stride;
+  b.relu = relu;
+  return b;
+}
+
+// Output spatial size of block `b` given its input size (1 once flattened).
+int BlockOutSize(const BlockSpec& b, int size) {
+  if (b.type == "conv") return OutSize(size, b.kernel, b.stride, ConvPadding(b));
+  if (b.type == "fused_mb") return OutSize(size, 3, b.stride, 1);
+  if (b.type == "maxpool") return OutSize(size, b.kernel, b.stride, 0);
+  return 1;  // classifier, linear
 }
 
 }  // namespace
@@ -56,6 +76,9 @@ json VisionModelSpec::ToJson() const {
                            {"stride", b.stride},
                            {"expansion", b.expansion},
                            {"relu", b.relu}});
+    // Only when not the default, so manifests of earlier models stay byte-identical.
+    if (!b.batch_norm) blocks_json.back()["batch_norm"] = false;
+    if (b.padding != -1) blocks_json.back()["padding"] = b.padding;
   }
   json exits_json = json::array();
   for (const auto& e : exits) {
@@ -90,6 +113,8 @@ Result<VisionModelSpec> VisionModelSpec::FromJson(const json& j) {
       b.stride = bj.value("stride", 1);
       b.expansion = bj.value("expansion", 2);
       b.relu = bj.value("relu", true);
+      b.batch_norm = bj.value("batch_norm", true);
+      b.padding = bj.value("padding", -1);
       s.blocks.push_back(b);
     }
     for (const auto& ej : j.at("exits")) {
@@ -111,9 +136,32 @@ Status VisionModelSpec::Validate() const {
   if (!(input_std > 0.0f)) return Status::InvalidArgument("model spec: input_std must be > 0");
   if (blocks.empty()) return Status::InvalidArgument("model spec: no blocks");
   int channels = input_channels;
+  int size = image_size;
+  bool flat = false;  // after a "linear" block the activations are [N, features]
   for (size_t i = 0; i < blocks.size(); ++i) {
     const BlockSpec& b = blocks[i];
     const std::string where = "model spec: block " + std::to_string(i);
+    if (flat && b.type != "linear") {
+      return Status::InvalidArgument(where + ": only linear blocks may follow a linear block");
+    }
+    if (b.type == "linear") {
+      const int64_t features = flat ? channels : int64_t{channels} * size * size;
+      if (b.in_channels != features) {
+        return Status::InvalidArgument(where + " (linear) expects " +
+                                       std::to_string(b.in_channels) +
+                                       " input features but receives " + std::to_string(features));
+      }
+      if (b.out_channels <= 0 || b.out_channels > 65536) {
+        return Status::InvalidArgument(where + ": out_channels out of range");
+      }
+      flat = true;
+      channels = b.out_channels;
+      size = 1;
+      continue;
+    }
+    if (b.type == "maxpool" && b.out_channels != b.in_channels) {
+      return Status::InvalidArgument(where + ": maxpool keeps the channel count");
+    }
     if (b.in_channels != channels) {
       return Status::InvalidArgument(where + " expects " + std::to_string(b.in_channels) +
                                      " input channels but receives " + std::to_string(channels));
@@ -125,6 +173,13 @@ Status VisionModelSpec::Validate() const {
     if (b.type == "conv") {
       if (b.kernel < 1 || b.kernel > 7 || b.kernel % 2 == 0) {
         return Status::InvalidArgument(where + ": kernel must be odd and in [1,7]");
+      }
+      if (b.padding < -1 || b.padding > b.kernel / 2) {
+        return Status::InvalidArgument(where + ": padding must be -1 (same) or in [0, kernel/2]");
+      }
+    } else if (b.type == "maxpool") {
+      if (b.kernel < 1 || b.kernel > 4) {
+        return Status::InvalidArgument(where + ": maxpool kernel must be in [1,4]");
       }
     } else if (b.type == "fused_mb") {
       if (b.expansion < 1 || b.expansion > 8) {
@@ -141,12 +196,22 @@ Status VisionModelSpec::Validate() const {
       return Status::InvalidArgument(where + ": unknown block type '" + b.type + "'");
     }
     channels = b.out_channels;
+    size = BlockOutSize(b, size);
+    if (size < 1) return Status::InvalidArgument(where + ": the feature map shrinks to nothing");
   }
-  if (blocks.back().type != "classifier") {
-    return Status::InvalidArgument("model spec: the last block must be a classifier");
+  const BlockSpec& tail = blocks.back();
+  const bool linear_head = tail.type == "linear" && !tail.relu && tail.out_channels == num_classes;
+  if (tail.type != "classifier" && !linear_head) {
+    return Status::InvalidArgument(
+        "model spec: the last block must be a classifier (or a linear block with num_classes "
+        "outputs and no ReLU)");
   }
   const int last = static_cast<int>(blocks.size()) - 1;
   for (const auto& e : exits) {
+    if (e.after_block >= 0 && e.after_block < last &&
+        (blocks[e.after_block].type == "linear" || blocks[e.after_block].type == "maxpool")) {
+      return Status::InvalidArgument("model spec: exits attach only to conv/fused_mb blocks");
+    }
     if (e.after_block < 0 || e.after_block >= last) {
       return Status::InvalidArgument("model spec: exit after block " +
                                      std::to_string(e.after_block) + " is out of range");
@@ -185,6 +250,30 @@ VisionModelSpec VisionModelSpec::DefaultTeacher() {
   return s;
 }
 
+VisionModelSpec VisionModelSpec::SimpleCnn() {
+  VisionModelSpec s;
+  BlockSpec conv1 = Conv(1, 6, 1, true, "", 5);
+  conv1.batch_norm = false;
+  conv1.padding = 0;  // 28 -> 24
+  BlockSpec conv2 = Conv(6, 16, 1, true, "", 5);
+  conv2.batch_norm = false;
+  conv2.padding = 0;  // 12 -> 8
+  s.blocks = {conv1,
+              Plain("maxpool", 6, 6, 2, 2, false),  // 12x12
+              conv2,
+              Plain("maxpool", 16, 16, 2, 2, false),  // 4x4
+              Plain("linear", 16 * 4 * 4, 120, 1, 1, true),
+              Plain("linear", 120, 84, 1, 1, true),
+              Plain("linear", 84, 10, 1, 1, false)};
+  return s;
+}
+
+int VisionModelSpec::OutputSize(int i) const {
+  int size = image_size;
+  for (int b = 0; b <= i; ++b) size = BlockOutSize(blocks[b], size);
+  return size;
+}
+
 VisionModelSpec VisionModelSpec::TinySplit() {
   VisionModelSpec s;
   s.blocks = {Conv(1, 4, 2, true),              // 0: 14x14
@@ -203,13 +292,14 @@ ConvBnActImpl::ConvBnActImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
       "conv",
       torch::nn::Conv2d(torch::nn::Conv2dOptions(spec.in_channels, spec.out_channels, spec.kernel)
                             .stride(spec.stride)
-                            .padding(spec.kernel / 2)
-                            .bias(false)));
-  bn = register_module("bn", torch::nn::BatchNorm2d(spec.out_channels));
+                            .padding(ConvPadding(spec))
+                            .bias(!spec.batch_norm)));
+  if (spec.batch_norm) bn = register_module("bn", torch::nn::BatchNorm2d(spec.out_channels));
 }
 
 torch::Tensor ConvBnActImpl::forward(torch::Tensor x) {
-  x = bn(conv(x));
+  x = conv(x);
+  if (bn) x = bn(x);
   return spec().relu ? torch::relu(x) : x;
 }
 
@@ -231,6 +321,19 @@ FusedMBConvImpl::FusedMBConvImpl(const BlockSpec& spec) : VisionBlockImpl(spec) 
 torch::Tensor FusedMBConvImpl::forward(torch::Tensor x) {
   torch::Tensor y = project_bn(project_conv(torch::relu(expand_bn(expand_conv(x)))));
   return residual_ ? y + x : y;
+}
+
+torch::Tensor MaxPoolImpl::forward(torch::Tensor x) {
+  return torch::max_pool2d(x, spec().kernel, spec().stride);
+}
+
+LinearBlockImpl::LinearBlockImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
+  fc = register_module("fc", torch::nn::Linear(spec.in_channels, spec.out_channels));
+}
+
+torch::Tensor LinearBlockImpl::forward(torch::Tensor x) {
+  x = fc(x.dim() > 2 ? torch::flatten(x, 1) : x);
+  return spec().relu ? torch::relu(x) : x;
 }
 
 ClassifierImpl::ClassifierImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
@@ -263,14 +366,16 @@ SplitVisionNetImpl::SplitVisionNetImpl(VisionModelSpec spec) : spec_(std::move(s
     std::shared_ptr<VisionBlockImpl> block;
     if (b.type == "conv") {
       block = std::make_shared<ConvBnActImpl>(b);
-      size = OutSize(size, b.kernel, b.stride);
     } else if (b.type == "fused_mb") {
       block = std::make_shared<FusedMBConvImpl>(b);
-      size = OutSize(size, 3, b.stride);
+    } else if (b.type == "maxpool") {
+      block = std::make_shared<MaxPoolImpl>(b);
+    } else if (b.type == "linear") {
+      block = std::make_shared<LinearBlockImpl>(b);
     } else {
       block = std::make_shared<ClassifierImpl>(b);
-      size = 1;
     }
+    size = BlockOutSize(b, size);
     blocks_.push_back(register_module("block" + std::to_string(i), block));
     block_out_size_.push_back(size);
   }
@@ -335,6 +440,10 @@ int64_t SplitVisionNetImpl::MacCount(int begin, int end, bool with_exits) const 
     } else if (b.type == "fused_mb") {
       const int64_t hidden = int64_t{b.in_channels} * b.expansion;
       macs += area * 9 * b.in_channels * hidden + area * hidden * b.out_channels;
+    } else if (b.type == "maxpool") {
+      // comparisons, not multiply-accumulates
+    } else if (b.type == "linear") {
+      macs += int64_t{b.in_channels} * b.out_channels;
     } else {
       const int64_t in_size = i > 0 ? block_out_size_[i - 1] : spec_.image_size;
       macs += in_size * in_size * b.in_channels + int64_t{b.in_channels} * b.out_channels;

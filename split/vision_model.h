@@ -9,7 +9,13 @@
 //                 with the depthwise 3x3 + 1x1 expansion fused into one dense 3x3 conv. We
 //                 chose it by measured time: on these CPUs, depthwise convs train ~3x slower
 //                 per sample than the fused block despite fewer FLOPs (see docs/design.md);
-//   - "classifier": global average pooling + linear layer to the class logits (last block).
+//   - "classifier": global average pooling + linear layer to the class logits (last block);
+//   - "maxpool":  k x k max pooling with the given stride (channels unchanged);
+//   - "linear":   flatten + fully connected layer (+ ReLU when `relu`); its in_channels is
+//                 the flattened size of its input (C x H x W). A "linear" without ReLU and
+//                 with num_classes outputs may end the network instead of a classifier.
+// "conv" may drop its BatchNorm (`batch_norm` false: the conv gets a bias) and use explicit
+// padding, which the plain CNNs of the federated-learning literature need (SimpleCnn()).
 // A learned bottleneck (BottleFit, Matsubara et al. 2022; SC2, Matsubara et al. 2022) is an
 // "encoder" conv that squeezes channels and a "decoder" conv that restores them; the
 // intended deployment split is right after the encoder. Early exits (BranchyNet, Teerapittayanon
@@ -31,14 +37,16 @@
 namespace cleave::split {
 
 struct BlockSpec {
-  std::string type;  // "conv" | "fused_mb" | "classifier"
+  std::string type;  // "conv" | "fused_mb" | "classifier" | "maxpool" | "linear"
   std::string role;  // "" | "encoder" | "decoder" (informational; the bottleneck pair)
   int in_channels = 0;
   int out_channels = 0;
   int kernel = 3;  // conv only
   int stride = 1;
-  int expansion = 2;  // fused_mb only
-  bool relu = true;   // conv only
+  int expansion = 2;       // fused_mb only
+  bool relu = true;        // conv and linear
+  bool batch_norm = true;  // conv only
+  int padding = -1;        // conv only; -1 = kernel / 2 ("same" at stride 1)
 };
 
 struct ExitSpec {
@@ -69,6 +77,15 @@ struct VisionModelSpec {
   static VisionModelSpec DefaultTeacher();
   // A very small split model for unit tests (fast on one core).
   static VisionModelSpec TinySplit();
+  // The "simple CNN" of the federated-learning benchmarks (McMahan et al. 2017; Li et al.,
+  // "Federated Learning on Non-IID Data Silos", ICDE 2022): conv 5x5 (6) - ReLU - maxpool 2 -
+  // conv 5x5 (16) - ReLU - maxpool 2 - fc 120 - ReLU - fc 84 - ReLU - fc 10, no BatchNorm,
+  // no split point, no exits.
+  static VisionModelSpec SimpleCnn();
+
+  // Spatial size (square) of block `i`'s output; 1 for flattened outputs. Precondition:
+  // Validate() is OK and 0 <= i < blocks.size().
+  int OutputSize(int i) const;
 };
 
 // Base of every block: forward(x) on the previous block's output.
@@ -87,7 +104,7 @@ class ConvBnActImpl : public VisionBlockImpl {
   explicit ConvBnActImpl(const BlockSpec& spec);
   torch::Tensor forward(torch::Tensor x) override;
   torch::nn::Conv2d conv{nullptr};
-  torch::nn::BatchNorm2d bn{nullptr};
+  torch::nn::BatchNorm2d bn{nullptr};  // null when spec.batch_norm is false
 };
 
 class FusedMBConvImpl : public VisionBlockImpl {
@@ -102,6 +119,19 @@ class FusedMBConvImpl : public VisionBlockImpl {
 
  private:
   bool residual_ = false;
+};
+
+class MaxPoolImpl : public VisionBlockImpl {
+ public:
+  explicit MaxPoolImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {}
+  torch::Tensor forward(torch::Tensor x) override;
+};
+
+class LinearBlockImpl : public VisionBlockImpl {
+ public:
+  explicit LinearBlockImpl(const BlockSpec& spec);
+  torch::Tensor forward(torch::Tensor x) override;
+  torch::nn::Linear fc{nullptr};
 };
 
 class ClassifierImpl : public VisionBlockImpl {

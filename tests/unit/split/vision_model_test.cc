@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "split/distill.h"
+#include "split/int8_head.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::split {
@@ -17,7 +18,8 @@ void ExpectSameSpec(const VisionModelSpec& a, const VisionModelSpec& b) {
 TEST(VisionModelSpecTest, JsonRoundTripOfEveryPreset) {
   for (const VisionModelSpec& spec :
        {VisionModelSpec::DefaultSplit(2), VisionModelSpec::DefaultSplit(4),
-        VisionModelSpec::DefaultTeacher(), VisionModelSpec::TinySplit()}) {
+        VisionModelSpec::DefaultTeacher(), VisionModelSpec::TinySplit(),
+        VisionModelSpec::SimpleCnn()}) {
     ASSERT_TRUE(spec.Validate().ok());
     auto back = VisionModelSpec::FromJson(spec.ToJson());
     ASSERT_TRUE(back.ok()) << back.status().ToString();
@@ -27,6 +29,38 @@ TEST(VisionModelSpecTest, JsonRoundTripOfEveryPreset) {
     ASSERT_TRUE(reparsed.ok());
     ExpectSameSpec(*reparsed, spec);
   }
+}
+
+// The federated-learning CNN (McMahan et al.; Li et al. NIID-Bench): shapes and the exact
+// parameter count of conv(1->6, 5x5) + conv(6->16, 5x5) + fc 256-120-84-10 with biases.
+TEST(VisionModelSpecTest, SimpleCnnIsTheLiteratureNetwork) {
+  const VisionModelSpec spec = VisionModelSpec::SimpleCnn();
+  ASSERT_TRUE(spec.Validate().ok());
+  EXPECT_EQ(spec.OutputSize(0), 24);
+  EXPECT_EQ(spec.OutputSize(1), 12);
+  EXPECT_EQ(spec.OutputSize(2), 8);
+  EXPECT_EQ(spec.OutputSize(3), 4);
+  EXPECT_EQ(spec.OutputSize(4), 1);
+  SplitVisionNet net(spec);
+  const int64_t expected = (6 * 25 + 6) + (16 * 6 * 25 + 16) + (256 * 120 + 120) + (120 * 84 + 84) +
+                           (84 * 10 + 10);  // 44,426
+  EXPECT_EQ(net->ParameterCount(0, net->num_blocks(), true), expected);
+  int64_t total = 0;
+  for (const auto& p : net->parameters()) total += p.numel();
+  EXPECT_EQ(total, expected);
+  EXPECT_EQ(net->MacCount(0, net->num_blocks(), true),
+            24 * 24 * 25 * 6 + 8 * 8 * 25 * 6 * 16 + 256 * 120 + 120 * 84 + 84 * 10);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor logits = net->forward(torch::rand({3, 1, 28, 28}));
+  EXPECT_EQ(logits.sizes(), (std::vector<int64_t>{3, 10}));
+  // No BatchNorm anywhere (federated averaging of BN statistics is avoided by design).
+  for (const auto& named : net->named_modules()) {
+    EXPECT_EQ(named.value()->as<torch::nn::BatchNorm2d>(), nullptr) << named.key();
+  }
+  // The int8 path covers only the split models' blocks and says so.
+  auto int8 = Int8Head::Quantize(*net, 2, torch::rand({4, 1, 28, 28}));
+  ASSERT_FALSE(int8.ok());
+  EXPECT_EQ(int8.status().code(), StatusCode::kUnimplemented);
 }
 
 TEST(VisionModelSpecTest, DefaultTeacherIsTheTeacherOfDefaultSplit) {
@@ -113,6 +147,44 @@ const Breakage kBreakages[] = {
     {"exit_hidden_zero", [](VisionModelSpec& s) { s.exits[0].hidden_channels = 0; }},
     {"split_below_minus_one", [](VisionModelSpec& s) { s.split_after = -2; }},
     {"split_at_classifier", [](VisionModelSpec& s) { s.split_after = 5; }},
+    {"padding_too_big", [](VisionModelSpec& s) { s.blocks[0].padding = 2; }},
+    {"padding_below_minus_one", [](VisionModelSpec& s) { s.blocks[0].padding = -2; }},
+    {"exit_on_maxpool",
+     [](VisionModelSpec& s) {
+       s.blocks[1].type = "maxpool";
+       s.blocks[1].kernel = 1;
+     }},
+    {"maxpool_changes_channels",
+     [](VisionModelSpec& s) {
+       s.exits.clear();
+       s.blocks[1].type = "maxpool";
+       s.blocks[1].kernel = 2;
+       s.blocks[1].out_channels = 5;
+       s.blocks[2].in_channels = 5;
+     }},
+    {"maxpool_kernel",
+     [](VisionModelSpec& s) {
+       s.exits.clear();
+       s.blocks[1].type = "maxpool";
+       s.blocks[1].kernel = 9;
+     }},
+    {"linear_feature_count",
+     [](VisionModelSpec& s) {
+       s.blocks.back().type = "linear";
+       s.blocks.back().relu = false;
+       s.blocks.back().in_channels = 8;  // the input is 8 x 7 x 7 = 392 features
+     }},
+    {"linear_head_with_relu",
+     [](VisionModelSpec& s) {
+       s.blocks.back().type = "linear";
+       s.blocks.back().relu = true;
+       s.blocks.back().in_channels = 392;
+     }},
+    {"conv_after_linear",
+     [](VisionModelSpec& s) {
+       s.blocks[4].type = "linear";
+       s.blocks[4].in_channels = 392;  // then the classifier follows a flat tensor
+     }},
 };
 
 INSTANTIATE_TEST_SUITE_P(EveryRule, ValidateRejectsTest, ::testing::ValuesIn(kBreakages),

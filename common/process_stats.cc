@@ -1,0 +1,29 @@
+#include "common/process_stats.h"
+
+#include <fstream>
+#include <sstream>
+#include <string>
+
+namespace cleave {
+namespace {
+
+int64_t StatusFieldKib(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field + ":", 0) == 0) {
+      std::istringstream value(line.substr(field.size() + 1));
+      int64_t kib = 0;
+      if (value >> kib) return kib;
+      return 0;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int64_t PeakRssBytes() { return StatusFieldKib("VmHWM") * 1024; }
+int64_t CurrentRssBytes() { return StatusFieldKib("VmRSS") * 1024; }
+
+}  // namespace cleave

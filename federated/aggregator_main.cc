@@ -1,0 +1,158 @@
+// cleave-aggregator: runs federated training rounds for cleave-edge daemons over ZeroMQ.
+// See federated/aggregator_service.h for the protocol and the round life cycle.
+#include <torch/torch.h>
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "common/config.h"
+#include "common/datasets.h"
+#include "common/logging.h"
+#include "common/shutdown.h"
+#include "federated/aggregator_service.h"
+#include "federated/fl_config.h"
+#include "federated/simulation.h"
+#include "split/bundle.h"
+#include "split/vision_bundle.h"
+
+namespace {
+
+using cleave::ConfigType;
+namespace federated = cleave::federated;
+
+cleave::ConfigSchema AggregatorSchema() {
+  cleave::ConfigSchema s;
+  s.Add("aggregator.listen", ConfigType::kString, "tcp://127.0.0.1:5570",
+        "ZeroMQ endpoint edges connect to (port 0 picks a free port)")
+      .Add("aggregator.bundle", ConfigType::kString, "",
+           "model bundle whose network is trained (its fp32 weights are the starting point); "
+           "edges must serve a bundle of the same architecture")
+      .Add("aggregator.model", ConfigType::kString, "",
+           "instead of a bundle: a built-in network trained from scratch (simple_cnn, "
+           "default_split, tiny_split)")
+      .Add("aggregator.rounds", ConfigType::kInt, "3", "rounds to run, then exit")
+      .Add("aggregator.wait_for_clients", ConfigType::kInt, "0",
+           "first round: wait for this many clients (0 = round.min_clients)")
+      .Add("aggregator.start_timeout_ms", ConfigType::kInt, "60000",
+           "...but start with round.min_clients after this long")
+      .Add("aggregator.poll_interval_ms", ConfigType::kInt, "500", "client heartbeat period")
+      .Add("aggregator.client_timeout_ms", ConfigType::kInt, "30000",
+           "a sampled client silent this long (e.g. crashed) has failed; must exceed local "
+           "training time")
+      .Add("aggregator.checkpoint", ConfigType::kString, "",
+           "checkpoint file written after every round; resumed from at start")
+      .Add("aggregator.publish_dir", ConfigType::kString, "",
+           "write a model bundle per round to DIR/round-<k> (needs aggregator.bundle)")
+      .Add("aggregator.summary_file", ConfigType::kString, "",
+           "JSON history of the rounds, rewritten after every round")
+      .Add("aggregator.eval_data_dir", ConfigType::kString, "",
+           "Fashion-MNIST directory: evaluate the global model on its test set every round")
+      .Add("aggregator.eval_limit", ConfigType::kInt, "0", "evaluate on the first N test images")
+      .Add("aggregator.seed", ConfigType::kInt, "1", "client sampling seed")
+      .Add("aggregator.threads", ConfigType::kInt, "1", "libtorch intra-op threads")
+      .Add("aggregator.max_message_bytes", ConfigType::kInt, "268435456",
+           "larger incoming messages are dropped by the transport")
+      .Add("aggregator.ready_file", ConfigType::kString, "",
+           "once bound, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
+      .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
+  federated::AddRoundConfigKeys(s);
+  return s;
+}
+
+int Fail(const cleave::Status& status) {
+  std::fprintf(stderr, "cleave-aggregator: %s\n", status.ToString().c_str());
+  return 1;
+}
+
+cleave::Result<federated::AggregatorModel> LoadModel(const cleave::Config& c) {
+  federated::AggregatorModel model;
+  const std::string bundle_dir = c.GetString("aggregator.bundle");
+  const std::string builtin = c.GetString("aggregator.model");
+  if (bundle_dir.empty() == builtin.empty()) {
+    return cleave::Status::InvalidArgument(
+        "give exactly one of --aggregator.bundle DIR or --aggregator.model NAME");
+  }
+  if (!bundle_dir.empty()) {
+    CLEAVE_ASSIGN_OR_RETURN(cleave::Bundle bundle, cleave::Bundle::Open(bundle_dir));
+    CLEAVE_ASSIGN_OR_RETURN(cleave::split::VisionSplitModel m,
+                            cleave::split::ReadVisionBundle(bundle, {}));
+    model.spec = m.spec;
+    model.initial = federated::GetWeights(*m.net);
+    model.model_name = m.name;
+    model.base_bundle = bundle_dir;
+  } else {
+    CLEAVE_ASSIGN_OR_RETURN(model.spec, federated::ModelSpecByName(builtin));
+    torch::manual_seed(static_cast<uint64_t>(c.GetInt("aggregator.seed")));
+    cleave::split::SplitVisionNet net(model.spec);
+    model.initial = federated::GetWeights(*net);
+    model.model_name = builtin;
+  }
+  const std::string eval_dir = c.GetString("aggregator.eval_data_dir");
+  if (!eval_dir.empty()) {
+    CLEAVE_ASSIGN_OR_RETURN(cleave::ImageDataset test,
+                            cleave::LoadFashionMnist(cleave::DatasetSplit::kTest, eval_dir));
+    CLEAVE_ASSIGN_OR_RETURN(model.eval_data, cleave::split::ToLabeledImages(test));
+    const int64_t limit = c.GetInt("aggregator.eval_limit");
+    if (limit > 0) model.eval_data = model.eval_data.Head(limit);
+  }
+  return model;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "cleave-aggregator: coordinates federated training rounds. cleave-edge daemons register "
+      "over ZeroMQ, receive the global weights and what to train, and send updates; the "
+      "aggregator validates them, aggregates with the configured strategy (FedAvg, FedProx, "
+      "FedAdam/Yogi/Adagrad, median, trimmed mean, Krum), checkpoints after every round and "
+      "resumes from the checkpoint after a restart.\n\nEvery key of the TOML config file can "
+      "be given as a flag (--section.key value); flags win over the file."};
+  cleave::ConfigSchema schema = AggregatorSchema();
+  std::string config_path;
+  std::map<std::string, std::string> flags;
+  cleave::Config::AddFlags(app, schema, &config_path, &flags);
+  CLI11_PARSE(app, argc, argv);
+
+  cleave::Result<cleave::Config> config = cleave::Config::Load(schema, config_path, flags);
+  if (!config.ok()) return Fail(config.status());
+  if (cleave::Status s = cleave::InitLogging(config->GetString("log.level")); !s.ok()) {
+    return Fail(s);
+  }
+  torch::set_num_threads(
+      static_cast<int>(std::max<int64_t>(1, config->GetInt("aggregator.threads"))));
+  cleave::InstallShutdownHandlers();
+
+  federated::AggregatorOptions options;
+  options.listen = config->GetString("aggregator.listen");
+  options.rounds = static_cast<int>(config->GetInt("aggregator.rounds"));
+  if (cleave::Status s = federated::ReadRoundConfigKeys(*config, options.engine, options.strategy);
+      !s.ok()) {
+    return Fail(s);
+  }
+  options.engine.seed = static_cast<uint64_t>(config->GetInt("aggregator.seed"));
+  options.wait_for_clients = static_cast<int>(config->GetInt("aggregator.wait_for_clients"));
+  options.start_timeout_ms = config->GetInt("aggregator.start_timeout_ms");
+  options.poll_interval_ms = config->GetInt("aggregator.poll_interval_ms");
+  options.client_timeout_ms = config->GetInt("aggregator.client_timeout_ms");
+  options.checkpoint = config->GetString("aggregator.checkpoint");
+  options.publish_dir = config->GetString("aggregator.publish_dir");
+  options.summary_file = config->GetString("aggregator.summary_file");
+  options.ready_file = config->GetString("aggregator.ready_file");
+  options.max_message_bytes = config->GetInt("aggregator.max_message_bytes");
+
+  cleave::Result<federated::AggregatorModel> model = LoadModel(*config);
+  if (!model.ok()) return Fail(model.status());
+  cleave::TransportContext context;
+  auto service = federated::AggregatorService::Create(options, std::move(*model), context);
+  if (!service.ok()) return Fail(service.status());
+  cleave::GetLogger("aggregator")
+      ->info("serving {} rounds of {} on {}", options.rounds, options.strategy.name,
+             (*service)->endpoint());
+  cleave::Status run = (*service)->Run([] { return cleave::ShutdownRequested(); });
+  if (!run.ok()) return Fail(run);
+  std::cout << (*service)->Summary().dump(2) << std::endl;
+  return 0;
+}

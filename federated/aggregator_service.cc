@@ -1,0 +1,472 @@
+#include "federated/aggregator_service.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "federated/checkpoint.h"
+#include "federated/local_training.h"
+#include "federated/wire_convert.h"
+#include "split/bundle.h"
+#include "split/int8_head.h"
+#include "split/vision_bundle.h"
+
+namespace cleave::federated {
+
+using nlohmann::json;
+namespace fl = wire::fl;
+
+namespace {
+
+std::shared_ptr<spdlog::logger> Log() { return GetLogger("aggregator"); }
+
+fl::AckReason AckFor(UpdateVerdict verdict) {
+  switch (verdict) {
+    case UpdateVerdict::kAccepted: return fl::AckReason::kOk;
+    case UpdateVerdict::kNoRound: return fl::AckReason::kNoRound;
+    case UpdateVerdict::kStaleRound: return fl::AckReason::kStaleRound;
+    case UpdateVerdict::kNotSampled: return fl::AckReason::kNotSampled;
+    case UpdateVerdict::kDuplicate: return fl::AckReason::kDuplicate;
+    case UpdateVerdict::kLate: return fl::AckReason::kLate;
+    case UpdateVerdict::kMalformed: return fl::AckReason::kMalformed;
+  }
+  return fl::AckReason::kInternal;
+}
+
+}  // namespace
+
+struct AggregatorService::Impl {
+  struct Client {
+    std::string peer;  // current routing id
+    int64_t num_examples = 0;
+    int64_t last_seen_micros = 0;
+    bool config_sent = false;  // for the open round
+    bool gone = false;         // said Bye or timed out; back when it speaks again
+  };
+
+  AggregatorOptions options;
+  AggregatorModel model;
+  Clock* clock = nullptr;
+  std::unique_ptr<RouterServer> router;
+  std::unique_ptr<RoundEngine> engine;
+  std::string layout_sha;
+  std::map<std::string, Client> clients;
+  std::optional<RoundPlan> plan;
+  std::string plan_config_bytes;  // the encoded RoundConfig of the open round
+  int64_t started_micros = 0;
+  std::optional<Evaluation> initial_eval;
+  std::map<std::string, uint64_t> counters;  // messages by kind, rejections by reason
+  split::SplitVisionNet eval_net{nullptr};
+
+  void Count(const std::string& what) { ++counters[what]; }
+
+  void SendTo(const std::string& peer, const fl::Message& message) {
+    Status s = router->Send(peer, fl::EncodeMessage(message));
+    if (!s.ok()) {
+      Count("send_failed");
+      Log()->debug("send failed: {}", s.ToString());
+    }
+  }
+
+  std::vector<ClientInfo> LiveClients() const {
+    std::vector<ClientInfo> live;
+    for (const auto& [id, c] : clients) {
+      if (!c.gone) live.push_back({id, c.num_examples});
+    }
+    return live;
+  }
+
+  Status OpenRound();
+  void OnRegister(const std::string& peer, const fl::Register& reg);
+  void OnHeartbeat(const std::string& peer, const fl::Heartbeat& hb);
+  void OnUpdate(const std::string& peer, const fl::Update& update);
+  void OnBye(const std::string& peer, const fl::Bye& bye);
+  void Housekeeping();
+  Status CloseRound();
+  Status Publish(int round);
+  void WriteSummary();
+  json SummaryJson() const;
+};
+
+Status AggregatorService::Impl::OpenRound() {
+  CLEAVE_ASSIGN_OR_RETURN(RoundPlan p, engine->StartRound(LiveClients()));
+  fl::RoundConfig config;
+  config.round = static_cast<uint32_t>(p.round);
+  config.model_name = model.model_name;
+  config.layout_sha256 = layout_sha;
+  for (const auto& w : engine->global()) config.weights.push_back(ToWireTensor(w));
+  config.trainable_set = p.trainable_set == TrainableSet::kAll ? fl::TrainableSet::kAll
+                                                               : fl::TrainableSet::kHeadAndExits;
+  config.trainable = p.trainable;
+  config.local_epochs = static_cast<uint32_t>(p.fit.local_epochs);
+  config.batch_size = static_cast<uint32_t>(p.fit.batch_size);
+  config.learning_rate = p.fit.lr;
+  config.momentum = p.fit.momentum;
+  config.weight_decay = p.fit.weight_decay;
+  config.proximal_mu = p.fit.proximal_mu;
+  config.max_steps = static_cast<uint64_t>(std::max<int64_t>(0, p.fit.max_steps));
+  config.deadline_ms = static_cast<uint32_t>(
+      std::min<int64_t>(options.engine.deadline_micros / 1000, fl::kMaxRetryAfterMs));
+  config.seed = options.engine.seed * 1000003 + p.round;
+  fl::Message message(config);
+  CLEAVE_RETURN_IF_ERROR(fl::ValidateMessage(message).WithContext("round config"));
+  plan_config_bytes = fl::EncodeMessage(message);
+  started_micros = clock->NowMicros();
+  for (const auto& id : p.clients) {
+    Client& c = clients[id];
+    c.config_sent = router->Send(c.peer, plan_config_bytes).ok();
+  }
+  Log()->info("round {} open: {} clients sampled (target {}), {} bytes each", p.round,
+              p.clients.size(), p.target, plan_config_bytes.size());
+  Count("rounds_started");
+  plan = std::move(p);
+  return Status::Ok();
+}
+
+void AggregatorService::Impl::OnRegister(const std::string& peer, const fl::Register& reg) {
+  fl::RegisterReply reply;
+  reply.poll_interval_ms = static_cast<uint32_t>(options.poll_interval_ms);
+  reply.round = static_cast<uint32_t>(engine->rounds_completed() + (plan ? 1 : 0));
+  if (reg.layout_sha256 != layout_sha) {
+    reply.accepted = false;
+    reply.error = "model mismatch: this aggregator coordinates model '" + model.model_name +
+                  "' (layout " + layout_sha.substr(0, 12) + "...), the client has '" +
+                  reg.model_name + "' (" + reg.layout_sha256.substr(0, 12) + "...)";
+    Count("register_refused");
+    Log()->warn("refused client '{}': {}", reg.client_id, reply.error);
+  } else {
+    Client& c = clients[reg.client_id];
+    c.peer = peer;
+    c.num_examples = static_cast<int64_t>(reg.num_examples);
+    c.last_seen_micros = clock->NowMicros();
+    c.gone = false;
+    reply.accepted = true;
+    Count("registered");
+    Log()->info("client '{}' registered ({} examples)", reg.client_id, reg.num_examples);
+  }
+  SendTo(peer, fl::Message(reply));
+}
+
+void AggregatorService::Impl::OnHeartbeat(const std::string& peer, const fl::Heartbeat& hb) {
+  auto it = clients.find(hb.client_id);
+  if (it == clients.end()) {
+    fl::RegisterReply reply;
+    reply.accepted = false;
+    reply.error = "unknown client '" + hb.client_id + "': register first";
+    SendTo(peer, fl::Message(reply));
+    return;
+  }
+  Client& c = it->second;
+  c.peer = peer;
+  c.last_seen_micros = clock->NowMicros();
+  c.gone = false;
+  const bool pending =
+      plan && engine->round_open() &&
+      std::binary_search(plan->clients.begin(), plan->clients.end(), hb.client_id) &&
+      hb.training_round != static_cast<uint32_t>(plan->round);
+  if (pending) {
+    const auto waiting = engine->Pending();
+    if (std::find(waiting.begin(), waiting.end(), hb.client_id) != waiting.end()) {
+      c.config_sent = router->Send(peer, plan_config_bytes).ok();
+      return;
+    }
+  }
+  fl::Wait wait;
+  wait.round = static_cast<uint32_t>(engine->rounds_completed() + (plan ? 1 : 0));
+  wait.retry_after_ms = static_cast<uint32_t>(std::max<int64_t>(1, options.poll_interval_ms));
+  wait.reason = plan ? "round in progress" : "waiting for clients";
+  SendTo(peer, fl::Message(wait));
+}
+
+void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update& update) {
+  auto it = clients.find(update.client_id);
+  if (it == clients.end()) {
+    Count("update_unknown_client");
+    SendTo(peer, fl::Message(fl::MakeUpdateAck(update.round, fl::AckReason::kUnknownClient,
+                                               "register first")));
+    return;
+  }
+  it->second.peer = peer;
+  it->second.last_seen_micros = clock->NowMicros();
+  if (!plan || update.round != static_cast<uint32_t>(plan->round)) {
+    // Let the engine classify (no round / stale) so the counts live in one place.
+    ClientUpdate empty;
+    empty.client_id = update.client_id;
+    std::string why;
+    const UpdateVerdict v = engine->Submit(static_cast<int>(update.round), std::move(empty), &why);
+    Count(std::string("update_") + UpdateVerdictName(v));
+    SendTo(peer, fl::Message(fl::MakeUpdateAck(update.round, AckFor(v), why)));
+    return;
+  }
+  ClientUpdate u;
+  u.client_id = update.client_id;
+  u.num_examples = static_cast<int64_t>(update.num_examples);
+  u.train_loss = update.train_loss;
+  Result<Weights> weights =
+      update.is_delta
+          ? Result<Weights>(Status::Unimplemented("delta updates are not supported"))
+          : MaskedFromWire(update.tensors, plan->trainable, engine->layout(), engine->global());
+  std::string why;
+  UpdateVerdict verdict;
+  fl::AckReason reason;
+  if (!weights.ok()) {
+    // Shape/count errors still go through the engine so the round's counters see them.
+    why = weights.status().message();
+    u.weights.clear();
+    verdict = engine->Submit(plan->round, std::move(u), nullptr);
+    reason = verdict == UpdateVerdict::kMalformed ? fl::AckReason::kWrongShape : AckFor(verdict);
+  } else {
+    u.weights = std::move(*weights);
+    verdict = engine->Submit(plan->round, std::move(u), &why);
+    reason = AckFor(verdict);
+  }
+  Count(std::string("update_") + UpdateVerdictName(verdict));
+  if (verdict != UpdateVerdict::kAccepted) {
+    Log()->warn("update from '{}' for round {} rejected ({}): {}", update.client_id, update.round,
+                UpdateVerdictName(verdict), why);
+  }
+  SendTo(peer, fl::Message(fl::MakeUpdateAck(update.round, reason, why)));
+}
+
+void AggregatorService::Impl::OnBye(const std::string& peer, const fl::Bye& bye) {
+  (void)peer;
+  auto it = clients.find(bye.client_id);
+  if (it == clients.end()) return;
+  it->second.gone = true;
+  if (plan) engine->ReportFailure(plan->round, bye.client_id, "left: " + bye.message);
+  Log()->info("client '{}' left ({})", bye.client_id, fl::ByeReasonName(bye.reason));
+}
+
+void AggregatorService::Impl::Housekeeping() {
+  const int64_t now = clock->NowMicros();
+  for (auto& [id, c] : clients) {
+    if (c.gone || now - c.last_seen_micros <= options.client_timeout_ms * 1000) continue;
+    c.gone = true;
+    Count("client_timeouts");
+    Log()->warn("client '{}' silent for {} ms; considered gone", id,
+                (now - c.last_seen_micros) / 1000);
+    if (plan) engine->ReportFailure(plan->round, id, "timed out");
+  }
+}
+
+Status AggregatorService::Impl::Publish(int round) {
+  CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(model.base_bundle));
+  split::VisionBundleParts parts;
+  parts.head_int8 = true;
+  CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel m, split::ReadVisionBundle(bundle, parts));
+  CLEAVE_RETURN_IF_ERROR(SetWeights(*m.net, engine->global()));
+  if (m.int8_head) {
+    m.int8_head.reset();
+    if (model.eval_data.size() > 0) {
+      // Re-quantize the head for the new weights (static calibration on server-side images).
+      const torch::Tensor calib =
+          model.eval_data.images.narrow(0, 0, std::min<int64_t>(512, model.eval_data.size()));
+      m.net->eval();
+      CLEAVE_ASSIGN_OR_RETURN(split::Int8Head head,
+                              split::Int8Head::Quantize(*m.net, m.head_end(), calib));
+      m.int8_head = std::make_shared<split::Int8Head>(std::move(head));
+    }
+  }
+  m.training["federated_round"] = round;
+  if (engine->history().back().eval_accuracy) {
+    m.evaluation["federated_test_accuracy"] = *engine->history().back().eval_accuracy;
+  }
+  const std::filesystem::path dir =
+      std::filesystem::path(options.publish_dir) / ("round-" + std::to_string(round));
+  CLEAVE_RETURN_IF_ERROR(split::WriteVisionBundle(dir, m));
+  Log()->info("published {}", dir.string());
+  return Status::Ok();
+}
+
+Status AggregatorService::Impl::CloseRound() {
+  CLEAVE_ASSIGN_OR_RETURN(RoundRecord record, engine->FinishRound());
+  RoundRecord* stored = engine->last_record();
+  stored->extra["bytes_down"] =
+      static_cast<int64_t>(plan->clients.size() * plan_config_bytes.size());
+  plan.reset();
+  plan_config_bytes.clear();
+  for (auto& [id, c] : clients) c.config_sent = false;
+  Log()->info("round {} {}: {} ok, {} failed, {} late, {} rejected, {} missing{}", record.round,
+              record.applied ? "applied" : "NOT applied", record.succeeded, record.failed,
+              record.late, record.rejected, record.missing,
+              record.eval_accuracy ? ", test accuracy " + std::to_string(*record.eval_accuracy)
+                                   : std::string());
+  if (!record.applied) Log()->warn("{}", record.failure);
+  if (!options.checkpoint.empty()) {
+    CLEAVE_RETURN_IF_ERROR(SaveCheckpoint(options.checkpoint, *engine));
+  }
+  if (!options.publish_dir.empty() && record.applied) {
+    if (Status s = Publish(record.round); !s.ok()) {
+      // Publishing is best effort: the round and its checkpoint stand.
+      Count("publish_failed");
+      Log()->error("publishing round {} failed: {}", record.round, s.ToString());
+    }
+  }
+  WriteSummary();
+  return Status::Ok();
+}
+
+json AggregatorService::Impl::SummaryJson() const {
+  json rounds = json::array();
+  for (const auto& r : engine->history()) rounds.push_back(r.ToJson());
+  json j = {{"endpoint", router->endpoint()},
+            {"rounds_completed", engine->rounds_completed()},
+            {"rounds_planned", options.rounds},
+            {"strategy", engine->strategy().name()},
+            {"engine", options.engine.ToJson()},
+            {"model", model.model_name},
+            {"rounds", rounds},
+            {"counters", counters},
+            {"clients", clients.size()}};
+  if (initial_eval) j["initial_accuracy"] = initial_eval->accuracy;
+  return j;
+}
+
+void AggregatorService::Impl::WriteSummary() {
+  if (options.summary_file.empty()) return;
+  if (Status s = WriteFileAtomic(options.summary_file, SummaryJson().dump(2) + "\n"); !s.ok()) {
+    Log()->error("cannot write summary: {}", s.ToString());
+  }
+}
+
+AggregatorService::AggregatorService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AggregatorService::~AggregatorService() = default;
+
+const std::string& AggregatorService::endpoint() const { return impl_->router->endpoint(); }
+json AggregatorService::Summary() const { return impl_->SummaryJson(); }
+
+Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorOptions options,
+                                                                     AggregatorModel model,
+                                                                     TransportContext& context,
+                                                                     Clock& clock) {
+  if (options.rounds < 1) return Status::InvalidArgument("aggregator: rounds must be >= 1");
+  if (options.poll_interval_ms < 1 || options.client_timeout_ms < options.poll_interval_ms) {
+    return Status::InvalidArgument(
+        "need poll_interval_ms >= 1 and client_timeout_ms >= poll_interval_ms");
+  }
+  if (!options.publish_dir.empty() && model.base_bundle.empty()) {
+    return Status::InvalidArgument("aggregator: publishing bundles needs a base bundle");
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->clock = &clock;
+  split::SplitVisionNet probe(model.spec);
+  const WeightsLayout layout = LayoutOf(*probe);
+  impl->layout_sha = LayoutSha256(layout);
+  CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy, MakeStrategy(options.strategy));
+  options.engine.split_after = model.spec.split_after;
+  CLEAVE_ASSIGN_OR_RETURN(impl->engine, RoundEngine::Create(options.engine, std::move(strategy),
+                                                            layout, model.initial, clock));
+  if (!options.checkpoint.empty()) {
+    Status restored = RestoreCheckpoint(options.checkpoint, *impl->engine);
+    if (restored.ok()) {
+      Log()->info("resumed from {} after round {}", options.checkpoint,
+                  impl->engine->rounds_completed());
+    } else if (restored.code() != StatusCode::kNotFound) {
+      return restored;  // never silently start over on a damaged checkpoint
+    }
+  }
+  if (model.eval_data.size() > 0) {
+    impl->eval_net = split::SplitVisionNet(model.spec);
+    split::SplitVisionNet net = impl->eval_net;
+    const split::LabeledImages data = model.eval_data;
+    impl->engine->set_evaluator(
+        [net, data](const Weights& w) mutable { return EvaluateWeights(*net, w, data); });
+    CLEAVE_ASSIGN_OR_RETURN(Evaluation e,
+                            EvaluateWeights(*impl->eval_net, impl->engine->global(), data));
+    impl->initial_eval = e;
+    Log()->info("test accuracy of the starting model {:.4f}", e.accuracy);
+  }
+  SocketOptions socket_options;
+  socket_options.max_message_bytes = options.max_message_bytes;
+  CLEAVE_ASSIGN_OR_RETURN(impl->router,
+                          RouterServer::Bind(context, options.listen, socket_options));
+  impl->options = std::move(options);
+  impl->model = std::move(model);
+  if (!impl->options.ready_file.empty()) {
+    const json ready = {{"endpoint", impl->router->endpoint()}, {"pid", ::getpid()}};
+    CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(impl->options.ready_file, ready.dump()));
+  }
+  return std::unique_ptr<AggregatorService>(new AggregatorService(std::move(impl)));
+}
+
+Status AggregatorService::Run(const std::function<bool()>& stop) {
+  Impl& s = *impl_;
+  const int64_t first_wait_start = s.clock->NowMicros();
+  const int wait_for =
+      s.options.wait_for_clients > 0 ? s.options.wait_for_clients : s.options.engine.min_clients;
+  s.WriteSummary();
+  while (s.engine->rounds_completed() < s.options.rounds) {
+    if (stop && stop()) {
+      s.WriteSummary();
+      return Status::FailedPrecondition("aggregator: stopped after round " +
+                                        std::to_string(s.engine->rounds_completed()));
+    }
+    const int64_t now = s.clock->NowMicros();
+    if (!s.plan) {
+      const auto live = s.LiveClients();
+      int with_data = 0;
+      for (const auto& c : live) with_data += c.num_examples > 0;
+      const bool first = s.engine->rounds_completed() == 0 && s.counters["rounds_started"] == 0;
+      const bool waited_enough = now - first_wait_start >= s.options.start_timeout_ms * 1000;
+      if (with_data >= s.options.engine.min_clients &&
+          (!first || with_data >= wait_for || waited_enough)) {
+        if (Status st = s.OpenRound(); !st.ok()) {
+          Log()->warn("cannot open a round yet: {}", st.ToString());
+        }
+      }
+    } else if (s.engine->RoundDone()) {
+      CLEAVE_RETURN_IF_ERROR(s.CloseRound());
+      continue;
+    }
+    int timeout_ms = static_cast<int>(std::max<int64_t>(1, s.options.poll_interval_ms));
+    if (s.plan) {
+      timeout_ms = static_cast<int>(
+          std::clamp<int64_t>((s.engine->MicrosUntilDeadline() + 999) / 1000, 1, timeout_ms));
+    }
+    Result<std::optional<Envelope>> in = s.router->Receive(timeout_ms);
+    if (!in.ok()) return in.status().WithContext("aggregator socket");
+    s.Housekeeping();
+    if (!in->has_value()) continue;
+    const Envelope& env = **in;
+    Result<fl::Message> message = fl::DecodeMessage(env.body);
+    if (!message.ok()) {
+      s.Count("malformed_messages");
+      Log()->warn("malformed message ({} bytes): {}", env.body.size(), message.status().ToString());
+      s.SendTo(env.peer, fl::Message(fl::MakeUpdateAck(0, fl::AckReason::kMalformed,
+                                                       message.status().ToString())));
+      continue;
+    }
+    s.Count(std::string("received_") + fl::MessageKindName(message->body));
+    std::visit(
+        [&](const auto& body) {
+          using T = std::decay_t<decltype(body)>;
+          if constexpr (std::is_same_v<T, fl::Register>) {
+            s.OnRegister(env.peer, body);
+          } else if constexpr (std::is_same_v<T, fl::Heartbeat>) {
+            s.OnHeartbeat(env.peer, body);
+          } else if constexpr (std::is_same_v<T, fl::Update>) {
+            s.OnUpdate(env.peer, body);
+          } else if constexpr (std::is_same_v<T, fl::Bye>) {
+            s.OnBye(env.peer, body);
+          } else {
+            s.Count("unexpected_messages");  // server-to-client kinds sent to the server
+          }
+        },
+        message->body);
+  }
+  for (const auto& [id, c] : s.clients) {
+    if (c.gone) continue;
+    fl::Bye bye;
+    bye.reason = fl::ByeReason::kFinished;
+    bye.message = "all " + std::to_string(s.options.rounds) + " rounds done";
+    s.SendTo(c.peer, fl::Message(bye));
+  }
+  s.WriteSummary();
+  return Status::Ok();
+}
+
+}  // namespace cleave::federated

@@ -1,0 +1,101 @@
+// cleave-aggregator's service loop: federated rounds over ZeroMQ with the RoundEngine.
+//
+// Protocol (messages of common/federated.capnp; the aggregator binds a ROUTER, every client
+// connects a DEALER; one thread owns the socket):
+//   1. client -> Register{client_id, num_examples, capabilities, model_name, layout_sha256}
+//      aggregator -> RegisterReply{accepted, error, round, poll_interval_ms}. A client whose
+//      layout fingerprint differs from the aggregator's model is refused (accepted = false,
+//      error says why). Registering again with the same id replaces the old routing id (a
+//      restarted edge keeps its identity).
+//   2. client -> Heartbeat every poll_interval_ms. The aggregator answers with Wait (nothing
+//      to do now) or, when the client is sampled in the open round and has not answered yet,
+//      with that round's RoundConfig (so a config lost on the way is re-sent). When a round
+//      opens, every sampled client also gets its RoundConfig pushed at once.
+//   3. client trains locally and sends Update{round, client_id, num_examples, train_loss,
+//      tensors = the trainable entries in layout order}. aggregator -> UpdateAck{accepted,
+//      reason, message}: stale rounds, unsampled or unknown clients, duplicates, wrong
+//      counts/shapes, NaN/Inf and late updates are rejected, counted and never aggregated.
+//      A client that cannot train sends Bye{leaving} or just stops; a sampled client that is
+//      silent for `client_timeout_ms` is reported failed so the round need not wait for the
+//      deadline.
+//   4. after the last round the aggregator sends Bye{finished} to every registered client,
+//      writes its final summary and exits 0.
+// A round opens when at least `min_clients` live clients are registered (and, for the first
+// round, `wait_for_clients` have registered or `start_timeout_ms` passed). After each round
+// the service checkpoints atomically (resuming from the checkpoint on start), optionally
+// publishes the new global weights as a model bundle, evaluates on the test set when
+// configured, and rewrites the summary file (history so far).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/clock.h"
+#include "common/fl_wire.h"
+#include "common/status.h"
+#include "common/transport.h"
+#include "federated/round_engine.h"
+#include "split/train_data.h"
+#include "split/vision_model.h"
+
+namespace cleave::federated {
+
+struct AggregatorOptions {
+  std::string listen = "tcp://127.0.0.1:5570";
+  int rounds = 3;
+  EngineOptions engine;  // sampling, quorum, deadline, trainable set, client fit config
+  StrategyConfig strategy;
+  int wait_for_clients = 0;  // first round: wait for this many registrations (0 = min_clients)
+  int64_t start_timeout_ms = 60000;  // ...or at most this long, then start with min_clients
+  int64_t poll_interval_ms = 500;    // told to clients: heartbeat period
+  int64_t client_timeout_ms = 5000;  // a sampled client silent this long has failed
+  std::string checkpoint;            // file; resume from it when present
+  std::string publish_dir;           // write <dir>/round-<k> bundles (needs a base bundle)
+  std::string summary_file;          // JSON history, rewritten after every round
+  std::string ready_file;            // {"endpoint", "pid"} once bound
+  int64_t max_message_bytes = int64_t{256} << 20;
+};
+
+// The model the aggregator coordinates: architecture + initial weights, and optionally the
+// bundle it came from (needed to publish bundles) and test data for server evaluation.
+struct AggregatorModel {
+  split::VisionModelSpec spec;
+  Weights initial;
+  std::string model_name;          // informational, e.g. the bundle directory name
+  std::string base_bundle;         // "" = cannot publish bundles
+  split::LabeledImages eval_data;  // empty = no server evaluation
+};
+
+class AggregatorService {
+ public:
+  // Binds and restores the checkpoint if there is one. `clock` must outlive the service.
+  static Result<std::unique_ptr<AggregatorService>> Create(AggregatorOptions options,
+                                                           AggregatorModel model,
+                                                           TransportContext& context,
+                                                           Clock& clock = SystemClock());
+  AggregatorService(const AggregatorService&) = delete;
+  AggregatorService& operator=(const AggregatorService&) = delete;
+  ~AggregatorService();
+
+  const std::string& endpoint() const;
+  // Serves until every round is done (OK), `stop()` returns true (Cancelled... reported as
+  // FailedPrecondition "stopped"), or the socket fails. Never throws; peer input never ends it.
+  Status Run(const std::function<bool()>& stop);
+
+  // The summary written to summary_file: options, rounds (history), counters.
+  nlohmann::json Summary() const;
+
+ private:
+  struct Impl;
+  explicit AggregatorService(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cleave::federated

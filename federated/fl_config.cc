@@ -1,0 +1,61 @@
+#include "federated/fl_config.h"
+
+namespace cleave::federated {
+
+void AddRoundConfigKeys(ConfigSchema& s) {
+  s.Add("round.fraction", ConfigType::kDouble, "0.1", "share of clients sampled per round")
+      .Add("round.min_clients", ConfigType::kInt, "2", "sample at least this many")
+      .Add("round.overcommit", ConfigType::kDouble, "0.0",
+           "extra share sampled; the round closes when the target share has answered")
+      .Add("round.quorum", ConfigType::kInt, "1", "updates needed to apply a round")
+      .Add("round.deadline_seconds", ConfigType::kDouble, "600",
+           "per-round deadline in seconds (simulated seconds in cleave sim)")
+      .Add("round.trainable", ConfigType::kString, "all", "all | head_and_exits")
+      .Add("fit.local_epochs", ConfigType::kInt, "1", "local epochs per round")
+      .Add("fit.batch_size", ConfigType::kInt, "32", "local mini-batch size")
+      .Add("fit.lr", ConfigType::kDouble, "0.05", "client SGD learning rate")
+      .Add("fit.momentum", ConfigType::kDouble, "0.9", "client SGD momentum")
+      .Add("fit.weight_decay", ConfigType::kDouble, "0.0", "client weight decay")
+      .Add("fit.max_steps", ConfigType::kInt, "0", "local step budget (0 = none)")
+      .Add("strategy.name", ConfigType::kString, "fedavg",
+           "fedavg | fedprox | fedadam | fedyogi | fedadagrad | fedmedian | fedtrimmedavg | "
+           "krum | multikrum")
+      .Add("strategy.mu", ConfigType::kDouble, "0.01", "fedprox proximal weight")
+      .Add("strategy.server_lr", ConfigType::kDouble, "0.01", "fedopt server learning rate")
+      .Add("strategy.beta1", ConfigType::kDouble, "0.9", "fedopt first-moment decay")
+      .Add("strategy.beta2", ConfigType::kDouble, "0.99", "fedopt second-moment decay")
+      .Add("strategy.tau", ConfigType::kDouble, "0.001", "fedopt adaptivity")
+      .Add("strategy.trim_fraction", ConfigType::kDouble, "0.1",
+           "fedtrimmedavg: share cut from each end")
+      .Add("strategy.byzantine", ConfigType::kInt, "0", "krum: assumed Byzantine clients f")
+      .Add("strategy.multikrum_keep", ConfigType::kInt, "0", "multikrum: m (0 = n - f)");
+}
+
+Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfig& strategy) {
+  engine.fraction = c.GetDouble("round.fraction");
+  engine.min_clients = static_cast<int>(c.GetInt("round.min_clients"));
+  engine.overcommit = c.GetDouble("round.overcommit");
+  engine.quorum = static_cast<int>(c.GetInt("round.quorum"));
+  engine.deadline_micros = static_cast<int64_t>(c.GetDouble("round.deadline_seconds") * 1e6);
+  CLEAVE_ASSIGN_OR_RETURN(engine.trainable, ParseTrainableSet(c.GetString("round.trainable")));
+  FitConfig& f = engine.fit;
+  f.local_epochs = static_cast<int>(c.GetInt("fit.local_epochs"));
+  f.batch_size = static_cast<int>(c.GetInt("fit.batch_size"));
+  f.lr = c.GetDouble("fit.lr");
+  f.momentum = c.GetDouble("fit.momentum");
+  f.weight_decay = c.GetDouble("fit.weight_decay");
+  f.max_steps = c.GetInt("fit.max_steps");
+  StrategyConfig& s = strategy;
+  s.name = c.GetString("strategy.name");
+  s.proximal_mu = c.GetDouble("strategy.mu");
+  s.server_lr = c.GetDouble("strategy.server_lr");
+  s.beta1 = c.GetDouble("strategy.beta1");
+  s.beta2 = c.GetDouble("strategy.beta2");
+  s.tau = c.GetDouble("strategy.tau");
+  s.trim_fraction = c.GetDouble("strategy.trim_fraction");
+  s.byzantine = static_cast<int>(c.GetInt("strategy.byzantine"));
+  s.multikrum_keep = static_cast<int>(c.GetInt("strategy.multikrum_keep"));
+  return Status::Ok();
+}
+
+}  // namespace cleave::federated

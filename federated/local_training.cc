@@ -1,0 +1,124 @@
+#include "federated/local_training.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <chrono>
+#include <cmath>
+
+namespace cleave::federated {
+
+namespace F = torch::nn::functional;
+
+Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weights& global,
+                                      const split::LabeledImages& data,
+                                      const LocalTrainOptions& options) {
+  CLEAVE_RETURN_IF_ERROR(options.fit.Validate());
+  const int64_t n = data.size();
+  if (n == 0) return Status::InvalidArgument("local training: the client has no data");
+  try {
+    CLEAVE_RETURN_IF_ERROR(SetWeights(net, global).WithContext("local training"));
+    const WeightsLayout layout = LayoutOf(net);
+    std::vector<bool> trainable = options.trainable;
+    if (trainable.empty()) trainable.assign(layout.size(), true);
+    if (trainable.size() != layout.size()) {
+      return Status::InvalidArgument("local training: trainable mask has " +
+                                     std::to_string(trainable.size()) + " entries, the model " +
+                                     std::to_string(layout.size()));
+    }
+    // Parameters come first in the layout, in named_parameters() order.
+    std::vector<torch::Tensor> params, anchors;
+    std::vector<torch::Tensor> all_params = net.parameters();
+    for (size_t i = 0; i < all_params.size(); ++i) {
+      all_params[i].set_requires_grad(trainable[i]);
+      if (trainable[i]) {
+        params.push_back(all_params[i]);
+        anchors.push_back(global[i]);
+      }
+    }
+    LocalTrainResult result;
+    result.num_examples = n;
+    if (params.empty()) {  // only buffers are "trainable": nothing to optimize
+      result.weights = GetWeights(net);
+      return result;
+    }
+    torch::optim::SGD optimizer(params, torch::optim::SGDOptions(options.fit.lr)
+                                            .momentum(options.fit.momentum)
+                                            .weight_decay(options.fit.weight_decay));
+    net.train();
+    Clock& clock = options.clock ? *options.clock : SystemClock();
+    const int64_t start = clock.NowMicros();
+    const int64_t batch = std::min<int64_t>(options.fit.batch_size, n);
+    const int64_t steps_per_epoch = (n + batch - 1) / batch;  // keep the ragged last batch
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+    const double mu = options.fit.proximal_mu;
+    double loss_sum = 0;
+    for (int epoch = 0; epoch < options.fit.local_epochs && !result.budget_hit; ++epoch) {
+      const torch::Tensor order = torch::randperm(n, generator, torch::kLong);
+      for (int64_t s = 0; s < steps_per_epoch; ++s) {
+        if (options.cancelled && options.cancelled()) {
+          return Status::FailedPrecondition("local training cancelled");
+        }
+        if ((options.fit.max_steps > 0 && result.steps >= options.fit.max_steps) ||
+            (options.time_budget_micros > 0 &&
+             clock.NowMicros() - start >= options.time_budget_micros)) {
+          result.budget_hit = true;
+          break;
+        }
+        const int64_t rows = std::min(batch, n - s * batch);
+        if (rows < 2 && steps_per_epoch > 1) continue;  // BatchNorm needs two rows
+        const torch::Tensor index = order.narrow(0, s * batch, rows);
+        torch::Tensor loss = F::cross_entropy(net.forward(data.images.index_select(0, index)),
+                                              data.labels.index_select(0, index));
+        const double value = loss.item<double>();
+        if (mu > 0) {
+          torch::Tensor prox = torch::zeros({}, torch::kFloat);
+          for (size_t i = 0; i < params.size(); ++i) {
+            prox = prox + (params[i] - anchors[i]).pow(2).sum();
+          }
+          loss = loss + 0.5 * mu * prox;
+        }
+        optimizer.zero_grad();
+        loss.backward();
+        optimizer.step();
+        if (!std::isfinite(value)) {
+          return Status::Internal("local training diverged: loss " + std::to_string(value) +
+                                  " at step " + std::to_string(result.steps) +
+                                  " (lower the learning rate)");
+        }
+        loss_sum += value;
+        ++result.steps;
+        result.samples += rows;
+      }
+    }
+    for (auto& p : all_params) p.set_requires_grad(true);
+    result.train_loss = result.steps > 0 ? loss_sum / result.steps : 0;
+    result.seconds = (clock.NowMicros() - start) / 1e6;
+    net.eval();
+    result.weights = GetWeights(net);
+    return result;
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string("local training failed inside libtorch: ") +
+                            e.what_without_backtrace());
+  }
+}
+
+Result<Evaluation> EvaluateWeights(split::SplitVisionNetImpl& net, const Weights& weights,
+                                   const split::LabeledImages& data, int64_t batch) {
+  if (data.size() == 0) return Status::InvalidArgument("evaluation: no data");
+  try {
+    CLEAVE_RETURN_IF_ERROR(SetWeights(net, weights).WithContext("evaluation"));
+    torch::NoGradGuard no_grad;
+    net.eval();
+    const torch::Tensor logits =
+        split::Batched(data.images, batch, [&](const torch::Tensor& x) { return net.forward(x); });
+    Evaluation e;
+    e.accuracy = split::Accuracy(logits, data.labels);
+    e.loss = F::cross_entropy(logits, data.labels).item<double>();
+    return e;
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string("evaluation failed inside libtorch: ") +
+                            e.what_without_backtrace());
+  }
+}
+
+}  // namespace cleave::federated

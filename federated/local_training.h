@@ -1,0 +1,57 @@
+// A client's local training step of a federated round, shared by `cleave-edge` and the
+// simulation engine: load the round's global weights, run SGD with momentum over the
+// client's data for the configured epochs (or until the step/time budget runs out), with
+// the FedProx proximal term mu/2 ||w - w_global||^2 when mu > 0 (Li et al., "Federated
+// Optimization in Heterogeneous Networks", MLSys 2020), training only the entries the
+// round marks trainable, and return the trained weights.
+//
+// Thread-safety: one call per network at a time; calls on different networks may run
+// concurrently (each worker owns its network). Deterministic given `seed` and the thread
+// count libtorch uses.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+#include "federated/round_engine.h"
+#include "federated/strategy.h"
+#include "federated/weights.h"
+#include "split/train_data.h"
+#include "split/vision_model.h"
+
+namespace cleave::federated {
+
+struct LocalTrainOptions {
+  FitConfig fit;
+  std::vector<bool> trainable;      // over the network's layout; empty = everything
+  uint64_t seed = 1;                // mini-batch order
+  int64_t time_budget_micros = 0;   // stop after this much time (0 = none); checked per step
+  Clock* clock = nullptr;           // for the time budget (default: SystemClock())
+  std::function<bool()> cancelled;  // polled between steps; may be empty
+};
+
+struct LocalTrainResult {
+  Weights weights;           // trained values, full layout
+  int64_t num_examples = 0;  // rows of the client's data (the FedAvg weight)
+  int64_t steps = 0;
+  int64_t samples = 0;      // samples processed (steps x batch)
+  double train_loss = 0;    // mean loss over the steps taken
+  double seconds = 0;       // wall time inside the training loop
+  bool budget_hit = false;  // stopped early by max_steps or the time budget
+};
+
+// Trains `net` in place starting from `global` on `data`. InvalidArgument when `global`
+// does not match the network or `data` is empty; Internal when the loss diverges to a
+// non-finite value (the update would be useless); FailedPrecondition when cancelled.
+Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weights& global,
+                                      const split::LabeledImages& data,
+                                      const LocalTrainOptions& options);
+
+// Test accuracy and mean cross-entropy of `net` loaded with `weights` on `data`.
+Result<Evaluation> EvaluateWeights(split::SplitVisionNetImpl& net, const Weights& weights,
+                                   const split::LabeledImages& data, int64_t batch = 1024);
+
+}  // namespace cleave::federated

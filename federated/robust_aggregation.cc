@@ -1,0 +1,286 @@
+// Byzantine-robust aggregation rules. They need every update of the round at once, so their
+// aggregators buffer the updates (sharing storage with them, no copy): O(clients x model).
+//
+//   fedmedian      Yin et al. 2018, "Byzantine-Robust Distributed Learning: Towards Optimal
+//                  Statistical Rates" (ICML), coordinate-wise median. Unweighted; an even
+//                  count takes the mean of the two middle values.
+//   fedtrimmedavg  Yin et al. 2018, coordinate-wise trimmed mean: per coordinate, sort the n
+//                  values, drop k = floor(beta n) from each end, average the n - 2k left.
+//                  Unweighted. beta < 0.5 keeps at least one value.
+//   krum           Blanchard et al. 2017, "Machine Learning with Adversaries: Byzantine
+//                  Tolerant Gradient Descent" (NeurIPS). Over the trainable entries
+//                  flattened into one vector per update, score(i) = sum of the squared
+//                  distances from update i to its n - f - 2 nearest other updates; Krum
+//                  returns the update with the lowest score (ties: the earliest added).
+//   multikrum      Blanchard et al. 2017, Multi-Krum: the m lowest-scoring updates (scores
+//                  computed once, as in the paper), averaged. Unlike the paper's plain mean we
+//                  weight the selected updates by num_examples, as FedAvg does, so Multi-Krum
+//                  with f = 0 and m = n equals FedAvg.
+// Krum's guarantee needs n > 2f + 2; Finish() enforces exactly that (n >= 2f + 3) and
+// returns FailedPrecondition otherwise. Multi-Krum also needs 1 <= m <= n - f (m = n - f when
+// multikrum_keep is 0): averaging more than n - f updates would have to include some of the
+// f that may be Byzantine.
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <numeric>
+
+#include "federated/strategy_internal.h"
+
+namespace cleave::federated::internal {
+namespace {
+
+// Coordinates per chunk so that a stacked chunk of all n updates stays near 1M values: the
+// sort (values + int64 indices) and the distance Gram matrix then work in bounded memory.
+int64_t ChunkColumns(size_t num_updates) {
+  return std::max<int64_t>(1, (int64_t{1} << 20) / static_cast<int64_t>(num_updates));
+}
+
+// Keeps every update of the round; subclasses reduce them in Finish().
+class BufferingAggregator : public RoundAggregator {
+ public:
+  BufferingAggregator(const Weights& global, const std::vector<bool>& trainable)
+      : global_(global), trainable_(trainable) {}
+
+  Status Add(const ClientUpdate& update) override {
+    if (finished_) return Status::FailedPrecondition("aggregator: Add() after Finish()");
+    CLEAVE_RETURN_IF_ERROR(CheckUpdate(update, global_, trainable_));
+    Buffered b;
+    b.num_examples = update.num_examples;
+    b.weights.resize(global_.size());
+    for (size_t i = 0; i < global_.size(); ++i) {
+      if (trainable_[i]) b.weights[i] = update.weights[i];
+    }
+    updates_.push_back(std::move(b));
+    return Status::Ok();
+  }
+
+  int count() const override { return static_cast<int>(updates_.size()); }
+
+  // A failed Finish() (e.g. too few updates for Krum) leaves the aggregator usable.
+  Result<Weights> Finish() override {
+    if (finished_) return Status::FailedPrecondition("aggregator: Finish() called twice");
+    if (updates_.empty()) return Status::FailedPrecondition("aggregator: no updates were added");
+    return GuardTorch("robust aggregation", [&]() -> Result<Weights> {
+      CLEAVE_ASSIGN_OR_RETURN(Weights reduced, Reduce());
+      finished_ = true;
+      updates_.clear();
+      return MergeWithGlobal(reduced, global_, trainable_);
+    });
+  }
+
+ protected:
+  struct Buffered {
+    int64_t num_examples = 0;
+    Weights weights;  // trainable entries only (undefined elsewhere), shared with the update
+  };
+  // The aggregate's trainable entries (others may be left undefined).
+  virtual Result<Weights> Reduce() = 0;
+
+  // Flattened views of entry `i` of every buffered update.
+  std::vector<torch::Tensor> FlatEntry(size_t i) const {
+    std::vector<torch::Tensor> flats;
+    flats.reserve(updates_.size());
+    for (const auto& u : updates_) flats.push_back(u.weights[i].reshape({-1}));
+    return flats;
+  }
+
+  // out[i] = reduce(values of coordinate c across updates, sorted ascending) for every
+  // trainable entry; `reduce` maps a sorted [n, columns] chunk to [columns].
+  Weights CoordinateWise(const std::function<torch::Tensor(const torch::Tensor&)>& reduce) {
+    Weights out(global_.size());
+    const int64_t chunk = ChunkColumns(updates_.size());
+    for (size_t i = 0; i < global_.size(); ++i) {
+      if (!trainable_[i]) continue;
+      const std::vector<torch::Tensor> flats = FlatEntry(i);
+      torch::Tensor result = torch::empty({global_[i].numel()}, torch::kFloat32);
+      for (int64_t begin = 0; begin < result.numel(); begin += chunk) {
+        const int64_t len = std::min(chunk, result.numel() - begin);
+        std::vector<torch::Tensor> columns;
+        columns.reserve(flats.size());
+        for (const auto& f : flats) columns.push_back(f.narrow(0, begin, len));
+        const torch::Tensor sorted = std::get<0>(torch::stack(columns).sort(/*dim=*/0));
+        result.narrow(0, begin, len).copy_(reduce(sorted));
+      }
+      out[i] = result.view(global_[i].sizes());
+    }
+    return out;
+  }
+
+  const Weights& global_;
+  const std::vector<bool>& trainable_;
+  std::vector<Buffered> updates_;
+
+ private:
+  bool finished_ = false;
+};
+
+class MedianAggregator : public BufferingAggregator {
+ public:
+  using BufferingAggregator::BufferingAggregator;
+
+ private:
+  Result<Weights> Reduce() override {
+    const int64_t n = static_cast<int64_t>(updates_.size());
+    return CoordinateWise([n](const torch::Tensor& sorted) {
+      if (n % 2 == 1) return sorted[n / 2];
+      return (sorted[n / 2 - 1] + sorted[n / 2]) * 0.5;
+    });
+  }
+};
+
+class TrimmedMeanAggregator : public BufferingAggregator {
+ public:
+  TrimmedMeanAggregator(const Weights& global, const std::vector<bool>& trainable, double beta)
+      : BufferingAggregator(global, trainable), beta_(beta) {}
+
+ private:
+  Result<Weights> Reduce() override {
+    const int64_t n = static_cast<int64_t>(updates_.size());
+    // The epsilon keeps e.g. 0.29 * 100 = 28.999999999999996 from flooring to 28. The clamp
+    // keeps one value for beta just below 0.5.
+    const int64_t k = std::min(static_cast<int64_t>(std::floor(beta_ * n + 1e-9)), (n - 1) / 2);
+    return CoordinateWise([n, k](const torch::Tensor& sorted) {
+      return sorted.narrow(0, k, n - 2 * k).mean(/*dim=*/0);
+    });
+  }
+
+  double beta_;
+};
+
+class KrumAggregator : public BufferingAggregator {
+ public:
+  KrumAggregator(const Weights& global, const std::vector<bool>& trainable, int f, int keep,
+                 bool multi)
+      : BufferingAggregator(global, trainable), f_(f), keep_(keep), multi_(multi) {}
+
+ private:
+  Result<Weights> Reduce() override {
+    const int n = static_cast<int>(updates_.size());
+    if (n < 2 * f_ + 3) {
+      return Status::FailedPrecondition(
+          std::string(multi_ ? "multikrum" : "krum") + " with f = " + std::to_string(f_) +
+          " Byzantine clients needs n >= 2f + 3 = " + std::to_string(2 * f_ + 3) +
+          " updates (Blanchard et al.: n > 2f + 2), got " + std::to_string(n));
+    }
+    const int m = !multi_ ? 1 : (keep_ > 0 ? keep_ : n - f_);
+    if (m > n - f_) {
+      return Status::FailedPrecondition("multikrum: multikrum_keep = " + std::to_string(m) +
+                                        " exceeds n - f = " + std::to_string(n - f_));
+    }
+    const std::vector<double> d2 = SquaredDistances();
+    const int neighbours = n - f_ - 2;
+    std::vector<double> scores(n);
+    for (int a = 0; a < n; ++a) {
+      std::vector<double> others;
+      for (int b = 0; b < n; ++b) {
+        if (b != a) others.push_back(d2[a * n + b]);
+      }
+      std::partial_sort(others.begin(), others.begin() + neighbours, others.end());
+      scores[a] = std::accumulate(others.begin(), others.begin() + neighbours, 0.0);
+    }
+    std::vector<int> order(n);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return scores[a] < scores[b]; });
+    order.resize(m);
+    if (m == 1) return updates_[order[0]].weights;
+    // Multi-Krum: mean of the selected updates weighted by num_examples (see file comment).
+    Weights out(global_.size());
+    double total = 0;
+    for (int k : order) total += static_cast<double>(updates_[k].num_examples);
+    for (size_t i = 0; i < global_.size(); ++i) {
+      if (!trainable_[i]) continue;
+      out[i] = torch::zeros(global_[i].sizes(), torch::kFloat32);
+      for (int k : order) {
+        out[i].add_(updates_[k].weights[i], static_cast<double>(updates_[k].num_examples));
+      }
+      out[i].div_(total);
+    }
+    return out;
+  }
+
+  // Row-major n x n squared Euclidean distances over the trainable entries. Computed as
+  // |a|^2 + |b|^2 - 2 a.b from a float64 Gram matrix of the updates minus the global model:
+  // centring removes the large common part, so the subtraction loses no precision worth
+  // having, and the Gram product runs as BLAS in bounded-size chunks.
+  std::vector<double> SquaredDistances() const {
+    const int64_t n = static_cast<int64_t>(updates_.size());
+    torch::Tensor gram = torch::zeros({n, n}, torch::kFloat64);
+    const int64_t chunk = ChunkColumns(updates_.size());
+    for (size_t i = 0; i < global_.size(); ++i) {
+      if (!trainable_[i]) continue;
+      const std::vector<torch::Tensor> flats = FlatEntry(i);
+      const torch::Tensor centre = global_[i].reshape({-1});
+      for (int64_t begin = 0; begin < centre.numel(); begin += chunk) {
+        const int64_t len = std::min(chunk, centre.numel() - begin);
+        std::vector<torch::Tensor> rows;
+        rows.reserve(flats.size());
+        for (const auto& f : flats) rows.push_back(f.narrow(0, begin, len));
+        const torch::Tensor x = (torch::stack(rows).to(torch::kFloat64) -
+                                 centre.narrow(0, begin, len).to(torch::kFloat64));
+        gram.addmm_(x, x.t());
+      }
+    }
+    const torch::Tensor norms = gram.diagonal();
+    const torch::Tensor d2 = (norms.unsqueeze(1) + norms.unsqueeze(0) - gram * 2).clamp_min(0);
+    const torch::Tensor flat = d2.contiguous().view({-1});
+    return std::vector<double>(flat.data_ptr<double>(), flat.data_ptr<double>() + flat.numel());
+  }
+
+  int f_, keep_;
+  bool multi_;
+};
+
+// Strategies whose Apply() is "the aggregate is the next global model".
+class RobustStrategy : public Strategy {
+ public:
+  using AggregatorFactory =
+      std::function<std::unique_ptr<RoundAggregator>(const Weights&, const std::vector<bool>&)>;
+  RobustStrategy(std::string name, AggregatorFactory factory)
+      : name_(std::move(name)), factory_(std::move(factory)) {}
+
+  std::string name() const override { return name_; }
+
+  std::unique_ptr<RoundAggregator> BeginRound(const Weights& global,
+                                              const std::vector<bool>& trainable) override {
+    return factory_(global, trainable);
+  }
+
+  Result<Weights> Apply(const Weights& global, const Weights& aggregate,
+                        const std::vector<bool>& trainable) override {
+    CLEAVE_RETURN_IF_ERROR(CheckMask(trainable, global));
+    CLEAVE_RETURN_IF_ERROR(CheckSameLayout(aggregate, global, "aggregate"));
+    return MergeWithGlobal(aggregate, global, trainable);
+  }
+
+ private:
+  std::string name_;
+  AggregatorFactory factory_;
+};
+
+}  // namespace
+
+std::unique_ptr<Strategy> MakeFedMedian() {
+  return std::make_unique<RobustStrategy>(
+      "fedmedian", [](const Weights& global, const std::vector<bool>& trainable) {
+        return std::make_unique<MedianAggregator>(global, trainable);
+      });
+}
+
+std::unique_ptr<Strategy> MakeFedTrimmedAvg(double trim_fraction) {
+  return std::make_unique<RobustStrategy>(
+      "fedtrimmedavg", [trim_fraction](const Weights& global, const std::vector<bool>& trainable) {
+        return std::make_unique<TrimmedMeanAggregator>(global, trainable, trim_fraction);
+      });
+}
+
+std::unique_ptr<Strategy> MakeKrum(int byzantine, int multikrum_keep, bool multi) {
+  return std::make_unique<RobustStrategy>(
+      multi ? "multikrum" : "krum", [=](const Weights& global, const std::vector<bool>& trainable) {
+        return std::make_unique<KrumAggregator>(global, trainable, byzantine, multikrum_keep,
+                                                multi);
+      });
+}
+
+}  // namespace cleave::federated::internal

@@ -1,0 +1,95 @@
+// The many-client simulation engine behind `cleave sim` and `cleave bench fl|sim-scale`.
+//
+// One process simulates a population of virtual clients with exactly the code the service
+// uses: the same RoundEngine, Strategy and TrainLocally. A client exists only as a row of
+// the partition (its sample indices) until it is sampled; then a worker materializes its
+// data, trains the worker's own network from the global weights and hands the update to
+// the engine, so memory grows with the number of workers, not with the population.
+//
+// Time is simulated: each client has a fixed speed factor (uniform in [speed_min,
+// speed_max], drawn from the seed and its id) and a sampled client needs
+// steps x step_seconds x speed of virtual time. The engine runs on a virtual clock, so the
+// round deadline, over-commitment and dropouts (each sampled client drops with probability
+// `dropout`) decide who is on time exactly as they would in the service, without anyone
+// sleeping. Clients that would arrive after the deadline or after the round reached its
+// target are not trained at all (they are counted late); that is where most of a large
+// simulation's time would otherwise go.
+//
+// Deterministic given the options: every random choice is seeded from (seed, round,
+// client), updates are submitted in arrival order regardless of which worker finishes
+// first, and each worker uses one libtorch thread.
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "federated/partition.h"
+#include "federated/round_engine.h"
+#include "federated/strategy.h"
+#include "split/train_data.h"
+#include "split/vision_model.h"
+
+namespace cleave::federated {
+
+// "simple_cnn" (VisionModelSpec::SimpleCnn), "default_split", "tiny_split".
+Result<split::VisionModelSpec> ModelSpecByName(const std::string& name);
+
+// The dataset a simulation draws from: training rows (partitioned among clients) and the
+// test rows the server evaluates on.
+struct SimData {
+  split::LabeledImages train, test;
+  std::vector<uint8_t> train_labels;  // for the partitioner
+};
+// Loads Fashion-MNIST from `dir`; `train_limit`/`test_limit` keep the first rows (0 = all).
+Result<SimData> LoadSimData(const std::string& dir, int64_t train_limit = 0,
+                            int64_t test_limit = 0);
+
+struct SimOptions {
+  std::string model = "simple_cnn";
+  int num_clients = 100;
+  PartitionSpec partition;  // default iid
+  int rounds = 10;
+  EngineOptions engine;
+  StrategyConfig strategy;
+  int workers = 0;             // 0 = one per core
+  double step_seconds = 0.05;  // virtual time of one local step at speed factor 1
+  double speed_min = 1.0, speed_max = 1.0;
+  double dropout = 0.0;              // probability that a sampled client drops out of a round
+  int eval_every = 1;                // evaluate on the test set every k rounds (0 = only the last)
+  uint64_t seed = 1;                 // partition, model initialization, training, dropouts, speeds
+  std::string checkpoint;            // when set: written after every round, resumed from if present
+  std::FILE* progress_out = stderr;  // a progress bar per round; null = silent
+  std::function<bool()> cancelled;   // polled between clients and rounds
+  // Called after every finished round (e.g. to write the history so far).
+  std::function<void(const RoundRecord&)> on_round;
+
+  nlohmann::json ToJson() const;
+  Status Validate() const;
+};
+
+struct SimResult {
+  std::vector<RoundRecord> history;  // every round, including ones before a resume
+  Weights global;
+  double best_accuracy = 0, final_accuracy = 0;
+  double wall_seconds = 0;  // this invocation
+  int64_t peak_rss_bytes = 0;
+  int resumed_from_round = 0;     // 0 = fresh start
+  nlohmann::json ToJson() const;  // {"options"?, "rounds": [...], "best_accuracy", ...}
+};
+
+// Runs the simulation on `data`. InvalidArgument for bad options, FailedPrecondition when
+// cancelled (the checkpoint of the last finished round stays), DataLoss/InvalidArgument
+// for an unusable checkpoint (never silently restarting from scratch).
+Result<SimResult> RunSimulation(const SimOptions& options, const SimData& data);
+
+// Writes the history as CSV (one row per round) to `path` atomically.
+Status WriteHistoryCsv(const std::vector<RoundRecord>& history, const std::string& path);
+
+}  // namespace cleave::federated

@@ -1,0 +1,123 @@
+// Federated aggregation strategies, shared verbatim by the aggregator service and `cleave sim`.
+//
+// A round: the engine samples clients and sends each the global weights plus FitConfig
+// (which the strategy may adjust, e.g. FedProx's mu); clients train and return their
+// locally trained weights; the engine validates every update and hands the good ones to the
+// round's RoundAggregator one at a time; Finish() yields the aggregate, and Apply() turns
+// it into the next global model (FedAvg: the aggregate itself; FedOpt: a server optimizer
+// step on the pseudo-gradient aggregate - global).
+//
+// Only entries whose `trainable` mask bit is set take part; the others keep the global
+// values (a round may train just the edge head and its exits).
+//
+// Strategies implemented (see strategy.cc for the exact rules and weighting):
+//   fedavg        McMahan et al. 2017, weighted by example counts, streaming (O(model)).
+//   fedprox       Li et al. 2020: FedAvg aggregation + client proximal term mu/2 ||w - w_g||^2.
+//   fedadam, fedyogi, fedadagrad
+//                 Reddi et al. 2021, "Adaptive Federated Optimization", Algorithm 2: the
+//                 weighted mean client delta is a pseudo-gradient for a server optimizer with
+//                 learning rate eta, betas, and adaptivity tau; moments are server state.
+//   fedmedian     Yin et al. 2018: coordinate-wise median (unweighted).
+//   fedtrimmedavg Yin et al. 2018: coordinate-wise mean after dropping the beta fraction of
+//                 largest and smallest values per coordinate (unweighted).
+//   krum, multikrum
+//                 Blanchard et al. 2017: score = sum of squared distances to the n - f - 2
+//                 nearest other updates; Krum picks the lowest score, Multi-Krum averages
+//                 the m lowest.
+// Robust strategies need every update of the round at once (O(clients x model) memory).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "federated/weights.h"
+
+namespace cleave::federated {
+
+// What a client is told to do in a round (beside the weights themselves).
+struct FitConfig {
+  int local_epochs = 1;
+  int batch_size = 32;
+  double lr = 0.05;  // client SGD learning rate (momentum below)
+  double momentum = 0.9;
+  double weight_decay = 0;
+  double proximal_mu = 0;  // FedProx; 0 = plain local SGD
+  int64_t max_steps = 0;   // local step budget (0 = unlimited; the edge config may set one)
+  nlohmann::json ToJson() const;
+  static Result<FitConfig> FromJson(const nlohmann::json& json);
+  // Rejects negative/non-finite values and zero epochs or batch size.
+  Status Validate() const;
+};
+
+// One client's contribution to a round, already validated by the engine against the layout.
+struct ClientUpdate {
+  std::string client_id;
+  int64_t num_examples = 0;  // > 0; the FedAvg weight
+  Weights weights;           // locally trained values, full layout (untrained entries = global)
+  double train_loss = 0;
+};
+
+// One round's accumulator. Not thread-safe: one caller adds updates in turn.
+class RoundAggregator {
+ public:
+  virtual ~RoundAggregator() = default;
+  // Folds in one update (streaming strategies keep no reference to it; the robust ones keep
+  // its trainable tensors, sharing storage, until Finish(): do not modify them in place).
+  // InvalidArgument when num_examples <= 0 or the weights' count, shapes or dtype differ
+  // from the round's global (values are not rescanned: the engine's Check did that).
+  virtual Status Add(const ClientUpdate& update) = 0;
+  // Updates added so far.
+  virtual int count() const = 0;
+  // The aggregate client model: trainable entries aggregated, the others equal to the
+  // round's global weights. FailedPrecondition when nothing was added (or, for Krum, too
+  // few updates for its f: n >= 2f + 3 is required). Succeeds at most once; Add() or
+  // Finish() after a successful Finish() is FailedPrecondition.
+  virtual Result<Weights> Finish() = 0;
+};
+
+struct StrategyConfig {
+  std::string name = "fedavg";
+  double proximal_mu = 0.01;  // fedprox
+  // FedOpt (Reddi et al. defaults): server learning rate, moment decay, adaptivity.
+  double server_lr = 0.01;
+  double beta1 = 0.9;
+  double beta2 = 0.99;
+  double tau = 1e-3;
+  double trim_fraction = 0.1;  // fedtrimmedavg: beta, cut from each end (< 0.5)
+  int byzantine = 0;           // krum/multikrum: f, assumed Byzantine clients
+  int multikrum_keep = 0;      // multikrum: m (0 = n - f)
+  nlohmann::json ToJson() const;
+  static Result<StrategyConfig> FromJson(const nlohmann::json& json);
+  Status Validate() const;
+};
+
+class Strategy {
+ public:
+  virtual ~Strategy() = default;
+  virtual std::string name() const = 0;
+  // Adjusts what clients are told (FedProx sets proximal_mu). Default: unchanged.
+  virtual void ConfigureFit(FitConfig& config) const { (void)config; }
+  // Starts aggregating a round whose clients started from `global`. `global` and `trainable`
+  // must outlive the returned aggregator.
+  virtual std::unique_ptr<RoundAggregator> BeginRound(const Weights& global,
+                                                      const std::vector<bool>& trainable) = 0;
+  // The next global model from the current one and the round's aggregate.
+  virtual Result<Weights> Apply(const Weights& global, const Weights& aggregate,
+                                const std::vector<bool>& trainable) = 0;
+  // Server-side state for checkpoints (FedOpt moments, step count); empty when stateless.
+  virtual std::vector<std::pair<std::string, torch::Tensor>> SaveState() const { return {}; }
+  // Restores SaveState()'s output; InvalidArgument on unknown names or wrong shapes.
+  virtual Status LoadState(const std::vector<std::pair<std::string, torch::Tensor>>& state);
+};
+
+// Names accepted by MakeStrategy, for --help texts.
+const std::vector<std::string>& StrategyNames();
+// InvalidArgument on an unknown name or invalid parameters.
+Result<std::unique_ptr<Strategy>> MakeStrategy(const StrategyConfig& config);
+
+}  // namespace cleave::federated

@@ -1,0 +1,62 @@
+// Pieces shared by the strategy implementations (strategy.cc, fedopt.cc,
+// robust_aggregation.cc). Not part of the public API: include only from federated/*.cc.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "common/status.h"
+#include "federated/strategy.h"
+#include "federated/weights.h"
+
+namespace cleave::federated::internal {
+
+// OK when `w` has `global`'s tensor count and shapes and every tensor is a defined float32
+// CPU tensor. Values are not scanned (the engine's WeightsLayout::Check does that once per
+// update; scanning again would double the memory traffic of streaming aggregation).
+// InvalidArgument naming `what` and the first offending index otherwise.
+Status CheckSameLayout(const Weights& w, const Weights& global, const std::string& what);
+
+// InvalidArgument unless `trainable` has one bit per `global` entry.
+Status CheckMask(const std::vector<bool>& trainable, const Weights& global);
+
+// Everything Add() checks before folding `update` in: the mask, num_examples > 0 and the
+// layout against the round's `global`.
+Status CheckUpdate(const ClientUpdate& update, const Weights& global,
+                   const std::vector<bool>& trainable);
+
+// `aggregate` on trainable entries and `global` elsewhere (shared storage, no copies).
+// Preconditions: all three have the same size.
+Weights MergeWithGlobal(const Weights& aggregate, const Weights& global,
+                        const std::vector<bool>& trainable);
+
+// Runs `fn` (returning Status or Result<T>) and turns a c10::Error thrown by libtorch (in
+// practice: an allocation failure) into kInternal, so no exception leaves the module.
+template <typename Fn>
+auto GuardTorch(const char* what, Fn&& fn) -> decltype(fn()) {
+  try {
+    return fn();
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string(what) + ": " + e.what_without_backtrace());
+  } catch (const std::bad_alloc&) {
+    return Status::ResourceExhausted(std::string(what) + ": out of memory");
+  }
+}
+
+// The streaming weighted mean of the clients' trainable tensors, weighted by num_examples
+// (FedAvg, McMahan et al. 2017). One float32 accumulator per trainable tensor: memory is
+// O(model) whatever the number of clients and no update is referenced after Add() returns.
+// `global` and `trainable` must outlive the aggregator.
+std::unique_ptr<RoundAggregator> MakeWeightedMeanAggregator(const Weights& global,
+                                                            const std::vector<bool>& trainable);
+
+// Factories for the strategies defined in their own files. `config` is already validated.
+std::unique_ptr<Strategy> MakeFedOpt(const StrategyConfig& config);  // fedopt.cc
+std::unique_ptr<Strategy> MakeFedMedian();                           // robust_aggregation.cc
+std::unique_ptr<Strategy> MakeFedTrimmedAvg(double trim_fraction);   // robust_aggregation.cc
+std::unique_ptr<Strategy> MakeKrum(int byzantine, int multikrum_keep,
+                                   bool multi);  // robust_aggregation.cc
+
+}  // namespace cleave::federated::internal

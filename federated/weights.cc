@@ -1,0 +1,233 @@
+#include "federated/weights.h"
+
+#include <cctype>
+#include <limits>
+#include <set>
+
+namespace cleave::federated {
+namespace {
+
+using json = nlohmann::json;
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(shape[i]);
+  }
+  return s + "]";
+}
+
+// Product of `shape`, or -1 when it overflows int64 or a dimension is negative.
+int64_t CheckedNumel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    if (d < 0) return -1;
+    if (d != 0 && n > std::numeric_limits<int64_t>::max() / d) return -1;
+    n *= d;
+  }
+  return n;
+}
+
+// Calls `fn(name, tensor)` for every exchanged tensor of `module`, in layout order.
+template <typename Fn>
+void ForEachExchanged(torch::nn::Module& module, Fn&& fn) {
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) fn(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    // Integer buffers (num_batches_tracked) are local bookkeeping, not model weights.
+    if (item.value().is_floating_point()) fn(item.key(), item.value());
+  }
+}
+
+// Parses "<prefix><digits>." at the start of `name`; -1 when `name` does not start so.
+int LeadingIndex(const std::string& name, const std::string& prefix) {
+  if (name.compare(0, prefix.size(), prefix) != 0) return -1;
+  size_t pos = prefix.size();
+  int64_t index = 0;
+  const size_t digits_begin = pos;
+  while (pos < name.size() && std::isdigit(static_cast<unsigned char>(name[pos]))) {
+    index = index * 10 + (name[pos] - '0');
+    if (index > std::numeric_limits<int>::max()) return -1;
+    ++pos;
+  }
+  if (pos == digits_begin || pos >= name.size() || name[pos] != '.') return -1;
+  return static_cast<int>(index);
+}
+
+}  // namespace
+
+int64_t WeightsLayout::TotalElements() const {
+  int64_t total = 0;
+  for (const auto& shape : shapes) total += CheckedNumel(shape);
+  return total;
+}
+
+int WeightsLayout::IndexOf(const std::string& name) const {
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == name) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+Status WeightsLayout::Check(const Weights& w) const {
+  if (w.size() != names.size()) {
+    return Status::InvalidArgument("weights have " + std::to_string(w.size()) +
+                                   " tensors, the layout has " + std::to_string(names.size()));
+  }
+  for (size_t i = 0; i < w.size(); ++i) {
+    const std::string where = "tensor " + std::to_string(i) + " '" + names[i] + "'";
+    const torch::Tensor& t = w[i];
+    if (!t.defined()) return Status::InvalidArgument(where + " is missing (undefined)");
+    if (t.scalar_type() != torch::kFloat32) {
+      return Status::InvalidArgument(where + " has dtype " +
+                                     std::string(c10::toString(t.scalar_type())) +
+                                     ", expected float32");
+    }
+    if (!t.device().is_cpu()) return Status::InvalidArgument(where + " is not a CPU tensor");
+    if (t.sizes().vec() != shapes[i]) {
+      return Status::InvalidArgument(where + " has shape " + ShapeString(t.sizes().vec()) +
+                                     ", expected " + ShapeString(shapes[i]));
+    }
+    try {
+      if (!torch::isfinite(t).all().item<bool>()) {
+        const int64_t bad = t.numel() - torch::isfinite(t).sum().item<int64_t>();
+        return Status::InvalidArgument(where + " has " + std::to_string(bad) +
+                                       " non-finite values (NaN or Inf)");
+      }
+    } catch (const c10::Error& e) {
+      return Status::Internal(where + ": finiteness check failed: " + e.what_without_backtrace());
+    }
+  }
+  return Status::Ok();
+}
+
+// {"names": [...], "shapes": [[...], ...]}: the struct's two fields, entry i in both.
+json WeightsLayout::ToJson() const { return {{"names", names}, {"shapes", shapes}}; }
+
+Result<WeightsLayout> WeightsLayout::FromJson(const json& j) {
+  if (!j.is_object()) return Status::InvalidArgument("weights layout: expected a JSON object");
+  auto names_json = j.find("names");
+  auto shapes_json = j.find("shapes");
+  if (names_json == j.end() || !names_json->is_array() || shapes_json == j.end() ||
+      !shapes_json->is_array()) {
+    return Status::InvalidArgument("weights layout: needs arrays 'names' and 'shapes'");
+  }
+  if (names_json->size() != shapes_json->size()) {
+    return Status::InvalidArgument("weights layout: " + std::to_string(names_json->size()) +
+                                   " names but " + std::to_string(shapes_json->size()) + " shapes");
+  }
+  WeightsLayout layout;
+  std::set<std::string> seen;
+  int64_t total = 0;
+  for (size_t i = 0; i < names_json->size(); ++i) {
+    const json& name = (*names_json)[i];
+    const json& shape = (*shapes_json)[i];
+    const std::string where = "weights layout entry " + std::to_string(i);
+    if (!name.is_string() || name.get<std::string>().empty()) {
+      return Status::InvalidArgument(where + ": names must be non-empty strings");
+    }
+    if (!shape.is_array()) return Status::InvalidArgument(where + ": shape must be an array");
+    std::vector<int64_t> dims;
+    for (const json& d : shape) {
+      if (!d.is_number_integer() || d.get<int64_t>() < 0) {
+        return Status::InvalidArgument(where + ": shape dimensions must be integers >= 0");
+      }
+      dims.push_back(d.get<int64_t>());
+    }
+    const int64_t numel = CheckedNumel(dims);
+    if (numel < 0 || numel > std::numeric_limits<int64_t>::max() - total) {
+      return Status::InvalidArgument(where + ": shape overflows");
+    }
+    total += numel;
+    const std::string n = name.get<std::string>();
+    if (!seen.insert(n).second) {
+      return Status::InvalidArgument(where + ": duplicate name '" + n + "'");
+    }
+    layout.names.push_back(n);
+    layout.shapes.push_back(std::move(dims));
+  }
+  return layout;
+}
+
+bool WeightsLayout::operator==(const WeightsLayout& other) const {
+  return names == other.names && shapes == other.shapes;
+}
+
+WeightsLayout LayoutOf(torch::nn::Module& module) {
+  WeightsLayout layout;
+  ForEachExchanged(module, [&](const std::string& name, const torch::Tensor& t) {
+    layout.names.push_back(name);
+    layout.shapes.push_back(t.sizes().vec());
+  });
+  return layout;
+}
+
+Weights GetWeights(torch::nn::Module& module) {
+  Weights w;
+  const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCPU);
+  ForEachExchanged(module, [&](const std::string&, const torch::Tensor& t) {
+    // A forced, contiguous copy: the module may train channels-last.
+    w.push_back(t.detach().to(options, /*non_blocking=*/false, /*copy=*/true,
+                              torch::MemoryFormat::Contiguous));
+  });
+  return w;
+}
+
+Status SetWeights(torch::nn::Module& module, const Weights& w) {
+  CLEAVE_RETURN_IF_ERROR(LayoutOf(module).Check(w));
+  std::vector<torch::Tensor> targets;
+  ForEachExchanged(module,
+                   [&](const std::string&, const torch::Tensor& t) { targets.push_back(t); });
+  try {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < targets.size(); ++i) targets[i].copy_(w[i]);
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string("SetWeights: ") + e.what_without_backtrace());
+  }
+  return Status::Ok();
+}
+
+Weights CloneWeights(const Weights& w) {
+  Weights out;
+  out.reserve(w.size());
+  for (const auto& t : w) {
+    out.push_back(t.defined() ? t.clone(torch::MemoryFormat::Contiguous) : torch::Tensor());
+  }
+  return out;
+}
+
+Weights ZerosLike(const WeightsLayout& layout) {
+  Weights out;
+  out.reserve(layout.size());
+  for (const auto& shape : layout.shapes) out.push_back(torch::zeros(shape, torch::kFloat32));
+  return out;
+}
+
+const char* TrainableSetName(TrainableSet set) {
+  switch (set) {
+    case TrainableSet::kAll: return "all";
+    case TrainableSet::kHeadAndExits: return "head_and_exits";
+  }
+  return "unknown";
+}
+
+Result<TrainableSet> ParseTrainableSet(const std::string& name) {
+  for (TrainableSet set : {TrainableSet::kAll, TrainableSet::kHeadAndExits}) {
+    if (name == TrainableSetName(set)) return set;
+  }
+  return Status::InvalidArgument("unknown trainable set '" + name +
+                                 "' (expected 'all' or 'head_and_exits')");
+}
+
+std::vector<bool> TrainableMask(const WeightsLayout& layout, TrainableSet set, int split_after) {
+  std::vector<bool> mask(layout.size(), set == TrainableSet::kAll);
+  if (set == TrainableSet::kAll) return mask;
+  for (size_t i = 0; i < layout.size(); ++i) {
+    const std::string& name = layout.names[i];
+    const int block = LeadingIndex(name, "block");
+    mask[i] = (block >= 0 && block <= split_after) || LeadingIndex(name, "exit") >= 0;
+  }
+  return mask;
+}
+
+}  // namespace cleave::federated

@@ -1,0 +1,65 @@
+// Model weights as federated rounds exchange them: an ordered list of named float32 tensors.
+//
+// The layout (names and shapes, in order) is fixed by the model architecture: every
+// participant derives it from the same VisionModelSpec, so tensors travel by position and
+// the layout is checked, never trusted. The layout holds the module's parameters followed
+// by its floating-point buffers (BatchNorm running mean/variance); integer buffers such as
+// `num_batches_tracked` are local bookkeeping and are not exchanged.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace cleave::federated {
+
+// Float32, contiguous, CPU tensors in layout order. Copies share storage (torch semantics):
+// use CloneWeights before mutating something another owner still reads.
+using Weights = std::vector<torch::Tensor>;
+
+struct WeightsLayout {
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+
+  size_t size() const { return names.size(); }
+  int64_t TotalElements() const;
+  // Index of `name`, or -1.
+  int IndexOf(const std::string& name) const;
+  // OK when `w` has exactly this layout's count and shapes, every tensor float32 and every
+  // value finite. InvalidArgument naming the first offending tensor otherwise.
+  Status Check(const Weights& w) const;
+  nlohmann::json ToJson() const;
+  static Result<WeightsLayout> FromJson(const nlohmann::json& json);
+  bool operator==(const WeightsLayout& other) const;
+};
+
+// The layout of `module`: parameters (named_parameters order), then float buffers.
+WeightsLayout LayoutOf(torch::nn::Module& module);
+// Detached clones of `module`'s parameters and float buffers in layout order.
+Weights GetWeights(torch::nn::Module& module);
+// Copies `w` into `module` (no autograd history). InvalidArgument when `w` does not match
+// LayoutOf(module); the module is unchanged then.
+Status SetWeights(torch::nn::Module& module, const Weights& w);
+// Deep copy.
+Weights CloneWeights(const Weights& w);
+// Zero tensors of the layout's shapes.
+Weights ZerosLike(const WeightsLayout& layout);
+// Bytes of the layout's tensors as float32.
+inline int64_t WeightBytes(const WeightsLayout& layout) { return 4 * layout.TotalElements(); }
+
+// Which layout entries a round trains. Rounds may train the whole model or only the edge
+// head and its exits (blocks [0, split_after] and the exit heads).
+enum class TrainableSet : uint8_t { kAll = 0, kHeadAndExits = 1 };
+const char* TrainableSetName(TrainableSet set);  // "all", "head_and_exits"
+Result<TrainableSet> ParseTrainableSet(const std::string& name);
+// Mask over `layout` for `set` given the model's deployment split (`split_after` as in
+// VisionModelSpec; -1 = no split, so kHeadAndExits selects only the exits). Entry names are
+// those of SplitVisionNet ("block<i>.*", "exit<j>.*").
+std::vector<bool> TrainableMask(const WeightsLayout& layout, TrainableSet set, int split_after);
+
+}  // namespace cleave::federated

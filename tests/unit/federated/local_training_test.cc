@@ -1,0 +1,144 @@
+#include "federated/local_training.h"
+
+#include <gtest/gtest.h>
+
+namespace cleave::federated {
+namespace {
+
+// 64 random 28x28 images with labels equal to (mean brightness > 0.5): learnable quickly.
+split::LabeledImages Toy(int n = 64, uint64_t seed = 3) {
+  torch::manual_seed(seed);
+  split::LabeledImages d;
+  d.images = torch::rand({n, 1, 28, 28});
+  d.images.narrow(0, 0, n / 2).mul_(0.5);
+  d.labels = torch::zeros({n}, torch::kLong);
+  d.labels.narrow(0, n / 2, n / 2).fill_(1);
+  return d;
+}
+
+Weights Initial(split::SplitVisionNetImpl& net) { return GetWeights(net); }
+
+TEST(LocalTrainingTest, TrainsLowersLossAndLeavesFrozenEntriesAlone) {
+  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  const Weights global = Initial(*net);
+  const WeightsLayout layout = LayoutOf(*net);
+  LocalTrainOptions o;
+  o.fit.local_epochs = 3;
+  o.fit.batch_size = 16;
+  o.fit.lr = 0.05;
+  o.trainable = TrainableMask(layout, TrainableSet::kHeadAndExits, 2);
+  auto result = TrainLocally(*net, global, Toy(), o);
+  ASSERT_TRUE(result.ok()) << result.status().ToString();
+  EXPECT_EQ(result->num_examples, 64);
+  EXPECT_EQ(result->steps, 12);
+  EXPECT_EQ(result->samples, 192);
+  EXPECT_FALSE(result->budget_hit);
+  ASSERT_TRUE(layout.Check(result->weights).ok());
+  int changed = 0;
+  for (size_t i = 0; i < layout.size(); ++i) {
+    const bool same = torch::equal(result->weights[i], global[i]);
+    if (!o.trainable[i] && layout.names[i].find("running") == std::string::npos) {
+      EXPECT_TRUE(same) << layout.names[i] << " is frozen but changed";
+    }
+    changed += !same && o.trainable[i];
+  }
+  EXPECT_GT(changed, 0);
+}
+
+TEST(LocalTrainingTest, SameSeedSameWeights) {
+  split::SplitVisionNet a(split::VisionModelSpec::TinySplit());
+  const Weights global = Initial(*a);
+  split::SplitVisionNet b(split::VisionModelSpec::TinySplit());
+  LocalTrainOptions o;
+  o.seed = 42;
+  auto ra = TrainLocally(*a, global, Toy(), o);
+  auto rb = TrainLocally(*b, global, Toy(), o);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  for (size_t i = 0; i < ra->weights.size(); ++i) {
+    EXPECT_TRUE(torch::equal(ra->weights[i], rb->weights[i]));
+  }
+}
+
+TEST(LocalTrainingTest, ProximalTermKeepsWeightsCloserToTheGlobalModel) {
+  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  const Weights global = Initial(*net);
+  const auto distance = [&](const Weights& w) {
+    double d = 0;
+    for (size_t i = 0; i < w.size(); ++i) d += (w[i] - global[i]).pow(2).sum().item<double>();
+    return d;
+  };
+  LocalTrainOptions o;
+  o.fit.local_epochs = 4;
+  o.fit.lr = 0.1;
+  auto plain = TrainLocally(*net, global, Toy(), o);
+  o.fit.proximal_mu = 10.0;
+  auto prox = TrainLocally(*net, global, Toy(), o);
+  ASSERT_TRUE(plain.ok() && prox.ok());
+  EXPECT_LT(distance(prox->weights), distance(plain->weights));
+}
+
+TEST(LocalTrainingTest, StepAndTimeBudgetsStopEarly) {
+  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  const Weights global = Initial(*net);
+  LocalTrainOptions o;
+  o.fit.local_epochs = 5;
+  o.fit.batch_size = 8;
+  o.fit.max_steps = 3;
+  auto steps = TrainLocally(*net, global, Toy(), o);
+  ASSERT_TRUE(steps.ok());
+  EXPECT_EQ(steps->steps, 3);
+  EXPECT_TRUE(steps->budget_hit);
+
+  FakeClock clock;
+  o.fit.max_steps = 0;
+  o.clock = &clock;
+  o.time_budget_micros = 1000;
+  int polls = 0;
+  o.cancelled = [&] {
+    if (++polls == 2) clock.Advance(5000);  // time runs out after the first step
+    return false;
+  };
+  auto timed = TrainLocally(*net, global, Toy(), o);
+  ASSERT_TRUE(timed.ok());
+  EXPECT_EQ(timed->steps, 1);
+  EXPECT_TRUE(timed->budget_hit);
+}
+
+TEST(LocalTrainingTest, RejectsBadInputsAndCancels) {
+  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  const Weights global = Initial(*net);
+  LocalTrainOptions o;
+  EXPECT_EQ(TrainLocally(*net, global, split::LabeledImages{}, o).status().code(),
+            StatusCode::kInvalidArgument);
+  Weights wrong = global;
+  wrong.pop_back();
+  EXPECT_EQ(TrainLocally(*net, wrong, Toy(), o).status().code(), StatusCode::kInvalidArgument);
+  LocalTrainOptions mask = o;
+  mask.trainable = {true};
+  EXPECT_EQ(TrainLocally(*net, global, Toy(), mask).status().code(), StatusCode::kInvalidArgument);
+  LocalTrainOptions bad = o;
+  bad.fit.lr = -1;
+  EXPECT_EQ(TrainLocally(*net, global, Toy(), bad).status().code(), StatusCode::kInvalidArgument);
+  LocalTrainOptions huge = o;
+  huge.fit.lr = 1e30;
+  EXPECT_EQ(TrainLocally(*net, global, Toy(), huge).status().code(), StatusCode::kInternal);
+  LocalTrainOptions cancel = o;
+  cancel.cancelled = [] { return true; };
+  EXPECT_EQ(TrainLocally(*net, global, Toy(), cancel).status().code(),
+            StatusCode::kFailedPrecondition);
+}
+
+TEST(LocalTrainingTest, EvaluateWeightsReportsAccuracyAndLoss) {
+  split::SplitVisionNet net(split::VisionModelSpec::SimpleCnn());
+  const Weights global = Initial(*net);
+  auto e = EvaluateWeights(*net, global, Toy());
+  ASSERT_TRUE(e.ok());
+  EXPECT_GE(e->accuracy, 0.0);
+  EXPECT_LE(e->accuracy, 1.0);
+  EXPECT_GT(e->loss, 0.0);
+  EXPECT_EQ(EvaluateWeights(*net, global, split::LabeledImages{}).status().code(),
+            StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace cleave::federated
