@@ -93,6 +93,98 @@ std::vector<edge_api::ClassifyRequest> MakeRequests(const ImageDataset& data, si
 
 }  // namespace
 
+// The federated part of the demo: rounds between a real cleave-aggregator and `fl_edges`
+// cleave-edge daemons; returns the aggregator's summary.
+Result<json> RunFederatedDemo(const DemoOptions& options, const std::filesystem::path& out) {
+  const std::filesystem::path bin = SelfBinaryDir();
+  const std::filesystem::path dir = out / "federated";
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);  // a fresh run, not a resume of an older demo
+  std::filesystem::create_directories(dir, ec);
+  const std::string summary_file = (dir / "summary.json").string();
+  std::fprintf(stderr, "\nfederated rounds: cleave-aggregator + %d cleave-edge daemons...\n",
+               options.fl_edges);
+  CLEAVE_ASSIGN_OR_RETURN(LaunchedDaemon aggregator,
+                          LaunchDaemon(bin / "cleave-aggregator",
+                                       {"--aggregator.bundle",
+                                        options.bundle,
+                                        "--aggregator.listen",
+                                        "tcp://127.0.0.1:0",
+                                        "--aggregator.rounds",
+                                        std::to_string(options.fl_rounds),
+                                        "--aggregator.wait_for_clients",
+                                        std::to_string(options.fl_edges),
+                                        "--aggregator.checkpoint",
+                                        (dir / "aggregator.ckpt").string(),
+                                        "--aggregator.summary_file",
+                                        summary_file,
+                                        "--aggregator.publish_dir",
+                                        (dir / "bundles").string(),
+                                        "--aggregator.eval_data_dir",
+                                        options.data_dir,
+                                        "--aggregator.eval_limit",
+                                        std::to_string(options.fl_eval_limit),
+                                        "--aggregator.client_timeout_ms",
+                                        "120000",
+                                        "--round.fraction",
+                                        "1.0",
+                                        "--round.min_clients",
+                                        std::to_string(options.fl_edges),
+                                        "--round.quorum",
+                                        "2",
+                                        "--round.deadline_seconds",
+                                        "300",
+                                        "--round.trainable",
+                                        "head_and_exits",
+                                        "--fit.local_epochs",
+                                        "1",
+                                        "--fit.batch_size",
+                                        "64",
+                                        "--fit.lr",
+                                        "0.01"},
+                                       "aggregator.ready_file", dir, "aggregator"));
+  std::vector<LaunchedDaemon> edges;
+  for (int i = 0; i < options.fl_edges; ++i) {
+    CLEAVE_ASSIGN_OR_RETURN(LaunchedDaemon edge,
+                            LaunchDaemon(bin / "cleave-edge",
+                                         {"serve",
+                                          "--edge.bundle",
+                                          options.bundle,
+                                          "--edge.listen",
+                                          "tcp://127.0.0.1:0",
+                                          "--edge.cloud",
+                                          "tcp://127.0.0.1:1",
+                                          "--edge.threads",
+                                          "1",
+                                          "--edge.aggregator",
+                                          aggregator.endpoint,
+                                          "--edge.client_id",
+                                          "demo-edge-" + std::to_string(i),
+                                          "--edge.fl_data_dir",
+                                          options.data_dir,
+                                          "--edge.fl_partition",
+                                          "dirichlet:0.5",
+                                          "--edge.fl_partitions",
+                                          std::to_string(options.fl_edges),
+                                          "--edge.fl_partition_index",
+                                          std::to_string(i),
+                                          "--edge.fl_train_limit",
+                                          std::to_string(options.fl_train_limit)},
+                                         "edge.ready_file", dir, "edge" + std::to_string(i)));
+    edges.push_back(std::move(edge));
+  }
+  CLEAVE_ASSIGN_OR_RETURN(int code, aggregator.process->Wait(30 * 60 * 1000));
+  for (auto& e : edges) (void)e.process->Stop(5000);
+  if (code != 0) {
+    return Status::Internal("cleave-aggregator exited with " + std::to_string(code) + "; see " +
+                            aggregator.log_path.string());
+  }
+  CLEAVE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(summary_file));
+  json summary = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (summary.is_discarded()) return Status::DataLoss(summary_file + " is not JSON");
+  return summary;
+}
+
 Result<json> RunDemo(const DemoOptions& options) {
   CLEAVE_ASSIGN_OR_RETURN(ImageDataset test,
                           LoadFashionMnist(DatasetSplit::kTest, options.data_dir));
@@ -153,6 +245,9 @@ Result<json> RunDemo(const DemoOptions& options) {
                  {"main", main.ToJson()},
                  {"sweep", sweep},
                  {"sweep_images", sweep_n}};
+  if (options.fl_rounds > 0) {
+    CLEAVE_ASSIGN_OR_RETURN(report["federated"], RunFederatedDemo(options, out));
+  }
   CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(out / "report.json", report.dump(2) + "\n"));
   PlotSpec plot;
   plot.title = "cleave demo: accuracy vs bytes per request (exit threshold sweep)";
@@ -185,6 +280,22 @@ Result<json> RunDemo(const DemoOptions& options) {
   std::printf("  %-28s %10.2f ms\n", "p99 latency", main.p99_ms);
   std::printf("  %-28s %10zu\n", "degraded answers", main.degraded);
   std::printf("  %-28s %10zu\n", "unanswered", main.requests - main.answered);
+  if (report.contains("federated")) {
+    const json& fl = report["federated"];
+    std::printf("\nfederated: %d rounds, %zu edges, Dirichlet(0.5) shares, head + exits trained\n",
+                fl.value("rounds_completed", 0), fl.value("clients", size_t{0}));
+    if (fl.contains("initial_accuracy")) {
+      std::printf("  %-28s %10.2f %%\n", "test accuracy before",
+                  100 * fl["initial_accuracy"].get<double>());
+    }
+    for (const auto& r : fl["rounds"]) {
+      if (!r.contains("accuracy")) continue;
+      std::printf("  %-28s %10.2f %%  (%d/%d updates)\n",
+                  ("after round " + std::to_string(r["round"].get<int>())).c_str(),
+                  100 * r["accuracy"].get<double>(), r["succeeded"].get<int>(),
+                  r["sampled"].get<int>());
+    }
+  }
   std::printf("report: %s\nplot:   %s\n", (out / "report.json").c_str(),
               (out / "accuracy_vs_bytes.png").c_str());
   return report;
@@ -203,6 +314,16 @@ void RegisterDemoCommand(CLI::App& app) {
   cmd->add_option("--sweep-limit", options->sweep_limit, "images per threshold of the sweep");
   cmd->add_option("--window", options->window, "requests in flight at once");
   cmd->add_option("--deadline-ms", options->deadline_ms, "per-request deadline");
+  cmd->add_option("--fl-rounds", options->fl_rounds,
+                  "federated rounds with cleave-aggregator and the edges (0 = skip)")
+      ->capture_default_str();
+  cmd->add_option("--fl-edges", options->fl_edges, "cleave-edge daemons taking part")
+      ->capture_default_str();
+  cmd->add_option("--fl-train-limit", options->fl_train_limit,
+                  "training images shared among the edges")
+      ->capture_default_str();
+  cmd->add_option("--fl-eval-limit", options->fl_eval_limit,
+                  "test images the aggregator evaluates on (0 = all)");
   cmd->callback([options] {
     Result<json> report = RunDemo(*options);
     if (!report.ok()) {

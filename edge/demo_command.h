@@ -1,7 +1,9 @@
 // `cleave demo`: the main job. Starts cleave-cloud and cleave-edge as separate processes on
 // loopback, pushes the Fashion-MNIST test set through the edge daemon like a local
 // application would, prints a small table and writes report.json and a PNG plot of accuracy
-// against bytes per request for several exit thresholds.
+// against bytes per request for several exit thresholds. Then it runs federated rounds:
+// cleave-aggregator and three cleave-edge daemons on loopback, each edge with its own
+// Dirichlet(0.5) share of the training set, and reports test accuracy before and after.
 #pragma once
 
 #include <string>
@@ -21,6 +23,13 @@ struct DemoOptions {
   int sweep_limit = 2000;  // images per threshold of the sweep
   int window = 16;         // requests in flight
   int deadline_ms = 250;
+  // Federated part: cleave-aggregator + 3 cleave-edge processes, each holding a Dirichlet
+  // partition of the training set, fine-tune the bundle's head and exits for this many
+  // rounds (0 = skip).
+  int fl_rounds = 3;
+  int fl_edges = 3;
+  int fl_train_limit = 15000;  // training rows shared among the edges
+  int fl_eval_limit = 0;       // test images the aggregator evaluates on (0 = all)
 };
 
 Result<nlohmann::json> RunDemo(const DemoOptions& options);

@@ -7,9 +7,12 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <cctype>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include "common/config.h"
 #include "common/datasets.h"
@@ -19,8 +22,12 @@
 #include "common/shutdown.h"
 #include "edge/edge_engine.h"
 #include "edge/edge_server.h"
+#include "edge/fl_client.h"
 #include "edge/offload_client.h"
+#include "federated/partition.h"
+#include "federated/weights.h"
 #include "split/bundle.h"
+#include "split/vision_bundle.h"
 
 namespace {
 
@@ -47,6 +54,28 @@ cleave::ConfigSchema EdgeSchema() {
       .Add("edge.threads", ConfigType::kInt, "1", "libtorch intra-op threads")
       .Add("edge.ready_file", ConfigType::kString, "",
            "once serving, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
+      .Add("edge.aggregator", ConfigType::kString, "",
+           "cleave-aggregator endpoint to take part in federated rounds (serve only); empty = "
+           "no federated learning")
+      .Add("edge.client_id", ConfigType::kString, "",
+           "federated client id ([A-Za-z0-9._:@-], at most 128 bytes); empty = "
+           "edge-<hostname>-<pid> (set it to keep the identity across restarts)")
+      .Add("edge.fl_data_dir", ConfigType::kString, cleave::kFashionMnistDir,
+           "Fashion-MNIST directory whose training set holds this edge's local data")
+      .Add("edge.fl_partition", ConfigType::kString, "dirichlet:0.5",
+           "how the training set is divided among edges: iid | dirichlet:<alpha> | labels:<k>")
+      .Add("edge.fl_partitions", ConfigType::kInt, "1",
+           "number of partitions (edges sharing the training set)")
+      .Add("edge.fl_partition_index", ConfigType::kInt, "0",
+           "the partition this edge holds, in [0, edge.fl_partitions)")
+      .Add("edge.fl_seed", ConfigType::kInt, "1",
+           "partition seed; every edge must use the same one to get disjoint shares")
+      .Add("edge.fl_train_limit", ConfigType::kInt, "0",
+           "use only the first N training rows before partitioning (0 = all)")
+      .Add("edge.fl_max_steps", ConfigType::kInt, "0",
+           "at most this many local training steps per round (0 = as the round says)")
+      .Add("edge.fl_time_budget_ms", ConfigType::kInt, "0",
+           "at most this much local training time per round (0 = as the round says)")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
   return schema;
 }
@@ -62,6 +91,7 @@ int Fail(const Status& status) {
 struct Loaded {
   cleave::Config config;
   std::unique_ptr<cleave::edge::EdgeEngine> engine;
+  cleave::Bundle bundle;
 };
 
 cleave::Result<Loaded> LoadEngine(const cleave::ConfigSchema& schema, const std::string& path,
@@ -83,14 +113,132 @@ cleave::Result<Loaded> LoadEngine(const cleave::ConfigSchema& schema, const std:
   if (!model.ok()) return model.status().WithContext("cannot load the head of " + dir);
   cleave::GetLogger("edge")->info("loaded bundle {} (head {}, engine {})", dir,
                                   options.int8 ? "int8" : "fp32", (*model)->engine());
-  Loaded loaded{std::move(config), nullptr};
+  Loaded loaded{std::move(config), nullptr, *bundle};
   loaded.engine = std::make_unique<cleave::edge::EdgeEngine>(std::move(model).value());
   return loaded;
+}
+
+// edge-<hostname>-<pid>, reduced to the characters a client id may hold.
+std::string DefaultClientId() {
+  char host[256] = {};
+  if (::gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::strcpy(host, "host");
+  const std::string pid = std::to_string(::getpid());
+  std::string name(host);
+  const size_t room = cleave::wire::fl::kMaxClientIdBytes - std::strlen("edge--") - pid.size();
+  if (name.size() > room) name.resize(room);
+  std::string id = "edge-" + name + "-" + pid;
+  for (char& c : id) {
+    if (!std::isalnum(static_cast<unsigned char>(c)) && !std::strchr("._:@-", c)) c = '-';
+  }
+  return id;
+}
+
+// What a FederatedClient needs, prepared before serving so that configuration and data
+// errors stop cleave-edge at start-up rather than in the middle of serving.
+struct FederatedSetup {
+  cleave::edge::FederatedClientOptions options;
+  cleave::split::VisionModelSpec spec;
+  cleave::federated::Weights initial;
+  cleave::split::LabeledImages data;
+  std::string share;  // "partition i of N (scheme, seed s)" for logs and the ready file
+};
+
+// This edge's rows of the Fashion-MNIST training set: the first edge.fl_train_limit rows,
+// partitioned among edge.fl_partitions edges exactly as every other edge with the same
+// settings partitions them (MakePartition is deterministic), keeping only our share.
+Result<cleave::split::LabeledImages> LoadFederatedShare(const cleave::Config& config,
+                                                        int num_classes, std::string* share) {
+  const int64_t partitions = config.GetInt("edge.fl_partitions");
+  const int64_t index = config.GetInt("edge.fl_partition_index");
+  const int64_t limit = config.GetInt("edge.fl_train_limit");
+  Result<cleave::federated::PartitionSpec> parsed =
+      cleave::federated::PartitionSpec::Parse(config.GetString("edge.fl_partition"));
+  if (!parsed.ok()) return parsed.status().WithContext("edge.fl_partition");
+  cleave::federated::PartitionSpec spec = *parsed;
+  spec.seed = static_cast<uint64_t>(config.GetInt("edge.fl_seed"));
+  const std::string dir = config.GetString("edge.fl_data_dir");
+  Result<cleave::ImageDataset> raw = cleave::LoadFashionMnist(cleave::DatasetSplit::kTrain, dir);
+  if (!raw.ok()) return raw.status().WithContext("edge.fl_data_dir " + dir);
+  const size_t rows = limit > 0 ? std::min<size_t>(raw->size(), limit) : raw->size();
+  const std::vector<uint8_t> labels(raw->labels.begin(), raw->labels.begin() + rows);
+  Result<cleave::federated::Partition> partition =
+      cleave::federated::MakePartition(labels, num_classes, static_cast<int>(partitions), spec);
+  if (!partition.ok()) return partition.status().WithContext("partitioning the training set");
+  const std::vector<int64_t> mine = partition->ClientIndices(static_cast<int>(index));
+  *share = "partition " + std::to_string(index) + " of " + std::to_string(partitions) + " (" +
+           spec.ToString() + ", seed " + std::to_string(spec.seed) + ", " + std::to_string(rows) +
+           " rows)";
+  if (mine.empty()) {
+    return Status::FailedPrecondition(
+        *share +
+        " holds no training rows; use fewer partitions, another scheme or seed, or "
+        "a larger edge.fl_train_limit");
+  }
+  cleave::ImageDataset subset;
+  subset.rows = raw->rows;
+  subset.cols = raw->cols;
+  const size_t area = raw->image_bytes();
+  subset.images.reserve(mine.size() * area);
+  for (int64_t row : mine) {
+    subset.images.insert(subset.images.end(), raw->images.begin() + row * area,
+                         raw->images.begin() + (row + 1) * area);
+    subset.labels.push_back(raw->labels[row]);
+  }
+  return cleave::split::ToLabeledImages(subset);
+}
+
+// Reads the edge.aggregator family of keys. nullopt when federated learning is off.
+Result<std::optional<FederatedSetup>> PrepareFederated(const cleave::Config& config,
+                                                       const cleave::Bundle& bundle) {
+  const std::string aggregator = config.GetString("edge.aggregator");
+  if (aggregator.empty()) return std::optional<FederatedSetup>();
+  const int64_t partitions = config.GetInt("edge.fl_partitions");
+  const int64_t index = config.GetInt("edge.fl_partition_index");
+  if (partitions < 1 || partitions > 1000000) {
+    return Status::InvalidArgument("edge.fl_partitions must be in [1, 1000000], got " +
+                                   std::to_string(partitions));
+  }
+  if (index < 0 || index >= partitions) {
+    return Status::InvalidArgument("edge.fl_partition_index must be in [0, " +
+                                   std::to_string(partitions) + ") (edge.fl_partitions), got " +
+                                   std::to_string(index));
+  }
+  for (const char* key :
+       {"edge.fl_seed", "edge.fl_train_limit", "edge.fl_max_steps", "edge.fl_time_budget_ms"}) {
+    if (config.GetInt(key) < 0) {
+      return Status::InvalidArgument(std::string(key) + " must be >= 0, got " +
+                                     std::to_string(config.GetInt(key)));
+    }
+  }
+  FederatedSetup setup;
+  setup.options.aggregator = aggregator;
+  setup.options.client_id = config.GetString("edge.client_id");
+  if (setup.options.client_id.empty()) setup.options.client_id = DefaultClientId();
+  CLEAVE_RETURN_IF_ERROR(
+      cleave::wire::fl::ValidateClientId(setup.options.client_id).WithContext("edge.client_id"));
+  setup.options.max_steps = config.GetInt("edge.fl_max_steps");
+  setup.options.time_budget_ms = config.GetInt("edge.fl_time_budget_ms");
+
+  // The training copy: the bundle's whole fp32 network (the serving head is separate).
+  cleave::split::VisionBundleParts parts;
+  parts.head_int8 = false;
+  Result<cleave::split::VisionSplitModel> model = cleave::split::ReadVisionBundle(bundle, parts);
+  if (!model.ok()) {
+    return model.status().WithContext("federated learning needs the bundle's fp32 model");
+  }
+  setup.spec = model->spec;
+  setup.options.model_name = model->name.empty() ? "model" : model->name;
+  setup.initial = cleave::federated::GetWeights(*model->net);
+  CLEAVE_ASSIGN_OR_RETURN(setup.data,
+                          LoadFederatedShare(config, setup.spec.num_classes, &setup.share));
+  return std::optional<FederatedSetup>(std::move(setup));
 }
 
 int Serve(Loaded& loaded) {
   const cleave::Config& config = loaded.config;
   cleave::InstallShutdownHandlers();
+  auto fl_setup = PrepareFederated(config, loaded.bundle);
+  if (!fl_setup.ok()) return Fail(fl_setup.status());
   cleave::TransportContext context;
   cleave::edge::EdgeServerOptions options;
   options.listen = config.GetString("edge.listen");
@@ -101,12 +249,38 @@ int Serve(Loaded& loaded) {
   if (!server.ok()) return Fail(server.status());
   cleave::GetLogger("edge")->info("serving applications on {}; cloud at {}", (*server)->endpoint(),
                                   options.cloud.empty() ? "(none)" : options.cloud);
+  // Declared after the server, so it is stopped and joined first (and before `context`).
+  std::unique_ptr<cleave::edge::FederatedClient> fl_client;
+  nlohmann::json fl_ready;
+  if (fl_setup->has_value()) {
+    FederatedSetup& setup = **fl_setup;
+    auto client = cleave::edge::FederatedClient::Start(context, setup.options, setup.spec,
+                                                       setup.initial, std::move(setup.data));
+    if (!client.ok()) return Fail(client.status().WithContext("federated client"));
+    fl_client = std::move(client).value();
+    cleave::GetLogger("edge")->info("federated learning with {} as '{}': {} local examples, {}",
+                                    setup.options.aggregator, setup.options.client_id,
+                                    fl_client->num_examples(), setup.share);
+    fl_ready = {{"aggregator", setup.options.aggregator},
+                {"client_id", setup.options.client_id},
+                {"examples", fl_client->num_examples()},
+                {"share", setup.share}};
+  }
   const std::string ready_file = config.GetString("edge.ready_file");
   if (!ready_file.empty()) {
     nlohmann::json ready = {{"endpoint", (*server)->endpoint()}, {"pid", ::getpid()}};
+    if (fl_client) ready["federated"] = fl_ready;
     if (Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) return Fail(s);
   }
   Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  if (fl_client) {
+    fl_client->Stop();
+    fl_client->WaitFor([](const cleave::edge::FederatedClientStats& s) { return !s.running; },
+                       5000);
+    cleave::GetLogger("edge")->info("federated participation: {}",
+                                    fl_client->stats().ToJson().dump());
+    fl_client.reset();  // joins; the thread said bye to the aggregator
+  }
   return run.ok() ? 0 : Fail(run);
 }
 

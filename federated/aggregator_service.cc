@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <set>
 
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -56,7 +57,9 @@ struct AggregatorService::Impl {
   std::string layout_sha;
   std::map<std::string, Client> clients;
   std::optional<RoundPlan> plan;
-  std::string plan_config_bytes;  // the encoded RoundConfig of the open round
+  std::string plan_config_bytes;    // the encoded RoundConfig of the open round (full deadline)
+  fl::RoundConfig plan_config;      // to re-send with the time that is left
+  std::set<std::string> timed_out;  // clients given up on in the open round
   int64_t started_micros = 0;
   std::optional<Evaluation> initial_eval;
   std::map<std::string, uint64_t> counters;  // messages by kind, rejections by reason
@@ -115,6 +118,8 @@ Status AggregatorService::Impl::OpenRound() {
   fl::Message message(config);
   CLEAVE_RETURN_IF_ERROR(fl::ValidateMessage(message).WithContext("round config"));
   plan_config_bytes = fl::EncodeMessage(message);
+  plan_config = std::move(config);
+  timed_out.clear();
   started_micros = clock->NowMicros();
   for (const auto& id : p.clients) {
     Client& c = clients[id];
@@ -171,7 +176,12 @@ void AggregatorService::Impl::OnHeartbeat(const std::string& peer, const fl::Hea
   if (pending) {
     const auto waiting = engine->Pending();
     if (std::find(waiting.begin(), waiting.end(), hb.client_id) != waiting.end()) {
-      c.config_sent = router->Send(peer, plan_config_bytes).ok();
+      // Re-sent (the first push may have been lost), with the deadline that is left.
+      fl::RoundConfig again = plan_config;
+      again.deadline_ms =
+          static_cast<uint32_t>(std::max<int64_t>(1, (engine->MicrosUntilDeadline() + 999) / 1000));
+      if (again.time_budget_ms > again.deadline_ms) again.time_budget_ms = again.deadline_ms;
+      c.config_sent = router->Send(peer, fl::EncodeMessage(fl::Message(again))).ok();
       return;
     }
   }
@@ -192,6 +202,17 @@ void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update
   }
   it->second.peer = peer;
   it->second.last_seen_micros = clock->NowMicros();
+  if (plan && update.round == static_cast<uint32_t>(plan->round) &&
+      timed_out.count(update.client_id)) {
+    // It was given up on (silent too long) and the round moved on without it.
+    Count("update_late");
+    SendTo(peer,
+           fl::Message(fl::MakeUpdateAck(update.round, fl::AckReason::kLate,
+                                         "client was silent for more than " +
+                                             std::to_string(options.client_timeout_ms) +
+                                             " ms and was counted as failed for this round")));
+    return;
+  }
   if (!plan || update.round != static_cast<uint32_t>(plan->round)) {
     // Let the engine classify (no round / stale) so the counts live in one place.
     ClientUpdate empty;
@@ -249,7 +270,10 @@ void AggregatorService::Impl::Housekeeping() {
     Count("client_timeouts");
     Log()->warn("client '{}' silent for {} ms; considered gone", id,
                 (now - c.last_seen_micros) / 1000);
-    if (plan) engine->ReportFailure(plan->round, id, "timed out");
+    if (plan) {
+      engine->ReportFailure(plan->round, id, "timed out");
+      timed_out.insert(id);
+    }
   }
 }
 
@@ -459,7 +483,7 @@ Status AggregatorService::Run(const std::function<bool()>& stop) {
         message->body);
   }
   for (const auto& [id, c] : s.clients) {
-    if (c.gone) continue;
+    // Also to clients considered gone: one that was only slow must learn that it is over.
     fl::Bye bye;
     bye.reason = fl::ByeReason::kFinished;
     bye.message = "all " + std::to_string(s.options.rounds) + " rounds done";

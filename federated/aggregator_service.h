@@ -7,18 +7,21 @@
 //      layout fingerprint differs from the aggregator's model is refused (accepted = false,
 //      error says why). Registering again with the same id replaces the old routing id (a
 //      restarted edge keeps its identity).
-//   2. client -> Heartbeat every poll_interval_ms. The aggregator answers with Wait (nothing
-//      to do now) or, when the client is sampled in the open round and has not answered yet,
-//      with that round's RoundConfig (so a config lost on the way is re-sent). When a round
-//      opens, every sampled client also gets its RoundConfig pushed at once.
+//   2. client -> Heartbeat every poll_interval_ms, also while it trains. From receiving a
+//      round's RoundConfig until that round's UpdateAck it reports training_round = the
+//      round. The aggregator answers with Wait (nothing to do now) or, when the client is
+//      sampled in the open round, has not answered and reports another training_round, with
+//      that round's RoundConfig again (a lost push is re-sent, with the deadline that is
+//      left). When a round opens, every sampled client gets its RoundConfig pushed at once.
 //   3. client trains locally and sends Update{round, client_id, num_examples, train_loss,
 //      tensors = the trainable entries in layout order}. aggregator -> UpdateAck{accepted,
 //      reason, message}: stale rounds, unsampled or unknown clients, duplicates, wrong
 //      counts/shapes, NaN/Inf and late updates are rejected, counted and never aggregated.
-//      A client that cannot train sends Bye{leaving} or just stops; a sampled client that is
-//      silent for `client_timeout_ms` is reported failed so the round need not wait for the
-//      deadline.
-//   4. after the last round the aggregator sends Bye{finished} to every registered client,
+//      A client that cannot train sends Bye{leaving} (counted as failed in the open round;
+//      its next heartbeat brings it back) or just stops; a sampled client that is silent for
+//      `client_timeout_ms` is reported failed so the round need not wait for the deadline,
+//      and an update it sends later in that round is acknowledged as late.
+//   4. after the last round the aggregator sends Bye{finished} to every client it knows,
 //      writes its final summary and exits 0.
 // A round opens when at least `min_clients` live clients are registered (and, for the first
 // round, `wait_for_clients` have registered or `start_timeout_ms` passed). After each round

@@ -129,11 +129,16 @@ class FedOptStrategy : public Strategy {
         const std::string where = what + " entry '" + name + "'";
         if (!tensor.defined()) return Status::InvalidArgument(where + " is undefined");
         if (name == "step") {
-          if (tensor.scalar_type() != torch::kInt64 || tensor.numel() != 1 ||
-              tensor.item<int64_t>() < 0 || step >= 0) {
-            return Status::InvalidArgument(where + ": expected one int64 scalar >= 0");
+          // Checkpoints carry every tensor as float32 (exact for counts below 2^24), so a
+          // whole-valued float scalar is accepted as well as an int64 one.
+          if (tensor.numel() != 1 || step >= 0) {
+            return Status::InvalidArgument(where + ": expected one scalar >= 0");
           }
-          step = tensor.item<int64_t>();
+          const double value = tensor.to(torch::kDouble).item<double>();
+          if (!(value >= 0) || value != std::floor(value) || value > 16777216.0) {
+            return Status::InvalidArgument(where + ": expected a whole number in [0, 2^24]");
+          }
+          step = static_cast<int64_t>(value);
           continue;
         }
         char kind = 0;

@@ -329,7 +329,10 @@ Status Simulation::RunRound() {
       r = std::move(results_[i].result);
       results_[i] = TaskResult{};
     }
-    clock_.Set(t.arrival_micros);
+    // Stragglers and drop-outs count at the deadline at the latest: the round is closed by
+    // then, and its virtual time ends there.
+    clock_.Set(t.kind == Task::Kind::kTrain ? t.arrival_micros
+                                            : std::min(t.arrival_micros, plan.deadline_micros + 1));
     if (t.kind == Task::Kind::kDropped) {
       engine_->ReportFailure(plan.round, t.id, "dropped out");
     } else if (t.kind == Task::Kind::kLate) {

@@ -1,0 +1,211 @@
+// Integration: a real cleave-aggregator and three cleave-edge processes on loopback run
+// federated rounds over ZeroMQ; one edge is killed mid-round and the round still
+// completes; a restarted aggregator resumes from its checkpoint.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "common/child_process.h"
+#include "common/file_util.h"
+#include "edge/daemon_launcher.h"
+#include "testing/tiny_bundle.h"
+
+namespace cleave::edge {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const fs::path kBin = CLEAVE_BIN_DIR;
+
+class FederatedTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = cleave::testing::TempPath("fl_it");
+    fs::create_directories(dir_);
+    bundle_ = dir_ / "bundle";
+    ASSERT_TRUE(cleave::testing::WriteTinyBundle(bundle_).ok());
+  }
+  void TearDown() override {
+    edges_.clear();
+    aggregator_.reset();
+    std::error_code ec;
+    if (!HasFailure()) fs::remove_all(dir_, ec);
+  }
+
+  std::vector<std::string> AggregatorArgs(int rounds) {
+    return {"--aggregator.bundle",
+            bundle_.string(),
+            "--aggregator.listen",
+            "tcp://127.0.0.1:0",
+            "--aggregator.rounds",
+            std::to_string(rounds),
+            "--aggregator.wait_for_clients",
+            "3",
+            "--aggregator.poll_interval_ms",
+            "100",
+            "--aggregator.client_timeout_ms",
+            "2000",
+            "--aggregator.checkpoint",
+            (dir_ / "agg.ckpt").string(),
+            "--aggregator.summary_file",
+            (dir_ / "summary.json").string(),
+            "--aggregator.publish_dir",
+            (dir_ / "published").string(),
+            "--aggregator.eval_data_dir",
+            "/usr/share/datasets/fashion-mnist",
+            "--aggregator.eval_limit",
+            "500",
+            "--round.fraction",
+            "1.0",
+            "--round.min_clients",
+            "2",
+            "--round.quorum",
+            "2",
+            "--round.deadline_seconds",
+            "60",
+            "--fit.local_epochs",
+            "1",
+            "--fit.batch_size",
+            "32",
+            "--fit.lr",
+            "0.05"};
+  }
+
+  Result<LaunchedDaemon> StartAggregator(int rounds, const std::string& name) {
+    return LaunchDaemon(kBin / "cleave-aggregator", AggregatorArgs(rounds), "aggregator.ready_file",
+                        dir_, name);
+  }
+
+  Result<LaunchedDaemon> StartEdge(const std::string& aggregator, int index) {
+    return LaunchDaemon(
+        kBin / "cleave-edge",
+        {"serve", "--edge.bundle", bundle_.string(), "--edge.listen", "tcp://127.0.0.1:0",
+         "--edge.cloud", "tcp://127.0.0.1:1", "--edge.aggregator", aggregator, "--edge.client_id",
+         "edge-" + std::to_string(index), "--edge.fl_partitions", "3", "--edge.fl_partition_index",
+         std::to_string(index), "--edge.fl_train_limit", "3000", "--edge.fl_partition",
+         "dirichlet:0.5"},
+        "edge.ready_file", dir_, "edge" + std::to_string(index));
+  }
+
+  // Polls `path` (a log file) until it contains `needle` or `timeout_ms` passes.
+  static bool WaitForLogLine(const fs::path& path, const std::string& needle, int timeout_ms) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (std::chrono::steady_clock::now() < until) {
+      std::ifstream in(path);
+      std::stringstream text;
+      text << in.rdbuf();
+      if (text.str().find(needle) != std::string::npos) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  json Summary() {
+    auto text = ReadFileToString(dir_ / "summary.json");
+    EXPECT_TRUE(text.ok()) << text.status().ToString();
+    return text.ok() ? json::parse(*text) : json();
+  }
+
+  fs::path dir_, bundle_;
+  std::unique_ptr<LaunchedDaemon> aggregator_;
+  std::vector<std::unique_ptr<LaunchedDaemon>> edges_;
+};
+
+TEST_F(FederatedTest, TwoRoundsWithThreeEdgesSurviveAnEdgeKilledMidRound) {
+  auto agg = StartAggregator(2, "aggregator");
+  ASSERT_TRUE(agg.ok()) << agg.status().ToString();
+  aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*agg));
+  for (int i = 0; i < 3; ++i) {
+    auto edge = StartEdge(aggregator_->endpoint, i);
+    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+    edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
+  }
+  // Kill edge 2 as soon as round 1 is open: it was sampled and will never answer.
+  ASSERT_TRUE(WaitForLogLine(aggregator_->log_path, "round 1 open", 60000))
+      << "round 1 never opened; see " << aggregator_->log_path;
+  ASSERT_TRUE(edges_[2]->process->Signal(SIGKILL).ok());
+
+  auto code = aggregator_->process->Wait(120000);
+  ASSERT_TRUE(code.ok()) << "aggregator did not finish: " << code.status().ToString();
+  EXPECT_EQ(*code, 0) << "see " << aggregator_->log_path;
+
+  const json summary = Summary();
+  ASSERT_EQ(summary.at("rounds_completed").get<int>(), 2);
+  const json& rounds = summary.at("rounds");
+  ASSERT_EQ(rounds.size(), 2u);
+  // Round 1: three sampled, the killed edge failed (timed out), the round still applied.
+  EXPECT_EQ(rounds[0].at("sampled").get<int>(), 3);
+  EXPECT_TRUE(rounds[0].at("applied").get<bool>());
+  EXPECT_GE(rounds[0].at("succeeded").get<int>(), 2);
+  EXPECT_EQ(rounds[0].at("succeeded").get<int>() + rounds[0].at("failed").get<int>() +
+                rounds[0].at("missing").get<int>(),
+            3);
+  // Round 2 runs with the two survivors.
+  EXPECT_EQ(rounds[1].at("sampled").get<int>(), 2);
+  EXPECT_TRUE(rounds[1].at("applied").get<bool>());
+  EXPECT_EQ(rounds[1].at("succeeded").get<int>(), 2);
+  EXPECT_TRUE(rounds[1].contains("accuracy"));
+  EXPECT_TRUE(summary.contains("initial_accuracy"));
+  // A bundle was published per round and it verifies.
+  EXPECT_TRUE(fs::exists(dir_ / "published" / "round-1" / "manifest.json"));
+  EXPECT_TRUE(fs::exists(dir_ / "published" / "round-2" / "manifest.json"));
+  // The surviving edges still serve (training never took the daemon down).
+  EXPECT_TRUE(edges_[0]->process->Running());
+  EXPECT_TRUE(edges_[1]->process->Running());
+}
+
+TEST_F(FederatedTest, RestartedAggregatorResumesFromItsCheckpoint) {
+  auto agg = StartAggregator(1, "aggregator-a");
+  ASSERT_TRUE(agg.ok()) << agg.status().ToString();
+  aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*agg));
+  for (int i = 0; i < 3; ++i) {
+    auto edge = StartEdge(aggregator_->endpoint, i);
+    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+    edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
+  }
+  auto code = aggregator_->process->Wait(120000);
+  ASSERT_TRUE(code.ok() && *code == 0) << "see " << aggregator_->log_path;
+  ASSERT_EQ(Summary().at("rounds_completed").get<int>(), 1);
+  ASSERT_TRUE(fs::exists(dir_ / "agg.ckpt"));
+
+  // Edges got Bye{finished}; start fresh ones for the resumed run.
+  edges_.clear();
+  auto resumed = StartAggregator(2, "aggregator-b");
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*resumed));
+  EXPECT_TRUE(WaitForLogLine(aggregator_->log_path, "resumed from", 10000));
+  for (int i = 0; i < 3; ++i) {
+    auto edge = StartEdge(aggregator_->endpoint, i);
+    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+    edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
+  }
+  code = aggregator_->process->Wait(120000);
+  ASSERT_TRUE(code.ok() && *code == 0) << "see " << aggregator_->log_path;
+  const json summary = Summary();
+  EXPECT_EQ(summary.at("rounds_completed").get<int>(), 2);
+  ASSERT_EQ(summary.at("rounds").size(), 2u);  // round 1 from the checkpoint, round 2 new
+  EXPECT_EQ(summary.at("rounds")[1].at("round").get<int>(), 2);
+  EXPECT_EQ(summary.at("counters").at("rounds_started").get<int>(), 1);  // only round 2 ran
+}
+
+TEST_F(FederatedTest, DamagedCheckpointIsRefusedNotIgnored) {
+  ASSERT_TRUE(WriteFileAtomic(dir_ / "agg.ckpt", "CLVCKPT\ngarbage").ok());
+  auto agg = StartAggregator(1, "aggregator");
+  ASSERT_FALSE(agg.ok());  // exits before binding, with the reason in its log
+  std::ifstream log(dir_ / "aggregator.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_NE(text.str().find("agg.ckpt"), std::string::npos) << text.str();
+}
+
+}  // namespace
+}  // namespace cleave::edge
