@@ -135,13 +135,13 @@ Result<json> RunFederatedDemo(const DemoOptions& options, const std::filesystem:
                                         "--round.deadline_seconds",
                                         "300",
                                         "--round.trainable",
-                                        "head_and_exits",
+                                        options.fl_trainable,
                                         "--fit.local_epochs",
                                         "1",
                                         "--fit.batch_size",
                                         "64",
                                         "--fit.lr",
-                                        "0.01"},
+                                        std::to_string(options.fl_lr)},
                                        "aggregator.ready_file", dir, "aggregator"));
   std::vector<LaunchedDaemon> edges;
   for (int i = 0; i < options.fl_edges; ++i) {
@@ -282,8 +282,9 @@ Result<json> RunDemo(const DemoOptions& options) {
   std::printf("  %-28s %10zu\n", "unanswered", main.requests - main.answered);
   if (report.contains("federated")) {
     const json& fl = report["federated"];
-    std::printf("\nfederated: %d rounds, %zu edges, Dirichlet(0.5) shares, head + exits trained\n",
-                fl.value("rounds_completed", 0), fl.value("clients", size_t{0}));
+    std::printf("\nfederated: %d rounds, %zu edges, Dirichlet(0.5) shares, trained: %s\n",
+                fl.value("rounds_completed", 0), fl.value("clients", size_t{0}),
+                options.fl_trainable.c_str());
     if (fl.contains("initial_accuracy")) {
       std::printf("  %-28s %10.2f %%\n", "test accuracy before",
                   100 * fl["initial_accuracy"].get<double>());
@@ -321,6 +322,11 @@ void RegisterDemoCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--fl-train-limit", options->fl_train_limit,
                   "training images shared among the edges")
+      ->capture_default_str();
+  cmd->add_option("--fl-lr", options->fl_lr, "client learning rate of the federated rounds")
+      ->capture_default_str();
+  cmd->add_option("--fl-trainable", options->fl_trainable,
+                  "what the rounds train: head_and_exits or all")
       ->capture_default_str();
   cmd->add_option("--fl-eval-limit", options->fl_eval_limit,
                   "test images the aggregator evaluates on (0 = all)");

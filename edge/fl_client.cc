@@ -564,6 +564,7 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
   train.fit.momentum = config.momentum;
   train.fit.weight_decay = config.weight_decay;
   train.fit.proximal_mu = config.proximal_mu;
+  train.freeze_batch_norm_stats = config.trainable_set == fl::TrainableSet::kHeadAndExits;
   const int64_t round_steps = static_cast<int64_t>(
       std::min<uint64_t>(config.max_steps, std::numeric_limits<int64_t>::max()));
   train.fit.max_steps = MinPositive(round_steps, options_.max_steps);

@@ -167,15 +167,17 @@ json RunScaleChild(const ScaleArgs& args) {
   if (!data.ok()) Fail("sim-scale", data.status());
   Result<SimResult> r = RunSimulation(o, *data);
   if (!r.ok()) Fail("sim-scale", r.status());
-  double round_s = 0, train_s = 0;
+  double round_s = 0, train_s = 0, local_s = 0;
   for (const auto& rec : r->history) {
     round_s += rec.extra.value("wall_seconds", 0.0);
     train_s += rec.extra.value("training_seconds", 0.0);
+    local_s += rec.extra.value("local_training_seconds", 0.0);
   }
   const double n = static_cast<double>(r->history.size());
   return {{"peak_rss_bytes", r->peak_rss_bytes},
           {"round_seconds", round_s / n},
           {"training_seconds", train_s / n},
+          {"local_training_seconds", local_s / n},
           {"overhead_share", round_s > 0 ? (round_s - train_s) / round_s : 0.0},
           {"clients_with_data_sampled_per_round", r->history.front().sampled},
           {"rounds", r->history.size()}};

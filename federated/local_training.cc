@@ -45,6 +45,11 @@ Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weig
                                             .momentum(options.fit.momentum)
                                             .weight_decay(options.fit.weight_decay));
     net.train();
+    if (options.freeze_batch_norm_stats) {
+      for (const auto& module : net.modules(/*include_self=*/false)) {
+        if (module->as<torch::nn::BatchNorm2d>() != nullptr) module->eval();
+      }
+    }
     Clock& clock = options.clock ? *options.clock : SystemClock();
     const int64_t start = clock.NowMicros();
     const int64_t batch = std::min<int64_t>(options.fit.batch_size, n);

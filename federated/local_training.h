@@ -31,6 +31,12 @@ struct LocalTrainOptions {
   int64_t time_budget_micros = 0;   // stop after this much time (0 = none); checked per step
   Clock* clock = nullptr;           // for the time budget (default: SystemClock())
   std::function<bool()> cancelled;  // polled between steps; may be empty
+  // BatchNorm layers normalize with their stored running statistics and do not update them
+  // (eval mode) while the rest trains. Right for fine-tuning a deployed model on skewed
+  // local data: per-client batch statistics of non-IID shares, averaged by the server, no
+  // longer match what the frozen layers after them expect. Rounds that train the head and
+  // exits only set it; rounds that train everything (from scratch) do not.
+  bool freeze_batch_norm_stats = false;
 };
 
 struct LocalTrainResult {

@@ -132,19 +132,28 @@ Result<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options,
   return engine;
 }
 
-Result<RoundPlan> RoundEngine::StartRound(std::vector<ClientInfo> available) {
+Result<RoundPlan> RoundEngine::StartRound(const std::vector<ClientInfo>& available_in) {
   if (open_) return Status::FailedPrecondition("round engine: a round is already open");
-  // Drop unusable and duplicate entries; sort by id so arrival order does not matter.
-  std::sort(available.begin(), available.end(),
-            [](const ClientInfo& a, const ClientInfo& b) { return a.id < b.id; });
-  available.erase(
-      std::unique(available.begin(), available.end(),
-                  [](const ClientInfo& a, const ClientInfo& b) { return a.id == b.id; }),
-      available.end());
-  available.erase(std::remove_if(available.begin(), available.end(),
-                                 [](const ClientInfo& c) { return c.num_examples <= 0; }),
-                  available.end());
-  const int n = static_cast<int>(available.size());
+  // Candidates: clients with data, each id once, in id order (so arrival order does not
+  // matter). O(available) without copying when the caller keeps the list sorted, as the
+  // simulator does for its whole population.
+  const auto by_id = [](const ClientInfo& a, const ClientInfo& b) { return a.id < b.id; };
+  const std::vector<ClientInfo>* list = &available_in;
+  std::vector<ClientInfo> sorted;
+  if (!std::is_sorted(available_in.begin(), available_in.end(), by_id)) {
+    sorted = available_in;
+    std::stable_sort(sorted.begin(), sorted.end(), by_id);
+    list = &sorted;
+  }
+  const std::vector<ClientInfo>& available = *list;
+  std::vector<int> eligible;
+  eligible.reserve(available.size());
+  for (size_t i = 0; i < available.size(); ++i) {
+    if (i > 0 && available[i].id == available[i - 1].id) continue;
+    if (available[i].num_examples <= 0) continue;
+    eligible.push_back(static_cast<int>(i));
+  }
+  const int n = static_cast<int>(eligible.size());
   if (n < options_.min_clients) {
     return Status::FailedPrecondition("round engine: " + std::to_string(n) +
                                       " clients with data available, min_clients is " +
@@ -156,8 +165,7 @@ Result<RoundPlan> RoundEngine::StartRound(std::vector<ClientInfo> available) {
       std::min(n, static_cast<int>(std::ceil(target * (1.0 + options_.overcommit))));
 
   // Partial Fisher-Yates: the first `with_overcommit` positions are a uniform sample.
-  std::vector<int> order(n);
-  for (int i = 0; i < n; ++i) order[i] = i;
+  std::vector<int>& order = eligible;
   for (int i = 0; i < with_overcommit; ++i) {
     std::uniform_int_distribution<int> pick(i, n - 1);
     std::swap(order[i], order[pick(sampler_)]);

@@ -117,7 +117,7 @@ class RoundEngine {
   // Opens the next round. FailedPrecondition when a round is open or fewer than
   // min_clients are available. Sampling is deterministic given the seed, the rounds so far
   // and the available list (sorted by id first, so arrival order does not matter).
-  Result<RoundPlan> StartRound(std::vector<ClientInfo> available);
+  Result<RoundPlan> StartRound(const std::vector<ClientInfo>& available);
 
   // Offers one update. The update's weights may hold only shared references; untrainable
   // entries are replaced by the global ones before aggregation (a client cannot change

@@ -181,8 +181,9 @@ class Simulation {
   std::condition_variable cv_;
   std::vector<TaskResult> results_;
   std::atomic<size_t> next_task_{0};
-  std::atomic<int64_t> training_micros_{0};
-  double eval_seconds_ = 0;  // of the last FinishRound's evaluation
+  std::atomic<int64_t> training_micros_{0};  // inside TrainLocally's step loop
+  std::atomic<int64_t> client_micros_{0};    // whole TrainLocally calls (weights in and out)
+  double eval_seconds_ = 0;                  // of the last FinishRound's evaluation
 };
 
 double Simulation::SpeedOf(int client) const {
@@ -281,9 +282,12 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
       LocalTrainOptions o;
       o.fit = plan.fit;
       o.trainable = plan.trainable;
+      o.freeze_batch_norm_stats = plan.trainable_set == TrainableSet::kHeadAndExits;
       o.seed = StreamSeed(options_.seed, 0x7a1 + plan.round, t.client);
       o.cancelled = options_.cancelled;
+      const auto call_start = std::chrono::steady_clock::now();
       result = TrainLocally(*nets_[worker], engine_->global(), local, o);
+      client_micros_ += static_cast<int64_t>(Seconds(call_start) * 1e6);
       if (result.ok()) {
         training_micros_ += static_cast<int64_t>(result->seconds * 1e6);
       }
@@ -304,6 +308,7 @@ Status Simulation::RunRound() {
   results_.assign(tasks.size(), TaskResult{});
   next_task_ = 0;
   training_micros_ = 0;
+  client_micros_ = 0;
   const int64_t round_start = clock_.NowMicros();
 
   std::optional<ProgressBar> bar;
@@ -367,6 +372,7 @@ Status Simulation::RunRound() {
   stored->extra["wall_seconds"] = Seconds(wall_start) - eval_seconds_;
   stored->extra["eval_seconds"] = eval_seconds_;
   stored->extra["training_seconds"] = train_wall;
+  stored->extra["local_training_seconds"] = client_micros_.load() / 1e6 / std::max(1, active);
   stored->extra["bytes_down"] = static_cast<int64_t>(plan.clients.size()) * model_bytes_;
   stored->extra["bytes_up"] = static_cast<int64_t>(record.succeeded) * trainable_bytes_;
   stored->extra["peak_rss_bytes"] = PeakRssBytes();

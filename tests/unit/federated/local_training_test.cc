@@ -45,6 +45,32 @@ TEST(LocalTrainingTest, TrainsLowersLossAndLeavesFrozenEntriesAlone) {
   EXPECT_GT(changed, 0);
 }
 
+TEST(LocalTrainingTest, FrozenBatchNormKeepsItsStatisticsWhileWeightsTrain) {
+  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  const Weights global = Initial(*net);
+  const WeightsLayout layout = LayoutOf(*net);
+  const auto running_changed = [&](const Weights& w) {
+    int changed = 0;
+    for (size_t i = 0; i < layout.size(); ++i) {
+      if (layout.names[i].find("running_") == std::string::npos) continue;
+      changed += !torch::equal(w[i], global[i]);
+    }
+    return changed;
+  };
+  LocalTrainOptions o;
+  o.fit.lr = 0.05;
+  auto plain = TrainLocally(*net, global, Toy(), o);
+  o.freeze_batch_norm_stats = true;
+  auto frozen = TrainLocally(*net, global, Toy(), o);
+  ASSERT_TRUE(plain.ok() && frozen.ok());
+  EXPECT_GT(running_changed(plain->weights), 0);
+  EXPECT_EQ(running_changed(frozen->weights), 0);
+  int trained = 0;
+  for (size_t i = 0; i < layout.size(); ++i)
+    trained += !torch::equal(frozen->weights[i], global[i]);
+  EXPECT_GT(trained, 0);  // the weights themselves still moved
+}
+
 TEST(LocalTrainingTest, SameSeedSameWeights) {
   split::SplitVisionNet a(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*a);
