@@ -14,6 +14,7 @@
 #include <optional>
 #include <unordered_set>
 
+#include "common/capnp_io.h"
 #include "common/federated.capnp.h"
 #include "common/file_util.h"
 #include "common/tensor.capnp.h"
@@ -54,56 +55,17 @@ CLEAVE_SAME_ENUM(schema::Tensor::DType::UINT4, DType::kUInt4);
 
 // ---- Cap'n Proto plumbing (the same habits as common/wire.cc) ----
 
-size_t WordsFor(size_t bytes) { return (bytes + sizeof(capnp::word) - 1) / sizeof(capnp::word); }
-
-capnp::Data::Reader AsData(const std::string& bytes) {
-  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size());
-}
-
-// With an explicit size: converting a std::string implicitly would stop at an embedded NUL.
-capnp::Text::Reader AsText(const std::string& text) {
-  return capnp::Text::Reader(text.data(), text.size());
-}
-
-std::string ToString(capnp::Data::Reader data) {
-  return std::string(reinterpret_cast<const char*>(data.begin()), data.size());
-}
-
-std::string ToString(capnp::Text::Reader text) { return std::string(text.begin(), text.size()); }
-
-// Copies a primitive list (capnp 0.9 list iterators are not standard iterators).
-template <typename T, typename Reader>
-void CopyList(Reader in, std::vector<T>* out) {
-  out->clear();
-  out->reserve(in.size());
-  for (unsigned i = 0; i < in.size(); ++i) out->push_back(in[i]);
-}
-
-class StringOutputStream final : public kj::OutputStream {
- public:
-  explicit StringOutputStream(std::string* out) : out_(out) {}
-  void write(const void* buffer, size_t size) override {
-    out_->append(static_cast<const char*>(buffer), size);
-  }
-
- private:
-  std::string* out_;
-};
-
-std::string WritePacked(capnp::MessageBuilder& message) {
-  std::string out;
-  StringOutputStream stream(&out);
-  capnp::writePackedMessage(stream, message);
-  return out;
-}
+using capnp_io::AsData;
+using capnp_io::AsText;
+using capnp_io::CopyList;
+using capnp_io::TensorWords;
+using capnp_io::ToString;
+using capnp_io::WordsFor;
+using capnp_io::WritePacked;
+using capnp_io::WriteTensor;
 
 // Words a text or tensor needs, generously, so the message stays in one segment.
 size_t TextWords(const std::string& text) { return WordsFor(text.size() + 1); }
-
-size_t TensorWords(const EncodedTensor& tensor) {
-  return 8 + WordsFor(tensor.shape.size() * 4) + WordsFor(tensor.quant.scale.size() * 4) +
-         WordsFor(tensor.quant.zero_point.size()) + WordsFor(tensor.data.size());
-}
 
 size_t TensorsWords(const std::vector<EncodedTensor>& tensors) {
   size_t words = 1;
@@ -111,73 +73,16 @@ size_t TensorsWords(const std::vector<EncodedTensor>& tensors) {
   return words;
 }
 
-void WriteTensor(const EncodedTensor& tensor, schema::Tensor::Builder out) {
-  out.setDtype(static_cast<schema::Tensor::DType>(tensor.dtype));
-  if (!tensor.shape.empty()) {
-    auto shape = out.initShape(static_cast<unsigned>(tensor.shape.size()));
-    for (unsigned i = 0; i < shape.size(); ++i) shape.set(i, tensor.shape[i]);
-  }
-  out.setChannelAxis(tensor.channel_axis);
-  if (!tensor.quant.scale.empty()) {
-    auto scale = out.initScale(static_cast<unsigned>(tensor.quant.scale.size()));
-    for (unsigned i = 0; i < scale.size(); ++i) scale.set(i, tensor.quant.scale[i]);
-  }
-  if (!tensor.quant.zero_point.empty()) {
-    auto zero_point = out.initZeroPoint(static_cast<unsigned>(tensor.quant.zero_point.size()));
-    for (unsigned i = 0; i < zero_point.size(); ++i) zero_point.set(i, tensor.quant.zero_point[i]);
-  }
-  if (!tensor.data.empty()) out.setData(AsData(tensor.data));
-}
-
 void WriteTensors(const std::vector<EncodedTensor>& tensors,
                   capnp::List<schema::Tensor>::Builder out) {
   for (unsigned i = 0; i < out.size(); ++i) WriteTensor(tensors[i], out[i]);
 }
 
-// Unpacks `bytes` and hands a reader to `read`, with a traversal limit equal to the unpacked
-// size (every object is read once, so needing more is an amplification attempt). The packed
-// reader unpacks into its own word-aligned buffer, so `bytes` may sit at any alignment.
-// Every exception of the Cap'n Proto layer becomes a Status naming `what`.
 template <typename T, typename ReadFn>
 Result<T> WithPackedReader(std::string_view bytes, const char* what, size_t max_bytes,
                            ReadFn&& read) {
-  if (bytes.empty()) return Status::InvalidArgument(std::string("empty ") + what);
-  if (bytes.size() > max_bytes) {
-    return Status::InvalidArgument(std::string(what) + " is " + std::to_string(bytes.size()) +
-                                   " bytes, more than the limit of " + std::to_string(max_bytes));
-  }
-  const kj::ArrayPtr<const kj::byte> input(reinterpret_cast<const kj::byte*>(bytes.data()),
-                                           bytes.size());
-  try {
-    const size_t unpacked_words = capnp::computeUnpackedSizeInWords(input);
-    if (unpacked_words > max_bytes / sizeof(capnp::word)) {
-      return Status::InvalidArgument(std::string(what) + " unpacks to " +
-                                     std::to_string(unpacked_words * sizeof(capnp::word)) +
-                                     " bytes, more than the limit of " + std::to_string(max_bytes));
-    }
-    capnp::ReaderOptions options;
-    options.traversalLimitInWords = unpacked_words;
-    options.nestingLimit = kMaxNestingDepth;
-    kj::ArrayInputStream stream(input);
-    std::optional<Result<T>> result;
-    {
-      capnp::PackedMessageReader message(stream, options);
-      result.emplace(read(message));
-    }
-    const size_t trailing = stream.tryGetReadBuffer().size();
-    if (result->ok() && trailing != 0) {
-      return Status::InvalidArgument(std::string(what) + " has " + std::to_string(trailing) +
-                                     " trailing bytes after the message");
-    }
-    return std::move(*result);
-  } catch (const kj::Exception& e) {
-    return Status::InvalidArgument(std::string("malformed ") + what + ": " +
-                                   e.getDescription().cStr());
-  } catch (const std::bad_alloc&) {
-    return Status::ResourceExhausted(std::string("out of memory decoding ") + what);
-  } catch (const std::exception& e) {
-    return Status::InvalidArgument(std::string("malformed ") + what + ": " + e.what());
-  }
+  return capnp_io::WithPackedReader<T>(bytes, what, max_bytes, kMaxNestingDepth,
+                                       std::forward<ReadFn>(read));
 }
 
 // ---- Field rules (shared by ValidateMessage, ValidateCheckpoint and the decoders) ----
@@ -386,23 +291,9 @@ Status CheckListLength(size_t size, size_t limit, const std::string& field, cons
   return size <= limit ? Status::Ok() : TooLong(field, size, limit, unit);
 }
 
+// Unknown dtype values are kept; ValidateTensor rejects them with the value in the message.
 Result<EncodedTensor> ReadTensor(schema::Tensor::Reader in, const std::string& field) {
-  EncodedTensor out;
-  // Unknown dtype values are kept; ValidateTensor rejects them with the value in the message.
-  out.dtype = static_cast<DType>(in.getDtype());
-  const auto shape = in.getShape();
-  if (shape.size() > kMaxTensorRank) {
-    return Status::InvalidArgument(field + ": tensor rank " + std::to_string(shape.size()) +
-                                   " exceeds the limit of " + std::to_string(kMaxTensorRank));
-  }
-  CopyList(shape, &out.shape);
-  out.channel_axis = in.getChannelAxis();
-  const auto scale = in.getScale();
-  CopyList(scale, &out.quant.scale);
-  const auto zero_point = in.getZeroPoint();
-  CopyList(zero_point, &out.quant.zero_point);
-  out.data = ToString(in.getData());
-  return out;
+  return capnp_io::ReadTensorFields(in, field);
 }
 
 Result<std::vector<EncodedTensor>> ReadTensors(capnp::List<schema::Tensor>::Reader in,

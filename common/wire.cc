@@ -12,6 +12,7 @@
 #include <optional>
 #include <utility>
 
+#include "common/capnp_io.h"
 #include "common/inference.capnp.h"
 #include "common/tensor.capnp.h"
 
@@ -36,113 +37,18 @@ static_assert(static_cast<uint16_t>(schema::InferReply::Status::OVERLOADED) ==
 static_assert(static_cast<uint16_t>(schema::InferReply::Status::DEADLINE_EXCEEDED) ==
               static_cast<uint16_t>(ReplyStatus::kDeadlineExceeded));
 
-size_t WordsFor(size_t bytes) { return (bytes + sizeof(capnp::word) - 1) / sizeof(capnp::word); }
+using capnp_io::AsData;
+using capnp_io::AsText;
+using capnp_io::TensorWords;
+using capnp_io::ToString;
+using capnp_io::WordsFor;
+using capnp_io::WritePacked;
+using capnp_io::WriteTensor;
 
-capnp::Data::Reader AsData(const std::string& bytes) {
-  return capnp::Data::Reader(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size());
-}
-
-// With an explicit size: converting a std::string implicitly would stop at an embedded NUL.
-capnp::Text::Reader AsText(const std::string& text) {
-  return capnp::Text::Reader(text.data(), text.size());
-}
-
-std::string ToString(capnp::Data::Reader data) {
-  return std::string(reinterpret_cast<const char*>(data.begin()), data.size());
-}
-
-// Appends everything written to a std::string (writePackedMessage buffers in front of it).
-class StringOutputStream final : public kj::OutputStream {
- public:
-  explicit StringOutputStream(std::string* out) : out_(out) {}
-  void write(const void* buffer, size_t size) override {
-    out_->append(static_cast<const char*>(buffer), size);
-  }
-
- private:
-  std::string* out_;
-};
-
-std::string WritePacked(capnp::MessageBuilder& message) {
-  std::string out;
-  StringOutputStream stream(&out);
-  capnp::writePackedMessage(stream, message);
-  return out;
-}
-
-// Words the tensor needs, generously, so the message stays in one segment (a second
-// segment costs a segment-table entry and far pointers on the wire).
-size_t TensorWords(const EncodedTensor& tensor) {
-  return 8 + WordsFor(tensor.shape.size() * 4) + WordsFor(tensor.quant.scale.size() * 4) +
-         WordsFor(tensor.quant.zero_point.size()) + WordsFor(tensor.data.size());
-}
-
-void WriteTensor(const EncodedTensor& tensor, schema::Tensor::Builder out) {
-  // No validation here (see wire.h): unknown dtypes pass through and the peer rejects them.
-  out.setDtype(static_cast<schema::Tensor::DType>(tensor.dtype));
-  if (!tensor.shape.empty()) {
-    auto shape = out.initShape(static_cast<unsigned>(tensor.shape.size()));
-    for (unsigned i = 0; i < shape.size(); ++i) shape.set(i, tensor.shape[i]);
-  }
-  out.setChannelAxis(tensor.channel_axis);
-  if (!tensor.quant.scale.empty()) {
-    auto scale = out.initScale(static_cast<unsigned>(tensor.quant.scale.size()));
-    for (unsigned i = 0; i < scale.size(); ++i) scale.set(i, tensor.quant.scale[i]);
-  }
-  if (!tensor.quant.zero_point.empty()) {
-    auto zero_point = out.initZeroPoint(static_cast<unsigned>(tensor.quant.zero_point.size()));
-    for (unsigned i = 0; i < zero_point.size(); ++i) zero_point.set(i, tensor.quant.zero_point[i]);
-  }
-  if (!tensor.data.empty()) out.setData(AsData(tensor.data));
-}
-
-// Unpacks `bytes` (a packed stream copied into word-aligned memory by the reader, since wire
-// frames need not be aligned) and hands a reader to `read`, with a traversal limit equal to
-// the unpacked size: every object is read once, so a message that makes us traverse more is
-// an amplification attempt. Catches every exception the Cap'n Proto layer throws and turns it
-// into InvalidArgument naming `what`.
 template <typename T, typename ReadFn>
 Result<T> WithPackedReader(std::string_view bytes, const char* what, ReadFn&& read) {
-  if (bytes.empty()) return Status::InvalidArgument(std::string("empty ") + what);
-  if (bytes.size() > kMaxMessageBytes) {
-    return Status::InvalidArgument(std::string(what) + " is " + std::to_string(bytes.size()) +
-                                   " bytes, more than the limit of " +
-                                   std::to_string(kMaxMessageBytes));
-  }
-  const kj::ArrayPtr<const kj::byte> input(reinterpret_cast<const kj::byte*>(bytes.data()),
-                                           bytes.size());
-  try {
-    const size_t unpacked_words = capnp::computeUnpackedSizeInWords(input);
-    if (unpacked_words > kMaxMessageBytes / sizeof(capnp::word)) {
-      return Status::InvalidArgument(std::string(what) + " unpacks to " +
-                                     std::to_string(unpacked_words * sizeof(capnp::word)) +
-                                     " bytes, more than the limit of " +
-                                     std::to_string(kMaxMessageBytes));
-    }
-    capnp::ReaderOptions options;
-    options.traversalLimitInWords = unpacked_words;
-    options.nestingLimit = kMaxNestingDepth;
-    kj::ArrayInputStream stream(input);
-    std::optional<Result<T>> result;
-    {
-      // The reader may load later segments lazily, up to its destruction.
-      capnp::PackedMessageReader message(stream, options);
-      result.emplace(read(message));
-    }
-    const size_t trailing = stream.tryGetReadBuffer().size();
-    if (result->ok() && trailing != 0) {
-      return Status::InvalidArgument(std::string(what) + " has " + std::to_string(trailing) +
-                                     " trailing bytes after the message");
-    }
-    return std::move(*result);
-  } catch (const kj::Exception& e) {
-    return Status::InvalidArgument(std::string("malformed ") + what + ": " +
-                                   e.getDescription().cStr());
-  } catch (const std::bad_alloc&) {
-    return Status::ResourceExhausted(std::string("out of memory decoding ") + what);
-  } catch (const std::exception& e) {
-    return Status::InvalidArgument(std::string("malformed ") + what + ": " + e.what());
-  }
+  return capnp_io::WithPackedReader<T>(bytes, what, kMaxMessageBytes, kMaxNestingDepth,
+                                       std::forward<ReadFn>(read));
 }
 
 Status CheckVersion(uint16_t version, const char* what) {
@@ -169,31 +75,17 @@ Result<std::string> ReadModelName(capnp::Text::Reader model) {
 }
 
 Result<EncodedTensor> ReadTensor(schema::Tensor::Reader in) {
-  EncodedTensor out;
   const auto dtype = in.getDtype();
   switch (dtype) {
     case schema::Tensor::DType::FLOAT32:
     case schema::Tensor::DType::FLOAT16:
     case schema::Tensor::DType::UINT8:
-    case schema::Tensor::DType::UINT4: out.dtype = static_cast<DType>(dtype); break;
+    case schema::Tensor::DType::UINT4: break;
     default:
       return Status::InvalidArgument("features: unknown tensor dtype value " +
                                      std::to_string(static_cast<uint16_t>(dtype)));
   }
-  const auto shape = in.getShape();
-  if (shape.size() > kMaxTensorRank) {
-    return Status::InvalidArgument("features: tensor rank " + std::to_string(shape.size()) +
-                                   " exceeds the limit of " + std::to_string(kMaxTensorRank));
-  }
-  for (uint32_t dim : shape) out.shape.push_back(dim);
-  out.channel_axis = in.getChannelAxis();
-  const auto scale = in.getScale();
-  out.quant.scale.reserve(scale.size());
-  for (float value : scale) out.quant.scale.push_back(value);
-  const auto zero_point = in.getZeroPoint();
-  out.quant.zero_point.reserve(zero_point.size());
-  for (uint8_t value : zero_point) out.quant.zero_point.push_back(value);
-  out.data = ToString(in.getData());
+  CLEAVE_ASSIGN_OR_RETURN(EncodedTensor out, capnp_io::ReadTensorFields(in, "features"));
   CLEAVE_RETURN_IF_ERROR(ValidateTensor(out).WithContext("features"));
   return out;
 }
