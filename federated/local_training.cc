@@ -17,13 +17,14 @@ Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weig
   if (n == 0) return Status::InvalidArgument("local training: the client has no data");
   try {
     CLEAVE_RETURN_IF_ERROR(SetWeights(net, global).WithContext("local training"));
-    const WeightsLayout layout = LayoutOf(net);
+    // SetWeights checked `global` against the network's layout, so its size is the layout's.
+    const size_t entries = global.size();
     std::vector<bool> trainable = options.trainable;
-    if (trainable.empty()) trainable.assign(layout.size(), true);
-    if (trainable.size() != layout.size()) {
+    if (trainable.empty()) trainable.assign(entries, true);
+    if (trainable.size() != entries) {
       return Status::InvalidArgument("local training: trainable mask has " +
                                      std::to_string(trainable.size()) + " entries, the model " +
-                                     std::to_string(layout.size()));
+                                     std::to_string(entries));
     }
     // Parameters come first in the layout, in named_parameters() order.
     std::vector<torch::Tensor> params, anchors;
