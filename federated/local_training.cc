@@ -9,14 +9,29 @@ namespace cleave::federated {
 
 namespace F = torch::nn::functional;
 
+LocalTrainer::LocalTrainer(split::SplitVisionNetImpl& net)
+    : net_(net), tensors_(ExchangedOf(net)), num_params_(net.parameters().size()) {
+  for (const auto& module : net.modules(/*include_self=*/false)) {
+    if (module->as<torch::nn::BatchNorm2d>() != nullptr) batch_norms_.push_back(module);
+  }
+}
+
 Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weights& global,
                                       const split::LabeledImages& data,
-                                      const LocalTrainOptions& options) {
+                                      const LocalTrainOptions& options, Weights recycled) {
+  return LocalTrainer(net).Train(global, data, options, std::move(recycled));
+}
+
+Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
+                                             const split::LabeledImages& data,
+                                             const LocalTrainOptions& options, Weights recycled) {
+  split::SplitVisionNetImpl& net = net_;
   CLEAVE_RETURN_IF_ERROR(options.fit.Validate());
   const int64_t n = data.size();
   if (n == 0) return Status::InvalidArgument("local training: the client has no data");
   try {
-    CLEAVE_RETURN_IF_ERROR(SetWeights(net, global).WithContext("local training"));
+    CLEAVE_RETURN_IF_ERROR(
+        CopyIn(tensors_, global, !options.global_is_checked).WithContext("local training"));
     // SetWeights checked `global` against the network's layout, so its size is the layout's.
     const size_t entries = global.size();
     std::vector<bool> trainable = options.trainable;
@@ -28,7 +43,8 @@ Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weig
     }
     // Parameters come first in the layout, in named_parameters() order.
     std::vector<torch::Tensor> params, anchors;
-    std::vector<torch::Tensor> all_params = net.parameters();
+    std::vector<torch::Tensor> all_params(tensors_.tensors.begin(),
+                                          tensors_.tensors.begin() + num_params_);
     for (size_t i = 0; i < all_params.size(); ++i) {
       all_params[i].set_requires_grad(trainable[i]);
       if (trainable[i]) {
@@ -38,8 +54,9 @@ Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weig
     }
     LocalTrainResult result;
     result.num_examples = n;
+    result.weights = std::move(recycled);
     if (params.empty()) {  // only buffers are "trainable": nothing to optimize
-      result.weights = GetWeights(net);
+      CopyOut(tensors_, result.weights);
       return result;
     }
     torch::optim::SGD optimizer(params, torch::optim::SGDOptions(options.fit.lr)
@@ -47,9 +64,7 @@ Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weig
                                             .weight_decay(options.fit.weight_decay));
     net.train();
     if (options.freeze_batch_norm_stats) {
-      for (const auto& module : net.modules(/*include_self=*/false)) {
-        if (module->as<torch::nn::BatchNorm2d>() != nullptr) module->eval();
-      }
+      for (const auto& module : batch_norms_) module->eval();
     }
     Clock& clock = options.clock ? *options.clock : SystemClock();
     const int64_t start = clock.NowMicros();
@@ -100,7 +115,7 @@ Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weig
     result.train_loss = result.steps > 0 ? loss_sum / result.steps : 0;
     result.seconds = (clock.NowMicros() - start) / 1e6;
     net.eval();
-    result.weights = GetWeights(net);
+    CopyOut(tensors_, result.weights);
     return result;
   } catch (const c10::Error& e) {
     return Status::Internal(std::string("local training failed inside libtorch: ") +

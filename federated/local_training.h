@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "common/clock.h"
@@ -37,6 +38,9 @@ struct LocalTrainOptions {
   // longer match what the frozen layers after them expect. Rounds that train the head and
   // exits only set it; rounds that train everything (from scratch) do not.
   bool freeze_batch_norm_stats = false;
+  // `global` is a model the caller already validated (the round engine's own global
+  // model): its count and shapes are still checked, its values are not scanned again.
+  bool global_is_checked = false;
 };
 
 struct LocalTrainResult {
@@ -52,9 +56,27 @@ struct LocalTrainResult {
 // Trains `net` in place starting from `global` on `data`. InvalidArgument when `global`
 // does not match the network or `data` is empty; Internal when the loss diverges to a
 // non-finite value (the update would be useless); FailedPrecondition when cancelled.
+// `recycled` (optional): tensors of an earlier result, reused where nothing else references
+// them for the result (see GetWeightsInto).
 Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weights& global,
                                       const split::LabeledImages& data,
-                                      const LocalTrainOptions& options);
+                                      const LocalTrainOptions& options, Weights recycled = {});
+
+// TrainLocally for many calls on one network: finds the network's tensors once instead of
+// per call (the simulator's workers train thousands of tiny clients each). The network's
+// structure must not change while the trainer lives.
+class LocalTrainer {
+ public:
+  explicit LocalTrainer(split::SplitVisionNetImpl& net);
+  Result<LocalTrainResult> Train(const Weights& global, const split::LabeledImages& data,
+                                 const LocalTrainOptions& options, Weights recycled = {});
+
+ private:
+  split::SplitVisionNetImpl& net_;
+  ExchangedTensors tensors_;  // parameters first, then float buffers
+  size_t num_params_ = 0;
+  std::vector<std::shared_ptr<torch::nn::Module>> batch_norms_;
+};
 
 // Test accuracy and mean cross-entropy of `net` loaded with `weights` on `data`.
 Result<Evaluation> EvaluateWeights(split::SplitVisionNetImpl& net, const Weights& weights,

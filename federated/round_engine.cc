@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <sstream>
+#include <unordered_map>
 
 namespace cleave::federated {
 
@@ -132,28 +133,31 @@ Result<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options,
   return engine;
 }
 
-Result<RoundPlan> RoundEngine::StartRound(const std::vector<ClientInfo>& available_in) {
-  if (open_) return Status::FailedPrecondition("round engine: a round is already open");
-  // Candidates: clients with data, each id once, in id order (so arrival order does not
-  // matter). O(available) without copying when the caller keeps the list sorted, as the
-  // simulator does for its whole population.
+ClientPool::ClientPool(const std::vector<ClientInfo>& available) {
   const auto by_id = [](const ClientInfo& a, const ClientInfo& b) { return a.id < b.id; };
-  const std::vector<ClientInfo>* list = &available_in;
+  const std::vector<ClientInfo>* list = &available;
   std::vector<ClientInfo> sorted;
-  if (!std::is_sorted(available_in.begin(), available_in.end(), by_id)) {
-    sorted = available_in;
+  if (!std::is_sorted(available.begin(), available.end(), by_id)) {
+    sorted = available;
     std::stable_sort(sorted.begin(), sorted.end(), by_id);
     list = &sorted;
   }
-  const std::vector<ClientInfo>& available = *list;
-  std::vector<int> eligible;
-  eligible.reserve(available.size());
-  for (size_t i = 0; i < available.size(); ++i) {
-    if (i > 0 && available[i].id == available[i - 1].id) continue;
-    if (available[i].num_examples <= 0) continue;
-    eligible.push_back(static_cast<int>(i));
+  eligible_.reserve(list->size());
+  for (size_t i = 0; i < list->size(); ++i) {
+    const ClientInfo& c = (*list)[i];
+    if (i > 0 && c.id == (*list)[i - 1].id) continue;  // the first entry of an id counts
+    if (c.num_examples <= 0) continue;
+    eligible_.push_back(c);
   }
-  const int n = static_cast<int>(eligible.size());
+}
+
+Result<RoundPlan> RoundEngine::StartRound(const std::vector<ClientInfo>& available) {
+  return StartRound(ClientPool(available));
+}
+
+Result<RoundPlan> RoundEngine::StartRound(const ClientPool& pool) {
+  if (open_) return Status::FailedPrecondition("round engine: a round is already open");
+  const int n = static_cast<int>(pool.size());
   if (n < options_.min_clients) {
     return Status::FailedPrecondition("round engine: " + std::to_string(n) +
                                       " clients with data available, min_clients is " +
@@ -164,11 +168,21 @@ Result<RoundPlan> RoundEngine::StartRound(const std::vector<ClientInfo>& availab
   const int with_overcommit =
       std::min(n, static_cast<int>(std::ceil(target * (1.0 + options_.overcommit))));
 
-  // Partial Fisher-Yates: the first `with_overcommit` positions are a uniform sample.
-  std::vector<int>& order = eligible;
+  // Partial Fisher-Yates over the identity permutation of [0, n), storing only the
+  // positions a swap touched: the first `with_overcommit` positions are a uniform sample,
+  // in O(sampled) time and memory.
+  std::unordered_map<int, int> moved;
+  const auto at = [&](int i) {
+    auto it = moved.find(i);
+    return it == moved.end() ? i : it->second;
+  };
+  std::vector<int> chosen(with_overcommit);
   for (int i = 0; i < with_overcommit; ++i) {
     std::uniform_int_distribution<int> pick(i, n - 1);
-    std::swap(order[i], order[pick(sampler_)]);
+    const int j = pick(sampler_);
+    const int vi = at(i), vj = at(j);
+    moved[j] = vi;
+    chosen[i] = vj;
   }
 
   OpenRound round;
@@ -180,9 +194,10 @@ Result<RoundPlan> RoundEngine::StartRound(const std::vector<ClientInfo>& availab
   round.plan.target = target;
   round.started_micros = clock_.NowMicros();
   round.plan.deadline_micros = round.started_micros + options_.deadline_micros;
-  for (int i = 0; i < with_overcommit; ++i) {
-    round.plan.clients.push_back(available[order[i]].id);
-    round.sampled.insert(available[order[i]].id);
+  round.plan.clients.reserve(with_overcommit);
+  for (int i : chosen) {
+    round.plan.clients.push_back(pool[i].id);
+    round.sampled.insert(pool[i].id);
   }
   std::sort(round.plan.clients.begin(), round.plan.clients.end());
   round.aggregator = strategy_->BeginRound(global_, trainable_);

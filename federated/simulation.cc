@@ -4,8 +4,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -46,6 +46,29 @@ std::string ClientId(int index, int width) {
 }
 
 int ClientIndex(const std::string& id) { return std::stoi(id.substr(7)); }
+
+// A client's rows of `all` as a new set: LabeledImages::Select without an index tensor and
+// the dispatch of two index_select calls, which matter for clients of a few samples.
+split::LabeledImages GatherRows(const split::LabeledImages& all, const std::vector<int64_t>& rows) {
+  if (!all.images.is_contiguous() || all.images.scalar_type() != torch::kFloat ||
+      !all.labels.is_contiguous() || all.labels.scalar_type() != torch::kLong) {
+    return all.Select(torch::tensor(rows, torch::kLong));
+  }
+  std::vector<int64_t> shape = all.images.sizes().vec();
+  shape[0] = static_cast<int64_t>(rows.size());
+  split::LabeledImages out{torch::empty(shape, all.images.options()),
+                           torch::empty({shape[0]}, all.labels.options())};
+  const int64_t row = all.images[0].numel();
+  const float* src = all.images.data_ptr<float>();
+  float* dst = out.images.data_ptr<float>();
+  const int64_t* labels = all.labels.data_ptr<int64_t>();
+  int64_t* out_labels = out.labels.data_ptr<int64_t>();
+  for (size_t k = 0; k < rows.size(); ++k) {
+    std::memcpy(dst + k * row, src + rows[k] * row, sizeof(float) * row);
+    out_labels[k] = labels[rows[k]];
+  }
+  return out;
+}
 
 // One sampled client's fate in a round, decided before anyone trains.
 struct Task {
@@ -162,6 +185,11 @@ class Simulation {
   std::vector<Task> PlanTasks(const RoundPlan& plan);
   Status RunRound();
   void Worker(int worker, const RoundPlan& plan, const std::vector<Task>& tasks);
+  // Submits finished tasks to the engine in task (arrival) order, from whichever worker gets
+  // there first: no hand-off to a waiting thread per client. Returns at once when another
+  // worker is already submitting; it will pick up what this worker finished.
+  void SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& tasks);
+  void SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r);
   double SpeedOf(int client) const;
 
   const SimOptions& options_;
@@ -170,16 +198,23 @@ class Simulation {
   Partition partition_;
   FakeClock clock_;
   std::unique_ptr<RoundEngine> engine_;
-  std::vector<ClientInfo> clients_;  // the population, sorted by id
+  ClientPool clients_;  // the population's clients with data, built once
   int workers_ = 1;
-  std::vector<split::SplitVisionNet> nets_;  // one per worker
+  std::vector<split::SplitVisionNet> nets_;              // one per worker
+  std::vector<std::unique_ptr<LocalTrainer>> trainers_;  // one per worker, on nets_
   split::SplitVisionNet eval_net_{nullptr};
   int64_t model_bytes_ = 0, trainable_bytes_ = 0;
 
   // Per-round hand-off between workers and the submitting thread.
-  std::mutex mu_;
-  std::condition_variable cv_;
+  std::mutex mu_;  // results_, next_submit_, spare_
   std::vector<TaskResult> results_;
+  size_t next_submit_ = 0;  // first task not yet submitted
+  std::mutex submit_mu_;    // held by the one worker submitting (the engine is not thread-safe)
+  int trained_ = 0;         // updates submitted this round (under submit_mu_)
+  ProgressBar* bar_ = nullptr;
+  // Update tensors handed back after aggregation, for the next clients' results (reused
+  // only where the strategy kept no reference; see GetWeightsInto).
+  std::vector<Weights> spare_;
   std::atomic<size_t> next_task_{0};
   std::atomic<int64_t> training_micros_{0};  // inside TrainLocally's step loop
   std::atomic<int64_t> client_micros_{0};    // whole TrainLocally calls (weights in and out)
@@ -203,7 +238,10 @@ Status Simulation::Setup() {
   engine_options.split_after = spec_.split_after;
   CLEAVE_ASSIGN_OR_RETURN(engine_, RoundEngine::Create(engine_options, std::move(strategy), layout,
                                                        GetWeights(*init), clock_));
-  for (int w = 0; w < workers_; ++w) nets_.emplace_back(spec_);
+  for (int w = 0; w < workers_; ++w) {
+    nets_.emplace_back(spec_);
+    trainers_.push_back(std::make_unique<LocalTrainer>(*nets_.back()));
+  }
   eval_net_ = split::SplitVisionNet(spec_);
   model_bytes_ = WeightBytes(layout);
   const std::vector<bool> mask =
@@ -216,10 +254,12 @@ Status Simulation::Setup() {
   }
   int width = 1;
   for (int n = options_.num_clients - 1; n >= 10; n /= 10) ++width;
-  clients_.reserve(options_.num_clients);
+  std::vector<ClientInfo> population;
+  population.reserve(options_.num_clients);
   for (int c = 0; c < options_.num_clients; ++c) {
-    clients_.push_back({ClientId(c, width), partition_.client_size(c)});
+    population.push_back({ClientId(c, width), partition_.client_size(c)});
   }
+  clients_ = ClientPool(population);
   engine_->set_evaluator([this](const Weights& w) -> Result<Evaluation> {
     const int round = engine_->rounds_completed() + 1;
     const bool last = round >= options_.rounds;
@@ -276,17 +316,25 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
     const Task& t = tasks[i];
     Result<LocalTrainResult> result = Status::Internal("not trained");
     if (t.kind == Task::Kind::kTrain) {
-      const std::vector<int64_t> rows = partition_.ClientIndices(t.client);
-      const torch::Tensor index = torch::tensor(rows, torch::kLong);
-      const split::LabeledImages local = data_.train.Select(index);
+      const split::LabeledImages local =
+          GatherRows(data_.train, partition_.ClientIndices(t.client));
       LocalTrainOptions o;
       o.fit = plan.fit;
       o.trainable = plan.trainable;
       o.freeze_batch_norm_stats = plan.trainable_set == TrainableSet::kHeadAndExits;
       o.seed = StreamSeed(options_.seed, 0x7a1 + plan.round, t.client);
       o.cancelled = options_.cancelled;
+      o.global_is_checked = true;  // the engine's own global model
+      Weights recycled;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!spare_.empty()) {
+          recycled = std::move(spare_.back());
+          spare_.pop_back();
+        }
+      }
       const auto call_start = std::chrono::steady_clock::now();
-      result = TrainLocally(*nets_[worker], engine_->global(), local, o);
+      result = trainers_[worker]->Train(engine_->global(), local, o, std::move(recycled));
       client_micros_ += static_cast<int64_t>(Seconds(call_start) * 1e6);
       if (result.ok()) {
         training_micros_ += static_cast<int64_t>(result->seconds * 1e6);
@@ -297,7 +345,61 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
       results_[i].result = std::move(result);
       results_[i].done = true;
     }
-    cv_.notify_all();
+    SubmitInOrder(plan, tasks);
+  }
+}
+
+void Simulation::SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& tasks) {
+  const auto next_ready = [&] {
+    return next_submit_ < tasks.size() && results_[next_submit_].done;
+  };
+  for (;;) {
+    std::unique_lock<std::mutex> submitting(submit_mu_, std::try_to_lock);
+    if (!submitting.owns_lock()) return;  // the holder re-checks after it lets go
+    for (;;) {
+      size_t i = 0;
+      Result<LocalTrainResult> r = Status::Internal("not run");
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!next_ready()) break;
+        i = next_submit_++;
+        r = std::move(results_[i].result);
+        results_[i] = TaskResult{};
+      }
+      SubmitOne(plan, tasks[i], std::move(r));
+      if (bar_) bar_->Update(i + 1, "trained " + std::to_string(trained_));
+    }
+    submitting.unlock();
+    // A worker that finished while this one held the lock returned without submitting.
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!next_ready()) return;
+  }
+}
+
+void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r) {
+  // Stragglers and drop-outs count at the deadline at the latest: the round is closed by
+  // then, and its virtual time ends there.
+  clock_.Set(t.kind == Task::Kind::kTrain ? t.arrival_micros
+                                          : std::min(t.arrival_micros, plan.deadline_micros + 1));
+  if (t.kind == Task::Kind::kDropped) {
+    engine_->ReportFailure(plan.round, t.id, "dropped out");
+  } else if (t.kind == Task::Kind::kLate) {
+    ClientUpdate late;
+    late.client_id = t.id;
+    (void)engine_->Submit(plan.round, std::move(late));  // counted late by the engine
+  } else if (!r.ok()) {
+    engine_->ReportFailure(plan.round, t.id, r.status().ToString());
+  } else {
+    ClientUpdate u;
+    u.client_id = t.id;
+    u.num_examples = r->num_examples;
+    u.weights = std::move(r->weights);
+    u.train_loss = r->train_loss;
+    Weights handed = u.weights;  // shares the tensors: they come back after aggregation
+    (void)engine_->Submit(plan.round, std::move(u));
+    ++trained_;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (spare_.size() < 2 * nets_.size()) spare_.push_back(std::move(handed));
   }
 }
 
@@ -316,49 +418,17 @@ Status Simulation::RunRound() {
     bar.emplace("round " + std::to_string(plan.round) + "/" + std::to_string(options_.rounds),
                 tasks.size(), options_.progress_out);
   }
+  bar_ = bar ? &*bar : nullptr;
+  next_submit_ = 0;
+  trained_ = 0;
   std::vector<std::thread> threads;
   const int active = std::min<int>(workers_, static_cast<int>(tasks.size()));
   for (int w = 0; w < active; ++w) {
     threads.emplace_back([this, w, &plan, &tasks] { Worker(w, plan, tasks); });
   }
-  int trained = 0;
-  // Submit in arrival order, whichever worker finishes first.
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    const Task& t = tasks[i];
-    Result<LocalTrainResult> r = Status::Internal("not run");
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock,
-               [&] { return results_[i].done || (options_.cancelled && options_.cancelled()); });
-      if (!results_[i].done) break;
-      r = std::move(results_[i].result);
-      results_[i] = TaskResult{};
-    }
-    // Stragglers and drop-outs count at the deadline at the latest: the round is closed by
-    // then, and its virtual time ends there.
-    clock_.Set(t.kind == Task::Kind::kTrain ? t.arrival_micros
-                                            : std::min(t.arrival_micros, plan.deadline_micros + 1));
-    if (t.kind == Task::Kind::kDropped) {
-      engine_->ReportFailure(plan.round, t.id, "dropped out");
-    } else if (t.kind == Task::Kind::kLate) {
-      ClientUpdate late;
-      late.client_id = t.id;
-      (void)engine_->Submit(plan.round, std::move(late));  // counted late by the engine
-    } else if (!r.ok()) {
-      engine_->ReportFailure(plan.round, t.id, r.status().ToString());
-    } else {
-      ClientUpdate u;
-      u.client_id = t.id;
-      u.num_examples = r->num_examples;
-      u.weights = std::move(r->weights);
-      u.train_loss = r->train_loss;
-      (void)engine_->Submit(plan.round, std::move(u));
-      ++trained;
-    }
-    if (bar) bar->Update(i + 1, "trained " + std::to_string(trained));
-  }
   for (auto& th : threads) th.join();
-  if (options_.cancelled && options_.cancelled()) {
+  bar_ = nullptr;
+  if (next_submit_ < tasks.size()) {
     return Status::FailedPrecondition("sim: cancelled during round " + std::to_string(plan.round));
   }
   // The round ends at its deadline unless it completed earlier.

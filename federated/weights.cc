@@ -2,6 +2,8 @@
 
 #include <cctype>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <set>
 
@@ -70,35 +72,65 @@ int WeightsLayout::IndexOf(const std::string& name) const {
   return -1;
 }
 
+namespace {
+
+// NaN and Inf are the floats whose exponent bits are all ones. Counting them by their bit
+// patterns, in fixed-size chunks, is a loop GCC vectorizes at -O2 (std::isfinite per
+// value is not): every update and every local training call checks the whole model.
+uint32_t IsNonFinite(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return (bits & 0x7f800000u) == 0x7f800000u;
+}
+
+int64_t CountNonFinite(const float* values, int64_t n) {
+  constexpr int64_t kChunk = 256;
+  int64_t bad = 0;
+  int64_t k = 0;
+  for (; k + kChunk <= n; k += kChunk) {
+    uint32_t chunk = 0;
+    for (int64_t j = 0; j < kChunk; ++j) chunk += IsNonFinite(values[k + j]);
+    bad += chunk;
+  }
+  for (; k < n; ++k) bad += IsNonFinite(values[k]);
+  return bad;
+}
+
+// Entry i of a weights vector against the layout's name and shape for it.
+Status CheckEntry(size_t i, const std::string& name, c10::IntArrayRef shape, const torch::Tensor& t,
+                  bool check_values = true) {
+  // Built only on failure: this runs for every update and every local training call.
+  const auto where = [&] { return "tensor " + std::to_string(i) + " '" + name + "'"; };
+  if (!t.defined()) return Status::InvalidArgument(where() + " is missing (undefined)");
+  if (t.scalar_type() != torch::kFloat32) {
+    return Status::InvalidArgument(where() + " has dtype " +
+                                   std::string(c10::toString(t.scalar_type())) +
+                                   ", expected float32");
+  }
+  if (!t.device().is_cpu()) return Status::InvalidArgument(where() + " is not a CPU tensor");
+  if (t.sizes() != shape) {
+    return Status::InvalidArgument(where() + " has shape " + ShapeString(t.sizes().vec()) +
+                                   ", expected " + ShapeString(shape.vec()));
+  }
+  if (!check_values) return Status::Ok();
+  // One pass over the values, no temporary tensors (contiguous is the normal case).
+  const torch::Tensor c = t.is_contiguous() ? t : t.contiguous();
+  if (const int64_t bad = CountNonFinite(c.data_ptr<float>(), c.numel()); bad > 0) {
+    return Status::InvalidArgument(where() + " has " + std::to_string(bad) +
+                                   " non-finite values (NaN or Inf)");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status WeightsLayout::Check(const Weights& w) const {
   if (w.size() != names.size()) {
     return Status::InvalidArgument("weights have " + std::to_string(w.size()) +
                                    " tensors, the layout has " + std::to_string(names.size()));
   }
   for (size_t i = 0; i < w.size(); ++i) {
-    // Built only on failure: Check runs for every update and every local training call.
-    const auto where = [&] { return "tensor " + std::to_string(i) + " '" + names[i] + "'"; };
-    const torch::Tensor& t = w[i];
-    if (!t.defined()) return Status::InvalidArgument(where() + " is missing (undefined)");
-    if (t.scalar_type() != torch::kFloat32) {
-      return Status::InvalidArgument(where() + " has dtype " +
-                                     std::string(c10::toString(t.scalar_type())) +
-                                     ", expected float32");
-    }
-    if (!t.device().is_cpu()) return Status::InvalidArgument(where() + " is not a CPU tensor");
-    if (t.sizes() != c10::IntArrayRef(shapes[i])) {
-      return Status::InvalidArgument(where() + " has shape " + ShapeString(t.sizes().vec()) +
-                                     ", expected " + ShapeString(shapes[i]));
-    }
-    // One pass over the values, no temporary tensors (contiguous is the normal case).
-    const torch::Tensor c = t.is_contiguous() ? t : t.contiguous();
-    const float* values = c.data_ptr<float>();
-    int64_t bad = 0;
-    for (int64_t k = 0, n = c.numel(); k < n; ++k) bad += !std::isfinite(values[k]);
-    if (bad > 0) {
-      return Status::InvalidArgument(where() + " has " + std::to_string(bad) +
-                                     " non-finite values (NaN or Inf)");
-    }
+    CLEAVE_RETURN_IF_ERROR(CheckEntry(i, names[i], shapes[i], w[i]));
   }
   return Status::Ok();
 }
@@ -164,29 +196,91 @@ WeightsLayout LayoutOf(torch::nn::Module& module) {
   return layout;
 }
 
-Weights GetWeights(torch::nn::Module& module) {
-  Weights w;
-  const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(torch::kCPU);
-  ForEachExchanged(module, [&](const std::string&, const torch::Tensor& t) {
-    // A forced, contiguous copy: the module may train channels-last.
-    w.push_back(t.detach().to(options, /*non_blocking=*/false, /*copy=*/true,
-                              torch::MemoryFormat::Contiguous));
-  });
-  return w;
+namespace {
+
+// True when `dst` can take `src`'s values in place without anyone else seeing the change.
+bool Reusable(const torch::Tensor& dst, const torch::Tensor& src) {
+  return dst.defined() && dst.use_count() == 1 && dst.storage().use_count() == 1 &&
+         dst.scalar_type() == torch::kFloat32 && dst.device().is_cpu() && dst.is_contiguous() &&
+         dst.sizes() == src.sizes();
 }
 
-Status SetWeights(torch::nn::Module& module, const Weights& w) {
-  CLEAVE_RETURN_IF_ERROR(LayoutOf(module).Check(w));
-  std::vector<torch::Tensor> targets;
-  ForEachExchanged(module,
-                   [&](const std::string&, const torch::Tensor& t) { targets.push_back(t); });
+// dst = src for tensors of equal shape; a plain memcpy when both are contiguous float32
+// (the normal case), libtorch's strided copy otherwise (channels-last weights).
+void CopyValues(const torch::Tensor& src, torch::Tensor& dst) {
+  if (src.is_contiguous() && dst.is_contiguous() && src.scalar_type() == torch::kFloat32 &&
+      dst.scalar_type() == torch::kFloat32 && src.device().is_cpu()) {
+    std::memcpy(dst.data_ptr<float>(), src.data_ptr<float>(), sizeof(float) * src.numel());
+    torch::autograd::impl::bump_version(dst);  // as copy_ would: autograd sees the write
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  dst.copy_(src);
+}
+
+}  // namespace
+
+ExchangedTensors ExchangedOf(torch::nn::Module& module) {
+  ExchangedTensors e;
+  ForEachExchanged(module, [&](const std::string& name, const torch::Tensor& t) {
+    e.names.push_back(name);
+    e.tensors.push_back(t);
+  });
+  return e;
+}
+
+Status CopyIn(const ExchangedTensors& target, const Weights& w, bool check_values) {
+  if (w.size() != target.tensors.size()) {
+    return Status::InvalidArgument("weights have " + std::to_string(w.size()) +
+                                   " tensors, the layout has " +
+                                   std::to_string(target.tensors.size()));
+  }
+  for (size_t i = 0; i < w.size(); ++i) {
+    CLEAVE_RETURN_IF_ERROR(
+        CheckEntry(i, target.names[i], target.tensors[i].sizes(), w[i], check_values));
+  }
   try {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < targets.size(); ++i) targets[i].copy_(w[i]);
+    for (size_t i = 0; i < w.size(); ++i) {
+      torch::Tensor dst = target.tensors[i];
+      CopyValues(w[i], dst);
+    }
   } catch (const c10::Error& e) {
     return Status::Internal(std::string("SetWeights: ") + e.what_without_backtrace());
   }
   return Status::Ok();
+}
+
+void CopyOut(const ExchangedTensors& source, Weights& out) {
+  const size_t n = source.tensors.size();
+  for (size_t i = 0; i < n; ++i) {
+    const torch::Tensor src = source.tensors[i].detach();
+    if (i < out.size() && Reusable(out[i], src)) {
+      CopyValues(src, out[i]);
+      continue;
+    }
+    // A forced, contiguous copy: the module may train channels-last.
+    torch::Tensor fresh =
+        src.to(torch::TensorOptions().dtype(torch::kFloat32),
+               /*non_blocking=*/false, /*copy=*/true, torch::MemoryFormat::Contiguous);
+    if (i < out.size()) {
+      out[i] = std::move(fresh);
+    } else {
+      out.push_back(std::move(fresh));
+    }
+  }
+  out.resize(n);
+}
+
+Weights GetWeights(torch::nn::Module& module) {
+  Weights w;
+  CopyOut(ExchangedOf(module), w);
+  return w;
+}
+
+void GetWeightsInto(torch::nn::Module& module, Weights& out) { CopyOut(ExchangedOf(module), out); }
+
+Status SetWeights(torch::nn::Module& module, const Weights& w) {
+  return CopyIn(ExchangedOf(module), w);
 }
 
 Weights CloneWeights(const Weights& w) {

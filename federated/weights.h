@@ -40,8 +40,25 @@ struct WeightsLayout {
 
 // The layout of `module`: parameters (named_parameters order), then float buffers.
 WeightsLayout LayoutOf(torch::nn::Module& module);
+// A module's exchanged tensors (parameters in named_parameters order, then float buffers)
+// found once, for callers that load and read the same module many times.
+struct ExchangedTensors {
+  std::vector<std::string> names;
+  std::vector<torch::Tensor> tensors;  // the module's own tensors (shared, not copies)
+};
+ExchangedTensors ExchangedOf(torch::nn::Module& module);
+// SetWeights and GetWeightsInto on tensors found by ExchangedOf.
+// `check_values` = false skips the scan for NaN/Inf (for weights validated already).
+Status CopyIn(const ExchangedTensors& target, const Weights& w, bool check_values = true);
+void CopyOut(const ExchangedTensors& source, Weights& out);
+
 // Detached clones of `module`'s parameters and float buffers in layout order.
 Weights GetWeights(torch::nn::Module& module);
+// The same values written into `out`'s tensors where they can be reused (contiguous
+// float32 of the right shape that nothing else references), fresh tensors elsewhere; `out`
+// ends with exactly the layout's entries. Lets a caller that hands updates on and gets
+// them back (the simulator) skip an allocation per tensor per client.
+void GetWeightsInto(torch::nn::Module& module, Weights& out);
 // Copies `w` into `module` (no autograd history). InvalidArgument when `w` does not match
 // LayoutOf(module); the module is unchanged then.
 Status SetWeights(torch::nn::Module& module, const Weights& w);

@@ -85,6 +85,38 @@ TEST(LocalTrainingTest, SameSeedSameWeights) {
   }
 }
 
+TEST(LocalTrainingTest, ReusedTrainerMatchesFreshCallsAndRecyclesBuffers) {
+  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  split::SplitVisionNet fresh(split::VisionModelSpec::TinySplit());
+  const Weights global = Initial(*net);
+  LocalTrainer trainer(*net);
+  Weights recycled;
+  for (uint64_t seed : {1, 2, 3}) {
+    LocalTrainOptions o;
+    o.seed = seed;
+    o.freeze_batch_norm_stats = seed == 2;
+    o.global_is_checked = seed == 3;
+    const void* reused = recycled.empty() ? nullptr : recycled[0].data_ptr();
+    auto a = trainer.Train(global, Toy(), o, std::move(recycled));
+    auto b = TrainLocally(*fresh, global, Toy(), o);
+    ASSERT_TRUE(a.ok() && b.ok()) << a.status().ToString() << b.status().ToString();
+    ASSERT_EQ(a->weights.size(), b->weights.size());
+    for (size_t i = 0; i < a->weights.size(); ++i) {
+      EXPECT_TRUE(torch::equal(a->weights[i], b->weights[i])) << "seed " << seed << " entry " << i;
+    }
+    if (reused != nullptr) {
+      EXPECT_EQ(a->weights[0].data_ptr(), reused);
+    }
+    recycled = std::move(a->weights);
+  }
+  // A global model of the wrong shape is refused even when the caller vouches for it.
+  Weights wrong = global;
+  wrong[0] = torch::zeros({1});
+  LocalTrainOptions vouched;
+  vouched.global_is_checked = true;
+  EXPECT_EQ(trainer.Train(wrong, Toy(), vouched).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(LocalTrainingTest, ProximalTermKeepsWeightsCloserToTheGlobalModel) {
   split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*net);

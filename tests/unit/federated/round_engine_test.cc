@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
+#include <set>
 
 namespace cleave::federated {
 namespace {
@@ -82,6 +84,46 @@ TEST_F(RoundEngineTest, SamplingIsDeterministicAndIgnoresArrivalOrder) {
   auto pb = b->StartRound(reversed);
   ASSERT_TRUE(pa.ok() && pb.ok());
   EXPECT_EQ(pa->clients, pb->clients);
+}
+
+TEST_F(RoundEngineTest, ClientPoolKeepsEachIdWithDataOnceInIdOrder) {
+  std::vector<ClientInfo> listed = {{"c3", 5}, {"c1", 0}, {"c2", 7}, {"c3", 9}, {"c0", 1}};
+  const ClientPool pool(listed);
+  ASSERT_EQ(pool.size(), 3u);  // c1 has no data; c3's second entry is ignored
+  EXPECT_EQ(pool[0].id, "c0");
+  EXPECT_EQ(pool[1].id, "c2");
+  EXPECT_EQ(pool[2].id, "c3");
+  EXPECT_EQ(pool[2].num_examples, 5);  // the first entry of an id counts
+  EXPECT_EQ(ClientPool(std::vector<ClientInfo>{}).size(), 0u);
+}
+
+TEST_F(RoundEngineTest, SamplingFromAPoolMatchesTheListAndIsUniform) {
+  EngineOptions o;
+  o.fraction = 0.1;
+  o.seed = 7;
+  auto from_list = Make(o);
+  auto from_pool = Make(o);
+  const auto clients = Clients(500);
+  const ClientPool pool(clients);
+  std::map<std::string, int> picked;
+  for (int round = 0; round < 200; ++round) {
+    auto a = from_list->StartRound(clients);
+    auto b = from_pool->StartRound(pool);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(a->clients, b->clients);
+    ASSERT_EQ(b->clients.size(), 50u);
+    ASSERT_EQ(std::set<std::string>(b->clients.begin(), b->clients.end()).size(), 50u);
+    for (const auto& id : b->clients) ++picked[id];
+    ASSERT_TRUE(from_list->FinishRound().ok());
+    ASSERT_TRUE(from_pool->FinishRound().ok());
+  }
+  // 200 rounds x 10%: every client expects 20 picks; a binomial(200, 0.1) stays well
+  // inside [3, 45] (more than 6 standard deviations) for all 500 clients.
+  ASSERT_EQ(picked.size(), 500u);
+  for (const auto& [id, n] : picked) {
+    EXPECT_GE(n, 3) << id;
+    EXPECT_LE(n, 45) << id;
+  }
 }
 
 TEST_F(RoundEngineTest, RefusesToStartWithTooFewClientsOrTwice) {

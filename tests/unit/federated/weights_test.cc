@@ -119,6 +119,70 @@ TEST(WeightsLayoutTest, CheckRejectsEachDefectNamingTheTensor) {
   EXPECT_EQ(layout.Check(undefined).code(), StatusCode::kInvalidArgument);
 }
 
+TEST(WeightsLayoutTest, CheckCountsNonFiniteValuesAcrossVectorChunks) {
+  // 1000 values: full 256-value chunks and a ragged tail; one bad value in each part.
+  WeightsLayout layout;
+  layout.names = {"big"};
+  layout.shapes = {{1000}};
+  for (int64_t at : {0, 255, 256, 767, 768, 999}) {
+    Weights w = {torch::ones({1000})};
+    w[0][at] = std::numeric_limits<float>::infinity();
+    const Status s = layout.Check(w);
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << at;
+    EXPECT_NE(s.message().find("has 1 non-finite"), std::string::npos) << s.ToString();
+  }
+  Weights many = {torch::ones({1000})};
+  many[0].narrow(0, 100, 300).fill_(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_NE(layout.Check(many).message().find("has 300 non-finite"), std::string::npos);
+  // The largest finite floats and denormals are finite.
+  Weights edge = {torch::full({1000}, std::numeric_limits<float>::max())};
+  edge[0][1] = -std::numeric_limits<float>::max();
+  edge[0][2] = std::numeric_limits<float>::denorm_min();
+  EXPECT_TRUE(layout.Check(edge).ok());
+  // Non-contiguous input is checked too.
+  Weights strided = {torch::ones({2000}).slice(0, 0, 2000, 2)};
+  strided[0][10] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(layout.Check(strided).code(), StatusCode::kInvalidArgument);
+}
+
+TEST(WeightsLayoutTest, GetWeightsIntoReusesOnlyTensorsNobodyElseHolds) {
+  auto net = TinyNet(1);
+  Weights out = GetWeights(*net);
+  const void* first = out[0].data_ptr();
+  const void* second = out[1].data_ptr();
+  Weights held_elsewhere = {out[1]};  // someone (a strategy) still holds entry 1
+  const Weights snapshot = CloneWeights(held_elsewhere);
+  for (auto& t : out) t.fill_(5);
+  GetWeightsInto(*net, out);
+  const Weights expected = GetWeights(*net);
+  ASSERT_EQ(out.size(), expected.size());
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_TRUE(torch::equal(out[i], expected[i])) << i;
+  EXPECT_EQ(out[0].data_ptr(), first);   // written in place
+  EXPECT_NE(out[1].data_ptr(), second);  // fresh: the other holder keeps its values
+  EXPECT_TRUE(torch::equal(held_elsewhere[0], torch::full_like(snapshot[0], 5)));
+  // Wrong shapes, wrong dtype and a vector of the wrong size are replaced, not written.
+  Weights odd = {torch::zeros({1}), torch::zeros({2, 2}, torch::kFloat64)};
+  for (int i = 0; i < 40; ++i) odd.push_back(torch::zeros({3}));
+  GetWeightsInto(*net, odd);
+  ASSERT_EQ(odd.size(), expected.size());
+  for (size_t i = 0; i < odd.size(); ++i) EXPECT_TRUE(torch::equal(odd[i], expected[i])) << i;
+}
+
+TEST(WeightsLayoutTest, CopyInCanSkipTheValueScanButNeverTheShapes) {
+  auto net = TinyNet(1);
+  const ExchangedTensors tensors = ExchangedOf(*net);
+  Weights w = GetWeights(*net);
+  w[0].fill_(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_EQ(CopyIn(tensors, w).code(), StatusCode::kInvalidArgument);
+  EXPECT_TRUE(CopyIn(tensors, w, /*check_values=*/false).ok());  // the caller vouches
+  EXPECT_TRUE(std::isnan(GetWeights(*net)[0].view(-1)[0].item<float>()));
+  Weights wrong = GetWeights(*net);
+  wrong[0] = torch::zeros({1});
+  EXPECT_EQ(CopyIn(tensors, wrong, false).code(), StatusCode::kInvalidArgument);
+  wrong.pop_back();
+  EXPECT_EQ(CopyIn(tensors, wrong, false).code(), StatusCode::kInvalidArgument);
+}
+
 TEST(WeightsLayoutTest, JsonRoundTripAndMalformedInputRejected) {
   const WeightsLayout layout = SmallLayout();
   auto back = WeightsLayout::FromJson(layout.ToJson());
