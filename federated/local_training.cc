@@ -59,9 +59,16 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
       CopyOut(tensors_, result.weights);
       return result;
     }
-    torch::optim::SGD optimizer(params, torch::optim::SGDOptions(options.fit.lr)
-                                            .momentum(options.fit.momentum)
-                                            .weight_decay(options.fit.weight_decay));
+    // One optimizer per trainable set, reset for each call: a fresh optimizer's state is
+    // empty (no momentum yet), and so is this one's after state().clear().
+    if (!optimizer_ || optimizer_mask_ != trainable) {
+      optimizer_ = std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(0));
+      optimizer_mask_ = trainable;
+    }
+    torch::optim::SGD& optimizer = *optimizer_;
+    optimizer.state().clear();
+    auto& sgd = static_cast<torch::optim::SGDOptions&>(optimizer.param_groups()[0].options());
+    sgd.lr(options.fit.lr).momentum(options.fit.momentum).weight_decay(options.fit.weight_decay);
     net.train();
     if (options.freeze_batch_norm_stats) {
       for (const auto& module : batch_norms_) module->eval();

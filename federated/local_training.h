@@ -76,6 +76,8 @@ class LocalTrainer {
   ExchangedTensors tensors_;  // parameters first, then float buffers
   size_t num_params_ = 0;
   std::vector<std::shared_ptr<torch::nn::Module>> batch_norms_;
+  std::unique_ptr<torch::optim::SGD> optimizer_;  // over the parameters optimizer_mask_ marks
+  std::vector<bool> optimizer_mask_;
 };
 
 // Test accuracy and mean cross-entropy of `net` loaded with `weights` on `data`.

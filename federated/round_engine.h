@@ -140,6 +140,10 @@ class RoundEngine {
   // entries are replaced by the global ones before aggregation (a client cannot change
   // what it was not asked to train). `why` (optional) receives a message for rejections.
   UpdateVerdict Submit(int round, ClientUpdate update, std::string* why = nullptr);
+  // The layout and finite-values check Submit runs, callable from any thread (the layout
+  // never changes): a caller may run it beside other work and mark the update
+  // values_checked, so that Submit, which callers serialize, skips the scan.
+  Status CheckValues(const Weights& weights) const { return layout_.Check(weights); }
   // A sampled client reports it cannot deliver (error, budget, crash detected by the driver).
   void ReportFailure(int round, const std::string& client_id, const std::string& reason);
 

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
@@ -80,6 +81,7 @@ struct Task {
 
 struct TaskResult {
   Result<LocalTrainResult> result{Status::Internal("not run")};
+  bool values_checked = false;  // RoundEngine::CheckValues passed, on the worker
   bool done = false;
 };
 
@@ -176,6 +178,7 @@ class Simulation {
   Simulation(const SimOptions& options, const SimData& data, const split::VisionModelSpec& spec,
              Partition partition)
       : options_(options), data_(data), spec_(spec), partition_(std::move(partition)) {}
+  ~Simulation() { StopPool(); }
 
   Result<SimResult> Run();
 
@@ -185,11 +188,19 @@ class Simulation {
   std::vector<Task> PlanTasks(const RoundPlan& plan);
   Status RunRound();
   void Worker(int worker, const RoundPlan& plan, const std::vector<Task>& tasks);
+  // The workers live for the whole run (a thread per round would cost its creation and
+  // libtorch's per-thread set-up every round): each waits for the next round's tasks.
+  void StartPool();
+  void StopPool();
+  void PoolThread(int worker);
+  // Runs `tasks` on the first `active` workers and returns when all of them are done.
+  void RunOnPool(const RoundPlan& plan, const std::vector<Task>& tasks, int active);
   // Submits finished tasks to the engine in task (arrival) order, from whichever worker gets
   // there first: no hand-off to a waiting thread per client. Returns at once when another
   // worker is already submitting; it will pick up what this worker finished.
   void SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& tasks);
-  void SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r);
+  void SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r,
+                 bool values_checked);
   double SpeedOf(int client) const;
 
   const SimOptions& options_;
@@ -209,8 +220,16 @@ class Simulation {
   std::mutex mu_;  // results_, next_submit_, spare_
   std::vector<TaskResult> results_;
   size_t next_submit_ = 0;  // first task not yet submitted
-  std::mutex submit_mu_;    // held by the one worker submitting (the engine is not thread-safe)
-  int trained_ = 0;         // updates submitted this round (under submit_mu_)
+  std::vector<std::thread> pool_;
+  std::mutex pool_mu_;  // everything below up to submit_mu_
+  std::condition_variable start_cv_, done_cv_;
+  uint64_t generation_ = 0;  // bumped per round
+  bool quit_ = false;
+  int active_ = 0, running_ = 0;
+  const RoundPlan* round_plan_ = nullptr;
+  const std::vector<Task>* round_tasks_ = nullptr;
+  std::mutex submit_mu_;  // held by the one worker submitting (the engine is not thread-safe)
+  int trained_ = 0;       // updates submitted this round (under submit_mu_)
   ProgressBar* bar_ = nullptr;
   // Update tensors handed back after aggregation, for the next clients' results (reused
   // only where the strategy kept no reference; see GetWeightsInto).
@@ -308,6 +327,50 @@ std::vector<Task> Simulation::PlanTasks(const RoundPlan& plan) {
   return tasks;
 }
 
+void Simulation::StartPool() {
+  for (int w = 0; w < workers_; ++w) pool_.emplace_back([this, w] { PoolThread(w); });
+}
+
+void Simulation::StopPool() {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    quit_ = true;
+  }
+  start_cv_.notify_all();
+  for (auto& t : pool_) t.join();
+  pool_.clear();
+}
+
+void Simulation::PoolThread(int worker) {
+  uint64_t seen = 0;
+  std::unique_lock<std::mutex> lock(pool_mu_);
+  for (;;) {
+    start_cv_.wait(lock, [&] { return quit_ || generation_ != seen; });
+    if (quit_) return;
+    seen = generation_;
+    if (worker >= active_) continue;
+    const RoundPlan& plan = *round_plan_;
+    const std::vector<Task>& tasks = *round_tasks_;
+    lock.unlock();
+    Worker(worker, plan, tasks);
+    lock.lock();
+    if (--running_ == 0) done_cv_.notify_all();
+  }
+}
+
+void Simulation::RunOnPool(const RoundPlan& plan, const std::vector<Task>& tasks, int active) {
+  std::unique_lock<std::mutex> lock(pool_mu_);
+  round_plan_ = &plan;
+  round_tasks_ = &tasks;
+  active_ = active;
+  running_ = active;
+  ++generation_;
+  start_cv_.notify_all();
+  done_cv_.wait(lock, [&] { return running_ == 0; });
+  round_plan_ = nullptr;
+  round_tasks_ = nullptr;
+}
+
 void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Task>& tasks) {
   for (;;) {
     if (options_.cancelled && options_.cancelled()) return;
@@ -315,6 +378,7 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
     if (i >= tasks.size()) return;
     const Task& t = tasks[i];
     Result<LocalTrainResult> result = Status::Internal("not trained");
+    bool values_checked = false;
     if (t.kind == Task::Kind::kTrain) {
       const split::LabeledImages local =
           GatherRows(data_.train, partition_.ClientIndices(t.client));
@@ -338,11 +402,14 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
       client_micros_ += static_cast<int64_t>(Seconds(call_start) * 1e6);
       if (result.ok()) {
         training_micros_ += static_cast<int64_t>(result->seconds * 1e6);
+        // The engine's value scan, here in parallel rather than in the serialized Submit.
+        values_checked = engine_->CheckValues(result->weights).ok();
       }
     }
     {
       std::lock_guard<std::mutex> lock(mu_);
       results_[i].result = std::move(result);
+      results_[i].values_checked = values_checked;
       results_[i].done = true;
     }
     SubmitInOrder(plan, tasks);
@@ -359,14 +426,16 @@ void Simulation::SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& t
     for (;;) {
       size_t i = 0;
       Result<LocalTrainResult> r = Status::Internal("not run");
+      bool values_checked = false;
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (!next_ready()) break;
         i = next_submit_++;
         r = std::move(results_[i].result);
+        values_checked = results_[i].values_checked;
         results_[i] = TaskResult{};
       }
-      SubmitOne(plan, tasks[i], std::move(r));
+      SubmitOne(plan, tasks[i], std::move(r), values_checked);
       if (bar_) bar_->Update(i + 1, "trained " + std::to_string(trained_));
     }
     submitting.unlock();
@@ -376,7 +445,8 @@ void Simulation::SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& t
   }
 }
 
-void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r) {
+void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r,
+                           bool values_checked) {
   // Stragglers and drop-outs count at the deadline at the latest: the round is closed by
   // then, and its virtual time ends there.
   clock_.Set(t.kind == Task::Kind::kTrain ? t.arrival_micros
@@ -395,6 +465,7 @@ void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTra
     u.num_examples = r->num_examples;
     u.weights = std::move(r->weights);
     u.train_loss = r->train_loss;
+    u.values_checked = values_checked;
     Weights handed = u.weights;  // shares the tensors: they come back after aggregation
     (void)engine_->Submit(plan.round, std::move(u));
     ++trained_;
@@ -421,12 +492,8 @@ Status Simulation::RunRound() {
   bar_ = bar ? &*bar : nullptr;
   next_submit_ = 0;
   trained_ = 0;
-  std::vector<std::thread> threads;
   const int active = std::min<int>(workers_, static_cast<int>(tasks.size()));
-  for (int w = 0; w < active; ++w) {
-    threads.emplace_back([this, w, &plan, &tasks] { Worker(w, plan, tasks); });
-  }
-  for (auto& th : threads) th.join();
+  RunOnPool(plan, tasks, active);
   bar_ = nullptr;
   if (next_submit_ < tasks.size()) {
     return Status::FailedPrecondition("sim: cancelled during round " + std::to_string(plan.round));
@@ -478,6 +545,7 @@ Result<SimResult> Simulation::Run() {
   }
   const int threads_before = torch::get_num_threads();
   if (workers_ > 1) torch::set_num_threads(1);  // parallelism comes from the workers
+  StartPool();
   Status status;
   while (status.ok() && engine_->rounds_completed() < options_.rounds) {
     if (options_.cancelled && options_.cancelled()) {
@@ -487,6 +555,7 @@ Result<SimResult> Simulation::Run() {
     }
     status = RunRound();
   }
+  StopPool();
   torch::set_num_threads(threads_before);
   CLEAVE_RETURN_IF_ERROR(status);
   result.history = engine_->history();

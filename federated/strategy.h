@@ -60,6 +60,10 @@ struct ClientUpdate {
   int64_t num_examples = 0;  // > 0; the FedAvg weight
   Weights weights;           // locally trained values, full layout (untrained entries = global)
   double train_loss = 0;
+  // Set only by an in-process caller that ran RoundEngine::CheckValues on exactly these
+  // tensors (the simulator's workers do, in parallel, before the in-order submission);
+  // updates decoded from the wire never set it.
+  bool values_checked = false;
 };
 
 // One round's accumulator. Not thread-safe: one caller adds updates in turn.
