@@ -10,7 +10,10 @@ namespace cleave::federated {
 namespace F = torch::nn::functional;
 
 LocalTrainer::LocalTrainer(split::SplitVisionNetImpl& net)
-    : net_(net), tensors_(ExchangedOf(net)), num_params_(net.parameters().size()) {
+    : net_(net),
+      tensors_(ExchangedOf(net)),
+      num_params_(net.parameters().size()),
+      generator_(at::make_generator<at::CPUGeneratorImpl>(1)) {
   for (const auto& module : net.modules(/*include_self=*/false)) {
     if (module->as<torch::nn::BatchNorm2d>() != nullptr) batch_norms_.push_back(module);
   }
@@ -77,7 +80,8 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
     const int64_t start = clock.NowMicros();
     const int64_t batch = std::min<int64_t>(options.fit.batch_size, n);
     const int64_t steps_per_epoch = (n + batch - 1) / batch;  // keep the ragged last batch
-    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(options.seed);
+    at::Generator& generator = generator_;
+    generator.set_current_seed(options.seed);  // as a new generator with this seed
     const double mu = options.fit.proximal_mu;
     double loss_sum = 0;
     for (int epoch = 0; epoch < options.fit.local_epochs && !result.budget_hit; ++epoch) {

@@ -78,6 +78,7 @@ class LocalTrainer {
   std::vector<std::shared_ptr<torch::nn::Module>> batch_norms_;
   std::unique_ptr<torch::optim::SGD> optimizer_;  // over the parameters optimizer_mask_ marks
   std::vector<bool> optimizer_mask_;
+  at::Generator generator_;  // mini-batch order, reseeded per call
 };
 
 // Test accuracy and mean cross-entropy of `net` loaded with `weights` on `data`.

@@ -48,6 +48,8 @@ class Partition {
   int64_t client_size(int client) const { return offsets_[client + 1] - offsets_[client]; }
   // Sample indices of `client` (sorted ascending). Precondition: 0 <= client < num_clients().
   std::vector<int64_t> ClientIndices(int client) const;
+  // The same without a copy: client_size(client) indices from here on.
+  const int64_t* client_rows(int client) const { return indices_.data() + offsets_[client]; }
   // Total samples assigned (each sample goes to at most one client).
   int64_t total() const { return indices_.size(); }
 

@@ -50,13 +50,14 @@ int ClientIndex(const std::string& id) { return std::stoi(id.substr(7)); }
 
 // A client's rows of `all` as a new set: LabeledImages::Select without an index tensor and
 // the dispatch of two index_select calls, which matter for clients of a few samples.
-split::LabeledImages GatherRows(const split::LabeledImages& all, const std::vector<int64_t>& rows) {
+split::LabeledImages GatherRows(const split::LabeledImages& all, const int64_t* rows,
+                                int64_t count) {
   if (!all.images.is_contiguous() || all.images.scalar_type() != torch::kFloat ||
       !all.labels.is_contiguous() || all.labels.scalar_type() != torch::kLong) {
-    return all.Select(torch::tensor(rows, torch::kLong));
+    return all.Select(torch::tensor(std::vector<int64_t>(rows, rows + count), torch::kLong));
   }
   std::vector<int64_t> shape = all.images.sizes().vec();
-  shape[0] = static_cast<int64_t>(rows.size());
+  shape[0] = count;
   split::LabeledImages out{torch::empty(shape, all.images.options()),
                            torch::empty({shape[0]}, all.labels.options())};
   const int64_t row = all.images[0].numel();
@@ -64,7 +65,7 @@ split::LabeledImages GatherRows(const split::LabeledImages& all, const std::vect
   float* dst = out.images.data_ptr<float>();
   const int64_t* labels = all.labels.data_ptr<int64_t>();
   int64_t* out_labels = out.labels.data_ptr<int64_t>();
-  for (size_t k = 0; k < rows.size(); ++k) {
+  for (int64_t k = 0; k < count; ++k) {
     std::memcpy(dst + k * row, src + rows[k] * row, sizeof(float) * row);
     out_labels[k] = labels[rows[k]];
   }
@@ -193,6 +194,7 @@ class Simulation {
   void StartPool();
   void StopPool();
   void PoolThread(int worker);
+  void WarmUp(int worker);
   // Runs `tasks` on the first `active` workers and returns when all of them are done.
   void RunOnPool(const RoundPlan& plan, const std::vector<Task>& tasks, int active);
   // Submits finished tasks to the engine in task (arrival) order, from whichever worker gets
@@ -225,7 +227,7 @@ class Simulation {
   std::condition_variable start_cv_, done_cv_;
   uint64_t generation_ = 0;  // bumped per round
   bool quit_ = false;
-  int active_ = 0, running_ = 0;
+  int active_ = 0, running_ = 0, ready_ = 0;
   const RoundPlan* round_plan_ = nullptr;
   const std::vector<Task>* round_tasks_ = nullptr;
   std::mutex submit_mu_;  // held by the one worker submitting (the engine is not thread-safe)
@@ -261,6 +263,8 @@ Status Simulation::Setup() {
     nets_.emplace_back(spec_);
     trainers_.push_back(std::make_unique<LocalTrainer>(*nets_.back()));
   }
+  // Update buffers for the first clients; later ones reuse what aggregation hands back.
+  for (size_t k = 0; k < 2 * nets_.size(); ++k) spare_.push_back(ZerosLike(layout));
   eval_net_ = split::SplitVisionNet(spec_);
   model_bytes_ = WeightBytes(layout);
   const std::vector<bool> mask =
@@ -328,7 +332,23 @@ std::vector<Task> Simulation::PlanTasks(const RoundPlan& plan) {
 }
 
 void Simulation::StartPool() {
-  for (int w = 0; w < workers_; ++w) pool_.emplace_back([this, w] { PoolThread(w); });
+  // The calling thread is worker 0: a round then wakes one thread fewer, and the caller
+  // works instead of waiting.
+  for (int w = 1; w < workers_; ++w) pool_.emplace_back([this, w] { PoolThread(w); });
+  WarmUp(0);
+  std::unique_lock<std::mutex> lock(pool_mu_);
+  done_cv_.wait(lock, [&] { return ready_ == workers_ - 1; });
+}
+
+void Simulation::WarmUp(int worker) {
+  // One step on two rows: libtorch's per-thread state, the allocator's caches and oneDNN's
+  // kernels are set up here, once, instead of inside the first round's clients. Nothing
+  // carries over: every client's call reloads the weights, reseeds and resets the optimizer.
+  LocalTrainOptions o;
+  o.fit = options_.engine.fit;
+  o.fit.max_steps = 1;
+  o.fit.local_epochs = 1;
+  (void)trainers_[worker]->Train(engine_->global(), data_.train.Head(2), o);
 }
 
 void Simulation::StopPool() {
@@ -342,8 +362,10 @@ void Simulation::StopPool() {
 }
 
 void Simulation::PoolThread(int worker) {
+  WarmUp(worker);
   uint64_t seen = 0;
   std::unique_lock<std::mutex> lock(pool_mu_);
+  if (++ready_ == workers_ - 1) done_cv_.notify_all();
   for (;;) {
     start_cv_.wait(lock, [&] { return quit_ || generation_ != seen; });
     if (quit_) return;
@@ -359,13 +381,17 @@ void Simulation::PoolThread(int worker) {
 }
 
 void Simulation::RunOnPool(const RoundPlan& plan, const std::vector<Task>& tasks, int active) {
+  {
+    std::lock_guard<std::mutex> lock(pool_mu_);
+    round_plan_ = &plan;
+    round_tasks_ = &tasks;
+    active_ = active;
+    running_ = active - 1;  // the pool's share; worker 0 is this thread
+    ++generation_;
+  }
+  if (active > 1) start_cv_.notify_all();
+  Worker(0, plan, tasks);
   std::unique_lock<std::mutex> lock(pool_mu_);
-  round_plan_ = &plan;
-  round_tasks_ = &tasks;
-  active_ = active;
-  running_ = active;
-  ++generation_;
-  start_cv_.notify_all();
   done_cv_.wait(lock, [&] { return running_ == 0; });
   round_plan_ = nullptr;
   round_tasks_ = nullptr;
@@ -380,8 +406,8 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
     Result<LocalTrainResult> result = Status::Internal("not trained");
     bool values_checked = false;
     if (t.kind == Task::Kind::kTrain) {
-      const split::LabeledImages local =
-          GatherRows(data_.train, partition_.ClientIndices(t.client));
+      const split::LabeledImages local = GatherRows(data_.train, partition_.client_rows(t.client),
+                                                    partition_.client_size(t.client));
       LocalTrainOptions o;
       o.fit = plan.fit;
       o.trainable = plan.trainable;

@@ -253,11 +253,12 @@ Status CopyIn(const ExchangedTensors& target, const Weights& w, bool check_value
 void CopyOut(const ExchangedTensors& source, Weights& out) {
   const size_t n = source.tensors.size();
   for (size_t i = 0; i < n; ++i) {
-    const torch::Tensor src = source.tensors[i].detach();
-    if (i < out.size() && Reusable(out[i], src)) {
-      CopyValues(src, out[i]);
+    const torch::Tensor& own = source.tensors[i];  // read only: no detach() needed
+    if (i < out.size() && Reusable(out[i], own)) {
+      CopyValues(own, out[i]);
       continue;
     }
+    const torch::Tensor src = own.detach();
     // A forced, contiguous copy: the module may train channels-last.
     torch::Tensor fresh =
         src.to(torch::TensorOptions().dtype(torch::kFloat32),
