@@ -10,6 +10,7 @@
 #include "edge/demo_command.h"
 #include "federated/bench_fl.h"
 #include "federated/sim_command.h"
+#include "split/lm_command.h"
 #include "split/train_command.h"
 
 int main(int argc, char** argv) {
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "show help for every subcommand");
   cleave::split::RegisterTrainCommands(app);
+  cleave::split::RegisterLmCommands(app);
   CLI::App* bench = app.add_subcommand("bench", "benchmarks that print JSON");
   bench->require_subcommand(1);
   cleave::edge::RegisterBenchSplitCommand(*bench);
