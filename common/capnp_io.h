@@ -52,6 +52,13 @@ void CopyList(Reader in, std::vector<T>* out) {
   for (unsigned i = 0; i < in.size(); ++i) out->push_back(in[i]);
 }
 
+// VersionMismatch naming `what` unless `version` == `expected`.
+inline Status CheckVersion(uint16_t version, uint16_t expected, const char* what) {
+  if (version == expected) return Status::Ok();
+  return Status::VersionMismatch(std::string(what) + " has version " + std::to_string(version) +
+                                 " but this build speaks version " + std::to_string(expected));
+}
+
 // The packed encoding of `message` as bytes.
 std::string WritePacked(capnp::MessageBuilder& message);
 

@@ -175,12 +175,6 @@ Status CheckTensors(const std::vector<EncodedTensor>& tensors, const std::string
   return Status::Ok();
 }
 
-Status CheckVersion(uint16_t version, uint16_t expected, const char* what) {
-  if (version == expected) return Status::Ok();
-  return Status::VersionMismatch(std::string(what) + " has version " + std::to_string(version) +
-                                 " but this build speaks version " + std::to_string(expected));
-}
-
 bool KnownAckReason(AckReason reason) {
   return static_cast<uint8_t>(reason) <= static_cast<uint8_t>(AckReason::kNoRound);
 }
@@ -422,7 +416,7 @@ Result<Message> Wrap(uint16_t version, Reader in) {
 
 Result<Message> ReadMessage(FlMessage::Reader in) {
   const uint16_t version = in.getProtocolVersion();
-  CLEAVE_RETURN_IF_ERROR(CheckVersion(version, kProtocolVersion, "federated message"));
+  CLEAVE_RETURN_IF_ERROR(capnp_io::CheckVersion(version, kProtocolVersion, "federated message"));
   const auto body = in.getBody();
   const auto kind = body.which();
   Result<Message> out = Status::Internal("unset");
@@ -610,7 +604,7 @@ Status ValidateClientId(std::string_view client_id) {
 
 Status ValidateMessage(const Message& message) {
   CLEAVE_RETURN_IF_ERROR(
-      CheckVersion(message.protocol_version, kProtocolVersion, "federated message"));
+      capnp_io::CheckVersion(message.protocol_version, kProtocolVersion, "federated message"));
   if (message.body.valueless_by_exception()) {
     return Status::InvalidArgument("federated message has no body");
   }
@@ -642,7 +636,7 @@ Result<CheckpointData> ReadCheckpoint(schema::Checkpoint::Reader in) {
   CheckpointData out;
   out.format_version = in.getFormatVersion();
   CLEAVE_RETURN_IF_ERROR(
-      CheckVersion(out.format_version, kCheckpointFormatVersion, "checkpoint payload"));
+      capnp_io::CheckVersion(out.format_version, kCheckpointFormatVersion, "checkpoint payload"));
   out.round = in.getRound();
   out.model_name = ToString(in.getModelName());
   const auto layout = in.getLayout();
@@ -711,7 +705,7 @@ static_assert(kCheckpointMagic.size() == kVersionOffset);
 
 Status ValidateCheckpoint(const CheckpointData& c) {
   CLEAVE_RETURN_IF_ERROR(
-      CheckVersion(c.format_version, kCheckpointFormatVersion, "checkpoint payload"));
+      capnp_io::CheckVersion(c.format_version, kCheckpointFormatVersion, "checkpoint payload"));
   CLEAVE_RETURN_IF_ERROR(CheckName(c.model_name, "checkpoint model_name"));
   CLEAVE_RETURN_IF_ERROR(CheckName(c.strategy_name, "checkpoint strategy_name"));
   if (c.layout.empty()) return Status::InvalidArgument("checkpoint layout is empty");

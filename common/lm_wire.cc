@@ -33,10 +33,7 @@ Result<T> WithPackedReader(std::string_view bytes, const char* what, ReadFn&& re
 }
 
 Status CheckVersion(uint16_t version, const char* what) {
-  if (version == kProtocolVersion) return Status::Ok();
-  return Status::VersionMismatch(std::string(what) + " has protocol version " +
-                                 std::to_string(version) + " but this build speaks version " +
-                                 std::to_string(kProtocolVersion));
+  return wire::capnp_io::CheckVersion(version, kProtocolVersion, what);
 }
 
 // Printable ASCII only: names travel into logs and metrics labels.
