@@ -53,10 +53,12 @@ void CopyList(Reader in, std::vector<T>* out) {
 }
 
 // VersionMismatch naming `what` unless `version` == `expected`.
-inline Status CheckVersion(uint16_t version, uint16_t expected, const char* what) {
+inline Status CheckVersion(uint16_t version, uint16_t expected, const char* what,
+                           const char* noun = "protocol version") {
   if (version == expected) return Status::Ok();
-  return Status::VersionMismatch(std::string(what) + " has version " + std::to_string(version) +
-                                 " but this build speaks version " + std::to_string(expected));
+  return Status::VersionMismatch(std::string(what) + " has " + noun + " " +
+                                 std::to_string(version) + " but this build speaks version " +
+                                 std::to_string(expected));
 }
 
 // The packed encoding of `message` as bytes.

@@ -416,7 +416,8 @@ Result<Message> Wrap(uint16_t version, Reader in) {
 
 Result<Message> ReadMessage(FlMessage::Reader in) {
   const uint16_t version = in.getProtocolVersion();
-  CLEAVE_RETURN_IF_ERROR(capnp_io::CheckVersion(version, kProtocolVersion, "federated message"));
+  CLEAVE_RETURN_IF_ERROR(
+      capnp_io::CheckVersion(version, kProtocolVersion, "federated message", "version"));
   const auto body = in.getBody();
   const auto kind = body.which();
   Result<Message> out = Status::Internal("unset");
@@ -603,8 +604,8 @@ Status ValidateClientId(std::string_view client_id) {
 }
 
 Status ValidateMessage(const Message& message) {
-  CLEAVE_RETURN_IF_ERROR(
-      capnp_io::CheckVersion(message.protocol_version, kProtocolVersion, "federated message"));
+  CLEAVE_RETURN_IF_ERROR(capnp_io::CheckVersion(message.protocol_version, kProtocolVersion,
+                                                "federated message", "version"));
   if (message.body.valueless_by_exception()) {
     return Status::InvalidArgument("federated message has no body");
   }
@@ -635,8 +636,8 @@ namespace {
 Result<CheckpointData> ReadCheckpoint(schema::Checkpoint::Reader in) {
   CheckpointData out;
   out.format_version = in.getFormatVersion();
-  CLEAVE_RETURN_IF_ERROR(
-      capnp_io::CheckVersion(out.format_version, kCheckpointFormatVersion, "checkpoint payload"));
+  CLEAVE_RETURN_IF_ERROR(capnp_io::CheckVersion(out.format_version, kCheckpointFormatVersion,
+                                                "checkpoint payload", "version"));
   out.round = in.getRound();
   out.model_name = ToString(in.getModelName());
   const auto layout = in.getLayout();
@@ -704,8 +705,8 @@ static_assert(kCheckpointMagic.size() == kVersionOffset);
 }  // namespace
 
 Status ValidateCheckpoint(const CheckpointData& c) {
-  CLEAVE_RETURN_IF_ERROR(
-      capnp_io::CheckVersion(c.format_version, kCheckpointFormatVersion, "checkpoint payload"));
+  CLEAVE_RETURN_IF_ERROR(capnp_io::CheckVersion(c.format_version, kCheckpointFormatVersion,
+                                                "checkpoint payload", "version"));
   CLEAVE_RETURN_IF_ERROR(CheckName(c.model_name, "checkpoint model_name"));
   CLEAVE_RETURN_IF_ERROR(CheckName(c.strategy_name, "checkpoint strategy_name"));
   if (c.layout.empty()) return Status::InvalidArgument("checkpoint layout is empty");
