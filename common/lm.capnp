@@ -2,7 +2,8 @@
 # layer-K states of a session's tokens (split/lm_model.h) and, for a hard token, asks the
 # cloud for its next-byte distribution. The cloud keeps a KV cache per session (the context
 # manager); when it has none, or its position differs from the request's start, it answers
-# `resync` with the position it expects, and the edge re-sends from there.
+# `resync` with the position it expects (0: no cache), and the edge re-sends from there or
+# starts the context afresh from the states it keeps (resetSession).
 #
 # Mirrored by the plain structs in common/lm_wire.h; only common/lm_wire.cc touches these.
 # Messages travel Cap'n Proto *packed* and start with protocolVersion.
@@ -32,6 +33,10 @@ struct LmRequest {
   endSession @7 :Bool;
   # Remaining latency budget the edge allows, in milliseconds; 0 = no deadline.
   deadlineMs @8 :UInt32;
+  # The states begin a fresh context at `start`: drop any cache the session had. Without
+  # it, a request for a session the cloud has no cache for (or whose position is not
+  # `start`) gets `resync`.
+  resetSession @9 :Bool;
 }
 
 struct LmReply {

@@ -68,6 +68,7 @@ Result<LmRequest> ReadRequest(schema::LmRequest::Reader in) {
   out.predict = in.getPredict();
   out.end_session = in.getEndSession();
   out.deadline_ms = in.getDeadlineMs();
+  out.reset_session = in.getResetSession();
   if (!in.hasStates()) return Status::InvalidArgument("states: missing");
   const auto states = in.getStates();
   switch (states.getDtype()) {
@@ -167,6 +168,7 @@ std::string EncodeLmRequest(const LmRequest& request) {
   root.setPredict(request.predict);
   root.setEndSession(request.end_session);
   root.setDeadlineMs(request.deadline_ms);
+  root.setResetSession(request.reset_session);
   return WritePacked(message);
 }
 

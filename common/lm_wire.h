@@ -33,6 +33,7 @@ struct LmRequest {
   bool predict = false;        // needs tokens >= 1
   bool end_session = false;
   uint32_t deadline_ms = 0;
+  bool reset_session = false;  // the states begin a fresh context at `start`
 };
 
 enum class LmStatus : uint8_t { kOk, kError, kOverloaded, kDeadlineExceeded, kResync };

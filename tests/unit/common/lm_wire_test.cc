@@ -38,6 +38,10 @@ TEST(LmWireTest, RequestRoundTrip) {
   EXPECT_TRUE(back->predict);
   EXPECT_FALSE(back->end_session);
   EXPECT_EQ(back->deadline_ms, 250u);
+  EXPECT_FALSE(back->reset_session);
+  LmRequest reset = Request();
+  reset.reset_session = true;
+  EXPECT_TRUE(DecodeLmRequest(EncodeLmRequest(reset))->reset_session);
   // Ending a session needs no states.
   LmRequest end = Request(0);
   end.end_session = true;
