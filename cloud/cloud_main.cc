@@ -8,14 +8,17 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 
+#include "cloud/lm_server.h"
 #include "cloud/tail_server.h"
 #include "common/config.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
 #include "split/bundle.h"
+#include "split/lm_train.h"
 #include "split/split_runtime.h"
 
 namespace {
@@ -26,7 +29,8 @@ cleave::ConfigSchema CloudSchema() {
   cleave::ConfigSchema schema;
   schema
       .Add("cloud.bundle", ConfigType::kString, "",
-           "model bundle directory (from `cleave train`); its tail is served")
+           "model bundle directory: a vision-split bundle (`cleave train`) or an lm-split "
+           "bundle (`cleave train-lm`); its cloud part is served")
       .Add("cloud.listen", ConfigType::kString, "tcp://127.0.0.1:5560",
            "ZeroMQ endpoint edges connect to (port 0 picks a free port)")
       .Add("cloud.max_batch", ConfigType::kInt, "64",
@@ -34,6 +38,12 @@ cleave::ConfigSchema CloudSchema() {
       .Add("cloud.threads", ConfigType::kInt, "2", "libtorch intra-op threads")
       .Add("cloud.max_message_bytes", ConfigType::kInt, "4194304",
            "larger incoming messages are dropped by the transport")
+      .Add("cloud.lm_memory_budget_bytes", ConfigType::kInt, "536870912",
+           "lm-split bundles: KV-cache bytes of all sessions before LRU eviction")
+      .Add("cloud.lm_session_ttl_seconds", ConfigType::kInt, "600",
+           "lm-split bundles: a session idle this long loses its cache")
+      .Add("cloud.lm_max_sessions", ConfigType::kInt, "4096",
+           "lm-split bundles: most sessions kept at once")
       .Add("cloud.ready_file", ConfigType::kString, "",
            "once serving, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
@@ -45,11 +55,47 @@ int Fail(const cleave::Status& status) {
   return 1;
 }
 
+int WriteReady(const cleave::Config& config, const std::string& endpoint) {
+  const std::string ready_file = config.GetString("cloud.ready_file");
+  if (ready_file.empty()) return 0;
+  nlohmann::json ready = {{"endpoint", endpoint}, {"pid", ::getpid()}};
+  if (cleave::Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) return Fail(s);
+  return 0;
+}
+
+// Hard-token routing: layers [K, N) of an lm-split bundle with per-session KV caches.
+int ServeLm(const cleave::Config& config, const std::string& bundle_dir) {
+  auto log = cleave::GetLogger("cloud");
+  auto lm = cleave::split::ReadLmBundle(bundle_dir, /*edge=*/false, /*cloud=*/true);
+  if (!lm.ok()) return Fail(lm.status().WithContext("cannot load the cloud part of " + bundle_dir));
+  cleave::cloud::LmContextOptions contexts;
+  contexts.memory_budget_bytes = config.GetInt("cloud.lm_memory_budget_bytes");
+  contexts.idle_ttl_micros = config.GetInt("cloud.lm_session_ttl_seconds") * 1'000'000;
+  contexts.max_sessions =
+      static_cast<size_t>(std::max<int64_t>(0, config.GetInt("cloud.lm_max_sessions")));
+  if (cleave::Status s = contexts.Validate(); !s.ok()) return Fail(s);
+  const std::string name = std::filesystem::path(bundle_dir).filename().string();
+  auto service = std::make_unique<cleave::cloud::LmTailService>(name, std::move(lm->model),
+                                                                contexts, cleave::SystemClock());
+  cleave::TransportContext context;
+  cleave::cloud::LmServerOptions options;
+  options.listen = config.GetString("cloud.listen");
+  options.socket.max_message_bytes = config.GetInt("cloud.max_message_bytes");
+  auto server = cleave::cloud::LmServer::Create(context, options, std::move(service));
+  if (!server.ok()) return Fail(server.status());
+  log->info("serving the cloud layers of language model '{}' on {}", name, (*server)->endpoint());
+  if (int rc = WriteReady(config, (*server)->endpoint()); rc != 0) return rc;
+  cleave::Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  if (!run.ok()) return Fail(run);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "cleave-cloud: the cloud tail service. Receives quantized bottleneck features (or whole "
+      "cleave-cloud: the cloud tail service. For a vision-split bundle it receives quantized "
+      "bottleneck features (or whole "
       "PNG images) from cleave-edge daemons over ZeroMQ, runs the decoder and the tail of the "
       "split model, and replies with class scores.\n\nEvery key of the TOML config file can "
       "be given as a flag (--section.key value); flags win over the file."};
@@ -75,6 +121,7 @@ int main(int argc, char** argv) {
 
   cleave::Result<cleave::Bundle> bundle = cleave::Bundle::Open(bundle_dir);
   if (!bundle.ok()) return Fail(bundle.status().WithContext("cannot load bundle " + bundle_dir));
+  if (bundle->kind() == "lm-split") return ServeLm(*config, bundle_dir);
   auto model = cleave::split::CloudModel::Load(*bundle);
   if (!model.ok()) return Fail(model.status().WithContext("cannot load the tail of " + bundle_dir));
   log->info("loaded bundle {} (manifest sha256 {})", bundle_dir,
@@ -90,13 +137,7 @@ int main(int argc, char** argv) {
   if (!server.ok()) return Fail(server.status());
   log->info("serving the tail of model '{}' on {}", model_name, (*server)->endpoint());
 
-  const std::string ready_file = config->GetString("cloud.ready_file");
-  if (!ready_file.empty()) {
-    nlohmann::json ready = {{"endpoint", (*server)->endpoint()}, {"pid", ::getpid()}};
-    if (cleave::Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) {
-      return Fail(s);
-    }
-  }
+  if (int rc = WriteReady(*config, (*server)->endpoint()); rc != 0) return rc;
   cleave::Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
   if (!run.ok()) return Fail(run);
   return 0;

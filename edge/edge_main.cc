@@ -23,6 +23,7 @@
 #include "edge/edge_engine.h"
 #include "edge/edge_server.h"
 #include "edge/fl_client.h"
+#include "edge/lm_generate.h"
 #include "edge/offload_client.h"
 #include "federated/partition.h"
 #include "federated/weights.h"
@@ -397,7 +398,8 @@ int main(int argc, char** argv) {
       "cleave-edge: the edge daemon. Runs the compressed head of a split model with its early "
       "exits; confident inputs are answered on the gateway, hard ones send a few dozen bytes "
       "of quantized bottleneck features to cleave-cloud. If the cloud does not answer within "
-      "a request's deadline, the best local exit answers, marked degraded.\n\nEvery key of the "
+      "a request's deadline, the best local exit answers, marked degraded. `generate` does the "
+      "same for language models (hard-token routing).\n\nEvery key of the "
       "TOML config file can be given as a flag (--section.key value); flags win over the file."};
   app.require_subcommand(1);
   const cleave::ConfigSchema schema = EdgeSchema();
@@ -419,7 +421,9 @@ int main(int argc, char** argv) {
   classify->add_flag("--json", json, "print one JSON object per input");
   classify->add_option("--limit", limit, "classify at most this many images (0 = all)");
   cleave::Config::AddFlags(*classify, schema, &classify_config, &classify_flags);
+  CLI::App* generate = cleave::edge::AddGenerateCommand(app);
   CLI11_PARSE(app, argc, argv);
+  if (generate->parsed()) return 0;  // its callback ran (failures exit through CLI11_PARSE)
 
   if (serve->parsed()) {
     auto loaded = LoadEngine(schema, serve_config, serve_flags);

@@ -39,11 +39,14 @@ Result<LmReply> LmRouter::Send(int64_t from, bool reset, bool predict, RouterSte
   request.predict = predict;
   request.reset_session = reset;
   const int64_t bytes = static_cast<int64_t>(lm_wire::EncodeLmRequest(request).size());
-  step.bytes_sent += bytes;
-  stats_.bytes_sent += bytes;
   ++stats_.requests;
   if (reset) ++stats_.resets;
-  return cloud_->Call(request);
+  Result<LmReply> reply = cloud_->Call(request);
+  if (reply.ok()) {  // counted once the cloud got it (it answered)
+    step.bytes_sent += bytes;
+    stats_.bytes_sent += bytes;
+  }
+  return reply;
 }
 
 Result<std::vector<float>> LmRouter::AskCloud(RouterStep& step) {
@@ -81,7 +84,7 @@ Result<std::vector<float>> LmRouter::AskCloud(RouterStep& step) {
                              std::to_string(options_.max_resyncs) + " times)");
 }
 
-Result<RouterStep> LmRouter::Feed(int token) {
+Result<RouterStep> LmRouter::Feed(int token, bool need_prediction) {
   const split::LmSpec& spec = model_->spec();
   if (token < 0 || token >= spec.vocab) {
     return Status::InvalidArgument("token " + std::to_string(token) + " outside the vocabulary");
@@ -112,8 +115,9 @@ Result<RouterStep> LmRouter::Feed(int token) {
     ++window_start_;
   }
   const bool hard =
-      options_.mode == RouteMode::kCloudOnly ||
-      (options_.mode == RouteMode::kRouted && step.exit_confidence < options_.exit_threshold);
+      need_prediction &&
+      (options_.mode == RouteMode::kCloudOnly ||
+       (options_.mode == RouteMode::kRouted && step.exit_confidence < options_.exit_threshold));
   if (!hard || cloud_ == nullptr) {
     if (hard) {
       step.degraded = true;

@@ -66,7 +66,9 @@ class LmRouter {
   LmRouter(split::SplitLm model, LmRouterOptions options, LmCloudLink* cloud);
 
   // Appends `token` (a byte) to the context; returns the distribution of the next byte.
-  Result<RouterStep> Feed(int token);
+  // With `need_prediction` false (prompt bytes before the last) the step never asks the
+  // cloud: its code is buffered like a confident token's and the exit's answer returned.
+  Result<RouterStep> Feed(int token, bool need_prediction = true);
   // Tells the cloud the session is over (best effort; errors are ignored).
   void End();
 
