@@ -71,11 +71,11 @@ LmReply LmTailService::Handle(const LmRequest& request) {
       torch::NoGradGuard no_grad;
       const torch::Tensor code =
           torch::from_blob(values->data(), {1, tokens, spec.bottleneck}, torch::kFloat).clone();
-      const torch::Tensor logits = model_->CloudLogits(model_->Decode(code), cache);
+      const torch::Tensor hidden = model_->CloudHidden(model_->Decode(code), cache);
       stats_.states += tokens;
-      if (request.predict) {
-        const torch::Tensor lp =
-            torch::log_softmax(logits.select(1, tokens - 1).reshape({-1}), 0).contiguous();
+      if (request.predict) {  // the head on the last position only
+        const torch::Tensor logits = model_->FinalLogits(hidden.narrow(1, tokens - 1, 1));
+        const torch::Tensor lp = torch::log_softmax(logits.reshape({-1}), 0).contiguous();
         reply.log_probs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
         ++stats_.predictions;
       }

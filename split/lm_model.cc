@@ -230,7 +230,15 @@ torch::Tensor SplitLmImpl::Encode(const torch::Tensor& state) {
 torch::Tensor SplitLmImpl::Decode(const torch::Tensor& code) { return decoder_(code); }
 
 torch::Tensor SplitLmImpl::CloudLogits(const torch::Tensor& state, KvCache* cache, int64_t start) {
-  return head_(final_norm_(RunLayers(state, spec_.split_after, spec_.layers, cache, start)));
+  return FinalLogits(CloudHidden(state, cache, start));
+}
+
+torch::Tensor SplitLmImpl::CloudHidden(const torch::Tensor& state, KvCache* cache, int64_t start) {
+  return RunLayers(state, spec_.split_after, spec_.layers, cache, start);
+}
+
+torch::Tensor SplitLmImpl::FinalLogits(const torch::Tensor& hidden) {
+  return head_(final_norm_(hidden));
 }
 
 LmOutputs SplitLmImpl::forward(const torch::Tensor& tokens) {

@@ -110,6 +110,11 @@ class SplitLmImpl : public torch::nn::Module {
   // cache (a cache knows its own position).
   torch::Tensor CloudLogits(const torch::Tensor& state, KvCache* cache = nullptr,
                             int64_t start = 0);
+  // CloudLogits in two steps, for callers that need the head on some positions only:
+  // layers [K, N) (growing the cache), then the final norm and head.
+  torch::Tensor CloudHidden(const torch::Tensor& state, KvCache* cache = nullptr,
+                            int64_t start = 0);
+  torch::Tensor FinalLogits(const torch::Tensor& hidden);
   // The whole model on full sequences (training and reference): both heads.
   LmOutputs forward(const torch::Tensor& tokens);
 

@@ -64,7 +64,7 @@ struct Generation {
 };
 
 Generation Generate(const split::SplitLm& lm, LmRouterOptions o, LmCloudLink* link,
-             const std::string& text = kText) {
+                    const std::string& text = kText) {
   LmRouter router(Copy(lm), o, link);
   Generation run;
   for (char c : text) {
