@@ -10,10 +10,7 @@ using lm_wire::LmStatus;
 
 LmTailService::LmTailService(std::string model_name, split::SplitLm model, LmContextOptions context,
                              Clock& clock)
-    : model_name_(std::move(model_name)),
-      model_(std::move(model)),
-      contexts_(context, clock),
-      clock_(clock) {
+    : model_name_(std::move(model_name)), model_(std::move(model)), contexts_(context, clock) {
   model_->eval();
 }
 

@@ -44,7 +44,6 @@ class LmTailService {
   std::string model_name_;
   split::SplitLm model_;
   LmContextManager contexts_;
-  Clock& clock_;
   LmServiceStats stats_;
 };
 
