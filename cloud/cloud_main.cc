@@ -44,6 +44,9 @@ cleave::ConfigSchema CloudSchema() {
            "lm-split bundles: a session idle this long loses its cache")
       .Add("cloud.lm_max_sessions", ConfigType::kInt, "4096",
            "lm-split bundles: most sessions kept at once")
+      .Add("cloud.lm_serve_tokens", ConfigType::kBool, "true",
+           "lm-split bundles: also load the edge part and serve token requests (the "
+           "cloud-only configuration, every layer in the cloud)")
       .Add("cloud.ready_file", ConfigType::kString, "",
            "once serving, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
@@ -66,7 +69,8 @@ int WriteReady(const cleave::Config& config, const std::string& endpoint) {
 // Hard-token routing: layers [K, N) of an lm-split bundle with per-session KV caches.
 int ServeLm(const cleave::Config& config, const std::string& bundle_dir) {
   auto log = cleave::GetLogger("cloud");
-  auto lm = cleave::split::ReadLmBundle(bundle_dir, /*edge=*/false, /*cloud=*/true);
+  const bool serve_tokens = config.GetBool("cloud.lm_serve_tokens");
+  auto lm = cleave::split::ReadLmBundle(bundle_dir, /*edge=*/serve_tokens, /*cloud=*/true);
   if (!lm.ok()) return Fail(lm.status().WithContext("cannot load the cloud part of " + bundle_dir));
   cleave::cloud::LmContextOptions contexts;
   contexts.memory_budget_bytes = config.GetInt("cloud.lm_memory_budget_bytes");
@@ -75,8 +79,8 @@ int ServeLm(const cleave::Config& config, const std::string& bundle_dir) {
       static_cast<size_t>(std::max<int64_t>(0, config.GetInt("cloud.lm_max_sessions")));
   if (cleave::Status s = contexts.Validate(); !s.ok()) return Fail(s);
   const std::string name = std::filesystem::path(bundle_dir).filename().string();
-  auto service = std::make_unique<cleave::cloud::LmTailService>(name, std::move(lm->model),
-                                                                contexts, cleave::SystemClock());
+  auto service = std::make_unique<cleave::cloud::LmTailService>(
+      name, std::move(lm->model), contexts, cleave::SystemClock(), serve_tokens);
   cleave::TransportContext context;
   cleave::cloud::LmServerOptions options;
   options.listen = config.GetString("cloud.listen");

@@ -9,8 +9,11 @@ using lm_wire::LmRequest;
 using lm_wire::LmStatus;
 
 LmTailService::LmTailService(std::string model_name, split::SplitLm model, LmContextOptions context,
-                             Clock& clock)
-    : model_name_(std::move(model_name)), model_(std::move(model)), contexts_(context, clock) {
+                             Clock& clock, bool serves_tokens)
+    : model_name_(std::move(model_name)),
+      model_(std::move(model)),
+      serves_tokens_(serves_tokens),
+      contexts_(context, clock) {
   model_->eval();
 }
 
@@ -31,20 +34,38 @@ LmReply LmTailService::Handle(const LmRequest& request) {
                  "unknown model '" + request.model + "' (this cloud serves '" + model_name_ + "')");
   }
   const split::LmSpec& spec = model_->spec();
-  if (request.states.shape.size() != 2 ||
-      request.states.shape[1] != static_cast<uint32_t>(spec.bottleneck)) {
+  const bool by_tokens = !request.tokens.empty();
+  if (by_tokens) {
+    if (!serves_tokens_) {
+      return Error(request,
+                   "this cloud does not serve token (cloud-only) requests: it holds only the "
+                   "cloud part of the model");
+    }
+    for (const char c : request.tokens) {
+      if (static_cast<uint8_t>(c) >= spec.vocab) {
+        return Error(request, "token " + std::to_string(static_cast<uint8_t>(c)) +
+                                  " outside the vocabulary of " + std::to_string(spec.vocab));
+      }
+    }
+  } else if (request.states.shape.size() != 2 ||
+             request.states.shape[1] != static_cast<uint32_t>(spec.bottleneck)) {
     return Error(request, "states must be [tokens, " + std::to_string(spec.bottleneck) + "]");
   }
   LmReply reply;
   reply.request_id = request.request_id;
-  if (request.end_session && request.states.shape[0] == 0) {
+  const uint32_t rows =
+      by_tokens ? static_cast<uint32_t>(request.tokens.size()) : request.states.shape[0];
+  if (request.end_session && rows == 0) {
     contexts_.Remove(request.session);
     reply.position = 0;
     return reply;
   }
+  // A session runs the cloud layers on states or, cloud-only, every layer on tokens.
+  const size_t cache_layers =
+      static_cast<size_t>(by_tokens ? spec.layers : spec.layers - spec.split_after);
   split::KvCache* cache = nullptr;
   if (request.reset_session) {
-    split::KvCache fresh = model_->NewCloudCache();
+    split::KvCache fresh = by_tokens ? model_->NewWholeCache() : model_->NewCloudCache();
     fresh.position = static_cast<int64_t>(request.start);
     cache = &contexts_.Create(request.session, std::move(fresh));
   } else {
@@ -59,26 +80,47 @@ LmReply LmTailService::Handle(const LmRequest& request) {
                                            std::to_string(request.start);
       return reply;
     }
+    if (cache->keys.size() != cache_layers) {
+      return Error(request, "session '" + request.session + "' was started with " +
+                                (by_tokens ? "states" : "tokens") + "; it cannot continue with " +
+                                (by_tokens ? "tokens" : "states"));
+    }
   }
-  const uint32_t tokens = request.states.shape[0];
-  if (tokens > 0) {
-    Result<std::vector<float>> values = wire::DecodeTensor(request.states);
-    if (!values.ok()) return Error(request, values.status().message());
+  if (rows > 0) {
+    const int64_t first = cache->position;
     try {
       torch::NoGradGuard no_grad;
-      const torch::Tensor code =
-          torch::from_blob(values->data(), {1, tokens, spec.bottleneck}, torch::kFloat).clone();
-      const torch::Tensor hidden = model_->CloudHidden(model_->Decode(code), cache);
-      stats_.states += tokens;
+      torch::Tensor hidden;
+      if (by_tokens) {
+        torch::Tensor tokens = torch::empty({1, rows}, torch::kLong);
+        auto* out = tokens.data_ptr<int64_t>();
+        for (uint32_t i = 0; i < rows; ++i) out[i] = static_cast<uint8_t>(request.tokens[i]);
+        hidden = model_->WholeHidden(tokens, cache);
+        reply.macs = static_cast<uint64_t>(split::LmLayersMacs(spec, spec.layers, first, rows) +
+                                           2 * int64_t{rows} * split::LmCodecMacs(spec));
+        stats_.tokens += rows;
+      } else {
+        Result<std::vector<float>> values = wire::DecodeTensor(request.states);
+        if (!values.ok()) return Error(request, values.status().message());
+        const torch::Tensor code =
+            torch::from_blob(values->data(), {1, rows, spec.bottleneck}, torch::kFloat).clone();
+        hidden = model_->CloudHidden(model_->Decode(code), cache);
+        reply.macs = static_cast<uint64_t>(
+            split::LmLayersMacs(spec, spec.layers - spec.split_after, first, rows) +
+            int64_t{rows} * split::LmCodecMacs(spec));
+        stats_.states += rows;
+      }
       if (request.predict) {  // the head on the last position only
-        const torch::Tensor logits = model_->FinalLogits(hidden.narrow(1, tokens - 1, 1));
+        const torch::Tensor logits = model_->FinalLogits(hidden.narrow(1, rows - 1, 1));
         const torch::Tensor lp = torch::log_softmax(logits.reshape({-1}), 0).contiguous();
         reply.log_probs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+        reply.macs += static_cast<uint64_t>(split::LmHeadMacs(spec));
         ++stats_.predictions;
       }
     } catch (const c10::Error& e) {
       contexts_.Remove(request.session);  // its cache may be half-updated
-      return Error(request, std::string("cloud layers failed: ") + e.what_without_backtrace());
+      return Error(request, std::string(by_tokens ? "model" : "cloud layers") +
+                                " failed: " + e.what_without_backtrace());
     }
   }
   reply.position = static_cast<uint64_t>(cache->position);

@@ -8,6 +8,11 @@
 // with its position, so the edge re-sends what the cloud lacks. The states are decoded,
 // run through the bottleneck decoder and layers [K, N) (growing the cache), and with
 // `predict` the reply carries the next-byte log-probabilities after the last state.
+//
+// Token requests (the cloud-only configuration) carry raw bytes instead of states; the
+// service then runs the whole model (it must hold the edge part too) with a cache for all
+// layers. A session is either kind for its life: mixing them is an error. Every ok reply
+// counts the multiply-accumulates computed (split/lm_model.h, LmLayersMacs).
 // Errors (bad shapes, libtorch failures) are error replies; nothing throws. Not
 // thread-safe: one loop owns it.
 #pragma once
@@ -21,14 +26,15 @@
 namespace cleave::cloud {
 
 struct LmServiceStats {
-  uint64_t requests = 0, predictions = 0, resyncs = 0, errors = 0, states = 0;
+  uint64_t requests = 0, predictions = 0, resyncs = 0, errors = 0, states = 0, tokens = 0;
 };
 
 class LmTailService {
  public:
-  // `model` holds at least the cloud part of the bundle called `model_name`.
+  // `model` holds at least the cloud part of the bundle called `model_name`; with
+  // `serves_tokens` it holds the edge part too and token requests are served.
   LmTailService(std::string model_name, split::SplitLm model, LmContextOptions context,
-                Clock& clock);
+                Clock& clock, bool serves_tokens = false);
 
   lm_wire::LmReply Handle(const lm_wire::LmRequest& request);
   // Drops idle sessions (call now and then from the loop).
@@ -43,6 +49,7 @@ class LmTailService {
 
   std::string model_name_;
   split::SplitLm model_;
+  bool serves_tokens_;
   LmContextManager contexts_;
   LmServiceStats stats_;
 };

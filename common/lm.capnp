@@ -37,6 +37,11 @@ struct LmRequest {
   # it, a request for a session the cloud has no cache for (or whose position is not
   # `start`) gets `resync`.
   resetSession @9 :Bool;
+  # The cloud-only configuration: raw bytes of consecutive tokens instead of states; the
+  # cloud runs the whole model (embedding, every layer, the bottleneck in fp32) for them,
+  # keeping the session's cache for all layers. A request carries states or tokens, never
+  # both; `states` may then be absent.
+  tokens @10 :Data;
 }
 
 struct LmReply {
@@ -58,4 +63,7 @@ struct LmReply {
   # Natural-log probabilities of the next byte, one per vocabulary entry, when predicted.
   logProbs @5 :List(Float32);
   computeUs @6 :UInt64;
+  # Multiply-accumulates the cloud computed for the request (layers, attention, bottleneck
+  # decoder, heads), so edges can account for the cloud's share of the work.
+  macs @7 :UInt64;
 }

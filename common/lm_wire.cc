@@ -69,34 +69,50 @@ Result<LmRequest> ReadRequest(schema::LmRequest::Reader in) {
   out.end_session = in.getEndSession();
   out.deadline_ms = in.getDeadlineMs();
   out.reset_session = in.getResetSession();
-  if (!in.hasStates()) return Status::InvalidArgument("states: missing");
-  const auto states = in.getStates();
-  switch (states.getDtype()) {
-    case schema::Tensor::DType::FLOAT32:
-    case schema::Tensor::DType::FLOAT16:
-    case schema::Tensor::DType::UINT8:
-    case schema::Tensor::DType::UINT4: break;
-    default:
-      return Status::InvalidArgument("states: unknown tensor dtype value " +
-                                     std::to_string(static_cast<uint16_t>(states.getDtype())));
+  if (in.hasTokens()) {
+    const auto tokens = in.getTokens();
+    if (tokens.size() > kMaxStatesPerRequest) {
+      return Status::InvalidArgument("tokens: " + std::to_string(tokens.size()) +
+                                     ", more than the limit of " +
+                                     std::to_string(kMaxStatesPerRequest));
+    }
+    out.tokens.assign(reinterpret_cast<const char*>(tokens.begin()), tokens.size());
   }
-  CLEAVE_ASSIGN_OR_RETURN(out.states, wire::capnp_io::ReadTensorFields(states, "states"));
-  if (out.states.shape.size() != 2) {
-    return Status::InvalidArgument("states: expected 2 dimensions [tokens, width], got " +
-                                   std::to_string(out.states.shape.size()));
+  if (!in.hasStates()) {
+    if (out.tokens.empty()) return Status::InvalidArgument("states: missing");
+  } else {
+    const auto states = in.getStates();
+    switch (states.getDtype()) {
+      case schema::Tensor::DType::FLOAT32:
+      case schema::Tensor::DType::FLOAT16:
+      case schema::Tensor::DType::UINT8:
+      case schema::Tensor::DType::UINT4: break;
+      default:
+        return Status::InvalidArgument("states: unknown tensor dtype value " +
+                                       std::to_string(static_cast<uint16_t>(states.getDtype())));
+    }
+    CLEAVE_ASSIGN_OR_RETURN(out.states, wire::capnp_io::ReadTensorFields(states, "states"));
+    if (out.states.shape.size() != 2) {
+      return Status::InvalidArgument("states: expected 2 dimensions [tokens, width], got " +
+                                     std::to_string(out.states.shape.size()));
+    }
+    if (out.states.shape[0] > kMaxStatesPerRequest) {
+      return Status::InvalidArgument("states: " + std::to_string(out.states.shape[0]) +
+                                     " tokens, more than the limit of " +
+                                     std::to_string(kMaxStatesPerRequest));
+    }
+    if (out.states.shape[1] < 1 || out.states.shape[1] > kMaxStateWidth) {
+      return Status::InvalidArgument("states: width " + std::to_string(out.states.shape[1]) +
+                                     " outside 1.." + std::to_string(kMaxStateWidth));
+    }
+    CLEAVE_RETURN_IF_ERROR(wire::ValidateTensor(out.states).WithContext("states"));
+    if (!out.tokens.empty() && out.states.shape[0] > 0) {
+      return Status::InvalidArgument("a request carries states or tokens, not both");
+    }
   }
-  if (out.states.shape[0] > kMaxStatesPerRequest) {
-    return Status::InvalidArgument("states: " + std::to_string(out.states.shape[0]) +
-                                   " tokens, more than the limit of " +
-                                   std::to_string(kMaxStatesPerRequest));
-  }
-  if (out.states.shape[1] < 1 || out.states.shape[1] > kMaxStateWidth) {
-    return Status::InvalidArgument("states: width " + std::to_string(out.states.shape[1]) +
-                                   " outside 1.." + std::to_string(kMaxStateWidth));
-  }
-  CLEAVE_RETURN_IF_ERROR(wire::ValidateTensor(out.states).WithContext("states"));
-  if (out.predict && out.states.shape[0] == 0) {
-    return Status::InvalidArgument("predict needs at least one state");
+  const size_t rows = out.tokens.empty() ? out.states.shape[0] : out.tokens.size();
+  if (out.predict && rows == 0) {
+    return Status::InvalidArgument("predict needs at least one state or token");
   }
   if (out.start > (uint64_t{1} << 62))
     return Status::InvalidArgument("start position out of range");
@@ -123,6 +139,7 @@ Result<LmReply> ReadReply(schema::LmReply::Reader in) {
   out.error.assign(error.begin(), error.size());
   out.position = in.getPosition();
   out.compute_us = in.getComputeUs();
+  out.macs = in.getMacs();
   const auto log_probs = in.getLogProbs();
   if (log_probs.size() > kMaxVocab) {
     return Status::InvalidArgument("reply has " + std::to_string(log_probs.size()) +
@@ -156,7 +173,8 @@ const char* LmStatusName(LmStatus status) {
 
 std::string EncodeLmRequest(const LmRequest& request) {
   const size_t words = 16 + WordsFor(request.model.size() + 1) +
-                       WordsFor(request.session.size() + 1) + TensorWords(request.states);
+                       WordsFor(request.session.size() + 1) + TensorWords(request.states) +
+                       WordsFor(request.tokens.size());
   capnp::MallocMessageBuilder message(static_cast<unsigned>(words));
   auto root = message.initRoot<schema::LmRequest>();
   root.setProtocolVersion(request.protocol_version);
@@ -164,7 +182,13 @@ std::string EncodeLmRequest(const LmRequest& request) {
   if (!request.model.empty()) root.setModel(AsText(request.model));
   root.setSession(AsText(request.session));
   root.setStart(request.start);
-  wire::capnp_io::WriteTensor(request.states, root.initStates());
+  if (request.tokens.empty() || !request.states.shape.empty()) {
+    wire::capnp_io::WriteTensor(request.states, root.initStates());
+  }
+  if (!request.tokens.empty()) {
+    root.setTokens(kj::arrayPtr(reinterpret_cast<const kj::byte*>(request.tokens.data()),
+                                request.tokens.size()));
+  }
   root.setPredict(request.predict);
   root.setEndSession(request.end_session);
   root.setDeadlineMs(request.deadline_ms);
@@ -186,6 +210,7 @@ std::string EncodeLmReply(const LmReply& reply) {
     for (unsigned i = 0; i < lp.size(); ++i) lp.set(i, reply.log_probs[i]);
   }
   root.setComputeUs(reply.compute_us);
+  root.setMacs(reply.macs);
   return WritePacked(message);
 }
 

@@ -30,7 +30,10 @@ struct LmRequest {
   std::string session;  // 1..kMaxSessionBytes printable bytes
   uint64_t start = 0;
   wire::EncodedTensor states;  // [tokens, width], 0 <= tokens <= kMaxStatesPerRequest
-  bool predict = false;        // needs tokens >= 1
+  // Raw token bytes (the cloud-only configuration), at most kMaxStatesPerRequest; when
+  // non-empty, `states` has no rows (after decoding: no shape at all).
+  std::string tokens;
+  bool predict = false;  // needs at least one state or token
   bool end_session = false;
   uint32_t deadline_ms = 0;
   bool reset_session = false;  // the states begin a fresh context at `start`
@@ -48,13 +51,15 @@ struct LmReply {
   uint64_t position = 0;
   std::vector<float> log_probs;  // [vocab] when the request predicted and status is ok
   uint64_t compute_us = 0;
+  uint64_t macs = 0;  // multiply-accumulates the cloud computed
 };
 
 std::string EncodeLmRequest(const LmRequest& request);
 std::string EncodeLmReply(const LmReply& reply);
 // InvalidArgument for malformed, oversized or inconsistent input (naming the field),
 // VersionMismatch for another protocol version. A request's states passed ValidateTensor
-// and are 2-D; a reply's log_probs are finite, at most 0, and at most kMaxVocab of them.
+// and are 2-D, or are absent/empty beside tokens; a reply's log_probs are finite, at most 0, and at
+// most kMaxVocab of them.
 Result<LmRequest> DecodeLmRequest(std::string_view bytes);
 Result<LmReply> DecodeLmReply(std::string_view bytes);
 

@@ -2,10 +2,11 @@
 //   cleave train   — train teacher + split model, write a bundle
 //   cleave split   — re-quantize / re-calibrate a bundle
 //   cleave sim     — federated learning with many virtual clients in one process
-//   cleave bench   — measurements that print JSON (split, fl, sim-scale, aggregate)
+//   cleave bench   — measurements that print JSON (split, lm, fl, sim-scale, aggregate)
 //   cleave demo    — the main job: daemons on loopback, the test set through the edge
 #include <CLI/CLI.hpp>
 
+#include "edge/bench_lm.h"
 #include "edge/bench_split.h"
 #include "edge/demo_command.h"
 #include "federated/bench_fl.h"
@@ -24,6 +25,7 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "benchmarks that print JSON");
   bench->require_subcommand(1);
   cleave::edge::RegisterBenchSplitCommand(*bench);
+  cleave::edge::RegisterBenchLmCommand(*bench);
   cleave::federated::RegisterFederatedBenchCommands(*bench);
   cleave::federated::RegisterSimCommand(app);
   cleave::edge::RegisterDemoCommand(app);

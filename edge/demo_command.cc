@@ -15,6 +15,7 @@
 #include "common/plot.h"
 #include "common/progress.h"
 #include "common/transport.h"
+#include "edge/bench_util.h"
 #include "edge/daemon_launcher.h"
 #include "edge/edge_client.h"
 
@@ -22,15 +23,6 @@ namespace cleave::edge {
 namespace {
 
 using nlohmann::json;
-
-double Percentile(std::vector<double> values, double p) {
-  if (values.empty()) return 0.0;
-  std::sort(values.begin(), values.end());
-  const double rank = p / 100.0 * static_cast<double>(values.size() - 1);
-  const size_t lo = static_cast<size_t>(rank);
-  const size_t hi = std::min(lo + 1, values.size() - 1);
-  return values[lo] + (values[hi] - values[lo]) * (rank - static_cast<double>(lo));
-}
 
 struct Summary {
   size_t requests = 0, answered = 0, correct = 0, at_edge = 0, cloud = 0, degraded = 0, errors = 0;

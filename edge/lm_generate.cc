@@ -137,7 +137,8 @@ void RunGenerate(const GenerateArgs& args) {
       std::fputc(c, stdout);
     }
     std::fflush(stdout);
-    step = router.Feed(token);
+    // The last token's successor is never sampled: feed it without asking for a prediction.
+    step = router.Feed(token, n + 1 < args.max_tokens);
     if (!step.ok()) Fail(step.status());
   }
   std::fputc('\n', stdout);

@@ -29,13 +29,50 @@ wire::EncodedTensor LmRouter::RowsFrom(int64_t from) const {
   return t;
 }
 
+std::string LmRouter::TokensFrom(int64_t from) const {
+  std::string tokens;
+  for (int64_t p = from; p < position_; ++p) {
+    tokens += static_cast<char>(window_[static_cast<size_t>(p - window_start_)].token);
+  }
+  return tokens;
+}
+
+Result<std::vector<float>> LmRouter::CatchUpExit() {
+  if (cache_.position < window_start_) {  // a gap: restart the cache from the window
+    cache_ = model_->NewEdgeCache();
+    cache_.position = window_start_;
+  }
+  const int64_t from = cache_.position;
+  const int64_t n = position_ - from;
+  if (n <= 0) return Status::Internal("edge cache is ahead of the context");
+  try {
+    torch::NoGradGuard no_grad;
+    torch::Tensor input = torch::empty({1, n}, torch::kLong);
+    for (int64_t i = 0; i < n; ++i) {
+      input.data_ptr<int64_t>()[i] = window_[static_cast<size_t>(from + i - window_start_)].token;
+    }
+    const torch::Tensor state = model_->EdgeLayers(input, &cache_).narrow(1, n - 1, 1);
+    const torch::Tensor lp =
+        torch::log_softmax(model_->ExitLogits(state).reshape({-1}), 0).contiguous();
+    return std::vector<float>(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+  } catch (const c10::Error& e) {
+    cache_ = model_->NewEdgeCache();
+    cache_.position = position_;  // unusable for these tokens; later ones still work
+    return Status::Internal(std::string("edge layers failed: ") + e.what_without_backtrace());
+  }
+}
+
 Result<LmReply> LmRouter::Send(int64_t from, bool reset, bool predict, RouterStep& step) {
   LmRequest request;
   request.request_id = next_request_id_++;
   request.model = options_.model;
   request.session = options_.session;
   request.start = static_cast<uint64_t>(from);
-  request.states = RowsFrom(from);
+  if (options_.mode == RouteMode::kCloudOnly) {
+    request.tokens = TokensFrom(from);
+  } else {
+    request.states = RowsFrom(from);
+  }
   request.predict = predict;
   request.reset_session = reset;
   const int64_t bytes = static_cast<int64_t>(lm_wire::EncodeLmRequest(request).size());
@@ -68,6 +105,7 @@ Result<std::vector<float>> LmRouter::AskCloud(RouterStep& step) {
         }
         cloud_session_ = true;
         cloud_position_ = position_;
+        stats_.cloud_macs += reply.macs;
         return std::move(reply.log_probs);
       case LmStatus::kResync:
         ++stats_.resyncs;
@@ -91,22 +129,27 @@ Result<RouterStep> LmRouter::Feed(int token, bool need_prediction) {
   }
   RouterStep step;
   std::vector<float> exit_log_probs;
-  try {
-    torch::NoGradGuard no_grad;
-    const torch::Tensor input = torch::full({1, 1}, token, torch::kLong);
-    const torch::Tensor state = model_->EdgeLayers(input, &cache_);
-    const torch::Tensor lp =
-        torch::log_softmax(model_->ExitLogits(state).reshape({-1}), 0).contiguous();
-    exit_log_probs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
-    step.exit_confidence = std::exp(lp.max().item<double>());
-    const torch::Tensor code = model_->Encode(state).reshape({-1}).contiguous();
-    CLEAVE_ASSIGN_OR_RETURN(
-        wire::EncodedTensor row,
-        wire::EncodeTensor(code.data_ptr<float>(), {1, static_cast<uint32_t>(spec.bottleneck)},
-                           wire::DType::kUInt8, 0));
-    window_.push_back({row.quant.scale[0], row.quant.zero_point[0], std::move(row.data)});
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("edge layers failed: ") + e.what_without_backtrace());
+  if (options_.mode == RouteMode::kCloudOnly) {
+    window_.push_back({static_cast<uint8_t>(token), 0, 0, {}});
+  } else {
+    try {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor input = torch::full({1, 1}, token, torch::kLong);
+      const torch::Tensor state = model_->EdgeLayers(input, &cache_);
+      const torch::Tensor lp =
+          torch::log_softmax(model_->ExitLogits(state).reshape({-1}), 0).contiguous();
+      exit_log_probs.assign(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
+      step.exit_confidence = std::exp(lp.max().item<double>());
+      const torch::Tensor code = model_->Encode(state).reshape({-1}).contiguous();
+      CLEAVE_ASSIGN_OR_RETURN(
+          wire::EncodedTensor row,
+          wire::EncodeTensor(code.data_ptr<float>(), {1, static_cast<uint32_t>(spec.bottleneck)},
+                             wire::DType::kUInt8, 0));
+      window_.push_back({static_cast<uint8_t>(token), row.quant.scale[0], row.quant.zero_point[0],
+                         std::move(row.data)});
+    } catch (const c10::Error& e) {
+      return Status::Internal(std::string("edge layers failed: ") + e.what_without_backtrace());
+    }
   }
   ++position_;
   ++stats_.tokens;
@@ -118,24 +161,29 @@ Result<RouterStep> LmRouter::Feed(int token, bool need_prediction) {
       need_prediction &&
       (options_.mode == RouteMode::kCloudOnly ||
        (options_.mode == RouteMode::kRouted && step.exit_confidence < options_.exit_threshold));
-  if (!hard || cloud_ == nullptr) {
-    if (hard) {
-      step.degraded = true;
-      ++stats_.degraded;
-    }
+  if (!need_prediction) {  // a prompt byte: the exit's answer (none in cloud-only mode)
     step.log_probs = std::move(exit_log_probs);
     return step;
   }
-  Result<std::vector<float>> cloud = AskCloud(step);
-  if (!cloud.ok()) {
+  Result<std::vector<float>> cloud = Status::Unavailable("no cloud");
+  if (hard && cloud_ != nullptr) cloud = AskCloud(step);
+  if (cloud.ok()) {
+    step.from_cloud = true;
+    ++stats_.routed;
+    step.log_probs = std::move(*cloud);
+    return step;
+  }
+  if (hard) {
     step.degraded = true;
     ++stats_.degraded;
-    step.log_probs = std::move(exit_log_probs);
-    return step;
   }
-  step.from_cloud = true;
-  ++stats_.routed;
-  step.log_probs = std::move(*cloud);
+  if (options_.mode == RouteMode::kCloudOnly) {
+    CLEAVE_ASSIGN_OR_RETURN(exit_log_probs, CatchUpExit());
+    float best = exit_log_probs.empty() ? 0.f : exit_log_probs[0];
+    for (float v : exit_log_probs) best = std::max(best, v);
+    step.exit_confidence = std::exp(static_cast<double>(best));
+  }
+  step.log_probs = std::move(exit_log_probs);
   return step;
 }
 

@@ -17,6 +17,11 @@
 //
 // Codes travel u8 with one (scale, zero point) per token (channel axis 0), quantized once
 // when the token is produced, so re-sent rows are bit-identical.
+//
+// RouteMode::kCloudOnly is the baseline without the edge: the router sends raw token bytes
+// (deferred the same way) and the cloud runs every layer. The edge computes nothing unless
+// the cloud fails; then it runs its layers over the token window to catch up and answers
+// from the exit head (degraded).
 #pragma once
 
 #include <cstdint>
@@ -58,6 +63,7 @@ struct RouterStep {
 struct RouterStats {
   int64_t tokens = 0, routed = 0, degraded = 0, resyncs = 0, resets = 0, requests = 0;
   int64_t bytes_sent = 0;
+  uint64_t cloud_macs = 0;  // multiply-accumulates the cloud reported computing
 };
 
 class LmRouter {
@@ -67,7 +73,8 @@ class LmRouter {
 
   // Appends `token` (a byte) to the context; returns the distribution of the next byte.
   // With `need_prediction` false (prompt bytes before the last) the step never asks the
-  // cloud: its code is buffered like a confident token's and the exit's answer returned.
+  // cloud: its code is buffered like a confident token's and the exit's answer returned
+  // (no answer in cloud-only mode, where the edge computes nothing).
   Result<RouterStep> Feed(int token, bool need_prediction = true);
   // Tells the cloud the session is over (best effort; errors are ignored).
   void End();
@@ -77,12 +84,17 @@ class LmRouter {
 
  private:
   struct Row {
+    uint8_t token = 0;
     float scale = 0;
     uint8_t zero_point = 0;
-    std::string data;  // `bottleneck` bytes
+    std::string data;  // `bottleneck` bytes (empty in cloud-only mode)
   };
   // Codes of positions [from, position_) as one [n, bottleneck] u8 tensor.
   wire::EncodedTensor RowsFrom(int64_t from) const;
+  std::string TokensFrom(int64_t from) const;
+  // Runs the edge layers over the window's tokens the cache lacks (cloud-only mode) and
+  // returns the exit's natural-log distribution after the newest token.
+  Result<std::vector<float>> CatchUpExit();
   Result<lm_wire::LmReply> Send(int64_t from, bool reset, bool predict, RouterStep& step);
   // The cloud's distribution after the newest token, re-sending what it lacks.
   Result<std::vector<float>> AskCloud(RouterStep& step);

@@ -241,6 +241,39 @@ torch::Tensor SplitLmImpl::FinalLogits(const torch::Tensor& hidden) {
   return head_(final_norm_(hidden));
 }
 
+torch::Tensor SplitLmImpl::WholeHidden(const torch::Tensor& tokens, KvCache* cache) {
+  if (cache == nullptr) return CloudHidden(Decode(Encode(EdgeLayers(tokens))));
+  // The whole cache's first K layers serve the edge layers, the rest the cloud layers.
+  const size_t k = static_cast<size_t>(spec_.split_after);
+  const size_t n = static_cast<size_t>(spec_.layers);
+  if (cache->keys.size() != n) {
+    cache->keys.assign(n, torch::Tensor());
+    cache->values.assign(n, torch::Tensor());
+  }
+  KvCache edge, cloud;
+  edge.position = cloud.position = cache->position;
+  for (size_t i = 0; i < n; ++i) {
+    KvCache& part = i < k ? edge : cloud;
+    part.keys.push_back(std::move(cache->keys[i]));
+    part.values.push_back(std::move(cache->values[i]));
+  }
+  torch::Tensor hidden;
+  try {
+    hidden = CloudHidden(Decode(Encode(EdgeLayers(tokens, &edge))), &cloud);
+  } catch (...) {
+    cache->Clear();  // half-moved: the caller drops the session
+    throw;
+  }
+  for (size_t i = 0; i < n; ++i) {
+    KvCache& part = i < k ? edge : cloud;
+    const size_t j = i < k ? i : i - k;
+    cache->keys[i] = std::move(part.keys[j]);
+    cache->values[i] = std::move(part.values[j]);
+  }
+  cache->position = cloud.position;
+  return hidden;
+}
+
 LmOutputs SplitLmImpl::forward(const torch::Tensor& tokens) {
   const torch::Tensor state = EdgeLayers(tokens);
   LmOutputs out;
@@ -261,6 +294,26 @@ KvCache SplitLmImpl::NewCloudCache() const {
   c.keys.assign(spec_.layers - spec_.split_after, torch::Tensor());
   c.values.assign(spec_.layers - spec_.split_after, torch::Tensor());
   return c;
+}
+
+KvCache SplitLmImpl::NewWholeCache() const {
+  KvCache c;
+  c.keys.assign(spec_.layers, torch::Tensor());
+  c.values.assign(spec_.layers, torch::Tensor());
+  return c;
+}
+
+int64_t LmLayerMacs(const LmSpec& spec, int64_t attended) {
+  const int64_t d = spec.d_model;
+  return (4 + 2 * int64_t{spec.mlp_ratio}) * d * d + 2 * d * attended;
+}
+
+int64_t LmLayersMacs(const LmSpec& spec, int layers, int64_t position, int64_t tokens) {
+  int64_t macs = 0;
+  for (int64_t p = position; p < position + tokens; ++p) {
+    macs += LmLayerMacs(spec, std::min<int64_t>(p + 1, spec.context));
+  }
+  return macs * layers;
 }
 
 }  // namespace cleave::split

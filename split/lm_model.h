@@ -34,9 +34,11 @@ struct LmSpec {
   int context = 128;  // training sequence length; the KV cache window when generating
   int d_model = 128;
   int heads = 4;
-  int layers = 4;
-  int split_after = 2;  // K: the edge runs layers [0, K); 1 <= K < layers
-  int bottleneck = 32;  // values per token on the wire (the layer-K state's code)
+  // The edge runs two thirds of the layers: the cloud tail keeps every session's KV cache
+  // complete, so its share of the work is at least (layers - K) / layers.
+  int layers = 6;
+  int split_after = 4;  // K: the edge runs layers [0, K); 1 <= K < layers
+  int bottleneck = 24;  // values per token on the wire (the layer-K state's code)
   int mlp_ratio = 4;
 
   nlohmann::json ToJson() const;
@@ -115,12 +117,17 @@ class SplitLmImpl : public torch::nn::Module {
   torch::Tensor CloudHidden(const torch::Tensor& state, KvCache* cache = nullptr,
                             int64_t start = 0);
   torch::Tensor FinalLogits(const torch::Tensor& hidden);
+  // The cloud-only configuration: tokens through the embedding, layers [0, K), the
+  // bottleneck in fp32 (no wire quantization) and layers [K, N) -> final hidden states
+  // [B, T, D] for FinalLogits. `cache` covers all N layers (NewWholeCache).
+  torch::Tensor WholeHidden(const torch::Tensor& tokens, KvCache* cache = nullptr);
   // The whole model on full sequences (training and reference): both heads.
   LmOutputs forward(const torch::Tensor& tokens);
 
   // A cache for the edge's layers or the cloud's layers, empty.
   KvCache NewEdgeCache() const;
   KvCache NewCloudCache() const;
+  KvCache NewWholeCache() const;
 
  private:
   torch::Tensor RunLayers(torch::Tensor x, int first, int last, KvCache* cache, int64_t start);
@@ -133,6 +140,18 @@ class SplitLmImpl : public torch::nn::Module {
   torch::nn::Linear encoder_{nullptr}, decoder_{nullptr};
 };
 TORCH_MODULE(SplitLm);
+
+// Multiply-accumulates per token, to account for the cloud's share of the work. A layer:
+// the qkv and output projections (4 D^2), the MLP (2 r D^2) and attention (2 D per
+// attended position: scores and the weighted sum). Norms, softmax and rotary terms are
+// O(D) per token and left out; the embedding is a lookup.
+int64_t LmLayerMacs(const LmSpec& spec, int64_t attended);
+// `tokens` consecutive tokens through `layers` layers, the first at absolute position
+// `position`; the token at position p attends to min(p + 1, context) positions.
+int64_t LmLayersMacs(const LmSpec& spec, int layers, int64_t position, int64_t tokens);
+inline int64_t LmHeadMacs(const LmSpec& spec) { return int64_t{spec.d_model} * spec.vocab; }
+// The bottleneck encoder or decoder.
+inline int64_t LmCodecMacs(const LmSpec& spec) { return int64_t{spec.d_model} * spec.bottleneck; }
 
 // Rotary position embedding of x [B, heads, T, head_dim] at positions start..start+T-1.
 torch::Tensor ApplyRotary(const torch::Tensor& x, int64_t start);

@@ -61,7 +61,8 @@ class LmRoutingTest : public ::testing::Test {
     json summary;
   };
   Generated Generate(const std::string& cloud, int max_tokens, const std::string& name,
-                     std::function<void()> meanwhile = nullptr) {
+                     std::function<void()> meanwhile = nullptr,
+                     const std::vector<std::string>& extra = {}) {
     const fs::path log = *dir_ / (name + ".log");
     std::vector<std::string> argv = {(kBin / "cleave-edge").string(),
                                      "generate",
@@ -76,6 +77,7 @@ class LmRoutingTest : public ::testing::Test {
                                      "--timeout-ms",
                                      "500",
                                      "--json"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
     if (!cloud.empty()) {
       argv.push_back("--cloud");
       argv.push_back(cloud);
@@ -162,6 +164,73 @@ TEST_F(LmRoutingTest, WithoutACloudGenerationIsEdgeOnlyAndSaysSo) {
   EXPECT_EQ(*code, 1);
   auto text = ReadFileToString((*dir_ / "gen-bad.log").string());
   EXPECT_NE(text->find("cannot load"), std::string::npos) << *text;
+}
+
+TEST_F(LmRoutingTest, CloudOnlyGenerationSendsTokensForTheCloudToRunEveryLayer) {
+  LaunchedDaemon cloud = StartCloud("cloud-d");
+  ASSERT_NE(cloud.process, nullptr);
+  const Generated g = Generate(cloud.endpoint, 40, "gen-d", nullptr, {"--mode", "cloud_only"});
+  ASSERT_EQ(g.code, 0) << g.text;
+  ASSERT_TRUE(g.summary.is_object()) << g.text;
+  EXPECT_EQ(g.summary["routed"], 40) << g.text;  // every generated token from the cloud
+  EXPECT_EQ(g.summary["tokens"], 48) << g.text;  // the prompt's 8 bytes and the 40
+  EXPECT_EQ(g.summary["degraded"], 0) << g.text;
+  EXPECT_GT(g.summary["bytes_sent"].get<int>(), 0);
+  ASSERT_TRUE(cloud.process->Stop(5000).ok());
+}
+
+TEST_F(LmRoutingTest, BenchLmMeasuresEveryConfigurationOverTheWire) {
+  const fs::path out = *dir_ / "bench-lm.json";
+  auto bench =
+      ChildProcess::Spawn({(kBin / "cleave").string(), "bench", "lm", "--bundle",
+                           (*dir_ / "lm").string(), "--bytes", "700", "--sweep", "0.5,1", "--json",
+                           out.string(), "--markdown", (*dir_ / "bench-lm.md").string()},
+                          (*dir_ / "bench-lm.log").string());
+  ASSERT_TRUE(bench.ok()) << bench.status().ToString();
+  auto code = (*bench)->Wait(300000);
+  ASSERT_TRUE(code.ok() && *code == 0)
+      << ReadFileToString((*dir_ / "bench-lm.log").string()).value_or("(no log)");
+  auto text = ReadFileToString(out.string());
+  ASSERT_TRUE(text.ok());
+  const json report = json::parse(*text);
+  EXPECT_EQ(report["naive_fp16_bytes_per_token"], 64);  // tiny: d_model 32, fp16
+  const json& configs = report["configs"];
+  for (const char* name : {"cloud_only", "edge_only", "routed"}) {
+    for (const char* key : {"bits_per_char", "routed_fraction", "bytes_per_token_mean",
+                            "cloud_flops_share", "tokens_per_second", "p50_ms", "p99_ms"}) {
+      ASSERT_TRUE(configs[name].contains(key)) << name << "." << key;
+    }
+    EXPECT_EQ(configs[name]["degraded"], 0) << name;
+    EXPECT_EQ(configs[name]["tokens"], 672) << name;  // 21 windows of 33 bytes, 32 scored
+    EXPECT_GT(configs[name]["bits_per_char"].get<double>(), 0) << name;
+    EXPECT_GT(configs[name]["tokens_per_second"].get<double>(), 0) << name;
+  }
+  EXPECT_EQ(configs["cloud_only"]["routed_fraction"], 1.0);
+  EXPECT_EQ(configs["cloud_only"]["cloud_flops_share"], 1.0);
+  EXPECT_GT(configs["cloud_only"]["bytes_per_token_mean"].get<double>(), 1.0);
+  EXPECT_EQ(configs["edge_only"]["routed_fraction"], 0.0);
+  EXPECT_EQ(configs["edge_only"]["bytes_per_token_mean"], 0.0);
+  EXPECT_EQ(configs["edge_only"]["cloud_flops_share"], 0.0);
+  // Threshold 1 routes every token through the split path: the cloud runs only its layers.
+  ASSERT_EQ(report["sweep"].size(), 2u);
+  const json& all = report["sweep"][1];
+  EXPECT_EQ(all["routed_fraction"], 1.0);
+  EXPECT_GT(all["cloud_flops_share"].get<double>(), 0.0);
+  EXPECT_LT(all["cloud_flops_share"].get<double>(), 1.0);
+  EXPECT_TRUE(report["targets"].contains("routed_bpc_le_1.03x_cloud_only"));
+  EXPECT_TRUE(fs::exists(*dir_ / "bench-lm.png"));
+  EXPECT_TRUE(fs::exists(*dir_ / "bench-lm.md"));
+
+  // A bundle that is not there: exit status 1 and a message.
+  auto bad = ChildProcess::Spawn(
+      {(kBin / "cleave").string(), "bench", "lm", "--bundle", (*dir_ / "nope").string()},
+      (*dir_ / "bench-bad.log").string());
+  ASSERT_TRUE(bad.ok());
+  auto bad_code = (*bad)->Wait(60000);
+  ASSERT_TRUE(bad_code.ok());
+  EXPECT_EQ(*bad_code, 1);
+  EXPECT_NE(ReadFileToString((*dir_ / "bench-bad.log").string())->find("cleave bench lm"),
+            std::string::npos);
 }
 
 }  // namespace

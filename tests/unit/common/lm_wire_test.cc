@@ -49,6 +49,41 @@ TEST(LmWireTest, RequestRoundTrip) {
   ASSERT_TRUE(ended.ok()) << ended.status().ToString();
   EXPECT_TRUE(ended->end_session);
   EXPECT_EQ(ended->states.shape[0], 0u);
+  EXPECT_TRUE(ended->tokens.empty());
+}
+
+TEST(LmWireTest, TokenRequestRoundTripAndRejections) {
+  LmRequest r = Request(0);
+  r.states = {};  // a token request needs no states
+  r.tokens = std::string("ab\0\xff", 4);
+  r.predict = true;
+  auto back = DecodeLmRequest(EncodeLmRequest(r));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->tokens, r.tokens);
+  EXPECT_TRUE(back->states.shape.empty());
+  EXPECT_TRUE(back->predict);
+  // Empty states beside tokens are accepted too.
+  LmRequest with_empty = Request(0);
+  with_empty.tokens = "xyz";
+  with_empty.predict = true;
+  back = DecodeLmRequest(EncodeLmRequest(with_empty));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->tokens, "xyz");
+  EXPECT_EQ(back->states.shape[0], 0u);
+
+  LmRequest both = Request(2);
+  both.tokens = "ab";
+  auto status = DecodeLmRequest(EncodeLmRequest(both)).status();
+  EXPECT_EQ(status.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(status.message().find("not both"), std::string::npos) << status.ToString();
+  LmRequest neither = Request(0);
+  neither.states = {};  // no states and no tokens: states are missing
+  EXPECT_EQ(DecodeLmRequest(EncodeLmRequest(neither)).status().code(),
+            StatusCode::kInvalidArgument);
+  LmRequest many = Request(0);
+  many.states = {};
+  many.tokens.assign(kMaxStatesPerRequest + 1, 'a');
+  EXPECT_EQ(DecodeLmRequest(EncodeLmRequest(many)).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST(LmWireTest, ReplyRoundTripWithEveryStatus) {
@@ -61,6 +96,7 @@ TEST(LmWireTest, ReplyRoundTripWithEveryStatus) {
     r.position = 123;
     if (s == LmStatus::kOk) r.log_probs = {-0.5f, -1.0f, -3.0f, 0.0f};
     r.compute_us = 77;
+    r.macs = uint64_t{1} << 40;
     auto back = DecodeLmReply(EncodeLmReply(r));
     ASSERT_TRUE(back.ok()) << back.status().ToString();
     EXPECT_EQ(back->status, s);
@@ -68,6 +104,7 @@ TEST(LmWireTest, ReplyRoundTripWithEveryStatus) {
     EXPECT_EQ(back->position, 123u);
     EXPECT_EQ(back->log_probs, r.log_probs);
     EXPECT_EQ(back->compute_us, 77u);
+    EXPECT_EQ(back->macs, uint64_t{1} << 40);
     EXPECT_STRNE(LmStatusName(s), "unknown");
   }
   EXPECT_STREQ(LmStatusName(static_cast<LmStatus>(9)), "unknown");

@@ -50,10 +50,11 @@ split::SplitLm Copy(const split::SplitLm& from) {
 }
 
 std::unique_ptr<cloud::LmTailService> Service(const split::SplitLm& lm, FakeClock& clock,
-                                              int64_t budget = int64_t{64} << 20) {
+                                              int64_t budget = int64_t{64} << 20,
+                                              bool serves_tokens = true) {
   cloud::LmContextOptions o;
   o.memory_budget_bytes = budget;
-  return std::make_unique<cloud::LmTailService>("lm", Copy(lm), o, clock);
+  return std::make_unique<cloud::LmTailService>("lm", Copy(lm), o, clock, serves_tokens);
 }
 
 const std::string kText = "the quick brown fox jumps over";  // 30 bytes < context 32
@@ -94,16 +95,95 @@ double MedianConfidence(const split::SplitLm& lm) {
   return c[c.size() / 2];
 }
 
+// The next-byte distributions of the whole model (fp32 bottleneck code) over kText.
+std::vector<std::vector<float>> WholeModel(split::SplitLm lm) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor tokens = torch::empty({1, static_cast<int64_t>(kText.size())}, torch::kLong);
+  for (size_t i = 0; i < kText.size(); ++i) {
+    tokens[0][static_cast<int64_t>(i)] = static_cast<unsigned char>(kText[i]);
+  }
+  const torch::Tensor lp = torch::log_softmax(lm->forward(tokens).final_logits, 2).contiguous();
+  std::vector<std::vector<float>> out;
+  for (int64_t i = 0; i < lp.size(1); ++i) {
+    const float* row = lp.data_ptr<float>() + i * lp.size(2);
+    out.emplace_back(row, row + lp.size(2));
+  }
+  return out;
+}
+
+// The u8 wire code's effect on the cloud's next-byte log-probabilities, against the fp32
+// code (docs/design.md states this tolerance).
+constexpr float kCodeTolerance = 0.05f;
+
+TEST(LmRouterTest, CloudOnlySendsTokensAndGivesTheWholeModelsAnswer) {
+  const split::SplitLm lm = Model();
+  FakeClock clock;
+  auto service = Service(lm, clock);
+  InProcessLink link(service.get());
+  LmRouterOptions o;
+  o.mode = RouteMode::kCloudOnly;
+  o.session = "cloud-only";
+  LmRouter router(Copy(lm), o, &link);
+  // Prompt bytes are buffered (no answer, nothing sent) and go up with the next request.
+  for (int i = 0; i < 3; ++i) {
+    auto s = router.Feed(static_cast<unsigned char>(kText[static_cast<size_t>(i)]), false);
+    ASSERT_TRUE(s.ok());
+    EXPECT_TRUE(s->log_probs.empty());
+    EXPECT_EQ(s->bytes_sent, 0);
+  }
+  EXPECT_EQ(link.calls, 0);
+  const auto whole = WholeModel(lm);
+  for (size_t i = 3; i < kText.size(); ++i) {
+    auto s = router.Feed(static_cast<unsigned char>(kText[i]));
+    ASSERT_TRUE(s.ok());
+    EXPECT_TRUE(s->from_cloud);
+    EXPECT_FALSE(s->degraded);
+    EXPECT_GT(s->bytes_sent, 0);
+    EXPECT_LT(MaxDiff(s->log_probs, whole[i]), 1e-4) << i;
+  }
+  EXPECT_EQ(service->stats().tokens, kText.size());
+  EXPECT_EQ(service->stats().states, 0u);
+  EXPECT_EQ(router.stats().routed, static_cast<int64_t>(kText.size()) - 3);
+  // The cloud computed every layer for every token and the head once per answer.
+  const split::LmSpec& spec = lm->spec();
+  const auto n = static_cast<int64_t>(kText.size());
+  EXPECT_EQ(
+      router.stats().cloud_macs,
+      static_cast<uint64_t>(split::LmLayersMacs(spec, spec.layers, 0, n) +
+                            2 * n * split::LmCodecMacs(spec) + (n - 3) * split::LmHeadMacs(spec)));
+  router.End();
+  EXPECT_EQ(service->context_stats().sessions, 0u);
+
+  // A cloud holding only the cloud part refuses tokens: the router degrades to its exit.
+  auto split_only = Service(lm, clock, int64_t{64} << 20, /*serves_tokens=*/false);
+  InProcessLink split_link(split_only.get());
+  LmRouter refused(Copy(lm), o, &split_link);
+  auto s = refused.Feed('a');
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->degraded);
+  EXPECT_EQ(split_only->stats().errors, 1u);
+}
+
 TEST(LmRouterTest, DeferredUploadGivesTheCloudOnlyAnswerForEveryHardToken) {
   const split::SplitLm lm = Model();
   FakeClock clock;
   auto all_service = Service(lm, clock);
   InProcessLink all_link(all_service.get());
-  LmRouterOptions cloud_only;
-  cloud_only.mode = RouteMode::kCloudOnly;
-  cloud_only.session = "reference";
-  const Generation reference = Generate(lm, cloud_only, &all_link);
+  // Every token hard: the split path's answers (u8 codes) for every prefix.
+  LmRouterOptions all_routed;
+  all_routed.exit_threshold = 2.0;
+  all_routed.session = "reference";
+  const Generation reference = Generate(lm, all_routed, &all_link);
   EXPECT_EQ(reference.stats.routed, static_cast<int64_t>(kText.size()));
+  EXPECT_EQ(reference.stats.requests, static_cast<int64_t>(kText.size()));
+  // ... which are the whole model's (cloud-only) answers up to the code's quantization.
+  const auto whole = WholeModel(lm);
+  float worst = 0;
+  for (size_t i = 0; i < kText.size(); ++i) {
+    worst = std::max(worst, MaxDiff(reference.steps[i].log_probs, whole[i]));
+  }
+  EXPECT_LT(worst, kCodeTolerance);
+  EXPECT_GT(worst, 0.f);  // the code really is quantized
 
   auto service = Service(lm, clock);
   InProcessLink link(service.get());
@@ -189,13 +269,15 @@ TEST(LmRouterTest, UnreachableCloudDegradesToTheExitHeadAndRecovers) {
     ASSERT_TRUE(s.ok());
     EXPECT_TRUE(s->degraded);
     EXPECT_FALSE(s->from_cloud);
-    EXPECT_EQ(s->log_probs, exit_run.steps[i].log_probs);
+    // Cloud-only computes nothing on the edge until the cloud fails; then the edge
+    // catches up on the buffered tokens and answers from its exit.
+    EXPECT_LT(MaxDiff(s->log_probs, exit_run.steps[i].log_probs), 1e-5) << i;
   }
   link.down = false;
   auto s = router.Feed(static_cast<unsigned char>(kText[5]));
   ASSERT_TRUE(s.ok());
   EXPECT_TRUE(s->from_cloud);  // the whole window re-sent with reset
-  EXPECT_EQ(service->stats().states, 6u);
+  EXPECT_EQ(service->stats().tokens, 6u);
   EXPECT_EQ(router.stats().degraded, 5);
   router.End();
   EXPECT_EQ(service->context_stats().sessions, 0u);
@@ -206,6 +288,22 @@ TEST(LmRouterTest, UnreachableCloudDegradesToTheExitHeadAndRecovers) {
   EXPECT_TRUE(d->degraded);
   EXPECT_EQ(alone.Feed(256).status().code(), StatusCode::kInvalidArgument);
   EXPECT_EQ(alone.Feed(-1).status().code(), StatusCode::kInvalidArgument);
+
+  // The cloud answers beyond the context window, then fails: the edge's cache has a gap
+  // and restarts from the token window (its own approximation, as the cloud's rebuild).
+  LmRouter long_run(Copy(lm), o, &link);
+  const int64_t context = lm->spec().context;
+  for (int64_t i = 0; i < context + 8; ++i) {
+    ASSERT_TRUE(long_run.Feed('a' + static_cast<int>(i % 26)).ok());
+  }
+  link.down = true;
+  auto late = long_run.Feed('z');
+  ASSERT_TRUE(late.ok());
+  EXPECT_TRUE(late->degraded);
+  ASSERT_EQ(late->log_probs.size(), 256u);
+  float total = 0;
+  for (float v : late->log_probs) total += std::exp(v);
+  EXPECT_NEAR(total, 1.0f, 1e-3);
 }
 
 TEST(LmTailServiceTest, RejectsMalformedStatesAndUnknownModelsAndResyncs) {
@@ -253,6 +351,73 @@ TEST(LmTailServiceTest, RejectsMalformedStatesAndUnknownModelsAndResyncs) {
   // Idle sessions expire.
   clock.Advance(int64_t{3600} * 1000 * 1000);
   EXPECT_EQ(service->ExpireIdle(), 1u);
+}
+
+TEST(LmTailServiceTest, TokenRequestsAndTheWorkEachReplyCounts) {
+  const split::SplitLm lm = Model();
+  const split::LmSpec& spec = lm->spec();
+  FakeClock clock;
+  auto service = Service(lm, clock);
+  const int width = spec.bottleneck;
+  std::vector<float> values(3 * width, 0.25f);
+  LmRequest states;
+  states.session = "split";
+  states.states =
+      *wire::EncodeTensor(values.data(), {3, static_cast<uint32_t>(width)}, wire::DType::kUInt8, 0);
+  states.predict = true;
+  states.reset_session = true;
+  states.start = 4;  // a context rebuilt from the edge's window
+  LmReply reply = service->Handle(states);
+  ASSERT_EQ(reply.status, lm_wire::LmStatus::kOk) << reply.error;
+  const int cloud_layers = spec.layers - spec.split_after;
+  EXPECT_EQ(reply.macs,
+            static_cast<uint64_t>(split::LmLayersMacs(spec, cloud_layers, 4, 3) +
+                                  3 * split::LmCodecMacs(spec) + split::LmHeadMacs(spec)));
+  LmRequest tokens;
+  tokens.session = "whole";
+  tokens.tokens = "hello";
+  tokens.reset_session = true;  // no prediction: no head
+  reply = service->Handle(tokens);
+  ASSERT_EQ(reply.status, lm_wire::LmStatus::kOk) << reply.error;
+  EXPECT_EQ(reply.position, 5u);
+  EXPECT_TRUE(reply.log_probs.empty());
+  EXPECT_EQ(reply.macs, static_cast<uint64_t>(split::LmLayersMacs(spec, spec.layers, 0, 5) +
+                                              10 * split::LmCodecMacs(spec)));
+  // A session keeps its kind: states cannot continue a token session, nor tokens a state one.
+  LmRequest mixed = states;
+  mixed.session = "whole";
+  mixed.start = 5;
+  mixed.reset_session = false;
+  reply = service->Handle(mixed);
+  EXPECT_EQ(reply.status, lm_wire::LmStatus::kError);
+  EXPECT_NE(reply.error.find("started with tokens"), std::string::npos) << reply.error;
+  LmRequest mixed_tokens = tokens;
+  mixed_tokens.session = "split";
+  mixed_tokens.start = 7;
+  mixed_tokens.reset_session = false;
+  reply = service->Handle(mixed_tokens);
+  EXPECT_EQ(reply.status, lm_wire::LmStatus::kError);
+  EXPECT_NE(reply.error.find("started with states"), std::string::npos) << reply.error;
+  // Both sessions survived the errors and continue with their own kind.
+  tokens.reset_session = false;
+  tokens.start = 5;
+  tokens.predict = true;
+  EXPECT_EQ(service->Handle(tokens).status, lm_wire::LmStatus::kOk);
+  EXPECT_EQ(service->stats().tokens, 10u);
+
+  // A cloud without the edge part refuses tokens; a byte outside a smaller vocabulary too.
+  auto split_only = Service(lm, clock, int64_t{64} << 20, /*serves_tokens=*/false);
+  reply = split_only->Handle(tokens);
+  EXPECT_EQ(reply.status, lm_wire::LmStatus::kError);
+  EXPECT_NE(reply.error.find("cloud part"), std::string::npos) << reply.error;
+  split::LmSpec small = spec;
+  small.vocab = 64;
+  cloud::LmTailService small_service("lm", split::SplitLm(small), {}, clock, true);
+  tokens.reset_session = true;
+  tokens.tokens = "A";  // 65
+  reply = small_service.Handle(tokens);
+  EXPECT_EQ(reply.status, lm_wire::LmStatus::kError);
+  EXPECT_NE(reply.error.find("outside the vocabulary"), std::string::npos) << reply.error;
 }
 
 }  // namespace

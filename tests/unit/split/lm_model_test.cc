@@ -113,6 +113,41 @@ TEST(LmModelTest, CachedDecodingEqualsFullRecomputation) {
   EXPECT_EQ(edge.position, 0);
 }
 
+TEST(LmModelTest, WholeModelInChunksEqualsTheFullFinalPath) {
+  auto lm = TinyLm();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor tokens = Tokens(1, 30);
+  const LmOutputs full = lm->forward(tokens);
+  EXPECT_LT(MaxDiff(lm->FinalLogits(lm->WholeHidden(tokens)), full.final_logits), 1e-4);
+  KvCache whole = lm->NewWholeCache();
+  std::vector<torch::Tensor> finals;
+  int64_t at = 0;
+  for (int64_t chunk : {1, 5, 1, 11, 12}) {  // sums to 30
+    finals.push_back(lm->FinalLogits(lm->WholeHidden(tokens.narrow(1, at, chunk), &whole)));
+    at += chunk;
+  }
+  EXPECT_EQ(whole.position, 30);
+  EXPECT_EQ(whole.keys.size(), static_cast<size_t>(lm->spec().layers));
+  EXPECT_EQ(whole.length(), 30);
+  for (const auto& v : whole.values) EXPECT_EQ(v.size(2), 30);
+  EXPECT_LT(MaxDiff(torch::cat(finals, 1), full.final_logits), 1e-4);
+}
+
+TEST(LmModelTest, MultiplyAccumulatesFollowTheLayerArithmetic) {
+  LmSpec spec = LmSpec::Tiny();  // d 32, context 32
+  spec.mlp_ratio = 4;            // qkv 3 d^2 + projection d^2 + MLP 8 d^2
+  const int64_t d = spec.d_model;
+  EXPECT_EQ(LmLayerMacs(spec, 1), 12 * d * d + 2 * d);
+  EXPECT_EQ(LmLayerMacs(spec, 10), 12 * d * d + 20 * d);
+  // Positions 0..2 attend to 1, 2, 3 positions; past the window every token attends to it.
+  EXPECT_EQ(LmLayersMacs(spec, 2, 0, 3),
+            2 * (LmLayerMacs(spec, 1) + LmLayerMacs(spec, 2) + LmLayerMacs(spec, 3)));
+  EXPECT_EQ(LmLayersMacs(spec, 1, 100, 2), 2 * LmLayerMacs(spec, spec.context));
+  EXPECT_EQ(LmLayersMacs(spec, 3, 5, 0), 0);
+  EXPECT_EQ(LmHeadMacs(spec), d * spec.vocab);
+  EXPECT_EQ(LmCodecMacs(spec), d * spec.bottleneck);
+}
+
 TEST(LmModelTest, CachesSlideAtTheContextWindow) {
   auto lm = TinyLm();
   torch::NoGradGuard no_grad;
