@@ -31,6 +31,9 @@ cleave::ConfigSchema CloudSchema() {
       .Add("cloud.bundle", ConfigType::kString, "",
            "model bundle directory: a vision-split bundle (`cleave train`) or an lm-split "
            "bundle (`cleave train-lm`); its cloud part is served")
+      .Add("cloud.bundle_public_key", ConfigType::kString, "",
+           "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
+           "load")
       .Add("cloud.listen", ConfigType::kString, "tcp://127.0.0.1:5560",
            "ZeroMQ endpoint edges connect to (port 0 picks a free port)")
       .Add("cloud.max_batch", ConfigType::kInt, "64",
@@ -123,6 +126,10 @@ int main(int argc, char** argv) {
   torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads"))));
   cleave::InstallShutdownHandlers();
 
+  if (cleave::Status s = cleave::TrustBundleKeyFile(config->GetString("cloud.bundle_public_key"));
+      !s.ok()) {
+    return Fail(s);
+  }
   cleave::Result<cleave::Bundle> bundle = cleave::Bundle::Open(bundle_dir);
   if (!bundle.ok()) return Fail(bundle.status().WithContext("cannot load bundle " + bundle_dir));
   if (bundle->kind() == "lm-split") return ServeLm(*config, bundle_dir);

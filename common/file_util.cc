@@ -157,13 +157,13 @@ Status WriteFileDurable(const fs::path& path, std::string_view bytes) {
   return Status::Ok();
 }
 
-Status WriteFileAtomic(const fs::path& path, std::string_view bytes) {
+Status WriteFileAtomic(const fs::path& path, std::string_view bytes, unsigned mode) {
   if (!path.has_filename()) {
     return Status::InvalidArgument("cannot write " + Quoted(path) + ": not a file path");
   }
   const fs::path dir = ParentOrDot(path);
   const fs::path temp = dir / ("." + path.filename().string() + ".tmp-" + UniqueSuffix());
-  UniqueFd fd = OpenRetrying(temp, O_WRONLY | O_CREAT | O_EXCL, 0644);
+  UniqueFd fd = OpenRetrying(temp, O_WRONLY | O_CREAT | O_EXCL, static_cast<mode_t>(mode));
   if (!fd.valid()) return ErrnoStatus("cannot create temporary file", temp, errno);
 
   Status status;

@@ -22,8 +22,10 @@ Result<std::string> ReadFileToString(const std::filesystem::path& path);
 // Replaces `path` with `bytes` atomically: writes a temporary file in the same directory,
 // fsyncs it, renames it over `path` and fsyncs the directory. After a crash `path` holds
 // either the old or the new contents, never a mix. The parent directory must exist
-// (NotFound otherwise). The temporary file is removed on failure.
-Status WriteFileAtomic(const std::filesystem::path& path, std::string_view bytes);
+// (NotFound otherwise). The temporary file is removed on failure. `mode` is the new file's
+// permission bits from its creation (before the umask), e.g. 0600 for secrets.
+Status WriteFileAtomic(const std::filesystem::path& path, std::string_view bytes,
+                       unsigned mode = 0644);
 
 // Creates or truncates `path`, writes `bytes` and fsyncs the file. Not atomic: a crash can
 // leave a partial file, so use it only inside a directory that is published later by

@@ -29,7 +29,9 @@ struct BenchLmOptions {
   int64_t bytes = 32768;     // held-out bytes scored per configuration (rounded to windows)
   int threads = 1;           // libtorch intra-op threads on both sides
   int timeout_ms = 5000;     // per cloud request; generous: this measures, it does not stress
-  std::vector<double> sweep = {0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95};
+  // Threshold 1 routes every token through the split path (the u8 code's cost against the
+  // cloud-only fp32 code shows there).
+  std::vector<double> sweep = {0.2, 0.4, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0};
 };
 
 // Runs the whole benchmark and returns the JSON report (also written to json_out).

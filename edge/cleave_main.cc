@@ -3,6 +3,8 @@
 //   cleave split   — re-quantize / re-calibrate a bundle
 //   cleave sim     — federated learning with many virtual clients in one process
 //   cleave bench   — measurements that print JSON (split, lm, fl, sim-scale, aggregate)
+//   cleave keys    — key pairs for signing bundles
+//   cleave bundle  — sign / verify bundles
 //   cleave demo    — the main job: daemons on loopback, the test set through the edge
 #include <CLI/CLI.hpp>
 
@@ -11,6 +13,7 @@
 #include "edge/demo_command.h"
 #include "federated/bench_fl.h"
 #include "federated/sim_command.h"
+#include "split/bundle_command.h"
 #include "split/lm_command.h"
 #include "split/train_command.h"
 
@@ -22,6 +25,7 @@ int main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "show help for every subcommand");
   cleave::split::RegisterTrainCommands(app);
   cleave::split::RegisterLmCommands(app);
+  cleave::split::RegisterBundleCommands(app);
   CLI::App* bench = app.add_subcommand("bench", "benchmarks that print JSON");
   bench->require_subcommand(1);
   cleave::edge::RegisterBenchSplitCommand(*bench);

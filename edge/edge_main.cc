@@ -42,6 +42,9 @@ cleave::ConfigSchema EdgeSchema() {
   schema
       .Add("edge.bundle", ConfigType::kString, "",
            "model bundle directory (from `cleave train`); its head and exits run here")
+      .Add("edge.bundle_public_key", ConfigType::kString, "",
+           "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
+           "load")
       .Add("edge.listen", ConfigType::kString, "tcp://127.0.0.1:5555",
            "ZeroMQ endpoint local applications connect to (ipc:// or tcp://; port 0 = any)")
       .Add("edge.cloud", ConfigType::kString, "tcp://127.0.0.1:5560",
@@ -105,6 +108,7 @@ cleave::Result<Loaded> LoadEngine(const cleave::ConfigSchema& schema, const std:
         "no model bundle: pass --edge.bundle DIR or set [edge] bundle in the config file");
   }
   torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, config.GetInt("edge.threads"))));
+  CLEAVE_RETURN_IF_ERROR(cleave::TrustBundleKeyFile(config.GetString("edge.bundle_public_key")));
   Result<cleave::Bundle> bundle = cleave::Bundle::Open(dir);
   if (!bundle.ok()) return bundle.status().WithContext("cannot load bundle " + dir);
   cleave::split::EdgeModel::Options options;

@@ -11,6 +11,7 @@
 #include "common/datasets.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
+#include "common/signing.h"
 #include "federated/aggregator_service.h"
 #include "federated/fl_config.h"
 #include "federated/simulation.h"
@@ -29,6 +30,11 @@ cleave::ConfigSchema AggregatorSchema() {
       .Add("aggregator.bundle", ConfigType::kString, "",
            "model bundle whose network is trained (its fp32 weights are the starting point); "
            "edges must serve a bundle of the same architecture")
+      .Add("aggregator.bundle_public_key", ConfigType::kString, "",
+           "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
+           "load")
+      .Add("aggregator.signing_key", ConfigType::kString, "",
+           "Ed25519 secret key file: published round bundles are signed with it")
       .Add("aggregator.model", ConfigType::kString, "",
            "instead of a bundle: a built-in network trained from scratch (simple_cnn, "
            "default_split, tiny_split)")
@@ -124,6 +130,11 @@ int main(int argc, char** argv) {
   torch::set_num_threads(
       static_cast<int>(std::max<int64_t>(1, config->GetInt("aggregator.threads"))));
   cleave::InstallShutdownHandlers();
+  if (cleave::Status s =
+          cleave::TrustBundleKeyFile(config->GetString("aggregator.bundle_public_key"));
+      !s.ok()) {
+    return Fail(s);
+  }
 
   federated::AggregatorOptions options;
   options.listen = config->GetString("aggregator.listen");
@@ -139,6 +150,11 @@ int main(int argc, char** argv) {
   options.client_timeout_ms = config->GetInt("aggregator.client_timeout_ms");
   options.checkpoint = config->GetString("aggregator.checkpoint");
   options.publish_dir = config->GetString("aggregator.publish_dir");
+  if (const std::string key = config->GetString("aggregator.signing_key"); !key.empty()) {
+    cleave::Result<std::string> pem = cleave::signing::ReadKeyFile(key, /*secret=*/true);
+    if (!pem.ok()) return Fail(pem.status().WithContext("aggregator.signing_key"));
+    options.signing_key_pem = *pem;
+  }
   options.summary_file = config->GetString("aggregator.summary_file");
   options.ready_file = config->GetString("aggregator.ready_file");
   options.max_message_bytes = config->GetInt("aggregator.max_message_bytes");

@@ -302,6 +302,10 @@ Status AggregatorService::Impl::Publish(int round) {
   const std::filesystem::path dir =
       std::filesystem::path(options.publish_dir) / ("round-" + std::to_string(round));
   CLEAVE_RETURN_IF_ERROR(split::WriteVisionBundle(dir, m));
+  if (!options.signing_key_pem.empty()) {
+    CLEAVE_RETURN_IF_ERROR(
+        SignBundle(dir, options.signing_key_pem).WithContext("signing " + dir.string()));
+  }
   Log()->info("published {}", dir.string());
   return Status::Ok();
 }

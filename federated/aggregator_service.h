@@ -61,6 +61,7 @@ struct AggregatorOptions {
   int64_t client_timeout_ms = 5000;  // a sampled client silent this long has failed
   std::string checkpoint;            // file; resume from it when present
   std::string publish_dir;           // write <dir>/round-<k> bundles (needs a base bundle)
+  std::string signing_key_pem;       // Ed25519 secret key: sign published bundles ("" = don't)
   std::string summary_file;          // JSON history, rewritten after every round
   std::string ready_file;            // {"endpoint", "pid"} once bound
   int64_t max_message_bytes = int64_t{256} << 20;

@@ -6,9 +6,11 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
+#include <mutex>
 #include <system_error>
 
 #include "common/file_util.h"
+#include "common/signing.h"
 
 namespace cleave {
 namespace {
@@ -197,7 +199,129 @@ Status PublishStaging(const fs::path& staging, const fs::path& dir, bool* publis
   return synced;
 }
 
+// ---------------------------------------------------------------------------------------
+// Signatures
+
+struct Trust {
+  std::mutex mu;
+  std::string public_pem;  // empty: signatures are not required
+  std::string fingerprint;
+};
+Trust& GlobalTrust() {
+  static Trust trust;
+  return trust;
+}
+
+std::string Hex(std::string_view bytes) {
+  static const char kDigits[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char c : bytes) {
+    out += kDigits[c >> 4];
+    out += kDigits[c & 15];
+  }
+  return out;
+}
+
+Result<std::string> Unhex(const std::string& hex) {
+  if (hex.size() % 2 != 0) return Status::InvalidArgument("odd number of hex digits");
+  std::string out;
+  for (size_t i = 0; i < hex.size(); i += 2) {
+    int v = 0;
+    for (size_t j = i; j < i + 2; ++j) {
+      const char c = hex[j];
+      const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+      if (d < 0) return Status::InvalidArgument("not a lowercase hex digit");
+      v = v * 16 + d;
+    }
+    out += static_cast<char>(v);
+  }
+  return out;
+}
+
+// Verifies `dir`'s manifest.sig over `manifest` (the exact bytes read) with `public_pem`.
+Status CheckSignature(const fs::path& dir, const std::string& manifest,
+                      const std::string& public_pem, const std::string& fingerprint) {
+  const std::string where = "bundle " + Quoted(dir.string());
+  Result<std::string> text = ReadFileToString(dir / kSignatureName);
+  if (text.status().code() == StatusCode::kNotFound) {
+    return Status::FailedPrecondition(where + " is not signed (no " + kSignatureName +
+                                      ") and bundles must be signed by key " + fingerprint);
+  }
+  if (!text.ok()) return text.status();
+  json sig;
+  try {
+    sig = json::parse(*text);
+  } catch (const json::exception& e) {
+    return Status::DataLoss(std::string(kSignatureName) + " of " + where +
+                            " is not valid JSON: " + e.what());
+  }
+  if (!sig.is_object() || sig.value("algorithm", "") != "ed25519" || !sig.contains("signature") ||
+      !sig["signature"].is_string()) {
+    return Status::DataLoss(std::string(kSignatureName) + " of " + where +
+                            " must be {\"algorithm\": \"ed25519\", \"signature\": <hex>, ...}");
+  }
+  Result<std::string> raw = Unhex(sig["signature"].get<std::string>());
+  if (!raw.ok()) {
+    return Status::DataLoss(std::string(kSignatureName) + " of " + where + ": " +
+                            raw.status().message());
+  }
+  Status verified = signing::VerifyEd25519(public_pem, manifest, *raw);
+  if (!verified.ok()) {
+    const std::string signer = sig.value("key_sha256", std::string("an unnamed key"));
+    return Status::DataLoss(where + ": the signature does not verify with the trusted key " +
+                            fingerprint + " (signed by " + signer +
+                            "): the bundle was changed after signing or signed by another key");
+  }
+  return Status::Ok();
+}
+
 }  // namespace
+
+Status SetTrustedBundleKey(const std::string& public_pem) {
+  std::string fingerprint;
+  if (!public_pem.empty()) {
+    if (public_pem.find("PRIVATE KEY") != std::string::npos) {
+      return Status::InvalidArgument(
+          "the trusted bundle key must be a public key, not a secret one");
+    }
+    CLEAVE_ASSIGN_OR_RETURN(fingerprint, signing::Ed25519Fingerprint(public_pem));
+  }
+  Trust& trust = GlobalTrust();
+  std::lock_guard<std::mutex> lock(trust.mu);
+  trust.public_pem = public_pem;
+  trust.fingerprint = fingerprint;
+  return Status::Ok();
+}
+
+Status TrustBundleKeyFile(const std::string& path) {
+  if (path.empty()) return SetTrustedBundleKey("");
+  Result<std::string> pem = signing::ReadKeyFile(path, /*secret=*/false);
+  if (!pem.ok()) return pem.status().WithContext("cannot read the trusted bundle key");
+  return SetTrustedBundleKey(*pem).WithContext("trusted bundle key " + path);
+}
+
+std::string TrustedBundleKeyFingerprint() {
+  Trust& trust = GlobalTrust();
+  std::lock_guard<std::mutex> lock(trust.mu);
+  return trust.fingerprint;
+}
+
+Status SignBundle(const fs::path& dir, const std::string& secret_pem) {
+  CLEAVE_ASSIGN_OR_RETURN(const Bundle bundle, Bundle::Open(dir, /*require_signature=*/false));
+  CLEAVE_ASSIGN_OR_RETURN(std::string signature,
+                          signing::SignEd25519(secret_pem, bundle.manifest_bytes()));
+  CLEAVE_ASSIGN_OR_RETURN(std::string fingerprint, signing::Ed25519Fingerprint(secret_pem));
+  const json sig = {{"algorithm", "ed25519"},
+                    {"key_sha256", fingerprint},
+                    {"manifest_sha256", bundle.manifest_sha256()},
+                    {"signature", Hex(signature)}};
+  return WriteFileAtomic(bundle.dir() / kSignatureName, sig.dump(2) + "\n");
+}
+
+Status VerifyBundleSignature(const Bundle& bundle, const std::string& public_pem) {
+  CLEAVE_ASSIGN_OR_RETURN(std::string fingerprint, signing::Ed25519Fingerprint(public_pem));
+  return CheckSignature(bundle.dir(), bundle.manifest_bytes(), public_pem, fingerprint);
+}
 
 // ---------------------------------------------------------------------------------------
 // BundleWriter
@@ -275,7 +399,9 @@ Status BundleWriter::Commit(const std::string& kind, const json& model) {
 // ---------------------------------------------------------------------------------------
 // Bundle
 
-Result<Bundle> Bundle::Open(const fs::path& dir) {
+Result<Bundle> Bundle::Open(const fs::path& dir) { return Open(dir, true); }
+
+Result<Bundle> Bundle::Open(const fs::path& dir, bool require_signature) {
   std::error_code ec;
   Bundle bundle;
   fs::path absolute = fs::absolute(dir, ec);
@@ -289,6 +415,18 @@ Result<Bundle> Bundle::Open(const fs::path& dir) {
   }
   CLEAVE_ASSIGN_OR_RETURN(std::string text, ReadFileToString(bundle.dir_ / kManifestName));
   bundle.manifest_sha256_ = Sha256Hex(text);
+  if (require_signature) {
+    std::string public_pem, fingerprint;
+    {
+      Trust& trust = GlobalTrust();
+      std::lock_guard<std::mutex> lock(trust.mu);
+      public_pem = trust.public_pem;
+      fingerprint = trust.fingerprint;
+    }
+    if (!public_pem.empty()) {
+      CLEAVE_RETURN_IF_ERROR(CheckSignature(bundle.dir_, text, public_pem, fingerprint));
+    }
+  }
 
   json manifest;
   try {
@@ -356,6 +494,7 @@ Result<Bundle> Bundle::Open(const fs::path& dir) {
     }
     CLEAVE_RETURN_IF_ERROR(CheckDigest(name, info, *digest));
   }
+  bundle.manifest_bytes_ = std::move(text);
   return bundle;
 }
 

@@ -11,7 +11,15 @@
 // fsynced, then the directory is renamed into place (replacing an older bundle only after
 // the new one is complete). Opening a bundle verifies the format version and the size and
 // SHA-256 of every listed file and refuses unlisted names; any mismatch is DataLoss naming
-// the file. manifest.sig (Ed25519, a later issue) is reserved and not listed in "files".
+// the file.
+//
+// Signatures: manifest.sig = {"algorithm": "ed25519", "key_sha256": <signer's fingerprint>,
+// "manifest_sha256": ..., "signature": <hex>} signs the exact bytes of manifest.json, which
+// lists the size and SHA-256 of every file, so it covers the whole bundle. It is not listed
+// in "files" (signing adds it to a finished bundle). A process with a trusted key
+// (SetTrustedBundleKey, set by daemons from their config) refuses, in every Bundle::Open,
+// bundles that are unsigned (FailedPrecondition) or whose signature does not verify with
+// that key (DataLoss): one switch covers every load path, hot reloads included.
 #pragma once
 
 #include <filesystem>
@@ -73,7 +81,10 @@ class Bundle {
   // directory entry other than manifest.json, manifest.sig and the listed files (so a
   // file copied in by hand, which nothing verified, is never mistaken for the model's).
   // Listed names must be plain (no '/', '\\', "..", NUL; not manifest.json/.sig).
+  // With a trusted key set, the signature is checked first, over the manifest bytes read.
   static Result<Bundle> Open(const std::filesystem::path& dir);
+  // As above; `require_signature` false skips the trusted-key check (signing tools only).
+  static Result<Bundle> Open(const std::filesystem::path& dir, bool require_signature);
 
   const std::filesystem::path& dir() const { return dir_; }
   const std::string& kind() const { return kind_; }
@@ -81,6 +92,8 @@ class Bundle {
   const std::map<std::string, BundleFileInfo>& files() const { return files_; }
   // SHA-256 of manifest.json itself: identifies this exact bundle (for logs and replies).
   const std::string& manifest_sha256() const { return manifest_sha256_; }
+  // The exact manifest.json bytes that were verified (what a signature covers).
+  const std::string& manifest_bytes() const { return manifest_bytes_; }
 
   bool HasFile(const std::string& name) const { return files_.count(name) > 0; }
   // Absolute path of a listed file; NotFound for unlisted names.
@@ -94,6 +107,23 @@ class Bundle {
   nlohmann::json model_;
   std::map<std::string, BundleFileInfo> files_;
   std::string manifest_sha256_;
+  std::string manifest_bytes_;
 };
+
+// Requires every later Bundle::Open in this process to carry a valid signature by this
+// Ed25519 public key (PEM); "" lifts the requirement. InvalidArgument for a malformed or
+// secret key. Thread-safe; daemons call it once at start-up.
+Status SetTrustedBundleKey(const std::string& public_pem);
+// Daemon start-up: reads the public key file at `path` and trusts it ("" = no requirement).
+// Errors name the file.
+Status TrustBundleKeyFile(const std::string& path);
+// Fingerprint of the trusted key, "" when none.
+std::string TrustedBundleKeyFingerprint();
+
+// Signs the bundle at `dir` (verified first; any trusted-key requirement is not applied)
+// with an Ed25519 secret key (PEM), writing manifest.sig atomically.
+Status SignBundle(const std::filesystem::path& dir, const std::string& secret_pem);
+// Checks `bundle`'s manifest.sig against `public_pem` (errors as for a trusted key).
+Status VerifyBundleSignature(const Bundle& bundle, const std::string& public_pem);
 
 }  // namespace cleave

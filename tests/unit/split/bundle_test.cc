@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "common/file_util.h"
+#include "common/signing.h"
 
 namespace cleave {
 namespace {
@@ -157,6 +158,68 @@ TEST_F(BundleTest, UnlistedFileIsRejectedButSignatureIsAllowed) {
   fs::remove(dir_ / "extra.pt");
   fs::create_directory(dir_ / "subdir");
   ExpectError(Bundle::Open(dir_).status(), StatusCode::kDataLoss, "'subdir'");
+}
+
+// Clears the process-wide trusted key when a test ends, whatever happened.
+struct TrustGuard {
+  ~TrustGuard() { (void)SetTrustedBundleKey(""); }
+};
+
+TEST_F(BundleTest, SignedBundlesVerifyAndEveryTamperingIsRefused) {
+  TrustGuard guard;
+  WriteSample();
+  auto signer = signing::GenerateEd25519();
+  auto stranger = signing::GenerateEd25519();
+  ASSERT_TRUE(signer.ok() && stranger.ok());
+  const std::string fingerprint = *signing::Ed25519Fingerprint(signer->public_pem);
+
+  // Without a trusted key nothing changes; with one, an unsigned bundle is refused.
+  EXPECT_TRUE(Bundle::Open(dir_).ok());
+  ASSERT_TRUE(SetTrustedBundleKey(signer->public_pem).ok());
+  EXPECT_EQ(TrustedBundleKeyFingerprint(), fingerprint);
+  ExpectError(Bundle::Open(dir_).status(), StatusCode::kFailedPrecondition, "not signed");
+
+  // Signing works even while a key is trusted (the signer opens without the check).
+  ASSERT_TRUE(SignBundle(dir_, signer->secret_pem).ok());
+  auto opened = Bundle::Open(dir_);
+  ASSERT_TRUE(opened.ok()) << opened.status().ToString();
+  EXPECT_TRUE(VerifyBundleSignature(*opened, signer->public_pem).ok());
+  const json sig = json::parse(*ReadFileToString(dir_ / "manifest.sig"));
+  EXPECT_EQ(sig["algorithm"], "ed25519");
+  EXPECT_EQ(sig["key_sha256"], fingerprint);
+  EXPECT_EQ(sig["manifest_sha256"], opened->manifest_sha256());
+
+  // A changed manifest (e.g. a raised exit threshold) breaks the signature.
+  json manifest = ReadManifest();
+  manifest["model"]["exits"][0] = 0.1;
+  WriteManifest(manifest);
+  ExpectError(Bundle::Open(dir_).status(), StatusCode::kDataLoss, "does not verify");
+  // A re-signed bundle by another key is refused too, naming both keys.
+  ASSERT_TRUE(SignBundle(dir_, stranger->secret_pem).ok());
+  ExpectError(Bundle::Open(dir_).status(), StatusCode::kDataLoss, fingerprint);
+  // A changed weight file fails its hash (the manifest, signed, still lists the old one).
+  ASSERT_TRUE(SignBundle(dir_, signer->secret_pem).ok());
+  ASSERT_TRUE(Bundle::Open(dir_).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir_ / "head.pt", "head-weightz").ok());
+  ExpectError(Bundle::Open(dir_).status(), StatusCode::kDataLoss, "head.pt");
+  ASSERT_TRUE(WriteFileAtomic(dir_ / "head.pt", "head-weights").ok());
+  ASSERT_TRUE(Bundle::Open(dir_).ok());
+  // Garbage signature files are DataLoss, never a crash.
+  for (const std::string garbage : {"not json", "{}", R"({"algorithm": "rsa", "signature": "00"})",
+                                    R"({"algorithm": "ed25519", "signature": "zz"})",
+                                    R"({"algorithm": "ed25519", "signature": "abc"})",
+                                    R"({"algorithm": "ed25519", "signature": "00ff"})"}) {
+    ASSERT_TRUE(WriteFileAtomic(dir_ / "manifest.sig", garbage).ok());
+    EXPECT_EQ(Bundle::Open(dir_).status().code(), StatusCode::kDataLoss) << garbage;
+  }
+  // Lifting the requirement accepts the bundle again; a secret or malformed key is refused.
+  ASSERT_TRUE(SetTrustedBundleKey("").ok());
+  EXPECT_TRUE(Bundle::Open(dir_).ok());
+  EXPECT_EQ(SetTrustedBundleKey(signer->secret_pem).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(SetTrustedBundleKey("garbage").code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(TrustedBundleKeyFingerprint(), "");
+  EXPECT_FALSE(TrustBundleKeyFile((root_ / "missing.pub").string()).ok());
+  EXPECT_TRUE(TrustBundleKeyFile("").ok());
 }
 
 TEST_F(BundleTest, WrongFormatVersionIsVersionMismatch) {

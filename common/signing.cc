@@ -1,0 +1,163 @@
+#include "common/signing.h"
+
+#include <sys/stat.h>
+
+#include <memory>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "common/file_util.h"
+
+namespace cleave::signing {
+namespace {
+
+struct PkeyFree {
+  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
+};
+struct PkeyCtxFree {
+  void operator()(EVP_PKEY_CTX* c) const { EVP_PKEY_CTX_free(c); }
+};
+struct MdCtxFree {
+  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
+};
+struct BioFree {
+  void operator()(BIO* b) const { BIO_free(b); }
+};
+using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
+using Bio = std::unique_ptr<BIO, BioFree>;
+
+// The oldest queued OpenSSL error as text (and the queue cleared), for messages.
+std::string OpenSslError() {
+  const unsigned long code = ERR_get_error();
+  ERR_clear_error();
+  if (code == 0) return "no OpenSSL error recorded";
+  char buf[256];
+  ERR_error_string_n(code, buf, sizeof(buf));
+  return buf;
+}
+
+Result<Pkey> ReadPem(std::string_view pem, bool secret) {
+  if (pem.size() > (1 << 16)) return Status::InvalidArgument("key PEM is implausibly large");
+  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) return Status::Internal("BIO_new_mem_buf failed");
+  // A null passphrase callback with an empty passphrase: encrypted keys fail cleanly instead
+  // of prompting on the terminal.
+  static char kEmpty[] = "";
+  EVP_PKEY* key = secret ? PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, kEmpty)
+                         : PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, kEmpty);
+  if (key == nullptr) {
+    return Status::InvalidArgument(std::string("not a PEM ") + (secret ? "private" : "public") +
+                                   " key (" + OpenSslError() + ")");
+  }
+  Pkey owned(key);
+  if (EVP_PKEY_get_base_id(key) != EVP_PKEY_ED25519) {
+    return Status::InvalidArgument(std::string("the ") + (secret ? "private" : "public") +
+                                   " key is not an Ed25519 key");
+  }
+  return owned;
+}
+
+Result<std::string> ToPem(EVP_PKEY* key, bool secret) {
+  Bio bio(BIO_new(BIO_s_mem()));
+  if (!bio) return Status::Internal("BIO_new failed");
+  const int ok =
+      secret ? PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr)
+             : PEM_write_bio_PUBKEY(bio.get(), key);
+  if (ok != 1) return Status::Internal("cannot write PEM: " + OpenSslError());
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio.get(), &data);
+  return std::string(data, static_cast<size_t>(n));
+}
+
+}  // namespace
+
+Result<Ed25519KeyPair> GenerateEd25519() {
+  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr));
+  EVP_PKEY* raw = nullptr;
+  if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1 || EVP_PKEY_keygen(ctx.get(), &raw) != 1) {
+    return Status::Internal("Ed25519 key generation failed: " + OpenSslError());
+  }
+  Pkey key(raw);
+  Ed25519KeyPair pair;
+  CLEAVE_ASSIGN_OR_RETURN(pair.secret_pem, ToPem(key.get(), true));
+  CLEAVE_ASSIGN_OR_RETURN(pair.public_pem, ToPem(key.get(), false));
+  return pair;
+}
+
+Result<std::string> SignEd25519(std::string_view secret_pem, std::string_view message) {
+  CLEAVE_ASSIGN_OR_RETURN(Pkey key, ReadPem(secret_pem, true));
+  std::unique_ptr<EVP_MD_CTX, MdCtxFree> ctx(EVP_MD_CTX_new());
+  std::string signature(kEd25519SignatureBytes, '\0');
+  size_t length = signature.size();
+  // Ed25519 is a one-shot scheme: no digest (null) and EVP_DigestSign over the message.
+  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key.get()) != 1 ||
+      EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(signature.data()), &length,
+                     reinterpret_cast<const unsigned char*>(message.data()), message.size()) != 1 ||
+      length != kEd25519SignatureBytes) {
+    return Status::Internal("Ed25519 signing failed: " + OpenSslError());
+  }
+  return signature;
+}
+
+Status VerifyEd25519(std::string_view public_pem, std::string_view message,
+                     std::string_view signature) {
+  if (signature.size() != kEd25519SignatureBytes) {
+    return Status::InvalidArgument("an Ed25519 signature is " +
+                                   std::to_string(kEd25519SignatureBytes) + " bytes, not " +
+                                   std::to_string(signature.size()));
+  }
+  CLEAVE_ASSIGN_OR_RETURN(Pkey key, ReadPem(public_pem, false));
+  std::unique_ptr<EVP_MD_CTX, MdCtxFree> ctx(EVP_MD_CTX_new());
+  if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key.get()) != 1) {
+    return Status::Internal("Ed25519 verification setup failed: " + OpenSslError());
+  }
+  const int ok = EVP_DigestVerify(
+      ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()), signature.size(),
+      reinterpret_cast<const unsigned char*>(message.data()), message.size());
+  ERR_clear_error();
+  if (ok != 1) return Status::DataLoss("the Ed25519 signature does not verify");
+  return Status::Ok();
+}
+
+Result<std::string> Ed25519Fingerprint(std::string_view pem) {
+  const bool secret = pem.find("PRIVATE KEY") != std::string_view::npos;
+  CLEAVE_ASSIGN_OR_RETURN(Pkey key, ReadPem(pem, secret));
+  unsigned char raw[32];
+  size_t length = sizeof(raw);
+  if (EVP_PKEY_get_raw_public_key(key.get(), raw, &length) != 1 || length != sizeof(raw)) {
+    return Status::Internal("cannot read the raw public key: " + OpenSslError());
+  }
+  return Sha256Hex(std::string_view(reinterpret_cast<const char*>(raw), length));
+}
+
+Result<std::string> ReadKeyFile(const std::filesystem::path& path, bool secret) {
+  if (secret) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+      return Status::FailedPrecondition("secret key file " + path.string() +
+                                        " is readable by group or others; chmod 600 it");
+    }
+  }
+  return ReadFileToString(path);
+}
+
+Status WriteEd25519KeyPair(const Ed25519KeyPair& pair, const std::filesystem::path& prefix,
+                           bool overwrite) {
+  const std::filesystem::path secret = prefix.string() + ".key";
+  const std::filesystem::path pub = prefix.string() + ".pub";
+  std::error_code ec;
+  if (!overwrite) {
+    for (const auto& p : {secret, pub}) {
+      if (std::filesystem::exists(p, ec)) {
+        return Status::AlreadyExists(p.string() + " exists (pass --force to replace it)");
+      }
+    }
+  }
+  CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(secret, pair.secret_pem, 0600));
+  return WriteFileAtomic(pub, pair.public_pem, 0644);
+}
+
+}  // namespace cleave::signing
