@@ -14,6 +14,7 @@
 #include "cloud/lm_server.h"
 #include "cloud/tail_server.h"
 #include "common/config.h"
+#include "common/curve.h"
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
@@ -34,6 +35,11 @@ cleave::ConfigSchema CloudSchema() {
       .Add("cloud.bundle_public_key", ConfigType::kString, "",
            "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
            "load")
+      .Add("cloud.curve_secret_key", ConfigType::kString, "",
+           "CURVE key file of this service (cleave keys generate --type curve); needs "
+           "cloud.curve_allow_list: only listed edges are admitted")
+      .Add("cloud.curve_allow_list", ConfigType::kString, "",
+           "file of allowed client CURVE public keys, one per line; re-read on change or SIGHUP")
       .Add("cloud.listen", ConfigType::kString, "tcp://127.0.0.1:5560",
            "ZeroMQ endpoint edges connect to (port 0 picks a free port)")
       .Add("cloud.max_batch", ConfigType::kInt, "64",
@@ -88,6 +94,9 @@ int ServeLm(const cleave::Config& config, const std::string& bundle_dir) {
   cleave::cloud::LmServerOptions options;
   options.listen = config.GetString("cloud.listen");
   options.socket.max_message_bytes = config.GetInt("cloud.max_message_bytes");
+  auto zap = cleave::SetUpCurveServer(context, config.GetString("cloud.curve_secret_key"),
+                                      config.GetString("cloud.curve_allow_list"), options.socket);
+  if (!zap.ok()) return Fail(zap.status());
   auto server = cleave::cloud::LmServer::Create(context, options, std::move(service));
   if (!server.ok()) return Fail(server.status());
   log->info("serving the cloud layers of language model '{}' on {}", name, (*server)->endpoint());
@@ -144,6 +153,9 @@ int main(int argc, char** argv) {
   options.listen = config->GetString("cloud.listen");
   options.max_batch = static_cast<int>(config->GetInt("cloud.max_batch"));
   options.socket.max_message_bytes = config->GetInt("cloud.max_message_bytes");
+  auto zap = cleave::SetUpCurveServer(context, config->GetString("cloud.curve_secret_key"),
+                                      config->GetString("cloud.curve_allow_list"), options.socket);
+  if (!zap.ok()) return Fail(zap.status());
   auto server = cleave::cloud::TailServer::Create(context, options, std::move(model).value());
   if (!server.ok()) return Fail(server.status());
   log->info("serving the tail of model '{}' on {}", model_name, (*server)->endpoint());

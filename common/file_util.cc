@@ -197,6 +197,31 @@ Status FsyncDirectory(const fs::path& dir) {
   return Status::Ok();
 }
 
+Result<std::string> ReadPrivateFile(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+    return Status::FailedPrecondition("secret key file " + Quoted(path) +
+                                      " is readable by group or others; chmod 600 it");
+  }
+  return ReadFileToString(path);
+}
+
+Status WriteKeyPairFiles(const fs::path& prefix, std::string_view secret_text,
+                         std::string_view public_text, bool overwrite) {
+  const fs::path secret = prefix.string() + ".key";
+  const fs::path pub = prefix.string() + ".pub";
+  std::error_code ec;
+  if (!overwrite) {
+    for (const auto& p : {secret, pub}) {
+      if (fs::exists(p, ec)) {
+        return Status::AlreadyExists(p.string() + " exists (pass --force to replace it)");
+      }
+    }
+  }
+  CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(secret, secret_text, 0600));
+  return WriteFileAtomic(pub, public_text, 0644);
+}
+
 std::string Sha256Hex(std::string_view bytes) {
   Sha256Hasher hasher;
   hasher.Update(bytes.data(), bytes.size());

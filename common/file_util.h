@@ -39,6 +39,14 @@ Status FsyncFile(const std::filesystem::path& path);
 // fsyncs a directory so that entries created, renamed or removed in it survive a crash.
 Status FsyncDirectory(const std::filesystem::path& dir);
 
+// Key files. ReadPrivateFile reads a file that must not be readable by group or others
+// (FailedPrecondition naming the file otherwise: "chmod 600 it"). WriteKeyPairFiles writes
+// `<prefix>.key` (mode 0600) and `<prefix>.pub` (0644) atomically; AlreadyExists when either
+// exists and `overwrite` is false.
+Result<std::string> ReadPrivateFile(const std::filesystem::path& path);
+Status WriteKeyPairFiles(const std::filesystem::path& prefix, std::string_view secret_text,
+                         std::string_view public_text, bool overwrite);
+
 // Lowercase hex SHA-256 (64 characters) of `bytes`. Returns an empty string only if
 // OpenSSL itself fails (out of memory); an empty digest never matches a real one.
 std::string Sha256Hex(std::string_view bytes);

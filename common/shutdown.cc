@@ -18,6 +18,10 @@ static_assert(std::atomic<bool>::is_always_lock_free, "signal handler needs a lo
 static_assert(std::atomic<int>::is_always_lock_free, "signal handler needs a lock-free fd");
 
 std::atomic<bool> g_requested{false};
+static_assert(std::atomic<unsigned long>::is_always_lock_free, "SIGHUP needs a lock-free counter");
+std::atomic<unsigned long> g_reloads{0};
+
+extern "C" void HandleReloadSignal(int /*sig*/) { g_reloads.fetch_add(1); }
 std::atomic<int> g_wake_read_fd{-1};
 std::atomic<int> g_wake_write_fd{-1};
 std::once_flag g_pipe_once;
@@ -61,6 +65,11 @@ void InstallShutdownHandlers() {
   action.sa_flags = SA_RESTART;
   sigaction(SIGINT, &action, nullptr);
   sigaction(SIGTERM, &action, nullptr);
+  struct sigaction reload = {};
+  reload.sa_handler = HandleReloadSignal;
+  sigemptyset(&reload.sa_mask);
+  reload.sa_flags = SA_RESTART;
+  sigaction(SIGHUP, &reload, nullptr);
 
   struct sigaction ignore = {};
   ignore.sa_handler = SIG_IGN;
@@ -69,6 +78,10 @@ void InstallShutdownHandlers() {
 }
 
 bool ShutdownRequested() { return g_requested.load(); }
+
+unsigned long ReloadGeneration() { return g_reloads.load(); }
+
+void RequestReload() { g_reloads.fetch_add(1); }
 
 void RequestShutdown() {
   EnsureWakePipe();

@@ -32,6 +32,13 @@ bool WaitForShutdown(int timeout_ms);
 // negative fd, so such loops must also check ShutdownRequested() after each wake-up).
 int ShutdownWakeFd();
 
+// Reload requests (SIGHUP): InstallShutdownHandlers also counts SIGHUPs. Components that
+// re-read files on request (the CURVE allow list) remember the generation they last saw and
+// reload when it moves. Never wakes shutdown waiters.
+unsigned long ReloadGeneration();
+// Counts a reload request from inside the process (tests, an admin endpoint).
+void RequestReload();
+
 // Clears the request so the next test starts clean. Tests only: a daemon never un-shuts.
 void ResetShutdownForTesting();
 

@@ -1,7 +1,5 @@
 #include "common/signing.h"
 
-#include <sys/stat.h>
-
 #include <memory>
 
 #include <openssl/bio.h>
@@ -134,30 +132,12 @@ Result<std::string> Ed25519Fingerprint(std::string_view pem) {
 }
 
 Result<std::string> ReadKeyFile(const std::filesystem::path& path, bool secret) {
-  if (secret) {
-    struct stat st {};
-    if (::stat(path.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
-      return Status::FailedPrecondition("secret key file " + path.string() +
-                                        " is readable by group or others; chmod 600 it");
-    }
-  }
-  return ReadFileToString(path);
+  return secret ? ReadPrivateFile(path) : ReadFileToString(path);
 }
 
 Status WriteEd25519KeyPair(const Ed25519KeyPair& pair, const std::filesystem::path& prefix,
                            bool overwrite) {
-  const std::filesystem::path secret = prefix.string() + ".key";
-  const std::filesystem::path pub = prefix.string() + ".pub";
-  std::error_code ec;
-  if (!overwrite) {
-    for (const auto& p : {secret, pub}) {
-      if (std::filesystem::exists(p, ec)) {
-        return Status::AlreadyExists(p.string() + " exists (pass --force to replace it)");
-      }
-    }
-  }
-  CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(secret, pair.secret_pem, 0600));
-  return WriteFileAtomic(pub, pair.public_pem, 0644);
+  return WriteKeyPairFiles(prefix, pair.secret_pem, pair.public_pem, overwrite);
 }
 
 }  // namespace cleave::signing

@@ -45,7 +45,7 @@ Result<json> RunConfig(const ConfigRun& run, const split::SplitLm& model,
   step_ms.reserve(static_cast<size_t>(windows * (window - 1)));
   double log2_sum = 0;
   RouterStats total;
-  const int64_t bytes_before = link ? link->bytes_sent() : 0;
+  const int64_t bytes_before = link ? link->wire_bytes_sent() : 0;
   ProgressBar progress(run.name, static_cast<uint64_t>(windows));
   const auto started = std::chrono::steady_clock::now();
   for (int64_t w = 0; w < windows; ++w) {
@@ -77,7 +77,7 @@ Result<json> RunConfig(const ConfigRun& run, const split::SplitLm& model,
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
   const double tokens = static_cast<double>(std::max<int64_t>(1, total.tokens));
-  const int64_t bytes_sent = link ? link->bytes_sent() - bytes_before : 0;
+  const int64_t bytes_sent = link ? link->wire_bytes_sent() - bytes_before : 0;
   return json{{"threshold", run.threshold},
               {"bits_per_char", -log2_sum / tokens},
               {"routed_fraction", static_cast<double>(total.routed) / tokens},

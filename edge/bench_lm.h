@@ -6,7 +6,9 @@
 //   routed      the bundle's calibrated threshold; plus a sweep of thresholds for the plot.
 // Text is scored teacher-forced in sessions of the context length (non-overlapping windows
 // of context + 1 bytes, as calibration scores them): each byte is fed as generation would
-// feed its own output, and the distribution used for the next byte is scored. See
+// feed its own output, and the distribution used for the next byte is scored. Bytes are
+// what the edge's socket sends: every request (the End of each session too) with its ZMTP
+// frame header. See
 // docs/benchmarks.md for the keys and the targets of issue 4.
 #pragma once
 

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "common/config.h"
+#include "common/curve.h"
 #include "common/datasets.h"
 #include "common/file_util.h"
 #include "common/logging.h"
@@ -45,6 +46,14 @@ cleave::ConfigSchema EdgeSchema() {
       .Add("edge.bundle_public_key", ConfigType::kString, "",
            "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
            "load")
+      .Add("edge.curve_secret_key", ConfigType::kString, "",
+           "CURVE key file of this edge (cleave keys generate --type curve); with "
+           "edge.cloud_curve_public_key / edge.aggregator_curve_public_key, those links are "
+           "encrypted and authenticated")
+      .Add("edge.cloud_curve_public_key", ConfigType::kString, "",
+           "the cloud's CURVE public key file (needs edge.curve_secret_key)")
+      .Add("edge.aggregator_curve_public_key", ConfigType::kString, "",
+           "the aggregator's CURVE public key file (needs edge.curve_secret_key)")
       .Add("edge.listen", ConfigType::kString, "tcp://127.0.0.1:5555",
            "ZeroMQ endpoint local applications connect to (ipc:// or tcp://; port 0 = any)")
       .Add("edge.cloud", ConfigType::kString, "tcp://127.0.0.1:5560",
@@ -250,6 +259,14 @@ int Serve(Loaded& loaded) {
   options.cloud = config.GetString("edge.cloud");
   options.default_deadline_ms = static_cast<uint32_t>(config.GetInt("edge.deadline_ms"));
   options.max_batch = static_cast<int>(config.GetInt("edge.max_batch"));
+  cleave::SocketOptions cloud_socket;
+  if (cleave::Status s =
+          cleave::SetUpCurveClient(config.GetString("edge.curve_secret_key"),
+                                   config.GetString("edge.cloud_curve_public_key"), cloud_socket);
+      !s.ok()) {
+    return Fail(s.WithContext("edge.cloud_curve_public_key"));
+  }
+  options.cloud_configure = cloud_socket.configure;
   auto server = cleave::edge::EdgeServer::Create(context, options, std::move(loaded.engine));
   if (!server.ok()) return Fail(server.status());
   cleave::GetLogger("edge")->info("serving applications on {}; cloud at {}", (*server)->endpoint(),
@@ -259,6 +276,14 @@ int Serve(Loaded& loaded) {
   nlohmann::json fl_ready;
   if (fl_setup->has_value()) {
     FederatedSetup& setup = **fl_setup;
+    cleave::SocketOptions fl_socket;
+    if (cleave::Status s = cleave::SetUpCurveClient(
+            config.GetString("edge.curve_secret_key"),
+            config.GetString("edge.aggregator_curve_public_key"), fl_socket);
+        !s.ok()) {
+      return Fail(s.WithContext("edge.aggregator_curve_public_key"));
+    }
+    setup.options.socket_configure = fl_socket.configure;
     auto client = cleave::edge::FederatedClient::Start(context, setup.options, setup.spec,
                                                        setup.initial, std::move(setup.data));
     if (!client.ok()) return Fail(client.status().WithContext("federated client"));
@@ -333,7 +358,14 @@ int Classify(Loaded& loaded, const std::vector<std::string>& paths, bool json, i
   std::unique_ptr<cleave::edge::OffloadClient> cloud;
   const std::string endpoint = config.GetString("edge.cloud");
   if (!endpoint.empty()) {
-    auto client = cleave::edge::OffloadClient::Connect(context, endpoint);
+    cleave::SocketOptions socket;
+    if (cleave::Status s =
+            cleave::SetUpCurveClient(config.GetString("edge.curve_secret_key"),
+                                     config.GetString("edge.cloud_curve_public_key"), socket);
+        !s.ok()) {
+      return Fail(s.WithContext("edge.cloud_curve_public_key"));
+    }
+    auto client = cleave::edge::OffloadClient::Connect(context, endpoint, socket);
     if (!client.ok()) return Fail(client.status());
     cloud = std::move(client).value();
   }

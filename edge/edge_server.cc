@@ -27,8 +27,10 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::Create(TransportContext& context
   CLEAVE_ASSIGN_OR_RETURN(server->local_,
                           RouterServer::Bind(context, options.listen, options.socket));
   if (!options.cloud.empty()) {
+    SocketOptions cloud_socket = options.socket;
+    cloud_socket.configure = options.cloud_configure;
     CLEAVE_ASSIGN_OR_RETURN(server->cloud_,
-                            DealerClient::Connect(context, options.cloud, options.socket));
+                            DealerClient::Connect(context, options.cloud, cloud_socket));
   }
   return server;
 }

@@ -29,6 +29,8 @@ struct EdgeServerOptions {
   uint32_t default_deadline_ms = 250;           // when a request does not set one
   int max_batch = 32;                           // application requests per head batch
   SocketOptions socket;
+  // Applied to the cloud DEALER only, before it connects (CURVE: SetUpCurveClient).
+  std::function<Status(zmq::socket_t&)> cloud_configure;
 };
 
 struct EdgeServerStats {

@@ -157,6 +157,7 @@ Result<std::unique_ptr<FederatedClient>> FederatedClient::Start(
   client->data_ = std::move(data);
   SocketOptions socket;
   socket.max_message_bytes = client->options_.max_message_bytes;
+  socket.configure = client->options_.socket_configure;
   CLEAVE_ASSIGN_OR_RETURN(client->dealer_,
                           DealerClient::Connect(context, client->options_.aggregator, socket));
   client->stats_.running = true;

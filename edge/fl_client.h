@@ -86,6 +86,8 @@ struct FederatedClientOptions {
   // Kept free before the round's deadline to send the update; at most half the deadline.
   int64_t deadline_margin_ms = 1000;
   int64_t max_message_bytes = static_cast<int64_t>(wire::fl::kMaxMessageBytes);
+  // Applied to the DEALER before it connects (CURVE: common/curve.h SetUpCurveClient).
+  std::function<Status(zmq::socket_t&)> socket_configure;
 };
 
 // A snapshot of what the client did. Counters only grow.

@@ -27,6 +27,8 @@ class ZmqLmLink : public LmCloudLink {
                                                     std::chrono::milliseconds backoff);
   Result<lm_wire::LmReply> Call(const lm_wire::LmRequest& request) override;
   int64_t bytes_sent() const { return static_cast<int64_t>(client_->bytes_sent()); }
+  // bytes_sent plus the ZMTP frame headers: what the link carries (without CURVE).
+  int64_t wire_bytes_sent() const { return static_cast<int64_t>(client_->wire_bytes_sent()); }
 
  private:
   ZmqLmLink(std::unique_ptr<DealerClient> client, int timeout_ms, std::chrono::milliseconds backoff)

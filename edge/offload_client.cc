@@ -6,9 +6,10 @@
 namespace cleave::edge {
 
 Result<std::unique_ptr<OffloadClient>> OffloadClient::Connect(TransportContext& context,
-                                                              const std::string& endpoint) {
+                                                              const std::string& endpoint,
+                                                              const SocketOptions& options) {
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<DealerClient> dealer,
-                          DealerClient::Connect(context, endpoint));
+                          DealerClient::Connect(context, endpoint, options));
   return std::unique_ptr<OffloadClient>(new OffloadClient(std::move(dealer)));
 }
 

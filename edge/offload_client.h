@@ -23,7 +23,8 @@ class OffloadClient {
  public:
   // Connects to the cloud tail at `endpoint`. `context` must outlive the client.
   static Result<std::unique_ptr<OffloadClient>> Connect(TransportContext& context,
-                                                        const std::string& endpoint);
+                                                        const std::string& endpoint,
+                                                        const SocketOptions& options = {});
 
   // Sends every (request id, encoded InferRequest) and waits until all are answered or
   // `deadline_ms` passes. Returns the replies received, by request id; a missing id means

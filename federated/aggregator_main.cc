@@ -8,6 +8,7 @@
 #include <iostream>
 
 #include "common/config.h"
+#include "common/curve.h"
 #include "common/datasets.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
@@ -35,6 +36,10 @@ cleave::ConfigSchema AggregatorSchema() {
            "load")
       .Add("aggregator.signing_key", ConfigType::kString, "",
            "Ed25519 secret key file: published round bundles are signed with it")
+      .Add("aggregator.curve_secret_key", ConfigType::kString, "",
+           "CURVE key file of the aggregator; needs aggregator.curve_allow_list")
+      .Add("aggregator.curve_allow_list", ConfigType::kString, "",
+           "file of allowed edge CURVE public keys, one per line; re-read on change or SIGHUP")
       .Add("aggregator.model", ConfigType::kString, "",
            "instead of a bundle: a built-in network trained from scratch (simple_cnn, "
            "default_split, tiny_split)")
@@ -162,6 +167,11 @@ int main(int argc, char** argv) {
   cleave::Result<federated::AggregatorModel> model = LoadModel(*config);
   if (!model.ok()) return Fail(model.status());
   cleave::TransportContext context;
+  cleave::SocketOptions socket;
+  auto zap = cleave::SetUpCurveServer(context, config->GetString("aggregator.curve_secret_key"),
+                                      config->GetString("aggregator.curve_allow_list"), socket);
+  if (!zap.ok()) return Fail(zap.status());
+  options.socket_configure = socket.configure;
   auto service = federated::AggregatorService::Create(options, std::move(*model), context);
   if (!service.ok()) return Fail(service.status());
   cleave::GetLogger("aggregator")

@@ -410,6 +410,7 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
   }
   SocketOptions socket_options;
   socket_options.max_message_bytes = options.max_message_bytes;
+  socket_options.configure = options.socket_configure;
   CLEAVE_ASSIGN_OR_RETURN(impl->router,
                           RouterServer::Bind(context, options.listen, socket_options));
   impl->options = std::move(options);

@@ -65,6 +65,8 @@ struct AggregatorOptions {
   std::string summary_file;          // JSON history, rewritten after every round
   std::string ready_file;            // {"endpoint", "pid"} once bound
   int64_t max_message_bytes = int64_t{256} << 20;
+  // Applied to the ROUTER before it binds (CURVE: common/curve.h SetUpCurveServer).
+  std::function<Status(zmq::socket_t&)> socket_configure;
 };
 
 // The model the aggregator coordinates: architecture + initial weights, and optionally the

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/curve.h"
 #include "common/signing.h"
 #include "split/bundle.h"
 
@@ -35,8 +36,20 @@ struct BundleArgs {
 
 void GenerateKeys(const KeysArgs& args) {
   const std::string command = "keys generate";
+  if (args.type == "curve") {
+    const CurveKeyPair pair = OrFail(command, GenerateCurveKeyPair());
+    if (Status s = WriteCurveKeyFiles(pair, args.out, args.force); !s.ok()) Fail(command, s);
+    std::cout << json{{"type", args.type},
+                      {"secret_key", args.out + ".key"},
+                      {"public_key", args.out + ".pub"},
+                      {"public", pair.public_z85}}
+                     .dump(2)
+              << std::endl;
+    return;
+  }
   if (args.type != "ed25519") {
-    Fail(command, Status::InvalidArgument("--type must be ed25519 (bundle signing keys)"));
+    Fail(command, Status::InvalidArgument(
+                      "--type must be ed25519 (bundle signing) or curve (transport, CURVE)"));
   }
   const signing::Ed25519KeyPair pair = OrFail(command, signing::GenerateEd25519());
   if (Status s = signing::WriteEd25519KeyPair(pair, args.out, args.force); !s.ok()) {
@@ -77,13 +90,16 @@ void Verify(const BundleArgs& args) {
 }  // namespace
 
 void RegisterBundleCommands(CLI::App& app) {
-  CLI::App* keys = app.add_subcommand("keys", "key pairs for signing model bundles");
+  CLI::App* keys =
+      app.add_subcommand("keys", "key pairs: bundle signing (Ed25519) and transport (CURVE)");
   keys->require_subcommand(1);
   auto keys_args = std::make_shared<KeysArgs>();
   CLI::App* generate = keys->add_subcommand(
       "generate", "write a key pair: PREFIX.key (secret, mode 0600) and PREFIX.pub");
   generate->add_option("--out", keys_args->out, "path prefix of the two files")->required();
-  generate->add_option("--type", keys_args->type, "key type: ed25519 (bundle signing)")
+  generate
+      ->add_option("--type", keys_args->type,
+                   "ed25519 (bundle signing) or curve (ZeroMQ CURVE transport keys, Z85)")
       ->capture_default_str();
   generate->add_flag("--force", keys_args->force, "replace existing files");
   generate->callback([keys_args] { GenerateKeys(*keys_args); });

@@ -1,6 +1,7 @@
 // CLI11 subcommands of the `cleave` tool for keys and bundle signatures:
-//   cleave keys generate --out PREFIX [--type ed25519] [--force]
-//                                   a key pair: PREFIX.key (secret, mode 0600), PREFIX.pub
+//   cleave keys generate --out PREFIX [--type ed25519|curve] [--force]
+//                                   a key pair: PREFIX.key (secret, mode 0600), PREFIX.pub;
+//                                   Ed25519 signs bundles, CURVE secures the transport
 //   cleave bundle sign --bundle DIR --key PREFIX.key
 //                                   writes DIR/manifest.sig (split/bundle.h)
 //   cleave bundle verify --bundle DIR --public-key PREFIX.pub

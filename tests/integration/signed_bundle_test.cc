@@ -34,7 +34,8 @@ class SignedBundleTest : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
   // Runs `cleave args...`; returns (exit code, output).
-  std::pair<int, std::string> Cleave(const std::vector<std::string>& args, const std::string& name) {
+  std::pair<int, std::string> Cleave(const std::vector<std::string>& args,
+                                     const std::string& name) {
     std::vector<std::string> argv = {(kBin / "cleave").string()};
     argv.insert(argv.end(), args.begin(), args.end());
     const fs::path log = dir_ / (name + ".log");
@@ -45,11 +46,11 @@ class SignedBundleTest : public ::testing::Test {
     return {code.ok() ? *code : -1, ReadFileToString(log).value_or("")};
   }
   Result<LaunchedDaemon> StartCloud(const std::string& name) {
-    return LaunchDaemon(kBin / "cleave-cloud",
-                        {"--cloud.bundle", (dir_ / "bundle").string(), "--cloud.listen",
-                         "tcp://127.0.0.1:0", "--cloud.bundle_public_key",
-                         (dir_ / "signer.pub").string()},
-                        "cloud.ready_file", dir_, name, 30000);
+    return LaunchDaemon(
+        kBin / "cleave-cloud",
+        {"--cloud.bundle", (dir_ / "bundle").string(), "--cloud.listen", "tcp://127.0.0.1:0",
+         "--cloud.bundle_public_key", (dir_ / "signer.pub").string()},
+        "cloud.ready_file", dir_, name, 30000);
   }
   fs::path dir_;
 };

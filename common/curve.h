@@ -1,0 +1,123 @@
+// Authenticated, encrypted transport: ZeroMQ CURVE (CurveZMQ, RFC 26) with a ZAP (RFC 27)
+// handler that admits only client public keys listed in an allow-list file.
+//
+// Keys are Z85 text (40 characters for 32 bytes). A key file holds "public <z85>" and, for
+// a secret key file (mode 0600, refused when group or others can read it), "secret <z85>";
+// `cleave keys generate --type curve` writes both. An allow list has one client public key
+// per line, optionally followed by a comment; blank lines and lines starting with '#' are
+// ignored, anything else malformed is an error naming the line.
+//
+// Pitfall (DESIGN.md): a CURVE server without a running ZAP handler accepts every client -
+// encryption without authentication. So CurveServer() needs a started ZapHandler of the
+// same context; the handler binds inproc://zeromq.zap.01 before any server socket exists,
+// answers every request of its domain (and refuses other domains), and ZMQ_ZAP_ENFORCE_DOMAIN
+// is set on server sockets where this libzmq supports it.
+//
+// The allow list is re-read when its modification time or size changes (checked at most
+// once a second), when ReloadAllowList() is called, and on SIGHUP (common/shutdown.h). A list
+// that fails to parse keeps the previous one in force and is reported in last_error().
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+
+#include <zmq.hpp>
+
+#include "common/status.h"
+#include "common/transport.h"
+
+namespace cleave {
+
+struct CurveKeyPair {
+  std::string public_z85;  // 40 characters
+  std::string secret_z85;  // 40 characters ("" for a public-only key)
+};
+
+// A fresh pair from libzmq (which uses libsodium's or tweetnacl's CSPRNG).
+Result<CurveKeyPair> GenerateCurveKeyPair();
+// The public key of a secret key. InvalidArgument when it is not 40 Z85 characters.
+Result<std::string> CurvePublicFromSecret(const std::string& secret_z85);
+// True for 40 characters of the Z85 alphabet that decode to 32 bytes.
+bool IsCurveKey(const std::string& z85);
+
+// Writes `<prefix>.key` (public and secret, mode 0600) and `<prefix>.pub` (public) atomically;
+// AlreadyExists when either exists and `overwrite` is false.
+Status WriteCurveKeyFiles(const CurveKeyPair& pair, const std::filesystem::path& prefix,
+                          bool overwrite);
+// Reads a key file. With `secret`, the file must hold the secret key (and be private);
+// otherwise the public key is enough (a .key file also works).
+Result<CurveKeyPair> ReadCurveKeyFile(const std::filesystem::path& path, bool secret);
+// Parses an allow list (see file comment).
+Result<std::set<std::string>> ParseAllowList(const std::string& text);
+
+// The ZAP handler of one TransportContext (at most one per context). Thread-safe.
+class ZapHandler {
+ public:
+  // Reads the allow list (errors name the file and line), binds the ZAP endpoint and starts
+  // the handler thread. `domain` is the ZAP domain server sockets will use.
+  static Result<std::unique_ptr<ZapHandler>> Start(TransportContext& context,
+                                                   std::filesystem::path allow_list,
+                                                   std::string domain = "cleave");
+  ~ZapHandler();  // stops the thread and closes its socket (before the context ends)
+  ZapHandler(const ZapHandler&) = delete;
+  ZapHandler& operator=(const ZapHandler&) = delete;
+
+  const std::string& domain() const { return domain_; }
+  // Re-read the allow list at the next request or within a second.
+  void ReloadAllowList() { reload_.store(true); }
+  size_t allowed_keys() const;
+  uint64_t accepted() const { return accepted_.load(); }
+  // Refused handshakes: unknown keys, other mechanisms or domains.
+  uint64_t refused() const { return refused_.load(); }
+  uint64_t reloads() const { return reloads_.load(); }
+  std::string last_error() const;
+
+ private:
+  ZapHandler(zmq::socket_t socket, std::filesystem::path allow_list, std::string domain,
+             std::set<std::string> keys);
+  void Run();
+  void MaybeReload(bool force);
+
+  zmq::socket_t socket_;
+  std::filesystem::path allow_list_;
+  std::string domain_;
+  mutable std::mutex mu_;
+  std::set<std::string> keys_;  // Z85 public keys
+  std::string last_error_;
+  std::filesystem::file_time_type mtime_{};
+  uintmax_t size_ = 0;
+  std::atomic<bool> stop_{false}, reload_{false};
+  std::atomic<uint64_t> accepted_{0}, refused_{0}, reloads_{0};
+  std::thread thread_;
+};
+
+// SocketOptions::configure for a CURVE server socket: server role, its secret key, the ZAP
+// domain of `zap` (required: FailedPrecondition when null - never CURVE without a handler).
+std::function<Status(zmq::socket_t&)> CurveServer(const CurveKeyPair& server,
+                                                  const ZapHandler* zap);
+// SocketOptions::configure for a CURVE client socket: its own key pair and the server's
+// public key.
+std::function<Status(zmq::socket_t&)> CurveClient(const CurveKeyPair& client,
+                                                  const std::string& server_public_z85);
+
+// Daemon wiring from config values (file paths; "" = off).
+// Server: secret key and allow list together or neither (a key without a list is
+// FailedPrecondition: no CURVE without authentication). Starts the context's ZAP handler and
+// sets `options.configure`; the handler is null when CURVE is off. Keep it alive as long as
+// the server socket, and destroy it before the context.
+Result<std::unique_ptr<ZapHandler>> SetUpCurveServer(TransportContext& context,
+                                                     const std::string& secret_key_file,
+                                                     const std::string& allow_list_file,
+                                                     SocketOptions& options);
+// Client: with the server's public key, CURVE with this side's secret key (required then);
+// without it the link is plain. Sets `options.configure`.
+Status SetUpCurveClient(const std::string& secret_key_file,
+                        const std::string& server_public_key_file, SocketOptions& options);
+
+}  // namespace cleave
