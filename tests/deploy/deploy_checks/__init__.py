@@ -1,0 +1,1 @@
+"""Checks of cleave's deployment files; the command line is ../check_manifests.py."""
