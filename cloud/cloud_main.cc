@@ -13,10 +13,12 @@
 
 #include "cloud/lm_server.h"
 #include "cloud/tail_server.h"
+#include "common/admin_http.h"
 #include "common/config.h"
 #include "common/curve.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/shutdown.h"
 #include "split/bundle.h"
 #include "split/lm_train.h"
@@ -56,8 +58,12 @@ cleave::ConfigSchema CloudSchema() {
       .Add("cloud.lm_serve_tokens", ConfigType::kBool, "true",
            "lm-split bundles: also load the edge part and serve token requests (the "
            "cloud-only configuration, every layer in the cloud)")
+      .Add("cloud.admin_listen", ConfigType::kString, "",
+           "host:port of the admin HTTP server (/metrics, /healthz, /readyz; port 0 picks a "
+           "free port); empty = none")
       .Add("cloud.ready_file", ConfigType::kString, "",
-           "once serving, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
+           "once serving, write {\"endpoint\":...,\"pid\":...,\"admin\":...} here (for "
+           "supervisors/tests)")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
   return schema;
 }
@@ -67,16 +73,30 @@ int Fail(const cleave::Status& status) {
   return 1;
 }
 
-int WriteReady(const cleave::Config& config, const std::string& endpoint) {
+// The admin port and what it exports; `admin` is null without cloud.admin_listen.
+struct Observability {
+  std::shared_ptr<cleave::Metrics> metrics = std::make_shared<cleave::Metrics>();
+  std::unique_ptr<cleave::AdminServer> admin;
+};
+
+// Warm-up, then the ready file and /readyz: the service is ready only once a model has run.
+int BecomeReady(const cleave::Config& config, const std::string& endpoint, cleave::Status warm_up,
+                Observability& obs) {
+  if (!warm_up.ok()) return Fail(warm_up);
+  if (obs.admin) obs.admin->SetReady(true);  // first, so the ready file implies /readyz 200
   const std::string ready_file = config.GetString("cloud.ready_file");
-  if (ready_file.empty()) return 0;
-  nlohmann::json ready = {{"endpoint", endpoint}, {"pid", ::getpid()}};
-  if (cleave::Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) return Fail(s);
+  if (!ready_file.empty()) {
+    nlohmann::json ready = {{"endpoint", endpoint}, {"pid", ::getpid()}};
+    if (obs.admin) ready["admin"] = obs.admin->url();
+    if (cleave::Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) {
+      return Fail(s);
+    }
+  }
   return 0;
 }
 
 // Hard-token routing: layers [K, N) of an lm-split bundle with per-session KV caches.
-int ServeLm(const cleave::Config& config, const std::string& bundle_dir) {
+int ServeLm(const cleave::Config& config, const std::string& bundle_dir, Observability& obs) {
   auto log = cleave::GetLogger("cloud");
   const bool serve_tokens = config.GetBool("cloud.lm_serve_tokens");
   auto lm = cleave::split::ReadLmBundle(bundle_dir, /*edge=*/serve_tokens, /*cloud=*/true);
@@ -94,14 +114,19 @@ int ServeLm(const cleave::Config& config, const std::string& bundle_dir) {
   cleave::cloud::LmServerOptions options;
   options.listen = config.GetString("cloud.listen");
   options.socket.max_message_bytes = config.GetInt("cloud.max_message_bytes");
+  options.metrics = obs.metrics;
   auto zap = cleave::SetUpCurveServer(context, config.GetString("cloud.curve_secret_key"),
-                                      config.GetString("cloud.curve_allow_list"), options.socket);
+                                      config.GetString("cloud.curve_allow_list"), options.socket,
+                                      &obs.metrics->CurveRefused("cloud"));
   if (!zap.ok()) return Fail(zap.status());
   auto server = cleave::cloud::LmServer::Create(context, options, std::move(service));
   if (!server.ok()) return Fail(server.status());
+  if (int rc = BecomeReady(config, (*server)->endpoint(), (*server)->WarmUp(), obs); rc != 0) {
+    return rc;
+  }
   log->info("serving the cloud layers of language model '{}' on {}", name, (*server)->endpoint());
-  if (int rc = WriteReady(config, (*server)->endpoint()); rc != 0) return rc;
   cleave::Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  if (obs.admin) obs.admin->SetReady(false, "shutting down");
   if (!run.ok()) return Fail(run);
   return 0;
 }
@@ -134,6 +159,16 @@ int main(int argc, char** argv) {
   }
   torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads"))));
   cleave::InstallShutdownHandlers();
+  // Before the bundle loads, so probes see "not ready" rather than nothing while it does.
+  Observability obs;
+  obs.metrics->Service("cloud");  // every series exists (at 0) while the model loads
+  obs.metrics->ConnectedEdges();
+  obs.metrics->CurveRefused("cloud");
+  auto admin =
+      cleave::StartAdminServer("cloud", "cloud.admin_listen",
+                               config->GetString("cloud.admin_listen"), obs.metrics->registry());
+  if (!admin.ok()) return Fail(admin.status());
+  obs.admin = std::move(admin).value();
 
   if (cleave::Status s = cleave::TrustBundleKeyFile(config->GetString("cloud.bundle_public_key"));
       !s.ok()) {
@@ -141,7 +176,7 @@ int main(int argc, char** argv) {
   }
   cleave::Result<cleave::Bundle> bundle = cleave::Bundle::Open(bundle_dir);
   if (!bundle.ok()) return Fail(bundle.status().WithContext("cannot load bundle " + bundle_dir));
-  if (bundle->kind() == "lm-split") return ServeLm(*config, bundle_dir);
+  if (bundle->kind() == "lm-split") return ServeLm(*config, bundle_dir, obs);
   auto model = cleave::split::CloudModel::Load(*bundle);
   if (!model.ok()) return Fail(model.status().WithContext("cannot load the tail of " + bundle_dir));
   log->info("loaded bundle {} (manifest sha256 {})", bundle_dir,
@@ -153,15 +188,19 @@ int main(int argc, char** argv) {
   options.listen = config->GetString("cloud.listen");
   options.max_batch = static_cast<int>(config->GetInt("cloud.max_batch"));
   options.socket.max_message_bytes = config->GetInt("cloud.max_message_bytes");
+  options.metrics = obs.metrics;
   auto zap = cleave::SetUpCurveServer(context, config->GetString("cloud.curve_secret_key"),
-                                      config->GetString("cloud.curve_allow_list"), options.socket);
+                                      config->GetString("cloud.curve_allow_list"), options.socket,
+                                      &obs.metrics->CurveRefused("cloud"));
   if (!zap.ok()) return Fail(zap.status());
   auto server = cleave::cloud::TailServer::Create(context, options, std::move(model).value());
   if (!server.ok()) return Fail(server.status());
+  if (int rc = BecomeReady(*config, (*server)->endpoint(), (*server)->WarmUp(), obs); rc != 0) {
+    return rc;
+  }
   log->info("serving the tail of model '{}' on {}", model_name, (*server)->endpoint());
-
-  if (int rc = WriteReady(*config, (*server)->endpoint()); rc != 0) return rc;
   cleave::Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  if (obs.admin) obs.admin->SetReady(false, "shutting down");
   if (!run.ok()) return Fail(run);
   return 0;
 }

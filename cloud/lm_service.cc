@@ -17,8 +17,29 @@ LmTailService::LmTailService(std::string model_name, split::SplitLm model, LmCon
   model_->eval();
 }
 
-LmReply LmTailService::Error(const LmRequest& request, const std::string& message) {
+Status LmTailService::WarmUp() {
+  try {
+    torch::NoGradGuard no_grad;
+    const split::LmSpec& spec = model_->spec();
+    split::KvCache cache = model_->NewCloudCache();
+    const torch::Tensor hidden =
+        model_->CloudHidden(model_->Decode(torch::zeros({1, 1, spec.bottleneck})), &cache);
+    (void)model_->FinalLogits(hidden);
+    if (serves_tokens_) {
+      split::KvCache whole = model_->NewWholeCache();
+      (void)model_->WholeHidden(torch::zeros({1, 1}, torch::kLong), &whole);
+    }
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string("warm-up of the language model failed: ") +
+                            e.what_without_backtrace());
+  }
+  return Status::Ok();
+}
+
+LmReply LmTailService::Error(const LmRequest& request, const std::string& message,
+                             bool compute_failure) {
   ++stats_.errors;
+  if (compute_failure) ++stats_.compute_errors;
   LmReply reply;
   reply.request_id = request.request_id;
   reply.status = LmStatus::kError;
@@ -119,8 +140,10 @@ LmReply LmTailService::Handle(const LmRequest& request) {
       }
     } catch (const c10::Error& e) {
       contexts_.Remove(request.session);  // its cache may be half-updated
-      return Error(request, std::string(by_tokens ? "model" : "cloud layers") +
-                                " failed: " + e.what_without_backtrace());
+      return Error(request,
+                   std::string(by_tokens ? "model" : "cloud layers") +
+                       " failed: " + e.what_without_backtrace(),
+                   /*compute_failure=*/true);
     }
   }
   reply.position = static_cast<uint64_t>(cache->position);

@@ -27,6 +27,7 @@ namespace cleave::cloud {
 
 struct LmServiceStats {
   uint64_t requests = 0, predictions = 0, resyncs = 0, errors = 0, states = 0, tokens = 0;
+  uint64_t compute_errors = 0;  // the share of `errors` where the model itself failed
 };
 
 class LmTailService {
@@ -37,6 +38,9 @@ class LmTailService {
                 Clock& clock, bool serves_tokens = false);
 
   lm_wire::LmReply Handle(const lm_wire::LmRequest& request);
+  // Runs one state (and, serving tokens, one token) through the model outside any session,
+  // so the first request does not pay for lazy initialization. Touches no session or stat.
+  Status WarmUp();
   // Drops idle sessions (call now and then from the loop).
   size_t ExpireIdle() { return contexts_.ExpireIdle(); }
 
@@ -45,7 +49,9 @@ class LmTailService {
   const split::LmSpec& spec() const { return model_->spec(); }
 
  private:
-  lm_wire::LmReply Error(const lm_wire::LmRequest& request, const std::string& message);
+  // An error reply; `compute_failure` when the model failed rather than the request.
+  lm_wire::LmReply Error(const lm_wire::LmRequest& request, const std::string& message,
+                         bool compute_failure = false);
 
   std::string model_name_;
   split::SplitLm model_;

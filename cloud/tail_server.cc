@@ -18,7 +18,11 @@ int64_t SteadyMicros() {
 }  // namespace
 
 TailServer::TailServer(TailServerOptions options, std::unique_ptr<split::CloudModel> model)
-    : options_(std::move(options)), model_(std::move(model)) {}
+    : options_(std::move(options)),
+      model_(std::move(model)),
+      metrics_(options_.metrics ? options_.metrics : std::make_shared<Metrics>()),
+      m_(&metrics_->Service("cloud")),
+      connected_(&metrics_->ConnectedEdges()) {}
 
 TailServer::~TailServer() = default;
 
@@ -34,26 +38,38 @@ Result<std::unique_ptr<TailServer>> TailServer::Create(TransportContext& context
 
 const std::string& TailServer::endpoint() const { return router_->endpoint(); }
 
-void TailServer::Send(const std::string& peer, const wire::InferReply& reply) {
+Status TailServer::WarmUp() {
+  const std::vector<uint32_t>& shape = model_->feature_shape();
+  std::vector<int64_t> sizes = {1};
+  sizes.insert(sizes.end(), shape.begin(), shape.end());
+  CLEAVE_RETURN_IF_ERROR(model_->RunTail(torch::zeros(sizes)).status().WithContext("warm-up"));
+  return model_->RunFull(torch::zeros({1, 1, 28, 28})).status().WithContext("warm-up");
+}
+
+void TailServer::Send(const std::string& peer, const wire::InferReply& reply, Outcome outcome) {
   switch (reply.status) {
     case wire::ReplyStatus::kOk: ++stats_.replied_ok; break;
     case wire::ReplyStatus::kDeadlineExceeded: ++stats_.replied_deadline; break;
     default: ++stats_.replied_error; break;
   }
-  Status sent = router_->Send(peer, wire::EncodeInferReply(reply));
+  m_->Count(outcome);
+  const std::string bytes = wire::EncodeInferReply(reply);
+  Status sent = router_->Send(peer, bytes);
   if (!sent.ok()) {
     ++stats_.undeliverable;
     GetLogger("cloud")->debug("reply {} not delivered: {}", reply.request_id, sent.ToString());
+  } else {
+    m_->wire_bytes_sent->Increment(static_cast<double>(WireBytes(bytes.size())));
   }
 }
 
 void TailServer::ReplyError(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
-                            const std::string& error) {
+                            const std::string& error, Outcome outcome) {
   wire::InferReply reply;
   reply.request_id = request_id;
   reply.status = status;
   reply.error = error;
-  Send(peer, reply);
+  Send(peer, reply, outcome);
 }
 
 void TailServer::ComputeGroup(std::vector<Queued*>& group, bool features) {
@@ -74,13 +90,14 @@ void TailServer::ComputeGroup(std::vector<Queued*>& group, bool features) {
         for (uint32_t d : want) expected += "," + std::to_string(d);
         ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
                    "features have shape " + got + "] but model '" + model_->model_name() +
-                       "' expects " + expected + "]");
+                       "' expects " + expected + "]",
+                   Outcome::kRejected);
         continue;
       }
       Result<std::vector<float>> values = wire::DecodeTensor(t);
       if (!values.ok()) {
         ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
-                   values.status().ToString());
+                   values.status().ToString(), Outcome::kRejected);
         continue;
       }
       std::vector<int64_t> sizes(t.shape.begin(), t.shape.end());
@@ -89,13 +106,14 @@ void TailServer::ComputeGroup(std::vector<Queued*>& group, bool features) {
       Result<GrayImage> image = DecodePng(q->request.png);
       if (!image.ok()) {
         ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
-                   image.status().ToString());
+                   image.status().ToString(), Outcome::kRejected);
         continue;
       }
       if (image->width != 28 || image->height != 28) {
         ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
                    "image is " + std::to_string(image->width) + "x" +
-                       std::to_string(image->height) + "; the model expects 28x28");
+                       std::to_string(image->height) + "; the model expects 28x28",
+                   Outcome::kRejected);
         continue;
       }
       inputs.push_back(split::ImagesToTensor(image->pixels.data(), 1, 28, 28));
@@ -103,12 +121,15 @@ void TailServer::ComputeGroup(std::vector<Queued*>& group, bool features) {
     valid.push_back(q);
   }
   if (valid.empty()) return;
+  for (Queued* q : valid) {
+    m_->queue_seconds->Observe(static_cast<double>(start - q->received_us) * 1e-6);
+  }
   torch::Tensor batch = torch::cat(inputs, 0);
   Result<torch::Tensor> logits = features ? model_->RunTail(batch) : model_->RunFull(batch);
   if (!logits.ok()) {
     for (Queued* q : valid) {
       ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
-                 logits.status().ToString());
+                 logits.status().ToString(), Outcome::kError);
     }
     return;
   }
@@ -116,6 +137,8 @@ void TailServer::ComputeGroup(std::vector<Queued*>& group, bool features) {
   torch::Tensor out = logits->contiguous().to(torch::kFloat32);
   const int64_t classes = out.size(1);
   const uint64_t compute_us = static_cast<uint64_t>(SteadyMicros() - start);
+  m_->compute_seconds->Observe(static_cast<double>(compute_us) * 1e-6);
+  m_->batch_size->Observe(static_cast<double>(valid.size()));
   for (size_t i = 0; i < valid.size(); ++i) {
     wire::InferReply reply;
     reply.request_id = valid[i]->request.request_id;
@@ -126,7 +149,7 @@ void TailServer::ComputeGroup(std::vector<Queued*>& group, bool features) {
     reply.batch_size = static_cast<uint32_t>(valid.size());
     reply.queue_us = static_cast<uint64_t>(start - valid[i]->received_us);
     reply.compute_us = compute_us;
-    Send(valid[i]->peer, reply);
+    Send(valid[i]->peer, reply, Outcome::kOk);
   }
 }
 
@@ -138,12 +161,13 @@ void TailServer::Serve(std::vector<Queued>& batch) {
     if (r.model != model_->model_name()) {
       ReplyError(
           q.peer, r.request_id, wire::ReplyStatus::kError,
-          "model '" + r.model + "' is not served here (serving '" + model_->model_name() + "')");
+          "model '" + r.model + "' is not served here (serving '" + model_->model_name() + "')",
+          Outcome::kRejected);
       continue;
     }
     if (r.deadline_ms > 0 && now - q.received_us > int64_t{r.deadline_ms} * 1000) {
       ReplyError(q.peer, r.request_id, wire::ReplyStatus::kDeadlineExceeded,
-                 "deadline passed while queued");
+                 "deadline passed while queued", Outcome::kRejected);
       continue;
     }
     (r.input == wire::InputKind::kFeatures ? feature_group : png_group).push_back(&q);
@@ -155,7 +179,12 @@ void TailServer::Serve(std::vector<Queued>& batch) {
 Status TailServer::Run(const std::function<bool()>& should_stop) {
   auto log = GetLogger("cloud");
   std::vector<Queued> batch;
+  int64_t last_sweep = SteadyMicros();
   while (!should_stop()) {
+    if (const int64_t now = SteadyMicros(); now - last_sweep > 1'000'000) {
+      connected_->Set(static_cast<double>(peers_.Expire(now)));
+      last_sweep = now;
+    }
     Result<std::optional<Envelope>> first = router_->Receive(100);
     if (!first.ok()) {
       log->warn("receive failed: {}", first.status().ToString());
@@ -169,10 +198,12 @@ Status TailServer::Run(const std::function<bool()>& should_stop) {
       Envelope env = std::move(*next);
       next.reset();
       const int64_t received = SteadyMicros();
+      m_->wire_bytes_received->Increment(static_cast<double>(WireBytes(env.body.size())));
+      peers_.Seen(env.peer, received);
       Result<wire::InferRequest> request = wire::DecodeInferRequest(env.body);
       if (!request.ok()) {
         ReplyError(env.peer, wire::PeekRequestId(env.body), wire::ReplyStatus::kError,
-                   request.status().ToString());
+                   request.status().ToString(), Outcome::kRejected);
       } else {
         batch.push_back({std::move(env.peer), std::move(request).value(), received});
       }
@@ -180,7 +211,9 @@ Status TailServer::Run(const std::function<bool()>& should_stop) {
       Result<std::optional<Envelope>> more = router_->Receive(0);
       if (more.ok() && more->has_value()) next = std::move(*more);
     }
+    m_->pending_requests->Set(static_cast<double>(batch.size()));
     Serve(batch);
+    m_->pending_requests->Set(0);
   }
   log->info("cloud server stopped: {} requests, {} ok, {} errors, {} past deadline, {} batches",
             stats_.requests, stats_.replied_ok, stats_.replied_error, stats_.replied_deadline,

@@ -8,6 +8,12 @@
 // already passed while queued are answered `deadlineExceeded` without computing. Nothing a
 // peer sends can stop the loop. Full dynamic batching (queue delay, overload replies under
 // load) builds on this in a later issue.
+//
+// Metrics (common/metrics.h, component "cloud"): every reply is counted by outcome (ok;
+// rejected for undecodable or invalid requests and those past their deadline; error when the
+// model fails), wire bytes of every message received and every reply actually queued, queue
+// and compute seconds, batch sizes, pending requests, and cleave_connected_edges as the
+// peers seen in the last minute. The loop only increments pre-built children.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "common/metrics.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "common/wire.h"
@@ -27,6 +34,8 @@ struct TailServerOptions {
   std::string listen = "tcp://127.0.0.1:5560";
   int max_batch = 64;
   SocketOptions socket;
+  // Where the server's metrics go; null = a private registry nobody exports.
+  std::shared_ptr<Metrics> metrics;
 };
 
 struct TailServerStats {
@@ -50,6 +59,11 @@ class TailServer {
 
   const std::string& endpoint() const;
 
+  // Runs one input of each kind (features, image) through the model so the first request
+  // does not pay for lazy initialization. Call before Run, never concurrently with it (the
+  // model is not thread-safe). The error of the model, if any (then the bundle cannot serve).
+  Status WarmUp();
+
   // Serves until `should_stop()` is true (checked at least every 100 ms).
   Status Run(const std::function<bool()>& should_stop);
 
@@ -65,13 +79,17 @@ class TailServer {
   void Serve(std::vector<Queued>& batch);
   void ComputeGroup(std::vector<Queued*>& group, bool features);
   void ReplyError(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
-                  const std::string& error);
-  void Send(const std::string& peer, const wire::InferReply& reply);
+                  const std::string& error, Outcome outcome);
+  void Send(const std::string& peer, const wire::InferReply& reply, Outcome outcome);
 
   TailServerOptions options_;
   std::unique_ptr<split::CloudModel> model_;
   std::unique_ptr<RouterServer> router_;
   TailServerStats stats_;
+  std::shared_ptr<Metrics> metrics_;
+  const ServiceMetrics* m_ = nullptr;       // metrics_->Service("cloud")
+  prometheus::Gauge* connected_ = nullptr;  // cleave_connected_edges
+  RecentPeers peers_;
 };
 
 }  // namespace cleave::cloud

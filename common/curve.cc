@@ -4,6 +4,8 @@
 #include <sstream>
 #include <vector>
 
+#include <prometheus/counter.h>
+
 #include "common/file_util.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
@@ -123,7 +125,8 @@ Result<std::set<std::string>> ParseAllowList(const std::string& text) {
 
 Result<std::unique_ptr<ZapHandler>> ZapHandler::Start(TransportContext& context,
                                                       std::filesystem::path allow_list,
-                                                      std::string domain) {
+                                                      std::string domain,
+                                                      prometheus::Counter* refused_counter) {
   Result<std::string> text = ReadFileToString(allow_list);
   if (!text.ok()) return text.status().WithContext("CURVE allow list");
   Result<std::set<std::string>> keys = ParseAllowList(*text);
@@ -134,6 +137,7 @@ Result<std::unique_ptr<ZapHandler>> ZapHandler::Start(TransportContext& context,
     socket.bind(kZapEndpoint);
     std::unique_ptr<ZapHandler> handler(
         new ZapHandler(std::move(socket), std::move(allow_list), std::move(domain), *keys));
+    handler->refused_counter_ = refused_counter;
     handler->thread_ = std::thread([h = handler.get()] { h->Run(); });
     return handler;
   } catch (const zmq::error_t& e) {
@@ -242,7 +246,12 @@ void ZapHandler::Run() {
         }
       }
     }
-    (status == "200" ? accepted_ : refused_).fetch_add(1);
+    if (status == "200") {
+      accepted_.fetch_add(1);
+    } else {
+      refused_.fetch_add(1);
+      if (refused_counter_ != nullptr) refused_counter_->Increment();
+    }
     const std::string request_id = request.size() > 1 ? request[1] : "";
     const std::string user = status == "200" ? "edge" : "";
     try {
@@ -310,7 +319,8 @@ std::function<Status(zmq::socket_t&)> CurveClient(const CurveKeyPair& client,
 Result<std::unique_ptr<ZapHandler>> SetUpCurveServer(TransportContext& context,
                                                      const std::string& secret_key_file,
                                                      const std::string& allow_list_file,
-                                                     SocketOptions& options) {
+                                                     SocketOptions& options,
+                                                     prometheus::Counter* refused_counter) {
   if (secret_key_file.empty() && allow_list_file.empty()) return std::unique_ptr<ZapHandler>();
   if (secret_key_file.empty() || allow_list_file.empty()) {
     return Status::FailedPrecondition(
@@ -319,7 +329,7 @@ Result<std::unique_ptr<ZapHandler>> SetUpCurveServer(TransportContext& context,
   }
   CLEAVE_ASSIGN_OR_RETURN(CurveKeyPair keys, ReadCurveKeyFile(secret_key_file, /*secret=*/true));
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<ZapHandler> zap,
-                          ZapHandler::Start(context, allow_list_file));
+                          ZapHandler::Start(context, allow_list_file, "cleave", refused_counter));
   options.configure = CurveServer(keys, zap.get());
   GetLogger("curve")->info("CURVE on: server key {}, {} client keys allowed", keys.public_z85,
                            zap->allowed_keys());

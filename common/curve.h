@@ -32,6 +32,10 @@
 #include "common/status.h"
 #include "common/transport.h"
 
+namespace prometheus {
+class Counter;
+}
+
 namespace cleave {
 
 struct CurveKeyPair {
@@ -60,10 +64,13 @@ Result<std::set<std::string>> ParseAllowList(const std::string& text);
 class ZapHandler {
  public:
   // Reads the allow list (errors name the file and line), binds the ZAP endpoint and starts
-  // the handler thread. `domain` is the ZAP domain server sockets will use.
+  // the handler thread. `domain` is the ZAP domain server sockets will use. A non-null
+  // `refused_counter` (cleave_curve_refused_total, common/metrics.h) is incremented, from the
+  // handler thread, with every refusal; it must outlive the handler.
   static Result<std::unique_ptr<ZapHandler>> Start(TransportContext& context,
                                                    std::filesystem::path allow_list,
-                                                   std::string domain = "cleave");
+                                                   std::string domain = "cleave",
+                                                   prometheus::Counter* refused_counter = nullptr);
   ~ZapHandler();  // stops the thread and closes its socket (before the context ends)
   ZapHandler(const ZapHandler&) = delete;
   ZapHandler& operator=(const ZapHandler&) = delete;
@@ -94,6 +101,7 @@ class ZapHandler {
   uintmax_t size_ = 0;
   std::atomic<bool> stop_{false}, reload_{false};
   std::atomic<uint64_t> accepted_{0}, refused_{0}, reloads_{0};
+  prometheus::Counter* refused_counter_ = nullptr;  // set before the thread starts
   std::thread thread_;
 };
 
@@ -110,11 +118,12 @@ std::function<Status(zmq::socket_t&)> CurveClient(const CurveKeyPair& client,
 // Server: secret key and allow list together or neither (a key without a list is
 // FailedPrecondition: no CURVE without authentication). Starts the context's ZAP handler and
 // sets `options.configure`; the handler is null when CURVE is off. Keep it alive as long as
-// the server socket, and destroy it before the context.
-Result<std::unique_ptr<ZapHandler>> SetUpCurveServer(TransportContext& context,
-                                                     const std::string& secret_key_file,
-                                                     const std::string& allow_list_file,
-                                                     SocketOptions& options);
+// the server socket, and destroy it before the context. `refused_counter` as for
+// ZapHandler::Start.
+Result<std::unique_ptr<ZapHandler>> SetUpCurveServer(
+    TransportContext& context, const std::string& secret_key_file,
+    const std::string& allow_list_file, SocketOptions& options,
+    prometheus::Counter* refused_counter = nullptr);
 // Client: with the server's public key, CURVE with this side's secret key (required then);
 // without it the link is plain. Sets `options.configure`.
 Status SetUpCurveClient(const std::string& secret_key_file,

@@ -43,7 +43,9 @@ Result<LaunchedDaemon> LaunchDaemon(const std::filesystem::path& binary,
                       daemon.log_path.string() + " ---\n" + tail);
   }
   try {
-    daemon.endpoint = nlohmann::json::parse(*contents).at("endpoint").get<std::string>();
+    const nlohmann::json ready = nlohmann::json::parse(*contents);
+    daemon.endpoint = ready.at("endpoint").get<std::string>();
+    daemon.admin_url = ready.value("admin", std::string());
   } catch (const nlohmann::json::exception& e) {
     return Status::DataLoss(name + " wrote an unreadable ready file: " + e.what());
   }

@@ -15,7 +15,8 @@ namespace cleave::edge {
 
 struct LaunchedDaemon {
   std::unique_ptr<ChildProcess> process;
-  std::string endpoint;  // from the daemon's ready file
+  std::string endpoint;   // from the daemon's ready file
+  std::string admin_url;  // "http://host:port" when the daemon serves an admin port, else ""
   std::filesystem::path log_path;
 };
 

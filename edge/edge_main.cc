@@ -14,11 +14,13 @@
 #include <iostream>
 #include <optional>
 
+#include "common/admin_http.h"
 #include "common/config.h"
 #include "common/curve.h"
 #include "common/datasets.h"
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/png_image.h"
 #include "common/shutdown.h"
 #include "edge/edge_engine.h"
@@ -65,8 +67,12 @@ cleave::ConfigSchema EdgeSchema() {
       .Add("edge.int8_engine", ConfigType::kString, "auto",
            "auto|onednn|qnnpack|reference (auto measures and keeps the fastest)")
       .Add("edge.threads", ConfigType::kInt, "1", "libtorch intra-op threads")
+      .Add("edge.admin_listen", ConfigType::kString, "",
+           "serve: host:port of the admin HTTP server (/metrics, /healthz, /readyz; port 0 "
+           "picks a free port); empty = none")
       .Add("edge.ready_file", ConfigType::kString, "",
-           "once serving, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
+           "once serving, write {\"endpoint\":...,\"pid\":...,\"admin\":...} here (for "
+           "supervisors/tests)")
       .Add("edge.aggregator", ConfigType::kString, "",
            "cleave-aggregator endpoint to take part in federated rounds (serve only); empty = "
            "no federated learning")
@@ -107,10 +113,15 @@ struct Loaded {
   cleave::Bundle bundle;
 };
 
-cleave::Result<Loaded> LoadEngine(const cleave::ConfigSchema& schema, const std::string& path,
-                                  const std::map<std::string, std::string>& flags) {
+cleave::Result<cleave::Config> LoadConfig(const cleave::ConfigSchema& schema,
+                                          const std::string& path,
+                                          const std::map<std::string, std::string>& flags) {
   CLEAVE_ASSIGN_OR_RETURN(cleave::Config config, cleave::Config::Load(schema, path, flags));
   CLEAVE_RETURN_IF_ERROR(cleave::InitLogging(config.GetString("log.level")));
+  return config;
+}
+
+cleave::Result<Loaded> LoadEngine(cleave::Config config) {
   const std::string dir = config.GetString("edge.bundle");
   if (dir.empty()) {
     return Status::InvalidArgument(
@@ -248,9 +259,18 @@ Result<std::optional<FederatedSetup>> PrepareFederated(const cleave::Config& con
   return std::optional<FederatedSetup>(std::move(setup));
 }
 
-int Serve(Loaded& loaded) {
-  const cleave::Config& config = loaded.config;
+int Serve(cleave::Config config_in) {
   cleave::InstallShutdownHandlers();
+  // Before the bundle loads, so probes see "not ready" rather than nothing while it does.
+  auto metrics = std::make_shared<cleave::Metrics>();
+  metrics->Service("edge");  // every series exists (at 0) while the model loads
+  auto admin = cleave::StartAdminServer(
+      "edge", "edge.admin_listen", config_in.GetString("edge.admin_listen"), metrics->registry());
+  if (!admin.ok()) return Fail(admin.status());
+  auto load = LoadEngine(std::move(config_in));
+  if (!load.ok()) return Fail(load.status());
+  Loaded& loaded = *load;
+  const cleave::Config& config = loaded.config;
   auto fl_setup = PrepareFederated(config, loaded.bundle);
   if (!fl_setup.ok()) return Fail(fl_setup.status());
   cleave::TransportContext context;
@@ -259,6 +279,7 @@ int Serve(Loaded& loaded) {
   options.cloud = config.GetString("edge.cloud");
   options.default_deadline_ms = static_cast<uint32_t>(config.GetInt("edge.deadline_ms"));
   options.max_batch = static_cast<int>(config.GetInt("edge.max_batch"));
+  options.metrics = metrics;
   cleave::SocketOptions cloud_socket;
   if (cleave::Status s =
           cleave::SetUpCurveClient(config.GetString("edge.curve_secret_key"),
@@ -269,6 +290,7 @@ int Serve(Loaded& loaded) {
   options.cloud_configure = cloud_socket.configure;
   auto server = cleave::edge::EdgeServer::Create(context, options, std::move(loaded.engine));
   if (!server.ok()) return Fail(server.status());
+  if (Status s = (*server)->WarmUp(); !s.ok()) return Fail(s);
   cleave::GetLogger("edge")->info("serving applications on {}; cloud at {}", (*server)->endpoint(),
                                   options.cloud.empty() ? "(none)" : options.cloud);
   // Declared after the server, so it is stopped and joined first (and before `context`).
@@ -296,13 +318,16 @@ int Serve(Loaded& loaded) {
                 {"examples", fl_client->num_examples()},
                 {"share", setup.share}};
   }
+  if (*admin) (*admin)->SetReady(true);  // first, so the ready file implies /readyz 200
   const std::string ready_file = config.GetString("edge.ready_file");
   if (!ready_file.empty()) {
     nlohmann::json ready = {{"endpoint", (*server)->endpoint()}, {"pid", ::getpid()}};
     if (fl_client) ready["federated"] = fl_ready;
+    if (*admin) ready["admin"] = (*admin)->url();
     if (Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) return Fail(s);
   }
   Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  if (*admin) (*admin)->SetReady(false, "shutting down");
   if (fl_client) {
     fl_client->Stop();
     fl_client->WaitFor([](const cleave::edge::FederatedClientStats& s) { return !s.running; },
@@ -462,11 +487,13 @@ int main(int argc, char** argv) {
   if (generate->parsed()) return 0;  // its callback ran (failures exit through CLI11_PARSE)
 
   if (serve->parsed()) {
-    auto loaded = LoadEngine(schema, serve_config, serve_flags);
-    if (!loaded.ok()) return Fail(loaded.status());
-    return Serve(*loaded);
+    auto config = LoadConfig(schema, serve_config, serve_flags);
+    if (!config.ok()) return Fail(config.status());
+    return Serve(std::move(config).value());
   }
-  auto loaded = LoadEngine(schema, classify_config, classify_flags);
+  auto config = LoadConfig(schema, classify_config, classify_flags);
+  if (!config.ok()) return Fail(config.status());
+  auto loaded = LoadEngine(std::move(config).value());
   if (!loaded.ok()) return Fail(loaded.status());
   return Classify(*loaded, paths, json, limit);
 }

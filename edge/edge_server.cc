@@ -15,7 +15,10 @@ int64_t SteadyMicros() {
 }
 
 EdgeServer::EdgeServer(EdgeServerOptions options, std::unique_ptr<EdgeEngine> engine)
-    : options_(std::move(options)), engine_(std::move(engine)) {}
+    : options_(std::move(options)),
+      engine_(std::move(engine)),
+      metrics_(options_.metrics ? options_.metrics : std::make_shared<Metrics>()),
+      m_(&metrics_->Service("edge")) {}
 
 EdgeServer::~EdgeServer() = default;
 
@@ -37,7 +40,17 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::Create(TransportContext& context
 
 const std::string& EdgeServer::endpoint() const { return local_->endpoint(); }
 
-void EdgeServer::Reply(const std::string& peer, const edge_api::ClassifyReply& reply) {
+Status EdgeServer::WarmUp() {
+  const int size = engine_->image_size();
+  return engine_
+      ->Decide(torch::zeros({1, 1, size, size}), {0}, {-1.0f}, {options_.default_deadline_ms})
+      .status()
+      .WithContext("warm-up");
+}
+
+void EdgeServer::Reply(const std::string& peer, const edge_api::ClassifyReply& reply,
+                       Outcome outcome) {
+  m_->Count(outcome);
   switch (reply.source) {
     case edge_api::AnswerSource::kEdgeExit: ++stats_.answered_exit; break;
     case edge_api::AnswerSource::kCloud: ++stats_.answered_cloud; break;
@@ -54,6 +67,7 @@ void EdgeServer::Reply(const std::string& peer, const edge_api::ClassifyReply& r
 
 void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
   if (batch.empty()) return;
+  const int64_t start = SteadyMicros();
   std::vector<torch::Tensor> images;
   std::vector<size_t> rows;  // index into batch of each image
   for (size_t i = 0; i < batch.size(); ++i) {
@@ -63,11 +77,12 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.request_id = batch[i].request.request_id;
       reply.source = edge_api::AnswerSource::kError;
       reply.error = image.status().ToString();
-      Reply(batch[i].peer, reply);
+      Reply(batch[i].peer, reply, Outcome::kRejected);
       continue;
     }
     images.push_back(std::move(image).value());
     rows.push_back(i);
+    m_->queue_seconds->Observe(static_cast<double>(start - batch[i].received_us) * 1e-6);
   }
   if (images.empty()) return;
 
@@ -80,6 +95,7 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
     thresholds.push_back(req.exit_threshold);
     deadlines.push_back(req.deadline_ms ? req.deadline_ms : options_.default_deadline_ms);
   }
+  const int64_t head_start = SteadyMicros();
   Result<std::vector<HeadDecision>> decisions =
       engine_->Decide(torch::cat(images, 0), wire_ids, thresholds, deadlines);
   if (!decisions.ok()) {
@@ -88,10 +104,12 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.request_id = batch[r].request.request_id;
       reply.source = edge_api::AnswerSource::kError;
       reply.error = decisions.status().ToString();
-      Reply(batch[r].peer, reply);
+      Reply(batch[r].peer, reply, Outcome::kError);
     }
     return;
   }
+  m_->compute_seconds->Observe(static_cast<double>(SteadyMicros() - head_start) * 1e-6);
+  m_->batch_size->Observe(static_cast<double>(images.size()));
 
   for (size_t k = 0; k < rows.size(); ++k) {
     Incoming& in = batch[rows[k]];
@@ -109,7 +127,7 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.exit_index = d.best_exit;
       reply.edge_micros = d.edge_micros;
       reply.total_micros = static_cast<uint64_t>(SteadyMicros() - in.received_us);
-      Reply(in.peer, reply);
+      Reply(in.peer, reply, d.exit_index >= 0 ? Outcome::kExit : Outcome::kDegraded);
       continue;
     }
     Pending p;
@@ -129,6 +147,7 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       AnswerDegraded(wire_id, "cloud unreachable: " + sent.ToString());
     } else {
       stats_.wire_bytes_sent += pending_[wire_id].wire_bytes;
+      m_->wire_bytes_sent->Increment(static_cast<double>(pending_[wire_id].wire_bytes));
     }
   }
 }
@@ -151,10 +170,11 @@ void EdgeServer::AnswerDegraded(uint64_t wire_id, const std::string& why) {
   expiry_.erase({p.deadline_us, wire_id});
   const std::string peer = p.peer;
   pending_.erase(it);
-  Reply(peer, reply);
+  Reply(peer, reply, Outcome::kDegraded);
 }
 
 void EdgeServer::HandleCloudReply(const std::string& bytes) {
+  m_->wire_bytes_received->Increment(static_cast<double>(WireBytes(bytes.size())));
   Result<wire::InferReply> decoded = wire::DecodeInferReply(bytes);
   if (!decoded.ok()) {
     GetLogger("edge")->warn("undecodable reply from the cloud: {}", decoded.status().ToString());
@@ -187,7 +207,7 @@ void EdgeServer::HandleCloudReply(const std::string& bytes) {
   expiry_.erase({p.deadline_us, r.request_id});
   const std::string peer = p.peer;
   pending_.erase(it);
-  Reply(peer, reply);
+  Reply(peer, reply, Outcome::kOffload);
 }
 
 void EdgeServer::ExpireDeadlines(int64_t now_us) {
@@ -239,16 +259,18 @@ Status EdgeServer::Run(const std::function<bool()>& should_stop) {
         reply.request_id = edge_api::PeekClassifyRequestId(env.body);
         reply.source = edge_api::AnswerSource::kError;
         reply.error = request.status().ToString();
-        Reply(env.peer, reply);
+        Reply(env.peer, reply, Outcome::kRejected);
         continue;
       }
       batch.push_back({std::move(env.peer), std::move(request).value(), SteadyMicros()});
     }
     ProcessBatch(batch);
     ExpireDeadlines(SteadyMicros());
+    m_->pending_requests->Set(static_cast<double>(pending_.size()));
   }
   // Shutting down: nobody is left waiting without an answer.
   while (!pending_.empty()) AnswerDegraded(pending_.begin()->first, "edge daemon shutting down");
+  m_->pending_requests->Set(0);
   log->info("edge server stopped: {} requests, {} exit, {} cloud, {} degraded, {} errors",
             stats_.requests, stats_.answered_exit, stats_.answered_cloud, stats_.answered_degraded,
             stats_.answered_error);

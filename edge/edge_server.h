@@ -7,6 +7,12 @@
 // answered by the cloud's reply or, when its deadline passes or the cloud refuses, by the
 // best local exit marked `degraded`. Every request gets exactly one reply; late cloud replies
 // are counted and dropped.
+//
+// Metrics (common/metrics.h, component "edge"): every reply by outcome (exit, offload,
+// degraded; rejected for undecodable requests and unusable images; error when the head
+// failed), wire bytes on the cloud link (offloaded requests actually queued, cloud replies
+// received), queue seconds (arrival -> head), head compute seconds and batch sizes, and the
+// requests waiting for the cloud as pending. The loop only increments pre-built children.
 #pragma once
 
 #include <cstdint>
@@ -17,6 +23,7 @@
 #include <string>
 
 #include "common/edge_api.h"
+#include "common/metrics.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "edge/edge_engine.h"
@@ -31,6 +38,8 @@ struct EdgeServerOptions {
   SocketOptions socket;
   // Applied to the cloud DEALER only, before it connects (CURVE: SetUpCurveClient).
   std::function<Status(zmq::socket_t&)> cloud_configure;
+  // Where the server's metrics go; null = a private registry nobody exports.
+  std::shared_ptr<Metrics> metrics;
 };
 
 struct EdgeServerStats {
@@ -56,6 +65,10 @@ class EdgeServer {
 
   // The bound application endpoint (resolved when the port was 0).
   const std::string& endpoint() const;
+
+  // Runs one blank image through the head and exits (nothing is sent) so the first request
+  // does not pay for lazy initialization. Call before Run, never concurrently with it.
+  Status WarmUp();
 
   // Serves until `should_stop()` returns true (checked at least every 50 ms), then answers
   // every still-pending request degraded before returning.
@@ -83,7 +96,7 @@ class EdgeServer {
   void HandleCloudReply(const std::string& bytes);
   void ExpireDeadlines(int64_t now_us);
   void AnswerDegraded(uint64_t wire_id, const std::string& why);
-  void Reply(const std::string& peer, const edge_api::ClassifyReply& reply);
+  void Reply(const std::string& peer, const edge_api::ClassifyReply& reply, Outcome outcome);
   int NextTimeoutMs(int64_t now_us) const;
 
   EdgeServerOptions options_;
@@ -94,6 +107,8 @@ class EdgeServer {
   std::set<std::pair<int64_t, uint64_t>> expiry_;  // (deadline_us, wire id)
   uint64_t next_wire_id_ = 1;
   EdgeServerStats stats_;
+  std::shared_ptr<Metrics> metrics_;
+  const ServiceMetrics* m_ = nullptr;  // metrics_->Service("edge")
 };
 
 // Microseconds on the steady clock.

@@ -7,10 +7,12 @@
 #include <cstdio>
 #include <iostream>
 
+#include "common/admin_http.h"
 #include "common/config.h"
 #include "common/curve.h"
 #include "common/datasets.h"
 #include "common/logging.h"
+#include "common/metrics.h"
 #include "common/shutdown.h"
 #include "common/signing.h"
 #include "federated/aggregator_service.h"
@@ -65,8 +67,12 @@ cleave::ConfigSchema AggregatorSchema() {
       .Add("aggregator.threads", ConfigType::kInt, "1", "libtorch intra-op threads")
       .Add("aggregator.max_message_bytes", ConfigType::kInt, "268435456",
            "larger incoming messages are dropped by the transport")
+      .Add("aggregator.admin_listen", ConfigType::kString, "",
+           "host:port of the admin HTTP server (/metrics, /healthz, /readyz; port 0 picks a "
+           "free port); empty = none")
       .Add("aggregator.ready_file", ConfigType::kString, "",
-           "once bound, write {\"endpoint\":...,\"pid\":...} here (for supervisors/tests)")
+           "once bound, write {\"endpoint\":...,\"pid\":...,\"admin\":...} here (for "
+           "supervisors/tests)")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
   federated::AddRoundConfigKeys(s);
   return s;
@@ -135,6 +141,16 @@ int main(int argc, char** argv) {
   torch::set_num_threads(
       static_cast<int>(std::max<int64_t>(1, config->GetInt("aggregator.threads"))));
   cleave::InstallShutdownHandlers();
+  // Before the model loads, so probes see "not ready" rather than nothing while it does.
+  auto metrics = std::make_shared<cleave::Metrics>();
+  metrics->Service("aggregator");  // every series exists (at 0) while the model loads
+  metrics->Federated();
+  metrics->ConnectedEdges();
+  metrics->CurveRefused("aggregator");
+  auto admin =
+      cleave::StartAdminServer("aggregator", "aggregator.admin_listen",
+                               config->GetString("aggregator.admin_listen"), metrics->registry());
+  if (!admin.ok()) return Fail(admin.status());
   if (cleave::Status s =
           cleave::TrustBundleKeyFile(config->GetString("aggregator.bundle_public_key"));
       !s.ok()) {
@@ -163,21 +179,26 @@ int main(int argc, char** argv) {
   options.summary_file = config->GetString("aggregator.summary_file");
   options.ready_file = config->GetString("aggregator.ready_file");
   options.max_message_bytes = config->GetInt("aggregator.max_message_bytes");
+  options.metrics = metrics;
+  if (*admin) options.ready_extra["admin"] = (*admin)->url();
 
   cleave::Result<federated::AggregatorModel> model = LoadModel(*config);
   if (!model.ok()) return Fail(model.status());
   cleave::TransportContext context;
   cleave::SocketOptions socket;
   auto zap = cleave::SetUpCurveServer(context, config->GetString("aggregator.curve_secret_key"),
-                                      config->GetString("aggregator.curve_allow_list"), socket);
+                                      config->GetString("aggregator.curve_allow_list"), socket,
+                                      &metrics->CurveRefused("aggregator"));
   if (!zap.ok()) return Fail(zap.status());
   options.socket_configure = socket.configure;
   auto service = federated::AggregatorService::Create(options, std::move(*model), context);
   if (!service.ok()) return Fail(service.status());
+  if (*admin) (*admin)->SetReady(true);  // model loaded (and evaluated), checkpoint restored
   cleave::GetLogger("aggregator")
       ->info("serving {} rounds of {} on {}", options.rounds, options.strategy.name,
              (*service)->endpoint());
   cleave::Status run = (*service)->Run([] { return cleave::ShutdownRequested(); });
+  if (*admin) (*admin)->SetReady(false, run.ok() ? "all rounds done" : "shutting down");
   if (!run.ok()) return Fail(run);
   std::cout << (*service)->Summary().dump(2) << std::endl;
   return 0;

@@ -64,15 +64,40 @@ struct AggregatorService::Impl {
   std::optional<Evaluation> initial_eval;
   std::map<std::string, uint64_t> counters;  // messages by kind, rejections by reason
   split::SplitVisionNet eval_net{nullptr};
+  std::shared_ptr<Metrics> metrics;
+  const ServiceMetrics* m = nullptr;
+  const FederatedMetrics* fed = nullptr;
+  prometheus::Gauge* connected = nullptr;
 
   void Count(const std::string& what) { ++counters[what]; }
 
+  // Queues `bytes` for `peer`, counting the bytes that were queued.
+  Status Send(const std::string& peer, const std::string& bytes) {
+    Status s = router->Send(peer, bytes);
+    if (s.ok()) m->wire_bytes_sent->Increment(static_cast<double>(WireBytes(bytes.size())));
+    return s;
+  }
+
   void SendTo(const std::string& peer, const fl::Message& message) {
-    Status s = router->Send(peer, fl::EncodeMessage(message));
+    Status s = Send(peer, fl::EncodeMessage(message));
     if (!s.ok()) {
       Count("send_failed");
       Log()->debug("send failed: {}", s.ToString());
     }
+  }
+
+  void CountUpdate(UpdateVerdict verdict) {
+    switch (verdict) {
+      case UpdateVerdict::kAccepted: fed->updates_accepted->Increment(); break;
+      case UpdateVerdict::kLate: fed->updates_late->Increment(); break;
+      default: fed->updates_rejected->Increment(); break;
+    }
+  }
+
+  void RefreshConnected() {
+    size_t live = 0;
+    for (const auto& entry : clients) live += entry.second.gone ? 0 : 1;
+    connected->Set(static_cast<double>(live));
   }
 
   std::vector<ClientInfo> LiveClients() const {
@@ -123,11 +148,12 @@ Status AggregatorService::Impl::OpenRound() {
   started_micros = clock->NowMicros();
   for (const auto& id : p.clients) {
     Client& c = clients[id];
-    c.config_sent = router->Send(c.peer, plan_config_bytes).ok();
+    c.config_sent = Send(c.peer, plan_config_bytes).ok();
   }
   Log()->info("round {} open: {} clients sampled (target {}), {} bytes each", p.round,
               p.clients.size(), p.target, plan_config_bytes.size());
   Count("rounds_started");
+  fed->round->Set(p.round);
   plan = std::move(p);
   return Status::Ok();
 }
@@ -181,7 +207,7 @@ void AggregatorService::Impl::OnHeartbeat(const std::string& peer, const fl::Hea
       again.deadline_ms =
           static_cast<uint32_t>(std::max<int64_t>(1, (engine->MicrosUntilDeadline() + 999) / 1000));
       if (again.time_budget_ms > again.deadline_ms) again.time_budget_ms = again.deadline_ms;
-      c.config_sent = router->Send(peer, fl::EncodeMessage(fl::Message(again))).ok();
+      c.config_sent = Send(peer, fl::EncodeMessage(fl::Message(again))).ok();
       return;
     }
   }
@@ -196,6 +222,7 @@ void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update
   auto it = clients.find(update.client_id);
   if (it == clients.end()) {
     Count("update_unknown_client");
+    fed->updates_rejected->Increment();
     SendTo(peer, fl::Message(fl::MakeUpdateAck(update.round, fl::AckReason::kUnknownClient,
                                                "register first")));
     return;
@@ -206,6 +233,7 @@ void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update
       timed_out.count(update.client_id)) {
     // It was given up on (silent too long) and the round moved on without it.
     Count("update_late");
+    fed->updates_late->Increment();
     SendTo(peer,
            fl::Message(fl::MakeUpdateAck(update.round, fl::AckReason::kLate,
                                          "client was silent for more than " +
@@ -220,6 +248,7 @@ void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update
     std::string why;
     const UpdateVerdict v = engine->Submit(static_cast<int>(update.round), std::move(empty), &why);
     Count(std::string("update_") + UpdateVerdictName(v));
+    CountUpdate(v);
     SendTo(peer, fl::Message(fl::MakeUpdateAck(update.round, AckFor(v), why)));
     return;
   }
@@ -246,6 +275,7 @@ void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update
     reason = AckFor(verdict);
   }
   Count(std::string("update_") + UpdateVerdictName(verdict));
+  CountUpdate(verdict);
   if (verdict != UpdateVerdict::kAccepted) {
     Log()->warn("update from '{}' for round {} rejected ({}): {}", update.client_id, update.round,
                 UpdateVerdictName(verdict), why);
@@ -311,7 +341,12 @@ Status AggregatorService::Impl::Publish(int round) {
 }
 
 Status AggregatorService::Impl::CloseRound() {
+  const auto compute_start = std::chrono::steady_clock::now();
   CLEAVE_ASSIGN_OR_RETURN(RoundRecord record, engine->FinishRound());
+  m->compute_seconds->Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count());
+  fed->updates_failed->Increment(record.failed + record.missing);
+  fed->round_duration_seconds->Observe(record.seconds);
   RoundRecord* stored = engine->last_record();
   stored->extra["bytes_down"] =
       static_cast<int64_t>(plan->clients.size() * plan_config_bytes.size());
@@ -381,6 +416,10 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
   }
   auto impl = std::make_unique<Impl>();
   impl->clock = &clock;
+  impl->metrics = options.metrics ? options.metrics : std::make_shared<Metrics>();
+  impl->m = &impl->metrics->Service("aggregator");
+  impl->fed = &impl->metrics->Federated();
+  impl->connected = &impl->metrics->ConnectedEdges();
   split::SplitVisionNet probe(model.spec);
   const WeightsLayout layout = LayoutOf(*probe);
   impl->layout_sha = LayoutSha256(layout);
@@ -415,8 +454,11 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
                           RouterServer::Bind(context, options.listen, socket_options));
   impl->options = std::move(options);
   impl->model = std::move(model);
+  impl->fed->round->Set(impl->engine->rounds_completed());
   if (!impl->options.ready_file.empty()) {
-    const json ready = {{"endpoint", impl->router->endpoint()}, {"pid", ::getpid()}};
+    json ready = impl->options.ready_extra.is_object() ? impl->options.ready_extra : json::object();
+    ready["endpoint"] = impl->router->endpoint();
+    ready["pid"] = ::getpid();
     CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(impl->options.ready_file, ready.dump()));
   }
   return std::unique_ptr<AggregatorService>(new AggregatorService(std::move(impl)));
@@ -459,10 +501,15 @@ Status AggregatorService::Run(const std::function<bool()>& stop) {
     Result<std::optional<Envelope>> in = s.router->Receive(timeout_ms);
     if (!in.ok()) return in.status().WithContext("aggregator socket");
     s.Housekeeping();
-    if (!in->has_value()) continue;
+    if (!in->has_value()) {
+      s.RefreshConnected();
+      continue;
+    }
     const Envelope& env = **in;
+    s.m->wire_bytes_received->Increment(static_cast<double>(WireBytes(env.body.size())));
     Result<fl::Message> message = fl::DecodeMessage(env.body);
     if (!message.ok()) {
+      s.m->Count(Outcome::kRejected);
       s.Count("malformed_messages");
       Log()->warn("malformed message ({} bytes): {}", env.body.size(), message.status().ToString());
       s.SendTo(env.peer, fl::Message(fl::MakeUpdateAck(0, fl::AckReason::kMalformed,
@@ -470,6 +517,7 @@ Status AggregatorService::Run(const std::function<bool()>& stop) {
       continue;
     }
     s.Count(std::string("received_") + fl::MessageKindName(message->body));
+    s.m->Count(Outcome::kOk);
     std::visit(
         [&](const auto& body) {
           using T = std::decay_t<decltype(body)>;
@@ -486,6 +534,7 @@ Status AggregatorService::Run(const std::function<bool()>& stop) {
           }
         },
         message->body);
+    s.RefreshConnected();
   }
   for (const auto& [id, c] : s.clients) {
     // Also to clients considered gone: one that was only slow must learn that it is over.

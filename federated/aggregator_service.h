@@ -28,6 +28,14 @@
 // the service checkpoints atomically (resuming from the checkpoint on start), optionally
 // publishes the new global weights as a model bundle, evaluates on the test set when
 // configured, and rewrites the summary file (history so far).
+//
+// Metrics (common/metrics.h): cleave_federated_round (the open round, else the last one),
+// cleave_federated_updates_total by status (accepted; rejected: stale, unsampled, unknown,
+// duplicate or malformed; late; failed: sampled clients that left, timed out or never
+// answered, counted when their round closes), cleave_federated_round_duration_seconds,
+// cleave_connected_edges (registered clients not gone), and for component "aggregator" the
+// messages handled (ok) or undecodable (rejected), wire bytes and the compute seconds of
+// closing a round (aggregation and evaluation).
 #pragma once
 
 #include <cstdint>
@@ -42,6 +50,7 @@
 
 #include "common/clock.h"
 #include "common/fl_wire.h"
+#include "common/metrics.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "federated/round_engine.h"
@@ -67,6 +76,10 @@ struct AggregatorOptions {
   int64_t max_message_bytes = int64_t{256} << 20;
   // Applied to the ROUTER before it binds (CURVE: common/curve.h SetUpCurveServer).
   std::function<Status(zmq::socket_t&)> socket_configure;
+  // Where the service's metrics go; null = a private registry nobody exports.
+  std::shared_ptr<Metrics> metrics;
+  // Extra fields for the ready file (e.g. the admin URL).
+  nlohmann::json ready_extra = nlohmann::json::object();
 };
 
 // The model the aggregator coordinates: architecture + initial weights, and optionally the

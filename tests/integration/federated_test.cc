@@ -16,6 +16,7 @@
 #include "common/child_process.h"
 #include "common/file_util.h"
 #include "edge/daemon_launcher.h"
+#include "testing/log_wait.h"
 #include "testing/tiny_bundle.h"
 
 namespace cleave::edge {
@@ -96,19 +97,6 @@ class FederatedTest : public ::testing::Test {
         "edge.ready_file", dir_, "edge" + std::to_string(index));
   }
 
-  // Polls `path` (a log file) until it contains `needle` or `timeout_ms` passes.
-  static bool WaitForLogLine(const fs::path& path, const std::string& needle, int timeout_ms) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    while (std::chrono::steady_clock::now() < until) {
-      std::ifstream in(path);
-      std::stringstream text;
-      text << in.rdbuf();
-      if (text.str().find(needle) != std::string::npos) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return false;
-  }
-
   json Summary() {
     auto text = ReadFileToString(dir_ / "summary.json");
     EXPECT_TRUE(text.ok()) << text.status().ToString();
@@ -130,7 +118,7 @@ TEST_F(FederatedTest, TwoRoundsWithThreeEdgesSurviveAnEdgeKilledMidRound) {
     edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
   }
   // Kill edge 2 as soon as round 1 is open: it was sampled and will never answer.
-  ASSERT_TRUE(WaitForLogLine(aggregator_->log_path, "round 1 open", 60000))
+  ASSERT_TRUE(cleave::testing::WaitForLogLine(aggregator_->log_path, "round 1 open", 60000))
       << "round 1 never opened; see " << aggregator_->log_path;
   ASSERT_TRUE(edges_[2]->process->Signal(SIGKILL).ok());
 
@@ -182,7 +170,7 @@ TEST_F(FederatedTest, RestartedAggregatorResumesFromItsCheckpoint) {
   auto resumed = StartAggregator(2, "aggregator-b");
   ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
   aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*resumed));
-  EXPECT_TRUE(WaitForLogLine(aggregator_->log_path, "resumed from", 10000));
+  EXPECT_TRUE(cleave::testing::WaitForLogLine(aggregator_->log_path, "resumed from", 10000));
   for (int i = 0; i < 3; ++i) {
     auto edge = StartEdge(aggregator_->endpoint, i);
     ASSERT_TRUE(edge.ok()) << edge.status().ToString();

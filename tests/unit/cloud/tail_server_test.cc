@@ -1,13 +1,15 @@
-// TailServer in process: replies match the tail model, and every malformed request gets an
-// error reply while the server keeps serving.
+// TailServer in process: replies match the tail model, every malformed request gets an
+// error reply while the server keeps serving, and the server's metrics count what happened.
 #include "cloud/tail_server.h"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <set>
 #include <thread>
 
+#include "common/metrics.h"
 #include "common/png_image.h"
 #include "common/wire.h"
 #include "split/bundle.h"
@@ -31,9 +33,11 @@ class TailServerTest : public ::testing::Test {
     TailServerOptions options;
     options.listen = "tcp://127.0.0.1:0";
     options.max_batch = 8;
+    options.metrics = metrics_;
     auto server = TailServer::Create(context_, options, std::move(model).value());
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(server).value();
+    ASSERT_TRUE(server_->WarmUp().ok());
     thread_ = std::thread([this] { (void)server_->Run([this] { return stop_.load(); }); });
     auto client = DealerClient::Connect(context_, server_->endpoint());
     ASSERT_TRUE(client.ok());
@@ -68,6 +72,7 @@ class TailServerTest : public ::testing::Test {
 
   std::filesystem::path dir_;
   TransportContext context_;
+  std::shared_ptr<Metrics> metrics_ = std::make_shared<Metrics>();
   std::unique_ptr<split::CloudModel> reference_;
   std::unique_ptr<TailServer> server_;
   std::unique_ptr<DealerClient> client_;
@@ -159,6 +164,53 @@ TEST_F(TailServerTest, ConcurrentRequestsAreBatchedAndAllAnswered) {
   }
   EXPECT_EQ(ids.size(), 32u);
   EXPECT_GE(largest_batch, 1u);
+}
+
+TEST_F(TailServerTest, MetricsCountOutcomesWireBytesAndBatches) {
+  // What the client put on and took off the wire, to compare with the server's counts.
+  uint64_t bytes_to_server = 0, bytes_from_server = 0;
+  auto exchange = [&](const std::string& bytes) {
+    bytes_to_server += WireBytes(bytes.size());
+    ASSERT_TRUE(client_->Send(bytes, 1000).ok());
+    auto msg = client_->Receive(5000);
+    ASSERT_TRUE(msg.ok() && msg->has_value()) << "no reply";
+    bytes_from_server += WireBytes((*msg)->size());
+  };
+  std::vector<float> values;
+  for (uint64_t id = 1; id <= 3; ++id) {
+    exchange(wire::EncodeInferRequest(FeatureRequest(id, &values)));
+  }
+  exchange("garbage");
+  wire::InferRequest unknown = FeatureRequest(9, &values);
+  unknown.model = "imagenet";
+  exchange(wire::EncodeInferRequest(unknown));
+  // The one peer shows as a connected edge at the next sweep (about once a second).
+  prometheus::Gauge& connected = metrics_->ConnectedEdges();
+  for (int i = 0; i < 300 && connected.Value() != 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(connected.Value(), 1);
+  stop_ = true;
+  thread_.join();  // every count is final once the loop is gone
+
+  const ServiceMetrics& m = metrics_->Service("cloud");
+  auto count = [&](Outcome o) { return m.requests[static_cast<size_t>(o)]->Value(); };
+  EXPECT_EQ(count(Outcome::kOk), 3);
+  EXPECT_EQ(count(Outcome::kRejected), 2);  // undecodable, unknown model
+  for (Outcome o : {Outcome::kError, Outcome::kOverloaded, Outcome::kExit, Outcome::kOffload,
+                    Outcome::kDegraded}) {
+    EXPECT_EQ(count(o), 0) << OutcomeName(o);
+  }
+  EXPECT_EQ(m.wire_bytes_received->Value(), static_cast<double>(bytes_to_server));
+  EXPECT_EQ(m.wire_bytes_sent->Value(), static_cast<double>(bytes_from_server));
+  // One request at a time: three batches of one, each queued and computed once.
+  EXPECT_EQ(m.queue_seconds->Collect().histogram.sample_count, 3u);
+  EXPECT_EQ(m.compute_seconds->Collect().histogram.sample_count, 3u);
+  const prometheus::ClientMetric batches = m.batch_size->Collect();
+  EXPECT_EQ(batches.histogram.sample_count, 3u);
+  EXPECT_EQ(batches.histogram.sample_sum, 3.0);
+  EXPECT_GT(m.compute_seconds->Collect().histogram.sample_sum, 0.0);
+  EXPECT_EQ(m.pending_requests->Value(), 0);
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "common/file_util.h"
+#include "common/metrics.h"
 
 namespace cleave {
 namespace {
@@ -110,7 +111,9 @@ TEST_F(CurveTest, OnlyListedClientsAreServedAndTheListReloads) {
   const fs::path allow = dir_ / "allow";
   ASSERT_TRUE(WriteFileAtomic(allow, listed.public_z85 + "\n").ok());
   TransportContext context;
-  auto zap = ZapHandler::Start(context, allow);
+  Metrics metrics;
+  prometheus::Counter& refused = metrics.CurveRefused("test");
+  auto zap = ZapHandler::Start(context, allow, "cleave", &refused);
   ASSERT_TRUE(zap.ok()) << zap.status().ToString();
   EXPECT_EQ((*zap)->allowed_keys(), 1u);
   // One handler per context: a second one cannot bind the ZAP endpoint.
@@ -130,10 +133,16 @@ TEST_F(CurveTest, OnlyListedClientsAreServedAndTheListReloads) {
   auto good = connect(&listed);
   EXPECT_TRUE(RoundTrip(**server, *good));
   EXPECT_GE((*zap)->accepted(), 1u);
+  EXPECT_EQ(refused.Value(), 0.0);
 
   auto stranger = connect(&unknown);
   EXPECT_FALSE(RoundTrip(**server, *stranger, 8));
   EXPECT_GE((*zap)->refused(), 1u);
+  // The exported counter follows (incremented by the handler thread just after refused()).
+  for (int i = 0; i < 100 && refused.Value() < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GE(refused.Value(), 1.0);
   auto plain = connect(nullptr);  // no CURVE at all: the handshake cannot even start
   EXPECT_FALSE(plain->Send("ping", 200).ok());
   auto nothing = (*server)->Receive(300);

@@ -1,5 +1,6 @@
 // EdgeServer in process: a fake cloud (a ROUTER in the test) that answers, refuses or stays
-// silent, and a local application (a DEALER). Every request must get exactly one reply.
+// silent, and a local application (a DEALER). Every request must get exactly one reply, and
+// the server's metrics count each by outcome.
 #include "edge/edge_server.h"
 
 #include <gtest/gtest.h>
@@ -8,6 +9,7 @@
 #include <set>
 #include <thread>
 
+#include "common/metrics.h"
 #include "common/wire.h"
 #include "split/bundle.h"
 #include "testing/tiny_bundle.h"
@@ -43,10 +45,17 @@ class EdgeServerTest : public ::testing::Test {
     server_options.listen = "tcp://127.0.0.1:0";
     server_options.cloud = with_cloud ? cloud_->endpoint() : "";
     server_options.default_deadline_ms = deadline_ms;
+    server_options.metrics = metrics_;
     auto server = EdgeServer::Create(context_, server_options,
                                      std::make_unique<EdgeEngine>(std::move(model).value()));
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(server).value();
+    ASSERT_TRUE(server_->WarmUp().ok());
+    if (with_cloud) {
+      auto stray = cloud_->Receive(0);  // the warm-up sends nothing
+      ASSERT_TRUE(stray.ok());
+      EXPECT_FALSE(stray->has_value());
+    }
     thread_ = std::thread([this] { run_status_ = server_->Run([this] { return stop_.load(); }); });
     auto app = DealerClient::Connect(context_, server_->endpoint());
     ASSERT_TRUE(app.ok());
@@ -87,8 +96,13 @@ class EdgeServerTest : public ::testing::Test {
     return msg.ok() && msg->has_value() ? **msg : Envelope{};
   }
 
+  double Count(Outcome outcome) {
+    return metrics_->Service("edge").requests[static_cast<size_t>(outcome)]->Value();
+  }
+
   std::filesystem::path dir_;
   TransportContext context_;
+  std::shared_ptr<Metrics> metrics_ = std::make_shared<Metrics>();
   std::unique_ptr<RouterServer> cloud_;
   std::unique_ptr<EdgeServer> server_;
   std::unique_ptr<DealerClient> app_;
@@ -237,6 +251,51 @@ TEST_F(EdgeServerTest, ManyRequestsEachGetExactlyOneReply) {
   auto extra = app_->Receive(300);
   ASSERT_TRUE(extra.ok());
   EXPECT_FALSE(extra->has_value());
+}
+
+TEST_F(EdgeServerTest, MetricsCountEveryOutcomeAndTheCloudLink) {
+  Start(true, 1000);
+  Send(Request(1, 0.0f));  // exit
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kEdgeExit);
+  Send(Request(2, 1.0f));  // offload, answered by the cloud
+  Envelope offloaded = CloudReceive();
+  auto request = wire::DecodeInferRequest(offloaded.body);
+  ASSERT_TRUE(request.ok());
+  wire::InferReply answer;
+  answer.request_id = request->request_id;
+  answer.scores = std::vector<float>(10, 0.5f);
+  answer.num_classes = 10;
+  const std::string answer_bytes = wire::EncodeInferReply(answer);
+  ASSERT_TRUE(cloud_->Send(offloaded.peer, answer_bytes).ok());
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kCloud);
+  Send(Request(3, 1.0f));  // offloaded, never answered: degraded at the deadline
+  Envelope silent = CloudReceive();
+  EXPECT_EQ(Receive(3000).source, edge_api::AnswerSource::kDegraded);
+  ASSERT_TRUE(app_->Send("not a request", 1000).ok());  // rejected
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kError);
+  edge_api::ClassifyRequest wrong_size = Request(4, 0.0f);  // rejected: not the model's size
+  wrong_size.width = 14;
+  wrong_size.height = 56;
+  Send(wrong_size);
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kError);
+  Stop();
+
+  EXPECT_EQ(Count(Outcome::kExit), 1);
+  EXPECT_EQ(Count(Outcome::kOffload), 1);
+  EXPECT_EQ(Count(Outcome::kDegraded), 1);
+  EXPECT_EQ(Count(Outcome::kRejected), 2);
+  EXPECT_EQ(Count(Outcome::kError), 0);
+  EXPECT_EQ(Count(Outcome::kOk), 0);
+  const ServiceMetrics& m = metrics_->Service("edge");
+  // The cloud link: both offloaded requests went out, one answer came back.
+  EXPECT_EQ(m.wire_bytes_sent->Value(),
+            static_cast<double>(WireBytes(offloaded.body.size()) + WireBytes(silent.body.size())));
+  EXPECT_EQ(m.wire_bytes_received->Value(), static_cast<double>(WireBytes(answer_bytes.size())));
+  // Three usable images went through the head, one batch each.
+  EXPECT_EQ(m.queue_seconds->Collect().histogram.sample_count, 3u);
+  EXPECT_EQ(m.compute_seconds->Collect().histogram.sample_count, 3u);
+  EXPECT_EQ(m.batch_size->Collect().histogram.sample_sum, 3.0);
+  EXPECT_EQ(m.pending_requests->Value(), 0);
 }
 
 }  // namespace

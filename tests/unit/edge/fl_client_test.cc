@@ -11,6 +11,7 @@
 #include <variant>
 
 #include "common/fl_wire.h"
+#include "common/metrics.h"
 #include "federated/aggregator_service.h"
 #include "federated/wire_convert.h"
 #include "testing/tiny_bundle.h"
@@ -504,7 +505,8 @@ TEST_F(FederatedClientTest, UnreachableAggregatorIsRetriedWithBackoff) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 }
 
-// The real aggregator service in process: two edges train two rounds and are told to stop.
+// The real aggregator service in process: two edges train two rounds and are told to stop;
+// the aggregator's metrics count the rounds and updates.
 TEST_F(FederatedClientTest, TwoClientsFinishRoundsWithTheRealAggregator) {
   federated::AggregatorOptions aggregator_options;
   aggregator_options.listen = "tcp://127.0.0.1:0";
@@ -517,6 +519,8 @@ TEST_F(FederatedClientTest, TwoClientsFinishRoundsWithTheRealAggregator) {
   aggregator_options.engine.fit.batch_size = 16;
   aggregator_options.poll_interval_ms = 20;
   aggregator_options.client_timeout_ms = 10000;
+  auto metrics = std::make_shared<Metrics>();
+  aggregator_options.metrics = metrics;
   federated::AggregatorModel model;
   model.spec = spec_;
   model.initial = initial_;
@@ -556,6 +560,22 @@ TEST_F(FederatedClientTest, TwoClientsFinishRoundsWithTheRealAggregator) {
     EXPECT_EQ(round["succeeded"], 2) << round.dump();
     EXPECT_EQ(round["rejected"], 0) << round.dump();  // no duplicate or stale updates
   }
+  const FederatedMetrics& fed = metrics->Federated();
+  EXPECT_EQ(fed.round->Value(), 2);
+  EXPECT_EQ(fed.updates_accepted->Value(), 4);
+  EXPECT_EQ(fed.updates_rejected->Value(), 0);
+  EXPECT_EQ(fed.updates_failed->Value(), 0);
+  const prometheus::ClientMetric durations = fed.round_duration_seconds->Collect();
+  EXPECT_EQ(durations.histogram.sample_count, 2u);
+  EXPECT_GT(durations.histogram.sample_sum, 0.0);
+  EXPECT_EQ(metrics->ConnectedEdges().Value(), 2);
+  const ServiceMetrics& aggregator = metrics->Service("aggregator");
+  EXPECT_GT(aggregator.requests[static_cast<size_t>(Outcome::kOk)]->Value(), 4);  // + heartbeats
+  EXPECT_EQ(aggregator.requests[static_cast<size_t>(Outcome::kRejected)]->Value(), 0);
+  EXPECT_GT(aggregator.wire_bytes_received->Value(), 0);
+  EXPECT_GT(aggregator.wire_bytes_sent->Value(), aggregator.wire_bytes_received->Value())
+      << "the global weights go out to both clients in every round";
+  EXPECT_EQ(aggregator.compute_seconds->Collect().histogram.sample_count, 2u);
 }
 
 TEST_F(FederatedClientTest, StartRejectsBadInputs) {

@@ -1,0 +1,178 @@
+#include "common/metrics.h"
+
+#include <iterator>
+
+namespace cleave {
+
+const char* OutcomeName(Outcome outcome) {
+  switch (outcome) {
+    case Outcome::kExit: return "exit";
+    case Outcome::kOffload: return "offload";
+    case Outcome::kDegraded: return "degraded";
+    case Outcome::kRejected: return "rejected";
+    case Outcome::kError: return "error";
+    case Outcome::kOk: return "ok";
+    case Outcome::kOverloaded: return "overloaded";
+  }
+  return "unknown";
+}
+
+// Requests answered on the gateway or by a batcher: 50 us .. 2.5 s.
+const std::vector<double>& Metrics::QueueSecondsBuckets() {
+  static const std::vector<double> buckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001,
+                                              0.0025,  0.005,  0.01,    0.025,  0.05,
+                                              0.1,     0.25,   0.5,     1,      2.5};
+  return buckets;
+}
+
+// One head batch on a gateway CPU up to a large tail batch or an aggregation: 100 us .. 10 s.
+const std::vector<double>& Metrics::ComputeSecondsBuckets() {
+  static const std::vector<double> buckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                              0.01,   0.025,   0.05,   0.1,   0.25,   0.5,
+                                              1,      2.5,     5,      10};
+  return buckets;
+}
+
+// Powers of two up to the largest configurable batch sizes.
+const std::vector<double>& Metrics::BatchSizeBuckets() {
+  static const std::vector<double> buckets = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+  return buckets;
+}
+
+// Federated rounds last seconds (tests, small models) to an hour (round deadline).
+const std::vector<double>& Metrics::RoundDurationBuckets() {
+  static const std::vector<double> buckets = {0.5, 1,   2.5, 5,   10,   30,
+                                              60,  120, 300, 600, 1800, 3600};
+  return buckets;
+}
+
+Metrics::Metrics() : Metrics(std::make_shared<prometheus::Registry>()) {}
+
+Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry) : registry_(std::move(registry)) {}
+
+const ServiceMetrics& Metrics::Service(const std::string& component) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto found = services_.find(component);
+  if (found != services_.end()) return *found->second;
+  prometheus::Registry& r = *registry_;
+  if (requests_ == nullptr) {
+    requests_ = &prometheus::BuildCounter()
+                     .Name("cleave_requests_total")
+                     .Help(
+                         "Requests by how they ended (exit, offload, degraded, rejected, error, "
+                         "ok, overloaded)")
+                     .Register(r);
+    wire_bytes_ = &prometheus::BuildCounter()
+                       .Name("cleave_wire_bytes_total")
+                       .Help(
+                           "Bytes of messages sent and received on the service link (payload "
+                           "plus ZeroMQ frame headers)")
+                       .Register(r);
+    queue_ = &prometheus::BuildHistogram()
+                  .Name("cleave_queue_seconds")
+                  .Help("Time from a request's arrival until its computation starts")
+                  .Register(r);
+    compute_ = &prometheus::BuildHistogram()
+                    .Name("cleave_compute_seconds")
+                    .Help("Time to compute one batch (or one request where nothing is batched)")
+                    .Register(r);
+    batch_ = &prometheus::BuildHistogram()
+                  .Name("cleave_batch_size")
+                  .Help("Requests computed together in one batch")
+                  .Register(r);
+    pending_ = &prometheus::BuildGauge()
+                    .Name("cleave_pending_requests")
+                    .Help("Requests received and not yet answered")
+                    .Register(r);
+  }
+  auto m = std::make_unique<ServiceMetrics>();
+  for (size_t i = 0; i < kOutcomeCount; ++i) {
+    m->requests[i] = &requests_->Add(
+        {{"component", component}, {"outcome", OutcomeName(static_cast<Outcome>(i))}});
+  }
+  m->wire_bytes_sent = &wire_bytes_->Add({{"component", component}, {"direction", "sent"}});
+  m->wire_bytes_received = &wire_bytes_->Add({{"component", component}, {"direction", "received"}});
+  m->queue_seconds = &queue_->Add({{"component", component}}, QueueSecondsBuckets());
+  m->compute_seconds = &compute_->Add({{"component", component}}, ComputeSecondsBuckets());
+  m->batch_size = &batch_->Add({{"component", component}}, BatchSizeBuckets());
+  m->pending_requests = &pending_->Add({{"component", component}});
+  return *services_.emplace(component, std::move(m)).first->second;
+}
+
+const FederatedMetrics& Metrics::Federated() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (federated_) return *federated_;
+  prometheus::Registry& r = *registry_;
+  auto m = std::make_unique<FederatedMetrics>();
+  m->round = &prometheus::BuildGauge()
+                  .Name("cleave_federated_round")
+                  .Help("The federated round that is open, or the last one when none is")
+                  .Register(r)
+                  .Add({});
+  auto& updates = prometheus::BuildCounter()
+                      .Name("cleave_federated_updates_total")
+                      .Help(
+                          "Client updates by status: accepted, rejected, late; failed counts "
+                          "sampled clients that left or timed out")
+                      .Register(r);
+  m->updates_accepted = &updates.Add({{"status", "accepted"}});
+  m->updates_rejected = &updates.Add({{"status", "rejected"}});
+  m->updates_late = &updates.Add({{"status", "late"}});
+  m->updates_failed = &updates.Add({{"status", "failed"}});
+  m->round_duration_seconds = &prometheus::BuildHistogram()
+                                   .Name("cleave_federated_round_duration_seconds")
+                                   .Help("Time from a round's opening to its close")
+                                   .Register(r)
+                                   .Add({}, RoundDurationBuckets());
+  federated_ = std::move(m);
+  return *federated_;
+}
+
+prometheus::Gauge& Metrics::ConnectedEdges() {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (connected_edges_ == nullptr) {
+    connected_edges_ = &prometheus::BuildGauge()
+                            .Name("cleave_connected_edges")
+                            .Help(
+                                "Edges connected: registered and live (aggregator) or seen in "
+                                "the last minute (cloud)")
+                            .Register(*registry_)
+                            .Add({});
+  }
+  return *connected_edges_;
+}
+
+prometheus::Counter& Metrics::CurveRefused(const std::string& component) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto found = refused_.find(component);
+  if (found != refused_.end()) return *found->second;
+  if (curve_refused_ == nullptr) {
+    curve_refused_ = &prometheus::BuildCounter()
+                          .Name("cleave_curve_refused_total")
+                          .Help(
+                              "CURVE clients refused by the ZAP handler (unknown key, other "
+                              "mechanism or domain)")
+                          .Register(*registry_);
+  }
+  prometheus::Counter& counter = curve_refused_->Add({{"component", component}});
+  refused_.emplace(component, &counter);
+  return counter;
+}
+
+void RecentPeers::Seen(const std::string& peer, int64_t now_micros) {
+  auto it = last_seen_.find(peer);
+  if (it != last_seen_.end()) {
+    it->second = now_micros;
+  } else if (last_seen_.size() < max_peers_) {
+    last_seen_.emplace(peer, now_micros);
+  }
+}
+
+size_t RecentPeers::Expire(int64_t now_micros) {
+  for (auto it = last_seen_.begin(); it != last_seen_.end();) {
+    it = now_micros - it->second > window_micros_ ? last_seen_.erase(it) : std::next(it);
+  }
+  return last_seen_.size();
+}
+
+}  // namespace cleave

@@ -1,0 +1,152 @@
+// cleave's Prometheus metrics: every family a daemon exports is defined here, once (name,
+// help text, base unit, buckets), so the Grafana dashboard and the alert rules in deploy/
+// have a single source of truth. docs/operations.md ("Observability") lists them for users.
+//
+//   cleave_requests_total{component,outcome}      counter   one per request, by how it ended
+//   cleave_wire_bytes_total{component,direction}  counter   bytes on the service link
+//   cleave_queue_seconds{component}               histogram received -> compute starts
+//   cleave_compute_seconds{component}             histogram one batch (or request) computed
+//   cleave_batch_size{component}                  histogram requests computed together
+//   cleave_pending_requests{component}            gauge     received, not yet answered
+//   cleave_connected_edges                        gauge     registered (aggregator) or
+//                                                           recently seen (cloud) peers
+//   cleave_federated_round                        gauge     the open (or last) round
+//   cleave_federated_updates_total{status}        counter   accepted, rejected, late, failed
+//   cleave_federated_round_duration_seconds       histogram open -> close of a round
+//   cleave_curve_refused_total{component}         counter   CURVE handshakes the ZAP handler
+//                                                           refused
+//
+// Families are registered on first use, so a daemon exports only what it uses (the cloud
+// has no federated series). Label children are created once, when a component asks for its
+// ServiceMetrics: every outcome and direction exists from the start at 0 (so rate() and
+// absent() work before the first request), and the serving loops increment through plain
+// pointers - no label lookup per request (DESIGN.md, prometheus-cpp pitfalls). Histogram
+// Observe takes a mutex: observe once per request or batch, never per element.
+//
+// Thread-safety: Metrics' methods may be called from any thread; the returned metrics are
+// prometheus-cpp's thread-safe counters, gauges and histograms. Lifetime: everything
+// returned lives as long as the Metrics object (and its registry).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace cleave {
+
+// How a request ended: the `outcome` label of cleave_requests_total.
+//   exit        the edge answered with an early exit
+//   offload     the edge answered with the cloud's scores
+//   degraded    the edge answered with its best exit because the cloud did not (unreachable,
+//               refused, past the deadline, or no cloud configured)
+//   rejected    refused without computing: undecodable or invalid for this service (version,
+//               model, shape, image), or its deadline had already passed
+//   error       accepted but serving failed (the model computation failed)
+//   ok          a service (cloud, aggregator) computed and answered
+//   overloaded  refused because the service had no room (queue full)
+enum class Outcome : uint8_t { kExit, kOffload, kDegraded, kRejected, kError, kOk, kOverloaded };
+inline constexpr size_t kOutcomeCount = 7;
+// "exit", "offload", ... (the label value).
+const char* OutcomeName(Outcome outcome);
+
+// One component's children of the per-component families. Pointers are never null.
+struct ServiceMetrics {
+  std::array<prometheus::Counter*, kOutcomeCount> requests{};
+  prometheus::Counter* wire_bytes_sent = nullptr;
+  prometheus::Counter* wire_bytes_received = nullptr;
+  prometheus::Histogram* queue_seconds = nullptr;
+  prometheus::Histogram* compute_seconds = nullptr;
+  prometheus::Histogram* batch_size = nullptr;
+  prometheus::Gauge* pending_requests = nullptr;
+
+  void Count(Outcome outcome, double n = 1) const {
+    requests[static_cast<size_t>(outcome)]->Increment(n);
+  }
+};
+
+// The aggregator's round metrics. Pointers are never null.
+struct FederatedMetrics {
+  prometheus::Gauge* round = nullptr;
+  prometheus::Counter* updates_accepted = nullptr;
+  prometheus::Counter* updates_rejected = nullptr;  // stale, unsampled, duplicate, malformed...
+  prometheus::Counter* updates_late = nullptr;      // after the round had what it needed
+  prometheus::Counter* updates_failed = nullptr;    // sampled clients that left or timed out
+  prometheus::Histogram* round_duration_seconds = nullptr;
+};
+
+class Metrics {
+ public:
+  // Families on a fresh registry.
+  Metrics();
+  // Families on `registry` (which must not already hold cleave_* families). Not null.
+  explicit Metrics(std::shared_ptr<prometheus::Registry> registry);
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // What the admin server serializes.
+  const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
+
+  // The children for `component` ("cloud", "edge", "aggregator"), created on the first call
+  // for that component; later calls return the same object.
+  const ServiceMetrics& Service(const std::string& component);
+  const FederatedMetrics& Federated();
+  prometheus::Gauge& ConnectedEdges();
+  // Hand it to the ZAP handler (common/curve.h), which increments it per refusal.
+  prometheus::Counter& CurveRefused(const std::string& component);
+
+  // Bucket boundaries (seconds, or requests for batch size).
+  static const std::vector<double>& QueueSecondsBuckets();
+  static const std::vector<double>& ComputeSecondsBuckets();
+  static const std::vector<double>& BatchSizeBuckets();
+  static const std::vector<double>& RoundDurationBuckets();
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::mutex mu_;
+  // Families, registered lazily (all guarded by mu_; the families themselves are
+  // thread-safe and owned by the registry).
+  prometheus::Family<prometheus::Counter>* requests_ = nullptr;
+  prometheus::Family<prometheus::Counter>* wire_bytes_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* queue_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* compute_ = nullptr;
+  prometheus::Family<prometheus::Histogram>* batch_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* pending_ = nullptr;
+  prometheus::Family<prometheus::Counter>* curve_refused_ = nullptr;
+  prometheus::Gauge* connected_edges_ = nullptr;
+  std::unique_ptr<FederatedMetrics> federated_;
+  std::map<std::string, std::unique_ptr<ServiceMetrics>> services_;
+  std::map<std::string, prometheus::Counter*> refused_;
+};
+
+// Distinct peers seen within a sliding window: cleave_connected_edges for a service whose
+// clients do not register (the cloud sees only ROUTER routing ids). Seen() is one hash-map
+// update, Expire() a sweep to run about once a second. At most `max_peers` are tracked
+// (beyond that new peers are not added), so a flood of connections cannot grow it without
+// bound. Not thread-safe: the serving loop owns it.
+class RecentPeers {
+ public:
+  explicit RecentPeers(int64_t window_micros = 60'000'000, size_t max_peers = 100'000)
+      : window_micros_(window_micros), max_peers_(max_peers) {}
+  void Seen(const std::string& peer, int64_t now_micros);
+  // Forgets peers not seen within the window before `now_micros`; returns how many remain.
+  size_t Expire(int64_t now_micros);
+  size_t size() const { return last_seen_.size(); }
+
+ private:
+  int64_t window_micros_;
+  size_t max_peers_;
+  std::unordered_map<std::string, int64_t> last_seen_;
+};
+
+}  // namespace cleave
