@@ -73,6 +73,8 @@ void ApplyPreset(const TrainOptions& preset, const CLI::App& cmd, TrainOptions& 
   if (keep("--epochs-finetune")) options.epochs_finetune = given.epochs_finetune;
   if (keep("--epochs-exit")) options.epochs_exit = given.epochs_exit;
   if (keep("--held-out")) options.held_out = given.held_out;
+  if (keep("--tail-channels")) options.tail_channels = given.tail_channels;
+  if (keep("--tail-blocks")) options.tail_blocks = given.tail_blocks;
 }
 
 void RunTrain(TrainArgs& args, const CLI::App& cmd) {
@@ -199,6 +201,10 @@ void RegisterTrainCommands(CLI::App& app) {
   train
       ->add_option("--bottleneck-channels", o.bottleneck_channels,
                    "channels of the 7x7 bottleneck sent over the wire")
+      ->capture_default_str();
+  train->add_option("--tail-channels", o.tail_channels, "width of the cloud tail (7x7 blocks)")
+      ->capture_default_str();
+  train->add_option("--tail-blocks", o.tail_blocks, "Fused-MBConv blocks in the cloud tail")
       ->capture_default_str();
   train->add_option("--wire-dtype", train_args->wire_dtype, "wire quantization: u4 or u8")
       ->capture_default_str();

@@ -74,6 +74,8 @@ Status TrainOptions::Validate() const {
   if (bottleneck_channels < 1 || bottleneck_channels > 64) {
     return bad("--bottleneck-channels must be in [1, 64]");
   }
+  if (tail_channels < 8 || tail_channels > 1024) return bad("--tail-channels must be in [8, 1024]");
+  if (tail_blocks < 0 || tail_blocks > 16) return bad("--tail-blocks must be in [0, 16]");
   if (wire_dtype != wire::DType::kUInt4 && wire_dtype != wire::DType::kUInt8) {
     return bad("--wire-dtype must be u4 or u8");
   }
@@ -95,6 +97,8 @@ json TrainOptions::ToJson() const {
           {"seed", seed},
           {"threads", threads},
           {"bottleneck_channels", bottleneck_channels},
+          {"tail_channels", tail_channels},
+          {"tail_blocks", tail_blocks},
           {"wire_dtype", wire::DTypeName(wire_dtype)},
           {"calibration_target", target.ToString()},
           {"criterion", ExitCriterionName(criterion)},
@@ -235,13 +239,11 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
                                 std::to_string(held_out.size()) + " held-out, " +
                                 std::to_string(test.size()) + " test images");
 
-  VisionModelSpec student_spec = VisionModelSpec::DefaultSplit(options.bottleneck_channels);
-  VisionModelSpec teacher_spec = VisionModelSpec::DefaultTeacher();
-  if (options.student_spec) {
-    CLEAVE_RETURN_IF_ERROR(options.student_spec->Validate());
-    student_spec = *options.student_spec;
-    CLEAVE_ASSIGN_OR_RETURN(teacher_spec, TeacherFor(student_spec));
-  }
+  VisionModelSpec student_spec = VisionModelSpec::DefaultSplit(
+      options.bottleneck_channels, options.tail_channels, options.tail_blocks);
+  if (options.student_spec) student_spec = *options.student_spec;
+  CLEAVE_RETURN_IF_ERROR(student_spec.Validate());
+  CLEAVE_ASSIGN_OR_RETURN(const VisionModelSpec teacher_spec, TeacherFor(student_spec));
   if (student_spec.split_after < 0) {
     return Status::InvalidArgument("the student spec has no split point");
   }

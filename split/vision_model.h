@@ -70,11 +70,13 @@ struct VisionModelSpec {
   Status Validate() const;
 
   // The deployed split model: stem, two Fused-MBConv at 14x14, encoder to `bottleneck`
-  // channels at 7x7, decoder, two Fused-MBConv, classifier; one exit after block 2.
-  static VisionModelSpec DefaultSplit(int bottleneck_channels = 2);
+  // channels at 7x7, decoder to `tail_channels`, `tail_blocks` Fused-MBConv, classifier;
+  // one exit after block 2. The edge head does not depend on the tail's size.
+  static VisionModelSpec DefaultSplit(int bottleneck_channels = 2, int tail_channels = 64,
+                                      int tail_blocks = 2);
   // The teacher: the same network with the encoder/decoder pair replaced by one
   // Fused-MBConv (stride 2), no exits. Its block 3 output is what the decoder imitates.
-  static VisionModelSpec DefaultTeacher();
+  static VisionModelSpec DefaultTeacher(int tail_channels = 64, int tail_blocks = 2);
   // A very small split model for unit tests (fast on one core).
   static VisionModelSpec TinySplit();
   // The "simple CNN" of the federated-learning benchmarks (McMahan et al. 2017; Li et al.,
