@@ -45,8 +45,17 @@ cleave::ConfigSchema CloudSchema() {
       .Add("cloud.listen", ConfigType::kString, "tcp://127.0.0.1:5560",
            "ZeroMQ endpoint edges connect to (port 0 picks a free port)")
       .Add("cloud.max_batch", ConfigType::kInt, "64",
-           "most waiting requests computed together in one batch")
-      .Add("cloud.threads", ConfigType::kInt, "2", "libtorch intra-op threads")
+           "most waiting requests computed together in one batch (1 with max_queue_delay_us = 0 "
+           "disables batching)")
+      .Add("cloud.max_queue_delay_us", ConfigType::kInt, "2000",
+           "longest the oldest waiting request waits for a fuller batch, in microseconds (0 = "
+           "compute whatever is waiting at once)")
+      .Add("cloud.max_queue", ConfigType::kInt, "1024",
+           "most accepted requests waiting for a batch; beyond it requests are answered "
+           "`overloaded` at once")
+      .Add("cloud.workers", ConfigType::kInt, "1",
+           "compute threads, each with its own copy of the model")
+      .Add("cloud.threads", ConfigType::kInt, "2", "libtorch intra-op threads of each worker")
       .Add("cloud.max_message_bytes", ConfigType::kInt, "4194304",
            "larger incoming messages are dropped by the transport")
       .Add("cloud.lm_memory_budget_bytes", ConfigType::kInt, "536870912",
@@ -177,23 +186,45 @@ int main(int argc, char** argv) {
   cleave::Result<cleave::Bundle> bundle = cleave::Bundle::Open(bundle_dir);
   if (!bundle.ok()) return Fail(bundle.status().WithContext("cannot load bundle " + bundle_dir));
   if (bundle->kind() == "lm-split") return ServeLm(*config, bundle_dir, obs);
-  auto model = cleave::split::CloudModel::Load(*bundle);
-  if (!model.ok()) return Fail(model.status().WithContext("cannot load the tail of " + bundle_dir));
-  log->info("loaded bundle {} (manifest sha256 {})", bundle_dir,
-            bundle->manifest_sha256().substr(0, 12));
+  const int64_t workers = config->GetInt("cloud.workers");
+  if (workers < 1 || workers > 256) {
+    return Fail(cleave::Status::InvalidArgument("cloud.workers must be in [1, 256], got " +
+                                                std::to_string(workers)));
+  }
+  // One model copy per worker: CloudModel serves one caller at a time.
+  std::vector<std::unique_ptr<cleave::split::CloudModel>> models;
+  for (int64_t w = 0; w < workers; ++w) {
+    auto model = cleave::split::CloudModel::Load(*bundle);
+    if (!model.ok()) {
+      return Fail(model.status().WithContext("cannot load the tail of " + bundle_dir));
+    }
+    models.push_back(std::move(model).value());
+  }
+  log->info("loaded bundle {} (manifest sha256 {}) for {} worker(s)", bundle_dir,
+            bundle->manifest_sha256().substr(0, 12), workers);
 
-  const std::string model_name = (*model)->model_name();
+  const std::string model_name = models.front()->model_name();
+  const int64_t max_queue = config->GetInt("cloud.max_queue");
+  if (max_queue < 1) {
+    return Fail(cleave::Status::InvalidArgument("cloud.max_queue must be >= 1, got " +
+                                                std::to_string(max_queue)));
+  }
   cleave::TransportContext context;
   cleave::cloud::TailServerOptions options;
   options.listen = config->GetString("cloud.listen");
   options.max_batch = static_cast<int>(config->GetInt("cloud.max_batch"));
+  options.max_queue_delay_us = config->GetInt("cloud.max_queue_delay_us");
+  options.max_queue = static_cast<size_t>(max_queue);
+  options.workers = static_cast<int>(workers);
+  options.intra_op_threads =
+      static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads")));
   options.socket.max_message_bytes = config->GetInt("cloud.max_message_bytes");
   options.metrics = obs.metrics;
   auto zap = cleave::SetUpCurveServer(context, config->GetString("cloud.curve_secret_key"),
                                       config->GetString("cloud.curve_allow_list"), options.socket,
                                       &obs.metrics->CurveRefused("cloud"));
   if (!zap.ok()) return Fail(zap.status());
-  auto server = cleave::cloud::TailServer::Create(context, options, std::move(model).value());
+  auto server = cleave::cloud::TailServer::Create(context, options, std::move(models));
   if (!server.ok()) return Fail(server.status());
   if (int rc = BecomeReady(*config, (*server)->endpoint(), (*server)->WarmUp(), obs); rc != 0) {
     return rc;

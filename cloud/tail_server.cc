@@ -1,6 +1,12 @@
 #include "cloud/tail_server.h"
 
-#include <chrono>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <mutex>
 
 #include "common/logging.h"
 #include "common/png_image.h"
@@ -9,216 +15,408 @@
 namespace cleave::cloud {
 namespace {
 
-int64_t SteadyMicros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+// Most messages taken from the ROUTER per turn, so worker replies never wait long behind a
+// flood of requests.
+constexpr int kMaxReceivesPerTurn = 256;
 
 }  // namespace
 
-TailServer::TailServer(TailServerOptions options, std::unique_ptr<split::CloudModel> model)
+// An accepted request, owned by the batcher until a worker answers it.
+struct TailServer::Job {
+  std::string peer;
+  wire::InferRequest request;
+  int64_t received_us = 0;
+  bool answered = false;  // a reply has been posted (worker side)
+};
+
+// A reply encoded by a worker, waiting for the socket thread to send it.
+struct TailServer::Outgoing {
+  std::string peer;
+  std::string bytes;
+  uint64_t request_id = 0;
+  wire::ReplyStatus status = wire::ReplyStatus::kOk;
+  Outcome outcome = Outcome::kOk;
+};
+
+struct TailServer::ModelSlot {
+  std::mutex mu;  // CloudModel serves one caller at a time
+  std::unique_ptr<split::CloudModel> model;
+};
+
+// Workers -> socket thread. Post is safe from any thread; TakeAll and fd belong to the socket
+// thread. The eventfd is readable while replies wait, so zmq_poll wakes the socket thread.
+class TailServer::Mailbox {
+ public:
+  Mailbox() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
+  ~Mailbox() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  Mailbox(const Mailbox&) = delete;
+  Mailbox& operator=(const Mailbox&) = delete;
+
+  int fd() const { return fd_; }
+
+  void Post(Outgoing out) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      replies_.push_back(std::move(out));
+    }
+    const uint64_t one = 1;
+    // A full counter (never in practice) still leaves the fd readable, so the wake-up holds.
+    [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof(one));
+  }
+
+  std::deque<Outgoing> TakeAll() {
+    uint64_t count = 0;
+    [[maybe_unused]] ssize_t n = ::read(fd_, &count, sizeof(count));  // reset before taking
+    std::deque<Outgoing> out;
+    std::lock_guard<std::mutex> lock(mu_);
+    out.swap(replies_);
+    return out;
+  }
+
+ private:
+  int fd_;
+  std::mutex mu_;
+  std::deque<Outgoing> replies_;  // guarded by mu_
+};
+
+TailServer::TailServer(TailServerOptions options,
+                       std::vector<std::unique_ptr<split::CloudModel>> models)
     : options_(std::move(options)),
-      model_(std::move(model)),
+      clock_(options_.clock ? *options_.clock : SystemClock()),
+      mailbox_(std::make_unique<Mailbox>()),
       metrics_(options_.metrics ? options_.metrics : std::make_shared<Metrics>()),
       m_(&metrics_->Service("cloud")),
-      connected_(&metrics_->ConnectedEdges()) {}
+      connected_(&metrics_->ConnectedEdges()) {
+  for (auto& model : models) {
+    models_.push_back(std::make_unique<ModelSlot>());
+    models_.back()->model = std::move(model);
+  }
+}
 
-TailServer::~TailServer() = default;
+TailServer::~TailServer() {
+  if (batcher_) batcher_->Shutdown(Batcher::ShutdownMode::kFail);
+}
 
 Result<std::unique_ptr<TailServer>> TailServer::Create(TransportContext& context,
                                                        TailServerOptions options,
                                                        std::unique_ptr<split::CloudModel> model) {
-  if (options.max_batch < 1) return Status::InvalidArgument("max_batch must be >= 1");
-  std::unique_ptr<TailServer> server(new TailServer(options, std::move(model)));
-  CLEAVE_ASSIGN_OR_RETURN(server->router_,
-                          RouterServer::Bind(context, options.listen, options.socket));
+  std::vector<std::unique_ptr<split::CloudModel>> models;
+  models.push_back(std::move(model));
+  return Create(context, std::move(options), std::move(models));
+}
+
+Result<std::unique_ptr<TailServer>> TailServer::Create(
+    TransportContext& context, TailServerOptions options,
+    std::vector<std::unique_ptr<split::CloudModel>> models) {
+  DynamicBatcherOptions batching;
+  batching.max_batch = options.max_batch;
+  batching.max_queue_delay_us = options.max_queue_delay_us;
+  batching.max_queue = options.max_queue;
+  batching.workers = options.workers;
+  CLEAVE_RETURN_IF_ERROR(batching.Validate());
+  if (options.workers < 1) return Status::InvalidArgument("workers must be >= 1");
+  if (models.empty()) return Status::InvalidArgument("TailServer needs at least one model");
+  for (const auto& model : models) {
+    if (!model) return Status::InvalidArgument("TailServer got a null model");
+  }
+  std::unique_ptr<TailServer> server(new TailServer(std::move(options), std::move(models)));
+  if (server->mailbox_->fd() < 0) {
+    return Status::IoError(std::string("cannot create the reply eventfd: ") + std::strerror(errno));
+  }
+  CLEAVE_ASSIGN_OR_RETURN(server->router_, RouterServer::Bind(context, server->options_.listen,
+                                                              server->options_.socket));
+  TailServer* self = server.get();
+  const int threads = server->options_.intra_op_threads;
+  server->batcher_ = std::make_unique<Batcher>(
+      batching, server->clock_,
+      [self](int worker, std::vector<Job>& jobs) { self->ComputeBatch(worker, jobs); },
+      [self](Rejection why, Job& job) { self->Reject(why, job); },
+      [threads](int) {
+        if (threads > 0) torch::set_num_threads(threads);  // per-thread OpenMP setting
+      });
   return server;
 }
 
 const std::string& TailServer::endpoint() const { return router_->endpoint(); }
 
+size_t TailServer::queued_requests() const { return batcher_->queued(); }
+
 Status TailServer::WarmUp() {
-  const std::vector<uint32_t>& shape = model_->feature_shape();
-  std::vector<int64_t> sizes = {1};
-  sizes.insert(sizes.end(), shape.begin(), shape.end());
-  CLEAVE_RETURN_IF_ERROR(model_->RunTail(torch::zeros(sizes)).status().WithContext("warm-up"));
-  return model_->RunFull(torch::zeros({1, 1, 28, 28})).status().WithContext("warm-up");
+  for (auto& slot : models_) {
+    split::CloudModel& model = *slot->model;
+    const std::vector<uint32_t>& shape = model.feature_shape();
+    std::vector<int64_t> sizes = {1};
+    sizes.insert(sizes.end(), shape.begin(), shape.end());
+    CLEAVE_RETURN_IF_ERROR(model.RunTail(torch::zeros(sizes)).status().WithContext("warm-up"));
+    CLEAVE_RETURN_IF_ERROR(
+        model.RunFull(torch::zeros({1, 1, 28, 28})).status().WithContext("warm-up"));
+  }
+  return Status::Ok();
 }
 
-void TailServer::Send(const std::string& peer, const wire::InferReply& reply, Outcome outcome) {
-  switch (reply.status) {
+// ---- worker threads -------------------------------------------------------------------------
+
+void TailServer::Post(const std::string& peer, wire::InferReply reply, Outcome outcome) {
+  Outgoing out;
+  out.peer = peer;
+  out.request_id = reply.request_id;
+  out.status = reply.status;
+  out.outcome = outcome;
+  out.bytes = wire::EncodeInferReply(reply);
+  mailbox_->Post(std::move(out));
+}
+
+void TailServer::PostError(Job& job, wire::ReplyStatus status, const std::string& error,
+                           Outcome outcome) {
+  job.answered = true;
+  wire::InferReply reply;
+  reply.request_id = job.request.request_id;
+  reply.status = status;
+  reply.error = error;
+  Post(job.peer, std::move(reply), outcome);
+}
+
+void TailServer::Reject(Rejection why, Job& job) {
+  if (why == Rejection::kExpired) {
+    PostError(job, wire::ReplyStatus::kDeadlineExceeded, "deadline passed while queued",
+              Outcome::kRejected);
+  } else {
+    PostError(job, wire::ReplyStatus::kOverloaded, "the service is shutting down",
+              Outcome::kOverloaded);
+  }
+}
+
+void TailServer::ComputeBatch(int worker, std::vector<Job>& jobs) {
+  if (options_.before_compute) options_.before_compute(worker);
+  std::vector<Job*> feature_group, png_group;
+  for (Job& job : jobs) {
+    (job.request.input == wire::InputKind::kFeatures ? feature_group : png_group).push_back(&job);
+  }
+  ModelSlot& slot = *models_[static_cast<size_t>(worker) % models_.size()];
+  ComputeGroup(slot, feature_group, /*features=*/true);
+  ComputeGroup(slot, png_group, /*features=*/false);
+}
+
+void TailServer::ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool features) {
+  if (group.empty()) return;
+  std::vector<torch::Tensor> inputs;
+  std::vector<Job*> valid;
+  // The socket thread checked the feature shape; decoding the bytes is the workers' job.
+  try {
+    for (Job* job : group) {
+      if (features) {
+        const wire::EncodedTensor& t = job->request.features;
+        Result<std::vector<float>> values = wire::DecodeTensor(t);
+        if (!values.ok()) {
+          PostError(*job, wire::ReplyStatus::kError, values.status().ToString(),
+                    Outcome::kRejected);
+          continue;
+        }
+        std::vector<int64_t> sizes(t.shape.begin(), t.shape.end());
+        inputs.push_back(torch::from_blob(values->data(), sizes, torch::kFloat32).clone());
+      } else {
+        Result<GrayImage> image = DecodePng(job->request.png);
+        if (!image.ok()) {
+          PostError(*job, wire::ReplyStatus::kError, image.status().ToString(), Outcome::kRejected);
+          continue;
+        }
+        if (image->width != 28 || image->height != 28) {
+          PostError(*job, wire::ReplyStatus::kError,
+                    "image is " + std::to_string(image->width) + "x" +
+                        std::to_string(image->height) + "; the model expects 28x28",
+                    Outcome::kRejected);
+          continue;
+        }
+        inputs.push_back(split::ImagesToTensor(image->pixels.data(), 1, 28, 28));
+      }
+      valid.push_back(job);
+    }
+    if (valid.empty()) return;
+    std::lock_guard<std::mutex> lock(slot.mu);
+    const int64_t start = clock_.NowMicros();
+    for (Job* job : valid) {
+      m_->queue_seconds->Observe(static_cast<double>(start - job->received_us) * 1e-6);
+    }
+    torch::Tensor batch = torch::cat(inputs, 0);
+    Result<torch::Tensor> logits =
+        features ? slot.model->RunTail(batch) : slot.model->RunFull(batch);
+    if (!logits.ok()) {
+      for (Job* job : valid) {
+        PostError(*job, wire::ReplyStatus::kError, logits.status().ToString(), Outcome::kError);
+      }
+      return;
+    }
+    batches_.fetch_add(1, std::memory_order_relaxed);
+    torch::Tensor out = logits->contiguous().to(torch::kFloat32);
+    const int64_t classes = out.size(1);
+    const uint64_t compute_us =
+        static_cast<uint64_t>(std::max<int64_t>(0, clock_.NowMicros() - start));
+    m_->compute_seconds->Observe(static_cast<double>(compute_us) * 1e-6);
+    m_->batch_size->Observe(static_cast<double>(valid.size()));
+    for (size_t i = 0; i < valid.size(); ++i) {
+      wire::InferReply reply;
+      reply.request_id = valid[i]->request.request_id;
+      reply.status = wire::ReplyStatus::kOk;
+      const float* row = out.data_ptr<float>() + i * classes;
+      reply.scores.assign(row, row + classes);
+      reply.num_classes = static_cast<uint32_t>(classes);
+      reply.batch_size = static_cast<uint32_t>(valid.size());
+      reply.queue_us = static_cast<uint64_t>(std::max<int64_t>(0, start - valid[i]->received_us));
+      reply.compute_us = compute_us;
+      Post(valid[i]->peer, std::move(reply), Outcome::kOk);
+      valid[i]->answered = true;
+    }
+  } catch (const std::exception& e) {
+    for (Job* job : group) {
+      if (!job->answered)
+        PostError(*job, wire::ReplyStatus::kError, std::string("compute failed: ") + e.what(),
+                  Outcome::kError);
+    }
+  }
+}
+
+// ---- socket thread --------------------------------------------------------------------------
+
+void TailServer::SendReply(const Outgoing& out) {
+  switch (out.status) {
     case wire::ReplyStatus::kOk: ++stats_.replied_ok; break;
     case wire::ReplyStatus::kDeadlineExceeded: ++stats_.replied_deadline; break;
+    case wire::ReplyStatus::kOverloaded: ++stats_.replied_overloaded; break;
     default: ++stats_.replied_error; break;
   }
-  m_->Count(outcome);
-  const std::string bytes = wire::EncodeInferReply(reply);
-  Status sent = router_->Send(peer, bytes);
+  m_->Count(out.outcome);
+  Status sent = router_->Send(out.peer, out.bytes);
   if (!sent.ok()) {
     ++stats_.undeliverable;
-    GetLogger("cloud")->debug("reply {} not delivered: {}", reply.request_id, sent.ToString());
+    GetLogger("cloud")->debug("reply {} not delivered: {}", out.request_id, sent.ToString());
   } else {
-    m_->wire_bytes_sent->Increment(static_cast<double>(WireBytes(bytes.size())));
+    m_->wire_bytes_sent->Increment(static_cast<double>(WireBytes(out.bytes.size())));
   }
 }
 
-void TailServer::ReplyError(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
-                            const std::string& error, Outcome outcome) {
+void TailServer::ReplyNow(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
+                          const std::string& error, Outcome outcome) {
   wire::InferReply reply;
   reply.request_id = request_id;
   reply.status = status;
   reply.error = error;
-  Send(peer, reply, outcome);
+  Outgoing out;
+  out.peer = peer;
+  out.request_id = request_id;
+  out.status = status;
+  out.outcome = outcome;
+  out.bytes = wire::EncodeInferReply(reply);
+  SendReply(out);
 }
 
-void TailServer::ComputeGroup(std::vector<Queued*>& group, bool features) {
-  if (group.empty()) return;
-  const int64_t start = SteadyMicros();
-  std::vector<torch::Tensor> inputs;
-  std::vector<Queued*> valid;
-  const std::vector<uint32_t>& want = model_->feature_shape();
-  for (Queued* q : group) {
-    if (features) {
-      const wire::EncodedTensor& t = q->request.features;
-      // One image per request: shape [1, C, H, W] matching the tail's input.
-      bool shape_ok = t.shape.size() == want.size() + 1 && t.shape[0] == 1;
-      for (size_t i = 0; shape_ok && i < want.size(); ++i) shape_ok = t.shape[i + 1] == want[i];
-      if (!shape_ok) {
-        std::string got, expected = "[1";
-        for (uint32_t d : t.shape) got += (got.empty() ? "[" : ",") + std::to_string(d);
-        for (uint32_t d : want) expected += "," + std::to_string(d);
-        ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
-                   "features have shape " + got + "] but model '" + model_->model_name() +
-                       "' expects " + expected + "]",
-                   Outcome::kRejected);
-        continue;
-      }
-      Result<std::vector<float>> values = wire::DecodeTensor(t);
-      if (!values.ok()) {
-        ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
-                   values.status().ToString(), Outcome::kRejected);
-        continue;
-      }
-      std::vector<int64_t> sizes(t.shape.begin(), t.shape.end());
-      inputs.push_back(torch::from_blob(values->data(), sizes, torch::kFloat32).clone());
-    } else {
-      Result<GrayImage> image = DecodePng(q->request.png);
-      if (!image.ok()) {
-        ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
-                   image.status().ToString(), Outcome::kRejected);
-        continue;
-      }
-      if (image->width != 28 || image->height != 28) {
-        ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
-                   "image is " + std::to_string(image->width) + "x" +
-                       std::to_string(image->height) + "; the model expects 28x28",
-                   Outcome::kRejected);
-        continue;
-      }
-      inputs.push_back(split::ImagesToTensor(image->pixels.data(), 1, 28, 28));
-    }
-    valid.push_back(q);
-  }
-  if (valid.empty()) return;
-  for (Queued* q : valid) {
-    m_->queue_seconds->Observe(static_cast<double>(start - q->received_us) * 1e-6);
-  }
-  torch::Tensor batch = torch::cat(inputs, 0);
-  Result<torch::Tensor> logits = features ? model_->RunTail(batch) : model_->RunFull(batch);
-  if (!logits.ok()) {
-    for (Queued* q : valid) {
-      ReplyError(q->peer, q->request.request_id, wire::ReplyStatus::kError,
-                 logits.status().ToString(), Outcome::kError);
-    }
+void TailServer::DeliverReplies() {
+  std::deque<Outgoing> replies = mailbox_->TakeAll();
+  for (const Outgoing& out : replies) SendReply(out);
+  in_flight_ -= std::min<uint64_t>(in_flight_, replies.size());
+  stats_.batches = batches_.load(std::memory_order_relaxed);
+  m_->pending_requests->Set(static_cast<double>(in_flight_));
+}
+
+void TailServer::Admit(Envelope env) {
+  ++stats_.requests;
+  const int64_t received = clock_.NowMicros();
+  m_->wire_bytes_received->Increment(static_cast<double>(WireBytes(env.body.size())));
+  peers_.Seen(env.peer, received);
+  Result<wire::InferRequest> decoded = wire::DecodeInferRequest(env.body);
+  if (!decoded.ok()) {
+    ReplyNow(env.peer, wire::PeekRequestId(env.body), wire::ReplyStatus::kError,
+             decoded.status().ToString(), Outcome::kRejected);
     return;
   }
-  ++stats_.batches;
-  torch::Tensor out = logits->contiguous().to(torch::kFloat32);
-  const int64_t classes = out.size(1);
-  const uint64_t compute_us = static_cast<uint64_t>(SteadyMicros() - start);
-  m_->compute_seconds->Observe(static_cast<double>(compute_us) * 1e-6);
-  m_->batch_size->Observe(static_cast<double>(valid.size()));
-  for (size_t i = 0; i < valid.size(); ++i) {
-    wire::InferReply reply;
-    reply.request_id = valid[i]->request.request_id;
-    reply.status = wire::ReplyStatus::kOk;
-    const float* row = out.data_ptr<float>() + i * classes;
-    reply.scores.assign(row, row + classes);
-    reply.num_classes = static_cast<uint32_t>(classes);
-    reply.batch_size = static_cast<uint32_t>(valid.size());
-    reply.queue_us = static_cast<uint64_t>(start - valid[i]->received_us);
-    reply.compute_us = compute_us;
-    Send(valid[i]->peer, reply, Outcome::kOk);
+  const wire::InferRequest& r = *decoded;
+  const split::CloudModel& model = *models_.front()->model;  // names and shapes only
+  if (r.model != model.model_name()) {
+    ReplyNow(env.peer, r.request_id, wire::ReplyStatus::kError,
+             "model '" + r.model + "' is not served here (serving '" + model.model_name() + "')",
+             Outcome::kRejected);
+    return;
+  }
+  if (r.input == wire::InputKind::kFeatures) {
+    const wire::EncodedTensor& t = r.features;
+    const std::vector<uint32_t>& want = model.feature_shape();
+    // One image per request: shape [1, C, H, W] matching the tail's input.
+    bool shape_ok = t.shape.size() == want.size() + 1 && t.shape[0] == 1;
+    for (size_t i = 0; shape_ok && i < want.size(); ++i) shape_ok = t.shape[i + 1] == want[i];
+    if (!shape_ok) {
+      std::string got, expected = "[1";
+      for (uint32_t d : t.shape) got += (got.empty() ? "[" : ",") + std::to_string(d);
+      for (uint32_t d : want) expected += "," + std::to_string(d);
+      ReplyNow(env.peer, r.request_id, wire::ReplyStatus::kError,
+               "features have shape " + got + "] but model '" + model.model_name() + "' expects " +
+                   expected + "]",
+               Outcome::kRejected);
+      return;
+    }
+  }
+  const uint64_t request_id = r.request_id;
+  const int64_t deadline = r.deadline_ms > 0 ? received + int64_t{r.deadline_ms} * 1000 : 0;
+  Job job{env.peer, std::move(decoded).value(), received};
+  switch (batcher_->Submit(std::move(job), deadline)) {
+    case SubmitResult::kAccepted: ++in_flight_; break;
+    case SubmitResult::kOverloaded:
+      ReplyNow(
+          env.peer, request_id, wire::ReplyStatus::kOverloaded,
+          "the queue is full (" + std::to_string(options_.max_queue) + " requests); retry later",
+          Outcome::kOverloaded);
+      break;
+    default:
+      ReplyNow(env.peer, request_id, wire::ReplyStatus::kOverloaded, "the service is shutting down",
+               Outcome::kOverloaded);
+      break;
   }
 }
 
-void TailServer::Serve(std::vector<Queued>& batch) {
-  const int64_t now = SteadyMicros();
-  std::vector<Queued*> feature_group, png_group;
-  for (Queued& q : batch) {
-    const wire::InferRequest& r = q.request;
-    if (r.model != model_->model_name()) {
-      ReplyError(
-          q.peer, r.request_id, wire::ReplyStatus::kError,
-          "model '" + r.model + "' is not served here (serving '" + model_->model_name() + "')",
-          Outcome::kRejected);
-      continue;
+void TailServer::ReceiveWaiting() {
+  for (int i = 0; i < kMaxReceivesPerTurn; ++i) {
+    Result<std::optional<Envelope>> env = router_->Receive(0);
+    if (!env.ok()) {
+      GetLogger("cloud")->warn("receive failed: {}", env.status().ToString());
+      return;
     }
-    if (r.deadline_ms > 0 && now - q.received_us > int64_t{r.deadline_ms} * 1000) {
-      ReplyError(q.peer, r.request_id, wire::ReplyStatus::kDeadlineExceeded,
-                 "deadline passed while queued", Outcome::kRejected);
-      continue;
-    }
-    (r.input == wire::InputKind::kFeatures ? feature_group : png_group).push_back(&q);
+    if (!env->has_value()) return;
+    Admit(std::move(**env));
   }
-  ComputeGroup(feature_group, /*features=*/true);
-  ComputeGroup(png_group, /*features=*/false);
 }
 
 Status TailServer::Run(const std::function<bool()>& should_stop) {
   auto log = GetLogger("cloud");
-  std::vector<Queued> batch;
-  int64_t last_sweep = SteadyMicros();
+  batcher_->Start();
+  int64_t last_sweep = clock_.NowMicros();
+  Status result = Status::Ok();
   while (!should_stop()) {
-    if (const int64_t now = SteadyMicros(); now - last_sweep > 1'000'000) {
+    if (const int64_t now = clock_.NowMicros(); now - last_sweep > 1'000'000) {
       connected_->Set(static_cast<double>(peers_.Expire(now)));
       last_sweep = now;
     }
-    Result<std::optional<Envelope>> first = router_->Receive(100);
-    if (!first.ok()) {
-      log->warn("receive failed: {}", first.status().ToString());
-      continue;
-    }
-    if (!first->has_value()) continue;
-    batch.clear();
-    std::optional<Envelope> next = std::move(*first);
-    while (next.has_value()) {
-      ++stats_.requests;
-      Envelope env = std::move(*next);
-      next.reset();
-      const int64_t received = SteadyMicros();
-      m_->wire_bytes_received->Increment(static_cast<double>(WireBytes(env.body.size())));
-      peers_.Seen(env.peer, received);
-      Result<wire::InferRequest> request = wire::DecodeInferRequest(env.body);
-      if (!request.ok()) {
-        ReplyError(env.peer, wire::PeekRequestId(env.body), wire::ReplyStatus::kError,
-                   request.status().ToString(), Outcome::kRejected);
-      } else {
-        batch.push_back({std::move(env.peer), std::move(request).value(), received});
+    zmq_pollitem_t items[] = {{router_->socket().handle(), 0, ZMQ_POLLIN, 0},
+                              {nullptr, mailbox_->fd(), ZMQ_POLLIN, 0}};
+    if (zmq_poll(items, 2, 100) < 0) {
+      if (zmq_errno() == ETERM) {
+        result = Status::Unavailable("the transport context was terminated");
+        break;
       }
-      if (static_cast<int>(batch.size()) >= options_.max_batch) break;
-      Result<std::optional<Envelope>> more = router_->Receive(0);
-      if (more.ok() && more->has_value()) next = std::move(*more);
+      continue;  // EINTR: a signal; should_stop decides
     }
-    m_->pending_requests->Set(static_cast<double>(batch.size()));
-    Serve(batch);
-    m_->pending_requests->Set(0);
+    if (items[1].revents & ZMQ_POLLIN) DeliverReplies();
+    if (items[0].revents & ZMQ_POLLIN) ReceiveWaiting();
+    m_->pending_requests->Set(static_cast<double>(in_flight_));
   }
-  log->info("cloud server stopped: {} requests, {} ok, {} errors, {} past deadline, {} batches",
-            stats_.requests, stats_.replied_ok, stats_.replied_error, stats_.replied_deadline,
-            stats_.batches);
-  return Status::Ok();
+  // Drain: every accepted request is computed and its reply sent before we return.
+  batcher_->Shutdown(Batcher::ShutdownMode::kDrain);
+  DeliverReplies();
+  log->info(
+      "cloud server stopped: {} requests, {} ok, {} errors, {} past deadline, {} overloaded, "
+      "{} batches, {} undeliverable",
+      stats_.requests, stats_.replied_ok, stats_.replied_error, stats_.replied_deadline,
+      stats_.replied_overloaded, stats_.batches, stats_.undeliverable);
+  return result;
 }
 
 }  // namespace cleave::cloud

@@ -1,27 +1,38 @@
-// TailServer: the cleave-cloud serving loop.
+// TailServer: the cleave-cloud vision serving loop.
 //
-// One thread owns a ROUTER socket. Each turn it takes every request already waiting (up to
-// `max_batch`), validates each one (protocol version, model name, tensor shape), computes
-// the valid feature requests as one batch through decoder + tail and the PNG requests
-// through the whole model, and replies to each with its own row of class scores. A request
-// that cannot be served gets an error reply naming the problem; requests whose deadline
-// already passed while queued are answered `deadlineExceeded` without computing. Nothing a
-// peer sends can stop the loop. Full dynamic batching (queue delay, overload replies under
-// load) builds on this in a later issue.
+// Threads and ownership:
+//  - The socket thread (the caller of Run) is the only one that touches the ROUTER socket.
+//    It receives, decodes and validates each request (protocol version, model name, feature
+//    shape) and submits it to a DynamicBatcher (cloud/dynamic_batcher.h). A full queue gets an
+//    `overloaded` reply at once; invalid requests get an error reply naming the problem.
+//  - `workers` batcher threads compute batches: feature requests through decoder + tail, PNG
+//    requests through the whole model. Requests already past their deadline when a batch is
+//    formed get `deadlineExceeded` without being computed. Workers never send: they encode
+//    their replies and post them to a mailbox (a mutex-protected queue plus an eventfd the
+//    socket thread polls together with the ROUTER), and the socket thread sends them.
+//  - split::CloudModel is not thread-safe. The server owns one or more model copies; worker w
+//    uses models[w % models.size()] under that model's mutex, so one copy per worker computes
+//    in parallel and fewer copies serialize the workers that share one.
+// Nothing a peer sends can stop the loop. Run stops accepting when asked to stop, then drains:
+// every accepted request is computed and answered before Run returns.
 //
 // Metrics (common/metrics.h, component "cloud"): every reply is counted by outcome (ok;
-// rejected for undecodable or invalid requests and those past their deadline; error when the
-// model fails), wire bytes of every message received and every reply actually queued, queue
-// and compute seconds, batch sizes, pending requests, and cleave_connected_edges as the
-// peers seen in the last minute. The loop only increments pre-built children.
+// overloaded; rejected for undecodable or invalid requests and those past their deadline; error
+// when the model fails), wire bytes of every message received and every reply actually queued,
+// queue and compute seconds, batch sizes, pending requests (accepted, not answered yet), and
+// cleave_connected_edges as the peers seen in the last minute. Replies the ROUTER cannot route
+// (ROUTER_MANDATORY: peer gone or its pipe full) are counted in stats().undeliverable.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "cloud/dynamic_batcher.h"
+#include "common/clock.h"
 #include "common/metrics.h"
 #include "common/status.h"
 #include "common/transport.h"
@@ -32,8 +43,16 @@ namespace cleave::cloud {
 
 struct TailServerOptions {
   std::string listen = "tcp://127.0.0.1:5560";
-  int max_batch = 64;
+  int max_batch = 64;                 // most requests computed together (>= 1)
+  int64_t max_queue_delay_us = 2000;  // longest the oldest request waits for a fuller batch
+  size_t max_queue = 1024;            // most accepted requests waiting; beyond: `overloaded`
+  int workers = 1;                    // compute threads (>= 1)
+  int intra_op_threads = 0;           // torch::set_num_threads on each worker; 0 = leave as is
   SocketOptions socket;
+  // Time for queueing and deadlines; null = SystemClock(). Must outlive the server.
+  const Clock* clock = nullptr;
+  // Test hook: runs on the worker before each batch is computed (e.g. to hold a worker).
+  std::function<void(int worker)> before_compute;
   // Where the server's metrics go; null = a private registry nobody exports.
   std::shared_ptr<Metrics> metrics;
 };
@@ -43,13 +62,20 @@ struct TailServerStats {
   uint64_t replied_ok = 0;
   uint64_t replied_error = 0;
   uint64_t replied_deadline = 0;
+  uint64_t replied_overloaded = 0;
   uint64_t batches = 0;
   uint64_t undeliverable = 0;  // replies the ROUTER could not route (peer gone)
 };
 
 class TailServer {
  public:
-  // Binds `options.listen`. `context` must outlive the server.
+  // Binds `options.listen`. `context` must outlive the server. `models` are copies of the same
+  // model (at least one; see the file comment for how workers share them). InvalidArgument for
+  // bad options or no model.
+  static Result<std::unique_ptr<TailServer>> Create(
+      TransportContext& context, TailServerOptions options,
+      std::vector<std::unique_ptr<split::CloudModel>> models);
+  // One model shared by every worker (serialized).
   static Result<std::unique_ptr<TailServer>> Create(TransportContext& context,
                                                     TailServerOptions options,
                                                     std::unique_ptr<split::CloudModel> model);
@@ -59,33 +85,51 @@ class TailServer {
 
   const std::string& endpoint() const;
 
-  // Runs one input of each kind (features, image) through the model so the first request
-  // does not pay for lazy initialization. Call before Run, never concurrently with it (the
-  // model is not thread-safe). The error of the model, if any (then the bundle cannot serve).
+  // Runs one input of each kind (features, image) through every model copy so the first
+  // request does not pay for lazy initialization. Call before Run, never concurrently with it.
+  // The error of the model, if any (then the bundle cannot serve).
   Status WarmUp();
 
-  // Serves until `should_stop()` is true (checked at least every 100 ms).
+  // Starts the workers and serves until `should_stop()` is true (checked at least every
+  // 100 ms), then answers every accepted request and stops the workers. Call once.
   Status Run(const std::function<bool()>& should_stop);
 
+  // Read only from the socket thread, or after Run returned.
   const TailServerStats& stats() const { return stats_; }
+  // Requests accepted and waiting for a batch. Any thread.
+  size_t queued_requests() const;
 
  private:
-  struct Queued {
-    std::string peer;
-    wire::InferRequest request;
-    int64_t received_us = 0;
-  };
-  TailServer(TailServerOptions options, std::unique_ptr<split::CloudModel> model);
-  void Serve(std::vector<Queued>& batch);
-  void ComputeGroup(std::vector<Queued*>& group, bool features);
-  void ReplyError(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
-                  const std::string& error, Outcome outcome);
-  void Send(const std::string& peer, const wire::InferReply& reply, Outcome outcome);
+  struct Job;
+  struct Outgoing;
+  class Mailbox;
+  struct ModelSlot;
+  using Batcher = DynamicBatcher<Job>;
+
+  TailServer(TailServerOptions options, std::vector<std::unique_ptr<split::CloudModel>> models);
+  // Socket thread.
+  void ReceiveWaiting();
+  void Admit(Envelope env);
+  void DeliverReplies();
+  void SendReply(const Outgoing& out);
+  void ReplyNow(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
+                const std::string& error, Outcome outcome);
+  // Worker threads.
+  void ComputeBatch(int worker, std::vector<Job>& jobs);
+  void ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool features);
+  void Reject(Rejection why, Job& job);
+  void Post(const std::string& peer, wire::InferReply reply, Outcome outcome);
+  void PostError(Job& job, wire::ReplyStatus status, const std::string& error, Outcome outcome);
 
   TailServerOptions options_;
-  std::unique_ptr<split::CloudModel> model_;
+  const Clock& clock_;
+  std::vector<std::unique_ptr<ModelSlot>> models_;
   std::unique_ptr<RouterServer> router_;
-  TailServerStats stats_;
+  std::unique_ptr<Mailbox> mailbox_;
+  std::unique_ptr<Batcher> batcher_;  // stopped by ~TailServer before anything else goes
+  TailServerStats stats_;             // socket thread
+  uint64_t in_flight_ = 0;            // socket thread: accepted, reply not sent yet
+  std::atomic<uint64_t> batches_{0};  // workers
   std::shared_ptr<Metrics> metrics_;
   const ServiceMetrics* m_ = nullptr;       // metrics_->Service("cloud")
   prometheus::Gauge* connected_ = nullptr;  // cleave_connected_edges

@@ -1,14 +1,20 @@
 // TailServer in process: replies match the tail model, every malformed request gets an
-// error reply while the server keeps serving, and the server's metrics count what happened.
+// error reply while the server keeps serving, concurrent clients are all answered, a full
+// queue answers `overloaded`, requests past their deadline are not computed, and the server's
+// metrics count what happened.
 #include "cloud/tail_server.h"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
+#include "common/clock.h"
 #include "common/metrics.h"
 #include "common/png_image.h"
 #include "common/wire.h"
@@ -25,16 +31,22 @@ class TailServerTest : public ::testing::Test {
     ASSERT_TRUE(testing::WriteTinyBundle(dir_).ok());
     auto bundle = Bundle::Open(dir_);
     ASSERT_TRUE(bundle.ok());
-    auto model = split::CloudModel::Load(*bundle);
-    ASSERT_TRUE(model.ok()) << model.status().ToString();
+    // Two workers, each with its own copy of the model.
+    std::vector<std::unique_ptr<split::CloudModel>> models;
+    for (int w = 0; w < 2; ++w) {
+      auto model = split::CloudModel::Load(*bundle);
+      ASSERT_TRUE(model.ok()) << model.status().ToString();
+      models.push_back(std::move(model).value());
+    }
     auto reference = split::CloudModel::Load(*bundle);
     ASSERT_TRUE(reference.ok());
     reference_ = std::move(reference).value();
     TailServerOptions options;
     options.listen = "tcp://127.0.0.1:0";
     options.max_batch = 8;
+    options.workers = 2;
     options.metrics = metrics_;
-    auto server = TailServer::Create(context_, options, std::move(model).value());
+    auto server = TailServer::Create(context_, options, std::move(models));
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(server).value();
     ASSERT_TRUE(server_->WarmUp().ok());
@@ -139,6 +151,12 @@ TEST_F(TailServerTest, RejectionsNameTheProblemAndServingContinues) {
   EXPECT_EQ(version_reply.request_id, 6u);
   EXPECT_NE(version_reply.error.find("version"), std::string::npos);
 
+  const std::string whole = wire::EncodeInferRequest(FeatureRequest(8, &values));
+  for (size_t cut : {size_t{0}, size_t{1}, size_t{7}, whole.size() / 2, whole.size() - 1}) {
+    wire::InferReply truncated = RoundTrip(whole.substr(0, cut));
+    EXPECT_EQ(truncated.status, wire::ReplyStatus::kError) << cut;
+  }
+
   // Still serving.
   wire::InferReply ok = RoundTrip(wire::EncodeInferRequest(FeatureRequest(7, &values)));
   EXPECT_EQ(ok.status, wire::ReplyStatus::kOk);
@@ -211,6 +229,195 @@ TEST_F(TailServerTest, MetricsCountOutcomesWireBytesAndBatches) {
   EXPECT_EQ(batches.histogram.sample_sum, 3.0);
   EXPECT_GT(m.compute_seconds->Collect().histogram.sample_sum, 0.0);
   EXPECT_EQ(m.pending_requests->Value(), 0);
+}
+
+// Each client on its own thread (a DealerClient belongs to one thread) sends a burst; every
+// request is answered exactly once, with its own id, by several workers.
+TEST_F(TailServerTest, ConcurrentClientsAreAllAnswered) {
+  constexpr int kClients = 4, kPerClient = 20;
+  std::vector<std::unique_ptr<DealerClient>> clients;
+  for (int c = 0; c < kClients; ++c) {
+    auto client = DealerClient::Connect(context_, server_->endpoint());
+    ASSERT_TRUE(client.ok());
+    clients.push_back(std::move(client).value());
+  }
+  std::vector<std::set<uint64_t>> answered(kClients);
+  std::vector<int> not_ok(kClients, 0);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) {
+    threads.emplace_back([&, c] {
+      std::vector<float> values;
+      for (int i = 0; i < kPerClient; ++i) {
+        const uint64_t id = 1000 * (c + 1) + i;
+        if (!clients[c]->Send(wire::EncodeInferRequest(FeatureRequest(id, &values)), 1000).ok()) {
+          ++not_ok[c];
+        }
+      }
+      for (int i = 0; i < kPerClient; ++i) {
+        auto msg = clients[c]->Receive(10000);
+        if (!msg.ok() || !msg->has_value()) break;
+        auto reply = wire::DecodeInferReply(**msg);
+        if (!reply.ok() || reply->status != wire::ReplyStatus::kOk) ++not_ok[c];
+        if (reply.ok()) answered[c].insert(reply->request_id);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int c = 0; c < kClients; ++c) {
+    EXPECT_EQ(answered[c].size(), size_t{kPerClient}) << c;
+    EXPECT_EQ(not_ok[c], 0) << c;
+    for (uint64_t id : answered[c]) EXPECT_EQ(id / 1000, uint64_t(c + 1));
+  }
+}
+
+// Holds the worker inside its first batch until released; later batches pass.
+struct WorkerGate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false;
+  bool released = false;
+
+  void Hold() {
+    std::unique_lock<std::mutex> lock(mu);
+    if (entered) return;  // only the first batch is held
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return released; });
+  }
+  void WaitEntered() {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return entered; });
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mu);
+    released = true;
+    cv.notify_all();
+  }
+};
+
+// A server with its own options (one worker, no batching delay) and a held worker.
+class HeldServerTest : public ::testing::Test {
+ protected:
+  void Start(size_t max_queue, const Clock* clock) {
+    dir_ = testing::TempPath("tail_server_held");
+    ASSERT_TRUE(testing::WriteTinyBundle(dir_).ok());
+    auto bundle = Bundle::Open(dir_);
+    ASSERT_TRUE(bundle.ok());
+    auto model = split::CloudModel::Load(*bundle);
+    ASSERT_TRUE(model.ok());
+    TailServerOptions options;
+    options.listen = "tcp://127.0.0.1:0";
+    options.max_batch = 1;
+    options.max_queue_delay_us = 0;
+    options.max_queue = max_queue;
+    options.workers = 1;
+    options.metrics = metrics_;
+    options.clock = clock;
+    options.before_compute = [this](int) { gate_.Hold(); };
+    auto server = TailServer::Create(context_, options, std::move(model).value());
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(server).value();
+    thread_ = std::thread([this] { (void)server_->Run([this] { return stop_.load(); }); });
+    auto client = DealerClient::Connect(context_, server_->endpoint());
+    ASSERT_TRUE(client.ok());
+    client_ = std::move(client).value();
+  }
+  void TearDown() override {
+    gate_.Release();
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+    std::filesystem::remove_all(dir_);
+  }
+
+  std::string Request(uint64_t id, uint32_t deadline_ms = 0) {
+    torch::manual_seed(id);
+    torch::Tensor f = torch::randn({1, 2, 7, 7});
+    wire::InferRequest r;
+    r.request_id = id;
+    r.model = "fmnist";
+    r.deadline_ms = deadline_ms;
+    r.features = *wire::EncodeTensor(f.data_ptr<float>(), {1, 2, 7, 7}, wire::DType::kFloat32);
+    return wire::EncodeInferRequest(r);
+  }
+  wire::InferReply Receive() {
+    auto msg = client_->Receive(10000);
+    EXPECT_TRUE(msg.ok() && msg->has_value()) << "no reply";
+    if (!msg.ok() || !msg->has_value()) return {};
+    auto reply = wire::DecodeInferReply(**msg);
+    EXPECT_TRUE(reply.ok());
+    return reply.ok() ? *reply : wire::InferReply{};
+  }
+  // Waits (no timing assertion) until the server has queued `n` requests.
+  void WaitQueued(size_t n) {
+    while (server_->queued_requests() != n) std::this_thread::yield();
+  }
+
+  std::filesystem::path dir_;
+  TransportContext context_;
+  std::shared_ptr<Metrics> metrics_ = std::make_shared<Metrics>();
+  FakeClock clock_{1'000'000};  // outlives server_
+  WorkerGate gate_;
+  std::unique_ptr<TailServer> server_;
+  std::unique_ptr<DealerClient> client_;
+  std::thread thread_;
+  std::atomic<bool> stop_{false};
+};
+
+TEST_F(HeldServerTest, FullQueueAnswersOverloadedAndEveryRequestIsAnswered) {
+  Start(/*max_queue=*/2, /*clock=*/nullptr);
+  ASSERT_TRUE(client_->Send(Request(1), 1000).ok());
+  gate_.WaitEntered();  // request 1 is being computed (held); the queue is empty
+  for (uint64_t id = 2; id <= 10; ++id) ASSERT_TRUE(client_->Send(Request(id), 1000).ok());
+  // 2 and 3 fill the queue; 4..10 are refused at once, while the worker is still held.
+  std::set<uint64_t> overloaded;
+  for (int i = 0; i < 7; ++i) {
+    wire::InferReply reply = Receive();
+    EXPECT_EQ(reply.status, wire::ReplyStatus::kOverloaded) << reply.request_id;
+    EXPECT_FALSE(reply.error.empty());
+    overloaded.insert(reply.request_id);
+  }
+  EXPECT_EQ(overloaded, (std::set<uint64_t>{4, 5, 6, 7, 8, 9, 10}));
+  gate_.Release();
+  std::set<uint64_t> served;
+  for (int i = 0; i < 3; ++i) {
+    wire::InferReply reply = Receive();
+    EXPECT_EQ(reply.status, wire::ReplyStatus::kOk) << reply.error;
+    served.insert(reply.request_id);
+  }
+  EXPECT_EQ(served, (std::set<uint64_t>{1, 2, 3}));
+  stop_ = true;
+  thread_.join();
+  const ServiceMetrics& m = metrics_->Service("cloud");
+  EXPECT_EQ(m.requests[static_cast<size_t>(Outcome::kOverloaded)]->Value(), 7);
+  EXPECT_EQ(m.requests[static_cast<size_t>(Outcome::kOk)]->Value(), 3);
+  EXPECT_EQ(server_->stats().replied_overloaded, 7u);
+  EXPECT_EQ(m.pending_requests->Value(), 0);
+}
+
+TEST_F(HeldServerTest, RequestsPastTheirDeadlineAreNotComputed) {
+  Start(/*max_queue=*/8, &clock_);
+  ASSERT_TRUE(client_->Send(Request(1), 1000).ok());
+  gate_.WaitEntered();
+  ASSERT_TRUE(client_->Send(Request(2, /*deadline_ms=*/5), 1000).ok());
+  ASSERT_TRUE(client_->Send(Request(3, /*deadline_ms=*/50), 1000).ok());
+  WaitQueued(2);
+  clock_.Advance(10'000);  // 10 ms: request 2 is past its deadline, request 3 is not
+  gate_.Release();
+  std::map<uint64_t, wire::ReplyStatus> status;
+  for (int i = 0; i < 3; ++i) {
+    wire::InferReply reply = Receive();
+    status[reply.request_id] = reply.status;
+  }
+  EXPECT_EQ(status[1], wire::ReplyStatus::kOk);
+  EXPECT_EQ(status[2], wire::ReplyStatus::kDeadlineExceeded);
+  EXPECT_EQ(status[3], wire::ReplyStatus::kOk);
+  stop_ = true;
+  thread_.join();
+  // Two batches of one computed; the expired request never reached the model.
+  const ServiceMetrics& m = metrics_->Service("cloud");
+  EXPECT_EQ(m.batch_size->Collect().histogram.sample_count, 2u);
+  EXPECT_EQ(server_->stats().replied_deadline, 1u);
+  EXPECT_EQ(server_->stats().batches, 2u);
 }
 
 }  // namespace

@@ -1,0 +1,39 @@
+#include "cloud/dynamic_batcher.h"
+
+#include <string>
+
+namespace cleave::cloud {
+
+Status DynamicBatcherOptions::Validate() const {
+  if (max_batch < 1) {
+    return Status::InvalidArgument("max_batch must be >= 1, got " + std::to_string(max_batch));
+  }
+  if (max_queue_delay_us < 0) {
+    return Status::InvalidArgument("max_queue_delay_us must be >= 0, got " +
+                                   std::to_string(max_queue_delay_us));
+  }
+  if (max_queue < 1) return Status::InvalidArgument("max_queue must be >= 1");
+  if (workers < 0) {
+    return Status::InvalidArgument("workers must be >= 0, got " + std::to_string(workers));
+  }
+  return Status::Ok();
+}
+
+const char* SubmitResultName(SubmitResult result) {
+  switch (result) {
+    case SubmitResult::kAccepted: return "accepted";
+    case SubmitResult::kOverloaded: return "overloaded";
+    case SubmitResult::kShutDown: return "shut_down";
+  }
+  return "unknown";
+}
+
+const char* RejectionName(Rejection rejection) {
+  switch (rejection) {
+    case Rejection::kExpired: return "expired";
+    case Rejection::kShutDown: return "shut_down";
+  }
+  return "unknown";
+}
+
+}  // namespace cleave::cloud

@@ -1,0 +1,262 @@
+// DynamicBatcher: a bounded queue of requests that releases them in batches to worker threads.
+//
+// A batch is released when `max_batch` requests are waiting or when the oldest waiting request
+// has waited `max_queue_delay_us` (0 = release at once; with max_batch = 1 this is "batching
+// disabled"). The queue holds at most `max_queue` requests: Submit beyond that returns
+// kOverloaded and leaves the item with the caller, who must answer it (nothing is dropped
+// silently). A request whose deadline has passed when its batch is formed is handed to the
+// reject callback as kExpired and never computed.
+//
+// Every accepted item gets exactly one outcome: the compute callback (as part of a batch) or
+// the reject callback (kExpired, or kShutDown when Shutdown(kFail) empties the queue).
+//
+// Threads: Submit, Wake, queued, stats and Shutdown may be called from any thread. The
+// callbacks run on the worker threads (or the caller of RunOnce / Shutdown for items it
+// rejects), concurrently with each other when workers > 1; they must not throw (an exception
+// is caught and counted in callback_failures, the items it held get no further outcome) and
+// must not call Shutdown. Time comes from the injected Clock, so tests drive it by hand.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/status.h"
+
+namespace cleave::cloud {
+
+struct DynamicBatcherOptions {
+  int max_batch = 64;                 // most items per batch (>= 1)
+  int64_t max_queue_delay_us = 2000;  // longest the oldest item waits for a fuller batch (>= 0)
+  size_t max_queue = 1024;            // most items waiting (>= 1); Submit beyond is kOverloaded
+  int workers = 1;  // worker threads started by Start (0 = the owner calls RunOnce itself)
+  // InvalidArgument naming the first bad field.
+  Status Validate() const;
+};
+
+enum class SubmitResult : uint8_t { kAccepted, kOverloaded, kShutDown };
+enum class Rejection : uint8_t { kExpired, kShutDown };
+const char* SubmitResultName(SubmitResult result);
+const char* RejectionName(Rejection rejection);
+
+struct DynamicBatcherStats {
+  uint64_t accepted = 0;
+  uint64_t overloaded = 0;          // Submit refused: queue full
+  uint64_t refused_shut_down = 0;   // Submit refused: Shutdown already called
+  uint64_t expired = 0;             // rejected as kExpired
+  uint64_t failed_at_shutdown = 0;  // rejected as kShutDown
+  uint64_t computed = 0;            // items passed to the compute callback
+  uint64_t batches = 0;
+  uint64_t callback_failures = 0;  // callbacks that threw
+};
+
+template <typename T>
+class DynamicBatcher {
+ public:
+  // Computes one batch (1..max_batch items, oldest first) on worker `worker`.
+  using ComputeFn = std::function<void(int worker, std::vector<T>& batch)>;
+  // Answers one item that will not be computed.
+  using RejectFn = std::function<void(Rejection why, T& item)>;
+  // Runs once on each worker thread before its first batch (e.g. per-thread libtorch setup).
+  using WorkerInitFn = std::function<void(int worker)>;
+
+  enum class ShutdownMode { kDrain, kFail };
+
+  // `clock` must outlive the batcher. Options must have passed Validate.
+  DynamicBatcher(DynamicBatcherOptions options, const Clock& clock, ComputeFn compute,
+                 RejectFn reject, WorkerInitFn init = {})
+      : options_(options),
+        clock_(clock),
+        compute_(std::move(compute)),
+        reject_(std::move(reject)),
+        init_(std::move(init)) {}
+  // Shutdown(kFail) if Shutdown was not called.
+  ~DynamicBatcher() { Shutdown(ShutdownMode::kFail); }
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+
+  // Starts options.workers threads. Call at most once, before Shutdown.
+  void Start() {
+    std::lock_guard<std::mutex> lock(shutdown_mu_);
+    for (int w = 0; w < options_.workers; ++w) {
+      workers_.emplace_back([this, w] { WorkerLoop(w); });
+    }
+  }
+
+  // Queues `item` with an absolute deadline on the clock (0 = none). `item` is moved from only
+  // when the result is kAccepted; otherwise the caller still owns it and must answer it.
+  SubmitResult Submit(T&& item, int64_t deadline_us) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) {
+        ++stats_.refused_shut_down;
+        return SubmitResult::kShutDown;
+      }
+      if (queue_.size() >= options_.max_queue) {
+        ++stats_.overloaded;
+        return SubmitResult::kOverloaded;
+      }
+      queue_.push_back(Entry{std::move(item), clock_.NowMicros(), deadline_us});
+      ++stats_.accepted;
+    }
+    cv_.notify_one();
+    return SubmitResult::kAccepted;
+  }
+
+  // Makes waiting workers re-read the clock (needed only after a FakeClock moves).
+  void Wake() {
+    { std::lock_guard<std::mutex> lock(mu_); }
+    cv_.notify_all();
+  }
+
+  // Forms at most one batch on the calling thread if one is due now (or any items wait and
+  // `force`), computes it and rejects its expired items. Returns how many items got an
+  // outcome. For workers == 0; safe alongside workers too.
+  size_t RunOnce(bool force = false) {
+    Formed formed;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (queue_.empty()) return 0;
+      const int64_t now = clock_.NowMicros();
+      if (!force && !DueLocked(now)) return 0;
+      formed = FormLocked(now);
+    }
+    const size_t handled = formed.batch.size() + formed.expired.size();
+    Handle(0, formed);
+    return handled;
+  }
+
+  // Stops accepting (Submit returns kShutDown). kDrain: the workers compute everything
+  // queued without waiting for the delay (with no workers, the caller does). kFail: queued
+  // items are rejected as kShutDown on the calling thread. Then joins the workers. Batches
+  // already being computed finish. Idempotent; must not be called from a callback.
+  void Shutdown(ShutdownMode mode) {
+    std::lock_guard<std::mutex> shutdown_lock(shutdown_mu_);
+    std::deque<Entry> failed;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+      if (mode == ShutdownMode::kFail) {
+        failed.swap(queue_);
+        stats_.failed_at_shutdown += failed.size();
+      }
+    }
+    cv_.notify_all();
+    for (Entry& e : failed) Call([&] { reject_(Rejection::kShutDown, e.item); });
+    for (std::thread& t : workers_) {
+      if (t.joinable()) t.join();
+    }
+    workers_.clear();
+    while (RunOnce(/*force=*/true) > 0) {
+    }
+  }
+
+  size_t queued() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return queue_.size();
+  }
+  DynamicBatcherStats stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats_;
+  }
+  const DynamicBatcherOptions& options() const { return options_; }
+
+ private:
+  struct Entry {
+    T item;
+    int64_t enqueued_us = 0;
+    int64_t deadline_us = 0;
+  };
+  struct Formed {
+    std::vector<T> batch;
+    std::vector<T> expired;
+  };
+
+  // Requires mu_ and a non-empty queue.
+  bool DueLocked(int64_t now) const {
+    return stopping_ || queue_.size() >= static_cast<size_t>(options_.max_batch) ||
+           now - queue_.front().enqueued_us >= options_.max_queue_delay_us;
+  }
+
+  // Requires mu_. Takes up to max_batch live items from the front; expired ones met on the
+  // way leave the queue too.
+  Formed FormLocked(int64_t now) {
+    Formed formed;
+    while (!queue_.empty() && formed.batch.size() < static_cast<size_t>(options_.max_batch)) {
+      Entry& e = queue_.front();
+      if (e.deadline_us > 0 && now >= e.deadline_us) {
+        formed.expired.push_back(std::move(e.item));
+      } else {
+        formed.batch.push_back(std::move(e.item));
+      }
+      queue_.pop_front();
+    }
+    stats_.expired += formed.expired.size();
+    stats_.computed += formed.batch.size();
+    if (!formed.batch.empty()) ++stats_.batches;
+    return formed;
+  }
+
+  void Handle(int worker, Formed& formed) {
+    for (T& item : formed.expired) Call([&] { reject_(Rejection::kExpired, item); });
+    if (!formed.batch.empty()) Call([&] { compute_(worker, formed.batch); });
+  }
+
+  template <typename F>
+  void Call(F&& f) {
+    try {
+      f();
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mu_);
+      ++stats_.callback_failures;
+    }
+  }
+
+  void WorkerLoop(int worker) {
+    if (init_) Call([&] { init_(worker); });
+    std::unique_lock<std::mutex> lock(mu_);
+    while (true) {
+      if (queue_.empty()) {
+        if (stopping_) return;
+        cv_.wait(lock);
+        continue;
+      }
+      const int64_t now = clock_.NowMicros();
+      if (!DueLocked(now)) {
+        // Real time bounds the wait; with a FakeClock, Wake() re-checks after it moves.
+        const int64_t left = queue_.front().enqueued_us + options_.max_queue_delay_us - now;
+        cv_.wait_for(lock, std::chrono::microseconds(std::max<int64_t>(1, left)));
+        continue;
+      }
+      Formed formed = FormLocked(now);
+      lock.unlock();
+      Handle(worker, formed);
+      lock.lock();
+    }
+  }
+
+  const DynamicBatcherOptions options_;
+  const Clock& clock_;
+  const ComputeFn compute_;
+  const RejectFn reject_;
+  const WorkerInitFn init_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Entry> queue_;    // guarded by mu_
+  bool stopping_ = false;      // guarded by mu_
+  DynamicBatcherStats stats_;  // guarded by mu_
+
+  std::mutex shutdown_mu_;  // serializes Start/Shutdown (joining)
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace cleave::cloud

@@ -1,0 +1,223 @@
+// DynamicBatcher with a fake clock: batches are released when full or when the oldest item
+// has waited long enough, a full queue refuses with kOverloaded, expired items are never
+// computed, and shutdown gives every queued item exactly one outcome.
+#include "cloud/dynamic_batcher.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <mutex>
+#include <thread>
+
+namespace cleave::cloud {
+namespace {
+
+// Records every outcome, keyed by item id. Thread-safe.
+struct Recorder {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<int, int> outcomes;  // id -> number of outcomes
+  std::vector<std::vector<int>> batches;
+  std::vector<int> expired, shut_down;
+
+  void Compute(std::vector<int>& batch) {
+    std::lock_guard<std::mutex> lock(mu);
+    batches.push_back(batch);
+    for (int id : batch) ++outcomes[id];
+    cv.notify_all();
+  }
+  void Reject(Rejection why, int id) {
+    std::lock_guard<std::mutex> lock(mu);
+    (why == Rejection::kExpired ? expired : shut_down).push_back(id);
+    ++outcomes[id];
+    cv.notify_all();
+  }
+  // Waits (without a timing assertion) until `n` items have an outcome.
+  void WaitFor(size_t n) {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return outcomes.size() >= n; });
+  }
+};
+
+DynamicBatcherOptions Options(int max_batch, int64_t delay_us, size_t max_queue, int workers) {
+  DynamicBatcherOptions o;
+  o.max_batch = max_batch;
+  o.max_queue_delay_us = delay_us;
+  o.max_queue = max_queue;
+  o.workers = workers;
+  return o;
+}
+
+std::unique_ptr<DynamicBatcher<int>> MakeBatcher(const DynamicBatcherOptions& options,
+                                                 FakeClock& clock, Recorder& rec) {
+  EXPECT_TRUE(options.Validate().ok());
+  return std::make_unique<DynamicBatcher<int>>(
+      options, clock, [&rec](int, std::vector<int>& batch) { rec.Compute(batch); },
+      [&rec](Rejection why, int& id) { rec.Reject(why, id); });
+}
+
+TEST(DynamicBatcherTest, ValidateRejectsBadOptions) {
+  EXPECT_FALSE(Options(0, 0, 1, 1).Validate().ok());
+  EXPECT_FALSE(Options(1, -1, 1, 1).Validate().ok());
+  EXPECT_FALSE(Options(1, 0, 0, 1).Validate().ok());
+  EXPECT_FALSE(Options(1, 0, 1, -1).Validate().ok());
+  EXPECT_TRUE(Options(1, 0, 1, 0).Validate().ok());
+}
+
+TEST(DynamicBatcherTest, ReleasesWhenFull) {
+  FakeClock clock(1000);
+  Recorder rec;
+  auto b = MakeBatcher(Options(4, 1000, 16, 0), clock, rec);
+  for (int id = 0; id < 3; ++id) ASSERT_EQ(b->Submit(int{id}, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(b->RunOnce(), 0u);  // 3 of 4, no time passed
+  ASSERT_EQ(b->Submit(3, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(b->RunOnce(), 4u);
+  ASSERT_EQ(rec.batches.size(), 1u);
+  EXPECT_EQ(rec.batches[0], (std::vector<int>{0, 1, 2, 3}));
+  EXPECT_EQ(b->queued(), 0u);
+}
+
+TEST(DynamicBatcherTest, ReleasesWhenTheOldestHasWaitedTheDelay) {
+  FakeClock clock(1000);
+  Recorder rec;
+  auto b = MakeBatcher(Options(8, 500, 16, 0), clock, rec);
+  ASSERT_EQ(b->Submit(1, 0), SubmitResult::kAccepted);
+  clock.Advance(200);
+  ASSERT_EQ(b->Submit(2, 0), SubmitResult::kAccepted);
+  clock.Advance(299);
+  EXPECT_EQ(b->RunOnce(), 0u);  // oldest waited 499 us
+  clock.Advance(1);
+  EXPECT_EQ(b->RunOnce(), 2u);  // 500 us: both go, the younger one too
+  ASSERT_EQ(rec.batches.size(), 1u);
+  EXPECT_EQ(rec.batches[0], (std::vector<int>{1, 2}));
+}
+
+TEST(DynamicBatcherTest, ZeroDelayAndBatchOfOneIsUnbatched) {
+  FakeClock clock;
+  Recorder rec;
+  auto b = MakeBatcher(Options(1, 0, 16, 0), clock, rec);
+  for (int id = 0; id < 3; ++id) ASSERT_EQ(b->Submit(int{id}, 0), SubmitResult::kAccepted);
+  while (b->RunOnce() > 0) {
+  }
+  ASSERT_EQ(rec.batches.size(), 3u);
+  for (const auto& batch : rec.batches) EXPECT_EQ(batch.size(), 1u);
+}
+
+TEST(DynamicBatcherTest, FullQueueRefusesWithOverloadedAndKeepsTheItem) {
+  FakeClock clock;
+  Recorder rec;
+  auto b = MakeBatcher(Options(4, 1000, 5, 0), clock, rec);
+  int refused = 0;
+  for (int id = 0; id < 12; ++id) {
+    if (b->Submit(int{id}, 0) == SubmitResult::kOverloaded) ++refused;
+  }
+  EXPECT_EQ(refused, 7);
+  EXPECT_EQ(b->queued(), 5u);
+  EXPECT_EQ(b->stats().overloaded, 7u);
+  EXPECT_EQ(b->stats().accepted, 5u);
+  // The refused item stays with the caller.
+  std::vector<int> item = {42};
+  DynamicBatcher<std::vector<int>> vb(
+      Options(1, 0, 1, 0), clock, [](int, std::vector<std::vector<int>>&) {},
+      [](Rejection, std::vector<int>&) {});
+  ASSERT_EQ(vb.Submit(std::vector<int>{1}, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(vb.Submit(std::move(item), 0), SubmitResult::kOverloaded);
+  EXPECT_EQ(item, std::vector<int>{42});
+}
+
+TEST(DynamicBatcherTest, ExpiredItemsAreRejectedNotComputed) {
+  FakeClock clock(10'000);
+  Recorder rec;
+  auto b = MakeBatcher(Options(8, 1000, 16, 0), clock, rec);
+  ASSERT_EQ(b->Submit(1, 10'500), SubmitResult::kAccepted);  // expires at 10.5 ms
+  ASSERT_EQ(b->Submit(2, 0), SubmitResult::kAccepted);       // no deadline
+  ASSERT_EQ(b->Submit(3, 20'000), SubmitResult::kAccepted);
+  clock.Advance(1000);
+  EXPECT_EQ(b->RunOnce(), 3u);
+  ASSERT_EQ(rec.batches.size(), 1u);
+  EXPECT_EQ(rec.batches[0], (std::vector<int>{2, 3}));
+  EXPECT_EQ(rec.expired, std::vector<int>{1});
+  EXPECT_EQ(b->stats().expired, 1u);
+  EXPECT_EQ(b->stats().computed, 2u);
+}
+
+TEST(DynamicBatcherTest, ShutdownFailAnswersEveryQueuedItem) {
+  FakeClock clock;
+  Recorder rec;
+  auto b = MakeBatcher(Options(4, 1'000'000, 16, 2), clock, rec);
+  b->Start();
+  for (int id = 0; id < 3; ++id) ASSERT_EQ(b->Submit(int{id}, 0), SubmitResult::kAccepted);
+  // Not full, fake time never moves: the workers keep waiting, so all three fail at shutdown.
+  b->Shutdown(DynamicBatcher<int>::ShutdownMode::kFail);
+  EXPECT_EQ(rec.shut_down, (std::vector<int>{0, 1, 2}));
+  EXPECT_TRUE(rec.batches.empty());
+  EXPECT_EQ(b->Submit(9, 0), SubmitResult::kShutDown);
+  EXPECT_EQ(b->stats().refused_shut_down, 1u);
+}
+
+TEST(DynamicBatcherTest, ShutdownDrainComputesEveryQueuedItem) {
+  FakeClock clock;
+  Recorder rec;
+  auto b = MakeBatcher(Options(4, 1'000'000, 16, 1), clock, rec);
+  b->Start();
+  for (int id = 0; id < 6; ++id) ASSERT_EQ(b->Submit(int{id}, 0), SubmitResult::kAccepted);
+  b->Shutdown(DynamicBatcher<int>::ShutdownMode::kDrain);
+  EXPECT_EQ(rec.outcomes.size(), 6u);
+  for (const auto& [id, n] : rec.outcomes) EXPECT_EQ(n, 1) << id;
+  EXPECT_TRUE(rec.shut_down.empty());
+  EXPECT_EQ(b->stats().computed, 6u);
+}
+
+TEST(DynamicBatcherTest, WorkersReleaseOnDelayAfterTheClockMoves) {
+  FakeClock clock;
+  Recorder rec;
+  auto b = MakeBatcher(Options(8, 500, 16, 1), clock, rec);
+  b->Start();
+  ASSERT_EQ(b->Submit(7, 0), SubmitResult::kAccepted);
+  clock.Advance(500);
+  b->Wake();
+  rec.WaitFor(1);
+  ASSERT_EQ(rec.batches.size(), 1u);
+  EXPECT_EQ(rec.batches[0], std::vector<int>{7});
+  b->Shutdown(DynamicBatcher<int>::ShutdownMode::kDrain);
+}
+
+TEST(DynamicBatcherTest, ConcurrentSubmittersEveryItemGetsExactlyOneOutcome) {
+  FakeClock clock(100);
+  Recorder rec;
+  // Zero delay: workers take whatever waits; a small queue makes some submits overload.
+  auto b = MakeBatcher(Options(8, 0, 32, 3), clock, rec);
+  b->Start();
+  constexpr int kThreads = 6, kPerThread = 500;
+  std::atomic<int> overloaded{0};
+  std::vector<std::thread> submitters;
+  for (int t = 0; t < kThreads; ++t) {
+    submitters.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const int id = t * kPerThread + i;
+        // Every third item carries an already-passed deadline.
+        const int64_t deadline = id % 3 == 0 ? 50 : 0;
+        if (b->Submit(int{id}, deadline) == SubmitResult::kOverloaded) ++overloaded;
+      }
+    });
+  }
+  for (std::thread& t : submitters) t.join();
+  b->Shutdown(DynamicBatcher<int>::ShutdownMode::kDrain);
+  const DynamicBatcherStats s = b->stats();
+  EXPECT_EQ(s.accepted + s.overloaded, uint64_t{kThreads * kPerThread});
+  EXPECT_EQ(s.overloaded, static_cast<uint64_t>(overloaded.load()));
+  EXPECT_EQ(rec.outcomes.size(), s.accepted);
+  for (const auto& [id, n] : rec.outcomes) EXPECT_EQ(n, 1) << id;
+  EXPECT_EQ(s.computed + s.expired, s.accepted);
+  for (int id : rec.expired) EXPECT_EQ(id % 3, 0);
+  for (const auto& batch : rec.batches) {
+    EXPECT_LE(batch.size(), 8u);
+    for (int id : batch) EXPECT_NE(id % 3, 0);
+  }
+  EXPECT_EQ(s.callback_failures, 0u);
+}
+
+}  // namespace
+}  // namespace cleave::cloud
