@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "cloud/lm_server.h"
+#include "cloud/model_repository.h"
 #include "cloud/tail_server.h"
 #include "common/admin_http.h"
 #include "common/config.h"
@@ -33,7 +34,16 @@ cleave::ConfigSchema CloudSchema() {
   schema
       .Add("cloud.bundle", ConfigType::kString, "",
            "model bundle directory: a vision-split bundle (`cleave train`) or an lm-split "
-           "bundle (`cleave train-lm`); its cloud part is served")
+           "bundle (`cleave train-lm`); its cloud part is served. Exactly one of cloud.bundle "
+           "and cloud.model_repository")
+      .Add("cloud.model_repository", ConfigType::kString, "",
+           "directory of numbered vision-split bundle versions (<dir>/1, <dir>/2, ...): the "
+           "highest version that verifies and warms up is served, and newer versions are "
+           "hot-reloaded without dropping requests. Exactly one of cloud.bundle and "
+           "cloud.model_repository")
+      .Add("cloud.reload_interval_ms", ConfigType::kInt, "2000",
+           "how often cloud.model_repository is scanned for a new version, in milliseconds "
+           "(SIGHUP also triggers a scan)")
       .Add("cloud.bundle_public_key", ConfigType::kString, "",
            "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
            "load")
@@ -89,14 +99,16 @@ struct Observability {
 };
 
 // Warm-up, then the ready file and /readyz: the service is ready only once a model has run.
+// `model_version` > 0 (a model repository) is added to the ready file.
 int BecomeReady(const cleave::Config& config, const std::string& endpoint, cleave::Status warm_up,
-                Observability& obs) {
+                Observability& obs, uint64_t model_version = 0) {
   if (!warm_up.ok()) return Fail(warm_up);
   if (obs.admin) obs.admin->SetReady(true);  // first, so the ready file implies /readyz 200
   const std::string ready_file = config.GetString("cloud.ready_file");
   if (!ready_file.empty()) {
     nlohmann::json ready = {{"endpoint", endpoint}, {"pid", ::getpid()}};
     if (obs.admin) ready["admin"] = obs.admin->url();
+    if (model_version > 0) ready["model_version"] = model_version;
     if (cleave::Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) {
       return Fail(s);
     }
@@ -162,9 +174,18 @@ int main(int argc, char** argv) {
   }
   auto log = cleave::GetLogger("cloud");
   const std::string bundle_dir = config->GetString("cloud.bundle");
-  if (bundle_dir.empty()) {
+  const std::string repository_dir = config->GetString("cloud.model_repository");
+  if (bundle_dir.empty() == repository_dir.empty()) {
     return Fail(cleave::Status::InvalidArgument(
-        "no model bundle: pass --cloud.bundle DIR or set [cloud] bundle in the config file"));
+        bundle_dir.empty()
+            ? "no model: set exactly one of cloud.bundle (one bundle directory) and "
+              "cloud.model_repository (a directory of numbered versions)"
+            : "cloud.bundle and cloud.model_repository are both set; set exactly one"));
+  }
+  const int64_t reload_interval_ms = config->GetInt("cloud.reload_interval_ms");
+  if (reload_interval_ms < 1) {
+    return Fail(cleave::Status::InvalidArgument("cloud.reload_interval_ms must be >= 1, got " +
+                                                std::to_string(reload_interval_ms)));
   }
   torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads"))));
   cleave::InstallShutdownHandlers();
@@ -183,9 +204,6 @@ int main(int argc, char** argv) {
       !s.ok()) {
     return Fail(s);
   }
-  cleave::Result<cleave::Bundle> bundle = cleave::Bundle::Open(bundle_dir);
-  if (!bundle.ok()) return Fail(bundle.status().WithContext("cannot load bundle " + bundle_dir));
-  if (bundle->kind() == "lm-split") return ServeLm(*config, bundle_dir, obs);
   const int64_t workers = config->GetInt("cloud.workers");
   if (workers < 1 || workers > 256) {
     return Fail(cleave::Status::InvalidArgument("cloud.workers must be in [1, 256], got " +
@@ -193,15 +211,38 @@ int main(int argc, char** argv) {
   }
   // One model copy per worker: CloudModel serves one caller at a time.
   std::vector<std::unique_ptr<cleave::split::CloudModel>> models;
-  for (int64_t w = 0; w < workers; ++w) {
-    auto model = cleave::split::CloudModel::Load(*bundle);
-    if (!model.ok()) {
-      return Fail(model.status().WithContext("cannot load the tail of " + bundle_dir));
+  std::unique_ptr<cleave::cloud::ModelRepository> repository;
+  uint64_t model_version = 0;
+  if (!repository_dir.empty()) {
+    repository =
+        std::make_unique<cleave::cloud::ModelRepository>(repository_dir, static_cast<int>(workers));
+    auto first = repository->Poll();  // verifies and warms up the highest version
+    if (!first.ok()) {
+      return Fail(
+          first.status().WithContext("cannot serve from model repository " + repository_dir));
     }
-    models.push_back(std::move(model).value());
+    if (!*first) {
+      return Fail(cleave::Status::NotFound("model repository " + repository_dir +
+                                           " holds no numbered version directory"));
+    }
+    model_version = (*first)->version;
+    models = std::move((*first)->models);
+    log->info("loaded model version {} from {} (manifest sha256 {}) for {} worker(s)",
+              model_version, repository_dir, (*first)->manifest_sha256.substr(0, 12), workers);
+  } else {
+    cleave::Result<cleave::Bundle> bundle = cleave::Bundle::Open(bundle_dir);
+    if (!bundle.ok()) return Fail(bundle.status().WithContext("cannot load bundle " + bundle_dir));
+    if (bundle->kind() == "lm-split") return ServeLm(*config, bundle_dir, obs);
+    for (int64_t w = 0; w < workers; ++w) {
+      auto model = cleave::split::CloudModel::Load(*bundle);
+      if (!model.ok()) {
+        return Fail(model.status().WithContext("cannot load the tail of " + bundle_dir));
+      }
+      models.push_back(std::move(model).value());
+    }
+    log->info("loaded bundle {} (manifest sha256 {}) for {} worker(s)", bundle_dir,
+              bundle->manifest_sha256().substr(0, 12), workers);
   }
-  log->info("loaded bundle {} (manifest sha256 {}) for {} worker(s)", bundle_dir,
-            bundle->manifest_sha256().substr(0, 12), workers);
 
   const std::string model_name = models.front()->model_name();
   const int64_t max_queue = config->GetInt("cloud.max_queue");
@@ -220,17 +261,35 @@ int main(int argc, char** argv) {
       static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads")));
   options.socket.max_message_bytes = config->GetInt("cloud.max_message_bytes");
   options.metrics = obs.metrics;
+  options.model_version = model_version;
   auto zap = cleave::SetUpCurveServer(context, config->GetString("cloud.curve_secret_key"),
                                       config->GetString("cloud.curve_allow_list"), options.socket,
                                       &obs.metrics->CurveRefused("cloud"));
   if (!zap.ok()) return Fail(zap.status());
   auto server = cleave::cloud::TailServer::Create(context, options, std::move(models));
   if (!server.ok()) return Fail(server.status());
-  if (int rc = BecomeReady(*config, (*server)->endpoint(), (*server)->WarmUp(), obs); rc != 0) {
+  if (int rc = BecomeReady(*config, (*server)->endpoint(), (*server)->WarmUp(), obs, model_version);
+      rc != 0) {
     return rc;
   }
-  log->info("serving the tail of model '{}' on {}", model_name, (*server)->endpoint());
+  log->info("serving the tail of model '{}' (version {}) on {}", model_name, model_version,
+            (*server)->endpoint());
+  // Hot reload: new versions are verified and warmed on the poller's thread, then swapped in.
+  std::unique_ptr<cleave::cloud::RepositoryPoller> poller;
+  if (repository) {
+    cleave::cloud::TailServer* tail = server->get();
+    poller = std::make_unique<cleave::cloud::RepositoryPoller>(
+        *repository, reload_interval_ms,
+        [tail](std::unique_ptr<cleave::cloud::ServableVersion> next) {
+          if (cleave::Status s = tail->SwapModels(next->version, std::move(next->models));
+              !s.ok()) {
+            cleave::GetLogger("cloud")->error("cannot swap to model version {}: {}", next->version,
+                                              s.ToString());
+          }
+        });
+  }
   cleave::Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  poller.reset();  // before the server goes
   if (obs.admin) obs.admin->SetReady(false, "shutting down");
   if (!run.ok()) return Fail(run);
   return 0;

@@ -3,10 +3,13 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <deque>
 #include <mutex>
+
+#include "cloud/model_repository.h"
 
 #include "common/logging.h"
 #include "common/png_image.h"
@@ -27,6 +30,8 @@ struct TailServer::Job {
   wire::InferRequest request;
   int64_t received_us = 0;
   bool answered = false;  // a reply has been posted (worker side)
+  // The model set the request was validated against; it is computed by the same set.
+  std::shared_ptr<ModelSet> models;
 };
 
 // A reply encoded by a worker, waiting for the socket thread to send it.
@@ -41,6 +46,12 @@ struct TailServer::Outgoing {
 struct TailServer::ModelSlot {
   std::mutex mu;  // CloudModel serves one caller at a time
   std::unique_ptr<split::CloudModel> model;
+};
+
+// Copies of one model version; immutable after creation except through each slot's mutex.
+struct TailServer::ModelSet {
+  uint64_t version = 0;
+  std::vector<std::unique_ptr<ModelSlot>> slots;
 };
 
 // Workers -> socket thread. Post is safe from any thread; TakeAll and fd belong to the socket
@@ -81,18 +92,52 @@ class TailServer::Mailbox {
   std::deque<Outgoing> replies_;  // guarded by mu_
 };
 
-TailServer::TailServer(TailServerOptions options,
-                       std::vector<std::unique_ptr<split::CloudModel>> models)
+TailServer::TailServer(TailServerOptions options, std::shared_ptr<ModelSet> models)
     : options_(std::move(options)),
       clock_(options_.clock ? *options_.clock : SystemClock()),
+      models_(std::move(models)),
+      served_version_(models_->version),
       mailbox_(std::make_unique<Mailbox>()),
       metrics_(options_.metrics ? options_.metrics : std::make_shared<Metrics>()),
       m_(&metrics_->Service("cloud")),
       connected_(&metrics_->ConnectedEdges()) {
+  stats_.model_version = models_->version;
+}
+
+Result<std::shared_ptr<TailServer::ModelSet>> TailServer::MakeSet(
+    uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models) {
+  if (models.empty()) return Status::InvalidArgument("TailServer needs at least one model");
+  auto set = std::make_shared<ModelSet>();
+  set->version = version;
   for (auto& model : models) {
-    models_.push_back(std::make_unique<ModelSlot>());
-    models_.back()->model = std::move(model);
+    if (!model) return Status::InvalidArgument("TailServer got a null model");
+    set->slots.push_back(std::make_unique<ModelSlot>());
+    set->slots.back()->model = std::move(model);
   }
+  return set;
+}
+
+std::shared_ptr<TailServer::ModelSet> TailServer::CurrentModels() const {
+  std::lock_guard<std::mutex> lock(models_mu_);
+  return models_;
+}
+
+Status TailServer::SwapModels(uint64_t version,
+                              std::vector<std::unique_ptr<split::CloudModel>> models) {
+  CLEAVE_ASSIGN_OR_RETURN(std::shared_ptr<ModelSet> set, MakeSet(version, std::move(models)));
+  const std::string name = set->slots.front()->model->model_name();
+  uint64_t previous = 0;
+  {
+    std::lock_guard<std::mutex> lock(models_mu_);
+    previous = models_->version;
+    models_.swap(set);
+  }
+  // `set` now holds the old version; it is freed here or with its last in-flight request.
+  served_version_.store(version, std::memory_order_release);
+  model_swaps_.fetch_add(1, std::memory_order_relaxed);
+  GetLogger("cloud")->info("now serving model '{}' version {} (was version {})", name, version,
+                           previous);
+  return Status::Ok();
 }
 
 TailServer::~TailServer() {
@@ -117,11 +162,9 @@ Result<std::unique_ptr<TailServer>> TailServer::Create(
   batching.workers = options.workers;
   CLEAVE_RETURN_IF_ERROR(batching.Validate());
   if (options.workers < 1) return Status::InvalidArgument("workers must be >= 1");
-  if (models.empty()) return Status::InvalidArgument("TailServer needs at least one model");
-  for (const auto& model : models) {
-    if (!model) return Status::InvalidArgument("TailServer got a null model");
-  }
-  std::unique_ptr<TailServer> server(new TailServer(std::move(options), std::move(models)));
+  CLEAVE_ASSIGN_OR_RETURN(std::shared_ptr<ModelSet> set,
+                          MakeSet(options.model_version, std::move(models)));
+  std::unique_ptr<TailServer> server(new TailServer(std::move(options), std::move(set)));
   if (server->mailbox_->fd() < 0) {
     return Status::IoError(std::string("cannot create the reply eventfd: ") + std::strerror(errno));
   }
@@ -144,14 +187,10 @@ const std::string& TailServer::endpoint() const { return router_->endpoint(); }
 size_t TailServer::queued_requests() const { return batcher_->queued(); }
 
 Status TailServer::WarmUp() {
-  for (auto& slot : models_) {
-    split::CloudModel& model = *slot->model;
-    const std::vector<uint32_t>& shape = model.feature_shape();
-    std::vector<int64_t> sizes = {1};
-    sizes.insert(sizes.end(), shape.begin(), shape.end());
-    CLEAVE_RETURN_IF_ERROR(model.RunTail(torch::zeros(sizes)).status().WithContext("warm-up"));
-    CLEAVE_RETURN_IF_ERROR(
-        model.RunFull(torch::zeros({1, 1, 28, 28})).status().WithContext("warm-up"));
+  std::shared_ptr<ModelSet> set = CurrentModels();
+  for (auto& slot : set->slots) {
+    std::lock_guard<std::mutex> lock(slot->mu);
+    CLEAVE_RETURN_IF_ERROR(WarmUpCloudModel(*slot->model));
   }
   return Status::Ok();
 }
@@ -190,13 +229,24 @@ void TailServer::Reject(Rejection why, Job& job) {
 
 void TailServer::ComputeBatch(int worker, std::vector<Job>& jobs) {
   if (options_.before_compute) options_.before_compute(worker);
-  std::vector<Job*> feature_group, png_group;
-  for (Job& job : jobs) {
-    (job.request.input == wire::InputKind::kFeatures ? feature_group : png_group).push_back(&job);
+  // Each job is computed by the set it was validated against; a batch formed across a swap
+  // holds jobs of two sets and computes one group per set.
+  std::vector<ModelSet*> sets;
+  for (const Job& job : jobs) {
+    if (std::find(sets.begin(), sets.end(), job.models.get()) == sets.end()) {
+      sets.push_back(job.models.get());
+    }
   }
-  ModelSlot& slot = *models_[static_cast<size_t>(worker) % models_.size()];
-  ComputeGroup(slot, feature_group, /*features=*/true);
-  ComputeGroup(slot, png_group, /*features=*/false);
+  for (ModelSet* set : sets) {
+    std::vector<Job*> feature_group, png_group;
+    for (Job& job : jobs) {
+      if (job.models.get() != set) continue;
+      (job.request.input == wire::InputKind::kFeatures ? feature_group : png_group).push_back(&job);
+    }
+    ModelSlot& slot = *set->slots[static_cast<size_t>(worker) % set->slots.size()];
+    ComputeGroup(slot, feature_group, /*features=*/true);
+    ComputeGroup(slot, png_group, /*features=*/false);
+  }
 }
 
 void TailServer::ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool features) {
@@ -316,6 +366,8 @@ void TailServer::DeliverReplies() {
   for (const Outgoing& out : replies) SendReply(out);
   in_flight_ -= std::min<uint64_t>(in_flight_, replies.size());
   stats_.batches = batches_.load(std::memory_order_relaxed);
+  stats_.model_version = served_version_.load(std::memory_order_acquire);
+  stats_.model_swaps = model_swaps_.load(std::memory_order_relaxed);
   m_->pending_requests->Set(static_cast<double>(in_flight_));
 }
 
@@ -331,7 +383,8 @@ void TailServer::Admit(Envelope env) {
     return;
   }
   const wire::InferRequest& r = *decoded;
-  const split::CloudModel& model = *models_.front()->model;  // names and shapes only
+  std::shared_ptr<ModelSet> set = CurrentModels();
+  const split::CloudModel& model = *set->slots.front()->model;  // names and shapes only
   if (r.model != model.model_name()) {
     ReplyNow(env.peer, r.request_id, wire::ReplyStatus::kError,
              "model '" + r.model + "' is not served here (serving '" + model.model_name() + "')",
@@ -357,7 +410,7 @@ void TailServer::Admit(Envelope env) {
   }
   const uint64_t request_id = r.request_id;
   const int64_t deadline = r.deadline_ms > 0 ? received + int64_t{r.deadline_ms} * 1000 : 0;
-  Job job{env.peer, std::move(decoded).value(), received};
+  Job job{env.peer, std::move(decoded).value(), received, false, std::move(set)};
   switch (batcher_->Submit(std::move(job), deadline)) {
     case SubmitResult::kAccepted: ++in_flight_; break;
     case SubmitResult::kOverloaded:
@@ -407,15 +460,18 @@ Status TailServer::Run(const std::function<bool()>& should_stop) {
     if (items[1].revents & ZMQ_POLLIN) DeliverReplies();
     if (items[0].revents & ZMQ_POLLIN) ReceiveWaiting();
     m_->pending_requests->Set(static_cast<double>(in_flight_));
+    stats_.model_version = served_version_.load(std::memory_order_acquire);
+    stats_.model_swaps = model_swaps_.load(std::memory_order_relaxed);
   }
   // Drain: every accepted request is computed and its reply sent before we return.
   batcher_->Shutdown(Batcher::ShutdownMode::kDrain);
   DeliverReplies();
   log->info(
       "cloud server stopped: {} requests, {} ok, {} errors, {} past deadline, {} overloaded, "
-      "{} batches, {} undeliverable",
+      "{} batches, {} undeliverable; model version {} after {} swap(s)",
       stats_.requests, stats_.replied_ok, stats_.replied_error, stats_.replied_deadline,
-      stats_.replied_overloaded, stats_.batches, stats_.undeliverable);
+      stats_.replied_overloaded, stats_.batches, stats_.undeliverable, stats_.model_version,
+      stats_.model_swaps);
   return result;
 }
 

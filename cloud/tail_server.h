@@ -13,6 +13,12 @@
 //  - split::CloudModel is not thread-safe. The server owns one or more model copies; worker w
 //    uses models[w % models.size()] under that model's mutex, so one copy per worker computes
 //    in parallel and fewer copies serialize the workers that share one.
+//  - Hot reload: the copies form a model set held by std::shared_ptr. SwapModels (any thread,
+//    e.g. a RepositoryPoller, cloud/model_repository.h) replaces the current set atomically.
+//    Each accepted request keeps the set it was validated against (model name, feature shape)
+//    and is computed by it, so requests queued or computing during a swap finish on the old
+//    version and no request fails because of a swap; the old set is freed with its last
+//    request. New requests are validated against and computed by the new set.
 // Nothing a peer sends can stop the loop. Run stops accepting when asked to stop, then drains:
 // every accepted request is computed and answered before Run returns.
 //
@@ -28,6 +34,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -55,6 +62,8 @@ struct TailServerOptions {
   std::function<void(int worker)> before_compute;
   // Where the server's metrics go; null = a private registry nobody exports.
   std::shared_ptr<Metrics> metrics;
+  // Version number of the models given to Create (from a model repository; 0 = none).
+  uint64_t model_version = 0;
 };
 
 struct TailServerStats {
@@ -65,6 +74,8 @@ struct TailServerStats {
   uint64_t replied_overloaded = 0;
   uint64_t batches = 0;
   uint64_t undeliverable = 0;  // replies the ROUTER could not route (peer gone)
+  uint64_t model_version = 0;  // version new requests are served by (see SwapModels)
+  uint64_t model_swaps = 0;    // successful SwapModels calls
 };
 
 class TailServer {
@@ -90,6 +101,14 @@ class TailServer {
   // The error of the model, if any (then the bundle cannot serve).
   Status WarmUp();
 
+  // Makes `models` (warm copies of one version; at least one, none null) the set every request
+  // accepted from now on is validated against and computed by. Requests already accepted
+  // finish on the set they started with. Any thread, also while Run is serving.
+  // InvalidArgument (and nothing changes) for an empty set or a null model.
+  Status SwapModels(uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models);
+  // The version new requests are served by. Any thread.
+  uint64_t served_version() const { return served_version_.load(std::memory_order_acquire); }
+
   // Starts the workers and serves until `should_stop()` is true (checked at least every
   // 100 ms), then answers every accepted request and stops the workers. Call once.
   Status Run(const std::function<bool()>& should_stop);
@@ -104,9 +123,13 @@ class TailServer {
   struct Outgoing;
   class Mailbox;
   struct ModelSlot;
+  struct ModelSet;
   using Batcher = DynamicBatcher<Job>;
 
-  TailServer(TailServerOptions options, std::vector<std::unique_ptr<split::CloudModel>> models);
+  TailServer(TailServerOptions options, std::shared_ptr<ModelSet> models);
+  static Result<std::shared_ptr<ModelSet>> MakeSet(
+      uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models);
+  std::shared_ptr<ModelSet> CurrentModels() const;
   // Socket thread.
   void ReceiveWaiting();
   void Admit(Envelope env);
@@ -123,7 +146,10 @@ class TailServer {
 
   TailServerOptions options_;
   const Clock& clock_;
-  std::vector<std::unique_ptr<ModelSlot>> models_;
+  mutable std::mutex models_mu_;
+  std::shared_ptr<ModelSet> models_;  // guarded by models_mu_; copied per accepted request
+  std::atomic<uint64_t> served_version_{0};
+  std::atomic<uint64_t> model_swaps_{0};
   std::unique_ptr<RouterServer> router_;
   std::unique_ptr<Mailbox> mailbox_;
   std::unique_ptr<Batcher> batcher_;  // stopped by ~TailServer before anything else goes

@@ -14,11 +14,13 @@
 #include <set>
 #include <thread>
 
+#include "cloud/model_repository.h"
 #include "common/clock.h"
 #include "common/metrics.h"
 #include "common/png_image.h"
 #include "common/wire.h"
 #include "split/bundle.h"
+#include "split/vision_bundle.h"
 #include "testing/tiny_bundle.h"
 
 namespace cleave::cloud {
@@ -270,6 +272,152 @@ TEST_F(TailServerTest, ConcurrentClientsAreAllAnswered) {
   }
 }
 
+// Writes a second version of the bundle at `from` whose weights differ, so replies tell the
+// two versions apart.
+Status WriteShiftedBundle(const std::filesystem::path& from, const std::filesystem::path& to) {
+  CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(from));
+  split::VisionBundleParts parts;
+  parts.head_int8 = true;
+  CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel model, split::ReadVisionBundle(bundle, parts));
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor& p : model.net->parameters()) p.mul_(1.5).add_(0.05);
+  return split::WriteVisionBundle(to, model);
+}
+
+// Polls `done` (no timing assertion: the limit only keeps a broken build from hanging).
+template <typename Pred>
+bool WaitFor(Pred done) {
+  const auto limit = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > limit) return false;
+    std::this_thread::yield();
+  }
+  return true;
+}
+
+TEST_F(TailServerTest, SwapModelsRefusesAnEmptySetAndKeepsServing) {
+  EXPECT_EQ(server_->SwapModels(9, {}).code(), StatusCode::kInvalidArgument);
+  std::vector<std::unique_ptr<split::CloudModel>> with_null;
+  with_null.push_back(nullptr);
+  EXPECT_EQ(server_->SwapModels(9, std::move(with_null)).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(server_->served_version(), 0u);
+  std::vector<float> values;
+  EXPECT_EQ(RoundTrip(wire::EncodeInferRequest(FeatureRequest(8, &values))).status,
+            wire::ReplyStatus::kOk);
+}
+
+// N clients send continuously while a new version is published in a model repository and the
+// poller swaps it in: every request gets exactly one `ok` reply, and afterwards replies are
+// the new version's scores.
+TEST_F(TailServerTest, HotReloadUnderTrafficLosesNoRequest) {
+  const std::filesystem::path root = testing::TempPath("tail_server_repo");
+  std::filesystem::create_directories(root);
+  ModelRepository repository(root, 2);
+  auto poller = std::make_unique<RepositoryPoller>(
+      repository, 5, [this](std::unique_ptr<ServableVersion> next) {
+        EXPECT_TRUE(server_->SwapModels(next->version, std::move(next->models)).ok());
+      });
+
+  constexpr int kClients = 4;
+  std::atomic<bool> stop_traffic{false};
+  std::vector<std::atomic<int>> ok(kClients), sent(kClients);
+  std::vector<int> failures(kClients, 0);
+  std::vector<std::thread> threads;
+  for (int c = 0; c < kClients; ++c) {
+    ok[c] = 0;
+    sent[c] = 0;
+    threads.emplace_back([&, c] {
+      auto client = DealerClient::Connect(context_, server_->endpoint());
+      if (!client.ok()) {
+        ++failures[c];
+        return;
+      }
+      std::vector<float> values;
+      for (uint64_t i = 0; !stop_traffic; ++i) {
+        const uint64_t id = 100000 * (c + 1) + i;
+        if (!(*client)->Send(wire::EncodeInferRequest(FeatureRequest(id, &values)), 5000).ok()) {
+          ++failures[c];
+          return;
+        }
+        ++sent[c];
+        auto msg = (*client)->Receive(10000);
+        if (!msg.ok() || !msg->has_value()) {
+          ++failures[c];  // a lost request
+          return;
+        }
+        auto reply = wire::DecodeInferReply(**msg);
+        if (!reply.ok() || reply->status != wire::ReplyStatus::kOk || reply->request_id != id) {
+          ++failures[c];
+          continue;
+        }
+        ++ok[c];
+      }
+    });
+  }
+  // Stops and joins the clients on every exit from this test, early ASSERTs included.
+  struct JoinClients {
+    std::atomic<bool>& stop;
+    std::vector<std::thread>& threads;
+    ~JoinClients() {
+      stop = true;
+      for (std::thread& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } join_clients{stop_traffic, threads};
+  auto all_reached = [&](int n) {
+    for (int c = 0; c < kClients; ++c) {
+      if (ok[c] < n && failures[c] == 0) return false;
+    }
+    return true;
+  };
+  ASSERT_TRUE(WaitFor([&] { return all_reached(5); }));
+
+  // Publish version 2: written under a temporary name, renamed into place.
+  ASSERT_TRUE(WriteShiftedBundle(dir_, root / ".tmp-2").ok());
+  std::filesystem::rename(root / ".tmp-2", root / "2");
+  EXPECT_TRUE(WaitFor([&] { return server_->served_version() == 2; }));
+  std::vector<int> at_swap(kClients);
+  for (int c = 0; c < kClients; ++c) at_swap[c] = ok[c];
+  EXPECT_TRUE(WaitFor([&] {
+    for (int c = 0; c < kClients; ++c) {
+      if (ok[c] < at_swap[c] + 5 && failures[c] == 0) return false;
+    }
+    return true;
+  }));
+  stop_traffic = true;
+  for (std::thread& t : threads) t.join();
+  for (int c = 0; c < kClients; ++c) {
+    EXPECT_EQ(failures[c], 0) << "client " << c;
+    EXPECT_EQ(ok[c].load(), sent[c].load()) << "client " << c;
+  }
+
+  // Replies now come from version 2.
+  std::vector<float> values;
+  wire::InferReply reply = RoundTrip(wire::EncodeInferRequest(FeatureRequest(77, &values)));
+  ASSERT_EQ(reply.status, wire::ReplyStatus::kOk) << reply.error;
+  const torch::Tensor input = torch::from_blob(values.data(), {1, 2, 7, 7}).clone();
+  auto v2_bundle = Bundle::Open(root / "2");
+  ASSERT_TRUE(v2_bundle.ok());
+  auto v2 = split::CloudModel::Load(*v2_bundle);
+  ASSERT_TRUE(v2.ok());
+  auto expected = (*v2)->RunTail(input);
+  auto old = reference_->RunTail(input);
+  ASSERT_TRUE(expected.ok() && old.ok());
+  ASSERT_GT(((*expected) - (*old)).abs().max().item<float>(), 1e-3) << "versions look alike";
+  for (int k = 0; k < 10; ++k) {
+    EXPECT_NEAR(reply.scores[k], (*expected)[0][k].item<float>(), 1e-4) << k;
+  }
+
+  stop_ = true;
+  thread_.join();
+  EXPECT_EQ(server_->stats().model_version, 2u);
+  EXPECT_EQ(server_->stats().model_swaps, 1u);
+  EXPECT_EQ(server_->stats().replied_error, 0u);
+  poller.reset();
+  std::filesystem::remove_all(root);
+}
+
 // Holds the worker inside its first batch until released; later batches pass.
 struct WorkerGate {
   std::mutex mu;
@@ -418,6 +566,55 @@ TEST_F(HeldServerTest, RequestsPastTheirDeadlineAreNotComputed) {
   EXPECT_EQ(m.batch_size->Collect().histogram.sample_count, 2u);
   EXPECT_EQ(server_->stats().replied_deadline, 1u);
   EXPECT_EQ(server_->stats().batches, 2u);
+}
+
+// Requests accepted before a swap (one computing, two queued) finish on the old version; a
+// request accepted after it is computed by the new one.
+TEST_F(HeldServerTest, RequestsAcceptedBeforeASwapFinishOnTheOldVersion) {
+  Start(/*max_queue=*/8, nullptr);
+  const std::filesystem::path v2_dir = testing::TempPath("tail_server_v2");
+  ASSERT_TRUE(WriteShiftedBundle(dir_, v2_dir).ok());
+  auto v1_bundle = Bundle::Open(dir_);
+  auto v2_bundle = Bundle::Open(v2_dir);
+  ASSERT_TRUE(v1_bundle.ok() && v2_bundle.ok());
+  auto v1 = split::CloudModel::Load(*v1_bundle);
+  auto v2 = split::CloudModel::Load(*v2_bundle);
+  ASSERT_TRUE(v1.ok() && v2.ok());
+
+  ASSERT_TRUE(client_->Send(Request(1), 1000).ok());
+  gate_.WaitEntered();  // request 1 is computing on version 0
+  ASSERT_TRUE(client_->Send(Request(2), 1000).ok());
+  ASSERT_TRUE(client_->Send(Request(3), 1000).ok());
+  WaitQueued(2);
+  auto fresh = LoadWarmCloudModels(v2_dir, 1);
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  ASSERT_TRUE(server_->SwapModels(2, std::move(fresh).value()).ok());
+  ASSERT_TRUE(client_->Send(Request(4), 1000).ok());
+  WaitQueued(3);  // request 4 was accepted (after the swap)
+  gate_.Release();
+
+  std::map<uint64_t, wire::InferReply> replies;
+  for (int i = 0; i < 4; ++i) {
+    wire::InferReply reply = Receive();
+    replies[reply.request_id] = reply;
+  }
+  for (uint64_t id = 1; id <= 4; ++id) {
+    ASSERT_EQ(replies[id].status, wire::ReplyStatus::kOk) << id << ": " << replies[id].error;
+    torch::manual_seed(id);  // the features Request(id) sent
+    const torch::Tensor input = torch::randn({1, 2, 7, 7});
+    split::CloudModel& expected_model = id < 4 ? **v1 : **v2;
+    split::CloudModel& other_model = id < 4 ? **v2 : **v1;
+    auto expected = expected_model.RunTail(input);
+    auto other = other_model.RunTail(input);
+    ASSERT_TRUE(expected.ok() && other.ok());
+    ASSERT_GT(((*expected) - (*other)).abs().max().item<float>(), 1e-3);
+    for (int k = 0; k < 10; ++k) {
+      EXPECT_NEAR(replies[id].scores[k], (*expected)[0][k].item<float>(), 1e-4)
+          << "request " << id << " class " << k;
+    }
+  }
+  EXPECT_EQ(server_->served_version(), 2u);
+  std::filesystem::remove_all(v2_dir);
 }
 
 }  // namespace
