@@ -44,7 +44,8 @@ struct TrainOptions {
   int tail_channels = 64;  // width of the cloud tail (7x7 part) of student and teacher
   int tail_blocks = 2;     // Fused-MBConv blocks in that tail
   // The student; default VisionModelSpec::DefaultSplit(bottleneck_channels, tail_channels,
-  // tail_blocks) with TeacherFor(student) as teacher. Tests pass a tiny spec; its teacher is TeacherFor(spec).
+  // tail_blocks) with TeacherFor(student) as teacher. Tests pass a tiny spec; its teacher is
+  // TeacherFor(spec).
   std::optional<VisionModelSpec> student_spec;
   wire::DType wire_dtype = wire::DType::kUInt4;
   // drop:0.2 against the fp32 split model on the held-out set. Measured on the 10k test set

@@ -227,10 +227,10 @@ Status VisionModelSpec::Validate() const {
 VisionModelSpec VisionModelSpec::DefaultSplit(int bottleneck_channels, int tail_channels,
                                               int tail_blocks) {
   VisionModelSpec s;
-  s.blocks = {Conv(1, 24, 1, true),                                        // 0: 28x28 stem
-              FusedMB(24, 32, 2, 2),                                       // 1: 14x14
-              FusedMB(32, 32, 1, 2),                                       // 2: 14x14 (exit)
-              Conv(32, bottleneck_channels, 2, false, "encoder"),          // 3: 7x7 bottleneck
+  s.blocks = {Conv(1, 24, 1, true),                                           // 0: 28x28 stem
+              FusedMB(24, 32, 2, 2),                                          // 1: 14x14
+              FusedMB(32, 32, 1, 2),                                          // 2: 14x14 (exit)
+              Conv(32, bottleneck_channels, 2, false, "encoder"),             // 3: 7x7 bottleneck
               Conv(bottleneck_channels, tail_channels, 1, true, "decoder")};  // 4: 7x7
   for (int i = 0; i < tail_blocks; ++i) {
     s.blocks.push_back(FusedMB(tail_channels, tail_channels, 1, 2));  // 5, 6, ...
