@@ -22,6 +22,7 @@
 #include "common/metrics.h"
 #include "common/shutdown.h"
 #include "split/bundle.h"
+#include "split/compute_runtime.h"
 #include "split/lm_train.h"
 #include "split/split_runtime.h"
 
@@ -155,6 +156,7 @@ int ServeLm(const cleave::Config& config, const std::string& bundle_dir, Observa
 }  // namespace
 
 int main(int argc, char** argv) {
+  cleave::split::TuneAllocatorForServing();
   CLI::App app{
       "cleave-cloud: the cloud tail service. For a vision-split bundle it receives quantized "
       "bottleneck features (or whole "
@@ -187,7 +189,8 @@ int main(int argc, char** argv) {
     return Fail(cleave::Status::InvalidArgument("cloud.reload_interval_ms must be >= 1, got " +
                                                 std::to_string(reload_interval_ms)));
   }
-  torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads"))));
+  cleave::split::SetComputeThreads(
+      static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads"))));
   cleave::InstallShutdownHandlers();
   // Before the bundle loads, so probes see "not ready" rather than nothing while it does.
   Observability obs;

@@ -14,6 +14,7 @@
 #include "common/logging.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
+#include "split/compute_runtime.h"
 
 namespace cleave::cloud {
 namespace {
@@ -177,7 +178,7 @@ Result<std::unique_ptr<TailServer>> TailServer::Create(
       [self](int worker, std::vector<Job>& jobs) { self->ComputeBatch(worker, jobs); },
       [self](Rejection why, Job& job) { self->Reject(why, job); },
       [threads](int) {
-        if (threads > 0) torch::set_num_threads(threads);  // per-thread OpenMP setting
+        if (threads > 0) split::SetComputeThreads(threads);  // per-thread OpenMP setting
       });
   return server;
 }

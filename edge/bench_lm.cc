@@ -20,6 +20,7 @@
 #include "edge/daemon_launcher.h"
 #include "edge/lm_generate.h"
 #include "edge/lm_router.h"
+#include "split/compute_runtime.h"
 #include "split/lm_train.h"
 
 namespace cleave::edge {
@@ -138,7 +139,7 @@ void WritePlot(const json& report, const std::string& path) {
 
 Result<json> RunBenchLm(const BenchLmOptions& options) {
   if (options.bytes < 1) return Status::InvalidArgument("--bytes must be positive");
-  torch::set_num_threads(std::max(1, options.threads));
+  split::SetComputeThreads(std::max(1, options.threads));
   CLEAVE_ASSIGN_OR_RETURN(split::LoadedLm lm, split::ReadLmBundle(options.bundle));
   const split::LmSpec& spec = lm.info.spec;
   CLEAVE_ASSIGN_OR_RETURN(

@@ -25,6 +25,7 @@
 #include "edge/edge_engine.h"
 #include "edge/offload_client.h"
 #include "split/bundle.h"
+#include "split/compute_runtime.h"
 #include "split/split_runtime.h"
 #include "split/vision_model.h"
 
@@ -214,7 +215,7 @@ json Sweep(const SplitRun& all) {
 }  // namespace
 
 Result<json> RunBenchSplit(const BenchSplitOptions& options) {
-  torch::set_num_threads(std::max(1, options.threads));
+  split::SetComputeThreads(std::max(1, options.threads));
   torch::NoGradGuard no_grad;
   CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(options.bundle));
   TestSet test;

@@ -2,13 +2,14 @@
 //   cleave train   — train teacher + split model, write a bundle
 //   cleave split   — re-quantize / re-calibrate a bundle
 //   cleave sim     — federated learning with many virtual clients in one process
-//   cleave bench   — measurements that print JSON (split, lm, fl, sim-scale, aggregate)
+//   cleave bench   — measurements that print JSON (split, lm, serve, fl, sim-scale, aggregate)
 //   cleave keys    — key pairs for signing bundles
 //   cleave bundle  — sign / verify bundles
 //   cleave demo    — the main job: daemons on loopback, the test set through the edge
 #include <CLI/CLI.hpp>
 
 #include "edge/bench_lm.h"
+#include "edge/bench_serve.h"
 #include "edge/bench_split.h"
 #include "edge/demo_command.h"
 #include "federated/bench_fl.h"
@@ -30,6 +31,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   cleave::edge::RegisterBenchSplitCommand(*bench);
   cleave::edge::RegisterBenchLmCommand(*bench);
+  cleave::edge::RegisterBenchServeCommand(*bench);
   cleave::federated::RegisterFederatedBenchCommands(*bench);
   cleave::federated::RegisterSimCommand(app);
   cleave::edge::RegisterDemoCommand(app);

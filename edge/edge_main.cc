@@ -31,6 +31,7 @@
 #include "federated/partition.h"
 #include "federated/weights.h"
 #include "split/bundle.h"
+#include "split/compute_runtime.h"
 #include "split/vision_bundle.h"
 
 namespace {
@@ -127,7 +128,8 @@ cleave::Result<Loaded> LoadEngine(cleave::Config config) {
     return Status::InvalidArgument(
         "no model bundle: pass --edge.bundle DIR or set [edge] bundle in the config file");
   }
-  torch::set_num_threads(static_cast<int>(std::max<int64_t>(1, config.GetInt("edge.threads"))));
+  cleave::split::SetComputeThreads(
+      static_cast<int>(std::max<int64_t>(1, config.GetInt("edge.threads"))));
   CLEAVE_RETURN_IF_ERROR(cleave::TrustBundleKeyFile(config.GetString("edge.bundle_public_key")));
   Result<cleave::Bundle> bundle = cleave::Bundle::Open(dir);
   if (!bundle.ok()) return bundle.status().WithContext("cannot load bundle " + dir);
@@ -455,6 +457,7 @@ int Classify(Loaded& loaded, const std::vector<std::string>& paths, bool json, i
 }  // namespace
 
 int main(int argc, char** argv) {
+  cleave::split::TuneAllocatorForServing();
   CLI::App app{
       "cleave-edge: the edge daemon. Runs the compressed head of a split model with its early "
       "exits; confident inputs are answered on the gateway, hard ones send a few dozen bytes "

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/shutdown.h"
+#include "split/compute_runtime.h"
 #include "split/lm_train.h"
 
 namespace cleave::edge {
@@ -90,7 +91,7 @@ void RunGenerate(const GenerateArgs& args) {
   } else if (args.mode != "routed") {
     Fail(Status::InvalidArgument("--mode must be routed, edge_only or cloud_only"));
   }
-  torch::set_num_threads(std::max(1, args.threads));
+  split::SetComputeThreads(std::max(1, args.threads));
   InstallShutdownHandlers();
   Result<split::LoadedLm> lm = split::ReadLmBundle(args.bundle, /*edge=*/true, /*cloud=*/false);
   if (!lm.ok()) Fail(lm.status().WithContext("cannot load " + args.bundle));

@@ -19,6 +19,7 @@
 #include "federated/fl_config.h"
 #include "federated/simulation.h"
 #include "split/bundle.h"
+#include "split/compute_runtime.h"
 #include "split/vision_bundle.h"
 
 namespace {
@@ -120,6 +121,7 @@ cleave::Result<federated::AggregatorModel> LoadModel(const cleave::Config& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  cleave::split::TuneAllocatorForServing();
   CLI::App app{
       "cleave-aggregator: coordinates federated training rounds. cleave-edge daemons register "
       "over ZeroMQ, receive the global weights and what to train, and send updates; the "
@@ -138,7 +140,7 @@ int main(int argc, char** argv) {
   if (cleave::Status s = cleave::InitLogging(config->GetString("log.level")); !s.ok()) {
     return Fail(s);
   }
-  torch::set_num_threads(
+  cleave::split::SetComputeThreads(
       static_cast<int>(std::max<int64_t>(1, config->GetInt("aggregator.threads"))));
   cleave::InstallShutdownHandlers();
   // Before the model loads, so probes see "not ready" rather than nothing while it does.

@@ -18,6 +18,7 @@
 #include "common/progress.h"
 #include "federated/checkpoint.h"
 #include "federated/local_training.h"
+#include "split/compute_runtime.h"
 
 namespace cleave::federated {
 
@@ -570,7 +571,7 @@ Result<SimResult> Simulation::Run() {
     }
   }
   const int threads_before = torch::get_num_threads();
-  if (workers_ > 1) torch::set_num_threads(1);  // parallelism comes from the workers
+  if (workers_ > 1) split::SetComputeThreads(1);  // parallelism comes from the workers
   StartPool();
   Status status;
   while (status.ok() && engine_->rounds_completed() < options_.rounds) {
@@ -582,7 +583,7 @@ Result<SimResult> Simulation::Run() {
     status = RunRound();
   }
   StopPool();
-  torch::set_num_threads(threads_before);
+  split::SetComputeThreads(threads_before);
   CLEAVE_RETURN_IF_ERROR(status);
   result.history = engine_->history();
   result.global = engine_->global();

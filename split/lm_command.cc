@@ -5,6 +5,7 @@
 
 #include "common/shutdown.h"
 #include "common/text_corpus.h"
+#include "split/compute_runtime.h"
 #include "split/lm_train.h"
 
 namespace cleave::split {
@@ -58,7 +59,7 @@ void RunTrainLm(TrainLmArgs& args, const CLI::App& cmd) {
   options.progress_out = args.quiet ? nullptr : stderr;
   InstallShutdownHandlers();
   options.cancelled = [] { return ShutdownRequested(); };
-  torch::set_num_threads(std::max(1, args.threads));
+  split::SetComputeThreads(std::max(1, args.threads));
 
   const TextCorpus corpus = OrFail(LoadFortunes(args.corpus));
   // The end of the training text is kept out of training: it calibrates the routing

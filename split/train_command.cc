@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/shutdown.h"
+#include "split/compute_runtime.h"
 #include "split/post_training.h"
 #include "split/trainer.h"
 #include "split/vision_bundle.h"
@@ -95,7 +96,7 @@ void RunTrain(TrainArgs& args, const CLI::App& cmd) {
 
   InstallShutdownHandlers();
   options.cancelled = [] { return ShutdownRequested(); };
-  torch::set_num_threads(options.threads);
+  split::SetComputeThreads(options.threads);
   const TrainData data = OrFail("train", LoadTrainData(options));
   const TrainReport report = OrFail("train", TrainVisionSplit(options, data, args.out));
   std::cout << report.ToJson().dump(2) << std::endl;
@@ -103,7 +104,7 @@ void RunTrain(TrainArgs& args, const CLI::App& cmd) {
 
 void RunSplit(SplitArgs& args) {
   const std::string cmd = "split";
-  torch::set_num_threads(args.threads);
+  split::SetComputeThreads(args.threads);
   const Bundle bundle = OrFail(cmd, Bundle::Open(args.bundle));
   VisionBundleParts parts;  // every fp32 part: re-quantization starts from the fp32 model
   VisionSplitModel model = OrFail(cmd, ReadVisionBundle(bundle, parts));

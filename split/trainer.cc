@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "split/compute_runtime.h"
 #include "split/post_training.h"
 #include "split/vision_bundle.h"
 
@@ -223,7 +224,7 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
                                      const std::filesystem::path& out_dir) {
   CLEAVE_RETURN_IF_ERROR(options.Validate());
   const auto start = std::chrono::steady_clock::now();
-  torch::set_num_threads(options.threads);
+  split::SetComputeThreads(options.threads);
   torch::manual_seed(options.seed);
 
   // Data: fixed-seed held-out split of the training set; the test set only for the report.

@@ -8,8 +8,11 @@
 #include <fstream>
 #include <set>
 
+#include <nlohmann/json.hpp>
+
 #include "common/child_process.h"
 #include "common/datasets.h"
+#include "common/file_util.h"
 #include "common/transport.h"
 #include "common/wire.h"
 #include "edge/daemon_launcher.h"
@@ -270,6 +273,80 @@ TEST_F(SplitInferenceTest, OneShotClassifyOverIdx) {
   auto missing_code = (*missing)->Wait(60000);
   ASSERT_TRUE(missing_code.ok());
   EXPECT_NE(*missing_code, 0);
+}
+
+// `cleave bench serve` against a real cleave-cloud: short phases, a queue small enough that
+// the 3x overload phase must refuse requests. Every request is answered (served or
+// `overloaded`), the batcher forms batches, and bad arguments are refused with a message.
+TEST_F(SplitInferenceTest, BenchServeAnswersEveryRequestUnderOverload) {
+  const fs::path out = dir_ / "serve.json";
+  auto bench = ChildProcess::Spawn({(kBin / "cleave").string(),
+                                    "bench",
+                                    "serve",
+                                    "--bundle",
+                                    bundle_.string(),
+                                    "--json",
+                                    out.string(),
+                                    "--markdown",
+                                    (dir_ / "serve.md").string(),
+                                    "--clients",
+                                    "1,8",
+                                    "--seconds",
+                                    "0.5",
+                                    "--overload-seconds",
+                                    "1",
+                                    "--max-batch",
+                                    "8",
+                                    "--max-queue",
+                                    "8",
+                                    "--pool",
+                                    "64"},
+                                   (dir_ / "serve.log").string());
+  ASSERT_TRUE(bench.ok()) << bench.status().ToString();
+  auto code = (*bench)->Wait(300000);
+  ASSERT_TRUE(code.ok()) << code.status().ToString();
+  ASSERT_EQ(*code, 0) << ReadFileToString((dir_ / "serve.log").string()).value_or("(no log)");
+  auto text = ReadFileToString(out.string());
+  ASSERT_TRUE(text.ok()) << text.status().ToString();
+  const nlohmann::json report = nlohmann::json::parse(*text);
+  for (const char* key : {"batched_rps", "unbatched_rps", "compute_ceiling_rps", "unloaded_p99_ms",
+                          "peak_rss_bytes"}) {
+    ASSERT_TRUE(report.contains(key)) << key;
+    EXPECT_GT(report[key].get<double>(), 0.0) << key;
+  }
+  ASSERT_EQ(report["batched"].size(), 2u);
+  ASSERT_EQ(report["unbatched"].size(), 2u);
+  EXPECT_DOUBLE_EQ(report["unbatched"][1]["mean_batch"].get<double>(), 1.0);
+  // 8 closed-loop clients against max batch 8: requests are computed together.
+  EXPECT_GT(report["batched"][1]["mean_batch"].get<double>(), 1.5);
+  EXPECT_EQ(report["batched"][1]["error"].get<int>(), 0);
+  const nlohmann::json& overload = report["overload"];
+  EXPECT_GT(overload["sent"].get<int>(), 0);
+  EXPECT_EQ(overload["unanswered"].get<int>(), 0);
+  EXPECT_EQ(overload["send_failed"].get<int>(), 0);
+  EXPECT_DOUBLE_EQ(overload["answered_fraction"].get<double>(), 1.0);
+  EXPECT_GT(overload["overloaded"].get<int>(), 0) << "3x capacity into a queue of 8";
+  EXPECT_GT(overload["ok"].get<int>(), 0);
+  EXPECT_GT(overload["rejected_fraction"].get<double>(), 0.0);
+  EXPECT_TRUE(report["targets"]["overload_every_request_answered"].get<bool>());
+  EXPECT_TRUE(fs::exists(dir_ / "serve.md"));
+
+  // Rejections: max batch 1 is the baseline the benchmark runs itself; a missing bundle.
+  for (const std::vector<std::string>& bad :
+       {std::vector<std::string>{"--bundle", bundle_.string(), "--max-batch", "1"},
+        std::vector<std::string>{"--bundle", bundle_.string(), "--clients", "0"},
+        std::vector<std::string>{"--bundle", (dir_ / "nope").string()}}) {
+    std::vector<std::string> args = {(kBin / "cleave").string(), "bench", "serve"};
+    args.insert(args.end(), bad.begin(), bad.end());
+    const fs::path log = dir_ / "bad.log";
+    auto proc = ChildProcess::Spawn(args, log.string());
+    ASSERT_TRUE(proc.ok());
+    auto bad_code = (*proc)->Wait(120000);
+    ASSERT_TRUE(bad_code.ok());
+    EXPECT_NE(*bad_code, 0) << bad.back();
+    EXPECT_NE(ReadFileToString(log.string())->find("cleave bench serve"), std::string::npos)
+        << bad.back();
+  }
 }
 
 }  // namespace

@@ -1,0 +1,55 @@
+// `cleave bench serve`: the cloud tail under load. A cleave-cloud process on tcp loopback
+// serves the vision tail of a bundle; this process plays many edges at once (one DEALER
+// socket per client, one load-generator thread) with real feature requests made by the
+// bundle's int8 head from Fashion-MNIST test images. See docs/benchmarks.md.
+//
+// Phases:
+//  1. compute ceiling: the same tail's batched throughput in process (no wire, no queue),
+//     at the daemon's max batch size and thread count;
+//  2. closed loop at increasing numbers of concurrent clients (each keeps one request in
+//     flight), with the dynamic batcher and with batching disabled (max batch 1);
+//  3. unloaded latency: one client, batcher on;
+//  4. overload: an open-loop offered rate of `overload_factor` x the measured capacity for
+//     `overload_seconds`; every request must be answered (served or `overloaded`), admitted
+//     requests' p99 latency and the daemon's resident memory are watched.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+
+namespace cleave::edge {
+
+struct BenchServeOptions {
+  std::string bundle;
+  std::string json_out;      // "" = stdout only
+  std::string markdown_out;  // the report as markdown tables ("" = none)
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  int threads = 1;  // intra-op threads of the daemon's worker and of the in-process ceiling
+  std::vector<int> clients = {1, 4, 16, 64, 128};
+  double seconds = 4.0;  // measured time per closed-loop point (after a 0.5 s warm-up)
+  double overload_seconds = 20.0;
+  double overload_factor = 3.0;  // offered rate / measured capacity in the overload phase
+  int overload_clients = 32;     // sockets the open-loop load is spread over
+  int max_batch = 64;
+  int64_t max_queue_delay_us = 2000;
+  int max_queue = 256;
+  int deadline_ms = 2000;  // per request
+  int pool = 512;          // distinct test images whose features are sent
+};
+
+// Runs every phase and returns the JSON report (also written to json_out).
+Result<nlohmann::json> RunBenchServe(const BenchServeOptions& options);
+
+// The report as markdown tables (for docs/benchmarks.md).
+std::string BenchServeMarkdown(const nlohmann::json& report);
+
+// Adds `bench serve` under `bench`.
+void RegisterBenchServeCommand(CLI::App& bench);
+
+}  // namespace cleave::edge
