@@ -1,10 +1,7 @@
 // ModelRepository: numbered versions of a vision-split bundle for cleave-cloud hot reload.
 //
-// Layout: <root>/<version>/ where <version> is a decimal number (1, 2, 17...) and the
-// directory is a complete bundle (split/bundle.h). Other names are ignored: temporary names
-// such as ".tmp-3" or "3.partial", files, and anything not purely digits. Publishers make a
-// version appear atomically by writing it under a temporary name and renaming it into place
-// (BundleWriter does this when given the final <root>/<version> path).
+// Layout and the choice of version: common/version_directory.h (<root>/<version>/, each a
+// complete bundle, split/bundle.h; published by renaming into place).
 //
 // Every version loads through Bundle::Open, so hashes are always checked and, when the
 // process trusts a bundle key (SetTrustedBundleKey / cloud.bundle_public_key), the signature
@@ -16,18 +13,15 @@
 // thread at a time (RepositoryPoller does). ListVersions is a pure read of the directory.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "common/status.h"
+#include "common/version_directory.h"
 #include "split/split_runtime.h"
 
 namespace cleave::cloud {
@@ -60,7 +54,7 @@ class ModelRepository {
 
   // The numeric version directories under the root, ascending. NotFound if the root is not
   // a directory; IoError if it cannot be listed.
-  Result<std::vector<uint64_t>> ListVersions() const;
+  Result<std::vector<uint64_t>> ListVersions() const { return versions_.ListVersions(); }
 
   // Scans the root. If the highest numeric version is newer than current_version() and not
   // remembered as bad (with an unchanged directory), loads it: on success it becomes current
@@ -70,16 +64,14 @@ class ModelRepository {
   Result<std::unique_ptr<ServableVersion>> Poll();
 
   // The version last returned by Poll (0 before any).
-  uint64_t current_version() const { return current_; }
+  uint64_t current_version() const { return versions_.current(); }
   // Whether `version` is remembered as bad (for tests and diagnostics).
-  bool IsBad(uint64_t version) const { return bad_.count(version) > 0; }
-  const std::filesystem::path& root() const { return root_; }
+  bool IsBad(uint64_t version) const { return versions_.IsBad(version); }
+  const std::filesystem::path& root() const { return versions_.root(); }
 
  private:
-  std::filesystem::path root_;
+  VersionDirectory versions_;
   Loader loader_;
-  uint64_t current_ = 0;
-  std::map<uint64_t, std::string> bad_;  // version -> directory fingerprint when it failed
 };
 
 // Calls repository.Poll() every `interval_ms` (and soon after a SIGHUP, see
@@ -95,14 +87,9 @@ class RepositoryPoller {
   RepositoryPoller& operator=(const RepositoryPoller&) = delete;
 
  private:
-  void Loop();
   ModelRepository& repository_;
-  const int64_t interval_ms_;
   std::function<void(std::unique_ptr<ServableVersion>)> on_version_;
-  std::mutex mu_;
-  std::condition_variable wake_;
-  bool stop_ = false;  // guarded by mu_
-  std::thread thread_;
+  PeriodicReload reload_;  // last: its thread uses the members above
 };
 
 }  // namespace cleave::cloud

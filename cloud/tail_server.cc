@@ -103,6 +103,7 @@ TailServer::TailServer(TailServerOptions options, std::shared_ptr<ModelSet> mode
       m_(&metrics_->Service("cloud")),
       connected_(&metrics_->ConnectedEdges()) {
   stats_.model_version = models_->version;
+  m_->model_version->Set(static_cast<double>(models_->version));
 }
 
 Result<std::shared_ptr<TailServer::ModelSet>> TailServer::MakeSet(
@@ -136,6 +137,7 @@ Status TailServer::SwapModels(uint64_t version,
   // `set` now holds the old version; it is freed here or with its last in-flight request.
   served_version_.store(version, std::memory_order_release);
   model_swaps_.fetch_add(1, std::memory_order_relaxed);
+  m_->model_version->Set(static_cast<double>(version));
   GetLogger("cloud")->info("now serving model '{}' version {} (was version {})", name, version,
                            previous);
   return Status::Ok();

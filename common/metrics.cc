@@ -84,6 +84,12 @@ const ServiceMetrics& Metrics::Service(const std::string& component) {
                     .Name("cleave_pending_requests")
                     .Help("Requests received and not yet answered")
                     .Register(r);
+    model_version_ = &prometheus::BuildGauge()
+                          .Name("cleave_model_version")
+                          .Help(
+                              "Version of the model repository that new requests are served "
+                              "by (0 when serving a single bundle)")
+                          .Register(r);
   }
   auto m = std::make_unique<ServiceMetrics>();
   for (size_t i = 0; i < kOutcomeCount; ++i) {
@@ -96,6 +102,7 @@ const ServiceMetrics& Metrics::Service(const std::string& component) {
   m->compute_seconds = &compute_->Add({{"component", component}}, ComputeSecondsBuckets());
   m->batch_size = &batch_->Add({{"component", component}}, BatchSizeBuckets());
   m->pending_requests = &pending_->Add({{"component", component}});
+  m->model_version = &model_version_->Add({{"component", component}});
   return *services_.emplace(component, std::move(m)).first->second;
 }
 

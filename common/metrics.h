@@ -8,6 +8,8 @@
 //   cleave_compute_seconds{component}             histogram one batch (or request) computed
 //   cleave_batch_size{component}                  histogram requests computed together
 //   cleave_pending_requests{component}            gauge     received, not yet answered
+//   cleave_model_version{component}               gauge     model version new requests get
+//                                                           (model repository; 0 = none)
 //   cleave_connected_edges                        gauge     registered (aggregator) or
 //                                                           recently seen (cloud) peers
 //   cleave_federated_round                        gauge     the open (or last) round
@@ -69,6 +71,7 @@ struct ServiceMetrics {
   prometheus::Histogram* compute_seconds = nullptr;
   prometheus::Histogram* batch_size = nullptr;
   prometheus::Gauge* pending_requests = nullptr;
+  prometheus::Gauge* model_version = nullptr;
 
   void Count(Outcome outcome, double n = 1) const {
     requests[static_cast<size_t>(outcome)]->Increment(n);
@@ -122,6 +125,7 @@ class Metrics {
   prometheus::Family<prometheus::Histogram>* compute_ = nullptr;
   prometheus::Family<prometheus::Histogram>* batch_ = nullptr;
   prometheus::Family<prometheus::Gauge>* pending_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* model_version_ = nullptr;
   prometheus::Family<prometheus::Counter>* curve_refused_ = nullptr;
   prometheus::Gauge* connected_edges_ = nullptr;
   std::unique_ptr<FederatedMetrics> federated_;

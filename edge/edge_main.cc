@@ -23,6 +23,7 @@
 #include "common/metrics.h"
 #include "common/png_image.h"
 #include "common/shutdown.h"
+#include "common/version_directory.h"
 #include "edge/edge_engine.h"
 #include "edge/edge_server.h"
 #include "edge/fl_client.h"
@@ -45,7 +46,15 @@ cleave::ConfigSchema EdgeSchema() {
   cleave::ConfigSchema schema;
   schema
       .Add("edge.bundle", ConfigType::kString, "",
-           "model bundle directory (from `cleave train`); its head and exits run here")
+           "model bundle directory (from `cleave train`); its head and exits run here. "
+           "Exactly one of edge.bundle and edge.model_repository")
+      .Add("edge.model_repository", ConfigType::kString, "",
+           "serve: directory of numbered bundle versions (1/, 2/, ...); the highest serves and "
+           "newer ones are swapped in atomically once verified and warmed up; a version that "
+           "fails keeps the current one serving (rollback)")
+      .Add("edge.reload_interval_ms", ConfigType::kInt, "2000",
+           "how often edge.model_repository is scanned for a new version, in milliseconds "
+           "(SIGHUP scans at once)")
       .Add("edge.bundle_public_key", ConfigType::kString, "",
            "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
            "load")
@@ -122,15 +131,14 @@ cleave::Result<cleave::Config> LoadConfig(const cleave::ConfigSchema& schema,
   return config;
 }
 
-cleave::Result<Loaded> LoadEngine(cleave::Config config) {
-  const std::string dir = config.GetString("edge.bundle");
-  if (dir.empty()) {
-    return Status::InvalidArgument(
-        "no model bundle: pass --edge.bundle DIR or set [edge] bundle in the config file");
-  }
-  cleave::split::SetComputeThreads(
-      static_cast<int>(std::max<int64_t>(1, config.GetInt("edge.threads"))));
-  CLEAVE_RETURN_IF_ERROR(cleave::TrustBundleKeyFile(config.GetString("edge.bundle_public_key")));
+struct LoadedVersion {
+  std::unique_ptr<cleave::edge::EdgeEngine> engine;
+  cleave::Bundle bundle;
+};
+
+// Opens the bundle at `dir` through the verified path (hashes; the signature when a key is
+// trusted), loads its head as configured and, with `warm`, runs one blank image through it.
+Result<LoadedVersion> LoadVersion(const cleave::Config& config, const std::string& dir, bool warm) {
   Result<cleave::Bundle> bundle = cleave::Bundle::Open(dir);
   if (!bundle.ok()) return bundle.status().WithContext("cannot load bundle " + dir);
   cleave::split::EdgeModel::Options options;
@@ -140,8 +148,54 @@ cleave::Result<Loaded> LoadEngine(cleave::Config config) {
   if (!model.ok()) return model.status().WithContext("cannot load the head of " + dir);
   cleave::GetLogger("edge")->info("loaded bundle {} (head {}, engine {})", dir,
                                   options.int8 ? "int8" : "fp32", (*model)->engine());
-  Loaded loaded{std::move(config), nullptr, *bundle};
-  loaded.engine = std::make_unique<cleave::edge::EdgeEngine>(std::move(model).value());
+  LoadedVersion out{std::make_unique<cleave::edge::EdgeEngine>(std::move(model).value()), *bundle};
+  if (warm) {
+    const int size = out.engine->image_size();
+    Status s = out.engine->Decide(torch::zeros({1, 1, size, size}), {0}, {-1.0f}, {1000}).status();
+    if (!s.ok()) return s.WithContext("warm-up of " + dir);
+  }
+  return out;
+}
+
+cleave::Result<Loaded> LoadEngine(cleave::Config config,
+                                  std::unique_ptr<cleave::VersionDirectory>* repository = nullptr) {
+  const std::string dir = config.GetString("edge.bundle");
+  const std::string repo = config.GetString("edge.model_repository");
+  if (dir.empty() && repo.empty()) {
+    return Status::InvalidArgument(
+        "no model bundle: pass --edge.bundle DIR (or --edge.model_repository DIR to serve) or "
+        "set [edge] bundle in the config file");
+  }
+  if (!dir.empty() && !repo.empty()) {
+    return Status::InvalidArgument(
+        "edge.bundle and edge.model_repository are both set; set exactly one");
+  }
+  if (!repo.empty() && repository == nullptr) {
+    return Status::InvalidArgument("edge.model_repository is for `serve`; give --edge.bundle");
+  }
+  cleave::split::SetComputeThreads(
+      static_cast<int>(std::max<int64_t>(1, config.GetInt("edge.threads"))));
+  CLEAVE_RETURN_IF_ERROR(cleave::TrustBundleKeyFile(config.GetString("edge.bundle_public_key")));
+  std::string chosen = dir;
+  std::optional<cleave::VersionDirectory::Candidate> candidate;
+  if (!repo.empty()) {
+    *repository = std::make_unique<cleave::VersionDirectory>(repo);
+    CLEAVE_ASSIGN_OR_RETURN(candidate, (*repository)->Next());
+    if (!candidate) {
+      return Status::NotFound("model repository " + repo +
+                              " holds no version directory (1/, 2/, ...) to serve");
+    }
+    chosen = candidate->dir.string();
+  }
+  Result<LoadedVersion> version = LoadVersion(config, chosen, /*warm=*/false);
+  if (!version.ok()) {
+    if (candidate) {
+      return version.status().WithContext("model version " + std::to_string(candidate->version));
+    }
+    return version.status();
+  }
+  if (candidate) (*repository)->MarkCurrent(*candidate);
+  Loaded loaded{std::move(config), std::move(version->engine), version->bundle};
   return loaded;
 }
 
@@ -269,7 +323,8 @@ int Serve(cleave::Config config_in) {
   auto admin = cleave::StartAdminServer(
       "edge", "edge.admin_listen", config_in.GetString("edge.admin_listen"), metrics->registry());
   if (!admin.ok()) return Fail(admin.status());
-  auto load = LoadEngine(std::move(config_in));
+  std::unique_ptr<cleave::VersionDirectory> repository;
+  auto load = LoadEngine(std::move(config_in), &repository);
   if (!load.ok()) return Fail(load.status());
   Loaded& loaded = *load;
   const cleave::Config& config = loaded.config;
@@ -295,6 +350,41 @@ int Serve(cleave::Config config_in) {
   if (Status s = (*server)->WarmUp(); !s.ok()) return Fail(s);
   cleave::GetLogger("edge")->info("serving applications on {}; cloud at {}", (*server)->endpoint(),
                                   options.cloud.empty() ? "(none)" : options.cloud);
+  // Hot swap: new versions load, verify and warm up on this thread while the old one serves.
+  std::unique_ptr<cleave::PeriodicReload> reload;
+  if (repository) {
+    (*server)->set_initial_version(repository->current());
+    const int64_t interval_ms = config.GetInt("edge.reload_interval_ms");
+    if (interval_ms < 1) {
+      return Fail(Status::InvalidArgument("edge.reload_interval_ms must be >= 1, got " +
+                                          std::to_string(interval_ms)));
+    }
+    cleave::edge::EdgeServer* serving = server->get();
+    const int threads = static_cast<int>(std::max<int64_t>(1, config.GetInt("edge.threads")));
+    reload = std::make_unique<cleave::PeriodicReload>(interval_ms, [&config, &repository, serving,
+                                                                    threads] {
+      auto log = cleave::GetLogger("edge");
+      Result<std::optional<cleave::VersionDirectory::Candidate>> next = repository->Next();
+      if (!next.ok()) {
+        log->warn("model repository: {}", next.status().ToString());
+        return;
+      }
+      if (!next->has_value()) return;
+      const cleave::VersionDirectory::Candidate& candidate = **next;
+      cleave::split::SetComputeThreads(threads);  // this thread's own setting
+      log->info("model repository: loading version {} from {}", candidate.version,
+                candidate.dir.string());
+      Result<LoadedVersion> version = LoadVersion(config, candidate.dir.string(), /*warm=*/true);
+      if (!version.ok()) {
+        repository->MarkBad(candidate);
+        log->error("model version {} refused; still serving version {}: {}", candidate.version,
+                   repository->current(), version.status().ToString());
+        return;
+      }
+      repository->MarkCurrent(candidate);
+      (void)serving->SwapEngine(candidate.version, std::move(version->engine));
+    });
+  }
   // Declared after the server, so it is stopped and joined first (and before `context`).
   std::unique_ptr<cleave::edge::FederatedClient> fl_client;
   nlohmann::json fl_ready;
@@ -325,10 +415,12 @@ int Serve(cleave::Config config_in) {
   if (!ready_file.empty()) {
     nlohmann::json ready = {{"endpoint", (*server)->endpoint()}, {"pid", ::getpid()}};
     if (fl_client) ready["federated"] = fl_ready;
+    if (repository) ready["model_version"] = (*server)->served_version();
     if (*admin) ready["admin"] = (*admin)->url();
     if (Status s = cleave::WriteFileAtomic(ready_file, ready.dump()); !s.ok()) return Fail(s);
   }
   Status run = (*server)->Run([] { return cleave::ShutdownRequested(); });
+  reload.reset();  // joins a load in progress before the server goes
   if (*admin) (*admin)->SetReady(false, "shutting down");
   if (fl_client) {
     fl_client->Stop();

@@ -40,6 +40,30 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::Create(TransportContext& context
 
 const std::string& EdgeServer::endpoint() const { return local_->endpoint(); }
 
+Status EdgeServer::SwapEngine(uint64_t version, std::unique_ptr<EdgeEngine> engine) {
+  if (engine == nullptr) return Status::InvalidArgument("SwapEngine: null engine");
+  std::lock_guard<std::mutex> lock(staged_mu_);
+  staged_ = std::move(engine);  // a newer swap before the loop took the last one replaces it
+  staged_version_ = version;
+  return Status::Ok();
+}
+
+void EdgeServer::AdoptStagedEngine() {
+  std::unique_ptr<EdgeEngine> engine;
+  uint64_t version = 0;
+  {
+    std::lock_guard<std::mutex> lock(staged_mu_);
+    if (staged_ == nullptr) return;
+    engine = std::move(staged_);
+    version = staged_version_;
+  }
+  engine_.swap(engine);  // the old engine is freed here, outside the lock
+  served_version_.store(version, std::memory_order_release);
+  m_->model_version->Set(static_cast<double>(version));
+  GetLogger("edge")->info("now serving model version {} ({})", version,
+                          engine_->model().model_name());
+}
+
 Status EdgeServer::WarmUp() {
   const int size = engine_->image_size();
   return engine_
@@ -246,6 +270,7 @@ Status EdgeServer::Run(const std::function<bool()>& should_stop) {
         HandleCloudReply(**msg);
       }
     }
+    AdoptStagedEngine();
     batch.clear();
     while (static_cast<int>(batch.size()) < options_.max_batch) {
       Result<std::optional<Envelope>> msg = local_->Receive(0);

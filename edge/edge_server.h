@@ -15,10 +15,12 @@
 // requests waiting for the cloud as pending. The loop only increments pre-built children.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 
@@ -74,6 +76,20 @@ class EdgeServer {
   // every still-pending request degraded before returning.
   Status Run(const std::function<bool()>& should_stop);
 
+  // Hot swap (edge.model_repository): `engine` (loaded, verified and warmed by the caller)
+  // serves every request the loop takes after its current turn; requests already waiting for
+  // the cloud finish as they are (their fallback answer was computed by the old engine). Any
+  // thread, also while Run is serving. InvalidArgument (nothing changes) for a null engine.
+  Status SwapEngine(uint64_t version, std::unique_ptr<EdgeEngine> engine);
+  // The version new requests are served by (the `version` given to the last SwapEngine that
+  // took effect, or the one set at start; 0 without a repository). Any thread.
+  uint64_t served_version() const { return served_version_.load(std::memory_order_acquire); }
+  // The version of the engine given to Create (call before Run).
+  void set_initial_version(uint64_t version) {
+    served_version_.store(version);
+    m_->model_version->Set(static_cast<double>(version));
+  }
+
   const EdgeServerStats& stats() const { return stats_; }
 
  private:
@@ -99,8 +115,15 @@ class EdgeServer {
   void Reply(const std::string& peer, const edge_api::ClassifyReply& reply, Outcome outcome);
   int NextTimeoutMs(int64_t now_us) const;
 
+  // Socket thread: adopts an engine staged by SwapEngine.
+  void AdoptStagedEngine();
+
   EdgeServerOptions options_;
-  std::unique_ptr<EdgeEngine> engine_;
+  std::unique_ptr<EdgeEngine> engine_;  // socket thread
+  std::mutex staged_mu_;
+  std::unique_ptr<EdgeEngine> staged_;  // guarded by staged_mu_
+  uint64_t staged_version_ = 0;         // guarded by staged_mu_
+  std::atomic<uint64_t> served_version_{0};
   std::unique_ptr<RouterServer> local_;
   std::unique_ptr<DealerClient> cloud_;
   std::map<uint64_t, Pending> pending_;            // by wire request id

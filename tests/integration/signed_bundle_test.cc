@@ -5,13 +5,17 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <chrono>
 #include <filesystem>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "common/child_process.h"
 #include "common/file_util.h"
+#include "common/transport.h"
 #include "edge/daemon_launcher.h"
+#include "edge/edge_client.h"
 #include "testing/tiny_bundle.h"
 
 namespace cleave::edge {
@@ -108,6 +112,89 @@ TEST_F(SignedBundleTest, OnlyBundlesSignedByTheTrustedKeyAreServed) {
   ASSERT_FALSE(tampered.ok());
   EXPECT_NE(tampered.status().message().find("does not verify"), std::string::npos)
       << tampered.status().ToString();
+}
+
+// A gateway's bundle updates: cleave-edge serves a model repository with a trusted key. A
+// tampered version 2 is refused and version 1 keeps serving (rollback); a correctly signed
+// version 3 is swapped in while the daemon serves. The versions differ in their calibrated
+// exit threshold (1: everything exits at the edge; 3: nothing does, and with no cloud the
+// answers are degraded), so each reply shows which version computed it.
+TEST_F(SignedBundleTest, EdgeSwapsSignedVersionsAndRollsBackFromTamperedOnes) {
+  ASSERT_EQ(Cleave({"keys", "generate", "--out", (dir_ / "signer").string()}, "keys").first, 0);
+  auto signed_bundle = [&](const fs::path& dir, double threshold) {
+    ASSERT_TRUE(cleave::testing::WriteTinyBundle(dir, threshold).ok());
+    auto [code, out] = Cleave(
+        {"bundle", "sign", "--bundle", dir.string(), "--key", (dir_ / "signer.key").string()},
+        "sign-" + dir.filename().string());
+    ASSERT_EQ(code, 0) << out;
+  };
+  const fs::path repo = dir_ / "repo";
+  fs::create_directories(repo);
+  signed_bundle(repo / "1", 0.0);
+  auto edge = LaunchDaemon(
+      kBin / "cleave-edge",
+      {"serve", "--edge.model_repository", repo.string(), "--edge.bundle_public_key",
+       (dir_ / "signer.pub").string(), "--edge.listen", "tcp://127.0.0.1:0", "--edge.cloud", "",
+       "--edge.reload_interval_ms", "100", "--edge.int8_engine", "reference"},
+      "edge.ready_file", dir_, "edge", 30000);
+  ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+  TransportContext context;
+  auto client = EdgeClient::Connect(context, edge->endpoint);
+  ASSERT_TRUE(client.ok());
+  uint64_t next_id = 1;
+  auto answer_source = [&]() {
+    edge_api::ClassifyRequest r;
+    r.request_id = next_id++;
+    r.exit_threshold = -1.0f;  // the bundle's calibrated threshold
+    r.width = r.height = 28;
+    r.pixels.assign(28 * 28, static_cast<char>(40));
+    auto outcomes = (*client)->Run({r}, 1, 5000);
+    EXPECT_TRUE(outcomes.ok() && outcomes->size() == 1 && (*outcomes)[0].answered);
+    if (!outcomes.ok() || outcomes->empty() || !(*outcomes)[0].answered) {
+      return edge_api::AnswerSource::kError;
+    }
+    return (*outcomes)[0].reply.source;
+  };
+  auto wait_for_log = [&](const std::string& needle) {
+    for (int i = 0; i < 300; ++i) {
+      if (ReadFileToString(edge->log_path).value_or("").find(needle) != std::string::npos) {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  EXPECT_EQ(answer_source(), edge_api::AnswerSource::kEdgeExit);
+
+  // Version 2: signed, then tampered with, then published by renaming into place.
+  signed_bundle(dir_ / ".tmp-2", 1.0);
+  const fs::path manifest_path = dir_ / ".tmp-2" / "manifest.json";
+  json manifest = json::parse(*ReadFileToString(manifest_path));
+  manifest["created_unix"] = manifest["created_unix"].get<int64_t>() + 1;
+  ASSERT_TRUE(WriteFileAtomic(manifest_path, manifest.dump(2)).ok());
+  fs::rename(dir_ / ".tmp-2", repo / "2");
+  ASSERT_TRUE(wait_for_log("model version 2 refused; still serving version 1"))
+      << ReadFileToString(edge->log_path).value_or("");
+  EXPECT_NE(ReadFileToString(edge->log_path)->find("does not verify"), std::string::npos);
+  EXPECT_EQ(answer_source(), edge_api::AnswerSource::kEdgeExit) << "version 1 still serves";
+
+  // Version 3: correctly signed; swapped in without a restart.
+  signed_bundle(dir_ / ".tmp-3", 1.0);
+  fs::rename(dir_ / ".tmp-3", repo / "3");
+  ASSERT_TRUE(wait_for_log("model repository: loading version 3"))
+      << ReadFileToString(edge->log_path).value_or("");
+  // The swap happens at the serving loop's next turn: the next request starts one.
+  edge_api::AnswerSource source = edge_api::AnswerSource::kEdgeExit;
+  for (int i = 0; i < 50 && source == edge_api::AnswerSource::kEdgeExit; ++i) {
+    source = answer_source();
+    if (source == edge_api::AnswerSource::kEdgeExit) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+  }
+  EXPECT_EQ(source, edge_api::AnswerSource::kDegraded) << "version 3 sends everything away";
+  EXPECT_TRUE(wait_for_log("now serving model version 3"));
+  EXPECT_EQ(answer_source(), edge_api::AnswerSource::kDegraded);
+  ASSERT_TRUE(edge->process->Stop(5000).ok());
 }
 
 }  // namespace

@@ -16,7 +16,8 @@ HISTOGRAMS = {"cleave_queue_seconds", "cleave_compute_seconds", "cleave_batch_si
               "cleave_federated_round_duration_seconds"}
 
 
-GAUGES = {"cleave_pending_requests", "cleave_connected_edges", "cleave_federated_round"}
+GAUGES = {"cleave_pending_requests", "cleave_model_version", "cleave_connected_edges",
+          "cleave_federated_round"}
 
 
 SERIES = (COUNTERS | GAUGES | {"up"} |

@@ -34,6 +34,7 @@ TEST(MetricsTest, ServiceSeriesExistFromTheStartAndCount) {
   EXPECT_TRUE(Has(text, "cleave_wire_bytes_total{component=\"cloud\",direction=\"sent\"} 0"));
   EXPECT_TRUE(Has(text, "cleave_wire_bytes_total{component=\"cloud\",direction=\"received\"} 0"));
   EXPECT_TRUE(Has(text, "cleave_pending_requests{component=\"cloud\"} 0"));
+  EXPECT_TRUE(Has(text, "cleave_model_version{component=\"cloud\"} 0"));
   EXPECT_TRUE(Has(text, "cleave_queue_seconds_count{component=\"cloud\"} 0"));
   EXPECT_TRUE(Has(text, "cleave_compute_seconds_count{component=\"cloud\"} 0"));
   EXPECT_TRUE(Has(text, "cleave_batch_size_count{component=\"cloud\"} 0"));
@@ -120,6 +121,7 @@ TEST(MetricsTest, NamesFollowPrometheusConventions) {
                                           "cleave_compute_seconds",
                                           "cleave_batch_size",
                                           "cleave_pending_requests",
+                                          "cleave_model_version",
                                           "cleave_connected_edges",
                                           "cleave_federated_round",
                                           "cleave_federated_updates_total",

@@ -298,5 +298,50 @@ TEST_F(EdgeServerTest, MetricsCountEveryOutcomeAndTheCloudLink) {
   EXPECT_EQ(m.pending_requests->Value(), 0);
 }
 
+// Hot swap: a request taken after SwapEngine uses the new engine (here: the old bundle's exit
+// threshold answers everything at the edge, the new one's sends everything to the cloud);
+// the served version and its gauge follow; a null engine is refused and changes nothing.
+TEST_F(EdgeServerTest, SwappedEngineServesTheNextRequests) {
+  ASSERT_TRUE(testing::WriteTinyBundle(dir_, /*threshold=*/0.0).ok());
+  Start(true, 2000);
+  server_->set_initial_version(1);
+  EXPECT_EQ(server_->served_version(), 1u);
+  Send(Request(1, -1.0f));  // -1: the bundle's calibrated threshold
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kEdgeExit);
+
+  EXPECT_EQ(server_->SwapEngine(7, nullptr).code(), StatusCode::kInvalidArgument);
+  Send(Request(2, -1.0f));
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kEdgeExit);
+  EXPECT_EQ(server_->served_version(), 1u);
+
+  const std::filesystem::path other = testing::TempPath("edge_server_v2");
+  ASSERT_TRUE(testing::WriteTinyBundle(other, /*threshold=*/1.0).ok());
+  auto bundle = Bundle::Open(other);
+  ASSERT_TRUE(bundle.ok());
+  split::EdgeModel::Options options;
+  options.int8_engine = "reference";
+  auto model = split::EdgeModel::Load(*bundle, options);
+  ASSERT_TRUE(model.ok());
+  ASSERT_TRUE(server_->SwapEngine(2, std::make_unique<EdgeEngine>(std::move(model).value())).ok());
+  // The swap takes effect at the loop's next turn; the request below starts one.
+  Send(Request(3, -1.0f));
+  Envelope offloaded = CloudReceive();
+  auto request = wire::DecodeInferRequest(offloaded.body);
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  wire::InferReply answer;
+  answer.request_id = request->request_id;
+  answer.scores = {0, 0, 0, 0, 0, 0, 0, 0, 9, 0};
+  answer.num_classes = 10;
+  answer.batch_size = 1;
+  ASSERT_TRUE(cloud_->Send(offloaded.peer, wire::EncodeInferReply(answer)).ok());
+  edge_api::ClassifyReply reply = Receive();
+  EXPECT_EQ(reply.request_id, 3u);
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kCloud);
+  EXPECT_EQ(reply.predicted_class, 8);
+  EXPECT_EQ(server_->served_version(), 2u);
+  EXPECT_EQ(metrics_->Service("edge").model_version->Value(), 2.0);
+  std::filesystem::remove_all(other);
+}
+
 }  // namespace
 }  // namespace cleave::edge
