@@ -79,6 +79,20 @@ Status RdpAccountant::Compose(double q, double noise_multiplier, int64_t rounds)
   return Status::Ok();
 }
 
+Status RdpAccountant::Restore(std::vector<double> rdp, int64_t rounds) {
+  if (rdp.size() != orders_.size()) {
+    return Status::InvalidArgument("RDP state has " + std::to_string(rdp.size()) +
+                                   " orders, the accountant " + std::to_string(orders_.size()));
+  }
+  if (rounds < 0) return Status::InvalidArgument("RDP state: negative round count");
+  for (double v : rdp) {
+    if (!(v >= 0)) return Status::InvalidArgument("RDP state: negative or NaN value");
+  }
+  rdp_ = std::move(rdp);
+  rounds_ = rounds;
+  return Status::Ok();
+}
+
 Result<PrivacySpent> RdpAccountant::Spent(double delta) const {
   if (!(delta > 0.0 && delta < 1.0)) {
     return Status::InvalidArgument("delta must be in (0, 1), got " + std::to_string(delta));

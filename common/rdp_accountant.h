@@ -54,6 +54,11 @@ class RdpAccountant {
   // delta outside (0, 1).
   Result<PrivacySpent> Spent(double delta) const;
 
+  // Replaces the accumulated RDP (one value per order, >= 0) and round count, as saved from
+  // rdp() and rounds() in a checkpoint. InvalidArgument (nothing changes) on a size mismatch
+  // or a negative or NaN value.
+  Status Restore(std::vector<double> rdp, int64_t rounds);
+
   const std::vector<int>& orders() const { return orders_; }
   // Accumulated RDP per order (same indexing as orders()).
   const std::vector<double>& rdp() const { return rdp_; }

@@ -19,7 +19,7 @@ void AddRoundConfigKeys(ConfigSchema& s) {
       .Add("fit.max_steps", ConfigType::kInt, "0", "local step budget (0 = none)")
       .Add("strategy.name", ConfigType::kString, "fedavg",
            "fedavg | fedprox | fedadam | fedyogi | fedadagrad | fedmedian | fedtrimmedavg | "
-           "krum | multikrum")
+           "krum | multikrum | dpfedavg")
       .Add("strategy.mu", ConfigType::kDouble, "0.01", "fedprox proximal weight")
       .Add("strategy.server_lr", ConfigType::kDouble, "0.01", "fedopt server learning rate")
       .Add("strategy.beta1", ConfigType::kDouble, "0.9", "fedopt first-moment decay")
@@ -28,7 +28,24 @@ void AddRoundConfigKeys(ConfigSchema& s) {
       .Add("strategy.trim_fraction", ConfigType::kDouble, "0.1",
            "fedtrimmedavg: share cut from each end")
       .Add("strategy.byzantine", ConfigType::kInt, "0", "krum: assumed Byzantine clients f")
-      .Add("strategy.multikrum_keep", ConfigType::kInt, "0", "multikrum: m (0 = n - f)");
+      .Add("strategy.multikrum_keep", ConfigType::kInt, "0", "multikrum: m (0 = n - f)")
+      .Add("strategy.dp_clip_norm", ConfigType::kDouble, "1.0",
+           "dpfedavg: L2 bound C of each client's update delta (the initial C when adaptive)")
+      .Add("strategy.dp_noise_multiplier", ConfigType::kDouble, "1.0",
+           "dpfedavg: z; Gaussian noise of stddev z*C is added to the sum of clipped deltas")
+      .Add("strategy.dp_adaptive_clip", ConfigType::kBool, "false",
+           "dpfedavg: adapt C towards a quantile of the update norms (Andrew et al. 2021)")
+      .Add("strategy.dp_target_quantile", ConfigType::kDouble, "0.5",
+           "dpfedavg adaptive: share of updates that should stay unclipped")
+      .Add("strategy.dp_clip_lr", ConfigType::kDouble, "0.2",
+           "dpfedavg adaptive: learning rate of the geometric clip-norm update")
+      .Add("strategy.dp_clip_count_stddev", ConfigType::kDouble, "0",
+           "dpfedavg adaptive: noise on the unclipped count (0 = max(updates / 20, noise "
+           "multiplier))")
+      .Add("strategy.dp_delta", ConfigType::kDouble, "1e-5",
+           "dpfedavg: delta of the (epsilon, delta) reported after every round")
+      .Add("strategy.dp_seed", ConfigType::kInt, "0",
+           "dpfedavg: noise seed for reproducible simulations; 0 = from the OS (deployments)");
 }
 
 Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfig& strategy) {
@@ -55,6 +72,14 @@ Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfi
   s.trim_fraction = c.GetDouble("strategy.trim_fraction");
   s.byzantine = static_cast<int>(c.GetInt("strategy.byzantine"));
   s.multikrum_keep = static_cast<int>(c.GetInt("strategy.multikrum_keep"));
+  s.dp.clip_norm = c.GetDouble("strategy.dp_clip_norm");
+  s.dp.noise_multiplier = c.GetDouble("strategy.dp_noise_multiplier");
+  s.dp.adaptive_clip = c.GetBool("strategy.dp_adaptive_clip");
+  s.dp.target_quantile = c.GetDouble("strategy.dp_target_quantile");
+  s.dp.clip_lr = c.GetDouble("strategy.dp_clip_lr");
+  s.dp.clip_count_stddev = c.GetDouble("strategy.dp_clip_count_stddev");
+  s.dp.delta = c.GetDouble("strategy.dp_delta");
+  s.dp.seed = c.GetInt("strategy.dp_seed");
   return Status::Ok();
 }
 

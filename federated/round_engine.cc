@@ -200,6 +200,7 @@ Result<RoundPlan> RoundEngine::StartRound(const ClientPool& pool) {
     round.sampled.insert(pool[i].id);
   }
   std::sort(round.plan.clients.begin(), round.plan.clients.end());
+  strategy_->OnRoundStarted(with_overcommit, n);
   round.aggregator = strategy_->BeginRound(global_, trainable_);
   round.record.round = round.plan.round;
   round.record.sampled = with_overcommit;
@@ -326,6 +327,7 @@ Result<RoundRecord> RoundEngine::FinishRound() {
     }
   }
   r.aggregator.reset();
+  if (json report = strategy_->RoundReport(); !report.is_null()) record.extra["strategy"] = report;
   if (evaluator_) {
     Result<Evaluation> eval = evaluator_(global_);
     if (eval.ok()) {

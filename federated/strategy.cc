@@ -51,6 +51,16 @@ JsonField IntField(const char* key, Int* out) {
           }};
 }
 
+JsonField BoolField(const char* key, bool* out) {
+  return {key, [key, out](const json& v) {
+            if (!v.is_boolean()) {
+              return Status::InvalidArgument(std::string(key) + ": expected true or false");
+            }
+            *out = v.get<bool>();
+            return Status::Ok();
+          }};
+}
+
 JsonField StringField(const char* key, std::string* out) {
   return {key, [key, out](const json& v) {
             if (!v.is_string()) {
@@ -216,7 +226,15 @@ json StrategyConfig::ToJson() const {
           {"tau", tau},
           {"trim_fraction", trim_fraction},
           {"byzantine", byzantine},
-          {"multikrum_keep", multikrum_keep}};
+          {"multikrum_keep", multikrum_keep},
+          {"dp_clip_norm", dp.clip_norm},
+          {"dp_noise_multiplier", dp.noise_multiplier},
+          {"dp_adaptive_clip", dp.adaptive_clip},
+          {"dp_target_quantile", dp.target_quantile},
+          {"dp_clip_lr", dp.clip_lr},
+          {"dp_clip_count_stddev", dp.clip_count_stddev},
+          {"dp_delta", dp.delta},
+          {"dp_seed", dp.seed}};
 }
 
 Result<StrategyConfig> StrategyConfig::FromJson(const json& j) {
@@ -227,7 +245,13 @@ Result<StrategyConfig> StrategyConfig::FromJson(const json& j) {
        DoubleField("server_lr", &c.server_lr), DoubleField("beta1", &c.beta1),
        DoubleField("beta2", &c.beta2), DoubleField("tau", &c.tau),
        DoubleField("trim_fraction", &c.trim_fraction), IntField("byzantine", &c.byzantine),
-       IntField("multikrum_keep", &c.multikrum_keep)}));
+       IntField("multikrum_keep", &c.multikrum_keep), DoubleField("dp_clip_norm", &c.dp.clip_norm),
+       DoubleField("dp_noise_multiplier", &c.dp.noise_multiplier),
+       BoolField("dp_adaptive_clip", &c.dp.adaptive_clip),
+       DoubleField("dp_target_quantile", &c.dp.target_quantile),
+       DoubleField("dp_clip_lr", &c.dp.clip_lr),
+       DoubleField("dp_clip_count_stddev", &c.dp.clip_count_stddev),
+       DoubleField("dp_delta", &c.dp.delta), IntField("dp_seed", &c.dp.seed)}));
   CLEAVE_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -255,6 +279,23 @@ Status StrategyConfig::Validate() const {
                                     /*hi_open=*/true));
   if (byzantine < 0) return Status::InvalidArgument(what + ": byzantine must be >= 0");
   if (multikrum_keep < 0) return Status::InvalidArgument(what + ": multikrum_keep must be >= 0");
+  if (!(dp.clip_norm > 0)) return Status::InvalidArgument(what + ": dp_clip_norm must be > 0");
+  CLEAVE_RETURN_IF_ERROR(CheckRange(what, "dp_clip_norm", dp.clip_norm, 0, inf));
+  CLEAVE_RETURN_IF_ERROR(CheckRange(what, "dp_noise_multiplier", dp.noise_multiplier, 0, inf));
+  CLEAVE_RETURN_IF_ERROR(CheckRange(what, "dp_target_quantile", dp.target_quantile, 0, 1));
+  CLEAVE_RETURN_IF_ERROR(CheckRange(what, "dp_clip_lr", dp.clip_lr, 0, inf));
+  CLEAVE_RETURN_IF_ERROR(CheckRange(what, "dp_clip_count_stddev", dp.clip_count_stddev, 0, inf));
+  if (dp.seed < 0) return Status::InvalidArgument(what + ": dp_seed must be >= 0");
+  if (!(dp.delta > 0 && dp.delta < 1)) {
+    return Status::InvalidArgument(what + ": dp_delta must be in (0, 1)");
+  }
+  if (dp.adaptive_clip && dp.noise_multiplier > 0 && dp.clip_count_stddev > 0 &&
+      !(2 * dp.clip_count_stddev > dp.noise_multiplier)) {
+    return Status::InvalidArgument(
+        what +
+        ": dp_clip_count_stddev must exceed dp_noise_multiplier / 2 (Andrew et al. "
+        "split the noise between the update sum and the unclipped count)");
+  }
   return Status::Ok();
 }
 
@@ -267,9 +308,9 @@ Status Strategy::LoadState(const std::vector<std::pair<std::string, torch::Tenso
 }
 
 const std::vector<std::string>& StrategyNames() {
-  static const std::vector<std::string> names = {"fedavg",        "fedprox",    "fedadam",
-                                                 "fedyogi",       "fedadagrad", "fedmedian",
-                                                 "fedtrimmedavg", "krum",       "multikrum"};
+  static const std::vector<std::string> names = {
+      "fedavg",    "fedprox",       "fedadam", "fedyogi",   "fedadagrad",
+      "fedmedian", "fedtrimmedavg", "krum",    "multikrum", "dpfedavg"};
   return names;
 }
 
@@ -287,6 +328,8 @@ Result<std::unique_ptr<Strategy>> MakeStrategy(const StrategyConfig& config) {
     strategy = internal::MakeFedTrimmedAvg(config.trim_fraction);
   } else if (n == "krum" || n == "multikrum") {
     strategy = internal::MakeKrum(config.byzantine, config.multikrum_keep, n == "multikrum");
+  } else if (n == "dpfedavg") {
+    strategy = internal::MakeDpFedAvg(config.dp);
   }
   if (!strategy) return Status::Internal("strategy '" + n + "' is listed but not constructed");
   return strategy;

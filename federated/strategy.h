@@ -24,6 +24,9 @@
 //                 Blanchard et al. 2017: score = sum of squared distances to the n - f - 2
 //                 nearest other updates; Krum picks the lowest score, Multi-Krum averages
 //                 the m lowest.
+//   dpfedavg      McMahan et al. 2018 client-level DP-FedAvg: per-update clipping, Gaussian
+//                 noise on the server, optional adaptive clipping (Andrew et al. 2021), and an
+//                 RDP accountant; see dp_fedavg.cc.
 // Robust strategies need every update of the round at once (O(clients x model) memory).
 #pragma once
 
@@ -84,6 +87,18 @@ class RoundAggregator {
   virtual Result<Weights> Finish() = 0;
 };
 
+// dpfedavg's parameters (dp_fedavg.cc).
+struct DpConfig {
+  double clip_norm = 1.0;         // C: L2 bound of each client's delta (initial C if adaptive)
+  double noise_multiplier = 1.0;  // z: noise stddev on the sum = z * C (0 = no noise)
+  bool adaptive_clip = false;     // Andrew et al. 2021 geometric clip-norm updates
+  double target_quantile = 0.5;   // adaptive: share of updates that should be unclipped
+  double clip_lr = 0.2;           // adaptive: eta of C <- C exp(-eta (b - target))
+  double clip_count_stddev = 0;   // adaptive: noise on the unclipped count (0 = max(m/20, z))
+  double delta = 1e-5;            // of the reported (epsilon, delta)
+  int64_t seed = 0;               // noise generator seed (>= 0); 0 = from the OS (deployments)
+};
+
 struct StrategyConfig {
   std::string name = "fedavg";
   double proximal_mu = 0.01;  // fedprox
@@ -95,6 +110,7 @@ struct StrategyConfig {
   double trim_fraction = 0.1;  // fedtrimmedavg: beta, cut from each end (< 0.5)
   int byzantine = 0;           // krum/multikrum: f, assumed Byzantine clients
   int multikrum_keep = 0;      // multikrum: m (0 = n - f)
+  DpConfig dp;                 // dpfedavg
   nlohmann::json ToJson() const;
   static Result<StrategyConfig> FromJson(const nlohmann::json& json);
   Status Validate() const;
@@ -106,6 +122,15 @@ class Strategy {
   virtual std::string name() const = 0;
   // Adjusts what clients are told (FedProx sets proximal_mu). Default: unchanged.
   virtual void ConfigureFit(FitConfig& config) const { (void)config; }
+  // A round opened with `sampled` of `population` available clients (the sampling rate that
+  // differential-privacy accounting needs). Default: nothing.
+  virtual void OnRoundStarted(int sampled, int population) {
+    (void)sampled;
+    (void)population;
+  }
+  // Facts about the round that just finished (clip norm, epsilon, ...), stored in the round
+  // record's `extra["strategy"]`; null when there is nothing to say (the default).
+  virtual nlohmann::json RoundReport() const { return nullptr; }
   // Starts aggregating a round whose clients started from `global`. `global` and `trainable`
   // must outlive the returned aggregator.
   virtual std::unique_ptr<RoundAggregator> BeginRound(const Weights& global,

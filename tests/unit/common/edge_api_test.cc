@@ -137,5 +137,14 @@ TEST(EdgeApiTest, RejectsOversizedMessage) {
   EXPECT_NE(out.status().message().find("exceeds"), std::string::npos);
 }
 
+// Found by tests/fuzz/edge_api_fuzz.cc: a message whose header promises more than the input
+// holds, so the reader's destructor throws after the version check failed. Both decoders
+// must return an error (under ASan the test also shows the error Status is not leaked).
+TEST(EdgeApiTest, ReaderThatThrowsOnDestructionGivesAnError) {
+  const std::string bytes("\x15\x01\x00\x01\x01\x01\x00\x00", 8);
+  EXPECT_FALSE(DecodeClassifyRequest(bytes).ok());
+  EXPECT_FALSE(DecodeClassifyReply(bytes).ok());
+}
+
 }  // namespace
 }  // namespace cleave::edge_api

@@ -164,6 +164,38 @@ TEST_F(RoundEngineTest, WeightedFedAvgRound) {
   EXPECT_EQ(engine->history().size(), 1u);
 }
 
+// The strategy learns each round's sampling rate and its report lands in the round record
+// (DP-FedAvg: the rate its accountant used and the epsilon spent so far).
+TEST_F(RoundEngineTest, StrategyReportGoesIntoTheRoundRecord) {
+  EngineOptions o;
+  o.fraction = 0.25;
+  o.min_clients = 2;
+  o.quorum = 2;
+  auto engine = Make(o, "dpfedavg");
+  auto plan = engine->StartRound(Clients(8));
+  ASSERT_TRUE(plan.ok());
+  ASSERT_EQ(plan->clients.size(), 2u);  // ceil(0.25 * 8)
+  for (const std::string& id : plan->clients) {
+    EXPECT_EQ(engine->Submit(1, Update(id, 10, 0.1f, 0.1f)), UpdateVerdict::kAccepted);
+  }
+  auto record = engine->FinishRound();
+  ASSERT_TRUE(record.ok());
+  ASSERT_TRUE(record->applied) << record->failure;
+  ASSERT_TRUE(record->extra.contains("strategy")) << record->extra;
+  const auto& dp = record->extra["strategy"]["dp"];
+  EXPECT_DOUBLE_EQ(dp["sampling_rate"].get<double>(), 0.25);
+  EXPECT_GT(dp["epsilon"].get<double>(), 0.0);
+  EXPECT_EQ(dp["accounted_rounds"].get<int>(), 1);
+  // Plain FedAvg has nothing to report.
+  auto plain = Make(o);
+  ASSERT_TRUE(plain->StartRound(Clients(2)).ok());
+  EXPECT_EQ(plain->Submit(1, Update("c0", 10, 1, 1)), UpdateVerdict::kAccepted);
+  EXPECT_EQ(plain->Submit(1, Update("c1", 10, 1, 1)), UpdateVerdict::kAccepted);
+  auto plain_record = plain->FinishRound();
+  ASSERT_TRUE(plain_record.ok());
+  EXPECT_FALSE(plain_record->extra.contains("strategy"));
+}
+
 TEST_F(RoundEngineTest, RejectsStaleUnsampledDuplicateAndMalformedUpdates) {
   EngineOptions o;
   o.fraction = 0.5;
