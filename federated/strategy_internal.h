@@ -57,7 +57,7 @@ std::unique_ptr<Strategy> MakeFedOpt(const StrategyConfig& config);  // fedopt.c
 std::unique_ptr<Strategy> MakeFedMedian();                           // robust_aggregation.cc
 std::unique_ptr<Strategy> MakeFedTrimmedAvg(double trim_fraction);   // robust_aggregation.cc
 std::unique_ptr<Strategy> MakeKrum(int byzantine, int multikrum_keep,
-                                   bool multi);                 // robust_aggregation.cc
+                                   bool multi);                  // robust_aggregation.cc
 std::unique_ptr<Strategy> MakeDpFedAvg(const DpConfig& config);  // dp_fedavg.cc
 
 }  // namespace cleave::federated::internal
