@@ -339,7 +339,14 @@ TEST(TransportTest, ServerGoingAwayMakesSendsUnavailable) {
   TransportContext context;
   auto server = RouterServer::Bind(context, "tcp://127.0.0.1:0");
   ASSERT_TRUE(server.ok());
-  auto client = DealerClient::Connect(context, (*server)->endpoint());
+  // No automatic reconnection: under a parallel ctest another test's server can bind the
+  // freed port at once, and a reconnect to it would (rightly) make the client connected.
+  SocketOptions options;
+  options.configure = [](zmq::socket_t& socket) {
+    socket.set(zmq::sockopt::reconnect_ivl, -1);
+    return Status::Ok();
+  };
+  auto client = DealerClient::Connect(context, (*server)->endpoint(), options);
   ASSERT_TRUE(client.ok());
   EXPECT_EQ(RoundTrip(**server, **client, "up"), "re:up");
   EXPECT_TRUE((*client)->connected());
