@@ -52,7 +52,11 @@ struct DpState {
 class DpAggregator : public RoundAggregator {
  public:
   DpAggregator(const Weights& global, const std::vector<bool>& trainable, DpState& state)
-      : global_(global), trainable_(trainable), state_(state), clip_(state.clip_norm) {}
+      : global_(global),
+        trainable_(trainable),
+        state_(state),
+        clip_(state.clip_norm),
+        sums_(global.size()) {}
 
   Status Add(const ClientUpdate& update) override {
     if (finished_) return Status::FailedPrecondition("aggregator: Add() after Finish()");
@@ -73,10 +77,9 @@ class DpAggregator : public RoundAggregator {
       const double factor = norm > clip_ ? clip_ / norm : 1.0;
       for (size_t i = 0; i < global_.size(); ++i) {
         if (!trainable_[i]) continue;
-        if (!sums_.empty() && sums_[i].defined()) {
+        if (sums_[i].defined()) {
           sums_[i].add_(delta[i], factor);
         } else {
-          if (sums_.empty()) sums_.resize(global_.size());
           sums_[i] = delta[i].mul(factor).contiguous();
         }
       }
@@ -158,7 +161,7 @@ class DpAggregator : public RoundAggregator {
   const std::vector<bool>& trainable_;
   DpState& state_;
   const double clip_;
-  Weights sums_;
+  Weights sums_;  // per trainable entry: the sum of clipped deltas (undefined until used)
   int count_ = 0;
   int below_ = 0;
   bool finished_ = false;
