@@ -64,6 +64,11 @@ cleave::ConfigSchema CloudSchema() {
       .Add("cloud.max_queue", ConfigType::kInt, "1024",
            "most accepted requests waiting for a batch; beyond it requests are answered "
            "`overloaded` at once")
+      .Add("cloud.max_queue_wait_us", ConfigType::kInt, "0",
+           "admit a request only while its estimated queueing time (the modelled compute time "
+           "of the work ahead of it / workers) is at most this many microseconds; beyond it "
+           "requests are answered `overloaded` at once, which bounds the latency of admitted "
+           "requests under overload (0 = bound by cloud.max_queue only)")
       .Add("cloud.workers", ConfigType::kInt, "1",
            "compute threads, each with its own copy of the model")
       .Add("cloud.threads", ConfigType::kInt, "2", "libtorch intra-op threads of each worker")
@@ -259,6 +264,7 @@ int main(int argc, char** argv) {
   options.max_batch = static_cast<int>(config->GetInt("cloud.max_batch"));
   options.max_queue_delay_us = config->GetInt("cloud.max_queue_delay_us");
   options.max_queue = static_cast<size_t>(max_queue);
+  options.max_queue_wait_us = config->GetInt("cloud.max_queue_wait_us");
   options.workers = static_cast<int>(workers);
   options.intra_op_threads =
       static_cast<int>(std::max<int64_t>(1, config->GetInt("cloud.threads")));

@@ -13,6 +13,10 @@ Status DynamicBatcherOptions::Validate() const {
                                    std::to_string(max_queue_delay_us));
   }
   if (max_queue < 1) return Status::InvalidArgument("max_queue must be >= 1");
+  if (max_queue_wait_us < 0) {
+    return Status::InvalidArgument("max_queue_wait_us must be >= 0, got " +
+                                   std::to_string(max_queue_wait_us));
+  }
   if (workers < 0) {
     return Status::InvalidArgument("workers must be >= 0, got " + std::to_string(workers));
   }
@@ -23,6 +27,7 @@ const char* SubmitResultName(SubmitResult result) {
   switch (result) {
     case SubmitResult::kAccepted: return "accepted";
     case SubmitResult::kOverloaded: return "overloaded";
+    case SubmitResult::kWaitTooLong: return "wait_too_long";
     case SubmitResult::kShutDown: return "shut_down";
   }
   return "unknown";

@@ -2,10 +2,21 @@
 //
 // A batch is released when `max_batch` requests are waiting or when the oldest waiting request
 // has waited `max_queue_delay_us` (0 = release at once; with max_batch = 1 this is "batching
-// disabled"). The queue holds at most `max_queue` requests: Submit beyond that returns
+// disabled"), or, with `max_queue_wait_us`, as soon as the queue holds more work than that
+// bound admits. The queue holds at most `max_queue` requests: Submit beyond that returns
 // kOverloaded and leaves the item with the caller, who must answer it (nothing is dropped
-// silently). A request whose deadline has passed when its batch is formed is handed to the
-// reject callback as kExpired and never computed.
+// silently). With `max_queue_wait_us` set, Submit also refuses (kWaitTooLong) a request whose
+// estimated queueing time exceeds that bound. The estimate is the compute time of the work
+// ahead of it (what is left of the batches being computed, then the waiting items in batches
+// of max_batch) divided by the workers, from a cost model T(n) = fixed + per_item x n of a batch of
+// n fitted by exponentially weighted least squares over the finished batches (the fixed part is
+// what makes batching pay, so a per-item average taken at small batches would overestimate the wait
+// of a long queue and keep batches small). An item that finds nothing ahead of it is always
+// admitted. This is admission by queueing time rather than by queue length: under overload a length
+// bound alone admits requests that wait for many full batches, so the admitted requests' latency
+// grows with the queue, not with the work each needs (the `cleave bench serve` overload phase
+// measures exactly that). A request whose deadline has passed when its batch is formed is handed to
+// the reject callback as kExpired and never computed.
 //
 // Every accepted item gets exactly one outcome: the compute callback (as part of a batch) or
 // the reject callback (kExpired, or kShutDown when Shutdown(kFail) empties the queue).
@@ -37,12 +48,15 @@ struct DynamicBatcherOptions {
   int max_batch = 64;                 // most items per batch (>= 1)
   int64_t max_queue_delay_us = 2000;  // longest the oldest item waits for a fuller batch (>= 0)
   size_t max_queue = 1024;            // most items waiting (>= 1); Submit beyond is kOverloaded
+  // Most estimated microseconds an item may wait for the items ahead of it (0 = no bound; >= 0).
+  // Applies once a batch has been timed; before that only max_queue bounds admission.
+  int64_t max_queue_wait_us = 0;
   int workers = 1;  // worker threads started by Start (0 = the owner calls RunOnce itself)
   // InvalidArgument naming the first bad field.
   Status Validate() const;
 };
 
-enum class SubmitResult : uint8_t { kAccepted, kOverloaded, kShutDown };
+enum class SubmitResult : uint8_t { kAccepted, kOverloaded, kWaitTooLong, kShutDown };
 enum class Rejection : uint8_t { kExpired, kShutDown };
 const char* SubmitResultName(SubmitResult result);
 const char* RejectionName(Rejection rejection);
@@ -50,6 +64,7 @@ const char* RejectionName(Rejection rejection);
 struct DynamicBatcherStats {
   uint64_t accepted = 0;
   uint64_t overloaded = 0;          // Submit refused: queue full
+  uint64_t wait_too_long = 0;       // Submit refused: estimated wait over max_queue_wait_us
   uint64_t refused_shut_down = 0;   // Submit refused: Shutdown already called
   uint64_t expired = 0;             // rejected as kExpired
   uint64_t failed_at_shutdown = 0;  // rejected as kShutDown
@@ -103,6 +118,11 @@ class DynamicBatcher {
       if (queue_.size() >= options_.max_queue) {
         ++stats_.overloaded;
         return SubmitResult::kOverloaded;
+      }
+      if (options_.max_queue_wait_us > 0 &&
+          EstimatedWaitLocked(clock_.NowMicros()) > options_.max_queue_wait_us) {
+        ++stats_.wait_too_long;
+        return SubmitResult::kWaitTooLong;
       }
       queue_.push_back(Entry{std::move(item), clock_.NowMicros(), deadline_us});
       ++stats_.accepted;
@@ -168,6 +188,21 @@ class DynamicBatcher {
     return stats_;
   }
   const DynamicBatcherOptions& options() const { return options_; }
+  // Estimated microseconds an item submitted now would wait for the items ahead of it (0
+  // before the first batch has been timed).
+  int64_t EstimatedWaitMicros() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return EstimatedWaitLocked(clock_.NowMicros());
+  }
+  // The fitted batch cost model (zeros before the first batch has been timed).
+  struct BatchCost {
+    double fixed_us = 0;
+    double per_item_us = 0;
+  };
+  BatchCost ComputeCost() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return cost_;
+  }
 
  private:
   struct Entry {
@@ -178,12 +213,62 @@ class DynamicBatcher {
   struct Formed {
     std::vector<T> batch;
     std::vector<T> expired;
+    uint64_t id = 0;  // of the batch in running_ (0 = no batch)
+  };
+  struct Running {
+    uint64_t id = 0;
+    int64_t started_us = 0;
+    size_t items = 0;
   };
 
-  // Requires mu_ and a non-empty queue.
+  // Requires mu_. The modelled time left of each running batch (never below 0), plus the
+  // waiting items' batches.
+  int64_t EstimatedWaitLocked(int64_t now) const {
+    double micros = 0;
+    for (const Running& r : running_) {
+      const double whole = cost_.fixed_us + cost_.per_item_us * static_cast<double>(r.items);
+      micros += std::max(0.0, whole - static_cast<double>(now - r.started_us));
+    }
+    const size_t waiting = queue_.size();
+    const size_t max_batch = static_cast<size_t>(options_.max_batch);
+    micros += static_cast<double>((waiting + max_batch - 1) / max_batch) * cost_.fixed_us +
+              static_cast<double>(waiting) * cost_.per_item_us;
+    return static_cast<int64_t>(micros / std::max(1, options_.workers));
+  }
+
+  // Requires mu_. Folds one timed batch into the cost model: least squares of t on n with
+  // weight 0.9^age, so the model follows a changed machine or model within some tens of
+  // batches. While every remembered batch had about the same size the slope is not
+  // identifiable; the model is then all per-item (fixed = 0), which overestimates waits.
+  void LearnCostLocked(size_t n, double micros) {
+    constexpr double kDecay = 0.9;
+    const double x = static_cast<double>(n);
+    fit_.s0 = kDecay * fit_.s0 + 1;
+    fit_.sx = kDecay * fit_.sx + x;
+    fit_.sxx = kDecay * fit_.sxx + x * x;
+    fit_.sy = kDecay * fit_.sy + micros;
+    fit_.sxy = kDecay * fit_.sxy + x * micros;
+    const double det = fit_.s0 * fit_.sxx - fit_.sx * fit_.sx;
+    const double mean_x = fit_.sx / fit_.s0;
+    if (det > 1e-6 * fit_.s0 * fit_.s0 * std::max(1.0, mean_x * mean_x)) {
+      const double slope = (fit_.s0 * fit_.sxy - fit_.sx * fit_.sy) / det;
+      const double fixed = (fit_.sy - slope * fit_.sx) / fit_.s0;
+      if (slope > 0 && fixed >= 0) {
+        cost_ = BatchCost{fixed, slope};
+        return;
+      }
+    }
+    cost_ = BatchCost{0, fit_.sy / fit_.sx};
+  }
+
+  // Requires mu_ and a non-empty queue. With a queue-wait bound, a queue that already holds
+  // as much work as the bound admits is as full as it will get: waiting out the delay for a
+  // fuller batch would only leave the worker idle.
   bool DueLocked(int64_t now) const {
     return stopping_ || queue_.size() >= static_cast<size_t>(options_.max_batch) ||
-           now - queue_.front().enqueued_us >= options_.max_queue_delay_us;
+           now - queue_.front().enqueued_us >= options_.max_queue_delay_us ||
+           (options_.max_queue_wait_us > 0 &&
+            EstimatedWaitLocked(now) > options_.max_queue_wait_us);
   }
 
   // Requires mu_. Takes up to max_batch live items from the front; expired ones met on the
@@ -201,13 +286,25 @@ class DynamicBatcher {
     }
     stats_.expired += formed.expired.size();
     stats_.computed += formed.batch.size();
-    if (!formed.batch.empty()) ++stats_.batches;
+    if (!formed.batch.empty()) {
+      ++stats_.batches;
+      formed.id = ++last_batch_id_;
+      running_.push_back(Running{formed.id, now, formed.batch.size()});
+    }
     return formed;
   }
 
   void Handle(int worker, Formed& formed) {
     for (T& item : formed.expired) Call([&] { reject_(Rejection::kExpired, item); });
-    if (!formed.batch.empty()) Call([&] { compute_(worker, formed.batch); });
+    if (formed.batch.empty()) return;
+    const size_t n = formed.batch.size();
+    const int64_t start = clock_.NowMicros();
+    Call([&] { compute_(worker, formed.batch); });
+    const double micros = static_cast<double>(clock_.NowMicros() - start);
+    std::lock_guard<std::mutex> lock(mu_);
+    running_.erase(std::find_if(running_.begin(), running_.end(),
+                                [&](const Running& r) { return r.id == formed.id; }));
+    LearnCostLocked(n, micros);
   }
 
   template <typename F>
@@ -251,8 +348,14 @@ class DynamicBatcher {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<Entry> queue_;    // guarded by mu_
-  bool stopping_ = false;      // guarded by mu_
+  std::deque<Entry> queue_;       // guarded by mu_
+  bool stopping_ = false;         // guarded by mu_
+  std::vector<Running> running_;  // batches being computed; guarded by mu_
+  uint64_t last_batch_id_ = 0;    // guarded by mu_
+  struct Fit {                    // decayed sums of the least-squares fit; guarded by mu_
+    double s0 = 0, sx = 0, sxx = 0, sy = 0, sxy = 0;
+  } fit_;
+  BatchCost cost_;             // guarded by mu_
   DynamicBatcherStats stats_;  // guarded by mu_
 
   std::mutex shutdown_mu_;  // serializes Start/Shutdown (joining)

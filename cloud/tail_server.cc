@@ -162,6 +162,7 @@ Result<std::unique_ptr<TailServer>> TailServer::Create(
   batching.max_batch = options.max_batch;
   batching.max_queue_delay_us = options.max_queue_delay_us;
   batching.max_queue = options.max_queue;
+  batching.max_queue_wait_us = options.max_queue_wait_us;
   batching.workers = options.workers;
   CLEAVE_RETURN_IF_ERROR(batching.Validate());
   if (options.workers < 1) return Status::InvalidArgument("workers must be >= 1");
@@ -421,6 +422,13 @@ void TailServer::Admit(Envelope env) {
           env.peer, request_id, wire::ReplyStatus::kOverloaded,
           "the queue is full (" + std::to_string(options_.max_queue) + " requests); retry later",
           Outcome::kOverloaded);
+      break;
+    case SubmitResult::kWaitTooLong:
+      ReplyNow(env.peer, request_id, wire::ReplyStatus::kOverloaded,
+               "the estimated queueing time (" + std::to_string(batcher_->EstimatedWaitMicros()) +
+                   " us) exceeds cloud.max_queue_wait_us (" +
+                   std::to_string(options_.max_queue_wait_us) + " us); retry later",
+               Outcome::kOverloaded);
       break;
     default:
       ReplyNow(env.peer, request_id, wire::ReplyStatus::kOverloaded, "the service is shutting down",

@@ -53,8 +53,11 @@ struct TailServerOptions {
   int max_batch = 64;                 // most requests computed together (>= 1)
   int64_t max_queue_delay_us = 2000;  // longest the oldest request waits for a fuller batch
   size_t max_queue = 1024;            // most accepted requests waiting; beyond: `overloaded`
-  int workers = 1;                    // compute threads (>= 1)
-  int intra_op_threads = 0;           // torch::set_num_threads on each worker; 0 = leave as is
+  // Most estimated queueing microseconds for a new request; beyond: `overloaded` (0 = no bound;
+  // see DynamicBatcherOptions::max_queue_wait_us).
+  int64_t max_queue_wait_us = 0;
+  int workers = 1;           // compute threads (>= 1)
+  int intra_op_threads = 0;  // torch::set_num_threads on each worker; 0 = leave as is
   SocketOptions socket;
   // Time for queueing and deadlines; null = SystemClock(). Must outlive the server.
   const Clock* clock = nullptr;

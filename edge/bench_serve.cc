@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <thread>
 #include <unordered_map>
 
@@ -79,8 +80,12 @@ class LoadGenerator {
   }
 
   // `clients` sockets each keep one request in flight for warm-up + `seconds`; replies in the
-  // measured window count.
-  Result<Outcomes> ClosedLoop(int clients, double warmup_s, double seconds, int deadline_ms) {
+  // measured window count. A client answered `overloaded` does what the reply asks ("retry
+  // later"): it backs off exponentially (first_backoff_ms, doubling up to 32x) before its next
+  // request, and resets after a served one. Without that, every refused client would resend
+  // at once and the refusals alone would occupy both cores of the benchmark machine.
+  Result<Outcomes> ClosedLoop(int clients, double warmup_s, double seconds, int deadline_ms,
+                              double first_backoff_ms) {
     clients = std::min<int>(clients, static_cast<int>(sockets_.size()));
     Outcomes out;
     in_flight_.clear();
@@ -91,19 +96,42 @@ class LoadGenerator {
                                          std::chrono::duration<double>(seconds));
     Outcomes ignored;
     for (int c = 0; c < clients; ++c) CLEAVE_RETURN_IF_ERROR(SendOn(c, deadline_ms, ignored));
+    std::vector<int> refusals(static_cast<size_t>(clients), 0);  // in a row, per client
+    std::multimap<Clock::time_point, size_t> backing_off;        // resend time -> client
     while (true) {
-      const auto now = Clock::now();
+      auto now = Clock::now();
       if (now >= stop) break;
+      while (!backing_off.empty() && backing_off.begin()->first <= now) {
+        (void)SendOn(backing_off.begin()->second, deadline_ms, ignored);
+        backing_off.erase(backing_off.begin());
+      }
+      int timeout_ms = 5;
+      if (!backing_off.empty()) {
+        const auto until =
+            std::chrono::ceil<std::chrono::milliseconds>(backing_off.begin()->first - now);
+        timeout_ms = static_cast<int>(std::clamp<int64_t>(until.count(), 0, 5));
+      }
       Outcomes& sink = now >= measure_from ? out : ignored;
-      CLEAVE_RETURN_IF_ERROR(Poll(clients, 5, sink, [&](size_t socket) {
-        if (Clock::now() < stop) (void)SendOn(socket, deadline_ms, ignored);
-      }));
+      CLEAVE_RETURN_IF_ERROR(
+          Poll(clients, timeout_ms, sink, [&](size_t socket, wire::ReplyStatus status) {
+            now = Clock::now();
+            if (now >= stop) return;
+            if (status == wire::ReplyStatus::kOverloaded && first_backoff_ms > 0) {
+              const int k = std::min(refusals[socket]++, 5);
+              const auto pause = std::chrono::duration_cast<Clock::duration>(
+                  std::chrono::duration<double, std::milli>(first_backoff_ms * (1 << k)));
+              backing_off.emplace(now + pause, socket);
+              return;
+            }
+            refusals[socket] = 0;
+            (void)SendOn(socket, deadline_ms, ignored);
+          }));
     }
     out.seconds = seconds;
     // Let what is still in flight come back, so the next phase starts clean.
     const auto drain_until = Clock::now() + std::chrono::milliseconds(deadline_ms + 500);
     while (!in_flight_.empty() && Clock::now() < drain_until) {
-      CLEAVE_RETURN_IF_ERROR(Poll(clients, 10, ignored, [](size_t) {}));
+      CLEAVE_RETURN_IF_ERROR(Poll(clients, 10, ignored, [](size_t, wire::ReplyStatus) {}));
     }
     return out;
   }
@@ -130,7 +158,7 @@ class LoadGenerator {
         next_socket = (next_socket + 1) % static_cast<size_t>(n);
         ++offered;
       }
-      CLEAVE_RETURN_IF_ERROR(Poll(n, 1, out, [](size_t) {}));
+      CLEAVE_RETURN_IF_ERROR(Poll(n, 1, out, [](size_t, wire::ReplyStatus) {}));
       if (now - last_tick >= std::chrono::milliseconds(10)) {
         each_tick();
         last_tick = now;
@@ -139,7 +167,7 @@ class LoadGenerator {
     out.seconds = SecondsBetween(start, Clock::now());
     const auto drain_until = Clock::now() + std::chrono::milliseconds(deadline_ms + 2000);
     while (!in_flight_.empty() && Clock::now() < drain_until) {
-      CLEAVE_RETURN_IF_ERROR(Poll(n, 10, out, [](size_t) {}));
+      CLEAVE_RETURN_IF_ERROR(Poll(n, 10, out, [](size_t, wire::ReplyStatus) {}));
       each_tick();
     }
     return out;
@@ -166,7 +194,7 @@ class LoadGenerator {
   }
 
   // Waits up to timeout_ms for replies on the first `count` sockets and records each;
-  // `on_reply(socket)` runs once per reply (closed loop: send the next request there).
+  // `on_reply(socket, status)` runs once per reply (closed loop: send the next request there).
   template <typename OnReply>
   Status Poll(int count, int timeout_ms, Outcomes& out, OnReply&& on_reply) {
     int ready = 0;
@@ -208,7 +236,7 @@ class LoadGenerator {
           case wire::ReplyStatus::kDeadlineExceeded: ++out.deadline; break;
           default: ++out.error; break;
         }
-        on_reply(static_cast<size_t>(s));
+        on_reply(static_cast<size_t>(s), reply->status);
       }
     }
     return Status::Ok();
@@ -322,7 +350,8 @@ Result<Daemon> StartCloud(const BenchServeOptions& options, const std::filesyste
                     "--cloud.threads", std::to_string(options.threads), "--cloud.workers", "1",
                     "--cloud.max_batch", std::to_string(max_batch), "--cloud.max_queue_delay_us",
                     std::to_string(delay_us), "--cloud.max_queue",
-                    std::to_string(options.max_queue), "--log.level", "warn"},
+                    std::to_string(options.max_queue), "--cloud.max_queue_wait_us",
+                    std::to_string(options.max_queue_wait_us), "--log.level", "warn"},
                    "cloud.ready_file", work, name));
   Daemon d;
   d.pid = launched.process->pid();
@@ -340,7 +369,8 @@ Result<json> Sweep(TransportContext& context, const std::string& endpoint,
   *best_rps = 0;
   for (int clients : options.clients) {
     CLEAVE_ASSIGN_OR_RETURN(Outcomes o,
-                            gen->ClosedLoop(clients, 0.5, options.seconds, options.deadline_ms));
+                            gen->ClosedLoop(clients, 0.5, options.seconds, options.deadline_ms,
+                                            options.overloaded_backoff_ms));
     json point = OutcomesJson(o);
     point["clients"] = clients;
     std::fprintf(stderr,
@@ -385,6 +415,8 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
   report["max_batch"] = options.max_batch;
   report["max_queue_delay_us"] = options.max_queue_delay_us;
   report["max_queue"] = options.max_queue;
+  report["max_queue_wait_us"] = options.max_queue_wait_us;
+  report["overloaded_backoff_ms"] = options.overloaded_backoff_ms;
   report["request_bytes"] = WireBytes(wire::EncodeInferRequest(pool[0]).size());
 
   // (b) The ceiling: the tail alone, batched, in this process.
@@ -424,7 +456,8 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
     CLEAVE_ASSIGN_OR_RETURN(auto gen,
                             LoadGenerator::Connect(context, cloud.launched.endpoint, 1, pool));
     CLEAVE_ASSIGN_OR_RETURN(Outcomes o,
-                            gen->ClosedLoop(1, 0.5, options.seconds, options.deadline_ms));
+                            gen->ClosedLoop(1, 0.5, options.seconds, options.deadline_ms,
+                                            options.overloaded_backoff_ms));
     report["unloaded"] = OutcomesJson(o);
     report["unloaded_p99_ms"] = Percentile(o.ok_latency_ms, 99);
   }
@@ -571,6 +604,13 @@ void RegisterBenchServeCommand(CLI::App& bench) {
                   "the daemon's cloud.max_queue_delay_us");
   cmd->add_option("--max-queue", options->max_queue, "the daemon's cloud.max_queue")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-queue-wait-us", options->max_queue_wait_us,
+                  "the daemon's cloud.max_queue_wait_us (0 = admission by queue length only)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--overloaded-backoff-ms", options->overloaded_backoff_ms,
+                  "closed-loop clients answered `overloaded` wait this long before their next "
+                  "request, doubling on each refusal in a row up to 32x (0 = resend at once)")
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--deadline-ms", options->deadline_ms, "per-request deadline")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--pool", options->pool, "distinct test images whose features are sent")

@@ -39,6 +39,12 @@ struct BenchServeOptions {
   int max_batch = 64;
   int64_t max_queue_delay_us = 2000;
   int max_queue = 256;
+  // The daemon's cloud.max_queue_wait_us (0 = off): admission by estimated queueing time, what
+  // keeps the admitted requests' latency bounded in the overload phase.
+  int64_t max_queue_wait_us = 3000;
+  // A closed-loop client answered `overloaded` backs off this long, doubling per refusal in a
+  // row (up to 32x), as a client honouring "retry later" does.
+  double overloaded_backoff_ms = 1.0;
   int deadline_ms = 2000;  // per request
   int pool = 512;          // distinct test images whose features are sent
 };

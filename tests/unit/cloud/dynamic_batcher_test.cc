@@ -58,6 +58,20 @@ std::unique_ptr<DynamicBatcher<int>> MakeBatcher(const DynamicBatcherOptions& op
       [&rec](Rejection why, int& id) { rec.Reject(why, id); });
 }
 
+// A batcher whose compute callback takes `micros_per_item` per item on the fake clock.
+std::unique_ptr<DynamicBatcher<int>> MakeTimedBatcher(const DynamicBatcherOptions& options,
+                                                      FakeClock& clock, Recorder& rec,
+                                                      int64_t micros_per_item) {
+  EXPECT_TRUE(options.Validate().ok());
+  return std::make_unique<DynamicBatcher<int>>(
+      options, clock,
+      [&clock, &rec, micros_per_item](int, std::vector<int>& batch) {
+        clock.Advance(micros_per_item * static_cast<int64_t>(batch.size()));
+        rec.Compute(batch);
+      },
+      [&rec](Rejection why, int& id) { rec.Reject(why, id); });
+}
+
 TEST(DynamicBatcherTest, ValidateRejectsBadOptions) {
   EXPECT_FALSE(Options(0, 0, 1, 1).Validate().ok());
   EXPECT_FALSE(Options(1, -1, 1, 1).Validate().ok());
@@ -125,6 +139,102 @@ TEST(DynamicBatcherTest, FullQueueRefusesWithOverloadedAndKeepsTheItem) {
   ASSERT_EQ(vb.Submit(std::vector<int>{1}, 0), SubmitResult::kAccepted);
   EXPECT_EQ(vb.Submit(std::move(item), 0), SubmitResult::kOverloaded);
   EXPECT_EQ(item, std::vector<int>{42});
+}
+
+TEST(DynamicBatcherTest, ValidateRejectsANegativeQueueWaitBound) {
+  DynamicBatcherOptions o = Options(4, 0, 8, 0);
+  o.max_queue_wait_us = -1;
+  EXPECT_FALSE(o.Validate().ok());
+  o.max_queue_wait_us = 0;
+  EXPECT_TRUE(o.Validate().ok());
+}
+
+// Admission by estimated queueing time: the compute callback advances the fake clock by 100 us
+// per item; every batch has 4 items, so the cost model is all per-item (100 us) and the
+// batcher admits only while (items ahead) x 100 us is within the bound; the refused item stays
+// with the caller and is counted.
+TEST(DynamicBatcherTest, QueueWaitBoundRefusesOnceTheEstimatedWaitIsTooLong) {
+  FakeClock clock(1000);
+  Recorder rec;
+  DynamicBatcherOptions o = Options(4, 0, 64, 0);
+  o.max_queue_wait_us = 450;
+  auto batcher = MakeTimedBatcher(o, clock, rec, /*micros_per_item=*/100);
+  DynamicBatcher<int>& b = *batcher;
+  // Nothing timed yet: only max_queue applies.
+  for (int id = 0; id < 8; ++id) ASSERT_EQ(b.Submit(int{id}, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(b.EstimatedWaitMicros(), 0);
+  while (b.RunOnce() > 0) {
+  }
+  EXPECT_DOUBLE_EQ(b.ComputeCost().per_item_us, 100.0);
+  EXPECT_DOUBLE_EQ(b.ComputeCost().fixed_us, 0.0);
+  // 0..4 items ahead -> 0..400 us: admitted; 5 ahead -> 500 us > 450: refused.
+  for (int id = 10; id < 15; ++id) ASSERT_EQ(b.Submit(int{id}, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(b.EstimatedWaitMicros(), 500);
+  EXPECT_EQ(b.Submit(15, 0), SubmitResult::kWaitTooLong);
+  EXPECT_EQ(b.stats().wait_too_long, 1u);
+  EXPECT_EQ(b.stats().overloaded, 0u);
+  EXPECT_EQ(b.queued(), 5u);
+  std::vector<int> kept = {7};
+  DynamicBatcher<std::vector<int>> vb(
+      o, clock, [&](int, std::vector<std::vector<int>>&) { clock.Advance(1000); },
+      [](Rejection, std::vector<int>&) {});
+  ASSERT_EQ(vb.Submit(std::vector<int>{1}, 0), SubmitResult::kAccepted);
+  ASSERT_EQ(vb.RunOnce(/*force=*/true), 1u);                              // learns 1000 us/item
+  ASSERT_EQ(vb.Submit(std::vector<int>{2}, 0), SubmitResult::kAccepted);  // nothing ahead
+  EXPECT_EQ(vb.Submit(std::move(kept), 0), SubmitResult::kWaitTooLong);
+  EXPECT_EQ(kept, std::vector<int>{7});
+  // Draining the queue makes room again.
+  while (b.RunOnce(/*force=*/true) > 0) {
+  }
+  EXPECT_EQ(b.Submit(16, 0), SubmitResult::kAccepted);
+  EXPECT_STREQ(SubmitResultName(SubmitResult::kWaitTooLong), "wait_too_long");
+}
+
+// A queue holding as much work as the wait bound admits is released at once: waiting out the
+// delay for a fuller batch would only idle the worker.
+TEST(DynamicBatcherTest, AQueueFullByTheWaitBoundIsReleasedWithoutTheDelay) {
+  FakeClock clock(1000);
+  Recorder rec;
+  DynamicBatcherOptions o = Options(64, 10'000, 64, 0);
+  o.max_queue_wait_us = 250;
+  auto batcher = MakeTimedBatcher(o, clock, rec, /*micros_per_item=*/100);
+  DynamicBatcher<int>& b = *batcher;
+  ASSERT_EQ(b.Submit(0, 0), SubmitResult::kAccepted);
+  ASSERT_EQ(b.RunOnce(/*force=*/true), 1u);  // learns 100 us per item
+  ASSERT_EQ(b.Submit(1, 0), SubmitResult::kAccepted);
+  ASSERT_EQ(b.Submit(2, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(b.RunOnce(), 0u);  // 200 us ahead: within the bound, so the delay applies
+  ASSERT_EQ(b.Submit(3, 0), SubmitResult::kAccepted);  // 300 us ahead now: full
+  EXPECT_EQ(b.Submit(4, 0), SubmitResult::kWaitTooLong);
+  EXPECT_EQ(b.RunOnce(), 3u);  // no time has passed
+  ASSERT_EQ(rec.batches.size(), 2u);
+  EXPECT_EQ(rec.batches[1], (std::vector<int>{1, 2, 3}));
+}
+
+// Batches of 1 and 5 items costing 100 + 50 n us: the least-squares fit recovers the fixed and
+// the per-item cost exactly, and the wait of a queue counts one fixed cost per batch of
+// max_batch (8) items it will take.
+TEST(DynamicBatcherTest, CostModelSeparatesTheFixedAndThePerItemCost) {
+  FakeClock clock(1000);
+  DynamicBatcher<int> b(
+      Options(8, 0, 64, 0), clock,
+      [&](int, std::vector<int>& batch) {
+        clock.Advance(100 + 50 * static_cast<int64_t>(batch.size()));
+      },
+      [](Rejection, int&) {});
+  ASSERT_EQ(b.Submit(1, 0), SubmitResult::kAccepted);
+  ASSERT_EQ(b.RunOnce(), 1u);
+  // One batch size seen so far: all per-item.
+  EXPECT_DOUBLE_EQ(b.ComputeCost().fixed_us, 0.0);
+  EXPECT_DOUBLE_EQ(b.ComputeCost().per_item_us, 150.0);
+  for (int id = 0; id < 5; ++id) ASSERT_EQ(b.Submit(int{id}, 0), SubmitResult::kAccepted);
+  ASSERT_EQ(b.RunOnce(/*force=*/true), 5u);
+  EXPECT_NEAR(b.ComputeCost().fixed_us, 100.0, 1e-6);
+  EXPECT_NEAR(b.ComputeCost().per_item_us, 50.0, 1e-6);
+  for (int id = 0; id < 6; ++id) ASSERT_EQ(b.Submit(int{id}, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(b.EstimatedWaitMicros(), 100 + 6 * 50);  // one batch
+  for (int id = 6; id < 9; ++id) ASSERT_EQ(b.Submit(int{id}, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(b.EstimatedWaitMicros(), 2 * 100 + 9 * 50);  // two batches
 }
 
 TEST(DynamicBatcherTest, ExpiredItemsAreRejectedNotComputed) {

@@ -418,7 +418,7 @@ TEST_F(TailServerTest, HotReloadUnderTrafficLosesNoRequest) {
   std::filesystem::remove_all(root);
 }
 
-// Holds the worker inside its first batch until released; later batches pass.
+// Holds the worker inside its first batch until released; later batches pass (until Rearm).
 struct WorkerGate {
   std::mutex mu;
   std::condition_variable cv;
@@ -441,12 +441,18 @@ struct WorkerGate {
     released = true;
     cv.notify_all();
   }
+  // Holds the next batch again. Call only while no batch is held.
+  void Rearm() {
+    std::lock_guard<std::mutex> lock(mu);
+    entered = false;
+    released = false;
+  }
 };
 
 // A server with its own options (one worker, no batching delay) and a held worker.
 class HeldServerTest : public ::testing::Test {
  protected:
-  void Start(size_t max_queue, const Clock* clock) {
+  void Start(size_t max_queue, const Clock* clock, int64_t max_queue_wait_us = 0) {
     dir_ = testing::TempPath("tail_server_held");
     ASSERT_TRUE(testing::WriteTinyBundle(dir_).ok());
     auto bundle = Bundle::Open(dir_);
@@ -458,6 +464,7 @@ class HeldServerTest : public ::testing::Test {
     options.max_batch = 1;
     options.max_queue_delay_us = 0;
     options.max_queue = max_queue;
+    options.max_queue_wait_us = max_queue_wait_us;
     options.workers = 1;
     options.metrics = metrics_;
     options.clock = clock;
@@ -540,6 +547,39 @@ TEST_F(HeldServerTest, FullQueueAnswersOverloadedAndEveryRequestIsAnswered) {
   EXPECT_EQ(m.requests[static_cast<size_t>(Outcome::kOk)]->Value(), 3);
   EXPECT_EQ(server_->stats().replied_overloaded, 7u);
   EXPECT_EQ(m.pending_requests->Value(), 0);
+}
+
+// cloud.max_queue_wait_us: the first batch takes 1 ms on the fake clock, so the server learns
+// 1 ms per request; with one request computing and one queued, a third would wait ~2 ms > 1.5
+// ms and is answered `overloaded` at once although the queue has room.
+TEST_F(HeldServerTest, EstimatedQueueWaitOverTheBoundAnswersOverloaded) {
+  Start(/*max_queue=*/16, &clock_, /*max_queue_wait_us=*/1500);
+  ASSERT_TRUE(client_->Send(Request(1), 1000).ok());
+  gate_.WaitEntered();
+  clock_.Advance(1000);
+  gate_.Release();
+  EXPECT_EQ(Receive().status, wire::ReplyStatus::kOk);
+  gate_.Rearm();
+  ASSERT_TRUE(client_->Send(Request(2), 1000).ok());
+  gate_.WaitEntered();                                // 2 computing: 1 ms ahead of 3
+  ASSERT_TRUE(client_->Send(Request(3), 1000).ok());  // admitted, queued: 2 ms ahead of 4
+  ASSERT_TRUE(client_->Send(Request(4), 1000).ok());
+  wire::InferReply refused = Receive();  // the worker is still held
+  EXPECT_EQ(refused.request_id, 4u);
+  EXPECT_EQ(refused.status, wire::ReplyStatus::kOverloaded);
+  EXPECT_NE(refused.error.find("cloud.max_queue_wait_us"), std::string::npos) << refused.error;
+  gate_.Release();
+  std::set<uint64_t> served;
+  for (int i = 0; i < 2; ++i) {
+    wire::InferReply reply = Receive();
+    EXPECT_EQ(reply.status, wire::ReplyStatus::kOk) << reply.error;
+    served.insert(reply.request_id);
+  }
+  EXPECT_EQ(served, (std::set<uint64_t>{2, 3}));
+  stop_ = true;
+  thread_.join();
+  EXPECT_EQ(server_->stats().replied_overloaded, 1u);
+  EXPECT_EQ(server_->stats().replied_ok, 3u);
 }
 
 TEST_F(HeldServerTest, RequestsPastTheirDeadlineAreNotComputed) {
