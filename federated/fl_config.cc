@@ -19,7 +19,7 @@ void AddRoundConfigKeys(ConfigSchema& s) {
       .Add("fit.max_steps", ConfigType::kInt, "0", "local step budget (0 = none)")
       .Add("strategy.name", ConfigType::kString, "fedavg",
            "fedavg | fedprox | fedadam | fedyogi | fedadagrad | fedmedian | fedtrimmedavg | "
-           "krum | multikrum | dpfedavg")
+           "krum | multikrum | bulyan | dpfedavg")
       .Add("strategy.mu", ConfigType::kDouble, "0.01", "fedprox proximal weight")
       .Add("strategy.server_lr", ConfigType::kDouble, "0.01", "fedopt server learning rate")
       .Add("strategy.beta1", ConfigType::kDouble, "0.9", "fedopt first-moment decay")
@@ -27,7 +27,8 @@ void AddRoundConfigKeys(ConfigSchema& s) {
       .Add("strategy.tau", ConfigType::kDouble, "0.001", "fedopt adaptivity")
       .Add("strategy.trim_fraction", ConfigType::kDouble, "0.1",
            "fedtrimmedavg: share cut from each end")
-      .Add("strategy.byzantine", ConfigType::kInt, "0", "krum: assumed Byzantine clients f")
+      .Add("strategy.byzantine", ConfigType::kInt, "0",
+           "krum, multikrum, bulyan: assumed Byzantine clients f")
       .Add("strategy.multikrum_keep", ConfigType::kInt, "0", "multikrum: m (0 = n - f)")
       .Add("strategy.dp_clip_norm", ConfigType::kDouble, "1.0",
            "dpfedavg: L2 bound C of each client's update delta (the initial C when adaptive)")
@@ -45,7 +46,26 @@ void AddRoundConfigKeys(ConfigSchema& s) {
       .Add("strategy.dp_delta", ConfigType::kDouble, "1e-5",
            "dpfedavg: delta of the (epsilon, delta) reported after every round")
       .Add("strategy.dp_seed", ConfigType::kInt, "0",
-           "dpfedavg: noise seed for reproducible simulations; 0 = from the OS (deployments)");
+           "dpfedavg: noise seed for reproducible simulations; 0 = from the OS (deployments)")
+      .Add("strategy.norm_bound", ConfigType::kDouble, "0",
+           "any strategy: clip each client's update delta to this L2 norm before aggregation "
+           "(Sun et al. 2019; 0 = off)")
+      .Add("secure_aggregation.enabled", ConfigType::kBool, "false",
+           "secure aggregation (SecAgg, Bonawitz et al. 2017): the server learns only the sum "
+           "of the clients' updates; fedavg, fedprox and the fedopt strategies only")
+      .Add("secure_aggregation.clip", ConfigType::kDouble, "64",
+           "bound of each coordinate of a client's contribution (num_examples / example_scale "
+           "x its update delta) before fixed-point encoding")
+      .Add("secure_aggregation.example_scale", ConfigType::kDouble, "1000",
+           "a client's weight in the sum is num_examples / example_scale")
+      .Add("secure_aggregation.threshold", ConfigType::kInt, "0",
+           "Shamir threshold t: masks of dropped clients are recovered while t share holders "
+           "remain (0 = the smallest strict majority of each client's holders)")
+      .Add("secure_aggregation.graph", ConfigType::kString, "complete",
+           "complete (SecAgg: every client masks with every other) | harary (SecAgg+, Bell et "
+           "al. 2020: a random k-regular neighbour graph)")
+      .Add("secure_aggregation.degree", ConfigType::kInt, "0",
+           "harary: neighbours per client (0 = 2 ceil(log2 n), at least 4)");
 }
 
 Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfig& strategy) {
@@ -80,6 +100,31 @@ Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfi
   s.dp.clip_count_stddev = c.GetDouble("strategy.dp_clip_count_stddev");
   s.dp.delta = c.GetDouble("strategy.dp_delta");
   s.dp.seed = c.GetInt("strategy.dp_seed");
+  s.norm_bound = c.GetDouble("strategy.norm_bound");
+  SecureAggregationOptions& sa = engine.secure;
+  sa.enabled = c.GetBool("secure_aggregation.enabled");
+  sa.clip = c.GetDouble("secure_aggregation.clip");
+  sa.example_scale = c.GetDouble("secure_aggregation.example_scale");
+  const int64_t threshold = c.GetInt("secure_aggregation.threshold");
+  const int64_t degree = c.GetInt("secure_aggregation.degree");
+  if (threshold < 0 || threshold > secagg::kMaxClients || degree < 0 ||
+      degree > secagg::kMaxClients) {
+    return Status::InvalidArgument(
+        "secure_aggregation.threshold and secure_aggregation.degree must be in 0.." +
+        std::to_string(secagg::kMaxClients));
+  }
+  sa.threshold = static_cast<uint32_t>(threshold);
+  sa.graph = c.GetString("secure_aggregation.graph");
+  sa.degree = static_cast<uint32_t>(degree);
+  if (sa.enabled) {
+    CLEAVE_RETURN_IF_ERROR(sa.Validate());
+    CLEAVE_RETURN_IF_ERROR(CheckSecureAggregationStrategy(s.name));
+    if (s.norm_bound > 0) {
+      return Status::InvalidArgument(
+          "strategy.norm_bound clips each client's update on the server, which secure "
+          "aggregation never reveals; turn one of them off");
+    }
+  }
   return Status::Ok();
 }
 

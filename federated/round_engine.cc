@@ -23,15 +23,17 @@ const char* UpdateVerdictName(UpdateVerdict verdict) {
 }
 
 json EngineOptions::ToJson() const {
-  return {{"fraction", fraction},
-          {"min_clients", min_clients},
-          {"overcommit", overcommit},
-          {"quorum", quorum},
-          {"deadline_seconds", deadline_micros / 1e6},
-          {"trainable", TrainableSetName(trainable)},
-          {"split_after", split_after},
-          {"fit", fit.ToJson()},
-          {"seed", seed}};
+  json j = {{"fraction", fraction},
+            {"min_clients", min_clients},
+            {"overcommit", overcommit},
+            {"quorum", quorum},
+            {"deadline_seconds", deadline_micros / 1e6},
+            {"trainable", TrainableSetName(trainable)},
+            {"split_after", split_after},
+            {"fit", fit.ToJson()},
+            {"seed", seed}};
+  if (secure.enabled) j["secure_aggregation"] = secure.ToJson();
+  return j;
 }
 
 Status EngineOptions::Validate() const {
@@ -50,6 +52,7 @@ Status EngineOptions::Validate() const {
                                    ")");
   }
   if (deadline_micros <= 0) return Status::InvalidArgument("round engine: deadline must be > 0");
+  if (secure.enabled) CLEAVE_RETURN_IF_ERROR(secure.Validate());
   return fit.Validate();
 }
 
@@ -121,6 +124,9 @@ Result<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options,
                                                          Clock& clock) {
   CLEAVE_RETURN_IF_ERROR(options.Validate());
   if (!strategy) return Status::InvalidArgument("round engine: no strategy");
+  if (options.secure.enabled) {
+    CLEAVE_RETURN_IF_ERROR(CheckSecureAggregationStrategy(strategy->name()));
+  }
   CLEAVE_RETURN_IF_ERROR(layout.Check(initial).WithContext("round engine: initial weights"));
   std::unique_ptr<RoundEngine> engine(new RoundEngine(
       std::move(options), std::move(strategy), std::move(layout), std::move(initial), clock));
@@ -187,6 +193,14 @@ Result<RoundPlan> RoundEngine::StartRound(const ClientPool& pool) {
 
   OpenRound round;
   round.plan.round = completed_rounds_ + 1;
+  if (options_.secure.enabled) {
+    std::vector<std::string> roster;
+    roster.reserve(chosen.size());
+    for (int i : chosen) roster.push_back(pool[i].id);
+    std::sort(roster.begin(), roster.end());
+    CLEAVE_ASSIGN_OR_RETURN(round.secure, StartSecureRound(round.plan.round, std::move(roster)));
+    round.plan.secure = round.secure->params();
+  }
   round.plan.fit = options_.fit;
   strategy_->ConfigureFit(round.plan.fit);
   round.plan.trainable_set = options_.trainable;
@@ -201,7 +215,7 @@ Result<RoundPlan> RoundEngine::StartRound(const ClientPool& pool) {
   }
   std::sort(round.plan.clients.begin(), round.plan.clients.end());
   strategy_->OnRoundStarted(with_overcommit, n);
-  round.aggregator = strategy_->BeginRound(global_, trainable_);
+  if (!round.secure) round.aggregator = strategy_->BeginRound(global_, trainable_);
   round.record.round = round.plan.round;
   round.record.sampled = with_overcommit;
   RoundPlan plan = round.plan;
@@ -209,38 +223,58 @@ Result<RoundPlan> RoundEngine::StartRound(const ClientPool& pool) {
   return plan;
 }
 
-UpdateVerdict RoundEngine::Submit(int round, ClientUpdate update, std::string* why) {
-  const auto reject = [&](UpdateVerdict verdict, const std::string& message) {
-    if (why) *why = message;
-    if (open_) {
-      if (verdict == UpdateVerdict::kLate) {
-        ++open_->record.late;
-      } else {
-        ++open_->record.rejected;
-        ++open_->record.rejected_by_reason[UpdateVerdictName(verdict)];
-      }
+UpdateVerdict RoundEngine::Reject(UpdateVerdict verdict, const std::string& message,
+                                  std::string* why) {
+  if (why) *why = message;
+  if (open_) {
+    if (verdict == UpdateVerdict::kLate) {
+      ++open_->record.late;
+    } else {
+      ++open_->record.rejected;
+      ++open_->record.rejected_by_reason[UpdateVerdictName(verdict)];
     }
-    return verdict;
-  };
-  if (!open_) return reject(UpdateVerdict::kNoRound, "no round is open");
+  }
+  return verdict;
+}
+
+UpdateVerdict RoundEngine::Admit(int round, const std::string& client_id, std::string* why) {
+  if (!open_) return Reject(UpdateVerdict::kNoRound, "no round is open", why);
   OpenRound& r = *open_;
   if (round != r.plan.round) {
-    return reject(UpdateVerdict::kStaleRound, "update for round " + std::to_string(round) +
-                                                  ", the open round is " +
-                                                  std::to_string(r.plan.round));
+    return Reject(UpdateVerdict::kStaleRound,
+                  "update for round " + std::to_string(round) + ", the open round is " +
+                      std::to_string(r.plan.round),
+                  why);
   }
-  if (!r.sampled.count(update.client_id)) {
-    return reject(UpdateVerdict::kNotSampled,
-                  "client '" + update.client_id + "' was not sampled this round");
+  if (!r.sampled.count(client_id)) {
+    return Reject(UpdateVerdict::kNotSampled,
+                  "client '" + client_id + "' was not sampled this round", why);
   }
-  if (r.answered.count(update.client_id)) {
-    return reject(UpdateVerdict::kDuplicate,
-                  "client '" + update.client_id + "' already answered this round");
+  if (r.answered.count(client_id)) {
+    return Reject(UpdateVerdict::kDuplicate,
+                  "client '" + client_id + "' already answered this round", why);
   }
-  r.answered.insert(update.client_id);
+  r.answered.insert(client_id);
   if (r.record.succeeded >= r.plan.target || clock_.NowMicros() > r.plan.deadline_micros) {
-    return reject(UpdateVerdict::kLate, "round " + std::to_string(round) + " already closed");
+    return Reject(UpdateVerdict::kLate, "round " + std::to_string(round) + " already closed", why);
   }
+  return UpdateVerdict::kAccepted;
+}
+
+UpdateVerdict RoundEngine::Submit(int round, ClientUpdate update, std::string* why) {
+  const auto reject = [&](UpdateVerdict verdict, const std::string& message) {
+    return Reject(verdict, message, why);
+  };
+  if (open_ && open_->secure && round == open_->plan.round) {
+    // Checked before Admit: a plain update never counts as the client's answer.
+    return reject(UpdateVerdict::kMalformed,
+                  "round " + std::to_string(round) +
+                      " uses secure aggregation: the server accepts only masked contributions");
+  }
+  if (UpdateVerdict v = Admit(round, update.client_id, why); v != UpdateVerdict::kAccepted) {
+    return v;
+  }
+  OpenRound& r = *open_;
   if (update.num_examples <= 0) {
     return reject(UpdateVerdict::kMalformed, "example count must be positive");
   }
@@ -267,6 +301,51 @@ UpdateVerdict RoundEngine::Submit(int round, ClientUpdate update, std::string* w
   r.record.examples += update.num_examples;
   r.loss_sum += update.train_loss * static_cast<double>(update.num_examples);
   return UpdateVerdict::kAccepted;
+}
+
+UpdateVerdict RoundEngine::SubmitMasked(int round, const std::string& client_id,
+                                        const secagg::MaskedInput& masked, std::string* why) {
+  if (open_ && round == open_->plan.round && !open_->secure) {
+    return Reject(UpdateVerdict::kMalformed,
+                  "round " + std::to_string(round) + " does not use secure aggregation", why);
+  }
+  if (UpdateVerdict v = Admit(round, client_id, why); v != UpdateVerdict::kAccepted) return v;
+  OpenRound& r = *open_;
+  if (Status s = r.secure->HandleMaskedInput(client_id, masked); !s.ok()) {
+    return Reject(UpdateVerdict::kMalformed, s.message(), why);
+  }
+  ++r.record.succeeded;
+  return UpdateVerdict::kAccepted;
+}
+
+Result<std::unique_ptr<SecureRound>> RoundEngine::StartSecureRound(
+    int round, std::vector<std::string> roster) {
+  // Public randomness of the round, derived from the engine's seed so a simulation is
+  // reproducible and the client sample is the same as without secure aggregation (the
+  // sampler is not drawn from). round_id: the round number and 32 bits of that derivation.
+  uint8_t ikm[12];
+  for (int i = 0; i < 8; ++i) ikm[i] = static_cast<uint8_t>(options_.seed >> (8 * i));
+  for (int i = 0; i < 4; ++i)
+    ikm[8 + i] = static_cast<uint8_t>(static_cast<uint32_t>(round) >> (8 * i));
+  static const char kSalt[] = "cleave secure round";
+  CLEAVE_ASSIGN_OR_RETURN(
+      crypto::Key256 graph_seed,
+      crypto::HkdfKey(crypto::ByteView(reinterpret_cast<const uint8_t*>(kSalt), sizeof(kSalt) - 1),
+                      crypto::ByteView(ikm, sizeof(ikm)),
+                      crypto::ByteView(reinterpret_cast<const uint8_t*>("graph"), 5)));
+  const uint64_t round_id =
+      (static_cast<uint64_t>(graph_seed[0]) << 56) | (static_cast<uint64_t>(graph_seed[1]) << 48) |
+      (static_cast<uint64_t>(graph_seed[2]) << 40) | (static_cast<uint64_t>(graph_seed[3]) << 32) |
+      static_cast<uint32_t>(round);
+  int64_t trainable_elements = 0;
+  for (size_t i = 0; i < global_.size(); ++i) {
+    if (trainable_[i]) trainable_elements += global_[i].numel();
+  }
+  CLEAVE_ASSIGN_OR_RETURN(
+      SecureRoundParams params,
+      MakeSecureRoundParams(options_.secure, static_cast<uint32_t>(roster.size()),
+                            trainable_elements, round_id, graph_seed));
+  return SecureRound::Create(params, std::move(roster));
 }
 
 void RoundEngine::ReportFailure(int round, const std::string& client_id,
@@ -305,7 +384,7 @@ Result<RoundRecord> RoundEngine::FinishRound() {
   open_.reset();
   RoundRecord& record = r.record;
   record.missing = static_cast<int>(r.sampled.size() - r.answered.size());
-  if (record.succeeded > 0) record.train_loss = r.loss_sum / static_cast<double>(record.examples);
+  if (record.examples > 0) record.train_loss = r.loss_sum / static_cast<double>(record.examples);
   if (record.succeeded < options_.quorum) {
     std::ostringstream msg;
     msg << "quorum not met: " << record.succeeded << " of " << options_.quorum
@@ -313,7 +392,7 @@ Result<RoundRecord> RoundEngine::FinishRound() {
         << record.missing << " missing)";
     record.failure = msg.str();
   } else {
-    Result<Weights> aggregate = r.aggregator->Finish();
+    Result<Weights> aggregate = r.secure ? AggregateSecure(r) : r.aggregator->Finish();
     Result<Weights> next = aggregate.ok() ? strategy_->Apply(global_, *aggregate, trainable_)
                                           : Result<Weights>(aggregate.status());
     if (next.ok()) {
@@ -327,6 +406,7 @@ Result<RoundRecord> RoundEngine::FinishRound() {
     }
   }
   r.aggregator.reset();
+  r.secure.reset();
   if (json report = strategy_->RoundReport(); !report.is_null()) record.extra["strategy"] = report;
   if (evaluator_) {
     Result<Evaluation> eval = evaluator_(global_);
@@ -341,6 +421,20 @@ Result<RoundRecord> RoundEngine::FinishRound() {
   ++completed_rounds_;
   history_.push_back(record);
   return record;
+}
+
+Result<Weights> RoundEngine::AggregateSecure(OpenRound& r) {
+  Result<secagg::AggregateResult> finished = r.secure->Finish();
+  if (!finished.ok()) return finished.status().WithContext("secure aggregation");
+  const secagg::AggregateResult& sum = *finished;
+  CLEAVE_ASSIGN_OR_RETURN(SecureAggregate decoded,
+                          DecodeAggregate(r.secure->params(), sum, global_, trainable_));
+  r.record.examples = decoded.examples;
+  r.record.train_loss = decoded.mean_loss;
+  r.record.extra["secure_aggregation"] = {{"contributors", decoded.contributors},
+                                          {"recovered_dropouts", decoded.recovered},
+                                          {"params", r.secure->params().ToJson()}};
+  return std::move(decoded.aggregate);
 }
 
 Result<RoundEngine::Snapshot> RoundEngine::Save() const {

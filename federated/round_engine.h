@@ -15,6 +15,14 @@
 //   accepted; otherwise the round fails and the global model stays as it was. Either way the
 //   round is recorded in the history and the next round can start: a round never hangs.
 //
+// Secure rounds (options.secure.enabled): the plan carries the SecAgg parameters and the
+// roster; the driver relays the protocol's stages through secure_round() (keys, shares,
+// unmasking) and hands masked contributions to SubmitMasked(), which does the bookkeeping
+// Submit() does for plain updates (round, sampled, duplicate, late). Submit() refuses plain
+// updates in a secure round: the engine never holds an individual client's model. FinishRound()
+// unmasks the sum (SecureRound::Finish) and applies the example-weighted mean it encodes; a
+// round whose survivors fall below the Shamir threshold fails cleanly with the reason.
+//
 // Not thread-safe: one thread drives an engine (callers serialize Submit from workers).
 #pragma once
 
@@ -32,6 +40,7 @@
 
 #include "common/clock.h"
 #include "common/status.h"
+#include "federated/secure_round.h"
 #include "federated/strategy.h"
 #include "federated/weights.h"
 
@@ -66,7 +75,9 @@ struct EngineOptions {
   TrainableSet trainable = TrainableSet::kAll;
   int split_after = -1;  // the model's split point (for TrainableSet::kHeadAndExits)
   FitConfig fit;         // before Strategy::ConfigureFit
-  uint64_t seed = 1;     // client sampling
+  uint64_t seed = 1;     // client sampling (and the public randomness of secure rounds)
+  // Secure aggregation (federated/secure_round.h): the server learns only the sum.
+  SecureAggregationOptions secure;
   nlohmann::json ToJson() const;
   Status Validate() const;
 };
@@ -92,6 +103,8 @@ struct RoundPlan {
   std::vector<bool> trainable;
   int64_t deadline_micros = 0;  // absolute, on the engine's clock
   int target = 0;               // accepted updates that complete the round early
+  // Set for a secure round: the clients' roster index is their position in `clients`.
+  std::optional<SecureRoundParams> secure;
 };
 
 // One finished round, as reported in histories and metrics.
@@ -144,6 +157,12 @@ class RoundEngine {
   // never changes): a caller may run it beside other work and mark the update
   // values_checked, so that Submit, which callers serialize, skips the scan.
   Status CheckValues(const Weights& weights) const { return layout_.Check(weights); }
+  // Offers a secure round's masked contribution (see above). kMalformed when the round is not
+  // secure or the message is refused by the protocol (why says which check).
+  UpdateVerdict SubmitMasked(int round, const std::string& client_id,
+                             const secagg::MaskedInput& masked, std::string* why = nullptr);
+  // The open secure round's server side; null when no round is open or it is not secure.
+  SecureRound* secure_round() { return open_ && open_->secure ? open_->secure.get() : nullptr; }
   // A sampled client reports it cannot deliver (error, budget, crash detected by the driver).
   void ReportFailure(int round, const std::string& client_id, const std::string& reason);
 
@@ -185,15 +204,25 @@ class RoundEngine {
  private:
   RoundEngine(EngineOptions options, std::unique_ptr<Strategy> strategy, WeightsLayout layout,
               Weights initial, Clock& clock);
+  // The common checks of Submit and SubmitMasked; marks the client answered when it passes.
+  UpdateVerdict Admit(int round, const std::string& client_id, std::string* why);
+  // The server side of a secure round over `roster` (sorted ids).
+  Result<std::unique_ptr<SecureRound>> StartSecureRound(int round, std::vector<std::string> roster);
+  // Counts a rejection in the open round's record.
+  UpdateVerdict Reject(UpdateVerdict verdict, const std::string& message, std::string* why);
 
   struct OpenRound {
     RoundPlan plan;
     std::set<std::string> sampled, answered;
-    std::unique_ptr<RoundAggregator> aggregator;
+    std::unique_ptr<RoundAggregator> aggregator;  // plain rounds
+    std::unique_ptr<SecureRound> secure;          // secure rounds
     RoundRecord record;
     int64_t started_micros = 0;
     double loss_sum = 0;
   };
+  // FinishRound's aggregation step for plain and for secure rounds.
+  Result<Weights> AggregatePlain(OpenRound& r);
+  Result<Weights> AggregateSecure(OpenRound& r);
 
   EngineOptions options_;
   std::unique_ptr<Strategy> strategy_;

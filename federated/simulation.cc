@@ -7,10 +7,12 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <unordered_map>
 
 #include "common/datasets.h"
 #include "common/file_util.h"
@@ -84,6 +86,8 @@ struct Task {
 struct TaskResult {
   Result<LocalTrainResult> result{Status::Internal("not run")};
   bool values_checked = false;  // RoundEngine::CheckValues passed, on the worker
+  int64_t upload_bytes = -1;    // the compressed update's encoded size; -1 = not compressed
+  std::optional<secagg::MaskedInput> masked;  // secure rounds: what the client sends instead
   bool done = false;
 };
 
@@ -117,6 +121,8 @@ json SimOptions::ToJson() const {
           {"rounds", rounds},
           {"engine", engine.ToJson()},
           {"strategy", strategy.ToJson()},
+          {"compression", compression.ToJson()},
+          {"attack", attack.ToJson()},
           {"workers", workers},
           {"step_seconds", step_seconds},
           {"speed_min", speed_min},
@@ -140,6 +146,15 @@ Status SimOptions::Validate() const {
   if (!(dropout >= 0 && dropout < 1)) return Status::InvalidArgument("sim: dropout in [0, 1)");
   if (eval_every < 0) return Status::InvalidArgument("sim: eval_every must be >= 0");
   CLEAVE_RETURN_IF_ERROR(engine.Validate());
+  CLEAVE_RETURN_IF_ERROR(compression.Validate());
+  CLEAVE_RETURN_IF_ERROR(
+      CheckCompressionCompatible(compression, engine.secure.enabled, strategy.name));
+  CLEAVE_RETURN_IF_ERROR(attack.Validate());
+  if (engine.secure.enabled && strategy.norm_bound > 0) {
+    return Status::InvalidArgument(
+        "sim: strategy.norm_bound clips each client's update on the server, which secure "
+        "aggregation never reveals");
+  }
   return strategy.Validate();
 }
 
@@ -203,7 +218,20 @@ class Simulation {
   // worker is already submitting; it will pick up what this worker finished.
   void SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& tasks);
   void SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r,
-                 bool values_checked);
+                 bool values_checked, int64_t upload_bytes = -1,
+                 std::optional<secagg::MaskedInput> masked = std::nullopt);
+  // Compresses a trained update in place (encode, decode, global + decoded delta) with the
+  // client's error-feedback residual; returns the encoded size. On a worker, in parallel.
+  Result<int64_t> CompressUpdate(const RoundPlan& plan, const Task& t, Weights& weights);
+  // Secure rounds (federated/secure_round.h), the clients' side played in process with the
+  // code an edge runs: every sampled client advertises keys and shares its secrets before
+  // training (so a client that then drops or is late has masks the server must remove);
+  // trained clients mask their update on the worker; after the pool, survivors reveal
+  // shares. Protocol failures are left to the engine, whose FinishRound reports them.
+  void SecureSetUp(const RoundPlan& plan);
+  void SecureUnmask(const RoundPlan& plan);
+  Result<secagg::MaskedInput> MaskUpdate(const RoundPlan& plan, const Task& t,
+                                         const LocalTrainResult& trained);
   double SpeedOf(int client) const;
 
   const SimOptions& options_;
@@ -212,7 +240,8 @@ class Simulation {
   Partition partition_;
   FakeClock clock_;
   std::unique_ptr<RoundEngine> engine_;
-  ClientPool clients_;  // the population's clients with data, built once
+  ClientPool clients_;           // the population's clients with data, built once
+  std::vector<bool> malicious_;  // by client index (options_.attack); read-only after Setup
   int workers_ = 1;
   std::vector<split::SplitVisionNet> nets_;              // one per worker
   std::vector<std::unique_ptr<LocalTrainer>> trainers_;  // one per worker, on nets_
@@ -233,6 +262,21 @@ class Simulation {
   const std::vector<Task>* round_tasks_ = nullptr;
   std::mutex submit_mu_;  // held by the one worker submitting (the engine is not thread-safe)
   int trained_ = 0;       // updates submitted this round (under submit_mu_)
+  int64_t compressed_bytes_up_ = 0;  // encoded sizes of this round's accepted updates (same)
+  // Error-feedback residuals by client index (under mu_ for lookup and insertion; each entry
+  // is used by the one worker training that client this round). Grows with the clients that
+  // have trained: O(participants x trainable model).
+  std::unordered_map<int, ErrorFeedbackState> feedback_;
+  // Secure rounds: each sampled client's session and the shares forwarded to it. Filled
+  // before the pool runs and only read (one worker per client) while it does.
+  struct SecureClient {
+    std::optional<SecureClientSession> session;
+    secagg::ForwardedShares forwarded;
+  };
+  std::map<std::string, SecureClient> secure_clients_;
+  std::atomic<int64_t> secure_client_micros_{0};  // clients' protocol work this round
+  int64_t secure_server_micros_ = 0;              // the engine's side, stages 0, 1 and 3
+  int64_t secure_protocol_bytes_ = 0;             // payload of the key, share and unmask messages
   ProgressBar* bar_ = nullptr;
   // Update tensors handed back after aggregation, for the next clients' results (reused
   // only where the strategy kept no reference; see GetWeightsInto).
@@ -284,6 +328,7 @@ Status Simulation::Setup() {
     population.push_back({ClientId(c, width), partition_.client_size(c)});
   }
   clients_ = ClientPool(population);
+  malicious_ = MaliciousClients(options_.attack, options_.num_clients, options_.seed);
   engine_->set_evaluator([this](const Weights& w) -> Result<Evaluation> {
     const int round = engine_->rounds_completed() + 1;
     const bool last = round >= options_.rounds;
@@ -406,9 +451,15 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
     const Task& t = tasks[i];
     Result<LocalTrainResult> result = Status::Internal("not trained");
     bool values_checked = false;
+    int64_t upload_bytes = -1;
+    std::optional<secagg::MaskedInput> masked;
     if (t.kind == Task::Kind::kTrain) {
-      const split::LabeledImages local = GatherRows(data_.train, partition_.client_rows(t.client),
-                                                    partition_.client_size(t.client));
+      split::LabeledImages local = GatherRows(data_.train, partition_.client_rows(t.client),
+                                              partition_.client_size(t.client));
+      const bool malicious = malicious_[t.client];
+      if (malicious && options_.attack.kind == AttackKind::kLabelFlip) {
+        FlipLabels(local, spec_.num_classes);
+      }
       LocalTrainOptions o;
       o.fit = plan.fit;
       o.trainable = plan.trainable;
@@ -429,6 +480,31 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
       client_micros_ += static_cast<int64_t>(Seconds(call_start) * 1e6);
       if (result.ok()) {
         training_micros_ += static_cast<int64_t>(result->seconds * 1e6);
+        if (malicious && options_.attack.poisons_updates()) {
+          Status poisoned = PoisonUpdate(options_.attack, engine_->global(), plan.trainable,
+                                         StreamSeed(options_.seed, 0xa77a + plan.round, t.client),
+                                         result->weights);
+          if (!poisoned.ok()) result = poisoned.WithContext("attack");
+        }
+      }
+      if (result.ok()) {
+        if (options_.compression.kind != "none") {
+          Result<int64_t> encoded = CompressUpdate(plan, t, result->weights);
+          if (encoded.ok()) {
+            upload_bytes = *encoded;
+          } else {
+            result = encoded.status().WithContext("compression");
+          }
+        }
+      }
+      if (result.ok() && plan.secure) {
+        Result<secagg::MaskedInput> m = MaskUpdate(plan, t, *result);
+        if (m.ok()) {
+          masked = std::move(*m);
+        } else {
+          result = m.status().WithContext("secure aggregation");
+        }
+      } else if (result.ok()) {
         // The engine's value scan, here in parallel rather than in the serialized Submit.
         values_checked = engine_->CheckValues(result->weights).ok();
       }
@@ -437,6 +513,8 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
       std::lock_guard<std::mutex> lock(mu_);
       results_[i].result = std::move(result);
       results_[i].values_checked = values_checked;
+      results_[i].upload_bytes = upload_bytes;
+      results_[i].masked = std::move(masked);
       results_[i].done = true;
     }
     SubmitInOrder(plan, tasks);
@@ -454,15 +532,19 @@ void Simulation::SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& t
       size_t i = 0;
       Result<LocalTrainResult> r = Status::Internal("not run");
       bool values_checked = false;
+      int64_t upload_bytes = -1;
+      std::optional<secagg::MaskedInput> masked;
       {
         std::lock_guard<std::mutex> lock(mu_);
         if (!next_ready()) break;
         i = next_submit_++;
         r = std::move(results_[i].result);
         values_checked = results_[i].values_checked;
+        upload_bytes = results_[i].upload_bytes;
+        masked = std::move(results_[i].masked);
         results_[i] = TaskResult{};
       }
-      SubmitOne(plan, tasks[i], std::move(r), values_checked);
+      SubmitOne(plan, tasks[i], std::move(r), values_checked, upload_bytes, std::move(masked));
       if (bar_) bar_->Update(i + 1, "trained " + std::to_string(trained_));
     }
     submitting.unlock();
@@ -473,7 +555,8 @@ void Simulation::SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& t
 }
 
 void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r,
-                           bool values_checked) {
+                           bool values_checked, int64_t upload_bytes,
+                           std::optional<secagg::MaskedInput> masked) {
   // Stragglers and drop-outs count at the deadline at the latest: the round is closed by
   // then, and its virtual time ends there.
   clock_.Set(t.kind == Task::Kind::kTrain ? t.arrival_micros
@@ -486,6 +569,16 @@ void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTra
     (void)engine_->Submit(plan.round, std::move(late));  // counted late by the engine
   } else if (!r.ok()) {
     engine_->ReportFailure(plan.round, t.id, r.status().ToString());
+  } else if (masked) {
+    // A secure round: only the masked vector reaches the engine; the trained weights stay
+    // with the client (and go back to the spare pool).
+    const int64_t words = static_cast<int64_t>(masked->masked.size());
+    if (engine_->SubmitMasked(plan.round, t.id, *masked) == UpdateVerdict::kAccepted) {
+      compressed_bytes_up_ += words * static_cast<int64_t>(sizeof(uint32_t));
+    }
+    ++trained_;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (spare_.size() < 2 * nets_.size()) spare_.push_back(std::move(r->weights));
   } else {
     ClientUpdate u;
     u.client_id = t.id;
@@ -494,11 +587,123 @@ void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTra
     u.train_loss = r->train_loss;
     u.values_checked = values_checked;
     Weights handed = u.weights;  // shares the tensors: they come back after aggregation
-    (void)engine_->Submit(plan.round, std::move(u));
+    const UpdateVerdict verdict = engine_->Submit(plan.round, std::move(u));
+    if (verdict == UpdateVerdict::kAccepted && upload_bytes >= 0) {
+      compressed_bytes_up_ += upload_bytes;
+    }
     ++trained_;
     std::lock_guard<std::mutex> lock(mu_);
     if (spare_.size() < 2 * nets_.size()) spare_.push_back(std::move(handed));
   }
+}
+
+Result<int64_t> Simulation::CompressUpdate(const RoundPlan& plan, const Task& t, Weights& weights) {
+  ErrorFeedbackState* feedback = nullptr;
+  if (options_.compression.error_feedback) {
+    std::lock_guard<std::mutex> lock(mu_);
+    feedback = &feedback_[t.client];  // unordered_map: the reference survives rehashing
+  }
+  return CompressRoundTrip(options_.compression, engine_->layout(), engine_->global(), weights,
+                           plan.trainable, static_cast<uint64_t>(plan.round),
+                           static_cast<uint64_t>(t.client), feedback);
+}
+
+void Simulation::SecureSetUp(const RoundPlan& plan) {
+  secure_clients_.clear();
+  secure_protocol_bytes_ = 0;
+  SecureRound& server = *engine_->secure_round();
+  int64_t client_micros = 0;
+  const auto timed = [](int64_t& micros, auto&& fn) {
+    const auto start = std::chrono::steady_clock::now();
+    fn();
+    micros += static_cast<int64_t>(Seconds(start) * 1e6);
+  };
+  // Stage 0: every sampled client (roster order = plan.clients) advertises its keys.
+  for (size_t u = 0; u < plan.clients.size(); ++u) {
+    SecureClient& c = secure_clients_[plan.clients[u]];
+    Result<secagg::AdvertiseKeys> keys = Status::Internal("not run");
+    timed(client_micros, [&] {
+      Result<SecureClientSession> session =
+          SecureClientSession::Create(*plan.secure, static_cast<secagg::ClientIndex>(u));
+      if (!session.ok()) {
+        keys = session.status();
+        return;
+      }
+      c.session.emplace(std::move(*session));
+      keys = c.session->Advertise();
+    });
+    if (!keys.ok()) continue;
+    secure_protocol_bytes_ += 2 * 32 + 12;
+    timed(secure_server_micros_, [&] { (void)server.HandleAdvertiseKeys(plan.clients[u], *keys); });
+  }
+  Result<std::map<std::string, secagg::KeyDirectory>> directories = Status::Internal("not run");
+  timed(secure_server_micros_, [&] { directories = server.CloseAdvertiseKeys(); });
+  if (!directories.ok()) return;  // the round has failed; FinishRound says why
+  // Stage 1: each client Shamir-shares its secrets with its neighbours through the server.
+  for (auto& [id, directory] : *directories) {
+    SecureClient& c = secure_clients_[id];
+    if (!c.session) continue;
+    Result<secagg::ShareKeys> shares = Status::Internal("not run");
+    timed(client_micros, [&] { shares = c.session->ShareSecrets(directory); });
+    if (!shares.ok()) continue;
+    secure_protocol_bytes_ +=
+        static_cast<int64_t>(shares->shares.size() * (secagg::SealedShareBytes() + 8));
+    timed(secure_server_micros_, [&] { (void)server.HandleShareKeys(id, *shares); });
+  }
+  Result<std::map<std::string, secagg::ForwardedShares>> forwarded = Status::Internal("not run");
+  timed(secure_server_micros_, [&] { forwarded = server.CloseShareKeys(); });
+  if (!forwarded.ok()) return;
+  for (auto& [id, f] : *forwarded) secure_clients_[id].forwarded = std::move(f);
+  secure_client_micros_ += client_micros;
+}
+
+Result<secagg::MaskedInput> Simulation::MaskUpdate(const RoundPlan& plan, const Task& t,
+                                                   const LocalTrainResult& trained) {
+  auto it = secure_clients_.find(t.id);
+  if (it == secure_clients_.end() || !it->second.session) {
+    return Status::FailedPrecondition("client '" + t.id + "' took no part in the key exchange");
+  }
+  const auto start = std::chrono::steady_clock::now();
+  // The stochastic-rounding seed: per (seed, round, client), 256 bits from HKDF.
+  const uint64_t stream = StreamSeed(options_.seed, 0x5ec0 + plan.round, t.client);
+  uint8_t ikm[8];
+  for (int i = 0; i < 8; ++i) ikm[i] = static_cast<uint8_t>(stream >> (8 * i));
+  CLEAVE_ASSIGN_OR_RETURN(
+      crypto::Key256 rounding_seed,
+      crypto::HkdfKey(crypto::ByteView(), crypto::ByteView(ikm, sizeof(ikm)), crypto::ByteView()));
+  Result<secagg::MaskedInput> masked = it->second.session->MaskUpdate(
+      it->second.forwarded, engine_->global(), trained.weights, plan.trainable,
+      trained.num_examples, trained.train_loss, rounding_seed);
+  secure_client_micros_ += static_cast<int64_t>(Seconds(start) * 1e6);
+  return masked;
+}
+
+void Simulation::SecureUnmask(const RoundPlan& plan) {
+  (void)plan;
+  SecureRound* server = engine_->secure_round();
+  if (server == nullptr || server->stage() != secagg::SecAggServer::Stage::kMaskedInput) {
+    secure_clients_.clear();
+    return;  // failed earlier; FinishRound reports why
+  }
+  auto start = std::chrono::steady_clock::now();
+  Result<SecureRound::UnmaskStage> stage = server->CloseMaskedInput();
+  secure_server_micros_ += static_cast<int64_t>(Seconds(start) * 1e6);
+  if (stage.ok()) {
+    for (const std::string& id : stage->survivors) {
+      SecureClient& c = secure_clients_[id];
+      if (!c.session) continue;
+      start = std::chrono::steady_clock::now();
+      Result<secagg::UnmaskShares> shares = c.session->RevealShares(stage->request);
+      secure_client_micros_ += static_cast<int64_t>(Seconds(start) * 1e6);
+      if (!shares.ok()) continue;  // the client aborted: its shares are missing
+      secure_protocol_bytes_ += static_cast<int64_t>(
+          (shares->self_mask_shares.size() + shares->mask_key_shares.size()) * 16);
+      start = std::chrono::steady_clock::now();
+      (void)server->HandleUnmaskShares(id, *shares);
+      secure_server_micros_ += static_cast<int64_t>(Seconds(start) * 1e6);
+    }
+  }
+  secure_clients_.clear();  // the clients' secrets go with their sessions
 }
 
 Status Simulation::RunRound() {
@@ -519,18 +724,34 @@ Status Simulation::RunRound() {
   bar_ = bar ? &*bar : nullptr;
   next_submit_ = 0;
   trained_ = 0;
+  compressed_bytes_up_ = 0;
+  secure_client_micros_ = 0;
+  secure_server_micros_ = 0;
+  if (plan.secure) SecureSetUp(plan);
   const int active = std::min<int>(workers_, static_cast<int>(tasks.size()));
   RunOnPool(plan, tasks, active);
   bar_ = nullptr;
   if (next_submit_ < tasks.size()) {
+    secure_clients_.clear();
     return Status::FailedPrecondition("sim: cancelled during round " + std::to_string(plan.round));
   }
   // The round ends at its deadline unless it completed earlier.
   if (!engine_->RoundDone()) clock_.Set(plan.deadline_micros);
+  if (plan.secure) SecureUnmask(plan);
   const double train_wall = training_micros_.load() / 1e6 / std::max(1, active);
   eval_seconds_ = 0;
+  const auto finish_start = std::chrono::steady_clock::now();
   CLEAVE_ASSIGN_OR_RETURN(RoundRecord record, engine_->FinishRound());
+  // FinishRound includes the server-side evaluation; without it, it is the aggregation (for a
+  // secure round: reconstructing the secrets, removing the masks, decoding) and the strategy.
+  const double aggregate_seconds = std::max(0.0, Seconds(finish_start) - eval_seconds_);
   RoundRecord* stored = engine_->last_record();
+  stored->extra["aggregate_seconds"] = aggregate_seconds;
+  if (plan.secure) {
+    stored->extra["secure_client_seconds"] = secure_client_micros_.load() / 1e6;
+    stored->extra["secure_server_seconds"] = secure_server_micros_ / 1e6 + aggregate_seconds;
+    stored->extra["secure_protocol_bytes_up"] = secure_protocol_bytes_;
+  }
   stored->extra["virtual_seconds"] = (clock_.NowMicros() - round_start) / 1e6;
   // Round wall time without the server-side evaluation (which is not part of a round).
   stored->extra["wall_seconds"] = Seconds(wall_start) - eval_seconds_;
@@ -538,7 +759,23 @@ Status Simulation::RunRound() {
   stored->extra["training_seconds"] = train_wall;
   stored->extra["local_training_seconds"] = client_micros_.load() / 1e6 / std::max(1, active);
   stored->extra["bytes_down"] = static_cast<int64_t>(plan.clients.size()) * model_bytes_;
-  stored->extra["bytes_up"] = static_cast<int64_t>(record.succeeded) * trainable_bytes_;
+  // Uplink: float32 trainable entries per accepted update, or with compression the encoded
+  // sizes of the accepted updates (EncodeUpdate's bytes, header included).
+  const int64_t dense_bytes_up = static_cast<int64_t>(record.succeeded) * trainable_bytes_;
+  const bool compressed = options_.compression.kind != "none" || plan.secure.has_value();
+  stored->extra["bytes_up"] =
+      compressed ? compressed_bytes_up_ + secure_protocol_bytes_ : dense_bytes_up;
+  json compression = options_.compression.ToJson();
+  compression["dense_bytes_up"] = dense_bytes_up;
+  if (compressed && dense_bytes_up > 0) {
+    compression["ratio"] = static_cast<double>(compressed_bytes_up_) / dense_bytes_up;
+  }
+  stored->extra["compression"] = compression;
+  if (options_.attack.kind != AttackKind::kNone) {
+    int64_t malicious_sampled = 0;
+    for (const std::string& id : plan.clients) malicious_sampled += malicious_[ClientIndex(id)];
+    stored->extra["attack"] = malicious_sampled;  // malicious clients among the sampled
+  }
   stored->extra["peak_rss_bytes"] = PeakRssBytes();
   stored->extra.erase("eval_error");
   if (bar) {

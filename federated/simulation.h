@@ -30,9 +30,11 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "federated/attack.h"
 #include "federated/partition.h"
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
+#include "federated/update_compression.h"
 #include "split/train_data.h"
 #include "split/vision_model.h"
 
@@ -58,6 +60,16 @@ struct SimOptions {
   int rounds = 10;
   EngineOptions engine;
   StrategyConfig strategy;
+  // Uplink compression of every client's delta (federated/update_compression.h). When not
+  // "none" each update is encoded, counted (the round's extra["bytes_up"]), decoded, and
+  // global + decoded delta goes to the engine. Error-feedback residuals are kept per client
+  // that has trained, O(participants x trainable model) memory, and are not checkpointed (a
+  // resumed run starts them at zero).
+  CompressionConfig compression;
+  // Byzantine clients (federated/attack.h): floor(fraction x num_clients) of the population,
+  // chosen from the seed, attack in every round they are sampled (before any compression).
+  // Each round's extra["attack"] counts the malicious clients among the sampled.
+  AttackOptions attack;
   int workers = 0;             // 0 = one per core
   double step_seconds = 0.05;  // virtual time of one local step at speed factor 1
   double speed_min = 1.0, speed_max = 1.0;

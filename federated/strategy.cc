@@ -234,7 +234,8 @@ json StrategyConfig::ToJson() const {
           {"dp_clip_lr", dp.clip_lr},
           {"dp_clip_count_stddev", dp.clip_count_stddev},
           {"dp_delta", dp.delta},
-          {"dp_seed", dp.seed}};
+          {"dp_seed", dp.seed},
+          {"norm_bound", norm_bound}};
 }
 
 Result<StrategyConfig> StrategyConfig::FromJson(const json& j) {
@@ -251,7 +252,8 @@ Result<StrategyConfig> StrategyConfig::FromJson(const json& j) {
        DoubleField("dp_target_quantile", &c.dp.target_quantile),
        DoubleField("dp_clip_lr", &c.dp.clip_lr),
        DoubleField("dp_clip_count_stddev", &c.dp.clip_count_stddev),
-       DoubleField("dp_delta", &c.dp.delta), IntField("dp_seed", &c.dp.seed)}));
+       DoubleField("dp_delta", &c.dp.delta), IntField("dp_seed", &c.dp.seed),
+       DoubleField("norm_bound", &c.norm_bound)}));
   CLEAVE_RETURN_IF_ERROR(c.Validate());
   return c;
 }
@@ -286,6 +288,7 @@ Status StrategyConfig::Validate() const {
   CLEAVE_RETURN_IF_ERROR(CheckRange(what, "dp_clip_lr", dp.clip_lr, 0, inf));
   CLEAVE_RETURN_IF_ERROR(CheckRange(what, "dp_clip_count_stddev", dp.clip_count_stddev, 0, inf));
   if (dp.seed < 0) return Status::InvalidArgument(what + ": dp_seed must be >= 0");
+  CLEAVE_RETURN_IF_ERROR(CheckRange(what, "norm_bound", norm_bound, 0, inf));
   if (!(dp.delta > 0 && dp.delta < 1)) {
     return Status::InvalidArgument(what + ": dp_delta must be in (0, 1)");
   }
@@ -309,8 +312,8 @@ Status Strategy::LoadState(const std::vector<std::pair<std::string, torch::Tenso
 
 const std::vector<std::string>& StrategyNames() {
   static const std::vector<std::string> names = {
-      "fedavg",    "fedprox",       "fedadam", "fedyogi",   "fedadagrad",
-      "fedmedian", "fedtrimmedavg", "krum",    "multikrum", "dpfedavg"};
+      "fedavg",        "fedprox", "fedadam",   "fedyogi", "fedadagrad", "fedmedian",
+      "fedtrimmedavg", "krum",    "multikrum", "bulyan",  "dpfedavg"};
   return names;
 }
 
@@ -328,10 +331,15 @@ Result<std::unique_ptr<Strategy>> MakeStrategy(const StrategyConfig& config) {
     strategy = internal::MakeFedTrimmedAvg(config.trim_fraction);
   } else if (n == "krum" || n == "multikrum") {
     strategy = internal::MakeKrum(config.byzantine, config.multikrum_keep, n == "multikrum");
+  } else if (n == "bulyan") {
+    strategy = internal::MakeBulyan(config.byzantine);
   } else if (n == "dpfedavg") {
     strategy = internal::MakeDpFedAvg(config.dp);
   }
   if (!strategy) return Status::Internal("strategy '" + n + "' is listed but not constructed");
+  if (config.norm_bound > 0) {
+    strategy = internal::WithNormBound(std::move(strategy), config.norm_bound);
+  }
   return strategy;
 }
 

@@ -24,10 +24,17 @@
 //                 Blanchard et al. 2017: score = sum of squared distances to the n - f - 2
 //                 nearest other updates; Krum picks the lowest score, Multi-Krum averages
 //                 the m lowest.
+//   bulyan        El Mhamdi et al. 2018: theta = n - 2f updates chosen by repeated Krum, then
+//                 per coordinate the mean of the theta - 2f values closest to their median;
+//                 needs n >= 4f + 3 (unweighted).
 //   dpfedavg      McMahan et al. 2018 client-level DP-FedAvg: per-update clipping, Gaussian
 //                 noise on the server, optional adaptive clipping (Andrew et al. 2021), and an
 //                 RDP accountant; see dp_fedavg.cc.
 // Robust strategies need every update of the round at once (O(clients x model) memory).
+//
+// Norm bounding (Sun et al. 2019, "Can You Really Backdoor Federated Learning?"), with any
+// strategy when StrategyConfig::norm_bound > 0: each update's delta from the global model
+// (trainable entries, as one vector) is clipped to that L2 norm before aggregation.
 #pragma once
 
 #include <memory>
@@ -108,9 +115,10 @@ struct StrategyConfig {
   double beta2 = 0.99;
   double tau = 1e-3;
   double trim_fraction = 0.1;  // fedtrimmedavg: beta, cut from each end (< 0.5)
-  int byzantine = 0;           // krum/multikrum: f, assumed Byzantine clients
+  int byzantine = 0;           // krum/multikrum/bulyan: f, assumed Byzantine clients
   int multikrum_keep = 0;      // multikrum: m (0 = n - f)
   DpConfig dp;                 // dpfedavg
+  double norm_bound = 0;       // any strategy: L2 clip of each update's delta (0 = off)
   nlohmann::json ToJson() const;
   static Result<StrategyConfig> FromJson(const nlohmann::json& json);
   Status Validate() const;

@@ -59,5 +59,9 @@ std::unique_ptr<Strategy> MakeFedTrimmedAvg(double trim_fraction);   // robust_a
 std::unique_ptr<Strategy> MakeKrum(int byzantine, int multikrum_keep,
                                    bool multi);                  // robust_aggregation.cc
 std::unique_ptr<Strategy> MakeDpFedAvg(const DpConfig& config);  // dp_fedavg.cc
+std::unique_ptr<Strategy> MakeBulyan(int byzantine);             // robust_aggregation.cc
+// `inner` with every update's delta clipped to L2 norm <= norm_bound (> 0) before
+// aggregation (Sun et al. 2019); otherwise behaves as `inner`. norm_bound.cc.
+std::unique_ptr<Strategy> WithNormBound(std::unique_ptr<Strategy> inner, double norm_bound);
 
 }  // namespace cleave::federated::internal

@@ -7,24 +7,14 @@
 
 #include "common/file_util.h"
 #include "federated/checkpoint.h"
+#include "unit/federated/sim_test_data.h"
 
 namespace cleave::federated {
 namespace {
 
 namespace fs = std::filesystem;
 
-// 400 random training images with labels 0..9 and 100 test images; enough for the engine's
-// bookkeeping (accuracy itself is not the point here).
-SimData Synthetic() {
-  torch::manual_seed(11);
-  SimData d;
-  d.train.images = torch::rand({400, 1, 28, 28});
-  d.train.labels = torch::arange(400, torch::kLong).remainder(10);
-  d.test.images = torch::rand({100, 1, 28, 28});
-  d.test.labels = torch::arange(100, torch::kLong).remainder(10);
-  for (int i = 0; i < 400; ++i) d.train_labels.push_back(static_cast<uint8_t>(i % 10));
-  return d;
-}
+SimData Synthetic() { return SyntheticSimData(400, 100, 11); }
 
 SimOptions Small() {
   SimOptions o;

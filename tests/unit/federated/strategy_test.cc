@@ -22,7 +22,7 @@ using strategy_testing::Update;
 // ---- configuration
 
 TEST(StrategyConfigTest, EveryNameConstructsAndReportsItsName) {
-  ASSERT_EQ(StrategyNames().size(), 10u);
+  ASSERT_EQ(StrategyNames().size(), 11u);
   for (const auto& name : StrategyNames()) {
     auto s = Make(name);
     ASSERT_NE(s, nullptr) << name;
