@@ -14,6 +14,15 @@
 #   client trains, -> Update    aggregator -> UpdateAck (accepted, or why not)
 #   either side -> Bye          (client leaving; aggregator finished or shutting down)
 #
+# A secure round (RoundConfig.secure set; federated/secure_round.h, SecAgg / SecAgg+) inserts
+# the protocol's stages; the client's plain model never leaves it:
+#   client -> SecAggKeys        aggregator -> SecAggKeyDirectory     (once the stage closes)
+#   client -> SecAggShareKeys   aggregator -> SecAggForwardedShares  (once the stage closes)
+#   client trains, -> SecAggMaskedInput (instead of Update)   aggregator -> UpdateAck
+#   aggregator -> SecAggUnmaskRequest (to the survivors)      client -> SecAggUnmaskShares
+# A client message the aggregator refuses (wrong round or stage, not in the roster, refused by
+# the protocol) is answered with UpdateAck{accepted = false} naming why.
+#
 # Weights travel by position in the model's *layout* (names and shapes, fixed by the
 # architecture; see federated/weights.h). Both sides name the layout by the lowercase hex
 # SHA-256 of its JSON form (WeightsLayout::ToJson().dump()), so a client with a different
@@ -42,6 +51,13 @@ struct FlMessage {
     heartbeat @6 :Heartbeat;
     wait @7 :Wait;
     bye @8 :Bye;
+    secAggKeys @9 :SecAggKeys;
+    secAggKeyDirectory @10 :SecAggKeyDirectory;
+    secAggShareKeys @11 :SecAggShareKeys;
+    secAggForwardedShares @12 :SecAggForwardedShares;
+    secAggMaskedInput @13 :SecAggMaskedInput;
+    secAggUnmaskRequest @14 :SecAggUnmaskRequest;
+    secAggUnmaskShares @15 :SecAggUnmaskShares;
   }
 }
 
@@ -115,6 +131,111 @@ struct RoundConfig {
   timeBudgetMs @16 :UInt32;
   # Seed for the client's data order and augmentation, so simulated rounds are repeatable.
   seed @17 :UInt64;
+  # Set for a secure round: the client answers the SecAgg stages and sends SecAggMaskedInput
+  # instead of Update. A client that cannot must decline (Bye), never send a plain Update.
+  secure @18 :SecureRoundParams;
+}
+
+# ---- Secure aggregation (common/secure_aggregation.h has the protocol) ----
+
+enum SecAggGraph {
+  complete @0;   # SecAgg: every client masks with every other
+  harary @1;     # SecAgg+: a k-regular Harary graph relabelled by graphSeed
+}
+
+# Everything both sides of one secure round agree on (federated::SecureRoundParams), plus the
+# addressee's position in the round's roster.
+struct SecureRoundParams {
+  roundId @0 :UInt64;        # binds keys, seeds and ciphertexts to this round
+  numClients @1 :UInt32;     # roster size, 2 .. 65536
+  threshold @2 :UInt32;      # Shamir t (secagg::ValidateConfig rules)
+  vectorLength @3 :UInt32;   # words per masked input = trainable values + 2
+  graph @4 :SecAggGraph;
+  degree @5 :UInt32;         # harary: neighbours per client
+  graphSeed @6 :Data;        # 32 bytes, public
+  clip @7 :Float64;          # finite, > 0
+  fractionalBits @8 :UInt32; # fixed-point bits, 0 .. 30
+  exampleScale @9 :Float64;  # finite, > 0
+  clientIndex @10 :UInt32;   # the addressee's roster index, < numClients
+}
+
+struct SecAggPublicKeys {
+  client @0 :UInt32;
+  cipherPublicKey @1 :Data;  # 32 bytes (X25519)
+  maskPublicKey @2 :Data;    # 32 bytes (X25519)
+}
+
+struct SecAggEncryptedShare {
+  sender @0 :UInt32;
+  recipient @1 :UInt32;
+  ciphertext @2 :Data;       # exactly secagg::SealedShareBytes()
+}
+
+struct SecAggRevealedShare {
+  owner @0 :UInt32;          # whose secret this is a share of
+  x @1 :UInt32;              # evaluation point, >= 1
+  y @2 :List(UInt64);        # one field element (< 2^61 - 1) per chunk of a 32-byte secret
+}
+
+# Client -> aggregator, stage 0.
+struct SecAggKeys {
+  round @0 :UInt32;
+  clientId @1 :Text;
+  roundId @2 :UInt64;
+  sender @3 :UInt32;
+  cipherPublicKey @4 :Data;  # 32 bytes
+  maskPublicKey @5 :Data;    # 32 bytes
+}
+
+# Aggregator -> client, end of stage 0.
+struct SecAggKeyDirectory {
+  round @0 :UInt32;
+  roundId @1 :UInt64;
+  recipient @2 :UInt32;
+  keys @3 :List(SecAggPublicKeys);
+}
+
+# Client -> aggregator, stage 1.
+struct SecAggShareKeys {
+  round @0 :UInt32;
+  clientId @1 :Text;
+  roundId @2 :UInt64;
+  sender @3 :UInt32;
+  shares @4 :List(SecAggEncryptedShare);
+}
+
+# Aggregator -> client, end of stage 1.
+struct SecAggForwardedShares {
+  round @0 :UInt32;
+  roundId @1 :UInt64;
+  recipient @2 :UInt32;
+  shares @3 :List(SecAggEncryptedShare);
+}
+
+# Client -> aggregator, stage 2: the masked contribution (vectorLength words).
+struct SecAggMaskedInput {
+  round @0 :UInt32;
+  clientId @1 :Text;
+  roundId @2 :UInt64;
+  sender @3 :UInt32;
+  masked @4 :List(UInt32);
+}
+
+# Aggregator -> each survivor, end of stage 2.
+struct SecAggUnmaskRequest {
+  round @0 :UInt32;
+  roundId @1 :UInt64;
+  survivors @2 :List(UInt32);  # strictly increasing
+}
+
+# Client -> aggregator, stage 3.
+struct SecAggUnmaskShares {
+  round @0 :UInt32;
+  clientId @1 :Text;
+  roundId @2 :UInt64;
+  sender @3 :UInt32;
+  selfMaskShares @4 :List(SecAggRevealedShare);
+  maskKeyShares @5 :List(SecAggRevealedShare);
 }
 
 # Client -> aggregator: the result of local training.

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -20,6 +21,7 @@
 #include <variant>
 #include <vector>
 
+#include "common/secure_aggregation.h"
 #include "common/status.h"
 #include "common/tensor_codec.h"
 
@@ -27,7 +29,10 @@ namespace cleave::wire::fl {
 
 // Bumped on any incompatible change to federated.capnp or tensor.capnp. Decoders reject every
 // other version with kVersionMismatch.
-inline constexpr uint16_t kProtocolVersion = 1;
+// Version 2 added secure aggregation (RoundConfig.secure and the SecAgg* messages). It is a
+// bump although the change is additive: a version-1 edge would ignore RoundConfig.secure and
+// send its trained model in the clear, so it must not get that far.
+inline constexpr uint16_t kProtocolVersion = 2;
 
 // Limits applied by the decoders and by ValidateMessage / ValidateCheckpoint.
 // A 1M-parameter float32 model is ~4 MiB on the wire; the message limit leaves room for ~64M.
@@ -41,6 +46,12 @@ inline constexpr uint64_t kMaxNumExamples = uint64_t{1} << 40;
 inline constexpr uint32_t kMaxLocalEpochs = 10000;
 inline constexpr uint32_t kMaxBatchSize = uint32_t{1} << 20;
 inline constexpr uint32_t kMaxRetryAfterMs = 86400000;  // one day; also pollIntervalMs
+// Secure aggregation: keys are X25519 public keys; lists of keys, shares and survivors hold at
+// most one entry per roster client; a masked input fits in a message.
+inline constexpr size_t kSecAggKeyBytes = crypto::kKeyBytes;
+inline constexpr size_t kMaxSecAggEntries = secagg::kMaxClients;
+inline constexpr size_t kMaxSecAggVectorWords = kMaxMessageBytes / sizeof(uint32_t) / 2;
+inline constexpr uint32_t kMaxFractionalBits = 30;
 
 // ---- Messages (see federated.capnp for the protocol and every field's meaning) ----
 // Rounds are numbered from 1; 0 means "none" where a field allows it.
@@ -71,6 +82,18 @@ struct RegisterReply {
 
 enum class TrainableSet : uint8_t { kAll = 0, kHeadAndExits = 1, kCustom = 2 };
 
+// What a client needs to take part in a secure round (federated::SecureRoundParams on the
+// wire) and its own roster index. Rules: secagg::ValidateConfig, vector_length <=
+// kMaxSecAggVectorWords, clip and example_scale finite and > 0, fractional_bits <=
+// kMaxFractionalBits, client_index < num_clients.
+struct SecureParams {
+  secagg::SecAggConfig secagg;
+  double clip = 64;
+  uint32_t fractional_bits = 0;
+  double example_scale = 1000;
+  uint32_t client_index = 0;
+};
+
 // Aggregator -> client. `trainable` is authoritative; `trainable_set` says how it was made.
 struct RoundConfig {
   uint32_t round = 1;  // >= 1
@@ -91,6 +114,7 @@ struct RoundConfig {
   uint32_t deadline_ms = 0;     // relative to receipt; 0 = none
   uint32_t time_budget_ms = 0;  // 0 = none; <= deadline_ms when both are set
   uint64_t seed = 0;
+  std::optional<SecureParams> secure;  // set: a secure round (no plain Update allowed)
 };
 
 // Client -> aggregator.
@@ -157,8 +181,57 @@ struct Bye {
   std::string message;  // <= kMaxTextBytes
 };
 
+// ---- Secure aggregation stages (protocol: common/secure_aggregation.h). Every message names
+// the federated round (>= 1); client messages also name the client (ValidateClientId). The
+// protocol fields (round_id, indices, keys, shares) are checked here only for shape: sizes
+// (keys kSecAggKeyBytes, sealed shares secagg::SealedShareBytes(), revealed shares one field
+// element below shamir::kPrime per chunk of a 32-byte secret), counts (<= kMaxSecAggEntries),
+// indices (< secagg::kMaxClients); the state machines check the rest. ----
+
+// Client -> aggregator, stage 0.
+struct SecAggKeys {
+  uint32_t round = 1;
+  std::string client_id;
+  secagg::AdvertiseKeys keys;
+};
+// Aggregator -> client, end of stage 0.
+struct SecAggKeyDirectory {
+  uint32_t round = 1;
+  secagg::KeyDirectory directory;
+};
+// Client -> aggregator, stage 1.
+struct SecAggShareKeys {
+  uint32_t round = 1;
+  std::string client_id;
+  secagg::ShareKeys shares;
+};
+// Aggregator -> client, end of stage 1.
+struct SecAggForwardedShares {
+  uint32_t round = 1;
+  secagg::ForwardedShares forwarded;
+};
+// Client -> aggregator, stage 2 (instead of Update). 1..kMaxSecAggVectorWords words.
+struct SecAggMaskedInput {
+  uint32_t round = 1;
+  std::string client_id;
+  secagg::MaskedInput input;
+};
+// Aggregator -> each survivor, end of stage 2. Survivors strictly increasing.
+struct SecAggUnmaskRequest {
+  uint32_t round = 1;
+  secagg::UnmaskRequest request;
+};
+// Client -> aggregator, stage 3.
+struct SecAggUnmaskShares {
+  uint32_t round = 1;
+  std::string client_id;
+  secagg::UnmaskShares shares;
+};
+
 using MessageBody =
-    std::variant<Register, RegisterReply, RoundConfig, Update, UpdateAck, Heartbeat, Wait, Bye>;
+    std::variant<Register, RegisterReply, RoundConfig, Update, UpdateAck, Heartbeat, Wait, Bye,
+                 SecAggKeys, SecAggKeyDirectory, SecAggShareKeys, SecAggForwardedShares,
+                 SecAggMaskedInput, SecAggUnmaskRequest, SecAggUnmaskShares>;
 
 // The envelope: one per frame on the federated socket.
 struct Message {
@@ -173,7 +246,9 @@ struct Message {
 };
 
 // "register", "register_reply", "round_config", "update", "update_ack", "heartbeat", "wait",
-// "bye": the body's kind, for logs and metric labels.
+// "bye", "secagg_keys", "secagg_key_directory", "secagg_share_keys", "secagg_forwarded_shares",
+// "secagg_masked_input", "secagg_unmask_request", "secagg_unmask_shares": the body's kind, for
+// logs and metric labels.
 const char* MessageKindName(const MessageBody& body);
 
 // Client ids: 1..kMaxClientIdBytes of [A-Za-z0-9._:@-], starting with a letter or digit (safe

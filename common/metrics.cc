@@ -131,6 +131,14 @@ const FederatedMetrics& Metrics::Federated() {
                                    .Help("Time from a round's opening to its close")
                                    .Register(r)
                                    .Add({}, RoundDurationBuckets());
+  m->dp_epsilon = &prometheus::BuildGauge()
+                       .Name("cleave_federated_dp_epsilon")
+                       .Help(
+                           "Client-level differential privacy spent so far: epsilon of the RDP "
+                           "accountant at the configured delta (dpfedavg; 0 before the first "
+                           "noisy release, +Inf when unbounded)")
+                       .Register(r)
+                       .Add({});
   federated_ = std::move(m);
   return *federated_;
 }

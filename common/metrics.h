@@ -15,6 +15,9 @@
 //   cleave_federated_round                        gauge     the open (or last) round
 //   cleave_federated_updates_total{status}        counter   accepted, rejected, late, failed
 //   cleave_federated_round_duration_seconds       histogram open -> close of a round
+//   cleave_federated_dp_epsilon                   gauge     differential privacy spent so far
+//                                                           (dpfedavg: epsilon at the run's
+//                                                           delta; 0 before the first release)
 //   cleave_curve_refused_total{component}         counter   CURVE handshakes the ZAP handler
 //                                                           refused
 //
@@ -86,6 +89,7 @@ struct FederatedMetrics {
   prometheus::Counter* updates_late = nullptr;      // after the round had what it needed
   prometheus::Counter* updates_failed = nullptr;    // sampled clients that left or timed out
   prometheus::Histogram* round_duration_seconds = nullptr;
+  prometheus::Gauge* dp_epsilon = nullptr;
 };
 
 class Metrics {

@@ -105,6 +105,9 @@ cleave::ConfigSchema EdgeSchema() {
            "at most this many local training steps per round (0 = as the round says)")
       .Add("edge.fl_time_budget_ms", ConfigType::kInt, "0",
            "at most this much local training time per round (0 = as the round says)")
+      .Add("edge.fl_secure_drop_round", ConfigType::kInt, "0",
+           "testing only: in this secure-aggregation round, share keys and then drop out "
+           "without a word (exercises the aggregator's dropout recovery); 0 = never")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
   return schema;
 }
@@ -284,8 +287,8 @@ Result<std::optional<FederatedSetup>> PrepareFederated(const cleave::Config& con
                                    std::to_string(partitions) + ") (edge.fl_partitions), got " +
                                    std::to_string(index));
   }
-  for (const char* key :
-       {"edge.fl_seed", "edge.fl_train_limit", "edge.fl_max_steps", "edge.fl_time_budget_ms"}) {
+  for (const char* key : {"edge.fl_seed", "edge.fl_train_limit", "edge.fl_max_steps",
+                          "edge.fl_time_budget_ms", "edge.fl_secure_drop_round"}) {
     if (config.GetInt(key) < 0) {
       return Status::InvalidArgument(std::string(key) + " must be >= 0, got " +
                                      std::to_string(config.GetInt(key)));
@@ -299,6 +302,8 @@ Result<std::optional<FederatedSetup>> PrepareFederated(const cleave::Config& con
       cleave::wire::fl::ValidateClientId(setup.options.client_id).WithContext("edge.client_id"));
   setup.options.max_steps = config.GetInt("edge.fl_max_steps");
   setup.options.time_budget_ms = config.GetInt("edge.fl_time_budget_ms");
+  setup.options.secure_drop_round = static_cast<uint32_t>(
+      std::min<int64_t>(config.GetInt("edge.fl_secure_drop_round"), UINT32_MAX));
 
   // The training copy: the bundle's whole fp32 network (the serving head is separate).
   cleave::split::VisionBundleParts parts;

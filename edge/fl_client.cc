@@ -5,6 +5,7 @@
 #include <limits>
 #include <utility>
 
+#include "common/crypto.h"
 #include "common/logging.h"
 #include "federated/local_training.h"
 #include "federated/wire_convert.h"
@@ -127,6 +128,9 @@ nlohmann::json FederatedClientStats::ToJson() const {
           {"updates_accepted", updates_accepted},
           {"updates_rejected", updates_rejected},
           {"rejected_by_reason", rejected_by_reason},
+          {"secure_rounds", secure_rounds},
+          {"masked_inputs_sent", masked_inputs_sent},
+          {"unmask_shares_sent", unmask_shares_sent},
           {"malformed_messages", malformed_messages},
           {"unexpected_messages", unexpected_messages},
           {"send_failures", send_failures},
@@ -202,7 +206,7 @@ void FederatedClient::Run() {
   try {
     Log()->info("federated client '{}' joining {} ({} local examples, layout {})",
                 options_.client_id, options_.aggregator, data_.size(), ShortSha(layout_sha256_));
-    while (!stop_.load() && !finished_) {
+    while (!stop_.load() && !finished_ && !vanished_) {
       const int64_t now = clock_.NowMicros();
       Tick(now);
       int64_t due = registered_ ? next_heartbeat_micros_ : next_register_micros_;
@@ -218,7 +222,7 @@ void FederatedClient::Run() {
       }
       if (in->has_value()) Dispatch(**in);
     }
-    if (registered_ && !finished_) {
+    if (registered_ && !finished_ && !vanished_) {
       fl::Bye bye;
       bye.client_id = options_.client_id;
       bye.reason = fl::ByeReason::kLeaving;
@@ -258,7 +262,9 @@ void FederatedClient::Tick(int64_t now) {
   // While an update waits for its ack, heartbeats still name its round, so the aggregator
   // does not send that round's config again (see OnRoundConfig).
   const bool awaiting_ack = sent_round_ > closed_round_ && now < awaiting_ack_until_micros_;
-  if (now >= next_heartbeat_micros_) SendHeartbeat(awaiting_ack ? sent_round_ : 0);
+  // So does an open secure session: the round's stages are still going on.
+  const uint32_t busy = secure_ ? secure_->config.round : awaiting_ack ? sent_round_ : 0;
+  if (now >= next_heartbeat_micros_) SendHeartbeat(busy);
 }
 
 int64_t FederatedClient::PollIntervalMicros() const {
@@ -350,6 +356,12 @@ void FederatedClient::Dispatch(const std::string& bytes) {
           OnWait(body);
         } else if constexpr (std::is_same_v<T, fl::Bye>) {
           OnBye(body);
+        } else if constexpr (std::is_same_v<T, fl::SecAggKeyDirectory>) {
+          OnKeyDirectory(body);
+        } else if constexpr (std::is_same_v<T, fl::SecAggForwardedShares>) {
+          OnForwardedShares(body);
+        } else if constexpr (std::is_same_v<T, fl::SecAggUnmaskRequest>) {
+          OnUnmaskRequest(body);
         } else {
           // Register, Update, Heartbeat: client-to-aggregator kinds sent to us.
           Update([](FederatedClientStats& s) { ++s.unexpected_messages; });
@@ -440,6 +452,17 @@ void FederatedClient::OnBye(const fl::Bye& bye) {
 
 void FederatedClient::OnUpdateAck(const fl::UpdateAck& ack) {
   auto pending = unacked_.find(ack.round);
+  if (pending == unacked_.end() && secure_ && secure_->config.round == ack.round && !ack.accepted) {
+    // The aggregator refused one of our key-exchange messages: we are out of this round.
+    AbortSecure(ack.round, Status::FailedPrecondition(
+                               std::string("the aggregator refused our secure aggregation "
+                                           "message (") +
+                               fl::AckReasonName(ack.reason) + "): " + Printable(ack.message)));
+    return;
+  }
+  if (pending != unacked_.end() && secure_ && secure_->config.round == ack.round && !ack.accepted) {
+    secure_.reset();  // our masked input does not count: there is nothing to unmask for us
+  }
   if (pending == unacked_.end()) {
     Update([&](FederatedClientStats& s) {
       ++s.unexpected_messages;
@@ -478,6 +501,19 @@ void FederatedClient::OnUpdateAck(const fl::UpdateAck& ack) {
 void FederatedClient::OnRoundConfig(const fl::RoundConfig& config) {
   const int64_t received = clock_.NowMicros();
   Update([](FederatedClientStats& s) { ++s.round_configs; });
+  if (secure_) {
+    if (secure_->config.round == config.round) {
+      // A re-send that crossed our keys: the session is under way.
+      Update([](FederatedClientStats& s) { ++s.unexpected_messages; });
+      Log()->debug("round {}: ignoring a repeated config of the open secure round", config.round);
+      return;
+    }
+    if (config.round > secure_->config.round) {
+      Log()->info("round {}: secure round {} ended without us; dropping its session", config.round,
+                  secure_->config.round);
+      secure_.reset();
+    }
+  }
   if (config.round == sent_round_ && closed_round_ < config.round && !sent_update_.empty()) {
     if (received < awaiting_ack_until_micros_) {
       // The answer to a heartbeat sent before our update: the aggregator sees the update
@@ -506,7 +542,133 @@ void FederatedClient::OnRoundConfig(const fl::RoundConfig& config) {
     return;
   }
   global_round_ = config.round;
+  if (config.secure) {
+    StartSecureRound(config, std::move(global).value(), received);
+    return;
+  }
   Train(config, std::move(global).value(), received);
+}
+
+// ---- Secure rounds ----
+
+void FederatedClient::StartSecureRound(const fl::RoundConfig& config, Weights global,
+                                       int64_t received) {
+  const fl::SecureParams& wire = *config.secure;
+  int64_t trainable = 0;
+  for (size_t i = 0; i < layout_.size(); ++i) {
+    if (!config.trainable[i]) continue;
+    int64_t n = 1;
+    for (int64_t d : layout_.shapes[i]) n *= d;
+    trainable += n;
+  }
+  if (static_cast<int64_t>(wire.secagg.vector_length) != trainable + 2) {
+    Decline(config.round,
+            Status::InvalidArgument(
+                "the secure round's vector has " + std::to_string(wire.secagg.vector_length) +
+                " words; this model's contribution has " + std::to_string(trainable + 2)),
+            &FederatedClientStats::configs_rejected);
+    return;
+  }
+  federated::SecureRoundParams params;
+  params.secagg = wire.secagg;
+  params.clip = wire.clip;
+  params.fractional_bits = static_cast<int>(wire.fractional_bits);
+  params.example_scale = wire.example_scale;
+  Result<federated::SecureClientSession> session =
+      federated::SecureClientSession::Create(params, wire.client_index);
+  Result<secagg::AdvertiseKeys> keys =
+      session.ok() ? session->Advertise() : Result<secagg::AdvertiseKeys>(session.status());
+  if (!keys.ok()) {
+    Decline(config.round, keys.status().WithContext("secure aggregation"),
+            &FederatedClientStats::configs_rejected);
+    return;
+  }
+  SecureState state;
+  state.config = config;
+  state.global = std::move(global);
+  state.received = received;
+  state.session.emplace(std::move(*session));
+  secure_ = std::move(state);
+  fl::SecAggKeys message;
+  message.round = config.round;
+  message.client_id = options_.client_id;
+  message.keys = std::move(*keys);
+  Update([](FederatedClientStats& s) { ++s.secure_rounds; });
+  Log()->debug("round {}: secure round (roster index {} of {}); keys advertised", config.round,
+               wire.client_index, wire.secagg.num_clients);
+  // A lost message is the same as dropping out: the aggregator goes on without us.
+  (void)SendMessage(fl::Message(std::move(message)));
+}
+
+void FederatedClient::OnKeyDirectory(const fl::SecAggKeyDirectory& m) {
+  if (!secure_ || secure_->config.round != m.round ||
+      secure_->stage != SecureState::Stage::kAdvertised) {
+    Update([](FederatedClientStats& s) { ++s.unexpected_messages; });
+    Log()->debug("ignoring a key directory for round {}", m.round);
+    return;
+  }
+  Result<secagg::ShareKeys> shares = secure_->session->ShareSecrets(m.directory);
+  if (!shares.ok()) {
+    AbortSecure(m.round, shares.status());
+    return;
+  }
+  secure_->stage = SecureState::Stage::kShared;
+  fl::SecAggShareKeys message;
+  message.round = m.round;
+  message.client_id = options_.client_id;
+  message.shares = std::move(*shares);
+  (void)SendMessage(fl::Message(std::move(message)));
+}
+
+void FederatedClient::OnForwardedShares(const fl::SecAggForwardedShares& m) {
+  if (!secure_ || secure_->config.round != m.round ||
+      secure_->stage != SecureState::Stage::kShared) {
+    Update([](FederatedClientStats& s) { ++s.unexpected_messages; });
+    Log()->debug("ignoring forwarded shares for round {}", m.round);
+    return;
+  }
+  if (options_.secure_drop_round == m.round) {
+    Log()->warn("round {}: shared keys; dropping out now (fault injection: secure_drop_round)",
+                m.round);
+    RecordError("dropped out of secure round " + std::to_string(m.round) +
+                " after sharing keys (secure_drop_round)");
+    vanished_ = true;
+    return;
+  }
+  secure_->stage = SecureState::Stage::kMasked;
+  // Training may take a while; the config and weights stay in the session state.
+  const fl::RoundConfig config = secure_->config;
+  Train(config, secure_->global, secure_->received, &m.forwarded);
+}
+
+void FederatedClient::OnUnmaskRequest(const fl::SecAggUnmaskRequest& m) {
+  if (!secure_ || secure_->config.round != m.round ||
+      secure_->stage != SecureState::Stage::kMasked) {
+    Update([](FederatedClientStats& s) { ++s.unexpected_messages; });
+    Log()->debug("ignoring an unmask request for round {}", m.round);
+    return;
+  }
+  Result<secagg::UnmaskShares> shares = secure_->session->RevealShares(m.request);
+  secure_.reset();  // done either way: the session's secrets are wiped with it
+  if (!shares.ok()) {
+    RecordError("round " + std::to_string(m.round) +
+                ": refusing to reveal unmasking shares: " + shares.status().ToString());
+    Log()->warn("round {}: refusing to reveal unmasking shares: {}", m.round,
+                shares.status().ToString());
+    return;
+  }
+  fl::SecAggUnmaskShares message;
+  message.round = m.round;
+  message.client_id = options_.client_id;
+  message.shares = std::move(*shares);
+  if (SendMessage(fl::Message(std::move(message))).ok()) {
+    Update([](FederatedClientStats& s) { ++s.unmask_shares_sent; });
+  }
+}
+
+void FederatedClient::AbortSecure(uint32_t round, const Status& why) {
+  if (secure_ && secure_->config.round == round) secure_.reset();
+  Decline(round, why.WithContext("secure aggregation"), &FederatedClientStats::training_failures);
 }
 
 Result<Weights> FederatedClient::CheckConfig(const fl::RoundConfig& config) const {
@@ -557,7 +719,8 @@ Result<Weights> FederatedClient::CheckConfig(const fl::RoundConfig& config) cons
   return global;
 }
 
-void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64_t received) {
+void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64_t received,
+                            const secagg::ForwardedShares* forwarded) {
   federated::LocalTrainOptions train;
   train.fit.local_epochs = static_cast<int>(config.local_epochs);
   train.fit.batch_size = static_cast<int>(config.batch_size);
@@ -606,15 +769,40 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
             &FederatedClientStats::training_failures);
     return;
   }
-  fl::Update update;
-  update.round = config.round;
-  update.client_id = options_.client_id;
-  update.num_examples = static_cast<uint64_t>(result->num_examples);
-  update.train_loss = result->train_loss;
-  update.tensors = federated::MaskedToWire(result->weights, config.trainable);
-  update.train_seconds = result->seconds;
-  update.steps = static_cast<uint64_t>(result->steps);
-  const fl::Message message(std::move(update));
+  fl::Message message;
+  if (forwarded != nullptr) {
+    // Secure round: only the masked contribution leaves the edge.
+    if (!secure_ || secure_->config.round != config.round) {
+      Decline(config.round, Status::Internal("the secure session ended during training"),
+              &FederatedClientStats::training_failures);
+      return;
+    }
+    Result<crypto::Key256> rounding_seed = crypto::RandomKey();
+    Result<secagg::MaskedInput> masked =
+        rounding_seed.ok()
+            ? secure_->session->MaskUpdate(*forwarded, global, result->weights, config.trainable,
+                                           result->num_examples, result->train_loss, *rounding_seed)
+            : Result<secagg::MaskedInput>(rounding_seed.status());
+    if (!masked.ok()) {
+      AbortSecure(config.round, masked.status());
+      return;
+    }
+    fl::SecAggMaskedInput input;
+    input.round = config.round;
+    input.client_id = options_.client_id;
+    input.input = std::move(*masked);
+    message = fl::Message(std::move(input));
+  } else {
+    fl::Update update;
+    update.round = config.round;
+    update.client_id = options_.client_id;
+    update.num_examples = static_cast<uint64_t>(result->num_examples);
+    update.train_loss = result->train_loss;
+    update.tensors = federated::MaskedToWire(result->weights, config.trainable);
+    update.train_seconds = result->seconds;
+    update.steps = static_cast<uint64_t>(result->steps);
+    message = fl::Message(std::move(update));
+  }
   if (Status valid = fl::ValidateMessage(message); !valid.ok()) {
     Decline(config.round, valid.WithContext("trained update"),
             &FederatedClientStats::training_failures);
@@ -638,9 +826,12 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
                sent_update_.size());
   // A failed send is not retried here: the aggregator re-sends the config when a heartbeat
   // says we are idle while still pending, and that re-sends this update.
-  if (SendBytes(sent_update_, "update").ok()) {
+  if (SendBytes(sent_update_, forwarded ? "masked input" : "update").ok()) {
     awaiting_ack_until_micros_ = clock_.NowMicros() + options_.ack_timeout_ms * 1000;
-    Update([](FederatedClientStats& s) { ++s.updates_sent; });
+    Update([&](FederatedClientStats& s) {
+      ++s.updates_sent;
+      if (forwarded) ++s.masked_inputs_sent;
+    });
   } else {
     awaiting_ack_until_micros_ = 0;  // certainly not delivered: let the next heartbeat ask
   }
@@ -649,6 +840,7 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
 void FederatedClient::Decline(uint32_t round, const Status& why,
                               uint64_t FederatedClientStats::*counter) {
   closed_round_ = std::max(closed_round_, round);
+  if (secure_ && secure_->config.round == round) secure_.reset();
   const std::string text = "cannot train round " + std::to_string(round) + ": " + why.message();
   Update([&](FederatedClientStats& s) {
     ++(s.*counter);

@@ -24,6 +24,16 @@
 //     sent before the update) and is ignored. A repeat after the ack timeout means the
 //     update was lost: the client re-sends it instead of training again. A repeat of a
 //     config already acknowledged or declined is ignored.
+//   - A RoundConfig with secure parameters (secure aggregation, federated/secure_round.h):
+//     the client checks them against the model (vector length = trainable values + 2), opens a
+//     SecureClientSession at its roster index and sends SecAggKeys at once; answers the
+//     SecAggKeyDirectory with SecAggShareKeys; on SecAggForwardedShares it trains as above and
+//     sends SecAggMaskedInput (the contribution masked with SecureClientSession::MaskUpdate,
+//     stochastic rounding seeded fresh from crypto::RandomKey()) instead of an Update: its
+//     weights never leave the edge. A SecAggUnmaskRequest is answered with SecAggUnmaskShares,
+//     which ends the session (its secrets are wiped). Any protocol error, or the aggregator
+//     refusing one of our stage messages, ends the session: Bye{leaving} as for any round we
+//     cannot train (the aggregator recovers our masks from the other clients' shares).
 //   - UpdateAck: counted as accepted, or rejected by reason.
 //   - Bye{finished}: the federation is over; the thread exits (inference keeps serving).
 //     Bye{shutting_down}: the aggregator stops; the client registers again when it returns.
@@ -52,6 +62,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,6 +73,7 @@
 #include "common/fl_wire.h"
 #include "common/status.h"
 #include "common/transport.h"
+#include "federated/secure_round.h"
 #include "federated/weights.h"
 #include "split/train_data.h"
 #include "split/vision_model.h"
@@ -86,6 +98,10 @@ struct FederatedClientOptions {
   // Kept free before the round's deadline to send the update; at most half the deadline.
   int64_t deadline_margin_ms = 1000;
   int64_t max_message_bytes = static_cast<int64_t>(wire::fl::kMaxMessageBytes);
+  // Fault injection for tests of dropout recovery: in this secure round the client takes part
+  // in the key exchange, then vanishes without a word (its thread ends, as if the edge had
+  // crashed after sharing its keys). 0 = never.
+  uint32_t secure_drop_round = 0;
   // Applied to the DEALER before it connects (CURVE: common/curve.h SetUpCurveClient).
   std::function<Status(zmq::socket_t&)> socket_configure;
 };
@@ -106,6 +122,9 @@ struct FederatedClientStats {
   uint64_t updates_accepted = 0;
   uint64_t updates_rejected = 0;
   std::map<std::string, uint64_t> rejected_by_reason;  // AckReasonName -> count
+  uint64_t secure_rounds = 0;                          // secure rounds joined (keys advertised)
+  uint64_t masked_inputs_sent = 0;                     // masked contributions sent (secure rounds)
+  uint64_t unmask_shares_sent = 0;                     // secure rounds whose unmasking we answered
   uint64_t malformed_messages = 0;   // frames from the aggregator that did not decode
   uint64_t unexpected_messages = 0;  // valid messages that make no sense to a client now
   uint64_t send_failures = 0;        // sends refused (aggregator unreachable, queue full)
@@ -158,11 +177,21 @@ class FederatedClient {
   void OnUpdateAck(const wire::fl::UpdateAck& ack);
   void OnWait(const wire::fl::Wait& wait);
   void OnBye(const wire::fl::Bye& bye);
+  // Secure rounds (see the header comment).
+  void StartSecureRound(const wire::fl::RoundConfig& config, federated::Weights global,
+                        int64_t received);
+  void OnKeyDirectory(const wire::fl::SecAggKeyDirectory& message);
+  void OnForwardedShares(const wire::fl::SecAggForwardedShares& message);
+  void OnUnmaskRequest(const wire::fl::SecAggUnmaskRequest& message);
+  // Ends the open secure session (if for `round`), declining the round with `why`.
+  void AbortSecure(uint32_t round, const Status& why);
   // Checks `config` against our model and decodes its weights; InvalidArgument says why.
   Result<federated::Weights> CheckConfig(const wire::fl::RoundConfig& config) const;
   // Trains the round and sends the update; `received` is when the config arrived (the
-  // round's deadline counts from then).
-  void Train(const wire::fl::RoundConfig& config, federated::Weights global, int64_t received);
+  // round's deadline counts from then). With `forwarded` (a secure round), sends the masked
+  // contribution of the open secure session instead.
+  void Train(const wire::fl::RoundConfig& config, federated::Weights global, int64_t received,
+             const secagg::ForwardedShares* forwarded = nullptr);
   // Declines a round we cannot train: Bye{leaving} with `why`, counted in `counter`.
   void Decline(uint32_t round, const Status& why, uint64_t FederatedClientStats::*counter);
   // Sends `message`; on failure counts it, records backoff and returns the error.
@@ -200,6 +229,18 @@ class FederatedClient {
   std::map<uint32_t, std::string> unacked_;  // round -> training summary, awaiting an ack
   uint32_t closed_round_ = 0;                // latest round acknowledged or declined
   bool finished_ = false;
+  bool vanished_ = false;  // secure_drop_round: the thread ends without a Bye
+  // The open secure round: its config and global weights (training waits for the key
+  // exchange), the session and how far it got.
+  struct SecureState {
+    enum class Stage { kAdvertised, kShared, kMasked };
+    wire::fl::RoundConfig config;
+    federated::Weights global;
+    int64_t received = 0;
+    std::optional<federated::SecureClientSession> session;
+    Stage stage = Stage::kAdvertised;
+  };
+  std::optional<SecureState> secure_;
 
   mutable std::mutex mu_;
   mutable std::condition_variable changed_;

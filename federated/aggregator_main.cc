@@ -166,13 +166,6 @@ int main(int argc, char** argv) {
       !s.ok()) {
     return Fail(s);
   }
-  if (options.engine.secure.enabled) {
-    // The protocol's four stages run in `cleave sim`; their Cap'n Proto messages between the
-    // aggregator and edges are not there yet, and a round must never silently run unmasked.
-    return Fail(cleave::Status::Unimplemented(
-        "secure_aggregation.enabled: cleave-aggregator cannot run secure rounds with real "
-        "edges yet (cleave sim can); refusing to start rather than aggregate in the clear"));
-  }
   options.engine.seed = static_cast<uint64_t>(config->GetInt("aggregator.seed"));
   options.wait_for_clients = static_cast<int>(config->GetInt("aggregator.wait_for_clients"));
   options.start_timeout_ms = config->GetInt("aggregator.start_timeout_ms");

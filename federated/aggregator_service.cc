@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <limits>
 #include <set>
 
 #include "common/file_util.h"
@@ -38,9 +39,24 @@ fl::AckReason AckFor(UpdateVerdict verdict) {
   return fl::AckReason::kInternal;
 }
 
+fl::SecureParams ToWireSecureParams(const SecureRoundParams& params, uint32_t client_index) {
+  fl::SecureParams out;
+  out.secagg = params.secagg;
+  out.clip = params.clip;
+  out.fractional_bits = static_cast<uint32_t>(std::max(0, params.fractional_bits));
+  out.example_scale = params.example_scale;
+  out.client_index = client_index;
+  return out;
+}
+
 }  // namespace
 
 struct AggregatorService::Impl {
+  // Where the open secure round is (plan->secure): the protocol's stages in order. kKeys and
+  // kShares run before the clients train, kMasked while they train (until RoundDone), kUnmask
+  // after it; kClosing: the protocol finished or failed, FinishRound is next.
+  enum class SecureStage { kNone, kKeys, kShares, kMasked, kUnmask, kClosing };
+
   struct Client {
     std::string peer;  // current routing id
     int64_t num_examples = 0;
@@ -60,6 +76,13 @@ struct AggregatorService::Impl {
   std::string plan_config_bytes;    // the encoded RoundConfig of the open round (full deadline)
   fl::RoundConfig plan_config;      // to re-send with the time that is left
   std::set<std::string> timed_out;  // clients given up on in the open round
+  // Secure rounds: the stage, when it closes at the latest, who is expected to answer it and
+  // who did, why the protocol failed ("" = it did not) and its progress for the record.
+  SecureStage secure_stage = SecureStage::kNone;
+  int64_t stage_deadline_micros = 0;
+  std::set<std::string> stage_expected, stage_answered;
+  std::string secure_failure;
+  json secure_progress;
   int64_t started_micros = 0;
   std::optional<Evaluation> initial_eval;
   std::map<std::string, uint64_t> counters;  // messages by kind, rejections by reason
@@ -113,6 +136,26 @@ struct AggregatorService::Impl {
   void OnHeartbeat(const std::string& peer, const fl::Heartbeat& hb);
   void OnUpdate(const std::string& peer, const fl::Update& update);
   void OnBye(const std::string& peer, const fl::Bye& bye);
+  // Secure rounds.
+  fl::RoundConfig ConfigFor(const std::string& client_id) const;
+  int64_t SecureStageMicros() const;
+  void BeginStage(SecureStage stage, std::set<std::string> expected);
+  bool StageComplete() const;
+  // Moves the open secure round on (closing stages on quorum or timeout); true when the round
+  // is ready for CloseRound.
+  bool AdvanceSecure();
+  void FailSecure(const std::string& reason);
+  // The checks every client message of a secure stage passes: a known client, the open secure
+  // round, in its roster, the expected stage, not answered yet. Replies with the error and
+  // returns false otherwise.
+  bool AdmitSecure(const std::string& peer, uint32_t round, const std::string& client_id,
+                   SecureStage stage, const char* what);
+  void RejectSecure(const std::string& peer, uint32_t round, fl::AckReason reason,
+                    const std::string& what, const std::string& why);
+  void OnSecAggKeys(const std::string& peer, const fl::SecAggKeys& m);
+  void OnSecAggShareKeys(const std::string& peer, const fl::SecAggShareKeys& m);
+  void OnSecAggMaskedInput(const std::string& peer, const fl::SecAggMaskedInput& m);
+  void OnSecAggUnmaskShares(const std::string& peer, const fl::SecAggUnmaskShares& m);
   void Housekeeping();
   Status CloseRound();
   Status Publish(int round);
@@ -140,21 +183,33 @@ Status AggregatorService::Impl::OpenRound() {
   config.deadline_ms = static_cast<uint32_t>(
       std::min<int64_t>(options.engine.deadline_micros / 1000, fl::kMaxRetryAfterMs));
   config.seed = options.engine.seed * 1000003 + p.round;
+  if (p.secure) config.secure = ToWireSecureParams(*p.secure, 0);
   fl::Message message(config);
   CLEAVE_RETURN_IF_ERROR(fl::ValidateMessage(message).WithContext("round config"));
   plan_config_bytes = fl::EncodeMessage(message);
   plan_config = std::move(config);
   timed_out.clear();
   started_micros = clock->NowMicros();
-  for (const auto& id : p.clients) {
-    Client& c = clients[id];
-    c.config_sent = Send(c.peer, plan_config_bytes).ok();
-  }
-  Log()->info("round {} open: {} clients sampled (target {}), {} bytes each", p.round,
-              p.clients.size(), p.target, plan_config_bytes.size());
-  Count("rounds_started");
-  fed->round->Set(p.round);
   plan = std::move(p);
+  for (size_t i = 0; i < plan->clients.size(); ++i) {
+    Client& c = clients[plan->clients[i]];
+    // A secure round's config differs per client only by its roster index.
+    c.config_sent =
+        Send(c.peer, plan->secure ? fl::EncodeMessage(fl::Message(ConfigFor(plan->clients[i])))
+                                  : plan_config_bytes)
+            .ok();
+  }
+  Log()->info("round {} open: {} clients sampled (target {}), {} bytes each{}", plan->round,
+              plan->clients.size(), plan->target, plan_config_bytes.size(),
+              plan->secure ? ", secure aggregation" : "");
+  if (plan->secure) {
+    secure_failure.clear();
+    secure_progress = json();
+    BeginStage(SecureStage::kKeys,
+               std::set<std::string>(plan->clients.begin(), plan->clients.end()));
+  }
+  Count("rounds_started");
+  fed->round->Set(plan->round);
   return Status::Ok();
 }
 
@@ -201,9 +256,12 @@ void AggregatorService::Impl::OnHeartbeat(const std::string& peer, const fl::Hea
       hb.training_round != static_cast<uint32_t>(plan->round);
   if (pending) {
     const auto waiting = engine->Pending();
-    if (std::find(waiting.begin(), waiting.end(), hb.client_id) != waiting.end()) {
+    // A secure round can take a client in only until its keys stage closes.
+    const bool can_join = !plan->secure || (secure_stage == SecureStage::kKeys &&
+                                            !stage_answered.count(hb.client_id));
+    if (can_join && std::find(waiting.begin(), waiting.end(), hb.client_id) != waiting.end()) {
       // Re-sent (the first push may have been lost), with the deadline that is left.
-      fl::RoundConfig again = plan_config;
+      fl::RoundConfig again = ConfigFor(hb.client_id);
       again.deadline_ms =
           static_cast<uint32_t>(std::max<int64_t>(1, (engine->MicrosUntilDeadline() + 999) / 1000));
       if (again.time_budget_ms > again.deadline_ms) again.time_budget_ms = again.deadline_ms;
@@ -239,6 +297,19 @@ void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update
                                          "client was silent for more than " +
                                              std::to_string(options.client_timeout_ms) +
                                              " ms and was counted as failed for this round")));
+    return;
+  }
+  if (plan && plan->secure && update.round == static_cast<uint32_t>(plan->round)) {
+    // Never decoded, never aggregated: the engine refuses it (and counts the rejection).
+    ClientUpdate empty;
+    empty.client_id = update.client_id;
+    std::string why;
+    const UpdateVerdict v = engine->Submit(plan->round, std::move(empty), &why);
+    Count("update_plain_in_secure_round");
+    CountUpdate(v);
+    Log()->warn("refused a plain update from '{}' in secure round {}", update.client_id,
+                update.round);
+    SendTo(peer, fl::Message(fl::MakeUpdateAck(update.round, fl::AckReason::kRejected, why)));
     return;
   }
   if (!plan || update.round != static_cast<uint32_t>(plan->round)) {
@@ -292,6 +363,288 @@ void AggregatorService::Impl::OnBye(const std::string& peer, const fl::Bye& bye)
   Log()->info("client '{}' left ({})", bye.client_id, fl::ByeReasonName(bye.reason));
 }
 
+// ---- Secure rounds (federated/secure_round.h; the same stages cleave sim drives in process) ----
+
+fl::RoundConfig AggregatorService::Impl::ConfigFor(const std::string& client_id) const {
+  fl::RoundConfig config = plan_config;
+  if (plan && plan->secure) {
+    // The roster is plan->clients (sorted): a client's index is its position there.
+    const auto at = std::lower_bound(plan->clients.begin(), plan->clients.end(), client_id);
+    config.secure =
+        ToWireSecureParams(*plan->secure, static_cast<uint32_t>(at - plan->clients.begin()));
+  }
+  return config;
+}
+
+int64_t AggregatorService::Impl::SecureStageMicros() const {
+  return std::max<int64_t>(
+      1000, static_cast<int64_t>(static_cast<double>(options.engine.deadline_micros) *
+                                 options.secure_stage_fraction));
+}
+
+void AggregatorService::Impl::BeginStage(SecureStage stage, std::set<std::string> expected) {
+  secure_stage = stage;
+  stage_expected = std::move(expected);
+  stage_answered.clear();
+  stage_deadline_micros = clock->NowMicros() + SecureStageMicros();
+}
+
+bool AggregatorService::Impl::StageComplete() const {
+  const std::vector<std::string> pending = engine->Pending();
+  const std::set<std::string> still_in(pending.begin(), pending.end());
+  for (const std::string& id : stage_expected) {
+    if (stage_answered.count(id)) continue;
+    auto it = clients.find(id);
+    const bool gone = it == clients.end() || it->second.gone;
+    // Before the unmask stage a client the engine counts as answered has failed (it left,
+    // timed out or declined); in the unmask stage every survivor has answered the engine.
+    const bool dropped = gone || (secure_stage != SecureStage::kUnmask && !still_in.count(id));
+    if (!dropped) return false;
+  }
+  return true;
+}
+
+void AggregatorService::Impl::FailSecure(const std::string& reason) {
+  secure_failure = reason;
+  secure_stage = SecureStage::kClosing;
+  Count("secure_rounds_failed");
+  Log()->warn("round {}: secure aggregation failed: {}", plan->round, reason);
+  // Nobody can contribute any more: let the round close now instead of at its deadline.
+  for (const std::string& id : engine->Pending()) {
+    engine->ReportFailure(plan->round, id, "secure aggregation failed");
+  }
+}
+
+bool AggregatorService::Impl::AdvanceSecure() {
+  SecureRound* secure = engine->secure_round();
+  if (secure == nullptr) return true;
+  if (secure_stage != SecureStage::kClosing &&
+      secure->stage() == secagg::SecAggServer::Stage::kFailed) {
+    FailSecure(secure->failure_reason());
+  }
+  const int64_t now = clock->NowMicros();
+  const bool stage_over = StageComplete() || now >= stage_deadline_micros;
+  const int round = plan->round;
+  switch (secure_stage) {
+    case SecureStage::kKeys: {
+      if (!stage_over) return false;
+      Result<std::map<std::string, secagg::KeyDirectory>> directories =
+          secure->CloseAdvertiseKeys();
+      if (!directories.ok()) {
+        FailSecure(directories.status().message());
+        return false;
+      }
+      std::set<std::string> next;
+      for (const std::string& id : plan->clients) {
+        auto d = directories->find(id);
+        if (d == directories->end() || !stage_answered.count(id)) {
+          engine->ReportFailure(round, id, "did not advertise keys in time");
+          continue;
+        }
+        fl::SecAggKeyDirectory message;
+        message.round = static_cast<uint32_t>(round);
+        message.directory = std::move(d->second);
+        SendTo(clients[id].peer, fl::Message(std::move(message)));
+        next.insert(id);
+      }
+      Log()->info("round {}: {} of {} clients advertised keys; key directories sent", round,
+                  next.size(), plan->clients.size());
+      BeginStage(SecureStage::kShares, std::move(next));
+      return false;
+    }
+    case SecureStage::kShares: {
+      if (!stage_over) return false;
+      Result<std::map<std::string, secagg::ForwardedShares>> forwarded = secure->CloseShareKeys();
+      if (!forwarded.ok()) {
+        FailSecure(forwarded.status().message());
+        return false;
+      }
+      size_t sent = 0;
+      for (const std::string& id : stage_expected) {
+        auto f = forwarded->find(id);
+        if (f == forwarded->end() || !stage_answered.count(id)) {
+          engine->ReportFailure(round, id, "did not share keys in time");
+          continue;
+        }
+        fl::SecAggForwardedShares message;
+        message.round = static_cast<uint32_t>(round);
+        message.forwarded = std::move(f->second);
+        SendTo(clients[id].peer, fl::Message(std::move(message)));
+        ++sent;
+      }
+      Log()->info("round {}: {} clients shared keys; shares forwarded, training", round, sent);
+      secure_stage = SecureStage::kMasked;
+      stage_expected.clear();
+      stage_answered.clear();
+      return false;
+    }
+    case SecureStage::kMasked: {
+      if (!engine->RoundDone()) return false;
+      Result<SecureRound::UnmaskStage> unmask = secure->CloseMaskedInput();
+      if (!unmask.ok()) {
+        FailSecure(unmask.status().message());
+        return true;
+      }
+      fl::SecAggUnmaskRequest request;
+      request.round = static_cast<uint32_t>(round);
+      request.request = unmask->request;
+      const std::string bytes = fl::EncodeMessage(fl::Message(request));
+      for (const std::string& id : unmask->survivors) {
+        if (Status st = Send(clients[id].peer, bytes); !st.ok()) Count("send_failed");
+      }
+      Log()->info("round {}: {} masked inputs; asking the survivors to unmask", round,
+                  unmask->survivors.size());
+      BeginStage(SecureStage::kUnmask,
+                 std::set<std::string>(unmask->survivors.begin(), unmask->survivors.end()));
+      return false;
+    }
+    case SecureStage::kUnmask:
+      if (!stage_over) return false;
+      Log()->info("round {}: {} of {} survivors sent their unmasking shares", round,
+                  stage_answered.size(), stage_expected.size());
+      secure_stage = SecureStage::kClosing;
+      return true;
+    case SecureStage::kClosing:
+    case SecureStage::kNone:
+    default: return engine->RoundDone();
+  }
+}
+
+void AggregatorService::Impl::RejectSecure(const std::string& peer, uint32_t round,
+                                           fl::AckReason reason, const std::string& what,
+                                           const std::string& why) {
+  Count(std::string("secagg_rejected_") + fl::AckReasonName(reason));
+  Log()->warn("{} for round {} rejected ({}): {}", what, round, fl::AckReasonName(reason), why);
+  SendTo(peer, fl::Message(fl::MakeUpdateAck(round, reason, what + ": " + why)));
+}
+
+bool AggregatorService::Impl::AdmitSecure(const std::string& peer, uint32_t round,
+                                          const std::string& client_id, SecureStage stage,
+                                          const char* what) {
+  auto it = clients.find(client_id);
+  if (it == clients.end()) {
+    RejectSecure(peer, round, fl::AckReason::kUnknownClient, what, "register first");
+    return false;
+  }
+  it->second.peer = peer;
+  it->second.last_seen_micros = clock->NowMicros();
+  it->second.gone = false;
+  if (!plan) {
+    RejectSecure(peer, round, fl::AckReason::kNoRound, what, "no round is open");
+    return false;
+  }
+  if (round != static_cast<uint32_t>(plan->round)) {
+    RejectSecure(peer, round, fl::AckReason::kStaleRound, what,
+                 "the open round is " + std::to_string(plan->round));
+    return false;
+  }
+  SecureRound* secure = engine->secure_round();
+  if (!plan->secure || secure == nullptr) {
+    RejectSecure(peer, round, fl::AckReason::kRejected, what,
+                 "round " + std::to_string(round) + " does not use secure aggregation");
+    return false;
+  }
+  if (!secure->IndexOf(client_id).ok()) {
+    RejectSecure(peer, round, fl::AckReason::kNotSampled, what,
+                 "client '" + client_id + "' is not in this round's roster");
+    return false;
+  }
+  if (secure_stage != stage) {
+    const bool late = static_cast<int>(secure_stage) > static_cast<int>(stage);
+    RejectSecure(peer, round, late ? fl::AckReason::kLate : fl::AckReason::kRejected, what,
+                 late ? "that stage of the round is closed" : "that stage has not begun");
+    return false;
+  }
+  if (!stage_expected.count(client_id)) {
+    RejectSecure(peer, round, fl::AckReason::kLate, what,
+                 "client '" + client_id + "' dropped out of this round earlier");
+    return false;
+  }
+  if (stage_answered.count(client_id)) {
+    RejectSecure(peer, round, fl::AckReason::kDuplicate, what,
+                 "client '" + client_id + "' already answered this stage");
+    return false;
+  }
+  return true;
+}
+
+void AggregatorService::Impl::OnSecAggKeys(const std::string& peer, const fl::SecAggKeys& m) {
+  if (!AdmitSecure(peer, m.round, m.client_id, SecureStage::kKeys, "keys")) return;
+  if (Status s = engine->secure_round()->HandleAdvertiseKeys(m.client_id, m.keys); !s.ok()) {
+    RejectSecure(peer, m.round, fl::AckReason::kRejected, "keys", s.message());
+    return;
+  }
+  stage_answered.insert(m.client_id);
+}
+
+void AggregatorService::Impl::OnSecAggShareKeys(const std::string& peer,
+                                                const fl::SecAggShareKeys& m) {
+  if (!AdmitSecure(peer, m.round, m.client_id, SecureStage::kShares, "shares")) return;
+  if (Status s = engine->secure_round()->HandleShareKeys(m.client_id, m.shares); !s.ok()) {
+    RejectSecure(peer, m.round, fl::AckReason::kRejected, "shares", s.message());
+    return;
+  }
+  stage_answered.insert(m.client_id);
+}
+
+void AggregatorService::Impl::OnSecAggMaskedInput(const std::string& peer,
+                                                  const fl::SecAggMaskedInput& m) {
+  auto it = clients.find(m.client_id);
+  if (it == clients.end()) {
+    Count("update_unknown_client");
+    fed->updates_rejected->Increment();
+    SendTo(peer, fl::Message(
+                     fl::MakeUpdateAck(m.round, fl::AckReason::kUnknownClient, "register first")));
+    return;
+  }
+  it->second.peer = peer;
+  it->second.last_seen_micros = clock->NowMicros();
+  const bool this_round = plan && m.round == static_cast<uint32_t>(plan->round);
+  if (this_round && plan->secure && secure_stage != SecureStage::kMasked) {
+    // Early (the key exchange is still on) or late (unmasking began): not the client's answer.
+    const bool late = static_cast<int>(secure_stage) > static_cast<int>(SecureStage::kMasked);
+    RejectSecure(peer, m.round, late ? fl::AckReason::kLate : fl::AckReason::kRejected,
+                 "masked input",
+                 late ? "round " + std::to_string(plan->round) + " already closed"
+                      : "the key exchange of this round has not finished");
+    fed->updates_rejected->Increment();
+    return;
+  }
+  if (this_round && timed_out.count(m.client_id)) {
+    Count("update_late");
+    fed->updates_late->Increment();
+    SendTo(peer, fl::Message(fl::MakeUpdateAck(m.round, fl::AckReason::kLate,
+                                               "client was silent for more than " +
+                                                   std::to_string(options.client_timeout_ms) +
+                                                   " ms and was counted as failed")));
+    return;
+  }
+  // The engine classifies everything else (no round, stale, plain round, not sampled,
+  // duplicate, late, refused by the protocol) and keeps the counts.
+  std::string why;
+  const UpdateVerdict verdict =
+      engine->SubmitMasked(static_cast<int>(m.round), m.client_id, m.input, &why);
+  Count(std::string("masked_input_") + UpdateVerdictName(verdict));
+  CountUpdate(verdict);
+  fl::AckReason reason = AckFor(verdict);
+  if (verdict == UpdateVerdict::kMalformed) reason = fl::AckReason::kRejected;
+  if (verdict != UpdateVerdict::kAccepted) {
+    Log()->warn("masked input from '{}' for round {} rejected ({}): {}", m.client_id, m.round,
+                UpdateVerdictName(verdict), why);
+  }
+  SendTo(peer, fl::Message(fl::MakeUpdateAck(m.round, reason, why)));
+}
+
+void AggregatorService::Impl::OnSecAggUnmaskShares(const std::string& peer,
+                                                   const fl::SecAggUnmaskShares& m) {
+  if (!AdmitSecure(peer, m.round, m.client_id, SecureStage::kUnmask, "unmasking shares")) return;
+  if (Status s = engine->secure_round()->HandleUnmaskShares(m.client_id, m.shares); !s.ok()) {
+    RejectSecure(peer, m.round, fl::AckReason::kRejected, "unmasking shares", s.message());
+    return;
+  }
+  stage_answered.insert(m.client_id);
+}
+
 void AggregatorService::Impl::Housekeeping() {
   const int64_t now = clock->NowMicros();
   for (auto& [id, c] : clients) {
@@ -341,12 +694,35 @@ Status AggregatorService::Impl::Publish(int round) {
 }
 
 Status AggregatorService::Impl::CloseRound() {
+  if (const SecureRound* secure = engine->secure_round()) {
+    const secagg::SecAggProgress p = secure->progress();
+    secure_progress = {{"advertised", p.advertised},
+                       {"shared", p.shared},
+                       {"masked", p.masked},
+                       {"unmasked", p.unmasked}};
+  }
   const auto compute_start = std::chrono::steady_clock::now();
   CLEAVE_ASSIGN_OR_RETURN(RoundRecord record, engine->FinishRound());
+  if (plan->secure) {
+    RoundRecord* r = engine->last_record();
+    r->extra["secure_stages"] = secure_progress;
+    if (!r->applied && !secure_failure.empty()) {
+      r->failure = "secure aggregation failed: " + secure_failure + " (" + r->failure + ")";
+    }
+    record = *r;
+  }
+  secure_stage = SecureStage::kNone;
+  stage_expected.clear();
+  stage_answered.clear();
   m->compute_seconds->Observe(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - compute_start).count());
   fed->updates_failed->Increment(record.failed + record.missing);
   fed->round_duration_seconds->Observe(record.seconds);
+  if (record.extra.contains("strategy") && record.extra["strategy"].contains("dp")) {
+    const nlohmann::json& epsilon = record.extra["strategy"]["dp"]["epsilon"];
+    fed->dp_epsilon->Set(epsilon.is_number() ? epsilon.get<double>()
+                                             : std::numeric_limits<double>::infinity());
+  }
   RoundRecord* stored = engine->last_record();
   stored->extra["bytes_down"] =
       static_cast<int64_t>(plan->clients.size() * plan_config_bytes.size());
@@ -489,14 +865,17 @@ Status AggregatorService::Run(const std::function<bool()>& stop) {
           Log()->warn("cannot open a round yet: {}", st.ToString());
         }
       }
-    } else if (s.engine->RoundDone()) {
+    } else if (s.plan->secure ? s.AdvanceSecure() : s.engine->RoundDone()) {
       CLEAVE_RETURN_IF_ERROR(s.CloseRound());
       continue;
     }
     int timeout_ms = static_cast<int>(std::max<int64_t>(1, s.options.poll_interval_ms));
     if (s.plan) {
-      timeout_ms = static_cast<int>(
-          std::clamp<int64_t>((s.engine->MicrosUntilDeadline() + 999) / 1000, 1, timeout_ms));
+      int64_t until = s.engine->MicrosUntilDeadline();
+      if (s.plan->secure && s.secure_stage != Impl::SecureStage::kMasked) {
+        until = std::max<int64_t>(0, s.stage_deadline_micros - s.clock->NowMicros());
+      }
+      timeout_ms = static_cast<int>(std::clamp<int64_t>((until + 999) / 1000, 1, timeout_ms));
     }
     Result<std::optional<Envelope>> in = s.router->Receive(timeout_ms);
     if (!in.ok()) return in.status().WithContext("aggregator socket");
@@ -529,6 +908,14 @@ Status AggregatorService::Run(const std::function<bool()>& stop) {
             s.OnUpdate(env.peer, body);
           } else if constexpr (std::is_same_v<T, fl::Bye>) {
             s.OnBye(env.peer, body);
+          } else if constexpr (std::is_same_v<T, fl::SecAggKeys>) {
+            s.OnSecAggKeys(env.peer, body);
+          } else if constexpr (std::is_same_v<T, fl::SecAggShareKeys>) {
+            s.OnSecAggShareKeys(env.peer, body);
+          } else if constexpr (std::is_same_v<T, fl::SecAggMaskedInput>) {
+            s.OnSecAggMaskedInput(env.peer, body);
+          } else if constexpr (std::is_same_v<T, fl::SecAggUnmaskShares>) {
+            s.OnSecAggUnmaskShares(env.peer, body);
           } else {
             s.Count("unexpected_messages");  // server-to-client kinds sent to the server
           }

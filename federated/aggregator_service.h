@@ -23,6 +23,22 @@
 //      and an update it sends later in that round is acknowledged as late.
 //   4. after the last round the aggregator sends Bye{finished} to every client it knows,
 //      writes its final summary and exits 0.
+// Secure rounds (engine.secure.enabled; federated/secure_round.h): the RoundConfig carries the
+// round's SecAgg parameters and the client's roster index, and the stages run as in `cleave
+// sim`: (a) every sampled client sends SecAggKeys; when all did, dropped (Bye, timed out) or
+// the stage timeout passed (secure_stage_fraction of the round deadline), the stage closes and
+// each client that advertised gets its SecAggKeyDirectory; (b) likewise SecAggShareKeys ->
+// SecAggForwardedShares; (c) clients train and send SecAggMaskedInput (acknowledged like an
+// Update; a plain Update for a secure round is refused with UpdateAck{rejected} and never
+// decoded); (d) once the round is done (target, everyone answered, or deadline) the masked
+// stage closes, the survivors get SecAggUnmaskRequest and answer SecAggUnmaskShares until all
+// did or a stage timeout; then the engine unmasks the sum and applies it. A client missing a
+// stage is reported failed and dropped (its masks are removed with the survivors' shares); the
+// round fails, with the protocol's reason in its record, only when fewer than the Shamir
+// threshold remain. Secure-stage messages that are malformed, replayed, for another round or
+// stage, or from clients outside the roster get UpdateAck{accepted = false} saying why. The
+// aggregator sees only public keys, sealed shares, masked vectors and the shares needed to
+// unmask the sum: never a client's model.
 // A round opens when at least `min_clients` live clients are registered (and, for the first
 // round, `wait_for_clients` have registered or `start_timeout_ms` passed). After each round
 // the service checkpoints atomically (resuming from the checkpoint on start), optionally
@@ -68,11 +84,15 @@ struct AggregatorOptions {
   int64_t start_timeout_ms = 60000;  // ...or at most this long, then start with min_clients
   int64_t poll_interval_ms = 500;    // told to clients: heartbeat period
   int64_t client_timeout_ms = 5000;  // a sampled client silent this long has failed
-  std::string checkpoint;            // file; resume from it when present
-  std::string publish_dir;           // write <dir>/round-<k> bundles (needs a base bundle)
-  std::string signing_key_pem;       // Ed25519 secret key: sign published bundles ("" = don't)
-  std::string summary_file;          // JSON history, rewritten after every round
-  std::string ready_file;            // {"endpoint", "pid"} once bound
+  // Secure rounds: each stage the aggregator waits for (keys, shares, unmasking shares) closes
+  // when every expected client answered or dropped, or after this share of the round deadline
+  // (engine.deadline_micros), at least 1 ms.
+  double secure_stage_fraction = 0.125;
+  std::string checkpoint;       // file; resume from it when present
+  std::string publish_dir;      // write <dir>/round-<k> bundles (needs a base bundle)
+  std::string signing_key_pem;  // Ed25519 secret key: sign published bundles ("" = don't)
+  std::string summary_file;     // JSON history, rewritten after every round
+  std::string ready_file;       // {"endpoint", "pid"} once bound
   int64_t max_message_bytes = int64_t{256} << 20;
   // Applied to the ROUTER before it binds (CURVE: common/curve.h SetUpCurveServer).
   std::function<Status(zmq::socket_t&)> socket_configure;

@@ -13,6 +13,7 @@
 #include "common/plot.h"
 #include "common/process_stats.h"
 #include "common/shutdown.h"
+#include "federated/bench_privacy.h"
 #include "federated/simulation.h"
 
 namespace cleave::federated {
@@ -332,6 +333,7 @@ void RunBenchAggregate(const AggregateArgs& args) {
 }  // namespace
 
 void RegisterFederatedBenchCommands(CLI::App& bench) {
+  RegisterBenchPrivacyCommand(bench);
   auto fl = std::make_shared<FlArgs>();
   CLI::App* c = bench.add_subcommand(
       "fl", "FedAvg and FedProx on Fashion-MNIST in the NIID-Bench setting (Li et al. 2022)");

@@ -119,6 +119,11 @@ Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfi
   if (sa.enabled) {
     CLEAVE_RETURN_IF_ERROR(sa.Validate());
     CLEAVE_RETURN_IF_ERROR(CheckSecureAggregationStrategy(s.name));
+    if (s.name == "dpfedavg" && s.dp.adaptive_clip) {
+      return Status::InvalidArgument(
+          "strategy.dp_adaptive_clip needs each client's clipped-or-not bit privatized on the "
+          "server; with secure aggregation use a fixed strategy.dp_clip_norm");
+    }
     if (s.norm_bound > 0) {
       return Status::InvalidArgument(
           "strategy.norm_bound clips each client's update on the server, which secure "

@@ -345,6 +345,11 @@ Result<std::unique_ptr<SecureRound>> RoundEngine::StartSecureRound(
       SecureRoundParams params,
       MakeSecureRoundParams(options_.secure, static_cast<uint32_t>(roster.size()),
                             trainable_elements, round_id, graph_seed));
+  if (std::optional<DistributedNoise> noise = strategy_->SecureClientNoise()) {
+    params.dp_clip_norm = noise->clip_norm;
+    params.dp_noise_stddev =
+        noise->noise_multiplier * noise->clip_norm / std::sqrt(static_cast<double>(roster.size()));
+  }
   return SecureRound::Create(params, std::move(roster));
 }
 
@@ -429,7 +434,13 @@ Result<Weights> RoundEngine::AggregateSecure(OpenRound& r) {
   const secagg::AggregateResult& sum = *finished;
   CLEAVE_ASSIGN_OR_RETURN(SecureAggregate decoded,
                           DecodeAggregate(r.secure->params(), sum, global_, trainable_));
-  r.record.examples = decoded.examples;
+  if (r.secure->params().dp_clip_norm > 0) {
+    // Every contribution weighed 1: the weight sum counts clients, not examples.
+    CLEAVE_RETURN_IF_ERROR(strategy_->OnSecureAggregate(
+        decoded.contributors, static_cast<int>(r.secure->roster().size())));
+  }
+  // With distributed DP every client weighs 1, so the sum reveals no example count.
+  r.record.examples = r.secure->params().dp_clip_norm > 0 ? 0 : decoded.examples;
   r.record.train_loss = decoded.mean_loss;
   r.record.extra["secure_aggregation"] = {{"contributors", decoded.contributors},
                                           {"recovered_dropouts", decoded.recovered},

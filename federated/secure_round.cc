@@ -5,6 +5,8 @@
 #include <limits>
 #include <utility>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 namespace cleave::federated {
 
 using json = nlohmann::json;
@@ -12,8 +14,8 @@ using json = nlohmann::json;
 namespace {
 
 const std::vector<std::string>& SecureStrategies() {
-  static const std::vector<std::string> names = {"fedavg", "fedprox", "fedadam", "fedyogi",
-                                                 "fedadagrad"};
+  static const std::vector<std::string> names = {"fedavg",  "fedprox",    "fedadam",
+                                                 "fedyogi", "fedadagrad", "dpfedavg"};
   return names;
 }
 
@@ -75,10 +77,8 @@ Status CheckSecureAggregationStrategy(const std::string& strategy) {
   std::string list;
   for (const auto& s : ok) list += (list.empty() ? "" : ", ") + s;
   std::string why = "it aggregates something other than the example-weighted mean";
-  if (strategy == "dpfedavg") {
-    why = "it clips each client's update on the server, which would need the unmasked update";
-  } else if (strategy == "fedmedian" || strategy == "fedtrimmedavg" || strategy == "krum" ||
-             strategy == "multikrum" || strategy == "bulyan") {
+  if (strategy == "fedmedian" || strategy == "fedtrimmedavg" || strategy == "krum" ||
+      strategy == "multikrum" || strategy == "bulyan") {
     why =
         "robust aggregation needs every individual update, and secure aggregation reveals "
         "only their sum";
@@ -97,7 +97,9 @@ json SecureRoundParams::ToJson() const {
           {"degree", secagg.degree},
           {"clip", clip},
           {"fractional_bits", fractional_bits},
-          {"example_scale", example_scale}};
+          {"example_scale", example_scale},
+          {"dp_clip_norm", dp_clip_norm},
+          {"dp_noise_stddev", dp_noise_stddev}};
 }
 
 Result<SecureRoundParams> MakeSecureRoundParams(const SecureAggregationOptions& options,
@@ -175,7 +177,8 @@ Result<std::vector<uint32_t>> EncodeContribution(const SecureRoundParams& params
   CLEAVE_ASSIGN_OR_RETURN(
       FixedPointCodec codec,
       FixedPointCodec::Create(params.clip, params.fractional_bits, params.secagg.num_clients));
-  const double w = static_cast<double>(num_examples) / params.example_scale;
+  const bool dp = params.dp_clip_norm > 0;
+  const double w = dp ? 1.0 : static_cast<double>(num_examples) / params.example_scale;
   std::vector<float> values;
   values.reserve(static_cast<size_t>(n) + 2);
   for (size_t i = 0; i < global.size(); ++i) {
@@ -189,6 +192,20 @@ Result<std::vector<uint32_t>> EncodeContribution(const SecureRoundParams& params
     const torch::Tensor delta = (t - global[i]).mul_(w).contiguous();
     const float* d = delta.data_ptr<float>();
     values.insert(values.end(), d, d + delta.numel());
+  }
+  if (dp) {
+    // Clip the whole delta (one L2 norm over every trainable value) to C, then add this
+    // client's share of the noise, from a generator seeded by the client's rounding seed.
+    torch::Tensor v = torch::from_blob(values.data(), {n}, torch::kFloat32);
+    const double norm = v.norm().item<double>();
+    if (!std::isfinite(norm)) {
+      return Status::InvalidArgument("secure contribution: the update is not finite");
+    }
+    if (norm > params.dp_clip_norm) v.mul_(params.dp_clip_norm / norm);
+    uint64_t seed = 0;
+    for (int i = 0; i < 8; ++i) seed |= static_cast<uint64_t>(rounding_seed[16 + i]) << (8 * i);
+    at::Generator generator = at::make_generator<at::CPUGeneratorImpl>(seed);
+    v.add_(torch::randn({n}, generator, torch::kFloat32).mul_(params.dp_noise_stddev));
   }
   values.push_back(static_cast<float>(w));
   values.push_back(static_cast<float>(w * train_loss));

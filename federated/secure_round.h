@@ -16,12 +16,14 @@
 //   [ w * (trained - global) over the trainable entries, flattened in layout order,
 //     w,  w * train_loss ]                      with  w = num_examples / example_scale
 // so the sum the server learns is the example-weighted sum of the survivors' deltas, the total
-// weight and the weighted loss. global + (sum of w delta) / (sum of w) is exactly FedAvg's
-// example-weighted mean of the survivors' models (up to the fixed-point resolution); this is
-// why only strategies whose aggregate is that weighted mean (fedavg, fedprox, and the FedOpt
-// family, which step on it) can run securely: the robust ones need each update and dpfedavg
-// clips each update on the server, which secure aggregation exists to prevent
-// (CheckSecureAggregationStrategy says so).
+// weight and the weighted loss. With distributed DP (dpfedavg) every client weighs w = 1 and
+// sends its delta clipped to L2 norm C plus its share of the Gaussian noise (see
+// DpFedAvg's SecureClientNoise in dp_fedavg.cc), so the sum is the noisy sum of clipped deltas
+// DP-FedAvg releases, and no one ever sees it without noise. global + (sum of w delta) / (sum of w)
+// is exactly FedAvg's example-weighted mean of the survivors' models (up to the fixed-point
+// resolution); this is why only strategies whose aggregate is that weighted mean (fedavg, fedprox,
+// and the FedOpt family, which step on it) can run securely, and dpfedavg with client-side clipping
+// and noise; the robust ones need each update (CheckSecureAggregationStrategy says so).
 //
 // Clipping and scaling: every coordinate of the contribution is clamped to [-clip, clip]
 // before encoding (default 64: a client with w = 1, i.e. example_scale examples, may move a
@@ -72,6 +74,10 @@ struct SecureRoundParams {
   double clip = 64;
   int fractional_bits = 0;
   double example_scale = 1000;
+  // Distributed DP (dpfedavg with secure aggregation; 0 = off): every client weighs 1, clips
+  // its delta to this L2 norm and adds Gaussian noise of this stddev to every coordinate.
+  double dp_clip_norm = 0;
+  double dp_noise_stddev = 0;
   nlohmann::json ToJson() const;  // for logs and round records (no secrets in here)
 };
 

@@ -150,6 +150,11 @@ Status SimOptions::Validate() const {
   CLEAVE_RETURN_IF_ERROR(
       CheckCompressionCompatible(compression, engine.secure.enabled, strategy.name));
   CLEAVE_RETURN_IF_ERROR(attack.Validate());
+  if (engine.secure.enabled && strategy.name == "dpfedavg" && strategy.dp.adaptive_clip) {
+    return Status::InvalidArgument(
+        "sim: strategy.dp_adaptive_clip is not available with secure aggregation (the "
+        "clients clip with a fixed strategy.dp_clip_norm)");
+  }
   if (engine.secure.enabled && strategy.norm_bound > 0) {
     return Status::InvalidArgument(
         "sim: strategy.norm_bound clips each client's update on the server, which secure "

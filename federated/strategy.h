@@ -38,6 +38,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -124,6 +125,14 @@ struct StrategyConfig {
   Status Validate() const;
 };
 
+// Client-side noise of differential privacy under secure aggregation ("distributed noise"):
+// each client clips its delta to L2 norm `clip_norm` and adds Gaussian noise so that the
+// noise of the sum has stddev noise_multiplier x clip_norm (federated/secure_round.h).
+struct DistributedNoise {
+  double clip_norm = 0;
+  double noise_multiplier = 0;
+};
+
 class Strategy {
  public:
   virtual ~Strategy() = default;
@@ -139,6 +148,15 @@ class Strategy {
   // Facts about the round that just finished (clip norm, epsilon, ...), stored in the round
   // record's `extra["strategy"]`; null when there is nothing to say (the default).
   virtual nlohmann::json RoundReport() const { return nullptr; }
+  // Secure rounds: the noise clients add themselves (dpfedavg); nullopt (the default) = none.
+  virtual std::optional<DistributedNoise> SecureClientNoise() const { return std::nullopt; }
+  // Secure rounds: the noisy sum of `contributors` of the round's `roster` clients was
+  // released (dpfedavg accounts for it). Default: nothing.
+  virtual Status OnSecureAggregate(int contributors, int roster) {
+    (void)contributors;
+    (void)roster;
+    return Status::Ok();
+  }
   // Starts aggregating a round whose clients started from `global`. `global` and `trainable`
   // must outlive the returned aggregator.
   virtual std::unique_ptr<RoundAggregator> BeginRound(const Weights& global,

@@ -17,7 +17,7 @@ HISTOGRAMS = {"cleave_queue_seconds", "cleave_compute_seconds", "cleave_batch_si
 
 
 GAUGES = {"cleave_pending_requests", "cleave_model_version", "cleave_connected_edges",
-          "cleave_federated_round"}
+          "cleave_federated_round", "cleave_federated_dp_epsilon"}
 
 
 SERIES = (COUNTERS | GAUGES | {"up"} |

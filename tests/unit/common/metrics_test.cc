@@ -82,6 +82,7 @@ TEST(MetricsTest, FederatedEdgesAndCurveSeries) {
   fed.updates_late->Increment();
   fed.updates_failed->Increment(3);
   fed.round_duration_seconds->Observe(42);
+  fed.dp_epsilon->Set(2.5);
   metrics.ConnectedEdges().Set(7);
   EXPECT_EQ(&metrics.ConnectedEdges(), &metrics.ConnectedEdges());
   prometheus::Counter& refused = metrics.CurveRefused("aggregator");
@@ -95,6 +96,7 @@ TEST(MetricsTest, FederatedEdgesAndCurveSeries) {
   EXPECT_TRUE(Has(text, "cleave_federated_updates_total{status=\"failed\"} 3"));
   EXPECT_TRUE(Has(text, "cleave_federated_round_duration_seconds_bucket{le=\"30\"} 0"));
   EXPECT_TRUE(Has(text, "cleave_federated_round_duration_seconds_bucket{le=\"60\"} 1"));
+  EXPECT_TRUE(Has(text, "cleave_federated_dp_epsilon 2.5"));
   EXPECT_TRUE(Has(text, "cleave_connected_edges 7"));
   EXPECT_TRUE(Has(text, "cleave_curve_refused_total{component=\"aggregator\"} 1"));
 }
@@ -126,6 +128,7 @@ TEST(MetricsTest, NamesFollowPrometheusConventions) {
                                           "cleave_federated_round",
                                           "cleave_federated_updates_total",
                                           "cleave_federated_round_duration_seconds",
+                                          "cleave_federated_dp_epsilon",
                                           "cleave_curve_refused_total"};
   EXPECT_EQ(names, expected);
 }

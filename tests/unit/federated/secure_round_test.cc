@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 #include <set>
 
@@ -73,7 +74,7 @@ TEST(SecureAggregationOptionsTest, ValidateNamesTheKey) {
 }
 
 TEST(SecureAggregationOptionsTest, OnlyWeightedMeanStrategiesAreAllowed) {
-  for (const char* ok : {"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad"}) {
+  for (const char* ok : {"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "dpfedavg"}) {
     EXPECT_TRUE(CheckSecureAggregationStrategy(ok).ok()) << ok;
   }
   for (const char* no : {"fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan"}) {
@@ -81,8 +82,7 @@ TEST(SecureAggregationOptionsTest, OnlyWeightedMeanStrategiesAreAllowed) {
     EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << no;
     EXPECT_NE(s.message().find("every individual update"), std::string::npos) << s.message();
   }
-  Status dp = CheckSecureAggregationStrategy("dpfedavg");
-  EXPECT_NE(dp.message().find("clips each client's update on the server"), std::string::npos);
+  EXPECT_FALSE(CheckSecureAggregationStrategy("nonesuch").ok());
 }
 
 TEST(SecureRoundParamsTest, FractionalBitsKeepTheSumFromWrapping) {
@@ -123,6 +123,45 @@ TEST(EncodeContributionTest, RejectsWhatCannotBeEncoded) {
   EXPECT_FALSE(EncodeContribution(p, g, nan, Trainable(), 10, 0.5, Seed(1)).ok());
   // All three entries trainable: 12 values, the round expects 10.
   EXPECT_FALSE(EncodeContribution(p, g, Trained(0), {true, true, true}, 10, 0.5, Seed(1)).ok());
+}
+
+// Distributed DP: every client weighs 1 and clips its whole delta to C before adding its
+// share of the noise.
+TEST(EncodeContributionTest, DistributedDpClipsToTheNormAndAddsTheNoise) {
+  SecureRoundParams p = Params(2);
+  p.dp_clip_norm = 0.05;
+  p.dp_noise_stddev = 0;
+  const Weights g = Global();
+  Weights big = Trained(0);  // delta norm about 0.3
+  auto encoded = EncodeContribution(p, g, big, Trainable(), 500, 0.25, Seed(1));
+  ASSERT_TRUE(encoded.ok());
+  secagg::AggregateResult one;
+  one.sum = *encoded;
+  one.contributors = {0};
+  auto decoded = DecodeAggregate(p, one, g, Trainable());
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_NEAR(decoded->weight_sum, 1.0, 1e-5);  // not 500 / example_scale
+  EXPECT_NEAR(decoded->mean_loss, 0.25, 1e-5);
+  const double norm = std::sqrt((decoded->aggregate[0] - g[0]).pow(2).sum().item<double>() +
+                                (decoded->aggregate[1] - g[1]).pow(2).sum().item<double>());
+  EXPECT_NEAR(norm, 0.05, 1e-4);
+  // Noise: a zero delta comes back as noise of the configured stddev.
+  Weights wide = {torch::zeros({400, 50}), torch::zeros({4}), torch::ones({2})};
+  SecureAggregationOptions o;
+  o.enabled = true;
+  auto wp = MakeSecureRoundParams(o, 2, 400 * 50 + 4, 1, Seed(2));
+  ASSERT_TRUE(wp.ok());
+  wp->dp_clip_norm = 1.0;
+  wp->dp_noise_stddev = 0.1;
+  auto noisy = EncodeContribution(*wp, wide, wide, Trainable(), 10, 0.0, Seed(4));
+  ASSERT_TRUE(noisy.ok());
+  secagg::AggregateResult sum;
+  sum.sum = *noisy;
+  sum.contributors = {0};
+  auto nd = DecodeAggregate(*wp, sum, wide, Trainable());
+  ASSERT_TRUE(nd.ok());
+  EXPECT_NEAR(nd->aggregate[0].std().item<double>(), 0.1, 0.005);
+  EXPECT_NEAR(nd->aggregate[0].mean().item<double>(), 0.0, 0.005);
 }
 
 // Plays every client of a round in process. `drop` clients share keys and then never send a
@@ -458,6 +497,31 @@ TEST(SecureSimulationTest, SecureRoundsReachThePlainModelAndRecoverDropouts) {
       recovered += rec.extra.at("secure_aggregation").at("recovered_dropouts").get<int>();
   }
   EXPECT_GT(recovered, 0);
+  // DP-FedAvg with distributed noise: accounted per round with the survivors' noise.
+  SimOptions dp = SimSmall(true);
+  dp.strategy.name = "dpfedavg";
+  dp.strategy.dp.clip_norm = 0.5;
+  dp.strategy.dp.noise_multiplier = 1.0;
+  dp.strategy.dp.seed = 3;
+  dp.dropout = 0.2;
+  auto dp_run = RunSimulation(dp, data);
+  ASSERT_TRUE(dp_run.ok()) << dp_run.status().ToString();
+  double last_epsilon = 0;
+  for (const RoundRecord& rec : dp_run->history) {
+    if (!rec.applied) continue;
+    const nlohmann::json& report = rec.extra.at("strategy").at("dp");
+    EXPECT_TRUE(report.at("distributed_noise").get<bool>());
+    const double k = report.at("contributors").get<double>();
+    const double n = report.at("roster").get<double>();
+    EXPECT_NEAR(report.at("effective_noise_multiplier").get<double>(), std::sqrt(k / n), 1e-9);
+    EXPECT_GT(report.at("epsilon").get<double>(), last_epsilon);
+    last_epsilon = report.at("epsilon").get<double>();
+    EXPECT_EQ(rec.examples, 0);  // the weights count clients, not examples
+  }
+  EXPECT_GT(last_epsilon, 0);
+  SimOptions adaptive = dp;
+  adaptive.strategy.dp.adaptive_clip = true;
+  EXPECT_EQ(RunSimulation(adaptive, data).status().code(), StatusCode::kInvalidArgument);
   SimOptions robust = SimSmall(true);
   robust.strategy.name = "fedmedian";
   EXPECT_EQ(RunSimulation(robust, data).status().code(), StatusCode::kInvalidArgument);
