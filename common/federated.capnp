@@ -134,6 +134,24 @@ struct RoundConfig {
   # Set for a secure round: the client answers the SecAgg stages and sends SecAggMaskedInput
   # instead of Update. A client that cannot must decline (Bye), never send a plain Update.
   secure @18 :SecureRoundParams;
+  # How the client sends its update this round (federated/update_compression.h). Unset or
+  # kind none: Update.tensors as ever. int8/topk: the client sends Update.compressed instead.
+  # Ignored in a secure round (the masked input is never compressed); topk with `secure` is
+  # invalid. A client that predates this field ignores it and sends tensors, which the
+  # aggregator still accepts: the field is additive, hence no protocol version bump.
+  compression @19 :UpdateCompression;
+}
+
+enum CompressionKind {
+  none @0;
+  int8 @1;      # per-chunk int8 with stochastic rounding
+  topk @2;      # largest-magnitude coordinates of the delta
+}
+
+struct UpdateCompression {
+  kind @0 :CompressionKind;
+  topkFraction @1 :Float64;  # topk: share of the trainable coordinates sent, in (0, 1]
+  errorFeedback @2 :Bool;    # the client carries what it did not send into its next round
 }
 
 # ---- Secure aggregation (common/secure_aggregation.h has the protocol) ----
@@ -250,6 +268,10 @@ struct Update {
   isDelta @5 :Bool;
   trainSeconds @6 :Float64; # finite, >= 0
   steps @7 :UInt64;         # optimizer steps taken
+  # When non-empty: the delta local - global(round) over the trainable entries, encoded by
+  # federated::EncodeUpdate (RoundConfig.compression); `tensors` is then empty and isDelta
+  # false. The aggregator decodes it against its own layout and mask (DecodeUpdate).
+  compressed @8 :Data;
 }
 
 # Aggregator -> client: what became of an Update.

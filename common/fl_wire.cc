@@ -200,6 +200,21 @@ Status Check(const RegisterReply& m) {
 
 Status CheckSecureParams(const SecureParams& p);
 
+Status CheckCompression(const UpdateCompression& c, bool secure) {
+  if (static_cast<uint8_t>(c.kind) > static_cast<uint8_t>(CompressionKind::kTopK)) {
+    return Status::InvalidArgument("RoundConfig.compression.kind: unknown value " +
+                                   std::to_string(static_cast<unsigned>(c.kind)));
+  }
+  if (c.kind != CompressionKind::kTopK) return Status::Ok();
+  CLEAVE_RETURN_IF_ERROR(
+      CheckDouble(c.topk_fraction, "RoundConfig.compression.topk_fraction", 0, true, 1, false));
+  if (secure) {
+    return Status::InvalidArgument(
+        "RoundConfig.compression.kind topk cannot be combined with secure aggregation");
+  }
+  return Status::Ok();
+}
+
 Status Check(const RoundConfig& m) {
   CLEAVE_RETURN_IF_ERROR(CheckUint(m.round, "RoundConfig.round", 1, UINT32_MAX));
   CLEAVE_RETURN_IF_ERROR(CheckName(m.model_name, "RoundConfig.model_name"));
@@ -239,6 +254,7 @@ Status Check(const RoundConfig& m) {
                                    std::to_string(m.deadline_ms));
   }
   if (m.secure) CLEAVE_RETURN_IF_ERROR(CheckSecureParams(*m.secure));
+  CLEAVE_RETURN_IF_ERROR(CheckCompression(m.compression, m.secure.has_value()));
   return CheckTensors(m.weights, "RoundConfig.weights");
 }
 
@@ -248,6 +264,16 @@ Status Check(const Update& m) {
   CLEAVE_RETURN_IF_ERROR(CheckUint(m.num_examples, "Update.num_examples", 1, kMaxNumExamples));
   CLEAVE_RETURN_IF_ERROR(CheckDouble(m.train_loss, "Update.train_loss", -INFINITY, false));
   CLEAVE_RETURN_IF_ERROR(CheckDouble(m.train_seconds, "Update.train_seconds", 0, false));
+  if (!m.compressed.empty()) {
+    if (!m.tensors.empty() || m.is_delta) {
+      return Status::InvalidArgument(
+          "Update.compressed is set: Update.tensors must be empty and is_delta false");
+    }
+    if (m.compressed.size() > kMaxMessageBytes) {
+      return TooLong("Update.compressed", m.compressed.size(), kMaxMessageBytes, "bytes");
+    }
+    return Status::Ok();
+  }
   return CheckTensors(m.tensors, "Update.tensors");
 }
 
@@ -494,6 +520,14 @@ Result<RoundConfig> ReadBody(schema::RoundConfig::Reader in) {
     CLEAVE_ASSIGN_OR_RETURN(SecureParams secure, ReadSecureParams(in.getSecure()));
     out.secure = std::move(secure);
   }
+  if (in.hasCompression()) {
+    const auto compression = in.getCompression();
+    // Values above 255 must not wrap onto a known kind.
+    const auto kind = static_cast<uint16_t>(compression.getKind());
+    out.compression.kind = static_cast<CompressionKind>(kind > 255 ? 255 : kind);
+    out.compression.topk_fraction = compression.getTopkFraction();
+    out.compression.error_feedback = compression.getErrorFeedback();
+  }
   return out;
 }
 
@@ -507,6 +541,10 @@ Result<Update> ReadBody(schema::Update::Reader in) {
   out.is_delta = in.getIsDelta();
   out.train_seconds = in.getTrainSeconds();
   out.steps = in.getSteps();
+  if (in.hasCompressed()) {
+    const capnp::Data::Reader compressed = in.getCompressed();
+    out.compressed.assign(reinterpret_cast<const char*>(compressed.begin()), compressed.size());
+  }
   return out;
 }
 
@@ -787,7 +825,7 @@ size_t BodyWords(const Register& m) {
 size_t BodyWords(const RegisterReply& m) { return 4 + TextWords(m.error); }
 size_t BodyWords(const RoundConfig& m) {
   return 16 + TextWords(m.model_name) + TextWords(m.layout_sha256) + TensorsWords(m.weights) +
-         WordsFor((m.trainable.size() + 7) / 8) + (m.secure ? 16 : 0);
+         WordsFor((m.trainable.size() + 7) / 8) + (m.secure ? 16 : 0) + 4;
 }
 constexpr size_t kKeyWords = 1 + kSecAggKeyBytes / 8;
 size_t SealedWords(const std::vector<secagg::EncryptedShare>& shares) {
@@ -818,7 +856,9 @@ size_t BodyWords(const SecAggUnmaskShares& m) {
   return 8 + TextWords(m.client_id) + RevealedWords(m.shares.self_mask_shares) +
          RevealedWords(m.shares.mask_key_shares);
 }
-size_t BodyWords(const Update& m) { return 8 + TextWords(m.client_id) + TensorsWords(m.tensors); }
+size_t BodyWords(const Update& m) {
+  return 8 + TextWords(m.client_id) + TensorsWords(m.tensors) + WordsFor(m.compressed.size());
+}
 size_t BodyWords(const UpdateAck& m) { return 4 + TextWords(m.message); }
 size_t BodyWords(const Heartbeat& m) { return 4 + TextWords(m.client_id); }
 size_t BodyWords(const Wait& m) { return 4 + TextWords(m.reason); }
@@ -882,6 +922,12 @@ void WriteBody(const RoundConfig& m, FlMessage::Body::Builder body) {
     secure.setExampleScale(p.example_scale);
     secure.setClientIndex(p.client_index);
   }
+  if (m.compression.kind != CompressionKind::kNone) {
+    auto compression = out.initCompression();
+    compression.setKind(static_cast<schema::CompressionKind>(m.compression.kind));
+    compression.setTopkFraction(m.compression.topk_fraction);
+    compression.setErrorFeedback(m.compression.error_feedback);
+  }
 }
 
 void WriteBody(const Update& m, FlMessage::Body::Builder body) {
@@ -894,6 +940,10 @@ void WriteBody(const Update& m, FlMessage::Body::Builder body) {
   out.setIsDelta(m.is_delta);
   out.setTrainSeconds(m.train_seconds);
   out.setSteps(m.steps);
+  if (!m.compressed.empty()) {
+    out.setCompressed(capnp::Data::Reader(reinterpret_cast<const kj::byte*>(m.compressed.data()),
+                                          m.compressed.size()));
+  }
 }
 
 void WriteBody(const UpdateAck& m, FlMessage::Body::Builder body) {
@@ -1052,6 +1102,15 @@ const char* ByeReasonName(ByeReason reason) {
     case ByeReason::kLeaving: return "leaving";
     case ByeReason::kFinished: return "finished";
     case ByeReason::kShuttingDown: return "shutting_down";
+    default: return "unknown";
+  }
+}
+
+const char* CompressionKindName(CompressionKind kind) {
+  switch (kind) {
+    case CompressionKind::kNone: return "none";
+    case CompressionKind::kInt8: return "int8";
+    case CompressionKind::kTopK: return "topk";
     default: return "unknown";
   }
 }

@@ -32,6 +32,9 @@ namespace cleave::wire::fl {
 // Version 2 added secure aggregation (RoundConfig.secure and the SecAgg* messages). It is a
 // bump although the change is additive: a version-1 edge would ignore RoundConfig.secure and
 // send its trained model in the clear, so it must not get that far.
+// RoundConfig.compression and Update.compressed came later without a bump: an edge that
+// ignores the compression field sends float32 tensors, which the aggregator still accepts,
+// and an edge compresses only when asked, so no peer misreads what it gets.
 inline constexpr uint16_t kProtocolVersion = 2;
 
 // Limits applied by the decoders and by ValidateMessage / ValidateCheckpoint.
@@ -94,6 +97,18 @@ struct SecureParams {
   uint32_t client_index = 0;
 };
 
+// How a client sends its update (federated::CompressionConfig on the wire, minus the seed:
+// the client draws int8 rounding from RoundConfig.seed). Rules: kind known; topk_fraction
+// finite in (0, 1] when kind is kTopK; kTopK never with RoundConfig.secure.
+enum class CompressionKind : uint8_t { kNone = 0, kInt8 = 1, kTopK = 2 };
+// "none", "int8", "topk" (as federated::CompressionConfig::kind); "unknown" otherwise.
+const char* CompressionKindName(CompressionKind kind);
+struct UpdateCompression {
+  CompressionKind kind = CompressionKind::kNone;
+  double topk_fraction = 0.01;
+  bool error_feedback = true;
+};
+
 // Aggregator -> client. `trainable` is authoritative; `trainable_set` says how it was made.
 struct RoundConfig {
   uint32_t round = 1;  // >= 1
@@ -115,18 +130,23 @@ struct RoundConfig {
   uint32_t time_budget_ms = 0;  // 0 = none; <= deadline_ms when both are set
   uint64_t seed = 0;
   std::optional<SecureParams> secure;  // set: a secure round (no plain Update allowed)
+  // kNone: Update.tensors. Otherwise Update.compressed (ignored in a secure round).
+  UpdateCompression compression;
 };
 
-// Client -> aggregator.
+// Client -> aggregator. Exactly one of `tensors` and `compressed` is non-empty.
 struct Update {
   uint32_t round = 1;                  // >= 1
   std::string client_id;               // ValidateClientId
   uint64_t num_examples = 0;           // 1..kMaxNumExamples
   double train_loss = 0;               // finite
-  std::vector<EncodedTensor> tensors;  // 1..kMaxLayoutEntries: trainable entries, layout order
-  bool is_delta = false;               // tensors are local - global(round)
+  std::vector<EncodedTensor> tensors;  // <= kMaxLayoutEntries: trainable entries, layout order
+  bool is_delta = false;               // tensors are local - global(round); false if compressed
   double train_seconds = 0;            // finite, >= 0
   uint64_t steps = 0;
+  // federated::EncodeUpdate bytes of local - global(round). Opaque here: only its presence
+  // and size are checked; the aggregator's DecodeUpdate checks the content.
+  std::string compressed;
 };
 
 enum class AckReason : uint8_t {

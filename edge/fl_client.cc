@@ -63,6 +63,17 @@ int64_t MinPositive(int64_t a, int64_t b) {
   return std::min(a, b);
 }
 
+// A stable 64-bit number for the client id (FNV-1a): the `client` input of the int8 rounding
+// stream, so two clients in one round draw different coins.
+uint64_t ClientNumber(const std::string& client_id) {
+  uint64_t h = 14695981039346656037ull;
+  for (char c : client_id) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 Status CheckOptions(const FederatedClientOptions& o) {
   if (o.aggregator.empty()) return Status::InvalidArgument("federated client: no aggregator");
   // A probe Register checks the id and model name with the wire's own rules.
@@ -131,6 +142,7 @@ nlohmann::json FederatedClientStats::ToJson() const {
           {"secure_rounds", secure_rounds},
           {"masked_inputs_sent", masked_inputs_sent},
           {"unmask_shares_sent", unmask_shares_sent},
+          {"compressed_updates", compressed_updates},
           {"malformed_messages", malformed_messages},
           {"unexpected_messages", unexpected_messages},
           {"send_failures", send_failures},
@@ -798,7 +810,24 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
     update.client_id = options_.client_id;
     update.num_examples = static_cast<uint64_t>(result->num_examples);
     update.train_loss = result->train_loss;
-    update.tensors = federated::MaskedToWire(result->weights, config.trainable);
+    if (config.compression.kind != fl::CompressionKind::kNone) {
+      federated::CompressionConfig compression;
+      compression.kind = fl::CompressionKindName(config.compression.kind);
+      compression.topk_fraction = config.compression.topk_fraction;
+      compression.error_feedback = config.compression.error_feedback;
+      compression.seed = config.seed;
+      Result<std::string> encoded = federated::EncodeUpdate(
+          compression, global, result->weights, config.trainable, config.round,
+          ClientNumber(options_.client_id), compression.error_feedback ? &feedback_ : nullptr);
+      if (!encoded.ok()) {
+        Decline(config.round, encoded.status().WithContext("compressing the update"),
+                &FederatedClientStats::training_failures);
+        return;
+      }
+      update.compressed = std::move(*encoded);
+    } else {
+      update.tensors = federated::MaskedToWire(result->weights, config.trainable);
+    }
     update.train_seconds = result->seconds;
     update.steps = static_cast<uint64_t>(result->steps);
     message = fl::Message(std::move(update));
@@ -808,6 +837,8 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
             &FederatedClientStats::training_failures);
     return;
   }
+  const auto* plain = std::get_if<fl::Update>(&message.body);
+  const bool compressed = plain != nullptr && !plain->compressed.empty();
   sent_round_ = config.round;
   sent_update_ = fl::EncodeMessage(message);
   const std::string summary = "trained " + std::to_string(result->steps) + " steps on " +
@@ -831,6 +862,7 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
     Update([&](FederatedClientStats& s) {
       ++s.updates_sent;
       if (forwarded) ++s.masked_inputs_sent;
+      if (compressed) ++s.compressed_updates;
     });
   } else {
     awaiting_ack_until_micros_ = 0;  // certainly not delivered: let the next heartbeat ask

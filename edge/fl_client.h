@@ -34,6 +34,13 @@
 //     which ends the session (its secrets are wiped). Any protocol error, or the aggregator
 //     refusing one of our stage messages, ends the session: Bye{leaving} as for any round we
 //     cannot train (the aggregator recovers our masks from the other clients' shares).
+//   - A RoundConfig asking for compression (RoundConfig.compression int8 or topk, plain rounds
+//     only): the client encodes its delta trained - global with federated::EncodeUpdate and
+//     sends it as Update{compressed} instead of the tensors. int8 rounding is drawn from the
+//     round's seed and a hash of the client id. With error_feedback the client keeps one
+//     ErrorFeedbackState across rounds (what it did not send is added to its next compressed
+//     delta); a re-sent update re-sends the same bytes, never re-encodes. In a secure round
+//     the setting is ignored: the masked input is never compressed.
 //   - UpdateAck: counted as accepted, or rejected by reason.
 //   - Bye{finished}: the federation is over; the thread exits (inference keeps serving).
 //     Bye{shutting_down}: the aggregator stops; the client registers again when it returns.
@@ -74,6 +81,7 @@
 #include "common/status.h"
 #include "common/transport.h"
 #include "federated/secure_round.h"
+#include "federated/update_compression.h"
 #include "federated/weights.h"
 #include "split/train_data.h"
 #include "split/vision_model.h"
@@ -125,6 +133,7 @@ struct FederatedClientStats {
   uint64_t secure_rounds = 0;                          // secure rounds joined (keys advertised)
   uint64_t masked_inputs_sent = 0;                     // masked contributions sent (secure rounds)
   uint64_t unmask_shares_sent = 0;                     // secure rounds whose unmasking we answered
+  uint64_t compressed_updates = 0;                     // updates sent as Update.compressed
   uint64_t malformed_messages = 0;   // frames from the aggregator that did not decode
   uint64_t unexpected_messages = 0;  // valid messages that make no sense to a client now
   uint64_t send_failures = 0;        // sends refused (aggregator unreachable, queue full)
@@ -230,6 +239,8 @@ class FederatedClient {
   uint32_t closed_round_ = 0;                // latest round acknowledged or declined
   bool finished_ = false;
   bool vanished_ = false;  // secure_drop_round: the thread ends without a Bye
+  // Error feedback of compressed rounds: what earlier compressed updates did not send.
+  federated::ErrorFeedbackState feedback_;
   // The open secure round: its config and global weights (training waits for the key
   // exchange), the session and how far it got.
   struct SecureState {

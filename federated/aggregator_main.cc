@@ -162,7 +162,8 @@ int main(int argc, char** argv) {
   federated::AggregatorOptions options;
   options.listen = config->GetString("aggregator.listen");
   options.rounds = static_cast<int>(config->GetInt("aggregator.rounds"));
-  if (cleave::Status s = federated::ReadRoundConfigKeys(*config, options.engine, options.strategy);
+  if (cleave::Status s = federated::ReadRoundConfigKeys(*config, options.engine, options.strategy,
+                                                        options.compression);
       !s.ok()) {
     return Fail(s);
   }

@@ -39,6 +39,13 @@ fl::AckReason AckFor(UpdateVerdict verdict) {
   return fl::AckReason::kInternal;
 }
 
+Result<fl::CompressionKind> ToWireCompressionKind(const std::string& kind) {
+  if (kind == "none") return fl::CompressionKind::kNone;
+  if (kind == "int8") return fl::CompressionKind::kInt8;
+  if (kind == "topk") return fl::CompressionKind::kTopK;
+  return Status::InvalidArgument("compression.kind '" + kind + "' is not none, int8 or topk");
+}
+
 fl::SecureParams ToWireSecureParams(const SecureRoundParams& params, uint32_t client_index) {
   fl::SecureParams out;
   out.secagg = params.secagg;
@@ -83,6 +90,12 @@ struct AggregatorService::Impl {
   std::set<std::string> stage_expected, stage_answered;
   std::string secure_failure;
   json secure_progress;
+  // The open round's compression and uplink bytes (accepted update frames; their payloads).
+  CompressionConfig round_compression;
+  int64_t round_bytes_up = 0;
+  int64_t round_payload_bytes_up = 0;
+  int64_t trainable_bytes = 0;  // float32 bytes of the open round's trainable entries
+  size_t frame_bytes = 0;       // size of the message being handled, as received
   int64_t started_micros = 0;
   std::optional<Evaluation> initial_eval;
   std::map<std::string, uint64_t> counters;  // messages by kind, rejections by reason
@@ -132,6 +145,12 @@ struct AggregatorService::Impl {
   }
 
   Status OpenRound();
+  // The setting for `round` (options or the per-round hook; "none" for secure rounds and for
+  // a hook result that cannot be used).
+  CompressionConfig CompressionFor(int round, bool secure) const;
+  // global + the delta decoded from `bytes` (DecodeUpdate against the layout and the open
+  // round's mask); InvalidArgument/VersionMismatch for a payload that does not decode.
+  Result<Weights> FromCompressed(const std::string& bytes) const;
   void OnRegister(const std::string& peer, const fl::Register& reg);
   void OnHeartbeat(const std::string& peer, const fl::Heartbeat& hb);
   void OnUpdate(const std::string& peer, const fl::Update& update);
@@ -184,6 +203,18 @@ Status AggregatorService::Impl::OpenRound() {
       std::min<int64_t>(options.engine.deadline_micros / 1000, fl::kMaxRetryAfterMs));
   config.seed = options.engine.seed * 1000003 + p.round;
   if (p.secure) config.secure = ToWireSecureParams(*p.secure, 0);
+  round_compression = CompressionFor(p.round, p.secure.has_value());
+  if (round_compression.kind != "none") {
+    CLEAVE_ASSIGN_OR_RETURN(config.compression.kind, ToWireCompressionKind(round_compression.kind));
+    config.compression.topk_fraction = round_compression.topk_fraction;
+    config.compression.error_feedback = round_compression.error_feedback;
+  }
+  round_bytes_up = 0;
+  round_payload_bytes_up = 0;
+  trainable_bytes = 0;
+  for (size_t i = 0; i < p.trainable.size(); ++i) {
+    if (p.trainable[i]) trainable_bytes += engine->global()[i].numel() * 4;
+  }
   fl::Message message(config);
   CLEAVE_RETURN_IF_ERROR(fl::ValidateMessage(message).WithContext("round config"));
   plan_config_bytes = fl::EncodeMessage(message);
@@ -199,9 +230,10 @@ Status AggregatorService::Impl::OpenRound() {
                                   : plan_config_bytes)
             .ok();
   }
-  Log()->info("round {} open: {} clients sampled (target {}), {} bytes each{}", plan->round,
+  Log()->info("round {} open: {} clients sampled (target {}), {} bytes each{}{}", plan->round,
               plan->clients.size(), plan->target, plan_config_bytes.size(),
-              plan->secure ? ", secure aggregation" : "");
+              plan->secure ? ", secure aggregation" : "",
+              round_compression.kind != "none" ? ", " + round_compression.kind + " updates" : "");
   if (plan->secure) {
     secure_failure.clear();
     secure_progress = json();
@@ -211,6 +243,40 @@ Status AggregatorService::Impl::OpenRound() {
   Count("rounds_started");
   fed->round->Set(plan->round);
   return Status::Ok();
+}
+
+CompressionConfig AggregatorService::Impl::CompressionFor(int round, bool secure) const {
+  if (secure) return CompressionConfig{};  // the masked input is never compressed
+  if (!options.compression_for_round) return options.compression;
+  CompressionConfig c = options.compression_for_round(round);
+  Status ok = c.Validate();
+  if (ok.ok()) {
+    ok = CheckCompressionCompatible(c, options.engine.secure.enabled, options.strategy.name);
+  }
+  if (!ok.ok()) {
+    Log()->error("round {}: compression setting refused ({}); sending updates uncompressed", round,
+                 ok.ToString());
+    return CompressionConfig{};
+  }
+  return c;
+}
+
+Result<Weights> AggregatorService::Impl::FromCompressed(const std::string& bytes) const {
+  Result<Weights> decoded = DecodeUpdate(bytes, engine->layout(), plan->trainable);
+  if (!decoded.ok()) return decoded.status().WithContext("compressed update");
+  const Weights& delta = *decoded;
+  const Weights& global = engine->global();
+  Weights out(global.size());
+  try {
+    torch::NoGradGuard no_grad;
+    for (size_t i = 0; i < global.size(); ++i) {
+      out[i] = plan->trainable[i] ? global[i] + delta[i] : global[i];
+    }
+  } catch (const c10::Error& e) {
+    return Status::Internal(std::string("applying a compressed update: ") +
+                            e.what_without_backtrace());
+  }
+  return out;
 }
 
 void AggregatorService::Impl::OnRegister(const std::string& peer, const fl::Register& reg) {
@@ -327,19 +393,24 @@ void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update
   u.client_id = update.client_id;
   u.num_examples = static_cast<int64_t>(update.num_examples);
   u.train_loss = update.train_loss;
+  const bool compressed = !update.compressed.empty();
   Result<Weights> weights =
-      update.is_delta
+      compressed ? FromCompressed(update.compressed)
+      : update.is_delta
           ? Result<Weights>(Status::Unimplemented("delta updates are not supported"))
           : MaskedFromWire(update.tensors, plan->trainable, engine->layout(), engine->global());
   std::string why;
   UpdateVerdict verdict;
   fl::AckReason reason;
   if (!weights.ok()) {
-    // Shape/count errors still go through the engine so the round's counters see them.
+    // Shape/count and payload errors still go through the engine so the round's counters see
+    // them.
     why = weights.status().message();
     u.weights.clear();
     verdict = engine->Submit(plan->round, std::move(u), nullptr);
-    reason = verdict == UpdateVerdict::kMalformed ? fl::AckReason::kWrongShape : AckFor(verdict);
+    const fl::AckReason bad = compressed ? fl::AckReason::kMalformed : fl::AckReason::kWrongShape;
+    reason = verdict == UpdateVerdict::kMalformed ? bad : AckFor(verdict);
+    if (compressed) Count("update_compressed_undecodable");
   } else {
     u.weights = std::move(*weights);
     verdict = engine->Submit(plan->round, std::move(u), &why);
@@ -347,6 +418,14 @@ void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update
   }
   Count(std::string("update_") + UpdateVerdictName(verdict));
   CountUpdate(verdict);
+  if (verdict == UpdateVerdict::kAccepted) {
+    round_bytes_up += static_cast<int64_t>(frame_bytes);
+    if (compressed) {
+      round_payload_bytes_up += static_cast<int64_t>(update.compressed.size());
+    } else {
+      for (const auto& t : update.tensors) round_payload_bytes_up += t.data.size();
+    }
+  }
   if (verdict != UpdateVerdict::kAccepted) {
     Log()->warn("update from '{}' for round {} rejected ({}): {}", update.client_id, update.round,
                 UpdateVerdictName(verdict), why);
@@ -628,6 +707,10 @@ void AggregatorService::Impl::OnSecAggMaskedInput(const std::string& peer,
   CountUpdate(verdict);
   fl::AckReason reason = AckFor(verdict);
   if (verdict == UpdateVerdict::kMalformed) reason = fl::AckReason::kRejected;
+  if (verdict == UpdateVerdict::kAccepted) {
+    round_bytes_up += static_cast<int64_t>(frame_bytes);
+    round_payload_bytes_up += static_cast<int64_t>(m.input.masked.size() * sizeof(uint32_t));
+  }
   if (verdict != UpdateVerdict::kAccepted) {
     Log()->warn("masked input from '{}' for round {} rejected ({}): {}", m.client_id, m.round,
                 UpdateVerdictName(verdict), why);
@@ -726,6 +809,13 @@ Status AggregatorService::Impl::CloseRound() {
   RoundRecord* stored = engine->last_record();
   stored->extra["bytes_down"] =
       static_cast<int64_t>(plan->clients.size() * plan_config_bytes.size());
+  // Uplink as received: the accepted update frames (compressed or not).
+  stored->extra["bytes_up"] = round_bytes_up;
+  json compression = round_compression.ToJson();
+  compression.erase("seed");  // not the aggregator's: clients draw from the round's seed
+  compression["payload_bytes_up"] = round_payload_bytes_up;
+  compression["dense_bytes_up"] = static_cast<int64_t>(record.succeeded) * trainable_bytes;
+  stored->extra["compression"] = compression;
   plan.reset();
   plan_config_bytes.clear();
   for (auto& [id, c] : clients) c.config_sent = false;
@@ -799,6 +889,12 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
   split::SplitVisionNet probe(model.spec);
   const WeightsLayout layout = LayoutOf(*probe);
   impl->layout_sha = LayoutSha256(layout);
+  CLEAVE_RETURN_IF_ERROR(options.compression.Validate().WithContext("aggregator"));
+  CLEAVE_RETURN_IF_ERROR(CheckCompressionCompatible(options.compression,
+                                                    options.engine.secure.enabled,
+                                                    options.strategy.name)
+                             .WithContext("aggregator"));
+  CLEAVE_RETURN_IF_ERROR(ToWireCompressionKind(options.compression.kind).status());
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy, MakeStrategy(options.strategy));
   options.engine.split_after = model.spec.split_after;
   CLEAVE_ASSIGN_OR_RETURN(impl->engine, RoundEngine::Create(options.engine, std::move(strategy),
@@ -885,6 +981,7 @@ Status AggregatorService::Run(const std::function<bool()>& stop) {
       continue;
     }
     const Envelope& env = **in;
+    s.frame_bytes = env.body.size();
     s.m->wire_bytes_received->Increment(static_cast<double>(WireBytes(env.body.size())));
     Result<fl::Message> message = fl::DecodeMessage(env.body);
     if (!message.ok()) {

@@ -14,7 +14,14 @@
 //      that round's RoundConfig again (a lost push is re-sent, with the deadline that is
 //      left). When a round opens, every sampled client gets its RoundConfig pushed at once.
 //   3. client trains locally and sends Update{round, client_id, num_examples, train_loss,
-//      tensors = the trainable entries in layout order}. aggregator -> UpdateAck{accepted,
+//      tensors = the trainable entries in layout order} or, when the round's config asks for
+//      compression (RoundConfig.compression, from `compression` / `compression_for_round`),
+//      Update{compressed = EncodeUpdate of its delta} (federated/update_compression.h); the
+//      aggregator decodes it with DecodeUpdate against its own layout and the round's mask
+//      and submits global + decoded delta. A compressed payload that does not decode is
+//      rejected (UpdateAck{malformed}, saying why) like any bad update; uncompressed updates
+//      are accepted in compressed rounds too (an older edge ignores the field).
+//      aggregator -> UpdateAck{accepted,
 //      reason, message}: stale rounds, unsampled or unknown clients, duplicates, wrong
 //      counts/shapes, NaN/Inf and late updates are rejected, counted and never aggregated.
 //      A client that cannot train sends Bye{leaving} (counted as failed in the open round;
@@ -39,6 +46,13 @@
 // stage, or from clients outside the roster get UpdateAck{accepted = false} saying why. The
 // aggregator sees only public keys, sealed shares, masked vectors and the shares needed to
 // unmask the sum: never a client's model.
+// Compression never applies to secure rounds: their RoundConfig carries no compression (the
+// masked input is a dense fixed-point vector, see update_compression.h), and topk is refused
+// with secure aggregation at Create.
+// Each round's record gets extra["bytes_up"] = the wire bytes of the accepted update messages
+// (Update or SecAggMaskedInput frames as received) and extra["compression"] = the round's
+// settings with "payload_bytes_up" (compressed payloads, or float32 tensor data) and
+// "dense_bytes_up" (float32 trainable entries x accepted updates, the uncompressed size).
 // A round opens when at least `min_clients` live clients are registered (and, for the first
 // round, `wait_for_clients` have registered or `start_timeout_ms` passed). After each round
 // the service checkpoints atomically (resuming from the checkpoint on start), optionally
@@ -70,6 +84,7 @@
 #include "common/status.h"
 #include "common/transport.h"
 #include "federated/round_engine.h"
+#include "federated/update_compression.h"
 #include "split/train_data.h"
 #include "split/vision_model.h"
 
@@ -80,6 +95,13 @@ struct AggregatorOptions {
   int rounds = 3;
   EngineOptions engine;  // sampling, quorum, deadline, trainable set, client fit config
   StrategyConfig strategy;
+  // What every plain round asks its clients to send (seed unused: a client draws its int8
+  // rounding from the round's seed). Create refuses an invalid setting or one the strategy or
+  // secure aggregation cannot use (CheckCompressionCompatible).
+  CompressionConfig compression;
+  // Optional per-round override (round number -> setting); null = `compression` every round.
+  // A setting it returns that is invalid or incompatible is logged and replaced by "none".
+  std::function<CompressionConfig(int round)> compression_for_round;
   int wait_for_clients = 0;  // first round: wait for this many registrations (0 = min_clients)
   int64_t start_timeout_ms = 60000;  // ...or at most this long, then start with min_clients
   int64_t poll_interval_ms = 500;    // told to clients: heartbeat period

@@ -17,6 +17,13 @@ void AddRoundConfigKeys(ConfigSchema& s) {
       .Add("fit.momentum", ConfigType::kDouble, "0.9", "client SGD momentum")
       .Add("fit.weight_decay", ConfigType::kDouble, "0.0", "client weight decay")
       .Add("fit.max_steps", ConfigType::kInt, "0", "local step budget (0 = none)")
+      .Add("compression.kind", ConfigType::kString, "none",
+           "uplink update compression: none | int8 (stochastic rounding, 25-30% of the bytes) | "
+           "topk (largest-magnitude coordinates of the delta)")
+      .Add("compression.topk_fraction", ConfigType::kDouble, "0.01",
+           "topk: share of the trainable coordinates each client sends, in (0, 1]")
+      .Add("compression.error_feedback", ConfigType::kBool, "true",
+           "int8/topk: each client carries what it did not send into its next round")
       .Add("strategy.name", ConfigType::kString, "fedavg",
            "fedavg | fedprox | fedadam | fedyogi | fedadagrad | fedmedian | fedtrimmedavg | "
            "krum | multikrum | bulyan | dpfedavg")
@@ -68,7 +75,8 @@ void AddRoundConfigKeys(ConfigSchema& s) {
            "harary: neighbours per client (0 = 2 ceil(log2 n), at least 4)");
 }
 
-Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfig& strategy) {
+Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfig& strategy,
+                           CompressionConfig& compression) {
   engine.fraction = c.GetDouble("round.fraction");
   engine.min_clients = static_cast<int>(c.GetInt("round.min_clients"));
   engine.overcommit = c.GetDouble("round.overcommit");
@@ -82,6 +90,9 @@ Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfi
   f.momentum = c.GetDouble("fit.momentum");
   f.weight_decay = c.GetDouble("fit.weight_decay");
   f.max_steps = c.GetInt("fit.max_steps");
+  compression.kind = c.GetString("compression.kind");
+  compression.topk_fraction = c.GetDouble("compression.topk_fraction");
+  compression.error_feedback = c.GetBool("compression.error_feedback");
   StrategyConfig& s = strategy;
   s.name = c.GetString("strategy.name");
   s.proximal_mu = c.GetDouble("strategy.mu");

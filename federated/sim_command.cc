@@ -40,14 +40,7 @@ ConfigSchema SimSchema() {
       .Add("sim.data_dir", ConfigType::kString, kFashionMnistDir, "Fashion-MNIST directory")
       .Add("sim.train_limit", ConfigType::kInt, "0", "use the first N training rows (0 = all)")
       .Add("sim.test_limit", ConfigType::kInt, "0", "evaluate on the first N test rows (0 = all)");
-  AddRoundConfigKeys(s);
-  s.Add("compression.kind", ConfigType::kString, "none",
-        "uplink update compression: none | int8 (stochastic rounding, 25-30% of the bytes) | "
-        "topk (largest-magnitude coordinates of the delta)")
-      .Add("compression.topk_fraction", ConfigType::kDouble, "0.01",
-           "topk: share of the trainable coordinates each client sends, in (0, 1]")
-      .Add("compression.error_feedback", ConfigType::kBool, "true",
-           "int8/topk: each client carries what it did not send into its next round");
+  AddRoundConfigKeys(s);  // also compression.*
   s.Add("attack.kind", ConfigType::kString, "none",
         "Byzantine clients: none | sign_flip (send global - scale x delta) | scale (global + "
         "scale x delta) | random (Gaussian delta, scale x the honest norm) | label_flip "
@@ -79,11 +72,8 @@ Result<SimSetup> SimSetupFromConfig(const Config& c) {
   setup.data_dir = c.GetString("sim.data_dir");
   setup.train_limit = c.GetInt("sim.train_limit");
   setup.test_limit = c.GetInt("sim.test_limit");
-  CLEAVE_RETURN_IF_ERROR(ReadRoundConfigKeys(c, o.engine, o.strategy));
+  CLEAVE_RETURN_IF_ERROR(ReadRoundConfigKeys(c, o.engine, o.strategy, o.compression));
   o.engine.seed = o.seed;
-  o.compression.kind = c.GetString("compression.kind");
-  o.compression.topk_fraction = c.GetDouble("compression.topk_fraction");
-  o.compression.error_feedback = c.GetBool("compression.error_feedback");
   o.compression.seed = o.seed;
   CLEAVE_ASSIGN_OR_RETURN(o.attack.kind, ParseAttackKind(c.GetString("attack.kind")));
   o.attack.fraction = c.GetDouble("attack.fraction");

@@ -61,7 +61,8 @@
 //   topk     k u32, k x u32 indices (strictly increasing, < n), k x f32 values
 // The decoder checks every length, count, index and value against the receiver's own layout
 // and mask before it allocates anything for the payload. On a real wire these bytes travel as
-// a Data field of the versioned Cap'n Proto update message (the wire side is not done yet).
+// Update.compressed, a Data field of the versioned Cap'n Proto update message
+// (common/federated.capnp; edge/fl_client.cc encodes, federated/aggregator_service.cc decodes).
 #pragma once
 
 #include <cstdint>

@@ -151,6 +151,39 @@ TEST_F(FederatedTest, TwoRoundsWithThreeEdgesSurviveAnEdgeKilledMidRound) {
   EXPECT_TRUE(edges_[1]->process->Running());
 }
 
+// The compression keys reach the real processes: the aggregator asks for int8 updates, the
+// edges send Update.compressed, both rounds apply and the uplink is a fraction of float32.
+TEST_F(FederatedTest, Int8CompressedUpdatesBetweenProcesses) {
+  std::vector<std::string> args = AggregatorArgs(2);
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--aggregator.wait_for_clients") args[i + 1] = "2";
+  }
+  args.insert(args.end(), {"--compression.kind", "int8"});
+  auto agg =
+      LaunchDaemon(kBin / "cleave-aggregator", args, "aggregator.ready_file", dir_, "aggregator");
+  ASSERT_TRUE(agg.ok()) << agg.status().ToString();
+  aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*agg));
+  for (int i = 0; i < 2; ++i) {
+    auto edge = StartEdge(aggregator_->endpoint, i);
+    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+    edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
+  }
+  auto code = aggregator_->process->Wait(120000);
+  ASSERT_TRUE(code.ok()) << "aggregator did not finish: " << code.status().ToString();
+  EXPECT_EQ(*code, 0) << "see " << aggregator_->log_path;
+  const json summary = Summary();
+  ASSERT_EQ(summary.at("rounds_completed").get<int>(), 2);
+  for (const json& round : summary.at("rounds")) {
+    EXPECT_TRUE(round.at("applied").get<bool>()) << round.dump(2);
+    EXPECT_EQ(round.at("succeeded").get<int>(), 2) << round.dump(2);
+    EXPECT_EQ(round.at("compression").at("kind"), "int8") << round.dump(2);
+    EXPECT_LT(round.at("bytes_up").get<int64_t>(),
+              round.at("compression").at("dense_bytes_up").get<int64_t>() / 2)
+        << round.dump(2);
+  }
+  EXPECT_EQ(summary.at("counters").value("update_compressed_undecodable", 0), 0);
+}
+
 TEST_F(FederatedTest, RestartedAggregatorResumesFromItsCheckpoint) {
   auto agg = StartAggregator(1, "aggregator-a");
   ASSERT_TRUE(agg.ok()) << agg.status().ToString();

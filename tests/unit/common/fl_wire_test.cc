@@ -557,6 +557,94 @@ TEST(FlWireTest, RejectsBadRoundConfigParameters) {
   EXPECT_TRUE(Decoded(m).ok());
 }
 
+TEST(FlWireTest, RoundConfigCarriesTheCompressionSetting) {
+  RoundConfig in = SampleRoundConfig();
+  EXPECT_EQ(RoundTrip(in).compression.kind, CompressionKind::kNone);  // unset on the wire
+  in.compression.kind = CompressionKind::kTopK;
+  in.compression.topk_fraction = 0.125;
+  in.compression.error_feedback = false;
+  const RoundConfig out = RoundTrip(in);
+  EXPECT_EQ(out.compression.kind, CompressionKind::kTopK);
+  EXPECT_EQ(out.compression.topk_fraction, 0.125);
+  EXPECT_FALSE(out.compression.error_feedback);
+  EXPECT_STREQ(CompressionKindName(out.compression.kind), "topk");
+  in.compression.kind = CompressionKind::kInt8;
+  in.compression.error_feedback = true;
+  EXPECT_EQ(RoundTrip(in).compression.kind, CompressionKind::kInt8);
+}
+
+TEST(FlWireTest, RejectsBadCompressionSettings) {
+  RoundConfig m = SampleRoundConfig();
+  m.compression.kind = CompressionKind::kTopK;
+  m.compression.topk_fraction = 0;
+  ExpectInvalid(Decoded(m), "RoundConfig.compression.topk_fraction = 0 is outside (0, 1]");
+  m.compression.topk_fraction = 1.5;
+  ExpectInvalid(Decoded(m), "RoundConfig.compression.topk_fraction = 1.5 is outside (0, 1]");
+  m.compression.topk_fraction = std::nan("");
+  ExpectInvalid(Decoded(m), "is not finite");
+  m.compression.kind = static_cast<CompressionKind>(7);
+  ExpectInvalid(ValidateMessage(m), "RoundConfig.compression.kind: unknown value 7");
+  // An unknown kind from a newer schema does not wrap onto a known one.
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<schema::FlMessage>();
+  root.setProtocolVersion(kProtocolVersion);
+  m = SampleRoundConfig();
+  m.compression.kind = CompressionKind::kInt8;
+  {
+    const std::string bytes = EncodeMessage(m);
+    kj::ArrayInputStream input(
+        kj::arrayPtr(reinterpret_cast<const kj::byte*>(bytes.data()), bytes.size()));
+    capnp::PackedMessageReader reader(input);
+    builder.setRoot(reader.getRoot<schema::FlMessage>());
+  }
+  builder.getRoot<schema::FlMessage>().getBody().getRoundConfig().getCompression().setKind(
+      static_cast<schema::CompressionKind>(300));
+  ExpectInvalid(DecodeMessage(Pack(builder)).status(), "RoundConfig.compression.kind");
+}
+
+SecureParams SampleSecureParams();
+
+TEST(FlWireTest, TopKIsRefusedInSecureRoundsAndInt8Allowed) {
+  RoundConfig m = SampleRoundConfig();
+  m.is_delta = false;
+  m.secure = SampleSecureParams();
+  m.compression.kind = CompressionKind::kTopK;
+  EXPECT_THAT(ValidateMessage(m).message(), HasSubstr("topk cannot be combined with secure"));
+  m.compression.kind = CompressionKind::kInt8;
+  EXPECT_TRUE(ValidateMessage(m).ok()) << ValidateMessage(m).ToString();
+}
+
+TEST(FlWireTest, CompressedUpdateRoundTrips) {
+  Update in = SampleUpdate();
+  in.tensors.clear();
+  in.compressed = std::string("CLUC\x01\x01", 6) + std::string(1000, '\0') + "tail";
+  in.compressed[500] = '\xff';
+  const Update out = RoundTrip(in);
+  EXPECT_EQ(out.compressed, in.compressed);
+  EXPECT_TRUE(out.tensors.empty());
+  EXPECT_FALSE(out.is_delta);
+  EXPECT_EQ(out.steps, 188u);
+}
+
+TEST(FlWireTest, RejectsMalformedCompressedUpdates) {
+  Update m = SampleUpdate();
+  m.compressed = "CLUC";  // both forms at once
+  ExpectInvalid(Decoded(m), "Update.compressed is set: Update.tensors must be empty");
+  m.tensors.clear();
+  m.is_delta = true;
+  ExpectInvalid(Decoded(m), "is_delta false");
+  m.is_delta = false;
+  m.compressed.clear();  // neither form
+  ExpectInvalid(Decoded(m), "Update.tensors is empty");
+  // Truncations of a compressed update never decode into something else.
+  m.compressed = std::string(64, 'x');
+  const std::string bytes = EncodeMessage(m);
+  ASSERT_TRUE(DecodeMessage(bytes).ok());
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_FALSE(DecodeMessage(std::string_view(bytes).substr(0, n)).ok()) << n;
+  }
+}
+
 TEST(FlWireTest, RejectsBadUpdateFields) {
   Update m = SampleUpdate();
   m.num_examples = 0;
