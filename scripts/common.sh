@@ -44,3 +44,39 @@ cleave_build() {
     cmake --build "$CLEAVE_BUILD" -j "$jobs"
   fi
 }
+
+# Builds the libFuzzer targets (tests/fuzz/, one per wire decoder) with clang into
+# $CLEAVE_ROOT/build-fuzz and runs each for CLEAVE_FUZZ_SECONDS (default 10) from an empty
+# corpus; a crash, leak or sanitizer report fails. Skipped, saying so, without clang++.
+cleave_fuzz_smoke() {
+  if ! command -v clang++ >/dev/null; then
+    log "fuzz smoke: skipped (clang++ is not installed; the libFuzzer targets need clang)"
+    return 0
+  fi
+  local dir="$CLEAVE_ROOT/build-fuzz" seconds="${CLEAVE_FUZZ_SECONDS:-10}" jobs
+  jobs=$(nproc 2>/dev/null || echo 2)
+  if [ ! -f "$dir/build.ninja" ]; then
+    log "fuzz smoke: configuring into $dir (clang, -DCLEAVE_BUILD_FUZZERS=ON)"
+    CC=clang CXX=clang++ cmake -S "$CLEAVE_ROOT" -B "$dir" -G Ninja \
+      -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCLEAVE_BUILD_FUZZERS=ON >/dev/null
+  fi
+  local -a targets=()
+  local src
+  for src in "$CLEAVE_ROOT"/tests/fuzz/*_fuzz.cc; do targets+=("$(basename "$src" .cc)"); done
+  log "fuzz smoke: building ${targets[*]}"
+  cmake --build "$dir" -j "$jobs" --target "${targets[@]}" >/dev/null
+  local t corpus
+  for t in "${targets[@]}"; do
+    corpus=$(mktemp -d)
+    log "fuzz smoke: $t for ${seconds}s"
+    if ! "$dir/bin/$t" -max_total_time="$seconds" -rss_limit_mb=2048 -artifact_prefix="$dir/" "$corpus" \
+        >"$dir/$t.log" 2>&1; then
+      rm -rf "$corpus"
+      tail -n 40 "$dir/$t.log" >&2
+      echo "error: fuzz target $t failed; its input is in $dir (crash-*/leak-*), log $dir/$t.log" >&2
+      return 1
+    fi
+    rm -rf "$corpus"
+    grep -E '^Done' "$dir/$t.log" >&2 || true
+  done
+}
