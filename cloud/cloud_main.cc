@@ -72,6 +72,11 @@ cleave::ConfigSchema CloudSchema() {
       .Add("cloud.workers", ConfigType::kInt, "1",
            "compute threads, each with its own copy of the model")
       .Add("cloud.threads", ConfigType::kInt, "2", "libtorch intra-op threads of each worker")
+      .Add("cloud.precision", ConfigType::kString, "auto",
+           "arithmetic of the vision tail: fp32, bf16 (weights and activations in bfloat16, "
+           "fp32 accumulation; needs AVX-512) or auto (bf16 where the CPU computes it natively "
+           "- AMX or AVX512-BF16 - else fp32). Measure a bundle's bf16 accuracy with `cleave "
+           "bench split --tail-precision bf16` before relying on it")
       .Add("cloud.max_message_bytes", ConfigType::kInt, "4194304",
            "larger incoming messages are dropped by the transport")
       .Add("cloud.lm_memory_budget_bytes", ConfigType::kInt, "536870912",
@@ -217,13 +222,21 @@ int main(int argc, char** argv) {
     return Fail(cleave::Status::InvalidArgument("cloud.workers must be in [1, 256], got " +
                                                 std::to_string(workers)));
   }
+  cleave::Result<cleave::split::TailPrecision> precision =
+      cleave::split::ParseTailPrecision(config->GetString("cloud.precision"));
+  if (!precision.ok()) return Fail(precision.status().WithContext("cloud.precision"));
+  cleave::split::CloudModel::Options model_options;
+  model_options.precision = *precision;
+  log->info("vision tails compute in {} (cloud.precision = {})",
+            cleave::split::TailPrecisionName(*precision), config->GetString("cloud.precision"));
   // One model copy per worker: CloudModel serves one caller at a time.
   std::vector<std::unique_ptr<cleave::split::CloudModel>> models;
   std::unique_ptr<cleave::cloud::ModelRepository> repository;
   uint64_t model_version = 0;
   if (!repository_dir.empty()) {
     repository =
-        std::make_unique<cleave::cloud::ModelRepository>(repository_dir, static_cast<int>(workers));
+        std::make_unique<cleave::cloud::ModelRepository>(
+        repository_dir, static_cast<int>(workers), nullptr, model_options);
     auto first = repository->Poll();  // verifies and warms up the highest version
     if (!first.ok()) {
       return Fail(
@@ -242,7 +255,7 @@ int main(int argc, char** argv) {
     if (!bundle.ok()) return Fail(bundle.status().WithContext("cannot load bundle " + bundle_dir));
     if (bundle->kind() == "lm-split") return ServeLm(*config, bundle_dir, obs);
     for (int64_t w = 0; w < workers; ++w) {
-      auto model = cleave::split::CloudModel::Load(*bundle);
+      auto model = cleave::split::CloudModel::Load(*bundle, model_options);
       if (!model.ok()) {
         return Fail(model.status().WithContext("cannot load the tail of " + bundle_dir));
       }

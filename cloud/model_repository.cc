@@ -19,7 +19,7 @@ Status WarmUpCloudModel(split::CloudModel& model) {
 }
 
 Result<std::vector<std::unique_ptr<split::CloudModel>>> LoadWarmCloudModels(
-    const std::filesystem::path& dir, int copies) {
+    const std::filesystem::path& dir, int copies, const split::CloudModel::Options& options) {
   const std::string where = "bundle " + dir.string();
   Result<Bundle> bundle = Bundle::Open(dir);
   if (!bundle.ok()) return bundle.status().WithContext(where);
@@ -30,7 +30,7 @@ Result<std::vector<std::unique_ptr<split::CloudModel>>> LoadWarmCloudModels(
   }
   std::vector<std::unique_ptr<split::CloudModel>> models;
   for (int i = 0; i < std::max(1, copies); ++i) {
-    Result<std::unique_ptr<split::CloudModel>> model = split::CloudModel::Load(*bundle);
+    Result<std::unique_ptr<split::CloudModel>> model = split::CloudModel::Load(*bundle, options);
     if (!model.ok()) return model.status().WithContext(where);
     CLEAVE_RETURN_IF_ERROR(WarmUpCloudModel(**model).WithContext(where));
     models.push_back(std::move(model).value());
@@ -38,11 +38,12 @@ Result<std::vector<std::unique_ptr<split::CloudModel>>> LoadWarmCloudModels(
   return models;
 }
 
-ModelRepository::ModelRepository(std::filesystem::path root, int copies, Loader loader)
+ModelRepository::ModelRepository(std::filesystem::path root, int copies, Loader loader,
+                                 const split::CloudModel::Options& options)
     : versions_(std::move(root)), loader_(std::move(loader)) {
   if (!loader_) {
-    loader_ = [copies](const std::filesystem::path& dir) {
-      return LoadWarmCloudModels(dir, copies);
+    loader_ = [copies, options](const std::filesystem::path& dir) {
+      return LoadWarmCloudModels(dir, copies, options);
     };
   }
 }

@@ -41,7 +41,7 @@ Status WarmUpCloudModel(split::CloudModel& model);
 // Opens the bundle at `dir` through the verified path, requires kind "vision-split", loads
 // `copies` CloudModels and warms each. The errors of each step, with `dir` as context.
 Result<std::vector<std::unique_ptr<split::CloudModel>>> LoadWarmCloudModels(
-    const std::filesystem::path& dir, int copies);
+    const std::filesystem::path& dir, int copies, const split::CloudModel::Options& options = {});
 
 class ModelRepository {
  public:
@@ -49,8 +49,10 @@ class ModelRepository {
   using Loader = std::function<Result<std::vector<std::unique_ptr<split::CloudModel>>>(
       const std::filesystem::path& dir)>;
 
-  // `copies` models per version (>= 1). `loader` null = LoadWarmCloudModels(dir, copies).
-  ModelRepository(std::filesystem::path root, int copies, Loader loader = nullptr);
+  // `copies` models per version (>= 1). `loader` null = LoadWarmCloudModels(dir, copies,
+  // options).
+  ModelRepository(std::filesystem::path root, int copies, Loader loader = nullptr,
+                  const split::CloudModel::Options& options = {});
 
   // The numeric version directories under the root, ascending. NotFound if the root is not
   // a directory; IoError if it cannot be listed.

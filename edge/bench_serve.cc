@@ -26,6 +26,7 @@
 #include "split/bundle.h"
 #include "split/compute_runtime.h"
 #include "split/split_runtime.h"
+#include "split/tail_plan.h"
 
 namespace cleave::edge {
 namespace {
@@ -44,6 +45,7 @@ struct Outcomes {
   uint64_t ok = 0, overloaded = 0, deadline = 0, error = 0;
   uint64_t stray = 0;                 // undecodable replies or ids nobody waited for
   std::vector<double> ok_latency_ms;  // of ok replies
+  std::vector<double> ok_server_ms;   // of ok replies: the daemon's queue + compute time
   double batch_rows = 0;              // sum over ok replies of the batch they were computed in
   double queue_us = 0;                // sum over ok replies of the daemon's queue time
   double compute_us = 0;              // sum over ok replies of their batch's compute time
@@ -228,6 +230,8 @@ class LoadGenerator {
           case wire::ReplyStatus::kOk:
             ++out.ok;
             out.ok_latency_ms.push_back(ms);
+            out.ok_server_ms.push_back(
+                static_cast<double>(reply->queue_us + reply->compute_us) / 1000.0);
             out.batch_rows += reply->batch_size;
             out.queue_us += static_cast<double>(reply->queue_us);
             out.compute_us += static_cast<double>(reply->compute_us);
@@ -254,6 +258,7 @@ json OutcomesJson(const Outcomes& o) {
   return {{"rps", o.seconds > 0 ? static_cast<double>(o.ok) / o.seconds : 0.0},
           {"p50_ms", Percentile(o.ok_latency_ms, 50)},
           {"p99_ms", Percentile(o.ok_latency_ms, 99)},
+          {"server_p99_ms", Percentile(o.ok_server_ms, 99)},
           {"mean_batch", o.batch_rows / ok},
           {"server_queue_ms_mean", o.queue_us / ok / 1000.0},
           {"server_compute_ms_mean", o.compute_us / ok / 1000.0},
@@ -342,7 +347,8 @@ struct Daemon {
 };
 
 Result<Daemon> StartCloud(const BenchServeOptions& options, const std::filesystem::path& work,
-                          int max_batch, int64_t delay_us, const std::string& name) {
+                          int max_batch, int64_t delay_us, int64_t queue_wait_us,
+                          const std::string& name) {
   CLEAVE_ASSIGN_OR_RETURN(
       LaunchedDaemon launched,
       LaunchDaemon(SelfBinaryDir() / "cleave-cloud",
@@ -351,7 +357,8 @@ Result<Daemon> StartCloud(const BenchServeOptions& options, const std::filesyste
                     "--cloud.max_batch", std::to_string(max_batch), "--cloud.max_queue_delay_us",
                     std::to_string(delay_us), "--cloud.max_queue",
                     std::to_string(options.max_queue), "--cloud.max_queue_wait_us",
-                    std::to_string(options.max_queue_wait_us), "--log.level", "warn"},
+                    std::to_string(queue_wait_us), "--cloud.precision",
+                    options.tail_precision, "--log.level", "warn"},
                    "cloud.ready_file", work, name));
   Daemon d;
   d.pid = launched.process->pid();
@@ -404,6 +411,8 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
   if (options.seconds <= 0 || options.overload_seconds <= 0 || options.overload_factor <= 0) {
     return Status::InvalidArgument("bench serve: durations and the overload factor must be > 0");
   }
+  CLEAVE_ASSIGN_OR_RETURN(split::TailPrecision precision,
+                          split::ParseTailPrecision(options.tail_precision));
   split::SetComputeThreads(std::max(1, options.threads));
   torch::NoGradGuard no_grad;
   CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(options.bundle));
@@ -412,10 +421,12 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
   json report;
   report["bundle"] = options.bundle;
   report["threads"] = options.threads;
+  report["tail_precision"] = split::TailPrecisionName(precision);
   report["max_batch"] = options.max_batch;
   report["max_queue_delay_us"] = options.max_queue_delay_us;
   report["max_queue"] = options.max_queue;
   report["max_queue_wait_us"] = options.max_queue_wait_us;
+  report["throughput_queue_wait_us"] = options.throughput_queue_wait_us;
   report["overloaded_backoff_ms"] = options.overloaded_backoff_ms;
   report["request_bytes"] = WireBytes(wire::EncodeInferRequest(pool[0]).size());
 
@@ -423,7 +434,9 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
   {
     std::fprintf(stderr, "compute ceiling: tail in process at batch 1 and %d...\n",
                  options.max_batch);
-    CLEAVE_ASSIGN_OR_RETURN(auto model, split::CloudModel::Load(bundle));
+    split::CloudModel::Options model_options;
+    model_options.precision = precision;
+    CLEAVE_ASSIGN_OR_RETURN(auto model, split::CloudModel::Load(bundle, model_options));
     CLEAVE_ASSIGN_OR_RETURN(double batch1, CeilingRps(*model, pool, 1, 2.0));
     CLEAVE_ASSIGN_OR_RETURN(double ceiling, CeilingRps(*model, pool, options.max_batch, 3.0));
     report["compute_batch1_rps"] = batch1;
@@ -436,20 +449,33 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
       std::filesystem::temp_directory_path() / ("cleave-bench-serve-" + std::to_string(::getpid()));
   TransportContext context;
 
-  // (a) Unbatched, then batched, at increasing concurrency.
+  // (a) Unbatched, then batched, at increasing concurrency: what each configuration can
+  // serve, with admission by queue length (max_queue) only.
   double unbatched_rps = 0, batched_rps = 0;
   {
-    CLEAVE_ASSIGN_OR_RETURN(Daemon cloud, StartCloud(options, work, 1, 0, "cloud-unbatched"));
+    CLEAVE_ASSIGN_OR_RETURN(Daemon cloud, StartCloud(options, work, 1, 0,
+                                                     options.throughput_queue_wait_us,
+                                                     "cloud-unbatched"));
     CLEAVE_ASSIGN_OR_RETURN(report["unbatched"], Sweep(context, cloud.launched.endpoint, pool,
                                                        options, "unbatched", &unbatched_rps));
     (void)cloud.launched.process->Stop(5000);
   }
-  CLEAVE_ASSIGN_OR_RETURN(Daemon cloud, StartCloud(options, work, options.max_batch,
-                                                   options.max_queue_delay_us, "cloud-batched"));
-  CLEAVE_ASSIGN_OR_RETURN(report["batched"], Sweep(context, cloud.launched.endpoint, pool, options,
-                                                   "batched", &batched_rps));
+  {
+    CLEAVE_ASSIGN_OR_RETURN(
+        Daemon cloud, StartCloud(options, work, options.max_batch, options.max_queue_delay_us,
+                                 options.throughput_queue_wait_us, "cloud-batched"));
+    CLEAVE_ASSIGN_OR_RETURN(report["batched"], Sweep(context, cloud.launched.endpoint, pool,
+                                                     options, "batched", &batched_rps));
+    (void)cloud.launched.process->Stop(5000);
+  }
   report["unbatched_rps"] = unbatched_rps;
   report["batched_rps"] = batched_rps;
+
+  // The serving configuration: batcher on, admission by estimated queueing time. Unloaded
+  // latency and the overload phase run against it.
+  CLEAVE_ASSIGN_OR_RETURN(
+      Daemon cloud, StartCloud(options, work, options.max_batch, options.max_queue_delay_us,
+                               options.max_queue_wait_us, "cloud-serving"));
 
   // (c) Unloaded latency: one client, batcher on.
   {
@@ -491,12 +517,13 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
     report["overload"] = overload;
     std::fprintf(stderr,
                  "overload: %lu sent, %lu ok, %lu overloaded, %lu deadline, %lu error, %lu "
-                 "unanswered; admitted p99 %.2f ms\n",
+                 "unanswered; admitted p99 %.2f ms (in the daemon: p99 %.2f ms)\n",
                  static_cast<unsigned long>(o.sent), static_cast<unsigned long>(o.ok),
                  static_cast<unsigned long>(o.overloaded), static_cast<unsigned long>(o.deadline),
                  static_cast<unsigned long>(o.error),
                  static_cast<unsigned long>(overload["unanswered"].get<uint64_t>()),
-                 overload["admitted_p99_ms"].get<double>());
+                 overload["admitted_p99_ms"].get<double>(),
+                 overload["server_p99_ms"].get<double>());
   }
   report["peak_rss_bytes"] = RssOf(cloud.pid, "VmHWM");
   (void)cloud.launched.process->Stop(5000);
@@ -564,6 +591,9 @@ std::string BenchServeMarkdown(const json& report) {
         " |\n";
   md +=
       "| `peak_rss_bytes` | " + std::to_string(report.at("peak_rss_bytes").get<int64_t>()) + " |\n";
+  if (report.contains("tail_precision")) {
+    md += "| tail precision | " + report.at("tail_precision").get<std::string>() + " |\n";
+  }
   md += "| request bytes on the wire | " +
         std::to_string(report.at("request_bytes").get<int64_t>()) + " |\n";
   md += "\n| target (issue 5) | met |\n|---|---|\n";
@@ -589,6 +619,10 @@ void RegisterBenchServeCommand(CLI::App& bench) {
   cmd->add_option("--threads", options->threads,
                   "libtorch intra-op threads of the daemon's worker and of the ceiling")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--tail-precision", options->tail_precision,
+                  "arithmetic of the tail in the daemons and the ceiling, as cloud.precision: "
+                  "fp32|bf16|auto")
+      ->capture_default_str();
   cmd->add_option("--clients", options->clients,
                   "concurrent closed-loop clients of each throughput point")
       ->delimiter(',');
@@ -605,8 +639,15 @@ void RegisterBenchServeCommand(CLI::App& bench) {
   cmd->add_option("--max-queue", options->max_queue, "the daemon's cloud.max_queue")
       ->check(CLI::PositiveNumber);
   cmd->add_option("--max-queue-wait-us", options->max_queue_wait_us,
-                  "the daemon's cloud.max_queue_wait_us (0 = admission by queue length only)")
-      ->check(CLI::NonNegativeNumber);
+                  "cloud.max_queue_wait_us of the serving daemon (unloaded latency and the "
+                  "overload phase; 0 = admission by queue length only)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--throughput-queue-wait-us", options->throughput_queue_wait_us,
+                  "cloud.max_queue_wait_us of the daemons of the throughput sweeps (0 = "
+                  "admission by queue length only: they measure what each configuration serves)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_option("--overloaded-backoff-ms", options->overloaded_backoff_ms,
                   "closed-loop clients answered `overloaded` wait this long before their next "
                   "request, doubling on each refusal in a row up to 32x (0 = resend at once)")

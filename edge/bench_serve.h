@@ -31,6 +31,9 @@ struct BenchServeOptions {
   std::string markdown_out;  // the report as markdown tables ("" = none)
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
   int threads = 1;  // intra-op threads of the daemon's worker and of the in-process ceiling
+  // Arithmetic of the tail in the daemons and in the ceiling: fp32, bf16 or auto (the
+  // daemon's cloud.precision and its default).
+  std::string tail_precision = "auto";
   std::vector<int> clients = {1, 4, 16, 64, 128};
   double seconds = 4.0;  // measured time per closed-loop point (after a 0.5 s warm-up)
   double overload_seconds = 20.0;
@@ -39,9 +42,16 @@ struct BenchServeOptions {
   int max_batch = 64;
   int64_t max_queue_delay_us = 2000;
   int max_queue = 256;
-  // The daemon's cloud.max_queue_wait_us (0 = off): admission by estimated queueing time, what
-  // keeps the admitted requests' latency bounded in the overload phase.
-  int64_t max_queue_wait_us = 3000;
+  // cloud.max_queue_wait_us of the serving daemon, which the unloaded-latency and overload
+  // phases run against (0 = off): admission by estimated queueing time, what keeps the
+  // admitted requests' latency bounded under overload. The default is the batching delay:
+  // an admitted request waits about as long as a lone one does.
+  int64_t max_queue_wait_us = 2000;
+  // cloud.max_queue_wait_us of the daemons of the throughput sweeps (a): 0, so they measure
+  // what batching and no batching can serve, bounded by max_queue only. With a wait bound,
+  // closed-loop clients that are refused back off and leave the worker idle, which measures
+  // the clients' backoff rather than the batcher.
+  int64_t throughput_queue_wait_us = 0;
   // A closed-loop client answered `overloaded` backs off this long, doubling per refusal in a
   // row (up to 32x), as a client honouring "retry later" does.
   double overloaded_backoff_ms = 1.0;

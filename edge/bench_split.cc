@@ -27,6 +27,7 @@
 #include "split/bundle.h"
 #include "split/compute_runtime.h"
 #include "split/split_runtime.h"
+#include "split/tail_plan.h"
 #include "split/vision_model.h"
 
 namespace cleave::edge {
@@ -231,13 +232,18 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
   fp32_options.int8 = false;
   CLEAVE_ASSIGN_OR_RETURN(auto edge_int8, split::EdgeModel::Load(bundle, int8_options));
   CLEAVE_ASSIGN_OR_RETURN(auto edge_fp32, split::EdgeModel::Load(bundle, fp32_options));
-  CLEAVE_ASSIGN_OR_RETURN(auto cloud_model, split::CloudModel::Load(bundle));
+  CLEAVE_ASSIGN_OR_RETURN(split::TailPrecision precision,
+                          split::ParseTailPrecision(options.tail_precision));
+  split::CloudModel::Options cloud_options;
+  cloud_options.precision = precision;
+  CLEAVE_ASSIGN_OR_RETURN(auto cloud_model, split::CloudModel::Load(bundle, cloud_options));
   CLEAVE_ASSIGN_OR_RETURN(auto local, split::LocalModel::Load(bundle));
   json report;
   report["bundle"] = options.bundle;
   report["test_images"] = test.n;
   report["threads"] = options.threads;
   report["int8_engine"] = edge_int8->engine();
+  report["tail_precision"] = split::TailPrecisionName(precision);
 
   // Architecture figures: parameters and MACs of head (+ exits) and tail; stored head sizes.
   const split::VisionSplitModel& info = edge_fp32->info();
@@ -270,6 +276,16 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
   CLEAVE_ASSIGN_OR_RETURN(double acc_int8, InProcessSplitAccuracy(*edge_int8, *cloud_model, test));
   report["head_fp32_accuracy"] = acc_fp32;
   report["head_int8_accuracy"] = acc_int8;
+  if (precision != split::TailPrecision::kFp32) {
+    // The same deployed path with an fp32 tail: what the reduced-precision tail costs.
+    CLEAVE_ASSIGN_OR_RETURN(auto fp32_tail, split::CloudModel::Load(bundle));
+    CLEAVE_ASSIGN_OR_RETURN(double acc_fp32_tail,
+                            InProcessSplitAccuracy(*edge_int8, *fp32_tail, test));
+    report["head_int8_accuracy_tail_fp32"] = acc_fp32_tail;
+    report["tail_precision_cost_points"] = 100 * (acc_fp32_tail - acc_int8);
+    std::fprintf(stderr, "tail %s: %.2f %% (fp32 tail %.2f %%)\n",
+                 split::TailPrecisionName(precision), 100 * acc_int8, 100 * acc_fp32_tail);
+  }
   cloud_model.reset();
   edge_fp32.reset();
 
@@ -280,7 +296,8 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
       LaunchedDaemon cloud,
       LaunchDaemon(SelfBinaryDir() / "cleave-cloud",
                    {"--cloud.bundle", options.bundle, "--cloud.listen", "tcp://127.0.0.1:0",
-                    "--cloud.threads", std::to_string(options.threads), "--log.level", "warn"},
+                    "--cloud.threads", std::to_string(options.threads), "--cloud.precision",
+                    options.tail_precision, "--log.level", "warn"},
                    "cloud.ready_file", work, "cloud"));
   TransportContext context;
   CLEAVE_ASSIGN_OR_RETURN(auto client, OffloadClient::Connect(context, cloud.endpoint));
@@ -447,7 +464,17 @@ std::string BenchSplitMarkdown(const json& report) {
     md +=
         std::string("| `") + key + "` | " + std::to_string(report.at(key).get<int64_t>()) + " |\n";
   }
+  if (report.contains("head_int8_accuracy_tail_fp32")) {
+    md += "| `head_int8_accuracy_tail_fp32` | " +
+          fixed(100 * report.at("head_int8_accuracy_tail_fp32").get<double>(), 2) + " % |\n";
+    md += "| `tail_precision_cost_points` | " + fixed(report.at("tail_precision_cost_points"), 2) +
+          " |\n";
+  }
   md += std::string("| int8 engine | ") + report.at("int8_engine").get<std::string>() + " |\n";
+  if (report.contains("tail_precision")) {
+    md += std::string("| tail precision | ") + report.at("tail_precision").get<std::string>() +
+          " |\n";
+  }
   md += "| test images | " + std::to_string(report.at("test_images").get<int64_t>()) + " |\n";
   md += "\n| target (issue 2) | met |\n|---|---|\n";
   for (const auto& [key, value] : report.at("targets").items()) {
@@ -477,6 +504,10 @@ void RegisterBenchSplitCommand(CLI::App& bench) {
                   "batch-1 compute timing repetitions");
   cmd->add_option("--deadline-ms", options->deadline_ms, "per-request deadline");
   cmd->add_option("--int8-engine", options->int8_engine, "auto|onednn|qnnpack|reference");
+  cmd->add_option("--tail-precision", options->tail_precision,
+                  "arithmetic of the cloud tail, as cloud.precision: fp32|bf16|auto (not fp32: "
+                  "the fp32 tail's accuracy is reported beside it)")
+      ->capture_default_str();
   cmd->callback([options] {
     Result<json> report = RunBenchSplit(*options);
     if (!report.ok()) {

@@ -22,6 +22,10 @@ struct BenchSplitOptions {
   int timing_iterations = 300;  // batch-1 compute timings
   int deadline_ms = 1000;       // per request; generous: this measures, it does not stress
   std::string int8_engine = "auto";
+  // Arithmetic of the cloud tail (in process and in the cleave-cloud it starts): fp32, bf16
+  // or auto, as cloud.precision. When it is not fp32 the report also carries the fp32 tail's
+  // accuracy, so the cost of bf16 is measured on this bundle.
+  std::string tail_precision = "auto";
 };
 
 // Runs the whole benchmark and returns the JSON report (also written to json_out).

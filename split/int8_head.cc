@@ -59,21 +59,10 @@ Status FoldConvBn(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& b
                                                        out.kernel, out.kernel})) {
     return Status::InvalidArgument(where + ": conv weight shape does not match the spec");
   }
-  const torch::Tensor mean = bn->running_mean, var = bn->running_var;
-  if (!mean.defined() || !var.defined()) {
-    return Status::FailedPrecondition(where + ": BatchNorm has no running statistics to fold");
-  }
-  const torch::Tensor ones = torch::ones({out.out_channels});
-  const torch::Tensor gamma = bn->weight.defined() ? bn->weight.detach() : ones;
-  const torch::Tensor beta = bn->bias.defined() ? bn->bias.detach() : ones * 0;
-  const torch::Tensor conv_bias = conv->bias.defined() ? conv->bias.detach() : ones * 0;
-  const torch::Tensor inv_std = gamma / torch::sqrt(var.detach() + bn->options.eps());
-  out.weight_float = (w * inv_std.view({-1, 1, 1, 1})).contiguous();
-  out.bias = (beta + (conv_bias - mean.detach()) * inv_std).contiguous();
-  if (!torch::isfinite(out.weight_float).all().item<bool>() ||
-      !torch::isfinite(out.bias).all().item<bool>()) {
-    return Status::InvalidArgument(where + ": weights or BatchNorm statistics are not finite");
-  }
+  Result<FoldedConv> folded = FoldBatchNorm(conv, bn);
+  if (!folded.ok()) return folded.status().WithContext(where);
+  out.weight_float = std::move(folded->weight);
+  out.bias = std::move(folded->bias);
   return Status::Ok();
 }
 

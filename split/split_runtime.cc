@@ -98,11 +98,23 @@ Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
 // --------------------------------------------------------------------------- CloudModel
 
 Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle) {
+  return Load(bundle, Options());
+}
+
+Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle,
+                                                     const Options& options) {
   VisionBundleParts parts;
   parts.exits_fp32 = false;
   CLEAVE_ASSIGN_OR_RETURN(VisionSplitModel model, ReadVisionBundle(bundle, parts));
   std::unique_ptr<CloudModel> cloud(new CloudModel());
   CLEAVE_ASSIGN_OR_RETURN(cloud->feature_shape_, FeatureShape(model.spec));
+  try {
+    CLEAVE_ASSIGN_OR_RETURN(cloud->tail_,
+                            TailPlan::Compile(*model.net, model.head_end(),
+                                              model.net->num_blocks(), options.precision));
+  } catch (const c10::Error& e) {
+    return TorchError("cloud tail plan", e);
+  }
   cloud->model_ = std::move(model);
   return cloud;
 }
@@ -112,8 +124,7 @@ Result<torch::Tensor> CloudModel::RunTail(const torch::Tensor& features) {
   CLEAVE_RETURN_IF_ERROR(CheckBatch(features, per_item, "tail input features"));
   try {
     torch::NoGradGuard no_grad;
-    return model_.net->ForwardRange(features.to(torch::kFloat).contiguous(), model_.head_end(),
-                                    model_.net->num_blocks());
+    return tail_.Run(features);
   } catch (const c10::Error& e) {
     return TorchError("cloud tail", e);
   }

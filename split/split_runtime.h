@@ -21,6 +21,7 @@
 #include "common/tensor_codec.h"
 #include "split/bundle.h"
 #include "split/exit_policy.h"
+#include "split/tail_plan.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::split {
@@ -68,10 +69,15 @@ class EdgeModel {
 };
 
 // The cloud side: the tail (decoder + rest) and, for the "send the PNG" baseline, the whole
-// fp32 model (loads head_fp32.pt and tail_fp32.pt; never the int8 head).
+// fp32 model (loads head_fp32.pt and tail_fp32.pt; never the int8 head). The tail runs as a
+// TailPlan (split/tail_plan.h: BatchNorm folded, channels-last, fp32 or bf16).
 class CloudModel {
  public:
+  struct Options {
+    TailPrecision precision = TailPrecision::kFp32;  // of the tail; RunFull is always fp32
+  };
   static Result<std::unique_ptr<CloudModel>> Load(const Bundle& bundle);
+  static Result<std::unique_ptr<CloudModel>> Load(const Bundle& bundle, const Options& options);
 
   // features: float [N, C, H, W] with [C, H, W] == feature_shape() (N >= 1) -> logits
   // [N, num_classes]. InvalidArgument on a wrong shape/dtype or non-finite values.
@@ -83,10 +89,12 @@ class CloudModel {
   const std::string& model_name() const { return model_.name; }
   int num_classes() const { return model_.spec.num_classes; }
   const VisionSplitModel& info() const { return model_; }
+  TailPrecision tail_precision() const { return tail_.precision(); }
 
  private:
   CloudModel() = default;
   VisionSplitModel model_;
+  TailPlan tail_;
   std::vector<uint32_t> feature_shape_;
 };
 

@@ -350,6 +350,34 @@ torch::Tensor ClassifierImpl::forward(torch::Tensor x) {
   return fc(torch::flatten(torch::adaptive_avg_pool2d(x, {1, 1}), 1));
 }
 
+Result<FoldedConv> FoldBatchNorm(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor w = conv->weight.detach();
+  const int64_t out = w.size(0);
+  const torch::Tensor conv_bias =
+      conv->bias.defined() ? conv->bias.detach() : torch::zeros({out}, w.options());
+  FoldedConv folded;
+  if (!bn) {
+    folded.weight = w.contiguous().clone();
+    folded.bias = conv_bias.contiguous().clone();
+  } else {
+    const torch::Tensor mean = bn->running_mean, var = bn->running_var;
+    if (!mean.defined() || !var.defined()) {
+      return Status::FailedPrecondition("BatchNorm has no running statistics to fold");
+    }
+    const torch::Tensor gamma = bn->weight.defined() ? bn->weight.detach() : torch::ones({out});
+    const torch::Tensor beta = bn->bias.defined() ? bn->bias.detach() : torch::zeros({out});
+    const torch::Tensor inv_std = gamma / torch::sqrt(var.detach() + bn->options.eps());
+    folded.weight = (w * inv_std.view({-1, 1, 1, 1})).contiguous();
+    folded.bias = (beta + (conv_bias - mean.detach()) * inv_std).contiguous();
+  }
+  if (!torch::isfinite(folded.weight).all().item<bool>() ||
+      !torch::isfinite(folded.bias).all().item<bool>()) {
+    return Status::InvalidArgument("weights or BatchNorm statistics are not finite");
+  }
+  return folded;
+}
+
 ExitHeadImpl::ExitHeadImpl(const ExitSpec& spec, int in_channels, int num_classes) {
   conv = register_module(
       "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, spec.hidden_channels, 3)

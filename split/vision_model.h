@@ -153,6 +153,16 @@ class ExitHeadImpl : public torch::nn::Module {
 };
 TORCH_MODULE(ExitHead);
 
+// A convolution with the BatchNorm after it folded in (eval semantics: running statistics):
+// conv(x, weight, bias) == bn(conv(x)). The int8 head and the serving plan both start here.
+struct FoldedConv {
+  torch::Tensor weight;  // [out, in, k, k]
+  torch::Tensor bias;    // [out]
+};
+// `bn` may be null (then the conv's own bias, or zeros). InvalidArgument if the statistics or
+// weights are not finite; FailedPrecondition if the BatchNorm has no running statistics.
+Result<FoldedConv> FoldBatchNorm(const torch::nn::Conv2d& conv, const torch::nn::BatchNorm2d& bn);
+
 class SplitVisionNetImpl : public torch::nn::Module {
  public:
   // Precondition: spec.Validate() is OK.

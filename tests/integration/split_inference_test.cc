@@ -17,6 +17,7 @@
 #include "common/wire.h"
 #include "edge/daemon_launcher.h"
 #include "edge/edge_client.h"
+#include "split/tail_plan.h"
 
 namespace cleave::edge {
 namespace {
@@ -59,11 +60,25 @@ class SplitInferenceTest : public ::testing::Test {
     fs::create_directories(dir_);
   }
 
-  Result<LaunchedDaemon> StartCloud() {
+  Result<LaunchedDaemon> StartCloud(const std::string& precision = "auto") {
     return LaunchDaemon(kBin / "cleave-cloud",
                         {"--cloud.bundle", bundle_.string(), "--cloud.listen", "tcp://127.0.0.1:0",
-                         "--cloud.threads", "1"},
-                        "cloud.ready_file", dir_, "cloud");
+                         "--cloud.threads", "1", "--cloud.precision", precision},
+                        "cloud.ready_file", dir_, "cloud-" + precision);
+  }
+  // Runs cleave-cloud with `precision`, expects it to refuse to start; returns its log.
+  std::string CloudStartupFailure(const std::string& precision) {
+    const fs::path log = dir_ / (precision + ".log");
+    auto proc = ChildProcess::Spawn({(kBin / "cleave-cloud").string(), "--cloud.bundle",
+                                     bundle_.string(), "--cloud.listen", "tcp://127.0.0.1:0",
+                                     "--cloud.precision", precision},
+                                    log.string());
+    EXPECT_TRUE(proc.ok());
+    if (!proc.ok()) return "";
+    auto code = (*proc)->Wait(60000);
+    EXPECT_TRUE(code.ok());
+    if (code.ok()) EXPECT_NE(*code, 0) << "cleave-cloud started with precision " << precision;
+    return ReadFileToString(log.string()).value_or("");
   }
   Result<LaunchedDaemon> StartEdge(const std::string& cloud_endpoint, int deadline_ms) {
     return LaunchDaemon(
@@ -141,6 +156,48 @@ TEST_F(SplitInferenceTest, EveryRequestAnsweredByExitOrCloud) {
   // Even the --quick model is far better than chance (10%).
   EXPECT_GT(correct, 300u * 4 / 10);
   EXPECT_EQ((*client)->stray_replies(), 0u);
+}
+
+// The tail's arithmetic (cloud.precision): fp32 and bf16 daemons answer the same offloaded
+// requests with the same classes on nearly every image; an unknown precision is a start-up
+// error naming the key, and bf16 is refused where the CPU cannot run it.
+TEST_F(SplitInferenceTest, TailPrecisionFp32AndBf16AgreeAndUnknownIsRefused) {
+  const bool bf16_here = split::CpuCanRunBf16();
+  std::vector<std::vector<int32_t>> classes;
+  for (const std::string precision : {"fp32", "bf16"}) {
+    if (precision == "bf16" && !bf16_here) {
+      const std::string log = CloudStartupFailure("bf16");
+      EXPECT_NE(log.find("AVX-512"), std::string::npos) << log;
+      GTEST_SKIP() << "this CPU cannot run bf16 tails (refused as it should be); fp32 checked";
+    }
+    auto cloud = StartCloud(precision);
+    ASSERT_TRUE(cloud.ok()) << precision << ": " << cloud.status().ToString();
+    auto edge = StartEdge(cloud->endpoint, 5000);
+    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+    TransportContext context;
+    auto client = EdgeClient::Connect(context, edge->endpoint);
+    ASSERT_TRUE(client.ok());
+    const std::vector<edge_api::ClassifyRequest> requests = Requests(200, 1.0f, 1);
+    auto outcomes = (*client)->Run(requests, 16, 20000);
+    ASSERT_TRUE(outcomes.ok()) << outcomes.status().ToString();
+    ASSERT_EQ(outcomes->size(), requests.size());
+    std::vector<int32_t> got;
+    for (const ClassifyOutcome& o : *outcomes) {
+      ASSERT_TRUE(o.answered);
+      ASSERT_EQ(o.reply.source, edge_api::AnswerSource::kCloud) << o.reply.error;
+      got.push_back(o.reply.predicted_class);
+    }
+    classes.push_back(got);
+  }
+  size_t same = 0;
+  for (size_t i = 0; i < classes[0].size(); ++i) same += classes[0][i] == classes[1][i];
+  // bf16 rounds the tail's activations to 8-bit mantissas; a class flips only where two
+  // scores are within that rounding of each other.
+  EXPECT_GE(same, classes[0].size() * 97 / 100) << same << " of " << classes[0].size();
+
+  const std::string log = CloudStartupFailure("fp16");
+  EXPECT_NE(log.find("cloud.precision"), std::string::npos) << log;
+  EXPECT_NE(log.find("fp32, bf16 or auto"), std::string::npos) << log;
 }
 
 TEST_F(SplitInferenceTest, KilledCloudDegradesWithinDeadline) {
@@ -314,6 +371,8 @@ TEST_F(SplitInferenceTest, BenchServeAnswersEveryRequestUnderOverload) {
     ASSERT_TRUE(report.contains(key)) << key;
     EXPECT_GT(report[key].get<double>(), 0.0) << key;
   }
+  EXPECT_TRUE(report["tail_precision"] == "fp32" || report["tail_precision"] == "bf16");
+  EXPECT_GT(report["overload"]["server_p99_ms"].get<double>(), 0.0);
   ASSERT_EQ(report["batched"].size(), 2u);
   ASSERT_EQ(report["unbatched"].size(), 2u);
   EXPECT_DOUBLE_EQ(report["unbatched"][1]["mean_batch"].get<double>(), 1.0);
@@ -335,6 +394,7 @@ TEST_F(SplitInferenceTest, BenchServeAnswersEveryRequestUnderOverload) {
   for (const std::vector<std::string>& bad :
        {std::vector<std::string>{"--bundle", bundle_.string(), "--max-batch", "1"},
         std::vector<std::string>{"--bundle", bundle_.string(), "--clients", "0"},
+        std::vector<std::string>{"--bundle", bundle_.string(), "--tail-precision", "fp16"},
         std::vector<std::string>{"--bundle", (dir_ / "nope").string()}}) {
     std::vector<std::string> args = {(kBin / "cleave").string(), "bench", "serve"};
     args.insert(args.end(), bad.begin(), bad.end());

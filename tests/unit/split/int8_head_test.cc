@@ -10,27 +10,13 @@
 #include <torch/torch.h>
 
 #include "split/vision_model.h"
+#include "unit/split/test_nets.h"
 
 namespace cleave::split {
 namespace {
 
-// Random weights with non-trivial BatchNorm statistics, in eval mode, so that folding BN
-// actually matters.
 SplitVisionNet MakeNet(const VisionModelSpec& spec, uint64_t seed) {
-  torch::manual_seed(seed);
-  SplitVisionNet net(spec);
-  torch::NoGradGuard no_grad;
-  for (const auto& module : net->modules(/*include_self=*/false)) {
-    if (auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(module.get())) {
-      const int64_t c = bn->running_mean.size(0);
-      bn->running_mean.copy_(torch::randn({c}) * 0.2);
-      bn->running_var.copy_(torch::rand({c}) + 0.5);
-      bn->weight.copy_(torch::rand({c}) + 0.5);
-      bn->bias.copy_(torch::randn({c}) * 0.2);
-    }
-  }
-  net->eval();
-  return net;
+  return testing::MakeNetWithBatchNormStats(spec, seed);
 }
 
 // Blobby images in [0, 1] (random 7x7 patterns upsampled plus a little noise): closer to

@@ -122,13 +122,16 @@ TEST_F(TrainerTest, EdgeWireCloudMatchesLocalModel) {
   ASSERT_TRUE(full.ok());
   EXPECT_TRUE(torch::equal(*full, *reference));
 
-  // fp32 head, fp32 features: exact.
+  // fp32 head, fp32 features: the tail's serving plan folds BatchNorm into the convs, which
+  // changes only the rounding order (split/tail_plan.h): the same predictions, logits within
+  // 1e-4 relative.
   auto head = (*edge32)->Run(set.images);
   ASSERT_TRUE(head.ok());
   ASSERT_EQ(head->exit_logits.size(), 1u);
   auto exact = (*cloud)->RunTail(head->features);
   ASSERT_TRUE(exact.ok());
-  EXPECT_TRUE(torch::equal(*exact, *reference));
+  EXPECT_LE(((*exact - *reference).abs() / (reference->abs() + 1)).max().item<double>(), 1e-4);
+  EXPECT_TRUE(torch::equal(exact->argmax(1), reference->argmax(1)));
 
   // Deployed path: int8 head -> u4 wire (real codec) -> tail. Tolerance: predictions agree on
   // at least 90% of the images and the logits' normalized MSE is below 0.1 (the u4 wire
