@@ -234,8 +234,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<cleave::cloud::ModelRepository> repository;
   uint64_t model_version = 0;
   if (!repository_dir.empty()) {
-    repository =
-        std::make_unique<cleave::cloud::ModelRepository>(
+    repository = std::make_unique<cleave::cloud::ModelRepository>(
         repository_dir, static_cast<int>(workers), nullptr, model_options);
     auto first = repository->Poll();  // verifies and warms up the highest version
     if (!first.ok()) {

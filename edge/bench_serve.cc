@@ -230,8 +230,8 @@ class LoadGenerator {
           case wire::ReplyStatus::kOk:
             ++out.ok;
             out.ok_latency_ms.push_back(ms);
-            out.ok_server_ms.push_back(
-                static_cast<double>(reply->queue_us + reply->compute_us) / 1000.0);
+            out.ok_server_ms.push_back(static_cast<double>(reply->queue_us + reply->compute_us) /
+                                       1000.0);
             out.batch_rows += reply->batch_size;
             out.queue_us += static_cast<double>(reply->queue_us);
             out.compute_us += static_cast<double>(reply->compute_us);
@@ -349,17 +349,28 @@ struct Daemon {
 Result<Daemon> StartCloud(const BenchServeOptions& options, const std::filesystem::path& work,
                           int max_batch, int64_t delay_us, int64_t queue_wait_us,
                           const std::string& name) {
-  CLEAVE_ASSIGN_OR_RETURN(
-      LaunchedDaemon launched,
-      LaunchDaemon(SelfBinaryDir() / "cleave-cloud",
-                   {"--cloud.bundle", options.bundle, "--cloud.listen", "tcp://127.0.0.1:0",
-                    "--cloud.threads", std::to_string(options.threads), "--cloud.workers", "1",
-                    "--cloud.max_batch", std::to_string(max_batch), "--cloud.max_queue_delay_us",
-                    std::to_string(delay_us), "--cloud.max_queue",
-                    std::to_string(options.max_queue), "--cloud.max_queue_wait_us",
-                    std::to_string(queue_wait_us), "--cloud.precision",
-                    options.tail_precision, "--log.level", "warn"},
-                   "cloud.ready_file", work, name));
+  CLEAVE_ASSIGN_OR_RETURN(LaunchedDaemon launched, LaunchDaemon(SelfBinaryDir() / "cleave-cloud",
+                                                                {"--cloud.bundle",
+                                                                 options.bundle,
+                                                                 "--cloud.listen",
+                                                                 "tcp://127.0.0.1:0",
+                                                                 "--cloud.threads",
+                                                                 std::to_string(options.threads),
+                                                                 "--cloud.workers",
+                                                                 "1",
+                                                                 "--cloud.max_batch",
+                                                                 std::to_string(max_batch),
+                                                                 "--cloud.max_queue_delay_us",
+                                                                 std::to_string(delay_us),
+                                                                 "--cloud.max_queue",
+                                                                 std::to_string(options.max_queue),
+                                                                 "--cloud.max_queue_wait_us",
+                                                                 std::to_string(queue_wait_us),
+                                                                 "--cloud.precision",
+                                                                 options.tail_precision,
+                                                                 "--log.level",
+                                                                 "warn"},
+                                                                "cloud.ready_file", work, name));
   Daemon d;
   d.pid = launched.process->pid();
   d.launched = std::move(launched);
@@ -453,17 +464,17 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
   // serve, with admission by queue length (max_queue) only.
   double unbatched_rps = 0, batched_rps = 0;
   {
-    CLEAVE_ASSIGN_OR_RETURN(Daemon cloud, StartCloud(options, work, 1, 0,
-                                                     options.throughput_queue_wait_us,
-                                                     "cloud-unbatched"));
+    CLEAVE_ASSIGN_OR_RETURN(
+        Daemon cloud,
+        StartCloud(options, work, 1, 0, options.throughput_queue_wait_us, "cloud-unbatched"));
     CLEAVE_ASSIGN_OR_RETURN(report["unbatched"], Sweep(context, cloud.launched.endpoint, pool,
                                                        options, "unbatched", &unbatched_rps));
     (void)cloud.launched.process->Stop(5000);
   }
   {
-    CLEAVE_ASSIGN_OR_RETURN(
-        Daemon cloud, StartCloud(options, work, options.max_batch, options.max_queue_delay_us,
-                                 options.throughput_queue_wait_us, "cloud-batched"));
+    CLEAVE_ASSIGN_OR_RETURN(Daemon cloud,
+                            StartCloud(options, work, options.max_batch, options.max_queue_delay_us,
+                                       options.throughput_queue_wait_us, "cloud-batched"));
     CLEAVE_ASSIGN_OR_RETURN(report["batched"], Sweep(context, cloud.launched.endpoint, pool,
                                                      options, "batched", &batched_rps));
     (void)cloud.launched.process->Stop(5000);
@@ -473,9 +484,9 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
 
   // The serving configuration: batcher on, admission by estimated queueing time. Unloaded
   // latency and the overload phase run against it.
-  CLEAVE_ASSIGN_OR_RETURN(
-      Daemon cloud, StartCloud(options, work, options.max_batch, options.max_queue_delay_us,
-                               options.max_queue_wait_us, "cloud-serving"));
+  CLEAVE_ASSIGN_OR_RETURN(Daemon cloud,
+                          StartCloud(options, work, options.max_batch, options.max_queue_delay_us,
+                                     options.max_queue_wait_us, "cloud-serving"));
 
   // Warm-up at the highest concurrency, not measured: the daemon meets every batch size
   // (oneDNN caches a kernel per shape, the allocator keeps its buffers) and its admission

@@ -101,8 +101,7 @@ Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle) {
   return Load(bundle, Options());
 }
 
-Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle,
-                                                     const Options& options) {
+Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle, const Options& options) {
   VisionBundleParts parts;
   parts.exits_fp32 = false;
   CLEAVE_ASSIGN_OR_RETURN(VisionSplitModel model, ReadVisionBundle(bundle, parts));
@@ -110,8 +109,8 @@ Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle,
   CLEAVE_ASSIGN_OR_RETURN(cloud->feature_shape_, FeatureShape(model.spec));
   try {
     CLEAVE_ASSIGN_OR_RETURN(cloud->tail_,
-                            TailPlan::Compile(*model.net, model.head_end(),
-                                              model.net->num_blocks(), options.precision));
+                            TailPlan::Compile(*model.net, model.head_end(), model.net->num_blocks(),
+                                              options.precision));
   } catch (const c10::Error& e) {
     return TorchError("cloud tail plan", e);
   }

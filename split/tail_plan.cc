@@ -28,12 +28,12 @@ CpuFeatures DetectCpu() {
   const bool osxsave = (ecx >> 27) & 1;
   if (!osxsave) return f;
   const uint64_t xcr0 = ReadXcr0();
-  const bool os_avx512 = (xcr0 & 0xe6) == 0xe6;            // SSE, AVX, opmask, ZMM halves
+  const bool os_avx512 = (xcr0 & 0xe6) == 0xe6;               // SSE, AVX, opmask, ZMM halves
   const bool os_amx = (xcr0 & (3ull << 17)) == (3ull << 17);  // XTILECFG, XTILEDATA
   if (__get_cpuid_max(0, nullptr) < 7) return f;
   __cpuid_count(7, 0, eax, ebx, ecx, edx);
-  const bool f_dq_bw_vl = ((ebx >> 16) & 1) && ((ebx >> 17) & 1) && ((ebx >> 30) & 1) &&
-                          ((ebx >> 31) & 1);
+  const bool f_dq_bw_vl =
+      ((ebx >> 16) & 1) && ((ebx >> 17) & 1) && ((ebx >> 30) & 1) && ((ebx >> 31) & 1);
   f.avx512_base = os_avx512 && f_dq_bw_vl;
   f.amx_bf16 = f.avx512_base && os_amx && ((edx >> 22) & 1) && ((edx >> 24) & 1);
   const unsigned max_subleaf = eax;

@@ -69,10 +69,10 @@ class SplitInferenceTest : public ::testing::Test {
   // Runs cleave-cloud with `precision`, expects it to refuse to start; returns its log.
   std::string CloudStartupFailure(const std::string& precision) {
     const fs::path log = dir_ / (precision + ".log");
-    auto proc = ChildProcess::Spawn({(kBin / "cleave-cloud").string(), "--cloud.bundle",
-                                     bundle_.string(), "--cloud.listen", "tcp://127.0.0.1:0",
-                                     "--cloud.precision", precision},
-                                    log.string());
+    auto proc =
+        ChildProcess::Spawn({(kBin / "cleave-cloud").string(), "--cloud.bundle", bundle_.string(),
+                             "--cloud.listen", "tcp://127.0.0.1:0", "--cloud.precision", precision},
+                            log.string());
     EXPECT_TRUE(proc.ok());
     if (!proc.ok()) return "";
     auto code = (*proc)->Wait(60000);

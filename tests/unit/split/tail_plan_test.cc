@@ -64,8 +64,7 @@ TEST(TailPlanTest, Fp32MatchesTheModuleFromEveryStartBlock) {
         ASSERT_EQ(got.sizes(), want.sizes()) << s.name << " k=" << k;
         EXPECT_EQ(got.scalar_type(), torch::kFloat);
         EXPECT_TRUE(got.is_contiguous());
-        const double worst =
-            ((got - want).abs() / (want.abs() + 1)).max().item<double>();
+        const double worst = ((got - want).abs() / (want.abs() + 1)).max().item<double>();
         EXPECT_LE(worst, 1e-4) << s.name << " k=" << k << " batch=" << batch;
         EXPECT_TRUE(torch::equal(got.argmax(1), want.argmax(1))) << s.name << " k=" << k;
       }
@@ -120,8 +119,7 @@ TEST(TailPlanTest, Bf16StaysCloseToFp32) {
     ASSERT_EQ(got.sizes(), want.sizes());
     EXPECT_LT(Nmse(got, want), 1e-3) << s.name;
     EXPECT_GT(Nmse(got, want), 0.0) << s.name << ": bf16 rounding left no trace; not bf16?";
-    const double agree =
-        got.argmax(1).eq(want.argmax(1)).to(torch::kDouble).mean().item<double>();
+    const double agree = got.argmax(1).eq(want.argmax(1)).to(torch::kDouble).mean().item<double>();
     EXPECT_GE(agree, 0.9) << s.name;
   }
 }
@@ -148,8 +146,7 @@ TEST(TailPlanTest, CompileRejectsNonFiniteBatchNormWithTheBlock) {
   auto plan = TailPlan::Compile(*net, 3, net->num_blocks(), TailPrecision::kFp32);
   ASSERT_FALSE(plan.ok());
   EXPECT_EQ(plan.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(plan.status().message().find("block 4"), std::string::npos)
-      << plan.status().ToString();
+  EXPECT_NE(plan.status().message().find("block 4"), std::string::npos) << plan.status().ToString();
   EXPECT_NE(plan.status().message().find("not finite"), std::string::npos);
 }
 
