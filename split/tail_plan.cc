@@ -4,7 +4,6 @@
 
 #include <cstdint>
 #include <string>
-#include <variant>
 
 namespace cleave::split {
 namespace {
@@ -56,17 +55,17 @@ bool CpuHasNativeBf16() { return CpuCanRunBf16() && (Cpu().avx512_bf16 || Cpu().
 
 Result<TailPrecision> ParseTailPrecision(std::string_view name) {
   if (name == "fp32") return TailPrecision::kFp32;
-  if (name == "bf16" || name == "auto") {
-    if (name == "auto") return CpuHasNativeBf16() ? TailPrecision::kBf16 : TailPrecision::kFp32;
-    if (!CpuCanRunBf16()) {
-      return Status::InvalidArgument(
-          "tail precision bf16 needs a CPU with AVX-512 (BW, VL, DQ) and libtorch built with "
-          "oneDNN; this one has not: use fp32 or auto");
-    }
-    return TailPrecision::kBf16;
+  if (name == "auto") return CpuHasNativeBf16() ? TailPrecision::kBf16 : TailPrecision::kFp32;
+  if (name != "bf16") {
+    return Status::InvalidArgument("unknown tail precision '" + std::string(name) +
+                                   "' (expected fp32, bf16 or auto)");
   }
-  return Status::InvalidArgument("unknown tail precision '" + std::string(name) +
-                                 "' (expected fp32, bf16 or auto)");
+  if (!CpuCanRunBf16()) {
+    return Status::InvalidArgument(
+        "tail precision bf16 needs a CPU with AVX-512 (BW, VL, DQ) and libtorch built with "
+        "oneDNN; this one has not: use fp32 or auto");
+  }
+  return TailPrecision::kBf16;
 }
 
 const char* TailPrecisionName(TailPrecision precision) {
