@@ -147,6 +147,13 @@ int ServeLm(const cleave::Config& config, const std::string& bundle_dir, Observa
   options.listen = config.GetString("cloud.listen");
   options.socket.max_message_bytes = config.GetInt("cloud.max_message_bytes");
   options.metrics = obs.metrics;
+  const int64_t max_queue = config.GetInt("cloud.max_queue");
+  if (max_queue < 1) {
+    return Fail(cleave::Status::InvalidArgument("cloud.max_queue must be >= 1, got " +
+                                                std::to_string(max_queue)));
+  }
+  options.max_queue = static_cast<size_t>(max_queue);
+  options.max_queue_wait_us = config.GetInt("cloud.max_queue_wait_us");
   auto zap = cleave::SetUpCurveServer(context, config.GetString("cloud.curve_secret_key"),
                                       config.GetString("cloud.curve_allow_list"), options.socket,
                                       &obs.metrics->CurveRefused("cloud"));

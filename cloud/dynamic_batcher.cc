@@ -33,6 +33,19 @@ const char* SubmitResultName(SubmitResult result) {
   return "unknown";
 }
 
+std::string RefusalReason(SubmitResult result, size_t max_queue, int64_t estimated_wait_us,
+                          int64_t max_queue_wait_us) {
+  switch (result) {
+    case SubmitResult::kOverloaded:
+      return "the queue is full (" + std::to_string(max_queue) + " requests); retry later";
+    case SubmitResult::kWaitTooLong:
+      return "the estimated queueing time (" + std::to_string(estimated_wait_us) +
+             " us) exceeds cloud.max_queue_wait_us (" + std::to_string(max_queue_wait_us) +
+             " us); retry later";
+    default: return "the service is shutting down";
+  }
+}
+
 const char* RejectionName(Rejection rejection) {
   switch (rejection) {
     case Rejection::kExpired: return "expired";

@@ -35,6 +35,7 @@
 #include <deque>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -59,6 +60,11 @@ struct DynamicBatcherOptions {
 enum class SubmitResult : uint8_t { kAccepted, kOverloaded, kWaitTooLong, kShutDown };
 enum class Rejection : uint8_t { kExpired, kShutDown };
 const char* SubmitResultName(SubmitResult result);
+// What a refused request is told (the `overloaded` reply's text): the queue bound, or the
+// estimated wait against cloud.max_queue_wait_us, or shutdown. `estimated_wait_us` is the
+// batcher's estimate at the refusal.
+std::string RefusalReason(SubmitResult result, size_t max_queue, int64_t estimated_wait_us,
+                          int64_t max_queue_wait_us);
 const char* RejectionName(Rejection rejection);
 
 struct DynamicBatcherStats {

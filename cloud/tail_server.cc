@@ -1,8 +1,5 @@
 #include "cloud/tail_server.h"
 
-#include <sys/eventfd.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -10,7 +7,7 @@
 #include <mutex>
 
 #include "cloud/model_repository.h"
-
+#include "cloud/reply_mailbox.h"
 #include "common/logging.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
@@ -55,43 +52,8 @@ struct TailServer::ModelSet {
   std::vector<std::unique_ptr<ModelSlot>> slots;
 };
 
-// Workers -> socket thread. Post is safe from any thread; TakeAll and fd belong to the socket
-// thread. The eventfd is readable while replies wait, so zmq_poll wakes the socket thread.
-class TailServer::Mailbox {
- public:
-  Mailbox() : fd_(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) {}
-  ~Mailbox() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  Mailbox(const Mailbox&) = delete;
-  Mailbox& operator=(const Mailbox&) = delete;
-
-  int fd() const { return fd_; }
-
-  void Post(Outgoing out) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      replies_.push_back(std::move(out));
-    }
-    const uint64_t one = 1;
-    // A full counter (never in practice) still leaves the fd readable, so the wake-up holds.
-    [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof(one));
-  }
-
-  std::deque<Outgoing> TakeAll() {
-    uint64_t count = 0;
-    [[maybe_unused]] ssize_t n = ::read(fd_, &count, sizeof(count));  // reset before taking
-    std::deque<Outgoing> out;
-    std::lock_guard<std::mutex> lock(mu_);
-    out.swap(replies_);
-    return out;
-  }
-
- private:
-  int fd_;
-  std::mutex mu_;
-  std::deque<Outgoing> replies_;  // guarded by mu_
-};
+// Workers -> socket thread (cloud/reply_mailbox.h).
+class TailServer::Mailbox : public ReplyMailbox<Outgoing> {};
 
 TailServer::TailServer(TailServerOptions options, std::shared_ptr<ModelSet> models)
     : options_(std::move(options)),
@@ -415,26 +377,15 @@ void TailServer::Admit(Envelope env) {
   const uint64_t request_id = r.request_id;
   const int64_t deadline = r.deadline_ms > 0 ? received + int64_t{r.deadline_ms} * 1000 : 0;
   Job job{env.peer, std::move(decoded).value(), received, false, std::move(set)};
-  switch (batcher_->Submit(std::move(job), deadline)) {
-    case SubmitResult::kAccepted: ++in_flight_; break;
-    case SubmitResult::kOverloaded:
-      ReplyNow(
-          env.peer, request_id, wire::ReplyStatus::kOverloaded,
-          "the queue is full (" + std::to_string(options_.max_queue) + " requests); retry later",
-          Outcome::kOverloaded);
-      break;
-    case SubmitResult::kWaitTooLong:
-      ReplyNow(env.peer, request_id, wire::ReplyStatus::kOverloaded,
-               "the estimated queueing time (" + std::to_string(batcher_->EstimatedWaitMicros()) +
-                   " us) exceeds cloud.max_queue_wait_us (" +
-                   std::to_string(options_.max_queue_wait_us) + " us); retry later",
-               Outcome::kOverloaded);
-      break;
-    default:
-      ReplyNow(env.peer, request_id, wire::ReplyStatus::kOverloaded, "the service is shutting down",
-               Outcome::kOverloaded);
-      break;
+  const SubmitResult submitted = batcher_->Submit(std::move(job), deadline);
+  if (submitted == SubmitResult::kAccepted) {
+    ++in_flight_;
+    return;
   }
+  ReplyNow(env.peer, request_id, wire::ReplyStatus::kOverloaded,
+           RefusalReason(submitted, options_.max_queue, batcher_->EstimatedWaitMicros(),
+                         options_.max_queue_wait_us),
+           Outcome::kOverloaded);
 }
 
 void TailServer::ReceiveWaiting() {
@@ -459,17 +410,13 @@ Status TailServer::Run(const std::function<bool()>& should_stop) {
       connected_->Set(static_cast<double>(peers_.Expire(now)));
       last_sweep = now;
     }
-    zmq_pollitem_t items[] = {{router_->socket().handle(), 0, ZMQ_POLLIN, 0},
-                              {nullptr, mailbox_->fd(), ZMQ_POLLIN, 0}};
-    if (zmq_poll(items, 2, 100) < 0) {
-      if (zmq_errno() == ETERM) {
-        result = Status::Unavailable("the transport context was terminated");
-        break;
-      }
-      continue;  // EINTR: a signal; should_stop decides
+    Result<ReadySockets> ready = WaitForRequestsOrReplies(*router_, mailbox_->fd(), 100);
+    if (!ready.ok()) {
+      result = ready.status();
+      break;
     }
-    if (items[1].revents & ZMQ_POLLIN) DeliverReplies();
-    if (items[0].revents & ZMQ_POLLIN) ReceiveWaiting();
+    if (ready->replies) DeliverReplies();
+    if (ready->requests) ReceiveWaiting();
     m_->pending_requests->Set(static_cast<double>(in_flight_));
     stats_.model_version = served_version_.load(std::memory_order_acquire);
     stats_.model_swaps = model_swaps_.load(std::memory_order_relaxed);

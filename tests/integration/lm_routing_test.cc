@@ -8,6 +8,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -15,6 +16,8 @@
 
 #include "common/child_process.h"
 #include "common/file_util.h"
+#include "common/lm_wire.h"
+#include "common/transport.h"
 #include "edge/daemon_launcher.h"
 #include "testing/tiny_bundle.h"
 
@@ -45,11 +48,11 @@ class LmRoutingTest : public ::testing::Test {
     delete dir_;
   }
 
-  LaunchedDaemon StartCloud(const std::string& name) {
-    auto cloud = LaunchDaemon(
-        kBin / "cleave-cloud",
-        {"--cloud.bundle", (*dir_ / "lm").string(), "--cloud.listen", "tcp://127.0.0.1:0"},
-        "cloud.ready_file", *dir_, name);
+  LaunchedDaemon StartCloud(const std::string& name, const std::vector<std::string>& extra = {}) {
+    std::vector<std::string> args = {"--cloud.bundle", (*dir_ / "lm").string(), "--cloud.listen",
+                                     "tcp://127.0.0.1:0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    auto cloud = LaunchDaemon(kBin / "cleave-cloud", args, "cloud.ready_file", *dir_, name);
     EXPECT_TRUE(cloud.ok()) << cloud.status().ToString();
     return cloud.ok() ? std::move(*cloud) : LaunchedDaemon{};
   }
@@ -147,6 +150,61 @@ TEST_F(LmRoutingTest, KillingTheCloudMidGenerationFinishesDegraded) {
   EXPECT_GT(g.summary["routed"].get<int>(), 0) << g.text;    // before the kill
   EXPECT_GT(g.summary["degraded"].get<int>(), 0) << g.text;  // after it
   EXPECT_NE(g.text.find("degraded"), std::string::npos);
+}
+
+// A flood of requests into a cloud whose queue holds 2: every request is answered, either
+// computed (next-byte log-probabilities) or `overloaded` at once, and the cloud keeps serving.
+TEST_F(LmRoutingTest, CloudAnswersEveryRequestOfAFloodWithAnswerOrOverloaded) {
+  LaunchedDaemon cloud = StartCloud("cloud-flood", {"--cloud.max_queue", "2"});
+  ASSERT_TRUE(cloud.process);
+  TransportContext context;
+  auto client = DealerClient::Connect(context, cloud.endpoint);
+  ASSERT_TRUE(client.ok()) << client.status().ToString();
+  auto request = [](uint64_t id) {
+    lm_wire::LmRequest r;
+    r.request_id = id;
+    r.model = "lm";
+    r.session = "flood-" + std::to_string(id);
+    r.tokens = "The cat sat on the mat and looked at the door. ";
+    r.predict = true;
+    r.reset_session = true;
+    return lm_wire::EncodeLmRequest(r);
+  };
+  constexpr uint64_t kRequests = 300;
+  for (uint64_t id = 1; id <= kRequests; ++id) ASSERT_TRUE((*client)->Send(request(id), 1000).ok());
+  std::map<uint64_t, lm_wire::LmStatus> status;
+  size_t vocab = 0;
+  while (status.size() < kRequests) {
+    auto msg = (*client)->Receive(20000);
+    ASSERT_TRUE(msg.ok() && msg->has_value())
+        << status.size() << " of " << kRequests << " answered";
+    auto reply = lm_wire::DecodeLmReply(**msg);
+    ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+    EXPECT_TRUE(status.emplace(reply->request_id, reply->status).second) << "answered twice";
+    if (reply->status == lm_wire::LmStatus::kOk) {
+      EXPECT_GT(reply->log_probs.size(), 0u);
+      vocab = reply->log_probs.size();
+    } else {
+      EXPECT_EQ(reply->status, lm_wire::LmStatus::kOverloaded) << reply->error;
+      EXPECT_NE(reply->error.find("queue is full"), std::string::npos) << reply->error;
+    }
+  }
+  size_t ok = 0, overloaded = 0;
+  for (const auto& [id, st] : status) {
+    ok += st == lm_wire::LmStatus::kOk;
+    overloaded += st == lm_wire::LmStatus::kOverloaded;
+  }
+  EXPECT_EQ(ok + overloaded, kRequests);
+  EXPECT_GE(ok, 1u);
+  EXPECT_GE(overloaded, 1u) << "300 requests at once into a queue of 2";
+  EXPECT_EQ(vocab, 256u);
+  // After the flood it serves as before.
+  ASSERT_TRUE((*client)->Send(request(kRequests + 1), 1000).ok());
+  auto msg = (*client)->Receive(20000);
+  ASSERT_TRUE(msg.ok() && msg->has_value());
+  auto reply = lm_wire::DecodeLmReply(**msg);
+  ASSERT_TRUE(reply.ok());
+  EXPECT_EQ(reply->status, lm_wire::LmStatus::kOk) << reply->error;
 }
 
 TEST_F(LmRoutingTest, WithoutACloudGenerationIsEdgeOnlyAndSaysSo) {

@@ -190,6 +190,16 @@ TEST(DynamicBatcherTest, QueueWaitBoundRefusesOnceTheEstimatedWaitIsTooLong) {
   EXPECT_STREQ(SubmitResultName(SubmitResult::kWaitTooLong), "wait_too_long");
 }
 
+// The text a refused request is given names the bound that refused it.
+TEST(DynamicBatcherTest, RefusalReasonNamesTheBound) {
+  EXPECT_EQ(RefusalReason(SubmitResult::kOverloaded, 8, 0, 0),
+            "the queue is full (8 requests); retry later");
+  const std::string wait = RefusalReason(SubmitResult::kWaitTooLong, 8, 4200, 2000);
+  EXPECT_NE(wait.find("(4200 us)"), std::string::npos) << wait;
+  EXPECT_NE(wait.find("cloud.max_queue_wait_us (2000 us)"), std::string::npos) << wait;
+  EXPECT_EQ(RefusalReason(SubmitResult::kShutDown, 8, 0, 0), "the service is shutting down");
+}
+
 // A queue holding as much work as the wait bound admits is released at once: waiting out the
 // delay for a fuller batch would only idle the worker.
 TEST(DynamicBatcherTest, AQueueFullByTheWaitBoundIsReleasedWithoutTheDelay) {
