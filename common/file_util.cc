@@ -13,6 +13,8 @@
 
 #include <openssl/evp.h>
 
+#include "common/crypto.h"
+
 namespace cleave {
 namespace {
 
@@ -95,10 +97,7 @@ fs::path ParentOrDot(const fs::path& path) {
   return parent.empty() ? fs::path(".") : parent;
 }
 
-struct EvpMdCtxDeleter {
-  void operator()(EVP_MD_CTX* ctx) const { EVP_MD_CTX_free(ctx); }
-};
-using EvpMdCtxPtr = std::unique_ptr<EVP_MD_CTX, EvpMdCtxDeleter>;
+using crypto::EvpMdCtxPtr;
 
 // Incremental SHA-256 over OpenSSL's EVP interface.
 class Sha256Hasher {

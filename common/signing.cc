@@ -7,35 +7,20 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "common/crypto.h"
 #include "common/file_util.h"
 
 namespace cleave::signing {
 namespace {
 
-struct PkeyFree {
-  void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-struct PkeyCtxFree {
-  void operator()(EVP_PKEY_CTX* c) const { EVP_PKEY_CTX_free(c); }
-};
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX* c) const { EVP_MD_CTX_free(c); }
-};
 struct BioFree {
   void operator()(BIO* b) const { BIO_free(b); }
 };
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
 using Bio = std::unique_ptr<BIO, BioFree>;
-
-// The oldest queued OpenSSL error as text (and the queue cleared), for messages.
-std::string OpenSslError() {
-  const unsigned long code = ERR_get_error();
-  ERR_clear_error();
-  if (code == 0) return "no OpenSSL error recorded";
-  char buf[256];
-  ERR_error_string_n(code, buf, sizeof(buf));
-  return buf;
-}
+using crypto::EvpMdCtxPtr;
+using crypto::EvpPkeyCtxPtr;
+using crypto::OpenSslErrorText;
+using Pkey = crypto::EvpPkeyPtr;
 
 Result<Pkey> ReadPem(std::string_view pem, bool secret) {
   if (pem.size() > (1 << 16)) return Status::InvalidArgument("key PEM is implausibly large");
@@ -48,7 +33,7 @@ Result<Pkey> ReadPem(std::string_view pem, bool secret) {
                          : PEM_read_bio_PUBKEY(bio.get(), nullptr, nullptr, kEmpty);
   if (key == nullptr) {
     return Status::InvalidArgument(std::string("not a PEM ") + (secret ? "private" : "public") +
-                                   " key (" + OpenSslError() + ")");
+                                   " key (" + OpenSslErrorText() + ")");
   }
   Pkey owned(key);
   if (EVP_PKEY_get_base_id(key) != EVP_PKEY_ED25519) {
@@ -64,7 +49,7 @@ Result<std::string> ToPem(EVP_PKEY* key, bool secret) {
   const int ok =
       secret ? PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr)
              : PEM_write_bio_PUBKEY(bio.get(), key);
-  if (ok != 1) return Status::Internal("cannot write PEM: " + OpenSslError());
+  if (ok != 1) return Status::Internal("cannot write PEM: " + OpenSslErrorText());
   char* data = nullptr;
   const long n = BIO_get_mem_data(bio.get(), &data);
   return std::string(data, static_cast<size_t>(n));
@@ -73,10 +58,10 @@ Result<std::string> ToPem(EVP_PKEY* key, bool secret) {
 }  // namespace
 
 Result<Ed25519KeyPair> GenerateEd25519() {
-  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxFree> ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr));
+  EvpPkeyCtxPtr ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_ED25519, nullptr));
   EVP_PKEY* raw = nullptr;
   if (!ctx || EVP_PKEY_keygen_init(ctx.get()) != 1 || EVP_PKEY_keygen(ctx.get(), &raw) != 1) {
-    return Status::Internal("Ed25519 key generation failed: " + OpenSslError());
+    return Status::Internal("Ed25519 key generation failed: " + OpenSslErrorText());
   }
   Pkey key(raw);
   Ed25519KeyPair pair;
@@ -87,7 +72,7 @@ Result<Ed25519KeyPair> GenerateEd25519() {
 
 Result<std::string> SignEd25519(std::string_view secret_pem, std::string_view message) {
   CLEAVE_ASSIGN_OR_RETURN(Pkey key, ReadPem(secret_pem, true));
-  std::unique_ptr<EVP_MD_CTX, MdCtxFree> ctx(EVP_MD_CTX_new());
+  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
   std::string signature(kEd25519SignatureBytes, '\0');
   size_t length = signature.size();
   // Ed25519 is a one-shot scheme: no digest (null) and EVP_DigestSign over the message.
@@ -95,7 +80,7 @@ Result<std::string> SignEd25519(std::string_view secret_pem, std::string_view me
       EVP_DigestSign(ctx.get(), reinterpret_cast<unsigned char*>(signature.data()), &length,
                      reinterpret_cast<const unsigned char*>(message.data()), message.size()) != 1 ||
       length != kEd25519SignatureBytes) {
-    return Status::Internal("Ed25519 signing failed: " + OpenSslError());
+    return Status::Internal("Ed25519 signing failed: " + OpenSslErrorText());
   }
   return signature;
 }
@@ -108,9 +93,9 @@ Status VerifyEd25519(std::string_view public_pem, std::string_view message,
                                    std::to_string(signature.size()));
   }
   CLEAVE_ASSIGN_OR_RETURN(Pkey key, ReadPem(public_pem, false));
-  std::unique_ptr<EVP_MD_CTX, MdCtxFree> ctx(EVP_MD_CTX_new());
+  EvpMdCtxPtr ctx(EVP_MD_CTX_new());
   if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, key.get()) != 1) {
-    return Status::Internal("Ed25519 verification setup failed: " + OpenSslError());
+    return Status::Internal("Ed25519 verification setup failed: " + OpenSslErrorText());
   }
   const int ok = EVP_DigestVerify(
       ctx.get(), reinterpret_cast<const unsigned char*>(signature.data()), signature.size(),
@@ -126,7 +111,7 @@ Result<std::string> Ed25519Fingerprint(std::string_view pem) {
   unsigned char raw[32];
   size_t length = sizeof(raw);
   if (EVP_PKEY_get_raw_public_key(key.get(), raw, &length) != 1 || length != sizeof(raw)) {
-    return Status::Internal("cannot read the raw public key: " + OpenSslError());
+    return Status::Internal("cannot read the raw public key: " + OpenSslErrorText());
   }
   return Sha256Hex(std::string_view(reinterpret_cast<const char*>(raw), length));
 }
