@@ -234,7 +234,7 @@ class Simulation {
   // trained clients mask their update on the worker; after the pool, survivors reveal
   // shares. Protocol failures are left to the engine, whose FinishRound reports them.
   void SecureSetUp(const RoundPlan& plan);
-  void SecureUnmask(const RoundPlan& plan);
+  void SecureUnmask();
   Result<secagg::MaskedInput> MaskUpdate(const RoundPlan& plan, const Task& t,
                                          const LocalTrainResult& trained);
   double SpeedOf(int client) const;
@@ -683,8 +683,7 @@ Result<secagg::MaskedInput> Simulation::MaskUpdate(const RoundPlan& plan, const 
   return masked;
 }
 
-void Simulation::SecureUnmask(const RoundPlan& plan) {
-  (void)plan;
+void Simulation::SecureUnmask() {
   SecureRound* server = engine_->secure_round();
   if (server == nullptr || server->stage() != secagg::SecAggServer::Stage::kMaskedInput) {
     secure_clients_.clear();
@@ -742,7 +741,7 @@ Status Simulation::RunRound() {
   }
   // The round ends at its deadline unless it completed earlier.
   if (!engine_->RoundDone()) clock_.Set(plan.deadline_micros);
-  if (plan.secure) SecureUnmask(plan);
+  if (plan.secure) SecureUnmask();
   const double train_wall = training_micros_.load() / 1e6 / std::max(1, active);
   eval_seconds_ = 0;
   const auto finish_start = std::chrono::steady_clock::now();
