@@ -1,19 +1,44 @@
+// FederatedClient, the public class and its conversation with the aggregator: options and
+// data checks, Start/Stop/stats, the client thread's loop (register, heartbeat, backoff),
+// sending, and the handlers of the aggregator's messages (RegisterReply, Wait, Bye,
+// UpdateAck, RoundConfig). A round's training and update are in fl_client_training.cc,
+// the secure-aggregation stages in fl_client_secure.cc.
 #include "edge/fl_client.h"
 
 #include <algorithm>
 #include <chrono>
-#include <limits>
+#include <string>
+#include <type_traits>
 #include <utility>
+#include <variant>
+#include <vector>
 
-#include "common/crypto.h"
 #include "common/logging.h"
-#include "federated/local_training.h"
+#include "edge/fl_client_internal.h"
 #include "federated/wire_convert.h"
 
 namespace cleave::edge {
 
 namespace fl = wire::fl;
 using federated::Weights;
+
+namespace fl_client_internal {
+
+std::shared_ptr<spdlog::logger> Log() { return GetLogger("fl-client"); }
+
+std::string ShortSha(const std::string& sha) { return sha.substr(0, 12) + "..."; }
+
+std::string ShapeText(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+}  // namespace fl_client_internal
+
+using fl_client_internal::Log;
+using fl_client_internal::ShapeText;
+using fl_client_internal::ShortSha;
 
 namespace {
 
@@ -27,23 +52,6 @@ constexpr int kQuietSendFailures = 3;
 // Malformed frames logged at warn level before switching to debug (a hostile peer must not
 // flood the log).
 constexpr uint64_t kLoggedMalformed = 10;
-// Rounds whose UpdateAck the client still expects, at most.
-constexpr size_t kMaxUnackedRounds = 8;
-
-std::shared_ptr<spdlog::logger> Log() { return GetLogger("fl-client"); }
-
-std::string ShortSha(const std::string& sha) { return sha.substr(0, 12) + "..."; }
-
-std::string ShapeText(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
-std::string Truncate(std::string text, size_t max_bytes) {
-  if (text.size() > max_bytes) text.resize(max_bytes);
-  return text;
-}
 
 // Peer text made safe for one log line: control bytes become '?', long text is cut.
 std::string Printable(const std::string& text) {
@@ -54,24 +62,6 @@ std::string Printable(const std::string& text) {
     if (byte < 0x20 || byte == 0x7F) c = '?';
   }
   return text.size() > kMax ? out + "..." : out;
-}
-
-// Smallest positive value of the two; 0 (none) when neither is positive.
-int64_t MinPositive(int64_t a, int64_t b) {
-  if (a <= 0) return std::max<int64_t>(b, 0);
-  if (b <= 0) return a;
-  return std::min(a, b);
-}
-
-// A stable 64-bit number for the client id (FNV-1a): the `client` input of the int8 rounding
-// stream, so two clients in one round draw different coins.
-uint64_t ClientNumber(const std::string& client_id) {
-  uint64_t h = 14695981039346656037ull;
-  for (char c : client_id) {
-    h ^= static_cast<uint8_t>(c);
-    h *= 1099511628211ull;
-  }
-  return h;
 }
 
 Status CheckOptions(const FederatedClientOptions& o) {
@@ -559,333 +549,6 @@ void FederatedClient::OnRoundConfig(const fl::RoundConfig& config) {
     return;
   }
   Train(config, std::move(global).value(), received);
-}
-
-// ---- Secure rounds ----
-
-void FederatedClient::StartSecureRound(const fl::RoundConfig& config, Weights global,
-                                       int64_t received) {
-  const fl::SecureParams& wire = *config.secure;
-  int64_t trainable = 0;
-  for (size_t i = 0; i < layout_.size(); ++i) {
-    if (!config.trainable[i]) continue;
-    int64_t n = 1;
-    for (int64_t d : layout_.shapes[i]) n *= d;
-    trainable += n;
-  }
-  if (static_cast<int64_t>(wire.secagg.vector_length) != trainable + 2) {
-    Decline(config.round,
-            Status::InvalidArgument(
-                "the secure round's vector has " + std::to_string(wire.secagg.vector_length) +
-                " words; this model's contribution has " + std::to_string(trainable + 2)),
-            &FederatedClientStats::configs_rejected);
-    return;
-  }
-  federated::SecureRoundParams params;
-  params.secagg = wire.secagg;
-  params.clip = wire.clip;
-  params.fractional_bits = static_cast<int>(wire.fractional_bits);
-  params.example_scale = wire.example_scale;
-  Result<federated::SecureClientSession> session =
-      federated::SecureClientSession::Create(params, wire.client_index);
-  Result<secagg::AdvertiseKeys> keys =
-      session.ok() ? session->Advertise() : Result<secagg::AdvertiseKeys>(session.status());
-  if (!keys.ok()) {
-    Decline(config.round, keys.status().WithContext("secure aggregation"),
-            &FederatedClientStats::configs_rejected);
-    return;
-  }
-  SecureState state;
-  state.config = config;
-  state.global = std::move(global);
-  state.received = received;
-  state.session.emplace(std::move(*session));
-  secure_ = std::move(state);
-  fl::SecAggKeys message;
-  message.round = config.round;
-  message.client_id = options_.client_id;
-  message.keys = std::move(*keys);
-  Update([](FederatedClientStats& s) { ++s.secure_rounds; });
-  Log()->debug("round {}: secure round (roster index {} of {}); keys advertised", config.round,
-               wire.client_index, wire.secagg.num_clients);
-  // A lost message is the same as dropping out: the aggregator goes on without us.
-  (void)SendMessage(fl::Message(std::move(message)));
-}
-
-void FederatedClient::OnKeyDirectory(const fl::SecAggKeyDirectory& m) {
-  if (!secure_ || secure_->config.round != m.round ||
-      secure_->stage != SecureState::Stage::kAdvertised) {
-    Update([](FederatedClientStats& s) { ++s.unexpected_messages; });
-    Log()->debug("ignoring a key directory for round {}", m.round);
-    return;
-  }
-  Result<secagg::ShareKeys> shares = secure_->session->ShareSecrets(m.directory);
-  if (!shares.ok()) {
-    AbortSecure(m.round, shares.status());
-    return;
-  }
-  secure_->stage = SecureState::Stage::kShared;
-  fl::SecAggShareKeys message;
-  message.round = m.round;
-  message.client_id = options_.client_id;
-  message.shares = std::move(*shares);
-  (void)SendMessage(fl::Message(std::move(message)));
-}
-
-void FederatedClient::OnForwardedShares(const fl::SecAggForwardedShares& m) {
-  if (!secure_ || secure_->config.round != m.round ||
-      secure_->stage != SecureState::Stage::kShared) {
-    Update([](FederatedClientStats& s) { ++s.unexpected_messages; });
-    Log()->debug("ignoring forwarded shares for round {}", m.round);
-    return;
-  }
-  if (options_.secure_drop_round == m.round) {
-    Log()->warn("round {}: shared keys; dropping out now (fault injection: secure_drop_round)",
-                m.round);
-    RecordError("dropped out of secure round " + std::to_string(m.round) +
-                " after sharing keys (secure_drop_round)");
-    vanished_ = true;
-    return;
-  }
-  secure_->stage = SecureState::Stage::kMasked;
-  // Training may take a while; the config and weights stay in the session state.
-  const fl::RoundConfig config = secure_->config;
-  Train(config, secure_->global, secure_->received, &m.forwarded);
-}
-
-void FederatedClient::OnUnmaskRequest(const fl::SecAggUnmaskRequest& m) {
-  if (!secure_ || secure_->config.round != m.round ||
-      secure_->stage != SecureState::Stage::kMasked) {
-    Update([](FederatedClientStats& s) { ++s.unexpected_messages; });
-    Log()->debug("ignoring an unmask request for round {}", m.round);
-    return;
-  }
-  Result<secagg::UnmaskShares> shares = secure_->session->RevealShares(m.request);
-  secure_.reset();  // done either way: the session's secrets are wiped with it
-  if (!shares.ok()) {
-    RecordError("round " + std::to_string(m.round) +
-                ": refusing to reveal unmasking shares: " + shares.status().ToString());
-    Log()->warn("round {}: refusing to reveal unmasking shares: {}", m.round,
-                shares.status().ToString());
-    return;
-  }
-  fl::SecAggUnmaskShares message;
-  message.round = m.round;
-  message.client_id = options_.client_id;
-  message.shares = std::move(*shares);
-  if (SendMessage(fl::Message(std::move(message))).ok()) {
-    Update([](FederatedClientStats& s) { ++s.unmask_shares_sent; });
-  }
-}
-
-void FederatedClient::AbortSecure(uint32_t round, const Status& why) {
-  if (secure_ && secure_->config.round == round) secure_.reset();
-  Decline(round, why.WithContext("secure aggregation"), &FederatedClientStats::training_failures);
-}
-
-Result<Weights> FederatedClient::CheckConfig(const fl::RoundConfig& config) const {
-  if (config.layout_sha256 != layout_sha256_) {
-    return Status::InvalidArgument("model mismatch: the round is for model '" + config.model_name +
-                                   "' (layout " + ShortSha(config.layout_sha256) +
-                                   "), this edge has '" + options_.model_name + "' (layout " +
-                                   ShortSha(layout_sha256_) + ")");
-  }
-  if (config.is_delta) {
-    return Status::InvalidArgument(
-        "delta round configs are not supported (this client registered accepts_delta = false)");
-  }
-  if (config.weights.size() != layout_.size()) {
-    return Status::InvalidArgument("the round carries " + std::to_string(config.weights.size()) +
-                                   " weight tensors, the model has " +
-                                   std::to_string(layout_.size()));
-  }
-  if (config.trainable.size() != layout_.size()) {
-    return Status::InvalidArgument("the round's trainable mask has " +
-                                   std::to_string(config.trainable.size()) +
-                                   " entries, the model has " + std::to_string(layout_.size()));
-  }
-  Weights global;
-  global.reserve(layout_.size());
-  for (size_t i = 0; i < layout_.size(); ++i) {
-    const std::vector<int64_t> shape(config.weights[i].shape.begin(),
-                                     config.weights[i].shape.end());
-    if (shape != layout_.shapes[i]) {
-      return Status::InvalidArgument("weight '" + layout_.names[i] + "' has shape " +
-                                     ShapeText(shape) + ", the model expects " +
-                                     ShapeText(layout_.shapes[i]));
-    }
-    CLEAVE_ASSIGN_OR_RETURN(torch::Tensor t, federated::FromWireTensor(config.weights[i]));
-    global.push_back(std::move(t));
-  }
-  CLEAVE_RETURN_IF_ERROR(layout_.Check(global).WithContext("the round's weights"));
-  if (config.trainable_set != fl::TrainableSet::kCustom) {
-    const auto set = config.trainable_set == fl::TrainableSet::kAll
-                         ? federated::TrainableSet::kAll
-                         : federated::TrainableSet::kHeadAndExits;
-    if (federated::TrainableMask(layout_, set, net_->spec().split_after) != config.trainable) {
-      // The mask is authoritative; a disagreement with its label is only worth a note.
-      Log()->warn("round {}: the trainable mask differs from what '{}' means here; using the mask",
-                  config.round, federated::TrainableSetName(set));
-    }
-  }
-  return global;
-}
-
-void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64_t received,
-                            const secagg::ForwardedShares* forwarded) {
-  federated::LocalTrainOptions train;
-  train.fit.local_epochs = static_cast<int>(config.local_epochs);
-  train.fit.batch_size = static_cast<int>(config.batch_size);
-  train.fit.lr = config.learning_rate;
-  train.fit.momentum = config.momentum;
-  train.fit.weight_decay = config.weight_decay;
-  train.fit.proximal_mu = config.proximal_mu;
-  train.freeze_batch_norm_stats = config.trainable_set == fl::TrainableSet::kHeadAndExits;
-  const int64_t round_steps = static_cast<int64_t>(
-      std::min<uint64_t>(config.max_steps, std::numeric_limits<int64_t>::max()));
-  train.fit.max_steps = MinPositive(round_steps, options_.max_steps);
-  int64_t budget_ms = MinPositive(options_.time_budget_ms, config.time_budget_ms);
-  if (config.deadline_ms > 0) {
-    const int64_t deadline = config.deadline_ms;
-    const int64_t margin = std::min(options_.deadline_margin_ms, deadline / 2);
-    const int64_t spent = (clock_.NowMicros() - received) / 1000;  // checking the config
-    budget_ms = MinPositive(budget_ms, std::max<int64_t>(1, deadline - margin - spent));
-  }
-  train.time_budget_micros = budget_ms * 1000;
-  train.trainable = config.trainable;
-  train.seed = config.seed;
-  train.clock = &clock_;
-  // Runs between steps on this thread (the socket's owner): keeps the aggregator from
-  // timing us out during a long round and lets Stop() interrupt training.
-  train.cancelled = [&] {
-    if (stop_.load()) return true;
-    const int64_t now = clock_.NowMicros();
-    if (registered_ && now >= next_heartbeat_micros_ && now >= blocked_until_micros_) {
-      SendHeartbeat(config.round);
-    }
-    return false;
-  };
-  Log()->debug("round {}: training (epochs {}, batch {}, lr {}, max steps {}, budget {} ms)",
-               config.round, config.local_epochs, config.batch_size, config.learning_rate,
-               train.fit.max_steps, budget_ms);
-  Result<federated::LocalTrainResult> result = federated::TrainLocally(*net_, global, data_, train);
-  if (!result.ok()) {
-    if (stop_.load()) return;  // cancelled by Stop(); Run() says bye
-    Decline(config.round, result.status(), &FederatedClientStats::training_failures);
-    return;
-  }
-  if (result->steps == 0) {
-    Decline(config.round,
-            Status::DeadlineExceeded("no training step fit in the time budget of " +
-                                     std::to_string(budget_ms) + " ms"),
-            &FederatedClientStats::training_failures);
-    return;
-  }
-  fl::Message message;
-  if (forwarded != nullptr) {
-    // Secure round: only the masked contribution leaves the edge.
-    if (!secure_ || secure_->config.round != config.round) {
-      Decline(config.round, Status::Internal("the secure session ended during training"),
-              &FederatedClientStats::training_failures);
-      return;
-    }
-    Result<crypto::Key256> rounding_seed = crypto::RandomKey();
-    Result<secagg::MaskedInput> masked =
-        rounding_seed.ok()
-            ? secure_->session->MaskUpdate(*forwarded, global, result->weights, config.trainable,
-                                           result->num_examples, result->train_loss, *rounding_seed)
-            : Result<secagg::MaskedInput>(rounding_seed.status());
-    if (!masked.ok()) {
-      AbortSecure(config.round, masked.status());
-      return;
-    }
-    fl::SecAggMaskedInput input;
-    input.round = config.round;
-    input.client_id = options_.client_id;
-    input.input = std::move(*masked);
-    message = fl::Message(std::move(input));
-  } else {
-    fl::Update update;
-    update.round = config.round;
-    update.client_id = options_.client_id;
-    update.num_examples = static_cast<uint64_t>(result->num_examples);
-    update.train_loss = result->train_loss;
-    if (config.compression.kind != fl::CompressionKind::kNone) {
-      federated::CompressionConfig compression;
-      compression.kind = fl::CompressionKindName(config.compression.kind);
-      compression.topk_fraction = config.compression.topk_fraction;
-      compression.error_feedback = config.compression.error_feedback;
-      compression.seed = config.seed;
-      Result<std::string> encoded = federated::EncodeUpdate(
-          compression, global, result->weights, config.trainable, config.round,
-          ClientNumber(options_.client_id), compression.error_feedback ? &feedback_ : nullptr);
-      if (!encoded.ok()) {
-        Decline(config.round, encoded.status().WithContext("compressing the update"),
-                &FederatedClientStats::training_failures);
-        return;
-      }
-      update.compressed = std::move(*encoded);
-    } else {
-      update.tensors = federated::MaskedToWire(result->weights, config.trainable);
-    }
-    update.train_seconds = result->seconds;
-    update.steps = static_cast<uint64_t>(result->steps);
-    message = fl::Message(std::move(update));
-  }
-  if (Status valid = fl::ValidateMessage(message); !valid.ok()) {
-    Decline(config.round, valid.WithContext("trained update"),
-            &FederatedClientStats::training_failures);
-    return;
-  }
-  const auto* plain = std::get_if<fl::Update>(&message.body);
-  const bool compressed = plain != nullptr && !plain->compressed.empty();
-  sent_round_ = config.round;
-  sent_update_ = fl::EncodeMessage(message);
-  const std::string summary = "trained " + std::to_string(result->steps) + " steps on " +
-                              std::to_string(result->num_examples) + " examples in " +
-                              std::to_string((clock_.NowMicros() - received) / 1000) +
-                              " ms, loss " + std::to_string(result->train_loss);
-  // A late ack for an older round may still come after this round's config: keep a few.
-  unacked_[config.round] = summary;
-  while (unacked_.size() > kMaxUnackedRounds) unacked_.erase(unacked_.begin());
-  Update([&](FederatedClientStats& s) {
-    ++s.rounds_trained;
-    s.last_round = config.round;
-    s.last_train_loss = result->train_loss;
-  });
-  Log()->debug("round {}: {}; sending the update ({} bytes)", config.round, summary,
-               sent_update_.size());
-  // A failed send is not retried here: the aggregator re-sends the config when a heartbeat
-  // says we are idle while still pending, and that re-sends this update.
-  if (SendBytes(sent_update_, forwarded ? "masked input" : "update").ok()) {
-    awaiting_ack_until_micros_ = clock_.NowMicros() + options_.ack_timeout_ms * 1000;
-    Update([&](FederatedClientStats& s) {
-      ++s.updates_sent;
-      if (forwarded) ++s.masked_inputs_sent;
-      if (compressed) ++s.compressed_updates;
-    });
-  } else {
-    awaiting_ack_until_micros_ = 0;  // certainly not delivered: let the next heartbeat ask
-  }
-}
-
-void FederatedClient::Decline(uint32_t round, const Status& why,
-                              uint64_t FederatedClientStats::*counter) {
-  closed_round_ = std::max(closed_round_, round);
-  if (secure_ && secure_->config.round == round) secure_.reset();
-  const std::string text = "cannot train round " + std::to_string(round) + ": " + why.message();
-  Update([&](FederatedClientStats& s) {
-    ++(s.*counter);
-    s.last_error = text;
-  });
-  Log()->warn("{}; telling the aggregator", text);
-  // Bye{leaving} makes the aggregator count us failed for the round at once; our next
-  // heartbeat brings us back for later rounds.
-  fl::Bye bye;
-  bye.client_id = options_.client_id;
-  bye.reason = fl::ByeReason::kLeaving;
-  bye.message = Truncate(text, fl::kMaxTextBytes);
-  (void)SendMessage(fl::Message(bye));
 }
 
 }  // namespace cleave::edge

@@ -86,6 +86,10 @@
 #include "split/train_data.h"
 #include "split/vision_model.h"
 
+namespace cleave::federated {
+struct LocalTrainResult;  // federated/local_training.h
+}  // namespace cleave::federated
+
 namespace cleave::edge {
 
 struct FederatedClientOptions {
@@ -175,9 +179,22 @@ class FederatedClient {
   int64_t num_examples() const { return data_.size(); }
 
  private:
+  // A secure round under way: its config and global weights (training waits for the key
+  // exchange), the session and how far it got.
+  struct SecureState {
+    enum class Stage { kAdvertised, kShared, kMasked };
+    wire::fl::RoundConfig config;
+    federated::Weights global;
+    int64_t received = 0;
+    std::optional<federated::SecureClientSession> session;
+    Stage stage = Stage::kAdvertised;
+  };
+
   FederatedClient(FederatedClientOptions options, Clock& clock);
 
-  // The client thread and its helpers; everything below runs on it.
+  // The client thread and its helpers; everything below runs on it. Defined in fl_client.cc,
+  // except a round's training (fl_client_training.cc) and the secure stages
+  // (fl_client_secure.cc).
   void Run();
   void Tick(int64_t now);
   void Dispatch(const std::string& bytes);
@@ -192,8 +209,18 @@ class FederatedClient {
   void OnKeyDirectory(const wire::fl::SecAggKeyDirectory& message);
   void OnForwardedShares(const wire::fl::SecAggForwardedShares& message);
   void OnUnmaskRequest(const wire::fl::SecAggUnmaskRequest& message);
+  // True when the open secure session is for `round` and at `stage`; otherwise counts the
+  // stage message (`what`, for the log) as unexpected.
+  bool InSecureStage(uint32_t round, SecureState::Stage stage, const char* what);
   // Ends the open secure session (if for `round`), declining the round with `why`.
   void AbortSecure(uint32_t round, const Status& why);
+  // The SecAggMaskedInput for a secure round trained into `result`, masked by the open
+  // session; nullopt when the round was declined instead (the session ended during training,
+  // or masking failed).
+  std::optional<wire::fl::Message> MaskedContribution(const wire::fl::RoundConfig& config,
+                                                      const federated::Weights& global,
+                                                      const federated::LocalTrainResult& result,
+                                                      const secagg::ForwardedShares& forwarded);
   // Checks `config` against our model and decodes its weights; InvalidArgument says why.
   Result<federated::Weights> CheckConfig(const wire::fl::RoundConfig& config) const;
   // Trains the round and sends the update; `received` is when the config arrived (the
@@ -201,6 +228,15 @@ class FederatedClient {
   // contribution of the open secure session instead.
   void Train(const wire::fl::RoundConfig& config, federated::Weights global, int64_t received,
              const secagg::ForwardedShares* forwarded = nullptr);
+  // Training time allowed for `config` (ours, the round's, and its deadline less the margin
+  // and the time since `received`), in ms; 0 = no limit.
+  int64_t TimeBudgetMs(const wire::fl::RoundConfig& config, int64_t received) const;
+  // The Update for a plain round trained into `result`: the trainable tensors, or the delta
+  // from `global` compressed as the round asks (updating feedback_ under error feedback);
+  // nullopt when compression failed and the round was declined.
+  std::optional<wire::fl::Message> PlainUpdate(const wire::fl::RoundConfig& config,
+                                               const federated::Weights& global,
+                                               const federated::LocalTrainResult& result);
   // Declines a round we cannot train: Bye{leaving} with `why`, counted in `counter`.
   void Decline(uint32_t round, const Status& why, uint64_t FederatedClientStats::*counter);
   // Sends `message`; on failure counts it, records backoff and returns the error.
@@ -241,17 +277,7 @@ class FederatedClient {
   bool vanished_ = false;  // secure_drop_round: the thread ends without a Bye
   // Error feedback of compressed rounds: what earlier compressed updates did not send.
   federated::ErrorFeedbackState feedback_;
-  // The open secure round: its config and global weights (training waits for the key
-  // exchange), the session and how far it got.
-  struct SecureState {
-    enum class Stage { kAdvertised, kShared, kMasked };
-    wire::fl::RoundConfig config;
-    federated::Weights global;
-    int64_t received = 0;
-    std::optional<federated::SecureClientSession> session;
-    Stage stage = Stage::kAdvertised;
-  };
-  std::optional<SecureState> secure_;
+  std::optional<SecureState> secure_;  // the open secure round, if any
 
   mutable std::mutex mu_;
   mutable std::condition_variable changed_;

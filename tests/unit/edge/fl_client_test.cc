@@ -14,7 +14,7 @@
 #include "common/metrics.h"
 #include "federated/aggregator_service.h"
 #include "federated/wire_convert.h"
-#include "testing/tiny_bundle.h"
+#include "unit/edge/fl_test_harness.h"
 
 namespace cleave::edge {
 namespace {
@@ -84,23 +84,12 @@ class FakeAggregator {
 
 bool IsUpdate(const fl::Message& m) { return std::holds_alternative<fl::Update>(m.body); }
 
-class FederatedClientTest : public ::testing::Test {
+class FederatedClientTest : public TinyFederationTest {
  protected:
   void SetUp() override {
-    spec_ = split::VisionModelSpec::TinySplit();
-    torch::manual_seed(3);
-    split::SplitVisionNet net(spec_);
-    initial_ = federated::GetWeights(*net);
-    layout_ = federated::LayoutOf(*net);
-    data_.images = testing::RandomImages(64, 5);
-    data_.labels = torch::randint(0, 10, {64}, torch::kLong);
+    TinyFederationTest::SetUp();
     options_.client_id = "edge-test-1";
-    options_.model_name = "tiny";
-    options_.poll_interval_ms = 20;
     options_.register_timeout_ms = 2000;
-    options_.register_retry_ms = 50;
-    options_.min_backoff_ms = 10;
-    options_.max_backoff_ms = 100;
   }
   void TearDown() override { client_.reset(); }
 
@@ -162,12 +151,6 @@ class FederatedClientTest : public ::testing::Test {
     return false;
   }
 
-  TransportContext context_;
-  split::VisionModelSpec spec_;
-  federated::Weights initial_;
-  federated::WeightsLayout layout_;
-  split::LabeledImages data_;
-  FederatedClientOptions options_;
   std::unique_ptr<FederatedClient> client_;
 };
 

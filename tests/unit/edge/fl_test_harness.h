@@ -1,6 +1,9 @@
-// An in-process federation for edge tests: the real AggregatorService on loopback and real
-// FederatedClients on a tiny model and random data. Fixtures derive from it and adjust
-// AggregatorOptions (secure aggregation, compression, ...).
+// Fixtures for the edge's federated-learning tests. TinyFederationTest: the tiny split model,
+// its initial weights and layout, 64 random labelled rows and client options tuned for fast
+// tests (the base of FederatedClientTest, which plays the aggregator itself).
+// InProcessFederationTest adds an in-process federation: the real AggregatorService on
+// loopback and real FederatedClients; fixtures derive from it and adjust AggregatorOptions
+// (secure aggregation, compression, ...).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -20,7 +23,7 @@
 
 namespace cleave::edge {
 
-class InProcessFederationTest : public ::testing::Test {
+class TinyFederationTest : public ::testing::Test {
  protected:
   void SetUp() override {
     spec_ = split::VisionModelSpec::TinySplit();
@@ -30,12 +33,24 @@ class InProcessFederationTest : public ::testing::Test {
     layout_ = federated::LayoutOf(*net);
     data_.images = testing::RandomImages(64, 5);
     data_.labels = torch::randint(0, 10, {64}, torch::kLong);
-    client_options_.model_name = "tiny";
-    client_options_.poll_interval_ms = 20;
-    client_options_.register_retry_ms = 50;
-    client_options_.min_backoff_ms = 10;
-    client_options_.max_backoff_ms = 100;
+    options_.model_name = "tiny";
+    options_.poll_interval_ms = 20;
+    options_.register_retry_ms = 50;
+    options_.min_backoff_ms = 10;
+    options_.max_backoff_ms = 100;
   }
+
+  // Declared first in the base: destroyed after every client and socket of a fixture or test.
+  TransportContext context_;
+  split::VisionModelSpec spec_;
+  federated::Weights initial_;
+  federated::WeightsLayout layout_;
+  split::LabeledImages data_;
+  FederatedClientOptions options_;  // for the clients the test starts
+};
+
+class InProcessFederationTest : public TinyFederationTest {
+ protected:
   void TearDown() override {
     clients_.clear();
     StopAggregator();
@@ -89,7 +104,7 @@ class InProcessFederationTest : public ::testing::Test {
   }
 
   void StartClient(const std::string& id, uint32_t drop_round = 0) {
-    FederatedClientOptions o = client_options_;
+    FederatedClientOptions o = options_;
     o.aggregator = service_->endpoint();
     o.client_id = id;
     o.secure_drop_round = drop_round;
@@ -98,12 +113,6 @@ class InProcessFederationTest : public ::testing::Test {
     clients_.push_back(std::move(client).value());
   }
 
-  TransportContext context_;
-  split::VisionModelSpec spec_;
-  federated::Weights initial_;
-  federated::WeightsLayout layout_;
-  split::LabeledImages data_;
-  FederatedClientOptions client_options_;
   std::unique_ptr<federated::AggregatorService> service_;
   std::thread thread_;
   std::atomic<bool> stop_{false}, finished_{false};
