@@ -16,6 +16,7 @@
 #include "common/child_process.h"
 #include "common/file_util.h"
 #include "edge/daemon_launcher.h"
+#include "testing/federation_fixture.h"
 #include "testing/log_wait.h"
 #include "testing/tiny_bundle.h"
 
@@ -27,20 +28,9 @@ using nlohmann::json;
 
 const fs::path kBin = CLEAVE_BIN_DIR;
 
-class FederatedTest : public ::testing::Test {
+class FederatedTest : public cleave::testing::FederationTest {
  protected:
-  void SetUp() override {
-    dir_ = cleave::testing::TempPath("fl_it");
-    fs::create_directories(dir_);
-    bundle_ = dir_ / "bundle";
-    ASSERT_TRUE(cleave::testing::WriteTinyBundle(bundle_).ok());
-  }
-  void TearDown() override {
-    edges_.clear();
-    aggregator_.reset();
-    std::error_code ec;
-    if (!HasFailure()) fs::remove_all(dir_, ec);
-  }
+  FederatedTest() : FederationTest("fl_it") {}
 
   std::vector<std::string> AggregatorArgs(int rounds) {
     return {"--aggregator.bundle",
@@ -96,16 +86,6 @@ class FederatedTest : public ::testing::Test {
          "dirichlet:0.5"},
         "edge.ready_file", dir_, "edge" + std::to_string(index));
   }
-
-  json Summary() {
-    auto text = ReadFileToString(dir_ / "summary.json");
-    EXPECT_TRUE(text.ok()) << text.status().ToString();
-    return text.ok() ? json::parse(*text) : json();
-  }
-
-  fs::path dir_, bundle_;
-  std::unique_ptr<LaunchedDaemon> aggregator_;
-  std::vector<std::unique_ptr<LaunchedDaemon>> edges_;
 };
 
 TEST_F(FederatedTest, TwoRoundsWithThreeEdgesSurviveAnEdgeKilledMidRound) {

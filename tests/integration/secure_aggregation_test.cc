@@ -11,6 +11,7 @@
 
 #include "common/file_util.h"
 #include "edge/daemon_launcher.h"
+#include "testing/federation_fixture.h"
 #include "testing/log_wait.h"
 #include "testing/tiny_bundle.h"
 
@@ -23,20 +24,9 @@ using nlohmann::json;
 const fs::path kBin = CLEAVE_BIN_DIR;
 constexpr int kEdges = 4;
 
-class SecureAggregationTest : public ::testing::Test {
+class SecureAggregationTest : public cleave::testing::FederationTest {
  protected:
-  void SetUp() override {
-    dir_ = cleave::testing::TempPath("secagg_it");
-    fs::create_directories(dir_);
-    bundle_ = dir_ / "bundle";
-    ASSERT_TRUE(cleave::testing::WriteTinyBundle(bundle_).ok());
-  }
-  void TearDown() override {
-    edges_.clear();
-    aggregator_.reset();
-    std::error_code ec;
-    if (!HasFailure()) fs::remove_all(dir_, ec);
-  }
+  SecureAggregationTest() : FederationTest("secagg_it") {}
 
   void StartAggregator(int rounds, int min_clients) {
     auto agg = LaunchDaemon(kBin / "cleave-aggregator",
@@ -104,16 +94,6 @@ class SecureAggregationTest : public ::testing::Test {
     ASSERT_TRUE(edge.ok()) << edge.status().ToString();
     edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
   }
-
-  json Summary() {
-    auto text = ReadFileToString(dir_ / "summary.json");
-    EXPECT_TRUE(text.ok()) << text.status().ToString();
-    return text.ok() ? json::parse(*text) : json();
-  }
-
-  fs::path dir_, bundle_;
-  std::unique_ptr<LaunchedDaemon> aggregator_;
-  std::vector<std::unique_ptr<LaunchedDaemon>> edges_;
 };
 
 TEST_F(SecureAggregationTest, FourEdgesApplyTwoSecureRounds) {
