@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "split/torch_status.h"
+
 namespace cleave::cloud {
 
 using lm_wire::LmReply;
@@ -18,7 +20,7 @@ LmTailService::LmTailService(std::string model_name, split::SplitLm model, LmCon
 }
 
 Status LmTailService::WarmUp() {
-  try {
+  const auto warm_up = [&] {
     torch::NoGradGuard no_grad;
     const split::LmSpec& spec = model_->spec();
     split::KvCache cache = model_->NewCloudCache();
@@ -29,11 +31,9 @@ Status LmTailService::WarmUp() {
       split::KvCache whole = model_->NewWholeCache();
       (void)model_->WholeHidden(torch::zeros({1, 1}, torch::kLong), &whole);
     }
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("warm-up of the language model failed: ") +
-                            e.what_without_backtrace());
-  }
-  return Status::Ok();
+  };
+  return split::CallTorch(split::TorchSource::kOwnState, "warm-up of the language model failed",
+                          warm_up);
 }
 
 LmReply LmTailService::Error(const LmRequest& request, const std::string& message,
@@ -109,7 +109,13 @@ LmReply LmTailService::Handle(const LmRequest& request) {
   }
   if (rows > 0) {
     const int64_t first = cache->position;
-    try {
+    std::vector<float> states;  // decoded before libtorch runs: a bad tensor keeps the session
+    if (!by_tokens) {
+      Result<std::vector<float>> values = wire::DecodeTensor(request.states);
+      if (!values.ok()) return Error(request, values.status().message());
+      states = std::move(values).value();
+    }
+    const auto compute = [&] {
       torch::NoGradGuard no_grad;
       torch::Tensor hidden;
       if (by_tokens) {
@@ -121,10 +127,8 @@ LmReply LmTailService::Handle(const LmRequest& request) {
                                            2 * int64_t{rows} * split::LmCodecMacs(spec));
         stats_.tokens += rows;
       } else {
-        Result<std::vector<float>> values = wire::DecodeTensor(request.states);
-        if (!values.ok()) return Error(request, values.status().message());
         const torch::Tensor code =
-            torch::from_blob(values->data(), {1, rows, spec.bottleneck}, torch::kFloat).clone();
+            torch::from_blob(states.data(), {1, rows, spec.bottleneck}, torch::kFloat).clone();
         hidden = model_->CloudHidden(model_->Decode(code), cache);
         reply.macs = static_cast<uint64_t>(
             split::LmLayersMacs(spec, spec.layers - spec.split_after, first, rows) +
@@ -138,12 +142,12 @@ LmReply LmTailService::Handle(const LmRequest& request) {
         reply.macs += static_cast<uint64_t>(split::LmHeadMacs(spec));
         ++stats_.predictions;
       }
-    } catch (const c10::Error& e) {
+    };
+    const Status computed = split::CallTorch(
+        split::TorchSource::kOwnState, by_tokens ? "model failed" : "cloud layers failed", compute);
+    if (!computed.ok()) {
       contexts_.Remove(request.session);  // its cache may be half-updated
-      return Error(request,
-                   std::string(by_tokens ? "model" : "cloud layers") +
-                       " failed: " + e.what_without_backtrace(),
-                   /*compute_failure=*/true);
+      return Error(request, computed.message(), /*compute_failure=*/true);
     }
   }
   reply.position = static_cast<uint64_t>(cache->position);

@@ -16,6 +16,7 @@
 #include "common/logging.h"
 #include "edge/fl_client_internal.h"
 #include "federated/wire_convert.h"
+#include "split/torch_status.h"
 
 namespace cleave::edge {
 
@@ -150,15 +151,16 @@ Result<std::unique_ptr<FederatedClient>> FederatedClient::Start(
   CLEAVE_RETURN_IF_ERROR(CheckOptions(options));
   CLEAVE_RETURN_IF_ERROR(spec.Validate().WithContext("federated client: model spec"));
   std::unique_ptr<FederatedClient> client(new FederatedClient(std::move(options), clock));
-  try {
+  const auto build = [&] {  // from the caller's spec, weights and data
     CLEAVE_RETURN_IF_ERROR(CheckData(data, spec));
     client->net_ = split::SplitVisionNet(spec);
     CLEAVE_RETURN_IF_ERROR(
         federated::SetWeights(*client->net_, initial).WithContext("federated client"));
     client->layout_ = federated::LayoutOf(*client->net_);
-  } catch (const c10::Error& e) {
-    return Status::InvalidArgument(std::string("federated client: ") + e.what_without_backtrace());
-  }
+    return Status::Ok();
+  };
+  CLEAVE_RETURN_IF_ERROR(
+      split::CallTorch(split::TorchSource::kExternalInput, "federated client", build));
   client->layout_sha256_ = federated::LayoutSha256(client->layout_);
   client->data_ = std::move(data);
   SocketOptions socket;

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "split/torch_status.h"
+
 namespace cleave::edge {
 
 using lm_wire::LmReply;
@@ -45,7 +47,7 @@ Result<std::vector<float>> LmRouter::CatchUpExit() {
   const int64_t from = cache_.position;
   const int64_t n = position_ - from;
   if (n <= 0) return Status::Internal("edge cache is ahead of the context");
-  try {
+  const auto run = [&] {
     torch::NoGradGuard no_grad;
     torch::Tensor input = torch::empty({1, n}, torch::kLong);
     for (int64_t i = 0; i < n; ++i) {
@@ -55,11 +57,14 @@ Result<std::vector<float>> LmRouter::CatchUpExit() {
     const torch::Tensor lp =
         torch::log_softmax(model_->ExitLogits(state).reshape({-1}), 0).contiguous();
     return std::vector<float>(lp.data_ptr<float>(), lp.data_ptr<float>() + lp.numel());
-  } catch (const c10::Error& e) {
+  };
+  Result<std::vector<float>> log_probs =
+      split::CallTorch(split::TorchSource::kOwnState, "edge layers failed", run);
+  if (!log_probs.ok()) {
     cache_ = model_->NewEdgeCache();
     cache_.position = position_;  // unusable for these tokens; later ones still work
-    return Status::Internal(std::string("edge layers failed: ") + e.what_without_backtrace());
   }
+  return log_probs;
 }
 
 Result<LmReply> LmRouter::Send(int64_t from, bool reset, bool predict, RouterStep& step) {
@@ -132,7 +137,7 @@ Result<RouterStep> LmRouter::Feed(int token, bool need_prediction) {
   if (options_.mode == RouteMode::kCloudOnly) {
     window_.push_back({static_cast<uint8_t>(token), 0, 0, {}});
   } else {
-    try {
+    const auto run = [&] {
       torch::NoGradGuard no_grad;
       const torch::Tensor input = torch::full({1, 1}, token, torch::kLong);
       const torch::Tensor state = model_->EdgeLayers(input, &cache_);
@@ -147,9 +152,10 @@ Result<RouterStep> LmRouter::Feed(int token, bool need_prediction) {
                              wire::DType::kUInt8, 0));
       window_.push_back({static_cast<uint8_t>(token), row.quant.scale[0], row.quant.zero_point[0],
                          std::move(row.data)});
-    } catch (const c10::Error& e) {
-      return Status::Internal(std::string("edge layers failed: ") + e.what_without_backtrace());
-    }
+      return Status::Ok();
+    };
+    CLEAVE_RETURN_IF_ERROR(
+        split::CallTorch(split::TorchSource::kOwnState, "edge layers failed", run));
   }
   ++position_;
   ++stats_.tokens;

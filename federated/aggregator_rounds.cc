@@ -13,6 +13,7 @@
 #include "federated/wire_convert.h"
 #include "split/bundle.h"
 #include "split/int8_head.h"
+#include "split/torch_status.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::federated {
@@ -108,15 +109,14 @@ Result<Weights> AggregatorService::Impl::FromCompressed(const std::string& bytes
   const Weights& delta = *decoded;
   const Weights& global = engine->global();
   Weights out(global.size());
-  try {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < global.size(); ++i) {
-      out[i] = plan->trainable[i] ? global[i] + delta[i] : global[i];
-    }
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("applying a compressed update: ") +
-                            e.what_without_backtrace());
-  }
+  // DecodeUpdate checked the delta against the layout: a failure here is ours.
+  CLEAVE_RETURN_IF_ERROR(
+      split::CallTorch(split::TorchSource::kOwnState, "applying a compressed update", [&] {
+        torch::NoGradGuard no_grad;
+        for (size_t i = 0; i < global.size(); ++i) {
+          out[i] = plan->trainable[i] ? global[i] + delta[i] : global[i];
+        }
+      }));
   return out;
 }
 

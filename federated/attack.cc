@@ -8,8 +8,13 @@
 #include <numeric>
 
 #include "federated/strategy_internal.h"
+#include "split/torch_status.h"
 
 namespace cleave::federated {
+
+using split::CallTorch;
+using split::TorchSource;
+
 namespace {
 
 struct KindName {
@@ -109,7 +114,7 @@ Status PoisonUpdate(const AttackOptions& attack, const Weights& global,
   if (!attack.poisons_updates()) return Status::Ok();
   CLEAVE_RETURN_IF_ERROR(internal::CheckMask(trainable, global));
   CLEAVE_RETURN_IF_ERROR(internal::CheckSameLayout(update, global, "attacked update"));
-  return internal::GuardTorch("attack", [&]() -> Status {
+  return CallTorch(TorchSource::kOwnState, "attack", [&]() -> Status {
     if (attack.kind == AttackKind::kSignFlip || attack.kind == AttackKind::kScale) {
       const double factor = attack.kind == AttackKind::kSignFlip ? -attack.scale : attack.scale;
       for (size_t i = 0; i < global.size(); ++i) {

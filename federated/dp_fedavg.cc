@@ -34,8 +34,13 @@
 
 #include "common/rdp_accountant.h"
 #include "federated/strategy_internal.h"
+#include "split/torch_status.h"
 
 namespace cleave::federated {
+
+using split::CallTorch;
+using split::TorchSource;
+
 namespace {
 
 using json = nlohmann::json;
@@ -61,7 +66,7 @@ class DpAggregator : public RoundAggregator {
   Status Add(const ClientUpdate& update) override {
     if (finished_) return Status::FailedPrecondition("aggregator: Add() after Finish()");
     CLEAVE_RETURN_IF_ERROR(internal::CheckUpdate(update, global_, trainable_));
-    return internal::GuardTorch("dp-fedavg add", [&]() -> Status {
+    return CallTorch(TorchSource::kOwnState, "dp-fedavg add", [&]() -> Status {
       Weights delta(global_.size());
       double squared = 0;
       for (size_t i = 0; i < global_.size(); ++i) {
@@ -94,7 +99,7 @@ class DpAggregator : public RoundAggregator {
   Result<Weights> Finish() override {
     if (finished_) return Status::FailedPrecondition("aggregator: Finish() called twice");
     if (count_ == 0) return Status::FailedPrecondition("aggregator: no updates were added");
-    return internal::GuardTorch("dp-fedavg finish", [&]() -> Result<Weights> {
+    return CallTorch(TorchSource::kOwnState, "dp-fedavg finish", [&]() -> Result<Weights> {
       const DpConfig& c = state_.config;
       const double m = count_;
       double z_delta = c.noise_multiplier;

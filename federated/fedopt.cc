@@ -18,8 +18,13 @@
 #include <map>
 
 #include "federated/strategy_internal.h"
+#include "split/torch_status.h"
 
 namespace cleave::federated::internal {
+
+using split::CallTorch;
+using split::TorchSource;
+
 namespace {
 
 enum class FedOptVariant { kAdagrad, kAdam, kYogi };
@@ -64,7 +69,7 @@ class FedOptStrategy : public Strategy {
       CLEAVE_RETURN_IF_ERROR(CheckSameLayout(m_, global, "server optimizer state")
                                  .WithContext(name_ + " (state from another model?)"));
     }
-    return GuardTorch("server optimizer step", [&]() -> Result<Weights> {
+    return CallTorch(TorchSource::kOwnState, "server optimizer step", [&]() -> Result<Weights> {
       // New moments go to fresh tensors and replace the state only at the end, so a failed
       // step leaves the state as it was.
       Weights m = m_, v = v_;
@@ -122,7 +127,7 @@ class FedOptStrategy : public Strategy {
       step_ = 0;
       return Status::Ok();
     }
-    return GuardTorch("load optimizer state", [&]() -> Status {
+    return CallTorch(TorchSource::kOwnState, "load optimizer state", [&]() -> Status {
       std::map<size_t, torch::Tensor> m, v;
       int64_t step = -1;
       for (const auto& [name, tensor] : state) {

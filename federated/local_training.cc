@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cmath>
 
+#include "split/torch_status.h"
+
 namespace cleave::federated {
 
 namespace F = torch::nn::functional;
@@ -32,7 +34,7 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
   CLEAVE_RETURN_IF_ERROR(options.fit.Validate());
   const int64_t n = data.size();
   if (n == 0) return Status::InvalidArgument("local training: the client has no data");
-  try {
+  const auto train = [&]() -> Result<LocalTrainResult> {
     CLEAVE_RETURN_IF_ERROR(
         CopyIn(tensors_, global, !options.global_is_checked).WithContext("local training"));
     // SetWeights checked `global` against the network's layout, so its size is the layout's.
@@ -128,16 +130,15 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
     net.eval();
     CopyOut(tensors_, result.weights);
     return result;
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("local training failed inside libtorch: ") +
-                            e.what_without_backtrace());
-  }
+  };
+  return split::CallTorch(split::TorchSource::kOwnState, "local training failed inside libtorch",
+                          train);
 }
 
 Result<Evaluation> EvaluateWeights(split::SplitVisionNetImpl& net, const Weights& weights,
                                    const split::LabeledImages& data, int64_t batch) {
   if (data.size() == 0) return Status::InvalidArgument("evaluation: no data");
-  try {
+  const auto evaluate = [&]() -> Result<Evaluation> {
     CLEAVE_RETURN_IF_ERROR(SetWeights(net, weights).WithContext("evaluation"));
     torch::NoGradGuard no_grad;
     net.eval();
@@ -147,10 +148,9 @@ Result<Evaluation> EvaluateWeights(split::SplitVisionNetImpl& net, const Weights
     e.accuracy = split::Accuracy(logits, data.labels);
     e.loss = F::cross_entropy(logits, data.labels).item<double>();
     return e;
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("evaluation failed inside libtorch: ") +
-                            e.what_without_backtrace());
-  }
+  };
+  return split::CallTorch(split::TorchSource::kOwnState, "evaluation failed inside libtorch",
+                          evaluate);
 }
 
 }  // namespace cleave::federated

@@ -15,8 +15,13 @@
 #include <vector>
 
 #include "federated/strategy_internal.h"
+#include "split/torch_status.h"
 
 namespace cleave::federated::internal {
+
+using split::CallTorch;
+using split::TorchSource;
+
 namespace {
 
 class NormBoundAggregator : public RoundAggregator {
@@ -34,7 +39,7 @@ class NormBoundAggregator : public RoundAggregator {
   Status Add(const ClientUpdate& update) override {
     // The norm needs a well-formed update; the wrapped aggregator checks again (cheaply).
     CLEAVE_RETURN_IF_ERROR(CheckUpdate(update, global_, trainable_));
-    return GuardTorch("norm bound", [&]() -> Status {
+    return CallTorch(TorchSource::kOwnState, "norm bound", [&]() -> Status {
       double squared = 0;
       for (size_t i = 0; i < global_.size(); ++i) {
         if (!trainable_[i]) continue;

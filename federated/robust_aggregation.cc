@@ -37,8 +37,13 @@
 #include <numeric>
 
 #include "federated/strategy_internal.h"
+#include "split/torch_status.h"
 
 namespace cleave::federated::internal {
+
+using split::CallTorch;
+using split::TorchSource;
+
 namespace {
 
 // Coordinates per chunk so that a stacked chunk of all n updates stays near 1M values: the
@@ -91,7 +96,7 @@ class BufferingAggregator : public RoundAggregator {
   Result<Weights> Finish() override {
     if (finished_) return Status::FailedPrecondition("aggregator: Finish() called twice");
     if (updates_.empty()) return Status::FailedPrecondition("aggregator: no updates were added");
-    return GuardTorch("robust aggregation", [&]() -> Result<Weights> {
+    return CallTorch(TorchSource::kOwnState, "robust aggregation", [&]() -> Result<Weights> {
       CLEAVE_ASSIGN_OR_RETURN(Weights reduced, Reduce());
       finished_ = true;
       updates_.clear();

@@ -21,6 +21,7 @@
 #include "federated/checkpoint.h"
 #include "federated/local_training.h"
 #include "split/compute_runtime.h"
+#include "split/torch_status.h"
 
 namespace cleave::federated {
 
@@ -854,12 +855,10 @@ Result<SimResult> RunSimulation(const SimOptions& options, const SimData& data) 
   partition_spec.seed = options.seed;
   CLEAVE_ASSIGN_OR_RETURN(Partition partition, MakePartition(data.train_labels, spec.num_classes,
                                                              options.num_clients, partition_spec));
-  try {
+  return split::CallTorch(split::TorchSource::kOwnState, "sim: libtorch error", [&] {
     Simulation sim(options, data, spec, std::move(partition));
     return sim.Run();
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("sim: libtorch error: ") + e.what_without_backtrace());
-  }
+  });
 }
 
 }  // namespace cleave::federated

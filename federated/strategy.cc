@@ -11,8 +11,13 @@
 #include <limits>
 
 #include "federated/strategy_internal.h"
+#include "split/torch_status.h"
 
 namespace cleave::federated {
+
+using split::CallTorch;
+using split::TorchSource;
+
 namespace {
 
 using json = nlohmann::json;
@@ -105,7 +110,7 @@ class WeightedMeanAggregator : public RoundAggregator {
   Status Add(const ClientUpdate& update) override {
     if (finished_) return Status::FailedPrecondition("aggregator: Add() after Finish()");
     CLEAVE_RETURN_IF_ERROR(internal::CheckUpdate(update, global_, trainable_));
-    return internal::GuardTorch("weighted mean", [&]() -> Status {
+    return CallTorch(TorchSource::kOwnState, "weighted mean", [&]() -> Status {
       if (sums_.empty()) sums_.resize(global_.size());
       const double weight = static_cast<double>(update.num_examples);
       for (size_t i = 0; i < global_.size(); ++i) {
@@ -128,7 +133,7 @@ class WeightedMeanAggregator : public RoundAggregator {
   Result<Weights> Finish() override {
     if (finished_) return Status::FailedPrecondition("aggregator: Finish() called twice");
     if (count_ == 0) return Status::FailedPrecondition("aggregator: no updates were added");
-    return internal::GuardTorch("weighted mean", [&]() -> Result<Weights> {
+    return CallTorch(TorchSource::kOwnState, "weighted mean", [&]() -> Result<Weights> {
       Weights out(global_.size());
       for (size_t i = 0; i < global_.size(); ++i) {
         out[i] = trainable_[i] ? sums_[i].div_(total_examples_) : global_[i];

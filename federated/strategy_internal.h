@@ -32,19 +32,6 @@ Status CheckUpdate(const ClientUpdate& update, const Weights& global,
 Weights MergeWithGlobal(const Weights& aggregate, const Weights& global,
                         const std::vector<bool>& trainable);
 
-// Runs `fn` (returning Status or Result<T>) and turns a c10::Error thrown by libtorch (in
-// practice: an allocation failure) into kInternal, so no exception leaves the module.
-template <typename Fn>
-auto GuardTorch(const char* what, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string(what) + ": " + e.what_without_backtrace());
-  } catch (const std::bad_alloc&) {
-    return Status::ResourceExhausted(std::string(what) + ": out of memory");
-  }
-}
-
 // The streaming weighted mean of the clients' trainable tensors, weighted by num_examples
 // (FedAvg, McMahan et al. 2017). One float32 accumulator per trainable tensor: memory is
 // O(model) whatever the number of clients and no update is referenced after Add() returns.

@@ -6,6 +6,8 @@
 #include <limits>
 #include <numeric>
 
+#include "split/torch_status.h"
+
 namespace cleave::federated {
 namespace {
 
@@ -348,7 +350,7 @@ Result<std::string> EncodeUpdate(const CompressionConfig& config, const Weights&
                                    std::to_string(feedback->residual.size()) +
                                    " entries, the global model " + std::to_string(global.size()));
   }
-  try {
+  const auto encode = [&]() -> Result<std::string> {
     for (size_t i : entries.index) {
       CLEAVE_RETURN_IF_ERROR(CheckTensor(global[i], shapes[i], "global", i));
       CLEAVE_RETURN_IF_ERROR(CheckTensor(trained[i], shapes[i], "update", i));
@@ -398,10 +400,8 @@ Result<std::string> EncodeUpdate(const CompressionConfig& config, const Weights&
       }
     }
     return w.Take();
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("compression: libtorch error: ") +
-                            e.what_without_backtrace());
-  }
+  };
+  return split::CallTorch(split::TorchSource::kOwnState, "compression: libtorch error", encode);
 }
 
 // ---- Decoding
@@ -532,7 +532,8 @@ Result<Weights> DecodeUpdate(std::string_view bytes, const WeightsLayout& layout
     }
   }
 
-  try {
+  // Entries, indices and values were checked above: a libtorch failure here is ours.
+  const auto expand = [&] {
     Weights delta = ZerosLike(layout);
     if (kind != Kind::kTopK) {
       size_t offset = 0;
@@ -551,10 +552,8 @@ Result<Weights> DecodeUpdate(std::string_view bytes, const WeightsLayout& layout
       delta[entries.index[e]].data_ptr<float>()[indices[j] - entry_begin] = values[j];
     }
     return delta;
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("compression: libtorch error: ") +
-                            e.what_without_backtrace());
-  }
+  };
+  return split::CallTorch(split::TorchSource::kOwnState, "compression: libtorch error", expand);
 }
 
 Result<int64_t> CompressRoundTrip(const CompressionConfig& config, const WeightsLayout& layout,
@@ -573,15 +572,13 @@ Result<int64_t> CompressRoundTrip(const CompressionConfig& config, const Weights
   CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, EncodeUpdate(config, global, trained, trainable,
                                                                 round, client, feedback));
   CLEAVE_ASSIGN_OR_RETURN(const Weights delta, DecodeUpdate(bytes, layout, trainable));
-  try {
-    torch::NoGradGuard no_grad;
-    for (size_t i = 0; i < layout.size(); ++i) {
-      if (trainable[i]) torch::add_out(trained[i], global[i], delta[i]);
-    }
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("compression: libtorch error: ") +
-                            e.what_without_backtrace());
-  }
+  CLEAVE_RETURN_IF_ERROR(
+      split::CallTorch(split::TorchSource::kOwnState, "compression: libtorch error", [&] {
+        torch::NoGradGuard no_grad;
+        for (size_t i = 0; i < layout.size(); ++i) {
+          if (trainable[i]) torch::add_out(trained[i], global[i], delta[i]);
+        }
+      }));
   return static_cast<int64_t>(bytes.size());
 }
 

@@ -7,6 +7,8 @@
 #include <limits>
 #include <set>
 
+#include "split/torch_status.h"
+
 namespace cleave::federated {
 namespace {
 
@@ -239,15 +241,13 @@ Status CopyIn(const ExchangedTensors& target, const Weights& w, bool check_value
     CLEAVE_RETURN_IF_ERROR(
         CheckEntry(i, target.names[i], target.tensors[i].sizes(), w[i], check_values));
   }
-  try {
+  // Every entry was checked against the layout above: a failure here is ours.
+  return split::CallTorch(split::TorchSource::kOwnState, "SetWeights", [&] {
     for (size_t i = 0; i < w.size(); ++i) {
       torch::Tensor dst = target.tensors[i];
       CopyValues(w[i], dst);
     }
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("SetWeights: ") + e.what_without_backtrace());
-  }
-  return Status::Ok();
+  });
 }
 
 void CopyOut(const ExchangedTensors& source, Weights& out) {

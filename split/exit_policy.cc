@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <limits>
 
+#include "split/torch_status.h"
+
 namespace cleave::split {
 namespace {
 
@@ -103,11 +105,10 @@ std::vector<int> ExitPolicy::Decide(const std::vector<torch::Tensor>& exit_logit
     torch::Tensor s;
     if (l.defined() && l.dim() == 2 && l.size(0) == rows && l.size(1) >= 2 &&
         l.is_floating_point()) {
-      try {
-        s = ExitScores(criterion_, l);
-      } catch (const c10::Error&) {
-        s = torch::Tensor();  // unusable exit: not confident
-      }
+      // An exit libtorch cannot score is unusable: not confident (s stays undefined).
+      Result<torch::Tensor> scored = CallTorch(TorchSource::kExternalInput, "exit scores",
+                                               [&] { return ExitScores(criterion_, l); });
+      if (scored.ok()) s = std::move(scored).value();
     }
     scores.push_back(s);
   }
@@ -257,7 +258,7 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
   std::vector<std::vector<float>> scores(num_exits);
   std::vector<std::vector<uint8_t>> correct(num_exits);
   std::vector<uint8_t> full;
-  try {
+  const auto copy_out = [&] {
     for (int e = 0; e < num_exits; ++e) {
       scores[e] = ToVector<float>(exit_scores[e], torch::kFloat);
       correct[e] = ToVector<uint8_t>(exit_correct[e].ne(0), torch::kUInt8);
@@ -269,10 +270,10 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
       }
     }
     full = ToVector<uint8_t>(full_correct.ne(0), torch::kUInt8);
-  } catch (const c10::Error& err) {
-    return Status::InvalidArgument(std::string("calibration: unusable tensor: ") +
-                                   err.what_without_backtrace());
-  }
+    return Status::Ok();
+  };
+  CLEAVE_RETURN_IF_ERROR(
+      CallTorch(TorchSource::kExternalInput, "calibration: unusable tensor", copy_out));
 
   // --- Events: as the shared threshold t falls, row r moves to exit min{e : s_e >= t}. ---
   std::vector<Event> events;

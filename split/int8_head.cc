@@ -11,6 +11,7 @@
 #include "split/int8_calibration.h"
 #include "split/int8_ops.h"
 #include "split/int8_serialization.h"
+#include "split/torch_status.h"
 
 namespace cleave::split {
 namespace {
@@ -20,18 +21,6 @@ using int8::QLinear;
 
 constexpr int kTimingRounds = 3;
 constexpr int kTimingRuns = 5;  // per round
-
-// Runs `fn`, turning libtorch (and other standard) exceptions into a Status with `what`.
-template <typename Fn>
-auto TorchGuard(const std::string& what, StatusCode code, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const c10::Error& e) {
-    return Status(code, what + ": " + e.what_without_backtrace());
-  } catch (const std::exception& e) {
-    return Status(code, what + ": " + e.what());
-  }
-}
 
 Status ValidateImages(const torch::Tensor& images, const Int8HeadState& state,
                       const std::string& what) {
@@ -122,7 +111,7 @@ Int8Head::~Int8Head() = default;
 
 Result<Int8Head> Int8Head::Quantize(SplitVisionNetImpl& net, int end_block,
                                     const torch::Tensor& calibration_images) {
-  return TorchGuard("int8 head: quantize", StatusCode::kInternal, [&]() -> Result<Int8Head> {
+  return CallTorch(TorchSource::kOwnState, "int8 head: quantize", [&]() -> Result<Int8Head> {
     torch::NoGradGuard no_grad;
     CLEAVE_ASSIGN_OR_RETURN(Int8HeadState skeleton, int8::BuildSkeleton(net.spec(), end_block));
     auto state = std::make_unique<Int8HeadState>(std::move(skeleton));
@@ -145,24 +134,24 @@ Result<Int8Head> Int8Head::Quantize(SplitVisionNetImpl& net, int end_block,
 Result<SplitVisionNetImpl::Outputs> Int8Head::Forward(const torch::Tensor& images) {
   if (!state_) return Status::FailedPrecondition("int8 head: moved-from head");
   CLEAVE_RETURN_IF_ERROR(ValidateImages(images, *state_, "int8 head: forward"));
-  return TorchGuard("int8 head: forward (" + state_->engine + ")", StatusCode::kInternal,
-                    [&]() -> Result<SplitVisionNetImpl::Outputs> {
-                      torch::NoGradGuard no_grad;
-                      const torch::Tensor x = images.contiguous();
-                      if (state_->engine == "reference") return int8::ForwardReference(*state_, x);
-                      int8::QEngineGuard engine(state_->engine);
-                      return int8::ForwardQuantized(*state_, x);
-                    });
+  return CallTorch(TorchSource::kOwnState, "int8 head: forward (" + state_->engine + ")",
+                   [&]() -> Result<SplitVisionNetImpl::Outputs> {
+                     torch::NoGradGuard no_grad;
+                     const torch::Tensor x = images.contiguous();
+                     if (state_->engine == "reference") return int8::ForwardReference(*state_, x);
+                     int8::QEngineGuard engine(state_->engine);
+                     return int8::ForwardQuantized(*state_, x);
+                   });
 }
 
 Result<std::string> Int8Head::Serialize() const {
   if (!state_) return Status::FailedPrecondition("int8 head: moved-from head");
-  return TorchGuard("int8 head: serialize", StatusCode::kInternal,
-                    [&] { return int8::SerializeHead(*state_); });
+  return CallTorch(TorchSource::kOwnState, "int8 head: serialize",
+                   [&] { return int8::SerializeHead(*state_); });
 }
 
 Result<Int8Head> Int8Head::Deserialize(const std::string& bytes, const VisionModelSpec& spec) {
-  return TorchGuard("int8 head bytes", StatusCode::kDataLoss, [&]() -> Result<Int8Head> {
+  return CallTorch(TorchSource::kStoredBytes, "int8 head bytes", [&]() -> Result<Int8Head> {
     CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<Int8HeadState> state,
                             int8::DeserializeHead(bytes, spec));
     return Int8Head(std::move(state));
@@ -196,7 +185,7 @@ Status Int8Head::SelectEngine(const std::string& engine) {
   if (!int8::EngineSupported(engine)) {
     return Status::Unavailable("int8 head: this libtorch has no '" + engine + "' engine");
   }
-  Status status = TorchGuard("int8 head: prepack for " + engine, StatusCode::kInternal, [&] {
+  Status status = CallTorch(TorchSource::kOwnState, "int8 head: prepack for " + engine, [&] {
     int8::QEngineGuard guard(engine);
     int8::PrepackConvs(*state_);
     return Status::Ok();
@@ -214,7 +203,7 @@ Status Int8Head::SelectEngine(const std::string& engine) {
 Status Int8Head::SelectFastestEngine() {
   state_->engine_timings_ms.clear();
   torch::Tensor probe;
-  CLEAVE_RETURN_IF_ERROR(TorchGuard("int8 head: timing input", StatusCode::kInternal, [&] {
+  CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kOwnState, "int8 head: timing input", [&] {
     probe = torch::rand({1, state_->input_channels, state_->image_size, state_->image_size},
                         at::make_generator<at::CPUGeneratorImpl>(/*seed=*/1234));
     return Status::Ok();

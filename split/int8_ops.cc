@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "split/torch_status.h"
+
 namespace cleave::split::int8 {
 namespace {
 
@@ -261,11 +263,10 @@ QEngineGuard::QEngineGuard(const std::string& engine) : previous_(at::globalCont
 }
 
 QEngineGuard::~QEngineGuard() {
-  try {
-    at::globalContext().setQEngine(previous_);
-  } catch (const c10::Error&) {
-    // The previous engine was valid when read; nothing sensible to do if it is not now.
-  }
+  // The previous engine was valid when read; nothing sensible to do if it is not now.
+  const Status restored = CallTorch(TorchSource::kOwnState, "restoring the quantized engine",
+                                    [this] { at::globalContext().setQEngine(previous_); });
+  static_cast<void>(restored);
 }
 
 void PrepackConvs(Int8HeadState& state) { ForEachConv(state, Prepack); }

@@ -8,6 +8,7 @@
 
 #include "common/progress.h"
 #include "split/bundle.h"
+#include "split/torch_status.h"
 
 namespace cleave::split {
 
@@ -42,7 +43,7 @@ bool OnEdge(const std::string& name, int split_after) {
 }
 
 Result<std::string> SavePart(SplitLmImpl& lm, bool edge) {
-  try {
+  return CallTorch(TorchSource::kOwnState, "saving the language model", [&] {
     torch::serialize::OutputArchive archive;
     for (const auto& p : lm.named_parameters(/*recurse=*/true)) {
       if (OnEdge(p.key(), lm.spec().split_after) == edge)
@@ -51,10 +52,7 @@ Result<std::string> SavePart(SplitLmImpl& lm, bool edge) {
     std::ostringstream out;
     archive.save_to(out);
     return out.str();
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("saving the language model: ") +
-                            e.what_without_backtrace());
-  }
+  });
 }
 
 Status LoadPart(const Bundle& bundle, SplitLmImpl& lm, bool edge) {
@@ -62,23 +60,17 @@ Status LoadPart(const Bundle& bundle, SplitLmImpl& lm, bool edge) {
   if (!bundle.HasFile(file)) return Status::DataLoss("lm bundle has no " + file);
   CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, bundle.ReadVerified(file));
   torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(bytes.data(), bytes.size());
-  } catch (const c10::Error& e) {
-    return Status::DataLoss(file +
-                            " is not a readable libtorch archive: " + e.what_without_backtrace());
-  }
+  CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kStoredBytes,
+                                   file + " is not a readable libtorch archive",
+                                   [&] { archive.load_from(bytes.data(), bytes.size()); }));
   torch::NoGradGuard no_grad;
   for (const auto& p : lm.named_parameters(/*recurse=*/true)) {
     if (OnEdge(p.key(), lm.spec().split_after) != edge) continue;
     torch::Tensor stored;
-    bool found = false;
-    try {
-      found = archive.try_read(p.key(), stored);
-    } catch (const c10::Error& e) {
-      return Status::DataLoss(file + ": tensor " + p.key() +
-                              " unreadable: " + e.what_without_backtrace());
-    }
+    CLEAVE_ASSIGN_OR_RETURN(
+        const bool found,
+        CallTorch(TorchSource::kStoredBytes, file + ": tensor " + p.key() + " unreadable",
+                  [&] { return archive.try_read(p.key(), stored); }));
     if (!found || !stored.defined()) return Status::DataLoss(file + " lacks tensor " + p.key());
     if (stored.sizes() != p.value().sizes() || stored.scalar_type() != p.value().scalar_type()) {
       return Status::DataLoss(file + ": tensor " + p.key() + " has shape " +
@@ -111,7 +103,7 @@ Result<TokenScores> ScoreTokens(SplitLmImpl& lm, const std::string& text, int64_
                                    std::to_string(window) + " bytes of text");
   }
   TokenScores s;
-  try {
+  const auto score = [&] {
     torch::NoGradGuard no_grad;
     const bool was_training = lm.is_training();
     lm.eval();
@@ -137,10 +129,9 @@ Result<TokenScores> ScoreTokens(SplitLmImpl& lm, const std::string& text, int64_
       append(s.final_log2p, f);
     }
     if (was_training) lm.train();
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("language model scoring failed inside libtorch: ") +
-                            e.what_without_backtrace());
-  }
+  };
+  CLEAVE_RETURN_IF_ERROR(
+      CallTorch(TorchSource::kOwnState, "language model scoring failed inside libtorch", score));
   return s;
 }
 
@@ -227,7 +218,7 @@ Result<LmTrainResult> TrainLm(SplitLmImpl& lm, const std::string& train_text,
                               {"final_bpc", result.held_out.final_bpc}});
     return Status::Ok();
   };
-  try {
+  CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kOwnState, "train-lm failed inside libtorch", [&] {
     lm.train();
     for (int64_t step = 0; step < o.steps; ++step) {
       if (o.cancelled && o.cancelled()) {
@@ -276,10 +267,8 @@ Result<LmTrainResult> TrainLm(SplitLmImpl& lm, const std::string& train_text,
       }
     }
     CLEAVE_RETURN_IF_ERROR(evaluate(o.steps));
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("train-lm failed inside libtorch: ") +
-                            e.what_without_backtrace());
-  }
+    return Status::Ok();
+  }));
   if (bar) {
     char suffix[96];
     std::snprintf(suffix, sizeof suffix, "held-out bpc exit %.3f final %.3f",

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "split/torch_status.h"
 #include "split/wire_quant.h"
 
 namespace cleave::split {
@@ -45,7 +46,7 @@ Result<PathLogits> RunPaths(VisionSplitModel& model, const torch::Tensor& images
   std::vector<torch::Tensor> local, fp32_wire, deployed;
   std::vector<std::vector<torch::Tensor>> exits_fp32(model.spec.exits.size()),
       exits_deployed(model.spec.exits.size());
-  try {
+  CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kOwnState, "evaluating the split model", [&] {
     for (int64_t i = 0; i < images.size(0); i += batch) {
       const torch::Tensor x = images.narrow(0, i, std::min(batch, images.size(0) - i));
       SplitVisionNetImpl::Outputs head = net.ForwardWithExits(x, end);
@@ -74,10 +75,8 @@ Result<PathLogits> RunPaths(VisionSplitModel& model, const torch::Tensor& images
       out.exits_deployed.push_back(model.int8_head ? torch::cat(exits_deployed[e])
                                                    : out.exits_fp32.back());
     }
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("evaluating the split model: ") +
-                            e.what_without_backtrace());
-  }
+    return Status::Ok();
+  }));
   return out;
 }
 
@@ -208,12 +207,8 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
 Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
                           const LabeledImages& held_out, const LabeledImages& test,
                           const FinalizeOptions& options) {
-  try {
-    return FinalizeImpl(model, train, held_out, test, options);
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("post-training failed inside libtorch: ") +
-                            e.what_without_backtrace());
-  }
+  return CallTorch(TorchSource::kOwnState, "post-training failed inside libtorch",
+                   [&] { return FinalizeImpl(model, train, held_out, test, options); });
 }
 
 }  // namespace cleave::split

@@ -1,5 +1,7 @@
 #include "split/split_runtime.h"
 
+#include "split/torch_status.h"
+
 namespace cleave::split {
 namespace {
 
@@ -7,10 +9,6 @@ std::string ShapeString(const std::vector<int64_t>& dims) {
   std::string out = "[";
   for (size_t i = 0; i < dims.size(); ++i) out += (i ? "," : "") + std::to_string(dims[i]);
   return out + "]";
-}
-
-Status TorchError(const char* what, const c10::Error& e) {
-  return Status::Internal(std::string(what) + ": libtorch failed: " + e.what_without_backtrace());
 }
 
 std::vector<int64_t> ImageShape(const VisionModelSpec& spec) {
@@ -35,13 +33,11 @@ Status CheckBatch(const torch::Tensor& tensor, const std::vector<int64_t>& per_i
     return Status::InvalidArgument(std::string(what) + " has shape " + ShapeString(got) +
                                    ", expected " + want_text + " with N >= 1");
   }
-  try {
-    if (!torch::isfinite(tensor).all().item<bool>()) {
-      return Status::InvalidArgument(std::string(what) + " contains NaN or infinity");
-    }
-  } catch (const c10::Error& e) {
-    return TorchError(what, e);
-  }
+  // Every libtorch call below runs on checked inputs: a failure is ours (kOwnState).
+  CLEAVE_ASSIGN_OR_RETURN(const bool finite,
+                          CallTorch(TorchSource::kOwnState, std::string(what) + ": libtorch failed",
+                                    [&] { return torch::isfinite(tensor).all().item<bool>(); }));
+  if (!finite) return Status::InvalidArgument(std::string(what) + " contains NaN or infinity");
   return Status::Ok();
 }
 
@@ -76,7 +72,7 @@ std::string EdgeModel::engine() const { return int8_ ? model_.int8_head->engine(
 
 Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
   CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImageShape(model_.spec), "edge input images"));
-  try {
+  const auto run = [&]() -> Result<EdgeHeadOutput> {
     torch::NoGradGuard no_grad;
     const torch::Tensor input = images.to(torch::kFloat).contiguous();
     EdgeHeadOutput out;
@@ -90,9 +86,8 @@ Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
       out.features = std::move(o.features);
     }
     return out;
-  } catch (const c10::Error& e) {
-    return TorchError("edge head", e);
-  }
+  };
+  return CallTorch(TorchSource::kOwnState, "edge head: libtorch failed", run);
 }
 
 // --------------------------------------------------------------------------- CloudModel
@@ -107,13 +102,12 @@ Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle, const
   CLEAVE_ASSIGN_OR_RETURN(VisionSplitModel model, ReadVisionBundle(bundle, parts));
   std::unique_ptr<CloudModel> cloud(new CloudModel());
   CLEAVE_ASSIGN_OR_RETURN(cloud->feature_shape_, FeatureShape(model.spec));
-  try {
-    CLEAVE_ASSIGN_OR_RETURN(cloud->tail_,
-                            TailPlan::Compile(*model.net, model.head_end(), model.net->num_blocks(),
-                                              options.precision));
-  } catch (const c10::Error& e) {
-    return TorchError("cloud tail plan", e);
-  }
+  const auto compile = [&] {
+    return TailPlan::Compile(*model.net, model.head_end(), model.net->num_blocks(),
+                             options.precision);
+  };
+  CLEAVE_ASSIGN_OR_RETURN(
+      cloud->tail_, CallTorch(TorchSource::kOwnState, "cloud tail plan: libtorch failed", compile));
   cloud->model_ = std::move(model);
   return cloud;
 }
@@ -121,22 +115,18 @@ Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle, const
 Result<torch::Tensor> CloudModel::RunTail(const torch::Tensor& features) {
   const std::vector<int64_t> per_item(feature_shape_.begin(), feature_shape_.end());
   CLEAVE_RETURN_IF_ERROR(CheckBatch(features, per_item, "tail input features"));
-  try {
+  return CallTorch(TorchSource::kOwnState, "cloud tail: libtorch failed", [&] {
     torch::NoGradGuard no_grad;
     return tail_.Run(features);
-  } catch (const c10::Error& e) {
-    return TorchError("cloud tail", e);
-  }
+  });
 }
 
 Result<torch::Tensor> CloudModel::RunFull(const torch::Tensor& images) {
   CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImageShape(model_.spec), "cloud input images"));
-  try {
+  return CallTorch(TorchSource::kOwnState, "cloud full model: libtorch failed", [&] {
     torch::NoGradGuard no_grad;
     return model_.net->forward(images.to(torch::kFloat).contiguous());
-  } catch (const c10::Error& e) {
-    return TorchError("cloud full model", e);
-  }
+  });
 }
 
 // --------------------------------------------------------------------------- LocalModel
@@ -152,12 +142,10 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Load(const Bundle& bundle) {
 
 Result<torch::Tensor> LocalModel::Run(const torch::Tensor& images) {
   CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImageShape(model_.spec), "input images"));
-  try {
+  return CallTorch(TorchSource::kOwnState, "local model: libtorch failed", [&] {
     torch::NoGradGuard no_grad;
     return model_.net->forward(images.to(torch::kFloat).contiguous());
-  } catch (const c10::Error& e) {
-    return TorchError("local model", e);
-  }
+  });
 }
 
 }  // namespace cleave::split

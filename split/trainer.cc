@@ -4,6 +4,7 @@
 
 #include "split/compute_runtime.h"
 #include "split/post_training.h"
+#include "split/torch_status.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::split {
@@ -250,7 +251,7 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
   }
 
   TrainReport report;
-  try {
+  CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kOwnState, "training failed inside libtorch", [&] {
     CLEAVE_ASSIGN_OR_RETURN(TrainedNets nets, RunStages(options, teacher_spec, student_spec, train,
                                                         held_out, test, report.stages));
     CLEAVE_RETURN_IF_ERROR(Interrupted(options));
@@ -286,10 +287,8 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
     CLEAVE_RETURN_IF_ERROR(WriteVisionBundle(out_dir, model));
     report.evaluation = model.evaluation;
     report.calibration = model.calibration;
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("training failed inside libtorch: ") +
-                            e.what_without_backtrace());
-  }
+    return Status::Ok();
+  }));
   report.bundle_dir = out_dir.string();
   report.total_seconds = Seconds(start);
   return report;

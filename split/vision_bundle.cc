@@ -3,6 +3,8 @@
 #include <cmath>
 #include <sstream>
 
+#include "split/torch_status.h"
+
 namespace cleave::split {
 namespace {
 
@@ -46,7 +48,7 @@ std::vector<NamedTensor> PartTensors(SplitVisionNetImpl& net, Part part) {
 }
 
 Result<std::string> SavePart(SplitVisionNetImpl& net, Part part) {
-  try {
+  return CallTorch(TorchSource::kOwnState, std::string("saving ") + PartFile(part), [&] {
     torch::serialize::OutputArchive archive;
     for (const NamedTensor& t : PartTensors(net, part)) {
       archive.write(t.name, t.tensor.detach(), t.is_buffer);
@@ -54,10 +56,7 @@ Result<std::string> SavePart(SplitVisionNetImpl& net, Part part) {
     std::ostringstream out;
     archive.save_to(out);
     return out.str();
-  } catch (const c10::Error& e) {
-    return Status::Internal(std::string("saving ") + PartFile(part) + ": " +
-                            e.what_without_backtrace());
-  }
+  });
 }
 
 // Loads one part into `net`, checking that every tensor is present with the right shape
@@ -67,22 +66,16 @@ Status LoadPart(const Bundle& bundle, SplitVisionNetImpl& net, Part part) {
   if (!bundle.HasFile(file)) return Status::NotFound("bundle has no " + file);
   CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, bundle.ReadVerified(file));
   torch::serialize::InputArchive archive;
-  try {
-    archive.load_from(bytes.data(), bytes.size());
-  } catch (const c10::Error& e) {
-    return Status::DataLoss(file +
-                            " is not a readable libtorch archive: " + e.what_without_backtrace());
-  }
+  CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kStoredBytes,
+                                   file + " is not a readable libtorch archive",
+                                   [&] { archive.load_from(bytes.data(), bytes.size()); }));
   torch::NoGradGuard no_grad;
   for (NamedTensor& t : PartTensors(net, part)) {
     torch::Tensor stored;
-    bool found = false;
-    try {
-      found = archive.try_read(t.name, stored, t.is_buffer);
-    } catch (const c10::Error& e) {
-      return Status::DataLoss(file + ": tensor " + t.name +
-                              " unreadable: " + e.what_without_backtrace());
-    }
+    CLEAVE_ASSIGN_OR_RETURN(
+        const bool found,
+        CallTorch(TorchSource::kStoredBytes, file + ": tensor " + t.name + " unreadable",
+                  [&] { return archive.try_read(t.name, stored, t.is_buffer); }));
     if (!found || !stored.defined()) return Status::DataLoss(file + " lacks tensor " + t.name);
     if (stored.sizes() != t.tensor.sizes() || stored.scalar_type() != t.tensor.scalar_type()) {
       return Status::DataLoss(file + ": tensor " + t.name + " has shape " +
@@ -255,12 +248,10 @@ Result<VisionSplitModel> ReadVisionBundle(const Bundle& bundle, const VisionBund
     return parsed.status().WithContext("bundle " + bundle.dir().string() + " manifest");
   }
   VisionSplitModel model = std::move(parsed).value();
-  try {
-    model.net = SplitVisionNet(model.spec);
-  } catch (const c10::Error& e) {
-    return Status::InvalidArgument(std::string("cannot build the network: ") +
-                                   e.what_without_backtrace());
-  }
+  // The spec is the manifest's description of the model, refused like every other manifest
+  // field (InvalidArgument), not stored tensor bytes.
+  CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kExternalInput, "cannot build the network",
+                                   [&] { model.net = SplitVisionNet(model.spec); }));
   const std::pair<bool, Part> wanted[] = {{parts.head_fp32, Part::kHead},
                                           {parts.exits_fp32, Part::kExits},
                                           {parts.tail_fp32, Part::kTail}};
