@@ -35,7 +35,8 @@ TEST(TorchStatusTest, MessageIsContextThenLibtorchsFirstLine) {
   const Result<torch::Tensor> r =
       CallTorch(TorchSource::kExternalInput, "scoring request 7", MismatchedMatmul);
   ASSERT_FALSE(r.ok());
-  const std::string& message = r.status().message();
+  const Status status = r.status();
+  const std::string& message = status.message();
   EXPECT_EQ(message.rfind("scoring request 7: ", 0), 0u) << message;
   EXPECT_NE(message.find("cannot be multiplied"), std::string::npos) << message;
   EXPECT_EQ(message.find('\n'), std::string::npos) << message;
