@@ -224,7 +224,7 @@ void ZapHandler::Run() {
     if (request.empty()) continue;
     // version, request id, domain, address, identity, mechanism, credentials...
     const bool well_formed = request.size() >= 6 && request[0] == "1.0";
-    std::string status = "400", text = "malformed ZAP request";
+    std::string status = "400", text = "malformed ZAP request", client_key;
     if (well_formed) {
       const std::string& zap_domain = request[2];
       const std::string& mechanism = request[5];
@@ -239,6 +239,7 @@ void ZapHandler::Run() {
         if (keys_.count(z85)) {
           status = "200";
           text = "OK";
+          client_key = z85;
         } else {
           text = "client key not allowed";
           GetLogger("curve")->warn("refused CURVE client {} from {}: key not in the allow list",
@@ -253,7 +254,9 @@ void ZapHandler::Run() {
       if (refused_counter_ != nullptr) refused_counter_->Increment();
     }
     const std::string request_id = request.size() > 1 ? request[1] : "";
-    const std::string user = status == "200" ? "edge" : "";
+    // The user id becomes the connection's "User-Id" property: the client's key is who it is
+    // (common/transport.h Envelope::identity).
+    const std::string user = status == "200" ? client_key : "";
     try {
       socket_.send(zmq::buffer(std::string("1.0")), zmq::send_flags::sndmore);
       socket_.send(zmq::buffer(request_id), zmq::send_flags::sndmore);

@@ -13,6 +13,11 @@
 // answers every request of its domain (and refuses other domains), and ZMQ_ZAP_ENFORCE_DOMAIN
 // is set on server sockets where this libzmq supports it.
 //
+// An accepted handshake gets the client's Z85 public key as its ZAP user id, so every message
+// of that connection carries it ("User-Id"; RouterServer reports "curve:<key>" as the
+// sender's Envelope::identity): services know who a peer is from the transport, never from
+// what a message claims.
+//
 // The allow list is re-read when its modification time or size changes (checked at most
 // once a second), when ReloadAllowList() is called, and on SIGHUP (common/shutdown.h). A list
 // that fails to parse keeps the previous one in force and is reported in last_error().

@@ -139,6 +139,17 @@ const FederatedMetrics& Metrics::Federated() {
                            "noisy release, +Inf when unbounded)")
                        .Register(r)
                        .Add({});
+  auto& identity = prometheus::BuildCounter()
+                       .Name("cleave_federated_identity_refused_total")
+                       .Help(
+                           "Client messages refused by identity: the sender's transport "
+                           "identity speaks for another client (mismatch), the client id "
+                           "belongs to another sender (taken), or aggregator.max_clients "
+                           "clients are registered (max_clients)")
+                       .Register(r);
+  m->identity_mismatch = &identity.Add({{"reason", "mismatch"}});
+  m->identity_taken = &identity.Add({{"reason", "taken"}});
+  m->identity_max_clients = &identity.Add({{"reason", "max_clients"}});
   federated_ = std::move(m);
   return *federated_;
 }

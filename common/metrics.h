@@ -18,6 +18,11 @@
 //   cleave_federated_dp_epsilon                   gauge     differential privacy spent so far
 //                                                           (dpfedavg: epsilon at the run's
 //                                                           delta; 0 before the first release)
+//   cleave_federated_identity_refused_total{reason} counter messages refused because the
+//                                                           sender's transport identity may not
+//                                                           speak for the client id they name
+//                                                           (mismatch, taken) or registrations
+//                                                           beyond aggregator.max_clients
 //   cleave_curve_refused_total{component}         counter   CURVE handshakes the ZAP handler
 //                                                           refused
 //
@@ -90,6 +95,12 @@ struct FederatedMetrics {
   prometheus::Counter* updates_failed = nullptr;    // sampled clients that left or timed out
   prometheus::Histogram* round_duration_seconds = nullptr;
   prometheus::Gauge* dp_epsilon = nullptr;
+  // Refused by identity (federated/aggregator_identity.h): the sender is bound to another
+  // client id (mismatch), the id is bound to another sender (taken), or registering one more
+  // client would pass aggregator.max_clients (max_clients).
+  prometheus::Counter* identity_mismatch = nullptr;
+  prometheus::Counter* identity_taken = nullptr;
+  prometheus::Counter* identity_max_clients = nullptr;
 };
 
 class Metrics {

@@ -42,18 +42,23 @@ PollOutcome PollSocket(zmq::socket_t& socket, short events, int timeout_ms) {
   return rc > 0 ? PollOutcome::kReady : PollOutcome::kTimeout;
 }
 
-// Routing ids are binary; show them as hex in messages (capped: they are at most 255 bytes).
-std::string PeerForHumans(const std::string& peer) {
+// Bytes as lower-case hex, two digits a byte.
+std::string Hex(const std::string& bytes) {
   static const char kHex[] = "0123456789abcdef";
-  std::string out = "0x";
-  const size_t shown = peer.size() < 16 ? peer.size() : 16;
-  for (size_t i = 0; i < shown; ++i) {
-    const auto byte = static_cast<unsigned char>(peer[i]);
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (const char c : bytes) {
+    const auto byte = static_cast<unsigned char>(c);
     out.push_back(kHex[byte >> 4]);
     out.push_back(kHex[byte & 0xf]);
   }
-  if (shown < peer.size()) out += "...";
   return out;
+}
+
+// Routing ids are binary; show them as hex in messages (capped: they are at most 255 bytes).
+std::string PeerForHumans(const std::string& peer) {
+  const size_t shown = peer.size() < 16 ? peer.size() : 16;
+  return "0x" + Hex(peer.substr(0, shown)) + (shown < peer.size() ? "..." : "");
 }
 
 Status ValidateOptions(const SocketOptions& options) {
@@ -89,6 +94,11 @@ Status ApplyCommonOptions(zmq::socket_t& socket, const SocketOptions& options) {
 bool IsInproc(const std::string& endpoint) { return endpoint.rfind("inproc://", 0) == 0; }
 
 }  // namespace
+
+std::string TransportIdentity(const char* user_id, const std::string& routing_id) {
+  if (user_id != nullptr && user_id[0] != '\0') return std::string("curve:") + user_id;
+  return "conn:" + Hex(routing_id);
+}
 
 uint64_t WireBytes(uint64_t payload_bytes) {
   return payload_bytes + (payload_bytes <= 255 ? 2 : 9);
@@ -160,7 +170,12 @@ Result<std::optional<Envelope>> RouterServer::Receive(int timeout_ms) {
         while (more) {
           zmq::message_t part;
           if (!socket_.recv(part, zmq::recv_flags::dontwait)) break;
-          if (++frames == 2) envelope.body = part.to_string();
+          if (++frames == 2) {
+            envelope.body = part.to_string();
+            // Connection metadata; only a ZAP handler sets User-Id (null for inproc peers).
+            envelope.identity =
+                TransportIdentity(zmq_msg_gets(part.handle(), "User-Id"), envelope.peer);
+          }
           more = part.more();
         }
         if (frames == 2 && !more) {

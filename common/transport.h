@@ -67,7 +67,16 @@ class TransportContext {
 struct Envelope {
   std::string peer;  // ROUTER routing id of the sender (opaque bytes); pass it back to Send
   std::string body;
+  // Who sent it, as far as the transport can vouch: "curve:<z85 public key>" when CURVE
+  // authenticated the peer (the ZAP handler's user id, common/curve.h), else
+  // "conn:<hex routing id>", which names one connection (a reconnect gets a new one). Never
+  // taken from the message body, so a peer cannot choose another peer's identity.
+  std::string identity;
 };
+
+// The Envelope::identity of a message: `user_id` is the ZAP user id of the connection ("" or
+// null when none) and `routing_id` the ROUTER routing id of the peer.
+std::string TransportIdentity(const char* user_id, const std::string& routing_id);
 
 // A bound ROUTER socket. Owned by one thread (see file comment).
 class RouterServer {
@@ -85,11 +94,11 @@ class RouterServer {
   // The resolved endpoint (ZMQ_LAST_ENDPOINT), e.g. "tcp://127.0.0.1:45123".
   const std::string& endpoint() const { return endpoint_; }
 
-  // Waits up to timeout_ms (0 = poll, -1 = forever) for a message laid out as [peer, body].
-  // nullopt on timeout, and also early when a signal interrupts the wait (so a daemon loop
-  // can check ShutdownRequested()). Messages with any other frame layout are discarded,
-  // counted in malformed_frames(), and the wait goes on. Error only if the socket itself
-  // fails (e.g. the context is being terminated).
+  // Waits up to timeout_ms (0 = poll, -1 = forever) for a message laid out as [peer, body],
+  // with the sender's transport identity (see Envelope). nullopt on timeout, and also early when a
+  // signal interrupts the wait (so a daemon loop can check ShutdownRequested()). Messages with any
+  // other frame layout are discarded, counted in malformed_frames(), and the wait goes on. Error
+  // only if the socket itself fails (e.g. the context is being terminated).
   Result<std::optional<Envelope>> Receive(int timeout_ms);
 
   // Queues `body` for `peer` without blocking. Unavailable if the peer is unknown or gone

@@ -55,6 +55,9 @@ cleave::ConfigSchema AggregatorSchema() {
       .Add("aggregator.client_timeout_ms", ConfigType::kInt, "30000",
            "a sampled client silent this long (e.g. crashed) has failed; must exceed local "
            "training time")
+      .Add("aggregator.max_clients", ConfigType::kInt, "10000",
+           "registered clients at most (each CURVE key or, without CURVE, each connection "
+           "holds one client id); registrations beyond it are refused and counted")
       .Add("aggregator.checkpoint", ConfigType::kString, "",
            "checkpoint file written after every round; resumed from at start")
       .Add("aggregator.publish_dir", ConfigType::kString, "",
@@ -172,6 +175,7 @@ int main(int argc, char** argv) {
   options.start_timeout_ms = config->GetInt("aggregator.start_timeout_ms");
   options.poll_interval_ms = config->GetInt("aggregator.poll_interval_ms");
   options.client_timeout_ms = config->GetInt("aggregator.client_timeout_ms");
+  options.max_clients = config->GetInt("aggregator.max_clients");
   options.checkpoint = config->GetString("aggregator.checkpoint");
   options.publish_dir = config->GetString("aggregator.publish_dir");
   if (const std::string key = config->GetString("aggregator.signing_key"); !key.empty()) {

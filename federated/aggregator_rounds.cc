@@ -120,7 +120,9 @@ Result<Weights> AggregatorService::Impl::FromCompressed(const std::string& bytes
   return out;
 }
 
-void AggregatorService::Impl::OnUpdate(const std::string& peer, const fl::Update& update) {
+void AggregatorService::Impl::OnUpdate(const Envelope& from, const fl::Update& update) {
+  if (!VouchFor(from, update.client_id, Claim::kRoundMessage, "update", update.round)) return;
+  const std::string& peer = from.peer;
   auto it = clients.find(update.client_id);
   if (it == clients.end()) {
     Count("update_unknown_client");

@@ -165,9 +165,11 @@ void AggregatorService::Impl::RejectSecure(const std::string& peer, uint32_t rou
   SendTo(peer, fl::Message(fl::MakeUpdateAck(round, reason, what + ": " + why)));
 }
 
-bool AggregatorService::Impl::AdmitSecure(const std::string& peer, uint32_t round,
+bool AggregatorService::Impl::AdmitSecure(const Envelope& from, uint32_t round,
                                           const std::string& client_id, SecureStage stage,
                                           const char* what) {
+  if (!VouchFor(from, client_id, Claim::kRoundMessage, what, round)) return false;
+  const std::string& peer = from.peer;
   auto it = clients.find(client_id);
   if (it == clients.end()) {
     RejectSecure(peer, round, fl::AckReason::kUnknownClient, what, "register first");
@@ -215,27 +217,29 @@ bool AggregatorService::Impl::AdmitSecure(const std::string& peer, uint32_t roun
   return true;
 }
 
-void AggregatorService::Impl::OnSecAggKeys(const std::string& peer, const fl::SecAggKeys& m) {
-  if (!AdmitSecure(peer, m.round, m.client_id, SecureStage::kKeys, "keys")) return;
+void AggregatorService::Impl::OnSecAggKeys(const Envelope& from, const fl::SecAggKeys& m) {
+  if (!AdmitSecure(from, m.round, m.client_id, SecureStage::kKeys, "keys")) return;
   if (Status s = engine->secure_round()->HandleAdvertiseKeys(m.client_id, m.keys); !s.ok()) {
-    RejectSecure(peer, m.round, fl::AckReason::kRejected, "keys", s.message());
+    RejectSecure(from.peer, m.round, fl::AckReason::kRejected, "keys", s.message());
     return;
   }
   stage_answered.insert(m.client_id);
 }
 
-void AggregatorService::Impl::OnSecAggShareKeys(const std::string& peer,
+void AggregatorService::Impl::OnSecAggShareKeys(const Envelope& from,
                                                 const fl::SecAggShareKeys& m) {
-  if (!AdmitSecure(peer, m.round, m.client_id, SecureStage::kShares, "shares")) return;
+  if (!AdmitSecure(from, m.round, m.client_id, SecureStage::kShares, "shares")) return;
   if (Status s = engine->secure_round()->HandleShareKeys(m.client_id, m.shares); !s.ok()) {
-    RejectSecure(peer, m.round, fl::AckReason::kRejected, "shares", s.message());
+    RejectSecure(from.peer, m.round, fl::AckReason::kRejected, "shares", s.message());
     return;
   }
   stage_answered.insert(m.client_id);
 }
 
-void AggregatorService::Impl::OnSecAggMaskedInput(const std::string& peer,
+void AggregatorService::Impl::OnSecAggMaskedInput(const Envelope& from,
                                                   const fl::SecAggMaskedInput& m) {
+  if (!VouchFor(from, m.client_id, Claim::kRoundMessage, "masked input", m.round)) return;
+  const std::string& peer = from.peer;
   auto it = clients.find(m.client_id);
   if (it == clients.end()) {
     Count("update_unknown_client");
@@ -286,11 +290,11 @@ void AggregatorService::Impl::OnSecAggMaskedInput(const std::string& peer,
   SendTo(peer, fl::Message(fl::MakeUpdateAck(m.round, reason, why)));
 }
 
-void AggregatorService::Impl::OnSecAggUnmaskShares(const std::string& peer,
+void AggregatorService::Impl::OnSecAggUnmaskShares(const Envelope& from,
                                                    const fl::SecAggUnmaskShares& m) {
-  if (!AdmitSecure(peer, m.round, m.client_id, SecureStage::kUnmask, "unmasking shares")) return;
+  if (!AdmitSecure(from, m.round, m.client_id, SecureStage::kUnmask, "unmasking shares")) return;
   if (Status s = engine->secure_round()->HandleUnmaskShares(m.client_id, m.shares); !s.ok()) {
-    RejectSecure(peer, m.round, fl::AckReason::kRejected, "unmasking shares", s.message());
+    RejectSecure(from.peer, m.round, fl::AckReason::kRejected, "unmasking shares", s.message());
     return;
   }
   stage_answered.insert(m.client_id);

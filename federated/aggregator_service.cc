@@ -22,10 +22,66 @@ using internal::Log;
 using internal::ToWireCompressionKind;
 using nlohmann::json;
 
-void AggregatorService::Impl::OnRegister(const std::string& peer, const fl::Register& reg) {
+bool AggregatorService::Impl::VouchFor(const Envelope& from, const std::string& client_id,
+                                       Claim claim, const char* what, uint32_t round) {
+  auto it = clients.find(client_id);
+  const bool live = it != clients.end() && !it->second.gone;
+  const IdentityVerdict verdict = identities.Check(from.identity, client_id, live);
+  switch (verdict) {
+    case IdentityVerdict::kBound:
+    case IdentityVerdict::kFree: return true;
+    case IdentityVerdict::kReleasable:
+      if (claim == Claim::kRegister) return true;
+      // Another connection held the id; only a Register takes an ended session over.
+      RefuseIdentity(from, client_id, claim, what, round, "taken", fed->identity_taken,
+                     "client '" + client_id + "' belongs to another connection: register again");
+      return false;
+    case IdentityVerdict::kMismatch:
+      RefuseIdentity(from, client_id, claim, what, round, "mismatch", fed->identity_mismatch,
+                     "this sender (" + ClientIdentities::Describe(from.identity) +
+                         ") speaks for client '" + identities.ClientOf(from.identity) + "', not '" +
+                         client_id + "'");
+      return false;
+    case IdentityVerdict::kTaken:
+    default:
+      RefuseIdentity(from, client_id, claim, what, round, "taken", fed->identity_taken,
+                     "client '" + client_id + "' belongs to another " +
+                         (ClientIdentities::IsCurveKey(identities.IdentityOf(client_id))
+                              ? "CURVE key"
+                              : "connection (its session is live)"));
+      return false;
+  }
+}
+
+void AggregatorService::Impl::RefuseIdentity(const Envelope& from, const std::string& client_id,
+                                             Claim claim, const char* what, uint32_t round,
+                                             const char* reason, prometheus::Counter* metric,
+                                             const std::string& why) {
+  Count(std::string("identity_refused_") + reason);
+  metric->Increment();
+  // A flood of forged ids must not become a flood of log lines.
+  const uint64_t n = ++identity_refusals;
+  const auto level = n <= 20 || n % 1000 == 0 ? spdlog::level::warn : spdlog::level::debug;
+  Log()->log(level, "refused {} naming client '{}' from {} ({}; {} identity refusals so far): {}",
+             what, client_id, ClientIdentities::Describe(from.identity), reason, n, why);
+  if (claim == Claim::kRegister || claim == Claim::kHeartbeat) {
+    fl::RegisterReply reply;
+    reply.accepted = false;
+    reply.error = "identity: " + why;
+    reply.poll_interval_ms = static_cast<uint32_t>(options.poll_interval_ms);
+    SendTo(from.peer, fl::Message(reply));
+  } else if (claim == Claim::kRoundMessage) {
+    SendTo(from.peer,
+           fl::Message(fl::MakeUpdateAck(round, fl::AckReason::kRejected, "identity: " + why)));
+  }
+}
+
+void AggregatorService::Impl::OnRegister(const Envelope& from, const fl::Register& reg) {
+  if (!VouchFor(from, reg.client_id, Claim::kRegister, "register")) return;
   fl::RegisterReply reply;
   reply.poll_interval_ms = static_cast<uint32_t>(options.poll_interval_ms);
   reply.round = static_cast<uint32_t>(engine->rounds_completed() + (plan ? 1 : 0));
+  const bool secure = options.engine.secure.enabled;
   if (reg.layout_sha256 != layout_sha) {
     reply.accepted = false;
     reply.error = "model mismatch: this aggregator coordinates model '" + model.model_name +
@@ -33,20 +89,36 @@ void AggregatorService::Impl::OnRegister(const std::string& peer, const fl::Regi
                   reg.model_name + "' (" + reg.layout_sha256.substr(0, 12) + "...)";
     Count("register_refused");
     Log()->warn("refused client '{}': {}", reg.client_id, reply.error);
+  } else if (!clients.count(reg.client_id) &&
+             clients.size() >= static_cast<size_t>(options.max_clients)) {
+    RefuseIdentity(from, reg.client_id, Claim::kRegister, "register", 0, "max_clients",
+                   fed->identity_max_clients,
+                   "this aggregator has registered its limit of " +
+                       std::to_string(options.max_clients) + " clients (aggregator.max_clients)");
+    return;
   } else {
+    identities.Bind(from.identity, reg.client_id);
     Client& c = clients[reg.client_id];
-    c.peer = peer;
-    c.num_examples = static_cast<int64_t>(reg.num_examples);
+    c.peer = from.peer;
+    // Secure aggregation: keep only whether it has data (see Client::num_examples).
+    c.num_examples =
+        secure ? (reg.num_examples > 0 ? 1 : 0) : static_cast<int64_t>(reg.num_examples);
     c.last_seen_micros = clock->NowMicros();
     c.gone = false;
     reply.accepted = true;
     Count("registered");
-    Log()->info("client '{}' registered ({} examples)", reg.client_id, reg.num_examples);
+    if (secure) {
+      Log()->info("client '{}' registered", reg.client_id);
+    } else {
+      Log()->info("client '{}' registered ({} examples)", reg.client_id, reg.num_examples);
+    }
   }
-  SendTo(peer, fl::Message(reply));
+  SendTo(from.peer, fl::Message(reply));
 }
 
-void AggregatorService::Impl::OnHeartbeat(const std::string& peer, const fl::Heartbeat& hb) {
+void AggregatorService::Impl::OnHeartbeat(const Envelope& from, const fl::Heartbeat& hb) {
+  if (!VouchFor(from, hb.client_id, Claim::kHeartbeat, "heartbeat")) return;
+  const std::string& peer = from.peer;
   auto it = clients.find(hb.client_id);
   if (it == clients.end()) {
     fl::RegisterReply reply;
@@ -85,8 +157,8 @@ void AggregatorService::Impl::OnHeartbeat(const std::string& peer, const fl::Hea
   SendTo(peer, fl::Message(wait));
 }
 
-void AggregatorService::Impl::OnBye(const std::string& peer, const fl::Bye& bye) {
-  (void)peer;
+void AggregatorService::Impl::OnBye(const Envelope& from, const fl::Bye& bye) {
+  if (!VouchFor(from, bye.client_id, Claim::kBye, "bye")) return;
   auto it = clients.find(bye.client_id);
   if (it == clients.end()) return;
   it->second.gone = true;
@@ -123,6 +195,9 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
   if (options.poll_interval_ms < 1 || options.client_timeout_ms < options.poll_interval_ms) {
     return Status::InvalidArgument(
         "need poll_interval_ms >= 1 and client_timeout_ms >= poll_interval_ms");
+  }
+  if (options.max_clients < 1) {
+    return Status::InvalidArgument("aggregator: max_clients must be >= 1");
   }
   if (!options.publish_dir.empty() && model.base_bundle.empty()) {
     return Status::InvalidArgument("aggregator: publishing bundles needs a base bundle");
@@ -245,21 +320,21 @@ Status AggregatorService::Run(const std::function<bool()>& stop) {
         [&](const auto& body) {
           using T = std::decay_t<decltype(body)>;
           if constexpr (std::is_same_v<T, fl::Register>) {
-            s.OnRegister(env.peer, body);
+            s.OnRegister(env, body);
           } else if constexpr (std::is_same_v<T, fl::Heartbeat>) {
-            s.OnHeartbeat(env.peer, body);
+            s.OnHeartbeat(env, body);
           } else if constexpr (std::is_same_v<T, fl::Update>) {
-            s.OnUpdate(env.peer, body);
+            s.OnUpdate(env, body);
           } else if constexpr (std::is_same_v<T, fl::Bye>) {
-            s.OnBye(env.peer, body);
+            s.OnBye(env, body);
           } else if constexpr (std::is_same_v<T, fl::SecAggKeys>) {
-            s.OnSecAggKeys(env.peer, body);
+            s.OnSecAggKeys(env, body);
           } else if constexpr (std::is_same_v<T, fl::SecAggShareKeys>) {
-            s.OnSecAggShareKeys(env.peer, body);
+            s.OnSecAggShareKeys(env, body);
           } else if constexpr (std::is_same_v<T, fl::SecAggMaskedInput>) {
-            s.OnSecAggMaskedInput(env.peer, body);
+            s.OnSecAggMaskedInput(env, body);
           } else if constexpr (std::is_same_v<T, fl::SecAggUnmaskShares>) {
-            s.OnSecAggUnmaskShares(env.peer, body);
+            s.OnSecAggUnmaskShares(env, body);
           } else {
             s.Count("unexpected_messages");  // server-to-client kinds sent to the server
           }

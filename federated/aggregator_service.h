@@ -5,8 +5,15 @@
 //   1. client -> Register{client_id, num_examples, capabilities, model_name, layout_sha256}
 //      aggregator -> RegisterReply{accepted, error, round, poll_interval_ms}. A client whose
 //      layout fingerprint differs from the aggregator's model is refused (accepted = false,
-//      error says why). Registering again with the same id replaces the old routing id (a
-//      restarted edge keeps its identity).
+//      error says why). A client id is bound to the sender's transport identity
+//      (federated/aggregator_identity.h: its CURVE key for the aggregator's life, else its
+//      connection for the session), and every message naming that id must come from that
+//      identity; a sender that names another client's id, or a second id, is refused
+//      (RegisterReply{accepted = false} for Register and Heartbeat, UpdateAck{rejected} for
+//      Update and SecAgg messages, nothing for Bye), counted, and changes nothing. Registering
+//      again from the bound key (or, without CURVE, from a new connection once the old
+//      session ended: Bye or client_timeout_ms) keeps the id and takes the new routing id (a
+//      restarted edge keeps its identity). At most `max_clients` ids are registered.
 //   2. client -> Heartbeat every poll_interval_ms, also while it trains. From receiving a
 //      round's RoundConfig until that round's UpdateAck it reports training_round = the
 //      round. The aggregator answers with Wait (nothing to do now) or, when the client is
@@ -59,13 +66,16 @@
 // publishes the new global weights as a model bundle, evaluates on the test set when
 // configured, and rewrites the summary file (history so far).
 //
+// With secure aggregation the aggregator keeps no client's example count (only whether it has
+// data): the count travels inside the masked contribution, and only a round's total is known.
 // Metrics (common/metrics.h): cleave_federated_round (the open round, else the last one),
 // cleave_federated_updates_total by status (accepted; rejected: stale, unsampled, unknown,
 // duplicate or malformed; late; failed: sampled clients that left, timed out or never
 // answered, counted when their round closes), cleave_federated_round_duration_seconds,
 // cleave_connected_edges (registered clients not gone), and for component "aggregator" the
 // messages handled (ok) or undecodable (rejected), wire bytes and the compute seconds of
-// closing a round (aggregation and evaluation).
+// closing a round (aggregation and evaluation), and cleave_federated_identity_refused_total by
+// reason (mismatch, taken, max_clients).
 #pragma once
 
 #include <cstdint>
@@ -106,6 +116,8 @@ struct AggregatorOptions {
   int64_t start_timeout_ms = 60000;  // ...or at most this long, then start with min_clients
   int64_t poll_interval_ms = 500;    // told to clients: heartbeat period
   int64_t client_timeout_ms = 5000;  // a sampled client silent this long has failed
+  // Registered clients (gone ones included) at most; a Register for one more is refused. >= 1.
+  int64_t max_clients = 10000;
   // Secure rounds: each stage the aggregator waits for (keys, shares, unmasking shares) closes
   // when every expected client answered or dropped, or after this share of the round deadline
   // (engine.deadline_micros), at least 1 ms.

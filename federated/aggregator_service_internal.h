@@ -26,6 +26,7 @@
 #include "common/metrics.h"
 #include "common/status.h"
 #include "common/transport.h"
+#include "federated/aggregator_identity.h"
 #include "federated/aggregator_service.h"
 #include "federated/round_engine.h"
 #include "federated/secure_round.h"
@@ -79,7 +80,9 @@ struct AggregatorService::Impl {
   enum class SecureStage { kNone, kKeys, kShares, kMasked, kUnmask, kClosing };
 
   struct Client {
-    std::string peer;  // current routing id
+    std::string peer;  // current routing id (of the transport identity bound to this client)
+    // As registered; with secure aggregation only 1 (has data) or 0: an edge's count stays
+    // out of the aggregator's logs, metrics and summaries (it learns only a round's total).
     int64_t num_examples = 0;
     int64_t last_seen_micros = 0;
     bool config_sent = false;  // for the open round
@@ -92,7 +95,9 @@ struct AggregatorService::Impl {
   std::unique_ptr<RouterServer> router;
   std::unique_ptr<RoundEngine> engine;
   std::string layout_sha;
-  std::map<std::string, Client> clients;
+  std::map<std::string, Client> clients;  // at most options.max_clients
+  ClientIdentities identities;            // who may speak for which client
+  uint64_t identity_refusals = 0;         // for log rate limiting
   std::optional<RoundPlan> plan;
   std::string plan_config_bytes;    // the encoded RoundConfig of the open round (full deadline)
   fl::RoundConfig plan_config;      // to re-send with the time that is left
@@ -158,6 +163,21 @@ struct AggregatorService::Impl {
     return live;
   }
 
+  // What a client message claims to be, for the identity check: a Register may bind the
+  // sender; a refused Register or Heartbeat is answered with RegisterReply{accepted = false},
+  // a refused round message (Update, SecAgg stages) with UpdateAck{rejected}, a Bye not at all.
+  enum class Claim { kRegister, kHeartbeat, kBye, kRoundMessage };
+  // The check every client message passes first: may the sender's transport identity speak
+  // for `client_id` (aggregator_identity.h)? A Register may bind a free or releasable id; other
+  // messages only reach a client bound to their sender (an unbound sender naming an unknown
+  // id passes, for the handler's "register first"). A refusal is counted
+  // (identity_refused_<reason>, cleave_federated_identity_refused_total), logged, answered as
+  // `claim` says, and changes nothing else. `what` names the message in logs and replies.
+  bool VouchFor(const Envelope& from, const std::string& client_id, Claim claim, const char* what,
+                uint32_t round = 0);
+  void RefuseIdentity(const Envelope& from, const std::string& client_id, Claim claim,
+                      const char* what, uint32_t round, const char* reason,
+                      prometheus::Counter* metric, const std::string& why);
   Status OpenRound();
   // The setting for `round` (options or the per-round hook; "none" for secure rounds and for
   // a hook result that cannot be used).
@@ -165,10 +185,10 @@ struct AggregatorService::Impl {
   // global + the delta decoded from `bytes` (DecodeUpdate against the layout and the open
   // round's mask); InvalidArgument/VersionMismatch for a payload that does not decode.
   Result<Weights> FromCompressed(const std::string& bytes) const;
-  void OnRegister(const std::string& peer, const fl::Register& reg);
-  void OnHeartbeat(const std::string& peer, const fl::Heartbeat& hb);
-  void OnUpdate(const std::string& peer, const fl::Update& update);
-  void OnBye(const std::string& peer, const fl::Bye& bye);
+  void OnRegister(const Envelope& from, const fl::Register& reg);
+  void OnHeartbeat(const Envelope& from, const fl::Heartbeat& hb);
+  void OnUpdate(const Envelope& from, const fl::Update& update);
+  void OnBye(const Envelope& from, const fl::Bye& bye);
   // Secure rounds.
   fl::RoundConfig ConfigFor(const std::string& client_id) const;
   int64_t SecureStageMicros() const;
@@ -178,17 +198,17 @@ struct AggregatorService::Impl {
   // is ready for CloseRound.
   bool AdvanceSecure();
   void FailSecure(const std::string& reason);
-  // The checks every client message of a secure stage passes: a known client, the open secure
-  // round, in its roster, the expected stage, not answered yet. Replies with the error and
-  // returns false otherwise.
-  bool AdmitSecure(const std::string& peer, uint32_t round, const std::string& client_id,
+  // The checks every client message of a secure stage passes: its sender (VouchFor), a known
+  // client, the open secure round, in its roster, the expected stage, not answered yet.
+  // Replies with the error and returns false otherwise.
+  bool AdmitSecure(const Envelope& from, uint32_t round, const std::string& client_id,
                    SecureStage stage, const char* what);
   void RejectSecure(const std::string& peer, uint32_t round, fl::AckReason reason,
                     const std::string& what, const std::string& why);
-  void OnSecAggKeys(const std::string& peer, const fl::SecAggKeys& m);
-  void OnSecAggShareKeys(const std::string& peer, const fl::SecAggShareKeys& m);
-  void OnSecAggMaskedInput(const std::string& peer, const fl::SecAggMaskedInput& m);
-  void OnSecAggUnmaskShares(const std::string& peer, const fl::SecAggUnmaskShares& m);
+  void OnSecAggKeys(const Envelope& from, const fl::SecAggKeys& m);
+  void OnSecAggShareKeys(const Envelope& from, const fl::SecAggShareKeys& m);
+  void OnSecAggMaskedInput(const Envelope& from, const fl::SecAggMaskedInput& m);
+  void OnSecAggUnmaskShares(const Envelope& from, const fl::SecAggUnmaskShares& m);
   void Housekeeping();
   Status CloseRound();
   Status Publish(int round);

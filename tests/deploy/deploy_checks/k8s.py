@@ -25,6 +25,18 @@ def flag_value_ok(kind, text):
     return True
 
 
+def files_written(init_container):
+    """Paths an init container names as files it writes: every argument (as in
+    `install SRC DEST`), plus DIR/<name of each source> for `install -t DIR SRC...`."""
+    words = (init_container.get("command") or []) + (init_container.get("args") or [])
+    written = set(words)
+    if words[:1] == ["install"] and "-t" in words[:-1]:
+        target = words[words.index("-t") + 1].rstrip("/")
+        written |= {f"{target}/{w.rsplit('/', 1)[-1]}" for w in words[1:]
+                    if w.startswith("/") and w.rstrip("/") != target}
+    return written
+
+
 class K8sChecker:
     """Checks a list of rendered objects; run() returns the problems, one sentence each.
 
@@ -277,6 +289,11 @@ class K8sChecker:
                     self.bad(f"{cw}: {key} = {value!r} is not host:port")
                     continue
                 self.check_bind(cw, c, key, m.group(1), int(m.group(2)), "admin")
+        # A daemon that publishes bundles signs them: cloud and edges refuse unsigned ones.
+        section = daemon.split("-", 1)[1]
+        if flat.get(f"{section}.publish_dir") and not flat.get(f"{section}.signing_key"):
+            self.bad(f"{cw}: {section}.publish_dir is set without {section}.signing_key: it "
+                     "would publish unsigned bundles, which cloud and edges refuse")
         uses_admin = any((c.get(p) or {}).get("httpGet", {}).get("port") == "admin"
                          for p in ("startupProbe", "readinessProbe", "livenessProbe"))
         admin_key = daemon.split("-", 1)[1] + ".admin_listen"
@@ -321,7 +338,7 @@ class K8sChecker:
         elif "emptyDir" in vol:
             # Filled at start-up: some init container must write exactly this path.
             writers = [ic for ic in spec.get("initContainers") or []
-                       if path in (ic.get("command") or []) + (ic.get("args") or [])]
+                       if path in files_written(ic)]
             if not writers:
                 self.bad(f"{cw}: {key} = {path} lies on emptyDir '{vol['name']}' that no init "
                          "container fills")

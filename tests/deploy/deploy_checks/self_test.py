@@ -107,6 +107,12 @@ K8S_BREAKS = [
     ("config names a key file that is not mounted", "has no 'allowed'",
      lambda o: set_config(o, "cleave-aggregator-config", "aggregator.toml",
                           '"/etc/cleave/keys/allow-list"', '"/etc/cleave/keys/allowed"')),
+    ("aggregator publishes unsigned bundles", "publish unsigned bundles",
+     lambda o: set_config(o, "cleave-aggregator-config", "aggregator.toml",
+                          'signing_key = "', '# signing_key = "')),
+    ("signing key on an emptyDir no init container fills", "that no init container fills",
+     lambda o: pod_spec(o, "StatefulSet", "cleave-aggregator")["initContainers"][0]["command"]
+     .remove("/run/cleave-secret/bundle-signer.key")),
     ("no writable /tmp", "no emptyDir at /tmp",
      lambda o: main_container(o, "Deployment", "cleave-cloud")["volumeMounts"].remove(
          next(m for m in main_container(o, "Deployment", "cleave-cloud")["volumeMounts"]

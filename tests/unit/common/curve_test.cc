@@ -178,6 +178,51 @@ TEST_F(CurveTest, OnlyListedClientsAreServedAndTheListReloads) {
   server->reset();
 }
 
+// Under CURVE a sender is its key: every connection of one key has the same identity, which
+// the ZAP handler vouches for and the message body cannot change.
+TEST_F(CurveTest, EnvelopeNamesTheClientsKey) {
+  const CurveKeyPair server_keys = Pair(), alice = Pair(), bob = Pair();
+  const fs::path allow = dir_ / "allow";
+  ASSERT_TRUE(WriteFileAtomic(allow, alice.public_z85 + "\n" + bob.public_z85 + "\n").ok());
+  TransportContext context;
+  auto zap = ZapHandler::Start(context, allow);
+  ASSERT_TRUE(zap.ok()) << zap.status().ToString();
+  SocketOptions server_options;
+  server_options.configure = CurveServer(server_keys, zap->get());
+  auto server = RouterServer::Bind(context, "tcp://127.0.0.1:0", server_options);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  const auto connect = [&](const CurveKeyPair& keys) {
+    SocketOptions o;
+    o.configure = CurveClient(keys, server_keys.public_z85);
+    auto client = DealerClient::Connect(context, (*server)->endpoint(), o);
+    EXPECT_TRUE(client.ok()) << client.status().ToString();
+    return std::move(*client);
+  };
+  // The identity of the next message `client` manages to send (the handshake takes a moment).
+  const auto identity_of = [&](DealerClient& client) -> Envelope {
+    for (int attempt = 0; attempt < 60; ++attempt) {
+      if (!client.Send("who am I", 100).ok()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        continue;
+      }
+      auto got = (*server)->Receive(2000);
+      if (got.ok() && got->has_value()) return **got;
+    }
+    ADD_FAILURE() << "nothing arrived";
+    return Envelope{};
+  };
+  auto alice_1 = connect(alice), alice_2 = connect(alice), bob_1 = connect(bob);
+  const Envelope a1 = identity_of(*alice_1), a2 = identity_of(*alice_2), b1 = identity_of(*bob_1);
+  EXPECT_EQ(a1.identity, "curve:" + alice.public_z85);
+  EXPECT_EQ(a2.identity, a1.identity);
+  EXPECT_NE(a2.peer, a1.peer);  // two connections, one key
+  EXPECT_EQ(b1.identity, "curve:" + bob.public_z85);
+  alice_1.reset();
+  alice_2.reset();
+  bob_1.reset();
+  server->reset();
+}
+
 TEST_F(CurveTest, CurveWithoutAZapHandlerOrWithBadKeysIsAnError) {
   TransportContext context;
   SocketOptions o;

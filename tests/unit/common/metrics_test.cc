@@ -83,6 +83,8 @@ TEST(MetricsTest, FederatedEdgesAndCurveSeries) {
   fed.updates_failed->Increment(3);
   fed.round_duration_seconds->Observe(42);
   fed.dp_epsilon->Set(2.5);
+  fed.identity_mismatch->Increment(5);
+  fed.identity_taken->Increment();
   metrics.ConnectedEdges().Set(7);
   EXPECT_EQ(&metrics.ConnectedEdges(), &metrics.ConnectedEdges());
   prometheus::Counter& refused = metrics.CurveRefused("aggregator");
@@ -97,6 +99,10 @@ TEST(MetricsTest, FederatedEdgesAndCurveSeries) {
   EXPECT_TRUE(Has(text, "cleave_federated_round_duration_seconds_bucket{le=\"30\"} 0"));
   EXPECT_TRUE(Has(text, "cleave_federated_round_duration_seconds_bucket{le=\"60\"} 1"));
   EXPECT_TRUE(Has(text, "cleave_federated_dp_epsilon 2.5"));
+  EXPECT_TRUE(Has(text, "cleave_federated_identity_refused_total{reason=\"mismatch\"} 5"));
+  EXPECT_TRUE(Has(text, "cleave_federated_identity_refused_total{reason=\"taken\"} 1"));
+  // Every reason exists from the start, at 0.
+  EXPECT_TRUE(Has(text, "cleave_federated_identity_refused_total{reason=\"max_clients\"} 0"));
   EXPECT_TRUE(Has(text, "cleave_connected_edges 7"));
   EXPECT_TRUE(Has(text, "cleave_curve_refused_total{component=\"aggregator\"} 1"));
 }
@@ -129,6 +135,7 @@ TEST(MetricsTest, NamesFollowPrometheusConventions) {
                                           "cleave_federated_updates_total",
                                           "cleave_federated_round_duration_seconds",
                                           "cleave_federated_dp_epsilon",
+                                          "cleave_federated_identity_refused_total",
                                           "cleave_curve_refused_total"};
   EXPECT_EQ(names, expected);
 }

@@ -104,6 +104,36 @@ TEST(TransportTest, ServerTellsPeersApart) {
   EXPECT_EQ(**second_reply, "to:from-second");
 }
 
+// Without CURVE a sender is its connection: the identity is derived from the routing id the
+// ROUTER gave it, the same for every message of that connection, different for another one.
+TEST(TransportTest, EnvelopeNamesTheSendersConnection) {
+  TransportContext context;
+  auto server = RouterServer::Bind(context, "tcp://127.0.0.1:0");
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  auto first = DealerClient::Connect(context, (*server)->endpoint());
+  auto second = DealerClient::Connect(context, (*server)->endpoint());
+  ASSERT_TRUE(first.ok() && second.ok());
+  std::vector<Envelope> received;
+  for (DealerClient* client : {first->get(), first->get(), second->get()}) {
+    ASSERT_TRUE(client->Send("hi", kWaitMs).ok());
+    auto envelope = (*server)->Receive(kWaitMs);
+    ASSERT_TRUE(envelope.ok() && envelope->has_value());
+    received.push_back(**envelope);
+  }
+  EXPECT_EQ(received[0].identity, TransportIdentity(nullptr, received[0].peer));
+  EXPECT_EQ(received[0].identity.rfind("conn:", 0), 0u) << received[0].identity;
+  EXPECT_GT(received[0].identity.size(), std::string("conn:").size());
+  EXPECT_EQ(received[0].identity, received[1].identity);
+  EXPECT_NE(received[0].identity, received[2].identity);
+  EXPECT_EQ(received[2].identity, TransportIdentity("", received[2].peer));
+}
+
+TEST(TransportTest, TransportIdentityPrefersTheAuthenticatedUser) {
+  EXPECT_EQ(TransportIdentity("KEY", std::string("\x00\x01\xff", 3)), "curve:KEY");
+  EXPECT_EQ(TransportIdentity(nullptr, std::string("\x00\x01\xff", 3)), "conn:0001ff");
+  EXPECT_EQ(TransportIdentity("", "AB"), "conn:4142");
+}
+
 TEST(TransportTest, ReplyToUnknownPeerIsUnavailableAndCounted) {
   TransportContext context;
   auto server = RouterServer::Bind(context, UniqueInproc("unknown"));
