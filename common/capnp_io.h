@@ -1,4 +1,4 @@
-// Cap'n Proto plumbing shared by the wire codecs of common/ (wire.cc: split inference,
+// Cap'n Proto plumbing shared by the wire codecs of common/ (inference_wire.cc: split inference,
 // fl_*.cc: federated learning) and the checkpoint format (federated/checkpoint_format.cc).
 // Internal to those codecs: nothing else includes Cap'n Proto types. Everything here is
 // thread-safe.

@@ -4,12 +4,11 @@
 // (common/federated.capnp). Limits and the protocol version: common/fl_protocol.h.
 //
 // Nothing outside the federated codecs (common/fl_*.cc, federated/checkpoint_format.cc)
-// touches Cap'n Proto builders or readers. As in common/wire.h, decoders treat every byte as
-// hostile: explicit traversal/nesting limits, size limits checked before copying, version
-// check, enum values checked, every tensor validated with ValidateTensor, and the rules of
-// ValidateMessage below. They never throw or abort and accept input at any alignment.
-// libtorch-free (converting to torch tensors is federated/'s job). All functions are
-// thread-safe.
+// touches Cap'n Proto builders or readers. As in common/inference_wire.h, decoders treat every byte
+// as hostile: explicit traversal/nesting limits, size limits checked before copying, version check,
+// enum values checked, every tensor validated with ValidateTensor, and the rules of ValidateMessage
+// below. They never throw or abort and accept input at any alignment. libtorch-free (converting to
+// torch tensors is federated/'s job). All functions are thread-safe.
 #pragma once
 
 #include <cstdint>

@@ -31,7 +31,7 @@ namespace cleave::wire::fl::internal {
 
 using schema::FlMessage;
 
-// ---- Cap'n Proto plumbing (the same habits as common/wire.cc) ----
+// ---- Cap'n Proto plumbing (the same habits as common/inference_wire.cc) ----
 
 using capnp_io::AsData;
 using capnp_io::AsText;
