@@ -40,10 +40,10 @@
 
 #include "cloud/dynamic_batcher.h"
 #include "common/clock.h"
+#include "common/inference_wire.h"
 #include "common/metrics.h"
 #include "common/status.h"
 #include "common/transport.h"
-#include "common/wire.h"
 #include "split/split_runtime.h"
 
 namespace cleave::cloud {

@@ -1,6 +1,7 @@
-// Cap'n Proto plumbing shared by the wire codecs of common/ (wire.cc: split inference,
-// fl_wire.cc: federated learning). Internal to common/: nothing outside those codecs
-// includes Cap'n Proto types. Everything here is thread-safe.
+// Cap'n Proto plumbing shared by the wire codecs of common/ (inference_wire.cc: split inference,
+// fl_*.cc: federated learning) and the checkpoint format (federated/checkpoint_format.cc).
+// Internal to those codecs: nothing else includes Cap'n Proto types. Everything here is
+// thread-safe.
 #pragma once
 
 #include <capnp/message.h>

@@ -28,10 +28,12 @@
 # SHA-256 of its JSON form (WeightsLayout::ToJson().dump()), so a client with a different
 # model is refused at Register and a RoundConfig for another model is refused by the client.
 #
-# Mirrored by the plain structs in common/fl_wire.h; only common/fl_wire.cc touches these.
-# Readers treat every field as hostile (limits and rules are in fl_wire.h).
-# Compatibility: field ordinals and enum values are frozen once released; add fields only at
-# new ordinals; bump fl::kProtocolVersion (or kCheckpointFormatVersion) on incompatible change.
+# Mirrored by the plain structs in common/fl_round_messages.h and common/fl_secagg_messages.h
+# (envelope: common/fl_wire.h) and, for Checkpoint, federated/checkpoint_format.h; only those
+# codecs touch these. Readers treat every field as hostile (limits in common/fl_protocol.h,
+# rules next to each struct). Compatibility: field ordinals and enum values are frozen once
+# released; add fields only at new ordinals; bump fl::kProtocolVersion (or
+# federated::kCheckpointFormatVersion) on incompatible change.
 @0xd181c7da85b3b872;
 
 using Cxx = import "/capnp/c++.capnp";

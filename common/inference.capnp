@@ -1,7 +1,8 @@
 # Split inference: the edge sends an InferRequest, the cloud tail answers with one
 # InferReply carrying the same requestId.
 #
-# Mirrored by the plain structs in common/wire.h; only common/wire.cc touches these.
+# Mirrored by the plain structs in common/inference_wire.h; only common/inference_wire.cc
+# touches these.
 # Messages travel Cap'n Proto *packed*. Every message starts with protocolVersion and a
 # reader rejects any version it does not speak (see wire::kProtocolVersion).
 # Compatibility: field ordinals and enum values are frozen once released.

@@ -1,6 +1,6 @@
 // Hard-token routing wire messages: plain C++ mirrors of common/lm.capnp and their Cap'n
-// Proto *packed* encoding. The same rules as common/wire.h: decoders treat every byte as
-// hostile (limits, version check, enum values, tensors validated) and never throw; nothing
+// Proto *packed* encoding. The same rules as common/inference_wire.h: decoders treat every
+// byte as hostile (limits, version check, enum values, tensors validated) and never throw; nothing
 // outside common/lm_wire.cc touches Cap'n Proto types. Pure and thread-safe.
 #pragma once
 
@@ -9,9 +9,9 @@
 #include <string_view>
 #include <vector>
 
+#include "common/inference_wire.h"
 #include "common/status.h"
 #include "common/tensor_codec.h"
-#include "common/wire.h"
 
 namespace cleave::lm_wire {
 

@@ -1,6 +1,6 @@
 // Secure aggregation of integer vectors modulo 2^32: the round configuration, the neighbour
-// graph, the messages, and the primitives the client (common/secagg_client.h) and the server
-// (common/secagg_server.h) state machines share.
+// graph, the messages, and the primitives the client (federated/secagg_client.h) and the server
+// (federated/secagg_server.h) state machines share.
 //
 // The protocol is SecAgg, Bonawitz et al., "Practical Secure Aggregation for
 // Privacy-Preserving Machine Learning", ACM CCS 2017 (the semi-honest variant of its Figure 4),

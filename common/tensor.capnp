@@ -1,7 +1,8 @@
 # Tensors on the wire: dtype, shape, per-channel quantization parameters and packed bytes.
 #
-# Mirrored by cleave::wire::EncodedTensor (common/tensor_codec.h); only common/wire.cc reads
-# or builds these structs. Readers treat every field as hostile: see wire::ValidateTensor.
+# Mirrored by cleave::wire::EncodedTensor (common/tensor_codec.h); only common/capnp_io.*
+# (for the wire codecs) reads or builds these structs. Readers treat every field as hostile:
+# see wire::ValidateTensor.
 # Compatibility: field ordinals and enum values are frozen once released; add fields only
 # at new ordinals.
 @0xe1a79931d8bfcaca;

@@ -14,12 +14,12 @@
 
 #include "common/datasets.h"
 #include "common/file_util.h"
+#include "common/inference_wire.h"
 #include "common/plot.h"
 #include "common/png_image.h"
 #include "common/progress.h"
 #include "common/tensor_codec.h"
 #include "common/transport.h"
-#include "common/wire.h"
 #include "edge/bench_util.h"
 #include "edge/daemon_launcher.h"
 #include "edge/edge_engine.h"

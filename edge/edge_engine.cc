@@ -2,9 +2,9 @@
 
 #include <chrono>
 
+#include "common/inference_wire.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
-#include "common/wire.h"
 #include "split/exit_policy.h"
 
 namespace cleave::edge {

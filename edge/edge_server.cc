@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "common/inference_wire.h"
 #include "common/logging.h"
-#include "common/wire.h"
 
 namespace cleave::edge {
 

@@ -13,9 +13,9 @@
 #include <utility>
 #include <vector>
 
+#include "common/inference_wire.h"
 #include "common/status.h"
 #include "common/transport.h"
-#include "common/wire.h"
 
 namespace cleave::edge {
 

@@ -1,13 +1,13 @@
 #include "federated/checkpoint.h"
 
-#include "common/fl_wire.h"
+#include "federated/checkpoint_format.h"
 #include "federated/wire_convert.h"
 
 namespace cleave::federated {
 
 Status SaveCheckpoint(const std::filesystem::path& path, const RoundEngine& engine) {
   CLEAVE_ASSIGN_OR_RETURN(RoundEngine::Snapshot snapshot, engine.Save());
-  wire::fl::CheckpointData data;
+  CheckpointData data;
   data.round = static_cast<uint32_t>(engine.rounds_completed());
   data.model_name = LayoutSha256(engine.layout());
   data.layout = ToWireLayout(engine.layout());
@@ -17,11 +17,11 @@ Status SaveCheckpoint(const std::filesystem::path& path, const RoundEngine& engi
     data.strategy_state.push_back({name, ToWireTensor(tensor)});
   }
   data.engine_state = snapshot.engine.dump();
-  return wire::fl::WriteCheckpointFile(path, data).WithContext("checkpoint");
+  return WriteCheckpointFile(path, data).WithContext("checkpoint");
 }
 
 Status RestoreCheckpoint(const std::filesystem::path& path, RoundEngine& engine) {
-  CLEAVE_ASSIGN_OR_RETURN(wire::fl::CheckpointData data, wire::fl::ReadCheckpointFile(path));
+  CLEAVE_ASSIGN_OR_RETURN(CheckpointData data, ReadCheckpointFile(path));
   const WeightsLayout layout = FromWireLayout(data.layout);
   if (!(layout == engine.layout())) {
     return Status::InvalidArgument("checkpoint " + path.string() +

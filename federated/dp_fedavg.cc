@@ -17,7 +17,7 @@
 //      z, the update sum uses z_d = (z^-2 - (2 s_b)^-2)^(-1/2) (Andrew et al., Theorem 1);
 //      s_b defaults to max(m/20, z) for the round's m updates (m/20 as the paper suggests,
 //      but never so small that 2 s_b <= z, which would leave no budget for the updates).
-// Privacy is accounted with the RDP accountant (common/rdp_accountant.h) for the sampled
+// Privacy is accounted with the RDP accountant (federated/rdp_accountant.h) for the sampled
 // Gaussian mechanism with q = the round's sampled clients / clients available and noise
 // multiplier z, composed only for rounds whose noisy aggregate was released. The engine
 // samples a fixed number of clients without replacement; the accountant's analysis is for
@@ -32,7 +32,7 @@
 #include <optional>
 #include <random>
 
-#include "common/rdp_accountant.h"
+#include "federated/rdp_accountant.h"
 #include "federated/strategy_internal.h"
 #include "split/torch_status.h"
 

@@ -1,8 +1,8 @@
 // Secure aggregation of federated updates: what a round's clients send and what the server
 // learns when `secure_aggregation.enabled` is set. The protocol itself (SecAgg, Bonawitz et al.
 // CCS 2017; SecAgg+, Bell et al. CCS 2020) lives in common/secure_aggregation.h and the two
-// state machines in common/secagg_client.h / common/secagg_server.h; this file maps federated
-// rounds onto them, identically for `cleave sim` and for real edges and the aggregator:
+// state machines in federated/secagg_client.h / federated/secagg_server.h; this file maps
+// federated rounds onto them, identically for `cleave sim` and for real edges and the aggregator:
 //
 //   - SecureRound (server side) is owned by the RoundEngine for a secure round. It knows the
 //     roster (the round's sampled client ids, sorted: roster index = position) and relays the
@@ -42,11 +42,11 @@
 
 #include <nlohmann/json.hpp>
 
-#include "common/fixed_point_codec.h"
-#include "common/secagg_client.h"
-#include "common/secagg_server.h"
 #include "common/secure_aggregation.h"
 #include "common/status.h"
+#include "federated/fixed_point_codec.h"
+#include "federated/secagg_client.h"
+#include "federated/secagg_server.h"
 #include "federated/weights.h"
 
 namespace cleave::federated {

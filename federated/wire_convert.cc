@@ -29,10 +29,10 @@ Result<torch::Tensor> FromWireTensor(const wire::EncodedTensor& tensor) {
   return t;
 }
 
-std::vector<wire::fl::LayoutEntry> ToWireLayout(const WeightsLayout& layout) {
-  std::vector<wire::fl::LayoutEntry> out;
+std::vector<LayoutEntry> ToWireLayout(const WeightsLayout& layout) {
+  std::vector<LayoutEntry> out;
   for (size_t i = 0; i < layout.size(); ++i) {
-    wire::fl::LayoutEntry e;
+    LayoutEntry e;
     e.name = layout.names[i];
     for (int64_t d : layout.shapes[i]) e.shape.push_back(static_cast<uint32_t>(d));
     out.push_back(std::move(e));
@@ -40,7 +40,7 @@ std::vector<wire::fl::LayoutEntry> ToWireLayout(const WeightsLayout& layout) {
   return out;
 }
 
-WeightsLayout FromWireLayout(const std::vector<wire::fl::LayoutEntry>& entries) {
+WeightsLayout FromWireLayout(const std::vector<LayoutEntry>& entries) {
   WeightsLayout layout;
   for (const auto& e : entries) {
     layout.names.push_back(e.name);

@@ -1,6 +1,6 @@
-// Conversions between libtorch weights and the libtorch-free wire structs of
-// common/fl_wire.h (tensors, layouts), shared by the aggregator, the edge client and
-// checkpoints.
+// Conversions between libtorch weights and the libtorch-free structs of the federated wire
+// (tensors, common/fl_wire.h) and of the checkpoint format (layouts,
+// federated/checkpoint_format.h), shared by the aggregator, the edge client and checkpoints.
 #pragma once
 
 #include <string>
@@ -9,6 +9,7 @@
 #include "common/fl_wire.h"
 #include "common/status.h"
 #include "common/tensor_codec.h"
+#include "federated/checkpoint_format.h"
 #include "federated/weights.h"
 
 namespace cleave::federated {
@@ -18,8 +19,8 @@ wire::EncodedTensor ToWireTensor(const torch::Tensor& tensor);
 // Decodes (and validates) any wire dtype to a float32 tensor of the wire shape.
 Result<torch::Tensor> FromWireTensor(const wire::EncodedTensor& tensor);
 
-std::vector<wire::fl::LayoutEntry> ToWireLayout(const WeightsLayout& layout);
-WeightsLayout FromWireLayout(const std::vector<wire::fl::LayoutEntry>& entries);
+std::vector<LayoutEntry> ToWireLayout(const WeightsLayout& layout);
+WeightsLayout FromWireLayout(const std::vector<LayoutEntry>& entries);
 // SHA-256 hex of the layout's canonical JSON: both ends of a connection compare it before
 // exchanging weights, so a model mismatch is refused instead of misread.
 std::string LayoutSha256(const WeightsLayout& layout);

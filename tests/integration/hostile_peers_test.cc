@@ -19,9 +19,9 @@
 #include "common/child_process.h"
 #include "common/edge_api.h"
 #include "common/fl_wire.h"
+#include "common/inference_wire.h"
 #include "common/png_image.h"
 #include "common/transport.h"
-#include "common/wire.h"
 #include "edge/daemon_launcher.h"
 #include "testing/tiny_bundle.h"
 

@@ -22,9 +22,9 @@
 
 #include "common/child_process.h"
 #include "common/file_util.h"
+#include "common/inference_wire.h"
 #include "common/tensor_codec.h"
 #include "common/transport.h"
-#include "common/wire.h"
 #include "edge/daemon_launcher.h"
 #include "edge/edge_client.h"
 #include "testing/log_wait.h"

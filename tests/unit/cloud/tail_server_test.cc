@@ -16,9 +16,9 @@
 
 #include "cloud/model_repository.h"
 #include "common/clock.h"
+#include "common/inference_wire.h"
 #include "common/metrics.h"
 #include "common/png_image.h"
-#include "common/wire.h"
 #include "split/bundle.h"
 #include "split/vision_bundle.h"
 #include "testing/tiny_bundle.h"

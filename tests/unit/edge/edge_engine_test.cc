@@ -2,8 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/inference_wire.h"
 #include "common/png_image.h"
-#include "common/wire.h"
 #include "split/bundle.h"
 #include "testing/tiny_bundle.h"
 

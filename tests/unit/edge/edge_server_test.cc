@@ -9,8 +9,8 @@
 #include <set>
 #include <thread>
 
+#include "common/inference_wire.h"
 #include "common/metrics.h"
-#include "common/wire.h"
 #include "split/bundle.h"
 #include "testing/tiny_bundle.h"
 

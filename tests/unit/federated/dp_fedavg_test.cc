@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "common/rdp_accountant.h"
+#include "federated/rdp_accountant.h"
 #include "federated/strategy.h"
 #include "unit/federated/strategy_test_helpers.h"
 

@@ -1,9 +1,9 @@
 // Split-inference wire messages: plain C++ mirrors of common/inference.capnp and their
 // Cap'n Proto *packed* encoding.
 //
-// Nothing outside common/wire.cc touches Cap'n Proto builders or readers: callers fill these
-// structs and get bytes, or hand over bytes and get validated structs. Decoders treat every
-// byte as hostile (explicit traversal/nesting limits, size limits, version check, enum values
+// Nothing outside common/inference_wire.cc touches Cap'n Proto builders or readers: callers
+// fill these structs and get bytes, or hand over bytes and get validated structs. Decoders treat
+// every byte as hostile (explicit traversal/nesting limits, size limits, version check, enum values
 // checked, tensors validated with ValidateTensor) and never throw or abort; they accept input
 // at any alignment. All functions are pure and thread-safe.
 #pragma once

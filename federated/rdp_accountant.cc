@@ -1,4 +1,4 @@
-#include "common/rdp_accountant.h"
+#include "federated/rdp_accountant.h"
 
 #include <algorithm>
 #include <cmath>

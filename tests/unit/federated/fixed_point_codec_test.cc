@@ -1,4 +1,4 @@
-#include "common/fixed_point_codec.h"
+#include "federated/fixed_point_codec.h"
 
 #include <cmath>
 #include <limits>

@@ -13,8 +13,8 @@
 #include <string>
 #include <vector>
 
-#include "common/secagg_client.h"
-#include "common/secagg_server.h"
+#include "federated/secagg_client.h"
+#include "federated/secagg_server.h"
 
 namespace cleave::secagg::testing {
 

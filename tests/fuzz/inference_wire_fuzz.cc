@@ -8,8 +8,8 @@
 #include <cstring>
 #include <string_view>
 
+#include "common/inference_wire.h"
 #include "common/png_image.h"
-#include "common/wire.h"
 
 namespace {
 

@@ -1,13 +1,13 @@
 // The secure-aggregation client against a misbehaving server or transport: tampered or
 // misrouted shares, a directory that lies, unmask requests that would make it reveal what it
 // must not. Each makes only that client abort; the round goes on without it.
-#include "common/secagg_client.h"
+#include "federated/secagg_client.h"
 
 #include <string>
 
 #include <gtest/gtest.h>
 
-#include "unit/common/secagg_test_harness.h"
+#include "unit/federated/secagg_test_harness.h"
 
 namespace cleave::secagg {
 namespace {

@@ -1,4 +1,4 @@
-#include "common/secagg_server.h"
+#include "federated/secagg_server.h"
 
 #include <algorithm>
 #include <optional>

@@ -11,8 +11,8 @@
 
 #include <gtest/gtest.h>
 
-#include "common/fixed_point_codec.h"
-#include "unit/common/secagg_test_harness.h"
+#include "federated/fixed_point_codec.h"
+#include "unit/federated/secagg_test_harness.h"
 
 namespace cleave::secagg {
 namespace {

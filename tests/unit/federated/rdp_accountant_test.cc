@@ -2,7 +2,7 @@
 // plain Gaussian mechanism (q = 1) and a numerical integration of the sampled Gaussian
 // mechanism's Rényi divergence (Mironov et al. 2019, Def. of A_alpha); composition,
 // conversion to (epsilon, delta), and every rejection.
-#include "common/rdp_accountant.h"
+#include "federated/rdp_accountant.h"
 
 #include <gtest/gtest.h>
 

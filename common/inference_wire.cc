@@ -1,4 +1,4 @@
-#include "common/wire.h"
+#include "common/inference_wire.h"
 
 #include <capnp/message.h>
 #include <capnp/serialize-packed.h>

@@ -1,4 +1,4 @@
-#include "common/secagg_client.h"
+#include "federated/secagg_client.h"
 
 #include <algorithm>
 #include <map>

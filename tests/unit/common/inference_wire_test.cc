@@ -1,4 +1,4 @@
-#include "common/wire.h"
+#include "common/inference_wire.h"
 
 #include <capnp/any.h>
 #include <capnp/message.h>
@@ -144,7 +144,8 @@ TEST(WireTest, ErrorReplyRoundTripWithoutScores) {
   EXPECT_STREQ(ReplyStatusName(static_cast<ReplyStatus>(9)), "unknown");
 }
 
-// Found by wire_fuzz: text with an embedded NUL was cut short when re-encoded.
+// Found by inference_wire_fuzz (then wire_fuzz): text with an embedded NUL was cut short when
+// re-encoded.
 TEST(WireTest, TextWithEmbeddedNulRoundTrips) {
   InferReply reply;
   reply.status = ReplyStatus::kError;

@@ -1,13 +1,13 @@
 // Hostile input to the secure-aggregation server: every malformed, replayed, duplicate,
 // unknown-client, wrong-round and wrong-stage message is rejected with a precise code, leaves
 // the state unchanged, and the round still completes exactly afterwards.
-#include "common/secagg_server.h"
+#include "federated/secagg_server.h"
 
 #include <string>
 
 #include <gtest/gtest.h>
 
-#include "unit/common/secagg_test_harness.h"
+#include "unit/federated/secagg_test_harness.h"
 
 namespace cleave::secagg {
 namespace {
