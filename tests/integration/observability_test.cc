@@ -25,15 +25,17 @@
 #include "common/tensor_codec.h"
 #include "common/transport.h"
 #include "common/wire.h"
-#include "edge/daemon_launcher.h"
 #include "edge/edge_client.h"
 #include "testing/log_wait.h"
 #include "testing/tiny_bundle.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
+using tools::LaunchDaemon;
+using tools::LaunchedDaemon;
 using nlohmann::json;
 
 const fs::path kBin = CLEAVE_BIN_DIR;
