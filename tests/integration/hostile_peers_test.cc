@@ -22,13 +22,15 @@
 #include "common/inference_wire.h"
 #include "common/png_image.h"
 #include "common/transport.h"
-#include "edge/daemon_launcher.h"
 #include "testing/tiny_bundle.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
+using tools::LaunchDaemon;
+using tools::LaunchedDaemon;
 
 const fs::path kBin = CLEAVE_BIN_DIR;
 constexpr int64_t kLimit = 65536;  // max_message_bytes given to the daemons that take it

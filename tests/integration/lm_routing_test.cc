@@ -18,13 +18,15 @@
 #include "common/file_util.h"
 #include "common/lm_wire.h"
 #include "common/transport.h"
-#include "edge/daemon_launcher.h"
 #include "testing/tiny_bundle.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
+using tools::LaunchDaemon;
+using tools::LaunchedDaemon;
 using nlohmann::json;
 
 const fs::path kBin = CLEAVE_BIN_DIR;

@@ -25,16 +25,18 @@
 #include "common/inference_wire.h"
 #include "common/tensor_codec.h"
 #include "common/transport.h"
-#include "edge/daemon_launcher.h"
 #include "edge/edge_client.h"
 #include "testing/log_wait.h"
 #include "testing/tiny_bundle.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using tools::LaunchDaemon;
+using tools::LaunchedDaemon;
 
 const fs::path kBin = CLEAVE_BIN_DIR;
 const char kPrometheus[] = "/usr/bin/prometheus";

@@ -14,14 +14,16 @@
 #include "common/child_process.h"
 #include "common/file_util.h"
 #include "common/transport.h"
-#include "edge/daemon_launcher.h"
 #include "edge/edge_client.h"
 #include "testing/tiny_bundle.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
+using tools::LaunchDaemon;
+using tools::LaunchedDaemon;
 using nlohmann::json;
 
 const fs::path kBin = CLEAVE_BIN_DIR;

@@ -15,14 +15,16 @@
 #include "common/file_util.h"
 #include "common/inference_wire.h"
 #include "common/transport.h"
-#include "edge/daemon_launcher.h"
 #include "edge/edge_client.h"
 #include "split/tail_plan.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
+using tools::LaunchDaemon;
+using tools::LaunchedDaemon;
 
 const fs::path kBin = CLEAVE_BIN_DIR;
 

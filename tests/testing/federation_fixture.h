@@ -14,8 +14,8 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
-#include "edge/daemon_launcher.h"
 #include "testing/tiny_bundle.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::testing {
 
@@ -45,8 +45,8 @@ class FederationTest : public ::testing::Test {
   }
 
   std::filesystem::path dir_, bundle_;
-  std::unique_ptr<edge::LaunchedDaemon> aggregator_;
-  std::vector<std::unique_ptr<edge::LaunchedDaemon>> edges_;
+  std::unique_ptr<tools::LaunchedDaemon> aggregator_;
+  std::vector<std::unique_ptr<tools::LaunchedDaemon>> edges_;
 
  private:
   std::string dir_prefix_;

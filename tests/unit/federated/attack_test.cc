@@ -11,7 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "common/config.h"
-#include "federated/sim_command.h"
+#include "federated/sim_config.h"
 #include "federated/simulation.h"
 #include "unit/federated/sim_test_data.h"
 

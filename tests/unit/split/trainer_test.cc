@@ -12,28 +12,15 @@
 
 #include "split/post_training.h"
 #include "split/split_runtime.h"
-#include "split/train_command.h"
 #include "split/vision_bundle.h"
 #include "split/wire_quant.h"
+#include "testing/trained_bundle.h"
 
 namespace cleave::split {
 namespace {
 
 namespace fs = std::filesystem;
-
-// Class c: a 14x14 patch of brightness (c + 0.5) / 10 plus noise - learnable by a tiny net
-// whose classifier pools globally.
-LabeledImages Synthetic(int64_t n, uint64_t seed) {
-  torch::manual_seed(seed);
-  LabeledImages set;
-  set.labels = torch::randint(0, 10, {n}, torch::kLong);
-  const torch::Tensor level = (set.labels.to(torch::kFloat) + 0.5) / 10.0;
-  set.images = torch::zeros({n, 1, 28, 28});
-  set.images.narrow(2, 7, 14).narrow(3, 7, 14).copy_(
-      level.view({n, 1, 1, 1}).expand({n, 1, 14, 14}) + 0.03 * torch::randn({n, 1, 14, 14}));
-  set.images.clamp_(0.0, 1.0);
-  return set;
-}
+using testing::Synthetic;
 
 class TrainerTest : public ::testing::Test {
  protected:
@@ -41,19 +28,7 @@ class TrainerTest : public ::testing::Test {
     dir_ = new fs::path(fs::temp_directory_path() /
                         ("cleave_trainer_test_" + std::to_string(::getpid())));
     fs::remove_all(*dir_);
-    TrainOptions options = TrainOptions::Quick();
-    options.student_spec = VisionModelSpec::TinySplit();
-    options.train_limit = 0;
-    options.test_limit = 0;
-    options.held_out = 256;
-    options.batch_size = 64;
-    options.epochs_teacher = 4;
-    options.epochs_finetune = 3;
-    options.int8_engine = "reference";
-    options.threads = 1;
-    options.progress_out = std::getenv("CLEAVE_TEST_VERBOSE") ? stderr : nullptr;
-    TrainData data{Synthetic(2304, 1), Synthetic(256, 2)};
-    auto report = TrainVisionSplit(options, data, *dir_ / "bundle");
+    auto report = testing::TrainTinySplitBundle(*dir_ / "bundle");
     ASSERT_TRUE(report.ok()) << report.status().ToString();
     report_ = new nlohmann::json(report->ToJson());
   }
@@ -265,50 +240,6 @@ TEST_F(TrainerTest, ResplitChangesWireDtypeAndTarget) {
       std::count_if(decision.begin(), decision.end(), [](int d) { return d >= 0; }) /
       static_cast<double>(decision.size());
   EXPECT_DOUBLE_EQ(local, calibration.at("exit_fraction").get<double>());
-}
-
-// Runs `cleave <args>` through the registered subcommands; returns the exit code CLI11_PARSE
-// would return and what went to stderr.
-std::pair<int, std::string> RunCli(const std::string& args) {
-  CLI::App app("cleave");
-  RegisterTrainCommands(app);
-  ::testing::internal::CaptureStderr();
-  int code = 0;
-  try {
-    app.parse(args, /*program_name_included=*/false);
-  } catch (const CLI::ParseError& e) {
-    code = e.get_exit_code();
-  }
-  return {code, ::testing::internal::GetCapturedStderr()};
-}
-
-TEST_F(TrainerTest, SplitCommandRejectsBadFlagsWithOneLine) {
-  const std::string bundle = BundleDir().string();
-  for (const std::string& args : {"split --bundle " + bundle + " --wire-dtype f16",
-                                  "split --bundle " + bundle + " --calibrate fast",
-                                  "split --bundle " + bundle + " --criterion best",
-                                  "split --bundle " + bundle + " --data-dir /nonexistent/fmnist"}) {
-    auto [code, err] = RunCli(args);
-    EXPECT_EQ(code, 1) << args;
-    EXPECT_EQ(err.rfind("cleave split: ", 0), 0u) << err;
-    EXPECT_EQ(std::count(err.begin(), err.end(), '\n'), 1) << err;
-  }
-  EXPECT_NE(RunCli("split --bundle /nonexistent/bundle").first, 0);
-  EXPECT_TRUE(Bundle::Open(BundleDir()).ok());  // untouched
-}
-
-TEST(TrainCommandTest, TrainRejectsBadFlagsBeforeTraining) {
-  const fs::path out =
-      fs::temp_directory_path() / ("cleave_train_cli_" + std::to_string(::getpid()));
-  EXPECT_NE(RunCli("train").first, 0);  // --out is required
-  for (const char* flags :
-       {" --wire-dtype f16", " --calibrate offload:2", " --criterion best", " --quick --long",
-        " --quick --batch-size 1", " --quick --data-dir /nonexistent/fmnist"}) {
-    auto [code, err] = RunCli("train --out " + out.string() + std::string(flags));
-    EXPECT_EQ(code, 1) << flags;
-    EXPECT_EQ(err.rfind("cleave train: ", 0), 0u) << err;
-  }
-  EXPECT_FALSE(fs::exists(out));
 }
 
 TEST(TrainerCancelTest, CancelledRunWritesNothing) {

@@ -23,7 +23,7 @@
 
 #include "common/status.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
 
 struct BenchServeOptions {
   std::string bundle;
@@ -68,4 +68,4 @@ std::string BenchServeMarkdown(const nlohmann::json& report);
 // Adds `bench serve` under `bench`.
 void RegisterBenchServeCommand(CLI::App& bench);
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

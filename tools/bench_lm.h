@@ -20,7 +20,7 @@
 
 #include "common/status.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
 
 struct BenchLmOptions {
   std::string bundle;
@@ -45,4 +45,4 @@ std::string BenchLmMarkdown(const nlohmann::json& report);
 // Adds `bench lm` under `bench`.
 void RegisterBenchLmCommand(CLI::App& bench);
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

@@ -6,7 +6,7 @@
 #include <numeric>
 #include <vector>
 
-namespace cleave::edge {
+namespace cleave::tools {
 
 // The p-th percentile (0..100) with linear interpolation between ranks; 0 when empty.
 inline double Percentile(std::vector<double> values, double p) {
@@ -28,4 +28,4 @@ inline double MsSince(std::chrono::steady_clock::time_point start) {
       .count();
 }
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

@@ -8,15 +8,15 @@
 //   cleave demo    — the main job: daemons on loopback, the test set through the edge
 #include <CLI/CLI.hpp>
 
-#include "edge/bench_lm.h"
-#include "edge/bench_serve.h"
-#include "edge/bench_split.h"
-#include "edge/demo_command.h"
-#include "federated/bench_fl.h"
-#include "federated/sim_command.h"
-#include "split/bundle_command.h"
-#include "split/lm_command.h"
-#include "split/train_command.h"
+#include "tools/bench_fl.h"
+#include "tools/bench_lm.h"
+#include "tools/bench_serve.h"
+#include "tools/bench_split.h"
+#include "tools/bundle_command.h"
+#include "tools/demo_command.h"
+#include "tools/lm_command.h"
+#include "tools/sim_command.h"
+#include "tools/train_command.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -24,17 +24,17 @@ int main(int argc, char** argv) {
       "Train and compress split models, measure accuracy vs bytes vs latency, run the demo."};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "show help for every subcommand");
-  cleave::split::RegisterTrainCommands(app);
-  cleave::split::RegisterLmCommands(app);
-  cleave::split::RegisterBundleCommands(app);
+  cleave::tools::RegisterTrainCommands(app);
+  cleave::tools::RegisterLmCommands(app);
+  cleave::tools::RegisterBundleCommands(app);
   CLI::App* bench = app.add_subcommand("bench", "benchmarks that print JSON");
   bench->require_subcommand(1);
-  cleave::edge::RegisterBenchSplitCommand(*bench);
-  cleave::edge::RegisterBenchLmCommand(*bench);
-  cleave::edge::RegisterBenchServeCommand(*bench);
-  cleave::federated::RegisterFederatedBenchCommands(*bench);
-  cleave::federated::RegisterSimCommand(app);
-  cleave::edge::RegisterDemoCommand(app);
+  cleave::tools::RegisterBenchSplitCommand(*bench);
+  cleave::tools::RegisterBenchLmCommand(*bench);
+  cleave::tools::RegisterBenchServeCommand(*bench);
+  cleave::tools::RegisterFederatedBenchCommands(*bench);
+  cleave::tools::RegisterSimCommand(app);
+  cleave::tools::RegisterDemoCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

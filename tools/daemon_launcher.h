@@ -11,7 +11,7 @@
 #include "common/child_process.h"
 #include "common/status.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
 
 struct LaunchedDaemon {
   std::unique_ptr<ChildProcess> process;
@@ -31,4 +31,4 @@ Result<LaunchedDaemon> LaunchDaemon(const std::filesystem::path& binary,
                                     const std::filesystem::path& work_dir, const std::string& name,
                                     int timeout_ms = 60000);
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

@@ -22,7 +22,7 @@
 
 #include "common/status.h"
 
-namespace cleave::federated {
+namespace cleave::tools {
 
 struct BenchPrivacyOptions {
   std::string json_out;      // "" = stdout only
@@ -41,4 +41,4 @@ std::string BenchPrivacyMarkdown(const nlohmann::json& report);
 // Adds `privacy` to the `bench` subcommand.
 void RegisterBenchPrivacyCommand(CLI::App& bench);
 
-}  // namespace cleave::federated
+}  // namespace cleave::tools

@@ -1,4 +1,4 @@
-#include "edge/bench_lm.h"
+#include "tools/bench_lm.h"
 
 #include <torch/torch.h>
 
@@ -16,14 +16,21 @@
 #include "common/progress.h"
 #include "common/text_corpus.h"
 #include "common/transport.h"
-#include "edge/bench_util.h"
-#include "edge/daemon_launcher.h"
 #include "edge/lm_generate.h"
 #include "edge/lm_router.h"
 #include "split/compute_runtime.h"
 #include "split/lm_train.h"
+#include "tools/bench_util.h"
+#include "tools/daemon_launcher.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
+
+using edge::LmRouter;
+using edge::LmRouterOptions;
+using edge::RouteMode;
+using edge::RouterStats;
+using edge::RouterStep;
+using edge::ZmqLmLink;
 namespace {
 
 using nlohmann::json;
@@ -332,4 +339,4 @@ void RegisterBenchLmCommand(CLI::App& bench) {
   });
 }
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

@@ -1,4 +1,4 @@
-#include "edge/demo_command.h"
+#include "tools/demo_command.h"
 
 #include <unistd.h>
 
@@ -15,11 +15,14 @@
 #include "common/plot.h"
 #include "common/progress.h"
 #include "common/transport.h"
-#include "edge/bench_util.h"
-#include "edge/daemon_launcher.h"
 #include "edge/edge_client.h"
+#include "tools/bench_util.h"
+#include "tools/daemon_launcher.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
+
+using edge::ClassifyOutcome;
+using edge::EdgeClient;
 namespace {
 
 using nlohmann::json;
@@ -331,4 +334,4 @@ void RegisterDemoCommand(CLI::App& app) {
   });
 }
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

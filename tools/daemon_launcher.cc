@@ -1,4 +1,4 @@
-#include "edge/daemon_launcher.h"
+#include "tools/daemon_launcher.h"
 
 #include <unistd.h>
 
@@ -6,7 +6,7 @@
 
 #include "common/file_util.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
 
 std::filesystem::path SelfBinaryDir() {
   std::error_code ec;
@@ -52,4 +52,4 @@ Result<LaunchedDaemon> LaunchDaemon(const std::filesystem::path& binary,
   return daemon;
 }
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

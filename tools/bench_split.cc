@@ -1,4 +1,4 @@
-#include "edge/bench_split.h"
+#include "tools/bench_split.h"
 
 #include <torch/torch.h>
 
@@ -20,8 +20,6 @@
 #include "common/progress.h"
 #include "common/tensor_codec.h"
 #include "common/transport.h"
-#include "edge/bench_util.h"
-#include "edge/daemon_launcher.h"
 #include "edge/edge_engine.h"
 #include "edge/offload_client.h"
 #include "split/bundle.h"
@@ -29,8 +27,16 @@
 #include "split/split_runtime.h"
 #include "split/tail_plan.h"
 #include "split/vision_model.h"
+#include "tools/bench_util.h"
+#include "tools/daemon_launcher.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
+
+using edge::HeadDecision;
+
+using edge::ArgMax;
+using edge::EdgeEngine;
+using edge::OffloadClient;
 namespace {
 
 using nlohmann::json;
@@ -518,4 +524,4 @@ void RegisterBenchSplitCommand(CLI::App& bench) {
   });
 }
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

@@ -7,28 +7,18 @@
 
 #include <CLI/CLI.hpp>
 
-#include "common/config.h"
 #include "common/status.h"
+#include "federated/sim_config.h"
 #include "federated/simulation.h"
 
-namespace cleave::federated {
-
-// Every key `cleave sim` accepts, with defaults and help (shown by --help).
-ConfigSchema SimSchema();
-// SimOptions from a loaded config (validated); also returns the data limits and paths.
-struct SimSetup {
-  SimOptions options;
-  std::string data_dir;
-  int64_t train_limit = 0, test_limit = 0;
-};
-Result<SimSetup> SimSetupFromConfig(const Config& config);
+namespace cleave::tools {
 
 // Writes history.json, history.csv and accuracy.png (when any round was evaluated) into
 // `dir` (created if missing).
-Status WriteSimOutputs(const SimResult& result, const nlohmann::json& options,
+Status WriteSimOutputs(const federated::SimResult& result, const nlohmann::json& options,
                        const std::string& dir);
 
 // Adds `sim` to `app`; option storage is owned by the callback.
 void RegisterSimCommand(CLI::App& app);
 
-}  // namespace cleave::federated
+}  // namespace cleave::tools

@@ -1,4 +1,4 @@
-#include "split/bundle_command.h"
+#include "tools/bundle_command.h"
 
 #include <iostream>
 #include <memory>
@@ -9,7 +9,7 @@
 #include "common/signing.h"
 #include "split/bundle.h"
 
-namespace cleave::split {
+namespace cleave::tools {
 namespace {
 
 using nlohmann::json;
@@ -122,4 +122,4 @@ void RegisterBundleCommands(CLI::App& app) {
   verify->callback([verify_args] { Verify(*verify_args); });
 }
 
-}  // namespace cleave::split
+}  // namespace cleave::tools

@@ -13,7 +13,7 @@
 
 #include "common/status.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
 
 struct DemoOptions {
   std::string bundle;
@@ -40,4 +40,4 @@ struct DemoOptions {
 Result<nlohmann::json> RunDemo(const DemoOptions& options);
 void RegisterDemoCommand(CLI::App& app);
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

@@ -1,4 +1,4 @@
-#include "federated/bench_privacy.h"
+#include "tools/bench_privacy.h"
 
 #include <chrono>
 #include <cmath>
@@ -15,7 +15,24 @@
 #include "federated/secure_round.h"
 #include "federated/simulation.h"
 
-namespace cleave::federated {
+namespace cleave::tools {
+
+using federated::PartitionSpec;
+
+using federated::AttackKind;
+using federated::EncodeContribution;
+using federated::LoadSimData;
+using federated::MakeSecureRoundParams;
+using federated::RoundRecord;
+using federated::RunSimulation;
+using federated::SecureAggregationOptions;
+using federated::SecureClientSession;
+using federated::SecureRound;
+using federated::SecureRoundParams;
+using federated::SimData;
+using federated::SimOptions;
+using federated::SimResult;
+using federated::Weights;
 namespace {
 
 using nlohmann::json;
@@ -401,4 +418,4 @@ void RegisterBenchPrivacyCommand(CLI::App& bench) {
   });
 }
 
-}  // namespace cleave::federated
+}  // namespace cleave::tools

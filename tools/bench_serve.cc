@@ -1,4 +1,4 @@
-#include "edge/bench_serve.h"
+#include "tools/bench_serve.h"
 
 #include <torch/torch.h>
 
@@ -21,14 +21,14 @@
 #include "common/progress.h"
 #include "common/tensor_codec.h"
 #include "common/transport.h"
-#include "edge/bench_util.h"
-#include "edge/daemon_launcher.h"
 #include "split/bundle.h"
 #include "split/compute_runtime.h"
 #include "split/split_runtime.h"
 #include "split/tail_plan.h"
+#include "tools/bench_util.h"
+#include "tools/daemon_launcher.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
 namespace {
 
 using nlohmann::json;
@@ -689,4 +689,4 @@ void RegisterBenchServeCommand(CLI::App& bench) {
   });
 }
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

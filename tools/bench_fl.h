@@ -15,9 +15,9 @@
 
 #include <CLI/CLI.hpp>
 
-namespace cleave::federated {
+namespace cleave::tools {
 
 // Adds `fl`, `privacy`, `sim-scale` and `aggregate` to the `bench` subcommand.
 void RegisterFederatedBenchCommands(CLI::App& bench);
 
-}  // namespace cleave::federated
+}  // namespace cleave::tools

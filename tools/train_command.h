@@ -10,10 +10,10 @@
 
 #include <CLI/CLI.hpp>
 
-namespace cleave::split {
+namespace cleave::tools {
 
 // Adds the `train` and `split` subcommands to `app`. The option storage is owned by the
 // callbacks, so `app` may outlive this call's scope.
 void RegisterTrainCommands(CLI::App& app);
 
-}  // namespace cleave::split
+}  // namespace cleave::tools

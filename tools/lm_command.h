@@ -7,8 +7,8 @@
 
 #include <CLI/CLI.hpp>
 
-namespace cleave::split {
+namespace cleave::tools {
 
 void RegisterLmCommands(CLI::App& app);
 
-}  // namespace cleave::split
+}  // namespace cleave::tools

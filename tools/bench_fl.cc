@@ -1,4 +1,4 @@
-#include "federated/bench_fl.h"
+#include "tools/bench_fl.h"
 
 #include <unistd.h>
 
@@ -13,10 +13,23 @@
 #include "common/plot.h"
 #include "common/process_stats.h"
 #include "common/shutdown.h"
-#include "federated/bench_privacy.h"
 #include "federated/simulation.h"
+#include "tools/bench_privacy.h"
 
-namespace cleave::federated {
+namespace cleave::tools {
+
+using federated::ClientUpdate;
+
+using federated::LoadSimData;
+using federated::PartitionSpec;
+using federated::RunSimulation;
+using federated::SimData;
+using federated::SimOptions;
+using federated::SimResult;
+using federated::Strategy;
+using federated::StrategyConfig;
+using federated::Weights;
+using federated::WeightsLayout;
 namespace {
 
 using nlohmann::json;
@@ -377,4 +390,4 @@ void RegisterFederatedBenchCommands(CLI::App& bench) {
   a->callback([ag] { RunBenchAggregate(*ag); });
 }
 
-}  // namespace cleave::federated
+}  // namespace cleave::tools

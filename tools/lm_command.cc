@@ -1,4 +1,4 @@
-#include "split/lm_command.h"
+#include "tools/lm_command.h"
 
 #include <iostream>
 #include <memory>
@@ -8,7 +8,20 @@
 #include "split/compute_runtime.h"
 #include "split/lm_train.h"
 
-namespace cleave::split {
+namespace cleave::tools {
+
+using split::ScoreTokens;
+using split::SplitLm;
+
+using split::ChooseThreshold;
+using split::LmBundleInfo;
+using split::LmEval;
+using split::LmSpec;
+using split::LmTrainOptions;
+using split::LmTrainResult;
+using split::RoutedFigures;
+using split::TokenScores;
+using split::WriteLmBundle;
 namespace {
 
 using nlohmann::json;
@@ -154,4 +167,4 @@ void RegisterLmCommands(CLI::App& app) {
   cmd->callback([args, cmd] { RunTrainLm(*args, *cmd); });
 }
 
-}  // namespace cleave::split
+}  // namespace cleave::tools

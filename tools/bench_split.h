@@ -9,7 +9,7 @@
 
 #include "common/status.h"
 
-namespace cleave::edge {
+namespace cleave::tools {
 
 struct BenchSplitOptions {
   std::string bundle;
@@ -37,4 +37,4 @@ std::string BenchSplitMarkdown(const nlohmann::json& report);
 // Adds `bench split` under `bench`.
 void RegisterBenchSplitCommand(CLI::App& bench);
 
-}  // namespace cleave::edge
+}  // namespace cleave::tools

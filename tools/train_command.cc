@@ -1,4 +1,4 @@
-#include "split/train_command.h"
+#include "tools/train_command.h"
 
 #include <cstdio>
 #include <iostream>
@@ -14,7 +14,21 @@
 #include "split/trainer.h"
 #include "split/vision_bundle.h"
 
-namespace cleave::split {
+namespace cleave::tools {
+
+using split::CalibrationTarget;
+using split::ExitCriterionName;
+using split::FinalizeOptions;
+using split::FinalizeSplitModel;
+using split::HoldOut;
+using split::LabeledImages;
+using split::ParseExitCriterion;
+using split::TrainData;
+using split::TrainOptions;
+using split::TrainReport;
+using split::VisionBundleParts;
+using split::VisionSplitModel;
+using split::WriteVisionBundle;
 namespace {
 
 using nlohmann::json;
@@ -256,4 +270,4 @@ void RegisterTrainCommands(CLI::App& app) {
   split->callback([split_args] { RunSplit(*split_args); });
 }
 
-}  // namespace cleave::split
+}  // namespace cleave::tools

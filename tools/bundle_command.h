@@ -12,8 +12,8 @@
 
 #include <CLI/CLI.hpp>
 
-namespace cleave::split {
+namespace cleave::tools {
 
 void RegisterBundleCommands(CLI::App& app);
 
-}  // namespace cleave::split
+}  // namespace cleave::tools
