@@ -14,7 +14,7 @@
 
 #include "common/signing.h"
 #include "split/bundle.h"
-#include "testing/tiny_bundle.h"
+#include "testing/bundle_repository.h"
 
 namespace cleave::edge {
 namespace {
@@ -27,31 +27,8 @@ split::EdgeModel::Options HeadOptions() {
   return options;
 }
 
-class EdgeModelRepositoryTest : public ::testing::Test {
+class EdgeModelRepositoryTest : public testing::BundleRepositoryTest {
  protected:
-  static void SetUpTestSuite() {
-    source_ = new fs::path(testing::TempPath("edge_repo_source"));
-    ASSERT_TRUE(testing::WriteTinyBundle(*source_).ok());
-  }
-  static void TearDownTestSuite() {
-    fs::remove_all(*source_);
-    delete source_;
-  }
-  void SetUp() override { fs::create_directories(root_); }
-  void TearDown() override {
-    fs::remove_all(root_);
-    ASSERT_TRUE(SetTrustedBundleKey("").ok());
-  }
-
-  // Publishes the tiny bundle as `version`: copied under a temporary name, renamed into place.
-  fs::path Publish(uint64_t version) {
-    const fs::path tmp = root_ / (".tmp-" + std::to_string(version));
-    fs::copy(*source_, tmp, fs::copy_options::recursive);
-    const fs::path dir = root_ / std::to_string(version);
-    fs::rename(tmp, dir);
-    return dir;
-  }
-
   // The real loader, counting its calls and remembering whether it was asked to warm up.
   ModelRepository::Loader CountingLoader() {
     return [this](const fs::path& dir, bool warm) {
@@ -61,13 +38,9 @@ class EdgeModelRepositoryTest : public ::testing::Test {
     };
   }
 
-  static fs::path* source_;
-  fs::path root_ = testing::TempPath("edge_repo");
   int loads_ = 0;
   bool last_warm_ = false;
 };
-
-fs::path* EdgeModelRepositoryTest::source_ = nullptr;
 
 TEST_F(EdgeModelRepositoryTest, LoadFirstServesTheHighestVersionUnwarmed) {
   Publish(1);
