@@ -1,17 +1,22 @@
 #include "cloud/lm_server.h"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 
-#include "cloud/reply_mailbox.h"
 #include "common/logging.h"
 
 namespace cleave::cloud {
 namespace {
 
-// Most messages taken from the ROUTER per turn, so replies never wait long behind a flood.
-constexpr int kMaxReceivesPerTurn = 256;
+RouterReply Encode(const std::string& peer, const lm_wire::LmReply& reply, Outcome outcome) {
+  ReplyKind kind = ReplyKind::kOk;  // resync too: the protocol working as designed
+  switch (reply.status) {
+    case lm_wire::LmStatus::kError: kind = ReplyKind::kError; break;
+    case lm_wire::LmStatus::kOverloaded: kind = ReplyKind::kOverloaded; break;
+    case lm_wire::LmStatus::kDeadlineExceeded: kind = ReplyKind::kDeadlineExceeded; break;
+    default: break;
+  }
+  return {peer, lm_wire::EncodeLmReply(reply), reply.request_id, kind, outcome};
+}
 
 }  // namespace
 
@@ -22,24 +27,12 @@ struct LmServer::Job {
   int64_t received_us = 0;
 };
 
-// A reply on its way from the compute thread to the socket.
-struct LmServer::Outgoing {
-  std::string peer;
-  std::string bytes;
-  lm_wire::LmStatus status = lm_wire::LmStatus::kOk;
-  Outcome outcome = Outcome::kOk;
-};
-
-class LmServer::Mailbox : public ReplyMailbox<Outgoing> {};
-
 LmServer::LmServer(LmServerOptions options, std::unique_ptr<LmTailService> service)
     : options_(std::move(options)),
       clock_(options_.clock ? *options_.clock : SystemClock()),
-      service_(std::move(service)),
-      mailbox_(std::make_unique<Mailbox>()),
       metrics_(options_.metrics ? options_.metrics : std::make_shared<Metrics>()),
       m_(&metrics_->Service("cloud")),
-      connected_(&metrics_->ConnectedEdges()) {}
+      service_(std::move(service)) {}
 
 LmServer::~LmServer() {
   if (batcher_) batcher_->Shutdown(Batcher::ShutdownMode::kFail);
@@ -59,11 +52,10 @@ Result<std::unique_ptr<LmServer>> LmServer::Create(TransportContext& context,
   CLEAVE_RETURN_IF_ERROR(queueing.Validate());
   if (!service) return Status::InvalidArgument("LmServer needs a service");
   std::unique_ptr<LmServer> server(new LmServer(std::move(options), std::move(service)));
-  if (server->mailbox_->fd() < 0) {
-    return Status::IoError(std::string("cannot create the reply eventfd: ") + std::strerror(errno));
-  }
-  CLEAVE_ASSIGN_OR_RETURN(server->router_, RouterServer::Bind(context, server->options_.listen,
-                                                              server->options_.socket));
+  CLEAVE_ASSIGN_OR_RETURN(
+      server->router_,
+      RouterService::Bind(context, server->options_.listen, server->options_.socket, server->clock_,
+                          *server->metrics_, "cloud"));
   LmServer* self = server.get();
   server->batcher_ = std::make_unique<Batcher>(
       queueing, server->clock_, [self](int, std::vector<Job>& jobs) { self->Compute(jobs); },
@@ -98,7 +90,7 @@ void LmServer::Compute(std::vector<Job>& jobs) {
     if (reply.status != lm_wire::LmStatus::kError && reply.compute_us > 0) {
       m_->compute_seconds->Observe(static_cast<double>(reply.compute_us) * 1e-6);
     }
-    mailbox_->Post({job.peer, lm_wire::EncodeLmReply(reply), reply.status, outcome});
+    router_->Post(Encode(job.peer, reply, outcome));
   }
 }
 
@@ -108,26 +100,15 @@ void LmServer::Reject(Rejection why, Job& job) {
   if (why == Rejection::kExpired) {
     reply.status = lm_wire::LmStatus::kDeadlineExceeded;
     reply.error = "deadline passed while queued";
-    mailbox_->Post({job.peer, lm_wire::EncodeLmReply(reply), reply.status, Outcome::kRejected});
+    router_->Post(Encode(job.peer, reply, Outcome::kRejected));
   } else {
     reply.status = lm_wire::LmStatus::kOverloaded;
     reply.error = "the service is shutting down";
-    mailbox_->Post({job.peer, lm_wire::EncodeLmReply(reply), reply.status, Outcome::kOverloaded});
+    router_->Post(Encode(job.peer, reply, Outcome::kOverloaded));
   }
 }
 
 // ---- socket thread --------------------------------------------------------------------------
-
-void LmServer::Send(const Outgoing& out) {
-  if (out.status == lm_wire::LmStatus::kOverloaded) ++stats_.overloaded;
-  if (out.status == lm_wire::LmStatus::kDeadlineExceeded) ++stats_.deadline_exceeded;
-  m_->Count(out.outcome);
-  if (router_->Send(out.peer, out.bytes).ok()) {
-    m_->wire_bytes_sent->Increment(static_cast<double>(WireBytes(out.bytes.size())));
-  } else {
-    ++stats_.undeliverable;
-  }
-}
 
 void LmServer::ReplyNow(const std::string& peer, uint64_t request_id, lm_wire::LmStatus status,
                         const std::string& error, Outcome outcome) {
@@ -135,21 +116,27 @@ void LmServer::ReplyNow(const std::string& peer, uint64_t request_id, lm_wire::L
   reply.request_id = request_id;
   reply.status = status;
   reply.error = error;
-  Send({peer, lm_wire::EncodeLmReply(reply), status, outcome});
+  router_->Send(Encode(peer, reply, outcome));
 }
 
-void LmServer::DeliverReplies() {
-  std::deque<Outgoing> replies = mailbox_->TakeAll();
-  for (const Outgoing& out : replies) Send(out);
-  in_flight_ -= std::min<uint64_t>(in_flight_, replies.size());
-  m_->pending_requests->Set(static_cast<double>(in_flight_));
+void LmServer::ExpireIdleSessions() {
+  size_t expired = 0;
+  {
+    std::lock_guard<std::mutex> lock(service_mu_);
+    expired = service_->ExpireIdle();
+  }
+  if (expired > 0) GetLogger("cloud")->debug("expired {} idle sessions", expired);
 }
 
-void LmServer::Admit(Envelope env) {
-  ++stats_.received;
-  const int64_t received = clock_.NowMicros();
-  m_->wire_bytes_received->Increment(static_cast<double>(WireBytes(env.body.size())));
-  peers_.Seen(env.peer, received);
+void LmServer::PublishStats() {
+  const RouterServiceStats& socket = router_->stats();
+  stats_.received = socket.received;
+  stats_.undeliverable = socket.undeliverable;
+  stats_.overloaded = socket.replied_overloaded;
+  stats_.deadline_exceeded = socket.replied_deadline;
+}
+
+void LmServer::Admit(Envelope env, int64_t received) {
   Result<lm_wire::LmRequest> request = lm_wire::DecodeLmRequest(env.body);
   if (!request.ok()) {
     ++stats_.malformed;
@@ -163,7 +150,7 @@ void LmServer::Admit(Envelope env) {
   const SubmitResult submitted =
       batcher_->Submit(Job{env.peer, std::move(request).value(), received}, deadline);
   if (submitted == SubmitResult::kAccepted) {
-    ++in_flight_;
+    router_->Accepted();
     return;
   }
   ReplyNow(env.peer, request_id, lm_wire::LmStatus::kOverloaded,
@@ -173,45 +160,18 @@ void LmServer::Admit(Envelope env) {
 }
 
 Status LmServer::Run(const std::function<bool()>& should_stop) {
-  auto log = GetLogger("cloud");
   batcher_->Start();
-  int64_t last_sweep = clock_.NowMicros();
-  Status result = Status::Ok();
-  while (!should_stop()) {
-    if (const int64_t now = clock_.NowMicros(); now - last_sweep > 1'000'000) {
-      size_t expired = 0;
-      {
-        std::lock_guard<std::mutex> lock(service_mu_);
-        expired = service_->ExpireIdle();
-      }
-      if (expired > 0) log->debug("expired {} idle sessions", expired);
-      connected_->Set(static_cast<double>(peers_.Expire(now)));
-      last_sweep = now;
-    }
-    Result<ReadySockets> ready = WaitForRequestsOrReplies(*router_, mailbox_->fd(), 100);
-    if (!ready.ok()) {
-      result = ready.status();
-      break;
-    }
-    if (ready->replies) DeliverReplies();
-    if (ready->requests) {
-      for (int i = 0; i < kMaxReceivesPerTurn; ++i) {
-        Result<std::optional<Envelope>> env = router_->Receive(0);
-        if (!env.ok()) {
-          log->warn("receive failed: {}", env.status().ToString());
-          break;
-        }
-        if (!env->has_value()) break;
-        Admit(std::move(**env));
-      }
-    }
-    m_->pending_requests->Set(static_cast<double>(in_flight_));
-  }
+  RouterService::Hooks hooks;
+  hooks.admit = [this](Envelope env, int64_t received) { Admit(std::move(env), received); };
+  hooks.sweep = [this](int64_t) { ExpireIdleSessions(); };
+  hooks.after_turn = [this] { PublishStats(); };
+  const Status result = router_->Serve(should_stop, hooks);
   // Drain: every accepted request is computed and its reply sent before we return.
   batcher_->Shutdown(Batcher::ShutdownMode::kDrain);
-  DeliverReplies();
+  router_->DeliverReplies();
+  PublishStats();
   const LmServiceStats& s = service_->stats();
-  log->info(
+  GetLogger("cloud")->info(
       "lm server stopped: {} requests, {} predictions, {} resyncs, {} errors, {} malformed, {} "
       "overloaded, {} past deadline",
       s.requests, s.predictions, s.resyncs, s.errors, stats_.malformed, stats_.overloaded,

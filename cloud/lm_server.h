@@ -9,8 +9,8 @@
 //    about once a second.
 //  - One compute thread takes requests one at a time, in arrival order, and hands them to
 //    LmTailService. A request whose deadline (`deadline_ms` after arrival) passed while it
-//    waited gets `deadlineExceeded` and is not computed. Replies go back through a
-//    ReplyMailbox (cloud/reply_mailbox.h); the socket thread sends them.
+//    waited gets `deadlineExceeded` and is not computed. Replies go back through the
+//    RouterService (cloud/router_service.h), whose loop the socket thread runs.
 // Requests are not batched across sessions: each carries its own session's KV cache and
 // length, and one worker in arrival order keeps every session's requests in sequence. A
 // session whose request was refused or expired loses nothing: the cloud's cache stays where
@@ -31,6 +31,7 @@
 
 #include "cloud/dynamic_batcher.h"
 #include "cloud/lm_service.h"
+#include "cloud/router_service.h"
 #include "common/clock.h"
 #include "common/metrics.h"
 #include "common/status.h"
@@ -78,34 +79,28 @@ class LmServer {
 
  private:
   struct Job;
-  struct Outgoing;
-  class Mailbox;
   using Batcher = DynamicBatcher<Job>;
 
   LmServer(LmServerOptions options, std::unique_ptr<LmTailService> service);
   // Socket thread.
-  void Admit(Envelope env);
-  void DeliverReplies();
-  void Send(const Outgoing& out);
+  void Admit(Envelope env, int64_t received_us);
   void ReplyNow(const std::string& peer, uint64_t request_id, lm_wire::LmStatus status,
                 const std::string& error, Outcome outcome);
+  void ExpireIdleSessions();
+  void PublishStats();
   // Compute thread.
   void Compute(std::vector<Job>& jobs);
   void Reject(Rejection why, Job& job);
 
   LmServerOptions options_;
   const Clock& clock_;
-  std::unique_ptr<RouterServer> router_;
-  std::mutex service_mu_;  // Handle on the compute thread, ExpireIdle on the socket thread
-  std::unique_ptr<LmTailService> service_;
-  std::unique_ptr<Mailbox> mailbox_;
-  std::unique_ptr<Batcher> batcher_;  // stopped by ~LmServer before anything else goes
-  LmServerStats stats_;
-  uint64_t in_flight_ = 0;  // socket thread: accepted, reply not sent yet
   std::shared_ptr<Metrics> metrics_;
   const ServiceMetrics* m_;
-  prometheus::Gauge* connected_;
-  RecentPeers peers_;
+  std::mutex service_mu_;  // Handle on the compute thread, ExpireIdle on the socket thread
+  std::unique_ptr<LmTailService> service_;
+  std::unique_ptr<RouterService> router_;  // the socket, the reply mailbox and the loop
+  std::unique_ptr<Batcher> batcher_;       // stopped by ~LmServer before anything else goes
+  LmServerStats stats_;
 };
 
 }  // namespace cleave::cloud

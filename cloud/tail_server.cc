@@ -1,13 +1,9 @@
 #include "cloud/tail_server.h"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <deque>
 #include <mutex>
 
 #include "cloud/model_repository.h"
-#include "cloud/reply_mailbox.h"
 #include "common/logging.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
@@ -16,9 +12,18 @@
 namespace cleave::cloud {
 namespace {
 
-// Most messages taken from the ROUTER per turn, so worker replies never wait long behind a
-// flood of requests.
-constexpr int kMaxReceivesPerTurn = 256;
+ReplyKind KindOf(wire::ReplyStatus status) {
+  switch (status) {
+    case wire::ReplyStatus::kOk: return ReplyKind::kOk;
+    case wire::ReplyStatus::kOverloaded: return ReplyKind::kOverloaded;
+    case wire::ReplyStatus::kDeadlineExceeded: return ReplyKind::kDeadlineExceeded;
+    default: return ReplyKind::kError;
+  }
+}
+
+RouterReply Encode(const std::string& peer, const wire::InferReply& reply, Outcome outcome) {
+  return {peer, wire::EncodeInferReply(reply), reply.request_id, KindOf(reply.status), outcome};
+}
 
 }  // namespace
 
@@ -32,15 +37,6 @@ struct TailServer::Job {
   std::shared_ptr<ModelSet> models;
 };
 
-// A reply encoded by a worker, waiting for the socket thread to send it.
-struct TailServer::Outgoing {
-  std::string peer;
-  std::string bytes;
-  uint64_t request_id = 0;
-  wire::ReplyStatus status = wire::ReplyStatus::kOk;
-  Outcome outcome = Outcome::kOk;
-};
-
 struct TailServer::ModelSlot {
   std::mutex mu;  // CloudModel serves one caller at a time
   std::unique_ptr<split::CloudModel> model;
@@ -52,18 +48,13 @@ struct TailServer::ModelSet {
   std::vector<std::unique_ptr<ModelSlot>> slots;
 };
 
-// Workers -> socket thread (cloud/reply_mailbox.h).
-class TailServer::Mailbox : public ReplyMailbox<Outgoing> {};
-
 TailServer::TailServer(TailServerOptions options, std::shared_ptr<ModelSet> models)
     : options_(std::move(options)),
       clock_(options_.clock ? *options_.clock : SystemClock()),
-      models_(std::move(models)),
-      served_version_(models_->version),
-      mailbox_(std::make_unique<Mailbox>()),
       metrics_(options_.metrics ? options_.metrics : std::make_shared<Metrics>()),
       m_(&metrics_->Service("cloud")),
-      connected_(&metrics_->ConnectedEdges()) {
+      models_(std::move(models)),
+      served_version_(models_->version) {
   stats_.model_version = models_->version;
   m_->model_version->Set(static_cast<double>(models_->version));
 }
@@ -131,11 +122,10 @@ Result<std::unique_ptr<TailServer>> TailServer::Create(
   CLEAVE_ASSIGN_OR_RETURN(std::shared_ptr<ModelSet> set,
                           MakeSet(options.model_version, std::move(models)));
   std::unique_ptr<TailServer> server(new TailServer(std::move(options), std::move(set)));
-  if (server->mailbox_->fd() < 0) {
-    return Status::IoError(std::string("cannot create the reply eventfd: ") + std::strerror(errno));
-  }
-  CLEAVE_ASSIGN_OR_RETURN(server->router_, RouterServer::Bind(context, server->options_.listen,
-                                                              server->options_.socket));
+  CLEAVE_ASSIGN_OR_RETURN(
+      server->service_,
+      RouterService::Bind(context, server->options_.listen, server->options_.socket, server->clock_,
+                          *server->metrics_, "cloud"));
   TailServer* self = server.get();
   const int threads = server->options_.intra_op_threads;
   server->batcher_ = std::make_unique<Batcher>(
@@ -148,7 +138,7 @@ Result<std::unique_ptr<TailServer>> TailServer::Create(
   return server;
 }
 
-const std::string& TailServer::endpoint() const { return router_->endpoint(); }
+const std::string& TailServer::endpoint() const { return service_->endpoint(); }
 
 size_t TailServer::queued_requests() const { return batcher_->queued(); }
 
@@ -164,13 +154,7 @@ Status TailServer::WarmUp() {
 // ---- worker threads -------------------------------------------------------------------------
 
 void TailServer::Post(const std::string& peer, wire::InferReply reply, Outcome outcome) {
-  Outgoing out;
-  out.peer = peer;
-  out.request_id = reply.request_id;
-  out.status = reply.status;
-  out.outcome = outcome;
-  out.bytes = wire::EncodeInferReply(reply);
-  mailbox_->Post(std::move(out));
+  service_->Post(Encode(peer, reply, outcome));
 }
 
 void TailServer::PostError(Job& job, wire::ReplyStatus status, const std::string& error,
@@ -295,53 +279,29 @@ void TailServer::ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool fe
 
 // ---- socket thread --------------------------------------------------------------------------
 
-void TailServer::SendReply(const Outgoing& out) {
-  switch (out.status) {
-    case wire::ReplyStatus::kOk: ++stats_.replied_ok; break;
-    case wire::ReplyStatus::kDeadlineExceeded: ++stats_.replied_deadline; break;
-    case wire::ReplyStatus::kOverloaded: ++stats_.replied_overloaded; break;
-    default: ++stats_.replied_error; break;
-  }
-  m_->Count(out.outcome);
-  Status sent = router_->Send(out.peer, out.bytes);
-  if (!sent.ok()) {
-    ++stats_.undeliverable;
-    GetLogger("cloud")->debug("reply {} not delivered: {}", out.request_id, sent.ToString());
-  } else {
-    m_->wire_bytes_sent->Increment(static_cast<double>(WireBytes(out.bytes.size())));
-  }
-}
-
 void TailServer::ReplyNow(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
                           const std::string& error, Outcome outcome) {
   wire::InferReply reply;
   reply.request_id = request_id;
   reply.status = status;
   reply.error = error;
-  Outgoing out;
-  out.peer = peer;
-  out.request_id = request_id;
-  out.status = status;
-  out.outcome = outcome;
-  out.bytes = wire::EncodeInferReply(reply);
-  SendReply(out);
+  service_->Send(Encode(peer, reply, outcome));
 }
 
-void TailServer::DeliverReplies() {
-  std::deque<Outgoing> replies = mailbox_->TakeAll();
-  for (const Outgoing& out : replies) SendReply(out);
-  in_flight_ -= std::min<uint64_t>(in_flight_, replies.size());
+void TailServer::PublishStats() {
+  const RouterServiceStats& socket = service_->stats();
+  stats_.requests = socket.received;
+  stats_.replied_ok = socket.replied_ok;
+  stats_.replied_error = socket.replied_error;
+  stats_.replied_deadline = socket.replied_deadline;
+  stats_.replied_overloaded = socket.replied_overloaded;
+  stats_.undeliverable = socket.undeliverable;
   stats_.batches = batches_.load(std::memory_order_relaxed);
   stats_.model_version = served_version_.load(std::memory_order_acquire);
   stats_.model_swaps = model_swaps_.load(std::memory_order_relaxed);
-  m_->pending_requests->Set(static_cast<double>(in_flight_));
 }
 
-void TailServer::Admit(Envelope env) {
-  ++stats_.requests;
-  const int64_t received = clock_.NowMicros();
-  m_->wire_bytes_received->Increment(static_cast<double>(WireBytes(env.body.size())));
-  peers_.Seen(env.peer, received);
+void TailServer::Admit(Envelope env, int64_t received) {
   Result<wire::InferRequest> decoded = wire::DecodeInferRequest(env.body);
   if (!decoded.ok()) {
     ReplyNow(env.peer, wire::PeekRequestId(env.body), wire::ReplyStatus::kError,
@@ -379,7 +339,7 @@ void TailServer::Admit(Envelope env) {
   Job job{env.peer, std::move(decoded).value(), received, false, std::move(set)};
   const SubmitResult submitted = batcher_->Submit(std::move(job), deadline);
   if (submitted == SubmitResult::kAccepted) {
-    ++in_flight_;
+    service_->Accepted();
     return;
   }
   ReplyNow(env.peer, request_id, wire::ReplyStatus::kOverloaded,
@@ -388,43 +348,17 @@ void TailServer::Admit(Envelope env) {
            Outcome::kOverloaded);
 }
 
-void TailServer::ReceiveWaiting() {
-  for (int i = 0; i < kMaxReceivesPerTurn; ++i) {
-    Result<std::optional<Envelope>> env = router_->Receive(0);
-    if (!env.ok()) {
-      GetLogger("cloud")->warn("receive failed: {}", env.status().ToString());
-      return;
-    }
-    if (!env->has_value()) return;
-    Admit(std::move(**env));
-  }
-}
-
 Status TailServer::Run(const std::function<bool()>& should_stop) {
-  auto log = GetLogger("cloud");
   batcher_->Start();
-  int64_t last_sweep = clock_.NowMicros();
-  Status result = Status::Ok();
-  while (!should_stop()) {
-    if (const int64_t now = clock_.NowMicros(); now - last_sweep > 1'000'000) {
-      connected_->Set(static_cast<double>(peers_.Expire(now)));
-      last_sweep = now;
-    }
-    Result<ReadySockets> ready = WaitForRequestsOrReplies(*router_, mailbox_->fd(), 100);
-    if (!ready.ok()) {
-      result = ready.status();
-      break;
-    }
-    if (ready->replies) DeliverReplies();
-    if (ready->requests) ReceiveWaiting();
-    m_->pending_requests->Set(static_cast<double>(in_flight_));
-    stats_.model_version = served_version_.load(std::memory_order_acquire);
-    stats_.model_swaps = model_swaps_.load(std::memory_order_relaxed);
-  }
+  RouterService::Hooks hooks;
+  hooks.admit = [this](Envelope env, int64_t received) { Admit(std::move(env), received); };
+  hooks.after_turn = [this] { PublishStats(); };
+  const Status result = service_->Serve(should_stop, hooks);
   // Drain: every accepted request is computed and its reply sent before we return.
   batcher_->Shutdown(Batcher::ShutdownMode::kDrain);
-  DeliverReplies();
-  log->info(
+  service_->DeliverReplies();
+  PublishStats();
+  GetLogger("cloud")->info(
       "cloud server stopped: {} requests, {} ok, {} errors, {} past deadline, {} overloaded, "
       "{} batches, {} undeliverable; model version {} after {} swap(s)",
       stats_.requests, stats_.replied_ok, stats_.replied_error, stats_.replied_deadline,

@@ -8,8 +8,9 @@
 //  - `workers` batcher threads compute batches: feature requests through decoder + tail, PNG
 //    requests through the whole model. Requests already past their deadline when a batch is
 //    formed get `deadlineExceeded` without being computed. Workers never send: they encode
-//    their replies and post them to a mailbox (a mutex-protected queue plus an eventfd the
-//    socket thread polls together with the ROUTER), and the socket thread sends them.
+//    their replies and post them to the RouterService (cloud/router_service.h: the ROUTER,
+//    a reply mailbox the socket thread polls together with it, and the serving loop), and
+//    the socket thread sends them.
 //  - split::CloudModel is not thread-safe. The server owns one or more model copies; worker w
 //    uses models[w % models.size()] under that model's mutex, so one copy per worker computes
 //    in parallel and fewer copies serialize the workers that share one.
@@ -39,6 +40,7 @@
 #include <vector>
 
 #include "cloud/dynamic_batcher.h"
+#include "cloud/router_service.h"
 #include "common/clock.h"
 #include "common/inference_wire.h"
 #include "common/metrics.h"
@@ -123,8 +125,6 @@ class TailServer {
 
  private:
   struct Job;
-  struct Outgoing;
-  class Mailbox;
   struct ModelSlot;
   struct ModelSet;
   using Batcher = DynamicBatcher<Job>;
@@ -134,12 +134,10 @@ class TailServer {
       uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models);
   std::shared_ptr<ModelSet> CurrentModels() const;
   // Socket thread.
-  void ReceiveWaiting();
-  void Admit(Envelope env);
-  void DeliverReplies();
-  void SendReply(const Outgoing& out);
+  void Admit(Envelope env, int64_t received_us);
   void ReplyNow(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
                 const std::string& error, Outcome outcome);
+  void PublishStats();
   // Worker threads.
   void ComputeBatch(int worker, std::vector<Job>& jobs);
   void ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool features);
@@ -149,20 +147,16 @@ class TailServer {
 
   TailServerOptions options_;
   const Clock& clock_;
+  std::shared_ptr<Metrics> metrics_;
+  const ServiceMetrics* m_ = nullptr;  // metrics_->Service("cloud")
   mutable std::mutex models_mu_;
   std::shared_ptr<ModelSet> models_;  // guarded by models_mu_; copied per accepted request
   std::atomic<uint64_t> served_version_{0};
   std::atomic<uint64_t> model_swaps_{0};
-  std::unique_ptr<RouterServer> router_;
-  std::unique_ptr<Mailbox> mailbox_;
-  std::unique_ptr<Batcher> batcher_;  // stopped by ~TailServer before anything else goes
-  TailServerStats stats_;             // socket thread
-  uint64_t in_flight_ = 0;            // socket thread: accepted, reply not sent yet
-  std::atomic<uint64_t> batches_{0};  // workers
-  std::shared_ptr<Metrics> metrics_;
-  const ServiceMetrics* m_ = nullptr;       // metrics_->Service("cloud")
-  prometheus::Gauge* connected_ = nullptr;  // cleave_connected_edges
-  RecentPeers peers_;
+  std::unique_ptr<RouterService> service_;  // the socket, the reply mailbox and the loop
+  std::unique_ptr<Batcher> batcher_;        // stopped by ~TailServer before anything else goes
+  TailServerStats stats_;                   // socket thread
+  std::atomic<uint64_t> batches_{0};        // workers
 };
 
 }  // namespace cleave::cloud

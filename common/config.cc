@@ -254,25 +254,6 @@ const ConfigKey* ConfigSchema::Find(const std::string& name) const {
   return nullptr;
 }
 
-void Config::AddFlags(CLI::App& app, const ConfigSchema& schema, std::string* config_path,
-                      std::map<std::string, std::string>* flag_values) {
-  app.add_option("--config", *config_path, "TOML configuration file; flags override its values")
-      ->type_name("FILE");
-  for (const ConfigKey& key : schema.keys()) {
-    const std::string name = key.name;
-    std::function<void(const std::string&)> store = [flag_values, name](const std::string& text) {
-      (*flag_values)[name] = text;
-    };
-    const char* type_name = key.type == ConfigType::kString   ? "TEXT"
-                            : key.type == ConfigType::kInt    ? "INT"
-                            : key.type == ConfigType::kDouble ? "FLOAT"
-                                                              : "BOOL";
-    app.add_option_function<std::string>("--" + name, store, key.help)
-        ->type_name(type_name)
-        ->default_str(key.default_value);
-  }
-}
-
 Result<Config> Config::Load(const ConfigSchema& schema, const std::string& path,
                             const std::map<std::string, std::string>& overrides) {
   CLEAVE_RETURN_IF_ERROR(ValidateSchema(schema));

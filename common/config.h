@@ -4,10 +4,10 @@
 //   ConfigSchema schema;
 //   schema.Add("cloud.endpoint", ConfigType::kString, "tcp://127.0.0.1:5555", "tail service")
 //         .Add("cloud.timeout_ms", ConfigType::kInt, "2000", "request deadline");
-//   CLI::App app;  std::string path;  std::map<std::string, std::string> flags;
-//   Config::AddFlags(app, schema, &path, &flags);
-//   CLI11_PARSE(app, argc, argv);
-//   Result<Config> config = Config::Load(schema, path, flags);
+//   Result<Config> config = Config::Load(schema, "cleave.toml", {{"cloud.timeout_ms", "500"}});
+//
+// Command lines reach Load through common/cli/config_flags.h, which turns every key into a
+// flag (`--cloud.endpoint VALUE`); this library parses no argv.
 //
 // TOML sections map to dotted names: `[cloud]` + `endpoint = "..."` is "cloud.endpoint"
 // (TOML dotted keys and nested tables work the same way). Every file and flag value is
@@ -20,7 +20,6 @@
 #include <variant>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
@@ -59,13 +58,6 @@ class ConfigSchema {
 class Config {
  public:
   using Value = std::variant<std::string, int64_t, double, bool>;
-
-  // Adds `--config FILE` and one flag per key (`--cloud.endpoint VALUE`) to `app`. Parsed
-  // flag text lands in (*flag_values)[key name] only for flags actually given, and the
-  // file path in *config_path; both pointers (and `schema`) must outlive app's parsing.
-  // Values are type-checked later, by Load, so errors name the key and the bad value.
-  static void AddFlags(CLI::App& app, const ConfigSchema& schema, std::string* config_path,
-                       std::map<std::string, std::string>* flag_values);
 
   // Builds the effective config: schema defaults, then the TOML file at `path` (skipped if
   // empty), then `overrides` (key name -> flag text). Errors:

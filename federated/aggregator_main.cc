@@ -1,19 +1,16 @@
 // cleave-aggregator: runs federated training rounds for cleave-edge daemons over ZeroMQ.
-// See federated/aggregator_service.h for the protocol and the round life cycle.
+// See federated/aggregator_service.h for the protocol and the round life cycle, and
+// common/cli/daemon.h for the start-up path.
 #include <torch/torch.h>
 
-#include <CLI/CLI.hpp>
-
-#include <cstdio>
+#include <algorithm>
 #include <iostream>
 
-#include "common/admin_http.h"
+#include "common/cli/daemon.h"
 #include "common/config.h"
 #include "common/curve.h"
 #include "common/datasets.h"
 #include "common/logging.h"
-#include "common/metrics.h"
-#include "common/shutdown.h"
 #include "common/signing.h"
 #include "federated/aggregator_service.h"
 #include "federated/fl_config.h"
@@ -26,6 +23,14 @@ namespace {
 
 using cleave::ConfigType;
 namespace federated = cleave::federated;
+
+constexpr char kDescription[] =
+    "cleave-aggregator: coordinates federated training rounds. cleave-edge daemons register "
+    "over ZeroMQ, receive the global weights and what to train, and send updates; the "
+    "aggregator validates them, aggregates with the configured strategy (FedAvg, FedProx, "
+    "FedAdam/Yogi/Adagrad, median, trimmed mean, Krum), checkpoints after every round and "
+    "resumes from the checkpoint after a restart.\n\nEvery key of the TOML config file can "
+    "be given as a flag (--section.key value); flags win over the file.";
 
 cleave::ConfigSchema AggregatorSchema() {
   cleave::ConfigSchema s;
@@ -82,11 +87,6 @@ cleave::ConfigSchema AggregatorSchema() {
   return s;
 }
 
-int Fail(const cleave::Status& status) {
-  std::fprintf(stderr, "cleave-aggregator: %s\n", status.ToString().c_str());
-  return 1;
-}
-
 cleave::Result<federated::AggregatorModel> LoadModel(const cleave::Config& c) {
   federated::AggregatorModel model;
   const std::string bundle_dir = c.GetString("aggregator.bundle");
@@ -121,92 +121,77 @@ cleave::Result<federated::AggregatorModel> LoadModel(const cleave::Config& c) {
   return model;
 }
 
+// What the rounds run with: the round keys (federated/fl_config.h) and the aggregator.* keys.
+cleave::Result<federated::AggregatorOptions> ReadOptions(const cleave::cli::Daemon& daemon) {
+  const cleave::Config& config = daemon.config();
+  federated::AggregatorOptions options;
+  options.listen = config.GetString("aggregator.listen");
+  options.rounds = static_cast<int>(config.GetInt("aggregator.rounds"));
+  CLEAVE_RETURN_IF_ERROR(federated::ReadRoundConfigKeys(config, options.engine, options.strategy,
+                                                        options.compression));
+  options.engine.seed = static_cast<uint64_t>(config.GetInt("aggregator.seed"));
+  options.wait_for_clients = static_cast<int>(config.GetInt("aggregator.wait_for_clients"));
+  options.start_timeout_ms = config.GetInt("aggregator.start_timeout_ms");
+  options.poll_interval_ms = config.GetInt("aggregator.poll_interval_ms");
+  options.client_timeout_ms = config.GetInt("aggregator.client_timeout_ms");
+  options.max_clients = config.GetInt("aggregator.max_clients");
+  options.checkpoint = config.GetString("aggregator.checkpoint");
+  options.publish_dir = config.GetString("aggregator.publish_dir");
+  if (const std::string key = config.GetString("aggregator.signing_key"); !key.empty()) {
+    cleave::Result<std::string> pem = cleave::signing::ReadKeyFile(key, /*secret=*/true);
+    if (!pem.ok()) return pem.status().WithContext("aggregator.signing_key");
+    options.signing_key_pem = *pem;
+  }
+  options.summary_file = config.GetString("aggregator.summary_file");
+  options.max_message_bytes = config.GetInt("aggregator.max_message_bytes");
+  options.metrics = daemon.metrics();
+  return options;
+}
+
+cleave::Status Serve(cleave::cli::Daemon& daemon) {
+  const cleave::Config& config = daemon.config();
+  CLEAVE_RETURN_IF_ERROR(
+      cleave::TrustBundleKeyFile(config.GetString("aggregator.bundle_public_key")));
+  CLEAVE_ASSIGN_OR_RETURN(federated::AggregatorOptions options, ReadOptions(daemon));
+  CLEAVE_ASSIGN_OR_RETURN(federated::AggregatorModel model, LoadModel(config));
+  cleave::TransportContext context;
+  cleave::SocketOptions socket;
+  CLEAVE_ASSIGN_OR_RETURN(
+      auto zap, cleave::SetUpCurveServer(context, config.GetString("aggregator.curve_secret_key"),
+                                         config.GetString("aggregator.curve_allow_list"), socket,
+                                         &daemon.metrics()->CurveRefused("aggregator")));
+  options.socket_configure = socket.configure;
+  CLEAVE_ASSIGN_OR_RETURN(auto service,
+                          federated::AggregatorService::Create(options, std::move(model), context));
+  // Model loaded (and evaluated), checkpoint restored: /readyz 200, then the ready file.
+  CLEAVE_RETURN_IF_ERROR(daemon.BecomeReady(service->endpoint()));
+  cleave::GetLogger("aggregator")
+      ->info("serving {} rounds of {} on {}", options.rounds, options.strategy.name,
+             service->endpoint());
+  cleave::Status run = service->Run(&cleave::cli::Daemon::StopRequested);
+  daemon.SetNotReady(run.ok() ? "all rounds done" : "shutting down");
+  CLEAVE_RETURN_IF_ERROR(run);
+  std::cout << service->Summary().dump(2) << std::endl;
+  return cleave::Status::Ok();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   cleave::split::TuneAllocatorForServing();
-  CLI::App app{
-      "cleave-aggregator: coordinates federated training rounds. cleave-edge daemons register "
-      "over ZeroMQ, receive the global weights and what to train, and send updates; the "
-      "aggregator validates them, aggregates with the configured strategy (FedAvg, FedProx, "
-      "FedAdam/Yogi/Adagrad, median, trimmed mean, Krum), checkpoints after every round and "
-      "resumes from the checkpoint after a restart.\n\nEvery key of the TOML config file can "
-      "be given as a flag (--section.key value); flags win over the file."};
-  cleave::ConfigSchema schema = AggregatorSchema();
-  std::string config_path;
-  std::map<std::string, std::string> flags;
-  cleave::Config::AddFlags(app, schema, &config_path, &flags);
-  CLI11_PARSE(app, argc, argv);
-
-  cleave::Result<cleave::Config> config = cleave::Config::Load(schema, config_path, flags);
-  if (!config.ok()) return Fail(config.status());
-  if (cleave::Status s = cleave::InitLogging(config->GetString("log.level")); !s.ok()) {
-    return Fail(s);
-  }
-  cleave::split::SetComputeThreads(
-      static_cast<int>(std::max<int64_t>(1, config->GetInt("aggregator.threads"))));
-  cleave::InstallShutdownHandlers();
-  // Before the model loads, so probes see "not ready" rather than nothing while it does.
-  auto metrics = std::make_shared<cleave::Metrics>();
-  metrics->Service("aggregator");  // every series exists (at 0) while the model loads
-  metrics->Federated();
-  metrics->ConnectedEdges();
-  metrics->CurveRefused("aggregator");
-  auto admin =
-      cleave::StartAdminServer("aggregator", "aggregator.admin_listen",
-                               config->GetString("aggregator.admin_listen"), metrics->registry());
-  if (!admin.ok()) return Fail(admin.status());
-  if (cleave::Status s =
-          cleave::TrustBundleKeyFile(config->GetString("aggregator.bundle_public_key"));
-      !s.ok()) {
-    return Fail(s);
-  }
-
-  federated::AggregatorOptions options;
-  options.listen = config->GetString("aggregator.listen");
-  options.rounds = static_cast<int>(config->GetInt("aggregator.rounds"));
-  if (cleave::Status s = federated::ReadRoundConfigKeys(*config, options.engine, options.strategy,
-                                                        options.compression);
-      !s.ok()) {
-    return Fail(s);
-  }
-  options.engine.seed = static_cast<uint64_t>(config->GetInt("aggregator.seed"));
-  options.wait_for_clients = static_cast<int>(config->GetInt("aggregator.wait_for_clients"));
-  options.start_timeout_ms = config->GetInt("aggregator.start_timeout_ms");
-  options.poll_interval_ms = config->GetInt("aggregator.poll_interval_ms");
-  options.client_timeout_ms = config->GetInt("aggregator.client_timeout_ms");
-  options.max_clients = config->GetInt("aggregator.max_clients");
-  options.checkpoint = config->GetString("aggregator.checkpoint");
-  options.publish_dir = config->GetString("aggregator.publish_dir");
-  if (const std::string key = config->GetString("aggregator.signing_key"); !key.empty()) {
-    cleave::Result<std::string> pem = cleave::signing::ReadKeyFile(key, /*secret=*/true);
-    if (!pem.ok()) return Fail(pem.status().WithContext("aggregator.signing_key"));
-    options.signing_key_pem = *pem;
-  }
-  options.summary_file = config->GetString("aggregator.summary_file");
-  options.ready_file = config->GetString("aggregator.ready_file");
-  options.max_message_bytes = config->GetInt("aggregator.max_message_bytes");
-  options.metrics = metrics;
-  if (*admin) options.ready_extra["admin"] = (*admin)->url();
-
-  cleave::Result<federated::AggregatorModel> model = LoadModel(*config);
-  if (!model.ok()) return Fail(model.status());
-  cleave::TransportContext context;
-  cleave::SocketOptions socket;
-  auto zap = cleave::SetUpCurveServer(context, config->GetString("aggregator.curve_secret_key"),
-                                      config->GetString("aggregator.curve_allow_list"), socket,
-                                      &metrics->CurveRefused("aggregator"));
-  if (!zap.ok()) return Fail(zap.status());
-  options.socket_configure = socket.configure;
-  auto service = federated::AggregatorService::Create(options, std::move(*model), context);
-  if (!service.ok()) return Fail(service.status());
-  if (*admin) (*admin)->SetReady(true);  // model loaded (and evaluated), checkpoint restored
-  cleave::GetLogger("aggregator")
-      ->info("serving {} rounds of {} on {}", options.rounds, options.strategy.name,
-             (*service)->endpoint());
-  cleave::Status run = (*service)->Run([] { return cleave::ShutdownRequested(); });
-  if (*admin) (*admin)->SetReady(false, run.ok() ? "all rounds done" : "shutting down");
-  if (!run.ok()) return Fail(run);
-  std::cout << (*service)->Summary().dump(2) << std::endl;
-  return 0;
+  cleave::cli::DaemonSpec spec;
+  spec.component = "aggregator";
+  spec.schema = AggregatorSchema();
+  spec.prepare = [](const cleave::Config& config) {
+    cleave::split::SetComputeThreads(
+        static_cast<int>(std::max<int64_t>(1, config.GetInt("aggregator.threads"))));
+    return cleave::Status::Ok();
+  };
+  spec.declare_metrics = [](cleave::Metrics& metrics) {
+    metrics.Federated();
+    metrics.ConnectedEdges();
+    metrics.CurveRefused("aggregator");
+  };
+  spec.run = Serve;
+  return cleave::cli::RunDaemonMain(argc, argv, "cleave-aggregator", kDescription, std::move(spec));
 }

@@ -16,7 +16,7 @@
 #include "common/progress.h"
 #include "common/text_corpus.h"
 #include "common/transport.h"
-#include "edge/lm_generate.h"
+#include "edge/lm_link.h"
 #include "edge/lm_router.h"
 #include "split/compute_runtime.h"
 #include "split/lm_train.h"

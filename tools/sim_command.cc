@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 
+#include "common/cli/config_flags.h"
 #include "common/file_util.h"
 #include "common/plot.h"
 #include "common/shutdown.h"
@@ -118,7 +119,7 @@ void RegisterSimCommand(CLI::App& app) {
       "sim",
       "simulate federated training of many virtual clients in one process (same strategy "
       "code as cleave-aggregator); writes history.json/.csv and accuracy.png to --out");
-  Config::AddFlags(*cmd, *schema, &args->config_path, &args->flags);
+  cli::AddConfigFlags(*cmd, *schema, &args->config_path, &args->flags);
   cmd->add_option("--out", args->out, "output directory")->capture_default_str();
   cmd->add_flag("--quiet", args->quiet, "no progress output on stderr");
   cmd->add_flag("--print-config", args->print_config,

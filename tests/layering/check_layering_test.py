@@ -114,6 +114,7 @@ class LayeringTest(unittest.TestCase):
     def test_only_executables_tools_and_tests_include_common_cli(self):
         self.assertAllowed({
             "edge/edge_main.cc": includes("common/cli/daemon.h", "edge/server.h"),
+            "edge/cli/classify_command.cc": includes("common/cli/daemon.h", "edge/engine.h"),
             "common/cli/daemon.cc": includes("common/cli/daemon.h", "common/config.h"),
             "tools/train_command.cc": includes("common/cli/config_flags.h"),
             "tests/unit/common/cli_test.cc": includes("common/cli/daemon.h"),

@@ -9,39 +9,15 @@
 
 #include "common/signing.h"
 #include "split/bundle.h"
-#include "testing/tiny_bundle.h"
+#include "testing/bundle_repository.h"
 
 namespace cleave::cloud {
 namespace {
 
 namespace fs = std::filesystem;
 
-class ModelRepositoryTest : public ::testing::Test {
+class ModelRepositoryTest : public testing::BundleRepositoryTest {
  protected:
-  static void SetUpTestSuite() {
-    source_ = new fs::path(testing::TempPath("repo_source"));
-    ASSERT_TRUE(testing::WriteTinyBundle(*source_).ok());
-  }
-  static void TearDownTestSuite() {
-    fs::remove_all(*source_);
-    delete source_;
-  }
-  void SetUp() override { fs::create_directories(root_); }
-  void TearDown() override {
-    fs::remove_all(root_);
-    ASSERT_TRUE(SetTrustedBundleKey("").ok());
-  }
-
-  // Publishes the tiny bundle as `version` the way operators should: copy under a temporary
-  // name, then rename into place.
-  fs::path Publish(uint64_t version) {
-    const fs::path tmp = root_ / (".tmp-" + std::to_string(version));
-    fs::copy(*source_, tmp, fs::copy_options::recursive);
-    const fs::path dir = root_ / std::to_string(version);
-    fs::rename(tmp, dir);
-    return dir;
-  }
-
   // The real loader, counting its calls.
   ModelRepository::Loader CountingLoader() {
     return [this](const fs::path& dir) {
@@ -50,12 +26,8 @@ class ModelRepositoryTest : public ::testing::Test {
     };
   }
 
-  static fs::path* source_;
-  fs::path root_ = testing::TempPath("repo");
   int loads_ = 0;
 };
-
-fs::path* ModelRepositoryTest::source_ = nullptr;
 
 TEST_F(ModelRepositoryTest, ScanPicksTheHighestNumericVersionAndIgnoresJunk) {
   Publish(1);

@@ -1,47 +1,22 @@
 #include "common/config.h"
 
-#include <algorithm>
 #include <filesystem>
 
 #include <gtest/gtest.h>
 
 #include "common/file_util.h"
+#include "unit/common/config_test_harness.h"
 
 namespace cleave {
 namespace {
 
-namespace fs = std::filesystem;
+using config_test::TestSchema;
 
-ConfigSchema TestSchema() {
-  ConfigSchema schema;
-  schema.Add("cloud.endpoint", ConfigType::kString, "tcp://127.0.0.1:5555", "tail service")
-      .Add("cloud.port", ConfigType::kInt, "5555", "port")
-      .Add("cloud.timeout_ms", ConfigType::kInt, "2000", "request deadline")
-      .Add("edge.exit_threshold", ConfigType::kDouble, "0.9", "confidence to exit early")
-      .Add("edge.quantize", ConfigType::kBool, "false", "int8 bottleneck")
-      .Add("log_level", ConfigType::kString, "info", "spdlog level");
-  return schema;
-}
-
-class ConfigTest : public ::testing::Test {
+class ConfigTest : public config_test::ConfigFileTest {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("cleave_test_config_" + UniqueSuffix());
-    ASSERT_TRUE(fs::create_directories(dir_));
-  }
-  void TearDown() override {
-    std::error_code ec;
-    fs::remove_all(dir_, ec);
-  }
-  std::string WriteToml(const std::string& text) {
-    const fs::path path = dir_ / "cleave.toml";
-    EXPECT_TRUE(WriteFileAtomic(path, text).ok());
-    return path.string();
-  }
   Status LoadError(const std::string& toml, std::map<std::string, std::string> overrides = {}) {
     return Config::Load(TestSchema(), WriteToml(toml), overrides).status();
   }
-  fs::path dir_;
 };
 
 void ExpectContains(const Status& s, const std::string& needle) {
@@ -204,37 +179,6 @@ TEST_F(ConfigTest, ToJsonIsNested) {
   EXPECT_EQ(j["edge"]["quantize"], false);
   EXPECT_DOUBLE_EQ(j["edge"]["exit_threshold"].get<double>(), 0.9);
   EXPECT_EQ(j["log_level"], "info");
-}
-
-TEST_F(ConfigTest, AddFlagsParsesCommandLineOverFile) {
-  const std::string path = WriteToml("[cloud]\nport = 6000\nendpoint = \"from-file\"\n");
-  ConfigSchema schema = TestSchema();
-  CLI::App app("test");
-  std::string config_path;
-  std::map<std::string, std::string> flags;
-  Config::AddFlags(app, schema, &config_path, &flags);
-  std::vector<std::string> args = {"--edge.quantize", "true", "--cloud.port=7001", "--config",
-                                   path};
-  std::reverse(args.begin(), args.end());  // CLI11 takes a reversed vector
-  ASSERT_NO_THROW(app.parse(args));
-  EXPECT_EQ(config_path, path);
-  EXPECT_EQ(flags.size(), 2u);  // flags not given are absent, so the file value survives
-  Result<Config> config = Config::Load(schema, config_path, flags);
-  ASSERT_TRUE(config.ok()) << config.status().ToString();
-  EXPECT_EQ(config->GetInt("cloud.port"), 7001);
-  EXPECT_EQ(config->GetString("cloud.endpoint"), "from-file");
-  EXPECT_TRUE(config->GetBool("edge.quantize"));
-  EXPECT_NE(app.help().find("--cloud.timeout_ms"), std::string::npos);
-}
-
-TEST_F(ConfigTest, AddFlagsRejectsUnknownFlag) {
-  ConfigSchema schema = TestSchema();
-  CLI::App app("test");
-  std::string config_path;
-  std::map<std::string, std::string> flags;
-  Config::AddFlags(app, schema, &config_path, &flags);
-  std::vector<std::string> args = {"--cloud.nope", "1"};
-  EXPECT_THROW(app.parse(args), CLI::ParseError);
 }
 
 // Not a ConfigTest: death-test children re-run SetUp but die before TearDown, which would

@@ -1,10 +1,6 @@
-// `cleave-edge generate`: text generation with hard-token routing (edge/lm_router.h) from
-// an lm-split bundle, streaming each byte as it is produced. The cloud link is a ZeroMQ
-// DEALER to cleave-cloud serving the same bundle; without one (or while it is unreachable)
-// generation continues on the edge alone and the run is reported degraded.
+// The edge's link to the cloud's language-model tail over ZeroMQ (hard-token routing,
+// edge/lm_router.h): one LmRequest per hard token on a DEALER to cleave-cloud.
 #pragma once
-
-#include <CLI/CLI.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -38,9 +34,5 @@ class ZmqLmLink : public LmCloudLink {
   std::chrono::milliseconds backoff_;
   std::chrono::steady_clock::time_point down_until_{};
 };
-
-// Adds the `generate` subcommand to cleave-edge's `app`; returns it so main can tell
-// whether it ran (its callback does the work and throws CLI::RuntimeError(1) on failure).
-CLI::App* AddGenerateCommand(CLI::App& app);
 
 }  // namespace cleave::edge

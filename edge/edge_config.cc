@@ -1,0 +1,117 @@
+#include "edge/edge_config.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "common/datasets.h"
+#include "split/bundle.h"
+#include "split/compute_runtime.h"
+
+namespace cleave::edge {
+namespace {
+
+split::EdgeModel::Options HeadOptions(const Config& config) {
+  split::EdgeModel::Options options;
+  options.int8 = config.GetBool("edge.int8");
+  options.int8_engine = config.GetString("edge.int8_engine");
+  return options;
+}
+
+}  // namespace
+
+ConfigSchema EdgeSchema() {
+  ConfigSchema schema;
+  schema
+      .Add("edge.bundle", ConfigType::kString, "",
+           "model bundle directory (from `cleave train`); its head and exits run here. "
+           "Exactly one of edge.bundle and edge.model_repository")
+      .Add("edge.model_repository", ConfigType::kString, "",
+           "serve: directory of numbered bundle versions (1/, 2/, ...); the highest serves and "
+           "newer ones are swapped in atomically once verified and warmed up; a version that "
+           "fails keeps the current one serving (rollback)")
+      .Add("edge.reload_interval_ms", ConfigType::kInt, "2000",
+           "how often edge.model_repository is scanned for a new version, in milliseconds "
+           "(SIGHUP scans at once)")
+      .Add("edge.bundle_public_key", ConfigType::kString, "",
+           "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
+           "load")
+      .Add("edge.curve_secret_key", ConfigType::kString, "",
+           "CURVE key file of this edge (cleave keys generate --type curve); with "
+           "edge.cloud_curve_public_key / edge.aggregator_curve_public_key, those links are "
+           "encrypted and authenticated")
+      .Add("edge.cloud_curve_public_key", ConfigType::kString, "",
+           "the cloud's CURVE public key file (needs edge.curve_secret_key)")
+      .Add("edge.aggregator_curve_public_key", ConfigType::kString, "",
+           "the aggregator's CURVE public key file (needs edge.curve_secret_key)")
+      .Add("edge.listen", ConfigType::kString, "tcp://127.0.0.1:5555",
+           "ZeroMQ endpoint local applications connect to (ipc:// or tcp://; port 0 = any)")
+      .Add("edge.cloud", ConfigType::kString, "tcp://127.0.0.1:5560",
+           "cleave-cloud endpoint for hard inputs; empty = edge only (hard inputs degrade)")
+      .Add("edge.deadline_ms", ConfigType::kInt, "250",
+           "default end-to-end deadline of a request; past it the best local exit answers")
+      .Add("edge.max_batch", ConfigType::kInt, "32", "requests run through the head together")
+      .Add("edge.int8", ConfigType::kBool, "true", "run the int8-quantized head")
+      .Add("edge.int8_engine", ConfigType::kString, "auto",
+           "auto|onednn|qnnpack|reference (auto measures and keeps the fastest)")
+      .Add("edge.threads", ConfigType::kInt, "1", "libtorch intra-op threads")
+      .Add("edge.admin_listen", ConfigType::kString, "",
+           "serve: host:port of the admin HTTP server (/metrics, /healthz, /readyz; port 0 "
+           "picks a free port); empty = none")
+      .Add("edge.ready_file", ConfigType::kString, "",
+           "once serving, write {\"endpoint\":...,\"pid\":...,\"admin\":...} here (for "
+           "supervisors/tests)")
+      .Add("edge.aggregator", ConfigType::kString, "",
+           "cleave-aggregator endpoint to take part in federated rounds (serve only); empty = "
+           "no federated learning")
+      .Add("edge.client_id", ConfigType::kString, "",
+           "federated client id ([A-Za-z0-9._:@-], at most 128 bytes); empty = "
+           "edge-<hostname>-<pid> (set it to keep the identity across restarts)")
+      .Add("edge.fl_data_dir", ConfigType::kString, kFashionMnistDir,
+           "Fashion-MNIST directory whose training set holds this edge's local data")
+      .Add("edge.fl_partition", ConfigType::kString, "dirichlet:0.5",
+           "how the training set is divided among edges: iid | dirichlet:<alpha> | labels:<k>")
+      .Add("edge.fl_partitions", ConfigType::kInt, "1",
+           "number of partitions (edges sharing the training set)")
+      .Add("edge.fl_partition_index", ConfigType::kInt, "0",
+           "the partition this edge holds, in [0, edge.fl_partitions)")
+      .Add("edge.fl_seed", ConfigType::kInt, "1",
+           "partition seed; every edge must use the same one to get disjoint shares")
+      .Add("edge.fl_train_limit", ConfigType::kInt, "0",
+           "use only the first N training rows before partitioning (0 = all)")
+      .Add("edge.fl_max_steps", ConfigType::kInt, "0",
+           "at most this many local training steps per round (0 = as the round says)")
+      .Add("edge.fl_time_budget_ms", ConfigType::kInt, "0",
+           "at most this much local training time per round (0 = as the round says)")
+      .Add("edge.fl_secure_drop_round", ConfigType::kInt, "0",
+           "testing only: in this secure-aggregation round, share keys and then drop out "
+           "without a word (exercises the aggregator's dropout recovery); 0 = never")
+      .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
+  return schema;
+}
+
+Result<ServableEngine> LoadConfiguredEngine(const Config& config,
+                                            std::unique_ptr<ModelRepository>* repository) {
+  const std::string dir = config.GetString("edge.bundle");
+  const std::string repo = config.GetString("edge.model_repository");
+  if (dir.empty() && repo.empty()) {
+    return Status::InvalidArgument(
+        "no model bundle: pass --edge.bundle DIR (or --edge.model_repository DIR to serve) or "
+        "set [edge] bundle in the config file");
+  }
+  if (!dir.empty() && !repo.empty()) {
+    return Status::InvalidArgument(
+        "edge.bundle and edge.model_repository are both set; set exactly one");
+  }
+  if (!repo.empty() && repository == nullptr) {
+    return Status::InvalidArgument("edge.model_repository is for `serve`; give --edge.bundle");
+  }
+  const int threads = static_cast<int>(std::max<int64_t>(1, config.GetInt("edge.threads")));
+  split::SetComputeThreads(threads);
+  CLEAVE_RETURN_IF_ERROR(TrustBundleKeyFile(config.GetString("edge.bundle_public_key")));
+  if (repo.empty()) return LoadEdgeEngine(dir, HeadOptions(config), /*warm=*/false);
+  *repository = std::make_unique<ModelRepository>(repo, HeadOptions(config), threads);
+  return (*repository)->LoadFirst();
+}
+
+}  // namespace cleave::edge

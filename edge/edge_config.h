@@ -1,0 +1,25 @@
+// The cleave-edge configuration: its schema (every key of the TOML file, each also a flag)
+// and the start-up steps that read it to choose and load the head that serves.
+#pragma once
+
+#include <memory>
+
+#include "common/config.h"
+#include "common/status.h"
+#include "edge/model_repository.h"
+
+namespace cleave::edge {
+
+// Every key cleave-edge accepts (edge.*, log.level), with defaults and help texts.
+ConfigSchema EdgeSchema();
+
+// The head `config` names: edge.bundle, or (with `repository` non-null) the highest version
+// of edge.model_repository, for which *repository is set to the repository that keeps
+// watching it. Sets the libtorch threads (edge.threads) and the trusted bundle key
+// (edge.bundle_public_key) first, so every bundle loads verified. InvalidArgument unless
+// exactly one of the two keys is set (or a repository without `repository`); the errors of
+// LoadEdgeEngine and ModelRepository::LoadFirst. Not warmed.
+Result<ServableEngine> LoadConfiguredEngine(const Config& config,
+                                            std::unique_ptr<ModelRepository>* repository);
+
+}  // namespace cleave::edge
