@@ -5,7 +5,7 @@
 //                    Dirichlet(0.5) label skew, every client every round, 50 rounds, 10 local
 //                    epochs, batch 64, SGD lr 0.01 momentum 0.9, their simple CNN;
 //                    --quick is a short preset (< 10 min on 2 cores).
-//   bench privacy    secure aggregation, DP, robustness, compression (federated/bench_privacy.h).
+//   bench privacy    secure aggregation, DP, robustness, compression (tools/bench_privacy.h).
 //   bench sim-scale  peak RSS and per-round overhead of `cleave sim` at populations of 1,000
 //                    and 100,000 virtual clients (each population in its own process, so
 //                    peak RSS is per population).
