@@ -198,6 +198,7 @@ int main(int argc, char** argv) {
                                       &metrics->CurveRefused("aggregator"));
   if (!zap.ok()) return Fail(zap.status());
   options.socket_configure = socket.configure;
+  if (*zap) options.curve_client_ids = (*zap)->ClientIds();  // the allow list's key -> id bindings
   auto service = federated::AggregatorService::Create(options, std::move(*model), context);
   if (!service.ok()) return Fail(service.status());
   if (*admin) (*admin)->SetReady(true);  // model loaded (and evaluated), checkpoint restored
