@@ -34,8 +34,9 @@ enum class IdentityVerdict {
   kFree,        // neither is bound: Register may bind them; other messages are "unknown client"
   kReleasable,  // the id's conn binding outlived its session, or the allow list gives the id to
                 // this key: Register may take the id over
-  kMismatch,    // the identity is bound to another client id
-  kTaken,       // the id is bound to another identity that still holds it
+  kMismatch,    // the identity is bound (or the allow list binds its key) to another client id
+  kTaken,       // the id is bound to another identity that still holds it, or the allow list
+                // reserves it for another key
 };
 
 // "bound", "free", "releasable", "mismatch", "taken".
