@@ -7,6 +7,7 @@
 #include <prometheus/counter.h>
 
 #include "common/file_util.h"
+#include "common/fl_wire.h"
 #include "common/logging.h"
 #include "common/shutdown.h"
 
@@ -101,23 +102,47 @@ Result<CurveKeyPair> ReadCurveKeyFile(const std::filesystem::path& path, bool se
   return pair;
 }
 
-Result<std::set<std::string>> ParseAllowList(const std::string& text) {
-  std::set<std::string> keys;
+Result<AllowList> ParseAllowList(const std::string& text) {
+  AllowList list;
+  std::map<std::string, int> id_line;  // client id -> the line that gave it
   std::istringstream lines(text);
   int number = 0;
   for (std::string line; std::getline(lines, line);) {
     ++number;
+    const std::string where = "line " + std::to_string(number) + ": ";
     std::istringstream words(line);
     std::string key;
     if (!(words >> key) || key[0] == '#') continue;
     if (key == "public") words >> key;  // a .pub file's line pasted as is
     if (!IsCurveKey(key)) {
-      return Status::InvalidArgument("line " + std::to_string(number) +
-                                     ": not a CURVE public key (40 Z85 characters)");
+      return Status::InvalidArgument(where + "not a CURVE public key (40 Z85 characters)");
     }
-    keys.insert(key);
+    std::string id;
+    for (std::string word; words >> word && word[0] != '#';) {
+      if (word.rfind("id=", 0) != 0) continue;  // free text
+      if (!id.empty()) return Status::InvalidArgument(where + "more than one id= token");
+      id = word.substr(3);
+      if (Status valid = wire::fl::ValidateClientId(id); !valid.ok()) {
+        return Status::InvalidArgument(where + "id=: " + valid.message());
+      }
+    }
+    list.keys.insert(key);
+    if (id.empty()) continue;
+    auto [bound, fresh_key] = list.client_id_of_key.emplace(key, id);
+    if (!fresh_key && bound->second != id) {
+      return Status::InvalidArgument(where + "this key is already bound to client id '" +
+                                     bound->second + "' on line " +
+                                     std::to_string(id_line[bound->second]));
+    }
+    auto [owner, fresh_id] = list.key_of_client_id.emplace(id, key);
+    if (!fresh_id && owner->second != key) {
+      return Status::InvalidArgument(where + "client id '" + id +
+                                     "' is already bound to another key on line " +
+                                     std::to_string(id_line[id]));
+    }
+    id_line.emplace(id, number);
   }
-  return keys;
+  return list;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -129,14 +154,14 @@ Result<std::unique_ptr<ZapHandler>> ZapHandler::Start(TransportContext& context,
                                                       prometheus::Counter* refused_counter) {
   Result<std::string> text = ReadFileToString(allow_list);
   if (!text.ok()) return text.status().WithContext("CURVE allow list");
-  Result<std::set<std::string>> keys = ParseAllowList(*text);
-  if (!keys.ok()) return keys.status().WithContext("CURVE allow list " + allow_list.string());
+  Result<AllowList> list = ParseAllowList(*text);
+  if (!list.ok()) return list.status().WithContext("CURVE allow list " + allow_list.string());
   try {
     zmq::socket_t socket(context.raw(), zmq::socket_type::rep);
     socket.set(zmq::sockopt::linger, 0);
     socket.bind(kZapEndpoint);
     std::unique_ptr<ZapHandler> handler(
-        new ZapHandler(std::move(socket), std::move(allow_list), std::move(domain), *keys));
+        new ZapHandler(std::move(socket), std::move(allow_list), std::move(domain), *list));
     handler->refused_counter_ = refused_counter;
     handler->thread_ = std::thread([h = handler.get()] { h->Run(); });
     return handler;
@@ -146,11 +171,11 @@ Result<std::unique_ptr<ZapHandler>> ZapHandler::Start(TransportContext& context,
 }
 
 ZapHandler::ZapHandler(zmq::socket_t socket, std::filesystem::path allow_list, std::string domain,
-                       std::set<std::string> keys)
+                       AllowList list)
     : socket_(std::move(socket)),
       allow_list_(std::move(allow_list)),
       domain_(std::move(domain)),
-      keys_(std::move(keys)) {
+      list_(std::move(list)) {
   std::error_code ec;
   mtime_ = std::filesystem::last_write_time(allow_list_, ec);
   size_ = std::filesystem::file_size(allow_list_, ec);
@@ -164,7 +189,28 @@ ZapHandler::~ZapHandler() {
 
 size_t ZapHandler::allowed_keys() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return keys_.size();
+  return list_.keys.size();
+}
+
+std::optional<std::string> ZapHandler::ClientIdFor(const std::string& key_z85) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = list_.client_id_of_key.find(key_z85);
+  if (it == list_.client_id_of_key.end()) return std::nullopt;
+  return it->second;
+}
+
+std::optional<std::string> ZapHandler::KeyForClientId(const std::string& client_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = list_.key_of_client_id.find(client_id);
+  if (it == list_.key_of_client_id.end()) return std::nullopt;
+  return it->second;
+}
+
+CurveClientIds ZapHandler::ClientIds() const {
+  CurveClientIds ids;
+  ids.client_id_of_key = [this](const std::string& key) { return ClientIdFor(key); };
+  ids.key_of_client_id = [this](const std::string& id) { return KeyForClientId(id); };
+  return ids;
 }
 
 std::string ZapHandler::last_error() const {
@@ -178,22 +224,21 @@ void ZapHandler::MaybeReload(bool force) {
   const uintmax_t size = ec ? 0 : std::filesystem::file_size(allow_list_, ec);
   if (!force && !ec && mtime == mtime_ && size == size_) return;
   Result<std::string> text = ReadFileToString(allow_list_);
-  Result<std::set<std::string>> keys =
-      text.ok() ? ParseAllowList(*text) : Result<std::set<std::string>>(text.status());
+  Result<AllowList> list = text.ok() ? ParseAllowList(*text) : Result<AllowList>(text.status());
   std::lock_guard<std::mutex> lock(mu_);
   mtime_ = mtime;
   size_ = size;
-  if (!keys.ok()) {
-    last_error_ = keys.status().ToString();
+  if (!list.ok()) {
+    last_error_ = list.status().ToString();
     GetLogger("curve")->error("CURVE allow list {} not reloaded (the previous one stays): {}",
                               allow_list_.string(), last_error_);
     return;
   }
-  keys_ = std::move(*keys);
+  list_ = std::move(*list);
   last_error_.clear();
   reloads_.fetch_add(1);
-  GetLogger("curve")->info("CURVE allow list {} reloaded: {} keys", allow_list_.string(),
-                           keys_.size());
+  GetLogger("curve")->info("CURVE allow list {} reloaded: {} keys, {} bound to client ids",
+                           allow_list_.string(), list_.keys.size(), list_.client_id_of_key.size());
 }
 
 void ZapHandler::Run() {
@@ -236,7 +281,7 @@ void ZapHandler::Run() {
         char z85[kZ85KeyChars + 1] = {};
         zmq_z85_encode(z85, reinterpret_cast<const uint8_t*>(request[6].data()), 32);
         std::lock_guard<std::mutex> lock(mu_);
-        if (keys_.count(z85)) {
+        if (list_.keys.count(z85)) {
           status = "200";
           text = "OK";
           client_key = z85;

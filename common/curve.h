@@ -3,9 +3,21 @@
 //
 // Keys are Z85 text (40 characters for 32 bytes). A key file holds "public <z85>" and, for
 // a secret key file (mode 0600, refused when group or others can read it), "secret <z85>";
-// `cleave keys generate --type curve` writes both. An allow list has one client public key
-// per line, optionally followed by a comment; blank lines and lines starting with '#' are
-// ignored, anything else malformed is an error naming the line.
+// `cleave keys generate --type curve` writes both.
+//
+// An allow list has one client public key per line (or "public <key>" as in a .pub file),
+// optionally followed by free text; blank lines and lines starting with '#' are ignored. A
+// word "id=<client-id>" after the key binds the key to the client id it speaks for (the id as
+// the fl wire requires, common/fl_wire.h ValidateClientId); from a word starting with '#' on,
+// the line is a comment, and other words stay free text (so older lists keep their meaning
+// unless their free text had a word starting "id="):
+//     <z85 key> gateway-3                   # admitted; at the aggregator its id is first come
+//     <z85 key> id=gateway-17   # rack 3    # admitted, and it is client gateway-17 for good
+// A key names at most one id and an id at most one key (listing a key again without an id
+// keeps its id). Anything malformed - a bad key, a malformed id, two ids on one line or for
+// one key, one id for two keys - is an error naming the line. The transport only admits
+// keys; the aggregator serves a bound key only as its id and reserves the id for that key,
+// across its restarts (federated/aggregator_identity.h); other services ignore the ids.
 //
 // Pitfall (DESIGN.md): a CURVE server without a running ZAP handler accepts every client -
 // encryption without authentication. So CurveServer() needs a started ZapHandler of the
@@ -20,14 +32,17 @@
 //
 // The allow list is re-read when its modification time or size changes (checked at most
 // once a second), when ReloadAllowList() is called, and on SIGHUP (common/shutdown.h). A list
-// that fails to parse keeps the previous one in force and is reported in last_error().
+// that fails to parse keeps the previous one (keys and ids) in force and is reported in
+// last_error(). ClientIdFor()/KeyForClientId() answer from the list in force.
 #pragma once
 
 #include <atomic>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -62,8 +77,24 @@ Status WriteCurveKeyFiles(const CurveKeyPair& pair, const std::filesystem::path&
 // Reads a key file. With `secret`, the file must hold the secret key (and be private);
 // otherwise the public key is enough (a .key file also works).
 Result<CurveKeyPair> ReadCurveKeyFile(const std::filesystem::path& path, bool secret);
-// Parses an allow list (see file comment).
-Result<std::set<std::string>> ParseAllowList(const std::string& text);
+// A parsed allow list: the admitted keys and the client ids the list binds them to.
+struct AllowList {
+  std::set<std::string> keys;                           // Z85 public keys
+  std::map<std::string, std::string> client_id_of_key;  // key -> client id ("id=" lines)
+  std::map<std::string, std::string> key_of_client_id;  // client id -> key (the inverse)
+};
+
+// Parses an allow list (see file comment). InvalidArgument naming the line.
+Result<AllowList> ParseAllowList(const std::string& text);
+
+// The allow list's key <-> client id bindings, looked up in the list in force at each call
+// (so they follow reloads). Both are thread-safe; null functions (CURVE off) bind nothing.
+struct CurveClientIds {
+  // The client id the list binds `key_z85` to; nullopt when it names none.
+  std::function<std::optional<std::string>(const std::string& key_z85)> client_id_of_key;
+  // The key the list binds `client_id` to; nullopt when none.
+  std::function<std::optional<std::string>(const std::string& client_id)> key_of_client_id;
+};
 
 // The ZAP handler of one TransportContext (at most one per context). Thread-safe.
 class ZapHandler {
@@ -84,6 +115,12 @@ class ZapHandler {
   // Re-read the allow list at the next request or within a second.
   void ReloadAllowList() { reload_.store(true); }
   size_t allowed_keys() const;
+  // The client id the allow list in force binds `key_z85` to; nullopt when none.
+  std::optional<std::string> ClientIdFor(const std::string& key_z85) const;
+  // The key the allow list in force binds `client_id` to; nullopt when none.
+  std::optional<std::string> KeyForClientId(const std::string& client_id) const;
+  // Both lookups as functions; they borrow this handler, which must outlive their callers.
+  CurveClientIds ClientIds() const;
   uint64_t accepted() const { return accepted_.load(); }
   // Refused handshakes: unknown keys, other mechanisms or domains.
   uint64_t refused() const { return refused_.load(); }
@@ -92,7 +129,7 @@ class ZapHandler {
 
  private:
   ZapHandler(zmq::socket_t socket, std::filesystem::path allow_list, std::string domain,
-             std::set<std::string> keys);
+             AllowList list);
   void Run();
   void MaybeReload(bool force);
 
@@ -100,7 +137,7 @@ class ZapHandler {
   std::filesystem::path allow_list_;
   std::string domain_;
   mutable std::mutex mu_;
-  std::set<std::string> keys_;  // Z85 public keys
+  AllowList list_;  // the list in force
   std::string last_error_;
   std::filesystem::file_time_type mtime_{};
   uintmax_t size_ = 0;

@@ -1,5 +1,7 @@
 #include "federated/aggregator_identity.h"
 
+#include <optional>
+
 namespace cleave::federated {
 const char* IdentityVerdictName(IdentityVerdict verdict) {
   switch (verdict) {
@@ -12,8 +14,22 @@ const char* IdentityVerdictName(IdentityVerdict verdict) {
   return "unknown";
 }
 
+namespace {
+constexpr char kCurvePrefix[] = "curve:";
+}  // namespace
+
 IdentityVerdict ClientIdentities::Check(const std::string& identity, const std::string& client_id,
                                         bool session_live) const {
+  // The allow list first: it outlives the aggregator's memory and wins over first come.
+  const std::string listed = ListedClientOf(identity);
+  if (!listed.empty()) {
+    if (client_id != listed) return IdentityVerdict::kMismatch;
+    auto holder = identity_of_.find(client_id);
+    if (holder == identity_of_.end()) return IdentityVerdict::kFree;
+    return holder->second == identity ? IdentityVerdict::kBound : IdentityVerdict::kReleasable;
+  }
+  const std::string owner = ListedIdentityOf(client_id);
+  if (!owner.empty() && owner != identity) return IdentityVerdict::kTaken;
   auto mine = client_of_.find(identity);
   if (mine != client_of_.end()) {
     return mine->second == client_id ? IdentityVerdict::kBound : IdentityVerdict::kMismatch;
@@ -28,8 +44,22 @@ IdentityVerdict ClientIdentities::Check(const std::string& identity, const std::
 void ClientIdentities::Bind(const std::string& identity, const std::string& client_id) {
   auto previous = identity_of_.find(client_id);
   if (previous != identity_of_.end()) client_of_.erase(previous->second);
+  // An identity the allow list moved to another id gives its first-come id up.
+  auto held = client_of_.find(identity);
+  if (held != client_of_.end()) identity_of_.erase(held->second);
   client_of_[identity] = client_id;
   identity_of_[client_id] = identity;
+}
+
+std::string ClientIdentities::ListedClientOf(const std::string& identity) const {
+  if (!listed_.client_id_of_key || !IsCurveKey(identity)) return "";
+  return listed_.client_id_of_key(identity.substr(sizeof(kCurvePrefix) - 1)).value_or("");
+}
+
+std::string ClientIdentities::ListedIdentityOf(const std::string& client_id) const {
+  if (!listed_.key_of_client_id) return "";
+  const std::optional<std::string> key = listed_.key_of_client_id(client_id);
+  return key ? kCurvePrefix + *key : "";
 }
 
 std::string ClientIdentities::ClientOf(const std::string& identity) const {
@@ -43,7 +73,7 @@ std::string ClientIdentities::IdentityOf(const std::string& client_id) const {
 }
 
 bool ClientIdentities::IsCurveKey(const std::string& identity) {
-  return identity.rfind("curve:", 0) == 0;
+  return identity.rfind(kCurvePrefix, 0) == 0;
 }
 
 std::string ClientIdentities::Describe(const std::string& identity) {

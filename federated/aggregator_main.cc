@@ -47,7 +47,8 @@ cleave::ConfigSchema AggregatorSchema() {
       .Add("aggregator.curve_secret_key", ConfigType::kString, "",
            "CURVE key file of the aggregator; needs aggregator.curve_allow_list")
       .Add("aggregator.curve_allow_list", ConfigType::kString, "",
-           "file of allowed edge CURVE public keys, one per line; re-read on change or SIGHUP")
+           "file of allowed edge CURVE public keys, one per line (`<key> id=<client-id>` binds a "
+           "key to its client id); re-read on change or SIGHUP")
       .Add("aggregator.model", ConfigType::kString, "",
            "instead of a bundle: a built-in network trained from scratch (simple_cnn, "
            "default_split, tiny_split)")
@@ -161,6 +162,7 @@ cleave::Status Serve(cleave::cli::Daemon& daemon) {
                                          config.GetString("aggregator.curve_allow_list"), socket,
                                          &daemon.metrics()->CurveRefused("aggregator")));
   options.socket_configure = socket.configure;
+  if (zap) options.curve_client_ids = zap->ClientIds();  // the allow list's key -> id bindings
   CLEAVE_ASSIGN_OR_RETURN(auto service,
                           federated::AggregatorService::Create(options, std::move(model), context));
   // Model loaded (and evaluated), checkpoint restored: /readyz 200, then the ready file.

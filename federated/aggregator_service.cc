@@ -32,24 +32,32 @@ bool AggregatorService::Impl::VouchFor(const Envelope& from, const std::string& 
     case IdentityVerdict::kFree: return true;
     case IdentityVerdict::kReleasable:
       if (claim == Claim::kRegister) return true;
-      // Another connection held the id; only a Register takes an ended session over.
+      // Another connection held the id (or a key did before the allow list bound the id to
+      // this one); only a Register takes it over.
       RefuseIdentity(from, client_id, claim, what, round, "taken", fed->identity_taken,
                      "client '" + client_id + "' belongs to another connection: register again");
       return false;
-    case IdentityVerdict::kMismatch:
-      RefuseIdentity(from, client_id, claim, what, round, "mismatch", fed->identity_mismatch,
-                     "this sender (" + ClientIdentities::Describe(from.identity) +
-                         ") speaks for client '" + identities.ClientOf(from.identity) + "', not '" +
-                         client_id + "'");
+    case IdentityVerdict::kMismatch: {
+      const std::string listed = identities.ListedClientOf(from.identity);
+      RefuseIdentity(
+          from, client_id, claim, what, round, "mismatch", fed->identity_mismatch,
+          "this sender (" + ClientIdentities::Describe(from.identity) + ") " +
+              (listed.empty() ? "speaks for client '" + identities.ClientOf(from.identity)
+                              : "is bound by the CURVE allow list to client '" + listed) +
+              "', not '" + client_id + "'");
       return false;
+    }
     case IdentityVerdict::kTaken:
-    default:
+    default: {
+      const bool listed = !identities.ListedIdentityOf(client_id).empty();
       RefuseIdentity(from, client_id, claim, what, round, "taken", fed->identity_taken,
                      "client '" + client_id + "' belongs to another " +
-                         (ClientIdentities::IsCurveKey(identities.IdentityOf(client_id))
+                         (listed ? "CURVE key (the allow list binds it)"
+                          : ClientIdentities::IsCurveKey(identities.IdentityOf(client_id))
                               ? "CURVE key"
                               : "connection (its session is live)"));
       return false;
+    }
   }
 }
 
@@ -204,6 +212,7 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
   }
   auto impl = std::make_unique<Impl>();
   impl->clock = &clock;
+  impl->identities = ClientIdentities(options.curve_client_ids);
   impl->metrics = options.metrics ? options.metrics : std::make_shared<Metrics>();
   impl->m = &impl->metrics->Service("aggregator");
   impl->fed = &impl->metrics->Federated();

@@ -6,8 +6,9 @@
 //      aggregator -> RegisterReply{accepted, error, round, poll_interval_ms}. A client whose
 //      layout fingerprint differs from the aggregator's model is refused (accepted = false,
 //      error says why). A client id is bound to the sender's transport identity
-//      (federated/aggregator_identity.h: its CURVE key for the aggregator's life, else its
-//      connection for the session), and every message naming that id must come from that
+//      (federated/aggregator_identity.h: its CURVE key - for good when the allow list binds
+//      the key to the id, else for the aggregator's life - or without CURVE its connection
+//      for the session), and every message naming that id must come from that
 //      identity; a sender that names another client's id, or a second id, is refused
 //      (RegisterReply{accepted = false} for Register and Heartbeat, UpdateAck{rejected} for
 //      Update and SecAgg messages, nothing for Bye), counted, and changes nothing. Registering
@@ -89,6 +90,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/clock.h"
+#include "common/curve.h"
 #include "common/fl_wire.h"
 #include "common/metrics.h"
 #include "common/status.h"
@@ -130,6 +132,10 @@ struct AggregatorOptions {
   int64_t max_message_bytes = int64_t{256} << 20;
   // Applied to the ROUTER before it binds (CURVE: common/curve.h SetUpCurveServer).
   std::function<Status(zmq::socket_t&)> socket_configure;
+  // CURVE: the allow list's key <-> client id bindings (ZapHandler::ClientIds(); the handler
+  // must outlive the service). A listed key speaks only for its id, which is reserved for it
+  // (federated/aggregator_identity.h). Null functions: every key is first come.
+  CurveClientIds curve_client_ids;
   // Where the service's metrics go; null = a private registry nobody exports.
   std::shared_ptr<Metrics> metrics;
   // Extra fields for the ready file (e.g. the admin URL).

@@ -4,6 +4,9 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
 #include <thread>
 
 #include <gtest/gtest.h>
@@ -98,12 +101,117 @@ TEST_F(CurveTest, AllowListsParseCommentsAndNameTheBadLine) {
   auto keys = ParseAllowList("# edges of site 1\n\n" + a.public_z85 + "  gateway-1\npublic " +
                              b.public_z85 + "\n   \n");
   ASSERT_TRUE(keys.ok()) << keys.status().ToString();
-  EXPECT_EQ(keys->size(), 2u);
-  EXPECT_EQ(keys->count(a.public_z85), 1u);
-  EXPECT_EQ(keys->count(b.public_z85), 1u);
+  EXPECT_EQ(keys->keys.size(), 2u);
+  EXPECT_EQ(keys->keys.count(a.public_z85), 1u);
+  EXPECT_EQ(keys->keys.count(b.public_z85), 1u);
   auto bad = ParseAllowList(a.public_z85 + "\nnot-a-key\n");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("line 2"), std::string::npos) << bad.status().ToString();
+}
+
+// Lists written before client ids existed mean what they meant: keys, and no id for any.
+TEST_F(CurveTest, AllowListsWithoutIdsBindNoClientIds) {
+  const CurveKeyPair a = Pair(), b = Pair(), c = Pair();
+  auto list = ParseAllowList(a.public_z85 + " gateway-1 site=3 id:7\npublic " + b.public_z85 +
+                             " # id=ignored\n" + c.public_z85 + "\t# moved from rack 2\n");
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  EXPECT_EQ(list->keys.size(), 3u);
+  EXPECT_TRUE(list->client_id_of_key.empty());
+  EXPECT_TRUE(list->key_of_client_id.empty());
+}
+
+TEST_F(CurveTest, AllowListsBindKeysToClientIds) {
+  const CurveKeyPair a = Pair(), b = Pair(), c = Pair();
+  auto list = ParseAllowList("# site 1\n" + a.public_z85 + " id=gateway-a  # rack 3\npublic " +
+                             b.public_z85 + " old-name id=b.2@site:1\n" + c.public_z85 + "\n" +
+                             a.public_z85 + "\n" + a.public_z85 + " id=gateway-a\n");
+  ASSERT_TRUE(list.ok()) << list.status().ToString();
+  EXPECT_EQ(list->keys.size(), 3u);
+  const std::map<std::string, std::string> ids = {{a.public_z85, "gateway-a"},
+                                                  {b.public_z85, "b.2@site:1"}};
+  EXPECT_EQ(list->client_id_of_key, ids);
+  EXPECT_EQ(list->key_of_client_id.at("gateway-a"), a.public_z85);
+  EXPECT_EQ(list->key_of_client_id.at("b.2@site:1"), b.public_z85);
+  EXPECT_EQ(list->key_of_client_id.size(), 2u);
+}
+
+TEST_F(CurveTest, AllowListIdErrorsNameTheLine) {
+  const CurveKeyPair a = Pair(), b = Pair();
+  const std::string ok = "# header\n" + a.public_z85 + " id=edge-a\n";
+  const struct {
+    std::string line;     // the list's third line, after `ok`
+    std::string message;  // a fragment of the error besides "line 3"
+  } cases[] = {
+      {b.public_z85 + " id=", "client id is empty"},
+      {b.public_z85 + " id=-edge", "must start with a letter or digit"},
+      {b.public_z85 + " id=edge/b", "may use only"},
+      {b.public_z85 + " id=" + std::string(129, 'x'), "more than the limit of 128"},
+      {b.public_z85 + " id=edge-b id=edge-c", "more than one id= token"},
+      {b.public_z85 + " id=edge-a", "client id 'edge-a' is already bound to another key on line 2"},
+      {a.public_z85 + " id=edge-b", "already bound to client id 'edge-a' on line 2"},
+      {"public " + a.public_z85 + " id=edge-c # moved", "already bound to client id 'edge-a'"},
+  };
+  for (const auto& c : cases) {
+    auto list = ParseAllowList(ok + c.line + "\n" + b.public_z85 + "\n");
+    ASSERT_FALSE(list.ok()) << c.line;
+    EXPECT_EQ(list.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(list.status().message().find("line 3: "), std::string::npos)
+        << list.status().ToString();
+    EXPECT_NE(list.status().message().find(c.message), std::string::npos)
+        << list.status().ToString();
+  }
+}
+
+// The bindings follow reloads; a list that does not parse keeps the previous ones.
+TEST_F(CurveTest, ZapHandlerLooksUpClientIdsInTheListInForce) {
+  const CurveKeyPair a = Pair(), b = Pair();
+  const fs::path allow = dir_ / "allow";
+  ASSERT_TRUE(WriteFileAtomic(allow, a.public_z85 + " id=edge-a\n" + b.public_z85 + "\n").ok());
+  TransportContext context;
+  auto zap = ZapHandler::Start(context, allow);
+  ASSERT_TRUE(zap.ok()) << zap.status().ToString();
+  const CurveClientIds ids = (*zap)->ClientIds();
+  EXPECT_EQ((*zap)->ClientIdFor(a.public_z85), "edge-a");
+  EXPECT_EQ((*zap)->KeyForClientId("edge-a"), a.public_z85);
+  EXPECT_EQ(ids.client_id_of_key(a.public_z85), "edge-a");
+  EXPECT_EQ(ids.key_of_client_id("edge-a"), a.public_z85);
+  EXPECT_EQ((*zap)->ClientIdFor(b.public_z85), std::nullopt);  // listed, first come
+  EXPECT_EQ((*zap)->KeyForClientId("edge-b"), std::nullopt);
+
+  ASSERT_TRUE(
+      WriteFileAtomic(allow, a.public_z85 + " id=edge-a2\n" + b.public_z85 + " id=edge-b\n").ok());
+  (*zap)->ReloadAllowList();
+  for (int i = 0; i < 100 && (*zap)->ClientIdFor(b.public_z85) == std::nullopt; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ((*zap)->ClientIdFor(b.public_z85), "edge-b");
+  EXPECT_EQ(ids.client_id_of_key(a.public_z85), "edge-a2");
+  EXPECT_EQ(ids.key_of_client_id("edge-a"), std::nullopt);
+  EXPECT_EQ(ids.key_of_client_id("edge-b"), b.public_z85);
+  const uint64_t reloads = (*zap)->reloads();
+
+  // The same id for both keys: refused, the previous bindings stay.
+  ASSERT_TRUE(
+      WriteFileAtomic(allow, a.public_z85 + " id=edge-b\n" + b.public_z85 + " id=edge-b\n").ok());
+  (*zap)->ReloadAllowList();
+  for (int i = 0; i < 100 && (*zap)->last_error().empty(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_NE((*zap)->last_error().find("line 2"), std::string::npos) << (*zap)->last_error();
+  EXPECT_EQ((*zap)->reloads(), reloads);
+  EXPECT_EQ(ids.client_id_of_key(a.public_z85), "edge-a2");
+  EXPECT_EQ(ids.key_of_client_id("edge-b"), b.public_z85);
+
+  // Ids removed: the keys stay admitted, bound to nothing.
+  ASSERT_TRUE(WriteFileAtomic(allow, a.public_z85 + "\n" + b.public_z85 + "\n").ok());
+  (*zap)->ReloadAllowList();
+  for (int i = 0; i < 100 && (*zap)->ClientIdFor(a.public_z85) != std::nullopt; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(ids.client_id_of_key(a.public_z85), std::nullopt);
+  EXPECT_EQ(ids.key_of_client_id("edge-b"), std::nullopt);
+  EXPECT_EQ((*zap)->allowed_keys(), 2u);
+  EXPECT_TRUE((*zap)->last_error().empty());
 }
 
 TEST_F(CurveTest, OnlyListedClientsAreServedAndTheListReloads) {

@@ -175,17 +175,24 @@ class AggregatorSenderTest : public ::testing::Test {
       finished_ = true;
     });
   }
-  // CURVE with an allow list of `keys`; returns the server's key pair for the clients.
-  CurveKeyPair StartCurve(AggregatorOptions& options, const std::vector<CurveKeyPair>& keys) {
+  // CURVE with an allow list of `keys`, the i-th bound to client id `ids[i]` when that is
+  // given and not empty; returns the server's key pair for the clients.
+  CurveKeyPair StartCurve(AggregatorOptions& options, const std::vector<CurveKeyPair>& keys,
+                          const std::vector<std::string>& ids = {}) {
     auto server = GenerateCurveKeyPair();
     EXPECT_TRUE(server.ok());
     std::string list;
-    for (const auto& k : keys) list += k.public_z85 + "\n";
+    for (size_t i = 0; i < keys.size(); ++i) {
+      list += keys[i].public_z85;
+      if (i < ids.size() && !ids[i].empty()) list += " id=" + ids[i];
+      list += "\n";
+    }
     EXPECT_TRUE(WriteFileAtomic(dir_ / "allow", list).ok());
     auto zap = ZapHandler::Start(context_, dir_ / "allow");
     EXPECT_TRUE(zap.ok()) << zap.status().ToString();
     zap_ = std::move(zap).value();
     options.socket_configure = CurveServer(*server, zap_.get());
+    options.curve_client_ids = zap_->ClientIds();
     return *server;
   }
   // Waits for the run to end by itself (all rounds done), else stops it; then the summary.
@@ -340,6 +347,42 @@ TEST_F(AggregatorSenderTest, CurveKeyClaimingAnotherKeysIdIsRefusedAndChangesNoR
   ExpectUntouchedRound(summary, /*registrations=*/3);  // edge-a twice (two connections)
   EXPECT_EQ(summary["counters"].value("identity_refused_taken", 0), 3);
   EXPECT_EQ(summary["counters"].value("identity_refused_mismatch", 0), 2);
+}
+
+// The allow list binds key A to "a": the id is A's before A ever connected (as after an
+// aggregator restart), and A speaks for nothing else. Key B is listed without an id.
+TEST_F(AggregatorSenderTest, IdBoundByTheAllowListIsReservedForItsKey) {
+  auto ka = GenerateCurveKeyPair(), kb = GenerateCurveKeyPair();
+  ASSERT_TRUE(ka.ok() && kb.ok());
+  AggregatorOptions options = Options(2);
+  const CurveKeyPair server = StartCurve(options, {*ka, *kb}, {"a", ""});
+  Start(options);
+  const auto as = [&](const CurveKeyPair& keys) {
+    SocketOptions o;
+    o.configure = CurveClient(keys, server.public_z85);
+    return std::make_unique<WireClient>(context_, service_->endpoint(), o);
+  };
+  auto b = as(*kb);
+  ExpectIdentityRefusal(b->Register("a", 64, sha_), "another CURVE key (the allow list binds it)");
+  b->Heartbeat("a");
+  auto refused = b->Expect<fl::RegisterReply>();
+  ASSERT_TRUE(refused.has_value());
+  ExpectIdentityRefusal(*refused, "'a' belongs to another CURVE key");
+  ASSERT_TRUE(Reaches(*fed().identity_taken, 2));
+  EXPECT_EQ(metrics_->ConnectedEdges().Value(), 0);  // nobody registered
+
+  auto a = as(*ka);
+  const fl::RegisterReply reply = a->Register("a", 64, sha_);
+  ASSERT_TRUE(reply.accepted) << reply.error;
+  ExpectIdentityRefusal(a->Register("b", 64, sha_),
+                        "is bound by the CURVE allow list to client 'a', not 'b'");
+  ASSERT_TRUE(Reaches(*fed().identity_mismatch, 1));
+  ASSERT_TRUE(b->Register("b", 64, sha_).accepted);  // unlisted keys: first come
+  PlayRound(*a, "a", *b, "b");
+  const json summary = Finish();
+  ExpectUntouchedRound(summary);
+  EXPECT_EQ(summary["counters"].value("identity_refused_taken", 0), 2);
+  EXPECT_EQ(summary["counters"].value("identity_refused_mismatch", 0), 1);
 }
 
 TEST_F(AggregatorSenderTest, TenThousandFreshIdsFromOneConnectionAreRefused) {
