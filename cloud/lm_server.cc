@@ -20,6 +20,7 @@ struct LmServer::Job {
   std::string peer;
   lm_wire::LmRequest request;
   int64_t received_us = 0;
+  bool answered = false;  // its reply has been posted (compute thread)
 };
 
 // A reply on its way from the compute thread to the socket.
@@ -67,7 +68,8 @@ Result<std::unique_ptr<LmServer>> LmServer::Create(TransportContext& context,
   LmServer* self = server.get();
   server->batcher_ = std::make_unique<Batcher>(
       queueing, server->clock_, [self](int, std::vector<Job>& jobs) { self->Compute(jobs); },
-      [self](Rejection why, Job& job) { self->Reject(why, job); });
+      [self](Rejection why, Job& job) { self->Reject(why, job); }, {},
+      [](const Job& job) { return job.answered; });
   return server;
 }
 
@@ -99,6 +101,7 @@ void LmServer::Compute(std::vector<Job>& jobs) {
       m_->compute_seconds->Observe(static_cast<double>(reply.compute_us) * 1e-6);
     }
     mailbox_->Post({job.peer, lm_wire::EncodeLmReply(reply), reply.status, outcome});
+    job.answered = true;
   }
 }
 
@@ -109,6 +112,10 @@ void LmServer::Reject(Rejection why, Job& job) {
     reply.status = lm_wire::LmStatus::kDeadlineExceeded;
     reply.error = "deadline passed while queued";
     mailbox_->Post({job.peer, lm_wire::EncodeLmReply(reply), reply.status, Outcome::kRejected});
+  } else if (why == Rejection::kComputeFailed) {
+    reply.status = lm_wire::LmStatus::kError;
+    reply.error = "the computation failed unexpectedly (an internal error of the cloud)";
+    mailbox_->Post({job.peer, lm_wire::EncodeLmReply(reply), reply.status, Outcome::kError});
   } else {
     reply.status = lm_wire::LmStatus::kOverloaded;
     reply.error = "the service is shutting down";
