@@ -46,8 +46,10 @@ cleave_build() {
 }
 
 # Builds the libFuzzer targets (tests/fuzz/, one per wire decoder) with clang into
-# $CLEAVE_ROOT/build-fuzz and runs each for CLEAVE_FUZZ_SECONDS (default 10) from an empty
-# corpus; a crash, leak or sanitizer report fails. Skipped, saying so, without clang++.
+# $CLEAVE_ROOT/build-fuzz and runs each for CLEAVE_FUZZ_SECONDS (default 10), starting from
+# its checked-in seed corpus (tests/fuzz/corpus/<target>/, read only: new inputs go to a
+# temporary folder); a crash, leak or sanitizer report fails. Skipped, saying so, without
+# clang++.
 cleave_fuzz_smoke() {
   if ! command -v clang++ >/dev/null; then
     log "fuzz smoke: skipped (clang++ is not installed; the libFuzzer targets need clang)"
@@ -70,7 +72,7 @@ cleave_fuzz_smoke() {
     corpus=$(mktemp -d)
     log "fuzz smoke: $t for ${seconds}s"
     if ! "$dir/bin/$t" -max_total_time="$seconds" -rss_limit_mb=2048 -artifact_prefix="$dir/" "$corpus" \
-        >"$dir/$t.log" 2>&1; then
+        "$CLEAVE_ROOT/tests/fuzz/corpus/$t" >"$dir/$t.log" 2>&1; then
       rm -rf "$corpus"
       tail -n 40 "$dir/$t.log" >&2
       echo "error: fuzz target $t failed; its input is in $dir (crash-*/leak-*), log $dir/$t.log" >&2
