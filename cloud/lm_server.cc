@@ -68,7 +68,7 @@ Result<std::unique_ptr<LmServer>> LmServer::Create(TransportContext& context,
   LmServer* self = server.get();
   server->batcher_ = std::make_unique<Batcher>(
       queueing, server->clock_, [self](int, std::vector<Job>& jobs) { self->Compute(jobs); },
-      [self](Rejection why, Job& job) { self->Reject(why, job); }, {},
+      [self](Rejection why, Job& job) { self->Reject(why, job); }, Batcher::WorkerInitFn{},
       [](const Job& job) { return job.answered; });
   return server;
 }
