@@ -50,6 +50,7 @@ const char* RejectionName(Rejection rejection) {
   switch (rejection) {
     case Rejection::kExpired: return "expired";
     case Rejection::kShutDown: return "shut_down";
+    case Rejection::kComputeFailed: return "compute_failed";
   }
   return "unknown";
 }

@@ -19,13 +19,18 @@
 // the reject callback as kExpired and never computed.
 //
 // Every accepted item gets exactly one outcome: the compute callback (as part of a batch) or
-// the reject callback (kExpired, or kShutDown when Shutdown(kFail) empties the queue).
+// the reject callback (kExpired, kShutDown when Shutdown(kFail) empties the queue, or
+// kComputeFailed for the items of a batch whose compute callback threw before answering them).
 //
 // Threads: Submit, Wake, queued, stats and Shutdown may be called from any thread. The
 // callbacks run on the worker threads (or the caller of RunOnce / Shutdown for items it
-// rejects), concurrently with each other when workers > 1; they must not throw (an exception
-// is caught and counted in callback_failures, the items it held get no further outcome) and
-// must not call Shutdown. Time comes from the injected Clock, so tests drive it by hand.
+// rejects), concurrently with each other when workers > 1, and must not call Shutdown. They
+// should not throw; an exception is caught and counted in callback_failures. When the compute
+// callback throws, each item of its batch that the `answered` predicate (a constructor
+// argument) does not report as answered goes to the reject callback as kComputeFailed, so the
+// batch's requests still get one answer each; without the predicate every item of the batch
+// does. The reject callback itself must not throw (an item it threw on has no other outcome).
+// Time comes from the injected Clock, so tests drive it by hand.
 #pragma once
 
 #include <algorithm>
@@ -58,7 +63,7 @@ struct DynamicBatcherOptions {
 };
 
 enum class SubmitResult : uint8_t { kAccepted, kOverloaded, kWaitTooLong, kShutDown };
-enum class Rejection : uint8_t { kExpired, kShutDown };
+enum class Rejection : uint8_t { kExpired, kShutDown, kComputeFailed };
 const char* SubmitResultName(SubmitResult result);
 // What a refused request is told (the `overloaded` reply's text): the queue bound, or the
 // estimated wait against cloud.max_queue_wait_us, or shutdown. `estimated_wait_us` is the
@@ -77,28 +82,35 @@ struct DynamicBatcherStats {
   uint64_t computed = 0;            // items passed to the compute callback
   uint64_t batches = 0;
   uint64_t callback_failures = 0;  // callbacks that threw
+  uint64_t compute_failed = 0;     // rejected as kComputeFailed (their batch's compute threw)
 };
 
 template <typename T>
 class DynamicBatcher {
  public:
-  // Computes one batch (1..max_batch items, oldest first) on worker `worker`.
+  // Computes one batch (1..max_batch items, oldest first) on worker `worker`. It answers the
+  // items and may change them, but leaves each in its place (a throw hands the batch's
+  // unanswered items to the reject callback).
   using ComputeFn = std::function<void(int worker, std::vector<T>& batch)>;
-  // Answers one item that will not be computed.
+  // Answers one item that will not be computed (or whose computation failed).
   using RejectFn = std::function<void(Rejection why, T& item)>;
   // Runs once on each worker thread before its first batch (e.g. per-thread libtorch setup).
   using WorkerInitFn = std::function<void(int worker)>;
+  // Whether the compute callback already answered `item`; asked only after it threw.
+  using AnsweredFn = std::function<bool(const T& item)>;
 
   enum class ShutdownMode { kDrain, kFail };
 
-  // `clock` must outlive the batcher. Options must have passed Validate.
+  // `clock` must outlive the batcher. Options must have passed Validate. Without `answered`,
+  // a compute callback that throws is taken to have answered none of its batch.
   DynamicBatcher(DynamicBatcherOptions options, const Clock& clock, ComputeFn compute,
-                 RejectFn reject, WorkerInitFn init = {})
+                 RejectFn reject, WorkerInitFn init = {}, AnsweredFn answered = {})
       : options_(options),
         clock_(clock),
         compute_(std::move(compute)),
         reject_(std::move(reject)),
-        init_(std::move(init)) {}
+        init_(std::move(init)),
+        answered_(std::move(answered)) {}
   // Shutdown(kFail) if Shutdown was not called.
   ~DynamicBatcher() { Shutdown(ShutdownMode::kFail); }
   DynamicBatcher(const DynamicBatcher&) = delete;
@@ -305,21 +317,40 @@ class DynamicBatcher {
     if (formed.batch.empty()) return;
     const size_t n = formed.batch.size();
     const int64_t start = clock_.NowMicros();
-    Call([&] { compute_(worker, formed.batch); });
+    const bool computed = Call([&] { compute_(worker, formed.batch); });
     const double micros = static_cast<double>(clock_.NowMicros() - start);
+    const uint64_t failed = computed ? 0 : RejectUnanswered(formed.batch);
     std::lock_guard<std::mutex> lock(mu_);
+    stats_.compute_failed += failed;
     running_.erase(std::find_if(running_.begin(), running_.end(),
                                 [&](const Running& r) { return r.id == formed.id; }));
     LearnCostLocked(n, micros);
   }
 
+  // After the compute callback threw: the items it did not answer get kComputeFailed.
+  // Returns how many.
+  uint64_t RejectUnanswered(std::vector<T>& batch) {
+    uint64_t rejected = 0;
+    for (T& item : batch) {
+      bool answered = false;
+      if (answered_) Call([&] { answered = answered_(item); });  // a throw counts as no
+      if (answered) continue;
+      ++rejected;
+      Call([&] { reject_(Rejection::kComputeFailed, item); });
+    }
+    return rejected;
+  }
+
+  // Runs `f`; false (and counted in callback_failures) when it threw.
   template <typename F>
-  void Call(F&& f) {
+  bool Call(F&& f) {
     try {
       f();
+      return true;
     } catch (...) {
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.callback_failures;
+      return false;
     }
   }
 
@@ -351,6 +382,7 @@ class DynamicBatcher {
   const ComputeFn compute_;
   const RejectFn reject_;
   const WorkerInitFn init_;
+  const AnsweredFn answered_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;

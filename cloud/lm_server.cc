@@ -25,6 +25,7 @@ struct LmServer::Job {
   std::string peer;
   lm_wire::LmRequest request;
   int64_t received_us = 0;
+  bool answered = false;  // its reply has been posted (compute thread)
 };
 
 LmServer::LmServer(LmServerOptions options, std::unique_ptr<LmTailService> service)
@@ -59,7 +60,8 @@ Result<std::unique_ptr<LmServer>> LmServer::Create(TransportContext& context,
   LmServer* self = server.get();
   server->batcher_ = std::make_unique<Batcher>(
       queueing, server->clock_, [self](int, std::vector<Job>& jobs) { self->Compute(jobs); },
-      [self](Rejection why, Job& job) { self->Reject(why, job); });
+      [self](Rejection why, Job& job) { self->Reject(why, job); }, Batcher::WorkerInitFn{},
+      [](const Job& job) { return job.answered; });
   return server;
 }
 
@@ -91,6 +93,7 @@ void LmServer::Compute(std::vector<Job>& jobs) {
       m_->compute_seconds->Observe(static_cast<double>(reply.compute_us) * 1e-6);
     }
     router_->Post(Encode(job.peer, reply, outcome));
+    job.answered = true;
   }
 }
 
@@ -101,6 +104,10 @@ void LmServer::Reject(Rejection why, Job& job) {
     reply.status = lm_wire::LmStatus::kDeadlineExceeded;
     reply.error = "deadline passed while queued";
     router_->Post(Encode(job.peer, reply, Outcome::kRejected));
+  } else if (why == Rejection::kComputeFailed) {
+    reply.status = lm_wire::LmStatus::kError;
+    reply.error = "the computation failed unexpectedly (an internal error of the cloud)";
+    router_->Post(Encode(job.peer, reply, Outcome::kError));
   } else {
     reply.status = lm_wire::LmStatus::kOverloaded;
     reply.error = "the service is shutting down";

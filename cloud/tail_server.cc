@@ -134,7 +134,8 @@ Result<std::unique_ptr<TailServer>> TailServer::Create(
       [self](Rejection why, Job& job) { self->Reject(why, job); },
       [threads](int) {
         if (threads > 0) split::SetComputeThreads(threads);  // per-thread OpenMP setting
-      });
+      },
+      [](const Job& job) { return job.answered; });
   return server;
 }
 
@@ -168,12 +169,20 @@ void TailServer::PostError(Job& job, wire::ReplyStatus status, const std::string
 }
 
 void TailServer::Reject(Rejection why, Job& job) {
-  if (why == Rejection::kExpired) {
-    PostError(job, wire::ReplyStatus::kDeadlineExceeded, "deadline passed while queued",
-              Outcome::kRejected);
-  } else {
-    PostError(job, wire::ReplyStatus::kOverloaded, "the service is shutting down",
-              Outcome::kOverloaded);
+  switch (why) {
+    case Rejection::kExpired:
+      PostError(job, wire::ReplyStatus::kDeadlineExceeded, "deadline passed while queued",
+                Outcome::kRejected);
+      break;
+    case Rejection::kComputeFailed:
+      PostError(job, wire::ReplyStatus::kError,
+                "the computation failed unexpectedly (an internal error of the cloud)",
+                Outcome::kError);
+      break;
+    default:
+      PostError(job, wire::ReplyStatus::kOverloaded, "the service is shutting down",
+                Outcome::kOverloaded);
+      break;
   }
 }
 

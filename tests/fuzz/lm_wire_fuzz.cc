@@ -20,12 +20,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace cleave::lm_wire;
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   if (auto request = DecodeLmRequest(bytes); request.ok()) {
-    Require(request->states.shape.size() == 2);
+    // States are 2-D; beside raw tokens (the cloud-only configuration) they are absent or
+    // have no rows.
+    const auto& shape = request->states.shape;
+    const bool by_tokens = !request->tokens.empty();
+    Require(by_tokens ? shape.empty() || (shape.size() == 2 && shape[0] == 0) : shape.size() == 2);
+    Require(request->tokens.size() <= kMaxStatesPerRequest);
     Require(!request->session.empty() && request->session.size() <= kMaxSessionBytes);
-    Require(!request->predict || request->states.shape[0] >= 1);
+    Require(!request->predict || by_tokens || shape[0] >= 1);
     auto again = DecodeLmRequest(EncodeLmRequest(*request));
     Require(again.ok());
     Require(again->session == request->session && again->start == request->start);
+    Require(again->tokens == request->tokens);
     Require(again->states.data == request->states.data);
     Require(again->states.shape == request->states.shape);
   }

@@ -1,9 +1,15 @@
 // libFuzzer target for the tensor codec. The first byte picks a mode:
-//   even: the rest describes an EncodedTensor as a peer could send it (dtype, rank, dims,
-//         channel axis, scales, zero points, data); ValidateTensor/DecodeTensor must never
-//         crash, and a tensor that validates must decode to finite values.
-//   odd:  the rest is fp32 input for EncodeTensor; whatever encodes must decode within the
-//         documented error (exact for f32, scale/2 per channel for u8/u4).
+//   even: the rest describes an EncodedTensor as a peer could send it: dtype, rank, dims (a
+//         byte each, or a byte >= 240 then a u32), channel axis, channel count, the scales
+//         (f32), one more zero point than channels when the next byte is odd, the zero
+//         points, then the data; ValidateTensor/DecodeTensor must never crash, and a tensor
+//         that validates must decode to finite values.
+//   odd:  dtype, channel count - 1, whether fixed quantization parameters are used, a scale
+//         (f32) and zero point per channel, then fp32 input for EncodeTensor; whatever
+//         encodes must decode within the documented error (exact for f32, scale/2 per
+//         channel for u8/u4).
+// Little-endian throughout; missing bytes read as 0. tests/fuzz/seed_corpus_main.cc writes
+// seed inputs in this layout.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -57,8 +63,8 @@ void FuzzPeerTensor(Reader& in) {
   tensor.channel_axis = in.Byte() % 10;
   const size_t channels = in.Byte() % 9;
   for (size_t c = 0; c < channels; ++c) tensor.quant.scale.push_back(in.F32());
-  for (size_t c = 0; c < channels + in.Byte() % 2; ++c)
-    tensor.quant.zero_point.push_back(in.Byte());
+  const size_t zero_points = channels + in.Byte() % 2;  // sometimes one too many
+  for (size_t c = 0; c < zero_points; ++c) tensor.quant.zero_point.push_back(in.Byte());
   tensor.data.assign(reinterpret_cast<const char*>(in.here()), in.remaining());
 
   const bool valid = ValidateTensor(tensor).ok();

@@ -26,7 +26,8 @@ class BenchPrivacyTest : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!fs::exists(fs::path(kFashionMnistDir) / "train-images-idx3-ubyte.gz")) {
-      GTEST_SKIP() << "Fashion-MNIST is not installed (scripts/test installs it)";
+      GTEST_SKIP() << "Fashion-MNIST is missing: install the Debian package "
+                      "dataset-fashion-mnist (scripts/packages.txt; scripts/test installs it)";
     }
     dir_ = testing::TempPath("bench_privacy_it");
     fs::create_directories(dir_);

@@ -1,7 +1,7 @@
 // Integration: hard-token routing with real processes on loopback. `cleave train-lm`
-// writes a tiny lm-split bundle; cleave-cloud serves its cloud layers; `cleave-edge
-// generate` routes hard tokens to it. Killing the cloud mid-generation leaves generation to
-// finish on the edge, marked degraded.
+// writes a tiny lm-split bundle (once per build, shared: testing/trained_bundles.h); cleave-cloud
+// serves its cloud layers; `cleave-edge generate` routes hard tokens to it. Killing the cloud
+// mid-generation leaves generation to finish on the edge, marked degraded.
 #include <gtest/gtest.h>
 #include <signal.h>
 
@@ -20,6 +20,7 @@
 #include "common/transport.h"
 #include "testing/tiny_bundle.h"
 #include "tools/daemon_launcher.h"
+#include "testing/trained_bundles.h"
 
 namespace cleave::edge {
 namespace {
@@ -36,22 +37,22 @@ class LmRoutingTest : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = new fs::path(cleave::testing::TempPath("lm_it"));
     fs::create_directories(*dir_);
-    auto train =
-        ChildProcess::Spawn({(kBin / "cleave").string(), "train-lm", "--out",
-                             (*dir_ / "lm").string(), "--quick", "--model", "tiny", "--quiet"},
-                            (*dir_ / "train.log").string());
-    ASSERT_TRUE(train.ok()) << train.status().ToString();
-    auto code = (*train)->Wait(300000);
-    ASSERT_TRUE(code.ok() && *code == 0) << "train-lm failed; see " << (*dir_ / "train.log");
+    // Trained once into the build tree (ctest's fixture TrainedBundles.TinyLm) and shared
+    // by every test process; see testing/trained_bundles.h.
+    auto bundle = cleave::testing::EnsureTrainedBundle(cleave::testing::TinyLmBundle());
+    ASSERT_TRUE(bundle.ok()) << bundle.status().ToString();
+    lm_ = new fs::path(*bundle);
   }
   static void TearDownTestSuite() {
     std::error_code ec;
     fs::remove_all(*dir_, ec);
     delete dir_;
+    delete lm_;
+    lm_ = nullptr;
   }
 
   LaunchedDaemon StartCloud(const std::string& name, const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> args = {"--cloud.bundle", (*dir_ / "lm").string(), "--cloud.listen",
+    std::vector<std::string> args = {"--cloud.bundle", lm_->string(), "--cloud.listen",
                                      "tcp://127.0.0.1:0"};
     args.insert(args.end(), extra.begin(), extra.end());
     auto cloud = LaunchDaemon(kBin / "cleave-cloud", args, "cloud.ready_file", *dir_, name);
@@ -72,7 +73,7 @@ class LmRoutingTest : public ::testing::Test {
     std::vector<std::string> argv = {(kBin / "cleave-edge").string(),
                                      "generate",
                                      "--bundle",
-                                     (*dir_ / "lm").string(),
+                                     lm_->string(),
                                      "--prompt",
                                      "The cat ",
                                      "--max-tokens",
@@ -111,9 +112,11 @@ class LmRoutingTest : public ::testing::Test {
   }
 
   static fs::path* dir_;
+  static fs::path* lm_;  // the trained lm-split bundle
 };
 
 fs::path* LmRoutingTest::dir_ = nullptr;
+fs::path* LmRoutingTest::lm_ = nullptr;
 
 TEST_F(LmRoutingTest, HardTokensGoToTheCloudProcess) {
   LaunchedDaemon cloud = StartCloud("cloud-a");
@@ -241,11 +244,10 @@ TEST_F(LmRoutingTest, CloudOnlyGenerationSendsTokensForTheCloudToRunEveryLayer) 
 
 TEST_F(LmRoutingTest, BenchLmMeasuresEveryConfigurationOverTheWire) {
   const fs::path out = *dir_ / "bench-lm.json";
-  auto bench =
-      ChildProcess::Spawn({(kBin / "cleave").string(), "bench", "lm", "--bundle",
-                           (*dir_ / "lm").string(), "--bytes", "700", "--sweep", "0.5,1", "--json",
-                           out.string(), "--markdown", (*dir_ / "bench-lm.md").string()},
-                          (*dir_ / "bench-lm.log").string());
+  auto bench = ChildProcess::Spawn(
+      {(kBin / "cleave").string(), "bench", "lm", "--bundle", lm_->string(), "--bytes", "700",
+       "--sweep", "0.5,1", "--json", out.string(), "--markdown", (*dir_ / "bench-lm.md").string()},
+      (*dir_ / "bench-lm.log").string());
   ASSERT_TRUE(bench.ok()) << bench.status().ToString();
   auto code = (*bench)->Wait(300000);
   ASSERT_TRUE(code.ok() && *code == 0)

@@ -1,5 +1,6 @@
 // Integration: real cleave-cloud and cleave-edge processes on ephemeral loopback ports,
-// a bundle trained by the real `cleave train --quick`, requests from a local application.
+// a bundle trained by the real `cleave train --quick` (once per build, shared by the
+// tests: testing/trained_bundles.h), requests from a local application.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "edge/edge_client.h"
 #include "split/tail_plan.h"
 #include "tools/daemon_launcher.h"
+#include "testing/trained_bundles.h"
 
 namespace cleave::edge {
 namespace {
@@ -33,18 +35,11 @@ class SplitInferenceTest : public ::testing::Test {
   static void SetUpTestSuite() {
     work_ = fs::temp_directory_path() / ("cleave-it-" + std::to_string(::getpid()));
     fs::create_directories(work_);
-    bundle_ = work_ / "bundle";
-    // --quick with 3 teacher and 2 fine-tuning epochs (~2 s more): the 1-epoch preset lands
-    // near 47% (exit 28%), too close to the accuracy floor asserted below to be stable; this
-    // one measured 72.8% (exit 45%).
-    auto train =
-        ChildProcess::Spawn({(kBin / "cleave").string(), "train", "--quick", "--epochs-teacher",
-                             "3", "--epochs-finetune", "2", "--out", bundle_.string()},
-                            (work_ / "train.log").string());
-    ASSERT_TRUE(train.ok()) << train.status().ToString();
-    auto code = (*train)->Wait(10 * 60 * 1000);
-    ASSERT_TRUE(code.ok()) << code.status().ToString();
-    ASSERT_EQ(*code, 0) << "cleave train --quick failed; see " << (work_ / "train.log");
+    // Trained once into the build tree (ctest's fixture TrainedBundles.VisionQuick) and
+    // shared by every test process; see testing/trained_bundles.h.
+    auto bundle = testing::EnsureTrainedBundle(testing::VisionQuickBundle());
+    ASSERT_TRUE(bundle.ok()) << bundle.status().ToString();
+    bundle_ = *bundle;
     auto test = LoadFashionMnist(DatasetSplit::kTest);
     ASSERT_TRUE(test.ok()) << test.status().ToString();
     test_ = new ImageDataset(std::move(test).value());
@@ -170,7 +165,8 @@ TEST_F(SplitInferenceTest, TailPrecisionFp32AndBf16AgreeAndUnknownIsRefused) {
     if (precision == "bf16" && !bf16_here) {
       const std::string log = CloudStartupFailure("bf16");
       EXPECT_NE(log.find("AVX-512"), std::string::npos) << log;
-      GTEST_SKIP() << "this CPU cannot run bf16 tails (refused as it should be); fp32 checked";
+      GTEST_SKIP() << "this CPU has no AVX-512 BW/VL/DQ, so it cannot run bf16 tails (refused "
+                      "as it should be); fp32 checked";
     }
     auto cloud = StartCloud(precision);
     ASSERT_TRUE(cloud.ok()) << precision << ": " << cloud.status().ToString();

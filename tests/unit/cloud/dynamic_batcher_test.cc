@@ -1,6 +1,7 @@
 // DynamicBatcher with a fake clock: batches are released when full or when the oldest item
 // has waited long enough, a full queue refuses with kOverloaded, expired items are never
-// computed, and shutdown gives every queued item exactly one outcome.
+// computed, shutdown gives every queued item exactly one outcome, and so does a batch whose
+// compute callback throws.
 #include "cloud/dynamic_batcher.h"
 
 #include <gtest/gtest.h>
@@ -9,6 +10,9 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <set>
+#include <stdexcept>
+#include <string>
 #include <thread>
 
 namespace cleave::cloud {
@@ -20,7 +24,7 @@ struct Recorder {
   std::condition_variable cv;
   std::map<int, int> outcomes;  // id -> number of outcomes
   std::vector<std::vector<int>> batches;
-  std::vector<int> expired, shut_down;
+  std::vector<int> expired, shut_down, compute_failed;
 
   void Compute(std::vector<int>& batch) {
     std::lock_guard<std::mutex> lock(mu);
@@ -30,7 +34,11 @@ struct Recorder {
   }
   void Reject(Rejection why, int id) {
     std::lock_guard<std::mutex> lock(mu);
-    (why == Rejection::kExpired ? expired : shut_down).push_back(id);
+    switch (why) {
+      case Rejection::kExpired: expired.push_back(id); break;
+      case Rejection::kShutDown: shut_down.push_back(id); break;
+      case Rejection::kComputeFailed: compute_failed.push_back(id); break;
+    }
     ++outcomes[id];
     cv.notify_all();
   }
@@ -337,6 +345,65 @@ TEST(DynamicBatcherTest, ConcurrentSubmittersEveryItemGetsExactlyOneOutcome) {
     for (int id : batch) EXPECT_NE(id % 3, 0);
   }
   EXPECT_EQ(s.callback_failures, 0u);
+}
+
+// A compute callback that answers some items of its batch and then throws: the batcher
+// answers the others (kComputeFailed) and none twice, counts the failure, and goes on
+// computing the next batch. Once with a worker thread (which must survive the throw), once on
+// the caller's thread with a callback that throws something that is not a std::exception.
+TEST(DynamicBatcherTest, ComputeThatThrowsStillAnswersEveryItemOfItsBatchExactlyOnce) {
+  FakeClock clock;
+  Recorder rec;
+  std::mutex answered_mu;
+  std::set<int> answered;  // ids the compute callback answered itself
+  // Items below 100 fail: the even ones are answered first, then the callback throws.
+  DynamicBatcher<int> b(
+      Options(4, 1'000'000, 16, 1), clock,
+      [&](int, std::vector<int>& batch) {
+        if (batch.front() >= 100) return rec.Compute(batch);
+        for (int id : batch) {
+          if (id % 2 != 0) continue;
+          std::vector<int> one = {id};
+          rec.Compute(one);
+          std::lock_guard<std::mutex> lock(answered_mu);
+          answered.insert(id);
+        }
+        throw std::runtime_error("tail failed");
+      },
+      [&](Rejection why, int& id) { rec.Reject(why, id); }, {},
+      [&](const int& id) {
+        std::lock_guard<std::mutex> lock(answered_mu);
+        return answered.count(id) > 0;
+      });
+  b.Start();
+  for (int id = 0; id < 4; ++id) ASSERT_EQ(b.Submit(int{id}, 0), SubmitResult::kAccepted);
+  rec.WaitFor(4);
+  for (int id = 100; id < 104; ++id) ASSERT_EQ(b.Submit(int{id}, 0), SubmitResult::kAccepted);
+  rec.WaitFor(8);
+  b.Shutdown(DynamicBatcher<int>::ShutdownMode::kDrain);
+  ASSERT_EQ(rec.outcomes.size(), 8u);
+  for (const auto& [id, n] : rec.outcomes) EXPECT_EQ(n, 1) << id;
+  EXPECT_EQ(rec.compute_failed, (std::vector<int>{1, 3}));
+  EXPECT_TRUE(rec.shut_down.empty());
+  ASSERT_EQ(rec.batches.size(), 3u);  // ids 0 and 2 one by one, then the good batch whole
+  EXPECT_EQ(rec.batches[2], (std::vector<int>{100, 101, 102, 103}));
+  EXPECT_EQ(b.stats().callback_failures, 1u);
+  EXPECT_EQ(b.stats().compute_failed, 2u);
+  EXPECT_EQ(b.stats().computed, 8u);
+
+  // Without an `answered` predicate a throwing compute has answered nothing: every item of
+  // its batch is rejected once.
+  Recorder rec2;
+  DynamicBatcher<int> plain(
+      Options(8, 0, 16, 0), clock, [](int, std::vector<int>&) { throw 42; },
+      [&](Rejection why, int& id) { rec2.Reject(why, id); });
+  for (int id = 0; id < 3; ++id) ASSERT_EQ(plain.Submit(int{id}, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(plain.RunOnce(), 3u);
+  EXPECT_EQ(rec2.compute_failed, (std::vector<int>{0, 1, 2}));
+  for (const auto& [id, n] : rec2.outcomes) EXPECT_EQ(n, 1) << id;
+  EXPECT_EQ(plain.stats().callback_failures, 1u);
+  EXPECT_EQ(plain.stats().compute_failed, 3u);
+  EXPECT_EQ(std::string(RejectionName(Rejection::kComputeFailed)), "compute_failed");
 }
 
 }  // namespace

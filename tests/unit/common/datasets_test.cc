@@ -197,7 +197,8 @@ TEST_F(DatasetsTest, FashionMnistChecksShapeAndLabels) {
 
 TEST_F(DatasetsTest, RealFashionMnistTrainSet) {
   if (!fs::exists(fs::path(kFashionMnistDir) / "train-images-idx3-ubyte.gz")) {
-    GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+    GTEST_SKIP() << "Fashion-MNIST is missing: install the Debian package "
+                    "dataset-fashion-mnist (scripts/packages.txt; scripts/test installs it)";
   }
   Result<ImageDataset> train = LoadFashionMnist(DatasetSplit::kTrain);
   ASSERT_TRUE(train.ok()) << train.status().ToString();

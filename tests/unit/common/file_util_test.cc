@@ -100,7 +100,9 @@ TEST_F(FileUtilTest, ReadDirectoryIsIoError) {
 }
 
 TEST_F(FileUtilTest, ReadUnreadableFileIsIoError) {
-  if (::geteuid() == 0) GTEST_SKIP() << "root ignores file permissions";
+  if (::geteuid() == 0)
+    GTEST_SKIP() << "cannot run as root: root reads a file whatever its permissions, so "
+                    "no unreadable file can be made (run as another user)";
   const fs::path path = dir_ / "secret";
   ASSERT_TRUE(WriteFileAtomic(path, "x").ok());
   ASSERT_EQ(::chmod(path.c_str(), 0), 0);

@@ -15,6 +15,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
+constexpr char kNoGnuplot[] =
+    "gnuplot is not on PATH: install the Debian package gnuplot-nox (scripts/packages.txt; "
+    "scripts/test installs it)";
+
 bool GnuplotInstalled() {
   const char* path = std::getenv("PATH");
   std::string dirs = path ? path : "/usr/bin:/bin";
@@ -66,7 +70,7 @@ class PlotTest : public ::testing::Test {
 };
 
 TEST_F(PlotTest, RendersLinesScatterAndLogAxis) {
-  if (!GnuplotInstalled()) GTEST_SKIP() << "gnuplot-nox is not installed";
+  if (!GnuplotInstalled()) GTEST_SKIP() << kNoGnuplot;
   PlotSpec spec = SimpleSpec();
   spec.log_x = true;
   spec.series.push_back({"scatter", {2, 20, 200, 2000}, {0.4, NAN, 0.8, 0.95}, true});
@@ -77,7 +81,7 @@ TEST_F(PlotTest, RendersLinesScatterAndLogAxis) {
 }
 
 TEST_F(PlotTest, HostileTextCannotInjectCommands) {
-  if (!GnuplotInstalled()) GTEST_SKIP() << "gnuplot-nox is not installed";
+  if (!GnuplotInstalled()) GTEST_SKIP() << kNoGnuplot;
   const fs::path marker = dir_ / "pwned";
   PlotSpec spec = SimpleSpec();
   spec.title = "it's \"quoted\" \\ back'\nsystem 'touch " + marker.string() + "'\n#";
@@ -91,7 +95,7 @@ TEST_F(PlotTest, HostileTextCannotInjectCommands) {
 }
 
 TEST_F(PlotTest, ReplacesExistingPngAndLeavesNoTemporaries) {
-  if (!GnuplotInstalled()) GTEST_SKIP() << "gnuplot-nox is not installed";
+  if (!GnuplotInstalled()) GTEST_SKIP() << kNoGnuplot;
   const fs::path png = dir_ / "chart.png";
   ASSERT_TRUE(WriteFileAtomic(png, "not a png").ok());
   const fs::path tmp = dir_ / "tmp";
@@ -161,7 +165,7 @@ TEST_F(PlotTest, FailingGnuplotIsInternalWithDetails) {
 }
 
 TEST_F(PlotTest, FallsBackToPngTerminalWhenPngcairoFails) {
-  if (!GnuplotInstalled()) GTEST_SKIP() << "gnuplot-nox is not installed";
+  if (!GnuplotInstalled()) GTEST_SKIP() << kNoGnuplot;
   // Wrapper that rejects scripts using pngcairo, like a gnuplot built without cairo.
   const fs::path fake = dir_ / "nocairo-gnuplot";
   ASSERT_TRUE(WriteFileAtomic(fake,
@@ -176,7 +180,7 @@ TEST_F(PlotTest, FallsBackToPngTerminalWhenPngcairoFails) {
 }
 
 TEST_F(PlotTest, MissingOutputDirectoryIsNotFound) {
-  if (!GnuplotInstalled()) GTEST_SKIP() << "gnuplot-nox is not installed";
+  if (!GnuplotInstalled()) GTEST_SKIP() << kNoGnuplot;
   Status s = WritePlotPng(SimpleSpec(), dir_ / "missing" / "a.png");
   EXPECT_EQ(s.code(), StatusCode::kNotFound) << s.ToString();
 }

@@ -1,3 +1,6 @@
+// LmRouter, the edge side of hard-token routing, against a fake cloud that speaks the lm
+// wire (tests/testing/fake_lm_cloud.h): every request and reply goes through the real
+// encoding, as between the daemons.
 #include "edge/lm_router.h"
 
 #include <gtest/gtest.h>
@@ -5,19 +8,21 @@
 #include <algorithm>
 #include <memory>
 
-#include "cloud/lm_service.h"
+#include "testing/fake_lm_cloud.h"
+#include "testing/tiny_lm.h"
 
 namespace cleave::edge {
 namespace {
 
 using lm_wire::LmReply;
 using lm_wire::LmRequest;
+using testing::FakeLmCloud;
 
-// Sends every request through the real encoding to an in-process cloud service.
+// Sends every request through the real encoding to an in-process (fake) cloud.
 class InProcessLink : public LmCloudLink {
  public:
-  explicit InProcessLink(cloud::LmTailService* service) : service_(service) {}
-  void set_service(cloud::LmTailService* service) { service_ = service; }
+  explicit InProcessLink(FakeLmCloud* service) : service_(service) {}
+  void set_service(FakeLmCloud* service) { service_ = service; }
   bool down = false;
   int calls = 0;
   Result<LmReply> Call(const LmRequest& request) override {
@@ -29,32 +34,18 @@ class InProcessLink : public LmCloudLink {
   }
 
  private:
-  cloud::LmTailService* service_;
+  FakeLmCloud* service_;
 };
 
-split::SplitLm Model() {
-  torch::manual_seed(11);
-  split::SplitLm lm(split::LmSpec::Tiny());
-  lm->eval();
-  return lm;
-}
+split::SplitLm Model() { return testing::TinyLm(); }
 
-// A second handle on the same weights (router and service each own one).
-split::SplitLm Copy(const split::SplitLm& from) {
-  split::SplitLm to(from->spec());
-  torch::NoGradGuard no_grad;
-  auto src = from->named_parameters();
-  for (auto& p : to->named_parameters()) p.value().copy_(src[p.key()]);
-  to->eval();
-  return to;
-}
+// A second handle on the same weights (router and cloud each own one).
+split::SplitLm Copy(const split::SplitLm& from) { return testing::CopyLm(from); }
 
-std::unique_ptr<cloud::LmTailService> Service(const split::SplitLm& lm, FakeClock& clock,
-                                              int64_t budget = int64_t{64} << 20,
-                                              bool serves_tokens = true) {
-  cloud::LmContextOptions o;
-  o.memory_budget_bytes = budget;
-  return std::make_unique<cloud::LmTailService>("lm", Copy(lm), o, clock, serves_tokens);
+// A cloud on its own copy of `lm`'s weights, holding at most `max_sessions` sessions.
+std::unique_ptr<FakeLmCloud> Service(const split::SplitLm& lm, size_t max_sessions = 64,
+                                     bool serves_tokens = true) {
+  return std::make_unique<FakeLmCloud>(Copy(lm), serves_tokens, max_sessions);
 }
 
 const std::string kText = "the quick brown fox jumps over";  // 30 bytes < context 32
@@ -117,8 +108,7 @@ constexpr float kCodeTolerance = 0.05f;
 
 TEST(LmRouterTest, CloudOnlySendsTokensAndGivesTheWholeModelsAnswer) {
   const split::SplitLm lm = Model();
-  FakeClock clock;
-  auto service = Service(lm, clock);
+  auto service = Service(lm);
   InProcessLink link(service.get());
   LmRouterOptions o;
   o.mode = RouteMode::kCloudOnly;
@@ -152,10 +142,10 @@ TEST(LmRouterTest, CloudOnlySendsTokensAndGivesTheWholeModelsAnswer) {
       static_cast<uint64_t>(split::LmLayersMacs(spec, spec.layers, 0, n) +
                             2 * n * split::LmCodecMacs(spec) + (n - 3) * split::LmHeadMacs(spec)));
   router.End();
-  EXPECT_EQ(service->context_stats().sessions, 0u);
+  EXPECT_EQ(service->sessions(), 0u);
 
   // A cloud holding only the cloud part refuses tokens: the router degrades to its exit.
-  auto split_only = Service(lm, clock, int64_t{64} << 20, /*serves_tokens=*/false);
+  auto split_only = Service(lm, 64, /*serves_tokens=*/false);
   InProcessLink split_link(split_only.get());
   LmRouter refused(Copy(lm), o, &split_link);
   auto s = refused.Feed('a');
@@ -166,8 +156,7 @@ TEST(LmRouterTest, CloudOnlySendsTokensAndGivesTheWholeModelsAnswer) {
 
 TEST(LmRouterTest, DeferredUploadGivesTheCloudOnlyAnswerForEveryHardToken) {
   const split::SplitLm lm = Model();
-  FakeClock clock;
-  auto all_service = Service(lm, clock);
+  auto all_service = Service(lm);
   InProcessLink all_link(all_service.get());
   // Every token hard: the split path's answers (u8 codes) for every prefix.
   LmRouterOptions all_routed;
@@ -185,7 +174,7 @@ TEST(LmRouterTest, DeferredUploadGivesTheCloudOnlyAnswerForEveryHardToken) {
   EXPECT_LT(worst, kCodeTolerance);
   EXPECT_GT(worst, 0.f);  // the code really is quantized
 
-  auto service = Service(lm, clock);
+  auto service = Service(lm);
   InProcessLink link(service.get());
   LmRouterOptions routed;
   routed.session = "routed";
@@ -218,16 +207,15 @@ TEST(LmRouterTest, DeferredUploadGivesTheCloudOnlyAnswerForEveryHardToken) {
 
 TEST(LmRouterTest, EvictedOrRestartedCloudIsRebuiltAndAnswersAreUnchanged) {
   const split::SplitLm lm = Model();
-  FakeClock clock;
-  auto ample = Service(lm, clock);
+  auto ample = Service(lm);
   InProcessLink ample_link(ample.get());
   LmRouterOptions o;
   o.session = "a";
   o.exit_threshold = MedianConfidence(lm);
   const Generation reference = Generate(lm, o, &ample_link);
 
-  // A budget too small for two sessions: A and B, interleaved, evict each other.
-  auto tight = Service(lm, clock, /*budget=*/12 * 1024);
+  // Room for one session only: A and B, interleaved, evict each other.
+  auto tight = Service(lm, /*max_sessions=*/1);
   InProcessLink link(tight.get());
   LmRouter a(Copy(lm), o, &link);
   LmRouterOptions ob = o;
@@ -242,19 +230,18 @@ TEST(LmRouterTest, EvictedOrRestartedCloudIsRebuiltAndAnswersAreUnchanged) {
     EXPECT_LT(MaxDiff(sa->log_probs, reference.steps[i].log_probs), 1e-4) << i;
     if (i == kText.size() / 2) {
       // The cloud restarts: a new service knows no session.
-      tight = Service(lm, clock, 12 * 1024);
+      tight = Service(lm, 1);
       link.set_service(tight.get());
     }
   }
   EXPECT_GT(a.stats().resyncs + b.stats().resyncs, 0);
   EXPECT_GT(a.stats().resets, 1);  // the first request and at least one rebuild
-  EXPECT_GT(tight->context_stats().evicted_total, 0u);
+  EXPECT_GT(tight->stats().evicted, 0u);
 }
 
 TEST(LmRouterTest, UnreachableCloudDegradesToTheExitHeadAndRecovers) {
   const split::SplitLm lm = Model();
-  FakeClock clock;
-  auto service = Service(lm, clock);
+  auto service = Service(lm);
   InProcessLink link(service.get());
   LmRouterOptions o;
   o.mode = RouteMode::kCloudOnly;
@@ -280,7 +267,7 @@ TEST(LmRouterTest, UnreachableCloudDegradesToTheExitHeadAndRecovers) {
   EXPECT_EQ(service->stats().tokens, 6u);
   EXPECT_EQ(router.stats().degraded, 5);
   router.End();
-  EXPECT_EQ(service->context_stats().sessions, 0u);
+  EXPECT_EQ(service->sessions(), 0u);
   // Without any link, hard tokens are degraded too; bytes outside the vocabulary refused.
   LmRouter alone(Copy(lm), o, nullptr);
   auto d = alone.Feed('x');
@@ -304,120 +291,6 @@ TEST(LmRouterTest, UnreachableCloudDegradesToTheExitHeadAndRecovers) {
   float total = 0;
   for (float v : late->log_probs) total += std::exp(v);
   EXPECT_NEAR(total, 1.0f, 1e-3);
-}
-
-TEST(LmTailServiceTest, RejectsMalformedStatesAndUnknownModelsAndResyncs) {
-  const split::SplitLm lm = Model();
-  FakeClock clock;
-  auto service = Service(lm, clock);
-  const int width = lm->spec().bottleneck;
-  std::vector<float> values(2 * width, 0.5f);
-  LmRequest r;
-  r.session = "s";
-  r.model = "lm";
-  r.states =
-      *wire::EncodeTensor(values.data(), {2, static_cast<uint32_t>(width)}, wire::DType::kUInt8, 0);
-  r.predict = true;
-  // A continuation for a session the cloud never saw: resync at 0.
-  LmReply reply = service->Handle(r);
-  EXPECT_EQ(reply.status, lm_wire::LmStatus::kResync);
-  EXPECT_EQ(reply.position, 0u);
-  r.reset_session = true;
-  reply = service->Handle(r);
-  ASSERT_EQ(reply.status, lm_wire::LmStatus::kOk) << reply.error;
-  EXPECT_EQ(reply.position, 2u);
-  EXPECT_EQ(reply.log_probs.size(), 256u);
-  // A continuation at the wrong position: resync with where the cloud is.
-  r.reset_session = false;
-  r.start = 5;
-  reply = service->Handle(r);
-  EXPECT_EQ(reply.status, lm_wire::LmStatus::kResync);
-  EXPECT_EQ(reply.position, 2u);
-  // Wrong width and unknown model are errors; the session survives them.
-  LmRequest wide = r;
-  wide.start = 2;
-  std::vector<float> more(2 * (width + 1), 0.5f);
-  wide.states = *wire::EncodeTensor(more.data(), {2, static_cast<uint32_t>(width + 1)},
-                                    wire::DType::kUInt8, 0);
-  EXPECT_EQ(service->Handle(wide).status, lm_wire::LmStatus::kError);
-  LmRequest other = r;
-  other.start = 2;
-  other.model = "vision";
-  EXPECT_EQ(service->Handle(other).status, lm_wire::LmStatus::kError);
-  r.start = 2;
-  EXPECT_EQ(service->Handle(r).status, lm_wire::LmStatus::kOk);
-  EXPECT_EQ(service->stats().errors, 2u);
-  EXPECT_EQ(service->stats().resyncs, 2u);
-  // Idle sessions expire.
-  clock.Advance(int64_t{3600} * 1000 * 1000);
-  EXPECT_EQ(service->ExpireIdle(), 1u);
-}
-
-TEST(LmTailServiceTest, TokenRequestsAndTheWorkEachReplyCounts) {
-  const split::SplitLm lm = Model();
-  const split::LmSpec& spec = lm->spec();
-  FakeClock clock;
-  auto service = Service(lm, clock);
-  const int width = spec.bottleneck;
-  std::vector<float> values(3 * width, 0.25f);
-  LmRequest states;
-  states.session = "split";
-  states.states =
-      *wire::EncodeTensor(values.data(), {3, static_cast<uint32_t>(width)}, wire::DType::kUInt8, 0);
-  states.predict = true;
-  states.reset_session = true;
-  states.start = 4;  // a context rebuilt from the edge's window
-  LmReply reply = service->Handle(states);
-  ASSERT_EQ(reply.status, lm_wire::LmStatus::kOk) << reply.error;
-  const int cloud_layers = spec.layers - spec.split_after;
-  EXPECT_EQ(reply.macs,
-            static_cast<uint64_t>(split::LmLayersMacs(spec, cloud_layers, 4, 3) +
-                                  3 * split::LmCodecMacs(spec) + split::LmHeadMacs(spec)));
-  LmRequest tokens;
-  tokens.session = "whole";
-  tokens.tokens = "hello";
-  tokens.reset_session = true;  // no prediction: no head
-  reply = service->Handle(tokens);
-  ASSERT_EQ(reply.status, lm_wire::LmStatus::kOk) << reply.error;
-  EXPECT_EQ(reply.position, 5u);
-  EXPECT_TRUE(reply.log_probs.empty());
-  EXPECT_EQ(reply.macs, static_cast<uint64_t>(split::LmLayersMacs(spec, spec.layers, 0, 5) +
-                                              10 * split::LmCodecMacs(spec)));
-  // A session keeps its kind: states cannot continue a token session, nor tokens a state one.
-  LmRequest mixed = states;
-  mixed.session = "whole";
-  mixed.start = 5;
-  mixed.reset_session = false;
-  reply = service->Handle(mixed);
-  EXPECT_EQ(reply.status, lm_wire::LmStatus::kError);
-  EXPECT_NE(reply.error.find("started with tokens"), std::string::npos) << reply.error;
-  LmRequest mixed_tokens = tokens;
-  mixed_tokens.session = "split";
-  mixed_tokens.start = 7;
-  mixed_tokens.reset_session = false;
-  reply = service->Handle(mixed_tokens);
-  EXPECT_EQ(reply.status, lm_wire::LmStatus::kError);
-  EXPECT_NE(reply.error.find("started with states"), std::string::npos) << reply.error;
-  // Both sessions survived the errors and continue with their own kind.
-  tokens.reset_session = false;
-  tokens.start = 5;
-  tokens.predict = true;
-  EXPECT_EQ(service->Handle(tokens).status, lm_wire::LmStatus::kOk);
-  EXPECT_EQ(service->stats().tokens, 10u);
-
-  // A cloud without the edge part refuses tokens; a byte outside a smaller vocabulary too.
-  auto split_only = Service(lm, clock, int64_t{64} << 20, /*serves_tokens=*/false);
-  reply = split_only->Handle(tokens);
-  EXPECT_EQ(reply.status, lm_wire::LmStatus::kError);
-  EXPECT_NE(reply.error.find("cloud part"), std::string::npos) << reply.error;
-  split::LmSpec small = spec;
-  small.vocab = 64;
-  cloud::LmTailService small_service("lm", split::SplitLm(small), {}, clock, true);
-  tokens.reset_session = true;
-  tokens.tokens = "A";  // 65
-  reply = small_service.Handle(tokens);
-  EXPECT_EQ(reply.status, lm_wire::LmStatus::kError);
-  EXPECT_NE(reply.error.find("outside the vocabulary"), std::string::npos) << reply.error;
 }
 
 }  // namespace

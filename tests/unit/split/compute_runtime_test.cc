@@ -22,7 +22,9 @@ TEST(ComputeRuntimeTest, SetsTorchAndOpenBlasThreads) {
     SetComputeThreads(2);
     EXPECT_EQ(OpenBlasThreads(), 2);
   } else {
-    GTEST_SKIP() << "libtorch here does not use OpenBLAS; only torch's threads were checked";
+    GTEST_SKIP() << "libtorch here does not call OpenBLAS (libblas.so.3 is not the one of "
+                    "libopenblas0-pthread, which scripts/test installs); only torch's threads "
+                    "were checked";
   }
   // Values below one count as one.
   SetComputeThreads(0);
