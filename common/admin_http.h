@@ -1,4 +1,4 @@
-// One admin HTTP port per daemon (DESIGN.md, "Observability"): /metrics in the Prometheus
+// One admin HTTP port per daemon (docs/design.md, "Observability"): /metrics in the Prometheus
 // text format (prometheus-cpp's TextSerializer over the daemon's registry), /healthz (200
 // while the process serves HTTP at all: liveness) and /readyz (200 only once the daemon
 // says it is ready - models loaded and warm -, else 503 with the reason: readiness).

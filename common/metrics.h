@@ -30,7 +30,7 @@
 // has no federated series). Label children are created once, when a component asks for its
 // ServiceMetrics: every outcome and direction exists from the start at 0 (so rate() and
 // absent() work before the first request), and the serving loops increment through plain
-// pointers - no label lookup per request (DESIGN.md, prometheus-cpp pitfalls). Histogram
+// pointers - no label lookup per request (docs/design.md, "Pitfalls"). Histogram
 // Observe takes a mutex: observe once per request or batch, never per element.
 //
 // Thread-safety: Metrics' methods may be called from any thread; the returned metrics are

@@ -2,7 +2,7 @@
 //
 // The transport knows nothing about message contents: request ids, versions and replies all
 // live inside our Cap'n Proto messages. What it does own is the ZeroMQ pitfalls listed in
-// DESIGN.md: every socket sets LINGER and both high-water marks; the ROUTER sets
+// docs/design.md ("Pitfalls"): every socket sets LINGER and both high-water marks; the ROUTER sets
 // ROUTER_MANDATORY (so an unknown peer or a full pipe is an error we count, never a silent
 // drop) and MAXMSGSIZE; the DEALER sets IMMEDIATE (nothing queues on a dead link) and sends
 // without blocking, with a timeout. Every zmq::error_t becomes a Status here; no exception
