@@ -19,8 +19,8 @@
 // keys; the aggregator serves a bound key only as its id and reserves the id for that key,
 // across its restarts (federated/aggregator_identity.h); other services ignore the ids.
 //
-// Pitfall (docs/design.md, "Pitfalls"): a CURVE server without a running ZAP handler accepts every client -
-// encryption without authentication. So CurveServer() needs a started ZapHandler of the
+// Pitfall (docs/design.md, "Pitfalls"): a CURVE server without a running ZAP handler accepts every
+// client - encryption without authentication. So CurveServer() needs a started ZapHandler of the
 // same context; the handler binds inproc://zeromq.zap.01 before any server socket exists,
 // answers every request of its domain (and refuses other domains), and ZMQ_ZAP_ENFORCE_DOMAIN
 // is set on server sockets where this libzmq supports it.
