@@ -14,10 +14,10 @@
 #include "common/curve.h"
 #include "common/logging.h"
 #include "edge/cli/classify_command.h"
+#include "edge/cli/generate_command.h"
 #include "edge/edge_config.h"
 #include "edge/edge_server.h"
 #include "edge/federated_setup.h"
-#include "edge/cli/generate_command.h"
 #include "edge/model_repository.h"
 #include "split/compute_runtime.h"
 

@@ -18,8 +18,8 @@ namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
-using tools::LaunchDaemon;
 using nlohmann::json;
+using tools::LaunchDaemon;
 
 const fs::path kBin = CLEAVE_BIN_DIR;
 const char kImages[] = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";

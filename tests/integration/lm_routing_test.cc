@@ -19,16 +19,16 @@
 #include "common/lm_wire.h"
 #include "common/transport.h"
 #include "testing/tiny_bundle.h"
-#include "tools/daemon_launcher.h"
 #include "testing/trained_bundles.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
+using nlohmann::json;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
-using nlohmann::json;
 
 const fs::path kBin = CLEAVE_BIN_DIR;
 

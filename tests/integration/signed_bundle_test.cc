@@ -22,9 +22,9 @@ namespace cleave::edge {
 namespace {
 
 namespace fs = std::filesystem;
+using nlohmann::json;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
-using nlohmann::json;
 
 const fs::path kBin = CLEAVE_BIN_DIR;
 

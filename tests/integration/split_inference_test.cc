@@ -18,8 +18,8 @@
 #include "common/transport.h"
 #include "edge/edge_client.h"
 #include "split/tail_plan.h"
-#include "tools/daemon_launcher.h"
 #include "testing/trained_bundles.h"
+#include "tools/daemon_launcher.h"
 
 namespace cleave::edge {
 namespace {
