@@ -1,13 +1,13 @@
 // The demo's accuracy-vs-bytes plot: the calibrated threshold's point comes from the same
 // images as the threshold sweep (calibrated_on_sweep_images), never from the whole test set
 // (main), and a report without those figures is refused rather than plotted wrongly.
-#include "edge/demo_command.h"
+#include "tools/demo_command.h"
 
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
-namespace cleave::edge {
+namespace cleave::tools {
 namespace {
 
 using nlohmann::json;
@@ -57,4 +57,4 @@ TEST(DemoCommandTest, PlotRefusesAReportWithoutComparableFigures) {
 }
 
 }  // namespace
-}  // namespace cleave::edge
+}  // namespace cleave::tools
