@@ -86,6 +86,19 @@ TEST(MutexTest, MutexLockHoldsForItsScopeAndCanLetGoInBetween) {
   EXPECT_TRUE(FreeForOtherThreads(mu));
 }
 
+TEST(MutexTest, MutexLockAdoptsALockTakenByTryLock) {
+  Mutex mu;
+  if (!mu.TryLock()) {
+    ADD_FAILURE() << "TryLock failed on a free mutex";
+    return;
+  }
+  {
+    MutexLock lock(&mu, std::adopt_lock);
+    EXPECT_FALSE(FreeForOtherThreads(mu));
+  }
+  EXPECT_TRUE(FreeForOtherThreads(mu));
+}
+
 TEST(MutexTest, MutexLockReleasesWhenAnExceptionLeavesTheScope) {
   Mutex mu;
   EXPECT_THROW(
