@@ -69,7 +69,7 @@ cleave_fuzz_smoke() {
   if ninja -C "$dir" -t query cleave_thread_safety_check >/dev/null 2>&1; then
     log "thread-safety check: clang -Wthread-safety over the annotated files"
     if ! cmake --build "$dir" -j "$jobs" --target cleave_thread_safety_check >"$dir/thread_safety.log" 2>&1; then
-      grep -E 'error|note' "$dir/thread_safety.log" | head -n 40 >&2 || true
+      grep -E '(error|warning|note):' "$dir/thread_safety.log" | head -n 40 >&2 || true
       echo "error: clang's thread-safety check failed; full log $dir/thread_safety.log" >&2
       return 1
     fi
@@ -79,7 +79,7 @@ cleave_fuzz_smoke() {
   for src in "$CLEAVE_ROOT"/tests/fuzz/*_fuzz.cc; do targets+=("$(basename "$src" .cc)"); done
   log "fuzz smoke: building ${targets[*]}"
   if ! cmake --build "$dir" -j "$jobs" --target "${targets[@]}" >"$dir/build.log" 2>&1; then
-    grep -E 'error|note' "$dir/build.log" | head -n 40 >&2 || true
+    grep -E '(error|warning|note):' "$dir/build.log" | head -n 40 >&2 || true
     echo "error: the clang fuzz build failed; full log $dir/build.log" >&2
     return 1
   fi
