@@ -145,8 +145,12 @@ class CondVar {
   template <class Rep, class Period>
   static Clock::time_point Deadline(std::chrono::duration<Rep, Period> timeout) {
     const Clock::time_point now = Clock::now();
-    // A huge timeout means "no deadline", not an overflow into the past.
-    if (timeout >= Clock::time_point::max() - now) return Clock::time_point::max();
+    // A huge timeout means "no deadline", not an overflow into the past: compared as doubles,
+    // since converting hours::max() to the clock's nanoseconds would itself overflow.
+    using Seconds = std::chrono::duration<double>;
+    if (Seconds(timeout) >= Seconds(Clock::time_point::max() - now)) {
+      return Clock::time_point::max();
+    }
     return now + std::chrono::duration_cast<Clock::duration>(timeout);
   }
 
