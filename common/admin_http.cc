@@ -59,7 +59,7 @@ Result<std::unique_ptr<AdminServer>> AdminServer::Start(
     res.set_content("ok\n", "text/plain");
   });
   server.Get("/readyz", [self](const httplib::Request&, httplib::Response& res) {
-    std::lock_guard<std::mutex> lock(self->mu_);
+    MutexLock lock(&self->mu_);
     if (self->ready_) {
       res.set_content("ready\n", "text/plain");
     } else {
@@ -99,13 +99,13 @@ AdminServer::~AdminServer() {
 std::string AdminServer::url() const { return "http://" + host_ + ":" + std::to_string(port_); }
 
 void AdminServer::SetReady(bool ready, const std::string& reason) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   ready_ = ready;
   not_ready_reason_ = ready ? "" : (reason.empty() ? "not ready" : reason);
 }
 
 bool AdminServer::ready() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return ready_;
 }
 

@@ -11,13 +11,14 @@
 
 #include <atomic>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
 #include <prometheus/registry.h>
 
+#include "common/mutex.h"
 #include "common/status.h"
+#include "common/thread_annotations.h"
 
 namespace httplib {
 class Server;
@@ -38,8 +39,8 @@ class AdminServer {
   int port() const { return port_; }
   // "http://host:port", for logs and ready files.
   std::string url() const;
-  void SetReady(bool ready, const std::string& reason = "");
-  bool ready() const;
+  void SetReady(bool ready, const std::string& reason = "") EXCLUDES(mu_);
+  bool ready() const EXCLUDES(mu_);
 
  private:
   AdminServer(std::string host, std::shared_ptr<prometheus::Registry> registry);
@@ -50,9 +51,10 @@ class AdminServer {
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
   std::atomic<bool> listen_returned_{false};
-  mutable std::mutex mu_;
-  bool ready_ = false;
-  std::string not_ready_reason_ = "starting";
+  // Readiness: written by SetReady on the daemon's threads, read by /readyz handlers.
+  mutable Mutex mu_;
+  bool ready_ GUARDED_BY(mu_) = false;
+  std::string not_ready_reason_ GUARDED_BY(mu_) = "starting";
 };
 
 // Daemon wiring for the `<component>.admin_listen` config key: null when `address` is empty

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -12,6 +11,9 @@
 #include <spdlog/sinks/dist_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+
+#include "common/mutex.h"
+#include "common/thread_annotations.h"
 
 namespace cleave {
 namespace {
@@ -26,14 +28,15 @@ std::shared_ptr<spdlog::sinks::sink> MakeStderrSink() {
 }
 
 // All loggers write into `fan_out`; InitLogging swaps what is behind it, so loggers never
-// need their sink lists touched while other threads log through them.
+// need their sink lists touched while other threads log through them. `fan_out` itself is
+// fixed and thread-safe (dist_sink_mt); `mutex` guards the level and the logger map.
 struct LoggingState {
-  std::mutex mutex;
-  std::shared_ptr<spdlog::sinks::dist_sink_mt> fan_out =
+  Mutex mutex;
+  const std::shared_ptr<spdlog::sinks::dist_sink_mt> fan_out =
       std::make_shared<spdlog::sinks::dist_sink_mt>(
           std::vector<std::shared_ptr<spdlog::sinks::sink>>{MakeStderrSink()});
-  spdlog::level::level_enum level = spdlog::level::info;
-  std::map<std::string, std::shared_ptr<spdlog::logger>> loggers;
+  spdlog::level::level_enum level GUARDED_BY(mutex) = spdlog::level::info;
+  std::map<std::string, std::shared_ptr<spdlog::logger>> loggers GUARDED_BY(mutex);
 };
 
 LoggingState& State() {
@@ -54,7 +57,8 @@ std::optional<spdlog::level::level_enum> ParseLevel(std::string name) {
   return std::nullopt;
 }
 
-std::shared_ptr<spdlog::logger> GetLoggerLocked(LoggingState& state, const std::string& component) {
+std::shared_ptr<spdlog::logger> GetLoggerLocked(LoggingState& state, const std::string& component)
+    REQUIRES(state.mutex) {
   auto it = state.loggers.find(component);
   if (it != state.loggers.end()) return it->second;
   auto logger = std::make_shared<spdlog::logger>(component, state.fan_out);
@@ -86,7 +90,7 @@ Status InitLogging(const std::string& level, const std::string& file) {
   LoggingState& state = State();
   std::shared_ptr<spdlog::logger> default_logger;
   {
-    std::lock_guard<std::mutex> lock(state.mutex);
+    MutexLock lock(&state.mutex);
     state.level = *parsed;
     state.fan_out->set_sinks(std::move(sinks));
     for (auto& entry : state.loggers) entry.second->set_level(*parsed);
@@ -98,7 +102,7 @@ Status InitLogging(const std::string& level, const std::string& file) {
 
 std::shared_ptr<spdlog::logger> GetLogger(const std::string& component) {
   LoggingState& state = State();
-  std::lock_guard<std::mutex> lock(state.mutex);
+  MutexLock lock(&state.mutex);
   return GetLoggerLocked(state, component);
 }
 

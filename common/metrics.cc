@@ -51,7 +51,7 @@ Metrics::Metrics() : Metrics(std::make_shared<prometheus::Registry>()) {}
 Metrics::Metrics(std::shared_ptr<prometheus::Registry> registry) : registry_(std::move(registry)) {}
 
 const ServiceMetrics& Metrics::Service(const std::string& component) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto found = services_.find(component);
   if (found != services_.end()) return *found->second;
   prometheus::Registry& r = *registry_;
@@ -107,7 +107,7 @@ const ServiceMetrics& Metrics::Service(const std::string& component) {
 }
 
 const FederatedMetrics& Metrics::Federated() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (federated_) return *federated_;
   prometheus::Registry& r = *registry_;
   auto m = std::make_unique<FederatedMetrics>();
@@ -155,7 +155,7 @@ const FederatedMetrics& Metrics::Federated() {
 }
 
 prometheus::Gauge& Metrics::ConnectedEdges() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (connected_edges_ == nullptr) {
     connected_edges_ = &prometheus::BuildGauge()
                             .Name("cleave_connected_edges")
@@ -169,7 +169,7 @@ prometheus::Gauge& Metrics::ConnectedEdges() {
 }
 
 prometheus::Counter& Metrics::CurveRefused(const std::string& component) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto found = refused_.find(component);
   if (found != refused_.end()) return *found->second;
   if (curve_refused_ == nullptr) {

@@ -42,7 +42,6 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -52,6 +51,9 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+
+#include "common/mutex.h"
+#include "common/thread_annotations.h"
 
 namespace cleave {
 
@@ -117,11 +119,11 @@ class Metrics {
 
   // The children for `component` ("cloud", "edge", "aggregator"), created on the first call
   // for that component; later calls return the same object.
-  const ServiceMetrics& Service(const std::string& component);
-  const FederatedMetrics& Federated();
-  prometheus::Gauge& ConnectedEdges();
+  const ServiceMetrics& Service(const std::string& component) EXCLUDES(mu_);
+  const FederatedMetrics& Federated() EXCLUDES(mu_);
+  prometheus::Gauge& ConnectedEdges() EXCLUDES(mu_);
   // Hand it to the ZAP handler (common/curve.h), which increments it per refusal.
-  prometheus::Counter& CurveRefused(const std::string& component);
+  prometheus::Counter& CurveRefused(const std::string& component) EXCLUDES(mu_);
 
   // Bucket boundaries (seconds, or requests for batch size).
   static const std::vector<double>& QueueSecondsBuckets();
@@ -131,21 +133,21 @@ class Metrics {
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
-  std::mutex mu_;
-  // Families, registered lazily (all guarded by mu_; the families themselves are
-  // thread-safe and owned by the registry).
-  prometheus::Family<prometheus::Counter>* requests_ = nullptr;
-  prometheus::Family<prometheus::Counter>* wire_bytes_ = nullptr;
-  prometheus::Family<prometheus::Histogram>* queue_ = nullptr;
-  prometheus::Family<prometheus::Histogram>* compute_ = nullptr;
-  prometheus::Family<prometheus::Histogram>* batch_ = nullptr;
-  prometheus::Family<prometheus::Gauge>* pending_ = nullptr;
-  prometheus::Family<prometheus::Gauge>* model_version_ = nullptr;
-  prometheus::Family<prometheus::Counter>* curve_refused_ = nullptr;
-  prometheus::Gauge* connected_edges_ = nullptr;
-  std::unique_ptr<FederatedMetrics> federated_;
-  std::map<std::string, std::unique_ptr<ServiceMetrics>> services_;
-  std::map<std::string, prometheus::Counter*> refused_;
+  Mutex mu_;
+  // Families, registered lazily (the pointers are guarded by mu_; the families themselves
+  // are thread-safe and owned by the registry).
+  prometheus::Family<prometheus::Counter>* requests_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Counter>* wire_bytes_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Histogram>* queue_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Histogram>* compute_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Histogram>* batch_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Gauge>* pending_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Gauge>* model_version_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Counter>* curve_refused_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Gauge* connected_edges_ GUARDED_BY(mu_) = nullptr;
+  std::unique_ptr<FederatedMetrics> federated_ GUARDED_BY(mu_);
+  std::map<std::string, std::unique_ptr<ServiceMetrics>> services_ GUARDED_BY(mu_);
+  std::map<std::string, prometheus::Counter*> refused_ GUARDED_BY(mu_);
 };
 
 // Distinct peers seen within a sliding window: cleave_connected_edges for a service whose

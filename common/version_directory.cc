@@ -87,10 +87,10 @@ PeriodicReload::PeriodicReload(int64_t interval_ms, std::function<void()> tick)
 
 PeriodicReload::~PeriodicReload() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
   }
-  wake_.notify_all();
+  wake_.NotifyAll();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -100,17 +100,17 @@ void PeriodicReload::Loop() {
   constexpr int64_t kTickMs = 100;
   unsigned long generation = ReloadGeneration();
   auto next = std::chrono::steady_clock::now() + std::chrono::milliseconds(interval_ms_);
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   while (!stop_) {
-    wake_.wait_for(lock, std::chrono::milliseconds(std::min(kTickMs, interval_ms_)));
+    wake_.WaitFor(&mu_, std::chrono::milliseconds(std::min(kTickMs, interval_ms_)));
     if (stop_) break;
     const unsigned long now_generation = ReloadGeneration();
     if (std::chrono::steady_clock::now() < next && now_generation == generation) continue;
     generation = now_generation;
-    lock.unlock();
+    lock.Unlock();
     tick_();
     next = std::chrono::steady_clock::now() + std::chrono::milliseconds(interval_ms_);
-    lock.lock();
+    lock.Lock();
   }
 }
 

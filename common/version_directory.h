@@ -19,18 +19,18 @@
 // PeriodicReload thread, or the caller before it starts).
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "common/mutex.h"
 #include "common/status.h"
+#include "common/thread_annotations.h"
 
 namespace cleave {
 
@@ -83,12 +83,12 @@ class PeriodicReload {
   PeriodicReload& operator=(const PeriodicReload&) = delete;
 
  private:
-  void Loop();
+  void Loop() EXCLUDES(mu_);
   const int64_t interval_ms_;
   std::function<void()> tick_;
-  std::mutex mu_;
-  std::condition_variable wake_;
-  bool stop_ = false;  // guarded by mu_
+  Mutex mu_;
+  CondVar wake_;
+  bool stop_ GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
 

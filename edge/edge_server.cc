@@ -42,7 +42,7 @@ const std::string& EdgeServer::endpoint() const { return local_->endpoint(); }
 
 Status EdgeServer::SwapEngine(uint64_t version, std::unique_ptr<EdgeEngine> engine) {
   if (engine == nullptr) return Status::InvalidArgument("SwapEngine: null engine");
-  std::lock_guard<std::mutex> lock(staged_mu_);
+  MutexLock lock(&staged_mu_);
   staged_ = std::move(engine);  // a newer swap before the loop took the last one replaces it
   staged_version_ = version;
   return Status::Ok();
@@ -52,7 +52,7 @@ void EdgeServer::AdoptStagedEngine() {
   std::unique_ptr<EdgeEngine> engine;
   uint64_t version = 0;
   {
-    std::lock_guard<std::mutex> lock(staged_mu_);
+    MutexLock lock(&staged_mu_);
     if (staged_ == nullptr) return;
     engine = std::move(staged_);
     version = staged_version_;

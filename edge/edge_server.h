@@ -20,13 +20,14 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 
 #include "common/edge_api.h"
 #include "common/metrics.h"
+#include "common/mutex.h"
 #include "common/status.h"
+#include "common/thread_annotations.h"
 #include "common/transport.h"
 #include "edge/edge_engine.h"
 
@@ -80,7 +81,7 @@ class EdgeServer {
   // serves every request the loop takes after its current turn; requests already waiting for
   // the cloud finish as they are (their fallback answer was computed by the old engine). Any
   // thread, also while Run is serving. InvalidArgument (nothing changes) for a null engine.
-  Status SwapEngine(uint64_t version, std::unique_ptr<EdgeEngine> engine);
+  Status SwapEngine(uint64_t version, std::unique_ptr<EdgeEngine> engine) EXCLUDES(staged_mu_);
   // The version new requests are served by (the `version` given to the last SwapEngine that
   // took effect, or the one set at start; 0 without a repository). Any thread.
   uint64_t served_version() const { return served_version_.load(std::memory_order_acquire); }
@@ -116,13 +117,13 @@ class EdgeServer {
   int NextTimeoutMs(int64_t now_us) const;
 
   // Socket thread: adopts an engine staged by SwapEngine.
-  void AdoptStagedEngine();
+  void AdoptStagedEngine() EXCLUDES(staged_mu_);
 
   EdgeServerOptions options_;
   std::unique_ptr<EdgeEngine> engine_;  // socket thread
-  std::mutex staged_mu_;
-  std::unique_ptr<EdgeEngine> staged_;  // guarded by staged_mu_
-  uint64_t staged_version_ = 0;         // guarded by staged_mu_
+  Mutex staged_mu_;
+  std::unique_ptr<EdgeEngine> staged_ GUARDED_BY(staged_mu_);
+  uint64_t staged_version_ GUARDED_BY(staged_mu_) = 0;
   std::atomic<uint64_t> served_version_{0};
   std::unique_ptr<RouterServer> local_;
   std::unique_ptr<DealerClient> cloud_;

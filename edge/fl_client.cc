@@ -168,7 +168,10 @@ Result<std::unique_ptr<FederatedClient>> FederatedClient::Start(
   socket.configure = client->options_.socket_configure;
   CLEAVE_ASSIGN_OR_RETURN(client->dealer_,
                           DealerClient::Connect(context, client->options_.aggregator, socket));
-  client->stats_.running = true;
+  {
+    MutexLock lock(&client->mu_);  // no other thread yet; the lock is for the analysis
+    client->stats_.running = true;
+  }
   client->thread_ = std::thread([c = client.get()] { c->Run(); });
   return client;
 }
@@ -181,23 +184,23 @@ FederatedClient::~FederatedClient() {
 void FederatedClient::Stop() { stop_.store(true); }
 
 FederatedClientStats FederatedClient::stats() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return stats_;
 }
 
 bool FederatedClient::WaitFor(const std::function<bool(const FederatedClientStats&)>& predicate,
                               int64_t timeout_ms) const {
-  std::unique_lock<std::mutex> lock(mu_);
-  return changed_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                           [&] { return predicate(stats_); });
+  MutexLock lock(&mu_);
+  return changed_.WaitFor(&mu_, std::chrono::milliseconds(timeout_ms),
+                          [&]() REQUIRES(mu_) { return predicate(stats_); });
 }
 
 void FederatedClient::Update(const std::function<void(FederatedClientStats&)>& change) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     change(stats_);
   }
-  changed_.notify_all();
+  changed_.NotifyAll();
 }
 
 void FederatedClient::RecordError(const std::string& error) {

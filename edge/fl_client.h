@@ -63,12 +63,10 @@
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -78,7 +76,9 @@
 
 #include "common/clock.h"
 #include "common/fl_wire.h"
+#include "common/mutex.h"
 #include "common/status.h"
+#include "common/thread_annotations.h"
 #include "common/transport.h"
 #include "federated/secure_round.h"
 #include "federated/update_compression.h"
@@ -168,11 +168,11 @@ class FederatedClient {
   void Stop();
 
   // A consistent copy of the counters. Any thread.
-  FederatedClientStats stats() const;
+  FederatedClientStats stats() const EXCLUDES(mu_);
   // Waits until `predicate(stats)` holds or `timeout_ms` passes; true if it held. Wakes on
   // every change. Any thread; `predicate` runs under the stats lock and must not block.
   bool WaitFor(const std::function<bool(const FederatedClientStats&)>& predicate,
-               int64_t timeout_ms) const;
+               int64_t timeout_ms) const EXCLUDES(mu_);
 
   // The fingerprint sent in Register: LayoutSha256(LayoutOf(network)).
   const std::string& layout_sha256() const { return layout_sha256_; }
@@ -246,7 +246,7 @@ class FederatedClient {
   void Backoff();
   int64_t PollIntervalMicros() const;
   // Applies `change` to the stats under the lock and wakes WaitFor.
-  void Update(const std::function<void(FederatedClientStats&)>& change);
+  void Update(const std::function<void(FederatedClientStats&)>& change) EXCLUDES(mu_);
   void RecordError(const std::string& error);
 
   FederatedClientOptions options_;
@@ -279,9 +279,9 @@ class FederatedClient {
   federated::ErrorFeedbackState feedback_;
   std::optional<SecureState> secure_;  // the open secure round, if any
 
-  mutable std::mutex mu_;
-  mutable std::condition_variable changed_;
-  FederatedClientStats stats_;  // guarded by mu_
+  mutable Mutex mu_;
+  mutable CondVar changed_;
+  FederatedClientStats stats_ GUARDED_BY(mu_);
 };
 
 }  // namespace cleave::edge

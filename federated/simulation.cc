@@ -4,11 +4,9 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdio>
 #include <cstring>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -16,8 +14,10 @@
 
 #include "common/datasets.h"
 #include "common/file_util.h"
+#include "common/mutex.h"
 #include "common/process_stats.h"
 #include "common/progress.h"
+#include "common/thread_annotations.h"
 #include "federated/checkpoint.h"
 #include "federated/local_training.h"
 #include "split/compute_runtime.h"
@@ -213,19 +213,22 @@ class Simulation {
   void Worker(int worker, const RoundPlan& plan, const std::vector<Task>& tasks);
   // The workers live for the whole run (a thread per round would cost its creation and
   // libtorch's per-thread set-up every round): each waits for the next round's tasks.
-  void StartPool();
-  void StopPool();
-  void PoolThread(int worker);
+  void StartPool() EXCLUDES(pool_mu_);
+  void StopPool() EXCLUDES(pool_mu_);
+  void PoolThread(int worker) EXCLUDES(pool_mu_);
   void WarmUp(int worker);
   // Runs `tasks` on the first `active` workers and returns when all of them are done.
-  void RunOnPool(const RoundPlan& plan, const std::vector<Task>& tasks, int active);
+  void RunOnPool(const RoundPlan& plan, const std::vector<Task>& tasks, int active)
+      EXCLUDES(pool_mu_);
   // Submits finished tasks to the engine in task (arrival) order, from whichever worker gets
   // there first: no hand-off to a waiting thread per client. Returns at once when another
   // worker is already submitting; it will pick up what this worker finished.
-  void SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& tasks);
+  void SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& tasks)
+      EXCLUDES(submit_mu_, mu_);
   void SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTrainResult> r,
                  bool values_checked, int64_t upload_bytes = -1,
-                 std::optional<secagg::MaskedInput> masked = std::nullopt);
+                 std::optional<secagg::MaskedInput> masked = std::nullopt) REQUIRES(submit_mu_)
+      EXCLUDES(mu_);
   // Compresses a trained update in place (encode, decode, global + decoded delta) with the
   // client's error-feedback residual; returns the encoded size. On a worker, in parallel.
   Result<int64_t> CompressUpdate(const RoundPlan& plan, const Task& t, Weights& weights);
@@ -255,24 +258,28 @@ class Simulation {
   int64_t model_bytes_ = 0, trainable_bytes_ = 0;
 
   // Per-round hand-off between workers and the submitting thread.
-  std::mutex mu_;  // results_, next_submit_, spare_
-  std::vector<TaskResult> results_;
-  size_t next_submit_ = 0;  // first task not yet submitted
+  // Lock order: submit_mu_ before mu_; pool_mu_ is never held with either.
+  Mutex mu_;
+  std::vector<TaskResult> results_ GUARDED_BY(mu_);
+  size_t next_submit_ GUARDED_BY(mu_) = 0;  // first task not yet submitted
   std::vector<std::thread> pool_;
-  std::mutex pool_mu_;  // everything below up to submit_mu_
-  std::condition_variable start_cv_, done_cv_;
-  uint64_t generation_ = 0;  // bumped per round
-  bool quit_ = false;
-  int active_ = 0, running_ = 0, ready_ = 0;
-  const RoundPlan* round_plan_ = nullptr;
-  const std::vector<Task>* round_tasks_ = nullptr;
-  std::mutex submit_mu_;  // held by the one worker submitting (the engine is not thread-safe)
-  int trained_ = 0;       // updates submitted this round (under submit_mu_)
-  int64_t compressed_bytes_up_ = 0;  // encoded sizes of this round's accepted updates (same)
-  // Error-feedback residuals by client index (under mu_ for lookup and insertion; each entry
+  Mutex pool_mu_;
+  CondVar start_cv_, done_cv_;
+  uint64_t generation_ GUARDED_BY(pool_mu_) = 0;  // bumped per round
+  bool quit_ GUARDED_BY(pool_mu_) = false;
+  int active_ GUARDED_BY(pool_mu_) = 0;
+  int running_ GUARDED_BY(pool_mu_) = 0;
+  int ready_ GUARDED_BY(pool_mu_) = 0;
+  const RoundPlan* round_plan_ GUARDED_BY(pool_mu_) = nullptr;
+  const std::vector<Task>* round_tasks_ GUARDED_BY(pool_mu_) = nullptr;
+  Mutex submit_mu_;  // held by the one worker submitting (the engine is not thread-safe)
+  int trained_ GUARDED_BY(submit_mu_) = 0;  // updates submitted this round
+  // Encoded sizes of this round's accepted updates.
+  int64_t compressed_bytes_up_ GUARDED_BY(submit_mu_) = 0;
+  // Error-feedback residuals by client index (mu_ guards lookup and insertion; each entry
   // is used by the one worker training that client this round). Grows with the clients that
   // have trained: O(participants x trainable model).
-  std::unordered_map<int, ErrorFeedbackState> feedback_;
+  std::unordered_map<int, ErrorFeedbackState> feedback_ GUARDED_BY(mu_);
   // Secure rounds: each sampled client's session and the shares forwarded to it. Filled
   // before the pool runs and only read (one worker per client) while it does.
   struct SecureClient {
@@ -286,7 +293,7 @@ class Simulation {
   ProgressBar* bar_ = nullptr;
   // Update tensors handed back after aggregation, for the next clients' results (reused
   // only where the strategy kept no reference; see GetWeightsInto).
-  std::vector<Weights> spare_;
+  std::vector<Weights> spare_ GUARDED_BY(mu_);
   std::atomic<size_t> next_task_{0};
   std::atomic<int64_t> training_micros_{0};  // inside TrainLocally's step loop
   std::atomic<int64_t> client_micros_{0};    // whole TrainLocally calls (weights in and out)
@@ -315,7 +322,10 @@ Status Simulation::Setup() {
     trainers_.push_back(std::make_unique<LocalTrainer>(*nets_.back()));
   }
   // Update buffers for the first clients; later ones reuse what aggregation hands back.
-  for (size_t k = 0; k < 2 * nets_.size(); ++k) spare_.push_back(ZerosLike(layout));
+  {
+    MutexLock lock(&mu_);  // no workers yet; the lock is for the analysis
+    for (size_t k = 0; k < 2 * nets_.size(); ++k) spare_.push_back(ZerosLike(layout));
+  }
   eval_net_ = split::SplitVisionNet(spec_);
   model_bytes_ = WeightBytes(layout);
   const std::vector<bool> mask =
@@ -388,8 +398,8 @@ void Simulation::StartPool() {
   // works instead of waiting.
   for (int w = 1; w < workers_; ++w) pool_.emplace_back([this, w] { PoolThread(w); });
   WarmUp(0);
-  std::unique_lock<std::mutex> lock(pool_mu_);
-  done_cv_.wait(lock, [&] { return ready_ == workers_ - 1; });
+  MutexLock lock(&pool_mu_);
+  done_cv_.Wait(&pool_mu_, [&]() REQUIRES(pool_mu_) { return ready_ == workers_ - 1; });
 }
 
 void Simulation::WarmUp(int worker) {
@@ -405,10 +415,10 @@ void Simulation::WarmUp(int worker) {
 
 void Simulation::StopPool() {
   {
-    std::lock_guard<std::mutex> lock(pool_mu_);
+    MutexLock lock(&pool_mu_);
     quit_ = true;
   }
-  start_cv_.notify_all();
+  start_cv_.NotifyAll();
   for (auto& t : pool_) t.join();
   pool_.clear();
 }
@@ -416,35 +426,35 @@ void Simulation::StopPool() {
 void Simulation::PoolThread(int worker) {
   WarmUp(worker);
   uint64_t seen = 0;
-  std::unique_lock<std::mutex> lock(pool_mu_);
-  if (++ready_ == workers_ - 1) done_cv_.notify_all();
+  MutexLock lock(&pool_mu_);
+  if (++ready_ == workers_ - 1) done_cv_.NotifyAll();
   for (;;) {
-    start_cv_.wait(lock, [&] { return quit_ || generation_ != seen; });
+    start_cv_.Wait(&pool_mu_, [&]() REQUIRES(pool_mu_) { return quit_ || generation_ != seen; });
     if (quit_) return;
     seen = generation_;
     if (worker >= active_) continue;
     const RoundPlan& plan = *round_plan_;
     const std::vector<Task>& tasks = *round_tasks_;
-    lock.unlock();
+    lock.Unlock();
     Worker(worker, plan, tasks);
-    lock.lock();
-    if (--running_ == 0) done_cv_.notify_all();
+    lock.Lock();
+    if (--running_ == 0) done_cv_.NotifyAll();
   }
 }
 
 void Simulation::RunOnPool(const RoundPlan& plan, const std::vector<Task>& tasks, int active) {
   {
-    std::lock_guard<std::mutex> lock(pool_mu_);
+    MutexLock lock(&pool_mu_);
     round_plan_ = &plan;
     round_tasks_ = &tasks;
     active_ = active;
     running_ = active - 1;  // the pool's share; worker 0 is this thread
     ++generation_;
   }
-  if (active > 1) start_cv_.notify_all();
+  if (active > 1) start_cv_.NotifyAll();
   Worker(0, plan, tasks);
-  std::unique_lock<std::mutex> lock(pool_mu_);
-  done_cv_.wait(lock, [&] { return running_ == 0; });
+  MutexLock lock(&pool_mu_);
+  done_cv_.Wait(&pool_mu_, [&]() REQUIRES(pool_mu_) { return running_ == 0; });
   round_plan_ = nullptr;
   round_tasks_ = nullptr;
 }
@@ -475,7 +485,7 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
       o.global_is_checked = true;  // the engine's own global model
       Weights recycled;
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         if (!spare_.empty()) {
           recycled = std::move(spare_.back());
           spare_.pop_back();
@@ -516,7 +526,7 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
       }
     }
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       results_[i].result = std::move(result);
       results_[i].values_checked = values_checked;
       results_[i].upload_bytes = upload_bytes;
@@ -528,12 +538,12 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
 }
 
 void Simulation::SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& tasks) {
-  const auto next_ready = [&] {
+  const auto next_ready = [&]() REQUIRES(mu_) {
     return next_submit_ < tasks.size() && results_[next_submit_].done;
   };
   for (;;) {
-    std::unique_lock<std::mutex> submitting(submit_mu_, std::try_to_lock);
-    if (!submitting.owns_lock()) return;  // the holder re-checks after it lets go
+    if (!submit_mu_.TryLock()) return;  // the holder re-checks after it lets go
+    MutexLock submitting(&submit_mu_, std::adopt_lock);
     for (;;) {
       size_t i = 0;
       Result<LocalTrainResult> r = Status::Internal("not run");
@@ -541,7 +551,7 @@ void Simulation::SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& t
       int64_t upload_bytes = -1;
       std::optional<secagg::MaskedInput> masked;
       {
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         if (!next_ready()) break;
         i = next_submit_++;
         r = std::move(results_[i].result);
@@ -553,9 +563,9 @@ void Simulation::SubmitInOrder(const RoundPlan& plan, const std::vector<Task>& t
       SubmitOne(plan, tasks[i], std::move(r), values_checked, upload_bytes, std::move(masked));
       if (bar_) bar_->Update(i + 1, "trained " + std::to_string(trained_));
     }
-    submitting.unlock();
+    submitting.Unlock();
     // A worker that finished while this one held the lock returned without submitting.
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (!next_ready()) return;
   }
 }
@@ -583,7 +593,7 @@ void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTra
       compressed_bytes_up_ += words * static_cast<int64_t>(sizeof(uint32_t));
     }
     ++trained_;
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (spare_.size() < 2 * nets_.size()) spare_.push_back(std::move(r->weights));
   } else {
     ClientUpdate u;
@@ -598,7 +608,7 @@ void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTra
       compressed_bytes_up_ += upload_bytes;
     }
     ++trained_;
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (spare_.size() < 2 * nets_.size()) spare_.push_back(std::move(handed));
   }
 }
@@ -606,7 +616,7 @@ void Simulation::SubmitOne(const RoundPlan& plan, const Task& t, Result<LocalTra
 Result<int64_t> Simulation::CompressUpdate(const RoundPlan& plan, const Task& t, Weights& weights) {
   ErrorFeedbackState* feedback = nullptr;
   if (options_.compression.error_feedback) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     feedback = &feedback_[t.client];  // unordered_map: the reference survives rehashing
   }
   return CompressRoundTrip(options_.compression, engine_->layout(), engine_->global(), weights,
@@ -646,11 +656,13 @@ void Simulation::SecureSetUp(const RoundPlan& plan) {
   timed(secure_server_micros_, [&] { directories = server.CloseAdvertiseKeys(); });
   if (!directories.ok()) return;  // the round has failed; FinishRound says why
   // Stage 1: each client Shamir-shares its secrets with its neighbours through the server.
-  for (auto& [id, directory] : *directories) {
+  // Named, not structured bindings: lambdas cannot capture those before C++20 (clang refuses).
+  for (auto& entry : *directories) {
+    const std::string& id = entry.first;
     SecureClient& c = secure_clients_[id];
     if (!c.session) continue;
     Result<secagg::ShareKeys> shares = Status::Internal("not run");
-    timed(client_micros, [&] { shares = c.session->ShareSecrets(directory); });
+    timed(client_micros, [&] { shares = c.session->ShareSecrets(entry.second); });
     if (!shares.ok()) continue;
     secure_protocol_bytes_ +=
         static_cast<int64_t>(shares->shares.size() * (secagg::SealedShareBytes() + 8));
@@ -715,7 +727,11 @@ Status Simulation::RunRound() {
   const auto wall_start = std::chrono::steady_clock::now();
   CLEAVE_ASSIGN_OR_RETURN(RoundPlan plan, engine_->StartRound(clients_));
   const std::vector<Task> tasks = PlanTasks(plan);
-  results_.assign(tasks.size(), TaskResult{});
+  {
+    MutexLock lock(&mu_);  // the pool is idle between rounds; the lock is for the analysis
+    results_.assign(tasks.size(), TaskResult{});
+    next_submit_ = 0;
+  }
   next_task_ = 0;
   training_micros_ = 0;
   client_micros_ = 0;
@@ -727,16 +743,26 @@ Status Simulation::RunRound() {
                 tasks.size(), options_.progress_out);
   }
   bar_ = bar ? &*bar : nullptr;
-  next_submit_ = 0;
-  trained_ = 0;
-  compressed_bytes_up_ = 0;
+  {
+    MutexLock lock(&submit_mu_);
+    trained_ = 0;
+    compressed_bytes_up_ = 0;
+  }
   secure_client_micros_ = 0;
   secure_server_micros_ = 0;
   if (plan.secure) SecureSetUp(plan);
   const int active = std::min<int>(workers_, static_cast<int>(tasks.size()));
   RunOnPool(plan, tasks, active);
   bar_ = nullptr;
-  if (next_submit_ < tasks.size()) {
+  bool all_submitted = false;
+  int64_t compressed_bytes_up = 0;
+  {
+    MutexLock submitting(&submit_mu_);
+    MutexLock lock(&mu_);
+    all_submitted = next_submit_ == tasks.size();
+    compressed_bytes_up = compressed_bytes_up_;
+  }
+  if (!all_submitted) {
     secure_clients_.clear();
     return Status::FailedPrecondition("sim: cancelled during round " + std::to_string(plan.round));
   }
@@ -769,11 +795,11 @@ Status Simulation::RunRound() {
   const int64_t dense_bytes_up = static_cast<int64_t>(record.succeeded) * trainable_bytes_;
   const bool compressed = options_.compression.kind != "none" || plan.secure.has_value();
   stored->extra["bytes_up"] =
-      compressed ? compressed_bytes_up_ + secure_protocol_bytes_ : dense_bytes_up;
+      compressed ? compressed_bytes_up + secure_protocol_bytes_ : dense_bytes_up;
   json compression = options_.compression.ToJson();
   compression["dense_bytes_up"] = dense_bytes_up;
   if (compressed && dense_bytes_up > 0) {
-    compression["ratio"] = static_cast<double>(compressed_bytes_up_) / dense_bytes_up;
+    compression["ratio"] = static_cast<double>(compressed_bytes_up) / dense_bytes_up;
   }
   stored->extra["compression"] = compression;
   if (options_.attack.kind != AttackKind::kNone) {

@@ -6,11 +6,12 @@
 #include <cerrno>
 #include <cstring>
 #include <ctime>
-#include <mutex>
 #include <system_error>
 
 #include "common/file_util.h"
+#include "common/mutex.h"
 #include "common/signing.h"
+#include "common/thread_annotations.h"
 
 namespace cleave {
 namespace {
@@ -203,9 +204,9 @@ Status PublishStaging(const fs::path& staging, const fs::path& dir, bool* publis
 // Signatures
 
 struct Trust {
-  std::mutex mu;
-  std::string public_pem;  // empty: signatures are not required
-  std::string fingerprint;
+  Mutex mu;
+  std::string public_pem GUARDED_BY(mu);  // empty: signatures are not required
+  std::string fingerprint GUARDED_BY(mu);
 };
 Trust& GlobalTrust() {
   static Trust trust;
@@ -287,7 +288,7 @@ Status SetTrustedBundleKey(const std::string& public_pem) {
     CLEAVE_ASSIGN_OR_RETURN(fingerprint, signing::Ed25519Fingerprint(public_pem));
   }
   Trust& trust = GlobalTrust();
-  std::lock_guard<std::mutex> lock(trust.mu);
+  MutexLock lock(&trust.mu);
   trust.public_pem = public_pem;
   trust.fingerprint = fingerprint;
   return Status::Ok();
@@ -302,7 +303,7 @@ Status TrustBundleKeyFile(const std::string& path) {
 
 std::string TrustedBundleKeyFingerprint() {
   Trust& trust = GlobalTrust();
-  std::lock_guard<std::mutex> lock(trust.mu);
+  MutexLock lock(&trust.mu);
   return trust.fingerprint;
 }
 
@@ -419,7 +420,7 @@ Result<Bundle> Bundle::Open(const fs::path& dir, bool require_signature) {
     std::string public_pem, fingerprint;
     {
       Trust& trust = GlobalTrust();
-      std::lock_guard<std::mutex> lock(trust.mu);
+      MutexLock lock(&trust.mu);
       public_pem = trust.public_pem;
       fingerprint = trust.fingerprint;
     }
