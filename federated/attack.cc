@@ -7,6 +7,7 @@
 #include <iterator>
 #include <numeric>
 
+#include "federated/splitmix.h"
 #include "federated/strategy_internal.h"
 #include "split/torch_status.h"
 
@@ -26,14 +27,6 @@ constexpr KindName kKinds[] = {{AttackKind::kNone, "none"},
                                {AttackKind::kScale, "scale"},
                                {AttackKind::kRandom, "random"},
                                {AttackKind::kLabelFlip, "label_flip"}};
-
-// SplitMix64 finalizer: an independent, well-mixed key per (seed, client).
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 // L2 norm of the trainable entries of `w`, flattened into one vector.
 double TrainableNorm(const Weights& w, const std::vector<bool>& trainable) {
@@ -99,8 +92,8 @@ std::vector<bool> MaliciousClients(const AttackOptions& attack, int num_clients,
   // The `count` clients with the smallest keys: a uniform choice, and no distribution whose
   // output differs between standard libraries.
   std::vector<uint64_t> keys(num_clients);
-  const uint64_t salt = Mix(seed ^ 0xa77ac3ed5eedULL);
-  for (int c = 0; c < num_clients; ++c) keys[c] = Mix(salt ^ Mix(static_cast<uint64_t>(c)));
+  const uint64_t salt = SplitMix64(seed ^ 0xa77ac3ed5eedULL);
+  for (int c = 0; c < num_clients; ++c) keys[c] = SplitMix64(salt ^ SplitMix64(static_cast<uint64_t>(c)));
   std::vector<int> order(num_clients);
   std::iota(order.begin(), order.end(), 0);
   std::nth_element(order.begin(), order.begin() + count, order.end(),

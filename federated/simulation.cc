@@ -20,6 +20,7 @@
 #include "common/thread_annotations.h"
 #include "federated/checkpoint.h"
 #include "federated/local_training.h"
+#include "federated/splitmix.h"
 #include "split/compute_runtime.h"
 #include "split/torch_status.h"
 
@@ -29,15 +30,8 @@ using nlohmann::json;
 
 namespace {
 
-// SplitMix64 finalizer: decorrelates (seed, round, client) into independent streams.
-uint64_t Mix(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-uint64_t StreamSeed(uint64_t seed, uint64_t a, uint64_t b) { return Mix(Mix(Mix(seed) ^ a) ^ b); }
-double Uniform01(uint64_t bits) { return (bits >> 11) * (1.0 / 9007199254740992.0); }
+// SplitMix64 decorrelates (seed, round, client) into independent streams.
+uint64_t StreamSeed(uint64_t seed, uint64_t a, uint64_t b) { return SplitMix64(SplitMix64(SplitMix64(seed) ^ a) ^ b); }
 
 double Seconds(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
@@ -374,7 +368,7 @@ std::vector<Task> Simulation::PlanTasks(const RoundPlan& plan) {
     const uint64_t bits = StreamSeed(options_.seed, 0xd20b + plan.round, t.client);
     if (Uniform01(bits) < options_.dropout) {
       t.kind = Task::Kind::kDropped;
-      t.arrival_micros = start + static_cast<int64_t>(seconds * 1e6 * Uniform01(Mix(bits)));
+      t.arrival_micros = start + static_cast<int64_t>(seconds * 1e6 * Uniform01(SplitMix64(bits)));
     }
     tasks.push_back(std::move(t));
   }

@@ -6,6 +6,7 @@
 #include <limits>
 #include <numeric>
 
+#include "federated/splitmix.h"
 #include "split/torch_status.h"
 
 namespace cleave::federated {
@@ -27,17 +28,6 @@ Result<Kind> ParseKind(const std::string& kind) {
   if (kind == "topk") return Kind::kTopK;
   return Status::InvalidArgument("compression.kind must be none, int8 or topk, not '" + kind + "'");
 }
-
-// SplitMix64 (Steele et al. 2014): the stream of element `i` is Mix(base + i * gamma), a
-// counter-based generator, so any element's coin can be drawn without the ones before it.
-constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ULL;
-uint64_t Mix(uint64_t x) {
-  x += kGamma;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
-double Uniform01(uint64_t bits) { return (bits >> 11) * (1.0 / 9007199254740992.0); }
 
 int64_t NumelOf(const std::vector<int64_t>& shape) {
   int64_t n = 1;
@@ -220,7 +210,8 @@ void EncodeInt8(Writer& w, const std::vector<float>& x, const TrainableEntries& 
         if (scale > 0) {
           const double y = static_cast<double>(x[j]) / scale;
           const double floor_y = std::floor(y);
-          const double up = Uniform01(Mix(stream + j * kGamma));
+          // Element j of the client's SplitMix64 stream: drawn without the ones before it.
+          const double up = Uniform01(SplitMix64(stream + j * kSplitMixGamma));
           q_j = static_cast<int>(floor_y) + (up < y - floor_y ? 1 : 0);
           q_j = std::clamp(q_j, -127, 127);
         }
@@ -377,7 +368,7 @@ Result<std::string> EncodeUpdate(const CompressionConfig& config, const Weights&
         break;
       case Kind::kInt8: {
         if (!use_feedback) sent.resize(n);
-        const uint64_t stream = Mix(Mix(Mix(config.seed) ^ round) ^ client);
+        const uint64_t stream = SplitMix64(SplitMix64(SplitMix64(config.seed) ^ round) ^ client);
         EncodeInt8(w, x, entries, stream, sent);
         break;
       }

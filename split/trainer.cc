@@ -5,6 +5,7 @@
 #include "split/compute_runtime.h"
 #include "split/post_training.h"
 #include "split/torch_status.h"
+#include "split/train_log.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::split {
@@ -20,16 +21,6 @@ constexpr double kExitAdamLr = 3e-3;
 // of the fp32 split model, 0.1 -> 92.15%, 0.2 -> 91.95%.
 constexpr double kFinetuneLrScale = 1.0;
 
-double Seconds(std::chrono::steady_clock::time_point since) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
-}
-
-void Log(std::FILE* out, const std::string& line) {
-  if (out != nullptr) {
-    std::fprintf(out, "%s\n", line.c_str());
-    std::fflush(out);
-  }
-}
 
 double TestAccuracy(SplitVisionNetImpl& net, const LabeledImages& set) {
   if (set.size() == 0) return 0.0;
@@ -178,7 +169,7 @@ Result<TrainedNets> RunStages(const TrainOptions& options, const VisionModelSpec
   CLEAVE_RETURN_IF_ERROR(run(TrainTeacher(*teacher, train, config)));
   out.teacher_test = TestAccuracy(*teacher, test);
   out.teacher_held_out = TestAccuracy(*teacher, held_out);
-  Log(options.progress_out, "teacher: test accuracy " + std::to_string(out.teacher_test));
+  LogLine(options.progress_out, "teacher: test accuracy " + std::to_string(out.teacher_test));
 
   out.student = SplitVisionNet(student_spec);
   SetMemoryFormat(*out.student, c10::MemoryFormat::ChannelsLast);
@@ -237,7 +228,7 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
   const LabeledImages& held_out = split->second;
   LabeledImages test = data.test;
   if (options.test_limit > 0) test = test.Head(options.test_limit);
-  Log(options.progress_out, "data: " + std::to_string(train.size()) + " training, " +
+  LogLine(options.progress_out, "data: " + std::to_string(train.size()) + " training, " +
                                 std::to_string(held_out.size()) + " held-out, " +
                                 std::to_string(test.size()) + " test images");
 
@@ -275,7 +266,7 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
     CLEAVE_RETURN_IF_ERROR(FinalizeSplitModel(model, train, held_out, test, finalize));
     StageStats post;
     post.name = "post-training";
-    post.seconds = Seconds(post_start);
+    post.seconds = SecondsSince(post_start);
     report.stages.push_back(post);
 
     json stage_list = json::array();
@@ -290,7 +281,7 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
     return Status::Ok();
   }));
   report.bundle_dir = out_dir.string();
-  report.total_seconds = Seconds(start);
+  report.total_seconds = SecondsSince(start);
   return report;
 }
 

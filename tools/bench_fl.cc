@@ -15,6 +15,8 @@
 #include "common/shutdown.h"
 #include "federated/simulation.h"
 #include "tools/bench_privacy.h"
+#include "tools/bench_util.h"
+#include "tools/command_error.h"
 
 namespace cleave::tools {
 
@@ -35,19 +37,12 @@ namespace {
 using nlohmann::json;
 using SteadyClock = std::chrono::steady_clock;
 
-double Since(SteadyClock::time_point t) {
-  return std::chrono::duration<double>(SteadyClock::now() - t).count();
-}
 
-[[noreturn]] void Fail(const std::string& cmd, const Status& s) {
-  std::cerr << "cleave bench " << cmd << ": " << s.ToString() << "\n";
-  throw CLI::RuntimeError(1);
-}
 
 void Emit(const std::string& cmd, const json& report, const std::string& path) {
   std::cout << report.dump(2) << std::endl;
   if (path.empty()) return;
-  if (Status s = WriteFileAtomic(path, report.dump(2) + "\n"); !s.ok()) Fail(cmd, s);
+  if (Status s = WriteFileAtomic(path, report.dump(2) + "\n"); !s.ok()) Fail("bench " + cmd, s);
 }
 
 // ---------------------------------------------------------------- bench fl
@@ -85,7 +80,7 @@ void RunBenchFl(const FlArgs& args) {
   base.cancelled = [] { return ShutdownRequested(); };
 
   Result<SimData> data = LoadSimData(args.data_dir);
-  if (!data.ok()) Fail("fl", data.status());
+  if (!data.ok()) Fail("bench fl", data.status());
 
   json report = {{"setting",
                   {{"paper", "Li et al., Federated Learning on Non-IID Data Silos (ICDE 2022)"},
@@ -114,7 +109,7 @@ void RunBenchFl(const FlArgs& args) {
     std::cerr << "== " << name << ": " << o.rounds << " rounds x " << o.engine.fit.local_epochs
               << " local epochs\n";
     Result<SimResult> r = RunSimulation(o, *data);
-    if (!r.ok()) Fail("fl", r.status().WithContext(name));
+    if (!r.ok()) Fail("bench fl", r.status().WithContext(name));
     json per_round = json::array();
     PlotSeries series;
     series.label = name;
@@ -178,9 +173,9 @@ json RunScaleChild(const ScaleArgs& args) {
   o.eval_every = 0;  // server evaluation is not part of what this measures
   o.progress_out = nullptr;
   Result<SimData> data = LoadSimData(args.data_dir, 0, 1000);
-  if (!data.ok()) Fail("sim-scale", data.status());
+  if (!data.ok()) Fail("bench sim-scale", data.status());
   Result<SimResult> r = RunSimulation(o, *data);
-  if (!r.ok()) Fail("sim-scale", r.status());
+  if (!r.ok()) Fail("bench sim-scale", r.status());
   double round_s = 0, train_s = 0, local_s = 0;
   for (const auto& rec : r->history) {
     round_s += rec.extra.value("wall_seconds", 0.0);
@@ -200,12 +195,12 @@ json RunScaleChild(const ScaleArgs& args) {
 void RunBenchSimScale(const ScaleArgs& args) {
   if (args.child_population > 0) {
     const json j = RunScaleChild(args);
-    if (Status s = WriteFileAtomic(args.child_out, j.dump()); !s.ok()) Fail("sim-scale", s);
+    if (Status s = WriteFileAtomic(args.child_out, j.dump()); !s.ok()) Fail("bench sim-scale", s);
     return;
   }
   std::error_code ec;
   const std::string self = std::filesystem::read_symlink("/proc/self/exe", ec).string();
-  if (ec) Fail("sim-scale", Status::IoError("cannot find my own executable"));
+  if (ec) Fail("bench sim-scale", Status::IoError("cannot find my own executable"));
   const std::filesystem::path tmp =
       std::filesystem::temp_directory_path() / ("cleave-sim-scale-" + UniqueSuffix());
   std::filesystem::create_directories(tmp, ec);
@@ -235,15 +230,15 @@ void RunBenchSimScale(const ScaleArgs& args) {
                                      "--data-dir",
                                      args.data_dir};
     auto child = ChildProcess::Spawn(argv, "");
-    if (!child.ok()) Fail("sim-scale", child.status());
+    if (!child.ok()) Fail("bench sim-scale", child.status());
     Result<int> code = (*child)->Wait(-1);
     if (!code.ok() || *code != 0) {
-      Fail("sim-scale",
+      Fail("bench sim-scale",
            Status::Internal("population " + std::to_string(population) + " run failed (exit " +
                             (code.ok() ? std::to_string(*code) : "?") + ")"));
     }
     Result<std::string> text = ReadFileToString(out);
-    if (!text.ok()) Fail("sim-scale", text.status());
+    if (!text.ok()) Fail("bench sim-scale", text.status());
     report["populations"][std::to_string(population)] = json::parse(*text);
   }
   std::filesystem::remove_all(tmp, ec);
@@ -293,7 +288,7 @@ void RunBenchAggregate(const AggregateArgs& args) {
   const Weights global = ZerosLike(layout);
   const std::vector<bool> trainable(layout.size(), true);
   Result<std::unique_ptr<Strategy>> strategy = MakeStrategy(StrategyConfig{});
-  if (!strategy.ok()) Fail("aggregate", strategy.status());
+  if (!strategy.ok()) Fail("bench aggregate", strategy.status());
   const double update_bytes = static_cast<double>(WeightBytes(layout));
 
   double best_agg = 1e30, best_copy = 1e30;
@@ -305,11 +300,11 @@ void RunBenchAggregate(const AggregateArgs& args) {
       update.client_id = "c";
       update.num_examples = 1 + u % 7;
       update.weights = sources[u % kDistinct];
-      if (Status s = aggregator->Add(update); !s.ok()) Fail("aggregate", s);
+      if (Status s = aggregator->Add(update); !s.ok()) Fail("bench aggregate", s);
     }
     Result<Weights> out = aggregator->Finish();
-    if (!out.ok()) Fail("aggregate", out.status());
-    best_agg = std::min(best_agg, Since(t0));
+    if (!out.ok()) Fail("bench aggregate", out.status());
+    best_agg = std::min(best_agg, SecondsSince(t0));
 
     // memcpy of the same bytes from the same kind of sources into one destination.
     std::vector<torch::Tensor> dst;
@@ -321,7 +316,7 @@ void RunBenchAggregate(const AggregateArgs& args) {
         std::memcpy(dst[i].data_ptr<float>(), src[i].data_ptr<float>(), src[i].numel() * 4);
       }
     }
-    best_copy = std::min(best_copy, Since(t1));
+    best_copy = std::min(best_copy, SecondsSince(t1));
     volatile float sink = dst[0].data_ptr<float>()[0];
     (void)sink;
   }

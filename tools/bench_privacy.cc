@@ -14,6 +14,7 @@
 #include "common/shutdown.h"
 #include "federated/secure_round.h"
 #include "federated/simulation.h"
+#include "tools/bench_util.h"
 
 namespace cleave::tools {
 
@@ -38,9 +39,6 @@ namespace {
 using nlohmann::json;
 using SteadyClock = std::chrono::steady_clock;
 
-double Since(SteadyClock::time_point t) {
-  return std::chrono::duration<double>(SteadyClock::now() - t).count();
-}
 
 // The shared setting: 100 clients, Dirichlet(0.5), 20 sampled per round, no stragglers.
 SimOptions BaseOptions(const BenchPrivacyOptions& args) {
@@ -165,7 +163,7 @@ Result<json> DropoutExactness(const Weights& global, uint64_t seed) {
     CLEAVE_RETURN_IF_ERROR(server->HandleUnmaskShares(id, shares));
   }
   CLEAVE_ASSIGN_OR_RETURN(secagg::AggregateResult sum, server->Finish());
-  const double seconds = Since(start);
+  const double seconds = SecondsSince(start);
   size_t differing = 0;
   for (size_t i = 0; i < expected.size(); ++i) differing += sum.sum[i] != expected[i];
   return json{{"clients", kClients},
@@ -312,7 +310,7 @@ Result<json> RunBenchPrivacy(const BenchPrivacyOptions& args) {
       {"int8_within_0.5pt_of_none",
        compression["int8"]["accuracy"].get<double>() >= clean.accuracy - 0.005},
       {"int8_bytes_le_30pct_of_none", int8_bytes <= 0.3 * clean.bytes_up_per_round}};
-  report["wall_seconds"] = Since(start);
+  report["wall_seconds"] = SecondsSince(start);
   return report;
 }
 

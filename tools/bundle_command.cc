@@ -8,16 +8,13 @@
 #include "common/curve.h"
 #include "common/signing.h"
 #include "split/bundle.h"
+#include "tools/command_error.h"
 
 namespace cleave::tools {
 namespace {
 
 using nlohmann::json;
 
-[[noreturn]] void Fail(const std::string& command, const Status& s) {
-  std::cerr << "cleave " << command << ": " << s.ToString() << "\n";
-  throw CLI::RuntimeError(1);
-}
 
 template <typename T>
 T OrFail(const std::string& command, Result<T> r) {

@@ -7,6 +7,7 @@
 #include "common/text_corpus.h"
 #include "split/compute_runtime.h"
 #include "split/lm_train.h"
+#include "tools/command_error.h"
 
 namespace cleave::tools {
 
@@ -35,14 +36,10 @@ struct TrainLmArgs {
   double calibration_share = 0.05;
 };
 
-[[noreturn]] void Fail(const Status& s) {
-  std::cerr << "cleave train-lm: " << s.ToString() << "\n";
-  throw CLI::RuntimeError(1);
-}
 
 template <typename T>
 T OrFail(Result<T> r) {
-  if (!r.ok()) Fail(r.status());
+  if (!r.ok()) Fail("train-lm", r.status());
   return std::move(*r);
 }
 
@@ -53,7 +50,7 @@ void RunTrainLm(TrainLmArgs& args, const CLI::App& cmd) {
   } else if (args.model == "tiny") {
     spec = LmSpec::Tiny();
   } else {
-    Fail(Status::InvalidArgument("--model must be 'default' or 'tiny'"));
+    Fail("train-lm", Status::InvalidArgument("--model must be 'default' or 'tiny'"));
   }
   LmTrainOptions options = args.train;
   if (args.quick) {
@@ -64,10 +61,10 @@ void RunTrainLm(TrainLmArgs& args, const CLI::App& cmd) {
     options.eval_bytes = 8192;
   }
   if (!(args.tolerance >= 0 && args.tolerance < 1)) {
-    Fail(Status::InvalidArgument("--tolerance must be in [0, 1)"));
+    Fail("train-lm", Status::InvalidArgument("--tolerance must be in [0, 1)"));
   }
   if (!(args.calibration_share > 0 && args.calibration_share < 0.5)) {
-    Fail(Status::InvalidArgument("--calibration-share must be in (0, 0.5)"));
+    Fail("train-lm", Status::InvalidArgument("--calibration-share must be in (0, 0.5)"));
   }
   options.progress_out = args.quiet ? nullptr : stderr;
   InstallShutdownHandlers();
@@ -110,7 +107,7 @@ void RunTrainLm(TrainLmArgs& args, const CLI::App& cmd) {
                    {"calibration_routed_fraction", at.routed_fraction},
                    {"calibration_bpc", at.bpc}};
   const Status written = WriteLmBundle(args.out, *lm, info);
-  if (!written.ok()) Fail(written);
+  if (!written.ok()) Fail("train-lm", written);
   const json summary = {{"bundle", args.out},
                         {"spec", spec.ToJson()},
                         {"steps", trained.steps},

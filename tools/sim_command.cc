@@ -10,6 +10,7 @@
 #include "common/plot.h"
 #include "common/shutdown.h"
 #include "federated/fl_config.h"
+#include "tools/command_error.h"
 
 namespace cleave::tools {
 
@@ -65,22 +66,18 @@ struct SimArgs {
   bool print_config = false;
 };
 
-[[noreturn]] void Fail(const Status& status) {
-  std::cerr << "cleave sim: " << status.ToString() << "\n";
-  throw CLI::RuntimeError(1);
-}
 
 void RunSim(const SimArgs& args, const ConfigSchema& schema) {
   Result<Config> config = Config::Load(schema, args.config_path, args.flags);
-  if (!config.ok()) Fail(config.status());
+  if (!config.ok()) Fail("sim", config.status());
   if (args.print_config) {
     std::cout << config->ToJson().dump(2) << "\n";
     return;
   }
   Result<SimSetup> setup = SimSetupFromConfig(*config);
-  if (!setup.ok()) Fail(setup.status());
+  if (!setup.ok()) Fail("sim", setup.status());
   Result<SimData> data = LoadSimData(setup->data_dir, setup->train_limit, setup->test_limit);
-  if (!data.ok()) Fail(data.status());
+  if (!data.ok()) Fail("sim", data.status());
   SimOptions options = setup->options;
   options.progress_out = args.quiet ? nullptr : stderr;
   InstallShutdownHandlers();
@@ -98,8 +95,8 @@ void RunSim(const SimArgs& args, const ConfigSchema& schema) {
   std::error_code ec;
   std::filesystem::create_directories(args.out, ec);
   Result<SimResult> result = RunSimulation(options, *data);
-  if (!result.ok()) Fail(result.status());
-  if (Status s = WriteSimOutputs(*result, options_json, args.out); !s.ok()) Fail(s);
+  if (!result.ok()) Fail("sim", result.status());
+  if (Status s = WriteSimOutputs(*result, options_json, args.out); !s.ok()) Fail("sim", s);
   json summary = {{"best_accuracy", result->best_accuracy},
                   {"final_accuracy", result->final_accuracy},
                   {"rounds", result->history.size()},

@@ -13,6 +13,7 @@
 #include "split/post_training.h"
 #include "split/trainer.h"
 #include "split/vision_bundle.h"
+#include "tools/command_error.h"
 
 namespace cleave::tools {
 
@@ -33,10 +34,6 @@ namespace {
 
 using nlohmann::json;
 
-[[noreturn]] void Fail(const std::string& command, const Status& status) {
-  std::fprintf(stderr, "cleave %s: %s\n", command.c_str(), status.ToString().c_str());
-  throw CLI::RuntimeError(1);
-}
 
 template <typename T>
 T OrFail(const std::string& command, Result<T> result) {
