@@ -12,6 +12,7 @@
 #include "common/child_process.h"
 #include "common/datasets.h"
 #include "common/file_util.h"
+#include "testing/bin_dir.h"
 #include "testing/tiny_bundle.h"
 
 namespace cleave {
@@ -19,8 +20,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-
-const fs::path kBin = CLEAVE_BIN_DIR;
 
 class BenchPrivacyTest : public ::testing::Test {
  protected:

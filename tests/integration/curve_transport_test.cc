@@ -11,6 +11,7 @@
 
 #include "common/child_process.h"
 #include "common/file_util.h"
+#include "testing/bin_dir.h"
 #include "testing/tiny_bundle.h"
 #include "tools/daemon_launcher.h"
 
@@ -21,7 +22,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using tools::LaunchDaemon;
 
-const fs::path kBin = CLEAVE_BIN_DIR;
 const char kImages[] = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz";
 
 class CurveTransportTest : public ::testing::Test {

@@ -15,6 +15,7 @@
 
 #include "common/child_process.h"
 #include "common/file_util.h"
+#include "testing/bin_dir.h"
 #include "testing/federation_fixture.h"
 #include "testing/log_wait.h"
 #include "testing/tiny_bundle.h"
@@ -27,8 +28,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
-
-const fs::path kBin = CLEAVE_BIN_DIR;
 
 class FederatedTest : public cleave::testing::FederationTest {
  protected:

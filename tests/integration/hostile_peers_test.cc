@@ -22,6 +22,7 @@
 #include "common/inference_wire.h"
 #include "common/png_image.h"
 #include "common/transport.h"
+#include "testing/bin_dir.h"
 #include "testing/tiny_bundle.h"
 #include "tools/daemon_launcher.h"
 
@@ -32,11 +33,10 @@ namespace fs = std::filesystem;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
 
-const fs::path kBin = CLEAVE_BIN_DIR;
 constexpr int64_t kLimit = 65536;  // max_message_bytes given to the daemons that take it
 
 // "tcp://127.0.0.1:5555" or "http://127.0.0.1:5555" -> 5555.
-int PortOf(const std::string& endpoint) {
+int PortOfEndpoint(const std::string& endpoint) {
   return std::stoi(endpoint.substr(endpoint.rfind(':') + 1));
 }
 
@@ -140,11 +140,11 @@ class HostilePeersTest : public ::testing::Test {
     std::string mechanism = "BOGUS";
     mechanism.resize(20, '\0');
     greeting += mechanism + std::string(1 + 31, '\0');
-    RawResult refused = RawExchange(PortOf(daemon.endpoint), greeting);
+    RawResult refused = RawExchange(PortOfEndpoint(daemon.endpoint), greeting);
     EXPECT_TRUE(refused.closed) << "a bad handshake left the connection open";
     // Bytes of no protocol at all (libzmq reads them as legacy ZMTP 1.0 frames, or waits for
     // its handshake timeout): nothing to answer, and nothing else is disturbed.
-    (void)RawExchange(PortOf(daemon.endpoint), std::string(200, '\x07'), 300);
+    (void)RawExchange(PortOfEndpoint(daemon.endpoint), std::string(200, '\x07'), 300);
 
     // Still serving, on a fresh connection too.
     auto fresh = DealerClient::Connect(context_, daemon.endpoint);
@@ -160,7 +160,7 @@ class HostilePeersTest : public ::testing::Test {
   // /healthz still answers 200 afterwards.
   void AttackAdmin(const LaunchedDaemon& daemon) {
     ASSERT_FALSE(daemon.admin_url.empty());
-    const int port = PortOf(daemon.admin_url);
+    const int port = PortOfEndpoint(daemon.admin_url);
     RawResult garbage = RawExchange(port, std::string("\x16\x03\x01\x02\x00garbage\r\n\r\n", 16));
     EXPECT_TRUE(garbage.closed || garbage.read.rfind("HTTP/1.1 4", 0) == 0) << garbage.read;
     RawResult huge = RawExchange(port, "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " +

@@ -18,6 +18,7 @@
 #include "common/file_util.h"
 #include "common/lm_wire.h"
 #include "common/transport.h"
+#include "testing/bin_dir.h"
 #include "testing/tiny_bundle.h"
 #include "testing/trained_bundles.h"
 #include "tools/daemon_launcher.h"
@@ -29,8 +30,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
-
-const fs::path kBin = CLEAVE_BIN_DIR;
 
 class LmRoutingTest : public ::testing::Test {
  protected:

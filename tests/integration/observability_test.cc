@@ -26,6 +26,7 @@
 #include "common/tensor_codec.h"
 #include "common/transport.h"
 #include "edge/edge_client.h"
+#include "testing/bin_dir.h"
 #include "testing/log_wait.h"
 #include "testing/tiny_bundle.h"
 #include "tools/daemon_launcher.h"
@@ -38,12 +39,11 @@ using nlohmann::json;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
 
-const fs::path kBin = CLEAVE_BIN_DIR;
 const char kPrometheus[] = "/usr/bin/prometheus";
 constexpr int kWaitMs = 60000;  // generous: the machine is shared
 
 // "http://127.0.0.1:45123" -> 45123 (0 when there is no port).
-int PortOf(const std::string& url) {
+int PortOfUrl(const std::string& url) {
   const size_t colon = url.rfind(':');
   return colon == std::string::npos ? 0 : std::atoi(url.c_str() + colon + 1);
 }
@@ -176,7 +176,7 @@ TEST_F(ObservabilityTest, CloudIsLiveButNotReadyUntilItsBundleHasLoaded) {
   const auto line = cleave::testing::WaitForLogLine(log, "admin HTTP on http://", kWaitMs);
   ASSERT_TRUE(line.has_value()) << "no admin URL logged; see " << log;
   const size_t at = line->find("http://");
-  const int port = PortOf(line->substr(at, line->find(' ', at) - at));
+  const int port = PortOfUrl(line->substr(at, line->find(' ', at) - at));
   ASSERT_GT(port, 0) << *line;
 
   EXPECT_EQ(Get(port, "/healthz").status, 200) << "live while loading";
@@ -204,7 +204,7 @@ TEST_F(ObservabilityTest, CloudIsLiveButNotReadyUntilItsBundleHasLoaded) {
   auto contents = WaitForFile(ready.string(), kWaitMs, cloud->get());
   ASSERT_TRUE(contents.ok()) << contents.status().ToString();
   const json ready_json = json::parse(*contents);
-  EXPECT_EQ(PortOf(ready_json.value("admin", "")), port) << *contents;
+  EXPECT_EQ(PortOfUrl(ready_json.value("admin", "")), port) << *contents;
   // The ready file is written after /readyz turned ready.
   const HttpReply ok = Get(port, "/readyz");
   EXPECT_EQ(ok.status, 200) << ok.body;
@@ -227,7 +227,7 @@ TEST_F(ObservabilityTest, RequestsShowUpInBothDaemonsMetrics) {
                             "--edge.deadline_ms", "5000", "--edge.admin_listen", "127.0.0.1:0"},
                            "edge.ready_file", dir_, "edge");
   ASSERT_TRUE(edge.ok()) << edge.status().ToString();
-  const int cloud_port = PortOf(cloud->admin_url), edge_port = PortOf(edge->admin_url);
+  const int cloud_port = PortOfUrl(cloud->admin_url), edge_port = PortOfUrl(edge->admin_url);
   ASSERT_GT(cloud_port, 0);
   ASSERT_GT(edge_port, 0);
   EXPECT_EQ(Get(cloud_port, "/readyz").status, 200);
@@ -292,7 +292,7 @@ TEST_F(ObservabilityTest, AggregatorExportsRoundSeries) {
                     "--aggregator.admin_listen", "127.0.0.1:0"},
                    "aggregator.ready_file", dir_, "aggregator");
   ASSERT_TRUE(aggregator.ok()) << aggregator.status().ToString();
-  const int port = PortOf(aggregator->admin_url);
+  const int port = PortOfUrl(aggregator->admin_url);
   ASSERT_GT(port, 0);
   // No edge registers: the aggregator waits, ready, with its series at zero.
   TransportContext context;
@@ -326,7 +326,7 @@ TEST_F(ObservabilityTest, AdminAddressThatCannotBeServedIsAStartUpError) {
 
   auto first = StartCloud("cloud-first", "127.0.0.1:0");
   ASSERT_TRUE(first.ok()) << first.status().ToString();
-  const std::string taken = "127.0.0.1:" + std::to_string(PortOf(first->admin_url));
+  const std::string taken = "127.0.0.1:" + std::to_string(PortOfUrl(first->admin_url));
   auto second = StartCloud("cloud-second", taken);
   ASSERT_FALSE(second.ok());
   EXPECT_NE(second.status().message().find("cannot listen for admin HTTP on " + taken),
@@ -358,7 +358,7 @@ TEST_F(ObservabilityTest, PrometheusScrapesARunningDaemon) {
   }
   auto cloud = StartCloud("cloud", "127.0.0.1:0");
   ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
-  const int cloud_port = PortOf(cloud->admin_url);
+  const int cloud_port = PortOfUrl(cloud->admin_url);
   TransportContext context;
   auto dealer = DealerClient::Connect(context, cloud->endpoint);
   ASSERT_TRUE(dealer.ok());

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/file_util.h"
+#include "testing/bin_dir.h"
 #include "testing/federation_fixture.h"
 #include "testing/log_wait.h"
 #include "testing/tiny_bundle.h"
@@ -23,7 +24,6 @@ using nlohmann::json;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
 
-const fs::path kBin = CLEAVE_BIN_DIR;
 constexpr int kEdges = 4;
 
 class SecureAggregationTest : public cleave::testing::FederationTest {

@@ -15,6 +15,7 @@
 #include "common/file_util.h"
 #include "common/transport.h"
 #include "edge/edge_client.h"
+#include "testing/bin_dir.h"
 #include "testing/tiny_bundle.h"
 #include "tools/daemon_launcher.h"
 
@@ -25,8 +26,6 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
-
-const fs::path kBin = CLEAVE_BIN_DIR;
 
 class SignedBundleTest : public ::testing::Test {
  protected:

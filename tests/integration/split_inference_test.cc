@@ -18,6 +18,7 @@
 #include "common/transport.h"
 #include "edge/edge_client.h"
 #include "split/tail_plan.h"
+#include "testing/bin_dir.h"
 #include "testing/trained_bundles.h"
 #include "tools/daemon_launcher.h"
 
@@ -27,8 +28,6 @@ namespace {
 namespace fs = std::filesystem;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
-
-const fs::path kBin = CLEAVE_BIN_DIR;
 
 class SplitInferenceTest : public ::testing::Test {
  protected:

@@ -21,7 +21,7 @@ namespace {
 
 namespace fl = wire::fl;
 
-constexpr int kWaitMs = 20000;  // generous: the machine is shared
+constexpr int kFlWaitMs = 20000;  // generous: the machine is shared
 
 // The aggregator side of the conversation, driven by the test thread.
 class FakeAggregator {
@@ -36,7 +36,7 @@ class FakeAggregator {
   // The next message of kind T within timeout_ms; other kinds are appended to `skipped`.
   // Every message from the client must decode.
   template <typename T>
-  std::optional<T> Expect(int timeout_ms = kWaitMs, std::vector<fl::Message>* skipped = nullptr) {
+  std::optional<T> Expect(int timeout_ms = kFlWaitMs, std::vector<fl::Message>* skipped = nullptr) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (std::chrono::steady_clock::now() < deadline) {
       const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -101,7 +101,7 @@ class FederatedClientTest : public TinyFederationTest {
   }
 
   bool WaitStats(const std::function<bool(const FederatedClientStats&)>& predicate) {
-    return client_->WaitFor(predicate, kWaitMs);
+    return client_->WaitFor(predicate, kFlWaitMs);
   }
 
   // A valid config for round `round` training the head and exits from `initial_`.
@@ -131,7 +131,7 @@ class FederatedClientTest : public TinyFederationTest {
                                       std::optional<uint32_t> training_round = 0) {
     std::vector<fl::Message> skipped;
     for (int i = 0; i < n; ++i) {
-      auto hb = aggregator.Expect<fl::Heartbeat>(kWaitMs, &skipped);
+      auto hb = aggregator.Expect<fl::Heartbeat>(kFlWaitMs, &skipped);
       ASSERT_TRUE(hb.has_value()) << "the client stopped heartbeating";
       EXPECT_EQ(hb->client_id, options_.client_id);
       if (training_round) {
@@ -331,7 +331,7 @@ TEST_P(BadRoundConfigTest, IsDeclinedWithoutTraining) {
   aggregator.Send(config);
 
   std::vector<fl::Message> skipped;
-  auto bye = aggregator.Expect<fl::Bye>(kWaitMs, &skipped);
+  auto bye = aggregator.Expect<fl::Bye>(kFlWaitMs, &skipped);
   ASSERT_TRUE(bye.has_value());
   EXPECT_EQ(bye->reason, fl::ByeReason::kLeaving);
   EXPECT_EQ(bye->client_id, "edge-test-1");

@@ -25,7 +25,7 @@ namespace {
 namespace fl = wire::fl;
 using nlohmann::json;
 
-constexpr int kWaitMs = 30000;  // generous: the machine is shared
+constexpr int kSecureWaitMs = 30000;  // generous: the machine is shared
 
 class SecureFederatedTest : public InProcessFederationTest {
  protected:
@@ -55,7 +55,7 @@ TEST_F(SecureFederatedTest, FourEdgesRunTwoSecureRounds) {
   }
   EXPECT_EQ(summary["counters"].value("received_update", 0), 0) << "a plain update was sent";
   for (const auto& c : clients_) {
-    ASSERT_TRUE(c->WaitFor([](const FederatedClientStats& s) { return s.finished; }, kWaitMs));
+    ASSERT_TRUE(c->WaitFor([](const FederatedClientStats& s) { return s.finished; }, kSecureWaitMs));
     const FederatedClientStats s = c->stats();
     EXPECT_EQ(s.secure_rounds, 2u);
     EXPECT_EQ(s.masked_inputs_sent, 2u);
@@ -103,7 +103,7 @@ class ManualClient {
 
   // The next message of kind T; other kinds are dropped.
   template <typename T>
-  std::optional<T> Expect(int timeout_ms = kWaitMs) {
+  std::optional<T> Expect(int timeout_ms = kSecureWaitMs) {
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
     while (std::chrono::steady_clock::now() < deadline) {
       auto in = dealer_->Receive(50);

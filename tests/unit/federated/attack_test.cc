@@ -14,13 +14,14 @@
 #include "federated/sim_config.h"
 #include "federated/simulation.h"
 #include "unit/federated/sim_test_data.h"
+#include "unit/federated/strategy_test_helpers.h"
 
 // Byzantine clients of `cleave sim` (federated/attack.h) and their wiring into the simulator
 // and its configuration. Expected values are computed by hand in the comments.
 namespace cleave::federated {
 namespace {
 
-torch::Tensor T(std::vector<float> values) { return torch::tensor(values, torch::kFloat32); }
+using strategy_testing::T;
 
 AttackOptions Attack(AttackKind kind, double fraction = 0.5, double scale = 10) {
   AttackOptions a;

@@ -445,7 +445,7 @@ TEST(SecureEngineTest, ARoundThatNeverReachesUnmaskingFailsCleanly) {
 
 // ---- cleave sim ----
 
-SimData Synthetic() { return SyntheticSimData(300, 60, 5); }
+SimData SecureSynthetic() { return SyntheticSimData(300, 60, 5); }
 
 SimOptions SimSmall(bool secure) {
   SimOptions o;
@@ -466,7 +466,7 @@ SimOptions SimSmall(bool secure) {
 }
 
 TEST(SecureSimulationTest, SecureRoundsReachThePlainModelAndRecoverDropouts) {
-  const SimData data = Synthetic();
+  const SimData data = SecureSynthetic();
   auto plain = RunSimulation(SimSmall(false), data);
   auto secure = RunSimulation(SimSmall(true), data);
   ASSERT_TRUE(plain.ok()) << plain.status().ToString();

@@ -14,7 +14,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-SimData Synthetic() { return SyntheticSimData(400, 100, 11); }
+SimData SimSynthetic() { return SyntheticSimData(400, 100, 11); }
 
 SimOptions Small() {
   SimOptions o;
@@ -37,7 +37,7 @@ fs::path Temp(const std::string& name) {
 }
 
 TEST(SimulationTest, RunsRoundsAndRecordsEverything) {
-  const SimData data = Synthetic();
+  const SimData data = SimSynthetic();
   auto r = RunSimulation(Small(), data);
   ASSERT_TRUE(r.ok()) << r.status().ToString();
   ASSERT_EQ(r->history.size(), 3u);
@@ -61,7 +61,7 @@ TEST(SimulationTest, RunsRoundsAndRecordsEverything) {
 }
 
 TEST(SimulationTest, SameSeedSameModelAnyWorkerCount) {
-  const SimData data = Synthetic();
+  const SimData data = SimSynthetic();
   SimOptions one = Small();
   one.workers = 1;
   SimOptions two = Small();
@@ -75,7 +75,7 @@ TEST(SimulationTest, SameSeedSameModelAnyWorkerCount) {
 }
 
 TEST(SimulationTest, ResumedRunEndsWithTheSameWeights) {
-  const SimData data = Synthetic();
+  const SimData data = SimSynthetic();
   for (const std::string strategy : {"fedavg", "fedyogi"}) {
     SimOptions straight = Small();
     straight.strategy.name = strategy;
@@ -102,7 +102,7 @@ TEST(SimulationTest, ResumedRunEndsWithTheSameWeights) {
 }
 
 TEST(SimulationTest, DropoutSlowClientsAndDeadlinesAreCounted) {
-  const SimData data = Synthetic();
+  const SimData data = SimSynthetic();
   SimOptions o = Small();
   o.rounds = 2;
   o.engine.fraction = 0.5;  // 10 sampled
@@ -127,7 +127,7 @@ TEST(SimulationTest, DropoutSlowClientsAndDeadlinesAreCounted) {
 }
 
 TEST(SimulationTest, OvercommitClosesTheRoundAtTheTarget) {
-  const SimData data = Synthetic();
+  const SimData data = SimSynthetic();
   SimOptions o = Small();
   o.rounds = 1;
   o.engine.fraction = 0.2;    // target 4
@@ -141,7 +141,7 @@ TEST(SimulationTest, OvercommitClosesTheRoundAtTheTarget) {
 }
 
 TEST(SimulationTest, RejectsBadOptionsAndDamagedCheckpoints) {
-  const SimData data = Synthetic();
+  const SimData data = SimSynthetic();
   const auto code = [&](SimOptions o) { return RunSimulation(o, data).status().code(); };
   SimOptions o = Small();
   o.model = "resnet";
@@ -181,7 +181,7 @@ TEST(SimulationTest, RejectsBadOptionsAndDamagedCheckpoints) {
 }
 
 TEST(SimulationTest, CancelledRunKeepsTheLastCheckpoint) {
-  const SimData data = Synthetic();
+  const SimData data = SimSynthetic();
   const fs::path ckpt = Temp("cancel");
   fs::remove(ckpt);
   SimOptions o = Small();
