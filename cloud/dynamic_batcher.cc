@@ -4,6 +4,10 @@
 
 namespace cleave::cloud {
 
+// The template's bodies are compiled (and, in clang builds, their locking checked by
+// -Wthread-safety) here, whoever else instantiates it.
+template class DynamicBatcher<int>;
+
 Status DynamicBatcherOptions::Validate() const {
   if (max_batch < 1) {
     return Status::InvalidArgument("max_batch must be >= 1, got " + std::to_string(max_batch));

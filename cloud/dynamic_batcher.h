@@ -35,17 +35,16 @@
 
 #include <algorithm>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "common/clock.h"
+#include "common/mutex.h"
 #include "common/status.h"
 
 namespace cleave::cloud {
@@ -117,8 +116,8 @@ class DynamicBatcher {
   DynamicBatcher& operator=(const DynamicBatcher&) = delete;
 
   // Starts options.workers threads. Call at most once, before Shutdown.
-  void Start() {
-    std::lock_guard<std::mutex> lock(shutdown_mu_);
+  void Start() EXCLUDES(shutdown_mu_) {
+    MutexLock lock(&shutdown_mu_);
     for (int w = 0; w < options_.workers; ++w) {
       workers_.emplace_back([this, w] { WorkerLoop(w); });
     }
@@ -126,9 +125,9 @@ class DynamicBatcher {
 
   // Queues `item` with an absolute deadline on the clock (0 = none). `item` is moved from only
   // when the result is kAccepted; otherwise the caller still owns it and must answer it.
-  SubmitResult Submit(T&& item, int64_t deadline_us) {
+  SubmitResult Submit(T&& item, int64_t deadline_us) EXCLUDES(mu_) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       if (stopping_) {
         ++stats_.refused_shut_down;
         return SubmitResult::kShutDown;
@@ -145,23 +144,23 @@ class DynamicBatcher {
       queue_.push_back(Entry{std::move(item), clock_.NowMicros(), deadline_us});
       ++stats_.accepted;
     }
-    cv_.notify_one();
+    cv_.NotifyOne();
     return SubmitResult::kAccepted;
   }
 
   // Makes waiting workers re-read the clock (needed only after a FakeClock moves).
-  void Wake() {
-    { std::lock_guard<std::mutex> lock(mu_); }
-    cv_.notify_all();
+  void Wake() EXCLUDES(mu_) {
+    { MutexLock lock(&mu_); }
+    cv_.NotifyAll();
   }
 
   // Forms at most one batch on the calling thread if one is due now (or any items wait and
   // `force`), computes it and rejects its expired items. Returns how many items got an
   // outcome. For workers == 0; safe alongside workers too.
-  size_t RunOnce(bool force = false) {
+  size_t RunOnce(bool force = false) EXCLUDES(mu_) {
     Formed formed;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       if (queue_.empty()) return 0;
       const int64_t now = clock_.NowMicros();
       if (!force && !DueLocked(now)) return 0;
@@ -176,18 +175,18 @@ class DynamicBatcher {
   // queued without waiting for the delay (with no workers, the caller does). kFail: queued
   // items are rejected as kShutDown on the calling thread. Then joins the workers. Batches
   // already being computed finish. Idempotent; must not be called from a callback.
-  void Shutdown(ShutdownMode mode) {
-    std::lock_guard<std::mutex> shutdown_lock(shutdown_mu_);
+  void Shutdown(ShutdownMode mode) EXCLUDES(shutdown_mu_, mu_) {
+    MutexLock shutdown_lock(&shutdown_mu_);
     std::deque<Entry> failed;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       stopping_ = true;
       if (mode == ShutdownMode::kFail) {
         failed.swap(queue_);
         stats_.failed_at_shutdown += failed.size();
       }
     }
-    cv_.notify_all();
+    cv_.NotifyAll();
     for (Entry& e : failed) Call([&] { reject_(Rejection::kShutDown, e.item); });
     for (std::thread& t : workers_) {
       if (t.joinable()) t.join();
@@ -197,19 +196,19 @@ class DynamicBatcher {
     }
   }
 
-  size_t queued() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  size_t queued() const EXCLUDES(mu_) {
+    MutexLock lock(&mu_);
     return queue_.size();
   }
-  DynamicBatcherStats stats() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  DynamicBatcherStats stats() const EXCLUDES(mu_) {
+    MutexLock lock(&mu_);
     return stats_;
   }
   const DynamicBatcherOptions& options() const { return options_; }
   // Estimated microseconds an item submitted now would wait for the items ahead of it (0
   // before the first batch has been timed).
-  int64_t EstimatedWaitMicros() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  int64_t EstimatedWaitMicros() const EXCLUDES(mu_) {
+    MutexLock lock(&mu_);
     return EstimatedWaitLocked(clock_.NowMicros());
   }
   // The fitted batch cost model (zeros before the first batch has been timed).
@@ -217,8 +216,8 @@ class DynamicBatcher {
     double fixed_us = 0;
     double per_item_us = 0;
   };
-  BatchCost ComputeCost() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  BatchCost ComputeCost() const EXCLUDES(mu_) {
+    MutexLock lock(&mu_);
     return cost_;
   }
 
@@ -239,9 +238,9 @@ class DynamicBatcher {
     size_t items = 0;
   };
 
-  // Requires mu_. The modelled time left of each running batch (never below 0), plus the
-  // waiting items' batches.
-  int64_t EstimatedWaitLocked(int64_t now) const {
+  // The modelled time left of each running batch (never below 0), plus the waiting items'
+  // batches.
+  int64_t EstimatedWaitLocked(int64_t now) const REQUIRES(mu_) {
     double micros = 0;
     for (const Running& r : running_) {
       const double whole = cost_.fixed_us + cost_.per_item_us * static_cast<double>(r.items);
@@ -254,11 +253,11 @@ class DynamicBatcher {
     return static_cast<int64_t>(micros / std::max(1, options_.workers));
   }
 
-  // Requires mu_. Folds one timed batch into the cost model: least squares of t on n with
-  // weight 0.9^age, so the model follows a changed machine or model within some tens of
-  // batches. While every remembered batch had about the same size the slope is not
-  // identifiable; the model is then all per-item (fixed = 0), which overestimates waits.
-  void LearnCostLocked(size_t n, double micros) {
+  // Folds one timed batch into the cost model: least squares of t on n with weight 0.9^age,
+  // so the model follows a changed machine or model within some tens of batches. While every
+  // remembered batch had about the same size the slope is not identifiable; the model is then
+  // all per-item (fixed = 0), which overestimates waits.
+  void LearnCostLocked(size_t n, double micros) REQUIRES(mu_) {
     constexpr double kDecay = 0.9;
     const double x = static_cast<double>(n);
     fit_.s0 = kDecay * fit_.s0 + 1;
@@ -279,19 +278,19 @@ class DynamicBatcher {
     cost_ = BatchCost{0, fit_.sy / fit_.sx};
   }
 
-  // Requires mu_ and a non-empty queue. With a queue-wait bound, a queue that already holds
-  // as much work as the bound admits is as full as it will get: waiting out the delay for a
-  // fuller batch would only leave the worker idle.
-  bool DueLocked(int64_t now) const {
+  // Requires a non-empty queue. With a queue-wait bound, a queue that already holds as much
+  // work as the bound admits is as full as it will get: waiting out the delay for a fuller
+  // batch would only leave the worker idle.
+  bool DueLocked(int64_t now) const REQUIRES(mu_) {
     return stopping_ || queue_.size() >= static_cast<size_t>(options_.max_batch) ||
            now - queue_.front().enqueued_us >= options_.max_queue_delay_us ||
            (options_.max_queue_wait_us > 0 &&
             EstimatedWaitLocked(now) > options_.max_queue_wait_us);
   }
 
-  // Requires mu_. Takes up to max_batch live items from the front; expired ones met on the
-  // way leave the queue too.
-  Formed FormLocked(int64_t now) {
+  // Takes up to max_batch live items from the front; expired ones met on the way leave the
+  // queue too.
+  Formed FormLocked(int64_t now) REQUIRES(mu_) {
     Formed formed;
     while (!queue_.empty() && formed.batch.size() < static_cast<size_t>(options_.max_batch)) {
       Entry& e = queue_.front();
@@ -312,7 +311,9 @@ class DynamicBatcher {
     return formed;
   }
 
-  void Handle(int worker, Formed& formed) {
+  // Rejects the expired items of `formed`, computes its batch and folds the batch's time into
+  // the cost model; takes mu_ only for that bookkeeping.
+  void Handle(int worker, Formed& formed) EXCLUDES(mu_) {
     for (T& item : formed.expired) Call([&] { reject_(Rejection::kExpired, item); });
     if (formed.batch.empty()) return;
     const size_t n = formed.batch.size();
@@ -320,7 +321,7 @@ class DynamicBatcher {
     const bool computed = Call([&] { compute_(worker, formed.batch); });
     const double micros = static_cast<double>(clock_.NowMicros() - start);
     const uint64_t failed = computed ? 0 : RejectUnanswered(formed.batch);
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stats_.compute_failed += failed;
     running_.erase(std::find_if(running_.begin(), running_.end(),
                                 [&](const Running& r) { return r.id == formed.id; }));
@@ -329,7 +330,7 @@ class DynamicBatcher {
 
   // After the compute callback threw: the items it did not answer get kComputeFailed.
   // Returns how many.
-  uint64_t RejectUnanswered(std::vector<T>& batch) {
+  uint64_t RejectUnanswered(std::vector<T>& batch) EXCLUDES(mu_) {
     uint64_t rejected = 0;
     for (T& item : batch) {
       bool answered = false;
@@ -343,37 +344,39 @@ class DynamicBatcher {
 
   // Runs `f`; false (and counted in callback_failures) when it threw.
   template <typename F>
-  bool Call(F&& f) {
+  bool Call(F&& f) EXCLUDES(mu_) {
     try {
       f();
       return true;
     } catch (...) {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       ++stats_.callback_failures;
       return false;
     }
   }
 
-  void WorkerLoop(int worker) {
+  // One worker thread: forms each batch under mu_ once one is due and computes it without
+  // mu_, until Shutdown has been called and the queue is empty.
+  void WorkerLoop(int worker) EXCLUDES(mu_) {
     if (init_) Call([&] { init_(worker); });
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     while (true) {
       if (queue_.empty()) {
         if (stopping_) return;
-        cv_.wait(lock);
+        cv_.Wait(&mu_, [&]() REQUIRES(mu_) { return !queue_.empty() || stopping_; });
         continue;
       }
       const int64_t now = clock_.NowMicros();
       if (!DueLocked(now)) {
         // Real time bounds the wait; with a FakeClock, Wake() re-checks after it moves.
         const int64_t left = queue_.front().enqueued_us + options_.max_queue_delay_us - now;
-        cv_.wait_for(lock, std::chrono::microseconds(std::max<int64_t>(1, left)));
+        cv_.WaitFor(&mu_, std::chrono::microseconds(std::max<int64_t>(1, left)));
         continue;
       }
       Formed formed = FormLocked(now);
-      lock.unlock();
+      lock.Unlock();
       Handle(worker, formed);
-      lock.lock();
+      lock.Lock();
     }
   }
 
@@ -384,20 +387,24 @@ class DynamicBatcher {
   const WorkerInitFn init_;
   const AnsweredFn answered_;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Entry> queue_;       // guarded by mu_
-  bool stopping_ = false;         // guarded by mu_
-  std::vector<Running> running_;  // batches being computed; guarded by mu_
-  uint64_t last_batch_id_ = 0;    // guarded by mu_
-  struct Fit {                    // decayed sums of the least-squares fit; guarded by mu_
+  // Decayed sums of the least-squares fit of the batch cost model.
+  struct Fit {
     double s0 = 0, sx = 0, sxx = 0, sy = 0, sxy = 0;
-  } fit_;
-  BatchCost cost_;             // guarded by mu_
-  DynamicBatcherStats stats_;  // guarded by mu_
+  };
 
-  std::mutex shutdown_mu_;  // serializes Start/Shutdown (joining)
-  std::vector<std::thread> workers_;
+  mutable Mutex mu_;
+  CondVar cv_;  // signalled when items arrive, on Wake and on Shutdown
+  std::deque<Entry> queue_ GUARDED_BY(mu_);
+  bool stopping_ GUARDED_BY(mu_) = false;
+  std::vector<Running> running_ GUARDED_BY(mu_);  // batches being computed
+  uint64_t last_batch_id_ GUARDED_BY(mu_) = 0;
+  Fit fit_ GUARDED_BY(mu_);
+  BatchCost cost_ GUARDED_BY(mu_);
+  DynamicBatcherStats stats_ GUARDED_BY(mu_);
+
+  // Serializes Start/Shutdown (joining); taken before mu_.
+  Mutex shutdown_mu_ ACQUIRED_BEFORE(mu_);
+  std::vector<std::thread> workers_ GUARDED_BY(shutdown_mu_);
 };
 
 }  // namespace cleave::cloud

@@ -66,7 +66,7 @@ Result<std::unique_ptr<LmServer>> LmServer::Create(TransportContext& context,
 }
 
 Status LmServer::WarmUp() {
-  std::lock_guard<std::mutex> lock(service_mu_);
+  MutexLock lock(&service_mu_);
   return service_->WarmUp();
 }
 
@@ -81,7 +81,7 @@ void LmServer::Compute(std::vector<Job>& jobs) {
     lm_wire::LmReply reply;
     Outcome outcome = Outcome::kOk;  // resync replies too: the protocol working as designed
     {
-      std::lock_guard<std::mutex> lock(service_mu_);
+      MutexLock lock(&service_mu_);
       const uint64_t compute_errors = service_->stats().compute_errors;
       reply = service_->Handle(job.request);
       if (reply.status == lm_wire::LmStatus::kError) {
@@ -129,7 +129,7 @@ void LmServer::ReplyNow(const std::string& peer, uint64_t request_id, lm_wire::L
 void LmServer::ExpireIdleSessions() {
   size_t expired = 0;
   {
-    std::lock_guard<std::mutex> lock(service_mu_);
+    MutexLock lock(&service_mu_);
     expired = service_->ExpireIdle();
   }
   if (expired > 0) GetLogger("cloud")->debug("expired {} idle sessions", expired);
@@ -177,7 +177,11 @@ Status LmServer::Run(const std::function<bool()>& should_stop) {
   batcher_->Shutdown(Batcher::ShutdownMode::kDrain);
   router_->DeliverReplies();
   PublishStats();
-  const LmServiceStats& s = service_->stats();
+  LmServiceStats s;
+  {
+    MutexLock lock(&service_mu_);
+    s = service_->stats();
+  }
   GetLogger("cloud")->info(
       "lm server stopped: {} requests, {} predictions, {} resyncs, {} errors, {} malformed, {} "
       "overloaded, {} past deadline",

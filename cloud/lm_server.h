@@ -26,7 +26,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include "cloud/dynamic_batcher.h"
@@ -34,6 +33,7 @@
 #include "cloud/router_service.h"
 #include "common/clock.h"
 #include "common/metrics.h"
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/transport.h"
 
@@ -68,14 +68,15 @@ class LmServer {
 
   const std::string& endpoint() const { return router_->endpoint(); }
   // LmTailService::WarmUp; call before Run, never concurrently with it.
-  Status WarmUp();
+  Status WarmUp() EXCLUDES(service_mu_);
   // Serves until `should_stop()` is true (checked at least every 100 ms), then answers every
   // accepted request. Call once.
-  Status Run(const std::function<bool()>& should_stop);
+  Status Run(const std::function<bool()>& should_stop) EXCLUDES(service_mu_);
   // Read only from the socket thread, or after Run returned.
   const LmServerStats& stats() const { return stats_; }
-  // Not while Run is serving (the compute thread owns the service then).
-  const LmTailService& service() const { return *service_; }
+  // Not while Run is serving (the compute thread owns the service then). Unchecked by the lock
+  // analysis: that contract, not service_mu_, makes the returned reference safe to read.
+  const LmTailService& service() const NO_THREAD_SAFETY_ANALYSIS { return *service_; }
 
  private:
   struct Job;
@@ -86,18 +87,18 @@ class LmServer {
   void Admit(Envelope env, int64_t received_us);
   void ReplyNow(const std::string& peer, uint64_t request_id, lm_wire::LmStatus status,
                 const std::string& error, Outcome outcome);
-  void ExpireIdleSessions();
+  void ExpireIdleSessions() EXCLUDES(service_mu_);
   void PublishStats();
   // Compute thread.
-  void Compute(std::vector<Job>& jobs);
+  void Compute(std::vector<Job>& jobs) EXCLUDES(service_mu_);
   void Reject(Rejection why, Job& job);
 
   LmServerOptions options_;
   const Clock& clock_;
   std::shared_ptr<Metrics> metrics_;
   const ServiceMetrics* m_;
-  std::mutex service_mu_;  // Handle on the compute thread, ExpireIdle on the socket thread
-  std::unique_ptr<LmTailService> service_;
+  Mutex service_mu_;  // Handle on the compute thread, ExpireIdle on the socket thread
+  std::unique_ptr<LmTailService> service_ PT_GUARDED_BY(service_mu_);
   std::unique_ptr<RouterService> router_;  // the socket, the reply mailbox and the loop
   std::unique_ptr<Batcher> batcher_;       // stopped by ~LmServer before anything else goes
   LmServerStats stats_;

@@ -6,6 +6,10 @@
 
 namespace cleave::cloud {
 
+// The template's bodies are compiled (and, in clang builds, their locking checked by
+// -Wthread-safety) here, whoever else instantiates it.
+template class ReplyMailbox<int>;
+
 Result<ReadySockets> WaitForRequestsOrReplies(RouterServer& router, int mailbox_fd,
                                               int timeout_ms) {
   zmq_pollitem_t items[] = {{router.socket().handle(), 0, ZMQ_POLLIN, 0},

@@ -12,9 +12,9 @@
 
 #include <cstdint>
 #include <deque>
-#include <mutex>
 #include <utility>
 
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/transport.h"
 
@@ -33,9 +33,10 @@ class ReplyMailbox {
   // -1 if the eventfd could not be created (errno says why); the owner must refuse to start.
   int fd() const { return fd_; }
 
-  void Post(T item) {
+  // Queues `item` and makes fd() readable. Any thread.
+  void Post(T item) EXCLUDES(mu_) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       items_.push_back(std::move(item));
     }
     const uint64_t one = 1;
@@ -43,19 +44,21 @@ class ReplyMailbox {
     [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof(one));
   }
 
-  std::deque<T> TakeAll() {
+  // Everything posted so far, oldest first; fd() stops being readable until the next Post.
+  // The socket thread only.
+  std::deque<T> TakeAll() EXCLUDES(mu_) {
     uint64_t count = 0;
     [[maybe_unused]] ssize_t n = ::read(fd_, &count, sizeof(count));  // reset before taking
     std::deque<T> out;
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     out.swap(items_);
     return out;
   }
 
  private:
   int fd_;
-  std::mutex mu_;
-  std::deque<T> items_;  // guarded by mu_
+  Mutex mu_;
+  std::deque<T> items_ GUARDED_BY(mu_);
 };
 
 // The socket thread's wait: up to `timeout_ms` for a message on `router` or a reply in the

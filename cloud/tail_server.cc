@@ -1,10 +1,10 @@
 #include "cloud/tail_server.h"
 
 #include <algorithm>
-#include <mutex>
 
 #include "cloud/model_repository.h"
 #include "common/logging.h"
+#include "common/mutex.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
 #include "split/compute_runtime.h"
@@ -38,13 +38,17 @@ struct TailServer::Job {
 };
 
 struct TailServer::ModelSlot {
-  std::mutex mu;  // CloudModel serves one caller at a time
-  std::unique_ptr<split::CloudModel> model;
+  Mutex mu;  // CloudModel serves one caller at a time
+  std::unique_ptr<split::CloudModel> model PT_GUARDED_BY(mu);
 };
 
 // Copies of one model version; immutable after creation except through each slot's mutex.
 struct TailServer::ModelSet {
   uint64_t version = 0;
+  // The copies' name and per-image feature shape, read by the socket thread to validate
+  // requests without waiting for a slot's mutex.
+  std::string model_name;
+  std::vector<uint32_t> feature_shape;
   std::vector<std::unique_ptr<ModelSlot>> slots;
 };
 
@@ -66,6 +70,10 @@ Result<std::shared_ptr<TailServer::ModelSet>> TailServer::MakeSet(
   set->version = version;
   for (auto& model : models) {
     if (!model) return Status::InvalidArgument("TailServer got a null model");
+    if (set->slots.empty()) {
+      set->model_name = model->model_name();
+      set->feature_shape = model->feature_shape();
+    }
     set->slots.push_back(std::make_unique<ModelSlot>());
     set->slots.back()->model = std::move(model);
   }
@@ -73,17 +81,17 @@ Result<std::shared_ptr<TailServer::ModelSet>> TailServer::MakeSet(
 }
 
 std::shared_ptr<TailServer::ModelSet> TailServer::CurrentModels() const {
-  std::lock_guard<std::mutex> lock(models_mu_);
+  MutexLock lock(&models_mu_);
   return models_;
 }
 
 Status TailServer::SwapModels(uint64_t version,
                               std::vector<std::unique_ptr<split::CloudModel>> models) {
   CLEAVE_ASSIGN_OR_RETURN(std::shared_ptr<ModelSet> set, MakeSet(version, std::move(models)));
-  const std::string name = set->slots.front()->model->model_name();
+  const std::string name = set->model_name;
   uint64_t previous = 0;
   {
-    std::lock_guard<std::mutex> lock(models_mu_);
+    MutexLock lock(&models_mu_);
     previous = models_->version;
     models_.swap(set);
   }
@@ -146,7 +154,7 @@ size_t TailServer::queued_requests() const { return batcher_->queued(); }
 Status TailServer::WarmUp() {
   std::shared_ptr<ModelSet> set = CurrentModels();
   for (auto& slot : set->slots) {
-    std::lock_guard<std::mutex> lock(slot->mu);
+    MutexLock lock(&slot->mu);
     CLEAVE_RETURN_IF_ERROR(WarmUpCloudModel(*slot->model));
   }
   return Status::Ok();
@@ -243,7 +251,7 @@ void TailServer::ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool fe
       valid.push_back(job);
     }
     if (valid.empty()) return;
-    std::lock_guard<std::mutex> lock(slot.mu);
+    MutexLock lock(&slot.mu);
     const int64_t start = clock_.NowMicros();
     for (Job* job : valid) {
       m_->queue_seconds->Observe(static_cast<double>(start - job->received_us) * 1e-6);
@@ -319,16 +327,15 @@ void TailServer::Admit(Envelope env, int64_t received) {
   }
   const wire::InferRequest& r = *decoded;
   std::shared_ptr<ModelSet> set = CurrentModels();
-  const split::CloudModel& model = *set->slots.front()->model;  // names and shapes only
-  if (r.model != model.model_name()) {
+  if (r.model != set->model_name) {
     ReplyNow(env.peer, r.request_id, wire::ReplyStatus::kError,
-             "model '" + r.model + "' is not served here (serving '" + model.model_name() + "')",
+             "model '" + r.model + "' is not served here (serving '" + set->model_name + "')",
              Outcome::kRejected);
     return;
   }
   if (r.input == wire::InputKind::kFeatures) {
     const wire::EncodedTensor& t = r.features;
-    const std::vector<uint32_t>& want = model.feature_shape();
+    const std::vector<uint32_t>& want = set->feature_shape;
     // One image per request: shape [1, C, H, W] matching the tail's input.
     bool shape_ok = t.shape.size() == want.size() + 1 && t.shape[0] == 1;
     for (size_t i = 0; shape_ok && i < want.size(); ++i) shape_ok = t.shape[i + 1] == want[i];
@@ -337,7 +344,7 @@ void TailServer::Admit(Envelope env, int64_t received) {
       for (uint32_t d : t.shape) got += (got.empty() ? "[" : ",") + std::to_string(d);
       for (uint32_t d : want) expected += "," + std::to_string(d);
       ReplyNow(env.peer, r.request_id, wire::ReplyStatus::kError,
-               "features have shape " + got + "] but model '" + model.model_name() + "' expects " +
+               "features have shape " + got + "] but model '" + set->model_name + "' expects " +
                    expected + "]",
                Outcome::kRejected);
       return;

@@ -35,7 +35,6 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -44,6 +43,7 @@
 #include "common/clock.h"
 #include "common/inference_wire.h"
 #include "common/metrics.h"
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/transport.h"
 #include "split/split_runtime.h"
@@ -104,19 +104,20 @@ class TailServer {
   // Runs one input of each kind (features, image) through every model copy so the first
   // request does not pay for lazy initialization. Call before Run, never concurrently with it.
   // The error of the model, if any (then the bundle cannot serve).
-  Status WarmUp();
+  Status WarmUp() EXCLUDES(models_mu_);
 
   // Makes `models` (warm copies of one version; at least one, none null) the set every request
   // accepted from now on is validated against and computed by. Requests already accepted
   // finish on the set they started with. Any thread, also while Run is serving.
   // InvalidArgument (and nothing changes) for an empty set or a null model.
-  Status SwapModels(uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models);
+  Status SwapModels(uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models)
+      EXCLUDES(models_mu_);
   // The version new requests are served by. Any thread.
   uint64_t served_version() const { return served_version_.load(std::memory_order_acquire); }
 
   // Starts the workers and serves until `should_stop()` is true (checked at least every
   // 100 ms), then answers every accepted request and stops the workers. Call once.
-  Status Run(const std::function<bool()>& should_stop);
+  Status Run(const std::function<bool()>& should_stop) EXCLUDES(models_mu_);
 
   // Read only from the socket thread, or after Run returned.
   const TailServerStats& stats() const { return stats_; }
@@ -132,9 +133,9 @@ class TailServer {
   TailServer(TailServerOptions options, std::shared_ptr<ModelSet> models);
   static Result<std::shared_ptr<ModelSet>> MakeSet(
       uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models);
-  std::shared_ptr<ModelSet> CurrentModels() const;
+  std::shared_ptr<ModelSet> CurrentModels() const EXCLUDES(models_mu_);
   // Socket thread.
-  void Admit(Envelope env, int64_t received_us);
+  void Admit(Envelope env, int64_t received_us) EXCLUDES(models_mu_);
   void ReplyNow(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
                 const std::string& error, Outcome outcome);
   void PublishStats();
@@ -149,8 +150,8 @@ class TailServer {
   const Clock& clock_;
   std::shared_ptr<Metrics> metrics_;
   const ServiceMetrics* m_ = nullptr;  // metrics_->Service("cloud")
-  mutable std::mutex models_mu_;
-  std::shared_ptr<ModelSet> models_;  // guarded by models_mu_; copied per accepted request
+  mutable Mutex models_mu_;
+  std::shared_ptr<ModelSet> models_ GUARDED_BY(models_mu_);  // copied per accepted request
   std::atomic<uint64_t> served_version_{0};
   std::atomic<uint64_t> model_swaps_{0};
   std::unique_ptr<RouterService> service_;  // the socket, the reply mailbox and the loop

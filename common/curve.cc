@@ -188,19 +188,19 @@ ZapHandler::~ZapHandler() {
 }
 
 size_t ZapHandler::allowed_keys() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return list_.keys.size();
 }
 
 std::optional<std::string> ZapHandler::ClientIdFor(const std::string& key_z85) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = list_.client_id_of_key.find(key_z85);
   if (it == list_.client_id_of_key.end()) return std::nullopt;
   return it->second;
 }
 
 std::optional<std::string> ZapHandler::KeyForClientId(const std::string& client_id) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = list_.key_of_client_id.find(client_id);
   if (it == list_.key_of_client_id.end()) return std::nullopt;
   return it->second;
@@ -214,7 +214,7 @@ CurveClientIds ZapHandler::ClientIds() const {
 }
 
 std::string ZapHandler::last_error() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return last_error_;
 }
 
@@ -225,7 +225,7 @@ void ZapHandler::MaybeReload(bool force) {
   if (!force && !ec && mtime == mtime_ && size == size_) return;
   Result<std::string> text = ReadFileToString(allow_list_);
   Result<AllowList> list = text.ok() ? ParseAllowList(*text) : Result<AllowList>(text.status());
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   mtime_ = mtime;
   size_ = size;
   if (!list.ok()) {
@@ -280,7 +280,7 @@ void ZapHandler::Run() {
       } else {
         char z85[kZ85KeyChars + 1] = {};
         zmq_z85_encode(z85, reinterpret_cast<const uint8_t*>(request[6].data()), 32);
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(&mu_);
         if (list_.keys.count(z85)) {
           status = "200";
           text = "OK";

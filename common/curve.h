@@ -41,7 +41,6 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
@@ -49,6 +48,7 @@
 
 #include <zmq.hpp>
 
+#include "common/mutex.h"
 #include "common/status.h"
 #include "common/transport.h"
 
@@ -114,31 +114,32 @@ class ZapHandler {
   const std::string& domain() const { return domain_; }
   // Re-read the allow list at the next request or within a second.
   void ReloadAllowList() { reload_.store(true); }
-  size_t allowed_keys() const;
+  size_t allowed_keys() const EXCLUDES(mu_);
   // The client id the allow list in force binds `key_z85` to; nullopt when none.
-  std::optional<std::string> ClientIdFor(const std::string& key_z85) const;
+  std::optional<std::string> ClientIdFor(const std::string& key_z85) const EXCLUDES(mu_);
   // The key the allow list in force binds `client_id` to; nullopt when none.
-  std::optional<std::string> KeyForClientId(const std::string& client_id) const;
+  std::optional<std::string> KeyForClientId(const std::string& client_id) const EXCLUDES(mu_);
   // Both lookups as functions; they borrow this handler, which must outlive their callers.
   CurveClientIds ClientIds() const;
   uint64_t accepted() const { return accepted_.load(); }
   // Refused handshakes: unknown keys, other mechanisms or domains.
   uint64_t refused() const { return refused_.load(); }
   uint64_t reloads() const { return reloads_.load(); }
-  std::string last_error() const;
+  std::string last_error() const EXCLUDES(mu_);
 
  private:
   ZapHandler(zmq::socket_t socket, std::filesystem::path allow_list, std::string domain,
              AllowList list);
-  void Run();
-  void MaybeReload(bool force);
+  void Run() EXCLUDES(mu_);
+  void MaybeReload(bool force) EXCLUDES(mu_);
 
   zmq::socket_t socket_;
   std::filesystem::path allow_list_;
   std::string domain_;
-  mutable std::mutex mu_;
-  AllowList list_;  // the list in force
-  std::string last_error_;
+  mutable Mutex mu_;
+  AllowList list_ GUARDED_BY(mu_);  // the list in force
+  std::string last_error_ GUARDED_BY(mu_);
+  // The allow list file as last read; the handler thread only (after the constructor).
   std::filesystem::file_time_type mtime_{};
   uintmax_t size_ = 0;
   std::atomic<bool> stop_{false}, reload_{false};
