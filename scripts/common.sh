@@ -4,7 +4,8 @@ set -euo pipefail
 CLEAVE_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CLEAVE_BUILD="${CLEAVE_BUILD:-$CLEAVE_ROOT/build}"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Progress lines carry the time since the script started (bash's SECONDS), so a slow step shows.
+log() { printf '\033[1m==> [%d:%02d] %s\033[0m\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 # Installs whatever packages of the given lists (default scripts/packages.txt) are missing
 # (apt-get; sudo when not root).
