@@ -11,7 +11,7 @@ WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 
 SCHEMA_SOURCES = {
     "cleave-cloud": ["cloud/cloud_config.cc", "cloud/cloud_main.cc"],
-    "cleave-aggregator": ["federated/aggregator_main.cc", "federated/fl_config.cc"],
+    "cleave-aggregator": ["federated/aggregator_config.cc", "federated/aggregator_main.cc", "federated/fl_config.cc"],
     "cleave-edge": ["edge/edge_config.cc", "edge/edge_main.cc"],
 }
 

@@ -1,0 +1,128 @@
+#include "federated/aggregator_config.h"
+
+#include <torch/torch.h>
+
+#include "common/datasets.h"
+#include "common/signing.h"
+#include "federated/fl_config.h"
+#include "federated/simulation.h"
+#include "split/bundle.h"
+#include "split/vision_bundle.h"
+
+namespace cleave::federated {
+
+using ConfigType = cleave::ConfigType;
+
+ConfigSchema AggregatorSchema() {
+  ConfigSchema s;
+  s.Add("aggregator.listen", ConfigType::kString, "tcp://127.0.0.1:5570",
+        "ZeroMQ endpoint edges connect to (port 0 picks a free port)")
+      .Add("aggregator.bundle", ConfigType::kString, "",
+           "model bundle whose network is trained (its fp32 weights are the starting point); "
+           "edges must serve a bundle of the same architecture")
+      .Add("aggregator.bundle_public_key", ConfigType::kString, "",
+           "Ed25519 public key file (cleave keys generate); when set, only bundles signed by it "
+           "load")
+      .Add("aggregator.signing_key", ConfigType::kString, "",
+           "Ed25519 secret key file: published round bundles are signed with it")
+      .Add("aggregator.curve_secret_key", ConfigType::kString, "",
+           "CURVE key file of the aggregator; needs aggregator.curve_allow_list")
+      .Add("aggregator.curve_allow_list", ConfigType::kString, "",
+           "file of allowed edge CURVE public keys, one per line (`<key> id=<client-id>` binds a "
+           "key to its client id); re-read on change or SIGHUP")
+      .Add("aggregator.model", ConfigType::kString, "",
+           "instead of a bundle: a built-in network trained from scratch (simple_cnn, "
+           "default_split, tiny_split)")
+      .Add("aggregator.rounds", ConfigType::kInt, "3", "rounds to run, then exit")
+      .Add("aggregator.wait_for_clients", ConfigType::kInt, "0",
+           "first round: wait for this many clients (0 = round.min_clients)")
+      .Add("aggregator.start_timeout_ms", ConfigType::kInt, "60000",
+           "...but start with round.min_clients after this long")
+      .Add("aggregator.poll_interval_ms", ConfigType::kInt, "500", "client heartbeat period")
+      .Add("aggregator.client_timeout_ms", ConfigType::kInt, "30000",
+           "a sampled client silent this long (e.g. crashed) has failed; must exceed local "
+           "training time")
+      .Add("aggregator.max_clients", ConfigType::kInt, "10000",
+           "registered clients at most (each CURVE key or, without CURVE, each connection "
+           "holds one client id); registrations beyond it are refused and counted")
+      .Add("aggregator.checkpoint", ConfigType::kString, "",
+           "checkpoint file written after every round; resumed from at start")
+      .Add("aggregator.publish_dir", ConfigType::kString, "",
+           "write a model bundle per round to DIR/round-<k> (needs aggregator.bundle)")
+      .Add("aggregator.summary_file", ConfigType::kString, "",
+           "JSON history of the rounds, rewritten after every round")
+      .Add("aggregator.eval_data_dir", ConfigType::kString, "",
+           "Fashion-MNIST directory: evaluate the global model on its test set every round")
+      .Add("aggregator.eval_limit", ConfigType::kInt, "0", "evaluate on the first N test images")
+      .Add("aggregator.seed", ConfigType::kInt, "1", "client sampling seed")
+      .Add("aggregator.threads", ConfigType::kInt, "1", "libtorch intra-op threads")
+      .Add("aggregator.max_message_bytes", ConfigType::kInt, "268435456",
+           "larger incoming messages are dropped by the transport")
+      .Add("aggregator.admin_listen", ConfigType::kString, "",
+           "host:port of the admin HTTP server (/metrics, /healthz, /readyz; port 0 picks a "
+           "free port); empty = none")
+      .Add("aggregator.ready_file", ConfigType::kString, "",
+           "once bound, write {\"endpoint\":...,\"pid\":...,\"admin\":...} here (for "
+           "supervisors/tests)")
+      .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
+  AddRoundConfigKeys(s);
+  return s;
+}
+
+Result<AggregatorModel> LoadAggregatorModel(const Config& c) {
+  AggregatorModel model;
+  const std::string bundle_dir = c.GetString("aggregator.bundle");
+  const std::string builtin = c.GetString("aggregator.model");
+  if (bundle_dir.empty() == builtin.empty()) {
+    return Status::InvalidArgument(
+        "give exactly one of --aggregator.bundle DIR or --aggregator.model NAME");
+  }
+  if (!bundle_dir.empty()) {
+    CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(bundle_dir));
+    CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel m, split::ReadVisionBundle(bundle, {}));
+    model.spec = m.spec;
+    model.initial = GetWeights(*m.net);
+    model.model_name = m.name;
+    model.base_bundle = bundle_dir;
+  } else {
+    CLEAVE_ASSIGN_OR_RETURN(model.spec, ModelSpecByName(builtin));
+    torch::manual_seed(static_cast<uint64_t>(c.GetInt("aggregator.seed")));
+    split::SplitVisionNet net(model.spec);
+    model.initial = GetWeights(*net);
+    model.model_name = builtin;
+  }
+  const std::string eval_dir = c.GetString("aggregator.eval_data_dir");
+  if (!eval_dir.empty()) {
+    CLEAVE_ASSIGN_OR_RETURN(ImageDataset test, LoadFashionMnist(DatasetSplit::kTest, eval_dir));
+    CLEAVE_ASSIGN_OR_RETURN(model.eval_data, split::ToLabeledImages(test));
+    const int64_t limit = c.GetInt("aggregator.eval_limit");
+    if (limit > 0) model.eval_data = model.eval_data.Head(limit);
+  }
+  return model;
+}
+
+Result<AggregatorOptions> AggregatorOptionsFromConfig(const Config& config) {
+  AggregatorOptions options;
+  options.listen = config.GetString("aggregator.listen");
+  options.rounds = static_cast<int>(config.GetInt("aggregator.rounds"));
+  CLEAVE_RETURN_IF_ERROR(
+      ReadRoundConfigKeys(config, options.engine, options.strategy, options.compression));
+  options.engine.seed = static_cast<uint64_t>(config.GetInt("aggregator.seed"));
+  options.wait_for_clients = static_cast<int>(config.GetInt("aggregator.wait_for_clients"));
+  options.start_timeout_ms = config.GetInt("aggregator.start_timeout_ms");
+  options.poll_interval_ms = config.GetInt("aggregator.poll_interval_ms");
+  options.client_timeout_ms = config.GetInt("aggregator.client_timeout_ms");
+  options.max_clients = config.GetInt("aggregator.max_clients");
+  options.checkpoint = config.GetString("aggregator.checkpoint");
+  options.publish_dir = config.GetString("aggregator.publish_dir");
+  if (const std::string key = config.GetString("aggregator.signing_key"); !key.empty()) {
+    Result<std::string> pem = signing::ReadKeyFile(key, /*secret=*/true);
+    if (!pem.ok()) return pem.status().WithContext("aggregator.signing_key");
+    options.signing_key_pem = *pem;
+  }
+  options.summary_file = config.GetString("aggregator.summary_file");
+  options.max_message_bytes = config.GetInt("aggregator.max_message_bytes");
+  return options;
+}
+
+}  // namespace cleave::federated
