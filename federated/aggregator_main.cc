@@ -13,6 +13,7 @@
 #include "common/signing.h"
 #include "federated/aggregator_config.h"
 #include "federated/aggregator_service.h"
+#include "split/bundle.h"
 #include "split/compute_runtime.h"
 
 namespace {
