@@ -347,7 +347,9 @@ TEST(RobustUnderAttackTest, EveryRobustRuleResistsEveryPoisoningAttack) {
       u.client_id = "c" + std::to_string(k);
       u.num_examples = 10;
       u.weights = {honest[k][0].clone()};
-      if (k < 2) ASSERT_TRUE(PoisonUpdate(attack, global, trainable, 100 + k, u.weights).ok());
+      if (k < 2) {
+        ASSERT_TRUE(PoisonUpdate(attack, global, trainable, 100 + k, u.weights).ok());
+      }
       updates.push_back(std::move(u));
     }
     const auto error = [&](StrategyConfig config) {
