@@ -111,4 +111,22 @@ Result<LmContextOptions> LmContextOptionsFromConfig(const Config& config) {
   return contexts;
 }
 
+Result<split::CloudModel::Options> CloudModelOptionsFromConfig(const Config& config) {
+  auto precision = split::ParseTailPrecision(config.GetString("cloud.precision"));
+  if (!precision.ok()) return precision.status().WithContext("cloud.precision");
+  split::CloudModel::Options options;
+  options.precision = *precision;
+  return options;
+}
+
+Result<TailServerOptions> TailServerOptionsFromConfig(const Config& config) {
+  TailServerOptions options;
+  CLEAVE_RETURN_IF_ERROR(ReadServingOptions(config, options));
+  CLEAVE_ASSIGN_OR_RETURN(options.workers, CloudWorkers(config));
+  options.max_batch = static_cast<int>(config.GetInt("cloud.max_batch"));
+  options.max_queue_delay_us = config.GetInt("cloud.max_queue_delay_us");
+  options.intra_op_threads = static_cast<int>(std::max<int64_t>(1, config.GetInt("cloud.threads")));
+  return options;
+}
+
 }  // namespace cleave::cloud

@@ -6,8 +6,10 @@
 #include <string>
 
 #include "cloud/lm_context.h"
+#include "cloud/tail_server.h"
 #include "common/config.h"
 #include "common/status.h"
+#include "split/split_runtime.h"
 
 namespace cleave::cloud {
 
@@ -23,6 +25,15 @@ Result<int> CloudWorkers(const Config& config);
 
 // The LM session limits (cloud.lm_*), validated (LmContextOptions::Validate).
 Result<LmContextOptions> LmContextOptionsFromConfig(const Config& config);
+
+// How the vision tails compute: cloud.precision (fp32, bf16 or auto; InvalidArgument naming
+// the key otherwise).
+Result<split::CloudModel::Options> CloudModelOptionsFromConfig(const Config& config);
+
+// The vision tail server's options from the cloud.* keys: what ReadServingOptions reads, plus
+// cloud.max_batch, cloud.max_queue_delay_us, cloud.threads (at least 1) and cloud.workers
+// (CloudWorkers). Metrics and the model version are the caller's.
+Result<TailServerOptions> TailServerOptionsFromConfig(const Config& config);
 
 // Reads what every cleave-cloud server takes alike - cloud.listen, cloud.max_message_bytes,
 // cloud.max_queue (>= 1, else InvalidArgument) and cloud.max_queue_wait_us - into

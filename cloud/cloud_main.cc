@@ -70,16 +70,12 @@ Status ServeLm(cleave::cli::Daemon& daemon, const std::string& bundle_dir) {
 
 // The vision tail: one model copy per worker (CloudModel serves one caller at a time),
 // `version` > 0 when they come from `repository`, which then keeps being watched.
-Status ServeVision(cleave::cli::Daemon& daemon, Models models, uint64_t version, int workers,
+Status ServeVision(cleave::cli::Daemon& daemon, Models models, uint64_t version,
                    cloud::ModelRepository* repository) {
   const cleave::Config& config = daemon.config();
   const std::string model_name = models.front()->model_name();
-  cloud::TailServerOptions options;
-  CLEAVE_RETURN_IF_ERROR(cloud::ReadServingOptions(config, options));
-  options.max_batch = static_cast<int>(config.GetInt("cloud.max_batch"));
-  options.max_queue_delay_us = config.GetInt("cloud.max_queue_delay_us");
-  options.workers = workers;
-  options.intra_op_threads = static_cast<int>(std::max<int64_t>(1, config.GetInt("cloud.threads")));
+  CLEAVE_ASSIGN_OR_RETURN(cloud::TailServerOptions options,
+                          cloud::TailServerOptionsFromConfig(config));
   options.metrics = daemon.metrics();
   options.model_version = version;
   cleave::TransportContext context;
@@ -115,12 +111,10 @@ Status Serve(cleave::cli::Daemon& daemon) {
   auto log = cleave::GetLogger("cloud");
   CLEAVE_RETURN_IF_ERROR(cleave::TrustBundleKeyFile(config.GetString("cloud.bundle_public_key")));
   CLEAVE_ASSIGN_OR_RETURN(const int workers, cloud::CloudWorkers(config));
-  auto precision = split::ParseTailPrecision(config.GetString("cloud.precision"));
-  if (!precision.ok()) return precision.status().WithContext("cloud.precision");
-  split::CloudModel::Options model_options;
-  model_options.precision = *precision;
+  CLEAVE_ASSIGN_OR_RETURN(const split::CloudModel::Options model_options,
+                          cloud::CloudModelOptionsFromConfig(config));
   log->info("vision tails compute in {} (cloud.precision = {})",
-            split::TailPrecisionName(*precision), config.GetString("cloud.precision"));
+            split::TailPrecisionName(model_options.precision), config.GetString("cloud.precision"));
   const std::string repository_dir = config.GetString("cloud.model_repository");
   if (!repository_dir.empty()) {
     cloud::ModelRepository repository(repository_dir, workers, nullptr, model_options);
@@ -134,8 +128,7 @@ Status Serve(cleave::cli::Daemon& daemon) {
     }
     log->info("loaded model version {} from {} (manifest sha256 {}) for {} worker(s)",
               (*first)->version, repository_dir, (*first)->manifest_sha256.substr(0, 12), workers);
-    return ServeVision(daemon, std::move((*first)->models), (*first)->version, workers,
-                       &repository);
+    return ServeVision(daemon, std::move((*first)->models), (*first)->version, &repository);
   }
   const std::string bundle_dir = config.GetString("cloud.bundle");
   auto bundle = cleave::Bundle::Open(bundle_dir);
@@ -149,7 +142,7 @@ Status Serve(cleave::cli::Daemon& daemon) {
   }
   log->info("loaded bundle {} (manifest sha256 {}) for {} worker(s)", bundle_dir,
             bundle->manifest_sha256().substr(0, 12), workers);
-  return ServeVision(daemon, std::move(models), 0, workers, nullptr);
+  return ServeVision(daemon, std::move(models), 0, nullptr);
 }
 
 }  // namespace
