@@ -44,6 +44,12 @@ class ReplyMailbox {
     [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof(one));
   }
 
+  // Whether a posted item waits. Any thread; a Post racing with it may or may not be seen.
+  bool HasItems() const EXCLUDES(mu_) {
+    MutexLock lock(&mu_);
+    return !items_.empty();
+  }
+
   // Everything posted so far, oldest first; fd() stops being readable until the next Post.
   // The socket thread only.
   std::deque<T> TakeAll() EXCLUDES(mu_) {
@@ -57,7 +63,7 @@ class ReplyMailbox {
 
  private:
   int fd_;
-  Mutex mu_;
+  mutable Mutex mu_;
   std::deque<T> items_ GUARDED_BY(mu_);
 };
 

@@ -11,8 +11,11 @@
 namespace cleave::cloud {
 namespace {
 
-// Most messages taken from the ROUTER per turn, so replies never wait long behind a flood.
+// Most messages taken from the ROUTER per turn.
 constexpr int kMaxReceivesPerTurn = 256;
+// While taking them, posted replies go out after every this many, so a computed answer never
+// waits behind the admission (or refusal) of a flood: at 70k requests/s, 256 take ~1 ms.
+constexpr int kDeliverEveryReceives = 16;
 // How long one wait for a request or a reply may take; bounds how late a stop is noticed.
 constexpr int kWaitMs = 100;
 
@@ -66,6 +69,7 @@ void RouterService::ReceiveWaiting(const Hooks& hooks) {
       return;
     }
     if (!env->has_value()) return;
+    if (i > 0 && i % kDeliverEveryReceives == 0 && mailbox_.HasItems()) DeliverReplies();
     ++stats_.received;
     const int64_t received = clock_.NowMicros();
     m_.wire_bytes_received->Increment(static_cast<double>(WireBytes((*env)->body.size())));

@@ -7,8 +7,9 @@
 //    the owner's sweep (e.g. expiring idle LM sessions);
 //  - wait up to 100 ms for a request or a posted reply;
 //  - send every posted reply;
-//  - take up to 256 waiting requests (so replies never wait long behind a flood) and hand
-//    each to the owner's admit callback, which decodes and validates it and either queues it
+//  - take up to 256 waiting requests, sending the replies posted meanwhile after every 16
+//    (so a computed reply never waits behind a flood), and hand each request to the owner's
+//    admit callback, which decodes and validates it and either queues it
 //    (then calls Accepted; its reply comes back through Post) or answers at once (Send);
 //  - the owner's after-turn callback.
 // What the protocol is - decoding, validation, what a reply says - stays with the owner;
