@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include "common/status.h"
+#include "split/bundle.h"
 #include "split/exit_policy.h"
 #include "split/int8_head.h"
 #include "split/vision_bundle.h"
@@ -53,6 +54,19 @@ inline Status WriteTinyBundle(const std::filesystem::path& dir, double threshold
   CLEAVE_ASSIGN_OR_RETURN(
       model.exit_policy, split::ExitPolicy::Create(split::ExitCriterion::kMaxSoftmax, {threshold}));
   return split::WriteVisionBundle(dir, model);
+}
+
+// A second version of the bundle at `from`, written to `to`: every parameter scaled by 1.5
+// and shifted by 0.05, so its replies differ from the original's (hot-reload tests).
+inline Status WriteShiftedBundle(const std::filesystem::path& from,
+                                 const std::filesystem::path& to) {
+  CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(from));
+  split::VisionBundleParts parts;
+  parts.head_int8 = true;
+  CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel model, split::ReadVisionBundle(bundle, parts));
+  torch::NoGradGuard no_grad;
+  for (torch::Tensor& p : model.net->parameters()) p.mul_(1.5).add_(0.05);
+  return split::WriteVisionBundle(to, model);
 }
 
 }  // namespace cleave::testing

@@ -8,76 +8,12 @@
 #include <random>
 
 #include "federated/simulation.h"
+#include "unit/federated/update_compression_test_helpers.h"
 
 namespace cleave::federated {
 namespace {
 
-// Three trainable-by-default entries: one longer than an int8 chunk (two chunks plus a
-// partial one), one of exactly one chunk, one tiny.
-WeightsLayout TestLayout() {
-  WeightsLayout layout;
-  layout.names = {"a.weight", "b.weight", "c.bias"};
-  layout.shapes = {{20, 30}, {16, 16}, {7}};
-  return layout;
-}
-
-Weights RandomWeights(const WeightsLayout& layout, uint64_t seed, float scale = 1.0f) {
-  torch::manual_seed(seed);
-  Weights w;
-  for (const auto& shape : layout.shapes) w.push_back(torch::randn(shape) * scale);
-  return w;
-}
-
-std::vector<bool> AllTrainable(const WeightsLayout& layout) {
-  return std::vector<bool>(layout.size(), true);
-}
-
-CompressionConfig Config(const std::string& kind, bool error_feedback = false) {
-  CompressionConfig c;
-  c.kind = kind;
-  c.error_feedback = error_feedback;
-  return c;
-}
-
-// The flattened trainable values of `w`, in layout order.
-std::vector<float> Flat(const Weights& w, const std::vector<bool>& trainable) {
-  std::vector<float> out;
-  for (size_t i = 0; i < w.size(); ++i) {
-    if (!trainable[i]) continue;
-    const torch::Tensor t = w[i].contiguous();
-    out.insert(out.end(), t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
-  }
-  return out;
-}
-
-std::string MustEncode(const CompressionConfig& config, const Weights& global,
-                       const Weights& trained, const std::vector<bool>& trainable,
-                       uint64_t round = 1, uint64_t client = 1,
-                       ErrorFeedbackState* feedback = nullptr) {
-  auto bytes = EncodeUpdate(config, global, trained, trainable, round, client, feedback);
-  EXPECT_TRUE(bytes.ok()) << bytes.status().ToString();
-  return bytes.ok() ? *bytes : std::string();
-}
-
-Weights MustDecode(const std::string& bytes, const WeightsLayout& layout,
-                   const std::vector<bool>& trainable) {
-  auto delta = DecodeUpdate(bytes, layout, trainable);
-  EXPECT_TRUE(delta.ok()) << delta.status().ToString();
-  return delta.ok() ? *delta : Weights{};
-}
-
-void PutU32(std::string& s, size_t at, uint32_t v) {
-  for (int b = 0; b < 4; ++b) s[at + b] = static_cast<char>((v >> (8 * b)) & 0xff);
-}
-void PutF32(std::string& s, size_t at, float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  PutU32(s, at, bits);
-}
-
-// Offsets in the encoding (see update_compression.h).
-constexpr size_t kHeader = 16;
-size_t PayloadStart(const WeightsLayout& layout) { return kHeader + 4 * layout.size(); }
+using namespace compression_testing;  // NOLINT(build/namespaces): the shared test helpers
 
 // ---- CompressionConfig
 
@@ -138,7 +74,7 @@ TEST(CompressionCompatibilityTest, NoneAndInt8RunWithEveryStrategyAndSecureAggre
   for (const char* kind : {"none", "int8"}) {
     for (const char* strategy : {"fedavg", "fedadam", "dpfedavg", "fedmedian", "krum"}) {
       for (bool secure : {false, true}) {
-        EXPECT_TRUE(CheckCompressionCompatible(Config(kind), secure, strategy).ok())
+        EXPECT_TRUE(CheckCompressionCompatible(CompressionOf(kind), secure, strategy).ok())
             << kind << " " << strategy << " " << secure;
       }
     }
@@ -147,19 +83,20 @@ TEST(CompressionCompatibilityTest, NoneAndInt8RunWithEveryStrategyAndSecureAggre
 
 TEST(CompressionCompatibilityTest, TopKIsRefusedWithSecureAggregation) {
   const Status s =
-      CheckCompressionCompatible(Config("topk"), /*secure_aggregation=*/true, "fedavg");
+      CheckCompressionCompatible(CompressionOf("topk"), /*secure_aggregation=*/true, "fedavg");
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(s.message().find("secure aggregation"), std::string::npos) << s.message();
 }
 
 TEST(CompressionCompatibilityTest, TopKIsRefusedWithCoordinateWiseRobustRulesOnly) {
   for (const char* strategy : {"fedmedian", "fedtrimmedavg", "bulyan"}) {
-    const Status s = CheckCompressionCompatible(Config("topk"), false, strategy);
+    const Status s = CheckCompressionCompatible(CompressionOf("topk"), false, strategy);
     EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << strategy;
     EXPECT_NE(s.message().find(strategy), std::string::npos) << s.message();
   }
   for (const char* strategy : {"fedavg", "fedprox", "fedyogi", "dpfedavg", "krum", "multikrum"}) {
-    EXPECT_TRUE(CheckCompressionCompatible(Config("topk"), false, strategy).ok()) << strategy;
+    EXPECT_TRUE(CheckCompressionCompatible(CompressionOf("topk"), false, strategy).ok())
+        << strategy;
   }
 }
 
@@ -170,7 +107,8 @@ TEST(UpdateCompressionTest, NoneIsLosslessAndDeltaOnly) {
   const Weights global = RandomWeights(layout, 1);
   const Weights trained = RandomWeights(layout, 2);
   const auto mask = AllTrainable(layout);
-  const Weights delta = MustDecode(MustEncode(Config("none"), global, trained, mask), layout, mask);
+  const Weights delta =
+      MustDecode(MustEncode(CompressionOf("none"), global, trained, mask), layout, mask);
   ASSERT_EQ(delta.size(), layout.size());
   for (size_t i = 0; i < layout.size(); ++i) {
     EXPECT_TRUE(torch::equal(delta[i], trained[i] - global[i])) << i;
@@ -186,7 +124,8 @@ TEST(UpdateCompressionTest, Int8ErrorIsBelowOneStepPerCoordinate) {
   for (size_t i = 0; i < layout.size(); ++i) trained[i] += global[i];
   trained[0].view(-1)[3] = global[0].view(-1)[3] + 5.0f;  // an outlier in the first chunk
   const auto mask = AllTrainable(layout);
-  const Weights delta = MustDecode(MustEncode(Config("int8"), global, trained, mask), layout, mask);
+  const Weights delta =
+      MustDecode(MustEncode(CompressionOf("int8"), global, trained, mask), layout, mask);
   for (size_t i = 0; i < layout.size(); ++i) {
     const torch::Tensor want = (trained[i] - global[i]).contiguous().view(-1);
     const torch::Tensor got = delta[i].contiguous().view(-1);
@@ -221,7 +160,7 @@ TEST(UpdateCompressionTest, Int8IsUnbiasedOverSeeds) {
   torch::Tensor sum = torch::zeros({300});
   const int draws = 2000;
   for (int s = 0; s < draws; ++s) {
-    CompressionConfig c = Config("int8");
+    CompressionConfig c = CompressionOf("int8");
     c.seed = 1000 + s;
     sum += MustDecode(MustEncode(c, global, trained, mask, /*round=*/s % 7, /*client=*/s % 5),
                       layout, mask)[0];
@@ -237,11 +176,11 @@ TEST(UpdateCompressionTest, Int8IsDeterministicPerSeedRoundAndClient) {
   const Weights global = RandomWeights(layout, 1);
   const Weights trained = RandomWeights(layout, 2);
   const auto mask = AllTrainable(layout);
-  const std::string a = MustEncode(Config("int8"), global, trained, mask, 3, 4);
-  EXPECT_EQ(a, MustEncode(Config("int8"), global, trained, mask, 3, 4));
-  EXPECT_NE(a, MustEncode(Config("int8"), global, trained, mask, 3, 5));
-  EXPECT_NE(a, MustEncode(Config("int8"), global, trained, mask, 4, 4));
-  CompressionConfig other = Config("int8");
+  const std::string a = MustEncode(CompressionOf("int8"), global, trained, mask, 3, 4);
+  EXPECT_EQ(a, MustEncode(CompressionOf("int8"), global, trained, mask, 3, 4));
+  EXPECT_NE(a, MustEncode(CompressionOf("int8"), global, trained, mask, 3, 5));
+  EXPECT_NE(a, MustEncode(CompressionOf("int8"), global, trained, mask, 4, 4));
+  CompressionConfig other = CompressionOf("int8");
   other.seed = 2;
   EXPECT_NE(a, MustEncode(other, global, trained, mask, 3, 4));
 }
@@ -253,7 +192,7 @@ TEST(UpdateCompressionTest, Int8IsAQuarterOfFloat32PlusScalesAndHeader) {
   const std::vector<bool> mask = {true};
   const Weights global = RandomWeights(layout, 1);
   const Weights trained = RandomWeights(layout, 2);
-  const std::string bytes = MustEncode(Config("int8"), global, trained, mask);
+  const std::string bytes = MustEncode(CompressionOf("int8"), global, trained, mask);
   const size_t scales = (10000 + kInt8ChunkElements - 1) / kInt8ChunkElements;
   EXPECT_EQ(bytes.size(), kHeader + 4 + 4 + 4 * scales + 10000);
   EXPECT_LT(static_cast<double>(bytes.size()) / (4 * 10000), 0.26);
@@ -263,7 +202,8 @@ TEST(UpdateCompressionTest, Int8OfAZeroDeltaIsZero) {
   const WeightsLayout layout = TestLayout();
   const Weights global = RandomWeights(layout, 1);
   const auto mask = AllTrainable(layout);
-  const Weights delta = MustDecode(MustEncode(Config("int8"), global, global, mask), layout, mask);
+  const Weights delta =
+      MustDecode(MustEncode(CompressionOf("int8"), global, global, mask), layout, mask);
   for (const auto& t : delta) EXPECT_EQ(t.abs().max().item<float>(), 0.0f);
 }
 
@@ -288,7 +228,7 @@ TEST(UpdateCompressionTest, TopKKeepsExactlyTheKLargestMagnitudes) {
   }
   Weights global;
   for (const auto& shape : layout.shapes) global.push_back(torch::zeros(shape));
-  CompressionConfig c = Config("topk");
+  CompressionConfig c = CompressionOf("topk");
   c.topk_fraction = 0.01;  // k = ceil(8.63) = 9
   const std::string bytes = MustEncode(c, global, trained, mask);
   EXPECT_EQ(bytes.size(), PayloadStart(layout) + 4 + 8 * 9);
@@ -308,7 +248,7 @@ TEST(UpdateCompressionTest, TopKCountIsTheCeilingOfFractionTimesN) {
   const std::vector<bool> mask = {true};
   const auto size_for = [&](int64_t n, double fraction) {
     layout.shapes = {{n}};
-    CompressionConfig c = Config("topk");
+    CompressionConfig c = CompressionOf("topk");
     c.topk_fraction = fraction;
     const Weights trained = RandomWeights(layout, 3);
     return MustEncode(c, {torch::zeros({n})}, trained, mask).size();
@@ -326,7 +266,7 @@ TEST(UpdateCompressionTest, TopKOnePercentCostsAboutTwoPercentOfFloat32) {
   layout.names = {"w"};
   layout.shapes = {{200, 100}};
   const std::vector<bool> mask = {true};
-  CompressionConfig c = Config("topk");
+  CompressionConfig c = CompressionOf("topk");
   c.topk_fraction = 0.01;
   const std::string bytes = MustEncode(c, RandomWeights(layout, 1), RandomWeights(layout, 2), mask);
   EXPECT_EQ(bytes.size(), kHeader + 4 + 4 + 8 * 200);  // 8 bytes per kept value
@@ -340,13 +280,13 @@ TEST(UpdateCompressionTest, OnlyTrainableEntriesAreSent) {
   Weights trained = RandomWeights(layout, 2);
   trained[0] = global[0] + 1000.0f;  // untrained entry: must not leak into the update
   for (const char* kind : {"none", "int8", "topk"}) {
-    const std::string bytes = MustEncode(Config(kind), global, trained, mask);
+    const std::string bytes = MustEncode(CompressionOf(kind), global, trained, mask);
     const Weights delta = MustDecode(bytes, layout, mask);
     EXPECT_EQ(delta[0].abs().max().item<float>(), 0.0f) << kind;
     // Decoding with another mask (entry counts differ) is refused.
     EXPECT_FALSE(DecodeUpdate(bytes, layout, AllTrainable(layout)).ok()) << kind;
   }
-  EXPECT_EQ(MustEncode(Config("none"), global, trained, mask).size(),
+  EXPECT_EQ(MustEncode(CompressionOf("none"), global, trained, mask).size(),
             kHeader + 4 * 2 + 4 * (256 + 7));
 }
 
@@ -355,7 +295,7 @@ TEST(UpdateCompressionTest, OnlyTrainableEntriesAreSent) {
 TEST(ErrorFeedbackTest, TopKSentPlusResidualEqualsTheSumOfDeltasExactly) {
   const WeightsLayout layout = TestLayout();
   const auto mask = AllTrainable(layout);
-  CompressionConfig c = Config("topk", /*error_feedback=*/true);
+  CompressionConfig c = CompressionOf("topk", /*error_feedback=*/true);
   c.topk_fraction = 0.05;
   ErrorFeedbackState state;
   Weights delta_sum, sent_sum;
@@ -399,8 +339,9 @@ TEST(ErrorFeedbackTest, Int8SentPlusResidualTracksTheSumOfDeltas) {
   for (int round = 1; round <= 5; ++round) {
     const Weights global = RandomWeights(layout, 10 + round);
     const Weights trained = RandomWeights(layout, 20 + round);
-    const Weights sent = MustDecode(
-        MustEncode(Config("int8", true), global, trained, mask, round, 1, &state), layout, mask);
+    const Weights sent =
+        MustDecode(MustEncode(CompressionOf("int8", true), global, trained, mask, round, 1, &state),
+                   layout, mask);
     for (size_t i = 0; i < layout.size(); ++i) {
       delta_sum[i] += trained[i] - global[i];
       sent_sum[i] += sent[i];
@@ -415,7 +356,7 @@ TEST(ErrorFeedbackTest, DisabledFeedbackLeavesTheStateAlone) {
   const WeightsLayout layout = TestLayout();
   const auto mask = AllTrainable(layout);
   ErrorFeedbackState state;
-  (void)MustEncode(Config("topk", /*error_feedback=*/false), RandomWeights(layout, 1),
+  (void)MustEncode(CompressionOf("topk", /*error_feedback=*/false), RandomWeights(layout, 1),
                    RandomWeights(layout, 2), mask, 1, 1, &state);
   EXPECT_TRUE(state.residual.empty());
 }
@@ -425,8 +366,8 @@ TEST(ErrorFeedbackTest, AResidualOfAnotherLayoutIsRefusedAndKept) {
   const auto mask = AllTrainable(layout);
   ErrorFeedbackState state;
   state.residual = {torch::ones({3})};
-  auto r = EncodeUpdate(Config("topk", true), RandomWeights(layout, 1), RandomWeights(layout, 2),
-                        mask, 1, 1, &state);
+  auto r = EncodeUpdate(CompressionOf("topk", true), RandomWeights(layout, 1),
+                        RandomWeights(layout, 2), mask, 1, 1, &state);
   EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
   ASSERT_EQ(state.residual.size(), 1u);
   EXPECT_TRUE(torch::equal(state.residual[0], torch::ones({3})));
@@ -439,17 +380,17 @@ TEST(UpdateCompressionTest, EncodeRejectsMismatchedOrNonFiniteInput) {
   const auto mask = AllTrainable(layout);
   const Weights global = RandomWeights(layout, 1);
   Weights trained = RandomWeights(layout, 2);
-  EXPECT_FALSE(EncodeUpdate(Config("int8"), global, {trained[0]}, mask, 1, 1).ok());
-  EXPECT_FALSE(EncodeUpdate(Config("int8"), global, trained, {true, true}, 1, 1).ok());
+  EXPECT_FALSE(EncodeUpdate(CompressionOf("int8"), global, {trained[0]}, mask, 1, 1).ok());
+  EXPECT_FALSE(EncodeUpdate(CompressionOf("int8"), global, trained, {true, true}, 1, 1).ok());
   Weights reshaped = trained;
   reshaped[1] = torch::zeros({256});
-  EXPECT_FALSE(EncodeUpdate(Config("int8"), global, reshaped, mask, 1, 1).ok());
+  EXPECT_FALSE(EncodeUpdate(CompressionOf("int8"), global, reshaped, mask, 1, 1).ok());
   trained[2][0] = std::numeric_limits<float>::quiet_NaN();
   for (const char* kind : {"none", "int8", "topk"}) {
-    auto r = EncodeUpdate(Config(kind), global, trained, mask, 1, 1);
+    auto r = EncodeUpdate(CompressionOf(kind), global, trained, mask, 1, 1);
     EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << kind;
   }
-  EXPECT_FALSE(EncodeUpdate(Config("lz4"), global, global, mask, 1, 1).ok());
+  EXPECT_FALSE(EncodeUpdate(CompressionOf("lz4"), global, global, mask, 1, 1).ok());
 }
 
 TEST(UpdateCompressionTest, RoundTripWritesGlobalPlusDecodedDeltaInPlace) {
@@ -459,7 +400,7 @@ TEST(UpdateCompressionTest, RoundTripWritesGlobalPlusDecodedDeltaInPlace) {
   Weights trained = RandomWeights(layout, 2);
   const Weights original = CloneWeights(trained);
   const torch::Tensor storage = trained[0];
-  CompressionConfig c = Config("topk");
+  CompressionConfig c = CompressionOf("topk");
   c.topk_fraction = 0.1;
   auto bytes = CompressRoundTrip(c, layout, global, trained, mask, 1, 1);
   ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
@@ -468,201 +409,6 @@ TEST(UpdateCompressionTest, RoundTripWritesGlobalPlusDecodedDeltaInPlace) {
   const Weights delta = MustDecode(MustEncode(c, global, original, mask), layout, mask);
   EXPECT_TRUE(torch::equal(trained[0], global[0] + delta[0]));
   EXPECT_TRUE(torch::equal(trained[1], original[1]));  // untrained: left alone
-}
-
-// ---- Decoder rejections: every one is a clean error, never a crash.
-
-class DecodeRejectionTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    global_ = RandomWeights(layout_, 1);
-    trained_ = RandomWeights(layout_, 2);
-    CompressionConfig topk = Config("topk");
-    topk.topk_fraction = 0.01;  // k = 9
-    int8_ = MustEncode(Config("int8"), global_, trained_, mask_);
-    topk_ = MustEncode(topk, global_, trained_, mask_);
-    none_ = MustEncode(Config("none"), global_, trained_, mask_);
-  }
-  Status Decode(const std::string& bytes) { return DecodeUpdate(bytes, layout_, mask_).status(); }
-  void ExpectInvalid(const std::string& bytes, const std::string& needle) {
-    const Status s = Decode(bytes);
-    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << s.ToString();
-    EXPECT_NE(s.message().find(needle), std::string::npos) << s.message();
-  }
-
-  const WeightsLayout layout_ = TestLayout();
-  const std::vector<bool> mask_ = AllTrainable(layout_);
-  Weights global_, trained_;
-  std::string int8_, topk_, none_;
-};
-
-TEST_F(DecodeRejectionTest, ValidEncodingsDecode) {
-  EXPECT_TRUE(Decode(int8_).ok());
-  EXPECT_TRUE(Decode(topk_).ok());
-  EXPECT_TRUE(Decode(none_).ok());
-}
-
-TEST_F(DecodeRejectionTest, EveryTruncationAndTrailingBytes) {
-  for (const std::string* bytes : {&int8_, &topk_, &none_}) {
-    for (size_t len = 0; len < bytes->size(); ++len) {
-      EXPECT_EQ(Decode(bytes->substr(0, len)).code(), StatusCode::kInvalidArgument) << len;
-    }
-    ExpectInvalid(*bytes + '\0', "trailing");
-  }
-  ExpectInvalid(topk_.substr(0, topk_.size() - 1), "truncated");
-}
-
-TEST_F(DecodeRejectionTest, BadMagicKindFlagsAndVersion) {
-  std::string bad = int8_;
-  bad[0] = 'X';
-  ExpectInvalid(bad, "magic");
-  bad = int8_;
-  bad[5] = 7;
-  ExpectInvalid(bad, "unknown kind");
-  bad = int8_;
-  bad[6] = 1;
-  ExpectInvalid(bad, "flags");
-  bad = int8_;
-  bad[4] = 2;
-  const Status s = Decode(bad);
-  EXPECT_EQ(s.code(), StatusCode::kVersionMismatch) << s.ToString();
-  EXPECT_NE(s.message().find("version 2"), std::string::npos);
-}
-
-TEST_F(DecodeRejectionTest, CountMismatches) {
-  std::string bad = int8_;
-  PutU32(bad, 8, 2);  // entries
-  ExpectInvalid(bad, "entries");
-  bad = int8_;
-  PutU32(bad, 12, 862);  // total values
-  ExpectInvalid(bad, "values");
-  bad = int8_;
-  PutU32(bad, kHeader + 4, 255);  // the second entry's count
-  ExpectInvalid(bad, "entry 1");
-  bad = topk_;
-  PutU32(bad, PayloadStart(layout_), 864);  // k > n
-  ExpectInvalid(bad, "exceeds");
-  bad = topk_;
-  PutU32(bad, PayloadStart(layout_), 8);  // k one short of what follows
-  ExpectInvalid(bad, "trailing");
-}
-
-TEST_F(DecodeRejectionTest, TopKIndexOutOfRangeOrNotIncreasing) {
-  const size_t indices = PayloadStart(layout_) + 4;
-  std::string bad = topk_;
-  PutU32(bad, indices + 4 * 8, 863);  // the last index, one past the end
-  ExpectInvalid(bad, "out of range");
-  bad = topk_;
-  PutU32(bad, indices + 4 * 8, 0xffffffffu);
-  ExpectInvalid(bad, "out of range");
-  bad = topk_;
-  std::memcpy(&bad[indices + 4], &bad[indices], 4);  // a duplicate
-  ExpectInvalid(bad, "increasing");
-}
-
-TEST_F(DecodeRejectionTest, NonFiniteOrOversizeScalesAndValues) {
-  const size_t scales = PayloadStart(layout_) + 4;
-  for (float bad_scale :
-       {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), -1.0f,
-        std::numeric_limits<float>::max()}) {
-    std::string bad = int8_;
-    PutF32(bad, scales + 4, bad_scale);
-    ExpectInvalid(bad, "scale");
-  }
-  std::string bad = int8_;
-  PutU32(bad, PayloadStart(layout_), 0);  // chunk size
-  ExpectInvalid(bad, "chunk");
-  bad = int8_;
-  bad[bad.size() - 1] = static_cast<char>(0x80);  // -128
-  ExpectInvalid(bad, "-128");
-  bad = topk_;
-  PutF32(bad, bad.size() - 4, std::numeric_limits<float>::quiet_NaN());
-  ExpectInvalid(bad, "non-finite");
-  bad = none_;
-  PutF32(bad, PayloadStart(layout_), std::numeric_limits<float>::infinity());
-  ExpectInvalid(bad, "non-finite");
-}
-
-TEST_F(DecodeRejectionTest, RandomCorruptionNeverCrashes) {
-  std::mt19937 rng(7);
-  int decoded = 0;
-  for (int iter = 0; iter < 3000; ++iter) {
-    std::string bytes = iter % 3 == 0 ? int8_ : iter % 3 == 1 ? topk_ : none_;
-    const int flips = 1 + rng() % 4;
-    for (int f = 0; f < flips; ++f) bytes[rng() % bytes.size()] = static_cast<char>(rng());
-    if (rng() % 4 == 0) bytes.resize(rng() % (bytes.size() + 8), '\x01');
-    auto r = DecodeUpdate(bytes, layout_, mask_);
-    if (!r.ok()) continue;
-    ++decoded;
-    for (const auto& t : *r) EXPECT_TRUE(torch::isfinite(t).all().item<bool>());
-  }
-  EXPECT_GT(decoded, 0);  // payload flips that stay valid still decode
-}
-
-// ---- The simulator counts the encoded bytes
-
-SimData SyntheticData() {
-  torch::manual_seed(11);
-  SimData d;
-  d.train.images = torch::rand({200, 1, 28, 28});
-  d.train.labels = torch::arange(200, torch::kLong).remainder(10);
-  d.test.images = torch::rand({50, 1, 28, 28});
-  d.test.labels = torch::arange(50, torch::kLong).remainder(10);
-  for (int i = 0; i < 200; ++i) d.train_labels.push_back(static_cast<uint8_t>(i % 10));
-  return d;
-}
-
-SimOptions SmallSim(const std::string& kind) {
-  SimOptions o;
-  o.model = "tiny_split";
-  o.num_clients = 10;
-  o.rounds = 2;
-  o.engine.fraction = 0.4;
-  o.engine.min_clients = 2;
-  o.engine.fit.batch_size = 16;
-  o.workers = 2;
-  o.progress_out = nullptr;
-  o.compression.kind = kind;
-  return o;
-}
-
-TEST(SimulationCompressionTest, Int8AndTopKReportTheEncodedBytes) {
-  const SimData data = SyntheticData();
-  auto none = RunSimulation(SmallSim("none"), data);
-  auto int8 = RunSimulation(SmallSim("int8"), data);
-  SimOptions topk_options = SmallSim("topk");
-  topk_options.compression.topk_fraction = 0.01;
-  auto topk = RunSimulation(topk_options, data);
-  ASSERT_TRUE(none.ok()) << none.status().ToString();
-  ASSERT_TRUE(int8.ok()) << int8.status().ToString();
-  ASSERT_TRUE(topk.ok()) << topk.status().ToString();
-  ASSERT_EQ(int8->history.size(), 2u);
-  for (size_t r = 0; r < 2; ++r) {
-    const auto& dense = none->history[r];
-    const auto& q = int8->history[r];
-    const auto& sparse = topk->history[r];
-    ASSERT_EQ(q.succeeded, dense.succeeded);
-    ASSERT_GT(q.succeeded, 0);
-    const double dense_bytes = dense.extra.at("bytes_up").get<double>();
-    EXPECT_EQ(q.extra.at("compression").at("dense_bytes_up").get<double>(), dense_bytes);
-    EXPECT_LT(q.extra.at("bytes_up").get<double>(), 0.30 * dense_bytes);
-    EXPECT_LT(sparse.extra.at("bytes_up").get<double>(), 0.05 * dense_bytes);
-    EXPECT_EQ(q.extra.at("compression").at("kind"), "int8");
-    EXPECT_EQ(dense.extra.at("compression").at("kind"), "none");
-    EXPECT_TRUE(q.applied);
-  }
-}
-
-TEST(SimulationCompressionTest, UnsupportedCombinationsAreRefusedUpFront) {
-  SimOptions o = SmallSim("topk");
-  o.strategy.name = "fedmedian";
-  EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument);
-  o = SmallSim("topk");
-  o.engine.secure.enabled = true;
-  EXPECT_EQ(o.Validate().code(), StatusCode::kFailedPrecondition);
-  o = SmallSim("int8");
-  o.compression.topk_fraction = 0;
-  EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace
