@@ -1,0 +1,112 @@
+#include <cmath>
+#include <sstream>
+
+#include "common/datasets.h"
+#include "common/file_util.h"
+#include "federated/simulation.h"
+
+namespace cleave::federated {
+
+using nlohmann::json;
+
+Result<split::VisionModelSpec> ModelSpecByName(const std::string& name) {
+  if (name == "simple_cnn") return split::VisionModelSpec::SimpleCnn();
+  if (name == "default_split") return split::VisionModelSpec::DefaultSplit();
+  if (name == "tiny_split") return split::VisionModelSpec::TinySplit();
+  return Status::InvalidArgument("unknown model '" + name +
+                                 "' (simple_cnn, default_split, tiny_split)");
+}
+
+Result<SimData> LoadSimData(const std::string& dir, int64_t train_limit, int64_t test_limit) {
+  CLEAVE_ASSIGN_OR_RETURN(ImageDataset train_raw, LoadFashionMnist(DatasetSplit::kTrain, dir));
+  CLEAVE_ASSIGN_OR_RETURN(ImageDataset test_raw, LoadFashionMnist(DatasetSplit::kTest, dir));
+  SimData data;
+  CLEAVE_ASSIGN_OR_RETURN(data.train, split::ToLabeledImages(train_raw));
+  CLEAVE_ASSIGN_OR_RETURN(data.test, split::ToLabeledImages(test_raw));
+  if (train_limit > 0) data.train = data.train.Head(train_limit);
+  if (test_limit > 0) data.test = data.test.Head(test_limit);
+  data.train_labels.assign(train_raw.labels.begin(), train_raw.labels.begin() + data.train.size());
+  return data;
+}
+
+json SimOptions::ToJson() const {
+  return {{"model", model},
+          {"num_clients", num_clients},
+          {"partition", partition.ToString()},
+          {"partition_min_size", partition.min_size},
+          {"rounds", rounds},
+          {"engine", engine.ToJson()},
+          {"strategy", strategy.ToJson()},
+          {"compression", compression.ToJson()},
+          {"attack", attack.ToJson()},
+          {"workers", workers},
+          {"step_seconds", step_seconds},
+          {"speed_min", speed_min},
+          {"speed_max", speed_max},
+          {"dropout", dropout},
+          {"eval_every", eval_every},
+          {"seed", seed}};
+}
+
+Status SimOptions::Validate() const {
+  CLEAVE_RETURN_IF_ERROR(ModelSpecByName(model).status());
+  if (num_clients < 1) return Status::InvalidArgument("sim: num_clients must be >= 1");
+  if (rounds < 1) return Status::InvalidArgument("sim: rounds must be >= 1");
+  if (workers < 0 || workers > 256) return Status::InvalidArgument("sim: workers in [0, 256]");
+  if (!(step_seconds > 0) || !std::isfinite(step_seconds)) {
+    return Status::InvalidArgument("sim: step_seconds must be > 0");
+  }
+  if (!(speed_min > 0) || !(speed_max >= speed_min) || !std::isfinite(speed_max)) {
+    return Status::InvalidArgument("sim: need 0 < speed_min <= speed_max");
+  }
+  if (!(dropout >= 0 && dropout < 1)) return Status::InvalidArgument("sim: dropout in [0, 1)");
+  if (eval_every < 0) return Status::InvalidArgument("sim: eval_every must be >= 0");
+  CLEAVE_RETURN_IF_ERROR(engine.Validate());
+  CLEAVE_RETURN_IF_ERROR(compression.Validate());
+  CLEAVE_RETURN_IF_ERROR(
+      CheckCompressionCompatible(compression, engine.secure.enabled, strategy.name));
+  CLEAVE_RETURN_IF_ERROR(attack.Validate());
+  if (engine.secure.enabled && strategy.name == "dpfedavg" && strategy.dp.adaptive_clip) {
+    return Status::InvalidArgument(
+        "sim: strategy.dp_adaptive_clip is not available with secure aggregation (the "
+        "clients clip with a fixed strategy.dp_clip_norm)");
+  }
+  if (engine.secure.enabled && strategy.norm_bound > 0) {
+    return Status::InvalidArgument(
+        "sim: strategy.norm_bound clips each client's update on the server, which secure "
+        "aggregation never reveals");
+  }
+  return strategy.Validate();
+}
+
+json SimResult::ToJson() const {
+  json rounds = json::array();
+  for (const auto& r : history) rounds.push_back(r.ToJson());
+  return {{"rounds", rounds},
+          {"best_accuracy", best_accuracy},
+          {"final_accuracy", final_accuracy},
+          {"wall_seconds", wall_seconds},
+          {"peak_rss_bytes", peak_rss_bytes},
+          {"resumed_from_round", resumed_from_round}};
+}
+
+Status WriteHistoryCsv(const std::vector<RoundRecord>& history, const std::string& path) {
+  std::ostringstream out;
+  out << "round,applied,accuracy,loss,train_loss,sampled,succeeded,failed,late,rejected,"
+         "missing,bytes_up,bytes_down,wall_seconds,training_seconds,peak_rss_bytes\n";
+  const auto num = [](const json& extra, const char* key) -> std::string {
+    return extra.contains(key) ? extra.at(key).dump() : "";
+  };
+  for (const auto& r : history) {
+    out << r.round << ',' << (r.applied ? 1 : 0) << ','
+        << (r.eval_accuracy ? std::to_string(*r.eval_accuracy) : "") << ','
+        << (r.eval_loss ? std::to_string(*r.eval_loss) : "") << ',' << r.train_loss << ','
+        << r.sampled << ',' << r.succeeded << ',' << r.failed << ',' << r.late << ',' << r.rejected
+        << ',' << r.missing << ',' << num(r.extra, "bytes_up") << ',' << num(r.extra, "bytes_down")
+        << ',' << num(r.extra, "wall_seconds") << ',' << num(r.extra, "training_seconds") << ','
+        << num(r.extra, "peak_rss_bytes") << '\n';
+  }
+  return WriteFileAtomic(path, out.str());
+}
+
+}  // namespace cleave::federated
