@@ -16,9 +16,6 @@
 namespace cleave {
 namespace {
 
-constexpr uint32_t kImagesMagic = 0x00000803;  // unsigned byte, 3 dimensions
-constexpr uint32_t kLabelsMagic = 0x00000801;  // unsigned byte, 1 dimension
-constexpr uint64_t kMaxImageBytes = uint64_t{1} << 24;
 constexpr uint64_t kMaxTotalBytes = uint64_t{1} << 34;
 constexpr size_t kReadChunk = size_t{1} << 20;
 
@@ -83,7 +80,7 @@ class IdxReader {
     if (n != sizeof(b)) {
       return Status::DataLoss(Quoted(path_) + " is truncated: header ends before " + field);
     }
-    return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
+    return ReadBigEndianU32(b);
   }
 
   // Appends exactly `bytes` bytes to `out`, growing it as data arrives, then checks that
@@ -120,26 +117,15 @@ class IdxReader {
   std::unique_ptr<gzFile_s, GzFileCloser> file_;
 };
 
-Status CheckMagic(const IdxReader& reader, uint32_t magic, uint32_t expected, const char* kind) {
-  if (magic == expected) return Status::Ok();
-  return Status::InvalidArgument(Quoted(reader.path()) + " is not an IDX " + kind +
-                                 " file: magic " + Hex32(magic) + ", expected " + Hex32(expected));
-}
-
 Status ReadImages(const std::string& path, ImageDataset* dataset) {
   CLEAVE_ASSIGN_OR_RETURN(IdxReader reader, IdxReader::Open(path));
   CLEAVE_ASSIGN_OR_RETURN(uint32_t magic, reader.ReadU32("the magic number"));
-  CLEAVE_RETURN_IF_ERROR(CheckMagic(reader, magic, kImagesMagic, "image"));
+  CLEAVE_RETURN_IF_ERROR(CheckIdxMagic(path, magic, kIdxImagesMagic, "image"));
   CLEAVE_ASSIGN_OR_RETURN(uint32_t count, reader.ReadU32("the image count"));
   CLEAVE_ASSIGN_OR_RETURN(uint32_t rows, reader.ReadU32("the row count"));
   CLEAVE_ASSIGN_OR_RETURN(uint32_t cols, reader.ReadU32("the column count"));
+  CLEAVE_RETURN_IF_ERROR(CheckIdxImageSize(path, rows, cols));
   const uint64_t image_bytes = uint64_t{rows} * cols;
-  if (rows == 0 || cols == 0 || image_bytes > kMaxImageBytes) {
-    return Status::InvalidArgument(Quoted(path) + " declares " + std::to_string(rows) + "x" +
-                                   std::to_string(cols) + " images; each side must be non-zero " +
-                                   "and an image at most " + std::to_string(kMaxImageBytes) +
-                                   " bytes");
-  }
   const uint64_t total = image_bytes * count;
   if (total > kMaxTotalBytes) {
     return Status::InvalidArgument(Quoted(path) + " declares " + std::to_string(total) +
@@ -155,7 +141,7 @@ Status ReadImages(const std::string& path, ImageDataset* dataset) {
 Status ReadLabels(const std::string& path, std::vector<uint8_t>* labels) {
   CLEAVE_ASSIGN_OR_RETURN(IdxReader reader, IdxReader::Open(path));
   CLEAVE_ASSIGN_OR_RETURN(uint32_t magic, reader.ReadU32("the magic number"));
-  CLEAVE_RETURN_IF_ERROR(CheckMagic(reader, magic, kLabelsMagic, "label"));
+  CLEAVE_RETURN_IF_ERROR(CheckIdxMagic(path, magic, kIdxLabelsMagic, "label"));
   CLEAVE_ASSIGN_OR_RETURN(uint32_t count, reader.ReadU32("the label count"));
   labels->clear();
   return reader.ReadBody(count, std::to_string(count) + " labels", labels);
@@ -172,6 +158,26 @@ std::string FindFile(const std::string& dir, const std::string& base) {
 }
 
 }  // namespace
+
+Status CheckIdxMagic(const std::string& path, uint32_t magic, uint32_t expected, const char* kind) {
+  if (magic == expected) return Status::Ok();
+  return Status::InvalidArgument(Quoted(path) + " is not an IDX " + kind + " file: magic " +
+                                 Hex32(magic) + ", expected " + Hex32(expected));
+}
+
+Status CheckIdxImageSize(const std::string& path, uint32_t rows, uint32_t cols) {
+  if (rows != 0 && cols != 0 && uint64_t{rows} * cols <= kMaxIdxImageBytes) return Status::Ok();
+  return Status::InvalidArgument(Quoted(path) + " declares " + std::to_string(rows) + "x" +
+                                 std::to_string(cols) + " images; each side must be non-zero " +
+                                 "and an image at most " + std::to_string(kMaxIdxImageBytes) +
+                                 " bytes");
+}
+
+Result<std::vector<uint8_t>> LoadIdxLabels(const std::string& labels_gz_or_raw) {
+  std::vector<uint8_t> labels;
+  CLEAVE_RETURN_IF_ERROR(ReadLabels(labels_gz_or_raw, &labels));
+  return labels;
+}
 
 Result<ImageDataset> LoadIdxImagesOnly(const std::string& images_gz_or_raw) {
   ImageDataset dataset;

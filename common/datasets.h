@@ -38,6 +38,33 @@ Result<ImageDataset> LoadIdxPair(const std::string& images_gz_or_raw,
 // Errors as for LoadIdxPair.
 Result<ImageDataset> LoadIdxImagesOnly(const std::string& images_gz_or_raw);
 
+// Loads only an IDX label file (magic 0x00000801) into memory, gzip-compressed or plain.
+// Errors as for LoadIdxPair.
+Result<std::vector<uint8_t>> LoadIdxLabels(const std::string& labels_gz_or_raw);
+
+// IDX header layout and checks, shared by every IDX reader (the loaders above and the
+// memory-mapped source of common/image_data.h) so all refuse the same files the same way.
+inline constexpr uint32_t kIdxImagesMagic = 0x00000803;  // unsigned byte, 3 dimensions
+inline constexpr uint32_t kIdxLabelsMagic = 0x00000801;  // unsigned byte, 1 dimension
+inline constexpr size_t kIdxImagesHeaderBytes = 16;      // magic, count, rows, cols
+inline constexpr size_t kIdxLabelsHeaderBytes = 8;       // magic, count
+// Largest single image (rows * cols bytes) an IDX reader accepts.
+inline constexpr uint64_t kMaxIdxImageBytes = uint64_t{1} << 24;
+
+// OK if `magic` is `expected`; else InvalidArgument naming `path`, the magic found and the
+// one expected. `kind` is "image" or "label" (for the message).
+Status CheckIdxMagic(const std::string& path, uint32_t magic, uint32_t expected, const char* kind);
+
+// OK if both sides are non-zero and an image is at most kMaxIdxImageBytes; else
+// InvalidArgument naming `path` and the declared size.
+Status CheckIdxImageSize(const std::string& path, uint32_t rows, uint32_t cols);
+
+// Reads the big-endian uint32 at `bytes` (4 bytes must be readable).
+inline uint32_t ReadBigEndianU32(const uint8_t* bytes) {
+  return (uint32_t{bytes[0]} << 24) | (uint32_t{bytes[1]} << 16) | (uint32_t{bytes[2]} << 8) |
+         bytes[3];
+}
+
 enum class DatasetSplit { kTrain, kTest };
 
 inline constexpr char kFashionMnistDir[] = "/usr/share/datasets/fashion-mnist";

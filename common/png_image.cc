@@ -98,7 +98,8 @@ class PngWriteHandle {
 // The setjmp frames. A longjmp out of libpng skips destructors of the frames it crosses, so
 // these functions own no C++ objects: everything with a destructor lives in the caller.
 // Return false after a libpng error (the message is in the PngErrorState).
-bool RunPngRead(png_structp png, png_infop info, GrayImage* image, std::vector<png_bytep>* rows) {
+bool RunPngRead(png_structp png, png_infop info, int channels, PixelImage* image,
+                std::vector<png_bytep>* rows) {
   if (setjmp(png_jmpbuf(png))) return false;
   png_set_chunk_malloc_max(png, kMaxPngChunkBytes);
   png_read_info(png, info);  // reads up to the first IDAT; allocates nothing image-sized
@@ -114,33 +115,40 @@ bool RunPngRead(png_structp png, png_infop info, GrayImage* image, std::vector<p
   }
   const int bit_depth = png_get_bit_depth(png, info);
   const int color_type = png_get_color_type(png, info);
+  const bool color = (color_type & PNG_COLOR_MASK_COLOR) != 0;  // RGB, RGBA or palette
+  const unsigned out_channels = channels == 0 ? (color ? 3u : 1u) : static_cast<unsigned>(channels);
   if (color_type == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
   if (color_type == PNG_COLOR_TYPE_GRAY && bit_depth < 8) png_set_expand_gray_1_2_4_to_8(png);
   if (bit_depth == 16) png_set_scale_16(png);
-  if (color_type & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
-  if (color_type & PNG_COLOR_MASK_COLOR) {
-    png_set_rgb_to_gray_fixed(png, PNG_ERROR_ACTION_NONE, -1, -1);
+  // Alpha from the color type or from a tRNS chunk expanded by palette_to_rgb is dropped.
+  if ((color_type & PNG_COLOR_MASK_ALPHA) || png_get_valid(png, info, PNG_INFO_tRNS)) {
+    png_set_strip_alpha(png);
   }
+  if (color && out_channels == 1) png_set_rgb_to_gray_fixed(png, PNG_ERROR_ACTION_NONE, -1, -1);
+  if (!color && out_channels == 3) png_set_gray_to_rgb(png);
   png_set_interlace_handling(png);
   png_read_update_info(png, info);
-  if (png_get_channels(png, info) != 1 || png_get_bit_depth(png, info) != 8 ||
-      png_get_rowbytes(png, info) != width) {
-    png_error(png, "unexpected pixel layout after conversion to 8-bit gray");
+  if (png_get_channels(png, info) != out_channels || png_get_bit_depth(png, info) != 8 ||
+      png_get_rowbytes(png, info) != size_t{width} * out_channels) {
+    png_error(png, "unexpected pixel layout after conversion to 8-bit samples");
   }
 
   image->width = width;
   image->height = height;
-  image->pixels.resize(size_t{width} * height);  // at most 16 Mi pixels (checked above)
+  image->channels = out_channels;
+  const size_t row_bytes = size_t{width} * out_channels;
+  image->pixels.resize(row_bytes * height);  // at most 48 MiB (checked above)
   rows->resize(height);
-  for (png_uint_32 y = 0; y < height; ++y) (*rows)[y] = image->pixels.data() + size_t{y} * width;
+  for (png_uint_32 y = 0; y < height; ++y) (*rows)[y] = image->pixels.data() + y * row_bytes;
   png_read_image(png, rows->data());
   png_read_end(png, nullptr);
   return true;
 }
 
-bool RunPngWrite(png_structp png, png_infop info, const GrayImage& image, png_bytepp rows) {
+bool RunPngWrite(png_structp png, png_infop info, const PixelImage& image, png_bytepp rows) {
   if (setjmp(png_jmpbuf(png))) return false;
-  png_set_IHDR(png, info, image.width, image.height, 8, PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE,
+  png_set_IHDR(png, info, image.width, image.height, 8,
+               image.channels == 3 ? PNG_COLOR_TYPE_RGB : PNG_COLOR_TYPE_GRAY, PNG_INTERLACE_NONE,
                PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
   png_write_image(png, rows);
@@ -258,13 +266,18 @@ Result<std::string> ReadSmallFile(const std::string& path) {
 
 }  // namespace
 
-Result<std::string> EncodePngGray8(const GrayImage& image) {
+Result<std::string> EncodePngPixels(const PixelImage& image) {
   CLEAVE_RETURN_IF_ERROR(CheckDimensions(image.width, image.height, "image"));
-  if (image.pixels.size() != size_t{image.width} * image.height) {
-    return Status::InvalidArgument("image has " + std::to_string(image.pixels.size()) +
-                                   " pixels but " + std::to_string(image.width) + "x" +
-                                   std::to_string(image.height) + " needs " +
-                                   std::to_string(size_t{image.width} * image.height));
+  if (image.channels != 1 && image.channels != 3) {
+    return Status::InvalidArgument("image has " + std::to_string(image.channels) +
+                                   " channels; PNG encoding takes 1 (gray) or 3 (RGB)");
+  }
+  const size_t row_bytes = size_t{image.width} * image.channels;
+  if (image.pixels.size() != row_bytes * image.height) {
+    return Status::InvalidArgument(
+        "image has " + std::to_string(image.pixels.size()) + " pixel bytes but " +
+        std::to_string(image.width) + "x" + std::to_string(image.height) + "x" +
+        std::to_string(image.channels) + " needs " + std::to_string(row_bytes * image.height));
   }
   PngErrorState errors;
   PngWriteHandle handle(&errors);
@@ -273,7 +286,7 @@ Result<std::string> EncodePngGray8(const GrayImage& image) {
   std::vector<png_bytep> rows(image.height);
   for (uint32_t y = 0; y < image.height; ++y) {
     // libpng's API is not const-correct; it only reads the rows.
-    rows[y] = const_cast<png_bytep>(image.pixels.data() + size_t{y} * image.width);
+    rows[y] = const_cast<png_bytep>(image.pixels.data() + y * row_bytes);
   }
   png_set_write_fn(handle.png(), &out, AppendToString, FlushNothing);
   if (!RunPngWrite(handle.png(), handle.info(), image, rows.data())) {
@@ -282,7 +295,16 @@ Result<std::string> EncodePngGray8(const GrayImage& image) {
   return out;
 }
 
-Result<GrayImage> DecodePng(std::string_view bytes) {
+Result<std::string> EncodePngGray8(const GrayImage& image) {
+  // The copy keeps GrayImage's API; the cost is one image-sized memcpy per encode.
+  return EncodePngPixels(PixelImage{image.width, image.height, 1, image.pixels});
+}
+
+Result<PixelImage> DecodePngPixels(std::string_view bytes, int channels) {
+  if (channels != 0 && channels != 1 && channels != 3) {
+    return Status::InvalidArgument("cannot decode a PNG to " + std::to_string(channels) +
+                                   " channels; use 0 (its own), 1 (gray) or 3 (RGB)");
+  }
   if (bytes.size() < 8 || png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) != 0) {
     return Status::InvalidArgument("not a PNG: missing the 8-byte PNG signature");
   }
@@ -291,15 +313,27 @@ Result<GrayImage> DecodePng(std::string_view bytes) {
   if (!handle.ok()) return Status::ResourceExhausted("cannot create libpng read struct");
   MemorySource source{reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), 0};
   png_set_read_fn(handle.png(), &source, ReadFromMemory);
-  GrayImage image;
+  PixelImage image;
   std::vector<png_bytep> rows;
   try {
-    if (!RunPngRead(handle.png(), handle.info(), &image, &rows)) {
+    if (!RunPngRead(handle.png(), handle.info(), channels, &image, &rows)) {
       return Status::InvalidArgument(std::string("invalid PNG: ") + errors.message);
     }
   } catch (const std::bad_alloc&) {
     return Status::ResourceExhausted("out of memory decoding PNG");
   }
+  return image;
+}
+
+Result<GrayImage> DecodePng(std::string_view bytes) {
+  CLEAVE_ASSIGN_OR_RETURN(PixelImage image, DecodePngPixels(bytes, 1));
+  return GrayImage{image.width, image.height, std::move(image.pixels)};
+}
+
+Result<PixelImage> ReadPngFile(const std::string& path, int channels) {
+  CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, ReadSmallFile(path));
+  Result<PixelImage> image = DecodePngPixels(bytes, channels);
+  if (!image.ok()) return image.status().WithContext(path);
   return image;
 }
 

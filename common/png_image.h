@@ -1,4 +1,4 @@
-// 8-bit grayscale images: in-memory PNG encode/decode (libpng) and image file reading.
+// 8-bit gray and RGB images: in-memory PNG encode/decode (libpng) and image file reading.
 //
 // Used for the "send the raw image" baseline and for loading test inputs. Decoders treat
 // their input as hostile: corrupt, truncated or oversized data gives InvalidArgument (never
@@ -23,6 +23,30 @@ struct GrayImage {
   uint32_t width = 0, height = 0;
   std::vector<uint8_t> pixels;
 };
+
+// 8-bit pixels of 1 (gray) or 3 (RGB) channels, interleaved row-major (HWC):
+// pixels.size() == height * width * channels.
+struct PixelImage {
+  uint32_t width = 0, height = 0, channels = 0;
+  std::vector<uint8_t> pixels;
+};
+
+// Encodes as an 8-bit gray (1 channel) or RGB (3 channels) PNG with libpng's defaults and no
+// ancillary chunks. InvalidArgument for a dimension of 0 or above kMaxImageDimension, another
+// channel count, or a pixels.size() that does not match.
+Result<std::string> EncodePngPixels(const PixelImage& image);
+
+// Decodes a PNG of any standard type (as DecodePng) to 8-bit `channels`: 1 (color converted
+// with libpng's default rgb_to_gray weights), 3 (gray replicated), or 0 for the image's own
+// kind (1 for gray PNGs, 3 for RGB and palette ones). Alpha is dropped, 16-bit samples are
+// scaled to 8 bits. InvalidArgument for a corrupt, truncated or oversized PNG or a
+// `channels` other than 0, 1, 3; ResourceExhausted if memory runs out.
+Result<PixelImage> DecodePngPixels(std::string_view bytes, int channels);
+
+// Reads and decodes a PNG file as DecodePngPixels does. NotFound / IoError for file
+// problems; InvalidArgument for a file over 64 MiB, not a PNG or undecodable; messages name
+// the path.
+Result<PixelImage> ReadPngFile(const std::string& path, int channels);
 
 // Encodes as an 8-bit grayscale PNG with libpng's default compression and filters and no
 // ancillary chunks, so the size is what a plain "send the image as PNG" client would send.
