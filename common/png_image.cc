@@ -296,6 +296,13 @@ Result<std::string> EncodePngPixels(const PixelImage& image) {
 }
 
 Result<std::string> EncodePngGray8(const GrayImage& image) {
+  CLEAVE_RETURN_IF_ERROR(CheckDimensions(image.width, image.height, "image"));
+  if (image.pixels.size() != size_t{image.width} * image.height) {
+    return Status::InvalidArgument("image has " + std::to_string(image.pixels.size()) +
+                                   " pixels but " + std::to_string(image.width) + "x" +
+                                   std::to_string(image.height) + " needs " +
+                                   std::to_string(size_t{image.width} * image.height));
+  }
   // The copy keeps GrayImage's API; the cost is one image-sized memcpy per encode.
   return EncodePngPixels(PixelImage{image.width, image.height, 1, image.pixels});
 }

@@ -235,5 +235,92 @@ TEST(ReadImageFileTest, RejectsBadFiles) {
   }
 }
 
+TEST(PngPixelsTest, RgbRoundTripAndChannelConversion) {
+  PixelImage rgb{3, 2, 3, {}};
+  for (int i = 0; i < 18; ++i) rgb.pixels.push_back(static_cast<uint8_t>(i * 13 + 5));
+  auto png = EncodePngPixels(rgb);
+  ASSERT_TRUE(png.ok()) << png.status().ToString();
+  for (int channels : {0, 3}) {
+    auto decoded = DecodePngPixels(*png, channels);
+    ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+    EXPECT_EQ(decoded->channels, 3u);
+    EXPECT_EQ(decoded->width, 3u);
+    EXPECT_EQ(decoded->height, 2u);
+    EXPECT_EQ(decoded->pixels, rgb.pixels);
+  }
+  // To gray: the same conversion DecodePng applies.
+  auto gray = DecodePngPixels(*png, 1);
+  ASSERT_TRUE(gray.ok()) << gray.status().ToString();
+  EXPECT_EQ(gray->channels, 1u);
+  EXPECT_EQ(gray->pixels, DecodePng(*png)->pixels);
+
+  // A gray PNG keeps one channel by default and is replicated for 3.
+  const std::string gray_png = *EncodePngGray8(Gradient(3, 2));
+  auto own = DecodePngPixels(gray_png, 0);
+  ASSERT_TRUE(own.ok()) << own.status().ToString();
+  EXPECT_EQ(own->channels, 1u);
+  EXPECT_EQ(own->pixels, Gradient(3, 2).pixels);
+  auto replicated = DecodePngPixels(gray_png, 3);
+  ASSERT_TRUE(replicated.ok()) << replicated.status().ToString();
+  ASSERT_EQ(replicated->pixels.size(), 18u);
+  for (size_t i = 0; i < 6; ++i) {
+    for (size_t c = 0; c < 3; ++c) EXPECT_EQ(replicated->pixels[i * 3 + c], own->pixels[i]);
+  }
+}
+
+TEST(PngPixelsTest, DropsAlphaAndPaletteTransparency) {
+  const std::string rgba =
+      WritePng(2, 1, 8, PNG_COLOR_TYPE_RGBA, {std::string("\x01\x02\x03\x00\x04\x05\x06\xff", 8)});
+  auto decoded = DecodePngPixels(rgba, 0);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(decoded->pixels, (std::vector<uint8_t>{1, 2, 3, 4, 5, 6}));
+
+  // A palette image with a tRNS chunk expands to RGBA inside libpng; alpha is still dropped.
+  std::string out;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, nullptr, nullptr, nullptr);
+  png_infop info = png_create_info_struct(png);
+  ASSERT_EQ(setjmp(png_jmpbuf(png)), 0);
+  png_set_write_fn(png, &out, AppendPng, nullptr);
+  png_set_IHDR(png, info, 2, 1, 8, PNG_COLOR_TYPE_PALETTE, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  const png_color palette[] = {{10, 20, 30}, {40, 50, 60}};
+  png_set_PLTE(png, info, palette, 2);
+  png_byte alpha[] = {0, 255};
+  png_set_tRNS(png, info, alpha, 2, nullptr);
+  png_write_info(png, info);
+  png_byte row[] = {1, 0};
+  png_bytep rows[] = {row};
+  png_write_image(png, rows);
+  png_write_end(png, nullptr);
+  png_destroy_write_struct(&png, &info);
+  decoded = DecodePngPixels(out, 0);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(decoded->pixels, (std::vector<uint8_t>{40, 50, 60, 10, 20, 30}));
+}
+
+TEST(PngPixelsTest, RejectsBadArguments) {
+  const std::string png = *EncodePngGray8(Gradient(3, 2));
+  ExpectInvalid(DecodePngPixels(png, 2).status(), "cannot decode a PNG to 2 channels");
+  ExpectInvalid(DecodePngPixels("GIF89a..", 3).status(), "missing the 8-byte PNG signature");
+  ExpectInvalid(EncodePngPixels(PixelImage{2, 2, 4, std::vector<uint8_t>(16)}).status(),
+                "4 channels; PNG encoding takes 1 (gray) or 3 (RGB)");
+  ExpectInvalid(EncodePngPixels(PixelImage{2, 2, 3, std::vector<uint8_t>(11)}).status(),
+                "11 pixel bytes but 2x2x3 needs 12");
+  ExpectInvalid(EncodePngPixels(PixelImage{0, 2, 3, {}}).status(), "image is 0x2");
+}
+
+TEST(PngPixelsTest, ReadPngFileNamesThePath) {
+  const std::string path = TempPath("cleave_pixels.png");
+  WriteFile(path, *EncodePngPixels(PixelImage{1, 1, 3, {7, 8, 9}}));
+  auto image = ReadPngFile(path, 0);
+  ASSERT_TRUE(image.ok()) << image.status().ToString();
+  EXPECT_EQ(image->pixels, (std::vector<uint8_t>{7, 8, 9}));
+  WriteFile(path, "P5 1 1 255\n7");
+  ExpectInvalid(ReadPngFile(path, 0).status(), path + ": not a PNG");
+  auto missing = ReadPngFile(TempPath("no_such_pixels.png"), 1);
+  EXPECT_EQ(missing.status().code(), StatusCode::kNotFound);
+  EXPECT_THAT(missing.status().message(), HasSubstr("no_such_pixels.png"));
+}
+
 }  // namespace
 }  // namespace cleave
