@@ -13,7 +13,6 @@ using image_data_testing::ExpectStatus;
 using image_data_testing::ImageDataFixture;
 using image_data_testing::ReadImageOrFail;
 using image_data_testing::SamplePixel;
-using ::testing::ElementsAre;
 
 constexpr int64_t kCifarTestPixels = 3 * 32 * 32;
 

@@ -5,6 +5,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "unit/common/image_data_test_util.h"
 
 namespace cleave {
@@ -16,7 +18,6 @@ using image_data_testing::ImageDataFixture;
 using image_data_testing::ReadImageOrFail;
 using image_data_testing::SamplePixel;
 using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 
 TEST(ParseDataSpecTest, AcceptsEveryForm) {
   const std::vector<std::pair<std::string, DataSpec>> cases = {
@@ -247,6 +248,27 @@ TEST_F(IdxImageDataTest, ConcurrentReadsGiveTheSameBytes) {
   Result<std::unique_ptr<ImageDataSource>> source = Open("idx", DatasetSplit::kTrain);
   ASSERT_TRUE(source.ok()) << source.status().ToString();
   ExpectConcurrentReadsMatchSerial(**source);
+}
+
+TEST(FashionMnistImageDataTest, RealTestSplitMatchesLoadFashionMnist) {
+  if (!std::filesystem::exists(std::filesystem::path(kFashionMnistDir) /
+                               "t10k-images-idx3-ubyte.gz")) {
+    GTEST_SKIP() << "Fashion-MNIST is missing: install the Debian package dataset-fashion-mnist";
+  }
+  Result<DataSpec> spec = ParseDataSpec("fashion-mnist");
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  Result<std::unique_ptr<ImageDataSource>> source = OpenImageData(*spec, DatasetSplit::kTest);
+  ASSERT_TRUE(source.ok()) << source.status().ToString();
+  Result<ImageDataset> expected = LoadFashionMnist(DatasetSplit::kTest);
+  ASSERT_TRUE(expected.ok()) << expected.status().ToString();
+  ASSERT_EQ((*source)->size(), 10000);
+  EXPECT_EQ((*source)->shape().bytes(), 784);
+  for (int64_t i : {int64_t{0}, int64_t{4321}, int64_t{9999}}) {
+    int32_t label = -1;
+    const std::vector<uint8_t> pixels = ReadImageOrFail(**source, i, &label);
+    EXPECT_EQ(label, expected->labels[i]);
+    EXPECT_TRUE(std::equal(pixels.begin(), pixels.end(), expected->images.begin() + i * 784));
+  }
 }
 
 }  // namespace
