@@ -25,7 +25,9 @@
 //    extensions and hidden files are ignored, as torchvision does.
 //
 // Files are hostile: every size is checked before it is trusted, and truncated, oversized or
-// mismatched files give a clean error naming the file, never a crash.
+// mismatched files give a clean error naming the file, never a crash. One exception, as with
+// any mmap reader: a file that another process truncates while it is open can end the
+// process with SIGBUS on Read (common/mapped_file.h).
 #pragma once
 
 #include <cstdint>
