@@ -93,7 +93,9 @@ std::vector<bool> MaliciousClients(const AttackOptions& attack, int num_clients,
   // output differs between standard libraries.
   std::vector<uint64_t> keys(num_clients);
   const uint64_t salt = SplitMix64(seed ^ 0xa77ac3ed5eedULL);
-  for (int c = 0; c < num_clients; ++c) keys[c] = SplitMix64(salt ^ SplitMix64(static_cast<uint64_t>(c)));
+  for (int c = 0; c < num_clients; ++c) {
+    keys[c] = SplitMix64(salt ^ SplitMix64(static_cast<uint64_t>(c)));
+  }
   std::vector<int> order(num_clients);
   std::iota(order.begin(), order.end(), 0);
   std::nth_element(order.begin(), order.begin() + count, order.end(),

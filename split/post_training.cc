@@ -11,7 +11,6 @@ namespace {
 
 using nlohmann::json;
 
-
 // Per row: the exit's prediction where the policy exits, else the offloaded prediction.
 // Returns (accuracy, exit fraction).
 std::pair<double, double> ExitAccuracy(const std::vector<torch::Tensor>& exits,
@@ -122,7 +121,7 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
     auto [lo, hi] = ChooseWireRanges(features, model.wire_dtype);
     model.wire_quant = RangesToQuantParams(lo, hi, model.wire_dtype);
     LogLine(options.log, "wire: fitted " + std::string(wire::DTypeName(model.wire_dtype)) +
-                         " ranges on " + std::to_string(images.size(0)) + " training images");
+                             " ranges on " + std::to_string(images.size(0)) + " training images");
   }
 
   // Int8 head (post-training static quantization by Int8Head).
@@ -146,8 +145,8 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
                        {"weight_bytes", model.int8_head->WeightBytes()},
                        {"seconds", SecondsSince(start)}};
     LogLine(options.log, "int8: head quantized on " + std::to_string(calib.size(0)) +
-                         " images, engine " + model.int8_head->engine() + ", " +
-                         std::to_string(model.int8_head->WeightBytes()) + " bytes");
+                             " images, engine " + model.int8_head->engine() + ", " +
+                             std::to_string(model.int8_head->WeightBytes()) + " bytes");
   }
 
   // Exit calibration on the held-out set through the deployed path.
@@ -167,9 +166,10 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
       calibration.status().code() == StatusCode::kFailedPrecondition) {
     // The deployed path alone is already more than X points below fp32: the best we can do
     // is to bound the drop against the deployed path itself, and say so.
-    LogLine(options.log, "exits: warning: the int8/" + std::string(wire::DTypeName(model.wire_dtype)) +
-                         " path misses " + options.target.ToString() +
-                         " against fp32 even without exits; calibrating against it instead");
+    LogLine(options.log, "exits: warning: the int8/" +
+                             std::string(wire::DTypeName(model.wire_dtype)) + " path misses " +
+                             options.target.ToString() +
+                             " against fp32 even without exits; calibrating against it instead");
     calibration = Calibrate(scores, correct, full_correct, options.criterion, options.target);
     drop_reference = "split_no_exit (fp32 reference infeasible)";
   }
@@ -178,12 +178,12 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
   model.calibration = calibration->ToJson();
   model.calibration["drop_reference"] = drop_reference;
   LogLine(options.log,
-      "exits: " + options.target.ToString() + " with " + ExitCriterionName(options.criterion) +
-          " -> threshold " +
-          std::to_string(calibration->thresholds.empty() ? kExitDisabled
-                                                         : calibration->thresholds[0]) +
-          ", " + std::to_string(100.0 * calibration->exit_fraction) +
-          "% answered at the edge (held-out)");
+          "exits: " + options.target.ToString() + " with " + ExitCriterionName(options.criterion) +
+              " -> threshold " +
+              std::to_string(calibration->thresholds.empty() ? kExitDisabled
+                                                             : calibration->thresholds[0]) +
+              ", " + std::to_string(100.0 * calibration->exit_fraction) +
+              "% answered at the edge (held-out)");
 
   if (!model.evaluation.is_object()) model.evaluation = json::object();
   model.evaluation["held_out"] = EvaluatePaths(held, held_out.labels, model.exit_policy);

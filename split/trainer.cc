@@ -21,7 +21,6 @@ constexpr double kExitAdamLr = 3e-3;
 // of the fp32 split model, 0.1 -> 92.15%, 0.2 -> 91.95%.
 constexpr double kFinetuneLrScale = 1.0;
 
-
 double TestAccuracy(SplitVisionNetImpl& net, const LabeledImages& set) {
   if (set.size() == 0) return 0.0;
   net.eval();
@@ -229,8 +228,8 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
   LabeledImages test = data.test;
   if (options.test_limit > 0) test = test.Head(options.test_limit);
   LogLine(options.progress_out, "data: " + std::to_string(train.size()) + " training, " +
-                                std::to_string(held_out.size()) + " held-out, " +
-                                std::to_string(test.size()) + " test images");
+                                    std::to_string(held_out.size()) + " held-out, " +
+                                    std::to_string(test.size()) + " test images");
 
   VisionModelSpec student_spec = VisionModelSpec::DefaultSplit(
       options.bottleneck_channels, options.tail_channels, options.tail_blocks);

@@ -37,8 +37,6 @@ namespace {
 using nlohmann::json;
 using SteadyClock = std::chrono::steady_clock;
 
-
-
 void Emit(const std::string& cmd, const json& report, const std::string& path) {
   std::cout << report.dump(2) << std::endl;
   if (path.empty()) return;

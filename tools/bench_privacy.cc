@@ -39,7 +39,6 @@ namespace {
 using nlohmann::json;
 using SteadyClock = std::chrono::steady_clock;
 
-
 // The shared setting: 100 clients, Dirichlet(0.5), 20 sampled per round, no stragglers.
 SimOptions BaseOptions(const BenchPrivacyOptions& args) {
   SimOptions o;

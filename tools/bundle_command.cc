@@ -15,7 +15,6 @@ namespace {
 
 using nlohmann::json;
 
-
 template <typename T>
 T OrFail(const std::string& command, Result<T> r) {
   if (!r.ok()) Fail(command, r.status());

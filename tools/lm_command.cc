@@ -36,7 +36,6 @@ struct TrainLmArgs {
   double calibration_share = 0.05;
 };
 
-
 template <typename T>
 T OrFail(Result<T> r) {
   if (!r.ok()) Fail("train-lm", r.status());

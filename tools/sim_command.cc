@@ -66,7 +66,6 @@ struct SimArgs {
   bool print_config = false;
 };
 
-
 void RunSim(const SimArgs& args, const ConfigSchema& schema) {
   Result<Config> config = Config::Load(schema, args.config_path, args.flags);
   if (!config.ok()) Fail("sim", config.status());

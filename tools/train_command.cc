@@ -34,7 +34,6 @@ namespace {
 
 using nlohmann::json;
 
-
 template <typename T>
 T OrFail(const std::string& command, Result<T> result) {
   if (!result.ok()) Fail(command, result.status());

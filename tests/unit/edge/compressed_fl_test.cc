@@ -64,7 +64,8 @@ TEST_F(CompressedFederatedTest, Int8AndTopKRoundsApplyWithFewerBytesUp) {
   }
   EXPECT_EQ(summary["counters"].value("update_compressed_undecodable", 0), 0);
   for (const auto& c : clients_) {
-    ASSERT_TRUE(c->WaitFor([](const FederatedClientStats& s) { return s.finished; }, kCompressedWaitMs));
+    ASSERT_TRUE(
+        c->WaitFor([](const FederatedClientStats& s) { return s.finished; }, kCompressedWaitMs));
     const FederatedClientStats s = c->stats();
     EXPECT_EQ(s.compressed_updates, 2u) << s.ToJson().dump();
     EXPECT_EQ(s.updates_accepted, 2u) << s.ToJson().dump();
@@ -86,7 +87,8 @@ TEST_F(CompressedFederatedTest, CorruptedCompressedUpdateIsRejectedAndTheRoundAp
   // Waits for a message of type T, answering nothing else.
   const auto await = [&](auto tag) -> std::optional<decltype(tag)> {
     using T = decltype(tag);
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kCompressedWaitMs);
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(kCompressedWaitMs);
     while (std::chrono::steady_clock::now() < deadline) {
       Result<std::optional<std::string>> in = raw.Receive(50);
       if (!in.ok() || !in->has_value()) continue;
@@ -167,7 +169,8 @@ TEST_F(CompressedFederatedTest, SecureRoundsWithInt8ConfiguredStayUncompressed) 
   EXPECT_EQ(round["compression"]["kind"], "none") << round.dump(2);
   EXPECT_GT(round["bytes_up"].get<int64_t>(), 0) << round.dump(2);
   for (const auto& c : clients_) {
-    ASSERT_TRUE(c->WaitFor([](const FederatedClientStats& s) { return s.finished; }, kCompressedWaitMs));
+    ASSERT_TRUE(
+        c->WaitFor([](const FederatedClientStats& s) { return s.finished; }, kCompressedWaitMs));
     const FederatedClientStats s = c->stats();
     EXPECT_EQ(s.masked_inputs_sent, 1u) << s.ToJson().dump();
     EXPECT_EQ(s.compressed_updates, 0u) << s.ToJson().dump();

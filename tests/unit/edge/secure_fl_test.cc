@@ -55,7 +55,8 @@ TEST_F(SecureFederatedTest, FourEdgesRunTwoSecureRounds) {
   }
   EXPECT_EQ(summary["counters"].value("received_update", 0), 0) << "a plain update was sent";
   for (const auto& c : clients_) {
-    ASSERT_TRUE(c->WaitFor([](const FederatedClientStats& s) { return s.finished; }, kSecureWaitMs));
+    ASSERT_TRUE(
+        c->WaitFor([](const FederatedClientStats& s) { return s.finished; }, kSecureWaitMs));
     const FederatedClientStats s = c->stats();
     EXPECT_EQ(s.secure_rounds, 2u);
     EXPECT_EQ(s.masked_inputs_sent, 2u);
