@@ -43,7 +43,7 @@ Result<ImageDataset> LoadIdxImagesOnly(const std::string& images_gz_or_raw);
 Result<std::vector<uint8_t>> LoadIdxLabels(const std::string& labels_gz_or_raw);
 
 // IDX header layout and checks, shared by every IDX reader (the loaders above and the
-// memory-mapped source of common/image_data.h) so all refuse the same files the same way.
+// on-demand source of common/image_data.h) so all refuse the same files the same way.
 inline constexpr uint32_t kIdxImagesMagic = 0x00000803;  // unsigned byte, 3 dimensions
 inline constexpr uint32_t kIdxLabelsMagic = 0x00000801;  // unsigned byte, 1 dimension
 inline constexpr size_t kIdxImagesHeaderBytes = 16;      // magic, count, rows, cols

@@ -5,15 +5,16 @@
 // which hands out one image at a time so a dataset larger than memory need not fit in it:
 //
 //  - IDX (MNIST family): DIR holds {train,t10k}-images-idx3-ubyte and
-//    {train,t10k}-labels-idx1-ubyte, each raw or `.gz` (raw wins when both exist). Raw files
-//    are memory-mapped; `.gz` files are decompressed into memory at open (up to 16 GiB), so
-//    keep large IDX sets uncompressed. One gray channel. Class names come from DIR/classes.txt
+//    {train,t10k}-labels-idx1-ubyte, each raw or `.gz` (raw wins when both exist). Raw image
+//    files are read an image at a time; labels (a byte per image) are read at open; `.gz`
+//    files are decompressed into memory at open (up to 16 GiB), so keep large IDX sets
+//    uncompressed. One gray channel. Class names come from DIR/classes.txt
 //    (one per line) when present, else "0".."K-1" with K = the train split's max label + 1,
 //    the same for both splits.
 //  - CIFAR binary: CIFAR-10 (`data_batch_1.bin`..`data_batch_5.bin` for train, `test_batch.bin`;
 //    records of 1 label byte + 3072 pixel bytes) and CIFAR-100 (`train.bin`, `test.bin`;
 //    coarse label byte, fine label byte, 3072 pixel bytes; the fine label is used). 3x32x32,
-//    memory-mapped. Class names from `batches.meta.txt` / `fine_label_names.txt` when
+//    read a record at a time. Class names from `batches.meta.txt` / `fine_label_names.txt` when
 //    present, else numbers. `cifar:DIR` picks 10 or 100 by which files DIR holds.
 //  - Image folder (torchvision ImageFolder layout): DIR/train/<class>/*.png and
 //    DIR/test/<class>/*.png. Classes are the sorted sub-folder names of DIR/train; both splits
@@ -25,9 +26,8 @@
 //    extensions and hidden files are ignored, as torchvision does.
 //
 // Files are hostile: every size is checked before it is trusted, and truncated, oversized or
-// mismatched files give a clean error naming the file, never a crash. One exception, as with
-// any mmap reader: a file that another process truncates while it is open can end the
-// process with SIGBUS on Read (common/mapped_file.h).
+// mismatched files give a clean error naming the file, never a crash; also a file that shrinks
+// while open (common/random_access_file.h): its Read gives DataLoss.
 #pragma once
 
 #include <cstdint>

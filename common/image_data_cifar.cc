@@ -1,6 +1,8 @@
 // The CIFAR-10/100 binary format behind OpenImageData ("cifar10:DIR", "cifar100:DIR",
-// "cifar:DIR"): fixed-size records in memory-mapped batch files.
+// "cifar:DIR"): fixed-size records in batch files, read one record at a time
+// (common/random_access_file.h).
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <filesystem>
 #include <system_error>
@@ -8,7 +10,7 @@
 
 #include "common/image_data.h"
 #include "common/image_data_formats.h"
-#include "common/mapped_file.h"
+#include "common/random_access_file.h"
 
 namespace cleave {
 namespace {
@@ -43,7 +45,7 @@ CifarLayout Cifar100Layout() {
 
 class CifarImageSource final : public ImageDataSource {
  public:
-  CifarImageSource(CifarLayout layout, std::vector<MappedFile> files,
+  CifarImageSource(CifarLayout layout, std::vector<RandomAccessFile> files,
                    std::vector<int64_t> file_starts, std::vector<std::string> class_names)
       : layout_(std::move(layout)),
         files_(std::move(files)),
@@ -62,22 +64,24 @@ class CifarImageSource final : public ImageDataSource {
         static_cast<size_t>(std::upper_bound(file_starts_.begin(), file_starts_.end(), index) -
                             file_starts_.begin() - 1);
     const int64_t record = index - file_starts_[file];
-    const uint8_t* bytes = files_[file].data() +
-                           static_cast<size_t>(record) * (layout_.label_bytes + kCifarPixelBytes);
+    const size_t record_bytes = layout_.label_bytes + kCifarPixelBytes;
+    std::array<uint8_t, 2 + kCifarPixelBytes> bytes;  // the longest record: CIFAR-100's
+    CLEAVE_RETURN_IF_ERROR(files_[file].ReadAt(static_cast<uint64_t>(record) * record_bytes,
+                                               record_bytes, bytes.data()));
     const uint8_t value = bytes[layout_.label_offset];
     if (value >= class_names_.size()) {
       return Status::DataLoss("'" + files_[file].path() + "' has label " + std::to_string(value) +
                               " in record " + std::to_string(record) + "; " + layout_.display_name +
                               " has " + std::to_string(class_names_.size()) + " classes");
     }
-    std::memcpy(pixels, bytes + layout_.label_bytes, kCifarPixelBytes);
+    std::memcpy(pixels, bytes.data() + layout_.label_bytes, kCifarPixelBytes);
     if (label != nullptr) *label = value;
     return Status::Ok();
   }
 
  private:
   const CifarLayout layout_;
-  const std::vector<MappedFile> files_;
+  const std::vector<RandomAccessFile> files_;
   const std::vector<int64_t> file_starts_;
   const std::vector<std::string> class_names_;
 };
@@ -106,11 +110,11 @@ Result<std::unique_ptr<ImageDataSource>> OpenCifarImageData(const std::string& d
   const size_t record_bytes = layout.label_bytes + kCifarPixelBytes;
   const std::vector<std::string>& names =
       split == DatasetSplit::kTrain ? layout.train_files : layout.test_files;
-  std::vector<MappedFile> files;
+  std::vector<RandomAccessFile> files;
   std::vector<int64_t> file_starts = {0};
   for (const std::string& name : names) {
     const std::string path = (std::filesystem::path(dir) / name).string();
-    Result<MappedFile> file = MappedFile::Open(path);
+    Result<RandomAccessFile> file = RandomAccessFile::Open(path);
     if (!file.ok()) {
       return file.status().WithContext(std::string(layout.display_name) + " " +
                                        (split == DatasetSplit::kTrain ? "train" : "test") +

@@ -1,5 +1,6 @@
-// The IDX format behind OpenImageData ("idx:DIR", "fashion-mnist"): raw files are
-// memory-mapped, .gz files decompressed into memory by the loaders of common/datasets.h.
+// The IDX format behind OpenImageData ("idx:DIR", "fashion-mnist"): raw image files are read
+// an image at a time (common/random_access_file.h); labels (a byte per image) and .gz files
+// are read into memory at open, .gz by the loaders of common/datasets.h.
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
@@ -9,26 +10,27 @@
 #include "common/datasets.h"
 #include "common/image_data.h"
 #include "common/image_data_formats.h"
-#include "common/mapped_file.h"
+#include "common/random_access_file.h"
 
 namespace cleave {
 namespace {
 
-// The data of one IDX file after its header, memory-mapped or decompressed.
+// The data of one IDX file after its header: in memory (labels, .gz files), or read on demand
+// from `file` at `data_offset` (raw image files).
 struct IdxFileBody {
   std::string path;
-  MappedFile mapped;              // raw files
-  std::vector<uint8_t> inflated;  // .gz files
-  const uint8_t* data = nullptr;  // first byte after the header, in `mapped` or `inflated`
-  uint64_t count = 0;             // images or labels
-  uint32_t rows = 0, cols = 0;    // images only
+  RandomAccessFile file;           // raw image files
+  uint64_t data_offset = 0;        // in `file`: the first byte after the header
+  std::vector<uint8_t> in_memory;  // labels, and the images of .gz files
+  uint64_t count = 0;              // images or labels
+  uint32_t rows = 0, cols = 0;     // images only
 };
 
 bool IsGzipPath(const std::string& path) {
   return path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
 }
 
-// dir/base if it exists (raw files are mapped, so they win), else dir/base.gz, else "".
+// dir/base if it exists (raw files are read on demand, so they win), else dir/base.gz, else "".
 std::string FindIdxDataFile(const std::string& dir, const std::string& base) {
   namespace fs = std::filesystem;
   std::error_code ec;
@@ -38,8 +40,8 @@ std::string FindIdxDataFile(const std::string& dir, const std::string& base) {
   return "";
 }
 
-// Checks that a mapped IDX file is exactly its header plus `body_bytes_per_item * count`.
-Status CheckIdxFileLength(const MappedFile& file, size_t header_bytes, uint64_t count,
+// Checks that a raw IDX file is exactly its header plus `body_bytes_per_item * count`.
+Status CheckIdxFileLength(const RandomAccessFile& file, size_t header_bytes, uint64_t count,
                           uint64_t item_bytes, const std::string& what) {
   const uint64_t body = file.size() - header_bytes;
   if (item_bytes != 0 && body / item_bytes < count) {
@@ -55,14 +57,17 @@ Status CheckIdxFileLength(const MappedFile& file, size_t header_bytes, uint64_t 
   return Status::Ok();
 }
 
-// Maps a raw IDX file and checks its magic and, for images, its dimensions.
-Result<IdxFileBody> MapIdxFile(const std::string& path, bool images) {
+// Opens a raw IDX file and checks its magic, its length and, for images, its dimensions;
+// labels are read into memory.
+Result<IdxFileBody> OpenRawIdxFile(const std::string& path, bool images) {
   IdxFileBody body;
   body.path = path;
-  CLEAVE_ASSIGN_OR_RETURN(body.mapped, MappedFile::Open(path));
-  const uint8_t* bytes = body.mapped.data();
-  const size_t size = body.mapped.size();
+  CLEAVE_ASSIGN_OR_RETURN(body.file, RandomAccessFile::Open(path));
+  const uint64_t size = body.file.size();
   const size_t header_bytes = images ? kIdxImagesHeaderBytes : kIdxLabelsHeaderBytes;
+  uint8_t bytes[kIdxImagesHeaderBytes] = {};
+  CLEAVE_RETURN_IF_ERROR(
+      body.file.ReadAt(0, static_cast<size_t>(std::min<uint64_t>(size, header_bytes)), bytes));
   if (size >= 4) {
     CLEAVE_RETURN_IF_ERROR(CheckIdxMagic(path, ReadBigEndianU32(bytes),
                                          images ? kIdxImagesMagic : kIdxLabelsMagic,
@@ -73,21 +78,25 @@ Result<IdxFileBody> MapIdxFile(const std::string& path, bool images) {
                             std::to_string(header_bytes) + "-byte IDX header");
   }
   body.count = ReadBigEndianU32(bytes + 4);
-  body.data = bytes + header_bytes;
+  body.data_offset = header_bytes;
   if (!images) {
-    CLEAVE_RETURN_IF_ERROR(CheckIdxFileLength(body.mapped, header_bytes, body.count, 1, "labels"));
+    CLEAVE_RETURN_IF_ERROR(CheckIdxFileLength(body.file, header_bytes, body.count, 1, "labels"));
+    body.in_memory.resize(static_cast<size_t>(body.count));
+    CLEAVE_RETURN_IF_ERROR(
+        body.file.ReadAt(header_bytes, body.in_memory.size(), body.in_memory.data()));
+    body.file = RandomAccessFile();
     return body;
   }
   body.rows = ReadBigEndianU32(bytes + 8);
   body.cols = ReadBigEndianU32(bytes + 12);
   CLEAVE_RETURN_IF_ERROR(CheckIdxImageSize(path, body.rows, body.cols));
-  CLEAVE_RETURN_IF_ERROR(CheckIdxFileLength(body.mapped, header_bytes, body.count,
+  CLEAVE_RETURN_IF_ERROR(CheckIdxFileLength(body.file, header_bytes, body.count,
                                             uint64_t{body.rows} * body.cols, "images"));
   return body;
 }
 
 Result<IdxFileBody> OpenIdxFile(const std::string& path, bool images) {
-  if (!IsGzipPath(path)) return MapIdxFile(path, images);
+  if (!IsGzipPath(path)) return OpenRawIdxFile(path, images);
   IdxFileBody body;
   body.path = path;
   if (images) {
@@ -95,12 +104,11 @@ Result<IdxFileBody> OpenIdxFile(const std::string& path, bool images) {
     body.count = dataset.size();
     body.rows = dataset.rows;
     body.cols = dataset.cols;
-    body.inflated = std::move(dataset.images);
+    body.in_memory = std::move(dataset.images);
   } else {
-    CLEAVE_ASSIGN_OR_RETURN(body.inflated, LoadIdxLabels(path));
-    body.count = body.inflated.size();
+    CLEAVE_ASSIGN_OR_RETURN(body.in_memory, LoadIdxLabels(path));
+    body.count = body.in_memory.size();
   }
-  body.data = body.inflated.data();  // a moved vector keeps its buffer
   return body;
 }
 
@@ -120,8 +128,13 @@ class IdxImageSource final : public ImageDataSource {
 
   Status Read(int64_t index, uint8_t* pixels, int32_t* label) const override {
     CLEAVE_RETURN_IF_ERROR(CheckImageReadArguments(index, size(), pixels));
-    std::memcpy(pixels, images_.data + static_cast<size_t>(index) * image_bytes_, image_bytes_);
-    if (label != nullptr) *label = labels_.data[index];  // checked against the classes at open
+    const uint64_t at = static_cast<uint64_t>(index) * image_bytes_;
+    if (images_.file.is_open()) {
+      CLEAVE_RETURN_IF_ERROR(images_.file.ReadAt(images_.data_offset + at, image_bytes_, pixels));
+    } else {
+      std::memcpy(pixels, images_.in_memory.data() + at, image_bytes_);
+    }
+    if (label != nullptr) *label = labels_.in_memory[index];  // checked against the classes at open
     return Status::Ok();
   }
 
@@ -133,7 +146,9 @@ class IdxImageSource final : public ImageDataSource {
 };
 
 uint8_t MaxIdxLabel(const IdxFileBody& labels) {
-  return labels.count == 0 ? 0 : *std::max_element(labels.data, labels.data + labels.count);
+  return labels.in_memory.empty()
+             ? 0
+             : *std::max_element(labels.in_memory.begin(), labels.in_memory.end());
 }
 
 std::string IdxPrefix(DatasetSplit split) {
@@ -194,9 +209,10 @@ Result<std::unique_ptr<ImageDataSource>> OpenIdxImageData(
     CLEAVE_ASSIGN_OR_RETURN(class_names, IdxClassNames(dir, split, labels));
   }
   for (uint64_t i = 0; i < labels.count; ++i) {
-    if (labels.data[i] >= class_names.size()) {
-      return Status::DataLoss("'" + labels_path + "' has label " + std::to_string(labels.data[i]) +
-                              " at index " + std::to_string(i) + " but the dataset has " +
+    if (labels.in_memory[i] >= class_names.size()) {
+      return Status::DataLoss("'" + labels_path + "' has label " +
+                              std::to_string(labels.in_memory[i]) + " at index " +
+                              std::to_string(i) + " but the dataset has " +
                               std::to_string(class_names.size()) + " classes");
     }
   }

@@ -87,6 +87,15 @@ TEST_F(CifarImageDataTest, Cifar10ReadsBackAcrossBatches) {
   }
 }
 
+TEST_F(CifarImageDataTest, AFileThatShrinksWhileOpenIsDataLossNotACrash) {
+  WriteCifar10();
+  Result<std::unique_ptr<ImageDataSource>> test = Open("cifar10", DatasetSplit::kTest);
+  ASSERT_TRUE(test.ok()) << test.status().ToString();
+  std::filesystem::resize_file(dir_ / "test_batch.bin", 0);
+  std::vector<uint8_t> pixels(3 * 32 * 32);
+  ExpectStatus((*test)->Read(1, pixels.data(), nullptr), StatusCode::kDataLoss, "test_batch.bin");
+}
+
 TEST_F(CifarImageDataTest, Cifar100UsesTheFineLabel) {
   WriteCifar100();
   for (const char* kind : {"cifar100", "cifar"}) {

@@ -196,6 +196,18 @@ TEST_F(IdxImageDataTest, CountMismatchIsInvalidArgument) {
   ExpectStatus(OpenError(), StatusCode::kInvalidArgument, "holds 4 images but");
 }
 
+TEST_F(IdxImageDataTest, AFileThatShrinksWhileOpenIsDataLossNotACrash) {
+  WriteSmallIdx(/*gzip=*/false);
+  Result<std::unique_ptr<ImageDataSource>> train = Open("idx", DatasetSplit::kTrain);
+  ASSERT_TRUE(train.ok()) << train.status().ToString();
+  ReadImageOrFail(**train, 3, nullptr);
+  // Another process cuts the file down to its header while the dataset is open.
+  std::filesystem::resize_file(dir_ / "train-images-idx3-ubyte", 16);
+  std::vector<uint8_t> pixels(35);
+  ExpectStatus((*train)->Read(3, pixels.data(), nullptr), StatusCode::kDataLoss,
+               "train-images-idx3-ubyte");
+}
+
 TEST_F(IdxImageDataTest, TruncatedFilesAreDataLoss) {
   WriteSmallIdx(false);
   const std::string images = MakeIdxImages(4, 5, 7);
