@@ -15,7 +15,10 @@ namespace {
 class RandomAccessFileTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::path(::testing::TempDir()) / "cleave_random_access_file";
+    // One folder per test: ctest runs the tests of this file as parallel processes.
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("cleave_random_access_file_" +
+            std::string(::testing::UnitTest::GetInstance()->current_test_info()->name()));
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
     path_ = (dir_ / "data.bin").string();
