@@ -15,7 +15,10 @@ Status WarmUpCloudModel(split::CloudModel& model) {
   std::vector<int64_t> sizes = {1};
   sizes.insert(sizes.end(), shape.begin(), shape.end());
   CLEAVE_RETURN_IF_ERROR(model.RunTail(torch::zeros(sizes)).status().WithContext("warm-up"));
-  return model.RunFull(torch::zeros({1, 1, 28, 28})).status().WithContext("warm-up");
+  const split::VisionModelSpec& spec = model.info().spec;
+  return model.RunFull(torch::zeros({1, spec.input_channels, spec.image_size, spec.image_size}))
+      .status()
+      .WithContext("warm-up");
 }
 
 Result<std::vector<std::unique_ptr<split::CloudModel>>> LoadWarmCloudModels(

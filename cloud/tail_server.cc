@@ -40,6 +40,8 @@ struct TailServer::Job {
 struct TailServer::ModelSlot {
   Mutex mu;  // CloudModel serves one caller at a time
   std::unique_ptr<split::CloudModel> model PT_GUARDED_BY(mu);
+  split::InputSpec input;  // the model's declared input (immutable copy: images are converted
+                           // to it before the slot's mutex is taken)
 };
 
 // Copies of one model version; immutable after creation except through each slot's mutex.
@@ -75,6 +77,7 @@ Result<std::shared_ptr<TailServer::ModelSet>> TailServer::MakeSet(
       set->feature_shape = model->feature_shape();
     }
     set->slots.push_back(std::make_unique<ModelSlot>());
+    set->slots.back()->input = model->info().input;
     set->slots.back()->model = std::move(model);
   }
   return set;
@@ -234,19 +237,14 @@ void TailServer::ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool fe
         std::vector<int64_t> sizes(t.shape.begin(), t.shape.end());
         inputs.push_back(torch::from_blob(values->data(), sizes, torch::kFloat32).clone());
       } else {
-        Result<GrayImage> image = DecodePng(job->request.png);
+        // An encoded PNG or JPEG of any size and colour, converted to the bundle's input.
+        Result<torch::Tensor> image =
+            split::DecodeImageTensor(job->request.png, slot.input);
         if (!image.ok()) {
           PostError(*job, wire::ReplyStatus::kError, image.status().ToString(), Outcome::kRejected);
           continue;
         }
-        if (image->width != 28 || image->height != 28) {
-          PostError(*job, wire::ReplyStatus::kError,
-                    "image is " + std::to_string(image->width) + "x" +
-                        std::to_string(image->height) + "; the model expects 28x28",
-                    Outcome::kRejected);
-          continue;
-        }
-        inputs.push_back(split::ImagesToTensor(image->pixels.data(), 1, 28, 28));
+        inputs.push_back(*std::move(image));
       }
       valid.push_back(job);
     }

@@ -10,9 +10,13 @@ struct ClassifyRequest {
   requestId @1 :UInt64;            # chosen by the application, echoed in the reply
   deadlineMs @2 :UInt32;           # end-to-end budget; 0 = the daemon's default
   exitThreshold @3 :Float32 = -1;  # < 0: the calibrated threshold; else an override in [0, 1]
+  # Any size and colour: the daemon converts it to what the bundle declares (channels, then
+  # resize/crop; split/input_spec.h) and refuses, with the reason, what it cannot convert.
   image :union {
-    png @4 :Data;                  # an encoded PNG (any bit depth/colour; converted to gray)
+    png @4 :Data;                  # an encoded PNG (any bit depth, gray or colour)
     gray8 @5 :GrayImage;           # raw 8-bit gray pixels, row-major
+    jpeg @6 :Data;                 # an encoded JPEG (gray or colour)
+    rgb8 @7 :RgbImage;             # raw 8-bit RGB pixels, interleaved (R, G, B), row-major
   }
 }
 
@@ -20,6 +24,12 @@ struct GrayImage {
   width @0 :UInt32;
   height @1 :UInt32;
   pixels @2 :Data;
+}
+
+struct RgbImage {
+  width @0 :UInt32;
+  height @1 :UInt32;
+  pixels @2 :Data;                 # width * height * 3 bytes
 }
 
 enum AnswerSource {
@@ -41,4 +51,5 @@ struct ClassifyReply {
   wireBytes @8 :UInt64;            # bytes this request put on the edge->cloud wire
   edgeMicros @9 :UInt64;           # head + exit + encode compute on the gateway
   totalMicros @10 :UInt64;         # receipt to reply inside the daemon
+  className @11 :Text;             # the bundle's name of predictedClass ("" on error)
 }

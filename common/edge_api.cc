@@ -29,6 +29,26 @@ std::string WritePacked(capnp::MessageBuilder& builder) {
   return std::string(reinterpret_cast<const char*>(bytes.begin()), bytes.size());
 }
 
+// Checks and copies a raw image of `channels` bytes per pixel into `r` (width, height, pixels).
+Status ReadRawImage(const char* kind, uint64_t channels, uint32_t width, uint32_t height,
+                    capnp::Data::Reader pixels, ClassifyRequest& r) {
+  if (width == 0 || height == 0 || width > kMaxImageSide || height > kMaxImageSide) {
+    return Status::InvalidArgument(std::string(kind) + " image of " + std::to_string(width) + "x" +
+                                   std::to_string(height) + " is empty or larger than the limit");
+  }
+  const uint64_t expected = uint64_t{width} * height * channels;
+  if (pixels.size() != expected) {
+    return Status::InvalidArgument(std::string(kind) + " image carries " +
+                                   std::to_string(pixels.size()) + " bytes but " +
+                                   std::to_string(width) + "x" + std::to_string(height) +
+                                   " needs " + std::to_string(expected));
+  }
+  r.width = width;
+  r.height = height;
+  r.pixels.assign(reinterpret_cast<const char*>(pixels.begin()), pixels.size());
+  return Status::Ok();
+}
+
 // Runs `read` on a packed reader over `bytes`, turning kj exceptions into InvalidArgument.
 template <typename Root, typename Fn>
 auto ReadPacked(std::string_view bytes, const char* what, Fn&& read)
@@ -84,15 +104,26 @@ std::string EncodeClassifyRequest(const ClassifyRequest& request) {
   root.setRequestId(request.request_id);
   root.setDeadlineMs(request.deadline_ms);
   root.setExitThreshold(request.exit_threshold);
-  if (request.kind == ImageKind::kPng) {
-    root.getImage().setPng(
-        kj::arrayPtr(reinterpret_cast<const kj::byte*>(request.png.data()), request.png.size()));
-  } else {
-    auto gray = root.getImage().initGray8();
-    gray.setWidth(request.width);
-    gray.setHeight(request.height);
-    gray.setPixels(kj::arrayPtr(reinterpret_cast<const kj::byte*>(request.pixels.data()),
-                                request.pixels.size()));
+  const auto bytes_of = [](const std::string& s) {
+    return kj::arrayPtr(reinterpret_cast<const kj::byte*>(s.data()), s.size());
+  };
+  switch (request.kind) {
+    case ImageKind::kPng: root.getImage().setPng(bytes_of(request.png)); break;
+    case ImageKind::kJpeg: root.getImage().setJpeg(bytes_of(request.jpeg)); break;
+    case ImageKind::kRgb8: {
+      auto rgb = root.getImage().initRgb8();
+      rgb.setWidth(request.width);
+      rgb.setHeight(request.height);
+      rgb.setPixels(bytes_of(request.pixels));
+      break;
+    }
+    case ImageKind::kGray8: {
+      auto gray = root.getImage().initGray8();
+      gray.setWidth(request.width);
+      gray.setHeight(request.height);
+      gray.setPixels(bytes_of(request.pixels));
+      break;
+    }
   }
   return WritePacked(builder);
 }
@@ -117,6 +148,7 @@ std::string EncodeClassifyReply(const ClassifyReply& reply) {
   root.setWireBytes(reply.wire_bytes);
   root.setEdgeMicros(reply.edge_micros);
   root.setTotalMicros(reply.total_micros);
+  root.setClassName(reply.class_name);
   return WritePacked(builder);
 }
 
@@ -142,26 +174,25 @@ Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes) {
             r.png.assign(reinterpret_cast<const char*>(png.begin()), png.size());
             break;
           }
+          case schema::ClassifyRequest::Image::JPEG: {
+            auto jpeg = image.getJpeg();
+            if (jpeg.size() == 0) return Status::InvalidArgument("empty jpeg image");
+            r.kind = ImageKind::kJpeg;
+            r.jpeg.assign(reinterpret_cast<const char*>(jpeg.begin()), jpeg.size());
+            break;
+          }
           case schema::ClassifyRequest::Image::GRAY8: {
             auto gray = image.getGray8();
             r.kind = ImageKind::kGray8;
-            r.width = gray.getWidth();
-            r.height = gray.getHeight();
-            if (r.width == 0 || r.height == 0 || r.width > kMaxImageSide ||
-                r.height > kMaxImageSide) {
-              return Status::InvalidArgument("gray8 image of " + std::to_string(r.width) + "x" +
-                                             std::to_string(r.height) +
-                                             " is empty or larger than the limit");
-            }
-            auto pixels = gray.getPixels();
-            const uint64_t expected = uint64_t{r.width} * r.height;
-            if (pixels.size() != expected) {
-              return Status::InvalidArgument(
-                  "gray8 image carries " + std::to_string(pixels.size()) + " bytes but " +
-                  std::to_string(r.width) + "x" + std::to_string(r.height) + " needs " +
-                  std::to_string(expected));
-            }
-            r.pixels.assign(reinterpret_cast<const char*>(pixels.begin()), pixels.size());
+            CLEAVE_RETURN_IF_ERROR(ReadRawImage("gray8", 1, gray.getWidth(), gray.getHeight(),
+                                                gray.getPixels(), r));
+            break;
+          }
+          case schema::ClassifyRequest::Image::RGB8: {
+            auto rgb = image.getRgb8();
+            r.kind = ImageKind::kRgb8;
+            CLEAVE_RETURN_IF_ERROR(
+                ReadRawImage("rgb8", 3, rgb.getWidth(), rgb.getHeight(), rgb.getPixels(), r));
             break;
           }
           default: return Status::InvalidArgument("classify request carries an unknown image kind");
@@ -195,6 +226,8 @@ Result<ClassifyReply> DecodeClassifyReply(std::string_view bytes) {
         r.wire_bytes = root.getWireBytes();
         r.edge_micros = root.getEdgeMicros();
         r.total_micros = root.getTotalMicros();
+        r.class_name = root.getClassName().cStr();
+        if (r.class_name.size() > 1024) return Status::InvalidArgument("class name too long");
         return r;
       });
 }

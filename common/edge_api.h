@@ -19,7 +19,7 @@ inline constexpr uint16_t kProtocolVersion = 1;
 inline constexpr size_t kMaxMessageBytes = 8u << 20;
 inline constexpr uint32_t kMaxImageSide = 4096;
 
-enum class ImageKind : uint8_t { kPng, kGray8 };
+enum class ImageKind : uint8_t { kPng, kGray8, kJpeg, kRgb8 };
 enum class AnswerSource : uint8_t { kEdgeExit, kCloud, kDegraded, kError };
 
 // "edge_exit", "cloud", "degraded", "error".
@@ -32,8 +32,9 @@ struct ClassifyRequest {
   float exit_threshold = -1.0f;  // < 0: the bundle's calibrated threshold
   ImageKind kind = ImageKind::kGray8;
   std::string png;                 // kPng
-  uint32_t width = 0, height = 0;  // kGray8
-  std::string pixels;              // kGray8: width*height bytes
+  std::string jpeg;                // kJpeg
+  uint32_t width = 0, height = 0;  // kGray8, kRgb8
+  std::string pixels;              // kGray8: width*height bytes; kRgb8: width*height*3 (RGB)
 };
 
 struct ClassifyReply {
@@ -48,13 +49,15 @@ struct ClassifyReply {
   uint64_t wire_bytes = 0;
   uint64_t edge_micros = 0;
   uint64_t total_micros = 0;
+  std::string class_name;  // the bundle's name of predicted_class; "" on error
 };
 
 // Cap'n Proto packed encodings.
 std::string EncodeClassifyRequest(const ClassifyRequest& request);
 std::string EncodeClassifyReply(const ClassifyReply& reply);
 
-// InvalidArgument for malformed bytes or fields (size limits, gray8 pixel count mismatch,
+// InvalidArgument for malformed bytes or fields (size limits, gray8/rgb8 pixel count mismatch,
+// empty png/jpeg,
 // threshold > 1 or NaN), VersionMismatch for another protocol version.
 Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes);
 Result<ClassifyReply> DecodeClassifyReply(std::string_view bytes);

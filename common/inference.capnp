@@ -24,7 +24,8 @@ struct InferRequest {
   input :union {
     # Bottleneck features computed by the edge head.
     features @4 :Tensor;
-    # The raw input image, PNG encoded (the "send everything" baseline).
+    # The raw input image, PNG or JPEG encoded (the "send everything" baselines); the tail
+    # tells them apart by their magic bytes.
     png @5 :Data;
   }
 }

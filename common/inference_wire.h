@@ -39,7 +39,7 @@ struct InferRequest {
   uint32_t deadline_ms = 0;  // remaining budget the edge allows; 0 = none
   InputKind input = InputKind::kFeatures;
   EncodedTensor features;  // used when input == kFeatures
-  std::string png;         // used when input == kPng, <= kMaxPngBytes
+  std::string png;         // used when input == kPng (a PNG or JPEG), <= kMaxPngBytes
 };
 
 enum class ReplyStatus : uint8_t { kOk, kError, kOverloaded, kDeadlineExceeded };

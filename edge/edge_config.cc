@@ -67,8 +67,12 @@ ConfigSchema EdgeSchema() {
       .Add("edge.client_id", ConfigType::kString, "",
            "federated client id ([A-Za-z0-9._:@-], at most 128 bytes); empty = "
            "edge-<hostname>-<pid> (set it to keep the identity across restarts)")
-      .Add("edge.fl_data_dir", ConfigType::kString, kFashionMnistDir,
-           "Fashion-MNIST directory whose training set holds this edge's local data")
+      .Add("edge.fl_data", ConfigType::kString, "",
+           "dataset whose training split holds this edge's local data (fashion-mnist, idx:DIR, "
+           "cifar:DIR, folder:DIR, ...), converted to the bundle's input; empty = the bundle's "
+           "own dataset")
+      .Add("edge.fl_data_dir", ConfigType::kString, "",
+           "Fashion-MNIST directory (older form of edge.fl_data fashion-mnist:DIR)")
       .Add("edge.fl_partition", ConfigType::kString, "dirichlet:0.5",
            "how the training set is divided among edges: iid | dirichlet:<alpha> | labels:<k>")
       .Add("edge.fl_partitions", ConfigType::kInt, "1",

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "common/inference_wire.h"
+#include "common/jpeg_image.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
 #include "split/exit_policy.h"
@@ -33,26 +34,35 @@ int32_t ArgMax(const std::vector<float>& values) {
   return best;
 }
 
-EdgeEngine::EdgeEngine(std::unique_ptr<split::EdgeModel> model)
-    : model_(std::move(model)), image_size_(model_->info().spec.image_size) {}
+EdgeEngine::EdgeEngine(std::unique_ptr<split::EdgeModel> model) : model_(std::move(model)) {}
 
 Result<torch::Tensor> EdgeEngine::ImageFromRequest(const edge_api::ClassifyRequest& request) const {
-  GrayImage image;
-  if (request.kind == edge_api::ImageKind::kPng) {
-    CLEAVE_ASSIGN_OR_RETURN(image, DecodePng(request.png));
-  } else {
-    image.width = request.width;
-    image.height = request.height;
-    image.pixels.assign(request.pixels.begin(), request.pixels.end());
+  PixelImage image;
+  switch (request.kind) {
+    case edge_api::ImageKind::kPng: {
+      CLEAVE_ASSIGN_OR_RETURN(image, DecodePngPixels(request.png, 0));
+      break;
+    }
+    case edge_api::ImageKind::kJpeg: {
+      CLEAVE_ASSIGN_OR_RETURN(image, DecodeJpegPixels(request.jpeg, 0));
+      break;
+    }
+    case edge_api::ImageKind::kGray8:
+    case edge_api::ImageKind::kRgb8: {
+      image.width = request.width;
+      image.height = request.height;
+      image.channels = request.kind == edge_api::ImageKind::kRgb8 ? 3 : 1;
+      image.pixels.assign(request.pixels.begin(), request.pixels.end());
+      break;
+    }
   }
-  if (image.width != static_cast<uint32_t>(image_size_) ||
-      image.height != static_cast<uint32_t>(image_size_)) {
-    return Status::InvalidArgument("image is " + std::to_string(image.width) + "x" +
-                                   std::to_string(image.height) + " but the model expects " +
-                                   std::to_string(image_size_) + "x" + std::to_string(image_size_) +
-                                   " gray images");
-  }
-  return split::ImagesToTensor(image.pixels.data(), 1, image_size_, image_size_);
+  return split::PrepareImageTensor(image, model_->info().input);
+}
+
+std::string EdgeEngine::ClassName(int32_t index) const {
+  const std::vector<std::string>& names = model_->info().input.class_names;
+  if (index < 0 || static_cast<size_t>(index) >= names.size()) return "";
+  return names[index];
 }
 
 Result<std::vector<HeadDecision>> EdgeEngine::Decide(const torch::Tensor& images,

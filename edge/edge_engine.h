@@ -34,7 +34,7 @@ class EdgeEngine {
  public:
   explicit EdgeEngine(std::unique_ptr<split::EdgeModel> model);
 
-  // Runs the head on `images` ([N,1,H,W] floats in [0,1]). For row i: `thresholds[i]` < 0
+  // Runs the head on `images` ([N,C,H,W] floats in [0,1], the bundle's input). For row i: `thresholds[i]` < 0
   // uses the calibrated exit policy, otherwise that threshold for every exit; an offloaded
   // row gets an InferRequest with `wire_ids[i]` and `deadlines_ms[i]`. All vectors have N
   // entries (InvalidArgument otherwise).
@@ -43,16 +43,20 @@ class EdgeEngine {
                                            const std::vector<float>& thresholds,
                                            const std::vector<uint32_t>& deadlines_ms);
 
-  // Converts a decoded application request into a [1,1,H,W] tensor in [0,1], checking the
-  // image size against the model (InvalidArgument naming both sizes on mismatch).
+  // Converts a decoded application request (PNG, JPEG, raw gray or RGB of any size) into the
+  // [1,C,H,W] tensor in [0,1] the bundle declares, with the bundle's InputSpec (the same
+  // conversion training used). InvalidArgument, saying why, for what cannot be decoded or
+  // converted.
   Result<torch::Tensor> ImageFromRequest(const edge_api::ClassifyRequest& request) const;
 
   split::EdgeModel& model() { return *model_; }
-  int image_size() const { return image_size_; }
+  int image_size() const { return model_->info().spec.image_size; }
+  int input_channels() const { return model_->info().spec.input_channels; }
+  // The bundle's name of class `index`; "" outside the class list.
+  std::string ClassName(int32_t index) const;
 
  private:
   std::unique_ptr<split::EdgeModel> model_;
-  int image_size_ = 28;
 };
 
 // Index of the largest value (-1 for an empty vector).

@@ -67,14 +67,19 @@ void EdgeServer::AdoptStagedEngine() {
 Status EdgeServer::WarmUp() {
   const int size = engine_->image_size();
   return engine_
-      ->Decide(torch::zeros({1, 1, size, size}), {0}, {-1.0f}, {options_.default_deadline_ms})
+      ->Decide(torch::zeros({1, engine_->input_channels(), size, size}), {0}, {-1.0f},
+               {options_.default_deadline_ms})
       .status()
       .WithContext("warm-up");
 }
 
-void EdgeServer::Reply(const std::string& peer, const edge_api::ClassifyReply& reply,
-                       Outcome outcome) {
+void EdgeServer::Reply(const std::string& peer, edge_api::ClassifyReply reply, Outcome outcome) {
   m_->Count(outcome);
+  // Named by the bundle served now (a hot reload between offload and reply keeps the class
+  // list unless the new bundle changed it, and then the index is the new bundle's answer).
+  if (reply.source != edge_api::AnswerSource::kError) {
+    reply.class_name = engine_->ClassName(reply.predicted_class);
+  }
   switch (reply.source) {
     case edge_api::AnswerSource::kEdgeExit: ++stats_.answered_exit; break;
     case edge_api::AnswerSource::kCloud: ++stats_.answered_cloud; break;

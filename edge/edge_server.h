@@ -113,7 +113,8 @@ class EdgeServer {
   void HandleCloudReply(const std::string& bytes);
   void ExpireDeadlines(int64_t now_us);
   void AnswerDegraded(uint64_t wire_id, const std::string& why);
-  void Reply(const std::string& peer, const edge_api::ClassifyReply& reply, Outcome outcome);
+  // Sends `reply` (its class_name filled in from the bundle) and counts the outcome.
+  void Reply(const std::string& peer, edge_api::ClassifyReply reply, Outcome outcome);
   int NextTimeoutMs(int64_t now_us) const;
 
   // Socket thread: adopts an engine staged by SwapEngine.

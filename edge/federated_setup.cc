@@ -13,6 +13,7 @@
 #include "common/fl_wire.h"
 #include "common/logging.h"
 #include "federated/partition.h"
+#include "split/dataset.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::edge {
@@ -33,10 +34,12 @@ std::string DefaultClientId() {
   return id;
 }
 
-// This edge's rows of the Fashion-MNIST training set: the first edge.fl_train_limit rows,
-// partitioned among edge.fl_partitions edges exactly as every other edge with the same
-// settings partitions them (MakePartition is deterministic), keeping only our share.
-Result<split::LabeledImages> LoadFederatedShare(const Config& config, int num_classes,
+// This edge's rows of the training set of edge.fl_data (default: the bundle's dataset),
+// converted to the bundle's input: the first edge.fl_train_limit rows, partitioned among
+// edge.fl_partitions edges exactly as every other edge with the same settings partitions them
+// (MakePartition is deterministic), keeping only our share.
+Result<split::LabeledImages> LoadFederatedShare(const Config& config,
+                                                const split::InputSpec& input,
                                                 std::string* share) {
   const int64_t partitions = config.GetInt("edge.fl_partitions");
   const int64_t index = config.GetInt("edge.fl_partition_index");
@@ -46,35 +49,38 @@ Result<split::LabeledImages> LoadFederatedShare(const Config& config, int num_cl
   if (!parsed.ok()) return parsed.status().WithContext("edge.fl_partition");
   federated::PartitionSpec spec = *parsed;
   spec.seed = static_cast<uint64_t>(config.GetInt("edge.fl_seed"));
+  std::string data = config.GetString("edge.fl_data");
   const std::string dir = config.GetString("edge.fl_data_dir");
-  Result<ImageDataset> raw = LoadFashionMnist(DatasetSplit::kTrain, dir);
-  if (!raw.ok()) return raw.status().WithContext("edge.fl_data_dir " + dir);
-  const size_t rows = limit > 0 ? std::min<size_t>(raw->size(), limit) : raw->size();
-  const std::vector<uint8_t> labels(raw->labels.begin(), raw->labels.begin() + rows);
-  Result<federated::Partition> partition =
-      federated::MakePartition(labels, num_classes, static_cast<int>(partitions), spec);
+  if (!dir.empty()) {
+    if (!data.empty()) {
+      return Status::InvalidArgument("give edge.fl_data or edge.fl_data_dir, not both");
+    }
+    data = "fashion-mnist:" + dir;
+  }
+  if (data.empty()) data = input.data.empty() ? "fashion-mnist" : input.data;
+  Result<split::LabeledImages> all =
+      split::LoadSplitFor(data, DatasetSplit::kTrain, input, limit, /*threads=*/1);
+  if (!all.ok()) return all.status().WithContext("edge.fl_data " + data);
+  if (input.class_names.size() > 256) {
+    return Status::InvalidArgument("edge.fl_data: the partitioners take at most 256 classes");
+  }
+  const torch::Tensor label_bytes = all->labels.to(torch::kUInt8).contiguous();
+  const std::vector<uint8_t> labels(label_bytes.data_ptr<uint8_t>(),
+                                    label_bytes.data_ptr<uint8_t>() + label_bytes.numel());
+  Result<federated::Partition> partition = federated::MakePartition(
+      labels, static_cast<int>(input.class_names.size()), static_cast<int>(partitions), spec);
   if (!partition.ok()) return partition.status().WithContext("partitioning the training set");
   const std::vector<int64_t> mine = partition->ClientIndices(static_cast<int>(index));
   *share = "partition " + std::to_string(index) + " of " + std::to_string(partitions) + " (" +
-           spec.ToString() + ", seed " + std::to_string(spec.seed) + ", " + std::to_string(rows) +
-           " rows)";
+           spec.ToString() + ", seed " + std::to_string(spec.seed) + ", " +
+           std::to_string(labels.size()) + " rows of " + data + ")";
   if (mine.empty()) {
     return Status::FailedPrecondition(
         *share +
         " holds no training rows; use fewer partitions, another scheme or seed, or "
         "a larger edge.fl_train_limit");
   }
-  ImageDataset subset;
-  subset.rows = raw->rows;
-  subset.cols = raw->cols;
-  const size_t area = raw->image_bytes();
-  subset.images.reserve(mine.size() * area);
-  for (int64_t row : mine) {
-    subset.images.insert(subset.images.end(), raw->images.begin() + row * area,
-                         raw->images.begin() + (row + 1) * area);
-    subset.labels.push_back(raw->labels[row]);
-  }
-  return split::ToLabeledImages(subset);
+  return all->Select(torch::tensor(mine, torch::kLong));
 }
 
 }  // namespace
@@ -122,7 +128,7 @@ Result<std::optional<FederatedSetup>> PrepareFederated(const Config& config, con
   setup.options.model_name = model->name.empty() ? "model" : model->name;
   setup.initial = federated::GetWeights(*model->net);
   CLEAVE_ASSIGN_OR_RETURN(setup.data,
-                          LoadFederatedShare(config, setup.spec.num_classes, &setup.share));
+                          LoadFederatedShare(config, model->input, &setup.share));
   return std::optional<FederatedSetup>(std::move(setup));
 }
 

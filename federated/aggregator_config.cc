@@ -7,6 +7,7 @@
 #include "federated/fl_config.h"
 #include "federated/simulation.h"
 #include "split/bundle.h"
+#include "split/dataset.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::federated {
@@ -51,8 +52,12 @@ ConfigSchema AggregatorSchema() {
            "write a model bundle per round to DIR/round-<k> (needs aggregator.bundle)")
       .Add("aggregator.summary_file", ConfigType::kString, "",
            "JSON history of the rounds, rewritten after every round")
+      .Add("aggregator.eval_data", ConfigType::kString, "",
+           "dataset spec (fashion-mnist, idx:DIR, cifar:DIR, folder:DIR, ...): evaluate the "
+           "global model on its test split every round, converted to the model's input; with "
+           "aggregator.model, the built-in network is sized for this data")
       .Add("aggregator.eval_data_dir", ConfigType::kString, "",
-           "Fashion-MNIST directory: evaluate the global model on its test set every round")
+           "Fashion-MNIST directory (older form of aggregator.eval_data fashion-mnist:DIR)")
       .Add("aggregator.eval_limit", ConfigType::kInt, "0", "evaluate on the first N test images")
       .Add("aggregator.seed", ConfigType::kInt, "1", "client sampling seed")
       .Add("aggregator.threads", ConfigType::kInt, "1", "libtorch intra-op threads")
@@ -81,22 +86,51 @@ Result<AggregatorModel> LoadAggregatorModel(const Config& c) {
     CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(bundle_dir));
     CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel m, split::ReadVisionBundle(bundle, {}));
     model.spec = m.spec;
+    model.input = m.input;
     model.initial = GetWeights(*m.net);
     model.model_name = m.name;
     model.base_bundle = bundle_dir;
   } else {
     CLEAVE_ASSIGN_OR_RETURN(model.spec, ModelSpecByName(builtin));
+    model.input = split::InputSpec::Legacy(model.spec);
+    model.model_name = builtin;
+  }
+  std::string eval_spec = c.GetString("aggregator.eval_data");
+  const std::string eval_dir = c.GetString("aggregator.eval_data_dir");
+  if (!eval_dir.empty()) {
+    if (!eval_spec.empty()) {
+      return Status::InvalidArgument(
+          "give aggregator.eval_data or aggregator.eval_data_dir, not both");
+    }
+    eval_spec = "fashion-mnist:" + eval_dir;
+  }
+  const int64_t limit = c.GetInt("aggregator.eval_limit");
+  if (!eval_spec.empty() && !builtin.empty()) {
+    // A built-in network sized for the evaluation data (normalized with the test split's
+    // statistics, the only split the aggregator reads; Fashion-MNIST keeps its own).
+    split::DatasetOptions load;
+    load.test_limit = limit;
+    load.load_train = false;
+    CLEAVE_ASSIGN_OR_RETURN(split::LoadedDataset loaded, split::LoadDataset(eval_spec, load));
+    if (loaded.input.height != loaded.input.width) {
+      return Status::InvalidArgument("aggregator.eval_data: cleave's own networks take square "
+                                     "images");
+    }
+    auto [mean, std] = split::NormalizationFor(eval_spec, loaded.test);
+    CLEAVE_ASSIGN_OR_RETURN(
+        model.spec, model.spec.ForInput(loaded.input.channels, loaded.input.height,
+                                        static_cast<int>(loaded.input.class_names.size()),
+                                        mean, std));
+    model.input = loaded.input;
+    model.eval_data = std::move(loaded.test);
+  } else if (!eval_spec.empty()) {
+    CLEAVE_ASSIGN_OR_RETURN(model.eval_data, split::LoadSplitFor(eval_spec, DatasetSplit::kTest,
+                                                                 model.input, limit));
+  }
+  if (!builtin.empty()) {
     torch::manual_seed(static_cast<uint64_t>(c.GetInt("aggregator.seed")));
     split::SplitVisionNet net(model.spec);
     model.initial = GetWeights(*net);
-    model.model_name = builtin;
-  }
-  const std::string eval_dir = c.GetString("aggregator.eval_data_dir");
-  if (!eval_dir.empty()) {
-    CLEAVE_ASSIGN_OR_RETURN(ImageDataset test, LoadFashionMnist(DatasetSplit::kTest, eval_dir));
-    CLEAVE_ASSIGN_OR_RETURN(model.eval_data, split::ToLabeledImages(test));
-    const int64_t limit = c.GetInt("aggregator.eval_limit");
-    if (limit > 0) model.eval_data = model.eval_data.Head(limit);
   }
   return model;
 }

@@ -146,6 +146,7 @@ struct AggregatorOptions {
 // bundle it came from (needed to publish bundles) and test data for server evaluation.
 struct AggregatorModel {
   split::VisionModelSpec spec;
+  split::InputSpec input;  // what the model takes (the bundle's, or sized for eval data)
   Weights initial;
   std::string model_name;          // informational, e.g. the bundle directory name
   std::string base_bundle;         // "" = cannot publish bundles

@@ -27,7 +27,14 @@ ConfigSchema SimSchema() {
       .Add("sim.seed", ConfigType::kInt, "1", "seed of partition, init, sampling and training")
       .Add("sim.checkpoint", ConfigType::kString, "",
            "checkpoint file: written after every round, resumed from when present")
-      .Add("sim.data_dir", ConfigType::kString, kFashionMnistDir, "Fashion-MNIST directory")
+      .Add("sim.data", ConfigType::kString, "fashion-mnist",
+           "dataset: fashion-mnist | fashion-mnist:DIR | idx:DIR | cifar:DIR | cifar10:DIR | "
+           "cifar100:DIR | folder:DIR (DIR/train/<class>/*.png|*.jpg, DIR/test/...); the "
+           "model is sized for its channels, image size and classes")
+      .Add("sim.image_size", ConfigType::kInt, "0",
+           "resize the images to this side (0 = their own, which must be square)")
+      .Add("sim.data_dir", ConfigType::kString, "",
+           "Fashion-MNIST directory (older form of sim.data fashion-mnist:DIR)")
       .Add("sim.train_limit", ConfigType::kInt, "0", "use the first N training rows (0 = all)")
       .Add("sim.test_limit", ConfigType::kInt, "0", "evaluate on the first N test rows (0 = all)");
   AddRoundConfigKeys(s);  // also compression.*
@@ -59,7 +66,18 @@ Result<SimSetup> SimSetupFromConfig(const Config& c) {
   o.eval_every = static_cast<int>(c.GetInt("sim.eval_every"));
   o.seed = static_cast<uint64_t>(c.GetInt("sim.seed"));
   o.checkpoint = c.GetString("sim.checkpoint");
-  setup.data_dir = c.GetString("sim.data_dir");
+  setup.data = c.GetString("sim.data");
+  const std::string data_dir = c.GetString("sim.data_dir");
+  if (!data_dir.empty()) {
+    if (setup.data != "fashion-mnist") {
+      return Status::InvalidArgument("give sim.data or sim.data_dir, not both");
+    }
+    setup.data = "fashion-mnist:" + data_dir;
+  }
+  setup.image_size = static_cast<int>(c.GetInt("sim.image_size"));
+  if (setup.image_size < 0 || setup.image_size > 1024) {
+    return Status::InvalidArgument("sim.image_size must be in [0, 1024]");
+  }
   setup.train_limit = c.GetInt("sim.train_limit");
   setup.test_limit = c.GetInt("sim.test_limit");
   CLEAVE_RETURN_IF_ERROR(ReadRoundConfigKeys(c, o.engine, o.strategy, o.compression));

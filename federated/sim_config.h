@@ -17,7 +17,8 @@ ConfigSchema SimSchema();
 // SimOptions from a loaded config (validated); also returns the data limits and paths.
 struct SimSetup {
   SimOptions options;
-  std::string data_dir;
+  std::string data = "fashion-mnist";  // dataset spec (split/dataset.h)
+  int image_size = 0;
   int64_t train_limit = 0, test_limit = 0;
 };
 Result<SimSetup> SimSetupFromConfig(const Config& config);

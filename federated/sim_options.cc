@@ -1,8 +1,10 @@
 #include <cmath>
 #include <sstream>
+#include <tuple>
 
 #include "common/datasets.h"
 #include "common/file_util.h"
+#include "split/dataset.h"
 #include "federated/simulation.h"
 
 namespace cleave::federated {
@@ -17,16 +19,41 @@ Result<split::VisionModelSpec> ModelSpecByName(const std::string& name) {
                                  "' (simple_cnn, default_split, tiny_split)");
 }
 
-Result<SimData> LoadSimData(const std::string& dir, int64_t train_limit, int64_t test_limit) {
-  CLEAVE_ASSIGN_OR_RETURN(ImageDataset train_raw, LoadFashionMnist(DatasetSplit::kTrain, dir));
-  CLEAVE_ASSIGN_OR_RETURN(ImageDataset test_raw, LoadFashionMnist(DatasetSplit::kTest, dir));
+Result<SimData> LoadSimData(const std::string& spec, int64_t train_limit, int64_t test_limit,
+                            int image_size) {
+  // A plain directory is the older sim.data_dir form: Fashion-MNIST files in it.
+  const std::string data_spec =
+      !spec.empty() && spec.find(':') == std::string::npos && spec != "fashion-mnist"
+          ? "fashion-mnist:" + spec
+          : spec;
+  split::DatasetOptions load;
+  load.train_limit = train_limit;
+  load.test_limit = test_limit;
+  load.image_size = image_size;
+  CLEAVE_ASSIGN_OR_RETURN(split::LoadedDataset loaded, split::LoadDataset(data_spec, load));
+  if (loaded.input.class_names.size() > 256) {
+    return Status::InvalidArgument("sim: " + data_spec + " has " +
+                                   std::to_string(loaded.input.class_names.size()) +
+                                   " classes; the partitioners take at most 256");
+  }
   SimData data;
-  CLEAVE_ASSIGN_OR_RETURN(data.train, split::ToLabeledImages(train_raw));
-  CLEAVE_ASSIGN_OR_RETURN(data.test, split::ToLabeledImages(test_raw));
-  if (train_limit > 0) data.train = data.train.Head(train_limit);
-  if (test_limit > 0) data.test = data.test.Head(test_limit);
-  data.train_labels.assign(train_raw.labels.begin(), train_raw.labels.begin() + data.train.size());
+  data.train = std::move(loaded.train);
+  data.test = std::move(loaded.test);
+  const torch::Tensor labels = data.train.labels.to(torch::kUInt8).contiguous();
+  data.train_labels.assign(labels.data_ptr<uint8_t>(), labels.data_ptr<uint8_t>() + labels.numel());
+  std::tie(data.mean, data.std) = split::NormalizationFor(data_spec, data.train);
+  data.input = std::move(loaded.input);
   return data;
+}
+
+Result<split::VisionModelSpec> SimModelSpec(const std::string& name, const SimData& data) {
+  CLEAVE_ASSIGN_OR_RETURN(split::VisionModelSpec spec, ModelSpecByName(name));
+  if (!data.input) return spec;
+  if (data.input->height != data.input->width) {
+    return Status::InvalidArgument("sim: cleave's own networks take square images");
+  }
+  return spec.ForInput(data.input->channels, data.input->height,
+                       static_cast<int>(data.input->class_names.size()), data.mean, data.std);
 }
 
 json SimOptions::ToJson() const {

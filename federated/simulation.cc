@@ -276,7 +276,7 @@ Result<SimResult> RunSimulation(const SimOptions& options, const SimData& data) 
   if (data.train_labels.size() != static_cast<size_t>(data.train.size())) {
     return Status::InvalidArgument("sim: train_labels must have one label per training row");
   }
-  CLEAVE_ASSIGN_OR_RETURN(split::VisionModelSpec spec, ModelSpecByName(options.model));
+  CLEAVE_ASSIGN_OR_RETURN(split::VisionModelSpec spec, SimModelSpec(options.model, data));
   PartitionSpec partition_spec = options.partition;
   partition_spec.seed = options.seed;
   CLEAVE_ASSIGN_OR_RETURN(Partition partition, MakePartition(data.train_labels, spec.num_classes,

@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,7 @@
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
 #include "federated/update_compression.h"
+#include "split/input_spec.h"
 #include "split/train_data.h"
 #include "split/vision_model.h"
 
@@ -48,10 +50,19 @@ Result<split::VisionModelSpec> ModelSpecByName(const std::string& name);
 struct SimData {
   split::LabeledImages train, test;
   std::vector<uint8_t> train_labels;  // for the partitioner
+  // The data's input and normalization; when set, the model is re-seated for it
+  // (VisionModelSpec::ForInput). Unset: the named model as it is (28x28 gray, 10 classes).
+  std::optional<split::InputSpec> input;
+  std::vector<float> mean, std;
 };
-// Loads Fashion-MNIST from `dir`; `train_limit`/`test_limit` keep the first rows (0 = all).
-Result<SimData> LoadSimData(const std::string& dir, int64_t train_limit = 0,
-                            int64_t test_limit = 0);
+// Loads the dataset `spec` (split/dataset.h: "fashion-mnist", "idx:DIR", "cifar:DIR",
+// "folder:DIR", ...; a plain directory means fashion-mnist:DIR); `train_limit`/`test_limit`
+// keep the first rows (0 = all). `image_size` > 0 resizes the images to that side.
+// InvalidArgument for more than 256 classes (the partitioners' limit).
+Result<SimData> LoadSimData(const std::string& spec, int64_t train_limit = 0,
+                            int64_t test_limit = 0, int image_size = 0);
+// The simulated model: ModelSpecByName(name), re-seated for data.input when it is set.
+Result<split::VisionModelSpec> SimModelSpec(const std::string& name, const SimData& data);
 
 struct SimOptions {
   std::string model = "simple_cnn";

@@ -61,7 +61,7 @@ int AddAct(Int8HeadState& state, bool after_relu) {
 }
 
 torch::Tensor Preprocess(const Int8HeadState& state, const torch::Tensor& images) {
-  return (images - state.input_mean) / state.input_std;
+  return (images - state.mean_tensor) / state.std_tensor;
 }
 
 torch::Tensor ConvFloat(const QConv& c, const torch::Tensor& x) {
@@ -123,6 +123,8 @@ Result<Int8HeadState> BuildSkeleton(const VisionModelSpec& spec, int end_block) 
   state.num_classes = spec.num_classes;
   state.input_mean = spec.input_mean;
   state.input_std = spec.input_std;
+  state.mean_tensor = NormalizationTensor(spec.input_mean);
+  state.std_tensor = NormalizationTensor(spec.input_std);
   state.input_act = AddAct(state, /*after_relu=*/false);
   for (int i = 0; i < end_block; ++i) {
     const BlockSpec& b = spec.blocks[i];

@@ -100,8 +100,9 @@ struct Int8HeadState {
   int input_channels = 1;
   int image_size = 28;
   int num_classes = 10;
-  float input_mean = 0.0f;
-  float input_std = 1.0f;
+  std::vector<float> input_mean{0.0f};  // as VisionModelSpec
+  std::vector<float> input_std{1.0f};
+  torch::Tensor mean_tensor, std_tensor;  // NormalizationTensor of the two
   int input_act = 0;
   std::vector<int8::ActQuant> acts;  // every activation quantization point
   std::vector<bool> act_after_relu;  // acts[i] is a ReLU output (zero point must be 0)

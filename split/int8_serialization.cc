@@ -14,6 +14,13 @@
 namespace cleave::split::int8 {
 namespace {
 
+// The spec's normalization vector as the header stores it: a number for one value (the
+// format of heads written before per-channel normalization), else an array.
+nlohmann::json NormalizationHeader(const std::vector<float>& values) {
+  if (values.size() == 1) return values[0];
+  return values;
+}
+
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
               "the int8 head format stores little-endian numbers by memcpy");
 
@@ -117,7 +124,7 @@ Result<nlohmann::json> ParseHeader(capnp::Data::Reader blob) {
     }
   }
   for (const char* key : {"input_mean", "input_std"}) {
-    if (!header.contains(key) || !header[key].is_number()) {
+    if (!header.contains(key) || !(header[key].is_number() || header[key].is_array())) {
       return Status::DataLoss(std::string("int8 head bytes: bad header field ") + key);
     }
   }
@@ -170,8 +177,8 @@ Result<std::string> SerializeHead(const Int8HeadState& const_state) {
                                  {"version", kHeadFormatVersion},
                                  {"end_block", state.end_block},
                                  {"layout", state.layout},
-                                 {"input_mean", state.input_mean},
-                                 {"input_std", state.input_std},
+                                 {"input_mean", NormalizationHeader(state.input_mean)},
+                                 {"input_std", NormalizationHeader(state.input_std)},
                                  {"crc32", crc}};
   const std::string header_text = header.dump();
 
@@ -219,8 +226,8 @@ Result<std::unique_ptr<Int8HeadState>> DeserializeHead(const std::string& bytes,
     if (header["layout"].get<std::string>() != LayoutString(spec, static_cast<int>(end_block))) {
       return Status::InvalidArgument("int8 head: quantized for a different model layout");
     }
-    if (header["input_mean"].get<float>() != spec.input_mean ||
-        header["input_std"].get<float>() != spec.input_std) {
+    if (header["input_mean"] != NormalizationHeader(spec.input_mean) ||
+        header["input_std"] != NormalizationHeader(spec.input_std)) {
       return Status::InvalidArgument("int8 head: input normalization differs from the spec");
     }
     CLEAVE_ASSIGN_OR_RETURN(Int8HeadState skeleton,

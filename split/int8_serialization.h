@@ -2,7 +2,8 @@
 //
 // Version 1: one Cap'n Proto message (standard framing) whose root is a List(Data):
 //   [0]  UTF-8 JSON header: {"format": "cleave-int8-head", "version": 1, "end_block": k,
-//        "layout": <the spec fields the head depends on>, "input_mean": m, "input_std": s,
+//        "layout": <the spec fields the head depends on>, "input_mean": m, "input_std": s
+//        (numbers, or arrays of per-channel values),
 //        "crc32": <zlib CRC-32 of entries 1.. concatenated>}
 //   then for every conv in canonical order (blocks in order, a Fused-MBConv's expansion
 //   before its projection, then the exits): int8 weights [out, in, k, k], float32

@@ -1,5 +1,6 @@
 #include "split/split_runtime.h"
 
+#include "common/image_codec.h"
 #include "split/torch_status.h"
 
 namespace cleave::split {
@@ -11,7 +12,7 @@ std::string ShapeString(const std::vector<int64_t>& dims) {
   return out + "]";
 }
 
-std::vector<int64_t> ImageShape(const VisionModelSpec& spec) {
+std::vector<int64_t> SpecImageShape(const VisionModelSpec& spec) {
   return {spec.input_channels, spec.image_size, spec.image_size};
 }
 
@@ -48,6 +49,23 @@ torch::Tensor ImagesToTensor(const uint8_t* pixels, int64_t n, int rows, int col
       .div_(255.0);
 }
 
+torch::Tensor ImagesToTensor(const uint8_t* pixels, int64_t n, int channels, int rows, int cols) {
+  return torch::from_blob(const_cast<uint8_t*>(pixels), {n, channels, rows, cols}, torch::kUInt8)
+      .to(torch::kFloat)
+      .div_(255.0);
+}
+
+Result<torch::Tensor> PrepareImageTensor(const PixelImage& image, const InputSpec& input) {
+  std::vector<uint8_t> chw(static_cast<size_t>(input.bytes()));
+  CLEAVE_RETURN_IF_ERROR(input.Prepare(image, chw.data()));
+  return ImagesToTensor(chw.data(), 1, input.channels, input.height, input.width);
+}
+
+Result<torch::Tensor> DecodeImageTensor(std::string_view encoded, const InputSpec& input) {
+  CLEAVE_ASSIGN_OR_RETURN(const PixelImage image, DecodeImagePixels(encoded, 0));
+  return PrepareImageTensor(image, input);
+}
+
 // ---------------------------------------------------------------------------- EdgeModel
 
 Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const Options& options) {
@@ -71,7 +89,7 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
 std::string EdgeModel::engine() const { return int8_ ? model_.int8_head->engine() : "fp32"; }
 
 Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
-  CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImageShape(model_.spec), "edge input images"));
+  CLEAVE_RETURN_IF_ERROR(CheckBatch(images, SpecImageShape(model_.spec), "edge input images"));
   const auto run = [&]() -> Result<EdgeHeadOutput> {
     torch::NoGradGuard no_grad;
     const torch::Tensor input = images.to(torch::kFloat).contiguous();
@@ -122,7 +140,7 @@ Result<torch::Tensor> CloudModel::RunTail(const torch::Tensor& features) {
 }
 
 Result<torch::Tensor> CloudModel::RunFull(const torch::Tensor& images) {
-  CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImageShape(model_.spec), "cloud input images"));
+  CLEAVE_RETURN_IF_ERROR(CheckBatch(images, SpecImageShape(model_.spec), "cloud input images"));
   return CallTorch(TorchSource::kOwnState, "cloud full model: libtorch failed", [&] {
     torch::NoGradGuard no_grad;
     return model_.net->forward(images.to(torch::kFloat).contiguous());
@@ -141,7 +159,7 @@ Result<std::unique_ptr<LocalModel>> LocalModel::Load(const Bundle& bundle) {
 }
 
 Result<torch::Tensor> LocalModel::Run(const torch::Tensor& images) {
-  CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImageShape(model_.spec), "input images"));
+  CLEAVE_RETURN_IF_ERROR(CheckBatch(images, SpecImageShape(model_.spec), "input images"));
   return CallTorch(TorchSource::kOwnState, "local model: libtorch failed", [&] {
     torch::NoGradGuard no_grad;
     return model_.net->forward(images.to(torch::kFloat).contiguous());

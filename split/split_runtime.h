@@ -13,14 +13,17 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <torch/torch.h>
 
+#include "common/png_image.h"
 #include "common/status.h"
 #include "common/tensor_codec.h"
 #include "split/bundle.h"
 #include "split/exit_policy.h"
+#include "split/input_spec.h"
 #include "split/tail_plan.h"
 #include "split/vision_bundle.h"
 
@@ -116,6 +119,16 @@ class LocalModel {
 // uint8 pixels (n * rows * cols, row-major, image after image) -> float [n, 1, rows, cols]
 // in [0, 1]. Copies; `pixels` is only read during the call.
 torch::Tensor ImagesToTensor(const uint8_t* pixels, int64_t n, int rows, int cols);
+// The same for `channels`-channel planar (CHW) images -> float [n, channels, rows, cols].
+torch::Tensor ImagesToTensor(const uint8_t* pixels, int64_t n, int channels, int rows, int cols);
+
+// One decoded image (any size, 1 or 3 channels; common/png_image.h PixelImage) converted to
+// the network input `input` declares (InputSpec::Prepare) -> float [1, C, H, W] in [0, 1].
+// InvalidArgument, with the reason, when it cannot be converted.
+Result<torch::Tensor> PrepareImageTensor(const PixelImage& image, const InputSpec& input);
+
+// An encoded PNG or JPEG (chosen by its magic bytes) decoded and prepared as above.
+Result<torch::Tensor> DecodeImageTensor(std::string_view encoded, const InputSpec& input);
 
 // Shape/dtype/finiteness check shared by the models: `tensor` must be floating point, 4-D,
 // with dims 1..3 equal to `per_item` and at least one row.

@@ -1,6 +1,12 @@
 #include "split/train_data.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <mutex>
+#include <thread>
+
+#include "common/progress.h"
 
 namespace cleave::split {
 
@@ -30,6 +36,98 @@ Result<LabeledImages> ToLabeledImages(const ImageDataset& dataset) {
   out.labels = torch::from_blob(const_cast<uint8_t*>(dataset.labels.data()), {n}, torch::kUInt8)
                    .to(torch::kLong);
   return out;
+}
+
+Result<LabeledImages> LoadLabeledImages(const ImageDataSource& source, const InputSpec& input,
+                                        const LoadImagesOptions& options) {
+  CLEAVE_RETURN_IF_ERROR(input.Validate());
+  const int64_t n = options.limit > 0 ? std::min(options.limit, source.size()) : source.size();
+  if (n < 1) return Status::InvalidArgument("the dataset has no images");
+  const ImageShape shape = source.shape();
+  const int64_t out_bytes = input.bytes();
+  // uint8 while reading (a quarter of the float size), converted once at the end.
+  torch::Tensor pixels = torch::empty({n, input.channels, input.height, input.width}, torch::kUInt8);
+  torch::Tensor labels = torch::empty({n}, torch::kLong);
+  uint8_t* out = pixels.data_ptr<uint8_t>();
+  int64_t* label_out = labels.data_ptr<int64_t>();
+  const int64_t classes = static_cast<int64_t>(input.class_names.size());
+
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mu;
+  Status first_error = Status::Ok();
+  int64_t first_error_index = n;
+  const auto work = [&] {
+    std::vector<uint8_t> raw(static_cast<size_t>(shape.bytes()));
+    constexpr int64_t kChunk = 64;
+    while (!failed.load(std::memory_order_relaxed)) {
+      const int64_t begin = next.fetch_add(kChunk);
+      if (begin >= n) break;
+      const int64_t end = std::min(n, begin + kChunk);
+      for (int64_t i = begin; i < end; ++i) {
+        int32_t label = -1;
+        Status st = source.Read(i, raw.data(), &label);
+        if (st.ok() && (label < 0 || label >= classes)) {
+          st = Status::InvalidArgument("label " + std::to_string(label) + " is outside the " +
+                                       std::to_string(classes) + " classes");
+        }
+        if (st.ok()) {
+          st = input.PrepareChw(raw.data(), shape.channels, shape.height, shape.width,
+                                out + i * out_bytes);
+        }
+        if (!st.ok()) {
+          std::lock_guard<std::mutex> lock(error_mu);
+          if (i < first_error_index) {
+            first_error_index = i;
+            first_error = st.WithContext("image " + std::to_string(i));
+          }
+          failed = true;
+          break;
+        }
+        label_out[i] = label;
+      }
+      done.fetch_add(end - begin);
+    }
+  };
+  const int threads = std::max(1, std::min<int>(options.threads, 16));
+  std::vector<std::thread> pool;
+  for (int t = 1; t < threads; ++t) pool.emplace_back(work);
+  if (options.progress_out != nullptr && n >= 20000) {
+    // The calling thread reports progress while the others read.
+    std::thread reader(work);
+    ProgressBar bar(options.label, static_cast<uint64_t>(n), options.progress_out);
+    while (done.load() < n && !failed.load()) {
+      bar.Update(static_cast<uint64_t>(std::min(done.load(), n)));
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (next.load() >= n && done.load() >= n) break;
+    }
+    reader.join();
+    for (auto& t : pool) t.join();
+    pool.clear();
+    bar.Finish();
+  } else {
+    work();
+  }
+  for (auto& t : pool) t.join();
+  if (failed) return first_error;
+  LabeledImages result;
+  result.images = pixels.to(torch::kFloat).div_(255.0);
+  result.labels = labels;
+  return result;
+}
+
+std::pair<std::vector<float>, std::vector<float>> ChannelStats(const torch::Tensor& images) {
+  torch::NoGradGuard no_grad;
+  const torch::Tensor per_channel = images.transpose(0, 1).flatten(1).to(torch::kDouble);
+  const torch::Tensor mean = per_channel.mean(1);
+  const torch::Tensor std = per_channel.std(1, /*unbiased=*/false).clamp_min(1e-3);
+  std::vector<float> m, s;
+  for (int64_t c = 0; c < mean.size(0); ++c) {
+    m.push_back(static_cast<float>(mean[c].item<double>()));
+    s.push_back(static_cast<float>(std[c].item<double>()));
+  }
+  return {m, s};
 }
 
 Result<std::pair<LabeledImages, LabeledImages>> HoldOut(const LabeledImages& all, int64_t held_out,

@@ -6,17 +6,21 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <string>
 #include <functional>
 #include <vector>
 
 #include <torch/torch.h>
 
 #include "common/datasets.h"
+#include "common/image_data.h"
 #include "common/status.h"
+#include "split/input_spec.h"
 
 namespace cleave::split {
 
-// Images [N, 1, H, W] float in [0, 1] and labels [N] int64.
+// Images [N, C, H, W] float in [0, 1] and labels [N] int64.
 struct LabeledImages {
   torch::Tensor images;
   torch::Tensor labels;
@@ -30,6 +34,25 @@ struct LabeledImages {
 // ImageDataset (uint8 pixels, labels) -> tensors. InvalidArgument when labels are missing
 // or their count differs from the image count.
 Result<LabeledImages> ToLabeledImages(const ImageDataset& dataset);
+
+struct LoadImagesOptions {
+  int64_t limit = 0;  // read at most this many images (the first ones); 0 = all
+  int threads = 2;    // readers (decoding folder images is the slow part)
+  std::FILE* progress_out = nullptr;  // a progress bar for large sets; null = silent
+  std::string label = "images";       // what the progress bar names
+};
+
+// Reads `source` (common/image_data.h) into tensors, each image passed through
+// `input.PrepareChw` (channel conversion, resize/crop to the network's input), so training
+// sees exactly what the edge will. Labels must lie in [0, input.class_names.size()).
+// Errors name the image index: those of ImageDataSource::Read and of the conversion, and
+// InvalidArgument for a label outside the class list.
+Result<LabeledImages> LoadLabeledImages(const ImageDataSource& source, const InputSpec& input,
+                                        const LoadImagesOptions& options);
+
+// Per-channel mean and standard deviation of images [N, C, H, W] (over N, H, W), as
+// VisionModelSpec input_mean/input_std take them. Standard deviations are at least 1e-3.
+std::pair<std::vector<float>, std::vector<float>> ChannelStats(const torch::Tensor& images);
 
 // Splits `all` into (train, held_out) with `held_out` rows chosen by a permutation seeded
 // with `seed`: the same seed always gives the same split, so `cleave split` can recover the

@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include "split/compute_runtime.h"
+#include "split/dataset.h"
 #include "split/post_training.h"
 #include "split/torch_status.h"
 #include "split/train_log.h"
@@ -74,11 +75,13 @@ Status TrainOptions::Validate() const {
   if (held_out < 1) return bad("held-out set must have at least one row");
   if (train_limit < 0 || test_limit < 0) return bad("limits must be >= 0");
   if (int8_calibration_images < 1) return bad("int8 calibration needs at least one image");
+  if (image_size < 0 || image_size > 1024) return bad("--image-size must be in [0, 1024]");
   return Status::Ok();
 }
 
 json TrainOptions::ToJson() const {
-  return {{"data_dir", data_dir},
+  return {{"data", data},
+          {"image_size", image_size},
           {"preset", preset},
           {"epochs_teacher", epochs_teacher},
           {"epochs_distill", epochs_distill},
@@ -124,13 +127,17 @@ json TrainReport::ToJson() const {
 }
 
 Result<TrainData> LoadTrainData(const TrainOptions& options) {
+  DatasetOptions load;
+  load.train_limit = options.train_limit;
+  load.test_limit = options.test_limit;
+  load.image_size = options.image_size;
+  load.threads = options.threads;
+  load.progress_out = options.progress_out;
+  CLEAVE_ASSIGN_OR_RETURN(LoadedDataset loaded, LoadDataset(options.data, load));
   TrainData data;
-  CLEAVE_ASSIGN_OR_RETURN(const ImageDataset train,
-                          LoadFashionMnist(DatasetSplit::kTrain, options.data_dir));
-  CLEAVE_ASSIGN_OR_RETURN(data.train, ToLabeledImages(train));
-  CLEAVE_ASSIGN_OR_RETURN(const ImageDataset test,
-                          LoadFashionMnist(DatasetSplit::kTest, options.data_dir));
-  CLEAVE_ASSIGN_OR_RETURN(data.test, ToLabeledImages(test));
+  data.train = std::move(loaded.train);
+  data.test = std::move(loaded.test);
+  data.input = std::move(loaded.input);
   return data;
 }
 
@@ -235,6 +242,22 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
       options.bottleneck_channels, options.tail_channels, options.tail_blocks);
   if (options.student_spec) student_spec = *options.student_spec;
   CLEAVE_RETURN_IF_ERROR(student_spec.Validate());
+  InputSpec input;
+  if (data.input) {
+    input = *data.input;
+    if (input.height != input.width) {
+      return Status::InvalidArgument("cleave's own networks take square images; the input is " +
+                                     std::to_string(input.width) + "x" +
+                                     std::to_string(input.height));
+    }
+    auto [mean, std] = NormalizationFor(input.data, data.train);
+    CLEAVE_ASSIGN_OR_RETURN(
+        student_spec,
+        student_spec.ForInput(input.channels, input.height,
+                              static_cast<int>(input.class_names.size()), mean, std));
+  } else {
+    input = InputSpec::Legacy(student_spec);
+  }
   CLEAVE_ASSIGN_OR_RETURN(const VisionModelSpec teacher_spec, TeacherFor(student_spec));
   if (student_spec.split_after < 0) {
     return Status::InvalidArgument("the student spec has no split point");
@@ -250,6 +273,7 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
     const auto post_start = std::chrono::steady_clock::now();
     VisionSplitModel model;
     model.spec = student_spec;
+    model.input = input;
     model.net = nets.student;
     model.wire_dtype = options.wire_dtype;
     model.wire_quant = nets.wire_quant;

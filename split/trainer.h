@@ -24,12 +24,16 @@
 #include "common/tensor_codec.h"
 #include "split/distill.h"
 #include "split/exit_policy.h"
+#include "split/input_spec.h"
 #include "split/train_data.h"
 
 namespace cleave::split {
 
 struct TrainOptions {
-  std::string data_dir = kFashionMnistDir;
+  // The dataset (common/image_data.h spec): "fashion-mnist" (the embedded default),
+  // "idx:DIR", "cifar:DIR", "folder:DIR", ...
+  std::string data = "fashion-mnist";
+  int image_size = 0;  // the network's input side; 0 = the data's own (square images)
   std::string preset = "default";  // informational: "default", "long" or "quick"
   // Epochs per stage (0 skips the stage; the teacher must train for the student to copy it).
   int epochs_teacher = 4;
@@ -44,8 +48,9 @@ struct TrainOptions {
   int tail_channels = 64;  // width of the cloud tail (7x7 part) of student and teacher
   int tail_blocks = 2;     // Fused-MBConv blocks in that tail
   // The student; default VisionModelSpec::DefaultSplit(bottleneck_channels, tail_channels,
-  // tail_blocks) with TeacherFor(student) as teacher. Tests pass a tiny spec; its teacher is
-  // TeacherFor(spec).
+  // tail_blocks) re-seated for the data's input (ForInput), with TeacherFor(student) as
+  // teacher. Tests pass a tiny spec; its teacher is TeacherFor(spec). A given spec is also
+  // re-seated for the data's input and normalization.
   std::optional<VisionModelSpec> student_spec;
   wire::DType wire_dtype = wire::DType::kUInt4;
   // drop:0.2 against the fp32 split model on the held-out set. Measured on the 10k test set
@@ -88,13 +93,15 @@ struct TrainReport {
 };
 
 // Data handed to the pipeline directly (tests use synthetic sets). `train` is split into
-// training and held-out rows by options.held_out/seed; `test` may be empty.
+// training and held-out rows by options.held_out/seed; `test` may be empty. `input` is what
+// the bundle declares (absent: InputSpec::Legacy of the student spec).
 struct TrainData {
   LabeledImages train;
   LabeledImages test;
+  std::optional<InputSpec> input;
 };
 
-// Loads Fashion-MNIST from options.data_dir (errors name the Debian package when missing).
+// Loads options.data (split/dataset.h), the first train_limit/test_limit rows.
 Result<TrainData> LoadTrainData(const TrainOptions& options);
 
 // Runs the whole pipeline and writes the bundle to `out_dir`.

@@ -168,6 +168,14 @@ Result<VisionSplitModel> ParseManifest(const json& m) {
   CLEAVE_RETURN_IF_ERROR(
       ValidateWire(model.wire_dtype, model.wire_quant, shape).WithContext("\"wire\""));
 
+  auto input_json = m.find("input");
+  if (input_json == m.end()) {
+    model.input = InputSpec::Legacy(model.spec);
+  } else {
+    CLEAVE_ASSIGN_OR_RETURN(model.input, InputSpec::FromJson(*input_json));
+    CLEAVE_RETURN_IF_ERROR(model.input.CheckMatches(model.spec).WithContext("\"input\""));
+  }
+
   model.calibration = m.value("calibration", json());
   model.int8_info = m.value("int8", json());
   model.evaluation = m.value("evaluation", json::object());
@@ -220,8 +228,14 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
     int8["file"] = kHeadInt8File;
     int8["weight_bytes"] = model.int8_head->WeightBytes();
   }
+  // A model that never set its input (tests, older producers) is described as Legacy.
+  const InputSpec input =
+      model.input.class_names.empty() ? InputSpec::Legacy(model.spec) : model.input;
+  CLEAVE_RETURN_IF_ERROR(input.Validate().WithContext("WriteVisionBundle"));
+  CLEAVE_RETURN_IF_ERROR(input.CheckMatches(model.spec).WithContext("WriteVisionBundle"));
   const json manifest = {{"name", model.name},
                          {"spec", model.spec.ToJson()},
+                         {"input", input.ToJson()},
                          {"split_after", model.spec.split_after},
                          {"feature_shape", shape},
                          {"exit_policy", model.exit_policy.ToJson()},

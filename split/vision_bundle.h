@@ -6,7 +6,9 @@
 //   tail_fp32.pt   fp32 blocks (split_after, N): decoder, rest of the network, classifier
 //   head_int8.bin  Int8Head::Serialize of blocks [0, split_after] + exits (optional)
 // manifest "model" object:
-//   {"name", "spec" (VisionModelSpec JSON), "split_after", "feature_shape" [C,H,W],
+//   {"name", "spec" (VisionModelSpec JSON), "input" (InputSpec JSON: what the network takes,
+//    how images are converted to it, class names; absent in older bundles),
+//    "split_after", "feature_shape" [C,H,W],
 //    "exit_policy" {"criterion","thresholds"}, "calibration" (CalibrationResult JSON or null),
 //    "wire" {"dtype","channel_axis":1,"scale":[..],"zero_point":[..]},
 //    "int8" {"file","weight_bytes","engine","engine_timings_ms",...} or null,
@@ -28,6 +30,7 @@
 #include "common/tensor_codec.h"
 #include "split/bundle.h"
 #include "split/exit_policy.h"
+#include "split/input_spec.h"
 #include "split/int8_head.h"
 #include "split/vision_model.h"
 
@@ -44,6 +47,9 @@ inline constexpr char kHeadInt8File[] = "head_int8.bin";
 struct VisionSplitModel {
   std::string name = "fmnist";
   VisionModelSpec spec;  // spec.split_after is the deployment split (>= 0)
+  // Matches spec (channels, size, classes). Read: Legacy(spec) when the manifest has none;
+  // written as Legacy(spec) when class_names is empty.
+  InputSpec input;
   // fp32 network; parts not loaded keep their initial values (see VisionBundleParts).
   SplitVisionNet net{nullptr};
   std::shared_ptr<Int8Head> int8_head;  // null when absent or not loaded

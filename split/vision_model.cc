@@ -1,5 +1,6 @@
 #include "split/vision_model.h"
 
+#include <cmath>
 #include <string>
 
 namespace cleave::split {
@@ -40,6 +41,18 @@ BlockSpec Classifier(int in, int classes) {
 
 int OutSize(int size, int kernel, int stride, int pad) {
   return (size + 2 * pad - kernel) / stride + 1;
+}
+
+// A normalization vector as JSON: a number when it has one value, else an array.
+json NormalizationJson(const std::vector<float>& values) {
+  if (values.size() == 1) return values[0];
+  return values;
+}
+
+// Reads a number or an array of numbers.
+std::vector<float> NormalizationFromJson(const json& j) {
+  if (j.is_array()) return j.get<std::vector<float>>();
+  return {j.get<float>()};
 }
 
 int ConvPadding(const BlockSpec& b) { return b.padding >= 0 ? b.padding : b.kernel / 2; }
@@ -87,8 +100,8 @@ json VisionModelSpec::ToJson() const {
   return {{"input_channels", input_channels},
           {"image_size", image_size},
           {"num_classes", num_classes},
-          {"input_mean", input_mean},
-          {"input_std", input_std},
+          {"input_mean", NormalizationJson(input_mean)},
+          {"input_std", NormalizationJson(input_std)},
           {"blocks", blocks_json},
           {"exits", exits_json},
           {"split_after", split_after}};
@@ -100,8 +113,8 @@ Result<VisionModelSpec> VisionModelSpec::FromJson(const json& j) {
     s.input_channels = j.at("input_channels").get<int>();
     s.image_size = j.at("image_size").get<int>();
     s.num_classes = j.at("num_classes").get<int>();
-    s.input_mean = j.at("input_mean").get<float>();
-    s.input_std = j.at("input_std").get<float>();
+    s.input_mean = NormalizationFromJson(j.at("input_mean"));
+    s.input_std = NormalizationFromJson(j.at("input_std"));
     s.split_after = j.at("split_after").get<int>();
     for (const auto& bj : j.at("blocks")) {
       BlockSpec b;
@@ -133,7 +146,27 @@ Status VisionModelSpec::Validate() const {
         "model spec: input_channels, image_size must be > 0 and "
         "num_classes > 1");
   }
-  if (!(input_std > 0.0f)) return Status::InvalidArgument("model spec: input_std must be > 0");
+  if (input_channels > 64 || image_size > 4096 || num_classes > 100000) {
+    return Status::InvalidArgument(
+        "model spec: input_channels must be <= 64, image_size <= 4096, num_classes <= 100000");
+  }
+  for (const auto* values : {&input_mean, &input_std}) {
+    const char* name = values == &input_mean ? "input_mean" : "input_std";
+    if (values->size() != 1 && values->size() != static_cast<size_t>(input_channels)) {
+      return Status::InvalidArgument(std::string("model spec: ") + name +
+                                     " needs one value or one per input channel (" +
+                                     std::to_string(input_channels) + "), not " +
+                                     std::to_string(values->size()));
+    }
+    for (float v : *values) {
+      if (!std::isfinite(v)) {
+        return Status::InvalidArgument(std::string("model spec: ") + name + " must be finite");
+      }
+    }
+  }
+  for (float v : input_std) {
+    if (!(v > 0.0f)) return Status::InvalidArgument("model spec: input_std must be > 0");
+  }
   if (blocks.empty()) return Status::InvalidArgument("model spec: no blocks");
   int channels = input_channels;
   int size = image_size;
@@ -274,6 +307,40 @@ VisionModelSpec VisionModelSpec::SimpleCnn() {
   return s;
 }
 
+Result<VisionModelSpec> VisionModelSpec::ForInput(int channels, int size, int classes,
+                                                  std::vector<float> mean,
+                                                  std::vector<float> std) const {
+  VisionModelSpec s = *this;
+  s.input_channels = channels;
+  s.image_size = size;
+  s.num_classes = classes;
+  s.input_mean = std::move(mean);
+  s.input_std = std::move(std);
+  if (!s.blocks.empty()) {
+    if (s.blocks[0].type == "maxpool") s.blocks[0].out_channels = channels;
+    s.blocks[0].in_channels = channels;
+    BlockSpec& last = s.blocks.back();
+    if (last.type == "classifier" || last.type == "linear") last.out_channels = classes;
+    int map_channels = channels;
+    int map_size = size;
+    for (BlockSpec& b : s.blocks) {
+      if (b.type == "linear") {
+        b.in_channels = map_channels * (map_size > 0 ? map_size * map_size : 0);
+        break;
+      }
+      map_channels = b.out_channels;
+      map_size = BlockOutSize(b, map_size);
+    }
+  }
+  Status valid = s.Validate();
+  if (!valid.ok()) {
+    return valid.WithContext("the model for " + std::to_string(channels) + "x" +
+                             std::to_string(size) + "x" + std::to_string(size) + " inputs and " +
+                             std::to_string(classes) + " classes");
+  }
+  return s;
+}
+
 int VisionModelSpec::OutputSize(int i) const {
   int size = image_size;
   for (int b = 0; b <= i; ++b) size = BlockOutSize(blocks[b], size);
@@ -393,7 +460,10 @@ torch::Tensor ExitHeadImpl::forward(torch::Tensor x) {
   return fc(torch::flatten(torch::adaptive_avg_pool2d(x, {1, 1}), 1));
 }
 
-SplitVisionNetImpl::SplitVisionNetImpl(VisionModelSpec spec) : spec_(std::move(spec)) {
+SplitVisionNetImpl::SplitVisionNetImpl(VisionModelSpec spec)
+    : spec_(std::move(spec)),
+      mean_(NormalizationTensor(spec_.input_mean)),
+      std_(NormalizationTensor(spec_.input_std)) {
   int size = spec_.image_size;
   for (size_t i = 0; i < spec_.blocks.size(); ++i) {
     const BlockSpec& b = spec_.blocks[i];
@@ -421,8 +491,12 @@ SplitVisionNetImpl::SplitVisionNetImpl(VisionModelSpec spec) : spec_(std::move(s
   }
 }
 
+torch::Tensor NormalizationTensor(const std::vector<float>& values) {
+  return torch::tensor(values, torch::kFloat).view({1, static_cast<int64_t>(values.size()), 1, 1});
+}
+
 torch::Tensor SplitVisionNetImpl::Preprocess(const torch::Tensor& images) const {
-  return (images - spec_.input_mean) / spec_.input_std;
+  return (images - mean_) / std_;
 }
 
 torch::Tensor SplitVisionNetImpl::ForwardRange(torch::Tensor x, int begin, int end) {

@@ -1,4 +1,4 @@
-// A splittable vision network for 28x28 single-channel images.
+// A splittable vision network for square images of any size and channel count.
 //
 // The network is a flat list of blocks, so it can be split after any block (Neurosurgeon-
 // style): the edge runs blocks [0, k), the cloud runs [k, N). Blocks are
@@ -21,8 +21,9 @@
 // intended deployment split is right after the encoder. Early exits (BranchyNet, Teerapittayanon
 // et al. 2016) attach to block outputs: conv + BN + ReLU, global pooling, linear.
 //
-// Inputs to Forward* are float images in [0, 1], shape [N, 1, 28, 28]; normalization with the
-// Fashion-MNIST mean/std happens inside (Preprocess), so every caller feeds the same thing.
+// Inputs to Forward* are float images in [0, 1], shape [N, C, S, S] (input_channels, image_size);
+// per-channel normalization with the spec's mean/std happens inside (Preprocess), so every caller
+// feeds the same thing.
 #pragma once
 
 #include <memory>
@@ -58,8 +59,11 @@ struct VisionModelSpec {
   int input_channels = 1;
   int image_size = 28;
   int num_classes = 10;
-  float input_mean = 0.2860f;  // Fashion-MNIST training-set statistics
-  float input_std = 0.3530f;
+  // Per-channel normalization inside the network, (x - mean[c]) / std[c]: one value (all
+  // channels) or one per input channel. Defaults: Fashion-MNIST training-set statistics.
+  // JSON writes a single value as a number (manifests of earlier models stay identical).
+  std::vector<float> input_mean{0.2860f};
+  std::vector<float> input_std{0.3530f};
   std::vector<BlockSpec> blocks;
   std::vector<ExitSpec> exits;
   int split_after = -1;  // deployment split: the edge runs blocks [0, split_after]; -1: none
@@ -85,10 +89,21 @@ struct VisionModelSpec {
   // no split point, no exits.
   static VisionModelSpec SimpleCnn();
 
+  // This spec re-seated for `channels` x `size` x `size` inputs and `num_classes` classes, with
+  // this normalization: the first block reads `channels`, the classifier (or the final
+  // linear block) emits num_classes, and a linear block reading a flattened map takes that
+  // map's new size. Every preset works for any input this way. InvalidArgument when the
+  // result does not validate (e.g. an image too small for the strides), naming the input.
+  Result<VisionModelSpec> ForInput(int channels, int size, int num_classes,
+                                   std::vector<float> mean, std::vector<float> std) const;
+
   // Spatial size (square) of block `i`'s output; 1 for flattened outputs. Precondition:
   // Validate() is OK and 0 <= i < blocks.size().
   int OutputSize(int i) const;
 };
+
+// `values` (a normalization vector of the spec) as a float tensor [1, values.size(), 1, 1].
+torch::Tensor NormalizationTensor(const std::vector<float>& values);
 
 // Base of every block: forward(x) on the previous block's output.
 class VisionBlockImpl : public torch::nn::Module {
@@ -196,6 +211,9 @@ class SplitVisionNetImpl : public torch::nn::Module {
 
  private:
   VisionModelSpec spec_;
+  // Normalization as [1, C or 1, 1, 1] tensors (plain members, not buffers: they come from the
+  // spec, so they are neither trained nor exchanged).
+  torch::Tensor mean_, std_;
   std::vector<std::shared_ptr<VisionBlockImpl>> blocks_;
   std::vector<ExitHead> exits_;
   std::vector<int> block_out_size_;  // spatial size after each block (square)

@@ -20,9 +20,11 @@
 #include "common/transport.h"
 #include "split/bundle.h"
 #include "split/compute_runtime.h"
+#include "split/dataset.h"
 #include "split/split_runtime.h"
 #include "split/tail_plan.h"
 #include "tools/bench_util.h"
+#include "tools/data_option.h"
 #include "tools/daemon_launcher.h"
 #include "tools/serve_load_generator.h"
 
@@ -67,17 +69,19 @@ int64_t RssOf(pid_t pid, const char* field) {
 // Feature requests for `n` test images: what the bundle's int8 head would send.
 Result<std::vector<wire::InferRequest>> MakeRequestPool(const Bundle& bundle,
                                                         const BenchServeOptions& options) {
-  CLEAVE_ASSIGN_OR_RETURN(ImageDataset test,
-                          LoadFashionMnist(DatasetSplit::kTest, options.data_dir));
-  const int64_t n = std::min<int64_t>(static_cast<int64_t>(test.size()), options.pool);
-  if (n <= 0) return Status::InvalidArgument("bench serve: --pool must be >= 1");
+  if (options.pool <= 0) return Status::InvalidArgument("bench serve: --pool must be >= 1");
   split::EdgeModel::Options edge_options;
   edge_options.int8 = true;
   CLEAVE_ASSIGN_OR_RETURN(auto edge, split::EdgeModel::Load(bundle, edge_options));
-  const int size = static_cast<int>(test.rows);
+  const split::InputSpec& input = edge->info().input;
+  const std::string data_spec = !options.data.empty()  ? options.data
+                                : !input.data.empty() ? input.data
+                                                      : std::string("fashion-mnist");
   CLEAVE_ASSIGN_OR_RETURN(
-      split::EdgeHeadOutput head,
-      edge->Run(split::ImagesToTensor(test.images.data(), n, size, static_cast<int>(test.cols))));
+      const split::LabeledImages test,
+      split::LoadSplitFor(data_spec, DatasetSplit::kTest, input, options.pool));
+  const int64_t n = test.size();
+  CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head, edge->Run(test.images));
   torch::Tensor features = head.features.contiguous().to(torch::kFloat32);
   std::vector<uint32_t> row_shape = {1};
   for (uint32_t d : edge->feature_shape()) row_shape.push_back(d);
@@ -417,7 +421,8 @@ void RegisterBenchServeCommand(CLI::App& bench) {
   cmd->add_option("--json", options->json_out, "write the JSON report here");
   cmd->add_option("--markdown", options->markdown_out,
                   "also write the report as markdown tables (docs/benchmarks.md)");
-  cmd->add_option("--data-dir", options->data_dir, "Fashion-MNIST IDX directory");
+  cmd->add_option("--data", options->data,
+                  std::string(kDataSpecHelp) + " (default: the one the bundle was trained on)");
   cmd->add_option("--threads", options->threads,
                   "libtorch intra-op threads of the daemon's worker and of the ceiling")
       ->check(CLI::PositiveNumber);

@@ -16,6 +16,7 @@
 #include "common/file_util.h"
 #include "common/inference_wire.h"
 #include "common/plot.h"
+#include "common/jpeg_image.h"
 #include "common/png_image.h"
 #include "common/progress.h"
 #include "common/tensor_codec.h"
@@ -24,10 +25,12 @@
 #include "edge/offload_client.h"
 #include "split/bundle.h"
 #include "split/compute_runtime.h"
+#include "split/dataset.h"
 #include "split/split_runtime.h"
 #include "split/tail_plan.h"
 #include "split/vision_model.h"
 #include "tools/bench_util.h"
+#include "tools/data_option.h"
 #include "tools/daemon_launcher.h"
 
 namespace cleave::tools {
@@ -41,6 +44,9 @@ namespace {
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
+
+// JPEG quality of the cloud_jpeg baseline (the issue's; libjpeg's default is 75).
+constexpr int kBenchJpegQuality = 90;
 
 // One request of one configuration.
 struct Sample {
@@ -88,15 +94,26 @@ double MedianMs(int iterations, Fn&& fn) {
   return Percentile(times, 50);
 }
 
+// The test split converted to the bundle's input (split/input_spec.h), as the edge sees it.
 struct TestSet {
-  ImageDataset data;
+  split::LabeledImages data;
+  std::vector<int64_t> labels;
   int64_t n = 0;
-  int size = 28;
-  torch::Tensor Image(int64_t i) const {
-    return split::ImagesToTensor(data.images.data() + i * size * size, 1, size, size);
-  }
+  torch::Tensor Image(int64_t i) const { return data.images.narrow(0, i, 1); }
   torch::Tensor Batch(int64_t begin, int64_t end) const {
-    return split::ImagesToTensor(data.images.data() + begin * size * size, end - begin, size, size);
+    return data.images.narrow(0, begin, end - begin);
+  }
+  // Image i as 8-bit interleaved pixels (what a client would encode as PNG or JPEG). The
+  // tensor holds bytes / 255, so rounding recovers the bytes exactly.
+  PixelImage Pixels(int64_t i) const {
+    const torch::Tensor bytes =
+        Image(i)[0].mul(255.0).round().clamp(0, 255).to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+    PixelImage image;
+    image.channels = static_cast<uint32_t>(bytes.size(2));
+    image.height = static_cast<uint32_t>(bytes.size(0));
+    image.width = static_cast<uint32_t>(bytes.size(1));
+    image.pixels.assign(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
+    return image;
   }
 };
 
@@ -121,7 +138,7 @@ Result<double> InProcessSplitAccuracy(split::EdgeModel& edge, split::CloudModel&
     torch::Tensor restored = torch::from_blob(decoded.data(), features.sizes(), torch::kFloat32);
     CLEAVE_ASSIGN_OR_RETURN(torch::Tensor logits, cloud.RunTail(restored));
     for (int64_t i = begin; i < end; ++i) {
-      correct += ArgMaxRow(logits, i - begin) == test.data.labels[i];
+      correct += ArgMaxRow(logits, i - begin) == test.labels[i];
     }
   }
   return static_cast<double>(correct) / static_cast<double>(test.n);
@@ -164,7 +181,7 @@ SplitRun RunSplit(EdgeEngine& engine, OffloadClient& client, const TestSet& test
       continue;
     }
     const HeadDecision& d = (*decisions)[0];
-    const int label_i = test.data.labels[i];
+    const int label_i = test.labels[i];
     run.exit_confidence.push_back(d.best_confidence);
     run.exit_correct.push_back(d.best_class == label_i);
     if (d.exit_index >= 0) {
@@ -225,11 +242,20 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
   split::SetComputeThreads(std::max(1, options.threads));
   torch::NoGradGuard no_grad;
   CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(options.bundle));
+  CLEAVE_ASSIGN_OR_RETURN(const split::VisionSplitModel described,
+                          split::ReadVisionBundle(bundle, split::VisionBundleParts{false, false,
+                                                                                   false, false}));
+  // The bundle's own dataset unless --data names another (converted to its input).
+  const std::string data_spec = !options.data.empty() ? options.data
+                                : described.input.data.empty() ? std::string("fashion-mnist")
+                                                               : described.input.data;
   TestSet test;
-  CLEAVE_ASSIGN_OR_RETURN(test.data, LoadFashionMnist(DatasetSplit::kTest, options.data_dir));
-  test.n = static_cast<int64_t>(test.data.size());
-  if (options.limit > 0) test.n = std::min<int64_t>(test.n, options.limit);
-  test.size = static_cast<int>(test.data.rows);
+  CLEAVE_ASSIGN_OR_RETURN(test.data,
+                          split::LoadSplitFor(data_spec, DatasetSplit::kTest, described.input,
+                                              options.limit, std::max(1, options.threads)));
+  test.n = test.data.size();
+  test.labels.assign(test.data.labels.data_ptr<int64_t>(),
+                     test.data.labels.data_ptr<int64_t>() + test.n);
 
   split::EdgeModel::Options int8_options;
   int8_options.int8 = true;
@@ -247,6 +273,8 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
   json report;
   report["bundle"] = options.bundle;
   report["test_images"] = test.n;
+  report["data"] = data_spec;
+  report["input"] = described.input.ToJson();
   report["threads"] = options.threads;
   report["int8_engine"] = edge_int8->engine();
   report["tail_precision"] = split::TailPrecisionName(precision);
@@ -326,7 +354,7 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
       auto logits = local->Run(test.Image(i));
       s.edge_ms = s.total_ms = MsSince(start);
       s.at_edge = true;
-      s.correct = logits.ok() && ArgMaxRow(*logits, 0) == test.data.labels[i];
+      s.correct = logits.ok() && ArgMaxRow(*logits, 0) == test.labels[i];
       samples.push_back(s);
       if (i % 100 == 0) progress.Update(static_cast<uint64_t>(i));
     }
@@ -334,36 +362,40 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
     progress.Finish();
     configs["local_fp32"] = Summarize(samples);
   }
-  {  // cloud_png: the edge sends the raw image as PNG; the cloud runs the whole model.
+  // cloud_png / cloud_jpeg: the edge sends the raw image (at the network's input size) as PNG,
+  // or as JPEG at quality 90; the cloud runs the whole model.
+  const std::string model_name = edge_int8->model_name();
+  for (const bool jpeg : {false, true}) {
+    const char* name = jpeg ? "cloud_jpeg" : "cloud_png";
     std::vector<Sample> samples;
-    ProgressBar progress("cloud_png", static_cast<uint64_t>(test.n));
-    const std::string model_name = edge_int8->model_name();
+    ProgressBar progress(name, static_cast<uint64_t>(test.n));
     for (int64_t i = 0; i < test.n; ++i) {
       Sample s;
       const auto start = Clock::now();
-      GrayImage image;
-      image.width = image.height = static_cast<uint32_t>(test.size);
-      image.pixels.assign(test.data.images.begin() + i * test.size * test.size,
-                          test.data.images.begin() + (i + 1) * test.size * test.size);
+      const PixelImage image = test.Pixels(i);
       wire::InferRequest request;
       request.request_id = static_cast<uint64_t>(i + 1);
       request.model = model_name;
       request.deadline_ms = static_cast<uint32_t>(options.deadline_ms);
       request.input = wire::InputKind::kPng;
-      CLEAVE_ASSIGN_OR_RETURN(request.png, EncodePngGray8(image));
+      if (jpeg) {
+        CLEAVE_ASSIGN_OR_RETURN(request.png, EncodeJpegPixels(image, kBenchJpegQuality));
+      } else {
+        CLEAVE_ASSIGN_OR_RETURN(request.png, EncodePngPixels(image));
+      }
       const std::string bytes = wire::EncodeInferRequest(request);
       s.edge_ms = MsSince(start);
       s.bytes = static_cast<double>(WireBytes(bytes.size()));
       auto reply = Exchange1(*client, request.request_id, bytes, options.deadline_ms);
       s.total_ms = MsSince(start);
       s.degraded = !reply;
-      s.correct = reply && ArgMax(reply->scores) == test.data.labels[i];
+      s.correct = reply && ArgMax(reply->scores) == test.labels[i];
       samples.push_back(s);
       if (i % 100 == 0) progress.Update(static_cast<uint64_t>(i));
     }
     progress.Update(static_cast<uint64_t>(test.n));
     progress.Finish();
-    configs["cloud_png"] = Summarize(samples);
+    configs[name] = Summarize(samples);
   }
   EdgeEngine engine(std::move(edge_int8));
   SplitRun no_exit =
@@ -503,7 +535,8 @@ void RegisterBenchSplitCommand(CLI::App& bench) {
                   "PNG plot of accuracy vs bytes (default: the --json path with .png)");
   cmd->add_option("--markdown", options->markdown_out,
                   "also write the report as markdown tables (docs/benchmarks.md)");
-  cmd->add_option("--data-dir", options->data_dir, "Fashion-MNIST IDX directory");
+  cmd->add_option("--data", options->data,
+                  std::string(kDataSpecHelp) + " (default: the one the bundle was trained on)");
   cmd->add_option("--limit", options->limit, "use only the first N test images (0 = all)");
   cmd->add_option("--threads", options->threads, "libtorch intra-op threads (edge and cloud)");
   cmd->add_option("--timing-iterations", options->timing_iterations,

@@ -16,8 +16,10 @@ struct BenchSplitOptions {
   std::string json_out;      // where to write the report ("" = stdout only)
   std::string plot_out;      // PNG of accuracy vs bytes per request ("" = beside json)
   std::string markdown_out;  // the report as markdown tables (for docs/benchmarks.md)
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  int limit = 0;                // test images (0 = all 10,000)
+  // Dataset spec of the test split (common/image_data.h); "" = the one the bundle declares
+  // it was trained on (manifest "input"), Fashion-MNIST for older bundles.
+  std::string data;
+  int limit = 0;                // test images (0 = all)
   int threads = 1;              // libtorch intra-op threads on both sides
   int timing_iterations = 300;  // batch-1 compute timings
   int deadline_ms = 1000;       // per request; generous: this measures, it does not stress

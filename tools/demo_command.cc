@@ -16,8 +16,12 @@
 #include "common/progress.h"
 #include "common/transport.h"
 #include "edge/edge_client.h"
+#include "split/bundle.h"
+#include "split/dataset.h"
+#include "split/vision_bundle.h"
 #include "tools/bench_util.h"
 #include "tools/daemon_launcher.h"
+#include "tools/data_option.h"
 
 namespace cleave::tools {
 
@@ -45,7 +49,29 @@ struct Summary {
   }
 };
 
-Summary Summarize(const std::vector<ClassifyOutcome>& outcomes, const ImageDataset& data) {
+// The test images as raw 8-bit requests carry them: interleaved (HWC), at the bundle's input.
+struct DemoImages {
+  int channels = 1, height = 0, width = 0;
+  std::vector<std::string> pixels;  // one per image
+  std::vector<int64_t> labels;
+  size_t size() const { return labels.size(); }
+};
+
+DemoImages ToDemoImages(const split::LabeledImages& set) {
+  DemoImages out;
+  const torch::Tensor bytes =
+      set.images.mul(255.0).round().clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous();
+  out.channels = static_cast<int>(bytes.size(3));
+  out.height = static_cast<int>(bytes.size(1));
+  out.width = static_cast<int>(bytes.size(2));
+  const size_t per_image = static_cast<size_t>(out.channels) * out.height * out.width;
+  const char* base = reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>());
+  for (int64_t i = 0; i < bytes.size(0); ++i) out.pixels.emplace_back(base + i * per_image, per_image);
+  out.labels.assign(set.labels.data_ptr<int64_t>(), set.labels.data_ptr<int64_t>() + set.size());
+  return out;
+}
+
+Summary Summarize(const std::vector<ClassifyOutcome>& outcomes, const DemoImages& data) {
   Summary s;
   std::vector<double> latency;
   double bytes = 0;
@@ -70,18 +96,17 @@ Summary Summarize(const std::vector<ClassifyOutcome>& outcomes, const ImageDatas
   return s;
 }
 
-std::vector<edge_api::ClassifyRequest> MakeRequests(const ImageDataset& data, size_t n,
+std::vector<edge_api::ClassifyRequest> MakeRequests(const DemoImages& data, size_t n,
                                                     float threshold, uint64_t first_id) {
   std::vector<edge_api::ClassifyRequest> requests(n);
-  const size_t area = size_t{data.rows} * data.cols;
   for (size_t i = 0; i < n; ++i) {
     auto& r = requests[i];
     r.request_id = first_id + i;
     r.exit_threshold = threshold;
-    r.kind = edge_api::ImageKind::kGray8;
-    r.width = data.cols;
-    r.height = data.rows;
-    r.pixels.assign(reinterpret_cast<const char*>(data.images.data() + i * area), area);
+    r.kind = data.channels == 3 ? edge_api::ImageKind::kRgb8 : edge_api::ImageKind::kGray8;
+    r.width = static_cast<uint32_t>(data.width);
+    r.height = static_cast<uint32_t>(data.height);
+    r.pixels = data.pixels[i];
   }
   return requests;
 }
@@ -90,7 +115,8 @@ std::vector<edge_api::ClassifyRequest> MakeRequests(const ImageDataset& data, si
 
 // The federated part of the demo: rounds between a real cleave-aggregator and `fl_edges`
 // cleave-edge daemons; returns the aggregator's summary.
-Result<json> RunFederatedDemo(const DemoOptions& options, const std::filesystem::path& out) {
+Result<json> RunFederatedDemo(const DemoOptions& options, const std::string& data_spec,
+                              const std::filesystem::path& out) {
   const std::filesystem::path bin = SelfBinaryDir();
   const std::filesystem::path dir = out / "federated";
   std::error_code ec;
@@ -115,8 +141,8 @@ Result<json> RunFederatedDemo(const DemoOptions& options, const std::filesystem:
                                         summary_file,
                                         "--aggregator.publish_dir",
                                         (dir / "bundles").string(),
-                                        "--aggregator.eval_data_dir",
-                                        options.data_dir,
+                                        "--aggregator.eval_data",
+                                        data_spec,
                                         "--aggregator.eval_limit",
                                         std::to_string(options.fl_eval_limit),
                                         "--aggregator.client_timeout_ms",
@@ -155,8 +181,8 @@ Result<json> RunFederatedDemo(const DemoOptions& options, const std::filesystem:
                                           aggregator.endpoint,
                                           "--edge.client_id",
                                           "demo-edge-" + std::to_string(i),
-                                          "--edge.fl_data_dir",
-                                          options.data_dir,
+                                          "--edge.fl_data",
+                                          data_spec,
                                           "--edge.fl_partition",
                                           "dirichlet:0.5",
                                           "--edge.fl_partitions",
@@ -219,8 +245,18 @@ Result<PlotSpec> AccuracyVsBytesPlot(const json& report) {
 }
 
 Result<json> RunDemo(const DemoOptions& options) {
-  CLEAVE_ASSIGN_OR_RETURN(ImageDataset test,
-                          LoadFashionMnist(DatasetSplit::kTest, options.data_dir));
+  // The bundle's own dataset unless --data names another, converted to its input.
+  CLEAVE_ASSIGN_OR_RETURN(const Bundle bundle, Bundle::Open(options.bundle));
+  CLEAVE_ASSIGN_OR_RETURN(const split::VisionSplitModel described,
+                          split::ReadVisionBundle(bundle, split::VisionBundleParts{false, false,
+                                                                                   false, false}));
+  const std::string data_spec = !options.data.empty()          ? options.data
+                                : !described.input.data.empty() ? described.input.data
+                                                                : std::string("fashion-mnist");
+  CLEAVE_ASSIGN_OR_RETURN(
+      const split::LabeledImages test_set,
+      split::LoadSplitFor(data_spec, DatasetSplit::kTest, described.input, options.limit));
+  const DemoImages test = ToDemoImages(test_set);
   size_t n = test.size();
   if (options.limit > 0) n = std::min<size_t>(n, options.limit);
   const std::filesystem::path out = options.out_dir;
@@ -282,7 +318,7 @@ Result<json> RunDemo(const DemoOptions& options) {
       {"main", main.ToJson()},    {"sweep", sweep},
       {"sweep_images", sweep_n},  {"calibrated_on_sweep_images", calibrated_on_sweep.ToJson()}};
   if (options.fl_rounds > 0) {
-    CLEAVE_ASSIGN_OR_RETURN(report["federated"], RunFederatedDemo(options, out));
+    CLEAVE_ASSIGN_OR_RETURN(report["federated"], RunFederatedDemo(options, data_spec, out));
   }
   CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(out / "report.json", report.dump(2) + "\n"));
   Result<PlotSpec> plot = AccuracyVsBytesPlot(report);
@@ -331,7 +367,8 @@ void RegisterDemoCommand(CLI::App& app) {
       "test set through the edge daemon, print a table and write report.json + a PNG plot");
   cmd->add_option("--bundle", options->bundle, "model bundle directory")->required();
   cmd->add_option("--out", options->out_dir, "output directory (report.json, plot, logs)");
-  cmd->add_option("--data-dir", options->data_dir, "Fashion-MNIST IDX directory");
+  cmd->add_option("--data", options->data,
+                  std::string(kDataSpecHelp) + " (default: the one the bundle was trained on)");
   cmd->add_option("--limit", options->limit, "use only the first N test images (0 = all)");
   cmd->add_option("--sweep-limit", options->sweep_limit, "images per threshold of the sweep");
   cmd->add_option("--window", options->window, "requests in flight at once");

@@ -1,5 +1,5 @@
 // `cleave demo`: the main job. Starts cleave-cloud and cleave-edge as separate processes on
-// loopback, pushes the Fashion-MNIST test set through the edge daemon like a local
+// loopback, pushes the test set of the bundle's dataset through the edge daemon like a local
 // application would, prints a small table and writes report.json and a PNG plot of accuracy
 // against bytes per request for several exit thresholds. Then it runs federated rounds:
 // cleave-aggregator and three cleave-edge daemons on loopback, each edge with its own
@@ -19,7 +19,9 @@ namespace cleave::tools {
 struct DemoOptions {
   std::string bundle;
   std::string out_dir = "build/demo";
-  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  // Dataset spec of the test images and of the federated part (split/dataset.h); "" = the
+  // one the bundle was trained on (Fashion-MNIST for the embedded default).
+  std::string data;
   int limit = 0;           // test images (0 = all)
   int sweep_limit = 2000;  // images per threshold of the sweep
   int window = 16;         // requests in flight

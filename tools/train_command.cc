@@ -10,10 +10,12 @@
 
 #include "common/shutdown.h"
 #include "split/compute_runtime.h"
+#include "split/dataset.h"
 #include "split/post_training.h"
 #include "split/trainer.h"
 #include "split/vision_bundle.h"
 #include "tools/command_error.h"
+#include "tools/data_option.h"
 
 namespace cleave::tools {
 
@@ -51,6 +53,7 @@ struct TrainArgs {
   bool no_int8 = false;
   bool augment = false;
   bool quiet = false;
+  std::string data_dir;  // --data-dir, the older form of --data fashion-mnist:DIR
 };
 
 struct SplitArgs {
@@ -60,7 +63,8 @@ struct SplitArgs {
   std::string criterion;
   std::string wire_dtype;
   std::string int8_engine = "auto";
-  std::string data_dir = kFashionMnistDir;
+  std::string data;  // default: the dataset the bundle was trained on
+  std::string data_dir;
   int threads = 2;
   bool no_int8 = false;
   bool quiet = false;
@@ -71,9 +75,9 @@ struct SplitArgs {
 void ApplyPreset(const TrainOptions& preset, const CLI::App& cmd, TrainOptions& options) {
   const auto keep = [&cmd](const char* flag) { return cmd.count(flag) > 0; };
   const TrainOptions given = options;
-  const std::string data_dir = options.data_dir;
   options = preset;
-  options.data_dir = data_dir;
+  options.data = given.data;
+  options.image_size = given.image_size;
   options.batch_size = given.batch_size;
   options.lr = given.lr;
   options.seed = given.seed;
@@ -95,6 +99,7 @@ void RunTrain(TrainArgs& args, const CLI::App& cmd) {
   }
   if (args.quick) ApplyPreset(TrainOptions::Quick(), cmd, options);
   if (args.long_preset) ApplyPreset(TrainOptions::Long(), cmd, options);
+  options.data = OrFail("train", ResolveDataSpec(options.data, args.data_dir));
   options.wire_dtype = OrFail("train", wire::ParseDType(args.wire_dtype));
   options.target = OrFail("train", CalibrationTarget::Parse(args.calibrate));
   options.criterion = OrFail("train", ParseExitCriterion(args.criterion));
@@ -143,13 +148,24 @@ void RunSplit(SplitArgs& args) {
   finalize.criterion = OrFail(cmd, ParseExitCriterion(criterion_text));
 
   // Rebuild exactly the training/held-out split the bundle was calibrated on.
+  // The data: the bundle's own dataset unless --data/--data-dir say otherwise, converted to
+  // the input the bundle declares.
   TrainOptions options;
-  options.data_dir = args.data_dir;
+  const std::string bundle_data = model.input.data.empty() ? "fashion-mnist" : model.input.data;
+  const std::string data_spec =
+      args.data.empty() && args.data_dir.empty()
+          ? bundle_data
+          : OrFail(cmd, ResolveDataSpec(args.data.empty() ? "fashion-mnist" : args.data,
+                                        args.data_dir));
   options.seed = training.value("seed", uint64_t{1});
   options.held_out = training.value("held_out", int64_t{5000});
   options.train_limit = training.value("train_limit", int64_t{0});
   options.test_limit = training.value("test_limit", int64_t{0});
-  const TrainData data = OrFail(cmd, LoadTrainData(options));
+  TrainData data;
+  data.train = OrFail(cmd, split::LoadSplitFor(data_spec, DatasetSplit::kTrain, model.input,
+                                                options.train_limit, args.threads, finalize.log));
+  data.test = OrFail(cmd, split::LoadSplitFor(data_spec, DatasetSplit::kTest, model.input,
+                                               options.test_limit, args.threads, finalize.log));
   LabeledImages all = options.train_limit > 0 ? data.train.Head(options.train_limit) : data.train;
   auto split = OrFail(cmd, HoldOut(all, options.held_out, options.seed));
   const LabeledImages test =
@@ -179,7 +195,7 @@ void RegisterTrainCommands(CLI::App& app) {
   auto train_args = std::make_shared<TrainArgs>();
   CLI::App* train = app.add_subcommand(
       "train",
-      "Train the Fashion-MNIST teacher and split model (BottleFit stages: bottleneck "
+      "Train a teacher and split model on --data (Fashion-MNIST by default) (BottleFit stages: bottleneck "
       "distillation, end-to-end fine-tuning with KD and simulated u4 wire, early exits), "
       "quantize the head to int8, calibrate the exit threshold on a held-out split, report "
       "test accuracies as JSON on stdout and write a vision-split bundle to --out.");
@@ -230,7 +246,13 @@ void RegisterTrainCommands(CLI::App& app) {
       ->capture_default_str();
   train->add_option("--held-out", o.held_out, "training images held out for calibration")
       ->capture_default_str();
-  train->add_option("--data-dir", o.data_dir, "Fashion-MNIST IDX directory")->capture_default_str();
+  AddDataOptions(train, &o.data, &train_args->data_dir);
+  train
+      ->add_option("--image-size", o.image_size,
+                   "network input side in pixels; images of another size are resized "
+                   "(bilinear), and the bundle declares it so the edge does the same "
+                   "(0: the data's own, which must then be square)")
+      ->capture_default_str();
   train->add_flag("--no-int8", train_args->no_int8, "keep the fp32 head (no int8 head file)");
   train->add_flag("--augment", train_args->augment,
                   "random crop (2 px) and horizontal flip; helps long runs, hurts short ones");
@@ -257,8 +279,10 @@ void RegisterTrainCommands(CLI::App& app) {
       ->add_option("--int8-engine", split_args->int8_engine,
                    "auto, onednn, qnnpack or reference (recorded for the edge)")
       ->capture_default_str();
-  split->add_option("--data-dir", split_args->data_dir, "Fashion-MNIST IDX directory")
-      ->capture_default_str();
+  split->add_option("--data", split_args->data,
+                    std::string(kDataSpecHelp) + " (default: the one the bundle was trained on)");
+  split->add_option("--data-dir", split_args->data_dir,
+                    "Fashion-MNIST IDX directory (= --data fashion-mnist:DIR)");
   split->add_option("--threads", split_args->threads, "libtorch intra-op threads")
       ->capture_default_str();
   split->add_flag("--no-int8", split_args->no_int8, "drop the int8 head");

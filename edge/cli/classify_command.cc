@@ -11,6 +11,7 @@
 
 #include "common/curve.h"
 #include "common/datasets.h"
+#include "common/image_codec.h"
 #include "common/png_image.h"
 #include "common/transport.h"
 #include "edge/edge_config.h"
@@ -21,38 +22,40 @@
 namespace cleave::edge {
 namespace {
 
-const char* kFashionMnistClasses[] = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                      "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
-
-// Reads images from PNG/PGM files or IDX files (.gz or raw) into 8-bit 28x28 pixels.
-Result<std::vector<std::pair<std::string, std::vector<uint8_t>>>> ReadInputs(
-    const std::vector<std::string>& paths, int size) {
-  std::vector<std::pair<std::string, std::vector<uint8_t>>> images;
+// Reads images from PNG, JPEG or PGM files, or IDX files (.gz or raw), at their own size and
+// colour: the engine converts each to what the bundle declares.
+Result<std::vector<std::pair<std::string, PixelImage>>> ReadInputs(
+    const std::vector<std::string>& paths) {
+  std::vector<std::pair<std::string, PixelImage>> images;
   for (const std::string& path : paths) {
     const bool idx =
         path.find("idx") != std::string::npos || path.find("ubyte") != std::string::npos;
     if (idx) {
       CLEAVE_ASSIGN_OR_RETURN(ImageDataset data, LoadIdxImagesOnly(path));
-      if (data.rows != static_cast<uint32_t>(size) || data.cols != static_cast<uint32_t>(size)) {
-        return Status::InvalidArgument(path + ": images are " + std::to_string(data.rows) + "x" +
-                                       std::to_string(data.cols) + "; the model expects " +
-                                       std::to_string(size) + "x" + std::to_string(size));
-      }
       const size_t area = size_t{data.rows} * data.cols;
       for (size_t i = 0; i < data.size(); ++i) {
-        images.emplace_back(path + "[" + std::to_string(i) + "]",
-                            std::vector<uint8_t>(data.images.begin() + i * area,
-                                                 data.images.begin() + (i + 1) * area));
+        PixelImage image;
+        image.width = data.cols;
+        image.height = data.rows;
+        image.channels = 1;
+        image.pixels.assign(data.images.begin() + i * area, data.images.begin() + (i + 1) * area);
+        images.emplace_back(path + "[" + std::to_string(i) + "]", std::move(image));
       }
       continue;
     }
-    CLEAVE_ASSIGN_OR_RETURN(GrayImage image, ReadImageFile(path));
-    if (image.width != static_cast<uint32_t>(size) || image.height != static_cast<uint32_t>(size)) {
-      return Status::InvalidArgument(path + ": image is " + std::to_string(image.width) + "x" +
-                                     std::to_string(image.height) + "; the model expects " +
-                                     std::to_string(size) + "x" + std::to_string(size));
+    Result<PixelImage> decoded = ReadImagePixelsFile(path, 0);
+    if (!decoded.ok()) {
+      // Binary PGM, which the PNG/JPEG reader does not take.
+      Result<GrayImage> gray = ReadImageFile(path);
+      if (!gray.ok()) return decoded.status();
+      PixelImage image;
+      image.width = gray->width;
+      image.height = gray->height;
+      image.channels = 1;
+      image.pixels = std::move(gray->pixels);
+      decoded = std::move(image);
     }
-    images.emplace_back(path, std::move(image.pixels));
+    images.emplace_back(path, *std::move(decoded));
   }
   return images;
 }
@@ -62,7 +65,7 @@ Result<std::vector<std::pair<std::string, std::vector<uint8_t>>>> ReadInputs(
 Status Classify(const Config& config, const ClassifyArgs& args) {
   CLEAVE_ASSIGN_OR_RETURN(ServableEngine loaded, LoadConfiguredEngine(config, nullptr));
   EdgeEngine& engine = *loaded.engine;
-  auto inputs = ReadInputs(args.paths, engine.image_size());
+  auto inputs = ReadInputs(args.paths);
   if (!inputs.ok()) return inputs.status();
   if (args.limit > 0 && static_cast<int>(inputs->size()) > args.limit) {
     inputs->resize(args.limit);
@@ -84,18 +87,20 @@ Status Classify(const Config& config, const ClassifyArgs& args) {
   }
   const int deadline_ms = static_cast<int>(config.GetInt("edge.deadline_ms"));
   const size_t batch = std::max<int64_t>(1, config.GetInt("edge.max_batch"));
-  const int size = engine.image_size();
+  const split::InputSpec& input = engine.model().info().input;
   uint64_t next_id = 1;
   for (size_t start = 0; start < inputs->size(); start += batch) {
     const size_t n = std::min(batch, inputs->size() - start);
-    std::vector<uint8_t> pixels;
+    std::vector<torch::Tensor> rows;
     std::vector<uint64_t> ids;
     for (size_t i = 0; i < n; ++i) {
-      const auto& img = (*inputs)[start + i].second;
-      pixels.insert(pixels.end(), img.begin(), img.end());
+      const auto& [name, image] = (*inputs)[start + i];
+      Result<torch::Tensor> row = split::PrepareImageTensor(image, input);
+      if (!row.ok()) return row.status().WithContext(name);
+      rows.push_back(*std::move(row));
       ids.push_back(next_id++);
     }
-    torch::Tensor images = split::ImagesToTensor(pixels.data(), n, size, size);
+    torch::Tensor images = torch::cat(rows, 0);
     auto decisions = engine.Decide(images, ids, std::vector<float>(n, -1.0f),
                                    std::vector<uint32_t>(n, deadline_ms));
     if (!decisions.ok()) return decisions.status();
@@ -123,7 +128,8 @@ Status Classify(const Config& config, const ClassifyArgs& args) {
           source = "degraded";
         }
       }
-      const std::string label = cls >= 0 && cls < 10 ? kFashionMnistClasses[cls] : "?";
+      std::string label = engine.ClassName(cls);
+      if (label.empty()) label = "?";
       if (args.json) {
         nlohmann::json line = {{"input", (*inputs)[start + i].first},
                                {"class", cls},

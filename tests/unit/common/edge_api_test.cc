@@ -45,6 +45,56 @@ TEST(EdgeApiTest, PngRequestRoundTripAndDefaultThreshold) {
   EXPECT_LT(out->exit_threshold, 0.0f);  // calibrated by default
 }
 
+TEST(EdgeApiTest, JpegAndRgbRequestsRoundTrip) {
+  ClassifyRequest jpeg;
+  jpeg.request_id = 8;
+  jpeg.kind = ImageKind::kJpeg;
+  jpeg.jpeg = "\xff\xd8\xff not really";
+  auto out = DecodeClassifyRequest(EncodeClassifyRequest(jpeg));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->kind, ImageKind::kJpeg);
+  EXPECT_EQ(out->jpeg, jpeg.jpeg);
+
+  ClassifyRequest rgb = GrayRequest();
+  rgb.kind = ImageKind::kRgb8;
+  rgb.pixels = std::string(4 * 3 * 3, '\x10');
+  out = DecodeClassifyRequest(EncodeClassifyRequest(rgb));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->kind, ImageKind::kRgb8);
+  EXPECT_EQ(out->width, 4u);
+  EXPECT_EQ(out->height, 3u);
+  EXPECT_EQ(out->pixels, rgb.pixels);
+}
+
+TEST(EdgeApiTest, RejectsRgbWithTheWrongPixelCountAndEmptyJpeg) {
+  ClassifyRequest rgb = GrayRequest();
+  rgb.kind = ImageKind::kRgb8;  // 12 bytes: a gray image's count, not 4 x 3 x 3
+  auto out = DecodeClassifyRequest(EncodeClassifyRequest(rgb));
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("rgb8 image carries 12 bytes"), std::string::npos);
+  ClassifyRequest empty_rgb = rgb;
+  empty_rgb.width = 0;
+  empty_rgb.pixels.clear();
+  EXPECT_FALSE(DecodeClassifyRequest(EncodeClassifyRequest(empty_rgb)).ok());
+  ClassifyRequest no_jpeg;
+  no_jpeg.kind = ImageKind::kJpeg;
+  out = DecodeClassifyRequest(EncodeClassifyRequest(no_jpeg));
+  ASSERT_FALSE(out.ok());
+  EXPECT_NE(out.status().message().find("empty jpeg"), std::string::npos);
+}
+
+TEST(EdgeApiTest, ReplyCarriesTheClassName) {
+  ClassifyReply in;
+  in.source = AnswerSource::kCloud;
+  in.predicted_class = 2;
+  in.class_name = "Pullover";
+  auto out = DecodeClassifyReply(EncodeClassifyReply(in));
+  ASSERT_TRUE(out.ok());
+  EXPECT_EQ(out->class_name, "Pullover");
+  in.class_name = std::string(2000, 'x');
+  EXPECT_FALSE(DecodeClassifyReply(EncodeClassifyReply(in)).ok());
+}
+
 TEST(EdgeApiTest, ReplyRoundTrip) {
   ClassifyReply in;
   in.request_id = 9;

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "common/inference_wire.h"
+#include "common/jpeg_image.h"
 #include "common/png_image.h"
 #include "split/bundle.h"
 #include "testing/tiny_bundle.h"
@@ -108,7 +109,7 @@ TEST_F(EdgeEngineTest, RejectsMismatchedArguments) {
   EXPECT_FALSE(engine_->Decide(torch::rand({28, 28}), {1}, {0.5f}, {10}).ok());
 }
 
-TEST_F(EdgeEngineTest, ImageFromRequestChecksSizeAndDecodesPng) {
+TEST_F(EdgeEngineTest, ImageFromRequestConvertsEveryKindToTheBundleInput) {
   edge_api::ClassifyRequest gray;
   gray.kind = edge_api::ImageKind::kGray8;
   gray.width = gray.height = 28;
@@ -118,25 +119,62 @@ TEST_F(EdgeEngineTest, ImageFromRequestChecksSizeAndDecodesPng) {
   EXPECT_EQ(tensor->sizes(), (std::vector<int64_t>{1, 1, 28, 28}));
   EXPECT_FLOAT_EQ(tensor->max().item<float>(), 1.0f);
 
+  // Another size is resized to what the bundle declares (as training did).
   edge_api::ClassifyRequest small = gray;
   small.width = small.height = 14;
-  small.pixels.resize(14 * 14);
-  auto rejected = engine_->ImageFromRequest(small);
-  ASSERT_FALSE(rejected.ok());
-  EXPECT_NE(rejected.status().message().find("28x28"), std::string::npos);
+  small.pixels.assign(14 * 14, '\x80');
+  auto resized = engine_->ImageFromRequest(small);
+  ASSERT_TRUE(resized.ok()) << resized.status().ToString();
+  EXPECT_EQ(resized->sizes(), (std::vector<int64_t>{1, 1, 28, 28}));
+  EXPECT_NEAR(resized->mean().item<float>(), 128.0f / 255.0f, 1e-6);
 
-  GrayImage image;
-  image.width = image.height = 28;
-  image.pixels.assign(28 * 28, 0);
+  // RGB is converted to gray with BT.601 luma: pure red 255 -> 76.
+  edge_api::ClassifyRequest rgb;
+  rgb.kind = edge_api::ImageKind::kRgb8;
+  rgb.width = rgb.height = 28;
+  for (int i = 0; i < 28 * 28; ++i) rgb.pixels += std::string("\xff\x00\x00", 3);
+  auto from_rgb = engine_->ImageFromRequest(rgb);
+  ASSERT_TRUE(from_rgb.ok()) << from_rgb.status().ToString();
+  EXPECT_EQ(from_rgb->sizes(), (std::vector<int64_t>{1, 1, 28, 28}));
+  EXPECT_NEAR(from_rgb->max().item<float>(), 76.0f / 255.0f, 1e-6);
+
+  PixelImage black;
+  black.width = black.height = 28;
+  black.channels = 3;
+  black.pixels.assign(28 * 28 * 3, 0);
   edge_api::ClassifyRequest png;
   png.kind = edge_api::ImageKind::kPng;
-  png.png = *EncodePngGray8(image);
+  png.png = *EncodePngPixels(black);
   auto from_png = engine_->ImageFromRequest(png);
   ASSERT_TRUE(from_png.ok());
   EXPECT_FLOAT_EQ(from_png->max().item<float>(), 0.0f);
 
+  edge_api::ClassifyRequest jpeg;
+  jpeg.kind = edge_api::ImageKind::kJpeg;
+  jpeg.jpeg = *EncodeJpegPixels(black, 90);
+  auto from_jpeg = engine_->ImageFromRequest(jpeg);
+  ASSERT_TRUE(from_jpeg.ok()) << from_jpeg.status().ToString();
+  EXPECT_EQ(from_jpeg->sizes(), (std::vector<int64_t>{1, 1, 28, 28}));
+  EXPECT_LT(from_jpeg->max().item<float>(), 3.0f / 255.0f);
+
+  // What cannot be decoded or converted is refused with the reason.
   png.png = "not a png";
   EXPECT_FALSE(engine_->ImageFromRequest(png).ok());
+  jpeg.jpeg = "\xff\xd8 not a jpeg";
+  EXPECT_FALSE(engine_->ImageFromRequest(jpeg).ok());
+  edge_api::ClassifyRequest short_pixels = gray;
+  short_pixels.pixels.resize(100);
+  auto rejected = engine_->ImageFromRequest(short_pixels);
+  ASSERT_FALSE(rejected.ok());
+  EXPECT_EQ(rejected.status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST_F(EdgeEngineTest, ClassNamesComeFromTheBundle) {
+  // The test bundle predates "input": Fashion-MNIST's names (28x28 gray, 10 classes).
+  EXPECT_EQ(engine_->ClassName(0), "T-shirt/top");
+  EXPECT_EQ(engine_->ClassName(9), "Ankle boot");
+  EXPECT_EQ(engine_->ClassName(10), "");
+  EXPECT_EQ(engine_->ClassName(-1), "");
 }
 
 }  // namespace
