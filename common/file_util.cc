@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 
@@ -129,12 +130,17 @@ class Sha256Hasher {
 
 }  // namespace
 
-Result<std::string> ReadFileToString(const fs::path& path) {
+Result<std::string> ReadFileToStringBounded(const fs::path& path, uint64_t max_bytes) {
   UniqueFd fd = OpenRetrying(path, O_RDONLY);
   if (!fd.valid()) return ErrnoStatus("cannot open", path, errno);
+  const auto too_large = [&] {
+    return Status::InvalidArgument("file " + Quoted(path) + " is larger than the limit of " +
+                                   std::to_string(max_bytes) + " bytes");
+  };
   std::string contents;
   struct stat st;
   if (::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0) {
+    if (static_cast<uint64_t>(st.st_size) > max_bytes) return too_large();
     contents.reserve(static_cast<size_t>(st.st_size));
   }
   char buf[kChunkBytes];
@@ -142,9 +148,14 @@ Result<std::string> ReadFileToString(const fs::path& path) {
     ssize_t n = ReadSome(fd.get(), buf, sizeof(buf));
     if (n < 0) return ErrnoStatus("cannot read", path, errno);
     if (n == 0) break;
+    if (static_cast<uint64_t>(n) > max_bytes - contents.size()) return too_large();  // grew
     contents.append(buf, static_cast<size_t>(n));
   }
   return contents;
+}
+
+Result<std::string> ReadFileToString(const fs::path& path) {
+  return ReadFileToStringBounded(path, std::numeric_limits<uint64_t>::max());
 }
 
 Status WriteFileDurable(const fs::path& path, std::string_view bytes) {

@@ -19,6 +19,11 @@ namespace cleave {
 // anything else the OS refuses, including reading a directory.
 Result<std::string> ReadFileToString(const std::filesystem::path& path);
 
+// ReadFileToString for files that must stay small (an image, a config): InvalidArgument
+// naming the path and the limit if the file holds more than `max_bytes`. A regular file is
+// refused by its size before anything is read; other files (a pipe) are read up to the limit.
+Result<std::string> ReadFileToStringBounded(const std::filesystem::path& path, uint64_t max_bytes);
+
 // Replaces `path` with `bytes` atomically: writes a temporary file in the same directory,
 // fsyncs it, renames it over `path` and fsyncs the directory. After a crash `path` holds
 // either the old or the new contents, never a mix. The parent directory must exist

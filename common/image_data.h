@@ -16,14 +16,16 @@
 //    coarse label byte, fine label byte, 3072 pixel bytes; the fine label is used). 3x32x32,
 //    read a record at a time. Class names from `batches.meta.txt` / `fine_label_names.txt` when
 //    present, else numbers. `cifar:DIR` picks 10 or 100 by which files DIR holds.
-//  - Image folder (torchvision ImageFolder layout): DIR/train/<class>/*.png and
-//    DIR/test/<class>/*.png. Classes are the sorted sub-folder names of DIR/train; both splits
-//    use that class list. Files are listed at open (sorted by class, then by name) and
-//    decoded with libpng on each Read. The shape is that of the first train image; gray and
-//    RGB PNGs (any bit depth, palette, alpha dropped) are converted to its channel count, and
-//    an image of another width or height is refused at Read. JPEG files (.jpg, .jpeg) are
-//    skipped for now (JPEG decoding needs libjpeg-turbo, a later step); files with other
-//    extensions and hidden files are ignored, as torchvision does.
+//  - Image folder (torchvision ImageFolder layout): DIR/train/<class>/<image> and
+//    DIR/test/<class>/<image>, where an image is a .png, .jpg or .jpeg file (extension in any
+//    case). Classes are the sorted sub-folder names of DIR/train; both splits use that class
+//    list. Files are listed at open (sorted by class, then by name) and decoded on each Read
+//    by their content, not their extension (common/image_codec.h: libpng or libjpeg-turbo).
+//    The shape is that of the first train image; gray and color images (PNG of any bit
+//    depth, palette, alpha dropped; baseline or progressive 8-bit JPEG, not CMYK) are
+//    converted to its channel count, and an image of another width or height is refused at
+//    Read (nothing is resized or cropped). Files with other extensions and hidden files are
+//    ignored, as torchvision does.
 //
 // Files are hostile: every size is checked before it is trusted, and truncated, oversized or
 // mismatched files give a clean error naming the file, never a crash; also a file that shrinks

@@ -1,14 +1,16 @@
 // The image-folder format behind OpenImageData ("folder:DIR"): torchvision's ImageFolder
-// layout, DIR/{train,test}/<class>/*.png, listed at open and decoded with libpng per Read.
+// layout, DIR/{train,test}/<class>/*.{png,jpg,jpeg}, listed at open and decoded per Read by
+// content (common/image_codec.h: libpng or libjpeg-turbo).
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
 #include <system_error>
 #include <utility>
 
+#include "common/image_codec.h"
+#include "common/image_convert.h"
 #include "common/image_data.h"
 #include "common/image_data_formats.h"
-#include "common/png_image.h"
 
 namespace cleave {
 namespace {
@@ -20,16 +22,16 @@ struct FolderImageEntry {
   int32_t label;
 };
 
-// The PNG files of one class folder, sorted by name, and how many JPEGs were skipped.
-struct ClassFolderListing {
-  std::vector<std::string> png_paths;
-  size_t skipped_jpegs = 0;
-};
-
 std::string LowercaseExtension(const fs::path& path) {
   std::string ext = path.extension().string();
   for (char& c : ext) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return ext;
+}
+
+// Whether a file name's extension (any case) marks an image the folder reader decodes.
+bool HasFolderImageExtension(const std::string& name) {
+  const std::string ext = LowercaseExtension(name);
+  return ext == ".png" || ext == ".jpg" || ext == ".jpeg";
 }
 
 bool IsHiddenName(const std::string& name) { return !name.empty() && name[0] == '.'; }
@@ -52,26 +54,19 @@ Result<std::vector<std::string>> ListFolderEntries(const fs::path& dir, bool wan
   return names;
 }
 
-Result<ClassFolderListing> ListClassFolder(const fs::path& folder) {
+// The paths of the image files (.png, .jpg, .jpeg) of one class folder, sorted by name.
+// InvalidArgument naming the folder if it holds none.
+Result<std::vector<std::string>> ListClassFolder(const fs::path& folder) {
   CLEAVE_ASSIGN_OR_RETURN(std::vector<std::string> files, ListFolderEntries(folder, false));
-  ClassFolderListing listing;
+  std::vector<std::string> image_paths;
   for (const std::string& name : files) {
-    const std::string ext = LowercaseExtension(name);
-    if (ext == ".png") {
-      listing.png_paths.push_back((folder / name).string());
-    } else if (ext == ".jpg" || ext == ".jpeg") {
-      ++listing.skipped_jpegs;
-    }
+    if (HasFolderImageExtension(name)) image_paths.push_back((folder / name).string());
   }
-  if (listing.png_paths.empty()) {
-    std::string message = "class folder '" + folder.string() + "' holds no PNG images";
-    if (listing.skipped_jpegs > 0) {
-      message += " (" + std::to_string(listing.skipped_jpegs) +
-                 " JPEG files skipped: JPEG input is not supported yet)";
-    }
-    return Status::InvalidArgument(message);
+  if (image_paths.empty()) {
+    return Status::InvalidArgument("class folder '" + folder.string() +
+                                   "' holds no PNG or JPEG images (.png, .jpg, .jpeg)");
   }
-  return listing;
+  return image_paths;
 }
 
 Status CheckFolderExists(const fs::path& dir) {
@@ -79,7 +74,7 @@ Status CheckFolderExists(const fs::path& dir) {
   if (fs::is_directory(dir, ec)) return Status::Ok();
   return Status::NotFound("image folder '" + dir.string() +
                           "' not found (the layout is DIR/train/<class>/*.png and "
-                          "DIR/test/<class>/*.png)");
+                          "DIR/test/<class>/*.png; .jpg and .jpeg too)");
 }
 
 class FolderImageSource final : public ImageDataSource {
@@ -95,7 +90,8 @@ class FolderImageSource final : public ImageDataSource {
   Status Read(int64_t index, uint8_t* pixels, int32_t* label) const override {
     CLEAVE_RETURN_IF_ERROR(CheckImageReadArguments(index, size(), pixels));
     const FolderImageEntry& entry = entries_[static_cast<size_t>(index)];
-    CLEAVE_ASSIGN_OR_RETURN(const PixelImage image, ReadPngFile(entry.path, shape_.channels));
+    CLEAVE_ASSIGN_OR_RETURN(const PixelImage image,
+                            ReadImagePixelsFile(entry.path, shape_.channels));
     if (image.width != static_cast<uint32_t>(shape_.width) ||
         image.height != static_cast<uint32_t>(shape_.height)) {
       return Status::InvalidArgument(
@@ -104,12 +100,7 @@ class FolderImageSource final : public ImageDataSource {
           std::to_string(shape_.width) + "x" + std::to_string(shape_.height) +
           " (the size of its first train image)");
     }
-    // Interleaved HWC from libpng to planar CHW.
-    const size_t plane = static_cast<size_t>(shape_.height) * shape_.width;
-    const size_t channels = static_cast<size_t>(shape_.channels);
-    for (size_t c = 0; c < channels; ++c) {
-      for (size_t i = 0; i < plane; ++i) pixels[c * plane + i] = image.pixels[i * channels + c];
-    }
+    CLEAVE_RETURN_IF_ERROR(PixelsHwcToChw(image, pixels));  // decoders give interleaved HWC
     if (label != nullptr) *label = entry.label;
     return Status::Ok();
   }
@@ -129,13 +120,13 @@ Result<std::unique_ptr<ImageDataSource>> OpenFolderImageData(const std::string& 
   CLEAVE_ASSIGN_OR_RETURN(std::vector<std::string> class_names, ListFolderEntries(train_dir, true));
   if (class_names.empty()) {
     return Status::InvalidArgument("image folder '" + train_dir.string() +
-                                   "' holds no class folders (expected <class>/*.png)");
+                                   "' holds no class folders (expected <class>/*.png or *.jpg)");
   }
 
   // The shape of every split is that of the first train image, so train and test agree.
-  CLEAVE_ASSIGN_OR_RETURN(const ClassFolderListing first_class,
+  CLEAVE_ASSIGN_OR_RETURN(const std::vector<std::string> first_class,
                           ListClassFolder(train_dir / class_names[0]));
-  CLEAVE_ASSIGN_OR_RETURN(const PixelImage first_image, ReadPngFile(first_class.png_paths[0], 0));
+  CLEAVE_ASSIGN_OR_RETURN(const PixelImage first_image, ReadImagePixelsFile(first_class[0], 0));
   const ImageShape shape{static_cast<int>(first_image.channels),
                          static_cast<int>(first_image.height), static_cast<int>(first_image.width)};
 
@@ -152,8 +143,8 @@ Result<std::unique_ptr<ImageDataSource>> OpenFolderImageData(const std::string& 
                                      "'; the test split must use the train split's classes");
     }
     const int32_t label = static_cast<int32_t>(found - class_names.begin());
-    CLEAVE_ASSIGN_OR_RETURN(ClassFolderListing listing, ListClassFolder(split_dir / name));
-    for (std::string& path : listing.png_paths) entries.push_back({std::move(path), label});
+    CLEAVE_ASSIGN_OR_RETURN(std::vector<std::string> paths, ListClassFolder(split_dir / name));
+    for (std::string& path : paths) entries.push_back({std::move(path), label});
   }
   if (entries.empty()) {
     return Status::InvalidArgument("image folder '" + split_dir.string() +

@@ -110,6 +110,21 @@ TEST_F(FileUtilTest, ReadUnreadableFileIsIoError) {
   EXPECT_EQ(r.status().code(), StatusCode::kIoError);
 }
 
+TEST_F(FileUtilTest, BoundedReadRefusesLargerFilesNamingThePath) {
+  const fs::path path = dir_ / "small";
+  ASSERT_TRUE(WriteFileAtomic(path, std::string(1000, 'x')).ok());
+  EXPECT_EQ(ReadFileToStringBounded(path, 1000).value_or("").size(), 1000u);
+  Result<std::string> r = ReadFileToStringBounded(path, 999);
+  EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << r.status().ToString();
+  EXPECT_NE(r.status().message().find(path.string() + "' is larger than the limit of 999 bytes"),
+            std::string::npos)
+      << r.status().message();
+  EXPECT_EQ(ReadFileToStringBounded(dir_ / "absent", 10).status().code(), StatusCode::kNotFound);
+  // A file with no size to check up front (a character device here) is cut off at the limit.
+  Result<std::string> endless = ReadFileToStringBounded("/dev/zero", 200000);
+  EXPECT_EQ(endless.status().code(), StatusCode::kInvalidArgument) << endless.status().ToString();
+}
+
 TEST_F(FileUtilTest, Sha256FileMatchesInMemoryHashAcrossChunks) {
   std::string bytes(3 * 65536 + 17, 'q');
   bytes[70000] = 'z';

@@ -2,7 +2,11 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstdlib>
+
 #include "common/image_data.h"
+#include "common/jpeg_image.h"
 #include "common/png_image.h"
 #include "unit/common/image_data_test_util.h"
 
@@ -31,17 +35,34 @@ std::string MakeFolderTestPng(int seed, uint32_t width, uint32_t height, uint32_
   return png.ok() ? *png : std::string();
 }
 
+// A quality-100 JPEG of `channels` (1 or 3) whose every sample is `value`: flat images come
+// back from JPEG exactly or within a level, so reads can be checked by value.
+std::string MakeFolderTestJpeg(uint8_t value, uint32_t width, uint32_t height, uint32_t channels) {
+  const PixelImage image{width, height, channels,
+                         std::vector<uint8_t>(size_t{width} * height * channels, value)};
+  Result<std::string> jpeg = EncodeJpegPixels(image, 100);
+  EXPECT_TRUE(jpeg.ok()) << jpeg.status().ToString();
+  return jpeg.ok() ? *jpeg : std::string();
+}
+
+// The largest distance of any byte of `pixels` from `value`.
+int MaxDistanceFromFlat(const std::vector<uint8_t>& pixels, uint8_t value) {
+  int worst = 0;
+  for (uint8_t p : pixels) worst = std::max(worst, std::abs(int{p} - int{value}));
+  return worst;
+}
+
 class FolderImageDataTest : public ImageDataFixture {
  protected:
   // train/ant/{a,b}.png, train/bee/c.png, test/ant/d.png, test/bee/e.png with seeds 0..4, plus
-  // files the reader must pass over: a JPEG, a text file, a hidden PNG and a hidden folder.
+  // files the reader must pass over: a GIF, a text file, a hidden PNG and a hidden folder.
   void WriteFolder(uint32_t channels, uint32_t width = 3, uint32_t height = 2) {
     const char* names[] = {"train/ant/a.png", "train/ant/b.png", "train/bee/c.png",
                            "test/ant/d.png", "test/bee/e.png"};
     for (int seed = 0; seed < 5; ++seed) {
       WriteBytes(names[seed], MakeFolderTestPng(seed, width, height, channels));
     }
-    WriteBytes("train/bee/photo.jpg", "\xff\xd8\xff not decoded yet");
+    WriteBytes("train/bee/photo.gif", "GIF89a not an image this reader decodes");
     WriteBytes("train/bee/notes.txt", "ignored");
     WriteBytes("train/bee/.hidden.png", "ignored");
     WriteBytes("train/.cache/x.png", "ignored");
@@ -108,10 +129,11 @@ TEST_F(FolderImageDataTest, GrayImageInAnRgbDatasetIsReplicated) {
 TEST_F(FolderImageDataTest, EmptyClassFolderIsInvalidArgument) {
   WriteFolder(1);
   std::filesystem::create_directories(dir_ / "train" / "cow");
-  ExpectStatus(OpenError(), StatusCode::kInvalidArgument,
-               "class folder '" + (dir_ / "train" / "cow").string() + "' holds no PNG images");
-  WriteBytes("train/cow/moo.JPG", "jpeg");
-  ExpectStatus(OpenError(), StatusCode::kInvalidArgument, "1 JPEG files skipped");
+  ExpectStatus(
+      OpenError(), StatusCode::kInvalidArgument,
+      "class folder '" + (dir_ / "train" / "cow").string() + "' holds no PNG or JPEG images");
+  WriteBytes("train/cow/moo.gif", "GIF89a");  // other extensions still do not count
+  ExpectStatus(OpenError(), StatusCode::kInvalidArgument, "holds no PNG or JPEG images");
 }
 
 TEST_F(FolderImageDataTest, EmptySplitIsInvalidArgument) {
@@ -152,6 +174,74 @@ TEST_F(FolderImageDataTest, UndecodablePngIsInvalidArgumentNamingIt) {
   ExpectStatus((*train)->Read(2, pixels.data(), nullptr), StatusCode::kInvalidArgument, not_png);
   // The first train image is decoded at open for the shape, so there it fails the open.
   const std::string first = WriteBytes("train/ant/a.png", "garbage");
+  ExpectStatus(OpenError(), StatusCode::kInvalidArgument, first);
+}
+
+TEST_F(FolderImageDataTest, MixedPngAndJpegFolderReadsBack) {
+  WriteFolder(1);
+  // A JPEG per spelling of the extension; the gray dataset converts the RGB one to gray.
+  WriteBytes("train/ant/b2.jpg", MakeFolderTestJpeg(90, 3, 2, 1));
+  WriteBytes("train/bee/d.JPEG", MakeFolderTestJpeg(140, 3, 2, 3));
+  WriteBytes("train/bee/e.Jpg", MakeFolderTestJpeg(200, 3, 2, 1));
+  Result<std::unique_ptr<ImageDataSource>> train = Open("folder", DatasetSplit::kTrain);
+  ASSERT_TRUE(train.ok()) << train.status().ToString();
+  ASSERT_EQ((*train)->size(), 6);  // a.png b.png b2.jpg | c.png d.JPEG e.Jpg
+  EXPECT_EQ((*train)->shape().channels, 1);
+  ExpectFolderImage(**train, 0, 0, 0);
+  ExpectFolderImage(**train, 1, 0, 1);
+  ExpectFolderImage(**train, 3, 1, 2);
+  const uint8_t flat_values[] = {90, 140, 200};
+  const int64_t jpeg_indices[] = {2, 4, 5};
+  const int32_t jpeg_labels[] = {0, 1, 1};
+  for (int j = 0; j < 3; ++j) {
+    int32_t label = -1;
+    const std::vector<uint8_t> pixels = ReadImageOrFail(**train, jpeg_indices[j], &label);
+    EXPECT_EQ(label, jpeg_labels[j]);
+    EXPECT_LE(MaxDistanceFromFlat(pixels, flat_values[j]), 1) << jpeg_indices[j];
+  }
+  ExpectConcurrentReadsMatchSerial(**train);
+}
+
+TEST_F(FolderImageDataTest, JpegFirstImageSetsTheShape) {
+  WriteBytes("train/ant/a.jpg", MakeFolderTestJpeg(60, 5, 4, 3));
+  WriteBytes("train/bee/b.png", MakeFolderTestPng(1, 5, 4, 1));  // gray PNG, replicated
+  WriteBytes("test/bee/c.jpeg", MakeFolderTestJpeg(30, 5, 4, 1));
+  Result<std::unique_ptr<ImageDataSource>> train = Open("folder", DatasetSplit::kTrain);
+  ASSERT_TRUE(train.ok()) << train.status().ToString();
+  EXPECT_EQ((*train)->shape().channels, 3);
+  EXPECT_EQ((*train)->shape().height, 4);
+  EXPECT_EQ((*train)->shape().width, 5);
+  EXPECT_LE(MaxDistanceFromFlat(ReadImageOrFail(**train, 0, nullptr), 60), 1);
+  const std::vector<uint8_t> planar = ReadImageOrFail(**train, 1, nullptr);
+  for (int64_t k = 0; k < 20; ++k) {
+    EXPECT_EQ(planar[k], SamplePixel(1, k));
+    EXPECT_EQ(planar[20 + k], SamplePixel(1, k));
+    EXPECT_EQ(planar[40 + k], SamplePixel(1, k));
+  }
+  Result<std::unique_ptr<ImageDataSource>> test = Open("folder", DatasetSplit::kTest);
+  ASSERT_TRUE(test.ok()) << test.status().ToString();
+  EXPECT_LE(MaxDistanceFromFlat(ReadImageOrFail(**test, 0, nullptr), 30), 1);
+}
+
+TEST_F(FolderImageDataTest, CorruptJpegIsInvalidArgumentNamingIt) {
+  WriteFolder(1);
+  const std::string jpeg = MakeFolderTestJpeg(90, 3, 2, 1);
+  const std::string truncated = WriteBytes("train/bee/d.jpg", jpeg.substr(0, jpeg.size() / 2));
+  Result<std::unique_ptr<ImageDataSource>> train = Open("folder", DatasetSplit::kTrain);
+  ASSERT_TRUE(train.ok()) << train.status().ToString();
+  std::vector<uint8_t> pixels(6);
+  ExpectStatus((*train)->Read(3, pixels.data(), nullptr), StatusCode::kInvalidArgument,
+               truncated + ": invalid JPEG");
+  const std::string garbage = WriteBytes("train/bee/d.jpg", "ÿØÿ garbage");
+  ExpectStatus((*train)->Read(3, pixels.data(), nullptr), StatusCode::kInvalidArgument, garbage);
+  // A JPEG of the wrong size is refused like a PNG of the wrong size.
+  const std::string odd = WriteBytes("train/bee/d.jpg", MakeFolderTestJpeg(90, 2, 3, 1));
+  ExpectStatus((*train)->Read(3, pixels.data(), nullptr), StatusCode::kInvalidArgument,
+               "'" + odd + "' is 2x3 but the dataset's images are 3x2");
+  EXPECT_TRUE((*train)->Read(2, pixels.data(), nullptr).ok());
+  // The first train image is decoded at open, so a corrupt first JPEG fails the open.
+  std::filesystem::remove(dir_ / "train" / "ant" / "a.png");
+  const std::string first = WriteBytes("train/ant/a.jpg", jpeg.substr(0, 40));
   ExpectStatus(OpenError(), StatusCode::kInvalidArgument, first);
 }
 
