@@ -65,7 +65,7 @@ void TrainBriefly(SplitVisionNet& net, int steps) {
 // reaches ~94% and its classifier 100% on MakeTask.
 SplitVisionNet& TrainedTinyNet() {
   static SplitVisionNet net = [] {
-    SplitVisionNet n = testing::MakeNetWithBatchNormStats(VisionModelSpec::TinySplit(), 7);
+    SplitVisionNet n = test_nets::MakeNetWithBatchNormStats(VisionModelSpec::TinySplit(), 7);
     TrainBriefly(n, 300);
     return n;
   }();
@@ -110,7 +110,7 @@ class Int8HeadTest : public ::testing::Test {
  protected:
   VisionModelSpec spec_ = VisionModelSpec::TinySplit();
   int end_ = spec_.split_after + 1;
-  SplitVisionNet net_ = testing::MakeNetWithBatchNormStats(spec_, 7);
+  SplitVisionNet net_ = test_nets::MakeNetWithBatchNormStats(spec_, 7);
   torch::Tensor calibration_ = MakeImages(256, 1);
   torch::Tensor eval_ = MakeImages(512, 2);
 };
@@ -325,7 +325,7 @@ TEST_F(Int8HeadTest, DeserializeReportsOtherFormatVersions) {
 // fp32 bytes = 4 x parameter count (including BN gamma/beta) of the same blocks and exits.
 TEST(Int8HeadSizeTest, WeightBytesAtMostThirtyPercentOfFloat) {
   const VisionModelSpec spec = VisionModelSpec::DefaultSplit(2);
-  SplitVisionNet net = testing::MakeNetWithBatchNormStats(spec, 11);
+  SplitVisionNet net = test_nets::MakeNetWithBatchNormStats(spec, 11);
   const int end = spec.split_after + 1;
   auto head = Int8Head::Quantize(*net, end, MakeImages(64, 5));
   ASSERT_TRUE(head.ok()) << head.status().ToString();

@@ -42,7 +42,7 @@ std::vector<NamedSpec> Specs() {
 TEST(TailPlanTest, Fp32MatchesTheModuleFromEveryStartBlock) {
   torch::set_num_threads(1);
   for (const NamedSpec& s : Specs()) {
-    SplitVisionNet net = testing::MakeNetWithBatchNormStats(s.spec, 7);
+    SplitVisionNet net = test_nets::MakeNetWithBatchNormStats(s.spec, 7);
     const int n = net->num_blocks();
     for (int k = 0; k < n; ++k) {
       auto plan = TailPlan::Compile(*net, k, n, TailPrecision::kFp32);
@@ -69,7 +69,7 @@ TEST(TailPlanTest, Fp32MatchesTheModuleFromEveryStartBlock) {
 }
 
 TEST(TailPlanTest, PartialRangesAndStridedInputs) {
-  SplitVisionNet net = testing::MakeNetWithBatchNormStats(VisionModelSpec::DefaultSplit(2), 3);
+  SplitVisionNet net = test_nets::MakeNetWithBatchNormStats(VisionModelSpec::DefaultSplit(2), 3);
   // A middle range ending in a 4-D activation: the plan returns a contiguous NCHW tensor.
   auto plan = TailPlan::Compile(*net, 1, 4, TailPrecision::kFp32);
   ASSERT_TRUE(plan.ok()) << plan.status().ToString();
@@ -98,7 +98,7 @@ TEST(TailPlanTest, Bf16StaysCloseToFp32) {
   }
   torch::set_num_threads(1);
   for (const NamedSpec& s : Specs()) {
-    SplitVisionNet net = testing::MakeNetWithBatchNormStats(s.spec, 11);
+    SplitVisionNet net = test_nets::MakeNetWithBatchNormStats(s.spec, 11);
     const int n = net->num_blocks();
     const int k = s.spec.split_after >= 0 ? s.spec.split_after + 1 : 0;
     auto plan = TailPlan::Compile(*net, k, n, TailPrecision::kBf16);
@@ -121,7 +121,7 @@ TEST(TailPlanTest, Bf16StaysCloseToFp32) {
 }
 
 TEST(TailPlanTest, CompileRejectsBadRanges) {
-  SplitVisionNet net = testing::MakeNetWithBatchNormStats(VisionModelSpec::TinySplit(), 1);
+  SplitVisionNet net = test_nets::MakeNetWithBatchNormStats(VisionModelSpec::TinySplit(), 1);
   const int n = net->num_blocks();
   for (auto [begin, end] : std::vector<std::pair<int, int>>{{-1, n}, {0, n + 1}, {3, 3}, {4, 2}}) {
     auto plan = TailPlan::Compile(*net, begin, end, TailPrecision::kFp32);
@@ -132,7 +132,7 @@ TEST(TailPlanTest, CompileRejectsBadRanges) {
 }
 
 TEST(TailPlanTest, CompileRejectsNonFiniteBatchNormWithTheBlock) {
-  SplitVisionNet net = testing::MakeNetWithBatchNormStats(VisionModelSpec::TinySplit(), 1);
+  SplitVisionNet net = test_nets::MakeNetWithBatchNormStats(VisionModelSpec::TinySplit(), 1);
   {
     torch::NoGradGuard no_grad;
     auto* mb = dynamic_cast<FusedMBConvImpl*>(&net->block(4));

@@ -8,7 +8,7 @@
 
 #include "split/vision_model.h"
 
-namespace cleave::split::testing {
+namespace cleave::split::test_nets {
 
 inline SplitVisionNet MakeNetWithBatchNormStats(const VisionModelSpec& spec, uint64_t seed) {
   torch::manual_seed(seed);
@@ -27,4 +27,4 @@ inline SplitVisionNet MakeNetWithBatchNormStats(const VisionModelSpec& spec, uin
   return net;
 }
 
-}  // namespace cleave::split::testing
+}  // namespace cleave::split::test_nets
