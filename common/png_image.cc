@@ -3,18 +3,18 @@
 #include <png.h>
 
 #include <cctype>
-#include <cerrno>
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
-#include <memory>
 #include <new>
+
+#include "common/file_util.h"
 
 namespace cleave {
 namespace {
 
 // Image files larger than this are refused before reading (a 4096x4096 16-bit PGM is 32 MiB).
-constexpr long kMaxImageFileBytes = 64L << 20;
+constexpr uint64_t kMaxImageFileBytes = 64ull << 20;
 // Per-chunk allocation cap for ancillary chunks libpng keeps (iCCP, zTXt...).
 constexpr png_alloc_size_t kMaxPngChunkBytes = 8u << 20;
 
@@ -237,33 +237,6 @@ Result<GrayImage> DecodePgm(std::string_view bytes) {
   return image;
 }
 
-struct FileCloser {
-  void operator()(std::FILE* file) const { std::fclose(file); }
-};
-
-Result<std::string> ReadSmallFile(const std::string& path) {
-  std::unique_ptr<std::FILE, FileCloser> file(std::fopen(path.c_str(), "rb"));
-  if (!file) {
-    const int error = errno;
-    const std::string message = "cannot open image file " + path + ": " + std::strerror(error);
-    return error == ENOENT ? Status::NotFound(message) : Status::IoError(message);
-  }
-  std::string bytes;
-  char buffer[1 << 16];
-  size_t got;
-  while ((got = std::fread(buffer, 1, sizeof(buffer), file.get())) > 0) {
-    bytes.append(buffer, got);
-    if (bytes.size() > static_cast<size_t>(kMaxImageFileBytes)) {
-      return Status::InvalidArgument("image file " + path + " is larger than the limit of " +
-                                     std::to_string(kMaxImageFileBytes) + " bytes");
-    }
-  }
-  if (std::ferror(file.get())) {
-    return Status::IoError("cannot read image file " + path + ": " + std::strerror(errno));
-  }
-  return bytes;
-}
-
 }  // namespace
 
 Result<std::string> EncodePngPixels(const PixelImage& image) {
@@ -338,14 +311,16 @@ Result<GrayImage> DecodePng(std::string_view bytes) {
 }
 
 Result<PixelImage> ReadPngFile(const std::string& path, int channels) {
-  CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, ReadSmallFile(path));
+  CLEAVE_ASSIGN_OR_RETURN(const std::string bytes,
+                          ReadFileToStringBounded(path, kMaxImageFileBytes));
   Result<PixelImage> image = DecodePngPixels(bytes, channels);
   if (!image.ok()) return image.status().WithContext(path);
   return image;
 }
 
 Result<GrayImage> ReadImageFile(const std::string& path) {
-  CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, ReadSmallFile(path));
+  CLEAVE_ASSIGN_OR_RETURN(const std::string bytes,
+                          ReadFileToStringBounded(path, kMaxImageFileBytes));
   if (bytes.size() >= 8 &&
       png_sig_cmp(reinterpret_cast<png_const_bytep>(bytes.data()), 0, 8) == 0) {
     Result<GrayImage> image = DecodePng(bytes);

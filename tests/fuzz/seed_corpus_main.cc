@@ -30,7 +30,9 @@
 #include "common/edge_api.h"
 #include "common/file_util.h"
 #include "common/fl_wire.h"
+#include "common/image_codec.h"
 #include "common/inference_wire.h"
+#include "common/jpeg_image.h"
 #include "common/lm_wire.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
@@ -511,6 +513,53 @@ void CheckpointFormat(CorpusWriter& out) {  // checkpoint_format_fuzz
   out.Add(t, "hostile-checkpoint-file-truncated", FirstHalf(file));
 }
 
+// An image of `channels` (1 or 3): smooth ramps, the same every run.
+PixelImage SeedImage(uint32_t width, uint32_t height, uint32_t channels) {
+  PixelImage image{width, height, channels, {}};
+  for (uint32_t y = 0; y < height; ++y) {
+    for (uint32_t x = 0; x < width; ++x) {
+      for (uint32_t c = 0; c < channels; ++c) {
+        image.pixels.push_back(static_cast<uint8_t>(16 + 5 * x + 3 * y + 60 * c));
+      }
+    }
+  }
+  return image;
+}
+
+void ImageCodec(CorpusWriter& out) {  // image_codec_fuzz
+  const std::string t = "image_codec_fuzz";
+  // An input is the channel count asked for (first byte % 4) and then the file's bytes.
+  out.SetAccepts(t, [](const std::string& bytes) {
+    return !bytes.empty() &&
+           DecodeImagePixels(std::string_view(bytes).substr(1), bytes[0] % 4).ok();
+  });
+  const auto input = [](int channels, const std::string& file) {
+    return std::string(1, static_cast<char>(channels)) + file;
+  };
+  const std::string png_rgb = Must(EncodePngPixels(SeedImage(12, 9, 3)), "EncodePngPixels");
+  const std::string png_gray = Must(EncodePngPixels(SeedImage(9, 12, 1)), "EncodePngPixels");
+  const std::string jpeg_rgb = Must(EncodeJpegPixels(SeedImage(20, 13, 3), 90), "EncodeJpeg");
+  const std::string jpeg_gray = Must(EncodeJpegPixels(SeedImage(13, 20, 1), 75), "EncodeJpeg");
+  out.Add(t, "valid-png-rgb", input(0, png_rgb));
+  out.Add(t, "valid-png-gray-as-rgb", input(3, png_gray));
+  out.Add(t, "valid-jpeg-rgb", input(0, jpeg_rgb));
+  out.Add(t, "valid-jpeg-rgb-as-gray", input(1, jpeg_rgb));
+  out.Add(t, "valid-jpeg-gray-as-rgb", input(3, jpeg_gray));
+
+  out.Add(t, "hostile-png-truncated", input(0, FirstHalf(png_rgb)));
+  out.Add(t, "hostile-jpeg-truncated", input(0, FirstHalf(jpeg_rgb)));
+  std::string huge = jpeg_rgb;  // the frame header (SOF0) claims 60000x60000
+  const size_t sof = huge.find("\xFF\xC0", 2);
+  if (sof == std::string::npos || sof + 9 > huge.size()) std::exit(1);
+  for (size_t i = sof + 5; i < sof + 9; i += 2) {
+    huge[i] = static_cast<char>(0xEA);
+    huge[i + 1] = static_cast<char>(0x60);
+  }
+  out.Add(t, "hostile-jpeg-huge-header", input(0, huge));
+  out.Add(t, "hostile-two-channels", input(2, png_rgb));
+  out.Add(t, "hostile-not-an-image", input(0, "GIF89a, a format this decoder does not read"));
+}
+
 }  // namespace
 }  // namespace cleave
 
@@ -527,6 +576,7 @@ int main(int argc, char** argv) {
   cleave::TensorCodec(out);
   cleave::FederatedWire(out);
   cleave::CheckpointFormat(out);
+  cleave::ImageCodec(out);
   if (check) out.CheckNoOthers();
   if (out.problems() > 0) {
     if (check) {
