@@ -238,8 +238,7 @@ void TailServer::ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool fe
         inputs.push_back(torch::from_blob(values->data(), sizes, torch::kFloat32).clone());
       } else {
         // An encoded PNG or JPEG of any size and colour, converted to the bundle's input.
-        Result<torch::Tensor> image =
-            split::DecodeImageTensor(job->request.png, slot.input);
+        Result<torch::Tensor> image = split::DecodeImageTensor(job->request.png, slot.input);
         if (!image.ok()) {
           PostError(*job, wire::ReplyStatus::kError, image.status().ToString(), Outcome::kRejected);
           continue;

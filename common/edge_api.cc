@@ -184,8 +184,8 @@ Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes) {
           case schema::ClassifyRequest::Image::GRAY8: {
             auto gray = image.getGray8();
             r.kind = ImageKind::kGray8;
-            CLEAVE_RETURN_IF_ERROR(ReadRawImage("gray8", 1, gray.getWidth(), gray.getHeight(),
-                                                gray.getPixels(), r));
+            CLEAVE_RETURN_IF_ERROR(
+                ReadRawImage("gray8", 1, gray.getWidth(), gray.getHeight(), gray.getPixels(), r));
             break;
           }
           case schema::ClassifyRequest::Image::RGB8: {

@@ -34,10 +34,10 @@ class EdgeEngine {
  public:
   explicit EdgeEngine(std::unique_ptr<split::EdgeModel> model);
 
-  // Runs the head on `images` ([N,C,H,W] floats in [0,1], the bundle's input). For row i: `thresholds[i]` < 0
-  // uses the calibrated exit policy, otherwise that threshold for every exit; an offloaded
-  // row gets an InferRequest with `wire_ids[i]` and `deadlines_ms[i]`. All vectors have N
-  // entries (InvalidArgument otherwise).
+  // Runs the head on `images` ([N,C,H,W] floats in [0,1], the bundle's input). For row i:
+  // `thresholds[i]` < 0 uses the calibrated exit policy, otherwise that threshold for every exit;
+  // an offloaded row gets an InferRequest with `wire_ids[i]` and `deadlines_ms[i]`. All vectors
+  // have N entries (InvalidArgument otherwise).
   Result<std::vector<HeadDecision>> Decide(const torch::Tensor& images,
                                            const std::vector<uint64_t>& wire_ids,
                                            const std::vector<float>& thresholds,

@@ -38,8 +38,7 @@ std::string DefaultClientId() {
 // converted to the bundle's input: the first edge.fl_train_limit rows, partitioned among
 // edge.fl_partitions edges exactly as every other edge with the same settings partitions them
 // (MakePartition is deterministic), keeping only our share.
-Result<split::LabeledImages> LoadFederatedShare(const Config& config,
-                                                const split::InputSpec& input,
+Result<split::LabeledImages> LoadFederatedShare(const Config& config, const split::InputSpec& input,
                                                 std::string* share) {
   const int64_t partitions = config.GetInt("edge.fl_partitions");
   const int64_t index = config.GetInt("edge.fl_partition_index");
@@ -127,8 +126,7 @@ Result<std::optional<FederatedSetup>> PrepareFederated(const Config& config, con
   setup.spec = model->spec;
   setup.options.model_name = model->name.empty() ? "model" : model->name;
   setup.initial = federated::GetWeights(*model->net);
-  CLEAVE_ASSIGN_OR_RETURN(setup.data,
-                          LoadFederatedShare(config, model->input, &setup.share));
+  CLEAVE_ASSIGN_OR_RETURN(setup.data, LoadFederatedShare(config, model->input, &setup.share));
   return std::optional<FederatedSetup>(std::move(setup));
 }
 

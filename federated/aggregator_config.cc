@@ -113,19 +113,20 @@ Result<AggregatorModel> LoadAggregatorModel(const Config& c) {
     load.load_train = false;
     CLEAVE_ASSIGN_OR_RETURN(split::LoadedDataset loaded, split::LoadDataset(eval_spec, load));
     if (loaded.input.height != loaded.input.width) {
-      return Status::InvalidArgument("aggregator.eval_data: cleave's own networks take square "
-                                     "images");
+      return Status::InvalidArgument(
+          "aggregator.eval_data: cleave's own networks take square "
+          "images");
     }
     auto [mean, std] = split::NormalizationFor(eval_spec, loaded.test);
     CLEAVE_ASSIGN_OR_RETURN(
-        model.spec, model.spec.ForInput(loaded.input.channels, loaded.input.height,
-                                        static_cast<int>(loaded.input.class_names.size()),
-                                        mean, std));
+        model.spec,
+        model.spec.ForInput(loaded.input.channels, loaded.input.height,
+                            static_cast<int>(loaded.input.class_names.size()), mean, std));
     model.input = loaded.input;
     model.eval_data = std::move(loaded.test);
   } else if (!eval_spec.empty()) {
-    CLEAVE_ASSIGN_OR_RETURN(model.eval_data, split::LoadSplitFor(eval_spec, DatasetSplit::kTest,
-                                                                 model.input, limit));
+    CLEAVE_ASSIGN_OR_RETURN(
+        model.eval_data, split::LoadSplitFor(eval_spec, DatasetSplit::kTest, model.input, limit));
   }
   if (!builtin.empty()) {
     torch::manual_seed(static_cast<uint64_t>(c.GetInt("aggregator.seed")));

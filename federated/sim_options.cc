@@ -4,8 +4,8 @@
 
 #include "common/datasets.h"
 #include "common/file_util.h"
-#include "split/dataset.h"
 #include "federated/simulation.h"
+#include "split/dataset.h"
 
 namespace cleave::federated {
 

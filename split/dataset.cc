@@ -44,9 +44,9 @@ Result<LoadedDataset> LoadDataset(const std::string& spec, const DatasetOptions&
     out.train = std::move(images).value();
   }
   if (options.load_test) {
-    Result<LabeledImages> images = LoadSplitFor(spec, DatasetSplit::kTest, out.input,
-                                                options.test_limit, options.threads,
-                                                options.progress_out);
+    Result<LabeledImages> images =
+        LoadSplitFor(spec, DatasetSplit::kTest, out.input, options.test_limit, options.threads,
+                     options.progress_out);
     if (!images.ok()) return images.status();
     out.test = std::move(images).value();
   }

@@ -24,9 +24,8 @@ std::string ShapeText(int channels, int height, int width) {
 json InputSpec::ToJson() const {
   json resize = nullptr;
   if (resize_height > 0) resize = {resize_height, resize_width};
-  return {{"channels", channels},       {"height", height},
-          {"width", width},             {"resize", resize},
-          {"class_names", class_names}, {"data", data}};
+  return {{"channels", channels}, {"height", height},           {"width", width},
+          {"resize", resize},     {"class_names", class_names}, {"data", data}};
 }
 
 Result<InputSpec> InputSpec::FromJson(const json& j) {
@@ -143,8 +142,7 @@ Status InputSpec::Prepare(const PixelImage& image, uint8_t* out) const {
 
 Status InputSpec::PrepareChw(const uint8_t* chw, int in_channels, int in_height, int in_width,
                              uint8_t* out) const {
-  if (in_channels == channels && in_height == height && in_width == width &&
-      resize_height == 0) {
+  if (in_channels == channels && in_height == height && in_width == width && resize_height == 0) {
     std::memcpy(out, chw, static_cast<size_t>(bytes()));
     return Status::Ok();
   }

@@ -46,7 +46,8 @@ Result<LabeledImages> LoadLabeledImages(const ImageDataSource& source, const Inp
   const ImageShape shape = source.shape();
   const int64_t out_bytes = input.bytes();
   // uint8 while reading (a quarter of the float size), converted once at the end.
-  torch::Tensor pixels = torch::empty({n, input.channels, input.height, input.width}, torch::kUInt8);
+  torch::Tensor pixels =
+      torch::empty({n, input.channels, input.height, input.width}, torch::kUInt8);
   torch::Tensor labels = torch::empty({n}, torch::kLong);
   uint8_t* out = pixels.data_ptr<uint8_t>();
   int64_t* label_out = labels.data_ptr<int64_t>();

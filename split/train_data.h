@@ -7,8 +7,8 @@
 
 #include <cstdint>
 #include <cstdio>
-#include <string>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include <torch/torch.h>
@@ -36,8 +36,8 @@ struct LabeledImages {
 Result<LabeledImages> ToLabeledImages(const ImageDataset& dataset);
 
 struct LoadImagesOptions {
-  int64_t limit = 0;  // read at most this many images (the first ones); 0 = all
-  int threads = 2;    // readers (decoding folder images is the slow part)
+  int64_t limit = 0;                  // read at most this many images (the first ones); 0 = all
+  int threads = 2;                    // readers (decoding folder images is the slow part)
   std::FILE* progress_out = nullptr;  // a progress bar for large sets; null = silent
   std::string label = "images";       // what the progress bar names
 };

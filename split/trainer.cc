@@ -252,9 +252,8 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
     }
     auto [mean, std] = NormalizationFor(input.data, data.train);
     CLEAVE_ASSIGN_OR_RETURN(
-        student_spec,
-        student_spec.ForInput(input.channels, input.height,
-                              static_cast<int>(input.class_names.size()), mean, std));
+        student_spec, student_spec.ForInput(input.channels, input.height,
+                                            static_cast<int>(input.class_names.size()), mean, std));
   } else {
     input = InputSpec::Legacy(student_spec);
   }

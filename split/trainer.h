@@ -33,7 +33,7 @@ struct TrainOptions {
   // The dataset (common/image_data.h spec): "fashion-mnist" (the embedded default),
   // "idx:DIR", "cifar:DIR", "folder:DIR", ...
   std::string data = "fashion-mnist";
-  int image_size = 0;  // the network's input side; 0 = the data's own (square images)
+  int image_size = 0;              // the network's input side; 0 = the data's own (square images)
   std::string preset = "default";  // informational: "default", "long" or "quick"
   // Epochs per stage (0 skips the stage; the teacher must train for the student to copy it).
   int epochs_teacher = 4;

@@ -153,10 +153,9 @@ Status VisionModelSpec::Validate() const {
   for (const auto* values : {&input_mean, &input_std}) {
     const char* name = values == &input_mean ? "input_mean" : "input_std";
     if (values->size() != 1 && values->size() != static_cast<size_t>(input_channels)) {
-      return Status::InvalidArgument(std::string("model spec: ") + name +
-                                     " needs one value or one per input channel (" +
-                                     std::to_string(input_channels) + "), not " +
-                                     std::to_string(values->size()));
+      return Status::InvalidArgument(
+          std::string("model spec: ") + name + " needs one value or one per input channel (" +
+          std::to_string(input_channels) + "), not " + std::to_string(values->size()));
     }
     for (float v : *values) {
       if (!std::isfinite(v)) {

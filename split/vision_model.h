@@ -94,8 +94,8 @@ struct VisionModelSpec {
   // linear block) emits num_classes, and a linear block reading a flattened map takes that
   // map's new size. Every preset works for any input this way. InvalidArgument when the
   // result does not validate (e.g. an image too small for the strides), naming the input.
-  Result<VisionModelSpec> ForInput(int channels, int size, int num_classes,
-                                   std::vector<float> mean, std::vector<float> std) const;
+  Result<VisionModelSpec> ForInput(int channels, int size, int num_classes, std::vector<float> mean,
+                                   std::vector<float> std) const;
 
   // Spatial size (square) of block `i`'s output; 1 for flattened outputs. Precondition:
   // Validate() is OK and 0 <= i < blocks.size().

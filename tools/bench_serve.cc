@@ -24,8 +24,8 @@
 #include "split/split_runtime.h"
 #include "split/tail_plan.h"
 #include "tools/bench_util.h"
-#include "tools/data_option.h"
 #include "tools/daemon_launcher.h"
+#include "tools/data_option.h"
 #include "tools/serve_load_generator.h"
 
 namespace cleave::tools {
@@ -74,12 +74,11 @@ Result<std::vector<wire::InferRequest>> MakeRequestPool(const Bundle& bundle,
   edge_options.int8 = true;
   CLEAVE_ASSIGN_OR_RETURN(auto edge, split::EdgeModel::Load(bundle, edge_options));
   const split::InputSpec& input = edge->info().input;
-  const std::string data_spec = !options.data.empty()  ? options.data
+  const std::string data_spec = !options.data.empty() ? options.data
                                 : !input.data.empty() ? input.data
                                                       : std::string("fashion-mnist");
-  CLEAVE_ASSIGN_OR_RETURN(
-      const split::LabeledImages test,
-      split::LoadSplitFor(data_spec, DatasetSplit::kTest, input, options.pool));
+  CLEAVE_ASSIGN_OR_RETURN(const split::LabeledImages test,
+                          split::LoadSplitFor(data_spec, DatasetSplit::kTest, input, options.pool));
   const int64_t n = test.size();
   CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head, edge->Run(test.images));
   torch::Tensor features = head.features.contiguous().to(torch::kFloat32);

@@ -29,7 +29,7 @@ struct BenchServeOptions {
   std::string bundle;
   std::string json_out;      // "" = stdout only
   std::string markdown_out;  // the report as markdown tables ("" = none)
-  std::string data;  // dataset spec of the request pool; "" = the bundle's own dataset
+  std::string data;          // dataset spec of the request pool; "" = the bundle's own dataset
   int threads = 1;  // intra-op threads of the daemon's worker and of the in-process ceiling
   // Arithmetic of the tail in the daemons and in the ceiling: fp32, bf16 or auto (the
   // daemon's cloud.precision and its default).

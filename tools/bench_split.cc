@@ -15,8 +15,8 @@
 #include "common/datasets.h"
 #include "common/file_util.h"
 #include "common/inference_wire.h"
-#include "common/plot.h"
 #include "common/jpeg_image.h"
+#include "common/plot.h"
 #include "common/png_image.h"
 #include "common/progress.h"
 #include "common/tensor_codec.h"
@@ -30,8 +30,8 @@
 #include "split/tail_plan.h"
 #include "split/vision_model.h"
 #include "tools/bench_util.h"
-#include "tools/data_option.h"
 #include "tools/daemon_launcher.h"
+#include "tools/data_option.h"
 
 namespace cleave::tools {
 
@@ -106,8 +106,13 @@ struct TestSet {
   // Image i as 8-bit interleaved pixels (what a client would encode as PNG or JPEG). The
   // tensor holds bytes / 255, so rounding recovers the bytes exactly.
   PixelImage Pixels(int64_t i) const {
-    const torch::Tensor bytes =
-        Image(i)[0].mul(255.0).round().clamp(0, 255).to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+    const torch::Tensor bytes = Image(i)[0]
+                                    .mul(255.0)
+                                    .round()
+                                    .clamp(0, 255)
+                                    .to(torch::kUInt8)
+                                    .permute({1, 2, 0})
+                                    .contiguous();
     PixelImage image;
     image.channels = static_cast<uint32_t>(bytes.size(2));
     image.height = static_cast<uint32_t>(bytes.size(0));
@@ -242,17 +247,17 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
   split::SetComputeThreads(std::max(1, options.threads));
   torch::NoGradGuard no_grad;
   CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(options.bundle));
-  CLEAVE_ASSIGN_OR_RETURN(const split::VisionSplitModel described,
-                          split::ReadVisionBundle(bundle, split::VisionBundleParts{false, false,
-                                                                                   false, false}));
+  CLEAVE_ASSIGN_OR_RETURN(
+      const split::VisionSplitModel described,
+      split::ReadVisionBundle(bundle, split::VisionBundleParts{false, false, false, false}));
   // The bundle's own dataset unless --data names another (converted to its input).
-  const std::string data_spec = !options.data.empty() ? options.data
+  const std::string data_spec = !options.data.empty()          ? options.data
                                 : described.input.data.empty() ? std::string("fashion-mnist")
                                                                : described.input.data;
   TestSet test;
-  CLEAVE_ASSIGN_OR_RETURN(test.data,
-                          split::LoadSplitFor(data_spec, DatasetSplit::kTest, described.input,
-                                              options.limit, std::max(1, options.threads)));
+  CLEAVE_ASSIGN_OR_RETURN(
+      test.data, split::LoadSplitFor(data_spec, DatasetSplit::kTest, described.input, options.limit,
+                                     std::max(1, options.threads)));
   test.n = test.data.size();
   test.labels.assign(test.data.labels.data_ptr<int64_t>(),
                      test.data.labels.data_ptr<int64_t>() + test.n);

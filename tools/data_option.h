@@ -19,7 +19,8 @@ inline constexpr char kDataSpecHelp[] =
 // Adds --data and --data-dir to `cmd`; `data` keeps its value as the default.
 inline void AddDataOptions(CLI::App* cmd, std::string* data, std::string* data_dir) {
   cmd->add_option("--data", *data, kDataSpecHelp)->capture_default_str();
-  cmd->add_option("--data-dir", *data_dir, "Fashion-MNIST IDX directory (= --data fashion-mnist:DIR)");
+  cmd->add_option("--data-dir", *data_dir,
+                  "Fashion-MNIST IDX directory (= --data fashion-mnist:DIR)");
 }
 
 // The spec the two options give: `data_dir` non-empty means fashion-mnist:DIR, and then

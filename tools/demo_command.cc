@@ -59,14 +59,19 @@ struct DemoImages {
 
 DemoImages ToDemoImages(const split::LabeledImages& set) {
   DemoImages out;
-  const torch::Tensor bytes =
-      set.images.mul(255.0).round().clamp(0, 255).to(torch::kUInt8).permute({0, 2, 3, 1}).contiguous();
+  const torch::Tensor bytes = set.images.mul(255.0)
+                                  .round()
+                                  .clamp(0, 255)
+                                  .to(torch::kUInt8)
+                                  .permute({0, 2, 3, 1})
+                                  .contiguous();
   out.channels = static_cast<int>(bytes.size(3));
   out.height = static_cast<int>(bytes.size(1));
   out.width = static_cast<int>(bytes.size(2));
   const size_t per_image = static_cast<size_t>(out.channels) * out.height * out.width;
   const char* base = reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>());
-  for (int64_t i = 0; i < bytes.size(0); ++i) out.pixels.emplace_back(base + i * per_image, per_image);
+  for (int64_t i = 0; i < bytes.size(0); ++i)
+    out.pixels.emplace_back(base + i * per_image, per_image);
   out.labels.assign(set.labels.data_ptr<int64_t>(), set.labels.data_ptr<int64_t>() + set.size());
   return out;
 }
@@ -247,10 +252,10 @@ Result<PlotSpec> AccuracyVsBytesPlot(const json& report) {
 Result<json> RunDemo(const DemoOptions& options) {
   // The bundle's own dataset unless --data names another, converted to its input.
   CLEAVE_ASSIGN_OR_RETURN(const Bundle bundle, Bundle::Open(options.bundle));
-  CLEAVE_ASSIGN_OR_RETURN(const split::VisionSplitModel described,
-                          split::ReadVisionBundle(bundle, split::VisionBundleParts{false, false,
-                                                                                   false, false}));
-  const std::string data_spec = !options.data.empty()          ? options.data
+  CLEAVE_ASSIGN_OR_RETURN(
+      const split::VisionSplitModel described,
+      split::ReadVisionBundle(bundle, split::VisionBundleParts{false, false, false, false}));
+  const std::string data_spec = !options.data.empty()           ? options.data
                                 : !described.input.data.empty() ? described.input.data
                                                                 : std::string("fashion-mnist");
   CLEAVE_ASSIGN_OR_RETURN(

@@ -155,17 +155,17 @@ void RunSplit(SplitArgs& args) {
   const std::string data_spec =
       args.data.empty() && args.data_dir.empty()
           ? bundle_data
-          : OrFail(cmd, ResolveDataSpec(args.data.empty() ? "fashion-mnist" : args.data,
-                                        args.data_dir));
+          : OrFail(cmd,
+                   ResolveDataSpec(args.data.empty() ? "fashion-mnist" : args.data, args.data_dir));
   options.seed = training.value("seed", uint64_t{1});
   options.held_out = training.value("held_out", int64_t{5000});
   options.train_limit = training.value("train_limit", int64_t{0});
   options.test_limit = training.value("test_limit", int64_t{0});
   TrainData data;
   data.train = OrFail(cmd, split::LoadSplitFor(data_spec, DatasetSplit::kTrain, model.input,
-                                                options.train_limit, args.threads, finalize.log));
+                                               options.train_limit, args.threads, finalize.log));
   data.test = OrFail(cmd, split::LoadSplitFor(data_spec, DatasetSplit::kTest, model.input,
-                                               options.test_limit, args.threads, finalize.log));
+                                              options.test_limit, args.threads, finalize.log));
   LabeledImages all = options.train_limit > 0 ? data.train.Head(options.train_limit) : data.train;
   auto split = OrFail(cmd, HoldOut(all, options.held_out, options.seed));
   const LabeledImages test =
@@ -195,7 +195,8 @@ void RegisterTrainCommands(CLI::App& app) {
   auto train_args = std::make_shared<TrainArgs>();
   CLI::App* train = app.add_subcommand(
       "train",
-      "Train a teacher and split model on --data (Fashion-MNIST by default) (BottleFit stages: bottleneck "
+      "Train a teacher and split model on --data (Fashion-MNIST by default) (BottleFit stages: "
+      "bottleneck "
       "distillation, end-to-end fine-tuning with KD and simulated u4 wire, early exits), "
       "quantize the head to int8, calibrate the exit threshold on a held-out split, report "
       "test accuracies as JSON on stdout and write a vision-split bundle to --out.");

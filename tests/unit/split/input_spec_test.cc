@@ -111,8 +111,8 @@ TEST(InputSpecTest, PrepareConvertsChannelsAndSize) {
   // Same shape: HWC -> CHW, nothing else.
   const PixelImage same = Gradient(3, 8, 8);
   ASSERT_TRUE(rgb.Prepare(same, out.data()).ok());
-  EXPECT_EQ(out[0], same.pixels[0]);              // channel 0, pixel 0
-  EXPECT_EQ(out[64], same.pixels[1]);             // channel 1, pixel 0
+  EXPECT_EQ(out[0], same.pixels[0]);                   // channel 0, pixel 0
+  EXPECT_EQ(out[64], same.pixels[1]);                  // channel 1, pixel 0
   EXPECT_EQ(out[2 * 64 + 9], same.pixels[9 * 3 + 2]);  // channel 2, pixel (1, 1)
 
   // Gray -> RGB replicates the plane; a larger image is resized to 8x8.
@@ -188,8 +188,8 @@ TEST(InputSpecTest, PrepareChwMatchesPrepare) {
 
 TEST(VisionModelSpecForInputTest, EveryPresetFitsRgb32With100Classes) {
   for (const VisionModelSpec& preset :
-       {VisionModelSpec::DefaultSplit(), VisionModelSpec::TinySplit(),
-        VisionModelSpec::SimpleCnn(), VisionModelSpec::DefaultTeacher()}) {
+       {VisionModelSpec::DefaultSplit(), VisionModelSpec::TinySplit(), VisionModelSpec::SimpleCnn(),
+        VisionModelSpec::DefaultTeacher()}) {
     auto spec = preset.ForInput(3, 32, 100, {0.1f, 0.2f, 0.3f}, {0.5f, 0.6f, 0.7f});
     ASSERT_TRUE(spec.ok()) << spec.status().ToString();
     EXPECT_EQ(spec->blocks[0].in_channels, 3);
@@ -197,8 +197,7 @@ TEST(VisionModelSpecForInputTest, EveryPresetFitsRgb32With100Classes) {
     SplitVisionNet net(*spec);
     net->eval();
     torch::NoGradGuard no_grad;
-    EXPECT_EQ(net->forward(torch::rand({2, 3, 32, 32})).sizes(),
-              (std::vector<int64_t>{2, 100}));
+    EXPECT_EQ(net->forward(torch::rand({2, 3, 32, 32})).sizes(), (std::vector<int64_t>{2, 100}));
   }
   // SimpleCnn's first linear layer takes the new flattened size: 16 x 5 x 5 at 32x32.
   auto cnn = VisionModelSpec::SimpleCnn().ForInput(3, 32, 10, {0.5f}, {0.25f});
@@ -215,8 +214,8 @@ TEST(VisionModelSpecForInputTest, RefusesInputsTooSmallOrBadNormalization) {
 }
 
 TEST(VisionModelSpecForInputTest, NormalizesPerChannel) {
-  auto spec = VisionModelSpec::TinySplit().ForInput(3, 28, 10, {0.0f, 0.5f, 1.0f},
-                                                     {1.0f, 0.5f, 0.25f});
+  auto spec =
+      VisionModelSpec::TinySplit().ForInput(3, 28, 10, {0.0f, 0.5f, 1.0f}, {1.0f, 0.5f, 0.25f});
   ASSERT_TRUE(spec.ok());
   SplitVisionNet net(*spec);
   const torch::Tensor ones = torch::ones({1, 3, 2, 2});
@@ -246,9 +245,8 @@ class RgbFolderDataTest : public ::testing::Test {
           for (auto& p : image.pixels) p = static_cast<uint8_t>(p + 40 * c + 9 * i);
           const bool jpeg = i % 2 == 1;
           const std::string bytes = jpeg ? *EncodeJpegPixels(image, 95) : *EncodePngPixels(image);
-          ASSERT_TRUE(WriteFileAtomic((folder / (std::to_string(i) + (jpeg ? ".jpg" : ".png")))
-                                          .string(),
-                                      bytes)
+          ASSERT_TRUE(WriteFileAtomic(
+                          (folder / (std::to_string(i) + (jpeg ? ".jpg" : ".png"))).string(), bytes)
                           .ok());
           files_.push_back(bytes);
         }
