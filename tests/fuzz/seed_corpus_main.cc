@@ -276,6 +276,16 @@ void EdgeApi(CorpusWriter& out) {  // edge_api_fuzz
   png.kind = edge_api::ImageKind::kPng;
   png.png = Png28();
   out.Add(t, "valid-request-png", edge_api::EncodeClassifyRequest(png));
+  edge_api::ClassifyRequest rgb = gray;
+  rgb.request_id = 6;
+  rgb.kind = edge_api::ImageKind::kRgb8;
+  rgb.pixels.assign(28 * 28 * 3, '\x60');
+  out.Add(t, "valid-request-rgb8", edge_api::EncodeClassifyRequest(rgb));
+  edge_api::ClassifyRequest jpeg;
+  jpeg.request_id = 7;
+  jpeg.kind = edge_api::ImageKind::kJpeg;
+  jpeg.jpeg = "\xff\xd8\xff\xe0 a JPEG's first bytes";
+  out.Add(t, "valid-request-jpeg", edge_api::EncodeClassifyRequest(jpeg));
   edge_api::ClassifyReply reply;
   reply.request_id = 3;
   reply.source = edge_api::AnswerSource::kCloud;
@@ -286,6 +296,7 @@ void EdgeApi(CorpusWriter& out) {  // edge_api_fuzz
   reply.wire_bytes = 140;
   reply.edge_micros = 800;
   reply.total_micros = 2100;
+  reply.class_name = "Sneaker";
   out.Add(t, "valid-reply-cloud", edge_api::EncodeClassifyReply(reply));
   edge_api::ClassifyReply error;
   error.request_id = 5;

@@ -197,9 +197,10 @@ TEST_F(EdgeServerTest, MalformedRequestsGetErrorsAndServingContinues) {
   EXPECT_EQ(garbage.source, edge_api::AnswerSource::kError);
   EXPECT_FALSE(garbage.error.empty());
 
+  // Well-formed, but its PNG does not decode (another size would be resized, not refused).
   edge_api::ClassifyRequest wrong_size = Request(7, 0.0f);
-  wrong_size.width = 14;
-  wrong_size.height = 56;
+  wrong_size.kind = edge_api::ImageKind::kPng;
+  wrong_size.png = "\x89PNG broken";
   Send(wrong_size);
   edge_api::ClassifyReply size_reply = Receive();
   EXPECT_EQ(size_reply.request_id, 7u);
@@ -273,9 +274,9 @@ TEST_F(EdgeServerTest, MetricsCountEveryOutcomeAndTheCloudLink) {
   EXPECT_EQ(Receive(3000).source, edge_api::AnswerSource::kDegraded);
   ASSERT_TRUE(app_->Send("not a request", 1000).ok());  // rejected
   EXPECT_EQ(Receive().source, edge_api::AnswerSource::kError);
-  edge_api::ClassifyRequest wrong_size = Request(4, 0.0f);  // rejected: not the model's size
-  wrong_size.width = 14;
-  wrong_size.height = 56;
+  edge_api::ClassifyRequest wrong_size = Request(4, 0.0f);  // rejected: does not decode
+  wrong_size.kind = edge_api::ImageKind::kPng;
+  wrong_size.png = "\x89PNG broken";
   Send(wrong_size);
   EXPECT_EQ(Receive().source, edge_api::AnswerSource::kError);
   Stop();
