@@ -18,7 +18,9 @@
 //      chain can be cut inside, by a dotted name ("features.3"), at any depth as long as
 //      every module along the path is a chain. Cutting after the last child of a nested
 //      chain is the same cut as after that chain ("features.12" = "features"); the
-//      outermost name is the canonical one.
+//      outermost name is the canonical one. Tracing records a module that hands its input
+//      on unchanged (nn.Identity) as a call without argument whose result is unused: such
+//      a call is no step, and its name is an alias of the cut before it.
 //   2. Exported split methods. A module that exports `forward_head(x)` and `forward_tail(z)`
 //      (@torch.jit.export) is cut between them; the only cut name is "head". Its forward must
 //      equal forward_tail(forward_head(x)): Load checks that on a random sample when it is
