@@ -78,19 +78,26 @@ class Chain(nn.Module):
         return self.fc(x)
 )PY";
 
-bool TsHavePythonTorch() {
-  static const bool have =
-      std::system((std::string(kTsPython) + " -c 'import torch' >/dev/null 2>&1").c_str()) == 0;
-  return have;
+// Whether /usr/bin/python3 can import `module` (torch, torchvision).
+bool TsPythonHas(const std::string& module) {
+  const std::string command =
+      std::string(kTsPython) + " -c 'import " + module + "' >/dev/null 2>&1";
+  return std::system(command.c_str()) == 0;
 }
+
+// Skips the test (from its body) when python3 lacks `module`.
+#define TS_REQUIRE_PYTHON_MODULE(module)                                                         \
+  do {                                                                                           \
+    if (!TsPythonHas(module)) {                                                                  \
+      GTEST_SKIP() << kTsPython << " cannot import " << module << ": install python3-" << module \
+                   << " (scripts/test does, from scripts/packages-test.txt)";                    \
+    }                                                                                            \
+  } while (0)
 
 class TorchScriptModelTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!TsHavePythonTorch()) {
-      GTEST_SKIP() << kTsPython << " cannot import torch: install python3-torch (scripts/test "
-                   << "does, from scripts/packages-test.txt)";
-    }
+    TS_REQUIRE_PYTHON_MODULE("torch");
     dir_ = fs::temp_directory_path() / ("cleave_test_torchscript_" + UniqueSuffix());
     ASSERT_TRUE(fs::create_directories(dir_));
   }
@@ -104,12 +111,24 @@ class TorchScriptModelTest : public ::testing::Test {
   void RunPython(const std::string& body) {
     const fs::path script = dir_ / "make_models.py";
     std::ofstream(script) << kTsPythonPrelude << body;
+    RunScript({script.string(), dir_.string()});
+  }
+
+  // Runs python3 with `arguments`; returns what it printed (empty and a test failure if it
+  // fails).
+  std::string RunScript(const std::vector<std::string>& arguments) {
     const fs::path log = dir_ / "python.log";
-    auto child = ChildProcess::Spawn({kTsPython, script.string(), dir_.string()}, log.string());
-    ASSERT_TRUE(child.ok()) << child.status().ToString();
+    std::vector<std::string> argv{kTsPython};
+    argv.insert(argv.end(), arguments.begin(), arguments.end());
+    auto child = ChildProcess::Spawn(argv, log.string());
+    EXPECT_TRUE(child.ok()) << child.status().ToString();
+    if (!child.ok()) return "";
     Result<int> code = (*child)->Wait(120000);
-    ASSERT_TRUE(code.ok()) << code.status().ToString();
-    ASSERT_EQ(*code, 0) << "python failed:\n" << ReadFileToString(log).value_or("(no log)");
+    const std::string output = ReadFileToString(log).value_or("(no log)");
+    fs::remove(log);
+    EXPECT_TRUE(code.ok()) << code.status().ToString();
+    EXPECT_EQ(code.value_or(-1), 0) << "python failed:\n" << output;
+    return code.ok() && *code == 0 ? output : "";
   }
 
   TorchScriptModel LoadOk(const std::string& name, std::vector<int64_t> input_shape = {}) {
@@ -197,6 +216,20 @@ void TsExpectEquivalentAtEveryCut(TorchScriptModel& model, const torch::Tensor& 
     joined.insert(tail_names.begin(), tail_names.end());
     EXPECT_EQ(joined, all_names);
   }
+}
+
+// The names after "cut points (cleave import --split-after NAME): " in an example's output.
+std::vector<std::string> TsPrintedCutPoints(const std::string& output) {
+  const std::string label = "cut points (cleave import --split-after NAME): ";
+  const size_t at = output.find(label);
+  if (at == std::string::npos) return {};
+  std::vector<std::string> names;
+  std::stringstream line(
+      output.substr(at + label.size(), output.find('\n', at) - at - label.size()));
+  for (std::string name; std::getline(line, name, ',');) {
+    names.push_back(name.substr(name.find_first_not_of(' ')));
+  }
+  return names;
 }
 
 TEST_F(TorchScriptModelTest, ScriptedSequentialCutsAfterEveryChildButTheLast) {
@@ -573,6 +606,7 @@ TEST_F(TorchScriptModelTest, TailTrainsWithAutogradOn) {
 // Torchvision architectures, sized for small images and written as chains the way
 // examples/export_torchvision.py does them.
 TEST_F(TorchScriptModelTest, TorchvisionMobileNetAsSequentialCutsAtEveryPoint) {
+  TS_REQUIRE_PYTHON_MODULE("torchvision");
   RunPython(R"PY(
 import torchvision
 m = torchvision.models.mobilenet_v3_small(num_classes=10, width_mult=0.5)
@@ -594,6 +628,7 @@ save_scripted(nn.Sequential(OrderedDict([
 // ResNet (one block per stage) with a 3x3 stem and no max-pool, traced as a Sequential; and
 // the same network as torchvision writes it, which is refused, scripted or traced.
 TEST_F(TorchScriptModelTest, TorchvisionResNetCutsOnlyAsSequential) {
+  TS_REQUIRE_PYTHON_MODULE("torchvision");
   RunPython(R"PY(
 from torchvision.models.resnet import ResNet, BasicBlock
 r = ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10)
@@ -623,6 +658,39 @@ save_traced(r, 'resnet_traced.pt', (2, 3, 16, 16))
                   "forward of ResNet runs aten::flatten on the output of avgpool");
   TsExpectMessage(traced, StatusCode::kInvalidArgument, "nn.Flatten() as a module");
 }
+
+// The examples (examples/README.md) write models cleave can cut, at the names they print.
+TEST_F(TorchScriptModelTest, ExampleFashionMnistTrainerExportsACuttableModel) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) {
+    GTEST_SKIP() << "no Fashion-MNIST in /usr/share/datasets (package dataset-fashion-mnist)";
+  }
+  const fs::path out = dir_ / "fashion.pt";
+  const std::string output =
+      RunScript({std::string(CLEAVE_SOURCE_DIR) + "/examples/train_fashion_mnist.py", "--limit",
+                 "200", "--epochs", "1", "--threads", "1", "--out", out.string()});
+  ASSERT_FALSE(output.empty());
+  TorchScriptModel model = LoadOk("fashion.pt", {1, 28, 28});
+  EXPECT_EQ(TsPrintedCutPoints(output), model.CutPoints());
+  Result<TorchScriptCut> cut = model.ResolveCut("pool2");
+  ASSERT_TRUE(cut.ok()) << cut.status().ToString();
+  EXPECT_TRUE(model.VerifyCut(*cut, torch::rand({4, 1, 28, 28})).ok());
+}
+
+TEST_F(TorchScriptModelTest, ExampleTorchvisionExportIsCuttableWhereItSays) {
+  TS_REQUIRE_PYTHON_MODULE("torchvision");
+  const fs::path out = dir_ / "mobilenet.pt";
+  const std::string output = RunScript(
+      {std::string(CLEAVE_SOURCE_DIR) + "/examples/export_torchvision.py", "--arch",
+       "mobilenet_v3_small", "--width-mult", "0.25", "--image-size", "16", "--out", out.string()});
+  ASSERT_FALSE(output.empty());
+  TorchScriptModel model = LoadOk("mobilenet.pt", {3, 16, 16});
+  EXPECT_EQ(TsPrintedCutPoints(output), model.CutPoints());
+  Result<TorchScriptCut> cut = model.ResolveCut("features.3");
+  ASSERT_TRUE(cut.ok()) << cut.status().ToString();
+  EXPECT_TRUE(model.VerifyCut(*cut, torch::rand({2, 3, 16, 16})).ok());
+}
+
+#undef TS_REQUIRE_PYTHON_MODULE  // unity builds put other files after this one
 
 }  // namespace
 }  // namespace cleave::split
