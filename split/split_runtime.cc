@@ -1,6 +1,7 @@
 #include "split/split_runtime.h"
 
 #include "common/image_codec.h"
+#include "split/imported_model.h"
 #include "split/torch_status.h"
 
 namespace cleave::split {
@@ -61,14 +62,73 @@ Result<torch::Tensor> PrepareImageTensor(const PixelImage& image, const InputSpe
   return ImagesToTensor(chw.data(), 1, input.channels, input.height, input.width);
 }
 
+Result<InputSpec> ReadBundleInput(const Bundle& bundle) {
+  if (bundle.kind() == kTorchScriptSplitKind) {
+    ImportedBundleParts none;
+    none.head = none.edge = none.tail = none.cloud = false;
+    CLEAVE_ASSIGN_OR_RETURN(const ImportedSplitModel imported, ReadImportedBundle(bundle, none));
+    return imported.input;
+  }
+  VisionBundleParts none;
+  none.head_fp32 = none.exits_fp32 = none.tail_fp32 = none.head_int8 = false;
+  CLEAVE_ASSIGN_OR_RETURN(const VisionSplitModel model, ReadVisionBundle(bundle, none));
+  return model.input;
+}
+
 Result<torch::Tensor> DecodeImageTensor(std::string_view encoded, const InputSpec& input) {
   CLEAVE_ASSIGN_OR_RETURN(const PixelImage image, DecodeImagePixels(encoded, 0));
   return PrepareImageTensor(image, input);
 }
 
+namespace {
+
+// The description a runtime object keeps of an imported bundle: the common fields of
+// VisionSplitModel (name, input, wire, exit policy, reports), and a spec that holds only
+// the input's channels, size and class count (there are no cleave blocks; net stays null).
+VisionSplitModel DescribeImported(const ImportedSplitModel& imported) {
+  VisionSplitModel d;
+  d.name = imported.name;
+  d.input = imported.input;
+  d.spec.input_channels = imported.input.channels;
+  d.spec.image_size = imported.input.height;
+  d.spec.num_classes = imported.num_classes();
+  d.wire_dtype = imported.wire_dtype;
+  d.wire_quant = imported.wire_quant;
+  d.exit_policy = imported.exit_policy;
+  d.calibration = imported.calibration;
+  d.int8_info = imported.int8_info;
+  d.evaluation = imported.evaluation;
+  d.training = imported.training;
+  return d;
+}
+
+std::vector<int64_t> ImportedImageShape(const ImportedSplitModel& imported) {
+  return {imported.input.channels, imported.input.height, imported.input.width};
+}
+
+// The whole fp32 split model of an imported bundle, without the wire: head, bottleneck,
+// tail (what local_fp32 and the cloud's "send the image" baseline run).
+torch::Tensor RunImportedWhole(ImportedSplitModel& imported, const torch::Tensor& images) {
+  return imported.RunTail(imported.encoder->forward(imported.RunHead(images)));
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------------------- EdgeModel
 
 Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const Options& options) {
+  if (bundle.kind() == kTorchScriptSplitKind) {
+    ImportedBundleParts parts;
+    parts.tail = parts.cloud = false;
+    CLEAVE_ASSIGN_OR_RETURN(ImportedSplitModel imported, ReadImportedBundle(bundle, parts));
+    std::unique_ptr<EdgeModel> edge(new EdgeModel());
+    edge->feature_shape_ = imported.FeatureShape();
+    edge->model_ = DescribeImported(imported);
+    // No int8 head for imported models yet: the fp32 head runs, and engine() says so.
+    edge->int8_ = false;
+    edge->imported_ = std::make_shared<ImportedSplitModel>(std::move(imported));
+    return edge;
+  }
   VisionBundleParts parts;
   parts.head_fp32 = !options.int8;
   parts.exits_fp32 = !options.int8;
@@ -88,7 +148,24 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
 
 std::string EdgeModel::engine() const { return int8_ ? model_.int8_head->engine() : "fp32"; }
 
+int EdgeModel::num_exits() const {
+  return imported_ ? static_cast<int>(imported_->exits.size())
+                   : static_cast<int>(model_.spec.exits.size());
+}
+
 Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
+  if (imported_) {
+    CLEAVE_RETURN_IF_ERROR(
+        CheckBatch(images, ImportedImageShape(*imported_), "edge input images"));
+    return CallTorch(TorchSource::kOwnState, "edge head: libtorch failed", [&] {
+      torch::NoGradGuard no_grad;
+      const torch::Tensor h = imported_->RunHead(images.to(torch::kFloat).contiguous());
+      EdgeHeadOutput out;
+      for (auto& e : imported_->exits) out.exit_logits.push_back(e->forward(h));
+      out.features = imported_->encoder->forward(h).contiguous();
+      return out;
+    });
+  }
   CLEAVE_RETURN_IF_ERROR(CheckBatch(images, SpecImageShape(model_.spec), "edge input images"));
   const auto run = [&]() -> Result<EdgeHeadOutput> {
     torch::NoGradGuard no_grad;
@@ -115,6 +192,17 @@ Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle) {
 }
 
 Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle, const Options& options) {
+  if (bundle.kind() == kTorchScriptSplitKind) {
+    // Every part: the tail for offloaded features, head + bottleneck for whole images. The
+    // TorchScript tail runs in fp32 whatever options.precision asks (reported as fp32).
+    CLEAVE_ASSIGN_OR_RETURN(ImportedSplitModel imported,
+                            ReadImportedBundle(bundle, ImportedBundleParts()));
+    std::unique_ptr<CloudModel> cloud(new CloudModel());
+    cloud->feature_shape_ = imported.FeatureShape();
+    cloud->model_ = DescribeImported(imported);
+    cloud->imported_ = std::make_shared<ImportedSplitModel>(std::move(imported));
+    return cloud;
+  }
   VisionBundleParts parts;
   parts.exits_fp32 = false;
   CLEAVE_ASSIGN_OR_RETURN(VisionSplitModel model, ReadVisionBundle(bundle, parts));
@@ -135,6 +223,7 @@ Result<torch::Tensor> CloudModel::RunTail(const torch::Tensor& features) {
   CLEAVE_RETURN_IF_ERROR(CheckBatch(features, per_item, "tail input features"));
   return CallTorch(TorchSource::kOwnState, "cloud tail: libtorch failed", [&] {
     torch::NoGradGuard no_grad;
+    if (imported_) return imported_->RunTail(features.to(torch::kFloat).contiguous());
     return tail_.Run(features);
   });
 }
@@ -143,13 +232,26 @@ Result<torch::Tensor> CloudModel::RunFull(const torch::Tensor& images) {
   CLEAVE_RETURN_IF_ERROR(CheckBatch(images, SpecImageShape(model_.spec), "cloud input images"));
   return CallTorch(TorchSource::kOwnState, "cloud full model: libtorch failed", [&] {
     torch::NoGradGuard no_grad;
+    if (imported_) return RunImportedWhole(*imported_, images.to(torch::kFloat).contiguous());
     return model_.net->forward(images.to(torch::kFloat).contiguous());
   });
+}
+
+TailPrecision CloudModel::tail_precision() const {
+  return imported_ ? TailPrecision::kFp32 : tail_.precision();
 }
 
 // --------------------------------------------------------------------------- LocalModel
 
 Result<std::unique_ptr<LocalModel>> LocalModel::Load(const Bundle& bundle) {
+  if (bundle.kind() == kTorchScriptSplitKind) {
+    CLEAVE_ASSIGN_OR_RETURN(ImportedSplitModel imported,
+                            ReadImportedBundle(bundle, ImportedBundleParts()));
+    std::unique_ptr<LocalModel> local(new LocalModel());
+    local->model_ = DescribeImported(imported);
+    local->imported_ = std::make_shared<ImportedSplitModel>(std::move(imported));
+    return local;
+  }
   VisionBundleParts parts;
   parts.exits_fp32 = false;
   CLEAVE_ASSIGN_OR_RETURN(VisionSplitModel model, ReadVisionBundle(bundle, parts));
@@ -162,6 +264,7 @@ Result<torch::Tensor> LocalModel::Run(const torch::Tensor& images) {
   CLEAVE_RETURN_IF_ERROR(CheckBatch(images, SpecImageShape(model_.spec), "input images"));
   return CallTorch(TorchSource::kOwnState, "local model: libtorch failed", [&] {
     torch::NoGradGuard no_grad;
+    if (imported_) return RunImportedWhole(*imported_, images.to(torch::kFloat).contiguous());
     return model_.net->forward(images.to(torch::kFloat).contiguous());
   });
 }

@@ -1,5 +1,7 @@
 // What the daemons and the benchmark run: the edge head, the cloud tail and the whole model,
-// each loaded from a verified "vision-split" bundle (split/vision_bundle.h).
+// each loaded from a verified bundle: "vision-split" (split/vision_bundle.h, cleave's own
+// networks) or "torchscript-split" (split/imported_model.h, an imported TorchScript model
+// with a learned bottleneck; its head runs in fp32 for now, engine() "fp32").
 //
 // Every method runs under torch::NoGradGuard with the network in eval() mode and turns any
 // c10::Error into a Status: no exception leaves this file. Inputs are checked before they
@@ -28,6 +30,8 @@
 #include "split/vision_bundle.h"
 
 namespace cleave::split {
+
+struct ImportedSplitModel;
 
 struct EdgeHeadOutput {
   std::vector<torch::Tensor> exit_logits;  // one [N, num_classes] per exit, in exit order
@@ -58,15 +62,21 @@ class EdgeModel {
   const std::vector<uint32_t>& feature_shape() const { return feature_shape_; }
   const std::string& model_name() const { return model_.name; }
   int num_classes() const { return model_.spec.num_classes; }
-  int num_exits() const { return static_cast<int>(model_.spec.exits.size()); }
+  int num_exits() const;
   // "fp32", or the int8 engine in use ("onednn", "qnnpack", "reference").
   std::string engine() const;
-  // The manifest's description (spec, evaluation, calibration...), for reports.
+  // The manifest's description (spec, evaluation, calibration...), for reports. For an
+  // imported bundle (kind torchscript-split) the spec holds only the input's channels, size
+  // and class count, and net / int8_head are null.
   const VisionSplitModel& info() const { return model_; }
+  const InputSpec& input() const { return model_.input; }
+  // The imported model when the bundle is of kind torchscript-split, else null.
+  const ImportedSplitModel* imported() const { return imported_.get(); }
 
  private:
   EdgeModel() = default;
   VisionSplitModel model_;
+  std::shared_ptr<ImportedSplitModel> imported_;
   std::vector<uint32_t> feature_shape_;
   bool int8_ = true;
 };
@@ -92,11 +102,13 @@ class CloudModel {
   const std::string& model_name() const { return model_.name; }
   int num_classes() const { return model_.spec.num_classes; }
   const VisionSplitModel& info() const { return model_; }
-  TailPrecision tail_precision() const { return tail_.precision(); }
+  const InputSpec& input() const { return model_.input; }
+  TailPrecision tail_precision() const;
 
  private:
   CloudModel() = default;
   VisionSplitModel model_;
+  std::shared_ptr<ImportedSplitModel> imported_;  // kind torchscript-split
   TailPlan tail_;
   std::vector<uint32_t> feature_shape_;
 };
@@ -114,6 +126,7 @@ class LocalModel {
  private:
   LocalModel() = default;
   VisionSplitModel model_;
+  std::shared_ptr<ImportedSplitModel> imported_;  // kind torchscript-split
 };
 
 // uint8 pixels (n * rows * cols, row-major, image after image) -> float [n, 1, rows, cols]
@@ -121,6 +134,10 @@ class LocalModel {
 torch::Tensor ImagesToTensor(const uint8_t* pixels, int64_t n, int rows, int cols);
 // The same for `channels`-channel planar (CHW) images -> float [n, channels, rows, cols].
 torch::Tensor ImagesToTensor(const uint8_t* pixels, int64_t n, int channels, int rows, int cols);
+
+// The input a bundle of either kind declares (its manifest's "input"; Legacy for older
+// vision-split bundles), without loading any weights. Errors of the bundle readers.
+Result<InputSpec> ReadBundleInput(const Bundle& bundle);
 
 // One decoded image (any size, 1 or 3 channels; common/png_image.h PixelImage) converted to
 // the network input `input` declares (InputSpec::Prepare) -> float [1, C, H, W] in [0, 1].

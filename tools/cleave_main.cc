@@ -1,6 +1,7 @@
 // cleave: the researcher/operator command line.
 //   cleave train   — train teacher + split model, write a bundle
 //   cleave split   — re-quantize / re-calibrate a bundle
+//   cleave import  — a TorchScript model -> a split bundle (bottleneck, exit)
 //   cleave sim     — federated learning with many virtual clients in one process
 //   cleave bench   — measurements that print JSON (split, lm, serve, fl, sim-scale, aggregate)
 //   cleave keys    — key pairs for signing bundles
@@ -14,6 +15,7 @@
 #include "tools/bench_split.h"
 #include "tools/bundle_command.h"
 #include "tools/demo_command.h"
+#include "tools/import_command.h"
 #include "tools/lm_command.h"
 #include "tools/sim_command.h"
 #include "tools/train_command.h"
@@ -25,6 +27,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "show help for every subcommand");
   cleave::tools::RegisterTrainCommands(app);
+  cleave::tools::RegisterImportCommand(app);
   cleave::tools::RegisterLmCommands(app);
   cleave::tools::RegisterBundleCommands(app);
   CLI::App* bench = app.add_subcommand("bench", "benchmarks that print JSON");

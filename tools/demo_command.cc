@@ -252,15 +252,13 @@ Result<PlotSpec> AccuracyVsBytesPlot(const json& report) {
 Result<json> RunDemo(const DemoOptions& options) {
   // The bundle's own dataset unless --data names another, converted to its input.
   CLEAVE_ASSIGN_OR_RETURN(const Bundle bundle, Bundle::Open(options.bundle));
-  CLEAVE_ASSIGN_OR_RETURN(
-      const split::VisionSplitModel described,
-      split::ReadVisionBundle(bundle, split::VisionBundleParts{false, false, false, false}));
+  CLEAVE_ASSIGN_OR_RETURN(const split::InputSpec described_input, split::ReadBundleInput(bundle));
   const std::string data_spec = !options.data.empty()           ? options.data
-                                : !described.input.data.empty() ? described.input.data
+                                : !described_input.data.empty() ? described_input.data
                                                                 : std::string("fashion-mnist");
   CLEAVE_ASSIGN_OR_RETURN(
       const split::LabeledImages test_set,
-      split::LoadSplitFor(data_spec, DatasetSplit::kTest, described.input, options.limit));
+      split::LoadSplitFor(data_spec, DatasetSplit::kTest, described_input, options.limit));
   const DemoImages test = ToDemoImages(test_set);
   size_t n = test.size();
   if (options.limit > 0) n = std::min<size_t>(n, options.limit);
