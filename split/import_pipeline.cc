@@ -48,10 +48,9 @@ Status ImportInterrupted(const ImportOptions& options) {
 // One training stage: `epochs` passes over `train` in shuffled mini-batches, AdamW at a
 // warm-up + cosine rate peaking at `peak_lr`; `step` returns the loss of one batch.
 template <typename Step>
-Result<StageStats> RunImportStage(const std::string& label, int epochs,
-                                  const LabeledImages& train, const ImportOptions& options,
-                                  torch::optim::Optimizer& optimizer, double peak_lr,
-                                  Step&& step) {
+Result<StageStats> RunImportStage(const std::string& label, int epochs, const LabeledImages& train,
+                                  const ImportOptions& options, torch::optim::Optimizer& optimizer,
+                                  double peak_lr, Step&& step) {
   StageStats stats;
   stats.name = label;
   const auto start = std::chrono::steady_clock::now();
@@ -72,8 +71,8 @@ Result<StageStats> RunImportStage(const std::string& label, int epochs,
       const torch::Tensor index = order.narrow(0, s * batch, batch);
       SetLearningRate(optimizer, WarmupCosineLr(peak_lr, done, total));
       optimizer.zero_grad();
-      torch::Tensor loss = step(train.images.index_select(0, index),
-                                train.labels.index_select(0, index));
+      torch::Tensor loss =
+          step(train.images.index_select(0, index), train.labels.index_select(0, index));
       const double value = loss.item<double>();
       if (!std::isfinite(value)) {
         return Status::Internal(label + ": the loss diverged (" + std::to_string(value) +
@@ -117,9 +116,9 @@ Result<ImportLogits> RunImportPaths(ImportedSplitModel& model, torch::jit::Modul
         images.narrow(0, begin, std::min(kImportEvalBatch, images.size(0) - begin));
     const torch::Tensor h = model.RunHead(x);
     imported.push_back(TeacherLogits(teacher_tail, h));
-    CLEAVE_ASSIGN_OR_RETURN(torch::Tensor wire,
-                            WireRoundTrip(model.encoder->forward(h).contiguous(), model.wire_dtype,
-                                          &model.wire_quant));
+    CLEAVE_ASSIGN_OR_RETURN(
+        torch::Tensor wire,
+        WireRoundTrip(model.encoder->forward(h).contiguous(), model.wire_dtype, &model.wire_quant));
     split.push_back(model.RunTail(wire.clone()));
     for (size_t e = 0; e < model.exits.size(); ++e) exits[e].push_back(model.exits[e]->forward(h));
   }
@@ -140,8 +139,8 @@ json EvaluateImport(const ImportLogits& logits, const torch::Tensor& labels,
   const int64_t n = labels.size(0);
   for (int64_t i = 0; i < n; ++i) {
     const int e = i < static_cast<int64_t>(decided.size()) ? decided[i] : -1;
-    const int64_t pred = e >= 0 ? logits.exits[e][i].argmax().item<int64_t>()
-                                : split_pred[i].item<int64_t>();
+    const int64_t pred =
+        e >= 0 ? logits.exits[e][i].argmax().item<int64_t>() : split_pred[i].item<int64_t>();
     correct += pred == labels[i].item<int64_t>();
     local += e >= 0;
   }
@@ -285,10 +284,9 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
   if (!split.ok()) return split.status().WithContext("held-out split");
   const LabeledImages& train = split->first;
   const LabeledImages& held = split->second;
-  LogLine(options.progress_out, "data: " + std::to_string(train.size()) + " training, " +
-                                    std::to_string(held.size()) + " held-out, " +
-                                    std::to_string(data.test.size()) + " test images of " +
-                                    options.data);
+  LogLine(options.progress_out,
+          "data: " + std::to_string(train.size()) + " training, " + std::to_string(held.size()) +
+              " held-out, " + std::to_string(data.test.size()) + " test images of " + options.data);
 
   ImportedSplitModel model;
   model.name = options.name.empty() ? std::filesystem::path(options.torchscript).stem().string()
@@ -309,171 +307,176 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
   teacher_tail.eval();
 
   ImportReport report;
-  CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kExternalInput, "import failed inside libtorch", [&]()
-                                                                                                    -> Status {
-    // The cut's map decides the bottleneck's shape.
-    torch::Tensor probe;
-    {
-      torch::NoGradGuard no_grad;
-      probe = model.RunHead(train.images.narrow(0, 0, std::min<int64_t>(2, train.size())));
-    }
-    if (probe.dim() != 4) {
-      return Status::InvalidArgument("the head's output at " + cut.name + " has " +
-                                     std::to_string(probe.dim()) +
-                                     " dimensions; a bottleneck needs a feature map [N, C, H, W]: "
-                                     "cut before the model flattens");
-    }
-    model.head_output_shape = {probe.size(1), probe.size(2), probe.size(3)};
-    model.bottleneck_channels = options.bottleneck_channels;
-    model.bottleneck_stride = options.bottleneck_stride > 0
-                                  ? options.bottleneck_stride
-                                  : (probe.size(2) >= 8 && probe.size(3) >= 8 ? 2 : 1);
-    if (options.exit_hidden > 0) model.exit_hidden = {options.exit_hidden};
-    model.wire_dtype = options.wire_dtype;
-    CLEAVE_RETURN_IF_ERROR(model.BuildBottleneck());
-    LogLine(options.progress_out,
-            "cut " + cut.name + ": head output " + std::to_string(probe.size(1)) + "x" +
-                std::to_string(probe.size(2)) + "x" + std::to_string(probe.size(3)) +
-                " -> bottleneck " + std::to_string(model.FeatureShape()[0]) + "x" +
-                std::to_string(model.FeatureShape()[1]) + "x" +
-                std::to_string(model.FeatureShape()[2]) + " " +
-                wire::DTypeName(model.wire_dtype));
+  CLEAVE_RETURN_IF_ERROR(
+      CallTorch(TorchSource::kExternalInput, "import failed inside libtorch", [&]() -> Status {
+        // The cut's map decides the bottleneck's shape.
+        torch::Tensor probe;
+        {
+          torch::NoGradGuard no_grad;
+          probe = model.RunHead(train.images.narrow(0, 0, std::min<int64_t>(2, train.size())));
+        }
+        if (probe.dim() != 4) {
+          return Status::InvalidArgument(
+              "the head's output at " + cut.name + " has " + std::to_string(probe.dim()) +
+              " dimensions; a bottleneck needs a feature map [N, C, H, W]: "
+              "cut before the model flattens");
+        }
+        model.head_output_shape = {probe.size(1), probe.size(2), probe.size(3)};
+        model.bottleneck_channels = options.bottleneck_channels;
+        model.bottleneck_stride = options.bottleneck_stride > 0
+                                      ? options.bottleneck_stride
+                                      : (probe.size(2) >= 8 && probe.size(3) >= 8 ? 2 : 1);
+        if (options.exit_hidden > 0) model.exit_hidden = {options.exit_hidden};
+        model.wire_dtype = options.wire_dtype;
+        CLEAVE_RETURN_IF_ERROR(model.BuildBottleneck());
+        LogLine(options.progress_out,
+                "cut " + cut.name + ": head output " + std::to_string(probe.size(1)) + "x" +
+                    std::to_string(probe.size(2)) + "x" + std::to_string(probe.size(3)) +
+                    " -> bottleneck " + std::to_string(model.FeatureShape()[0]) + "x" +
+                    std::to_string(model.FeatureShape()[1]) + "x" +
+                    std::to_string(model.FeatureShape()[2]) + " " +
+                    wire::DTypeName(model.wire_dtype));
 
-    // Stage 1: the bottleneck reproduces h.
-    {
-      model.encoder->train();
-      model.decoder->train();
-      std::vector<torch::Tensor> params = model.encoder->parameters();
-      for (const auto& p : model.decoder->parameters()) params.push_back(p);
-      torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(options.lr * 3).weight_decay(0));
-      CLEAVE_ASSIGN_OR_RETURN(
-          StageStats stats,
-          RunImportStage("stage1-bottleneck", options.epochs_distill, train, options, optimizer,
-                         options.lr * 3, [&](const torch::Tensor& x, const torch::Tensor&) {
-                           torch::Tensor h;
-                           {
-                             torch::NoGradGuard no_grad;
-                             h = model.RunHead(x);
-                           }
-                           return torch::mse_loss(model.decoder->forward(model.encoder->forward(h)),
-                                                  h);
-                         }));
-      report.stages.push_back(stats);
-    }
-    model.encoder->eval();
+        // Stage 1: the bottleneck reproduces h.
+        {
+          model.encoder->train();
+          model.decoder->train();
+          std::vector<torch::Tensor> params = model.encoder->parameters();
+          for (const auto& p : model.decoder->parameters()) params.push_back(p);
+          torch::optim::AdamW optimizer(params,
+                                        torch::optim::AdamWOptions(options.lr * 3).weight_decay(0));
+          CLEAVE_ASSIGN_OR_RETURN(
+              StageStats stats,
+              RunImportStage("stage1-bottleneck", options.epochs_distill, train, options, optimizer,
+                             options.lr * 3, [&](const torch::Tensor& x, const torch::Tensor&) {
+                               torch::Tensor h;
+                               {
+                                 torch::NoGradGuard no_grad;
+                                 h = model.RunHead(x);
+                               }
+                               return torch::mse_loss(
+                                   model.decoder->forward(model.encoder->forward(h)), h);
+                             }));
+          report.stages.push_back(stats);
+        }
+        model.encoder->eval();
 
-    // Wire ranges from the frozen encoder's outputs.
-    {
-      torch::NoGradGuard no_grad;
-      const torch::Tensor sample = train.images.narrow(0, 0, std::min(kWireFitRows, train.size()));
-      std::vector<torch::Tensor> codes;
-      for (int64_t b = 0; b < sample.size(0); b += kImportEvalBatch) {
-        codes.push_back(model.encoder->forward(
-            model.RunHead(sample.narrow(0, b, std::min(kImportEvalBatch, sample.size(0) - b)))));
-      }
-      auto [lo, hi] = ChooseWireRanges(torch::cat(codes, 0), model.wire_dtype);
-      model.wire_quant = RangesToQuantParams(lo, hi, model.wire_dtype);
-    }
+        // Wire ranges from the frozen encoder's outputs.
+        {
+          torch::NoGradGuard no_grad;
+          const torch::Tensor sample =
+              train.images.narrow(0, 0, std::min(kWireFitRows, train.size()));
+          std::vector<torch::Tensor> codes;
+          for (int64_t b = 0; b < sample.size(0); b += kImportEvalBatch) {
+            codes.push_back(model.encoder->forward(model.RunHead(
+                sample.narrow(0, b, std::min(kImportEvalBatch, sample.size(0) - b)))));
+          }
+          auto [lo, hi] = ChooseWireRanges(torch::cat(codes, 0), model.wire_dtype);
+          model.wire_quant = RangesToQuantParams(lo, hi, model.wire_dtype);
+        }
 
-    // Stage 2: the tail side, end to end through the simulated wire, distilled from the
-    // imported model.
-    if (options.epochs_finetune > 0) {
-      model.decoder->train();
-      std::vector<torch::Tensor> params = model.decoder->parameters();
-      for (const auto& p : TrainableTail(model.tail)) params.push_back(p);
-      torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(options.lr).weight_decay(1e-4));
-      CLEAVE_ASSIGN_OR_RETURN(
-          StageStats stats,
-          RunImportStage("stage2-finetune", options.epochs_finetune, train, options, optimizer,
-                         options.lr, [&](const torch::Tensor& x, const torch::Tensor& y) {
-                           torch::Tensor h, code, target;
-                           {
-                             torch::NoGradGuard no_grad;
-                             h = model.RunHead(x);
-                             code = model.encoder->forward(h);
-                             target = TeacherLogits(teacher_tail, h);
-                           }
-                           const torch::Tensor wire =
-                               FakeQuantizeWire(code, model.wire_quant, model.wire_dtype);
-                           return ImportCeKdLoss(model.RunTail(wire), target, y);
-                         }));
-      report.stages.push_back(stats);
-      for (at::Tensor p : model.tail.parameters()) p.set_requires_grad(false);
-    }
-    model.decoder->eval();
+        // Stage 2: the tail side, end to end through the simulated wire, distilled from the
+        // imported model.
+        if (options.epochs_finetune > 0) {
+          model.decoder->train();
+          std::vector<torch::Tensor> params = model.decoder->parameters();
+          for (const auto& p : TrainableTail(model.tail)) params.push_back(p);
+          torch::optim::AdamW optimizer(params,
+                                        torch::optim::AdamWOptions(options.lr).weight_decay(1e-4));
+          CLEAVE_ASSIGN_OR_RETURN(
+              StageStats stats,
+              RunImportStage("stage2-finetune", options.epochs_finetune, train, options, optimizer,
+                             options.lr, [&](const torch::Tensor& x, const torch::Tensor& y) {
+                               torch::Tensor h, code, target;
+                               {
+                                 torch::NoGradGuard no_grad;
+                                 h = model.RunHead(x);
+                                 code = model.encoder->forward(h);
+                                 target = TeacherLogits(teacher_tail, h);
+                               }
+                               const torch::Tensor wire =
+                                   FakeQuantizeWire(code, model.wire_quant, model.wire_dtype);
+                               return ImportCeKdLoss(model.RunTail(wire), target, y);
+                             }));
+          report.stages.push_back(stats);
+          for (at::Tensor p : model.tail.parameters()) p.set_requires_grad(false);
+        }
+        model.decoder->eval();
 
-    // Stage 3: exits on h, distilled from the imported model.
-    if (!model.exits.empty() && options.epochs_exit > 0) {
-      std::vector<torch::Tensor> params;
-      for (auto& e : model.exits) {
-        e->train();
-        for (const auto& p : e->parameters()) params.push_back(p);
-      }
-      torch::optim::AdamW optimizer(params, torch::optim::AdamWOptions(options.lr * 3).weight_decay(1e-4));
-      CLEAVE_ASSIGN_OR_RETURN(
-          StageStats stats,
-          RunImportStage("stage3-exits", options.epochs_exit, train, options, optimizer,
-                         options.lr * 3, [&](const torch::Tensor& x, const torch::Tensor& y) {
-                           torch::Tensor h, target;
-                           {
-                             torch::NoGradGuard no_grad;
-                             h = model.RunHead(x);
-                             target = TeacherLogits(teacher_tail, h);
-                           }
-                           torch::Tensor loss = torch::zeros({}, torch::kFloat);
-                           for (auto& e : model.exits) {
-                             loss = loss + ImportCeKdLoss(e->forward(h), target, y);
-                           }
-                           return loss;
-                         }));
-      report.stages.push_back(stats);
-    }
-    for (auto& e : model.exits) e->eval();
-    CLEAVE_RETURN_IF_ERROR(ImportInterrupted(options));
+        // Stage 3: exits on h, distilled from the imported model.
+        if (!model.exits.empty() && options.epochs_exit > 0) {
+          std::vector<torch::Tensor> params;
+          for (auto& e : model.exits) {
+            e->train();
+            for (const auto& p : e->parameters()) params.push_back(p);
+          }
+          torch::optim::AdamW optimizer(
+              params, torch::optim::AdamWOptions(options.lr * 3).weight_decay(1e-4));
+          CLEAVE_ASSIGN_OR_RETURN(
+              StageStats stats,
+              RunImportStage("stage3-exits", options.epochs_exit, train, options, optimizer,
+                             options.lr * 3, [&](const torch::Tensor& x, const torch::Tensor& y) {
+                               torch::Tensor h, target;
+                               {
+                                 torch::NoGradGuard no_grad;
+                                 h = model.RunHead(x);
+                                 target = TeacherLogits(teacher_tail, h);
+                               }
+                               torch::Tensor loss = torch::zeros({}, torch::kFloat);
+                               for (auto& e : model.exits) {
+                                 loss = loss + ImportCeKdLoss(e->forward(h), target, y);
+                               }
+                               return loss;
+                             }));
+          report.stages.push_back(stats);
+        }
+        for (auto& e : model.exits) e->eval();
+        CLEAVE_RETURN_IF_ERROR(ImportInterrupted(options));
 
-    // Calibration on held-out rows, against the imported model's own accuracy there.
-    CLEAVE_ASSIGN_OR_RETURN(const ImportLogits h_logits,
-                            RunImportPaths(model, teacher_tail, held.images));
-    if (model.exits.empty()) {
-      model.exit_policy = ExitPolicy(options.criterion, {});
-    } else {
-      std::vector<torch::Tensor> scores, correct;
-      for (const torch::Tensor& e : h_logits.exits) {
-        scores.push_back(ExitScores(options.criterion, e));
-        correct.push_back(e.argmax(1).eq(held.labels));
-      }
-      const torch::Tensor full_correct = h_logits.split.argmax(1).eq(held.labels);
-      const double reference = Accuracy(h_logits.imported, held.labels);
-      auto calibration =
-          Calibrate(scores, correct, full_correct, options.criterion, options.target, reference);
-      std::string drop_reference = "imported";
-      if (!calibration.ok() && calibration.status().code() == StatusCode::kFailedPrecondition) {
-        LogLine(options.progress_out, "exits: warning: the split path misses " +
-                                          options.target.ToString() +
-                                          " against the imported model even without exits; "
-                                          "calibrating against the split path instead");
-        calibration = Calibrate(scores, correct, full_correct, options.criterion, options.target);
-        drop_reference = "split_no_exit (imported reference infeasible)";
-      }
-      if (!calibration.ok()) return calibration.status().WithContext("exit calibration");
-      model.exit_policy = calibration->policy();
-      model.calibration = calibration->ToJson();
-      model.calibration["drop_reference"] = drop_reference;
-    }
-    model.evaluation["held_out"] = EvaluateImport(h_logits, held.labels, model.exit_policy);
-    if (data.test.size() > 0) {
-      CLEAVE_ASSIGN_OR_RETURN(const ImportLogits t_logits,
-                              RunImportPaths(model, teacher_tail, data.test.images));
-      model.evaluation["test"] = EvaluateImport(t_logits, data.test.labels, model.exit_policy);
-    }
-    json stage_list = json::array();
-    for (const auto& s : report.stages) stage_list.push_back(s.ToJson());
-    model.training = options.ToJson();
-    model.training["stages"] = stage_list;
-    model.training["import_seconds"] = SecondsSince(start);
-    CLEAVE_RETURN_IF_ERROR(ImportInterrupted(options));
-    return WriteImportedBundle(out_dir, model);
-  }));
+        // Calibration on held-out rows, against the imported model's own accuracy there.
+        CLEAVE_ASSIGN_OR_RETURN(const ImportLogits h_logits,
+                                RunImportPaths(model, teacher_tail, held.images));
+        if (model.exits.empty()) {
+          model.exit_policy = ExitPolicy(options.criterion, {});
+        } else {
+          std::vector<torch::Tensor> scores, correct;
+          for (const torch::Tensor& e : h_logits.exits) {
+            scores.push_back(ExitScores(options.criterion, e));
+            correct.push_back(e.argmax(1).eq(held.labels));
+          }
+          const torch::Tensor full_correct = h_logits.split.argmax(1).eq(held.labels);
+          const double reference = Accuracy(h_logits.imported, held.labels);
+          auto calibration = Calibrate(scores, correct, full_correct, options.criterion,
+                                       options.target, reference);
+          std::string drop_reference = "imported";
+          if (!calibration.ok() && calibration.status().code() == StatusCode::kFailedPrecondition) {
+            LogLine(options.progress_out, "exits: warning: the split path misses " +
+                                              options.target.ToString() +
+                                              " against the imported model even without exits; "
+                                              "calibrating against the split path instead");
+            calibration =
+                Calibrate(scores, correct, full_correct, options.criterion, options.target);
+            drop_reference = "split_no_exit (imported reference infeasible)";
+          }
+          if (!calibration.ok()) return calibration.status().WithContext("exit calibration");
+          model.exit_policy = calibration->policy();
+          model.calibration = calibration->ToJson();
+          model.calibration["drop_reference"] = drop_reference;
+        }
+        model.evaluation["held_out"] = EvaluateImport(h_logits, held.labels, model.exit_policy);
+        if (data.test.size() > 0) {
+          CLEAVE_ASSIGN_OR_RETURN(const ImportLogits t_logits,
+                                  RunImportPaths(model, teacher_tail, data.test.images));
+          model.evaluation["test"] = EvaluateImport(t_logits, data.test.labels, model.exit_policy);
+        }
+        json stage_list = json::array();
+        for (const auto& s : report.stages) stage_list.push_back(s.ToJson());
+        model.training = options.ToJson();
+        model.training["stages"] = stage_list;
+        model.training["import_seconds"] = SecondsSince(start);
+        CLEAVE_RETURN_IF_ERROR(ImportInterrupted(options));
+        return WriteImportedBundle(out_dir, model);
+      }));
   report.evaluation = model.evaluation;
   report.calibration = model.calibration;
   report.bundle_dir = out_dir.string();

@@ -32,8 +32,8 @@
 namespace cleave::split {
 
 struct ImportOptions {
-  std::string torchscript;        // the .pt file
-  std::string split_after;        // a cut name (TorchScriptModel::CutPoints)
+  std::string torchscript;  // the .pt file
+  std::string split_after;  // a cut name (TorchScriptModel::CutPoints)
   std::string data = "fashion-mnist";
   int image_size = 0;             // model input side; 0 = the data's own
   std::vector<float> mean{0.0f};  // normalization cleave applies before the head

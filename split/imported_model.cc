@@ -66,9 +66,9 @@ Status LoadArchive(const Bundle& bundle, const char* file,
   for (const ImportedTensor& t : tensors) {
     torch::Tensor stored;
     CLEAVE_ASSIGN_OR_RETURN(
-        const bool found,
-        CallTorch(TorchSource::kStoredBytes, std::string(file) + ": tensor " + t.name + " unreadable",
-                  [&] { return archive.try_read(t.name, stored, t.is_buffer); }));
+        const bool found, CallTorch(TorchSource::kStoredBytes,
+                                    std::string(file) + ": tensor " + t.name + " unreadable",
+                                    [&] { return archive.try_read(t.name, stored, t.is_buffer); }));
     if (!found || !stored.defined()) {
       return Status::DataLoss(std::string(file) + " lacks tensor " + t.name);
     }
@@ -131,7 +131,8 @@ Result<ImportedSplitModel> ParseImportedManifest(const json& m) {
     model.head_output_shape = m.at("head_output_shape").get<std::vector<int64_t>>();
     model.bottleneck_channels = m.at("bottleneck").at("channels").get<int>();
     model.bottleneck_stride = m.at("bottleneck").at("stride").get<int>();
-    for (const json& e : m.at("exits")) model.exit_hidden.push_back(e.at("hidden_channels").get<int>());
+    for (const json& e : m.at("exits"))
+      model.exit_hidden.push_back(e.at("hidden_channels").get<int>());
     CLEAVE_ASSIGN_OR_RETURN(model.exit_policy, ExitPolicy::FromJson(m.at("exit_policy")));
     const json& w = m.at("wire");
     CLEAVE_ASSIGN_OR_RETURN(model.wire_dtype, wire::ParseDType(w.at("dtype").get<std::string>()));
@@ -172,11 +173,11 @@ Result<ImportedSplitModel> ParseImportedManifest(const json& m) {
 }  // namespace
 
 BottleneckEncoderImpl::BottleneckEncoderImpl(int in_channels, int bottleneck_channels, int stride) {
-  conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(
-                                                       in_channels, bottleneck_channels, 3)
-                                                       .stride(stride)
-                                                       .padding(1)
-                                                       .bias(false)));
+  conv = register_module(
+      "conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(in_channels, bottleneck_channels, 3)
+                                    .stride(stride)
+                                    .padding(1)
+                                    .bias(false)));
   bn = register_module("bn", torch::nn::BatchNorm2d(bottleneck_channels));
 }
 
@@ -185,10 +186,10 @@ torch::Tensor BottleneckEncoderImpl::forward(torch::Tensor h) { return bn(conv(h
 BottleneckDecoderImpl::BottleneckDecoderImpl(int bottleneck_channels, int out_channels,
                                              int out_height, int out_width)
     : out_height_(out_height), out_width_(out_width) {
-  conv = register_module("conv", torch::nn::Conv2d(torch::nn::Conv2dOptions(
-                                                       bottleneck_channels, out_channels, 3)
-                                                       .padding(1)
-                                                       .bias(false)));
+  conv = register_module(
+      "conv",
+      torch::nn::Conv2d(
+          torch::nn::Conv2dOptions(bottleneck_channels, out_channels, 3).padding(1).bias(false)));
   bn = register_module("bn", torch::nn::BatchNorm2d(out_channels));
   project = register_module(
       "project", torch::nn::Conv2d(torch::nn::Conv2dOptions(out_channels, out_channels, 1)));
@@ -196,10 +197,10 @@ BottleneckDecoderImpl::BottleneckDecoderImpl(int bottleneck_channels, int out_ch
 
 torch::Tensor BottleneckDecoderImpl::forward(torch::Tensor z) {
   if (z.size(2) != out_height_ || z.size(3) != out_width_) {
-    z = torch::nn::functional::interpolate(
-        z, torch::nn::functional::InterpolateFuncOptions()
-               .size(std::vector<int64_t>{out_height_, out_width_})
-               .mode(torch::kNearest));
+    z = torch::nn::functional::interpolate(z,
+                                           torch::nn::functional::InterpolateFuncOptions()
+                                               .size(std::vector<int64_t>{out_height_, out_width_})
+                                               .mode(torch::kNearest));
   }
   return project(torch::relu(bn(conv(z))));
 }
@@ -278,7 +279,8 @@ Status WriteImportedBundle(const std::filesystem::path& dir, const ImportedSplit
   CLEAVE_RETURN_IF_ERROR(writer.AddFile(kImportedHeadFile, head));
   CLEAVE_ASSIGN_OR_RETURN(const std::string tail, SaveScript(model.tail, kImportedTailFile));
   CLEAVE_RETURN_IF_ERROR(writer.AddFile(kImportedTailFile, tail));
-  CLEAVE_ASSIGN_OR_RETURN(const std::string edge, SaveArchive(EdgeTensors(model), kImportedEdgeFile));
+  CLEAVE_ASSIGN_OR_RETURN(const std::string edge,
+                          SaveArchive(EdgeTensors(model), kImportedEdgeFile));
   CLEAVE_RETURN_IF_ERROR(writer.AddFile(kImportedEdgeFile, edge));
   CLEAVE_ASSIGN_OR_RETURN(const std::string cloud,
                           SaveArchive(CloudTensors(model), kImportedCloudFile));
@@ -332,7 +334,8 @@ Result<ImportedSplitModel> ReadImportedBundle(const Bundle& bundle,
     CLEAVE_ASSIGN_OR_RETURN(model.tail, LoadScript(bundle, kImportedTailFile));
     model.has_tail = true;
   }
-  if (parts.edge) CLEAVE_RETURN_IF_ERROR(LoadArchive(bundle, kImportedEdgeFile, EdgeTensors(model)));
+  if (parts.edge)
+    CLEAVE_RETURN_IF_ERROR(LoadArchive(bundle, kImportedEdgeFile, EdgeTensors(model)));
   if (parts.cloud) {
     CLEAVE_RETURN_IF_ERROR(LoadArchive(bundle, kImportedCloudFile, CloudTensors(model)));
   }

@@ -80,8 +80,8 @@ struct ImportedSplitModel {
   std::string name = "imported";
   InputSpec input;
   std::vector<float> mean{0.0f}, std{1.0f};  // applied before the head: (x - mean) / std
-  nlohmann::json source;                      // {"file", "cut", "class"}
-  std::vector<int64_t> head_output_shape;     // [C, H, W] of h
+  nlohmann::json source;                     // {"file", "cut", "class"}
+  std::vector<int64_t> head_output_shape;    // [C, H, W] of h
   int bottleneck_channels = 2;
   int bottleneck_stride = 2;
   std::vector<int> exit_hidden;  // one per exit (all read h)
@@ -105,7 +105,7 @@ struct ImportedSplitModel {
 
   // The paths (no grad unless the caller enables it; modules in whatever mode they are).
   torch::Tensor Normalize(const torch::Tensor& images) const;
-  torch::Tensor RunHead(const torch::Tensor& images);  // normalize + head -> h
+  torch::Tensor RunHead(const torch::Tensor& images);    // normalize + head -> h
   torch::Tensor RunTail(const torch::Tensor& features);  // decoder + tail -> logits
 };
 

@@ -155,8 +155,7 @@ int EdgeModel::num_exits() const {
 
 Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
   if (imported_) {
-    CLEAVE_RETURN_IF_ERROR(
-        CheckBatch(images, ImportedImageShape(*imported_), "edge input images"));
+    CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImportedImageShape(*imported_), "edge input images"));
     return CallTorch(TorchSource::kOwnState, "edge head: libtorch failed", [&] {
       torch::NoGradGuard no_grad;
       const torch::Tensor h = imported_->RunHead(images.to(torch::kFloat).contiguous());

@@ -38,9 +38,9 @@ void RunImport(ImportArgs& args, const CLI::App& cmd) {
     if (!model.ok()) Fail(name, model.status());
     const Status cuttable = model->CheckCuttable();
     if (!cuttable.ok()) Fail(name, cuttable);
-    std::cout << nlohmann::json({{"model", model->class_name()}, {"cuts", model->CutPoints()}})
-                     .dump(2)
-              << std::endl;
+    std::cout
+        << nlohmann::json({{"model", model->class_name()}, {"cuts", model->CutPoints()}}).dump(2)
+        << std::endl;
     return;
   }
   if (args.out.empty()) Fail(name, Status::InvalidArgument("--out DIR is required"));

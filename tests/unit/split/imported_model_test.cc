@@ -1,0 +1,270 @@
+// `cleave import` on a tiny TorchScript model built in C++ (no python needed) and a tiny IDX
+// dataset written by the test: the pipeline, the bundle, and the runtime objects the
+// daemons use.
+#include "split/imported_model.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "common/file_util.h"
+#include "split/import_pipeline.h"
+#include "split/split_runtime.h"
+
+namespace cleave::split {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+constexpr int kImpSide = 8;
+
+void PutBigEndian(std::string& out, uint32_t v) {
+  for (int shift = 24; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((v >> shift) & 0xff));
+}
+
+// An IDX split: class 1 images are bright on the left half, class 0 on the right.
+void WriteImpIdx(const fs::path& dir, const std::string& prefix, int count, uint32_t seed) {
+  std::string images, labels;
+  PutBigEndian(images, 0x00000803);
+  PutBigEndian(images, static_cast<uint32_t>(count));
+  PutBigEndian(images, kImpSide);
+  PutBigEndian(images, kImpSide);
+  PutBigEndian(labels, 0x00000801);
+  PutBigEndian(labels, static_cast<uint32_t>(count));
+  uint32_t state = seed;
+  for (int i = 0; i < count; ++i) {
+    const int label = i % 2;
+    labels.push_back(static_cast<char>(label));
+    for (int y = 0; y < kImpSide; ++y) {
+      for (int x = 0; x < kImpSide; ++x) {
+        state = state * 1664525u + 1013904223u;
+        const bool bright = (x < kImpSide / 2) == (label == 1);
+        images.push_back(static_cast<char>((bright ? 150 : 30) + (state >> 26)));
+      }
+    }
+  }
+  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-images-idx3-ubyte"), images).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-labels-idx1-ubyte"), labels).ok());
+}
+
+// A TorchScript chain model built in C++: conv(1->4) - relu - conv(4->4) - relu - pool -
+// flatten - linear(4*4*4 -> 2). Each child is a jit module with its own forward.
+torch::jit::Module ImpLeaf(const std::string& name, const std::string& source) {
+  torch::jit::Module m("__torch__.cleave_test." + name);
+  m.define(source);
+  return m;
+}
+
+torch::jit::Module ImpConv(const std::string& name, int in, int out) {
+  torch::jit::Module m("__torch__.cleave_test." + name);
+  m.register_parameter("weight", torch::randn({out, in, 3, 3}) * 0.5, false);
+  m.register_parameter("bias", torch::zeros({out}), false);
+  m.define(R"(
+def forward(self, x):
+    return torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1])
+)");
+  return m;
+}
+
+// `designed`: weights that solve the left/right task (conv1 and conv2 pass channel 0 on,
+// the linear layer compares the left and right halves of the pooled map); else random.
+torch::jit::Module ImpModel(bool designed = false) {
+  torch::manual_seed(3);
+  torch::jit::Module root("__torch__.cleave_test.ImpNet");
+  root.register_module("conv1", ImpConv("ImpConv1", 1, 4));
+  root.register_module("relu1",
+                       ImpLeaf("ImpRelu1", "def forward(self, x):\n    return torch.relu(x)\n"));
+  root.register_module("conv2", ImpConv("ImpConv2", 4, 4));
+  root.register_module("relu2",
+                       ImpLeaf("ImpRelu2", "def forward(self, x):\n    return torch.relu(x)\n"));
+  root.register_module(
+      "pool",
+      ImpLeaf("ImpPool", "def forward(self, x):\n    return torch.max_pool2d(x, [2, 2])\n"));
+  root.register_module(
+      "flat", ImpLeaf("ImpFlat", "def forward(self, x):\n    return torch.flatten(x, 1)\n"));
+  torch::jit::Module fc("__torch__.cleave_test.ImpFc");
+  fc.register_parameter("weight", torch::randn({2, 64}) * 0.1, false);
+  fc.register_parameter("bias", torch::zeros({2}), false);
+  fc.define("def forward(self, x):\n    return torch.linear(x, self.weight, self.bias)\n");
+  if (designed) {
+    torch::NoGradGuard no_grad;
+    torch::Tensor w1 = torch::zeros({4, 1, 3, 3});
+    w1[0][0][1][1] = 1.0;
+    torch::Tensor w2 = torch::zeros({4, 4, 3, 3});
+    w2[0][0][1][1] = 1.0;
+    torch::Tensor wfc = torch::zeros({2, 64});
+    for (int y = 0; y < 4; ++y) {
+      for (int x = 0; x < 4; ++x) {
+        const double side = x < 2 ? 0.05 : -0.05;  // channel 0 of the 4x4 pooled map
+        wfc[1][y * 4 + x] = side;
+        wfc[0][y * 4 + x] = -side;
+      }
+    }
+    root.attr("conv1").toModule().setattr("weight", w1);
+    root.attr("conv2").toModule().setattr("weight", w2);
+    fc.setattr("weight", wfc);
+  }
+  root.register_module("fc", fc);
+  root.define(R"(
+def forward(self, x):
+    x = self.conv1.forward(x)
+    x = self.relu1.forward(x)
+    x = self.conv2.forward(x)
+    x = self.relu2.forward(x)
+    x = self.pool.forward(x)
+    x = self.flat.forward(x)
+    return self.fc.forward(x)
+)");
+  return root;
+}
+
+class ImportTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("cleave_test_import_" + UniqueSuffix());
+    fs::create_directories(dir_ / "data");
+    WriteImpIdx(dir_ / "data", "train", 600, 1);
+    WriteImpIdx(dir_ / "data", "t10k", 100, 2);
+    ImpModel().save((dir_ / "model.pt").string());
+    options_ = ImportOptions::Quick();
+    options_.torchscript = (dir_ / "model.pt").string();
+    options_.split_after = "relu2";
+    options_.data = "idx:" + (dir_ / "data").string();
+    options_.train_limit = 0;
+    options_.held_out = 100;
+    options_.test_limit = 0;
+    options_.exit_hidden = 8;
+    options_.batch_size = 32;
+    options_.progress_out = nullptr;
+    options_.threads = 1;
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  fs::path dir_;
+  ImportOptions options_;
+};
+
+TEST_F(ImportTest, WritesABundleTheRuntimeServes) {
+  Result<ImportReport> report = ImportTorchScript(options_, dir_ / "bundle");
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->stages.size(), 3u);
+  EXPECT_EQ(report->evaluation["test"]["rows"], 100);
+  EXPECT_GT(report->import_seconds, 0.0);
+
+  Result<Bundle> bundle = Bundle::Open(dir_ / "bundle");
+  ASSERT_TRUE(bundle.ok()) << bundle.status().ToString();
+  EXPECT_EQ(bundle->kind(), kTorchScriptSplitKind);
+  Result<ImportedSplitModel> read = ReadImportedBundle(*bundle, ImportedBundleParts());
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->head_output_shape, (std::vector<int64_t>{4, 8, 8}));
+  EXPECT_EQ(read->FeatureShape(), (std::vector<uint32_t>{2, 4, 4}));  // stride 2 at 8x8
+  EXPECT_EQ(read->input.class_names, (std::vector<std::string>{"0", "1"}));
+  EXPECT_EQ(read->source["cut"], "relu2");
+
+  auto edge = EdgeModel::Load(*bundle, EdgeModel::Options());
+  ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+  EXPECT_EQ((*edge)->engine(), "fp32");
+  EXPECT_EQ((*edge)->num_exits(), 1);
+  EXPECT_EQ((*edge)->feature_shape(), (std::vector<uint32_t>{2, 4, 4}));
+  auto cloud = CloudModel::Load(*bundle);
+  ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
+  auto local = LocalModel::Load(*bundle);
+  ASSERT_TRUE(local.ok()) << local.status().ToString();
+
+  // Head -> (unquantized) features -> tail equals the whole split model.
+  const torch::Tensor images = torch::rand({3, 1, kImpSide, kImpSide});
+  auto head = (*edge)->Run(images);
+  ASSERT_TRUE(head.ok()) << head.status().ToString();
+  ASSERT_EQ(head->exit_logits.size(), 1u);
+  EXPECT_EQ(head->exit_logits[0].sizes(), (std::vector<int64_t>{3, 2}));
+  auto tail = (*cloud)->RunTail(head->features);
+  ASSERT_TRUE(tail.ok()) << tail.status().ToString();
+  auto whole = (*local)->Run(images);
+  ASSERT_TRUE(whole.ok());
+  EXPECT_TRUE(torch::allclose(*tail, *whole, 1e-5, 1e-6));
+  auto full = (*cloud)->RunFull(images);
+  ASSERT_TRUE(full.ok());
+  EXPECT_TRUE(torch::allclose(*full, *whole, 1e-5, 1e-6));
+
+  // Inputs are checked before they reach the model.
+  EXPECT_EQ((*edge)->Run(torch::rand({1, 3, kImpSide, kImpSide})).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ((*cloud)->RunTail(torch::rand({1, 3, 4, 4})).status().code(),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(ReadBundleInput(*bundle)->class_names.size(), 2u);
+}
+
+TEST_F(ImportTest, TheSplitPathKeepsAGoodModelsAccuracy) {
+  ImpModel(/*designed=*/true).save((dir_ / "good.pt").string());
+  options_.torchscript = (dir_ / "good.pt").string();
+  options_.epochs_distill = options_.epochs_finetune = options_.epochs_exit = 3;
+  Result<ImportReport> report = ImportTorchScript(options_, dir_ / "bundle");
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  const nlohmann::json& test = report->evaluation["test"];
+  EXPECT_GE(test["imported"].get<double>(), 0.99) << test.dump();
+  // The bottleneck (2 channels, 4x4, u4) and the fine-tuned tail keep the answer.
+  EXPECT_GE(test["split_no_exit"].get<double>(), 0.95) << report->ToJson().dump(2);
+  EXPECT_GE(test["split_exit"].get<double>(), 0.95) << test.dump();
+}
+
+TEST_F(ImportTest, RefusesCutsWithoutAFeatureMapAndUnknownNames) {
+  options_.split_after = "flat";
+  Result<ImportReport> flat = ImportTorchScript(options_, dir_ / "bundle");
+  ASSERT_FALSE(flat.ok());
+  EXPECT_EQ(flat.status().code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(flat.status().message(), HasSubstr("feature map"));
+  options_.split_after = "nowhere";
+  Result<ImportReport> unknown = ImportTorchScript(options_, dir_ / "bundle");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_THAT(unknown.status().message(), HasSubstr("relu2"));  // lists the valid cuts
+  EXPECT_FALSE(fs::exists(dir_ / "bundle"));
+}
+
+TEST_F(ImportTest, RefusesFilesThatAreNotTorchScriptAndBadOptions) {
+  ASSERT_TRUE(WriteFileAtomic(dir_ / "junk.pt", "not a zip").ok());
+  options_.torchscript = (dir_ / "junk.pt").string();
+  EXPECT_EQ(ImportTorchScript(options_, dir_ / "bundle").status().code(),
+            StatusCode::kInvalidArgument);
+  ImportOptions bad = options_;
+  bad.bottleneck_channels = 0;
+  EXPECT_THAT(bad.Validate().message(), HasSubstr("--bottleneck-channels"));
+  bad = options_;
+  bad.split_after.clear();
+  EXPECT_THAT(bad.Validate().message(), HasSubstr("--split-after"));
+  bad = options_;
+  bad.std = {0.0f};
+  EXPECT_THAT(bad.Validate().message(), HasSubstr("--std"));
+  bad = options_;
+  bad.mean = {0.1f, 0.2f};  // two values for a one-channel dataset
+  bad.torchscript = (dir_ / "model.pt").string();
+  EXPECT_THAT(ImportTorchScript(bad, dir_ / "bundle").status().message(), HasSubstr("--mean"));
+}
+
+TEST_F(ImportTest, ReadRefusesAManifestThatDoesNotHoldTogether) {
+  ASSERT_TRUE(ImportTorchScript(options_, dir_ / "bundle").ok());
+  Result<Bundle> bundle = Bundle::Open(dir_ / "bundle");
+  ASSERT_TRUE(bundle.ok());
+  Result<ImportedSplitModel> model = ReadImportedBundle(*bundle, ImportedBundleParts());
+  ASSERT_TRUE(model.ok());
+  // Rewrite the bundle with a wire that does not fit the features, through the writer.
+  ImportedSplitModel broken = *model;
+  broken.wire_quant.scale.push_back(1.0f);
+  EXPECT_EQ(WriteImportedBundle(dir_ / "broken", broken).code(), StatusCode::kInvalidArgument);
+  // A vision-split reader refuses the kind, and this reader refuses a vision-split bundle's.
+  auto vision = ReadVisionBundle(*bundle, VisionBundleParts());
+  EXPECT_EQ(vision.status().code(), StatusCode::kInvalidArgument);
+  ImportedBundleParts none;
+  none.head = none.edge = none.tail = none.cloud = false;
+  EXPECT_TRUE(ReadImportedBundle(*bundle, none).ok());
+}
+
+}  // namespace
+}  // namespace cleave::split
