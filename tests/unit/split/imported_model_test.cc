@@ -14,6 +14,7 @@
 #include "common/file_util.h"
 #include "split/import_pipeline.h"
 #include "split/split_runtime.h"
+#include "testing/tiny_torchscript.h"
 
 namespace cleave::split {
 namespace {
@@ -21,7 +22,7 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-constexpr int kImpSide = 8;
+constexpr int kImpSide = cleave::testing::kTinyChainSide;
 
 void PutBigEndian(std::string& out, uint32_t v) {
   for (int shift = 24; shift >= 0; shift -= 8)
@@ -53,77 +54,6 @@ void WriteImpIdx(const fs::path& dir, const std::string& prefix, int count, uint
   ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-labels-idx1-ubyte"), labels).ok());
 }
 
-// A TorchScript chain model built in C++: conv(1->4) - relu - conv(4->4) - relu - pool -
-// flatten - linear(4*4*4 -> 2). Each child is a jit module with its own forward.
-torch::jit::Module ImpLeaf(const std::string& name, const std::string& source) {
-  torch::jit::Module m("__torch__.cleave_test." + name);
-  m.define(source);
-  return m;
-}
-
-torch::jit::Module ImpConv(const std::string& name, int in, int out) {
-  torch::jit::Module m("__torch__.cleave_test." + name);
-  m.register_parameter("weight", torch::randn({out, in, 3, 3}) * 0.5, false);
-  m.register_parameter("bias", torch::zeros({out}), false);
-  m.define(R"(
-def forward(self, x):
-    return torch.conv2d(x, self.weight, self.bias, [1, 1], [1, 1])
-)");
-  return m;
-}
-
-// `designed`: weights that solve the left/right task (conv1 and conv2 pass channel 0 on,
-// the linear layer compares the left and right halves of the pooled map); else random.
-torch::jit::Module ImpModel(bool designed = false) {
-  torch::manual_seed(3);
-  torch::jit::Module root("__torch__.cleave_test.ImpNet");
-  root.register_module("conv1", ImpConv("ImpConv1", 1, 4));
-  root.register_module("relu1",
-                       ImpLeaf("ImpRelu1", "def forward(self, x):\n    return torch.relu(x)\n"));
-  root.register_module("conv2", ImpConv("ImpConv2", 4, 4));
-  root.register_module("relu2",
-                       ImpLeaf("ImpRelu2", "def forward(self, x):\n    return torch.relu(x)\n"));
-  root.register_module(
-      "pool",
-      ImpLeaf("ImpPool", "def forward(self, x):\n    return torch.max_pool2d(x, [2, 2])\n"));
-  root.register_module(
-      "flat", ImpLeaf("ImpFlat", "def forward(self, x):\n    return torch.flatten(x, 1)\n"));
-  torch::jit::Module fc("__torch__.cleave_test.ImpFc");
-  fc.register_parameter("weight", torch::randn({2, 64}) * 0.1, false);
-  fc.register_parameter("bias", torch::zeros({2}), false);
-  fc.define("def forward(self, x):\n    return torch.linear(x, self.weight, self.bias)\n");
-  if (designed) {
-    torch::NoGradGuard no_grad;
-    torch::Tensor w1 = torch::zeros({4, 1, 3, 3});
-    w1[0][0][1][1] = 1.0;
-    torch::Tensor w2 = torch::zeros({4, 4, 3, 3});
-    w2[0][0][1][1] = 1.0;
-    torch::Tensor wfc = torch::zeros({2, 64});
-    for (int y = 0; y < 4; ++y) {
-      for (int x = 0; x < 4; ++x) {
-        const double side = x < 2 ? 0.05 : -0.05;  // channel 0 of the 4x4 pooled map
-        wfc[1][y * 4 + x] = side;
-        wfc[0][y * 4 + x] = -side;
-      }
-    }
-    root.attr("conv1").toModule().setattr("weight", w1);
-    root.attr("conv2").toModule().setattr("weight", w2);
-    fc.setattr("weight", wfc);
-  }
-  root.register_module("fc", fc);
-  root.define(R"(
-def forward(self, x):
-    x = self.conv1.forward(x)
-    x = self.relu1.forward(x)
-    x = self.conv2.forward(x)
-    x = self.relu2.forward(x)
-    x = self.pool.forward(x)
-    x = self.flat.forward(x)
-    return self.fc.forward(x)
-)");
-  return root;
-}
-
 class ImportTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -131,7 +61,7 @@ class ImportTest : public ::testing::Test {
     fs::create_directories(dir_ / "data");
     WriteImpIdx(dir_ / "data", "train", 600, 1);
     WriteImpIdx(dir_ / "data", "t10k", 100, 2);
-    ImpModel().save((dir_ / "model.pt").string());
+    cleave::testing::TinyChainModel(1).save((dir_ / "model.pt").string());
     options_ = ImportOptions::Quick();
     options_.torchscript = (dir_ / "model.pt").string();
     options_.split_after = "relu2";
@@ -203,7 +133,7 @@ TEST_F(ImportTest, WritesABundleTheRuntimeServes) {
 }
 
 TEST_F(ImportTest, TheSplitPathKeepsAGoodModelsAccuracy) {
-  ImpModel(/*designed=*/true).save((dir_ / "good.pt").string());
+  cleave::testing::TinyChainModel(1, /*designed=*/true).save((dir_ / "good.pt").string());
   options_.torchscript = (dir_ / "good.pt").string();
   options_.epochs_distill = options_.epochs_finetune = options_.epochs_exit = 3;
   Result<ImportReport> report = ImportTorchScript(options_, dir_ / "bundle");
