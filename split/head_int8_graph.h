@@ -10,7 +10,8 @@
 //   int8 (libtorch's quantized kernels)      conv2d (any stride/padding/dilation/groups,
 //                                            BatchNorm folded, ReLU or ReLU6 fused), linear
 //                                            (ReLU/ReLU6 fused), add of two tensors (ReLU
-//                                            fused), BatchNorm not after a conv, hardswish;
+//                                            fused), BatchNorm that cannot be folded,
+//                                            hardswish;
 //   int8 when their input is int8            relu, hardtanh/ReLU6, max_pool2d, avg_pool2d,
 //   (they keep their input's scale)          adaptive_avg_pool2d, flatten, reshape, view,
 //                                            contiguous;
@@ -18,6 +19,10 @@
 //                                            torch::jit::Operation (Node::getOperation()) on
 //                                            a Stack, on dequantized inputs; its output is
 //                                            quantized again only where an int8 op reads it.
+//
+// A BatchNorm (and a ReLU after it) that follows conv -> max_pool2d moves before the pool
+// when all its scales are positive, which is exact (max commutes with increasing maps), and
+// then folds into the conv. Shape queries (dim, size) do not keep ops from merging.
 //
 // Scheme (Jacob et al. 2018; Krishnamoorthi 2018): weights symmetric int8 per output channel
 // (zero point 0, q in [-127, 127]) with fp32 biases, as split/int8_ops.h; activations

@@ -25,11 +25,25 @@ c10::Symbol QgSymbol(const char* qualified) { return c10::Symbol::fromQualString
 
 bool QgIsTensor(const Value* v) { return v->type()->isSubtypeOf(*c10::TensorType::get()); }
 
-// The only node reading `v`, or null when `v` has several readers or is a graph output.
+// Ops that read only a tensor's metadata: they may see the int8 tensor itself, and they do
+// not keep an op from merging into the one before it (scripted nn.BatchNorm2d checks its
+// input's dim() before it normalizes).
+bool QgReadsShapeOnly(const Node* n) {
+  return n->kind() == c10::aten::size || n->kind() == c10::aten::dim ||
+         n->kind() == QgSymbol("aten::numel");
+}
+
+// The only node reading `v`'s values (readers of its shape aside), or null when several do,
+// none does or `v` is a graph output.
 Node* QgSoleUser(const Value* v) {
-  if (v->uses().size() != 1) return nullptr;
-  Node* user = v->uses()[0].user;
-  return user->kind() == c10::prim::Return ? nullptr : user;
+  Node* sole = nullptr;
+  for (const torch::jit::Use& use : v->uses()) {
+    if (use.user->kind() == c10::prim::Return) return nullptr;
+    if (QgReadsShapeOnly(use.user)) continue;
+    if (sole != nullptr) return nullptr;
+    sole = use.user;
+  }
+  return sole;
 }
 
 c10::optional<torch::Tensor> QgConstFloatTensor(const Value* v) {
@@ -199,17 +213,49 @@ bool QgKeepsScale(const Node* n) {
   return kinds.count(n->kind()) > 0;
 }
 
-// Ops that read only a tensor's metadata: they may see the int8 tensor itself.
-bool QgReadsShapeOnly(const Node* n) {
-  return n->kind() == c10::aten::size || n->kind() == c10::aten::dim ||
-         n->kind() == QgSymbol("aten::numel");
-}
-
 // fp32 ops whose MACs the report counts.
 bool QgCountsMacs(const Node* n) {
   const c10::Symbol k = n->kind();
   return k == c10::aten::conv1d || k == c10::aten::conv2d || k == c10::aten::conv3d ||
          k == c10::aten::_convolution || k == c10::aten::linear || k == c10::aten::matmul;
+}
+
+// conv -> max_pool2d -> BatchNorm [-> relu] becomes conv -> BatchNorm [-> relu] ->
+// max_pool2d when every BatchNorm scale g / sqrt(v + eps) is positive, so the BatchNorm folds
+// into the conv and the ReLU fuses. Exact: an increasing per-channel map (and ReLU) commutes
+// with max, and float rounding is monotonic, so the same element wins every window.
+// (Models pool first to make the BatchNorm cheaper in training, as the Fashion-MNIST example.)
+void QgHoistBatchNormAbovePools(torch::jit::Graph& graph) {
+  std::vector<Node*> pools;
+  for (Node* n : graph.nodes()) {
+    if (n->kind() == c10::aten::max_pool2d) pools.push_back(n);
+  }
+  for (Node* pool : pools) {
+    Node* conv = pool->input(0)->node();
+    Node* bn_node = QgSoleUser(pool->output());
+    if (!QgMatchConv(conv) || QgSoleUser(conv->output()) != pool || bn_node == nullptr ||
+        bn_node->input(0) != pool->output()) {
+      continue;
+    }
+    const c10::optional<QgBatchNormMatch> bn = QgMatchBatchNorm(bn_node);
+    if (!bn || !(bn->weight / torch::sqrt(bn->var + bn->eps) > 0).all().item<bool>()) continue;
+    Node* last = bn_node;
+    if (Node* relu = QgSoleUser(bn_node->output());
+        relu != nullptr && relu->kind() == c10::aten::relu && relu->inputs().size() == 1) {
+      last = relu;
+    }
+    for (Value* input : bn_node->inputs()) {  // its constants, wherever they are
+      if (input != pool->output() && !input->node()->isBefore(conv)) {
+        input->node()->moveBefore(conv);
+      }
+    }
+    last->output()->replaceAllUsesWith(pool->output());
+    bn_node->replaceInput(0, conv->output());
+    pool->replaceInput(0, last->output());
+    bn_node->moveAfter(conv);
+    if (last != bn_node) last->moveAfter(bn_node);
+    pool->moveAfter(last);
+  }
 }
 
 uint32_t QgCrc(uint32_t crc, const void* data, size_t size) {
@@ -315,6 +361,7 @@ class QgPlanBuilder {
                         std::to_string(conv->groups);
     const int report = AddReport("conv2d", true);
     Value* result = n->output();
+    std::vector<Value*> merged;  // values the step's output stands for, besides `result`
     if (Node* user = QgSoleUser(result)) {
       const c10::optional<QgBatchNormMatch> bn = QgMatchBatchNorm(user);
       if (bn && user->input(0) == result && bn->mean.size(0) == out_channels) {
@@ -326,6 +373,7 @@ class QgPlanBuilder {
         Absorb(user);
         AddReport("batch_norm(folded)", true);
         token += "+bn";
+        merged.push_back(result);
         result = user->output();
       }
     }
@@ -338,7 +386,7 @@ class QgPlanBuilder {
     step.dilation = conv->dilation;
     step.groups = conv->groups;
     step.report_op = report;
-    FinishProducer(std::move(step), std::move(w), clamp, result, token);
+    FinishProducer(std::move(step), std::move(w), clamp, result, token, std::move(merged));
     return true;
   }
 
@@ -463,10 +511,15 @@ class QgPlanBuilder {
     return Status::Ok();
   }
 
-  // Appends a step that makes a new int8 tensor (its own range), with `clamp` fused.
+  // Appends a step that makes a new int8 tensor (its own range), with `clamp` fused. Its
+  // output is `result` (the clamp's output if one is fused); the `merged` values before it
+  // (a conv's output before its folded BatchNorm) are read only by shape queries, which
+  // the output serves as well.
   void FinishProducer(int8_graph::Step step, c10::optional<QWeights> weights,
-                      const QgClampMatch& clamp, Value* result, std::string token) {
+                      const QgClampMatch& clamp, Value* result, std::string token,
+                      std::vector<Value*> merged = {}) {
     if (clamp.node != nullptr) {
+      merged.push_back(result);
       Absorb(clamp.node);
       AddReport(QgClampName(clamp), true);
       result = clamp.node->output();
@@ -482,6 +535,7 @@ class QgPlanBuilder {
     slot_act_[out] = step.act;
     step.outputs = {out};
     quant_slot_[result] = out;
+    for (Value* value : merged) quant_slot_[value] = out;
     AddStep(std::move(step), token + QgClampToken(clamp));
   }
 
@@ -592,6 +646,7 @@ Result<std::unique_ptr<Int8GraphState>> BuildPlan(const torch::jit::Module& head
   torch::jit::RemoveTensorMutation(state->graph);
   torch::jit::ConstantPropagation(state->graph);
   torch::jit::EliminateDeadCode(state->graph);
+  QgHoistBatchNormAbovePools(*state->graph);
   CLEAVE_RETURN_IF_ERROR(QgPlanBuilder(*state).Build());
   return state;
 }

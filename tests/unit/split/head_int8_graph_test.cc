@@ -72,6 +72,7 @@ std::string HgBatchNorm(const std::string& x, const std::string& prefix) {
 }
 
 // conv 3->8 + BN + ReLU, max-pool 2, conv 8->8 (no bias) + BN + ReLU: [N, 8, S/2, S/2].
+// The first BatchNorm checks its input's rank first, as scripted nn.BatchNorm2d does.
 torch::jit::Module HgConvBnReluPoolHead() {
   torch::manual_seed(1);
   HgTensors t;
@@ -80,6 +81,7 @@ torch::jit::Module HgConvBnReluPoolHead() {
   return HgModule(t, R"(
 def forward(self, x):
     y = torch.conv2d(x, self.c1w, self.c1b, [1, 1], [1, 1], [1, 1], 1)
+    assert y.dim() == 4, "expected 4D input"
     y = )" + HgBatchNorm("y", "c1") +
                          R"(
     y = torch.relu(y)
@@ -404,6 +406,37 @@ TEST(HeadInt8GraphTest, Relu6HardswishPoolingAndUnfoldedBatchNormRunInt8) {
   const torch::Tensor x = HgInputs(8, 4, 8, 61) * 4;
   const torch::Tensor int8 = HgForwardOk(q, x);
   HgExpectClose(int8, HgForwardFp32(head, x));
+}
+
+// conv -> max-pool -> BatchNorm -> ReLU: with positive BatchNorm scales the BatchNorm and the
+// ReLU move before the pool (max commutes with increasing maps) and fuse into the conv; with
+// a negative scale they stay after it, as an int8 BatchNorm with the ReLU fused.
+TEST(HeadInt8GraphTest, BatchNormAfterAMaxPoolFoldsWhenItsScalesArePositive) {
+  for (const bool positive : {true, false}) {
+    SCOPED_TRACE(positive ? "positive scales" : "a negative scale");
+    torch::manual_seed(6);
+    HgTensors t;
+    HgAddConvBn(t, "c", 3, 8, 3);
+    if (!positive) t[2].second[5] = -0.7;  // cbn_g
+    torch::jit::Module head = HgModule(t, R"(
+def forward(self, x):
+    y = torch.conv2d(x, self.cw, self.cb, [1, 1], [1, 1], [1, 1], 1)
+    y = torch.max_pool2d(y, [3, 3], [2, 2], [1, 1], [1, 1], False)
+    assert y.dim() == 4, "expected 4D input"
+    y = )" + HgBatchNorm("y", "c") + R"(
+    return torch.relu(y)
+)");
+    Int8GraphHead q = HgQuantizeOk(head, HgInputs(32, 3, 10, 65));
+    EXPECT_EQ(
+        HgKinds(q.report()),
+        positive ? (std::vector<std::string>{"conv2d", "batch_norm(folded)", "relu(fused)",
+                                             "max_pool2d"})
+                 : (std::vector<std::string>{"conv2d", "max_pool2d", "batch_norm", "relu(fused)"}));
+    const torch::Tensor x = HgInputs(8, 3, 10, 66);
+    const torch::Tensor reference = HgForwardOk(q, x);
+    HgExpectClose(reference, HgForwardFp32(head, x));
+    HgExpectEnginesMatch(q, x, reference);
+  }
 }
 
 // The report's fractions count ops by number and MACs by weight, fp32 convs included.
@@ -759,7 +792,8 @@ torch.jit.script(prepared(nn.Sequential(OrderedDict(chain)))).save(
 }
 
 // The example of examples/README.md, cut after relu2: everything but its normalization
-// (x - mean) / std, which runs fp32 before the first quantization point, is int8.
+// (x - mean) / std, which runs fp32 before the first quantization point, is int8, and its
+// BatchNorms, which follow the max-pools, fold into the convs.
 TEST_F(HeadInt8GraphPythonTest, ExampleFashionMnistHeadIsInt8AfterItsNormalization) {
   if (!fs::exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")) {
     GTEST_SKIP() << "no Fashion-MNIST in /usr/share/datasets (package dataset-fashion-mnist)";
@@ -772,9 +806,9 @@ TEST_F(HeadInt8GraphPythonTest, ExampleFashionMnistHeadIsInt8AfterItsNormalizati
   torch::jit::Module head = ExtractHead("fashion.pt", {1, 28, 28}, "relu2");
   Int8GraphHead q = HgQuantizeOk(head, HgInputs(32, 1, 28, 180));
   EXPECT_EQ(HgKinds(q.report()),
-            (std::vector<std::string>{"sub/fp32", "div/fp32", "conv2d", "max_pool2d", "batch_norm",
-                                      "relu(fused)", "conv2d", "max_pool2d", "batch_norm",
-                                      "relu(fused)"}));
+            (std::vector<std::string>{"sub/fp32", "div/fp32", "conv2d", "batch_norm(folded)",
+                                      "relu(fused)", "max_pool2d", "conv2d", "batch_norm(folded)",
+                                      "relu(fused)", "max_pool2d"}));
   EXPECT_DOUBLE_EQ(q.report().int8_macs_fraction, 1.0);
   const torch::Tensor x = HgInputs(8, 1, 28, 181);
   HgExpectClose(HgForwardOk(q, x), HgForwardFp32(head, x));
