@@ -132,7 +132,12 @@ class Int8GraphHead {
   // "onednn" | "qnnpack" | "reference" | "auto", as Int8Head::SelectEngine: "auto" times
   // each available engine on a batch-1 input and keeps the fastest; unknown names are
   // InvalidArgument; engines this libtorch lacks are Unavailable; a failed prepack falls
-  // back to "reference" and returns its error.
+  // back to "reference" and returns its error. Every call prepacks the kernels afresh:
+  // oneDNN's packed convs keep the primitive built for the first input shape they run and
+  // rebuild it on every call with another (on the Fashion-MNIST example's head, batch 1
+  // took 1.5-2x longer once batch 32 had run first). So the first Forward after
+  // SelectEngine (also "auto", which ends with a fresh prepack) should have the batch size
+  // the head will mostly serve.
   Status SelectEngine(const std::string& engine);
   const std::string& engine() const;  // "" for a moved-from head
   // Per-engine batch-1 latency (ms) measured by the last SelectEngine("auto").
