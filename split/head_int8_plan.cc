@@ -101,7 +101,6 @@ std::string QgInts(const std::vector<int64_t>& values) {
 // The name the report uses for a node's op: "sigmoid" for aten::sigmoid, "ns::op" otherwise.
 std::string QgOpName(const Node* n) {
   const c10::Symbol kind = n->kind();
-  if (kind == c10::aten::_convolution || kind == c10::aten::conv2d) return "conv2d";
   if (kind.is_aten()) return kind.toUnqualString();
   return kind.toQualString();
 }
@@ -352,7 +351,7 @@ class QgPlanBuilder {
     c10::optional<QgConvMatch> conv = QgMatchConv(n);
     if (!conv) return false;
     const int64_t out_channels = conv->weight.size(0);
-    if (conv->groups < 1 || conv->weight.size(1) * conv->groups <= 0) return false;
+    if (conv->groups < 1 || out_channels % conv->groups != 0) return false;
     QWeights w;
     w.weight_float = conv->weight.contiguous().clone();
     w.bias = conv->bias.defined() ? conv->bias.clone() : torch::zeros({out_channels});
