@@ -266,15 +266,18 @@ Status CalibrateAndQuantize(Int8GraphState& s, const torch::Tensor& inputs) {
   struct Range {
     float lo = std::numeric_limits<float>::infinity();
     float hi = -std::numeric_limits<float>::infinity();
+    bool non_finite = false;  // NaN would slip through min/max
   };
   std::vector<Range> ranges(s.acts.size());
   std::vector<int64_t> macs(s.report.ops.size(), -1);
   PlanObserver observer;
   observer.on_activation = [&ranges](int act, const torch::Tensor& value) {
     if (value.numel() == 0) return;
-    const auto [lo, hi] = torch::aminmax(value.detach());
-    ranges[act].lo = std::min(ranges[act].lo, lo.item<float>());
-    ranges[act].hi = std::max(ranges[act].hi, hi.item<float>());
+    const auto [lo_tensor, hi_tensor] = torch::aminmax(value.detach());
+    const float lo = lo_tensor.item<float>(), hi = hi_tensor.item<float>();
+    ranges[act].non_finite = ranges[act].non_finite || !std::isfinite(lo) || !std::isfinite(hi);
+    ranges[act].lo = std::min(ranges[act].lo, lo);
+    ranges[act].hi = std::max(ranges[act].hi, hi);
   };
   observer.on_macs = [&macs](int op, int64_t value) {
     if (macs[op] < 0) macs[op] = value;  // per item: the first chunk says it
@@ -285,7 +288,7 @@ Status CalibrateAndQuantize(Int8GraphState& s, const torch::Tensor& inputs) {
                   inputs.slice(0, start, std::min(n, start + kQgCalibrationChunk)), &observer);
   }
   for (size_t i = 0; i < ranges.size(); ++i) {
-    if (!std::isfinite(ranges[i].lo) || !std::isfinite(ranges[i].hi)) {
+    if (ranges[i].non_finite || !std::isfinite(ranges[i].lo) || !std::isfinite(ranges[i].hi)) {
       return Status::InvalidArgument(
           "int8 graph head: calibration produced empty or non-finite activations (check the "
           "head's weights and the calibration inputs)");

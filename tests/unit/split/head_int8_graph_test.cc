@@ -550,6 +550,20 @@ TEST(HeadInt8GraphTest, CalibrationInputsOfTheWrongShapeAreRefused) {
                  StatusCode::kInvalidArgument, "int8 graph head: quantize");
 }
 
+// NaN out of the head's own ops (log of negative values) has no range to quantize.
+TEST(HeadInt8GraphTest, ActivationsThatAreNotFiniteAreRefused) {
+  torch::manual_seed(11);
+  HgTensors t;
+  HgAddConvBn(t, "c", 3, 4, 3);
+  torch::jit::Module head = HgModule(t, R"(
+def forward(self, x):
+    y = torch.log(x - 0.5)
+    return torch.conv2d(y, self.cw, self.cb, [1, 1], [1, 1], [1, 1], 1)
+)");
+  HgExpectStatus(Int8GraphHead::Quantize(head, HgInputs(4, 3, 6, 115)).status(),
+                 StatusCode::kInvalidArgument, "non-finite activations");
+}
+
 TEST(HeadInt8GraphTest, ForwardTakesOnlyTheCalibratedItemShape) {
   Int8GraphHead q = HgQuantizeOk(HgConvBnReluPoolHead(), HgInputs(4, 3, 12, 110));
   HgExpectStatus(q.Forward(torch::rand({1, 3, 16, 16})).status(), StatusCode::kInvalidArgument,
