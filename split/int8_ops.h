@@ -1,5 +1,7 @@
 // Internals of Int8Head (split/int8_head.h): the quantized layer structures and the two ways
-// of running them. Not a public API: only the split/int8_*.cc files include this.
+// of running them. Not a public API: only the split/int8_*.cc files include this, and
+// split/head_int8_*.cc, which share its weight quantization, activation parameters and engine
+// handling.
 //
 // Quantization scheme (Jacob et al. 2018): every conv has BatchNorm folded in, int8 weights
 // symmetric per output channel (zero point 0, q in [-127, 127]) and an fp32 bias; every

@@ -8,7 +8,6 @@
 #include "split/torchscript_model.h"
 
 #include <algorithm>
-#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -16,16 +15,13 @@
 
 #include <gtest/gtest.h>
 
-#include "common/child_process.h"
-#include "common/file_util.h"
+#include "unit/split/torchscript_python.h"
 
 namespace cleave::split {
 namespace {
 
 namespace fs = std::filesystem;
 using Autograd = TorchScriptModel::Autograd;
-
-constexpr char kTsPython[] = "/usr/bin/python3";
 
 // Shared by every script: imports, a seeded RNG, and save helpers that put BatchNorm layers
 // in eval mode with non-trivial statistics first (so a cut that loses them shows).
@@ -78,58 +74,11 @@ class Chain(nn.Module):
         return self.fc(x)
 )PY";
 
-// Whether /usr/bin/python3 can import `module` (torch, torchvision).
-bool TsPythonHas(const std::string& module) {
-  const std::string command =
-      std::string(kTsPython) + " -c 'import " + module + "' >/dev/null 2>&1";
-  return std::system(command.c_str()) == 0;
-}
-
-// Skips the test (from its body) when python3 lacks `module`.
-#define TS_REQUIRE_PYTHON_MODULE(module)                                                         \
-  do {                                                                                           \
-    if (!TsPythonHas(module)) {                                                                  \
-      GTEST_SKIP() << kTsPython << " cannot import " << module << ": install python3-" << module \
-                   << " (scripts/test does, from scripts/packages-test.txt)";                    \
-    }                                                                                            \
-  } while (0)
-
-class TorchScriptModelTest : public ::testing::Test {
+class TorchScriptModelTest : public TorchScriptPythonTest {
  protected:
-  void SetUp() override {
-    TS_REQUIRE_PYTHON_MODULE("torch");
-    dir_ = fs::temp_directory_path() / ("cleave_test_torchscript_" + UniqueSuffix());
-    ASSERT_TRUE(fs::create_directories(dir_));
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) fs::remove_all(dir_, ec);
-  }
-
   // Runs the prelude plus `body` with OUT = dir_; fails the test (with python's output) if
   // the script fails.
-  void RunPython(const std::string& body) {
-    const fs::path script = dir_ / "make_models.py";
-    std::ofstream(script) << kTsPythonPrelude << body;
-    RunScript({script.string(), dir_.string()});
-  }
-
-  // Runs python3 with `arguments`; returns what it printed (empty and a test failure if it
-  // fails).
-  std::string RunScript(const std::vector<std::string>& arguments) {
-    const fs::path log = dir_ / "python.log";
-    std::vector<std::string> argv{kTsPython};
-    argv.insert(argv.end(), arguments.begin(), arguments.end());
-    auto child = ChildProcess::Spawn(argv, log.string());
-    EXPECT_TRUE(child.ok()) << child.status().ToString();
-    if (!child.ok()) return "";
-    Result<int> code = (*child)->Wait(120000);
-    const std::string output = ReadFileToString(log).value_or("(no log)");
-    fs::remove(log);
-    EXPECT_TRUE(code.ok()) << code.status().ToString();
-    EXPECT_EQ(code.value_or(-1), 0) << "python failed:\n" << output;
-    return code.ok() && *code == 0 ? output : "";
-  }
+  void RunPython(const std::string& body) { RunPythonSource(kTsPythonPrelude + std::string(body)); }
 
   TorchScriptModel LoadOk(const std::string& name, std::vector<int64_t> input_shape = {}) {
     TorchScriptModel::Options options;
@@ -139,8 +88,6 @@ class TorchScriptModelTest : public ::testing::Test {
     if (!model.ok()) throw std::runtime_error(model.status().ToString());
     return std::move(model).value();
   }
-
-  fs::path dir_;
 };
 
 // Module::save and torch::jit::load, through memory (the archive bytes are the same as a
@@ -689,8 +636,6 @@ TEST_F(TorchScriptModelTest, ExampleTorchvisionExportIsCuttableWhereItSays) {
   ASSERT_TRUE(cut.ok()) << cut.status().ToString();
   EXPECT_TRUE(model.VerifyCut(*cut, torch::rand({2, 3, 16, 16})).ok());
 }
-
-#undef TS_REQUIRE_PYTHON_MODULE  // unity builds put other files after this one
 
 }  // namespace
 }  // namespace cleave::split
