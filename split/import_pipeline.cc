@@ -7,6 +7,7 @@
 #include "common/progress.h"
 #include "split/compute_runtime.h"
 #include "split/dataset.h"
+#include "split/head_int8_graph.h"
 #include "split/imported_model.h"
 #include "split/torch_status.h"
 #include "split/torchscript_model.h"
@@ -114,8 +115,13 @@ Result<ImportLogits> RunImportPaths(ImportedSplitModel& model, torch::jit::Modul
   for (int64_t begin = 0; begin < images.size(0); begin += kImportEvalBatch) {
     const torch::Tensor x =
         images.narrow(0, begin, std::min(kImportEvalBatch, images.size(0) - begin));
-    const torch::Tensor h = model.RunHead(x);
-    imported.push_back(TeacherLogits(teacher_tail, h));
+    const torch::Tensor h_fp32 = model.RunHead(x);
+    imported.push_back(TeacherLogits(teacher_tail, h_fp32));
+    // The deployed head: int8 when the model has one.
+    torch::Tensor h = h_fp32;
+    if (model.int8_head) {
+      CLEAVE_ASSIGN_OR_RETURN(h, model.RunHeadInt8(x));
+    }
     CLEAVE_ASSIGN_OR_RETURN(
         torch::Tensor wire,
         WireRoundTrip(model.encoder->forward(h).contiguous(), model.wire_dtype, &model.wire_quant));
@@ -205,6 +211,7 @@ Status ImportOptions::Validate() const {
   if (!(lr > 0 && lr < 1)) return bad("--lr must be in (0, 1)");
   if (held_out < 1 || train_limit < 0 || test_limit < 0) return bad("bad held-out or limits");
   if (threads < 1 || threads > 256) return bad("--threads must be in [1, 256]");
+  if (int8_calibration_images < 1) return bad("int8 calibration needs at least one image");
   if (image_size < 0 || image_size > 1024) return bad("--image-size must be in [0, 1024]");
   for (float s : std) {
     if (!(s > 0.0f) || !std::isfinite(s)) return bad("--std values must be > 0");
@@ -226,6 +233,8 @@ json ImportOptions::ToJson() const {
           {"bottleneck_stride", bottleneck_stride},
           {"wire_dtype", wire::DTypeName(wire_dtype)},
           {"exit_hidden", exit_hidden},
+          {"int8", int8},
+          {"int8_calibration_images", int8_calibration_images},
           {"epochs_distill", epochs_distill},
           {"epochs_finetune", epochs_finetune},
           {"epochs_exit", epochs_exit},
@@ -247,6 +256,7 @@ json ImportReport::ToJson() const {
           {"import_seconds", import_seconds},
           {"stages", stage_list},
           {"calibration", calibration},
+          {"int8", int8},
           {"held_out", evaluation.value("held_out", json::object())},
           {"test", evaluation.value("test", json::object())}};
 }
@@ -433,6 +443,23 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
         for (auto& e : model.exits) e->eval();
         CLEAVE_RETURN_IF_ERROR(ImportInterrupted(options));
 
+        // The int8 head (post-training static quantization where the head's ops allow).
+        if (options.int8) {
+          const torch::Tensor calibration = model.Normalize(train.images.narrow(
+              0, 0, std::min<int64_t>(options.int8_calibration_images, train.size())));
+          Result<Int8GraphHead> int8 = Int8GraphHead::Quantize(model.head, calibration);
+          if (!int8.ok()) return int8.status().WithContext("int8 head");
+          CLEAVE_RETURN_IF_ERROR(int8->SelectEngine("auto").WithContext("int8 head engine"));
+          model.int8_head = std::make_shared<Int8GraphHead>(std::move(int8).value());
+          model.int8_info = {{"engine", model.int8_head->engine()},
+                             {"engine_timings_ms", model.int8_head->engine_timings_ms()}};
+          const HeadInt8Report& q = model.int8_head->report();
+          LogLine(options.progress_out,
+                  "int8 head: " + std::to_string(100.0 * q.int8_ops_fraction) + "% of ops, " +
+                      std::to_string(100.0 * q.int8_macs_fraction) +
+                      "% of MACs in int8, engine " + model.int8_head->engine());
+        }
+
         // Calibration on held-out rows, against the imported model's own accuracy there.
         CLEAVE_ASSIGN_OR_RETURN(const ImportLogits h_logits,
                                 RunImportPaths(model, teacher_tail, held.images));
@@ -479,6 +506,12 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
       }));
   report.evaluation = model.evaluation;
   report.calibration = model.calibration;
+  if (model.int8_head) {
+    report.int8 = {{"engine", model.int8_head->engine()},
+                   {"weight_bytes", model.int8_head->WeightBytes()},
+                   {"int8_ops_fraction", model.int8_head->report().int8_ops_fraction},
+                   {"int8_macs_fraction", model.int8_head->report().int8_macs_fraction}};
+  }
   report.bundle_dir = out_dir.string();
   report.import_seconds = SecondsSince(start);
   return report;

@@ -10,9 +10,11 @@
 //            encoder's outputs, split/wire_quant.h); the encoder stays frozen so the ranges the
 //            bundle records are the ones the tail learned with;
 //   stage 3  exits on h learn with the backbone frozen (0.5 CE + 0.5 KD from the teacher).
-// Then the exit threshold is calibrated on held-out rows of the training split against the
-// imported model's own held-out accuracy (drop:X), and the imported model, the split path
-// with and without exits are evaluated on the test split. The bundle is written once, at
+// Then the head is quantized to int8 where its ops allow (post-training, activation ranges
+// from training images; split/head_int8_graph.h), and the exit threshold is calibrated on held-out rows of the training split against the
+// imported model's own held-out accuracy (drop:X) through the deployed path (int8 head ->
+// exits and encoder -> real wire codec -> decoder -> tail), and the imported model, the split
+// path with and without exits are evaluated on the test split. The bundle is written once, at
 // the end, atomically; an interrupted run leaves nothing behind.
 #pragma once
 
@@ -43,6 +45,8 @@ struct ImportOptions {
   int bottleneck_stride = 0;  // 1 or 2; 0 = 2 when the cut's map is at least 8x8, else 1
   wire::DType wire_dtype = wire::DType::kUInt4;
   int exit_hidden = 128;  // 0 = no exit
+  bool int8 = true;       // quantize the head to int8 where its ops allow (split/head_int8_graph.h)
+  int64_t int8_calibration_images = 1024;
   int epochs_distill = 2;
   int epochs_finetune = 2;
   int epochs_exit = 2;
@@ -69,6 +73,7 @@ struct ImportReport {
   double import_seconds = 0;  // bottleneck + exits + calibration + evaluation
   nlohmann::json evaluation;  // {"held_out": {...}, "test": {...}}
   nlohmann::json calibration;
+  nlohmann::json int8;  // engine, weight_bytes, int8_ops_fraction, int8_macs_fraction; or null
   std::string bundle_dir;
   nlohmann::json ToJson() const;
 };

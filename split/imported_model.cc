@@ -258,6 +258,11 @@ torch::Tensor ImportedSplitModel::RunHead(const torch::Tensor& images) {
   return head.forward({Normalize(images)}).toTensor();
 }
 
+Result<torch::Tensor> ImportedSplitModel::RunHeadInt8(const torch::Tensor& images) {
+  if (!int8_head) return Status::FailedPrecondition("the model has no int8 head");
+  return int8_head->Forward(Normalize(images));
+}
+
 torch::Tensor ImportedSplitModel::RunTail(const torch::Tensor& features) {
   return tail.forward({decoder->forward(features)}).toTensor();
 }
@@ -285,6 +290,20 @@ Status WriteImportedBundle(const std::filesystem::path& dir, const ImportedSplit
   CLEAVE_ASSIGN_OR_RETURN(const std::string cloud,
                           SaveArchive(CloudTensors(model), kImportedCloudFile));
   CLEAVE_RETURN_IF_ERROR(writer.AddFile(kImportedCloudFile, cloud));
+  json files = {{"head", kImportedHeadFile},
+                {"edge", kImportedEdgeFile},
+                {"tail", kImportedTailFile},
+                {"cloud", kImportedCloudFile}};
+  json int8 = nullptr;
+  if (model.int8_head) {
+    CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, model.int8_head->Serialize());
+    CLEAVE_RETURN_IF_ERROR(writer.AddFile(kImportedHeadInt8File, bytes));
+    files["head_int8"] = kImportedHeadInt8File;
+    int8 = model.int8_info.is_object() ? model.int8_info : json::object();
+    int8["file"] = kImportedHeadInt8File;
+    int8["weight_bytes"] = model.int8_head->WeightBytes();
+    int8["report"] = model.int8_head->report().ToJson();
+  }
   json exits = json::array();
   for (int hidden : model.exit_hidden) exits.push_back({{"hidden_channels", hidden}});
   const json manifest = {
@@ -304,14 +323,10 @@ Status WriteImportedBundle(const std::filesystem::path& dir, const ImportedSplit
         {"channel_axis", 1},
         {"scale", model.wire_quant.scale},
         {"zero_point", model.wire_quant.zero_point}}},
-      {"int8", model.int8_info},
+      {"int8", int8},
       {"evaluation", model.evaluation},
       {"training", model.training},
-      {"files",
-       {{"head", kImportedHeadFile},
-        {"edge", kImportedEdgeFile},
-        {"tail", kImportedTailFile},
-        {"cloud", kImportedCloudFile}}}};
+      {"files", files}};
   return writer.Commit(kTorchScriptSplitKind, manifest);
 }
 
@@ -334,8 +349,20 @@ Result<ImportedSplitModel> ReadImportedBundle(const Bundle& bundle,
     CLEAVE_ASSIGN_OR_RETURN(model.tail, LoadScript(bundle, kImportedTailFile));
     model.has_tail = true;
   }
-  if (parts.edge)
+  if (parts.edge) {
     CLEAVE_RETURN_IF_ERROR(LoadArchive(bundle, kImportedEdgeFile, EdgeTensors(model)));
+  }
+  if (parts.head_int8) {
+    if (!parts.head) return Status::InvalidArgument("reading the int8 head needs the fp32 head");
+    if (!bundle.HasFile(kImportedHeadInt8File)) {
+      return Status::NotFound("bundle " + bundle.dir().string() + " has no " +
+                              kImportedHeadInt8File + " (import it again with int8 enabled)");
+    }
+    CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, bundle.ReadVerified(kImportedHeadInt8File));
+    Result<Int8GraphHead> head = Int8GraphHead::Deserialize(bytes, model.head);
+    if (!head.ok()) return head.status().WithContext(kImportedHeadInt8File);
+    model.int8_head = std::make_shared<Int8GraphHead>(std::move(head).value());
+  }
   if (parts.cloud) {
     CLEAVE_RETURN_IF_ERROR(LoadArchive(bundle, kImportedCloudFile, CloudTensors(model)));
   }

@@ -18,6 +18,7 @@
 //   edge_fp32.pt   libtorch archive: encoder ("encoder.*") and exits ("exit<i>.*")
 //   tail.pt        TorchScript of the tail (ExtractTail): only cloud weights
 //   cloud_fp32.pt  libtorch archive: decoder ("decoder.*")
+//   head_int8.bin  Int8GraphHead::Serialize of the head (split/head_int8_graph.h), optional
 // manifest "model": {"name", "input" (InputSpec), "normalize" {"mean": [...], "std": [...]},
 //   "source" {"file", "cut", "class"}, "head_output_shape" [C,H,W],
 //   "bottleneck" {"channels", "stride"}, "exits" [{"hidden_channels"}...], "feature_shape" [b,h,w],
@@ -40,6 +41,7 @@
 #include "common/tensor_codec.h"
 #include "split/bundle.h"
 #include "split/exit_policy.h"
+#include "split/head_int8_graph.h"
 #include "split/input_spec.h"
 #include "split/vision_model.h"
 
@@ -50,6 +52,7 @@ inline constexpr char kImportedHeadFile[] = "head.pt";
 inline constexpr char kImportedEdgeFile[] = "edge_fp32.pt";
 inline constexpr char kImportedTailFile[] = "tail.pt";
 inline constexpr char kImportedCloudFile[] = "cloud_fp32.pt";
+inline constexpr char kImportedHeadInt8File[] = "head_int8.bin";
 
 // The bottleneck encoder: [N, C, H, W] -> [N, b, ceil(H/s), ceil(W/s)].
 class BottleneckEncoderImpl : public torch::nn::Module {
@@ -90,6 +93,8 @@ struct ImportedSplitModel {
   BottleneckEncoder encoder{nullptr};
   BottleneckDecoder decoder{nullptr};
   std::vector<ExitHead> exits;
+  // The head quantized to int8 where its ops allow (null when absent or not loaded).
+  std::shared_ptr<Int8GraphHead> int8_head;
   wire::DType wire_dtype = wire::DType::kUInt4;
   wire::QuantParams wire_quant;
   ExitPolicy exit_policy;
@@ -105,7 +110,9 @@ struct ImportedSplitModel {
 
   // The paths (no grad unless the caller enables it; modules in whatever mode they are).
   torch::Tensor Normalize(const torch::Tensor& images) const;
-  torch::Tensor RunHead(const torch::Tensor& images);    // normalize + head -> h
+  torch::Tensor RunHead(const torch::Tensor& images);  // normalize + fp32 head -> h
+  // normalize + int8 head -> h (dequantized). FailedPrecondition without an int8 head.
+  Result<torch::Tensor> RunHeadInt8(const torch::Tensor& images);
   torch::Tensor RunTail(const torch::Tensor& features);  // decoder + tail -> logits
 };
 
@@ -116,6 +123,7 @@ Status WriteImportedBundle(const std::filesystem::path& dir, const ImportedSplit
 // the whole model, the "send the image" baseline).
 struct ImportedBundleParts {
   bool head = true;
+  bool head_int8 = false;  // needs `head` (the int8 head is read against the fp32 one)
   bool edge = true;
   bool tail = true;
   bool cloud = true;

@@ -120,12 +120,16 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
   if (bundle.kind() == kTorchScriptSplitKind) {
     ImportedBundleParts parts;
     parts.tail = parts.cloud = false;
+    parts.head_int8 = options.int8;
     CLEAVE_ASSIGN_OR_RETURN(ImportedSplitModel imported, ReadImportedBundle(bundle, parts));
+    if (options.int8) {
+      CLEAVE_RETURN_IF_ERROR(imported.int8_head->SelectEngine(options.int8_engine)
+                                 .WithContext("int8 engine '" + options.int8_engine + "'"));
+    }
     std::unique_ptr<EdgeModel> edge(new EdgeModel());
     edge->feature_shape_ = imported.FeatureShape();
     edge->model_ = DescribeImported(imported);
-    // No int8 head for imported models yet: the fp32 head runs, and engine() says so.
-    edge->int8_ = false;
+    edge->int8_ = options.int8;
     edge->imported_ = std::make_shared<ImportedSplitModel>(std::move(imported));
     return edge;
   }
@@ -146,7 +150,10 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
   return edge;
 }
 
-std::string EdgeModel::engine() const { return int8_ ? model_.int8_head->engine() : "fp32"; }
+std::string EdgeModel::engine() const {
+  if (!int8_) return "fp32";
+  return imported_ ? imported_->int8_head->engine() : model_.int8_head->engine();
+}
 
 int EdgeModel::num_exits() const {
   return imported_ ? static_cast<int>(imported_->exits.size())
@@ -156,9 +163,16 @@ int EdgeModel::num_exits() const {
 Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
   if (imported_) {
     CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImportedImageShape(*imported_), "edge input images"));
-    return CallTorch(TorchSource::kOwnState, "edge head: libtorch failed", [&] {
+    return CallTorch(TorchSource::kOwnState, "edge head: libtorch failed",
+                     [&]() -> Result<EdgeHeadOutput> {
       torch::NoGradGuard no_grad;
-      const torch::Tensor h = imported_->RunHead(images.to(torch::kFloat).contiguous());
+      const torch::Tensor input = images.to(torch::kFloat).contiguous();
+      torch::Tensor h;
+      if (int8_) {
+        CLEAVE_ASSIGN_OR_RETURN(h, imported_->RunHeadInt8(input));
+      } else {
+        h = imported_->RunHead(input);
+      }
       EdgeHeadOutput out;
       for (auto& e : imported_->exits) out.exit_logits.push_back(e->forward(h));
       out.features = imported_->encoder->forward(h).contiguous();

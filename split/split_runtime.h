@@ -1,7 +1,7 @@
 // What the daemons and the benchmark run: the edge head, the cloud tail and the whole model,
 // each loaded from a verified bundle: "vision-split" (split/vision_bundle.h, cleave's own
 // networks) or "torchscript-split" (split/imported_model.h, an imported TorchScript model
-// with a learned bottleneck; its head runs in fp32 for now, engine() "fp32").
+// with a learned bottleneck; its int8 head is split/head_int8_graph.h).
 //
 // Every method runs under torch::NoGradGuard with the network in eval() mode and turns any
 // c10::Error into a Status: no exception leaves this file. Inputs are checked before they

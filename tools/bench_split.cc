@@ -286,7 +286,7 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
   // Architecture figures: parameters and MACs of head (+ exits) and tail; stored head sizes.
   if (const split::ImportedSplitModel* imported = edge_fp32->imported()) {
     // An imported model: parameters of the TorchScript head + bottleneck encoder + exits
-    // (MACs of TorchScript graphs are not counted yet), and no int8 head yet.
+    // (MACs of TorchScript graphs are not counted yet).
     int64_t head_params = 0;
     for (const at::Tensor& p : imported->head.parameters()) head_params += p.numel();
     for (const auto& p : imported->encoder->parameters()) head_params += p.numel();
@@ -295,8 +295,22 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
     }
     report["head_params"] = head_params;
     report["head_fp32_bytes"] = 4 * head_params;
-    report["head_int8_bytes"] = nullptr;
     report["head_kind"] = "torchscript";
+    const split::ImportedSplitModel* int8 = edge_int8->imported();
+    if (int8 != nullptr && int8->int8_head) {
+      // The int8 head's bytes plus the fp32 encoder and exits that run after it.
+      report["head_int8_bytes"] = int8->int8_head->WeightBytes() + 4 * (head_params - [&] {
+                                    int64_t n = 0;
+                                    for (const at::Tensor& p : imported->head.parameters()) {
+                                      n += p.numel();
+                                    }
+                                    return n;
+                                  }());
+      report["int8_ops_fraction"] = int8->int8_head->report().int8_ops_fraction;
+      report["int8_macs_fraction"] = int8->int8_head->report().int8_macs_fraction;
+    } else {
+      report["head_int8_bytes"] = nullptr;
+    }
   } else {
     const split::VisionSplitModel& info = edge_fp32->info();
     const int split_end = info.head_end();

@@ -99,9 +99,19 @@ TEST_F(ImportTest, WritesABundleTheRuntimeServes) {
   EXPECT_EQ(read->input.class_names, (std::vector<std::string>{"0", "1"}));
   EXPECT_EQ(read->source["cut"], "relu2");
 
-  auto edge = EdgeModel::Load(*bundle, EdgeModel::Options());
+  EdgeModel::Options fp32;
+  fp32.int8 = false;
+  auto edge = EdgeModel::Load(*bundle, fp32);
   ASSERT_TRUE(edge.ok()) << edge.status().ToString();
   EXPECT_EQ((*edge)->engine(), "fp32");
+  // The int8 head (the default): every op of this head has an int8 kernel.
+  auto edge_int8 = EdgeModel::Load(*bundle, EdgeModel::Options());
+  ASSERT_TRUE(edge_int8.ok()) << edge_int8.status().ToString();
+  EXPECT_NE((*edge_int8)->engine(), "fp32");
+  EXPECT_EQ(report->int8["int8_ops_fraction"].get<double>(), 1.0) << report->int8.dump();
+  auto int8_out = (*edge_int8)->Run(torch::rand({2, 1, kImpSide, kImpSide}));
+  ASSERT_TRUE(int8_out.ok()) << int8_out.status().ToString();
+  EXPECT_EQ(int8_out->features.sizes(), (std::vector<int64_t>{2, 2, 4, 4}));
   EXPECT_EQ((*edge)->num_exits(), 1);
   EXPECT_EQ((*edge)->feature_shape(), (std::vector<uint32_t>{2, 4, 4}));
   auto cloud = CloudModel::Load(*bundle);
