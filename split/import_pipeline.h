@@ -41,7 +41,9 @@ struct ImportOptions {
   std::vector<float> mean{0.0f};  // normalization cleave applies before the head
   std::vector<float> std{1.0f};   // (default: none; the model normalizes itself)
   std::string name;               // bundle model name; "" = the file's stem
-  int bottleneck_channels = 2;
+  // 4, chosen on held-out rows with the example model cut after relu2 (32x7x7): split path
+  // 92.78% with 4 channels against 91.44% with 2 (u4, 2 + 2 epochs); more epochs did not help.
+  int bottleneck_channels = 4;
   int bottleneck_stride = 0;  // 1 or 2; 0 = 2 when the cut's map is at least 8x8, else 1
   wire::DType wire_dtype = wire::DType::kUInt4;
   int exit_hidden = 128;  // 0 = no exit

@@ -24,7 +24,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using edge::EdgeClient;
-using testing::kBin;
 using tools::LaunchDaemon;
 using tools::LaunchedDaemon;
 
