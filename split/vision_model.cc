@@ -29,7 +29,7 @@ int ConvPadding(const BlockSpec& b) { return b.padding >= 0 ? b.padding : b.kern
 // Output spatial size of block `b` given its input size (1 once flattened).
 int BlockOutSize(const BlockSpec& b, int size) {
   if (b.type == "conv") return OutSize(size, b.kernel, b.stride, ConvPadding(b));
-  if (b.type == "fused_mb") return OutSize(size, 3, b.stride, 1);
+  if (b.type == "fused_mb" || b.type == "res") return OutSize(size, 3, b.stride, 1);
   if (b.type == "maxpool") return OutSize(size, b.kernel, b.stride, 0);
   return 1;  // classifier, linear
 }
@@ -175,6 +175,15 @@ Status VisionModelSpec::Validate() const {
       if (b.expansion < 1 || b.expansion > 8) {
         return Status::InvalidArgument(where + ": expansion must be in [1,8]");
       }
+    } else if (b.type == "res") {
+      // The BasicBlock is fixed apart from its channels, stride and final ReLU: refuse
+      // settings it would silently ignore.
+      if (b.kernel != 3) return Status::InvalidArgument(where + ": res kernel must be 3");
+      if (!b.batch_norm || b.padding != -1) {
+        return Status::InvalidArgument(where +
+                                       ": res always has BatchNorm and same padding (no "
+                                       "batch_norm or padding setting)");
+      }
     } else if (b.type == "classifier") {
       if (i + 1 != blocks.size()) {
         return Status::InvalidArgument(where + ": classifier must be the last block");
@@ -200,7 +209,8 @@ Status VisionModelSpec::Validate() const {
   for (const auto& e : exits) {
     if (e.after_block >= 0 && e.after_block < last &&
         (blocks[e.after_block].type == "linear" || blocks[e.after_block].type == "maxpool")) {
-      return Status::InvalidArgument("model spec: exits attach only to conv/fused_mb blocks");
+      return Status::InvalidArgument(
+          "model spec: exits attach only to conv, fused_mb and res blocks");
     }
     if (e.after_block < 0 || e.after_block >= last) {
       return Status::InvalidArgument("model spec: exit after block " +
@@ -290,6 +300,31 @@ torch::Tensor FusedMBConvImpl::forward(torch::Tensor x) {
   return residual_ ? y + x : y;
 }
 
+ResBlockImpl::ResBlockImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
+  const auto conv3x3 = [](int in, int out, int stride) {
+    return torch::nn::Conv2d(
+        torch::nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false));
+  };
+  conv1 = register_module("conv1", conv3x3(spec.in_channels, spec.out_channels, spec.stride));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(spec.out_channels));
+  conv2 = register_module("conv2", conv3x3(spec.out_channels, spec.out_channels, 1));
+  bn2 = register_module("bn2", torch::nn::BatchNorm2d(spec.out_channels));
+  if (spec.stride != 1 || spec.in_channels != spec.out_channels) {
+    shortcut_conv = register_module(
+        "shortcut_conv",
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(spec.in_channels, spec.out_channels, 1)
+                              .stride(spec.stride)
+                              .bias(false)));
+    shortcut_bn = register_module("shortcut_bn", torch::nn::BatchNorm2d(spec.out_channels));
+  }
+}
+
+torch::Tensor ResBlockImpl::forward(torch::Tensor x) {
+  const torch::Tensor y = bn2(conv2(torch::relu(bn1(conv1(x)))));
+  const torch::Tensor sum = y + (projection() ? shortcut_bn(shortcut_conv(x)) : x);
+  return spec().relu ? torch::relu(sum) : sum;
+}
+
 torch::Tensor MaxPoolImpl::forward(torch::Tensor x) {
   return torch::max_pool2d(x, spec().kernel, spec().stride);
 }
@@ -366,6 +401,8 @@ SplitVisionNetImpl::SplitVisionNetImpl(VisionModelSpec spec)
       block = std::make_shared<ConvBnActImpl>(b);
     } else if (b.type == "fused_mb") {
       block = std::make_shared<FusedMBConvImpl>(b);
+    } else if (b.type == "res") {
+      block = std::make_shared<ResBlockImpl>(b);
     } else if (b.type == "maxpool") {
       block = std::make_shared<MaxPoolImpl>(b);
     } else if (b.type == "linear") {
@@ -442,6 +479,11 @@ int64_t SplitVisionNetImpl::MacCount(int begin, int end, bool with_exits) const 
     } else if (b.type == "fused_mb") {
       const int64_t hidden = int64_t{b.in_channels} * b.expansion;
       macs += area * 9 * b.in_channels * hidden + area * hidden * b.out_channels;
+    } else if (b.type == "res") {
+      macs += area * 9 * b.out_channels * (b.in_channels + b.out_channels);
+      if (b.stride != 1 || b.in_channels != b.out_channels) {
+        macs += area * b.in_channels * b.out_channels;  // the projection shortcut
+      }
     } else if (b.type == "maxpool") {
       // comparisons, not multiply-accumulates
     } else if (b.type == "linear") {

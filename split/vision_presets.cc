@@ -49,6 +49,16 @@ BlockSpec Plain(const std::string& type, int in, int out, int kernel, int stride
   return b;
 }
 
+// A ResNet BasicBlock ("res"); the shortcut follows from stride and channels.
+BlockSpec BasicBlock(int in, int out, int stride) {
+  BlockSpec b;
+  b.type = "res";
+  b.in_channels = in;
+  b.out_channels = out;
+  b.stride = stride;
+  return b;
+}
+
 }  // namespace
 
 VisionModelSpec VisionModelSpec::DefaultSplit(int bottleneck_channels, int tail_channels,
@@ -110,6 +120,27 @@ VisionModelSpec VisionModelSpec::TinySplit() {
               FusedMB(8, 8, 1, 2),              // 4
               Classifier(8, 10)};               // 5
   s.exits = {{1, 4}};
+  s.split_after = 2;
+  return s;
+}
+
+VisionModelSpec VisionModelSpec::ResidualSplit(int bottleneck_channels, int tail_channels,
+                                               int tail_blocks) {
+  VisionModelSpec s;
+  s.input_channels = 3;
+  s.image_size = 32;
+  // CIFAR-10 training-set statistics; ForInput replaces them with the data's own.
+  s.input_mean = {0.4914f, 0.4822f, 0.4465f};
+  s.input_std = {0.2470f, 0.2435f, 0.2616f};
+  s.blocks = {Conv(3, 16, 1, true),                                           // 0: 32x32 stem
+              BasicBlock(16, 32, 2),                                          // 1: 16x16 (exit)
+              Conv(32, bottleneck_channels, 2, false, "encoder"),             // 2: 8x8 bottleneck
+              Conv(bottleneck_channels, tail_channels, 1, true, "decoder")};  // 3: 8x8
+  for (int i = 0; i < tail_blocks; ++i) {
+    s.blocks.push_back(BasicBlock(tail_channels, tail_channels, 1));  // 4, 5, ...
+  }
+  s.blocks.push_back(Classifier(tail_channels, 10));
+  s.exits = {{1, 64}};
   s.split_after = 2;
   return s;
 }
