@@ -156,8 +156,9 @@ TEST(Int8ResidualTrainedTest, ReferenceEngineIsCloseToFloatOnATrainedNet) {
     ASSERT_TRUE(q.ok()) << q.status().ToString();
     torch::NoGradGuard no_grad;
     const auto f = net->ForwardWithExits(test.images, end);
-    std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs = {
-        {q->exit_logits[0], f.exit_logits[0]}};
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs;  // (int8, fp32) logits
+    pairs.reserve(2);
+    pairs.emplace_back(q->exit_logits[0], f.exit_logits[0]);
     if (end == net->num_blocks()) {
       pairs.emplace_back(q->features, f.features);
     } else {
