@@ -1,5 +1,7 @@
 #include "federated/aggregator_config.h"
 
+#include <filesystem>
+
 #include <torch/torch.h>
 
 #include "common/datasets.h"
@@ -8,6 +10,7 @@
 #include "federated/simulation.h"
 #include "split/bundle.h"
 #include "split/dataset.h"
+#include "split/model_spec_file.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::federated {
@@ -32,8 +35,8 @@ ConfigSchema AggregatorSchema() {
            "file of allowed edge CURVE public keys, one per line (`<key> id=<client-id>` binds a "
            "key to its client id); re-read on change or SIGHUP")
       .Add("aggregator.model", ConfigType::kString, "",
-           "instead of a bundle: a built-in network trained from scratch (simple_cnn, "
-           "default_split, tiny_split)")
+           "instead of a bundle: a network trained from scratch, built in (simple_cnn, "
+           "default_split, residual_split, tiny_split) or a model spec file (.json or .toml)")
       .Add("aggregator.rounds", ConfigType::kInt, "3", "rounds to run, then exit")
       .Add("aggregator.wait_for_clients", ConfigType::kInt, "0",
            "first round: wait for this many clients (0 = round.min_clients)")
@@ -93,7 +96,9 @@ Result<AggregatorModel> LoadAggregatorModel(const Config& c) {
   } else {
     CLEAVE_ASSIGN_OR_RETURN(model.spec, ModelSpecByName(builtin));
     model.input = split::InputSpec::Legacy(model.spec);
-    model.model_name = builtin;
+    // A spec file's model is named by its file name without extension.
+    model.model_name =
+        split::IsModelSpecPath(builtin) ? std::filesystem::path(builtin).stem().string() : builtin;
   }
   std::string eval_spec = c.GetString("aggregator.eval_data");
   const std::string eval_dir = c.GetString("aggregator.eval_data_dir");

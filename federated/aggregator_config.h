@@ -13,8 +13,9 @@ namespace cleave::federated {
 ConfigSchema AggregatorSchema();
 
 // The model the rounds train: exactly one of aggregator.bundle (its fp32 weights; signature
-// checked against the trusted key, if any) and aggregator.model (a built-in network seeded
-// by aggregator.seed), else InvalidArgument; plus the evaluation set of
+// checked against the trusted key, if any) and aggregator.model (a built-in network or a
+// model spec file, ModelSpecByName, seeded by aggregator.seed), else InvalidArgument; plus
+// the evaluation set of
 // aggregator.eval_data_dir (first aggregator.eval_limit images), if given. A bundle or data set
 // that cannot be read is the error of its loader.
 Result<AggregatorModel> LoadAggregatorModel(const Config& config);

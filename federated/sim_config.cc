@@ -7,7 +7,8 @@ namespace cleave::federated {
 ConfigSchema SimSchema() {
   ConfigSchema s;
   s.Add("sim.model", ConfigType::kString, "simple_cnn",
-        "network: simple_cnn | default_split | tiny_split")
+        "network: simple_cnn | default_split | residual_split | tiny_split, or a model spec "
+        "file (.json or .toml, docs/design.md)")
       .Add("sim.clients", ConfigType::kInt, "100", "population of virtual clients")
       .Add("sim.partition", ConfigType::kString, "dirichlet:0.5",
            "iid | dirichlet:<alpha> | labels:<k>")

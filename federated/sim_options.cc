@@ -6,17 +6,21 @@
 #include "common/file_util.h"
 #include "federated/simulation.h"
 #include "split/dataset.h"
+#include "split/model_spec_file.h"
 
 namespace cleave::federated {
 
 using nlohmann::json;
 
 Result<split::VisionModelSpec> ModelSpecByName(const std::string& name) {
+  if (split::IsModelSpecPath(name)) return split::LoadVisionModelSpecFile(name);
   if (name == "simple_cnn") return split::VisionModelSpec::SimpleCnn();
   if (name == "default_split") return split::VisionModelSpec::DefaultSplit();
+  if (name == "residual_split") return split::VisionModelSpec::ResidualSplit();
   if (name == "tiny_split") return split::VisionModelSpec::TinySplit();
-  return Status::InvalidArgument("unknown model '" + name +
-                                 "' (simple_cnn, default_split, tiny_split)");
+  return Status::InvalidArgument(
+      "unknown model '" + name +
+      "' (simple_cnn, default_split, residual_split, tiny_split, or a .json/.toml spec file)");
 }
 
 Result<SimData> LoadSimData(const std::string& spec, int64_t train_limit, int64_t test_limit,

@@ -42,7 +42,9 @@
 
 namespace cleave::federated {
 
-// "simple_cnn" (VisionModelSpec::SimpleCnn), "default_split", "tiny_split".
+// "simple_cnn" (VisionModelSpec::SimpleCnn), "default_split", "residual_split",
+// "tiny_split", or a model spec file (a name ending in .json or .toml, read by
+// split::LoadVisionModelSpecFile; its errors name the file and the field).
 Result<split::VisionModelSpec> ModelSpecByName(const std::string& name);
 
 // The dataset a simulation draws from: training rows (partitioned among clients) and the

@@ -181,8 +181,10 @@ Result<VisionModelSpec> TeacherFor(const VisionModelSpec& student) {
   VisionModelSpec teacher = student;
   teacher.exits.clear();
   teacher.split_after = -1;
+  // The teacher keeps the student's family: a residual network gets a BasicBlock there.
+  const bool residual_family = pair.first > 0 && student.blocks[pair.first - 1].type == "res";
   BlockSpec merged;
-  merged.type = "fused_mb";
+  merged.type = residual_family ? "res" : "fused_mb";
   merged.in_channels = encoder.in_channels;
   merged.out_channels = decoder.out_channels;
   merged.stride = encoder.stride;

@@ -67,9 +67,11 @@ Status InitStudentFromTeacher(SplitVisionNetImpl& student, SplitVisionNetImpl& t
 // not adjacent.
 Result<std::pair<int, int>> BottleneckBlocks(const VisionModelSpec& spec);
 
-// The teacher of a student: the student's encoder+decoder pair replaced by one Fused-MBConv
-// (encoder input -> decoder output channels, encoder stride, expansion 2), no exits, no
-// split. For DefaultSplit(c) this is DefaultTeacher(). InvalidArgument without a bottleneck.
+// The teacher of a student: the student's encoder+decoder pair replaced by one block (encoder
+// input -> decoder output channels, encoder stride), no exits, no split. The block is a "res"
+// BasicBlock when the block before the encoder is one (ResidualSplit), else a Fused-MBConv
+// with expansion 2; for DefaultSplit(c) the teacher is DefaultTeacher(). InvalidArgument
+// without a bottleneck.
 Result<VisionModelSpec> TeacherFor(const VisionModelSpec& student);
 
 // Stage 1: encoder+decoder (AdamW) reproduce teacher block `encoder` output; head frozen.

@@ -78,6 +78,15 @@ Status LoadFloatWeights(SplitVisionNetImpl& net, Int8HeadState& state) {
                mb && qb.kind == int8::QBlock::Kind::kFusedMB) {
       CLEAVE_RETURN_IF_ERROR(FoldConvBn(mb->expand_conv, mb->expand_bn, qb.conv, where));
       CLEAVE_RETURN_IF_ERROR(FoldConvBn(mb->project_conv, mb->project_bn, qb.project, where));
+    } else if (auto* res = dynamic_cast<ResBlockImpl*>(&block);
+               res && qb.kind == int8::QBlock::Kind::kRes &&
+               res->projection() == qb.projection_shortcut) {
+      CLEAVE_RETURN_IF_ERROR(FoldConvBn(res->conv1, res->bn1, qb.conv, where));
+      CLEAVE_RETURN_IF_ERROR(FoldConvBn(res->conv2, res->bn2, qb.project, where));
+      if (qb.projection_shortcut) {
+        CLEAVE_RETURN_IF_ERROR(
+            FoldConvBn(res->shortcut_conv, res->shortcut_bn, qb.shortcut, where));
+      }
     } else if (auto* cls = dynamic_cast<ClassifierImpl*>(&block);
                cls && qb.kind == int8::QBlock::Kind::kClassifier) {
       CLEAVE_RETURN_IF_ERROR(CopyLinear(cls->fc, qb.fc, where));

@@ -20,6 +20,7 @@ struct QuantizedOps {
   c10::TypedOperatorHandle<at::Tensor(at::Tensor, const ConvPacked&, double, int64_t)> conv;
   c10::TypedOperatorHandle<at::Tensor(at::Tensor, const ConvPacked&, double, int64_t)> conv_relu;
   c10::TypedOperatorHandle<at::Tensor(at::Tensor, at::Tensor, double, int64_t)> add;
+  c10::TypedOperatorHandle<at::Tensor(at::Tensor, at::Tensor, double, int64_t)> add_relu;
 };
 
 const QuantizedOps& Ops() {
@@ -34,6 +35,8 @@ const QuantizedOps& Ops() {
         dispatcher.findSchemaOrThrow("quantized::conv2d_relu", "new")
             .typed<at::Tensor(at::Tensor, const ConvPacked&, double, int64_t)>(),
         dispatcher.findSchemaOrThrow("quantized::add", "")
+            .typed<at::Tensor(at::Tensor, at::Tensor, double, int64_t)>(),
+        dispatcher.findSchemaOrThrow("quantized::add_relu", "")
             .typed<at::Tensor(at::Tensor, at::Tensor, double, int64_t)>()};
   }();
   return ops;
@@ -147,6 +150,20 @@ Result<Int8HeadState> BuildSkeleton(const VisionModelSpec& spec, int end_block) 
       block.project.out_act = AddAct(state, false);
       block.residual = b.stride == 1 && b.in_channels == b.out_channels;
       if (block.residual) block.add_act = AddAct(state, false);
+    } else if (b.type == "res") {
+      block.kind = QBlock::Kind::kRes;
+      block.conv = MakeConv(b.in_channels, b.out_channels, 3, b.stride, /*relu=*/true);
+      block.conv.out_act = AddAct(state, true);
+      block.project = MakeConv(b.out_channels, b.out_channels, 3, 1, /*relu=*/false);
+      block.project.out_act = AddAct(state, false);
+      block.projection_shortcut = b.stride != 1 || b.in_channels != b.out_channels;
+      if (block.projection_shortcut) {
+        block.shortcut = MakeConv(b.in_channels, b.out_channels, 1, b.stride, /*relu=*/false);
+        block.shortcut.out_act = AddAct(state, false);
+      }
+      block.residual = true;
+      block.add_relu = b.relu;
+      block.add_act = AddAct(state, b.relu);
     } else {
       block.kind = QBlock::Kind::kClassifier;
       block.fc.in_features = b.in_channels;
@@ -171,7 +188,8 @@ void ForEachConv(Int8HeadState& state, const std::function<void(QConv&)>& fn) {
   for (QBlock& b : state.blocks) {
     if (b.kind == QBlock::Kind::kClassifier) continue;
     fn(b.conv);
-    if (b.kind == QBlock::Kind::kFusedMB) fn(b.project);
+    if (b.kind == QBlock::Kind::kFusedMB || b.kind == QBlock::Kind::kRes) fn(b.project);
+    if (b.kind == QBlock::Kind::kRes && b.projection_shortcut) fn(b.shortcut);
   }
   for (QExit& e : state.exits) fn(e.conv);
 }
@@ -230,6 +248,15 @@ SplitVisionNetImpl::Outputs ForwardFloat(const Int8HeadState& state, const torch
         const torch::Tensor hidden = hook(b.conv.out_act, ConvFloat(b.conv, x));
         torch::Tensor y = hook(b.project.out_act, ConvFloat(b.project, hidden));
         x = b.residual ? hook(b.add_act, y + x) : y;
+        break;
+      }
+      case QBlock::Kind::kRes: {
+        const torch::Tensor hidden = hook(b.conv.out_act, ConvFloat(b.conv, x));
+        const torch::Tensor y = hook(b.project.out_act, ConvFloat(b.project, hidden));
+        const torch::Tensor shortcut =
+            b.projection_shortcut ? hook(b.shortcut.out_act, ConvFloat(b.shortcut, x)) : x;
+        const torch::Tensor sum = y + shortcut;
+        x = hook(b.add_act, b.add_relu ? torch::relu(sum) : sum);
         break;
       }
       case QBlock::Kind::kClassifier: x = PoolLinear(b.fc, x); break;
@@ -297,6 +324,14 @@ SplitVisionNetImpl::Outputs ForwardQuantized(const Int8HeadState& state,
           y = Ops().add.call(y, x, sum.scale, sum.zero_point);
         }
         x = y;
+        break;
+      }
+      case QBlock::Kind::kRes: {
+        const torch::Tensor y = ConvQuantized(state, b.project, ConvQuantized(state, b.conv, x));
+        const torch::Tensor shortcut =
+            b.projection_shortcut ? ConvQuantized(state, b.shortcut, x) : x;
+        const ActQuant& sum = state.acts[b.add_act];
+        x = (b.add_relu ? Ops().add_relu : Ops().add).call(y, shortcut, sum.scale, sum.zero_point);
         break;
       }
       case QBlock::Kind::kClassifier:

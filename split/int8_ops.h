@@ -7,7 +7,9 @@
 // symmetric per output channel (zero point 0, q in [-127, 127]) and an fp32 bias; every
 // activation quantization point is per-tensor affine uint8, x ~ (q - zero_point) * scale.
 // The points are: the preprocessed input, each conv output (after its ReLU when it has one,
-// so ReLU outputs always have zero point 0), and each residual sum. The exit (and classifier)
+// so ReLU outputs always have zero point 0), and each residual sum (after the ReLU of a "res"
+// block). A "res" block's projection shortcut is a conv like the others; its identity
+// shortcut adds the block's (already quantized) input. The exit (and classifier)
 // tail, global average pooling + linear, reads the dequantized conv output, averages in fp32
 // and applies int8 per-channel weights with an fp32 output: it is <0.1% of the head's MACs
 // and requantizing the logits to uint8 would flip top-1 whenever two logits are closer than
@@ -79,13 +81,19 @@ struct QLinear {
 };
 
 struct QBlock {
-  enum class Kind { kConv, kFusedMB, kClassifier };
+  enum class Kind { kConv, kFusedMB, kRes, kClassifier };
   Kind kind = Kind::kConv;
-  QConv conv;     // kConv: the conv; kFusedMB: the 3x3 expansion (with ReLU)
-  QConv project;  // kFusedMB: the 1x1 projection (no ReLU)
-  bool residual = false;
-  int add_act = -1;  // kFusedMB with residual: the sum's quantization point
-  QLinear fc;        // kClassifier
+  // kConv: the conv; kFusedMB: the 3x3 expansion (with ReLU); kRes: the first 3x3 (with ReLU).
+  QConv conv;
+  // kFusedMB: the 1x1 projection; kRes: the second 3x3 (both without ReLU).
+  QConv project;
+  // kRes with a projection shortcut: the 1x1 conv with the block's stride (no ReLU).
+  QConv shortcut;
+  bool residual = false;             // kFusedMB: adds its input; kRes: always
+  bool projection_shortcut = false;  // kRes: the shortcut is `shortcut`, not the input
+  bool add_relu = false;             // kRes: ReLU after the sum (quantized::add_relu)
+  int add_act = -1;                  // a residual sum's quantization point
+  QLinear fc;                        // kClassifier
 };
 
 struct QExit {
@@ -120,7 +128,9 @@ namespace int8 {
 // InvalidArgument when end_block is outside [1, number of blocks] or the spec is invalid.
 Result<Int8HeadState> BuildSkeleton(const VisionModelSpec& spec, int end_block);
 
-// Calls `fn` on every conv / linear of the head in canonical (serialization) order.
+// Calls `fn` on every conv / linear of the head in canonical (serialization) order: blocks in
+// order (a Fused-MBConv's expansion then projection; a res block's conv1, conv2, then its
+// projection shortcut if any), then the exits.
 void ForEachConv(Int8HeadState& state, const std::function<void(QConv&)>& fn);
 void ForEachLinear(Int8HeadState& state, const std::function<void(QLinear&)>& fn);
 void ForEachConv(const Int8HeadState& state, const std::function<void(const QConv&)>& fn);

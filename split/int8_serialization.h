@@ -6,15 +6,20 @@
 //        (numbers, or arrays of per-channel values),
 //        "crc32": <zlib CRC-32 of entries 1.. concatenated>}
 //   then for every conv in canonical order (blocks in order, a Fused-MBConv's expansion
-//   before its projection, then the exits): int8 weights [out, in, k, k], float32
+//   before its projection, a res block's conv1, conv2 and then its 1x1 projection shortcut
+//   when it has one, then the exits): int8 weights [out, in, k, k], float32
 //   per-channel weight scales [out], float32 biases [out];
 //   then for every linear (the classifier if the head includes it, then the exits): int8
 //   weights [out, in], float32 scales [out], float32 biases [out];
-//   then float32 activation scales [P] and uint8 activation zero points [P].
+//   then float32 activation scales [P] and uint8 activation zero points [P], P points in
+//   BuildSkeleton's order (int8_ops.h): the input, then per block its conv outputs in the
+//   canonical conv order and its residual sum, each block followed by its exits' convs.
 // Numbers are little-endian, tensors row-major. Readers derive every shape from the
 // caller's spec, so an entry of the wrong size is rejected before any byte is interpreted.
 // Compatibility: a reader refuses other versions (VersionMismatch); new fields go into the
-// JSON header, new tensors after the existing entries with a version bump.
+// JSON header, new tensors after the existing entries with a version bump. A new block type
+// (res) adds no version: its entries follow the same rules, heads without it are unchanged,
+// and an older reader refuses its spec ("unknown block type") before reading any entry.
 #pragma once
 
 #include <memory>

@@ -115,6 +115,15 @@ Result<TailPlan> TailPlan::Compile(SplitVisionNetImpl& net, int begin, int end,
       CLEAVE_ASSIGN_OR_RETURN(step.conv, make_conv(mb->expand_conv, mb->expand_bn, where));
       CLEAVE_ASSIGN_OR_RETURN(step.project, make_conv(mb->project_conv, mb->project_bn, where));
       step.residual = mb->residual();
+    } else if (auto* res = dynamic_cast<ResBlockImpl*>(&block)) {
+      step.kind = Step::Kind::kRes;
+      CLEAVE_ASSIGN_OR_RETURN(step.conv, make_conv(res->conv1, res->bn1, where));
+      CLEAVE_ASSIGN_OR_RETURN(step.project, make_conv(res->conv2, res->bn2, where));
+      if (res->projection()) {
+        CLEAVE_ASSIGN_OR_RETURN(step.shortcut,
+                                make_conv(res->shortcut_conv, res->shortcut_bn, where));
+      }
+      step.relu = block.spec().relu;
     } else if (dynamic_cast<MaxPoolImpl*>(&block) != nullptr) {
       step.kind = Step::Kind::kMaxPool;
       step.pool_kernel = block.spec().kernel;
@@ -153,6 +162,12 @@ torch::Tensor TailPlan::Run(const torch::Tensor& input) const {
       case Step::Kind::kFusedMB: {
         torch::Tensor y = conv(conv(x, step.conv).relu_(), step.project);
         x = step.residual ? y.add_(x) : y;
+        break;
+      }
+      case Step::Kind::kRes: {
+        torch::Tensor y = conv(conv(x, step.conv).relu_(), step.project);
+        y.add_(step.shortcut.weight.defined() ? conv(x, step.shortcut) : x);
+        x = step.relu ? y.relu_() : y;
         break;
       }
       case Step::Kind::kMaxPool:

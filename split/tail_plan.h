@@ -69,10 +69,11 @@ class TailPlan {
     int64_t stride = 1, padding = 0;
   };
   struct Step {
-    enum class Kind { kConv, kFusedMB, kMaxPool, kLinear, kClassifier } kind = Kind::kConv;
-    Conv conv;     // kConv; kFusedMB: the 3x3 expansion
-    Conv project;  // kFusedMB: the 1x1 projection
-    bool relu = false;
+    enum class Kind { kConv, kFusedMB, kRes, kMaxPool, kLinear, kClassifier } kind = Kind::kConv;
+    Conv conv;          // kConv; kFusedMB: the 3x3 expansion; kRes: conv1
+    Conv project;       // kFusedMB: the 1x1 projection; kRes: conv2
+    Conv shortcut;      // kRes: the 1x1 projection (weight undefined: identity)
+    bool relu = false;  // kConv, kLinear; kRes: after the sum
     bool residual = false;
     int64_t pool_kernel = 2, pool_stride = 2;  // kMaxPool
     torch::Tensor fc_weight, fc_bias;          // kLinear, kClassifier

@@ -83,6 +83,7 @@ json TrainOptions::ToJson() const {
   return {{"data", data},
           {"image_size", image_size},
           {"preset", preset},
+          {"model", model},
           {"epochs_teacher", epochs_teacher},
           {"epochs_distill", epochs_distill},
           {"epochs_finetune", epochs_finetune},

@@ -47,6 +47,9 @@ struct TrainOptions {
   int bottleneck_channels = 2;
   int tail_channels = 64;  // width of the cloud tail (7x7 part) of student and teacher
   int tail_blocks = 2;     // Fused-MBConv blocks in that tail
+  // Which network `student_spec` is ("default_split", "residual_split", "tiny_split", a spec
+  // file's path; informational, recorded in the bundle's training options).
+  std::string model = "default_split";
   // The student; default VisionModelSpec::DefaultSplit(bottleneck_channels, tail_channels,
   // tail_blocks) re-seated for the data's input (ForInput), with TeacherFor(student) as
   // teacher. Tests pass a tiny spec; its teacher is TeacherFor(spec). A given spec is also

@@ -8,37 +8,6 @@ namespace {
 
 using nlohmann::json;
 
-BlockSpec Conv(int in, int out, int stride, bool relu, const std::string& role = "",
-               int kernel = 3) {
-  BlockSpec b;
-  b.type = "conv";
-  b.role = role;
-  b.in_channels = in;
-  b.out_channels = out;
-  b.kernel = kernel;
-  b.stride = stride;
-  b.relu = relu;
-  return b;
-}
-
-BlockSpec FusedMB(int in, int out, int stride, int expansion) {
-  BlockSpec b;
-  b.type = "fused_mb";
-  b.in_channels = in;
-  b.out_channels = out;
-  b.stride = stride;
-  b.expansion = expansion;
-  return b;
-}
-
-BlockSpec Classifier(int in, int classes) {
-  BlockSpec b;
-  b.type = "classifier";
-  b.in_channels = in;
-  b.out_channels = classes;
-  return b;
-}
-
 int OutSize(int size, int kernel, int stride, int pad) {
   return (size + 2 * pad - kernel) / stride + 1;
 }
@@ -57,21 +26,10 @@ std::vector<float> NormalizationFromJson(const json& j) {
 
 int ConvPadding(const BlockSpec& b) { return b.padding >= 0 ? b.padding : b.kernel / 2; }
 
-BlockSpec Plain(const std::string& type, int in, int out, int kernel, int stride, bool relu) {
-  BlockSpec b;
-  b.type = type;
-  b.in_channels = in;
-  b.out_channels = out;
-  b.kernel = kernel;
-  b.stride = stride;
-  b.relu = relu;
-  return b;
-}
-
 // Output spatial size of block `b` given its input size (1 once flattened).
 int BlockOutSize(const BlockSpec& b, int size) {
   if (b.type == "conv") return OutSize(size, b.kernel, b.stride, ConvPadding(b));
-  if (b.type == "fused_mb") return OutSize(size, 3, b.stride, 1);
+  if (b.type == "fused_mb" || b.type == "res") return OutSize(size, 3, b.stride, 1);
   if (b.type == "maxpool") return OutSize(size, b.kernel, b.stride, 0);
   return 1;  // classifier, linear
 }
@@ -217,6 +175,15 @@ Status VisionModelSpec::Validate() const {
       if (b.expansion < 1 || b.expansion > 8) {
         return Status::InvalidArgument(where + ": expansion must be in [1,8]");
       }
+    } else if (b.type == "res") {
+      // The BasicBlock is fixed apart from its channels, stride and final ReLU: refuse
+      // settings it would silently ignore.
+      if (b.kernel != 3) return Status::InvalidArgument(where + ": res kernel must be 3");
+      if (!b.batch_norm || b.padding != -1) {
+        return Status::InvalidArgument(where +
+                                       ": res always has BatchNorm and same padding (no "
+                                       "batch_norm or padding setting)");
+      }
     } else if (b.type == "classifier") {
       if (i + 1 != blocks.size()) {
         return Status::InvalidArgument(where + ": classifier must be the last block");
@@ -242,7 +209,8 @@ Status VisionModelSpec::Validate() const {
   for (const auto& e : exits) {
     if (e.after_block >= 0 && e.after_block < last &&
         (blocks[e.after_block].type == "linear" || blocks[e.after_block].type == "maxpool")) {
-      return Status::InvalidArgument("model spec: exits attach only to conv/fused_mb blocks");
+      return Status::InvalidArgument(
+          "model spec: exits attach only to conv, fused_mb and res blocks");
     }
     if (e.after_block < 0 || e.after_block >= last) {
       return Status::InvalidArgument("model spec: exit after block " +
@@ -254,56 +222,6 @@ Status VisionModelSpec::Validate() const {
     return Status::InvalidArgument("model spec: split_after out of range");
   }
   return Status::Ok();
-}
-
-VisionModelSpec VisionModelSpec::DefaultSplit(int bottleneck_channels, int tail_channels,
-                                              int tail_blocks) {
-  VisionModelSpec s;
-  s.blocks = {Conv(1, 24, 1, true),                                           // 0: 28x28 stem
-              FusedMB(24, 32, 2, 2),                                          // 1: 14x14
-              FusedMB(32, 32, 1, 2),                                          // 2: 14x14 (exit)
-              Conv(32, bottleneck_channels, 2, false, "encoder"),             // 3: 7x7 bottleneck
-              Conv(bottleneck_channels, tail_channels, 1, true, "decoder")};  // 4: 7x7
-  for (int i = 0; i < tail_blocks; ++i) {
-    s.blocks.push_back(FusedMB(tail_channels, tail_channels, 1, 2));  // 5, 6, ...
-  }
-  s.blocks.push_back(Classifier(tail_channels, 10));
-  // Exit width 128 (was 32), measured on a trained student with 2 exit epochs: exit
-  // accuracy 84.4% -> 89.1% on the held-out set, share answered at the edge within 0.3
-  // points of the full model 54% -> 76%, for +1.8M MACs on the edge.
-  s.exits = {{2, 128}};
-  s.split_after = 3;
-  return s;
-}
-
-VisionModelSpec VisionModelSpec::DefaultTeacher(int tail_channels, int tail_blocks) {
-  VisionModelSpec s;
-  s.blocks = {Conv(1, 24, 1, true), FusedMB(24, 32, 2, 2), FusedMB(32, 32, 1, 2),
-              // 3: 7x7, the features the student's decoder imitates
-              FusedMB(32, tail_channels, 2, 2)};
-  for (int i = 0; i < tail_blocks; ++i) {
-    s.blocks.push_back(FusedMB(tail_channels, tail_channels, 1, 2));
-  }
-  s.blocks.push_back(Classifier(tail_channels, 10));
-  return s;
-}
-
-VisionModelSpec VisionModelSpec::SimpleCnn() {
-  VisionModelSpec s;
-  BlockSpec conv1 = Conv(1, 6, 1, true, "", 5);
-  conv1.batch_norm = false;
-  conv1.padding = 0;  // 28 -> 24
-  BlockSpec conv2 = Conv(6, 16, 1, true, "", 5);
-  conv2.batch_norm = false;
-  conv2.padding = 0;  // 12 -> 8
-  s.blocks = {conv1,
-              Plain("maxpool", 6, 6, 2, 2, false),  // 12x12
-              conv2,
-              Plain("maxpool", 16, 16, 2, 2, false),  // 4x4
-              Plain("linear", 16 * 4 * 4, 120, 1, 1, true),
-              Plain("linear", 120, 84, 1, 1, true),
-              Plain("linear", 84, 10, 1, 1, false)};
-  return s;
 }
 
 Result<VisionModelSpec> VisionModelSpec::ForInput(int channels, int size, int classes,
@@ -346,19 +264,6 @@ int VisionModelSpec::OutputSize(int i) const {
   return size;
 }
 
-VisionModelSpec VisionModelSpec::TinySplit() {
-  VisionModelSpec s;
-  s.blocks = {Conv(1, 4, 2, true),              // 0: 14x14
-              FusedMB(4, 4, 1, 2),              // 1: 14x14 (exit)
-              Conv(4, 2, 2, false, "encoder"),  // 2: 7x7
-              Conv(2, 8, 1, true, "decoder"),   // 3: 7x7
-              FusedMB(8, 8, 1, 2),              // 4
-              Classifier(8, 10)};               // 5
-  s.exits = {{1, 4}};
-  s.split_after = 2;
-  return s;
-}
-
 ConvBnActImpl::ConvBnActImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
   conv = register_module(
       "conv",
@@ -393,6 +298,31 @@ FusedMBConvImpl::FusedMBConvImpl(const BlockSpec& spec) : VisionBlockImpl(spec) 
 torch::Tensor FusedMBConvImpl::forward(torch::Tensor x) {
   torch::Tensor y = project_bn(project_conv(torch::relu(expand_bn(expand_conv(x)))));
   return residual_ ? y + x : y;
+}
+
+ResBlockImpl::ResBlockImpl(const BlockSpec& spec) : VisionBlockImpl(spec) {
+  const auto conv3x3 = [](int in, int out, int stride) {
+    return torch::nn::Conv2d(
+        torch::nn::Conv2dOptions(in, out, 3).stride(stride).padding(1).bias(false));
+  };
+  conv1 = register_module("conv1", conv3x3(spec.in_channels, spec.out_channels, spec.stride));
+  bn1 = register_module("bn1", torch::nn::BatchNorm2d(spec.out_channels));
+  conv2 = register_module("conv2", conv3x3(spec.out_channels, spec.out_channels, 1));
+  bn2 = register_module("bn2", torch::nn::BatchNorm2d(spec.out_channels));
+  if (spec.stride != 1 || spec.in_channels != spec.out_channels) {
+    shortcut_conv = register_module(
+        "shortcut_conv",
+        torch::nn::Conv2d(torch::nn::Conv2dOptions(spec.in_channels, spec.out_channels, 1)
+                              .stride(spec.stride)
+                              .bias(false)));
+    shortcut_bn = register_module("shortcut_bn", torch::nn::BatchNorm2d(spec.out_channels));
+  }
+}
+
+torch::Tensor ResBlockImpl::forward(torch::Tensor x) {
+  const torch::Tensor y = bn2(conv2(torch::relu(bn1(conv1(x)))));
+  const torch::Tensor sum = y + (projection() ? shortcut_bn(shortcut_conv(x)) : x);
+  return spec().relu ? torch::relu(sum) : sum;
 }
 
 torch::Tensor MaxPoolImpl::forward(torch::Tensor x) {
@@ -471,6 +401,8 @@ SplitVisionNetImpl::SplitVisionNetImpl(VisionModelSpec spec)
       block = std::make_shared<ConvBnActImpl>(b);
     } else if (b.type == "fused_mb") {
       block = std::make_shared<FusedMBConvImpl>(b);
+    } else if (b.type == "res") {
+      block = std::make_shared<ResBlockImpl>(b);
     } else if (b.type == "maxpool") {
       block = std::make_shared<MaxPoolImpl>(b);
     } else if (b.type == "linear") {
@@ -547,6 +479,11 @@ int64_t SplitVisionNetImpl::MacCount(int begin, int end, bool with_exits) const 
     } else if (b.type == "fused_mb") {
       const int64_t hidden = int64_t{b.in_channels} * b.expansion;
       macs += area * 9 * b.in_channels * hidden + area * hidden * b.out_channels;
+    } else if (b.type == "res") {
+      macs += area * 9 * b.out_channels * (b.in_channels + b.out_channels);
+      if (b.stride != 1 || b.in_channels != b.out_channels) {
+        macs += area * b.in_channels * b.out_channels;  // the projection shortcut
+      }
     } else if (b.type == "maxpool") {
       // comparisons, not multiply-accumulates
     } else if (b.type == "linear") {

@@ -9,6 +9,12 @@
 //                 with the depthwise 3x3 + 1x1 expansion fused into one dense 3x3 conv. We
 //                 chose it by measured time: on these CPUs, depthwise convs train ~3x slower
 //                 per sample than the fused block despite fewer FLOPs (see docs/design.md);
+//   - "res":      the ResNet BasicBlock (He et al., "Deep Residual Learning for Image
+//                 Recognition", 2016): 3x3 conv (stride) + BN + ReLU, 3x3 conv + BN, plus a
+//                 shortcut, then the sum (+ ReLU when `relu`). The shortcut is the identity when
+//                 stride is 1 and channels match, else a 1x1 conv with the stride + BN
+//                 ("projection shortcut", option B of the paper). Kernel is always 3;
+//                 BatchNorm and "same" padding are part of the block;
 //   - "classifier": global average pooling + linear layer to the class logits (last block);
 //   - "maxpool":  k x k max pooling with the given stride (channels unchanged);
 //   - "linear":   flatten + fully connected layer (+ ReLU when `relu`); its in_channels is
@@ -38,14 +44,14 @@
 namespace cleave::split {
 
 struct BlockSpec {
-  std::string type;  // "conv" | "fused_mb" | "classifier" | "maxpool" | "linear"
+  std::string type;  // "conv" | "fused_mb" | "res" | "classifier" | "maxpool" | "linear"
   std::string role;  // "" | "encoder" | "decoder" (informational; the bottleneck pair)
   int in_channels = 0;
   int out_channels = 0;
-  int kernel = 3;  // conv only
+  int kernel = 3;  // conv and maxpool; "res" requires 3
   int stride = 1;
   int expansion = 2;       // fused_mb only
-  bool relu = true;        // conv and linear
+  bool relu = true;        // conv, linear and res (the ReLU after the sum)
   bool batch_norm = true;  // conv only
   int padding = -1;        // conv only; -1 = kernel / 2 ("same" at stride 1)
 };
@@ -81,6 +87,13 @@ struct VisionModelSpec {
   // The teacher: the same network with the encoder/decoder pair replaced by one
   // Fused-MBConv (stride 2), no exits. Its block 3 output is what the decoder imitates.
   static VisionModelSpec DefaultTeacher(int tail_channels = 64, int tail_blocks = 2);
+  // The residual family, sized for 32x32 RGB (CIFAR-style) and re-seated for any input by
+  // ForInput: stem conv 3->16, a "res" block 16->32 with stride 2 (16x16, exit), encoder to
+  // `bottleneck_channels` at 8x8 (the split), decoder to `tail_channels`, `tail_blocks` "res"
+  // blocks, classifier. Edge head 5.4 M MACs with the exit (table in docs/design.md).
+  static constexpr int kResidualSplitBottleneck = 4;
+  static VisionModelSpec ResidualSplit(int bottleneck_channels = kResidualSplitBottleneck,
+                                       int tail_channels = 64, int tail_blocks = 2);
   // A very small split model for unit tests (fast on one core).
   static VisionModelSpec TinySplit();
   // The "simple CNN" of the federated-learning benchmarks (McMahan et al. 2017; Li et al.,
@@ -136,6 +149,21 @@ class FusedMBConvImpl : public VisionBlockImpl {
 
  private:
   bool residual_ = false;
+};
+
+// The ResNet BasicBlock ("res").
+class ResBlockImpl : public VisionBlockImpl {
+ public:
+  explicit ResBlockImpl(const BlockSpec& spec);
+  torch::Tensor forward(torch::Tensor x) override;
+  // Whether the shortcut is a 1x1 conv + BN (stride > 1 or channels change) or the identity.
+  bool projection() const { return !shortcut_conv.is_empty(); }
+  torch::nn::Conv2d conv1{nullptr};  // 3x3, stride, in -> out
+  torch::nn::BatchNorm2d bn1{nullptr};
+  torch::nn::Conv2d conv2{nullptr};  // 3x3, out -> out
+  torch::nn::BatchNorm2d bn2{nullptr};
+  torch::nn::Conv2d shortcut_conv{nullptr};  // 1x1, stride, in -> out; null for the identity
+  torch::nn::BatchNorm2d shortcut_bn{nullptr};
 };
 
 class MaxPoolImpl : public VisionBlockImpl {

@@ -11,6 +11,7 @@
 #include "common/shutdown.h"
 #include "split/compute_runtime.h"
 #include "split/dataset.h"
+#include "split/model_spec_file.h"
 #include "split/post_training.h"
 #include "split/trainer.h"
 #include "split/vision_bundle.h"
@@ -54,6 +55,8 @@ struct TrainArgs {
   bool augment = false;
   bool quiet = false;
   std::string data_dir;  // --data-dir, the older form of --data fashion-mnist:DIR
+  std::string model = "default_split";
+  std::string model_spec;  // --model-spec FILE
 };
 
 struct SplitArgs {
@@ -92,6 +95,45 @@ void ApplyPreset(const TrainOptions& preset, const CLI::App& cmd, TrainOptions& 
   if (keep("--tail-blocks")) options.tail_blocks = given.tail_blocks;
 }
 
+// The student network: --model (a preset, sized by --bottleneck-channels, --tail-channels and
+// --tail-blocks where it has those knobs) or --model-spec FILE. Leaves options.student_spec
+// unset for default_split, which the trainer builds from the size options itself.
+Status ChooseStudent(const TrainArgs& args, const CLI::App& cmd, TrainOptions& options) {
+  const bool sized = cmd.count("--bottleneck-channels") > 0 || cmd.count("--tail-channels") > 0 ||
+                     cmd.count("--tail-blocks") > 0;
+  if (!args.model_spec.empty()) {
+    if (cmd.count("--model") > 0) {
+      return Status::InvalidArgument("give --model or --model-spec, not both");
+    }
+    if (sized) {
+      return Status::InvalidArgument(
+          "--bottleneck-channels, --tail-channels and --tail-blocks size the presets; the "
+          "model spec file sets its own sizes");
+    }
+    CLEAVE_ASSIGN_OR_RETURN(options.student_spec, split::LoadVisionModelSpecFile(args.model_spec));
+    options.model = args.model_spec;
+    return Status::Ok();
+  }
+  options.model = args.model;
+  if (args.model == "default_split") return Status::Ok();
+  if (args.model == "residual_split") {
+    if (cmd.count("--bottleneck-channels") == 0) {
+      options.bottleneck_channels = split::VisionModelSpec::kResidualSplitBottleneck;
+    }
+    options.student_spec = split::VisionModelSpec::ResidualSplit(
+        options.bottleneck_channels, options.tail_channels, options.tail_blocks);
+    return Status::Ok();
+  }
+  if (args.model == "tiny_split") {
+    if (sized) return Status::InvalidArgument("tiny_split has fixed sizes");
+    options.student_spec = split::VisionModelSpec::TinySplit();
+    return Status::Ok();
+  }
+  return Status::InvalidArgument("unknown --model '" + args.model +
+                                 "' (default_split, residual_split, tiny_split; or give "
+                                 "--model-spec FILE)");
+}
+
 void RunTrain(TrainArgs& args, const CLI::App& cmd) {
   TrainOptions options = args.options;
   if (args.quick && args.long_preset) {
@@ -106,6 +148,8 @@ void RunTrain(TrainArgs& args, const CLI::App& cmd) {
   options.int8 = !args.no_int8;
   options.augment = args.augment;
   options.progress_out = args.quiet ? nullptr : stderr;
+  const Status student = ChooseStudent(args, cmd, options);
+  if (!student.ok()) Fail("train", student);
   const Status valid = options.Validate();
   if (!valid.ok()) Fail("train", valid);
 
@@ -234,6 +278,15 @@ void RegisterTrainCommands(CLI::App& app) {
       ->capture_default_str();
   train->add_option("--tail-blocks", o.tail_blocks, "Fused-MBConv blocks in the cloud tail")
       ->capture_default_str();
+  train
+      ->add_option("--model", train_args->model,
+                   "network family: default_split (Fused-MBConv, 28x28-sized), residual_split "
+                   "(ResNet BasicBlocks, 32x32-sized; bottleneck 4 unless "
+                   "--bottleneck-channels) or tiny_split; re-seated for --data's input")
+      ->capture_default_str();
+  train->add_option("--model-spec", train_args->model_spec,
+                    "a model spec file (.json or .toml: blocks, split_after, exits; see "
+                    "examples/model_spec.toml) instead of --model");
   train->add_option("--wire-dtype", train_args->wire_dtype, "wire quantization: u4 or u8")
       ->capture_default_str();
   train

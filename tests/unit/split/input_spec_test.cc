@@ -189,7 +189,7 @@ TEST(InputSpecTest, PrepareChwMatchesPrepare) {
 TEST(VisionModelSpecForInputTest, EveryPresetFitsRgb32With100Classes) {
   for (const VisionModelSpec& preset :
        {VisionModelSpec::DefaultSplit(), VisionModelSpec::TinySplit(), VisionModelSpec::SimpleCnn(),
-        VisionModelSpec::DefaultTeacher()}) {
+        VisionModelSpec::DefaultTeacher(), VisionModelSpec::ResidualSplit()}) {
     auto spec = preset.ForInput(3, 32, 100, {0.1f, 0.2f, 0.3f}, {0.5f, 0.6f, 0.7f});
     ASSERT_TRUE(spec.ok()) << spec.status().ToString();
     EXPECT_EQ(spec->blocks[0].in_channels, 3);

@@ -28,7 +28,7 @@ namespace cleave::split {
 namespace {
 
 struct Case {
-  std::string model;  // "tiny" | "default"
+  std::string model;  // "tiny" | "default" | "residual"
   int split;          // the head runs blocks [0, split)
   wire::DType dtype;
 };
@@ -39,12 +39,13 @@ std::string Name(const ::testing::TestParamInfo<Case>& info) {
 }
 
 VisionModelSpec SpecOf(const std::string& model) {
+  if (model == "residual") return VisionModelSpec::ResidualSplit();
   return model == "tiny" ? VisionModelSpec::TinySplit() : VisionModelSpec::DefaultSplit(2);
 }
 
 std::vector<Case> AllCases() {
   std::vector<Case> cases;
-  for (const std::string model : {"tiny", "default"}) {
+  for (const std::string model : {"tiny", "default", "residual"}) {
     const VisionModelSpec spec = SpecOf(model);
     // Every split point: after block 0 .. after the last block before the classifier.
     for (int k = 1; k < static_cast<int>(spec.blocks.size()); ++k) {
@@ -87,7 +88,9 @@ TEST_P(SplitEquivalenceTest, HeadWireTailEqualsWholeModel) {
   torch::set_num_threads(1);
   SplitVisionNet net = MakeNet(SpecOf(c.model));
   torch::NoGradGuard no_grad;
-  const torch::Tensor images = torch::rand({64, 1, 28, 28});
+  const VisionModelSpec& spec = net->spec();
+  const torch::Tensor images =
+      torch::rand({64, spec.input_channels, spec.image_size, spec.image_size});
   const torch::Tensor whole = net->forward(images);
 
   auto t0 = std::chrono::steady_clock::now();

@@ -3,8 +3,9 @@
 //
 // fp32: folding BatchNorm into the conv changes only the rounding order, so the plan's
 // outputs are held to |plan - module| <= 1e-4 * (1 + |module|) element-wise, for every start
-// block of every model shape we ship (the split model, the tiny test model and the simple
-// CNN with max pooling and linear layers) and for batch sizes 1 and 17.
+// block of every model shape we ship (the split model, the residual family with both kinds of
+// shortcut, the tiny test model and the simple CNN with max pooling and linear layers) and
+// for batch sizes 1 and 17.
 // bf16: 8-bit mantissas give a relative error of ~2^-9 per rounding; through a handful of
 // layers the logits' normalized MSE stays near 1e-5. The bound 1e-3 leaves room for random
 // weights' gain but catches a wrong layout, a dropped bias or an unfolded BatchNorm (all give
@@ -21,7 +22,10 @@ namespace {
 // The input block `k` sees: the module's own output of blocks [0, k) on random images.
 torch::Tensor InputOfBlock(SplitVisionNet& net, int k, int64_t batch) {
   torch::NoGradGuard no_grad;
-  return net->ForwardRange(net->Preprocess(torch::rand({batch, 1, 28, 28})), 0, k);
+  const VisionModelSpec& spec = net->spec();
+  return net->ForwardRange(
+      net->Preprocess(torch::rand({batch, spec.input_channels, spec.image_size, spec.image_size})),
+      0, k);
 }
 
 double Nmse(const torch::Tensor& got, const torch::Tensor& want) {
@@ -36,6 +40,7 @@ struct NamedSpec {
 std::vector<NamedSpec> Specs() {
   return {{"tiny", VisionModelSpec::TinySplit()},
           {"default", VisionModelSpec::DefaultSplit(2)},
+          {"residual", VisionModelSpec::ResidualSplit()},
           {"simple_cnn", VisionModelSpec::SimpleCnn()}};
 }
 

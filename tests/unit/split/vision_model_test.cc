@@ -19,7 +19,7 @@ TEST(VisionModelSpecTest, JsonRoundTripOfEveryPreset) {
   for (const VisionModelSpec& spec :
        {VisionModelSpec::DefaultSplit(2), VisionModelSpec::DefaultSplit(4),
         VisionModelSpec::DefaultTeacher(), VisionModelSpec::TinySplit(),
-        VisionModelSpec::SimpleCnn()}) {
+        VisionModelSpec::SimpleCnn(), VisionModelSpec::ResidualSplit()}) {
     ASSERT_TRUE(spec.Validate().ok());
     auto back = VisionModelSpec::FromJson(spec.ToJson());
     ASSERT_TRUE(back.ok()) << back.status().ToString();

@@ -60,7 +60,10 @@ TEST(TrainCommandTest, TrainRejectsBadFlagsBeforeTraining) {
   EXPECT_NE(RunCli("train").first, 0);  // --out is required
   for (const char* flags :
        {" --wire-dtype f16", " --calibrate offload:2", " --criterion best", " --quick --long",
-        " --quick --batch-size 1", " --quick --data-dir /nonexistent/fmnist"}) {
+        " --quick --batch-size 1", " --quick --data-dir /nonexistent/fmnist", " --model resnet",
+        " --model tiny_split --tail-blocks 3", " --model-spec /nonexistent/model.toml",
+        " --model-spec model.yaml", " --model tiny_split --model-spec model.toml",
+        " --model-spec model.toml --bottleneck-channels 8"}) {
     auto [code, err] = RunCli("train --out " + out.string() + std::string(flags));
     EXPECT_EQ(code, 1) << flags;
     EXPECT_EQ(err.rfind("cleave train: ", 0), 0u) << err;
