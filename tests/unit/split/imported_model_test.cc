@@ -70,6 +70,7 @@ class ImportTest : public ::testing::Test {
     options_.held_out = 100;
     options_.test_limit = 0;
     options_.exit_hidden = 8;
+    options_.bottleneck_channels = 2;
     options_.batch_size = 32;
     options_.progress_out = nullptr;
     options_.threads = 1;
