@@ -47,12 +47,17 @@ def read_idx(path, limit=None):
     return data.reshape(dims)
 
 
-def load_split(data_dir, prefix, limit):
+def load_split(data_dir, prefix, limit, rgb32=False):
     images = read_idx(os.path.join(data_dir, f"{prefix}-images-idx3-ubyte.gz"), limit)
     labels = read_idx(os.path.join(data_dir, f"{prefix}-labels-idx1-ubyte.gz"), limit)
-    x = torch.from_numpy(images.copy()).float().div_(255.0).unsqueeze(1)  # [N, 1, 28, 28]
+    x = torch.from_numpy(images.copy()).float().unsqueeze(1)  # [N, 1, 28, 28], 0..255
+    if rgb32:
+        # As cleave converts a gray image for a 3x32x32 input: bilinear resize (half-pixel
+        # centers, no antialias), rounded to bytes, the gray plane replicated.
+        x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+        x = x.round().clamp(0, 255).repeat(1, 3, 1, 1)
     y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
+    return x.div_(255.0), y
 
 
 class Normalize(nn.Module):
@@ -67,12 +72,13 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def make_model():
+def make_model(rgb32=False):
+    channels, side = (3, 32) if rgb32 else (1, 28)
     # Pooling before BatchNorm and ReLU: they then touch a quarter of the values, which on a
     # 2-core CPU is a good part of the training time.
     return nn.Sequential(OrderedDict([
         ("normalize", Normalize(MEAN, STD)),
-        ("conv1", nn.Conv2d(1, 16, 3, padding=1)),
+        ("conv1", nn.Conv2d(channels, 16, 3, padding=1)),
         ("pool1", nn.MaxPool2d(2)),            # 16 x 14 x 14
         ("bn1", nn.BatchNorm2d(16)),
         ("relu1", nn.ReLU()),
@@ -81,7 +87,7 @@ def make_model():
         ("bn2", nn.BatchNorm2d(32)),
         ("relu2", nn.ReLU()),
         ("flatten", nn.Flatten()),             # a module, not torch.flatten: keeps it a chain
-        ("fc1", nn.Linear(32 * 7 * 7, 128)),
+        ("fc1", nn.Linear(32 * (side // 4) * (side // 4), 128)),
         ("relu3", nn.ReLU()),
         ("dropout", nn.Dropout(0.2)),
         ("fc2", nn.Linear(128, 10)),
@@ -109,6 +115,9 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3, help="peak Adam learning rate (one-cycle)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rgb32", action="store_true",
+                        help="train on the images made 3x32x32 RGB (bilinear resize, gray "
+                             "replicated), the input of cleave's RGB-folder benchmark")
     parser.add_argument("--data-dir", default=DATA_DIR,
                         help="folder with the *-ubyte.gz files (package dataset-fashion-mnist)")
     args = parser.parse_args(argv)
@@ -116,14 +125,14 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     try:
-        train_x, train_y = load_split(args.data_dir, "train", args.limit)
-        test_x, test_y = load_split(args.data_dir, "t10k", args.limit)
+        train_x, train_y = load_split(args.data_dir, "train", args.limit, args.rgb32)
+        test_x, test_y = load_split(args.data_dir, "t10k", args.limit, args.rgb32)
     except FileNotFoundError as e:
         sys.exit(f"error: {e.filename} is missing: apt-get install dataset-fashion-mnist, "
                  "or pass --data-dir")
     print(f"train {len(train_x)} images, test {len(test_x)}, {args.threads} threads")
 
-    model = make_model()
+    model = make_model(args.rgb32)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps = args.epochs * ((len(train_x) + args.batch_size - 1) // args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
@@ -155,7 +164,8 @@ def main(argv=None):
 
     names = [name for name, _ in model.named_children()]
     print(f"test accuracy {accuracy:.4f} ({len(test_x)} images)")
-    print(f"wrote {args.out}: input float [N, 1, 28, 28], pixels in [0, 1]; the model "
+    shape = "3, 32, 32" if args.rgb32 else "1, 28, 28"
+    print(f"wrote {args.out}: input float [N, {shape}], pixels in [0, 1]; the model "
           f"normalizes itself (mean {MEAN}, std {STD})")
     print("cut points (cleave import --split-after NAME): " + ", ".join(names[:-1]))
 

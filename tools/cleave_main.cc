@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 
 #include "tools/bench_fl.h"
+#include "tools/bench_import.h"
 #include "tools/bench_lm.h"
 #include "tools/bench_serve.h"
 #include "tools/bench_split.h"
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "benchmarks that print JSON");
   bench->require_subcommand(1);
   cleave::tools::RegisterBenchSplitCommand(*bench);
+  cleave::tools::RegisterBenchImportCommand(*bench);
   cleave::tools::RegisterBenchLmCommand(*bench);
   cleave::tools::RegisterBenchServeCommand(*bench);
   cleave::tools::RegisterFederatedBenchCommands(*bench);

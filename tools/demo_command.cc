@@ -18,6 +18,7 @@
 #include "edge/edge_client.h"
 #include "split/bundle.h"
 #include "split/dataset.h"
+#include "split/split_runtime.h"
 #include "split/vision_bundle.h"
 #include "tools/bench_util.h"
 #include "tools/daemon_launcher.h"

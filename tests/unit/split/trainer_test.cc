@@ -254,7 +254,7 @@ TEST(TrainerCancelTest, CancelledRunWritesNothing) {
   options.threads = 1;
   int polls = 0;
   options.cancelled = [&polls] { return ++polls > 3; };
-  auto report = TrainVisionSplit(options, {Synthetic(256, 4), Synthetic(64, 5)}, out);
+  auto report = TrainVisionSplit(options, {Synthetic(256, 4), Synthetic(64, 5), std::nullopt}, out);
   ASSERT_FALSE(report.ok());
   EXPECT_EQ(report.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(report.status().message().find("interrupted"), std::string::npos);
