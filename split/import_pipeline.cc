@@ -456,8 +456,8 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
           const HeadInt8Report& q = model.int8_head->report();
           LogLine(options.progress_out,
                   "int8 head: " + std::to_string(100.0 * q.int8_ops_fraction) + "% of ops, " +
-                      std::to_string(100.0 * q.int8_macs_fraction) +
-                      "% of MACs in int8, engine " + model.int8_head->engine());
+                      std::to_string(100.0 * q.int8_macs_fraction) + "% of MACs in int8, engine " +
+                      model.int8_head->engine());
         }
 
         // Calibration on held-out rows, against the imported model's own accuracy there.

@@ -11,11 +11,11 @@
 //            bundle records are the ones the tail learned with;
 //   stage 3  exits on h learn with the backbone frozen (0.5 CE + 0.5 KD from the teacher).
 // Then the head is quantized to int8 where its ops allow (post-training, activation ranges
-// from training images; split/head_int8_graph.h), and the exit threshold is calibrated on held-out rows of the training split against the
-// imported model's own held-out accuracy (drop:X) through the deployed path (int8 head ->
-// exits and encoder -> real wire codec -> decoder -> tail), and the imported model, the split
-// path with and without exits are evaluated on the test split. The bundle is written once, at
-// the end, atomically; an interrupted run leaves nothing behind.
+// from training images; split/head_int8_graph.h), and the exit threshold is calibrated on held-out
+// rows of the training split against the imported model's own held-out accuracy (drop:X) through
+// the deployed path (int8 head -> exits and encoder -> real wire codec -> decoder -> tail), and the
+// imported model, the split path with and without exits are evaluated on the test split. The bundle
+// is written once, at the end, atomically; an interrupted run leaves nothing behind.
 #pragma once
 
 #include <cstdio>

@@ -165,19 +165,19 @@ Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
     CLEAVE_RETURN_IF_ERROR(CheckBatch(images, ImportedImageShape(*imported_), "edge input images"));
     return CallTorch(TorchSource::kOwnState, "edge head: libtorch failed",
                      [&]() -> Result<EdgeHeadOutput> {
-      torch::NoGradGuard no_grad;
-      const torch::Tensor input = images.to(torch::kFloat).contiguous();
-      torch::Tensor h;
-      if (int8_) {
-        CLEAVE_ASSIGN_OR_RETURN(h, imported_->RunHeadInt8(input));
-      } else {
-        h = imported_->RunHead(input);
-      }
-      EdgeHeadOutput out;
-      for (auto& e : imported_->exits) out.exit_logits.push_back(e->forward(h));
-      out.features = imported_->encoder->forward(h).contiguous();
-      return out;
-    });
+                       torch::NoGradGuard no_grad;
+                       const torch::Tensor input = images.to(torch::kFloat).contiguous();
+                       torch::Tensor h;
+                       if (int8_) {
+                         CLEAVE_ASSIGN_OR_RETURN(h, imported_->RunHeadInt8(input));
+                       } else {
+                         h = imported_->RunHead(input);
+                       }
+                       EdgeHeadOutput out;
+                       for (auto& e : imported_->exits) out.exit_logits.push_back(e->forward(h));
+                       out.features = imported_->encoder->forward(h).contiguous();
+                       return out;
+                     });
   }
   CLEAVE_RETURN_IF_ERROR(CheckBatch(images, SpecImageShape(model_.spec), "edge input images"));
   const auto run = [&]() -> Result<EdgeHeadOutput> {

@@ -299,7 +299,8 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
     const split::ImportedSplitModel* int8 = edge_int8->imported();
     if (int8 != nullptr && int8->int8_head) {
       // The int8 head's bytes plus the fp32 encoder and exits that run after it.
-      report["head_int8_bytes"] = int8->int8_head->WeightBytes() + 4 * (head_params - [&] {
+      report["head_int8_bytes"] = int8->int8_head->WeightBytes() +
+                                  4 * (head_params - [&] {
                                     int64_t n = 0;
                                     for (const at::Tensor& p : imported->head.parameters()) {
                                       n += p.numel();

@@ -113,7 +113,10 @@ const Breakage kBreakages[] = {
     {"nan_std", [](VisionModelSpec& s) { s.input_std = {NAN}; }},
     {"nan_mean", [](VisionModelSpec& s) { s.input_mean = {NAN}; }},
     {"empty_mean", [](VisionModelSpec& s) { s.input_mean.clear(); }},
-    {"std_per_channel_count", [](VisionModelSpec& s) { s.input_std = {0.5f, 0.5f}; }},
+    {"std_per_channel_count",
+     [](VisionModelSpec& s) {
+       s.input_std = {0.5f, 0.5f};
+     }},
     {"too_many_channels", [](VisionModelSpec& s) { s.input_channels = 65; }},
     {"no_blocks", [](VisionModelSpec& s) { s.blocks.clear(); }},
     {"channel_chain", [](VisionModelSpec& s) { s.blocks[1].in_channels = 5; }},
