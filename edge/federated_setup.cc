@@ -14,7 +14,8 @@
 #include "common/logging.h"
 #include "federated/partition.h"
 #include "split/dataset.h"
-#include "split/vision_bundle.h"
+#include "split/torch_status.h"
+#include "split/trainable_net.h"
 
 namespace cleave::edge {
 namespace {
@@ -117,16 +118,19 @@ Result<std::optional<FederatedSetup>> PrepareFederated(const Config& config, con
       std::min<int64_t>(config.GetInt("edge.fl_secure_drop_round"), UINT32_MAX));
 
   // The training copy: the bundle's whole fp32 network (the serving head is separate).
-  split::VisionBundleParts parts;
-  parts.head_int8 = false;
-  Result<split::VisionSplitModel> model = split::ReadVisionBundle(bundle, parts);
-  if (!model.ok()) {
-    return model.status().WithContext("federated learning needs the bundle's fp32 model");
-  }
-  setup.spec = model->spec;
-  setup.options.model_name = model->name.empty() ? "model" : model->name;
-  setup.initial = federated::GetWeights(*model->net);
-  CLEAVE_ASSIGN_OR_RETURN(setup.data, LoadFederatedShare(config, model->input, &setup.share));
+  Result<std::unique_ptr<split::TrainableNet>> net = split::TrainableFromBundle(bundle);
+  if (!net.ok()) return net.status().WithContext("federated learning needs the bundle's fp32 model");
+  setup.net = std::move(net).value();
+  const nlohmann::json& manifest_model = bundle.model();
+  const std::string name = manifest_model.is_object() && manifest_model.contains("name") &&
+                                   manifest_model["name"].is_string()
+                               ? manifest_model["name"].get<std::string>()
+                               : std::string();
+  setup.options.model_name = name.empty() ? "model" : name;
+  CLEAVE_ASSIGN_OR_RETURN(setup.initial,
+                          split::CallTorch(split::TorchSource::kOwnState, "federated client",
+                                           [&] { return federated::GetWeights(*setup.net); }));
+  CLEAVE_ASSIGN_OR_RETURN(setup.data, LoadFederatedShare(config, setup.net->input(), &setup.share));
   return std::optional<FederatedSetup>(std::move(setup));
 }
 
@@ -141,7 +145,7 @@ Result<std::unique_ptr<FederatedClient>> StartFederatedClient(TransportContext& 
                              .WithContext("edge.aggregator_curve_public_key"));
   setup.options.socket_configure = socket.configure;
   Result<std::unique_ptr<FederatedClient>> client = FederatedClient::Start(
-      context, setup.options, setup.spec, setup.initial, std::move(setup.data));
+      context, setup.options, std::move(setup.net), setup.initial, std::move(setup.data));
   if (!client.ok()) return client.status().WithContext("federated client");
   GetLogger("edge")->info("federated learning with {} as '{}': {} local examples, {}",
                           setup.options.aggregator, setup.options.client_id,

@@ -17,13 +17,14 @@
 #include "federated/weights.h"
 #include "split/bundle.h"
 #include "split/train_data.h"
-#include "split/vision_model.h"
+#include "split/trainable_net.h"
 
 namespace cleave::edge {
 
 struct FederatedSetup {
   FederatedClientOptions options;  // socket_configure is left to the caller (CURVE)
-  split::VisionModelSpec spec;
+  // The training copy: the bundle's whole fp32 model (cleave's own or imported).
+  std::unique_ptr<split::TrainableNet> net;
   federated::Weights initial;  // the bundle's fp32 weights
   split::LabeledImages data;   // this edge's share of the training set
   std::string share;           // "partition i of N (scheme, seed s, rows)" for logs
@@ -31,9 +32,9 @@ struct FederatedSetup {
 
 // nullopt when edge.aggregator is empty (federated learning off). Otherwise checks the
 // edge.fl_* keys (InvalidArgument naming the key), the client id (edge.client_id, or
-// edge-<hostname>-<pid> when empty), reads the bundle's fp32 model and loads this edge's
-// partition of the Fashion-MNIST training set in edge.fl_data_dir (FailedPrecondition when
-// the partition is empty). `config` needs the keys of the cleave-edge schema.
+// edge-<hostname>-<pid> when empty), reads the bundle's fp32 model (either bundle kind) and
+// loads this edge's partition of the training set of edge.fl_data (default: the bundle's
+// dataset) converted to the bundle's input (FailedPrecondition when the partition is empty). `config` needs the keys of the cleave-edge schema.
 Result<std::optional<FederatedSetup>> PrepareFederated(const Config& config, const Bundle& bundle);
 
 // Starts taking part in rounds with what `setup` prepared, over CURVE when `config` names

@@ -90,25 +90,27 @@ Status CheckOptions(const FederatedClientOptions& o) {
   return Status::Ok();
 }
 
-Status CheckData(const split::LabeledImages& data, const split::VisionModelSpec& spec) {
+Status CheckData(const split::LabeledImages& data, const split::InputSpec& input) {
   const int64_t n = data.size();
   if (n < 1) return Status::InvalidArgument("federated client: no local training data");
   const torch::Tensor& x = data.images;
-  if (x.dim() != 4 || x.scalar_type() != torch::kFloat || x.size(1) != spec.input_channels ||
-      x.size(2) != spec.image_size || x.size(3) != spec.image_size) {
-    return Status::InvalidArgument(
-        "federated client: images must be float [N," + std::to_string(spec.input_channels) + "," +
-        std::to_string(spec.image_size) + "," + std::to_string(spec.image_size) + "], got " +
-        ShapeText(x.sizes().vec()));
+  if (x.dim() != 4 || x.scalar_type() != torch::kFloat || x.size(1) != input.channels ||
+      x.size(2) != input.height || x.size(3) != input.width) {
+    return Status::InvalidArgument("federated client: images must be float [N," +
+                                   std::to_string(input.channels) + "," +
+                                   std::to_string(input.height) + "," +
+                                   std::to_string(input.width) + "], got " +
+                                   ShapeText(x.sizes().vec()));
   }
   const torch::Tensor& y = data.labels;
   if (!y.defined() || y.dim() != 1 || y.size(0) != n || y.scalar_type() != torch::kLong) {
     return Status::InvalidArgument("federated client: labels must be int64 [" + std::to_string(n) +
                                    "]");
   }
-  if (y.min().item<int64_t>() < 0 || y.max().item<int64_t>() >= spec.num_classes) {
+  const size_t classes = input.class_names.size();
+  if (y.min().item<int64_t>() < 0 || y.max().item<int64_t>() >= static_cast<int64_t>(classes)) {
     return Status::InvalidArgument("federated client: labels must lie in [0, " +
-                                   std::to_string(spec.num_classes) + ")");
+                                   std::to_string(classes) + ")");
   }
   return Status::Ok();
 }
@@ -148,12 +150,25 @@ FederatedClient::FederatedClient(FederatedClientOptions options, Clock& clock)
 Result<std::unique_ptr<FederatedClient>> FederatedClient::Start(
     TransportContext& context, FederatedClientOptions options, const split::VisionModelSpec& spec,
     const Weights& initial, split::LabeledImages data, Clock& clock) {
-  CLEAVE_RETURN_IF_ERROR(CheckOptions(options));
   CLEAVE_RETURN_IF_ERROR(spec.Validate().WithContext("federated client: model spec"));
+  CLEAVE_ASSIGN_OR_RETURN(
+      std::unique_ptr<split::TrainableNet> net,
+      split::CallTorch(split::TorchSource::kOwnState, "federated client", [&] {
+        return split::MakeTrainable(spec, split::InputSpec::Legacy(spec));
+      }));
+  return Start(context, std::move(options), std::move(net), initial, std::move(data), clock);
+}
+
+Result<std::unique_ptr<FederatedClient>> FederatedClient::Start(
+    TransportContext& context, FederatedClientOptions options,
+    std::unique_ptr<split::TrainableNet> net, const Weights& initial, split::LabeledImages data,
+    Clock& clock) {
+  CLEAVE_RETURN_IF_ERROR(CheckOptions(options));
+  if (!net) return Status::InvalidArgument("federated client: no network");
   std::unique_ptr<FederatedClient> client(new FederatedClient(std::move(options), clock));
-  const auto build = [&] {  // from the caller's spec, weights and data
-    CLEAVE_RETURN_IF_ERROR(CheckData(data, spec));
-    client->net_ = split::SplitVisionNet(spec);
+  const auto build = [&] {  // from the caller's network, weights and data
+    CLEAVE_RETURN_IF_ERROR(CheckData(data, net->input()));
+    client->net_ = std::move(net);
     CLEAVE_RETURN_IF_ERROR(
         federated::SetWeights(*client->net_, initial).WithContext("federated client"));
     client->layout_ = federated::LayoutOf(*client->net_);

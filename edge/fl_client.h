@@ -84,6 +84,7 @@
 #include "federated/update_compression.h"
 #include "federated/weights.h"
 #include "split/train_data.h"
+#include "split/trainable_net.h"
 #include "split/vision_model.h"
 
 namespace cleave::federated {
@@ -158,6 +159,13 @@ class FederatedClient {
   static Result<std::unique_ptr<FederatedClient>> Start(
       TransportContext& context, FederatedClientOptions options, const split::VisionModelSpec& spec,
       const federated::Weights& initial, split::LabeledImages data, Clock& clock = SystemClock());
+  // The same for any trainable network (split/trainable_net.h: cleave's own, a TorchScript
+  // model, an imported split model); the client trains `net` itself. `data`'s images must
+  // be [N, C, H, W] as net->input() declares, labels < net->num_classes().
+  static Result<std::unique_ptr<FederatedClient>> Start(
+      TransportContext& context, FederatedClientOptions options,
+      std::unique_ptr<split::TrainableNet> net, const federated::Weights& initial,
+      split::LabeledImages data, Clock& clock = SystemClock());
   // Stops (see Stop) and joins.
   ~FederatedClient();
   FederatedClient(const FederatedClient&) = delete;
@@ -252,7 +260,7 @@ class FederatedClient {
   FederatedClientOptions options_;
   Clock& clock_;
   std::unique_ptr<DealerClient> dealer_;
-  split::SplitVisionNet net_{nullptr};  // the training copy
+  std::unique_ptr<split::TrainableNet> net_;  // the training copy
   federated::WeightsLayout layout_;
   std::string layout_sha256_;
   split::LabeledImages data_;

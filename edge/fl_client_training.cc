@@ -94,7 +94,8 @@ Result<Weights> FederatedClient::CheckConfig(const fl::RoundConfig& config) cons
     const auto set = config.trainable_set == fl::TrainableSet::kAll
                          ? federated::TrainableSet::kAll
                          : federated::TrainableSet::kHeadAndExits;
-    if (federated::TrainableMask(layout_, set, net_->spec().split_after) != config.trainable) {
+    if (federated::TrainableMask(layout_, set, net_->split_after(),
+                                 net_->kind() == split::kTorchScriptSplitKind) != config.trainable) {
       // The mask is authoritative; a disagreement with its label is only worth a note.
       Log()->warn("round {}: the trainable mask differs from what '{}' means here; using the mask",
                   config.round, federated::TrainableSetName(set));

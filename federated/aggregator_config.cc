@@ -11,6 +11,8 @@
 #include "split/bundle.h"
 #include "split/dataset.h"
 #include "split/model_spec_file.h"
+#include "split/torch_status.h"
+#include "split/trainable_net.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::federated {
@@ -87,11 +89,17 @@ Result<AggregatorModel> LoadAggregatorModel(const Config& c) {
   }
   if (!bundle_dir.empty()) {
     CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(bundle_dir));
-    CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel m, split::ReadVisionBundle(bundle, {}));
-    model.spec = m.spec;
-    model.input = m.input;
-    model.initial = GetWeights(*m.net);
-    model.model_name = m.name;
+    // Either kind: cleave's own (vision-split) or an imported model (torchscript-split).
+    CLEAVE_ASSIGN_OR_RETURN(model.net, split::TrainableFromBundle(bundle));
+    model.input = model.net->input();
+    CLEAVE_ASSIGN_OR_RETURN(model.initial,
+                            split::CallTorch(split::TorchSource::kOwnState, "aggregator model",
+                                             [&] { return GetWeights(*model.net); }));
+    const nlohmann::json& manifest_model = bundle.model();
+    model.model_name = manifest_model.is_object() && manifest_model.contains("name") &&
+                               manifest_model["name"].is_string()
+                           ? manifest_model["name"].get<std::string>()
+                           : std::filesystem::path(bundle_dir).filename().string();
     model.base_bundle = bundle_dir;
   } else {
     CLEAVE_ASSIGN_OR_RETURN(model.spec, ModelSpecByName(builtin));

@@ -12,8 +12,10 @@
 #include "federated/checkpoint.h"
 #include "federated/wire_convert.h"
 #include "split/bundle.h"
+#include "split/imported_model.h"
 #include "split/int8_head.h"
 #include "split/torch_status.h"
+#include "split/trainable_net.h"
 #include "split/vision_bundle.h"
 
 namespace cleave::federated {
@@ -213,8 +215,58 @@ void AggregatorService::Impl::OnUpdate(const Envelope& from, const fl::Update& u
   SendTo(peer, fl::Message(fl::MakeUpdateAck(update.round, reason, why)));
 }
 
+namespace {
+
+// An imported bundle (torchscript-split) with the round's weights. The int8 head is
+// re-quantized for them on `calibration` images (static, as `cleave import` does); without
+// any, the published bundle has none and the edge serves the fp32 head.
+Status PublishImported(const Bundle& bundle, const Weights& global,
+                       const split::LabeledImages& calibration, int round,
+                       std::optional<double> accuracy, const std::filesystem::path& dir) {
+  split::ImportedBundleParts parts;
+  parts.head_int8 = false;
+  CLEAVE_ASSIGN_OR_RETURN(split::ImportedSplitModel m, split::ReadImportedBundle(bundle, parts));
+  const bool had_int8 = !m.int8_info.is_null();
+  // The trainable view shares m's modules: writing its tensors writes m's.
+  CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<split::TrainableNet> net, split::MakeTrainable(m));
+  CLEAVE_RETURN_IF_ERROR(SetWeights(*net, global));
+  net->SetMode(split::TrainableNet::Mode::kEval);
+  m.int8_head.reset();
+  m.int8_info = nullptr;
+  if (had_int8 && calibration.size() > 0) {
+    const torch::Tensor images =
+        calibration.images.narrow(0, 0, std::min<int64_t>(512, calibration.size()));
+    CLEAVE_ASSIGN_OR_RETURN(torch::Tensor normalized,
+                            split::CallTorch(split::TorchSource::kOwnState, "int8 calibration",
+                                             [&] { return m.Normalize(images); }));
+    CLEAVE_ASSIGN_OR_RETURN(split::Int8GraphHead head,
+                            split::Int8GraphHead::Quantize(m.head, normalized));
+    CLEAVE_RETURN_IF_ERROR(head.SelectEngine("auto"));
+    m.int8_head = std::make_shared<split::Int8GraphHead>(std::move(head));
+    m.int8_info = {{"engine", m.int8_head->engine()},
+                   {"engine_timings_ms", m.int8_head->engine_timings_ms()}};
+  }
+  m.training["federated_round"] = round;
+  if (accuracy) m.evaluation["federated_test_accuracy"] = *accuracy;
+  return split::WriteImportedBundle(dir, m);
+}
+
+}  // namespace
+
 Status AggregatorService::Impl::Publish(int round) {
   CLEAVE_ASSIGN_OR_RETURN(Bundle bundle, Bundle::Open(model.base_bundle));
+  if (bundle.kind() == split::kTorchScriptSplitKind) {
+    const std::filesystem::path dir =
+        std::filesystem::path(options.publish_dir) / ("round-" + std::to_string(round));
+    CLEAVE_RETURN_IF_ERROR(PublishImported(bundle, engine->global(), model.eval_data, round,
+                                           engine->history().back().eval_accuracy, dir));
+    if (!options.signing_key_pem.empty()) {
+      CLEAVE_RETURN_IF_ERROR(
+          SignBundle(dir, options.signing_key_pem).WithContext("signing " + dir.string()));
+    }
+    Log()->info("published {}", dir.string());
+    return Status::Ok();
+  }
   split::VisionBundleParts parts;
   parts.head_int8 = true;
   CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel m, split::ReadVisionBundle(bundle, parts));

@@ -217,8 +217,17 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
   impl->m = &impl->metrics->Service("aggregator");
   impl->fed = &impl->metrics->Federated();
   impl->connected = &impl->metrics->ConnectedEdges();
-  split::SplitVisionNet probe(model.spec);
-  const WeightsLayout layout = LayoutOf(*probe);
+  if (!model.net) {
+    CLEAVE_RETURN_IF_ERROR(model.spec.Validate().WithContext("aggregator model"));
+    const split::InputSpec input =
+        model.input.class_names.empty() ? split::InputSpec::Legacy(model.spec) : model.input;
+    CLEAVE_ASSIGN_OR_RETURN(model.net,
+                            split::CallTorch(split::TorchSource::kOwnState, "aggregator model", [&] {
+                              return std::shared_ptr<split::TrainableNet>(
+                                  split::MakeTrainable(model.spec, input));
+                            }));
+  }
+  const WeightsLayout layout = LayoutOf(*model.net);
   impl->layout_sha = LayoutSha256(layout);
   CLEAVE_RETURN_IF_ERROR(options.compression.Validate().WithContext("aggregator"));
   CLEAVE_RETURN_IF_ERROR(CheckCompressionCompatible(options.compression,
@@ -227,7 +236,8 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
                              .WithContext("aggregator"));
   CLEAVE_RETURN_IF_ERROR(ToWireCompressionKind(options.compression.kind).status());
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy, MakeStrategy(options.strategy));
-  options.engine.split_after = model.spec.split_after;
+  options.engine.split_after = model.net->split_after();
+  options.engine.named_parts = model.net->kind() == split::kTorchScriptSplitKind;
   CLEAVE_ASSIGN_OR_RETURN(impl->engine, RoundEngine::Create(options.engine, std::move(strategy),
                                                             layout, model.initial, clock));
   if (!options.checkpoint.empty()) {
@@ -240,8 +250,8 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
     }
   }
   if (model.eval_data.size() > 0) {
-    impl->eval_net = split::SplitVisionNet(model.spec);
-    split::SplitVisionNet net = impl->eval_net;
+    impl->eval_net = model.net;
+    std::shared_ptr<split::TrainableNet> net = impl->eval_net;
     const split::LabeledImages data = model.eval_data;
     impl->engine->set_evaluator(
         [net, data](const Weights& w) mutable { return EvaluateWeights(*net, w, data); });

@@ -98,6 +98,7 @@
 #include "federated/round_engine.h"
 #include "federated/update_compression.h"
 #include "split/train_data.h"
+#include "split/trainable_net.h"
 #include "split/vision_model.h"
 
 namespace cleave::federated {
@@ -145,6 +146,8 @@ struct AggregatorOptions {
 // The model the aggregator coordinates: architecture + initial weights, and optionally the
 // bundle it came from (needed to publish bundles) and test data for server evaluation.
 struct AggregatorModel {
+  // The network (any kind, split/trainable_net.h); when null, cleave's own built from `spec`.
+  std::shared_ptr<split::TrainableNet> net;
   split::VisionModelSpec spec;
   split::InputSpec input;  // what the model takes (the bundle's, or sized for eval data)
   Weights initial;

@@ -118,7 +118,7 @@ struct AggregatorService::Impl {
   int64_t started_micros = 0;
   std::optional<Evaluation> initial_eval;
   std::map<std::string, uint64_t> counters;  // messages by kind, rejections by reason
-  split::SplitVisionNet eval_net{nullptr};
+  std::shared_ptr<split::TrainableNet> eval_net;
   std::shared_ptr<Metrics> metrics;
   const ServiceMetrics* m = nullptr;
   const FederatedMetrics* fed = nullptr;

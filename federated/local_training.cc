@@ -11,17 +11,15 @@ namespace cleave::federated {
 
 namespace F = torch::nn::functional;
 
-LocalTrainer::LocalTrainer(split::SplitVisionNetImpl& net)
-    : net_(net),
-      tensors_(ExchangedOf(net)),
-      num_params_(net.parameters().size()),
-      generator_(at::make_generator<at::CPUGeneratorImpl>(1)) {
-  for (const auto& module : net.modules(/*include_self=*/false)) {
-    if (module->as<torch::nn::BatchNorm2d>() != nullptr) batch_norms_.push_back(module);
-  }
+LocalTrainer::LocalTrainer(split::TrainableNet& net)
+    : net_(net), generator_(at::make_generator<at::CPUGeneratorImpl>(1)) {
+  split::TrainableNet::Tensors t = net.Exchanged();
+  num_params_ = t.num_parameters;
+  tensors_.names = std::move(t.names);
+  tensors_.tensors = std::move(t.tensors);
 }
 
-Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weights& global,
+Result<LocalTrainResult> TrainLocally(split::TrainableNet& net, const Weights& global,
                                       const split::LabeledImages& data,
                                       const LocalTrainOptions& options, Weights recycled) {
   return LocalTrainer(net).Train(global, data, options, std::move(recycled));
@@ -30,7 +28,7 @@ Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weig
 Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
                                              const split::LabeledImages& data,
                                              const LocalTrainOptions& options, Weights recycled) {
-  split::SplitVisionNetImpl& net = net_;
+  split::TrainableNet& net = net_;
   CLEAVE_RETURN_IF_ERROR(options.fit.Validate());
   const int64_t n = data.size();
   if (n == 0) return Status::InvalidArgument("local training: the client has no data");
@@ -74,10 +72,8 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
     optimizer.state().clear();
     auto& sgd = static_cast<torch::optim::SGDOptions&>(optimizer.param_groups()[0].options());
     sgd.lr(options.fit.lr).momentum(options.fit.momentum).weight_decay(options.fit.weight_decay);
-    net.train();
-    if (options.freeze_batch_norm_stats) {
-      for (const auto& module : batch_norms_) module->eval();
-    }
+    net.SetMode(options.freeze_batch_norm_stats ? split::TrainableNet::Mode::kTrainFrozenBatchNorm
+                                                : split::TrainableNet::Mode::kTrain);
     Clock& clock = options.clock ? *options.clock : SystemClock();
     const int64_t start = clock.NowMicros();
     const int64_t batch = std::min<int64_t>(options.fit.batch_size, n);
@@ -101,7 +97,7 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
         const int64_t rows = std::min(batch, n - s * batch);
         if (rows < 2 && steps_per_epoch > 1) continue;  // BatchNorm needs two rows
         const torch::Tensor index = order.narrow(0, s * batch, rows);
-        torch::Tensor loss = F::cross_entropy(net.forward(data.images.index_select(0, index)),
+        torch::Tensor loss = F::cross_entropy(net.Forward(data.images.index_select(0, index)),
                                               data.labels.index_select(0, index));
         const double value = loss.item<double>();
         if (mu > 0) {
@@ -127,7 +123,7 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
     for (auto& p : all_params) p.set_requires_grad(true);
     result.train_loss = result.steps > 0 ? loss_sum / result.steps : 0;
     result.seconds = (clock.NowMicros() - start) / 1e6;
-    net.eval();
+    net.SetMode(split::TrainableNet::Mode::kEval);
     CopyOut(tensors_, result.weights);
     return result;
   };
@@ -135,15 +131,15 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
                           train);
 }
 
-Result<Evaluation> EvaluateWeights(split::SplitVisionNetImpl& net, const Weights& weights,
+Result<Evaluation> EvaluateWeights(split::TrainableNet& net, const Weights& weights,
                                    const split::LabeledImages& data, int64_t batch) {
   if (data.size() == 0) return Status::InvalidArgument("evaluation: no data");
   const auto evaluate = [&]() -> Result<Evaluation> {
     CLEAVE_RETURN_IF_ERROR(SetWeights(net, weights).WithContext("evaluation"));
     torch::NoGradGuard no_grad;
-    net.eval();
+    net.SetMode(split::TrainableNet::Mode::kEval);
     const torch::Tensor logits =
-        split::Batched(data.images, batch, [&](const torch::Tensor& x) { return net.forward(x); });
+        split::Batched(data.images, batch, [&](const torch::Tensor& x) { return net.Forward(x); });
     Evaluation e;
     e.accuracy = split::Accuracy(logits, data.labels);
     e.loss = F::cross_entropy(logits, data.labels).item<double>();

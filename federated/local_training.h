@@ -21,7 +21,7 @@
 #include "federated/strategy.h"
 #include "federated/weights.h"
 #include "split/train_data.h"
-#include "split/vision_model.h"
+#include "split/trainable_net.h"
 
 namespace cleave::federated {
 
@@ -58,7 +58,7 @@ struct LocalTrainResult {
 // non-finite value (the update would be useless); FailedPrecondition when cancelled.
 // `recycled` (optional): tensors of an earlier result, reused where nothing else references
 // them for the result (see GetWeightsInto).
-Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weights& global,
+Result<LocalTrainResult> TrainLocally(split::TrainableNet& net, const Weights& global,
                                       const split::LabeledImages& data,
                                       const LocalTrainOptions& options, Weights recycled = {});
 
@@ -67,12 +67,12 @@ Result<LocalTrainResult> TrainLocally(split::SplitVisionNetImpl& net, const Weig
 // structure must not change while the trainer lives.
 class LocalTrainer {
  public:
-  explicit LocalTrainer(split::SplitVisionNetImpl& net);
+  explicit LocalTrainer(split::TrainableNet& net);
   Result<LocalTrainResult> Train(const Weights& global, const split::LabeledImages& data,
                                  const LocalTrainOptions& options, Weights recycled = {});
 
  private:
-  split::SplitVisionNetImpl& net_;
+  split::TrainableNet& net_;
   ExchangedTensors tensors_;  // parameters first, then float buffers
   size_t num_params_ = 0;
   std::vector<std::shared_ptr<torch::nn::Module>> batch_norms_;
@@ -82,7 +82,7 @@ class LocalTrainer {
 };
 
 // Test accuracy and mean cross-entropy of `net` loaded with `weights` on `data`.
-Result<Evaluation> EvaluateWeights(split::SplitVisionNetImpl& net, const Weights& weights,
+Result<Evaluation> EvaluateWeights(split::TrainableNet& net, const Weights& weights,
                                    const split::LabeledImages& data, int64_t batch = 1024);
 
 }  // namespace cleave::federated

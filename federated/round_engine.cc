@@ -115,7 +115,8 @@ RoundEngine::RoundEngine(EngineOptions options, std::unique_ptr<Strategy> strate
       global_(std::move(initial)),
       clock_(clock),
       sampler_(options_.seed) {
-  trainable_ = TrainableMask(layout_, options_.trainable, options_.split_after);
+  trainable_ =
+      TrainableMask(layout_, options_.trainable, options_.split_after, options_.named_parts);
 }
 
 Result<std::unique_ptr<RoundEngine>> RoundEngine::Create(EngineOptions options,

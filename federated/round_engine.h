@@ -74,6 +74,8 @@ struct EngineOptions {
   int64_t deadline_micros = 60'000'000;  // per round, from StartRound
   TrainableSet trainable = TrainableSet::kAll;
   int split_after = -1;  // the model's split point (for TrainableSet::kHeadAndExits)
+  // The edge's entries are named "head.*"/"encoder.*" (an imported split model; TrainableMask).
+  bool named_parts = false;
   FitConfig fit;         // before Strategy::ConfigureFit
   uint64_t seed = 1;     // client sampling (and the public randomness of secure rounds)
   // Secure aggregation (federated/secure_round.h): the server learns only the sum.

@@ -7,8 +7,10 @@ namespace cleave::federated {
 ConfigSchema SimSchema() {
   ConfigSchema s;
   s.Add("sim.model", ConfigType::kString, "simple_cnn",
-        "network: simple_cnn | default_split | residual_split | tiny_split, or a model spec "
-        "file (.json or .toml, docs/design.md)")
+        "network: simple_cnn | default_split | residual_split | tiny_split, a model spec "
+        "file (.json or .toml, docs/design.md), or a TorchScript model (.pt: forward maps the "
+        "data's [N, C, H, W] images in [0, 1] to class logits; export with torch.jit.script "
+        "to train it with dropout/BatchNorm in train mode)")
       .Add("sim.clients", ConfigType::kInt, "100", "population of virtual clients")
       .Add("sim.partition", ConfigType::kString, "dirichlet:0.5",
            "iid | dirichlet:<alpha> | labels:<k>")

@@ -60,6 +60,23 @@ Result<split::VisionModelSpec> SimModelSpec(const std::string& name, const SimDa
                        static_cast<int>(data.input->class_names.size()), data.mean, data.std);
 }
 
+Result<std::unique_ptr<split::TrainableNet>> MakeSimModel(const std::string& name,
+                                                          const SimData& data, uint64_t seed) {
+  if (split::IsTorchScriptPath(name)) {
+    const split::InputSpec input =
+        data.input ? *data.input : split::InputSpec::Legacy(split::VisionModelSpec::SimpleCnn());
+    Result<std::unique_ptr<split::TrainableNet>> net = split::LoadTorchScriptTrainable(name, input);
+    if (!net.ok()) return net.status().WithContext("sim model");
+    return net;
+  }
+  CLEAVE_ASSIGN_OR_RETURN(split::VisionModelSpec spec, SimModelSpec(name, data));
+  split::InputSpec input = data.input ? *data.input : split::InputSpec::Legacy(spec);
+  return split::CallTorch(split::TorchSource::kOwnState, "sim: building the model", [&] {
+    torch::manual_seed(seed);
+    return split::MakeTrainable(spec, std::move(input));
+  });
+}
+
 json SimOptions::ToJson() const {
   return {{"model", model},
           {"num_clients", num_clients},

@@ -40,15 +40,16 @@ Status Simulation::Setup() {
   workers_ =
       options_.workers > 0 ? options_.workers : std::max(1u, std::thread::hardware_concurrency());
   torch::manual_seed(options_.seed);
-  split::SplitVisionNet init(spec_);
-  const WeightsLayout layout = LayoutOf(*init);
+  const WeightsLayout layout = LayoutOf(*model_);
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy, MakeStrategy(options_.strategy));
   EngineOptions engine_options = options_.engine;
-  engine_options.split_after = spec_.split_after;
+  engine_options.split_after = model_->split_after();
+  engine_options.named_parts = model_->kind() == split::kTorchScriptSplitKind;
   CLEAVE_ASSIGN_OR_RETURN(engine_, RoundEngine::Create(engine_options, std::move(strategy), layout,
-                                                       GetWeights(*init), clock_));
+                                                       GetWeights(*model_), clock_));
   for (int w = 0; w < workers_; ++w) {
-    nets_.emplace_back(spec_);
+    CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<split::TrainableNet> net, model_->Clone());
+    nets_.push_back(std::move(net));
     trainers_.push_back(std::make_unique<LocalTrainer>(*nets_.back()));
   }
   // Update buffers for the first clients; later ones reuse what aggregation hands back.
@@ -56,10 +57,9 @@ Status Simulation::Setup() {
     MutexLock lock(&mu_);  // no workers yet; the lock is for the analysis
     for (size_t k = 0; k < 2 * nets_.size(); ++k) spare_.push_back(ZerosLike(layout));
   }
-  eval_net_ = split::SplitVisionNet(spec_);
   model_bytes_ = WeightBytes(layout);
-  const std::vector<bool> mask =
-      TrainableMask(layout, engine_options.trainable, engine_options.split_after);
+  const std::vector<bool> mask = TrainableMask(layout, engine_options.trainable,
+                                               engine_options.split_after, engine_options.named_parts);
   for (size_t i = 0; i < layout.size(); ++i) {
     if (!mask[i]) continue;
     int64_t n = 1;
@@ -81,7 +81,7 @@ Status Simulation::Setup() {
     const bool due = options_.eval_every > 0 && round % options_.eval_every == 0;
     if (!last && !due) return Status::FailedPrecondition("not evaluated this round");
     const auto eval_start = std::chrono::steady_clock::now();
-    Result<Evaluation> e = EvaluateWeights(*eval_net_, w, data_.test);
+    Result<Evaluation> e = EvaluateWeights(*model_, w, data_.test);
     eval_seconds_ = Seconds(eval_start);
     return e;
   });
@@ -276,13 +276,15 @@ Result<SimResult> RunSimulation(const SimOptions& options, const SimData& data) 
   if (data.train_labels.size() != static_cast<size_t>(data.train.size())) {
     return Status::InvalidArgument("sim: train_labels must have one label per training row");
   }
-  CLEAVE_ASSIGN_OR_RETURN(split::VisionModelSpec spec, SimModelSpec(options.model, data));
+  CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<split::TrainableNet> model,
+                          MakeSimModel(options.model, data, options.seed));
   PartitionSpec partition_spec = options.partition;
   partition_spec.seed = options.seed;
-  CLEAVE_ASSIGN_OR_RETURN(Partition partition, MakePartition(data.train_labels, spec.num_classes,
-                                                             options.num_clients, partition_spec));
+  CLEAVE_ASSIGN_OR_RETURN(
+      Partition partition, MakePartition(data.train_labels, model->num_classes(),
+                                         options.num_clients, partition_spec));
   return split::CallTorch(split::TorchSource::kOwnState, "sim: libtorch error", [&] {
-    sim_internal::Simulation sim(options, data, spec, std::move(partition));
+    sim_internal::Simulation sim(options, data, std::move(model), std::move(partition));
     return sim.Run();
   });
 }

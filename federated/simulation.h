@@ -38,6 +38,7 @@
 #include "federated/update_compression.h"
 #include "split/input_spec.h"
 #include "split/train_data.h"
+#include "split/trainable_net.h"
 #include "split/vision_model.h"
 
 namespace cleave::federated {
@@ -65,6 +66,12 @@ Result<SimData> LoadSimData(const std::string& spec, int64_t train_limit = 0,
                             int64_t test_limit = 0, int image_size = 0);
 // The simulated model: ModelSpecByName(name), re-seated for data.input when it is set.
 Result<split::VisionModelSpec> SimModelSpec(const std::string& name, const SimData& data);
+// The simulated network with its initial weights: cleave's own (a built-in name or a model
+// spec file: SimModelSpec, initialized from `seed`), or a user's TorchScript model (a name
+// ending in .pt/.pth/.ptc: split::LoadTorchScriptTrainable on data.input, its weights as
+// exported), which must map the data's images to its classes.
+Result<std::unique_ptr<split::TrainableNet>> MakeSimModel(const std::string& name,
+                                                          const SimData& data, uint64_t seed);
 
 struct SimOptions {
   std::string model = "simple_cnn";

@@ -61,9 +61,10 @@ struct TaskResult {
 // thread (which becomes worker 0).
 class Simulation {
  public:
-  Simulation(const SimOptions& options, const SimData& data, const split::VisionModelSpec& spec,
-             Partition partition)
-      : options_(options), data_(data), spec_(spec), partition_(std::move(partition)) {}
+  // `model` is the simulated network with its initial weights.
+  Simulation(const SimOptions& options, const SimData& data,
+             std::unique_ptr<split::TrainableNet> model, Partition partition)
+      : options_(options), data_(data), model_(std::move(model)), partition_(std::move(partition)) {}
   ~Simulation() { StopPool(); }
 
   // Sets up, resumes from the checkpoint if any, runs the remaining rounds on the pool.
@@ -109,16 +110,15 @@ class Simulation {
 
   const SimOptions& options_;
   const SimData& data_;
-  split::VisionModelSpec spec_;
+  std::unique_ptr<split::TrainableNet> model_;  // initial weights; the server's evaluator
   Partition partition_;
   FakeClock clock_;
   std::unique_ptr<RoundEngine> engine_;
   ClientPool clients_;           // the population's clients with data, built once
   std::vector<bool> malicious_;  // by client index (options_.attack); read-only after Setup
   int workers_ = 1;
-  std::vector<split::SplitVisionNet> nets_;              // one per worker
-  std::vector<std::unique_ptr<LocalTrainer>> trainers_;  // one per worker, on nets_
-  split::SplitVisionNet eval_net_{nullptr};
+  std::vector<std::unique_ptr<split::TrainableNet>> nets_;  // one per worker
+  std::vector<std::unique_ptr<LocalTrainer>> trainers_;     // one per worker, on nets_
   int64_t model_bytes_ = 0, trainable_bytes_ = 0;
 
   // Per-round hand-off between workers and the submitting thread.

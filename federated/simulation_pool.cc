@@ -116,7 +116,7 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
                                               partition_.client_size(t.client));
       const bool malicious = malicious_[t.client];
       if (malicious && options_.attack.kind == AttackKind::kLabelFlip) {
-        FlipLabels(local, spec_.num_classes);
+        FlipLabels(local, model_->num_classes());
       }
       LocalTrainOptions o;
       o.fit = plan.fit;

@@ -231,6 +231,27 @@ ExchangedTensors ExchangedOf(torch::nn::Module& module) {
   return e;
 }
 
+ExchangedTensors ExchangedOf(split::TrainableNet& net) {
+  split::TrainableNet::Tensors t = net.Exchanged();
+  return {std::move(t.names), std::move(t.tensors)};
+}
+
+WeightsLayout LayoutOf(split::TrainableNet& net) {
+  const ExchangedTensors e = ExchangedOf(net);
+  WeightsLayout layout;
+  layout.names = e.names;
+  for (const torch::Tensor& t : e.tensors) layout.shapes.push_back(t.sizes().vec());
+  return layout;
+}
+
+Weights GetWeights(split::TrainableNet& net) {
+  Weights w;
+  CopyOut(ExchangedOf(net), w);
+  return w;
+}
+
+Status SetWeights(split::TrainableNet& net, const Weights& w) { return CopyIn(ExchangedOf(net), w); }
+
 Status CopyIn(const ExchangedTensors& target, const Weights& w, bool check_values) {
   if (w.size() != target.tensors.size()) {
     return Status::InvalidArgument("weights have " + std::to_string(w.size()) +
@@ -316,13 +337,15 @@ Result<TrainableSet> ParseTrainableSet(const std::string& name) {
                                  "' (expected 'all' or 'head_and_exits')");
 }
 
-std::vector<bool> TrainableMask(const WeightsLayout& layout, TrainableSet set, int split_after) {
+std::vector<bool> TrainableMask(const WeightsLayout& layout, TrainableSet set, int split_after,
+                                bool named_parts) {
   std::vector<bool> mask(layout.size(), set == TrainableSet::kAll);
   if (set == TrainableSet::kAll) return mask;
   for (size_t i = 0; i < layout.size(); ++i) {
     const std::string& name = layout.names[i];
     const int block = LeadingIndex(name, "block");
-    mask[i] = (block >= 0 && block <= split_after) || LeadingIndex(name, "exit") >= 0;
+    mask[i] = (block >= 0 && block <= split_after) || LeadingIndex(name, "exit") >= 0 ||
+              (named_parts && (name.rfind("head.", 0) == 0 || name.rfind("encoder.", 0) == 0));
   }
   return mask;
 }

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "split/trainable_net.h"
 
 namespace cleave::federated {
 
@@ -47,6 +48,12 @@ struct ExchangedTensors {
   std::vector<torch::Tensor> tensors;  // the module's own tensors (shared, not copies)
 };
 ExchangedTensors ExchangedOf(torch::nn::Module& module);
+// The same for any trainable network (split/trainable_net.h: cleave's own, a TorchScript
+// model, an imported split model), whose Exchanged() follows the same order.
+ExchangedTensors ExchangedOf(split::TrainableNet& net);
+WeightsLayout LayoutOf(split::TrainableNet& net);
+Weights GetWeights(split::TrainableNet& net);
+Status SetWeights(split::TrainableNet& net, const Weights& w);
 // SetWeights and GetWeightsInto on tensors found by ExchangedOf.
 // `check_values` = false skips the scan for NaN/Inf (for weights validated already).
 Status CopyIn(const ExchangedTensors& target, const Weights& w, bool check_values = true);
@@ -76,7 +83,10 @@ const char* TrainableSetName(TrainableSet set);  // "all", "head_and_exits"
 Result<TrainableSet> ParseTrainableSet(const std::string& name);
 // Mask over `layout` for `set` given the model's deployment split (`split_after` as in
 // VisionModelSpec; -1 = no split, so kHeadAndExits selects only the exits). Entry names are
-// those of SplitVisionNet ("block<i>.*", "exit<j>.*").
-std::vector<bool> TrainableMask(const WeightsLayout& layout, TrainableSet set, int split_after);
+// those of split::TrainableNet: the edge's are "block<i>.*" with i <= split_after and
+// "exit<j>.*" (cleave's networks), and with `named_parts` (an imported split model, kind
+// torchscript-split) also "head.*" and "encoder.*".
+std::vector<bool> TrainableMask(const WeightsLayout& layout, TrainableSet set, int split_after,
+                                bool named_parts = false);
 
 }  // namespace cleave::federated

@@ -539,6 +539,11 @@ Result<std::vector<std::pair<std::string, torch::Tensor>>> TorchScriptModel::Nam
   });
 }
 
+Result<torch::jit::Module> TorchScriptModel::CopyModule() const {
+  return CallTorch(TorchSource::kOwnState, state_->display + ": copying the model",
+                   [&] { return state_->module.deepcopy(); });
+}
+
 const std::filesystem::path& TorchScriptModel::path() const { return state_->path; }
 const std::string& TorchScriptModel::class_name() const { return state_->cuts.class_name; }
 

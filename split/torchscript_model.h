@@ -143,6 +143,9 @@ class TorchScriptModel {
   // Every parameter, by its dotted name ("features.0.weight"), in module order. The tensors
   // are the model's own (not copies): an optimizer may update them in place.
   Result<std::vector<std::pair<std::string, torch::Tensor>>> NamedParameters() const;
+  // A deep copy of the whole module (its own tensors, detached, in the model's current
+  // mode), for training it outside this class (split/trainable_net.h).
+  Result<torch::jit::Module> CopyModule() const;
 
   // The archive's path, as given to Load, and the root module's class name ("Sequential").
   const std::filesystem::path& path() const;

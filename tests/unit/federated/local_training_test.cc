@@ -16,10 +16,15 @@ split::LabeledImages Toy(int n = 64, uint64_t seed = 3) {
   return d;
 }
 
-Weights Initial(split::SplitVisionNetImpl& net) { return GetWeights(net); }
+// cleave's own network for `spec`, as federated training sees it.
+std::unique_ptr<split::TrainableNet> Tiny(const split::VisionModelSpec& spec) {
+  return split::MakeTrainable(spec, split::InputSpec::Legacy(spec));
+}
+
+Weights Initial(split::TrainableNet& net) { return GetWeights(net); }
 
 TEST(LocalTrainingTest, TrainsLowersLossAndLeavesFrozenEntriesAlone) {
-  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  auto net = Tiny(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*net);
   const WeightsLayout layout = LayoutOf(*net);
   LocalTrainOptions o;
@@ -46,7 +51,7 @@ TEST(LocalTrainingTest, TrainsLowersLossAndLeavesFrozenEntriesAlone) {
 }
 
 TEST(LocalTrainingTest, FrozenBatchNormKeepsItsStatisticsWhileWeightsTrain) {
-  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  auto net = Tiny(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*net);
   const WeightsLayout layout = LayoutOf(*net);
   const auto running_changed = [&](const Weights& w) {
@@ -72,9 +77,9 @@ TEST(LocalTrainingTest, FrozenBatchNormKeepsItsStatisticsWhileWeightsTrain) {
 }
 
 TEST(LocalTrainingTest, SameSeedSameWeights) {
-  split::SplitVisionNet a(split::VisionModelSpec::TinySplit());
+  auto a = Tiny(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*a);
-  split::SplitVisionNet b(split::VisionModelSpec::TinySplit());
+  auto b = Tiny(split::VisionModelSpec::TinySplit());
   LocalTrainOptions o;
   o.seed = 42;
   auto ra = TrainLocally(*a, global, Toy(), o);
@@ -86,8 +91,8 @@ TEST(LocalTrainingTest, SameSeedSameWeights) {
 }
 
 TEST(LocalTrainingTest, ReusedTrainerMatchesFreshCallsAndRecyclesBuffers) {
-  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
-  split::SplitVisionNet fresh(split::VisionModelSpec::TinySplit());
+  auto net = Tiny(split::VisionModelSpec::TinySplit());
+  auto fresh = Tiny(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*net);
   LocalTrainer trainer(*net);
   Weights recycled;
@@ -118,7 +123,7 @@ TEST(LocalTrainingTest, ReusedTrainerMatchesFreshCallsAndRecyclesBuffers) {
 }
 
 TEST(LocalTrainingTest, ProximalTermKeepsWeightsCloserToTheGlobalModel) {
-  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  auto net = Tiny(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*net);
   const auto distance = [&](const Weights& w) {
     double d = 0;
@@ -136,7 +141,7 @@ TEST(LocalTrainingTest, ProximalTermKeepsWeightsCloserToTheGlobalModel) {
 }
 
 TEST(LocalTrainingTest, StepAndTimeBudgetsStopEarly) {
-  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  auto net = Tiny(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*net);
   LocalTrainOptions o;
   o.fit.local_epochs = 5;
@@ -163,7 +168,7 @@ TEST(LocalTrainingTest, StepAndTimeBudgetsStopEarly) {
 }
 
 TEST(LocalTrainingTest, RejectsBadInputsAndCancels) {
-  split::SplitVisionNet net(split::VisionModelSpec::TinySplit());
+  auto net = Tiny(split::VisionModelSpec::TinySplit());
   const Weights global = Initial(*net);
   LocalTrainOptions o;
   EXPECT_EQ(TrainLocally(*net, global, split::LabeledImages{}, o).status().code(),
@@ -187,7 +192,7 @@ TEST(LocalTrainingTest, RejectsBadInputsAndCancels) {
 }
 
 TEST(LocalTrainingTest, EvaluateWeightsReportsAccuracyAndLoss) {
-  split::SplitVisionNet net(split::VisionModelSpec::SimpleCnn());
+  auto net = Tiny(split::VisionModelSpec::SimpleCnn());
   const Weights global = Initial(*net);
   auto e = EvaluateWeights(*net, global, Toy());
   ASSERT_TRUE(e.ok());
