@@ -356,11 +356,22 @@ Result<std::unique_ptr<SecureRound>> RoundEngine::StartSecureRound(
 
 void RoundEngine::ReportFailure(int round, const std::string& client_id,
                                 const std::string& reason) {
-  (void)reason;
   if (!open_ || round != open_->plan.round) return;
   if (!open_->sampled.count(client_id) || open_->answered.count(client_id)) return;
   open_->answered.insert(client_id);
   ++open_->record.failed;
+  // Why clients failed, counted by reason (a few distinct reasons; the rest as "other"), so
+  // a round that fails everywhere says why in its record.
+  constexpr size_t kMaxReasons = 8;
+  nlohmann::json& reasons = open_->record.extra["failure_reasons"];
+  if (!reasons.is_object()) reasons = nlohmann::json::object();
+  // Reasons may come from peers: bounded, printable ASCII only (a JSON key must be UTF-8).
+  std::string text = reason.substr(0, 200);
+  for (char& c : text) {
+    if (c < 0x20 || c > 0x7e) c = '?';
+  }
+  const std::string key = reasons.contains(text) || reasons.size() < kMaxReasons ? text : "other";
+  reasons[key] = reasons.value(key, 0) + 1;
 }
 
 bool RoundEngine::RoundDone() const {
@@ -396,6 +407,9 @@ Result<RoundRecord> RoundEngine::FinishRound() {
     msg << "quorum not met: " << record.succeeded << " of " << options_.quorum
         << " required updates (" << record.failed << " failed, " << record.rejected << " rejected, "
         << record.missing << " missing)";
+    if (record.extra.contains("failure_reasons") && !record.extra["failure_reasons"].empty()) {
+      msg << "; a client failed with: " << record.extra["failure_reasons"].begin().key();
+    }
     record.failure = msg.str();
   } else {
     Result<Weights> aggregate = r.secure ? AggregateSecure(r) : r.aggregator->Finish();

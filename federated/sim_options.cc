@@ -1,4 +1,5 @@
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 #include <tuple>
 
@@ -97,7 +98,15 @@ json SimOptions::ToJson() const {
 }
 
 Status SimOptions::Validate() const {
-  CLEAVE_RETURN_IF_ERROR(ModelSpecByName(model).status());
+  if (split::IsTorchScriptPath(model)) {
+    // Loaded (and checked against the data) by MakeSimModel; here only its presence.
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(model, ec)) {
+      return Status::NotFound("sim.model: no TorchScript file " + model);
+    }
+  } else {
+    CLEAVE_RETURN_IF_ERROR(ModelSpecByName(model).status());
+  }
   if (num_clients < 1) return Status::InvalidArgument("sim: num_clients must be >= 1");
   if (rounds < 1) return Status::InvalidArgument("sim: rounds must be >= 1");
   if (workers < 0 || workers > 256) return Status::InvalidArgument("sim: workers in [0, 256]");

@@ -62,12 +62,13 @@ bool IsJitBatchNorm(const torch::jit::Module& module) {
   return name && name->name().find("BatchNorm") != std::string::npos;
 }
 
-// Train mode for a TorchScript module, BatchNorm layers back in eval mode when asked.
-void SetJitMode(torch::jit::Module& module, TrainableNet::Mode mode) {
-  module.train(mode != TrainableNet::Mode::kEval);
-  if (mode != TrainableNet::Mode::kTrainFrozenBatchNorm) return;
+// Train mode for a TorchScript module and its children, BatchNorm layers back in eval mode
+// when asked. Modules built without a "training" attribute (possible from C++) have no mode.
+void SetJitMode(const torch::jit::Module& module, TrainableNet::Mode mode) {
   for (torch::jit::Module child : module.modules()) {
-    if (IsJitBatchNorm(child)) child.train(false);
+    const bool on = mode == TrainableNet::Mode::kTrain ||
+                    (mode == TrainableNet::Mode::kTrainFrozenBatchNorm && !IsJitBatchNorm(child));
+    if (child.hasattr("training")) child.setattr("training", on);
   }
 }
 
@@ -81,11 +82,17 @@ void SetNnMode(torch::nn::Module& module, TrainableNet::Mode mode) {
 
 // A deep copy whose parameters take part in autograd again (deepcopy detaches them).
 torch::jit::Module CopyJit(const torch::jit::Module& module) {
-  torch::jit::Module copy = module.deepcopy();
+  torch::jit::Module copy;
+  {
+    // deepcopy clones tensors: without this guard a clone of a parameter that requires grad
+    // would be a non-leaf tensor (CloneBackward) that no optimizer takes.
+    torch::NoGradGuard no_grad;
+    copy = module.deepcopy();
+  }
   for (const auto& parameter : copy.named_parameters(/*recurse=*/true)) {
     parameter.value.set_requires_grad(true);
   }
-  copy.eval();
+  SetJitMode(copy, TrainableNet::Mode::kEval);
   return copy;
 }
 
@@ -242,7 +249,7 @@ Result<std::unique_ptr<TrainableNet>> LoadTorchScriptTrainable(const std::filesy
                      for (const auto& parameter : module.named_parameters(true)) {
                        parameter.value.set_requires_grad(true);
                      }
-                     module.eval();
+                     SetJitMode(module, TrainableNet::Mode::kEval);
                      return std::make_unique<ScriptTrainable>(std::move(module), input);
                    });
 }

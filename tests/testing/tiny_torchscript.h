@@ -9,6 +9,9 @@
 #include <torch/script.h>
 #include <torch/torch.h>
 
+#include "split/exit_policy.h"
+#include "split/imported_model.h"
+
 namespace cleave::testing {
 
 inline constexpr int kTinyChainSide = 8;
@@ -80,6 +83,44 @@ def forward(self, x):
     return self.fc.forward(x)
 )");
   return root;
+}
+
+// An imported split model (split/imported_model.h) built by hand from the tiny chain cut after relu2 (h: 4 x 8 x 8).
+inline split::ImportedSplitModel TinyImportedModel() {
+  torch::jit::Module whole = TinyChainModel(1);
+  split::ImportedSplitModel m;
+  m.input.channels = 1;
+  m.input.height = m.input.width = kTinyChainSide;
+  m.input.class_names = {"0", "1"};
+  m.head_output_shape = {4, kTinyChainSide, kTinyChainSide};
+  m.bottleneck_channels = 2;
+  m.bottleneck_stride = 2;
+  m.exit_hidden = {8};
+  // Head: conv1..relu2 of the chain; tail: pool, flatten, fc.
+  torch::jit::Module head("__torch__.cleave_test.TnHead");
+  head.register_attribute("training", c10::BoolType::get(), false);
+  for (const char* name : {"conv1", "relu1", "conv2", "relu2"}) {
+    head.register_module(name, whole.attr(name).toModule());
+  }
+  head.define(R"(
+def forward(self, x):
+    return self.relu2.forward(self.conv2.forward(self.relu1.forward(self.conv1.forward(x))))
+)");
+  torch::jit::Module tail("__torch__.cleave_test.TnTail");
+  tail.register_attribute("training", c10::BoolType::get(), false);
+  tail.register_module("fc", whole.attr("fc").toModule());
+  tail.define(R"(
+def forward(self, x):
+    return self.fc.forward(torch.flatten(torch.max_pool2d(x, [2, 2]), 1))
+)");
+  m.head = head;
+  m.tail = tail;
+  m.has_head = m.has_tail = true;
+  TORCH_CHECK(m.BuildBottleneck().ok(), "tiny imported model: bottleneck");
+  m.wire_quant.scale = {0.05f, 0.05f};
+  m.wire_quant.zero_point = {8, 8};
+  m.exit_policy = split::ExitPolicy(split::ExitCriterion::kMaxSoftmax, {0.9});
+  return m;
 }
 
 }  // namespace cleave::testing

@@ -281,6 +281,35 @@ TEST_F(RoundEngineTest, DeadlineClosesTheRoundAndLateUpdatesAreCounted) {
   EXPECT_TRUE(torch::allclose(engine->global()[0], torch::full({2}, 1.0f)));
 }
 
+TEST_F(RoundEngineTest, FailureReasonsAreCountedBoundedAndNamedWhenTheQuorumFails) {
+  EngineOptions o;
+  o.min_clients = 4;
+  o.quorum = 2;
+  auto engine = Make(o);
+  ASSERT_TRUE(engine->StartRound(Clients(4)).ok());
+  engine->ReportFailure(1, "c0", "out of memory");
+  engine->ReportFailure(1, "c1", "out of memory");
+  engine->ReportFailure(1, "c1", "counted once per client");  // already answered
+  engine->ReportFailure(1, "nobody", "not sampled");           // ignored
+  // A peer's text: cut to 200 characters of printable ASCII.
+  engine->ReportFailure(1, "c2", "left: \xff\x01" + std::string(500, 'x'));
+  EXPECT_EQ(engine->Submit(1, Update("c3", 10, 1, 1)), UpdateVerdict::kAccepted);
+  auto record = engine->FinishRound();
+  ASSERT_TRUE(record.ok());
+  EXPECT_FALSE(record->applied);
+  EXPECT_EQ(record->failed, 3);
+  const nlohmann::json& reasons = record->extra.at("failure_reasons");
+  ASSERT_EQ(reasons.size(), 2u) << reasons.dump();
+  EXPECT_EQ(reasons.at("out of memory").get<int>(), 2);
+  const std::string peer = std::next(reasons.begin()).key() == "out of memory"
+                               ? reasons.begin().key()
+                               : std::next(reasons.begin()).key();
+  EXPECT_EQ(peer.size(), 200u);
+  EXPECT_EQ(peer.substr(0, 8), "left: ??");
+  EXPECT_NO_THROW(reasons.dump());
+  EXPECT_NE(record->failure.find("a client failed with: "), std::string::npos) << record->failure;
+}
+
 TEST_F(RoundEngineTest, OvercommittedStragglersAreLateOnceTheTargetIsMet) {
   EngineOptions o;
   o.fraction = 0.5;
