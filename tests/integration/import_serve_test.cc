@@ -14,6 +14,7 @@
 #include "common/jpeg_image.h"
 #include "common/png_image.h"
 #include "common/transport.h"
+#include "split/bundle.h"
 #include "edge/edge_client.h"
 #include "testing/bin_dir.h"
 #include "testing/tiny_torchscript.h"
@@ -187,6 +188,68 @@ TEST_F(ImportServeTest, ImportedRgbModelIsServedByRealDaemons) {
   EXPECT_EQ((*refused)[1].reply.class_name, "west");
   (void)edge->process->Stop(3000);
   (void)cloud->process->Stop(3000);
+}
+
+// Two federated rounds of the imported model with a real aggregator and two real edges:
+// both sides derive the same layout from the bundle (head, encoder, exit, decoder, tail),
+// the edges train on their partitions of the bundle's own dataset, and the aggregator
+// publishes imported bundles with a re-quantized int8 head.
+TEST_F(ImportServeTest, ImportedModelTrainsInFederatedRoundsWithRealProcesses) {
+  ASSERT_EQ(Import({"--split-after", "relu2", "--out", (dir_ / "bundle").string()}), 0)
+      << ImportLog();
+  const std::string bundle = (dir_ / "bundle").string();
+  auto aggregator = LaunchDaemon(
+      kBin / "cleave-aggregator",
+      {"--aggregator.bundle", bundle, "--aggregator.listen", "tcp://127.0.0.1:0",
+       "--aggregator.rounds", "2", "--aggregator.wait_for_clients", "2",
+       "--aggregator.poll_interval_ms", "100", "--aggregator.summary_file",
+       (dir_ / "summary.json").string(), "--aggregator.publish_dir", (dir_ / "published").string(),
+       "--aggregator.eval_data", "folder:" + (dir_ / "data").string(), "--round.fraction", "1.0",
+       "--round.min_clients", "2", "--round.quorum", "2", "--round.deadline_seconds", "120",
+       "--round.trainable", "head_and_exits", "--fit.local_epochs", "1", "--fit.batch_size", "16",
+       "--fit.lr", "0.01"},
+      "aggregator.ready_file", dir_, "aggregator");
+  ASSERT_TRUE(aggregator.ok()) << aggregator.status().ToString();
+  std::vector<LaunchedDaemon> edges;
+  for (int i = 0; i < 2; ++i) {
+    auto edge = LaunchDaemon(
+        kBin / "cleave-edge",
+        {"serve", "--edge.bundle", bundle, "--edge.listen", "tcp://127.0.0.1:0", "--edge.cloud",
+         "tcp://127.0.0.1:1", "--edge.aggregator", aggregator->endpoint, "--edge.client_id",
+         "edge-" + std::to_string(i), "--edge.fl_partitions", "2", "--edge.fl_partition_index",
+         std::to_string(i), "--edge.fl_partition", "iid"},
+        "edge.ready_file", dir_, "edge" + std::to_string(i));
+    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+    edges.push_back(std::move(*edge));
+  }
+  auto code = aggregator->process->Wait(240000);
+  ASSERT_TRUE(code.ok()) << "aggregator did not finish: " << code.status().ToString();
+  EXPECT_EQ(*code, 0) << ReadFileToString(aggregator->log_path).value_or("");
+  auto text = ReadFileToString(dir_ / "summary.json");
+  ASSERT_TRUE(text.ok());
+  const nlohmann::json summary = nlohmann::json::parse(*text);
+  ASSERT_EQ(summary.at("rounds_completed").get<int>(), 2) << summary.dump();
+  for (const nlohmann::json& round : summary.at("rounds")) {
+    EXPECT_TRUE(round.at("applied").get<bool>()) << round.dump();
+    EXPECT_EQ(round.at("succeeded").get<int>(), 2) << round.dump();
+    // The designed model solves the task; federated rounds keep it solving it.
+    EXPECT_GE(round.at("accuracy").get<double>(), 0.9) << round.dump();
+  }
+  // The published bundle is an imported bundle with the round's weights and an int8 head.
+  auto published = Bundle::Open(dir_ / "published" / "round-2");
+  ASSERT_TRUE(published.ok()) << published.status().ToString();
+  EXPECT_EQ(published->kind(), "torchscript-split");
+  EXPECT_TRUE(published->model().at("int8").is_object()) << published->model().dump();
+  EXPECT_EQ(published->model().at("training").at("federated_round").get<int>(), 2);
+  // The edges kept serving while they trained.
+  for (auto& edge : edges) {
+    EXPECT_TRUE(edge.process->Running());
+    (void)edge.process->Stop(3000);
+    // Both sides agree on which entries a head-and-exits round trains.
+    const std::string log = ReadFileToString(edge.log_path).value_or("");
+    EXPECT_EQ(log.find("trainable mask differs"), std::string::npos) << log;
+    EXPECT_NE(log.find("federated learning with"), std::string::npos) << log;
+  }
 }
 
 TEST_F(ImportServeTest, ImportRefusesAWrongCutWithTheValidNames) {
