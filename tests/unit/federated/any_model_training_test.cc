@@ -114,6 +114,33 @@ TEST_F(AnyModelTrainingTest, SimulationTrainsATorchScriptModel) {
   }
 }
 
+// Secure aggregation and checkpoints follow the model's own parameters: a secure run
+// interrupted after round 2 and resumed ends where the uninterrupted one does.
+TEST_F(AnyModelTrainingTest, SecureRoundsAndCheckpointsCarryATorchScriptModel) {
+  SimOptions o = Options();
+  o.engine.secure.enabled = true;
+  ASSERT_TRUE(o.Validate().ok()) << o.Validate().ToString();
+  const SimData data = AmSimData();
+  Result<SimResult> full = RunSimulation(o, data);
+  ASSERT_TRUE(full.ok()) << full.status().ToString();
+  for (const RoundRecord& r : full->history) EXPECT_TRUE(r.applied) << r.failure;
+  EXPECT_GE(full->final_accuracy, 0.9);
+
+  SimOptions first = o;
+  first.rounds = 2;
+  first.checkpoint = (dir_ / "ckpt").string();
+  ASSERT_TRUE(RunSimulation(first, data).ok());
+  SimOptions rest = o;
+  rest.checkpoint = first.checkpoint;
+  Result<SimResult> resumed = RunSimulation(rest, data);
+  ASSERT_TRUE(resumed.ok()) << resumed.status().ToString();
+  EXPECT_EQ(resumed->resumed_from_round, 2);
+  ASSERT_EQ(resumed->global.size(), full->global.size());
+  for (size_t i = 0; i < full->global.size(); ++i) {
+    EXPECT_TRUE(torch::equal(full->global[i], resumed->global[i])) << "tensor " << i;
+  }
+}
+
 TEST_F(AnyModelTrainingTest, SimulationRefusesATorchScriptModelThatDoesNotFitTheData) {
   SimOptions o = Options();
   // Logits for 2 classes, data with 3.
