@@ -237,6 +237,7 @@ json ImportOptions::ToJson() const {
           {"int8_calibration_images", int8_calibration_images},
           {"epochs_distill", epochs_distill},
           {"epochs_finetune", epochs_finetune},
+          {"finetune_encoder", finetune_encoder},
           {"epochs_exit", epochs_exit},
           {"batch_size", batch_size},
           {"lr", lr},
@@ -391,6 +392,9 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
           model.decoder->train();
           std::vector<torch::Tensor> params = model.decoder->parameters();
           for (const auto& p : TrainableTail(model.tail)) params.push_back(p);
+          if (options.finetune_encoder) {
+            for (const auto& p : model.encoder->parameters()) params.push_back(p);
+          }
           torch::optim::AdamW optimizer(params,
                                         torch::optim::AdamWOptions(options.lr).weight_decay(1e-4));
           CLEAVE_ASSIGN_OR_RETURN(
@@ -401,9 +405,10 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
                                {
                                  torch::NoGradGuard no_grad;
                                  h = model.RunHead(x);
-                                 code = model.encoder->forward(h);
+                                 if (!options.finetune_encoder) code = model.encoder->forward(h);
                                  target = TeacherLogits(teacher_tail, h);
                                }
+                               if (options.finetune_encoder) code = model.encoder->forward(h);
                                const torch::Tensor wire =
                                    FakeQuantizeWire(code, model.wire_quant, model.wire_dtype);
                                return ImportCeKdLoss(model.RunTail(wire), target, y);

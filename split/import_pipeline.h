@@ -49,6 +49,9 @@ struct ImportOptions {
   int exit_hidden = 128;  // 0 = no exit
   bool int8 = true;       // quantize the head to int8 where its ops allow (split/head_int8_graph.h)
   int64_t int8_calibration_images = 1024;
+  // Stage 2 also trains the bottleneck encoder (through the straight-through wire quantizer,
+  // its BatchNorm statistics and the wire ranges fixed) instead of freezing it after stage 1.
+  bool finetune_encoder = false;
   int epochs_distill = 2;
   int epochs_finetune = 2;
   int epochs_exit = 2;

@@ -217,41 +217,10 @@ Status Int8Head::SelectFastestEngine() {
                         at::make_generator<at::CPUGeneratorImpl>(/*seed=*/1234));
     return Status::Ok();
   }));
-  std::vector<std::string> candidates = {"reference"};
-  for (const char* engine : {"onednn", "qnnpack"}) {
-    if (int8::EngineSupported(engine)) candidates.push_back(engine);
-  }
-  // Engines take turns (kTimingRounds rounds of kTimingRuns runs each, after a warm-up run)
-  // and each keeps its best run: on a shared machine a burst of other work then inflates
-  // some runs of every engine instead of all runs of whichever engine was being timed.
-  std::map<std::string, double> best_ms;
-  std::set<std::string> failed;
-  for (int round = 0; round < kTimingRounds; ++round) {
-    for (const std::string& engine : candidates) {
-      if (failed.count(engine)) continue;
-      if (!SelectEngine(engine).ok() || !Forward(probe).ok()) {  // also the warm-up run
-        failed.insert(engine);
-        continue;
-      }
-      double& ms =
-          best_ms.try_emplace(engine, std::numeric_limits<double>::infinity()).first->second;
-      for (int run = 0; run < kTimingRuns; ++run) {
-        const auto start = std::chrono::steady_clock::now();
-        const bool ok = Forward(probe).ok();
-        const auto stop = std::chrono::steady_clock::now();
-        if (!ok) {
-          failed.insert(engine);
-          break;
-        }
-        ms = std::min(ms, std::chrono::duration<double, std::milli>(stop - start).count());
-      }
-    }
-  }
-  std::string best;
-  for (const std::string& engine : failed) best_ms.erase(engine);
-  for (const auto& [engine, ms] : best_ms) {
-    if (best.empty() || ms < best_ms.at(best)) best = engine;
-  }
+  const std::map<std::string, double> best_ms = int8::TimeEngines(
+      [&](const std::string& engine) { return SelectEngine(engine).ok(); },
+      [&] { return Forward(probe).ok(); }, kTimingRounds, kTimingRuns);
+  const std::string best = int8::FastestEngine(best_ms);
   state_->engine_timings_ms = best_ms;
   if (best.empty()) return Status::Internal("int8 head: no engine could run the head");
   return SelectEngine(best);

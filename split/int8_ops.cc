@@ -3,6 +3,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <chrono>
+#include <limits>
+#include <set>
 #include <cmath>
 
 #include "split/torch_status.h"
@@ -347,6 +350,47 @@ SplitVisionNetImpl::Outputs ForwardQuantized(const Int8HeadState& state,
   }
   out.features = features.defined() ? features : x.dequantize().contiguous();
   return out;
+}
+
+std::map<std::string, double> TimeEngines(const std::function<bool(const std::string&)>& select,
+                                          const std::function<bool()>& run, int rounds, int runs) {
+  std::vector<std::string> candidates = {"reference"};
+  for (const char* engine : {"onednn", "qnnpack"}) {
+    if (EngineSupported(engine)) candidates.push_back(engine);
+  }
+  std::map<std::string, double> best_ms;
+  std::set<std::string> failed;
+  for (int round = 0; round < rounds; ++round) {
+    for (const std::string& engine : candidates) {
+      if (failed.count(engine)) continue;
+      if (!select(engine) || !run()) {  // also the warm-up run
+        failed.insert(engine);
+        continue;
+      }
+      double& ms =
+          best_ms.try_emplace(engine, std::numeric_limits<double>::infinity()).first->second;
+      for (int i = 0; i < runs; ++i) {
+        const auto start = std::chrono::steady_clock::now();
+        const bool ok = run();
+        const auto stop = std::chrono::steady_clock::now();
+        if (!ok) {
+          failed.insert(engine);
+          break;
+        }
+        ms = std::min(ms, std::chrono::duration<double, std::milli>(stop - start).count());
+      }
+    }
+  }
+  for (const std::string& engine : failed) best_ms.erase(engine);
+  return best_ms;
+}
+
+std::string FastestEngine(const std::map<std::string, double>& best_ms) {
+  std::string best;
+  for (const auto& [engine, ms] : best_ms) {
+    if (best.empty() || ms < best_ms.at(best)) best = engine;
+  }
+  return best;
 }
 
 }  // namespace cleave::split::int8

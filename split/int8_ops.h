@@ -158,6 +158,17 @@ SplitVisionNetImpl::Outputs ForwardReference(const Int8HeadState& state,
 
 // Whether this libtorch has the quantized engine ("onednn" | "qnnpack").
 bool EngineSupported(const std::string& engine);
+
+// Times an int8 head under each engine this libtorch has ("reference", then "onednn" and
+// "qnnpack" when supported) and returns each working engine's best time in ms. `select`
+// switches the head to an engine and `run` runs it once (false = failed; that engine is
+// dropped). Engines take turns (`rounds` rounds of `runs` timed runs, after a warm-up run
+// each turn) and each keeps its best run: on a shared machine a burst of other work then
+// inflates some runs of every engine instead of all runs of whichever engine was timed.
+std::map<std::string, double> TimeEngines(const std::function<bool(const std::string&)>& select,
+                                          const std::function<bool()>& run, int rounds, int runs);
+// The fastest engine of TimeEngines' result; "" when it is empty.
+std::string FastestEngine(const std::map<std::string, double>& best_ms);
 // Sets libtorch's global quantized engine for the guard's lifetime, then restores it.
 class QEngineGuard {
  public:

@@ -126,6 +126,8 @@ void RegisterImportCommand(CLI::App& app) {
   cmd->add_option("--epochs-finetune", o.epochs_finetune, "stage 2 epochs (tail side)")
       ->capture_default_str();
   cmd->add_option("--epochs-exit", o.epochs_exit, "stage 3 epochs (exit)")->capture_default_str();
+  cmd->add_flag("--finetune-encoder", o.finetune_encoder,
+                "stage 2 also trains the bottleneck encoder (through the simulated wire)");
   cmd->add_option("--batch-size", o.batch_size, "mini-batch size")->capture_default_str();
   cmd->add_option("--lr", o.lr, "peak AdamW learning rate (the bottleneck and exit use 3x)")
       ->capture_default_str();
