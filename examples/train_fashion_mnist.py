@@ -118,6 +118,10 @@ def main(argv=None):
     parser.add_argument("--rgb32", action="store_true",
                         help="train on the images made 3x32x32 RGB (bilinear resize, gray "
                              "replicated), the input of cleave's RGB-folder benchmark")
+    parser.add_argument("--exclude-rows", default=None,
+                        help="file of training-row indices (one per line) to leave out of "
+                             "training, e.g. the rows `cleave import` holds out, so its "
+                             "held-out figures are those of images the model never saw")
     parser.add_argument("--data-dir", default=DATA_DIR,
                         help="folder with the *-ubyte.gz files (package dataset-fashion-mnist)")
     args = parser.parse_args(argv)
@@ -130,6 +134,12 @@ def main(argv=None):
     except FileNotFoundError as e:
         sys.exit(f"error: {e.filename} is missing: apt-get install dataset-fashion-mnist, "
                  "or pass --data-dir")
+    if args.exclude_rows:
+        with open(args.exclude_rows) as f:
+            excluded = {int(line) for line in f if line.strip()}
+        keep = torch.tensor([i for i in range(len(train_x)) if i not in excluded],
+                            dtype=torch.long)
+        train_x, train_y = train_x[keep], train_y[keep]
     print(f"train {len(train_x)} images, test {len(test_x)}, {args.threads} threads")
 
     model = make_model(args.rgb32)

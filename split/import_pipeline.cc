@@ -336,7 +336,7 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
         model.bottleneck_channels = options.bottleneck_channels;
         model.bottleneck_stride = options.bottleneck_stride > 0
                                       ? options.bottleneck_stride
-                                      : (probe.size(2) >= 8 && probe.size(3) >= 8 ? 2 : 1);
+                                      : (probe.size(2) >= 16 && probe.size(3) >= 16 ? 2 : 1);
         if (options.exit_hidden > 0) model.exit_hidden = {options.exit_hidden};
         model.wire_dtype = options.wire_dtype;
         CLEAVE_RETURN_IF_ERROR(model.BuildBottleneck());

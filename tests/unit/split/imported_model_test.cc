@@ -96,7 +96,7 @@ TEST_F(ImportTest, WritesABundleTheRuntimeServes) {
   Result<ImportedSplitModel> read = ReadImportedBundle(*bundle, ImportedBundleParts());
   ASSERT_TRUE(read.ok()) << read.status().ToString();
   EXPECT_EQ(read->head_output_shape, (std::vector<int64_t>{4, 8, 8}));
-  EXPECT_EQ(read->FeatureShape(), (std::vector<uint32_t>{2, 4, 4}));  // stride 2 at 8x8
+  EXPECT_EQ(read->FeatureShape(), (std::vector<uint32_t>{2, 8, 8}));  // stride 1 below 16x16
   EXPECT_EQ(read->input.class_names, (std::vector<std::string>{"0", "1"}));
   EXPECT_EQ(read->source["cut"], "relu2");
 
@@ -112,9 +112,9 @@ TEST_F(ImportTest, WritesABundleTheRuntimeServes) {
   EXPECT_EQ(report->int8["int8_ops_fraction"].get<double>(), 1.0) << report->int8.dump();
   auto int8_out = (*edge_int8)->Run(torch::rand({2, 1, kImpSide, kImpSide}));
   ASSERT_TRUE(int8_out.ok()) << int8_out.status().ToString();
-  EXPECT_EQ(int8_out->features.sizes(), (std::vector<int64_t>{2, 2, 4, 4}));
+  EXPECT_EQ(int8_out->features.sizes(), (std::vector<int64_t>{2, 2, 8, 8}));
   EXPECT_EQ((*edge)->num_exits(), 1);
-  EXPECT_EQ((*edge)->feature_shape(), (std::vector<uint32_t>{2, 4, 4}));
+  EXPECT_EQ((*edge)->feature_shape(), (std::vector<uint32_t>{2, 8, 8}));
   auto cloud = CloudModel::Load(*bundle);
   ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
   auto local = LocalModel::Load(*bundle);
