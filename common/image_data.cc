@@ -1,12 +1,19 @@
 #include "common/image_data.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <system_error>
+#include <vector>
 
 #include "common/file_util.h"
 #include "common/image_data_formats.h"
 
 namespace cleave {
+
+Status ImageDataSource::ReadLabel(int64_t index, int32_t* label) const {
+  std::vector<uint8_t> pixels(static_cast<size_t>(std::max<int64_t>(1, shape().bytes())));
+  return Read(index, pixels.data(), label);
+}
 namespace {
 
 constexpr uintmax_t kMaxClassNamesFileBytes = uintmax_t{1} << 20;

@@ -71,6 +71,10 @@ class ImageDataSource {
   // that vanished or cannot be read), DataLoss (a label outside class_names(), naming the
   // file). On error the output buffers hold unspecified bytes.
   virtual Status Read(int64_t index, uint8_t* pixels, int32_t* label) const = 0;
+  // The label of image `index` alone, without decoding its pixels where the format allows
+  // (IDX labels are in memory, a CIFAR record's label is one byte, a folder's is its class
+  // folder): what a reader that streams the pixels needs up front. Errors as Read.
+  virtual Status ReadLabel(int64_t index, int32_t* label) const;
 };
 
 // A parsed dataset spec. `kind` is one of "fashion-mnist", "idx", "cifar10", "cifar100",

@@ -56,14 +56,28 @@ class CifarImageSource final : public ImageDataSource {
   ImageShape shape() const override { return {3, kCifarSide, kCifarSide}; }
   const std::vector<std::string>& class_names() const override { return class_names_; }
 
+  Status ReadLabel(int64_t index, int32_t* label) const override {
+    if (index < 0 || index >= size() || label == nullptr) {
+      return Status::InvalidArgument("image index " + std::to_string(index) + " outside [0, " +
+                                     std::to_string(size()) + ") or no label output");
+    }
+    const auto [file, record] = Locate(index);
+    const size_t record_bytes = layout_.label_bytes + kCifarPixelBytes;
+    uint8_t value = 0;
+    CLEAVE_RETURN_IF_ERROR(files_[file].ReadAt(
+        static_cast<uint64_t>(record) * record_bytes + layout_.label_offset, 1, &value));
+    if (value >= class_names_.size()) {
+      return Status::DataLoss("'" + files_[file].path() + "' has label " + std::to_string(value) +
+                              " in record " + std::to_string(record) + "; " + layout_.display_name +
+                              " has " + std::to_string(class_names_.size()) + " classes");
+    }
+    *label = value;
+    return Status::Ok();
+  }
+
   Status Read(int64_t index, uint8_t* pixels, int32_t* label) const override {
     CLEAVE_RETURN_IF_ERROR(CheckImageReadArguments(index, size(), pixels));
-    // file_starts_ = {0, n0, n0+n1, ..., size()}: the file holding `index` is the last start
-    // not above it.
-    const size_t file =
-        static_cast<size_t>(std::upper_bound(file_starts_.begin(), file_starts_.end(), index) -
-                            file_starts_.begin() - 1);
-    const int64_t record = index - file_starts_[file];
+    const auto [file, record] = Locate(index);
     const size_t record_bytes = layout_.label_bytes + kCifarPixelBytes;
     std::array<uint8_t, 2 + kCifarPixelBytes> bytes;  // the longest record: CIFAR-100's
     CLEAVE_RETURN_IF_ERROR(files_[file].ReadAt(static_cast<uint64_t>(record) * record_bytes,
@@ -80,6 +94,15 @@ class CifarImageSource final : public ImageDataSource {
   }
 
  private:
+  // The file holding image `index` and its record there. file_starts_ = {0, n0, n0+n1, ...,
+  // size()}: the file is the last start not above `index`.
+  std::pair<size_t, int64_t> Locate(int64_t index) const {
+    const size_t file =
+        static_cast<size_t>(std::upper_bound(file_starts_.begin(), file_starts_.end(), index) -
+                            file_starts_.begin() - 1);
+    return {file, index - file_starts_[file]};
+  }
+
   const CifarLayout layout_;
   const std::vector<RandomAccessFile> files_;
   const std::vector<int64_t> file_starts_;

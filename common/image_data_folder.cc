@@ -105,6 +105,15 @@ class FolderImageSource final : public ImageDataSource {
     return Status::Ok();
   }
 
+  Status ReadLabel(int64_t index, int32_t* label) const override {
+    if (index < 0 || index >= size() || label == nullptr) {
+      return Status::InvalidArgument("image index " + std::to_string(index) + " outside [0, " +
+                                     std::to_string(size()) + ") or no label output");
+    }
+    *label = entries_[static_cast<size_t>(index)].label;
+    return Status::Ok();
+  }
+
  private:
   const ImageShape shape_;
   const std::vector<std::string> class_names_;

@@ -138,6 +138,15 @@ class IdxImageSource final : public ImageDataSource {
     return Status::Ok();
   }
 
+  Status ReadLabel(int64_t index, int32_t* label) const override {
+    if (index < 0 || index >= size() || label == nullptr) {
+      return Status::InvalidArgument("image index " + std::to_string(index) + " outside [0, " +
+                                     std::to_string(size()) + ") or no label output");
+    }
+    *label = labels_.in_memory[index];
+    return Status::Ok();
+  }
+
  private:
   const IdxFileBody images_;
   const IdxFileBody labels_;

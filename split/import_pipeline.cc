@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <future>
 
 #include "common/progress.h"
 #include "split/compute_runtime.h"
 #include "split/dataset.h"
 #include "split/head_int8_graph.h"
+#include "split/image_rows.h"
 #include "split/imported_model.h"
 #include "split/torch_status.h"
 #include "split/torchscript_model.h"
@@ -49,7 +51,7 @@ Status ImportInterrupted(const ImportOptions& options) {
 // One training stage: `epochs` passes over `train` in shuffled mini-batches, AdamW at a
 // warm-up + cosine rate peaking at `peak_lr`; `step` returns the loss of one batch.
 template <typename Step>
-Result<StageStats> RunImportStage(const std::string& label, int epochs, const LabeledImages& train,
+Result<StageStats> RunImportStage(const std::string& label, int epochs, const ImageRows& train,
                                   const ImportOptions& options, torch::optim::Optimizer& optimizer,
                                   double peak_lr, Step&& step) {
   StageStats stats;
@@ -67,13 +69,23 @@ Result<StageStats> RunImportStage(const std::string& label, int epochs, const La
   int64_t done = 0;
   for (int epoch = 0; epoch < epochs; ++epoch) {
     const torch::Tensor order = torch::randperm(n, torch::kLong);
+    // A streamed set reads the next batch on another thread while this one trains.
+    std::future<Result<torch::Tensor>> next;
+    const auto fetch = [&](int64_t s) {
+      const torch::Tensor index = order.narrow(0, s * batch, batch);
+      return std::async(train.streamed() ? std::launch::async : std::launch::deferred,
+                        [&train, index] { return train.Images(index); });
+    };
+    if (steps_per_epoch > 0) next = fetch(0);
     for (int64_t s = 0; s < steps_per_epoch; ++s) {
       CLEAVE_RETURN_IF_ERROR(ImportInterrupted(options));
+      Result<torch::Tensor> images = next.get();
+      if (s + 1 < steps_per_epoch) next = fetch(s + 1);
+      if (!images.ok()) return images.status().WithContext(label + ": reading a batch");
       const torch::Tensor index = order.narrow(0, s * batch, batch);
       SetLearningRate(optimizer, WarmupCosineLr(peak_lr, done, total));
       optimizer.zero_grad();
-      torch::Tensor loss =
-          step(train.images.index_select(0, index), train.labels.index_select(0, index));
+      torch::Tensor loss = step(*images, train.labels().index_select(0, index));
       const double value = loss.item<double>();
       if (!std::isfinite(value)) {
         return Status::Internal(label + ": the loss diverged (" + std::to_string(value) +
@@ -108,13 +120,12 @@ torch::Tensor TeacherLogits(torch::jit::Module& teacher_tail, const torch::Tenso
 }
 
 Result<ImportLogits> RunImportPaths(ImportedSplitModel& model, torch::jit::Module& teacher_tail,
-                                    const torch::Tensor& images) {
+                                    const ImageRows& rows) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> imported, split;
   std::vector<std::vector<torch::Tensor>> exits(model.exits.size());
-  for (int64_t begin = 0; begin < images.size(0); begin += kImportEvalBatch) {
-    const torch::Tensor x =
-        images.narrow(0, begin, std::min(kImportEvalBatch, images.size(0) - begin));
+  for (int64_t begin = 0; begin < rows.size(); begin += kImportEvalBatch) {
+    CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor x, rows.Slice(begin, kImportEvalBatch));
     const torch::Tensor h_fp32 = model.RunHead(x);
     imported.push_back(TeacherLogits(teacher_tail, h_fp32));
     // The deployed head: int8 when the model has one.
@@ -203,6 +214,7 @@ Status ImportOptions::Validate() const {
     return bad("--wire-dtype must be u4 or u8");
   }
   if (exit_hidden < 0 || exit_hidden > 1024) return bad("--exit-hidden must be in [0, 1024]");
+  if (memory_mb < 0 || memory_mb > (int64_t{1} << 30)) return bad("--memory-mb must be >= 0");
   if (epochs_distill < 1 || epochs_finetune < 0 || epochs_exit < 0 || epochs_distill > 1000 ||
       epochs_finetune > 1000 || epochs_exit > 1000) {
     return bad("epochs: distill in [1, 1000], finetune and exit in [0, 1000]");
@@ -244,6 +256,7 @@ json ImportOptions::ToJson() const {
           {"calibration_target", target.ToString()},
           {"criterion", ExitCriterionName(criterion)},
           {"held_out", held_out},
+          {"memory_mb", memory_mb},
           {"train_limit", train_limit},
           {"test_limit", test_limit},
           {"seed", seed},
@@ -270,13 +283,27 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
   torch::manual_seed(options.seed);
 
   DatasetOptions load;
-  load.train_limit = options.train_limit;
-  load.test_limit = options.test_limit;
   load.image_size = options.image_size;
-  load.threads = options.threads;
-  load.progress_out = options.progress_out;
-  CLEAVE_ASSIGN_OR_RETURN(LoadedDataset data, LoadDataset(options.data, load));
-  const InputSpec& input = data.input;
+  CLEAVE_ASSIGN_OR_RETURN(const DataSpec spec, ParseDataSpec(options.data));
+  Result<std::unique_ptr<ImageDataSource>> train_source =
+      OpenImageData(spec, DatasetSplit::kTrain);
+  if (!train_source.ok()) {
+    return train_source.status().WithContext("dataset " + options.data + " (train)");
+  }
+  CLEAVE_ASSIGN_OR_RETURN(const InputSpec input,
+                          InputSpecForData(options.data, **train_source, load));
+  const int64_t budget = options.memory_mb * (int64_t{1} << 20);
+  CLEAVE_ASSIGN_OR_RETURN(const ImageRows all_train,
+                          OpenRows(options.data, DatasetSplit::kTrain, input, options.train_limit,
+                                   budget, options.threads, options.progress_out));
+  CLEAVE_ASSIGN_OR_RETURN(const ImageRows test,
+                          OpenRows(options.data, DatasetSplit::kTest, input, options.test_limit,
+                                   budget, options.threads, options.progress_out));
+  if (all_train.streamed() || test.streamed()) {
+    LogLine(options.progress_out, "data: larger than --memory-mb " +
+                                      std::to_string(options.memory_mb) +
+                                      ": images are read from the dataset a batch at a time");
+  }
   if (options.mean.size() != 1 && options.mean.size() != static_cast<size_t>(input.channels)) {
     return Status::InvalidArgument("--mean needs one value or one per channel");
   }
@@ -291,13 +318,13 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
   TorchScriptModel teacher = std::move(loaded).value();
   CLEAVE_ASSIGN_OR_RETURN(const TorchScriptCut cut, teacher.ResolveCut(options.split_after));
 
-  auto split = HoldOut(data.train, options.held_out, options.seed);
+  auto split = HoldOut(all_train, options.held_out, options.seed);
   if (!split.ok()) return split.status().WithContext("held-out split");
-  const LabeledImages& train = split->first;
-  const LabeledImages& held = split->second;
+  const ImageRows& train = split->first;
+  const ImageRows& held = split->second;
   LogLine(options.progress_out,
           "data: " + std::to_string(train.size()) + " training, " + std::to_string(held.size()) +
-              " held-out, " + std::to_string(data.test.size()) + " test images of " + options.data);
+              " held-out, " + std::to_string(test.size()) + " test images of " + options.data);
 
   ImportedSplitModel model;
   model.name = options.name.empty() ? std::filesystem::path(options.torchscript).stem().string()
@@ -324,7 +351,8 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
         torch::Tensor probe;
         {
           torch::NoGradGuard no_grad;
-          probe = model.RunHead(train.images.narrow(0, 0, std::min<int64_t>(2, train.size())));
+          CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor first, train.Slice(0, 2));
+          probe = model.RunHead(first);
         }
         if (probe.dim() != 4) {
           return Status::InvalidArgument(
@@ -375,8 +403,7 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
         // Wire ranges from the frozen encoder's outputs.
         {
           torch::NoGradGuard no_grad;
-          const torch::Tensor sample =
-              train.images.narrow(0, 0, std::min(kWireFitRows, train.size()));
+          CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor sample, train.Slice(0, kWireFitRows));
           std::vector<torch::Tensor> codes;
           for (int64_t b = 0; b < sample.size(0); b += kImportEvalBatch) {
             codes.push_back(model.encoder->forward(model.RunHead(
@@ -450,8 +477,9 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
 
         // The int8 head (post-training static quantization where the head's ops allow).
         if (options.int8) {
-          const torch::Tensor calibration = model.Normalize(train.images.narrow(
-              0, 0, std::min<int64_t>(options.int8_calibration_images, train.size())));
+          CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor calibration_images,
+                                  train.Slice(0, options.int8_calibration_images));
+          const torch::Tensor calibration = model.Normalize(calibration_images);
           Result<Int8GraphHead> int8 = Int8GraphHead::Quantize(model.head, calibration);
           if (!int8.ok()) return int8.status().WithContext("int8 head");
           CLEAVE_RETURN_IF_ERROR(int8->SelectEngine("auto").WithContext("int8 head engine"));
@@ -467,17 +495,17 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
 
         // Calibration on held-out rows, against the imported model's own accuracy there.
         CLEAVE_ASSIGN_OR_RETURN(const ImportLogits h_logits,
-                                RunImportPaths(model, teacher_tail, held.images));
+                                RunImportPaths(model, teacher_tail, held));
         if (model.exits.empty()) {
           model.exit_policy = ExitPolicy(options.criterion, {});
         } else {
           std::vector<torch::Tensor> scores, correct;
           for (const torch::Tensor& e : h_logits.exits) {
             scores.push_back(ExitScores(options.criterion, e));
-            correct.push_back(e.argmax(1).eq(held.labels));
+            correct.push_back(e.argmax(1).eq(held.labels()));
           }
-          const torch::Tensor full_correct = h_logits.split.argmax(1).eq(held.labels);
-          const double reference = Accuracy(h_logits.imported, held.labels);
+          const torch::Tensor full_correct = h_logits.split.argmax(1).eq(held.labels());
+          const double reference = Accuracy(h_logits.imported, held.labels());
           auto calibration = Calibrate(scores, correct, full_correct, options.criterion,
                                        options.target, reference);
           std::string drop_reference = "imported";
@@ -495,11 +523,11 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
           model.calibration = calibration->ToJson();
           model.calibration["drop_reference"] = drop_reference;
         }
-        model.evaluation["held_out"] = EvaluateImport(h_logits, held.labels, model.exit_policy);
-        if (data.test.size() > 0) {
+        model.evaluation["held_out"] = EvaluateImport(h_logits, held.labels(), model.exit_policy);
+        if (test.size() > 0) {
           CLEAVE_ASSIGN_OR_RETURN(const ImportLogits t_logits,
-                                  RunImportPaths(model, teacher_tail, data.test.images));
-          model.evaluation["test"] = EvaluateImport(t_logits, data.test.labels, model.exit_policy);
+                                  RunImportPaths(model, teacher_tail, test));
+          model.evaluation["test"] = EvaluateImport(t_logits, test.labels(), model.exit_policy);
         }
         json stage_list = json::array();
         for (const auto& s : report.stages) stage_list.push_back(s.ToJson());

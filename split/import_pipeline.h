@@ -71,6 +71,10 @@ struct ImportOptions {
   CalibrationTarget target{CalibrationTarget::Kind::kMaxAccuracyDrop, 0.3};
   ExitCriterion criterion = ExitCriterion::kMaxSoftmax;
   int64_t held_out = 5000;
+  // Training and test images whose converted size (float32) exceeds this are read from the
+  // dataset a batch at a time (split/image_rows.h) instead of held in memory; the next batch
+  // is read while the current one trains.
+  int64_t memory_mb = 4096;
   int64_t train_limit = 0;
   int64_t test_limit = 0;
   uint64_t seed = 1;

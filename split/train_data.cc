@@ -41,7 +41,10 @@ Result<LabeledImages> ToLabeledImages(const ImageDataset& dataset) {
 Result<LabeledImages> LoadLabeledImages(const ImageDataSource& source, const InputSpec& input,
                                         const LoadImagesOptions& options) {
   CLEAVE_RETURN_IF_ERROR(input.Validate());
-  const int64_t n = options.limit > 0 ? std::min(options.limit, source.size()) : source.size();
+  const bool by_rows = !options.rows.empty();
+  const int64_t n = by_rows ? static_cast<int64_t>(options.rows.size())
+                    : options.limit > 0 ? std::min(options.limit, source.size())
+                                        : source.size();
   if (n < 1) return Status::InvalidArgument("the dataset has no images");
   const ImageShape shape = source.shape();
   const int64_t out_bytes = input.bytes();
@@ -67,8 +70,9 @@ Result<LabeledImages> LoadLabeledImages(const ImageDataSource& source, const Inp
       if (begin >= n) break;
       const int64_t end = std::min(n, begin + kChunk);
       for (int64_t i = begin; i < end; ++i) {
+        const int64_t row = by_rows ? options.rows[static_cast<size_t>(i)] : i;
         int32_t label = -1;
-        Status st = source.Read(i, raw.data(), &label);
+        Status st = source.Read(row, raw.data(), &label);
         if (st.ok() && (label < 0 || label >= classes)) {
           st = Status::InvalidArgument("label " + std::to_string(label) + " is outside the " +
                                        std::to_string(classes) + " classes");
@@ -81,7 +85,7 @@ Result<LabeledImages> LoadLabeledImages(const ImageDataSource& source, const Inp
           std::lock_guard<std::mutex> lock(error_mu);
           if (i < first_error_index) {
             first_error_index = i;
-            first_error = st.WithContext("image " + std::to_string(i));
+            first_error = st.WithContext("image " + std::to_string(row));
           }
           failed = true;
           break;
@@ -131,18 +135,24 @@ std::pair<std::vector<float>, std::vector<float>> ChannelStats(const torch::Tens
   return {m, s};
 }
 
-Result<std::pair<LabeledImages, LabeledImages>> HoldOut(const LabeledImages& all, int64_t held_out,
-                                                        uint64_t seed) {
-  if (held_out < 0 || held_out >= all.size()) {
+Result<std::pair<torch::Tensor, torch::Tensor>> HoldOutRows(int64_t n, int64_t held_out,
+                                                            uint64_t seed) {
+  if (held_out < 0 || held_out >= n) {
     return Status::InvalidArgument("held-out size " + std::to_string(held_out) +
-                                   " must be in [0, " + std::to_string(all.size()) + ")");
+                                   " must be in [0, " + std::to_string(n) + ")");
   }
   torch::Generator gen = at::detail::createCPUGenerator(seed);
-  const torch::Tensor perm = torch::randperm(all.size(), gen);
+  const torch::Tensor perm = torch::randperm(n, gen);
   // Sorting each side keeps the original order inside it, so the split is easy to inspect.
   const torch::Tensor held = std::get<0>(perm.narrow(0, 0, held_out).sort());
-  const torch::Tensor rest = std::get<0>(perm.narrow(0, held_out, all.size() - held_out).sort());
-  return std::make_pair(all.Select(rest), all.Select(held));
+  const torch::Tensor rest = std::get<0>(perm.narrow(0, held_out, n - held_out).sort());
+  return std::make_pair(rest, held);
+}
+
+Result<std::pair<LabeledImages, LabeledImages>> HoldOut(const LabeledImages& all, int64_t held_out,
+                                                        uint64_t seed) {
+  CLEAVE_ASSIGN_OR_RETURN(auto rows, HoldOutRows(all.size(), held_out, seed));
+  return std::make_pair(all.Select(rows.first), all.Select(rows.second));
 }
 
 torch::Tensor Augment(const torch::Tensor& images, const AugmentOptions& options) {

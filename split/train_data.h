@@ -37,6 +37,9 @@ Result<LabeledImages> ToLabeledImages(const ImageDataset& dataset);
 
 struct LoadImagesOptions {
   int64_t limit = 0;                  // read at most this many images (the first ones); 0 = all
+  // When not empty: read exactly these source rows, in this order (`limit` is ignored). Error
+  // messages name the source row.
+  std::vector<int64_t> rows;
   int threads = 2;                    // readers (decoding folder images is the slow part)
   std::FILE* progress_out = nullptr;  // a progress bar for large sets; null = silent
   std::string label = "images";       // what the progress bar names
@@ -59,6 +62,9 @@ std::pair<std::vector<float>, std::vector<float>> ChannelStats(const torch::Tens
 // calibration set of a bundle trained earlier. InvalidArgument if held_out >= all.size().
 Result<std::pair<LabeledImages, LabeledImages>> HoldOut(const LabeledImages& all, int64_t held_out,
                                                         uint64_t seed);
+// The rows of that split for a set of `n` rows: (rest, held), each sorted, int64.
+Result<std::pair<torch::Tensor, torch::Tensor>> HoldOutRows(int64_t n, int64_t held_out,
+                                                            uint64_t seed);
 
 struct AugmentOptions {
   int crop_padding = 2;  // random translation by up to this many pixels (zero padding)

@@ -137,6 +137,10 @@ void RegisterImportCommand(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--criterion", args->criterion, "exit confidence: max_softmax, entropy, margin")
       ->capture_default_str();
+  cmd->add_option("--memory-mb", o.memory_mb,
+                  "datasets whose converted images (float32) take more than this are read a "
+                  "batch at a time instead of held in memory (0: always)")
+      ->capture_default_str();
   cmd->add_option("--held-out", o.held_out, "training images held out for calibration")
       ->capture_default_str();
   cmd->add_option("--train-limit", o.train_limit, "use the first N training images (0 = all)")

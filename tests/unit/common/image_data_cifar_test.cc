@@ -9,6 +9,7 @@ namespace cleave {
 namespace {
 
 using image_data_testing::ExpectConcurrentReadsMatchSerial;
+using image_data_testing::ExpectReadLabelMatchesRead;
 using image_data_testing::ExpectStatus;
 using image_data_testing::ImageDataFixture;
 using image_data_testing::ReadImageOrFail;
@@ -189,6 +190,7 @@ TEST_F(CifarImageDataTest, ConcurrentReadsGiveTheSameBytes) {
   Result<std::unique_ptr<ImageDataSource>> source = Open("cifar10", DatasetSplit::kTrain);
   ASSERT_TRUE(source.ok()) << source.status().ToString();
   ExpectConcurrentReadsMatchSerial(**source);
+  ExpectReadLabelMatchesRead(**source);
 }
 
 }  // namespace

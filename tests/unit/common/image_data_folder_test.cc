@@ -14,6 +14,7 @@ namespace cleave {
 namespace {
 
 using image_data_testing::ExpectConcurrentReadsMatchSerial;
+using image_data_testing::ExpectReadLabelMatchesRead;
 using image_data_testing::ExpectStatus;
 using image_data_testing::ImageDataFixture;
 using image_data_testing::ReadImageOrFail;
@@ -200,6 +201,7 @@ TEST_F(FolderImageDataTest, MixedPngAndJpegFolderReadsBack) {
     EXPECT_LE(MaxDistanceFromFlat(pixels, flat_values[j]), 1) << jpeg_indices[j];
   }
   ExpectConcurrentReadsMatchSerial(**train);
+  ExpectReadLabelMatchesRead(**train);
 }
 
 TEST_F(FolderImageDataTest, JpegFirstImageSetsTheShape) {
@@ -283,6 +285,7 @@ TEST_F(FolderImageDataTest, ConcurrentReadsGiveTheSameBytes) {
   Result<std::unique_ptr<ImageDataSource>> train = Open("folder", DatasetSplit::kTrain);
   ASSERT_TRUE(train.ok()) << train.status().ToString();
   ExpectConcurrentReadsMatchSerial(**train);
+  ExpectReadLabelMatchesRead(**train);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@ namespace cleave {
 namespace {
 
 using image_data_testing::ExpectConcurrentReadsMatchSerial;
+using image_data_testing::ExpectReadLabelMatchesRead;
 using image_data_testing::ExpectStatus;
 using image_data_testing::ImageDataFixture;
 using image_data_testing::ReadImageOrFail;
@@ -260,6 +261,7 @@ TEST_F(IdxImageDataTest, ConcurrentReadsGiveTheSameBytes) {
   Result<std::unique_ptr<ImageDataSource>> source = Open("idx", DatasetSplit::kTrain);
   ASSERT_TRUE(source.ok()) << source.status().ToString();
   ExpectConcurrentReadsMatchSerial(**source);
+  ExpectReadLabelMatchesRead(**source);
 }
 
 TEST(FashionMnistImageDataTest, RealTestSplitMatchesLoadFashionMnist) {

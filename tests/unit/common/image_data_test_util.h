@@ -64,6 +64,21 @@ inline void ExpectConcurrentReadsMatchSerial(const ImageDataSource& source) {
   for (int t = 0; t < kThreads; ++t) EXPECT_EQ(mismatches[t], 0) << "thread " << t;
 }
 
+// ReadLabel answers what Read says for every image, and refuses an index outside the set
+// or a null output.
+inline void ExpectReadLabelMatchesRead(const ImageDataSource& source) {
+  for (int64_t i = 0; i < source.size(); ++i) {
+    int32_t from_read = -1, alone = -2;
+    ReadImageOrFail(source, i, &from_read);
+    ASSERT_TRUE(source.ReadLabel(i, &alone).ok()) << i;
+    EXPECT_EQ(alone, from_read) << "image " << i;
+  }
+  int32_t label = 0;
+  EXPECT_EQ(source.ReadLabel(-1, &label).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(source.ReadLabel(source.size(), &label).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(source.ReadLabel(0, nullptr).code(), StatusCode::kInvalidArgument);
+}
+
 class ImageDataFixture : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -143,6 +143,25 @@ TEST_F(ImportTest, WritesABundleTheRuntimeServes) {
   EXPECT_EQ(ReadBundleInput(*bundle)->class_names.size(), 2u);
 }
 
+// A dataset read a batch at a time (--memory-mb 0) gives the same import as one held in
+// memory: the same batches in the same order, so the same weights and figures.
+TEST_F(ImportTest, StreamedDataImportsExactlyAsInMemoryData) {
+  Result<ImportReport> memory = ImportTorchScript(options_, dir_ / "memory");
+  ASSERT_TRUE(memory.ok()) << memory.status().ToString();
+  ImportOptions streamed_options = options_;
+  streamed_options.memory_mb = 0;
+  Result<ImportReport> streamed = ImportTorchScript(streamed_options, dir_ / "streamed");
+  ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
+  EXPECT_EQ(streamed->evaluation.dump(), memory->evaluation.dump());
+  ASSERT_EQ(streamed->stages.size(), memory->stages.size());
+  for (size_t i = 0; i < memory->stages.size(); ++i) {
+    EXPECT_EQ(streamed->stages[i].final_loss, memory->stages[i].final_loss) << i;
+  }
+  ImportOptions bad = options_;
+  bad.memory_mb = -1;
+  EXPECT_EQ(ImportTorchScript(bad, dir_ / "bad").status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST_F(ImportTest, TheSplitPathKeepsAGoodModelsAccuracy) {
   cleave::testing::TinyChainModel(1, /*designed=*/true).save((dir_ / "good.pt").string());
   options_.torchscript = (dir_ / "good.pt").string();

@@ -1,0 +1,81 @@
+// The rows of a dataset split as a network takes them (InputSpec::PrepareChw, float in
+// [0, 1]), held in memory or read from the dataset a batch at a time, so a dataset larger
+// than memory can be trained on: a streamed set keeps only its labels (8 bytes a row) and
+// the rows' source indices in memory, and reads, decodes and converts a batch when asked
+// (common/image_data.h reads an image at a time from raw IDX files, CIFAR records and image
+// folders). OpenRows picks in-memory when the converted images fit a memory budget.
+//
+// Both kinds answer the same calls with the same values: a streamed set gives exactly the
+// tensors LoadLabeledImages would (the same conversion, row for row).
+//
+// Thread-safety: const methods may be called concurrently (a training loop reads the next
+// batch on another thread while it computes).
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "common/image_data.h"
+#include "common/status.h"
+#include "split/input_spec.h"
+#include "split/train_data.h"
+
+namespace cleave::split {
+
+class ImageRows {
+ public:
+  ImageRows() = default;
+  // `data` as it is (images float [N, C, H, W], labels int64 [N]).
+  static ImageRows InMemory(LabeledImages data);
+  // The first `limit` rows of `source` (0 = all) converted to `input`, read on demand with up
+  // to `threads` readers per batch. Reads every label now (ImageDataSource::ReadLabel):
+  // InvalidArgument naming the row for one outside input's classes, the source's errors
+  // otherwise.
+  static Result<ImageRows> Streamed(std::shared_ptr<const ImageDataSource> source,
+                                    const InputSpec& input, int64_t limit, int threads = 2);
+
+  int64_t size() const { return labels_.defined() ? labels_.size(0) : 0; }
+  bool streamed() const { return source_ != nullptr; }
+  const torch::Tensor& labels() const { return labels_; }
+
+  // Images of rows `index` (int64 [K], rows of this set) as float [K, C, H, W]. Errors: those
+  // of reading and converting the rows (naming the source row), InvalidArgument for an index
+  // outside [0, size()).
+  Result<torch::Tensor> Images(const torch::Tensor& index) const;
+  // Images of rows [begin, begin + count) (clamped to the set).
+  Result<torch::Tensor> Slice(int64_t begin, int64_t count) const;
+  // Rows `index` as a set of the same kind (a streamed set stays streamed).
+  ImageRows Select(const torch::Tensor& index) const;
+  // Every row in memory.
+  Result<LabeledImages> Load() const;
+
+ private:
+  LabeledImages data_;                              // in memory
+  std::shared_ptr<const ImageDataSource> source_;  // streamed
+  InputSpec input_;
+  std::vector<int64_t> source_rows_;  // row i of this set is source row source_rows_[i]
+  int threads_ = 2;
+  torch::Tensor labels_;
+};
+
+// Splits `all` into (train, held_out) exactly as HoldOut(LabeledImages) does with the same
+// seed (the same rows on each side, in the same order).
+Result<std::pair<ImageRows, ImageRows>> HoldOut(const ImageRows& all, int64_t held_out,
+                                                uint64_t seed);
+
+// One split of dataset `spec` converted to `input` (an existing model's, or one
+// InputSpecForData derived): the first `limit` rows (0 = all), in memory when their images
+// take at most `memory_budget_bytes` as float32, else streamed. InvalidArgument when the
+// dataset's class count differs from the input's; the dataset's errors with the spec as
+// context.
+Result<ImageRows> OpenRows(const std::string& spec, DatasetSplit split, const InputSpec& input,
+                           int64_t limit, int64_t memory_budget_bytes, int threads = 2,
+                           std::FILE* progress_out = nullptr);
+
+}  // namespace cleave::split
