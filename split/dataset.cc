@@ -1,7 +1,9 @@
 #include "split/dataset.h"
 
 #include <algorithm>
+#include <limits>
 
+#include "split/image_rows.h"
 #include "split/vision_model.h"
 
 namespace cleave::split {
@@ -56,25 +58,11 @@ Result<LoadedDataset> LoadDataset(const std::string& spec, const DatasetOptions&
 Result<LabeledImages> LoadSplitFor(const std::string& spec, DatasetSplit split,
                                    const InputSpec& input, int64_t limit, int threads,
                                    std::FILE* progress_out) {
-  const std::string where =
-      "dataset " + spec + (split == DatasetSplit::kTrain ? " (train)" : " (test)");
-  CLEAVE_ASSIGN_OR_RETURN(const DataSpec parsed, ParseDataSpec(spec));
-  Result<std::unique_ptr<ImageDataSource>> source = OpenImageData(parsed, split);
-  if (!source.ok()) return source.status().WithContext(where);
-  const size_t classes = (*source)->class_names().size();
-  if (classes != input.class_names.size()) {
-    return Status::InvalidArgument(where + " has " + std::to_string(classes) +
-                                   " classes but the model has " +
-                                   std::to_string(input.class_names.size()));
-  }
-  LoadImagesOptions load;
-  load.limit = limit;
-  load.threads = threads;
-  load.progress_out = progress_out;
-  load.label = split == DatasetSplit::kTrain ? "reading train images" : "reading test images";
-  Result<LabeledImages> images = LoadLabeledImages(**source, input, load);
-  if (!images.ok()) return images.status().WithContext(where);
-  return images;
+  // OpenRows with no memory limit holds the rows in memory; Load hands them over.
+  CLEAVE_ASSIGN_OR_RETURN(const ImageRows rows,
+                          OpenRows(spec, split, input, limit,
+                                   std::numeric_limits<int64_t>::max(), threads, progress_out));
+  return rows.Load();
 }
 
 bool IsDefaultFashionMnist(const std::string& spec) {

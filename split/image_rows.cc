@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "split/dataset.h"
 #include "split/torch_status.h"
 
 namespace cleave::split {

@@ -164,20 +164,16 @@ class ImportedTrainable final : public TrainableNet {
   const InputSpec& input() const override { return model_.input; }
   Tensors Exchanged() override {
     NamedTensors parameters, buffers;
-    AppendJitParameters(model_.head, "head.", parameters);
-    AppendNnParameters(*model_.encoder, "encoder.", parameters);
-    for (size_t i = 0; i < model_.exits.size(); ++i) {
-      AppendNnParameters(*model_.exits[i], "exit" + std::to_string(i) + ".", parameters);
-    }
-    AppendNnParameters(*model_.decoder, "decoder.", parameters);
-    AppendJitParameters(model_.tail, "tail.", parameters);
-    AppendJitBuffers(model_.head, "head.", buffers);
-    AppendNnBuffers(*model_.encoder, "encoder.", buffers);
-    for (size_t i = 0; i < model_.exits.size(); ++i) {
-      AppendNnBuffers(*model_.exits[i], "exit" + std::to_string(i) + ".", buffers);
-    }
-    AppendNnBuffers(*model_.decoder, "decoder.", buffers);
-    AppendJitBuffers(model_.tail, "tail.", buffers);
+    ForEachPart([&](const torch::jit::Module& m, const std::string& prefix) {
+      AppendJitParameters(m, prefix, parameters);
+    }, [&](torch::nn::Module& m, const std::string& prefix) {
+      AppendNnParameters(m, prefix, parameters);
+    });
+    ForEachPart([&](const torch::jit::Module& m, const std::string& prefix) {
+      AppendJitBuffers(m, prefix, buffers);
+    }, [&](torch::nn::Module& m, const std::string& prefix) {
+      AppendNnBuffers(m, prefix, buffers);
+    });
     return ToTensors(std::move(parameters), std::move(buffers));
   }
   void SetMode(Mode mode) override {
@@ -210,6 +206,18 @@ class ImportedTrainable final : public TrainableNet {
   }
 
  private:
+  // Visits the parts in layout order: head, encoder, exits, decoder, tail.
+  template <typename JitFn, typename NnFn>
+  void ForEachPart(JitFn&& jit, NnFn&& nn) {
+    jit(model_.head, "head.");
+    nn(*model_.encoder, "encoder.");
+    for (size_t i = 0; i < model_.exits.size(); ++i) {
+      nn(*model_.exits[i], "exit" + std::to_string(i) + ".");
+    }
+    nn(*model_.decoder, "decoder.");
+    jit(model_.tail, "tail.");
+  }
+
   ImportedSplitModel model_;
 };
 
