@@ -119,7 +119,8 @@ Result<std::optional<FederatedSetup>> PrepareFederated(const Config& config, con
 
   // The training copy: the bundle's whole fp32 network (the serving head is separate).
   Result<std::unique_ptr<split::TrainableNet>> net = split::TrainableFromBundle(bundle);
-  if (!net.ok()) return net.status().WithContext("federated learning needs the bundle's fp32 model");
+  if (!net.ok())
+    return net.status().WithContext("federated learning needs the bundle's fp32 model");
   setup.net = std::move(net).value();
   const nlohmann::json& manifest_model = bundle.model();
   const std::string name = manifest_model.is_object() && manifest_model.contains("name") &&

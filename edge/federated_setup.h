@@ -34,7 +34,8 @@ struct FederatedSetup {
 // edge.fl_* keys (InvalidArgument naming the key), the client id (edge.client_id, or
 // edge-<hostname>-<pid> when empty), reads the bundle's fp32 model (either bundle kind) and
 // loads this edge's partition of the training set of edge.fl_data (default: the bundle's
-// dataset) converted to the bundle's input (FailedPrecondition when the partition is empty). `config` needs the keys of the cleave-edge schema.
+// dataset) converted to the bundle's input (FailedPrecondition when the partition is empty).
+// `config` needs the keys of the cleave-edge schema.
 Result<std::optional<FederatedSetup>> PrepareFederated(const Config& config, const Bundle& bundle);
 
 // Starts taking part in rounds with what `setup` prepared, over CURVE when `config` names

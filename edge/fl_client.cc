@@ -96,11 +96,10 @@ Status CheckData(const split::LabeledImages& data, const split::InputSpec& input
   const torch::Tensor& x = data.images;
   if (x.dim() != 4 || x.scalar_type() != torch::kFloat || x.size(1) != input.channels ||
       x.size(2) != input.height || x.size(3) != input.width) {
-    return Status::InvalidArgument("federated client: images must be float [N," +
-                                   std::to_string(input.channels) + "," +
-                                   std::to_string(input.height) + "," +
-                                   std::to_string(input.width) + "], got " +
-                                   ShapeText(x.sizes().vec()));
+    return Status::InvalidArgument(
+        "federated client: images must be float [N," + std::to_string(input.channels) + "," +
+        std::to_string(input.height) + "," + std::to_string(input.width) + "], got " +
+        ShapeText(x.sizes().vec()));
   }
   const torch::Tensor& y = data.labels;
   if (!y.defined() || y.dim() != 1 || y.size(0) != n || y.scalar_type() != torch::kLong) {
@@ -151,11 +150,10 @@ Result<std::unique_ptr<FederatedClient>> FederatedClient::Start(
     TransportContext& context, FederatedClientOptions options, const split::VisionModelSpec& spec,
     const Weights& initial, split::LabeledImages data, Clock& clock) {
   CLEAVE_RETURN_IF_ERROR(spec.Validate().WithContext("federated client: model spec"));
-  CLEAVE_ASSIGN_OR_RETURN(
-      std::unique_ptr<split::TrainableNet> net,
-      split::CallTorch(split::TorchSource::kOwnState, "federated client", [&] {
-        return split::MakeTrainable(spec, split::InputSpec::Legacy(spec));
-      }));
+  CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<split::TrainableNet> net,
+                          split::CallTorch(split::TorchSource::kOwnState, "federated client", [&] {
+                            return split::MakeTrainable(spec, split::InputSpec::Legacy(spec));
+                          }));
   return Start(context, std::move(options), std::move(net), initial, std::move(data), clock);
 }
 

@@ -162,10 +162,12 @@ class FederatedClient {
   // The same for any trainable network (split/trainable_net.h: cleave's own, a TorchScript
   // model, an imported split model); the client trains `net` itself. `data`'s images must
   // be [N, C, H, W] as net->input() declares, labels < net->num_classes().
-  static Result<std::unique_ptr<FederatedClient>> Start(
-      TransportContext& context, FederatedClientOptions options,
-      std::unique_ptr<split::TrainableNet> net, const federated::Weights& initial,
-      split::LabeledImages data, Clock& clock = SystemClock());
+  static Result<std::unique_ptr<FederatedClient>> Start(TransportContext& context,
+                                                        FederatedClientOptions options,
+                                                        std::unique_ptr<split::TrainableNet> net,
+                                                        const federated::Weights& initial,
+                                                        split::LabeledImages data,
+                                                        Clock& clock = SystemClock());
   // Stops (see Stop) and joins.
   ~FederatedClient();
   FederatedClient(const FederatedClient&) = delete;

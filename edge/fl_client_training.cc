@@ -95,7 +95,8 @@ Result<Weights> FederatedClient::CheckConfig(const fl::RoundConfig& config) cons
                          ? federated::TrainableSet::kAll
                          : federated::TrainableSet::kHeadAndExits;
     if (federated::TrainableMask(layout_, set, net_->split_after(),
-                                 net_->kind() == split::kTorchScriptSplitKind) != config.trainable) {
+                                 net_->kind() == split::kTorchScriptSplitKind) !=
+        config.trainable) {
       // The mask is authoritative; a disagreement with its label is only worth a note.
       Log()->warn("round {}: the trainable mask differs from what '{}' means here; using the mask",
                   config.round, federated::TrainableSetName(set));

@@ -221,11 +221,10 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
     CLEAVE_RETURN_IF_ERROR(model.spec.Validate().WithContext("aggregator model"));
     const split::InputSpec input =
         model.input.class_names.empty() ? split::InputSpec::Legacy(model.spec) : model.input;
-    CLEAVE_ASSIGN_OR_RETURN(model.net,
-                            split::CallTorch(split::TorchSource::kOwnState, "aggregator model", [&] {
-                              return std::shared_ptr<split::TrainableNet>(
-                                  split::MakeTrainable(model.spec, input));
-                            }));
+    CLEAVE_ASSIGN_OR_RETURN(
+        model.net, split::CallTorch(split::TorchSource::kOwnState, "aggregator model", [&] {
+          return std::shared_ptr<split::TrainableNet>(split::MakeTrainable(model.spec, input));
+        }));
   }
   const WeightsLayout layout = LayoutOf(*model.net);
   impl->layout_sha = LayoutSha256(layout);

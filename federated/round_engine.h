@@ -76,8 +76,8 @@ struct EngineOptions {
   int split_after = -1;  // the model's split point (for TrainableSet::kHeadAndExits)
   // The edge's entries are named "head.*"/"encoder.*" (an imported split model; TrainableMask).
   bool named_parts = false;
-  FitConfig fit;         // before Strategy::ConfigureFit
-  uint64_t seed = 1;     // client sampling (and the public randomness of secure rounds)
+  FitConfig fit;      // before Strategy::ConfigureFit
+  uint64_t seed = 1;  // client sampling (and the public randomness of secure rounds)
   // Secure aggregation (federated/secure_round.h): the server learns only the sum.
   SecureAggregationOptions secure;
   nlohmann::json ToJson() const;

@@ -58,8 +58,8 @@ Status Simulation::Setup() {
     for (size_t k = 0; k < 2 * nets_.size(); ++k) spare_.push_back(ZerosLike(layout));
   }
   model_bytes_ = WeightBytes(layout);
-  const std::vector<bool> mask = TrainableMask(layout, engine_options.trainable,
-                                               engine_options.split_after, engine_options.named_parts);
+  const std::vector<bool> mask = TrainableMask(
+      layout, engine_options.trainable, engine_options.split_after, engine_options.named_parts);
   for (size_t i = 0; i < layout.size(); ++i) {
     if (!mask[i]) continue;
     int64_t n = 1;
@@ -281,8 +281,8 @@ Result<SimResult> RunSimulation(const SimOptions& options, const SimData& data) 
   PartitionSpec partition_spec = options.partition;
   partition_spec.seed = options.seed;
   CLEAVE_ASSIGN_OR_RETURN(
-      Partition partition, MakePartition(data.train_labels, model->num_classes(),
-                                         options.num_clients, partition_spec));
+      Partition partition,
+      MakePartition(data.train_labels, model->num_classes(), options.num_clients, partition_spec));
   return split::CallTorch(split::TorchSource::kOwnState, "sim: libtorch error", [&] {
     sim_internal::Simulation sim(options, data, std::move(model), std::move(partition));
     return sim.Run();

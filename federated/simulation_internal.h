@@ -64,7 +64,10 @@ class Simulation {
   // `model` is the simulated network with its initial weights.
   Simulation(const SimOptions& options, const SimData& data,
              std::unique_ptr<split::TrainableNet> model, Partition partition)
-      : options_(options), data_(data), model_(std::move(model)), partition_(std::move(partition)) {}
+      : options_(options),
+        data_(data),
+        model_(std::move(model)),
+        partition_(std::move(partition)) {}
   ~Simulation() { StopPool(); }
 
   // Sets up, resumes from the checkpoint if any, runs the remaining rounds on the pool.

@@ -250,7 +250,9 @@ Weights GetWeights(split::TrainableNet& net) {
   return w;
 }
 
-Status SetWeights(split::TrainableNet& net, const Weights& w) { return CopyIn(ExchangedOf(net), w); }
+Status SetWeights(split::TrainableNet& net, const Weights& w) {
+  return CopyIn(ExchangedOf(net), w);
+}
 
 Status CopyIn(const ExchangedTensors& target, const Weights& w, bool check_values) {
   if (w.size() != target.tensors.size()) {

@@ -60,8 +60,8 @@ Result<LabeledImages> LoadSplitFor(const std::string& spec, DatasetSplit split,
                                    std::FILE* progress_out) {
   // OpenRows with no memory limit holds the rows in memory; Load hands them over.
   CLEAVE_ASSIGN_OR_RETURN(const ImageRows rows,
-                          OpenRows(spec, split, input, limit,
-                                   std::numeric_limits<int64_t>::max(), threads, progress_out));
+                          OpenRows(spec, split, input, limit, std::numeric_limits<int64_t>::max(),
+                                   threads, progress_out));
   return rows.Load();
 }
 

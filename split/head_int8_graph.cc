@@ -195,9 +195,9 @@ Status Int8GraphHead::SelectFastestEngine() {
                             return torch::rand(shape,
                                                at::detail::createCPUGenerator(kGraphTimingSeed));
                           }));
-  const std::map<std::string, double> best_ms = int8::TimeEngines(
-      [&](const std::string& engine) { return SelectEngine(engine).ok(); },
-      [&] { return Forward(probe).ok(); }, kGraphTimingRounds, kGraphTimingRuns);
+  const std::map<std::string, double> best_ms =
+      int8::TimeEngines([&](const std::string& engine) { return SelectEngine(engine).ok(); },
+                        [&] { return Forward(probe).ok(); }, kGraphTimingRounds, kGraphTimingRuns);
   const std::string best = int8::FastestEngine(best_ms);
   state_->engine_timings_ms = best_ms;
   if (best.empty()) return Status::Internal("int8 graph head: no engine could run the head");

@@ -22,10 +22,8 @@ Result<ImageRows> ImageRows::Streamed(std::shared_ptr<const ImageDataSource> sou
   const int64_t classes = static_cast<int64_t>(input.class_names.size());
   ImageRows rows;
   rows.source_rows_.resize(static_cast<size_t>(n));
-  CLEAVE_ASSIGN_OR_RETURN(
-      rows.labels_, CallTorch(TorchSource::kOwnState, "streamed rows: labels", [&] {
-        return torch::empty({n}, torch::kLong);
-      }));
+  CLEAVE_ASSIGN_OR_RETURN(rows.labels_, CallTorch(TorchSource::kOwnState, "streamed rows: labels",
+                                                  [&] { return torch::empty({n}, torch::kLong); }));
   int64_t* labels = rows.labels_.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {
     int32_t label = -1;
@@ -119,9 +117,8 @@ Result<LabeledImages> ImageRows::Load() const {
 Result<std::pair<ImageRows, ImageRows>> HoldOut(const ImageRows& all, int64_t held_out,
                                                 uint64_t seed) {
   CLEAVE_ASSIGN_OR_RETURN(auto rows, HoldOutRows(all.size(), held_out, seed));
-  return CallTorch(TorchSource::kOwnState, "held-out split", [&] {
-    return std::make_pair(all.Select(rows.first), all.Select(rows.second));
-  });
+  return CallTorch(TorchSource::kOwnState, "held-out split",
+                   [&] { return std::make_pair(all.Select(rows.first), all.Select(rows.second)); });
 }
 
 Result<ImageRows> OpenRows(const std::string& spec, DatasetSplit split, const InputSpec& input,

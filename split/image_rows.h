@@ -56,7 +56,7 @@ class ImageRows {
   Result<LabeledImages> Load() const;
 
  private:
-  LabeledImages data_;                              // in memory
+  LabeledImages data_;                             // in memory
   std::shared_ptr<const ImageDataSource> source_;  // streamed
   InputSpec input_;
   std::vector<int64_t> source_rows_;  // row i of this set is source row source_rows_[i]

@@ -285,8 +285,7 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
   DatasetOptions load;
   load.image_size = options.image_size;
   CLEAVE_ASSIGN_OR_RETURN(const DataSpec spec, ParseDataSpec(options.data));
-  Result<std::unique_ptr<ImageDataSource>> train_source =
-      OpenImageData(spec, DatasetSplit::kTrain);
+  Result<std::unique_ptr<ImageDataSource>> train_source = OpenImageData(spec, DatasetSplit::kTrain);
   if (!train_source.ok()) {
     return train_source.status().WithContext("dataset " + options.data + " (train)");
   }

@@ -217,9 +217,9 @@ Status Int8Head::SelectFastestEngine() {
                         at::make_generator<at::CPUGeneratorImpl>(/*seed=*/1234));
     return Status::Ok();
   }));
-  const std::map<std::string, double> best_ms = int8::TimeEngines(
-      [&](const std::string& engine) { return SelectEngine(engine).ok(); },
-      [&] { return Forward(probe).ok(); }, kTimingRounds, kTimingRuns);
+  const std::map<std::string, double> best_ms =
+      int8::TimeEngines([&](const std::string& engine) { return SelectEngine(engine).ok(); },
+                        [&] { return Forward(probe).ok(); }, kTimingRounds, kTimingRuns);
   const std::string best = int8::FastestEngine(best_ms);
   state_->engine_timings_ms = best_ms;
   if (best.empty()) return Status::Internal("int8 head: no engine could run the head");

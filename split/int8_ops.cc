@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <limits>
 #include <set>
-#include <cmath>
 
 #include "split/torch_status.h"
 

@@ -540,11 +540,10 @@ Result<std::vector<std::pair<std::string, torch::Tensor>>> TorchScriptModel::Nam
 }
 
 Result<torch::jit::Module> TorchScriptModel::CopyModule() const {
-  return CallTorch(TorchSource::kOwnState, state_->display + ": copying the model",
-                   [&] {
-                     torch::NoGradGuard no_grad;  // leaf copies, even of parameters with grad
-                     return state_->module.deepcopy();
-                   });
+  return CallTorch(TorchSource::kOwnState, state_->display + ": copying the model", [&] {
+    torch::NoGradGuard no_grad;  // leaf copies, even of parameters with grad
+    return state_->module.deepcopy();
+  });
 }
 
 const std::filesystem::path& TorchScriptModel::path() const { return state_->path; }

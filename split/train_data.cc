@@ -42,7 +42,7 @@ Result<LabeledImages> LoadLabeledImages(const ImageDataSource& source, const Inp
                                         const LoadImagesOptions& options) {
   CLEAVE_RETURN_IF_ERROR(input.Validate());
   const bool by_rows = !options.rows.empty();
-  const int64_t n = by_rows ? static_cast<int64_t>(options.rows.size())
+  const int64_t n = by_rows             ? static_cast<int64_t>(options.rows.size())
                     : options.limit > 0 ? std::min(options.limit, source.size())
                                         : source.size();
   if (n < 1) return Status::InvalidArgument("the dataset has no images");

@@ -36,7 +36,7 @@ struct LabeledImages {
 Result<LabeledImages> ToLabeledImages(const ImageDataset& dataset);
 
 struct LoadImagesOptions {
-  int64_t limit = 0;                  // read at most this many images (the first ones); 0 = all
+  int64_t limit = 0;  // read at most this many images (the first ones); 0 = all
   // When not empty: read exactly these source rows, in this order (`limit` is ignored). Error
   // messages name the source row.
   std::vector<int64_t> rows;

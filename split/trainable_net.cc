@@ -112,15 +112,13 @@ class VisionTrainable final : public TrainableNet {
   void SetMode(Mode mode) override { SetNnMode(*net_, mode); }
   torch::Tensor Forward(const torch::Tensor& images) override { return net_->forward(images); }
   Result<std::unique_ptr<TrainableNet>> Clone() const override {
-    return CallTorch(TorchSource::kOwnState, "copying the network",
-                     [&]() -> std::unique_ptr<TrainableNet> {
-                       auto copy = std::make_unique<VisionTrainable>(
-                           SplitVisionNet(net_->spec()), input_);
-                       CopyExchanged(const_cast<VisionTrainable*>(this)->Exchanged(),
-                                     copy->Exchanged());
-                       copy->net_->eval();
-                       return copy;
-                     });
+    return CallTorch(
+        TorchSource::kOwnState, "copying the network", [&]() -> std::unique_ptr<TrainableNet> {
+          auto copy = std::make_unique<VisionTrainable>(SplitVisionNet(net_->spec()), input_);
+          CopyExchanged(const_cast<VisionTrainable*>(this)->Exchanged(), copy->Exchanged());
+          copy->net_->eval();
+          return copy;
+        });
   }
 
  private:
@@ -164,16 +162,16 @@ class ImportedTrainable final : public TrainableNet {
   const InputSpec& input() const override { return model_.input; }
   Tensors Exchanged() override {
     NamedTensors parameters, buffers;
-    ForEachPart([&](const torch::jit::Module& m, const std::string& prefix) {
-      AppendJitParameters(m, prefix, parameters);
-    }, [&](torch::nn::Module& m, const std::string& prefix) {
-      AppendNnParameters(m, prefix, parameters);
-    });
-    ForEachPart([&](const torch::jit::Module& m, const std::string& prefix) {
-      AppendJitBuffers(m, prefix, buffers);
-    }, [&](torch::nn::Module& m, const std::string& prefix) {
-      AppendNnBuffers(m, prefix, buffers);
-    });
+    ForEachPart([&](const torch::jit::Module& m,
+                    const std::string& prefix) { AppendJitParameters(m, prefix, parameters); },
+                [&](torch::nn::Module& m, const std::string& prefix) {
+                  AppendNnParameters(m, prefix, parameters);
+                });
+    ForEachPart([&](const torch::jit::Module& m,
+                    const std::string& prefix) { AppendJitBuffers(m, prefix, buffers); },
+                [&](torch::nn::Module& m, const std::string& prefix) {
+                  AppendNnBuffers(m, prefix, buffers);
+                });
     return ToTensors(std::move(parameters), std::move(buffers));
   }
   void SetMode(Mode mode) override {
@@ -238,18 +236,16 @@ Result<std::unique_ptr<TrainableNet>> LoadTorchScriptTrainable(const std::filesy
   options.input_shape = {input.channels, input.height, input.width};
   CLEAVE_ASSIGN_OR_RETURN(TorchScriptModel model, TorchScriptModel::Load(path, options));
   const int64_t classes = static_cast<int64_t>(input.class_names.size());
-  CLEAVE_ASSIGN_OR_RETURN(torch::Tensor sample_out,
-                          model.Forward(torch::rand({2, input.channels, input.height, input.width},
-                                                    torch::kFloat)));
+  CLEAVE_ASSIGN_OR_RETURN(
+      torch::Tensor sample_out,
+      model.Forward(torch::rand({2, input.channels, input.height, input.width}, torch::kFloat)));
   if (sample_out.dim() != 2 || sample_out.size(0) != 2 || sample_out.size(1) != classes) {
     std::string shape;
     for (int64_t d : sample_out.sizes()) shape += (shape.empty() ? "" : ", ") + std::to_string(d);
-    return Status::InvalidArgument(path.string() + ": forward must map [N, " +
-                                   std::to_string(input.channels) + ", " +
-                                   std::to_string(input.height) + ", " +
-                                   std::to_string(input.width) + "] images to [N, " +
-                                   std::to_string(classes) + "] logits for this data; it gave [" +
-                                   shape + "] for N = 2");
+    return Status::InvalidArgument(
+        path.string() + ": forward must map [N, " + std::to_string(input.channels) + ", " +
+        std::to_string(input.height) + ", " + std::to_string(input.width) + "] images to [N, " +
+        std::to_string(classes) + "] logits for this data; it gave [" + shape + "] for N = 2");
   }
   CLEAVE_ASSIGN_OR_RETURN(torch::jit::Module module, model.CopyModule());
   return CallTorch(TorchSource::kOwnState, "preparing the TorchScript model for training",

@@ -72,8 +72,7 @@ Status WriteRgbFolder(const fs::path& dir, int64_t limit) {
       folder = (label < 10 ? "0" : "") + std::to_string(label) + "_" + folder;
       fs::create_directories(dir / name / folder);
       CLEAVE_ASSIGN_OR_RETURN(const std::string png, EncodePngPixels(image));
-      CLEAVE_RETURN_IF_ERROR(
-          WriteFileAtomic(dir / name / folder / FolderFileName(i), png));
+      CLEAVE_RETURN_IF_ERROR(WriteFileAtomic(dir / name / folder / FolderFileName(i), png));
     }
   }
   return WriteFileAtomic(dir / "done-v3", "");
@@ -118,8 +117,8 @@ Status WriteHeldOutRows(const split::ImportOptions& import, bool rgb, int64_t wr
 }
 
 // Runs the example script; returns the path of the model it wrote.
-Result<std::string> TrainExample(const BenchImportOptions& options, const fs::path& out,
-                                 bool rgb32, const fs::path& exclude_rows) {
+Result<std::string> TrainExample(const BenchImportOptions& options, const fs::path& out, bool rgb32,
+                                 const fs::path& exclude_rows) {
   if (!fs::exists(options.example_script)) {
     return Status::NotFound(options.example_script +
                             " not found: run from the source tree, or pass --example-script or "

@@ -14,8 +14,8 @@
 #include "common/jpeg_image.h"
 #include "common/png_image.h"
 #include "common/transport.h"
-#include "split/bundle.h"
 #include "edge/edge_client.h"
+#include "split/bundle.h"
 #include "testing/bin_dir.h"
 #include "testing/tiny_torchscript.h"
 #include "tools/daemon_launcher.h"
@@ -198,17 +198,40 @@ TEST_F(ImportServeTest, ImportedModelTrainsInFederatedRoundsWithRealProcesses) {
   ASSERT_EQ(Import({"--split-after", "relu2", "--out", (dir_ / "bundle").string()}), 0)
       << ImportLog();
   const std::string bundle = (dir_ / "bundle").string();
-  auto aggregator = LaunchDaemon(
-      kBin / "cleave-aggregator",
-      {"--aggregator.bundle", bundle, "--aggregator.listen", "tcp://127.0.0.1:0",
-       "--aggregator.rounds", "2", "--aggregator.wait_for_clients", "2",
-       "--aggregator.poll_interval_ms", "100", "--aggregator.summary_file",
-       (dir_ / "summary.json").string(), "--aggregator.publish_dir", (dir_ / "published").string(),
-       "--aggregator.eval_data", "folder:" + (dir_ / "data").string(), "--round.fraction", "1.0",
-       "--round.min_clients", "2", "--round.quorum", "2", "--round.deadline_seconds", "120",
-       "--round.trainable", "head_and_exits", "--fit.local_epochs", "1", "--fit.batch_size", "16",
-       "--fit.lr", "0.01"},
-      "aggregator.ready_file", dir_, "aggregator");
+  auto aggregator = LaunchDaemon(kBin / "cleave-aggregator",
+                                 {"--aggregator.bundle",
+                                  bundle,
+                                  "--aggregator.listen",
+                                  "tcp://127.0.0.1:0",
+                                  "--aggregator.rounds",
+                                  "2",
+                                  "--aggregator.wait_for_clients",
+                                  "2",
+                                  "--aggregator.poll_interval_ms",
+                                  "100",
+                                  "--aggregator.summary_file",
+                                  (dir_ / "summary.json").string(),
+                                  "--aggregator.publish_dir",
+                                  (dir_ / "published").string(),
+                                  "--aggregator.eval_data",
+                                  "folder:" + (dir_ / "data").string(),
+                                  "--round.fraction",
+                                  "1.0",
+                                  "--round.min_clients",
+                                  "2",
+                                  "--round.quorum",
+                                  "2",
+                                  "--round.deadline_seconds",
+                                  "120",
+                                  "--round.trainable",
+                                  "head_and_exits",
+                                  "--fit.local_epochs",
+                                  "1",
+                                  "--fit.batch_size",
+                                  "16",
+                                  "--fit.lr",
+                                  "0.01"},
+                                 "aggregator.ready_file", dir_, "aggregator");
   ASSERT_TRUE(aggregator.ok()) << aggregator.status().ToString();
   std::vector<LaunchedDaemon> edges;
   for (int i = 0; i < 2; ++i) {

@@ -85,7 +85,8 @@ def forward(self, x):
   return root;
 }
 
-// An imported split model (split/imported_model.h) built by hand from the tiny chain cut after relu2 (h: 4 x 8 x 8).
+// An imported split model (split/imported_model.h) built by hand from the tiny chain cut after
+// relu2 (h: 4 x 8 x 8).
 inline split::ImportedSplitModel TinyImportedModel() {
   torch::jit::Module whole = TinyChainModel(1);
   split::ImportedSplitModel m;

@@ -102,8 +102,8 @@ TEST_F(AnyModelTrainingTest, SimulationTrainsATorchScriptModel) {
   ASSERT_TRUE(start.ok()) << start.status().ToString();
   Result<Evaluation> before = EvaluateWeights(**start, GetWeights(**start), data.test);
   ASSERT_TRUE(before.ok());
-  EXPECT_GE(result->final_accuracy, 0.9) << "started at " << before->accuracy << " "
-                                         << result->ToJson().dump();
+  EXPECT_GE(result->final_accuracy, 0.9)
+      << "started at " << before->accuracy << " " << result->ToJson().dump();
   EXPECT_GT(result->final_accuracy, before->accuracy);
 
   // Same seeds, same final weights (workers train in parallel on their own clones).

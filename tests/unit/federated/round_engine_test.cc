@@ -290,7 +290,7 @@ TEST_F(RoundEngineTest, FailureReasonsAreCountedBoundedAndNamedWhenTheQuorumFail
   engine->ReportFailure(1, "c0", "out of memory");
   engine->ReportFailure(1, "c1", "out of memory");
   engine->ReportFailure(1, "c1", "counted once per client");  // already answered
-  engine->ReportFailure(1, "nobody", "not sampled");           // ignored
+  engine->ReportFailure(1, "nobody", "not sampled");          // ignored
   // A peer's text: cut to 200 characters of printable ASCII.
   engine->ReportFailure(1, "c2", "left: \xff\x01" + std::string(500, 'x'));
   EXPECT_EQ(engine->Submit(1, Update("c3", 10, 1, 1)), UpdateVerdict::kAccepted);

@@ -20,7 +20,8 @@ namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
 void RowsPutBigEndian(std::string& out, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<char>((v >> shift) & 0xff));
+  for (int shift = 24; shift >= 0; shift -= 8)
+    out.push_back(static_cast<char>((v >> shift) & 0xff));
 }
 
 // Raw (uncompressed) IDX files of `count` 6x6 images with labels i % 3.
@@ -59,9 +60,8 @@ class ImageRowsTest : public ::testing::Test {
           for (int p = 0; p < 75; ++p) {
             image.pixels.push_back(static_cast<uint8_t>((p * 13 + i * 29 + c * 101) % 256));
           }
-          ASSERT_TRUE(WriteFileAtomic(folder / (std::to_string(i) + ".png"),
-                                      *EncodePngPixels(image))
-                          .ok());
+          ASSERT_TRUE(
+              WriteFileAtomic(folder / (std::to_string(i) + ".png"), *EncodePngPixels(image)).ok());
         }
       }
     }

@@ -152,7 +152,8 @@ TEST_F(TrainableNetTest, ATorchScriptModelLoadsTrainsAndClonesIndependently) {
   // The clone kept the weights it was made with.
   const TrainableNet::Tensors cloned = (*clone)->Exchanged();
   const TrainableNet::Tensors trained = net.Exchanged();
-  EXPECT_TRUE(torch::equal(cloned.tensors[0], reference.attr("conv1").toModule().attr("weight").toTensor()));
+  EXPECT_TRUE(torch::equal(cloned.tensors[0],
+                           reference.attr("conv1").toModule().attr("weight").toTensor()));
   EXPECT_FALSE(torch::equal(cloned.tensors[0], trained.tensors[0]));
   // A clone of a net whose parameters require grad trains too (its tensors are leaves).
   Result<std::unique_ptr<TrainableNet>> second = net.Clone();
@@ -197,7 +198,8 @@ TEST_F(TrainableNetTest, RejectsWhatItCannotTrain) {
             StatusCode::kNotFound);
   // Not a TorchScript archive.
   ASSERT_TRUE(WriteFileAtomic(dir_ / "junk.pt", "not a zip archive").ok());
-  Result<std::unique_ptr<TrainableNet>> junk = LoadTorchScriptTrainable(dir_ / "junk.pt", TnInput());
+  Result<std::unique_ptr<TrainableNet>> junk =
+      LoadTorchScriptTrainable(dir_ / "junk.pt", TnInput());
   EXPECT_EQ(junk.status().code(), StatusCode::kInvalidArgument);
   // Logits for 2 classes, data with 3.
   const std::string path = Save(cleave::testing::TinyChainModel(1), "chain.pt");
