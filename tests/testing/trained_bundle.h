@@ -41,7 +41,7 @@ inline Result<split::TrainReport> TrainTinySplitBundle(const std::filesystem::pa
   options.int8_engine = "reference";
   options.threads = 1;
   options.progress_out = std::getenv("CLEAVE_TEST_VERBOSE") ? stderr : nullptr;
-  split::TrainData data{Synthetic(2304, 1), Synthetic(256, 2)};
+  split::TrainData data{Synthetic(2304, 1), Synthetic(256, 2), std::nullopt};
   return split::TrainVisionSplit(options, data, dir);
 }
 

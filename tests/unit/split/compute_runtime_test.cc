@@ -29,7 +29,9 @@ TEST(ComputeRuntimeTest, SetsTorchAndOpenBlasThreads) {
   // Values below one count as one.
   SetComputeThreads(0);
   EXPECT_EQ(torch::get_num_threads(), 1);
-  if (HaveOpenBlasThreadControl()) EXPECT_EQ(OpenBlasThreads(), 1);
+  if (HaveOpenBlasThreadControl()) {
+    EXPECT_EQ(OpenBlasThreads(), 1);
+  }
   SetComputeThreads(torch_before);
 }
 

@@ -194,7 +194,9 @@ TEST(TailPlanTest, ParsePrecisionNames) {
   EXPECT_STREQ(TailPrecisionName(TailPrecision::kFp32), "fp32");
   EXPECT_STREQ(TailPrecisionName(TailPrecision::kBf16), "bf16");
   // Native bf16 implies the AVX-512 base libtorch needs.
-  if (CpuHasNativeBf16()) EXPECT_TRUE(CpuCanRunBf16());
+  if (CpuHasNativeBf16()) {
+    EXPECT_TRUE(CpuCanRunBf16());
+  }
 }
 
 TEST(TailPlanTest, ParseTailPrecisionRejectsBf16WhereItCannotRun) {
