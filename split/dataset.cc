@@ -79,4 +79,12 @@ std::pair<std::vector<float>, std::vector<float>> NormalizationFor(const std::st
   return ChannelStats(train.images.narrow(0, 0, std::min<int64_t>(train.size(), 10000)));
 }
 
+Result<std::pair<std::vector<float>, std::vector<float>>> NormalizationForRows(
+    const std::string& spec, const ImageRows& train) {
+  if (IsDefaultFashionMnist(spec) || train.size() == 0) return NormalizationFor(spec, {});
+  LabeledImages first;
+  CLEAVE_ASSIGN_OR_RETURN(first.images, train.Slice(0, 10000));
+  return ChannelStats(first.images);
+}
+
 }  // namespace cleave::split

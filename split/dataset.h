@@ -19,6 +19,7 @@
 
 #include "common/image_data.h"
 #include "common/status.h"
+#include "split/image_rows.h"
 #include "split/input_spec.h"
 #include "split/train_data.h"
 
@@ -62,6 +63,9 @@ Result<LabeledImages> LoadSplitFor(const std::string& spec, DatasetSplit split,
 std::pair<std::vector<float>, std::vector<float>> NormalizationFor(const std::string& spec,
                                                                    const LabeledImages& train);
 
+// The same for rows that may be streamed (reads the first 10,000).
+Result<std::pair<std::vector<float>, std::vector<float>>> NormalizationForRows(
+    const std::string& spec, const ImageRows& train);
 // True when `spec` names the embedded default, Fashion-MNIST from the Debian package.
 bool IsDefaultFashionMnist(const std::string& spec);
 

@@ -47,7 +47,7 @@ torch::Tensor CeLoss(const torch::Tensor& logits, const torch::Tensor& labels,
 }
 
 // The shared mini-batch loop: shuffling, augmentation, schedule, progress, cancellation.
-Result<StageStats> RunStage(const StageConfig& config, const LabeledImages& train,
+Result<StageStats> RunStage(const StageConfig& config, const ImageRows& train,
                             torch::optim::Optimizer& optimizer, const StepFn& step) {
   const int64_t n = train.size();
   const int64_t batch = std::min<int64_t>(config.batch_size, n);
@@ -67,15 +67,17 @@ Result<StageStats> RunStage(const StageConfig& config, const LabeledImages& trai
   double loss_avg = 0;
   int64_t step_index = 0;
   for (int epoch = 0; epoch < config.epochs; ++epoch) {
-    const torch::Tensor order = torch::randperm(n, torch::kLong);
+    EpochBatches batches(train, torch::randperm(n, torch::kLong), batch);
     for (int64_t s = 0; s < steps_per_epoch; ++s, ++step_index) {
       if (config.cancelled && config.cancelled()) {
         return Status::FailedPrecondition("interrupted during " + config.label +
                                           "; nothing was written");
       }
       SetLearningRate(optimizer, WarmupCosineLr(config.lr, step_index, total_steps));
-      const torch::Tensor index = order.narrow(0, s * batch, batch);
-      Batch b{train.images.index_select(0, index), train.labels.index_select(0, index), index};
+      Result<torch::Tensor> images = batches.Next();
+      if (!images.ok()) return images.status().WithContext(config.label + ": reading a batch");
+      const torch::Tensor index = batches.Index(s);
+      Batch b{*images, train.labels().index_select(0, index), index};
       if (config.augment) b.images = Augment(b.images, config.augment_options);
       const torch::Tensor loss = step(b);
       optimizer.zero_grad();
@@ -196,7 +198,7 @@ Result<VisionModelSpec> TeacherFor(const VisionModelSpec& student) {
   return teacher;
 }
 
-Result<StageStats> TrainTeacher(SplitVisionNetImpl& teacher, const LabeledImages& train,
+Result<StageStats> TrainTeacher(SplitVisionNetImpl& teacher, const ImageRows& train,
                                 const StageConfig& config) {
   teacher.train();
   torch::optim::SGD optimizer(
@@ -231,7 +233,7 @@ Status InitStudentFromTeacher(SplitVisionNetImpl& student, SplitVisionNetImpl& t
 }
 
 Result<StageStats> DistillBottleneck(SplitVisionNetImpl& student, SplitVisionNetImpl& teacher,
-                                     const LabeledImages& train, const StageConfig& config) {
+                                     const ImageRows& train, const StageConfig& config) {
   CLEAVE_ASSIGN_OR_RETURN(const auto pair, BottleneckBlocks(student.spec()));
   const int encoder = pair.first, decoder = pair.second;
   teacher.eval();
@@ -253,7 +255,7 @@ Result<StageStats> DistillBottleneck(SplitVisionNetImpl& student, SplitVisionNet
 }
 
 Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetImpl& teacher,
-                                    const LabeledImages& train, const StageConfig& config,
+                                    const ImageRows& train, const StageConfig& config,
                                     WireRangeTracker& wire) {
   const int split_end = student.spec().split_after + 1;
   if (split_end <= 0) return Status::InvalidArgument("student spec has no split point");
@@ -263,8 +265,9 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
   // once (one inference pass) instead of once per epoch.
   torch::Tensor cached_teacher;
   if (!config.augment && config.epochs > 1) {
-    cached_teacher =
-        Batched(train.images, 500, [&](const torch::Tensor& x) { return teacher.forward(x); });
+    CLEAVE_ASSIGN_OR_RETURN(cached_teacher, BatchedRows(train, 500, [&](const torch::Tensor& x) {
+                              return teacher.forward(x);
+                            }));
   }
   student.train();
   for (int e = 0; e < student.num_exits(); ++e) student.exit(e)->eval();
@@ -291,7 +294,7 @@ Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetI
   return SinceStart(std::move(stats), start);
 }
 
-Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& train,
+Result<StageStats> TrainExits(SplitVisionNetImpl& student, const ImageRows& train,
                               const StageConfig& config) {
   const VisionModelSpec& spec = student.spec();
   if (spec.exits.empty()) return Status::InvalidArgument("the model has no exits to train");
@@ -302,8 +305,9 @@ Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& 
   // The frozen backbone's answers are fixed when the images are: compute them once.
   torch::Tensor cached_final;
   if (!config.augment && config.epochs > 1) {
-    cached_final =
-        Batched(train.images, 500, [&](const torch::Tensor& x) { return student.forward(x); });
+    CLEAVE_ASSIGN_OR_RETURN(cached_final, BatchedRows(train, 500, [&](const torch::Tensor& x) {
+                              return student.forward(x);
+                            }));
   }
   std::vector<torch::Tensor> params;
   for (int e = 0; e < student.num_exits(); ++e) {

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/status.h"
+#include "split/image_rows.h"
 #include "split/train_data.h"
 #include "split/vision_model.h"
 #include "split/wire_quant.h"
@@ -54,7 +55,7 @@ struct StageStats {
 void SetMemoryFormat(torch::nn::Module& module, c10::MemoryFormat format);
 
 // Teacher: cross-entropy with label smoothing 0.1, SGD + Nesterov momentum.
-Result<StageStats> TrainTeacher(SplitVisionNetImpl& teacher, const LabeledImages& train,
+Result<StageStats> TrainTeacher(SplitVisionNetImpl& teacher, const ImageRows& train,
                                 const StageConfig& config);
 
 // Copies teacher blocks into the student: blocks [0, student encoder) one to one, and the
@@ -76,16 +77,16 @@ Result<VisionModelSpec> TeacherFor(const VisionModelSpec& student);
 
 // Stage 1: encoder+decoder (AdamW) reproduce teacher block `encoder` output; head frozen.
 Result<StageStats> DistillBottleneck(SplitVisionNetImpl& student, SplitVisionNetImpl& teacher,
-                                     const LabeledImages& train, const StageConfig& config);
+                                     const ImageRows& train, const StageConfig& config);
 
 // Stage 2: end-to-end fine-tuning, loss = 0.5 CE + 0.5 T^2 KL(teacher || student) with T = 4,
 // encoder output fake-quantized with ranges from `wire` (updated every batch).
 Result<StageStats> FinetuneWithWire(SplitVisionNetImpl& student, SplitVisionNetImpl& teacher,
-                                    const LabeledImages& train, const StageConfig& config,
+                                    const ImageRows& train, const StageConfig& config,
                                     WireRangeTracker& wire);
 
 // Stage 3: exits (AdamW) with the backbone frozen; loss = 0.5 CE + 0.5 T^2 KL(final || exit).
-Result<StageStats> TrainExits(SplitVisionNetImpl& student, const LabeledImages& train,
+Result<StageStats> TrainExits(SplitVisionNetImpl& student, const ImageRows& train,
                               const StageConfig& config);
 
 }  // namespace cleave::split

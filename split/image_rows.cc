@@ -106,6 +106,48 @@ ImageRows ImageRows::Select(const torch::Tensor& index) const {
   return out;
 }
 
+ImageRows ImageRows::Head(int64_t n) const {
+  if (n >= size()) return *this;
+  return Select(torch::arange(std::max<int64_t>(0, n), torch::kLong));
+}
+
+EpochBatches::EpochBatches(const ImageRows& rows, torch::Tensor order, int64_t batch)
+    : rows_(rows), order_(std::move(order)), batch_(std::max<int64_t>(1, batch)) {
+  steps_ = order_.size(0) / batch_;
+  if (steps_ > 0) pending_ = Fetch(0);
+}
+
+EpochBatches::~EpochBatches() {
+  if (pending_.valid()) pending_.wait();
+}
+
+std::future<Result<torch::Tensor>> EpochBatches::Fetch(int64_t s) const {
+  const torch::Tensor index = Index(s);
+  return std::async(rows_.streamed() ? std::launch::async : std::launch::deferred,
+                    [this, index] { return rows_.Images(index); });
+}
+
+Result<torch::Tensor> EpochBatches::Next() {
+  if (next_step_ >= steps_ || !pending_.valid()) {
+    return Status::FailedPrecondition("no more batches in this epoch");
+  }
+  Result<torch::Tensor> images = pending_.get();
+  if (++next_step_ < steps_) pending_ = Fetch(next_step_);
+  return images;
+}
+
+Result<torch::Tensor> BatchedRows(const ImageRows& rows, int64_t batch,
+                                  const std::function<torch::Tensor(const torch::Tensor&)>& fn) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> parts;
+  for (int64_t begin = 0; begin < rows.size(); begin += batch) {
+    CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor x, rows.Slice(begin, batch));
+    parts.push_back(fn(x));
+  }
+  if (parts.empty()) return Status::InvalidArgument("no rows to run");
+  return torch::cat(parts, 0);
+}
+
 Result<LabeledImages> ImageRows::Load() const {
   if (!streamed()) return data_;
   LabeledImages out;

@@ -14,6 +14,8 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <utility>
@@ -31,6 +33,9 @@ namespace cleave::split {
 class ImageRows {
  public:
   ImageRows() = default;
+  // In memory. Implicit on purpose: every function that trains or evaluates on rows takes
+  // `const ImageRows&`, and a caller with tensors in hand passes its LabeledImages as they are.
+  ImageRows(LabeledImages data) : ImageRows(InMemory(std::move(data))) {}  // NOLINT
   // `data` as it is (images float [N, C, H, W], labels int64 [N]).
   static ImageRows InMemory(LabeledImages data);
   // The first `limit` rows of `source` (0 = all) converted to `input`, read on demand with up
@@ -52,6 +57,8 @@ class ImageRows {
   Result<torch::Tensor> Slice(int64_t begin, int64_t count) const;
   // Rows `index` as a set of the same kind (a streamed set stays streamed).
   ImageRows Select(const torch::Tensor& index) const;
+  // The first `n` rows (all when n >= size()).
+  ImageRows Head(int64_t n) const;
   // Every row in memory.
   Result<LabeledImages> Load() const;
 
@@ -63,6 +70,36 @@ class ImageRows {
   int threads_ = 2;
   torch::Tensor labels_;
 };
+
+// One epoch's mini-batches of `rows` in `order` (int64 [N], a permutation of the rows),
+// `batch` rows each (the ragged last batch is dropped), read one ahead: for a streamed set
+// the next batch is read on another thread while the caller trains on this one.
+class EpochBatches {
+ public:
+  EpochBatches(const ImageRows& rows, torch::Tensor order, int64_t batch);
+  ~EpochBatches();  // waits for a read in flight
+  EpochBatches(const EpochBatches&) = delete;
+  EpochBatches& operator=(const EpochBatches&) = delete;
+
+  int64_t steps() const { return steps_; }
+  // Row numbers of step `s`.
+  torch::Tensor Index(int64_t s) const { return order_.narrow(0, s * batch_, batch_); }
+  // Images of the next step (0, 1, ...; at most steps() calls).
+  Result<torch::Tensor> Next();
+
+ private:
+  std::future<Result<torch::Tensor>> Fetch(int64_t s) const;
+
+  const ImageRows& rows_;
+  torch::Tensor order_;
+  int64_t batch_ = 1, steps_ = 0, next_step_ = 0;
+  std::future<Result<torch::Tensor>> pending_;
+};
+
+// Runs `fn` over the rows' images in batches of `batch` (no grad) and concatenates the
+// results along dim 0, as Batched does for a tensor; reading errors are returned.
+Result<torch::Tensor> BatchedRows(const ImageRows& rows, int64_t batch,
+                                  const std::function<torch::Tensor(const torch::Tensor&)>& fn);
 
 // Splits `all` into (train, held_out) exactly as HoldOut(LabeledImages) does with the same
 // seed (the same rows on each side, in the same order).

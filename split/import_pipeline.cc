@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <future>
 
 #include "common/progress.h"
 #include "split/compute_runtime.h"
@@ -68,21 +67,12 @@ Result<StageStats> RunImportStage(const std::string& label, int epochs, const Im
   double smoothed = 0;
   int64_t done = 0;
   for (int epoch = 0; epoch < epochs; ++epoch) {
-    const torch::Tensor order = torch::randperm(n, torch::kLong);
-    // A streamed set reads the next batch on another thread while this one trains.
-    std::future<Result<torch::Tensor>> next;
-    const auto fetch = [&](int64_t s) {
-      const torch::Tensor index = order.narrow(0, s * batch, batch);
-      return std::async(train.streamed() ? std::launch::async : std::launch::deferred,
-                        [&train, index] { return train.Images(index); });
-    };
-    if (steps_per_epoch > 0) next = fetch(0);
+    EpochBatches batches(train, torch::randperm(n, torch::kLong), batch);
     for (int64_t s = 0; s < steps_per_epoch; ++s) {
       CLEAVE_RETURN_IF_ERROR(ImportInterrupted(options));
-      Result<torch::Tensor> images = next.get();
-      if (s + 1 < steps_per_epoch) next = fetch(s + 1);
+      Result<torch::Tensor> images = batches.Next();
       if (!images.ok()) return images.status().WithContext(label + ": reading a batch");
-      const torch::Tensor index = order.narrow(0, s * batch, batch);
+      const torch::Tensor index = batches.Index(s);
       SetLearningRate(optimizer, WarmupCosineLr(peak_lr, done, total));
       optimizer.zero_grad();
       torch::Tensor loss = step(*images, train.labels().index_select(0, index));

@@ -30,7 +30,7 @@ std::pair<double, double> ExitAccuracy(const std::vector<torch::Tensor>& exits,
 
 }  // namespace
 
-Result<PathLogits> RunPaths(VisionSplitModel& model, const torch::Tensor& images, int64_t batch) {
+Result<PathLogits> RunPaths(VisionSplitModel& model, const ImageRows& rows, int64_t batch) {
   torch::NoGradGuard no_grad;
   SplitVisionNetImpl& net = *model.net;
   net.eval();
@@ -40,8 +40,8 @@ Result<PathLogits> RunPaths(VisionSplitModel& model, const torch::Tensor& images
   std::vector<std::vector<torch::Tensor>> exits_fp32(model.spec.exits.size()),
       exits_deployed(model.spec.exits.size());
   CLEAVE_RETURN_IF_ERROR(CallTorch(TorchSource::kOwnState, "evaluating the split model", [&] {
-    for (int64_t i = 0; i < images.size(0); i += batch) {
-      const torch::Tensor x = images.narrow(0, i, std::min(batch, images.size(0) - i));
+    for (int64_t i = 0; i < rows.size(); i += batch) {
+      CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor x, rows.Slice(i, batch));
       SplitVisionNetImpl::Outputs head = net.ForwardWithExits(x, end);
       local.push_back(net.ForwardRange(head.features, end, net.num_blocks()));
       CLEAVE_ASSIGN_OR_RETURN(torch::Tensor wired,
@@ -94,9 +94,8 @@ json EvaluatePaths(const PathLogits& logits, const torch::Tensor& labels,
 
 namespace {
 
-Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
-                    const LabeledImages& held_out, const LabeledImages& test,
-                    const FinalizeOptions& options) {
+Status FinalizeImpl(VisionSplitModel& model, const ImageRows& train, const ImageRows& held_out,
+                    const ImageRows& test, const FinalizeOptions& options) {
   if (!model.net) return Status::InvalidArgument("finalize: model has no network");
   if (train.size() == 0 || held_out.size() == 0) {
     return Status::InvalidArgument("finalize: training and held-out images are required");
@@ -113,8 +112,7 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
   if (!quantized_wire) {
     model.wire_quant = {};
   } else if (options.refit_wire || model.wire_quant.scale.empty()) {
-    const torch::Tensor images =
-        train.images.narrow(0, 0, std::min<int64_t>(options.wire_fit_images, train.size()));
+    CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor images, train.Slice(0, options.wire_fit_images));
     const torch::Tensor features = Batched(images, 500, [&](const torch::Tensor& x) {
       return net.ForwardRange(net.Preprocess(x), 0, end);
     });
@@ -129,8 +127,8 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
   model.int8_info = nullptr;
   if (options.int8) {
     start = std::chrono::steady_clock::now();
-    const torch::Tensor calib =
-        train.images.narrow(0, 0, std::min<int64_t>(options.int8_calibration_images, train.size()));
+    CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor calib,
+                            train.Slice(0, options.int8_calibration_images));
     auto head = Int8Head::Quantize(net, end, calib);
     if (!head.ok()) return head.status().WithContext("int8 quantization of the head");
     model.int8_head = std::make_shared<Int8Head>(std::move(head).value());
@@ -150,15 +148,15 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
   }
 
   // Exit calibration on the held-out set through the deployed path.
-  CLEAVE_ASSIGN_OR_RETURN(const PathLogits held, RunPaths(model, held_out.images));
+  CLEAVE_ASSIGN_OR_RETURN(const PathLogits held, RunPaths(model, held_out));
   std::vector<torch::Tensor> scores, correct;
   for (const auto& logits : held.exits_deployed) {
     scores.push_back(ExitScores(options.criterion, logits));
-    correct.push_back(logits.argmax(1).eq(held_out.labels));
+    correct.push_back(logits.argmax(1).eq(held_out.labels()));
   }
   std::optional<double> reference;
-  if (options.drop_vs_fp32) reference = Accuracy(held.local_fp32, held_out.labels);
-  const torch::Tensor full_correct = held.deployed.argmax(1).eq(held_out.labels);
+  if (options.drop_vs_fp32) reference = Accuracy(held.local_fp32, held_out.labels());
+  const torch::Tensor full_correct = held.deployed.argmax(1).eq(held_out.labels());
   auto calibration =
       Calibrate(scores, correct, full_correct, options.criterion, options.target, reference);
   std::string drop_reference = options.drop_vs_fp32 ? "local_fp32" : "split_no_exit";
@@ -186,10 +184,10 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
               "% answered at the edge (held-out)");
 
   if (!model.evaluation.is_object()) model.evaluation = json::object();
-  model.evaluation["held_out"] = EvaluatePaths(held, held_out.labels, model.exit_policy);
+  model.evaluation["held_out"] = EvaluatePaths(held, held_out.labels(), model.exit_policy);
   if (test.size() > 0) {
-    CLEAVE_ASSIGN_OR_RETURN(const PathLogits t, RunPaths(model, test.images));
-    model.evaluation["test"] = EvaluatePaths(t, test.labels, model.exit_policy);
+    CLEAVE_ASSIGN_OR_RETURN(const PathLogits t, RunPaths(model, test));
+    model.evaluation["test"] = EvaluatePaths(t, test.labels(), model.exit_policy);
   } else {
     model.evaluation.erase("test");  // figures of an older quantization would mislead
   }
@@ -198,8 +196,8 @@ Status FinalizeImpl(VisionSplitModel& model, const LabeledImages& train,
 
 }  // namespace
 
-Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
-                          const LabeledImages& held_out, const LabeledImages& test,
+Status FinalizeSplitModel(VisionSplitModel& model, const ImageRows& train,
+                          const ImageRows& held_out, const ImageRows& test,
                           const FinalizeOptions& options) {
   return CallTorch(TorchSource::kOwnState, "post-training failed inside libtorch",
                    [&] { return FinalizeImpl(model, train, held_out, test, options); });

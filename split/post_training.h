@@ -18,6 +18,7 @@
 
 #include "common/status.h"
 #include "split/exit_policy.h"
+#include "split/image_rows.h"
 #include "split/train_data.h"
 #include "split/vision_bundle.h"
 
@@ -32,10 +33,10 @@ struct PathLogits {
   std::vector<torch::Tensor> exits_fp32;      // exit logits from the fp32 head
 };
 
-// Runs `images` through every path of `model` (which must have all fp32 parts, and the
-// int8 head when `model.int8_head` is set). Errors from the codec or Int8Head::Forward.
-Result<PathLogits> RunPaths(VisionSplitModel& model, const torch::Tensor& images,
-                            int64_t batch = 500);
+// Runs the images of `rows` through every path of `model` (which must have all fp32 parts,
+// and the int8 head when `model.int8_head` is set), `batch` rows at a time. Errors from
+// reading the rows, the codec or Int8Head::Forward.
+Result<PathLogits> RunPaths(VisionSplitModel& model, const ImageRows& rows, int64_t batch = 500);
 
 // Accuracies of `logits` against `labels` under `policy`:
 // {"local_fp32", "split_no_exit", "split_no_exit_fp32_head", "exit_accuracy": [...],
@@ -63,8 +64,8 @@ struct FinalizeOptions {
 // calibration, and model.evaluation["held_out"] / ["test"] (other keys of evaluation are
 // kept). `train` supplies int8/wire calibration images, `held_out` the exit calibration
 // set, `test` the final report (may be empty: then any older "test" entry is removed).
-Status FinalizeSplitModel(VisionSplitModel& model, const LabeledImages& train,
-                          const LabeledImages& held_out, const LabeledImages& test,
+Status FinalizeSplitModel(VisionSplitModel& model, const ImageRows& train,
+                          const ImageRows& held_out, const ImageRows& test,
                           const FinalizeOptions& options);
 
 }  // namespace cleave::split

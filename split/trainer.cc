@@ -22,11 +22,13 @@ constexpr double kExitAdamLr = 3e-3;
 // of the fp32 split model, 0.1 -> 92.15%, 0.2 -> 91.95%.
 constexpr double kFinetuneLrScale = 1.0;
 
-double TestAccuracy(SplitVisionNetImpl& net, const LabeledImages& set) {
+Result<double> TestAccuracy(SplitVisionNetImpl& net, const ImageRows& set) {
   if (set.size() == 0) return 0.0;
   net.eval();
-  return Accuracy(Batched(set.images, 500, [&](const torch::Tensor& x) { return net.forward(x); }),
-                  set.labels);
+  CLEAVE_ASSIGN_OR_RETURN(
+      const torch::Tensor logits,
+      BatchedRows(set, 500, [&](const torch::Tensor& x) { return net.forward(x); }));
+  return Accuracy(logits, set.labels());
 }
 
 }  // namespace
@@ -54,6 +56,7 @@ TrainOptions TrainOptions::Quick() {
 Status TrainOptions::Validate() const {
   const auto bad = [](const std::string& m) { return Status::InvalidArgument(m); };
   if (epochs_teacher < 1) return bad("--epochs-teacher must be >= 1 (the student copies it)");
+  if (memory_mb < 0) return bad("--memory-mb must be >= 0");
   if (epochs_distill < 0 || epochs_finetune < 0 || epochs_exit < 0) {
     return bad("epochs must be >= 0");
   }
@@ -101,6 +104,7 @@ json TrainOptions::ToJson() const {
           {"held_out", held_out},
           {"train_limit", train_limit},
           {"test_limit", test_limit},
+          {"memory_mb", memory_mb},
           {"int8_calibration_images", int8_calibration_images},
           {"int8", int8},
           {"int8_engine", int8_engine},
@@ -134,11 +138,25 @@ Result<TrainData> LoadTrainData(const TrainOptions& options) {
   load.image_size = options.image_size;
   load.threads = options.threads;
   load.progress_out = options.progress_out;
-  CLEAVE_ASSIGN_OR_RETURN(LoadedDataset loaded, LoadDataset(options.data, load));
+  CLEAVE_ASSIGN_OR_RETURN(const DataSpec spec, ParseDataSpec(options.data));
+  Result<std::unique_ptr<ImageDataSource>> train_source = OpenImageData(spec, DatasetSplit::kTrain);
+  if (!train_source.ok()) {
+    return train_source.status().WithContext("dataset " + options.data + " (train)");
+  }
   TrainData data;
-  data.train = std::move(loaded.train);
-  data.test = std::move(loaded.test);
-  data.input = std::move(loaded.input);
+  CLEAVE_ASSIGN_OR_RETURN(data.input, InputSpecForData(options.data, **train_source, load));
+  const int64_t budget = options.memory_mb * (int64_t{1} << 20);
+  CLEAVE_ASSIGN_OR_RETURN(
+      data.train, OpenRows(options.data, DatasetSplit::kTrain, *data.input, options.train_limit,
+                           budget, options.threads, options.progress_out));
+  CLEAVE_ASSIGN_OR_RETURN(
+      data.test, OpenRows(options.data, DatasetSplit::kTest, *data.input, options.test_limit,
+                          budget, options.threads, options.progress_out));
+  if (data.train.streamed() || data.test.streamed()) {
+    LogLine(options.progress_out, "data: larger than memory_mb " +
+                                      std::to_string(options.memory_mb) +
+                                      ": images are read from the dataset a batch at a time");
+  }
   return data;
 }
 
@@ -153,8 +171,8 @@ struct TrainedNets {
 
 // Teacher, then BottleFit stages 1 and 2, then the exits; appends each stage's stats.
 Result<TrainedNets> RunStages(const TrainOptions& options, const VisionModelSpec& teacher_spec,
-                              const VisionModelSpec& student_spec, const LabeledImages& train,
-                              const LabeledImages& held_out, const LabeledImages& test,
+                              const VisionModelSpec& student_spec, const ImageRows& train,
+                              const ImageRows& held_out, const ImageRows& test,
                               std::vector<StageStats>& stages) {
   StageConfig base;
   base.batch_size = options.batch_size;
@@ -174,8 +192,8 @@ Result<TrainedNets> RunStages(const TrainOptions& options, const VisionModelSpec
   config.epochs = options.epochs_teacher;
   config.lr = options.lr;
   CLEAVE_RETURN_IF_ERROR(run(TrainTeacher(*teacher, train, config)));
-  out.teacher_test = TestAccuracy(*teacher, test);
-  out.teacher_held_out = TestAccuracy(*teacher, held_out);
+  CLEAVE_ASSIGN_OR_RETURN(out.teacher_test, TestAccuracy(*teacher, test));
+  CLEAVE_ASSIGN_OR_RETURN(out.teacher_held_out, TestAccuracy(*teacher, held_out));
   LogLine(options.progress_out, "teacher: test accuracy " + std::to_string(out.teacher_test));
 
   out.student = SplitVisionNet(student_spec);
@@ -227,13 +245,13 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
   torch::manual_seed(options.seed);
 
   // Data: fixed-seed held-out split of the training set; the test set only for the report.
-  LabeledImages all = data.train;
+  ImageRows all = data.train;
   if (options.train_limit > 0) all = all.Head(options.train_limit);
   auto split = HoldOut(all, options.held_out, options.seed);
   if (!split.ok()) return split.status().WithContext("held-out split");
-  const LabeledImages& train = split->first;
-  const LabeledImages& held_out = split->second;
-  LabeledImages test = data.test;
+  const ImageRows& train = split->first;
+  const ImageRows& held_out = split->second;
+  ImageRows test = data.test;
   if (options.test_limit > 0) test = test.Head(options.test_limit);
   LogLine(options.progress_out, "data: " + std::to_string(train.size()) + " training, " +
                                     std::to_string(held_out.size()) + " held-out, " +
@@ -251,7 +269,8 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
                                      std::to_string(input.width) + "x" +
                                      std::to_string(input.height));
     }
-    auto [mean, std] = NormalizationFor(input.data, data.train);
+    CLEAVE_ASSIGN_OR_RETURN(const auto normalization, NormalizationForRows(input.data, data.train));
+    const auto& [mean, std] = normalization;
     CLEAVE_ASSIGN_OR_RETURN(
         student_spec, student_spec.ForInput(input.channels, input.height,
                                             static_cast<int>(input.class_names.size()), mean, std));

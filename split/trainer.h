@@ -24,6 +24,7 @@
 #include "common/tensor_codec.h"
 #include "split/distill.h"
 #include "split/exit_policy.h"
+#include "split/image_rows.h"
 #include "split/input_spec.h"
 #include "split/train_data.h"
 
@@ -65,6 +66,9 @@ struct TrainOptions {
   int64_t held_out = 5000;
   int64_t train_limit = 0;  // use at most this many training rows (0 = all)
   int64_t test_limit = 0;   // evaluate on at most this many test rows (0 = all)
+  // Splits whose converted images (float32) take more than this are read from the dataset
+  // a batch at a time instead of held in memory (LoadTrainData).
+  int64_t memory_mb = 4096;
   int64_t int8_calibration_images = 1536;
   bool int8 = true;
   std::string int8_engine = "auto";
@@ -99,12 +103,13 @@ struct TrainReport {
 // training and held-out rows by options.held_out/seed; `test` may be empty. `input` is what
 // the bundle declares (absent: InputSpec::Legacy of the student spec).
 struct TrainData {
-  LabeledImages train;
-  LabeledImages test;
+  ImageRows train;  // in memory or streamed (split/image_rows.h)
+  ImageRows test;
   std::optional<InputSpec> input;
 };
 
-// Loads options.data (split/dataset.h), the first train_limit/test_limit rows.
+// Loads options.data (split/dataset.h), the first train_limit/test_limit rows; a split whose
+// converted images exceed options.memory_mb is streamed a batch at a time.
 Result<TrainData> LoadTrainData(const TrainOptions& options);
 
 // Runs the whole pipeline and writes the bundle to `out_dir`.

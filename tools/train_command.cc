@@ -11,6 +11,7 @@
 #include "common/shutdown.h"
 #include "split/compute_runtime.h"
 #include "split/dataset.h"
+#include "split/image_rows.h"
 #include "split/model_spec_file.h"
 #include "split/post_training.h"
 #include "split/trainer.h"
@@ -205,15 +206,16 @@ void RunSplit(SplitArgs& args) {
   options.held_out = training.value("held_out", int64_t{5000});
   options.train_limit = training.value("train_limit", int64_t{0});
   options.test_limit = training.value("test_limit", int64_t{0});
-  TrainData data;
-  data.train = OrFail(cmd, split::LoadSplitFor(data_spec, DatasetSplit::kTrain, model.input,
-                                               options.train_limit, args.threads, finalize.log));
-  data.test = OrFail(cmd, split::LoadSplitFor(data_spec, DatasetSplit::kTest, model.input,
-                                              options.test_limit, args.threads, finalize.log));
-  LabeledImages all = options.train_limit > 0 ? data.train.Head(options.train_limit) : data.train;
-  auto split = OrFail(cmd, HoldOut(all, options.held_out, options.seed));
-  const LabeledImages test =
-      options.test_limit > 0 ? data.test.Head(options.test_limit) : data.test;
+  // Only the held-out rows and a few thousand training rows are read in full: a large
+  // dataset is streamed (split/image_rows.h).
+  const int64_t budget = options.memory_mb * (int64_t{1} << 20);
+  const split::ImageRows all =
+      OrFail(cmd, split::OpenRows(data_spec, DatasetSplit::kTrain, model.input, options.train_limit,
+                                  budget, args.threads, finalize.log));
+  const split::ImageRows test =
+      OrFail(cmd, split::OpenRows(data_spec, DatasetSplit::kTest, model.input, options.test_limit,
+                                  budget, args.threads, finalize.log));
+  auto split = OrFail(cmd, split::HoldOut(all, options.held_out, options.seed));
 
   const Status finalized = FinalizeSplitModel(model, split.first, split.second, test, finalize);
   if (!finalized.ok()) Fail(cmd, finalized);
@@ -270,6 +272,11 @@ void RegisterTrainCommands(CLI::App& app) {
   train->add_option("--seed", o.seed, "seed of the held-out split and of training")
       ->capture_default_str();
   train->add_option("--threads", o.threads, "libtorch intra-op threads")->capture_default_str();
+  train
+      ->add_option("--memory-mb", o.memory_mb,
+                   "datasets whose converted images (float32) take more than this are read a "
+                   "batch at a time instead of held in memory (0: always)")
+      ->capture_default_str();
   train
       ->add_option("--bottleneck-channels", o.bottleneck_channels,
                    "channels of the 7x7 bottleneck sent over the wire")

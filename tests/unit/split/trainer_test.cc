@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/file_util.h"
 #include "split/post_training.h"
 #include "split/split_runtime.h"
 #include "split/vision_bundle.h"
@@ -259,6 +260,65 @@ TEST(TrainerCancelTest, CancelledRunWritesNothing) {
   EXPECT_EQ(report.status().code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(report.status().message().find("interrupted"), std::string::npos);
   EXPECT_FALSE(fs::exists(out));
+}
+
+// An IDX dataset of `count` 28x28 images, label i % 10, brightness in proportion to it.
+void WriteTrainerIdx(const fs::path& dir, const std::string& prefix, int count) {
+  std::string images, labels;
+  const auto put = [](std::string& out, uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+      out.push_back(static_cast<char>((v >> shift) & 0xff));
+  };
+  put(images, 0x00000803);
+  put(images, static_cast<uint32_t>(count));
+  put(images, 28);
+  put(images, 28);
+  put(labels, 0x00000801);
+  put(labels, static_cast<uint32_t>(count));
+  for (int i = 0; i < count; ++i) {
+    const int label = i % 10;
+    labels.push_back(static_cast<char>(label));
+    for (int p = 0; p < 28 * 28; ++p) {
+      images.push_back(static_cast<char>(label * 20 + (p * 7 + i * 3) % 40));
+    }
+  }
+  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-images-idx3-ubyte"), images).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-labels-idx1-ubyte"), labels).ok());
+}
+
+// `cleave train` on a dataset read a batch at a time (memory_mb 0) trains exactly what it
+// trains on the same dataset held in memory.
+TEST(TrainerStreamTest, StreamedDataTrainsExactlyAsInMemoryData) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("cleave_trainer_stream_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir / "data");
+  WriteTrainerIdx(dir / "data", "train", 640);
+  WriteTrainerIdx(dir / "data", "t10k", 100);
+  TrainOptions options = TrainOptions::Quick();
+  options.student_spec = VisionModelSpec::TinySplit();
+  options.data = "idx:" + (dir / "data").string();
+  options.held_out = 128;
+  options.train_limit = 0;
+  options.test_limit = 0;
+  options.batch_size = 64;
+  options.int8_engine = "reference";
+  options.progress_out = nullptr;
+  options.threads = 1;
+  std::vector<nlohmann::json> evaluations;
+  for (int64_t memory_mb : {int64_t{4096}, int64_t{0}}) {
+    options.memory_mb = memory_mb;
+    Result<TrainData> data = LoadTrainData(options);
+    ASSERT_TRUE(data.ok()) << data.status().ToString();
+    EXPECT_EQ(data->train.streamed(), memory_mb == 0);
+    auto report = TrainVisionSplit(options, *data, dir / ("bundle" + std::to_string(memory_mb)));
+    ASSERT_TRUE(report.ok()) << report.status().ToString();
+    evaluations.push_back(report->evaluation);
+  }
+  EXPECT_EQ(evaluations[0].dump(), evaluations[1].dump());
+  options.memory_mb = -1;
+  EXPECT_EQ(options.Validate().code(), StatusCode::kInvalidArgument);
+  fs::remove_all(dir);
 }
 
 TEST(TrainerOptionsTest, ValidateRejectsNonsense) {
