@@ -14,6 +14,7 @@
 #include "common/logging.h"
 #include "federated/partition.h"
 #include "split/dataset.h"
+#include "split/image_rows.h"
 #include "split/torch_status.h"
 #include "split/trainable_net.h"
 
@@ -58,13 +59,15 @@ Result<split::LabeledImages> LoadFederatedShare(const Config& config, const spli
     data = "fashion-mnist:" + dir;
   }
   if (data.empty()) data = input.data.empty() ? "fashion-mnist" : input.data;
-  Result<split::LabeledImages> all =
-      split::LoadSplitFor(data, DatasetSplit::kTrain, input, limit, /*threads=*/1);
+  // Labels first: only this edge's rows are read in full (the rest of a large training set
+  // never enters memory; split/image_rows.h).
+  Result<split::ImageRows> all = split::OpenRows(data, DatasetSplit::kTrain, input, limit,
+                                                 /*memory_budget_bytes=*/0, /*threads=*/1);
   if (!all.ok()) return all.status().WithContext("edge.fl_data " + data);
   if (input.class_names.size() > 256) {
     return Status::InvalidArgument("edge.fl_data: the partitioners take at most 256 classes");
   }
-  const torch::Tensor label_bytes = all->labels.to(torch::kUInt8).contiguous();
+  const torch::Tensor label_bytes = all->labels().to(torch::kUInt8).contiguous();
   const std::vector<uint8_t> labels(label_bytes.data_ptr<uint8_t>(),
                                     label_bytes.data_ptr<uint8_t>() + label_bytes.numel());
   Result<federated::Partition> partition = federated::MakePartition(
@@ -80,7 +83,7 @@ Result<split::LabeledImages> LoadFederatedShare(const Config& config, const spli
         " holds no training rows; use fewer partitions, another scheme or seed, or "
         "a larger edge.fl_train_limit");
   }
-  return all->Select(torch::tensor(mine, torch::kLong));
+  return all->Select(torch::tensor(mine, torch::kLong)).Load();
 }
 
 }  // namespace

@@ -132,17 +132,18 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
 }
 
 Result<Evaluation> EvaluateWeights(split::TrainableNet& net, const Weights& weights,
-                                   const split::LabeledImages& data, int64_t batch) {
+                                   const split::ImageRows& data, int64_t batch) {
   if (data.size() == 0) return Status::InvalidArgument("evaluation: no data");
   const auto evaluate = [&]() -> Result<Evaluation> {
     CLEAVE_RETURN_IF_ERROR(SetWeights(net, weights).WithContext("evaluation"));
     torch::NoGradGuard no_grad;
     net.SetMode(split::TrainableNet::Mode::kEval);
-    const torch::Tensor logits =
-        split::Batched(data.images, batch, [&](const torch::Tensor& x) { return net.Forward(x); });
+    CLEAVE_ASSIGN_OR_RETURN(
+        const torch::Tensor logits,
+        split::BatchedRows(data, batch, [&](const torch::Tensor& x) { return net.Forward(x); }));
     Evaluation e;
-    e.accuracy = split::Accuracy(logits, data.labels);
-    e.loss = F::cross_entropy(logits, data.labels).item<double>();
+    e.accuracy = split::Accuracy(logits, data.labels());
+    e.loss = F::cross_entropy(logits, data.labels()).item<double>();
     return e;
   };
   return split::CallTorch(split::TorchSource::kOwnState, "evaluation failed inside libtorch",

@@ -20,6 +20,7 @@
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
 #include "federated/weights.h"
+#include "split/image_rows.h"
 #include "split/train_data.h"
 #include "split/trainable_net.h"
 
@@ -83,6 +84,6 @@ class LocalTrainer {
 
 // Test accuracy and mean cross-entropy of `net` loaded with `weights` on `data`.
 Result<Evaluation> EvaluateWeights(split::TrainableNet& net, const Weights& weights,
-                                   const split::LabeledImages& data, int64_t batch = 1024);
+                                   const split::ImageRows& data, int64_t batch = 1024);
 
 }  // namespace cleave::federated

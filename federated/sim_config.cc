@@ -39,7 +39,10 @@ ConfigSchema SimSchema() {
       .Add("sim.data_dir", ConfigType::kString, "",
            "Fashion-MNIST directory (older form of sim.data fashion-mnist:DIR)")
       .Add("sim.train_limit", ConfigType::kInt, "0", "use the first N training rows (0 = all)")
-      .Add("sim.test_limit", ConfigType::kInt, "0", "evaluate on the first N test rows (0 = all)");
+      .Add("sim.test_limit", ConfigType::kInt, "0", "evaluate on the first N test rows (0 = all)")
+      .Add("sim.memory_mb", ConfigType::kInt, "4096",
+           "a split whose converted images (float32) take more than this is read from the "
+           "dataset when needed (each client's rows when it trains) instead of held in memory");
   AddRoundConfigKeys(s);  // also compression.*
   s.Add("attack.kind", ConfigType::kString, "none",
         "Byzantine clients: none | sign_flip (send global - scale x delta) | scale (global + "
@@ -83,6 +86,8 @@ Result<SimSetup> SimSetupFromConfig(const Config& c) {
   }
   setup.train_limit = c.GetInt("sim.train_limit");
   setup.test_limit = c.GetInt("sim.test_limit");
+  setup.memory_mb = c.GetInt("sim.memory_mb");
+  if (setup.memory_mb < 0) return Status::InvalidArgument("sim.memory_mb must be >= 0");
   CLEAVE_RETURN_IF_ERROR(ReadRoundConfigKeys(c, o.engine, o.strategy, o.compression));
   o.engine.seed = o.seed;
   o.compression.seed = o.seed;

@@ -20,6 +20,7 @@ struct SimSetup {
   std::string data = "fashion-mnist";  // dataset spec (split/dataset.h)
   int image_size = 0;
   int64_t train_limit = 0, test_limit = 0;
+  int64_t memory_mb = 4096;  // sim.memory_mb
 };
 Result<SimSetup> SimSetupFromConfig(const Config& config);
 

@@ -25,7 +25,7 @@ Result<split::VisionModelSpec> ModelSpecByName(const std::string& name) {
 }
 
 Result<SimData> LoadSimData(const std::string& spec, int64_t train_limit, int64_t test_limit,
-                            int image_size) {
+                            int image_size, int64_t memory_mb) {
   // A plain directory is the older sim.data_dir form: Fashion-MNIST files in it.
   const std::string data_spec =
       !spec.empty() && spec.find(':') == std::string::npos && spec != "fashion-mnist"
@@ -35,18 +35,24 @@ Result<SimData> LoadSimData(const std::string& spec, int64_t train_limit, int64_
   load.train_limit = train_limit;
   load.test_limit = test_limit;
   load.image_size = image_size;
+  load.load_train = load.load_test = false;  // only the input; the rows come from OpenRows
   CLEAVE_ASSIGN_OR_RETURN(split::LoadedDataset loaded, split::LoadDataset(data_spec, load));
+  if (memory_mb < 0) return Status::InvalidArgument("sim: memory_mb must be >= 0");
+  const int64_t budget = memory_mb * (int64_t{1} << 20);
   if (loaded.input.class_names.size() > 256) {
     return Status::InvalidArgument("sim: " + data_spec + " has " +
                                    std::to_string(loaded.input.class_names.size()) +
                                    " classes; the partitioners take at most 256");
   }
   SimData data;
-  data.train = std::move(loaded.train);
-  data.test = std::move(loaded.test);
-  const torch::Tensor labels = data.train.labels.to(torch::kUInt8).contiguous();
+  CLEAVE_ASSIGN_OR_RETURN(data.train, split::OpenRows(data_spec, DatasetSplit::kTrain, loaded.input,
+                                                      train_limit, budget, 2));
+  CLEAVE_ASSIGN_OR_RETURN(data.test, split::OpenRows(data_spec, DatasetSplit::kTest, loaded.input,
+                                                     test_limit, budget, 2));
+  const torch::Tensor labels = data.train.labels().to(torch::kUInt8).contiguous();
   data.train_labels.assign(labels.data_ptr<uint8_t>(), labels.data_ptr<uint8_t>() + labels.numel());
-  std::tie(data.mean, data.std) = split::NormalizationFor(data_spec, data.train);
+  CLEAVE_ASSIGN_OR_RETURN(std::tie(data.mean, data.std),
+                          split::NormalizationForRows(data_spec, data.train));
   data.input = std::move(loaded.input);
   return data;
 }

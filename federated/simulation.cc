@@ -11,6 +11,7 @@
 #include "federated/simulation_internal.h"
 #include "split/compute_runtime.h"
 #include "split/torch_status.h"
+#include "split/vision_bundle.h"
 
 namespace cleave::federated {
 
@@ -40,6 +41,13 @@ Status Simulation::Setup() {
   workers_ =
       options_.workers > 0 ? options_.workers : std::max(1u, std::thread::hardware_concurrency());
   torch::manual_seed(options_.seed);
+  if (model_->kind() != split::kVisionSplitKind && workers_ > 1 && options_.progress_out) {
+    // cleave's own networks draw no random numbers while training; a TorchScript model's
+    // dropout draws from libtorch's one global generator, which the workers share.
+    std::fprintf(options_.progress_out,
+                 "note: a TorchScript model with dropout is reproducible run to run only with "
+                 "sim.workers = 1 (the workers share libtorch's global generator)\n");
+  }
   const WeightsLayout layout = LayoutOf(*model_);
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy, MakeStrategy(options_.strategy));
   EngineOptions engine_options = options_.engine;

@@ -36,6 +36,7 @@
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
 #include "federated/update_compression.h"
+#include "split/image_rows.h"
 #include "split/input_spec.h"
 #include "split/train_data.h"
 #include "split/trainable_net.h"
@@ -51,7 +52,9 @@ Result<split::VisionModelSpec> ModelSpecByName(const std::string& name);
 // The dataset a simulation draws from: training rows (partitioned among clients) and the
 // test rows the server evaluates on.
 struct SimData {
-  split::LabeledImages train, test;
+  // In memory, or streamed when larger than the memory budget (split/image_rows.h): a
+  // client's rows are then read when it trains.
+  split::ImageRows train, test;
   std::vector<uint8_t> train_labels;  // for the partitioner
   // The data's input and normalization; when set, the model is re-seated for it
   // (VisionModelSpec::ForInput). Unset: the named model as it is (28x28 gray, 10 classes).
@@ -63,7 +66,7 @@ struct SimData {
 // keep the first rows (0 = all). `image_size` > 0 resizes the images to that side.
 // InvalidArgument for more than 256 classes (the partitioners' limit).
 Result<SimData> LoadSimData(const std::string& spec, int64_t train_limit = 0,
-                            int64_t test_limit = 0, int image_size = 0);
+                            int64_t test_limit = 0, int image_size = 0, int64_t memory_mb = 4096);
 // The simulated model: ModelSpecByName(name), re-seated for data.input when it is set.
 Result<split::VisionModelSpec> SimModelSpec(const std::string& name, const SimData& data);
 // The simulated network with its initial weights: cleave's own (a built-in name or a model

@@ -52,7 +52,8 @@ void Simulation::WarmUp(int worker) {
   o.fit = options_.engine.fit;
   o.fit.max_steps = 1;
   o.fit.local_epochs = 1;
-  (void)trainers_[worker]->Train(engine_->global(), data_.train.Head(2), o);
+  Result<split::LabeledImages> two = data_.train.Head(2).Load();
+  if (two.ok()) (void)trainers_[worker]->Train(engine_->global(), *two, o);
 }
 
 void Simulation::StopPool() {
@@ -112,10 +113,27 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
     int64_t upload_bytes = -1;
     std::optional<secagg::MaskedInput> masked;
     if (t.kind == Task::Kind::kTrain) {
-      split::LabeledImages local = GatherRows(data_.train, partition_.client_rows(t.client),
-                                              partition_.client_size(t.client));
+      split::LabeledImages local;
+      Status read_status = Status::Ok();
+      if (const split::LabeledImages* all = data_.train.in_memory()) {
+        local =
+            GatherRows(*all, partition_.client_rows(t.client), partition_.client_size(t.client));
+      } else {  // streamed: read this client's rows now
+        const int64_t* rows = partition_.client_rows(t.client);
+        Result<split::LabeledImages> read =
+            data_.train
+                .Select(torch::tensor(
+                    std::vector<int64_t>(rows, rows + partition_.client_size(t.client)),
+                    torch::kLong))
+                .Load();
+        if (read.ok()) {
+          local = std::move(read).value();
+        } else {
+          read_status = read.status().WithContext("reading the client's rows");
+        }
+      }
       const bool malicious = malicious_[t.client];
-      if (malicious && options_.attack.kind == AttackKind::kLabelFlip) {
+      if (malicious && options_.attack.kind == AttackKind::kLabelFlip && read_status.ok()) {
         FlipLabels(local, model_->num_classes());
       }
       LocalTrainOptions o;
@@ -134,7 +152,9 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
         }
       }
       const auto call_start = std::chrono::steady_clock::now();
-      result = trainers_[worker]->Train(engine_->global(), local, o, std::move(recycled));
+      result = read_status.ok()
+                   ? trainers_[worker]->Train(engine_->global(), local, o, std::move(recycled))
+                   : Result<LocalTrainResult>(read_status);
       client_micros_ += static_cast<int64_t>(Seconds(call_start) * 1e6);
       if (result.ok()) {
         training_micros_ += static_cast<int64_t>(result->seconds * 1e6);

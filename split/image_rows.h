@@ -48,6 +48,9 @@ class ImageRows {
   int64_t size() const { return labels_.defined() ? labels_.size(0) : 0; }
   bool streamed() const { return source_ != nullptr; }
   const torch::Tensor& labels() const { return labels_; }
+  // The tensors of an in-memory set (for callers with a faster path on them); null when
+  // streamed.
+  const LabeledImages* in_memory() const { return streamed() ? nullptr : &data_; }
 
   // Images of rows `index` (int64 [K], rows of this set) as float [K, C, H, W]. Errors: those
   // of reading and converting the rows (naming the source row), InvalidArgument for an index

@@ -75,8 +75,8 @@ void RunSim(const SimArgs& args, const ConfigSchema& schema) {
   }
   Result<SimSetup> setup = SimSetupFromConfig(*config);
   if (!setup.ok()) Fail("sim", setup.status());
-  Result<SimData> data =
-      LoadSimData(setup->data, setup->train_limit, setup->test_limit, setup->image_size);
+  Result<SimData> data = LoadSimData(setup->data, setup->train_limit, setup->test_limit,
+                                     setup->image_size, setup->memory_mb);
   if (!data.ok()) Fail("sim", data.status());
   SimOptions options = setup->options;
   options.progress_out = args.quiet ? nullptr : stderr;

@@ -42,7 +42,7 @@ SimData AmSimData(int classes = 2) {
   data.train = AmImages(240, 1);
   data.test = AmImages(80, 2);
   for (int64_t i = 0; i < data.train.size(); ++i) {
-    data.train_labels.push_back(static_cast<uint8_t>(data.train.labels[i].item<int64_t>()));
+    data.train_labels.push_back(static_cast<uint8_t>(data.train.labels()[i].item<int64_t>()));
   }
   split::InputSpec input;
   input.channels = 1;
@@ -139,6 +139,56 @@ TEST_F(AnyModelTrainingTest, SecureRoundsAndCheckpointsCarryATorchScriptModel) {
   for (size_t i = 0; i < full->global.size(); ++i) {
     EXPECT_TRUE(torch::equal(full->global[i], resumed->global[i])) << "tensor " << i;
   }
+}
+
+// An IDX copy of AmImages (pixels as bytes), for LoadSimData.
+void WriteAmIdx(const fs::path& dir, const std::string& prefix, const split::LabeledImages& d) {
+  std::string images, labels;
+  const auto put = [](std::string& out, uint32_t v) {
+    for (int shift = 24; shift >= 0; shift -= 8)
+      out.push_back(static_cast<char>((v >> shift) & 0xff));
+  };
+  const int64_t n = d.size();
+  put(images, 0x00000803);
+  put(images, static_cast<uint32_t>(n));
+  put(images, kAmSide);
+  put(images, kAmSide);
+  put(labels, 0x00000801);
+  put(labels, static_cast<uint32_t>(n));
+  const torch::Tensor bytes = (d.images * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
+  images.append(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
+                static_cast<size_t>(bytes.numel()));
+  for (int64_t i = 0; i < n; ++i) labels.push_back(static_cast<char>(d.labels[i].item<int64_t>()));
+  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-images-idx3-ubyte"), images).ok());
+  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-labels-idx1-ubyte"), labels).ok());
+}
+
+// A dataset read when each client trains (sim.memory_mb 0) simulates exactly what the same
+// dataset held in memory does.
+TEST_F(AnyModelTrainingTest, StreamedSimulationDataGivesTheSameRun) {
+  fs::create_directories(dir_ / "data");
+  WriteAmIdx(dir_ / "data", "train", AmImages(240, 1));
+  WriteAmIdx(dir_ / "data", "t10k", AmImages(80, 2));
+  const std::string spec = "idx:" + (dir_ / "data").string();
+  Result<SimData> memory = LoadSimData(spec, 0, 0, 0, 4096);
+  Result<SimData> streamed = LoadSimData(spec, 0, 0, 0, 0);
+  ASSERT_TRUE(memory.ok()) << memory.status().ToString();
+  ASSERT_TRUE(streamed.ok()) << streamed.status().ToString();
+  EXPECT_FALSE(memory->train.streamed());
+  EXPECT_TRUE(streamed->train.streamed());
+  EXPECT_TRUE(streamed->test.streamed());
+  EXPECT_EQ(memory->train_labels, streamed->train_labels);
+  const SimOptions o = Options();
+  Result<SimResult> a = RunSimulation(o, *memory);
+  Result<SimResult> b = RunSimulation(o, *streamed);
+  ASSERT_TRUE(a.ok()) << a.status().ToString();
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_EQ(a->final_accuracy, b->final_accuracy);
+  ASSERT_EQ(a->global.size(), b->global.size());
+  for (size_t i = 0; i < a->global.size(); ++i) {
+    EXPECT_TRUE(torch::equal(a->global[i], b->global[i])) << "tensor " << i;
+  }
+  EXPECT_EQ(LoadSimData(spec, 0, 0, 0, -1).status().code(), StatusCode::kInvalidArgument);
 }
 
 TEST_F(AnyModelTrainingTest, SimulationRefusesATorchScriptModelThatDoesNotFitTheData) {

@@ -13,10 +13,10 @@ namespace cleave::federated {
 inline SimData SyntheticSimData(int64_t train_rows, int64_t test_rows, uint64_t seed) {
   torch::manual_seed(seed);
   SimData d;
-  d.train.images = torch::rand({train_rows, 1, 28, 28});
-  d.train.labels = torch::arange(train_rows, torch::kLong).remainder(10);
-  d.test.images = torch::rand({test_rows, 1, 28, 28});
-  d.test.labels = torch::arange(test_rows, torch::kLong).remainder(10);
+  d.train = split::LabeledImages{torch::rand({train_rows, 1, 28, 28}),
+                                 torch::arange(train_rows, torch::kLong).remainder(10)};
+  d.test = split::LabeledImages{torch::rand({test_rows, 1, 28, 28}),
+                                torch::arange(test_rows, torch::kLong).remainder(10)};
   for (int64_t i = 0; i < train_rows; ++i) d.train_labels.push_back(static_cast<uint8_t>(i % 10));
   return d;
 }

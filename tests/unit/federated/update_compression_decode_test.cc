@@ -148,10 +148,10 @@ TEST_F(DecodeRejectionTest, RandomCorruptionNeverCrashes) {
 SimData SyntheticData() {
   torch::manual_seed(11);
   SimData d;
-  d.train.images = torch::rand({200, 1, 28, 28});
-  d.train.labels = torch::arange(200, torch::kLong).remainder(10);
-  d.test.images = torch::rand({50, 1, 28, 28});
-  d.test.labels = torch::arange(50, torch::kLong).remainder(10);
+  d.train = split::LabeledImages{torch::rand({200, 1, 28, 28}),
+                                 torch::arange(200, torch::kLong).remainder(10)};
+  d.test = split::LabeledImages{torch::rand({50, 1, 28, 28}),
+                                torch::arange(50, torch::kLong).remainder(10)};
   for (int i = 0; i < 200; ++i) d.train_labels.push_back(static_cast<uint8_t>(i % 10));
   return d;
 }
