@@ -26,6 +26,7 @@
 #include "split/bundle.h"
 #include "split/compute_runtime.h"
 #include "split/dataset.h"
+#include "split/image_rows.h"
 #include "split/imported_model.h"
 #include "split/split_runtime.h"
 #include "split/tail_plan.h"
@@ -95,31 +96,28 @@ double MedianMs(int iterations, Fn&& fn) {
   return Percentile(times, 50);
 }
 
-// The test split converted to the bundle's input (split/input_spec.h), as the edge sees it.
+// The test split converted to the bundle's input (split/input_spec.h), as the edge sees it;
+// in memory, or read an image at a time when larger than the memory budget
+// (split/image_rows.h). Images are fetched before a timed region starts.
 struct TestSet {
-  split::LabeledImages data;
+  split::ImageRows rows;
   std::vector<int64_t> labels;
   int64_t n = 0;
-  torch::Tensor Image(int64_t i) const { return data.images.narrow(0, i, 1); }
-  torch::Tensor Batch(int64_t begin, int64_t end) const {
-    return data.images.narrow(0, begin, end - begin);
+  Result<torch::Tensor> Image(int64_t i) const { return rows.Slice(i, 1); }
+  Result<torch::Tensor> Batch(int64_t begin, int64_t end) const {
+    return rows.Slice(begin, end - begin);
   }
-  // Image i as 8-bit interleaved pixels (what a client would encode as PNG or JPEG). The
-  // tensor holds bytes / 255, so rounding recovers the bytes exactly.
-  PixelImage Pixels(int64_t i) const {
-    const torch::Tensor bytes = Image(i)[0]
-                                    .mul(255.0)
-                                    .round()
-                                    .clamp(0, 255)
-                                    .to(torch::kUInt8)
-                                    .permute({1, 2, 0})
-                                    .contiguous();
-    PixelImage image;
-    image.channels = static_cast<uint32_t>(bytes.size(2));
-    image.height = static_cast<uint32_t>(bytes.size(0));
-    image.width = static_cast<uint32_t>(bytes.size(1));
-    image.pixels.assign(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
-    return image;
+  // An image [1, C, H, W] as 8-bit interleaved pixels (what a client would encode as PNG or
+  // JPEG). The tensor holds bytes / 255, so rounding recovers the bytes exactly.
+  static PixelImage Pixels(const torch::Tensor& image) {
+    const torch::Tensor bytes =
+        image[0].mul(255.0).round().clamp(0, 255).to(torch::kUInt8).permute({1, 2, 0}).contiguous();
+    PixelImage pixels;
+    pixels.channels = static_cast<uint32_t>(bytes.size(2));
+    pixels.height = static_cast<uint32_t>(bytes.size(0));
+    pixels.width = static_cast<uint32_t>(bytes.size(1));
+    pixels.pixels.assign(bytes.data_ptr<uint8_t>(), bytes.data_ptr<uint8_t>() + bytes.numel());
+    return pixels;
   }
 };
 
@@ -133,7 +131,8 @@ Result<double> InProcessSplitAccuracy(split::EdgeModel& edge, split::CloudModel&
   size_t correct = 0;
   for (int64_t begin = 0; begin < test.n; begin += 256) {
     const int64_t end = std::min<int64_t>(test.n, begin + 256);
-    CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head, edge.Run(test.Batch(begin, end)));
+    CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor batch, test.Batch(begin, end));
+    CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head, edge.Run(batch));
     torch::Tensor features = head.features.contiguous().to(torch::kFloat32);
     std::vector<uint32_t> shape;
     for (int64_t d : features.sizes()) shape.push_back(static_cast<uint32_t>(d));
@@ -169,16 +168,16 @@ struct SplitRun {
   std::vector<double> offload_bytes;
 };
 
-SplitRun RunSplit(EdgeEngine& engine, OffloadClient& client, const TestSet& test, float threshold,
-                  int deadline_ms, const std::string& label) {
+Result<SplitRun> RunSplit(EdgeEngine& engine, OffloadClient& client, const TestSet& test,
+                          float threshold, int deadline_ms, const std::string& label) {
   SplitRun run;
   ProgressBar progress(label, static_cast<uint64_t>(test.n));
   for (int64_t i = 0; i < test.n; ++i) {
     Sample s;
     const uint64_t id = static_cast<uint64_t>(i + 1);
+    CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor image, test.Image(i));
     const auto start = Clock::now();
-    auto decisions =
-        engine.Decide(test.Image(i), {id}, {threshold}, {static_cast<uint32_t>(deadline_ms)});
+    auto decisions = engine.Decide(image, {id}, {threshold}, {static_cast<uint32_t>(deadline_ms)});
     s.edge_ms = MsSince(start);
     if (!decisions.ok()) {
       std::fprintf(stderr, "edge failed on image %ld: %s\n", static_cast<long>(i),
@@ -255,11 +254,12 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
                                                                : described_input.data;
   TestSet test;
   CLEAVE_ASSIGN_OR_RETURN(
-      test.data, split::LoadSplitFor(data_spec, DatasetSplit::kTest, described_input, options.limit,
-                                     std::max(1, options.threads)));
-  test.n = test.data.size();
-  test.labels.assign(test.data.labels.data_ptr<int64_t>(),
-                     test.data.labels.data_ptr<int64_t>() + test.n);
+      test.rows,
+      split::OpenRows(data_spec, DatasetSplit::kTest, described_input, options.limit,
+                      options.memory_mb * (int64_t{1} << 20), std::max(1, options.threads)));
+  test.n = test.rows.size();
+  test.labels.assign(test.rows.labels().data_ptr<int64_t>(),
+                     test.rows.labels().data_ptr<int64_t>() + test.n);
 
   split::EdgeModel::Options int8_options;
   int8_options.int8 = true;
@@ -331,7 +331,7 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
 
   // Batch-1 compute timings, in process.
   std::fprintf(stderr, "timing head (fp32, int8) and tail at batch 1...\n");
-  torch::Tensor one = test.Image(0);
+  CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor one, test.Image(0));
   report["head_fp32_ms"] = MedianMs(options.timing_iterations, [&] { (void)edge_fp32->Run(one); });
   report["head_int8_ms"] = MedianMs(options.timing_iterations, [&] { (void)edge_int8->Run(one); });
   CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head_one, edge_int8->Run(one));
@@ -386,8 +386,9 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
     ProgressBar progress("local_fp32", static_cast<uint64_t>(test.n));
     for (int64_t i = 0; i < test.n; ++i) {
       Sample s;
+      CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor image, test.Image(i));
       const auto start = Clock::now();
-      auto logits = local->Run(test.Image(i));
+      auto logits = local->Run(image);
       s.edge_ms = s.total_ms = MsSince(start);
       s.at_edge = true;
       s.correct = logits.ok() && ArgMaxRow(*logits, 0) == test.labels[i];
@@ -407,8 +408,9 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
     ProgressBar progress(name, static_cast<uint64_t>(test.n));
     for (int64_t i = 0; i < test.n; ++i) {
       Sample s;
+      CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor row, test.Image(i));
       const auto start = Clock::now();
-      const PixelImage image = test.Pixels(i);
+      const PixelImage image = TestSet::Pixels(row);
       wire::InferRequest request;
       request.request_id = static_cast<uint64_t>(i + 1);
       request.model = model_name;
@@ -434,11 +436,13 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
     configs[name] = Summarize(samples);
   }
   EdgeEngine engine(std::move(edge_int8));
-  SplitRun no_exit =
-      RunSplit(engine, *client, test, /*threshold=*/2.0f, options.deadline_ms, "split_no_exit");
+  CLEAVE_ASSIGN_OR_RETURN(
+      const SplitRun no_exit,
+      RunSplit(engine, *client, test, /*threshold=*/2.0f, options.deadline_ms, "split_no_exit"));
   configs["split_no_exit"] = Summarize(no_exit.samples);
-  SplitRun with_exit =
-      RunSplit(engine, *client, test, /*threshold=*/-1.0f, options.deadline_ms, "split_exit");
+  CLEAVE_ASSIGN_OR_RETURN(
+      const SplitRun with_exit,
+      RunSplit(engine, *client, test, /*threshold=*/-1.0f, options.deadline_ms, "split_exit"));
   configs["split_exit"] = Summarize(with_exit.samples);
   report["configs"] = configs;
   report["exit_threshold"] = engine.model().exit_policy().ToJson();
@@ -577,6 +581,10 @@ void RegisterBenchSplitCommand(CLI::App& bench) {
   cmd->add_option("--data", options->data,
                   std::string(kDataSpecHelp) + " (default: the one the bundle was trained on)");
   cmd->add_option("--limit", options->limit, "use only the first N test images (0 = all)");
+  cmd->add_option("--memory-mb", options->memory_mb,
+                  "a test split whose converted images (float32) take more than this is read an "
+                  "image at a time (outside the timed regions) instead of held in memory")
+      ->capture_default_str();
   cmd->add_option("--threads", options->threads, "libtorch intra-op threads (edge and cloud)");
   cmd->add_option("--timing-iterations", options->timing_iterations,
                   "batch-1 compute timing repetitions");

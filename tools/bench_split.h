@@ -2,6 +2,7 @@
 // over the real wire against a cleave-cloud process on tcp loopback. See docs/benchmarks.md.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -19,7 +20,9 @@ struct BenchSplitOptions {
   // Dataset spec of the test split (common/image_data.h); "" = the one the bundle declares
   // it was trained on (manifest "input"), Fashion-MNIST for older bundles.
   std::string data;
-  int limit = 0;                // test images (0 = all)
+  int limit = 0;  // test images (0 = all)
+  // A test split whose converted images (float32) exceed this is read an image at a time.
+  int64_t memory_mb = 4096;
   int threads = 1;              // libtorch intra-op threads on both sides
   int timing_iterations = 300;  // batch-1 compute timings
   int deadline_ms = 1000;       // per request; generous: this measures, it does not stress

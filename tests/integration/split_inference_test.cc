@@ -332,6 +332,34 @@ TEST_F(SplitInferenceTest, OneShotClassifyOverIdx) {
   EXPECT_NE(*missing_code, 0);
 }
 
+// `cleave bench split` reading its test split an image at a time (--memory-mb 0) measures
+// the same accuracies and bytes as with the split in memory.
+TEST_F(SplitInferenceTest, BenchSplitStreamsItsTestSplitWithTheSameFigures) {
+  std::vector<nlohmann::json> reports;
+  for (const char* memory_mb : {"4096", "0"}) {
+    const fs::path out = dir_ / (std::string("split-") + memory_mb + ".json");
+    auto bench = ChildProcess::Spawn(
+        {(kBin / "cleave").string(), "bench", "split", "--bundle", bundle_.string(), "--json",
+         out.string(), "--limit", "60", "--timing-iterations", "2", "--memory-mb", memory_mb},
+        (dir_ / "split.log").string());
+    ASSERT_TRUE(bench.ok()) << bench.status().ToString();
+    auto code = (*bench)->Wait(300000);
+    ASSERT_TRUE(code.ok()) << code.status().ToString();
+    ASSERT_EQ(*code, 0) << ReadFileToString((dir_ / "split.log").string()).value_or("(no log)");
+    auto text = ReadFileToString(out.string());
+    ASSERT_TRUE(text.ok()) << text.status().ToString();
+    reports.push_back(nlohmann::json::parse(*text));
+  }
+  const nlohmann::json& memory = reports[0]["configs"];
+  const nlohmann::json& streamed = reports[1]["configs"];
+  ASSERT_EQ(memory.size(), streamed.size());
+  for (const auto& [name, config] : memory.items()) {
+    EXPECT_EQ(config["accuracy"], streamed[name]["accuracy"]) << name;
+    EXPECT_EQ(config["bytes_per_request_mean"], streamed[name]["bytes_per_request_mean"]) << name;
+    EXPECT_EQ(config["requests"], streamed[name]["requests"]) << name;
+  }
+}
+
 // `cleave bench serve` against a real cleave-cloud: short phases, a queue small enough that
 // the 3x overload phase must refuse requests. Every request is answered (served or
 // `overloaded`), the batcher forms batches, and bad arguments are refused with a message.
