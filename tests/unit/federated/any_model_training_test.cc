@@ -13,6 +13,7 @@
 #include "federated/simulation.h"
 #include "federated/weights.h"
 #include "split/trainable_net.h"
+#include "testing/idx_writer.h"
 #include "testing/tiny_torchscript.h"
 
 namespace cleave::federated {
@@ -143,24 +144,14 @@ TEST_F(AnyModelTrainingTest, SecureRoundsAndCheckpointsCarryATorchScriptModel) {
 
 // An IDX copy of AmImages (pixels as bytes), for LoadSimData.
 void WriteAmIdx(const fs::path& dir, const std::string& prefix, const split::LabeledImages& d) {
-  std::string images, labels;
-  const auto put = [](std::string& out, uint32_t v) {
-    for (int shift = 24; shift >= 0; shift -= 8)
-      out.push_back(static_cast<char>((v >> shift) & 0xff));
-  };
-  const int64_t n = d.size();
-  put(images, 0x00000803);
-  put(images, static_cast<uint32_t>(n));
-  put(images, kAmSide);
-  put(images, kAmSide);
-  put(labels, 0x00000801);
-  put(labels, static_cast<uint32_t>(n));
-  const torch::Tensor bytes = (d.images * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous();
-  images.append(reinterpret_cast<const char*>(bytes.data_ptr<uint8_t>()),
-                static_cast<size_t>(bytes.numel()));
-  for (int64_t i = 0; i < n; ++i) labels.push_back(static_cast<char>(d.labels[i].item<int64_t>()));
-  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-images-idx3-ubyte"), images).ok());
-  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-labels-idx1-ubyte"), labels).ok());
+  const torch::Tensor bytes =
+      (d.images * 255).round().clamp(0, 255).to(torch::kUInt8).contiguous().view({d.size(), -1});
+  const torch::Tensor labels = d.labels.contiguous();
+  ASSERT_TRUE(cleave::testing::WriteIdxPair(
+                  dir, prefix, static_cast<int>(d.size()), kAmSide,
+                  [&](int i, int p) { return bytes[i][p].item<uint8_t>(); },
+                  [&](int i) { return static_cast<uint8_t>(labels[i].item<int64_t>()); })
+                  .ok());
 }
 
 // A dataset read when each client trains (sim.memory_mb 0) simulates exactly what the same

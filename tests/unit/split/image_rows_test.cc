@@ -12,6 +12,7 @@
 
 #include "common/file_util.h"
 #include "common/png_image.h"
+#include "testing/idx_writer.h"
 
 namespace cleave::split {
 namespace {
@@ -19,26 +20,13 @@ namespace {
 namespace fs = std::filesystem;
 using ::testing::HasSubstr;
 
-void RowsPutBigEndian(std::string& out, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8)
-    out.push_back(static_cast<char>((v >> shift) & 0xff));
-}
-
 // Raw (uncompressed) IDX files of `count` 6x6 images with labels i % 3.
 void WriteRowsIdx(const fs::path& dir, const std::string& prefix, int count) {
-  std::string images, labels;
-  RowsPutBigEndian(images, 0x00000803);
-  RowsPutBigEndian(images, static_cast<uint32_t>(count));
-  RowsPutBigEndian(images, 6);
-  RowsPutBigEndian(images, 6);
-  RowsPutBigEndian(labels, 0x00000801);
-  RowsPutBigEndian(labels, static_cast<uint32_t>(count));
-  for (int i = 0; i < count; ++i) {
-    labels.push_back(static_cast<char>(i % 3));
-    for (int p = 0; p < 36; ++p) images.push_back(static_cast<char>((i * 37 + p * 11) % 256));
-  }
-  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-images-idx3-ubyte"), images).ok());
-  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-labels-idx1-ubyte"), labels).ok());
+  ASSERT_TRUE(cleave::testing::WriteIdxPair(
+                  dir, prefix, count, 6,
+                  [](int i, int p) { return static_cast<uint8_t>((i * 37 + p * 11) % 256); },
+                  [](int i) { return static_cast<uint8_t>(i % 3); })
+                  .ok());
 }
 
 class ImageRowsTest : public ::testing::Test {

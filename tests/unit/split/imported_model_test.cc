@@ -14,6 +14,7 @@
 #include "common/file_util.h"
 #include "split/import_pipeline.h"
 #include "split/split_runtime.h"
+#include "testing/idx_writer.h"
 #include "testing/tiny_torchscript.h"
 
 namespace cleave::split {
@@ -24,34 +25,17 @@ using ::testing::HasSubstr;
 
 constexpr int kImpSide = cleave::testing::kTinyChainSide;
 
-void PutBigEndian(std::string& out, uint32_t v) {
-  for (int shift = 24; shift >= 0; shift -= 8)
-    out.push_back(static_cast<char>((v >> shift) & 0xff));
-}
-
 // An IDX split: class 1 images are bright on the left half, class 0 on the right.
 void WriteImpIdx(const fs::path& dir, const std::string& prefix, int count, uint32_t seed) {
-  std::string images, labels;
-  PutBigEndian(images, 0x00000803);
-  PutBigEndian(images, static_cast<uint32_t>(count));
-  PutBigEndian(images, kImpSide);
-  PutBigEndian(images, kImpSide);
-  PutBigEndian(labels, 0x00000801);
-  PutBigEndian(labels, static_cast<uint32_t>(count));
   uint32_t state = seed;
-  for (int i = 0; i < count; ++i) {
-    const int label = i % 2;
-    labels.push_back(static_cast<char>(label));
-    for (int y = 0; y < kImpSide; ++y) {
-      for (int x = 0; x < kImpSide; ++x) {
-        state = state * 1664525u + 1013904223u;
-        const bool bright = (x < kImpSide / 2) == (label == 1);
-        images.push_back(static_cast<char>((bright ? 150 : 30) + (state >> 26)));
-      }
-    }
-  }
-  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-images-idx3-ubyte"), images).ok());
-  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-labels-idx1-ubyte"), labels).ok());
+  const auto pixel = [&state](int i, int p) {
+    state = state * 1664525u + 1013904223u;
+    const bool bright = (p % kImpSide < kImpSide / 2) == (i % 2 == 1);
+    return static_cast<uint8_t>((bright ? 150 : 30) + (state >> 26));
+  };
+  ASSERT_TRUE(cleave::testing::WriteIdxPair(dir, prefix, count, kImpSide, pixel, [](int i) {
+                return static_cast<uint8_t>(i % 2);
+              }).ok());
 }
 
 class ImportTest : public ::testing::Test {

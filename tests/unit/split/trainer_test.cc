@@ -15,6 +15,7 @@
 #include "split/split_runtime.h"
 #include "split/vision_bundle.h"
 #include "split/wire_quant.h"
+#include "testing/idx_writer.h"
 #include "testing/trained_bundle.h"
 
 namespace cleave::split {
@@ -264,26 +265,12 @@ TEST(TrainerCancelTest, CancelledRunWritesNothing) {
 
 // An IDX dataset of `count` 28x28 images, label i % 10, brightness in proportion to it.
 void WriteTrainerIdx(const fs::path& dir, const std::string& prefix, int count) {
-  std::string images, labels;
-  const auto put = [](std::string& out, uint32_t v) {
-    for (int shift = 24; shift >= 0; shift -= 8)
-      out.push_back(static_cast<char>((v >> shift) & 0xff));
-  };
-  put(images, 0x00000803);
-  put(images, static_cast<uint32_t>(count));
-  put(images, 28);
-  put(images, 28);
-  put(labels, 0x00000801);
-  put(labels, static_cast<uint32_t>(count));
-  for (int i = 0; i < count; ++i) {
-    const int label = i % 10;
-    labels.push_back(static_cast<char>(label));
-    for (int p = 0; p < 28 * 28; ++p) {
-      images.push_back(static_cast<char>(label * 20 + (p * 7 + i * 3) % 40));
-    }
-  }
-  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-images-idx3-ubyte"), images).ok());
-  ASSERT_TRUE(WriteFileAtomic(dir / (prefix + "-labels-idx1-ubyte"), labels).ok());
+  ASSERT_TRUE(
+      cleave::testing::WriteIdxPair(
+          dir, prefix, count, 28,
+          [](int i, int p) { return static_cast<uint8_t>((i % 10) * 20 + (p * 7 + i * 3) % 40); },
+          [](int i) { return static_cast<uint8_t>(i % 10); })
+          .ok());
 }
 
 // `cleave train` on a dataset read a batch at a time (memory_mb 0) trains exactly what it
