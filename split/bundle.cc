@@ -499,6 +499,12 @@ Result<Bundle> Bundle::Open(const fs::path& dir, bool require_signature) {
   return bundle;
 }
 
+Status Bundle::CheckKind(const std::string& kind) const {
+  if (kind_ == kind) return Status::Ok();
+  return Status::InvalidArgument("bundle " + dir_.string() + " is of kind '" + kind_ + "', not '" +
+                                 kind + "'");
+}
+
 Result<fs::path> Bundle::PathOf(const std::string& name) const {
   if (!HasFile(name)) {
     return Status::NotFound("bundle " + Quoted(dir_.string()) + " lists no file " + Quoted(name));

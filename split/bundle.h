@@ -95,6 +95,9 @@ class Bundle {
   // The exact manifest.json bytes that were verified (what a signature covers).
   const std::string& manifest_bytes() const { return manifest_bytes_; }
 
+  // OK when the bundle is of `kind`; InvalidArgument naming both kinds otherwise.
+  Status CheckKind(const std::string& kind) const;
+
   bool HasFile(const std::string& name) const { return files_.count(name) > 0; }
   // Absolute path of a listed file; NotFound for unlisted names.
   Result<std::filesystem::path> PathOf(const std::string& name) const;

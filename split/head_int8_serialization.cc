@@ -58,10 +58,6 @@ uint32_t GhsCrc(uint32_t crc, const void* data, size_t size) {
       crc32(crc, static_cast<const Bytef*>(data), static_cast<uInt>(size)));
 }
 
-bool GhsAllPositiveFinite(const torch::Tensor& t) {
-  return torch::isfinite(t).all().item<bool>() && (t > 0).all().item<bool>();
-}
-
 nlohmann::json GhsOpsJson(const HeadInt8Report& report) {
   nlohmann::json ops = nlohmann::json::array();
   for (const QuantizedOpInfo& op : report.ops) {
@@ -149,25 +145,14 @@ Status GhsCheckValues(Int8GraphState& state, const torch::Tensor& act_scale,
                       const torch::Tensor& act_zero_point) {
   for (size_t i = 0; i < state.weights.size(); ++i) {
     const QWeights& w = state.weights[i];
-    if (!GhsAllPositiveFinite(w.weight_scale) || !torch::isfinite(w.bias).all().item<bool>() ||
+    if (!int8::AllPositiveFinite(w.weight_scale) || !torch::isfinite(w.bias).all().item<bool>() ||
         (w.weight_q == -128).any().item<bool>()) {
       return Status::DataLoss("int8 graph head bytes: int8 op " + std::to_string(i) +
                               " has invalid weights, scales or biases");
     }
   }
-  if (!GhsAllPositiveFinite(act_scale)) {
-    return Status::DataLoss("int8 graph head bytes: invalid activation scales");
-  }
-  for (size_t i = 0; i < state.acts.size(); ++i) {
-    const int32_t zero_point = act_zero_point[i].item<uint8_t>();
-    if (state.act_zero_based[i] && zero_point != 0) {
-      // The fused activation is the kernels' clamp at q = 0, which is x = 0 only here.
-      return Status::DataLoss("int8 graph head bytes: activation " + std::to_string(i) +
-                              " follows a fused ReLU but has a nonzero zero point");
-    }
-    state.acts[i] = {act_scale[i].item<float>(), zero_point};
-  }
-  return Status::Ok();
+  return int8::ReadActQuants(act_scale, act_zero_point, state.act_zero_based,
+                             "int8 graph head bytes", state.acts);
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "split/torch_status.h"
+#include "split/wire_quant.h"
 
 namespace cleave::split {
 namespace {
@@ -318,11 +319,7 @@ Status WriteImportedBundle(const std::filesystem::path& dir, const ImportedSplit
       {"feature_shape", shape},
       {"exit_policy", model.exit_policy.ToJson()},
       {"calibration", model.calibration},
-      {"wire",
-       {{"dtype", wire::DTypeName(model.wire_dtype)},
-        {"channel_axis", 1},
-        {"scale", model.wire_quant.scale},
-        {"zero_point", model.wire_quant.zero_point}}},
+      {"wire", WireManifestJson(model.wire_dtype, model.wire_quant)},
       {"int8", int8},
       {"evaluation", model.evaluation},
       {"training", model.training},
@@ -332,10 +329,7 @@ Status WriteImportedBundle(const std::filesystem::path& dir, const ImportedSplit
 
 Result<ImportedSplitModel> ReadImportedBundle(const Bundle& bundle,
                                               const ImportedBundleParts& parts) {
-  if (bundle.kind() != kTorchScriptSplitKind) {
-    return Status::InvalidArgument("bundle " + bundle.dir().string() + " is of kind '" +
-                                   bundle.kind() + "', not '" + kTorchScriptSplitKind + "'");
-  }
+  CLEAVE_RETURN_IF_ERROR(bundle.CheckKind(kTorchScriptSplitKind));
   Result<ImportedSplitModel> parsed = ParseImportedManifest(bundle.model());
   if (!parsed.ok()) {
     return parsed.status().WithContext("bundle " + bundle.dir().string() + " manifest");

@@ -385,6 +385,25 @@ std::map<std::string, double> TimeEngines(const std::function<bool(const std::st
   return best_ms;
 }
 
+bool AllPositiveFinite(const torch::Tensor& t) {
+  return torch::isfinite(t).all().item<bool>() && (t > 0).all().item<bool>();
+}
+
+Status ReadActQuants(const torch::Tensor& scale, const torch::Tensor& zero_point,
+                     const std::vector<bool>& zero_based, const std::string& what,
+                     std::vector<ActQuant>& acts) {
+  if (!AllPositiveFinite(scale)) return Status::DataLoss(what + ": invalid activation scales");
+  for (size_t i = 0; i < acts.size(); ++i) {
+    const int32_t zp = zero_point[static_cast<int64_t>(i)].item<uint8_t>();
+    if (zero_based[i] && zp != 0) {
+      return Status::DataLoss(what + ": activation " + std::to_string(i) +
+                              " follows a fused ReLU but has a nonzero zero point");
+    }
+    acts[i] = {scale[static_cast<int64_t>(i)].item<float>(), zp};
+  }
+  return Status::Ok();
+}
+
 std::string FastestEngine(const std::map<std::string, double>& best_ms) {
   std::string best;
   for (const auto& [engine, ms] : best_ms) {

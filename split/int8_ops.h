@@ -167,6 +167,15 @@ bool EngineSupported(const std::string& engine);
 // inflates some runs of every engine instead of all runs of whichever engine was timed.
 std::map<std::string, double> TimeEngines(const std::function<bool(const std::string&)>& select,
                                           const std::function<bool()>& run, int rounds, int runs);
+// Whether every value of `t` is finite and > 0 (scales read from bytes).
+bool AllPositiveFinite(const torch::Tensor& t);
+// Activation quantization points read back from bytes (`scale` float [K], `zero_point`
+// uint8 [K], K = acts.size()), checked: DataLoss starting with `what` for a scale that is
+// not finite and positive, or a nonzero zero point where `zero_based[i]` (the point follows a
+// fused ReLU/clamp, which the kernels apply at q = 0: x = 0 only with zero point 0).
+Status ReadActQuants(const torch::Tensor& scale, const torch::Tensor& zero_point,
+                     const std::vector<bool>& zero_based, const std::string& what,
+                     std::vector<ActQuant>& acts);
 // The fastest engine of TimeEngines' result; "" when it is empty.
 std::string FastestEngine(const std::map<std::string, double>& best_ms);
 // Sets libtorch's global quantized engine for the guard's lifetime, then restores it.

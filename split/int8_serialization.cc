@@ -73,36 +73,22 @@ uint32_t Crc32(uint32_t crc, const void* data, size_t size) {
       crc32(crc, static_cast<const Bytef*>(data), static_cast<uInt>(size)));
 }
 
-bool AllPositiveFinite(const torch::Tensor& t) {
-  return torch::isfinite(t).all().item<bool>() && (t > 0).all().item<bool>();
-}
-
 // Validates the loaded tensors' values (shapes and sizes were checked on the way in).
 Status CheckValues(Int8HeadState& state, const torch::Tensor& act_scale,
                    const torch::Tensor& act_zero_point) {
   Status status;
   auto check = [&status](const torch::Tensor& scale, const torch::Tensor& bias,
                          const std::string& what) {
-    if (status.ok() && (!AllPositiveFinite(scale) || !torch::isfinite(bias).all().item<bool>())) {
+    if (status.ok() &&
+        (!int8::AllPositiveFinite(scale) || !torch::isfinite(bias).all().item<bool>())) {
       status = Status::DataLoss("int8 head bytes: " + what + " has invalid scales or biases");
     }
   };
   ForEachConv(state, [&](QConv& c) { check(c.weight_scale, c.bias, "a conv"); });
   ForEachLinear(state, [&](QLinear& l) { check(l.weight_scale, l.bias, "a linear"); });
   CLEAVE_RETURN_IF_ERROR(status);
-  if (!AllPositiveFinite(act_scale)) {
-    return Status::DataLoss("int8 head bytes: invalid activation scales");
-  }
-  for (size_t i = 0; i < state.acts.size(); ++i) {
-    const int32_t zero_point = act_zero_point[i].item<uint8_t>();
-    if (state.act_after_relu[i] && zero_point != 0) {
-      // ReLU is fused into the conv; the kernels clamp at q = 0, which is x = 0 only here.
-      return Status::DataLoss("int8 head bytes: ReLU output " + std::to_string(i) +
-                              " has a nonzero zero point");
-    }
-    state.acts[i] = {act_scale[i].item<float>(), zero_point};
-  }
-  return Status::Ok();
+  return int8::ReadActQuants(act_scale, act_zero_point, state.act_after_relu, "int8 head bytes",
+                             state.acts);
 }
 
 Result<nlohmann::json> ParseHeader(capnp::Data::Reader blob) {

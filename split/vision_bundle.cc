@@ -4,6 +4,7 @@
 #include <sstream>
 
 #include "split/torch_status.h"
+#include "split/wire_quant.h"
 
 namespace cleave::split {
 namespace {
@@ -240,11 +241,7 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
                          {"feature_shape", shape},
                          {"exit_policy", model.exit_policy.ToJson()},
                          {"calibration", model.calibration},
-                         {"wire",
-                          {{"dtype", wire::DTypeName(model.wire_dtype)},
-                           {"channel_axis", 1},
-                           {"scale", model.wire_quant.scale},
-                           {"zero_point", model.wire_quant.zero_point}}},
+                         {"wire", WireManifestJson(model.wire_dtype, model.wire_quant)},
                          {"int8", int8},
                          {"evaluation", model.evaluation},
                          {"training", model.training},
@@ -253,10 +250,7 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
 }
 
 Result<VisionSplitModel> ReadVisionBundle(const Bundle& bundle, const VisionBundleParts& parts) {
-  if (bundle.kind() != kVisionSplitKind) {
-    return Status::InvalidArgument("bundle " + bundle.dir().string() + " is of kind '" +
-                                   bundle.kind() + "', not '" + kVisionSplitKind + "'");
-  }
+  CLEAVE_RETURN_IF_ERROR(bundle.CheckKind(kVisionSplitKind));
   auto parsed = ParseManifest(bundle.model());
   if (!parsed.ok()) {
     return parsed.status().WithContext("bundle " + bundle.dir().string() + " manifest");

@@ -71,6 +71,13 @@ wire::QuantParams RangesToQuantParams(const torch::Tensor& lo, const torch::Tens
   return params;
 }
 
+nlohmann::json WireManifestJson(wire::DType dtype, const wire::QuantParams& params) {
+  return {{"dtype", wire::DTypeName(dtype)},
+          {"channel_axis", 1},
+          {"scale", params.scale},
+          {"zero_point", params.zero_point}};
+}
+
 torch::Tensor FakeQuantizeWire(const torch::Tensor& x, const wire::QuantParams& params,
                                wire::DType dtype) {
   const int64_t channels = static_cast<int64_t>(params.scale.size());

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "common/status.h"
 #include "common/tensor_codec.h"
@@ -28,6 +29,10 @@ std::pair<torch::Tensor, torch::Tensor> ChooseWireRanges(const torch::Tensor& fe
 // nudged up so [lo, hi] is covered; zp = nearbyint(-lo / scale)).
 wire::QuantParams RangesToQuantParams(const torch::Tensor& lo, const torch::Tensor& hi,
                                       wire::DType dtype);
+
+// The manifest's "wire" object of a split bundle: {"dtype", "channel_axis": 1, "scale",
+// "zero_point"}.
+nlohmann::json WireManifestJson(wire::DType dtype, const wire::QuantParams& params);
 
 // Quantize-dequantize `x` [N, C, H, W] with `params` in fp32 tensor arithmetic matching the
 // codec, with a straight-through gradient inside the clipping range (zero outside).
