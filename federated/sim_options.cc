@@ -35,25 +35,22 @@ Result<SimData> LoadSimData(const std::string& spec, int64_t train_limit, int64_
   load.train_limit = train_limit;
   load.test_limit = test_limit;
   load.image_size = image_size;
-  load.load_train = load.load_test = false;  // only the input; the rows come from OpenRows
-  CLEAVE_ASSIGN_OR_RETURN(split::LoadedDataset loaded, split::LoadDataset(data_spec, load));
   if (memory_mb < 0) return Status::InvalidArgument("sim: memory_mb must be >= 0");
-  const int64_t budget = memory_mb * (int64_t{1} << 20);
-  if (loaded.input.class_names.size() > 256) {
+  CLEAVE_ASSIGN_OR_RETURN(split::DatasetRows rows,
+                          split::OpenDatasetRows(data_spec, load, memory_mb * (int64_t{1} << 20)));
+  if (rows.input.class_names.size() > 256) {
     return Status::InvalidArgument("sim: " + data_spec + " has " +
-                                   std::to_string(loaded.input.class_names.size()) +
+                                   std::to_string(rows.input.class_names.size()) +
                                    " classes; the partitioners take at most 256");
   }
   SimData data;
-  CLEAVE_ASSIGN_OR_RETURN(data.train, split::OpenRows(data_spec, DatasetSplit::kTrain, loaded.input,
-                                                      train_limit, budget, 2));
-  CLEAVE_ASSIGN_OR_RETURN(data.test, split::OpenRows(data_spec, DatasetSplit::kTest, loaded.input,
-                                                     test_limit, budget, 2));
+  data.train = std::move(rows.train);
+  data.test = std::move(rows.test);
   const torch::Tensor labels = data.train.labels().to(torch::kUInt8).contiguous();
   data.train_labels.assign(labels.data_ptr<uint8_t>(), labels.data_ptr<uint8_t>() + labels.numel());
   CLEAVE_ASSIGN_OR_RETURN(std::tie(data.mean, data.std),
                           split::NormalizationForRows(data_spec, data.train));
-  data.input = std::move(loaded.input);
+  data.input = std::move(rows.input);
   return data;
 }
 

@@ -55,6 +55,24 @@ Result<LoadedDataset> LoadDataset(const std::string& spec, const DatasetOptions&
   return out;
 }
 
+Result<DatasetRows> OpenDatasetRows(const std::string& spec, const DatasetOptions& options,
+                                    int64_t memory_budget_bytes) {
+  CLEAVE_ASSIGN_OR_RETURN(const DataSpec parsed, ParseDataSpec(spec));
+  const std::string where = "dataset " + spec + " (train)";
+  Result<std::unique_ptr<ImageDataSource>> opened = OpenImageData(parsed, DatasetSplit::kTrain);
+  if (!opened.ok()) return opened.status().WithContext(where);
+  const std::shared_ptr<const ImageDataSource> train = std::move(opened).value();
+  DatasetRows rows;
+  CLEAVE_ASSIGN_OR_RETURN(rows.input, InputSpecForData(spec, *train, options));
+  CLEAVE_ASSIGN_OR_RETURN(
+      rows.train, OpenRows(train, where, DatasetSplit::kTrain, rows.input, options.train_limit,
+                           memory_budget_bytes, options.threads, options.progress_out));
+  CLEAVE_ASSIGN_OR_RETURN(rows.test,
+                          OpenRows(spec, DatasetSplit::kTest, rows.input, options.test_limit,
+                                   memory_budget_bytes, options.threads, options.progress_out));
+  return rows;
+}
+
 Result<LabeledImages> LoadSplitFor(const std::string& spec, DatasetSplit split,
                                    const InputSpec& input, int64_t limit, int threads,
                                    std::FILE* progress_out) {

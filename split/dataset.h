@@ -51,6 +51,17 @@ struct LoadedDataset {
 // Errors of ParseDataSpec / OpenImageData / LoadLabeledImages, with the spec as context.
 Result<LoadedDataset> LoadDataset(const std::string& spec, const DatasetOptions& options);
 
+// A new model's dataset as rows (split/image_rows.h): the input derived from the train
+// split (InputSpecForData with `options`), and both splits' first train_limit/test_limit rows,
+// each held in memory or streamed by `memory_budget_bytes` (OpenRows). The train split is
+// opened (a folder listed) once.
+struct DatasetRows {
+  InputSpec input;
+  ImageRows train, test;
+};
+Result<DatasetRows> OpenDatasetRows(const std::string& spec, const DatasetOptions& options,
+                                    int64_t memory_budget_bytes);
+
 // Loads one split of `spec` converted to `input` (an existing model's). InvalidArgument
 // when the dataset's class count differs from the model's.
 Result<LabeledImages> LoadSplitFor(const std::string& spec, DatasetSplit split,

@@ -171,7 +171,14 @@ Result<ImageRows> OpenRows(const std::string& spec, DatasetSplit split, const In
   CLEAVE_ASSIGN_OR_RETURN(const DataSpec parsed, ParseDataSpec(spec));
   Result<std::unique_ptr<ImageDataSource>> opened = OpenImageData(parsed, split);
   if (!opened.ok()) return opened.status().WithContext(where);
-  std::shared_ptr<const ImageDataSource> source = std::move(opened).value();
+  return OpenRows(std::move(opened).value(), where, split, input, limit, memory_budget_bytes,
+                  threads, progress_out);
+}
+
+Result<ImageRows> OpenRows(std::shared_ptr<const ImageDataSource> source, const std::string& where,
+                           DatasetSplit split, const InputSpec& input, int64_t limit,
+                           int64_t memory_budget_bytes, int threads, std::FILE* progress_out) {
+  if (!source) return Status::InvalidArgument(where + ": no dataset");
   if (source->class_names().size() != input.class_names.size()) {
     return Status::InvalidArgument(where + " has " + std::to_string(source->class_names().size()) +
                                    " classes but the model has " +

@@ -117,5 +117,11 @@ Result<std::pair<ImageRows, ImageRows>> HoldOut(const ImageRows& all, int64_t he
 Result<ImageRows> OpenRows(const std::string& spec, DatasetSplit split, const InputSpec& input,
                            int64_t limit, int64_t memory_budget_bytes, int threads = 2,
                            std::FILE* progress_out = nullptr);
+// The same on a split the caller opened already (to derive the input from it, say), so a
+// folder is listed once; `where` names it in errors ("dataset SPEC (train)").
+Result<ImageRows> OpenRows(std::shared_ptr<const ImageDataSource> source, const std::string& where,
+                           DatasetSplit split, const InputSpec& input, int64_t limit,
+                           int64_t memory_budget_bytes, int threads = 2,
+                           std::FILE* progress_out = nullptr);
 
 }  // namespace cleave::split

@@ -274,20 +274,16 @@ Result<ImportReport> ImportTorchScript(const ImportOptions& options,
 
   DatasetOptions load;
   load.image_size = options.image_size;
-  CLEAVE_ASSIGN_OR_RETURN(const DataSpec spec, ParseDataSpec(options.data));
-  Result<std::unique_ptr<ImageDataSource>> train_source = OpenImageData(spec, DatasetSplit::kTrain);
-  if (!train_source.ok()) {
-    return train_source.status().WithContext("dataset " + options.data + " (train)");
-  }
-  CLEAVE_ASSIGN_OR_RETURN(const InputSpec input,
-                          InputSpecForData(options.data, **train_source, load));
-  const int64_t budget = options.memory_mb * (int64_t{1} << 20);
-  CLEAVE_ASSIGN_OR_RETURN(const ImageRows all_train,
-                          OpenRows(options.data, DatasetSplit::kTrain, input, options.train_limit,
-                                   budget, options.threads, options.progress_out));
-  CLEAVE_ASSIGN_OR_RETURN(const ImageRows test,
-                          OpenRows(options.data, DatasetSplit::kTest, input, options.test_limit,
-                                   budget, options.threads, options.progress_out));
+  load.train_limit = options.train_limit;
+  load.test_limit = options.test_limit;
+  load.threads = options.threads;
+  load.progress_out = options.progress_out;
+  CLEAVE_ASSIGN_OR_RETURN(
+      const DatasetRows data,
+      OpenDatasetRows(options.data, load, options.memory_mb * (int64_t{1} << 20)));
+  const InputSpec& input = data.input;
+  const ImageRows& all_train = data.train;
+  const ImageRows& test = data.test;
   if (all_train.streamed() || test.streamed()) {
     LogLine(options.progress_out, "data: larger than --memory-mb " +
                                       std::to_string(options.memory_mb) +

@@ -138,20 +138,13 @@ Result<TrainData> LoadTrainData(const TrainOptions& options) {
   load.image_size = options.image_size;
   load.threads = options.threads;
   load.progress_out = options.progress_out;
-  CLEAVE_ASSIGN_OR_RETURN(const DataSpec spec, ParseDataSpec(options.data));
-  Result<std::unique_ptr<ImageDataSource>> train_source = OpenImageData(spec, DatasetSplit::kTrain);
-  if (!train_source.ok()) {
-    return train_source.status().WithContext("dataset " + options.data + " (train)");
-  }
+  CLEAVE_ASSIGN_OR_RETURN(
+      DatasetRows rows,
+      OpenDatasetRows(options.data, load, options.memory_mb * (int64_t{1} << 20)));
   TrainData data;
-  CLEAVE_ASSIGN_OR_RETURN(data.input, InputSpecForData(options.data, **train_source, load));
-  const int64_t budget = options.memory_mb * (int64_t{1} << 20);
-  CLEAVE_ASSIGN_OR_RETURN(
-      data.train, OpenRows(options.data, DatasetSplit::kTrain, *data.input, options.train_limit,
-                           budget, options.threads, options.progress_out));
-  CLEAVE_ASSIGN_OR_RETURN(
-      data.test, OpenRows(options.data, DatasetSplit::kTest, *data.input, options.test_limit,
-                          budget, options.threads, options.progress_out));
+  data.input = std::move(rows.input);
+  data.train = std::move(rows.train);
+  data.test = std::move(rows.test);
   if (data.train.streamed() || data.test.streamed()) {
     LogLine(options.progress_out, "data: larger than memory_mb " +
                                       std::to_string(options.memory_mb) +

@@ -7,16 +7,21 @@
 namespace cleave::split {
 namespace {
 
-BlockSpec Conv(int in, int out, int stride, bool relu, const std::string& role = "",
-               int kernel = 3) {
+BlockSpec Plain(const std::string& type, int in, int out, int kernel, int stride, bool relu) {
   BlockSpec b;
-  b.type = "conv";
-  b.role = role;
+  b.type = type;
   b.in_channels = in;
   b.out_channels = out;
   b.kernel = kernel;
   b.stride = stride;
   b.relu = relu;
+  return b;
+}
+
+BlockSpec Conv(int in, int out, int stride, bool relu, const std::string& role = "",
+               int kernel = 3) {
+  BlockSpec b = Plain("conv", in, out, kernel, stride, relu);
+  b.role = role;
   return b;
 }
 
@@ -35,17 +40,6 @@ BlockSpec Classifier(int in, int classes) {
   b.type = "classifier";
   b.in_channels = in;
   b.out_channels = classes;
-  return b;
-}
-
-BlockSpec Plain(const std::string& type, int in, int out, int kernel, int stride, bool relu) {
-  BlockSpec b;
-  b.type = type;
-  b.in_channels = in;
-  b.out_channels = out;
-  b.kernel = kernel;
-  b.stride = stride;
-  b.relu = relu;
   return b;
 }
 

@@ -27,16 +27,7 @@ BlockSpec ResSpec(int in, int out, int stride, bool relu = true) {
 std::shared_ptr<ResBlockImpl> MakeResBlock(const BlockSpec& spec, uint64_t seed) {
   torch::manual_seed(seed);
   auto block = std::make_shared<ResBlockImpl>(spec);
-  torch::NoGradGuard no_grad;
-  for (const auto& module : block->modules(/*include_self=*/false)) {
-    if (auto* bn = dynamic_cast<torch::nn::BatchNorm2dImpl*>(module.get())) {
-      const int64_t c = bn->running_mean.size(0);
-      bn->running_mean.copy_(torch::randn({c}) * 0.2);
-      bn->running_var.copy_(torch::rand({c}) + 0.5);
-      bn->weight.copy_(torch::rand({c}) + 0.5);
-      bn->bias.copy_(torch::randn({c}) * 0.2);
-    }
-  }
+  test_nets::RandomizeBatchNorms(*block);
   block->eval();
   return block;
 }
