@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <system_error>
 
 #include "common/file_util.h"
@@ -157,6 +158,41 @@ Result<int> RunGnuplot(const std::string& program, const fs::path& script,
   return 128 + (WIFSIGNALED(wstatus) ? WTERMSIG(wstatus) : 0);
 }
 
+// Renders the script `build(terminal, rendered_png)` makes into `png`, trying pngcairo and
+// then libgd's png terminal.
+Status Render(const TempDir& temp, const fs::path& png, const std::string& gnuplot_program,
+              const std::function<std::string(const char*, const fs::path&)>& build) {
+  const fs::path rendered = temp.path() / "plot.png";
+  const fs::path script = temp.path() / "plot.gp";
+  const fs::path errors = temp.path() / "gnuplot.err";
+  std::string failures;
+  for (const char* terminal : {"pngcairo", "png"}) {
+    CLEAVE_RETURN_IF_ERROR(WriteFileDurable(script, build(terminal, rendered)));
+    CLEAVE_ASSIGN_OR_RETURN(int exit_code, RunGnuplot(gnuplot_program, script, errors));
+    Result<std::string> image = ReadFileToString(rendered);
+    if (exit_code == 0 && image.ok() && image->size() > 8 &&
+        image->compare(0, 8, kPngSignature, 8) == 0) {
+      return WriteFileAtomic(png, *image).WithContext("writing plot");
+    }
+    std::string err_text = ReadFileToString(errors).value_or("");
+    if (err_text.size() > kMaxStderrInError) err_text.resize(kMaxStderrInError);
+    failures += std::string("\n[") + terminal + "] exit code " + std::to_string(exit_code) +
+                (image.ok() ? "" : ", no PNG written") + ": " + err_text;
+    std::error_code ec;
+    fs::remove(rendered, ec);
+  }
+  return Status::Internal("gnuplot could not render '" + png.string() + "':" + failures);
+}
+
+std::string Tics(const std::vector<std::string>& labels, size_t count) {
+  std::string s = "(";
+  for (size_t i = 0; i < count; ++i) {
+    if (i > 0) s += ", ";
+    s += GnuplotQuote(labels.empty() ? std::to_string(i + 1) : labels[i]) + " " + std::to_string(i);
+  }
+  return s + ")";
+}
+
 }  // namespace
 
 Status WritePlotPng(const PlotSpec& spec, const fs::path& png) {
@@ -175,28 +211,69 @@ Status WritePlotPng(const PlotSpec& spec, const fs::path& png, const std::string
     CLEAVE_RETURN_IF_ERROR(
         WriteFileDurable(temp.path() / ("series_" + std::to_string(i) + ".dat"), data));
   }
+  return Render(temp, png, gnuplot_program, [&](const char* terminal, const fs::path& out) {
+    return BuildScript(spec, terminal, temp.path(), out);
+  });
+}
 
-  const fs::path rendered = temp.path() / "plot.png";
-  const fs::path script = temp.path() / "plot.gp";
-  const fs::path errors = temp.path() / "gnuplot.err";
-  std::string failures;
-  for (const char* terminal : {"pngcairo", "png"}) {
-    CLEAVE_RETURN_IF_ERROR(
-        WriteFileDurable(script, BuildScript(spec, terminal, temp.path(), rendered)));
-    CLEAVE_ASSIGN_OR_RETURN(int exit_code, RunGnuplot(gnuplot_program, script, errors));
-    Result<std::string> image = ReadFileToString(rendered);
-    if (exit_code == 0 && image.ok() && image->size() > 8 &&
-        image->compare(0, 8, kPngSignature, 8) == 0) {
-      return WriteFileAtomic(png, *image).WithContext("writing plot");
-    }
-    std::string err_text = ReadFileToString(errors).value_or("");
-    if (err_text.size() > kMaxStderrInError) err_text.resize(kMaxStderrInError);
-    failures += std::string("\n[") + terminal + "] exit code " + std::to_string(exit_code) +
-                (image.ok() ? "" : ", no PNG written") + ": " + err_text;
-    std::error_code ec;
-    fs::remove(rendered, ec);
+Status WriteHeatmapPng(const HeatmapSpec& spec, const fs::path& png) {
+  return WriteHeatmapPng(spec, png, "gnuplot");
+}
+
+Status WriteHeatmapPng(const HeatmapSpec& spec, const fs::path& png,
+                       const std::string& gnuplot_program) {
+  const size_t rows = spec.values.size();
+  const size_t cols = rows > 0 ? spec.values[0].size() : 0;
+  if (rows == 0 || cols == 0) {
+    return Status::InvalidArgument("heat map '" + spec.title + "' has no values");
   }
-  return Status::Internal("gnuplot could not render '" + png.string() + "':" + failures);
+  for (const auto& row : spec.values) {
+    if (row.size() != cols) {
+      return Status::InvalidArgument("heat map '" + spec.title + "' has rows of unequal length");
+    }
+  }
+  if ((!spec.row_labels.empty() && spec.row_labels.size() != rows) ||
+      (!spec.column_labels.empty() && spec.column_labels.size() != cols)) {
+    return Status::InvalidArgument("heat map '" + spec.title +
+                                   "' has a label count that differs from the matrix");
+  }
+  if (!std::isfinite(spec.min) || !std::isfinite(spec.max) || spec.min >= spec.max) {
+    return Status::InvalidArgument("heat map '" + spec.title + "': min must be below max");
+  }
+  CLEAVE_ASSIGN_OR_RETURN(TempDir temp, TempDir::Create());
+  std::string data;  // x y value label, one cell per line
+  for (size_t i = 0; i < rows; ++i) {
+    for (size_t j = 0; j < cols; ++j) {
+      const double v = spec.values[i][j];
+      // The cell's label: the value as a percentage with one decimal.
+      char label[32] = "?";
+      if (std::isfinite(v)) std::snprintf(label, sizeof(label), "%.1f", 100 * v);
+      const std::string cell =
+          std::to_string(j) + " " + std::to_string(i) + " " + FormatNumber(v) + " " + label + "\n";
+      data += cell;
+    }
+  }
+  const fs::path cells = temp.path() / "cells.dat";
+  CLEAVE_RETURN_IF_ERROR(WriteFileDurable(cells, data));
+  return Render(temp, png, gnuplot_program, [&](const char* terminal, const fs::path& out) {
+    std::string s;
+    s += "set terminal " + std::string(terminal) + " noenhanced size 900,760\n";
+    s += "set output " + GnuplotQuote(out.string()) + "\n";
+    s += "set datafile missing '?'\n";
+    s += "set title " + GnuplotQuote(spec.title) + "\n";
+    s += "set xlabel " + GnuplotQuote(spec.xlabel) + "\n";
+    s += "set ylabel " + GnuplotQuote(spec.ylabel) + "\n";
+    s += "set xrange [-0.5:" + std::to_string(cols - 0.5) + "]\n";
+    s += "set yrange [" + std::to_string(rows - 0.5) + ":-0.5]\n";
+    s += "set xtics " + Tics(spec.column_labels, cols) + "\n";
+    s += "set ytics " + Tics(spec.row_labels, rows) + "\n";
+    s += "set cbrange [" + FormatNumber(spec.min) + ":" + FormatNumber(spec.max) + "]\n";
+    s += "set palette defined (0 '#f7fbff', 0.5 '#6baed6', 1 '#08306b')\n";
+    s += "unset key\nset tics nomirror\n";
+    s += "plot " + GnuplotQuote(cells.string()) + " using 1:2:3 with image, \\\n     " +
+         GnuplotQuote(cells.string()) + " using 1:2:4 with labels font ',11'\n";
+    return s;
+  });
 }
 
 }  // namespace cleave

@@ -1,4 +1,4 @@
-// PNG line and scatter charts rendered by gnuplot (Debian package gnuplot-nox).
+// PNG line and scatter charts and heat maps rendered by gnuplot (Debian package gnuplot-nox).
 //
 // The chart data and a generated gnuplot script go to a private temporary directory;
 // gnuplot runs as a child process (no shell, stdin from /dev/null, default settings so a
@@ -40,5 +40,19 @@ Status WritePlotPng(const PlotSpec& spec, const std::filesystem::path& png);
 // "gnuplot".
 Status WritePlotPng(const PlotSpec& spec, const std::filesystem::path& png,
                     const std::string& gnuplot_program);
+
+// A heat map of a matrix (e.g. continual learning's accuracy matrix R[i][j]): cell (i, j) is
+// drawn at column j, row i (row 0 on top) with its value printed in it. NaN cells are blank.
+struct HeatmapSpec {
+  std::string title, xlabel, ylabel;
+  std::vector<std::vector<double>> values;             // rows x columns, every row as long
+  std::vector<std::string> row_labels, column_labels;  // empty = 1, 2, ...
+  double min = 0, max = 1;                             // the colour scale
+};
+// Errors as WritePlotPng (InvalidArgument for an empty or ragged matrix or labels of the
+// wrong count, or min >= max).
+Status WriteHeatmapPng(const HeatmapSpec& spec, const std::filesystem::path& png);
+Status WriteHeatmapPng(const HeatmapSpec& spec, const std::filesystem::path& png,
+                       const std::string& gnuplot_program);
 
 }  // namespace cleave

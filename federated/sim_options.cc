@@ -6,6 +6,7 @@
 #include "common/datasets.h"
 #include "common/file_util.h"
 #include "federated/simulation.h"
+#include "split/torch_status.h"
 #include "split/dataset.h"
 #include "split/model_spec_file.h"
 

@@ -9,6 +9,7 @@
 //   cleave demo    — the main job: daemons on loopback, the test set through the edge
 #include <CLI/CLI.hpp>
 
+#include "tools/bench_continual.h"
 #include "tools/bench_fl.h"
 #include "tools/bench_import.h"
 #include "tools/bench_lm.h"
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   cleave::tools::RegisterBenchLmCommand(*bench);
   cleave::tools::RegisterBenchServeCommand(*bench);
   cleave::tools::RegisterFederatedBenchCommands(*bench);
+  cleave::tools::RegisterBenchContinualCommand(*bench);
   cleave::tools::RegisterSimCommand(app);
   cleave::tools::RegisterDemoCommand(app);
   try {

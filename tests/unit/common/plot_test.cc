@@ -185,5 +185,52 @@ TEST_F(PlotTest, MissingOutputDirectoryIsNotFound) {
   EXPECT_EQ(s.code(), StatusCode::kNotFound) << s.ToString();
 }
 
+HeatmapSpec Matrix3() {
+  HeatmapSpec spec;
+  spec.title = "accuracy matrix";
+  spec.xlabel = "evaluated on";
+  spec.ylabel = "after";
+  spec.values = {{0.99, 0.0, 0.0}, {0.5, 0.97, 0.0}, {0.3, 0.4, 0.95}};
+  return spec;
+}
+
+TEST_F(PlotTest, RendersAHeatMapWithLabelsAndBlankCells) {
+  if (!GnuplotInstalled()) GTEST_SKIP() << kNoGnuplot;
+  HeatmapSpec spec = Matrix3();
+  spec.values[0][2] = std::nan("");
+  spec.row_labels = {"exp 1", "exp 2", "exp 3 \"quoted\" `x`"};
+  ASSERT_TRUE(WriteHeatmapPng(spec, dir_ / "m.png").ok());
+  const auto [w, h] = PngSize(dir_ / "m.png");
+  EXPECT_EQ(w, 900u);
+  EXPECT_EQ(h, 760u);
+}
+
+TEST_F(PlotTest, InvalidHeatMapsAreRejected) {
+  HeatmapSpec empty = Matrix3();
+  empty.values.clear();
+  EXPECT_EQ(WriteHeatmapPng(empty, dir_ / "m.png").code(), StatusCode::kInvalidArgument);
+  HeatmapSpec ragged = Matrix3();
+  ragged.values[1].pop_back();
+  Status s = WriteHeatmapPng(ragged, dir_ / "m.png");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("unequal"), std::string::npos) << s.ToString();
+  HeatmapSpec labels = Matrix3();
+  labels.column_labels = {"a", "b"};
+  s = WriteHeatmapPng(labels, dir_ / "m.png");
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("label count"), std::string::npos) << s.ToString();
+  HeatmapSpec scale = Matrix3();
+  scale.min = 1;
+  scale.max = 1;
+  EXPECT_EQ(WriteHeatmapPng(scale, dir_ / "m.png").code(), StatusCode::kInvalidArgument);
+  EXPECT_FALSE(fs::exists(dir_ / "m.png"));
+}
+
+TEST_F(PlotTest, HeatMapWithMissingGnuplotNamesThePackage) {
+  Status s = WriteHeatmapPng(Matrix3(), dir_ / "m.png", (dir_ / "no-such-gnuplot").string());
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("gnuplot-nox"), std::string::npos) << s.ToString();
+}
+
 }  // namespace
 }  // namespace cleave
