@@ -6,6 +6,7 @@
 
 #include "common/config.h"
 #include "common/status.h"
+#include "federated/continual.h"
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
 #include "federated/update_compression.h"
@@ -21,5 +22,14 @@ void AddRoundConfigKeys(ConfigSchema& s);
 // secure-aggregation settings that cannot work.
 Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfig& strategy,
                            CompressionConfig& compression);
+
+// The continual-learning strategy keys under `prefix` ("continual" for `cleave sim`,
+// "edge.adapt" for the edge daemon): <prefix>.strategy, .buffer_size, .class_balanced,
+// .replay_batch, .ewc_lambda, .ewc_gamma, .lwf_alpha, .lwf_temperature, .derpp_alpha,
+// .derpp_beta, .kd_temperature, with ContinualConfig's defaults.
+void AddContinualConfigKeys(ConfigSchema& s, const std::string& prefix,
+                            const std::string& default_strategy = "naive");
+// Reads them (validated; InvalidArgument names the key's prefix).
+Result<ContinualConfig> ReadContinualConfigKeys(const Config& c, const std::string& prefix);
 
 }  // namespace cleave::federated

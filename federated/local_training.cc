@@ -68,6 +68,15 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
       optimizer_ = std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(0));
       optimizer_mask_ = trainable;
     }
+    std::unique_ptr<ContinualModel> continual_model;
+    if (options.continual) {
+      continual_model = ContinualModelOf(net, trainable, options.freeze_batch_norm_stats);
+      if (options.consolidate && options.consolidate->size() > 0) {
+        CLEAVE_RETURN_IF_ERROR(
+            options.continual->Consolidate(*continual_model, *options.consolidate)
+                .WithContext("continual consolidation"));
+      }
+    }
     torch::optim::SGD& optimizer = *optimizer_;
     optimizer.state().clear();
     auto& sgd = static_cast<torch::optim::SGDOptions&>(optimizer.param_groups()[0].options());
@@ -97,8 +106,16 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
         const int64_t rows = std::min(batch, n - s * batch);
         if (rows < 2 && steps_per_epoch > 1) continue;  // BatchNorm needs two rows
         const torch::Tensor index = order.narrow(0, s * batch, rows);
-        torch::Tensor loss = F::cross_entropy(net.Forward(data.images.index_select(0, index)),
-                                              data.labels.index_select(0, index));
+        LabeledBatch step_rows = LabeledBatch::Hard(data.images.index_select(0, index),
+                                                    data.labels.index_select(0, index));
+        torch::Tensor loss, step_logits;
+        if (options.continual) {
+          StepLoss step = options.continual->Loss(*continual_model, step_rows);
+          loss = step.loss;
+          step_logits = step.logits;
+        } else {
+          loss = F::cross_entropy(net.Forward(step_rows.images), step_rows.labels);
+        }
         const double value = loss.item<double>();
         if (mu > 0) {
           torch::Tensor prox = torch::zeros({}, torch::kFloat);
@@ -114,6 +131,9 @@ Result<LocalTrainResult> LocalTrainer::Train(const Weights& global,
           return Status::Internal("local training diverged: loss " + std::to_string(value) +
                                   " at step " + std::to_string(result.steps) +
                                   " (lower the learning rate)");
+        }
+        if (options.continual) {
+          CLEAVE_RETURN_IF_ERROR(options.continual->Observe(step_rows, step_logits));
         }
         loss_sum += value;
         ++result.steps;

@@ -17,6 +17,7 @@
 
 #include "common/clock.h"
 #include "common/status.h"
+#include "federated/continual.h"
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
 #include "federated/weights.h"
@@ -39,6 +40,13 @@ struct LocalTrainOptions {
   // longer match what the frozen layers after them expect. Rounds that train the head and
   // exits only set it; rounds that train everything (from scratch) do not.
   bool freeze_batch_norm_stats = false;
+  // Continual learning (federated/continual.h): the client's strategy supplies each step's
+  // loss (replay, regularization) instead of plain cross-entropy (the FedProx term still
+  // adds when mu > 0) and sees each step's rows afterwards. Not owned; null = none.
+  ContinualStrategy* continual = nullptr;
+  // With `continual`: (a sample of) the client's finished experience. The strategy
+  // consolidates on it once the global weights are loaded, before the first step.
+  const LabeledBatch* consolidate = nullptr;
   // `global` is a model the caller already validated (the round engine's own global
   // model): its count and shapes are still checked, its values are not scanned again.
   bool global_is_checked = false;

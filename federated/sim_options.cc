@@ -6,9 +6,9 @@
 #include "common/datasets.h"
 #include "common/file_util.h"
 #include "federated/simulation.h"
-#include "split/torch_status.h"
 #include "split/dataset.h"
 #include "split/model_spec_file.h"
+#include "split/torch_status.h"
 
 namespace cleave::federated {
 
@@ -98,7 +98,16 @@ json SimOptions::ToJson() const {
           {"speed_max", speed_max},
           {"dropout", dropout},
           {"eval_every", eval_every},
-          {"seed", seed}};
+          {"seed", seed},
+          {"continual", continual.ToJson()}};
+}
+
+json ContinualSimOptions::ToJson() const {
+  if (!enabled) return {{"enabled", false}};
+  return {{"enabled", true},
+          {"scenario", scenario},
+          {"experiences", experiences},
+          {"strategy", strategy.ToJson()}};
 }
 
 Status SimOptions::Validate() const {
@@ -127,6 +136,18 @@ Status SimOptions::Validate() const {
   CLEAVE_RETURN_IF_ERROR(
       CheckCompressionCompatible(compression, engine.secure.enabled, strategy.name));
   CLEAVE_RETURN_IF_ERROR(attack.Validate());
+  if (continual.enabled) {
+    if (continual.scenario != "class" && continual.scenario != "domain") {
+      return Status::InvalidArgument("sim: continual.scenario must be class or domain, got '" +
+                                     continual.scenario + "'");
+    }
+    if (continual.experiences < 1 || continual.experiences > rounds) {
+      return Status::InvalidArgument("sim: continual.experiences must be in 1..sim.rounds (" +
+                                     std::to_string(rounds) + "), got " +
+                                     std::to_string(continual.experiences));
+    }
+    CLEAVE_RETURN_IF_ERROR(continual.strategy.Validate().WithContext("sim: continual"));
+  }
   if (engine.secure.enabled && strategy.name == "dpfedavg" && strategy.dp.adaptive_clip) {
     return Status::InvalidArgument(
         "sim: strategy.dp_adaptive_clip is not available with secure aggregation (the "
@@ -148,13 +169,15 @@ json SimResult::ToJson() const {
           {"final_accuracy", final_accuracy},
           {"wall_seconds", wall_seconds},
           {"peak_rss_bytes", peak_rss_bytes},
-          {"resumed_from_round", resumed_from_round}};
+          {"resumed_from_round", resumed_from_round},
+          {"continual", continual}};
 }
 
 Status WriteHistoryCsv(const std::vector<RoundRecord>& history, const std::string& path) {
   std::ostringstream out;
   out << "round,applied,accuracy,loss,train_loss,sampled,succeeded,failed,late,rejected,"
-         "missing,bytes_up,bytes_down,wall_seconds,training_seconds,peak_rss_bytes\n";
+         "missing,bytes_up,bytes_down,wall_seconds,training_seconds,peak_rss_bytes,experience,"
+         "accuracy_seen\n";
   const auto num = [](const json& extra, const char* key) -> std::string {
     return extra.contains(key) ? extra.at(key).dump() : "";
   };
@@ -165,7 +188,16 @@ Status WriteHistoryCsv(const std::vector<RoundRecord>& history, const std::strin
         << r.sampled << ',' << r.succeeded << ',' << r.failed << ',' << r.late << ',' << r.rejected
         << ',' << r.missing << ',' << num(r.extra, "bytes_up") << ',' << num(r.extra, "bytes_down")
         << ',' << num(r.extra, "wall_seconds") << ',' << num(r.extra, "training_seconds") << ','
-        << num(r.extra, "peak_rss_bytes") << '\n';
+        << num(r.extra, "peak_rss_bytes") << ',';
+    // Continual runs: the round's experience and the mean accuracy over the experiences
+    // learned so far (ACC of the matrix row it would make).
+    if (r.extra.contains("continual") && r.extra["continual"].is_object()) {
+      const json& c = r.extra["continual"];
+      out << c.value("experience", -1) << ',' << c.value("accuracy_seen", 0.0);
+    } else {
+      out << ',';
+    }
+    out << '\n';
   }
   return WriteFileAtomic(path, out.str());
 }

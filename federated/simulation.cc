@@ -6,6 +6,8 @@
 #include <optional>
 #include <thread>
 
+#include <ATen/CPUGeneratorImpl.h>
+
 #include "common/process_stats.h"
 #include "federated/checkpoint.h"
 #include "federated/simulation_internal.h"
@@ -18,18 +20,6 @@ namespace cleave::federated {
 using nlohmann::json;
 
 namespace sim_internal {
-namespace {
-
-// "client-007": zero-padded so that sorting ids sorts clients by index.
-std::string ClientId(int index, int width) {
-  std::string digits = std::to_string(index);
-  if (static_cast<int>(digits.size()) < width) digits.insert(0, width - digits.size(), '0');
-  return "client-" + digits;
-}
-
-int ClientIndex(const std::string& id) { return std::stoi(id.substr(7)); }
-
-}  // namespace
 
 double Simulation::SpeedOf(int client) const {
   if (options_.speed_max == options_.speed_min) return options_.speed_min;
@@ -82,6 +72,23 @@ Status Simulation::Setup() {
     population.push_back({ClientId(c, width), partition_.client_size(c)});
   }
   clients_ = ClientPool(population);
+  if (options_.continual.enabled) {
+    if (options_.continual.scenario == "class" &&
+        options_.continual.experiences > model_->num_classes()) {
+      return Status::InvalidArgument(
+          "sim: continual.experiences (" + std::to_string(options_.continual.experiences) +
+          ") exceeds the data's classes (" + std::to_string(model_->num_classes()) + ")");
+    }
+    if (options_.continual.scenario == "domain") {
+      CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor first, data_.test.Slice(0, 1));
+      const int64_t pixels = first.size(2) * first.size(3);
+      auto generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed ^ 0x9e3779b9ULL);
+      permutations_.push_back(torch::arange(pixels, torch::kLong));
+      for (int e = 1; e < options_.continual.experiences; ++e) {
+        permutations_.push_back(torch::randperm(pixels, generator, torch::kLong));
+      }
+    }
+  }
   malicious_ = MaliciousClients(options_.attack, options_.num_clients, options_.seed);
   engine_->set_evaluator([this](const Weights& w) -> Result<Evaluation> {
     const int round = engine_->rounds_completed() + 1;
@@ -104,7 +111,7 @@ std::vector<Task> Simulation::PlanTasks(const RoundPlan& plan) {
     Task t;
     t.id = id;
     t.client = ClientIndex(id);
-    const int64_t n = partition_.client_size(t.client);
+    const int64_t n = ClientSize(t.client);
     int64_t steps = plan.fit.local_epochs * ((n + plan.fit.batch_size - 1) / plan.fit.batch_size);
     if (plan.fit.max_steps > 0) steps = std::min(steps, plan.fit.max_steps);
     const double seconds = steps * options_.step_seconds * SpeedOf(t.client);
@@ -133,6 +140,10 @@ std::vector<Task> Simulation::PlanTasks(const RoundPlan& plan) {
 
 Status Simulation::RunRound() {
   const auto wall_start = std::chrono::steady_clock::now();
+  if (options_.continual.enabled) {
+    const int experience = ExperienceOfRound(engine_->rounds_completed() + 1);
+    if (experience != experience_) EnterExperience(experience);
+  }
   CLEAVE_ASSIGN_OR_RETURN(RoundPlan plan, engine_->StartRound(clients_));
   const std::vector<Task> tasks = PlanTasks(plan);
   {
@@ -215,6 +226,11 @@ Status Simulation::RunRound() {
     for (const std::string& id : plan.clients) malicious_sampled += malicious_[ClientIndex(id)];
     stored->extra["attack"] = malicious_sampled;  // malicious clients among the sampled
   }
+  if (options_.continual.enabled) {
+    const auto eval_start = std::chrono::steady_clock::now();
+    CLEAVE_RETURN_IF_ERROR(EvaluateExperiences(engine_->global(), plan.round, *stored));
+    stored->extra["eval_seconds"] = eval_seconds_ + Seconds(eval_start);
+  }
   stored->extra["peak_rss_bytes"] = PeakRssBytes();
   stored->extra.erase("eval_error");
   if (bar) {
@@ -246,6 +262,16 @@ Result<SimResult> Simulation::Run() {
       return restored;
     }
   }
+  if (options_.continual.enabled) {  // the accuracy matrix so far, from the history
+    tracker_.emplace(options_.continual.experiences);
+    for (const RoundRecord& r : engine_->history()) {
+      if (!r.extra.contains("continual")) continue;
+      const json& c = r.extra["continual"];
+      CLEAVE_RETURN_IF_ERROR(tracker_->Record(c.value("experience", 0),
+                                              c.value("accuracies", std::vector<double>{}),
+                                              c.value("end_of_experience", false)));
+    }
+  }
   const int threads_before = torch::get_num_threads();
   if (workers_ > 1) split::SetComputeThreads(1);  // parallelism comes from the workers
   StartPool();
@@ -267,6 +293,15 @@ Result<SimResult> Simulation::Run() {
     if (r.eval_accuracy) {
       result.best_accuracy = std::max(result.best_accuracy, *r.eval_accuracy);
       result.final_accuracy = *r.eval_accuracy;
+    }
+  }
+  if (options_.continual.enabled && tracker_) {
+    result.continual = {{"scenario", options_.continual.scenario},
+                        {"experiences", options_.continual.experiences},
+                        {"strategy", options_.continual.strategy.ToJson()},
+                        {"matrix", tracker_->matrix()}};
+    if (Result<ContinualMetrics> m = tracker_->Metrics(); m.ok()) {
+      result.continual["metrics"] = m->ToJson();
     }
   }
   result.wall_seconds = Seconds(start);

@@ -32,6 +32,8 @@
 
 #include "common/status.h"
 #include "federated/attack.h"
+#include "federated/continual.h"
+#include "federated/continual_metrics.h"
 #include "federated/partition.h"
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
@@ -76,6 +78,30 @@ Result<split::VisionModelSpec> SimModelSpec(const std::string& name, const SimDa
 Result<std::unique_ptr<split::TrainableNet>> MakeSimModel(const std::string& name,
                                                           const SimData& data, uint64_t seed);
 
+// Federated continual learning (`cleave sim --continual`). The clients' data arrive as a
+// stream of `experiences` spread evenly over the rounds (round r, from 1, is in experience
+// (r - 1) x experiences / rounds):
+//   class   class-incremental: experience e holds the classes c with
+//           c x experiences / classes == e; a client trains on its rows of those classes
+//           (clients without any are not sampled in that experience);
+//   domain  domain-incremental: a client's rows are cut into `experiences` consecutive
+//           chunks, and chunk e is seen through the pixel permutation of experience e
+//           (experience 0 unpermuted; Permuted MNIST, Goodfellow et al. 2013).
+// Each client keeps its strategy (federated/continual.h: its replay buffer, EWC's Fisher,
+// LwF's teacher) across rounds, and consolidates when it first trains in a new experience:
+// O(participants x buffer) memory; not checkpointed (a resumed run starts them empty, as
+// compression residuals). After every round the global model is evaluated on every
+// experience's test data (the test rows of its classes, or all test rows through its
+// permutation): the round record's extra["continual"], the accuracy matrix and the metrics
+// of federated/continual_metrics.h in SimResult::continual.
+struct ContinualSimOptions {
+  bool enabled = false;
+  std::string scenario = "class";  // class | domain
+  int experiences = 5;
+  ContinualConfig strategy;
+  nlohmann::json ToJson() const;
+};
+
 struct SimOptions {
   std::string model = "simple_cnn";
   int num_clients = 100;
@@ -93,6 +119,7 @@ struct SimOptions {
   // chosen from the seed, attack in every round they are sampled (before any compression).
   // Each round's extra["attack"] counts the malicious clients among the sampled.
   AttackOptions attack;
+  ContinualSimOptions continual;
   int workers = 0;             // 0 = one per core
   double step_seconds = 0.05;  // virtual time of one local step at speed factor 1
   double speed_min = 1.0, speed_max = 1.0;
@@ -115,7 +142,10 @@ struct SimResult {
   double best_accuracy = 0, final_accuracy = 0;
   double wall_seconds = 0;  // this invocation
   int64_t peak_rss_bytes = 0;
-  int resumed_from_round = 0;     // 0 = fresh start
+  int resumed_from_round = 0;  // 0 = fresh start
+  // Continual runs: {"scenario", "experiences", "strategy", "matrix", "metrics": {"acc",
+  // "bwt", "forgetting", "min_acc"}}; null otherwise.
+  nlohmann::json continual;
   nlohmann::json ToJson() const;  // {"options"?, "rounds": [...], "best_accuracy", ...}
 };
 

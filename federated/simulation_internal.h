@@ -4,6 +4,8 @@
 //   simulation_pool.cc    the worker pool: training sampled clients and submitting their
 //                         updates to the engine in arrival order;
 //   simulation_secure.cc  update compression and the clients' side of secure aggregation;
+//   simulation_continual.cc  federated continual learning: experiences, the clients'
+//                         strategies and the per-experience evaluation;
 //   sim_options.cc        model and data loading, options, results and the history CSV.
 // Not part of the public API: include only from those files. A Simulation belongs to the
 // thread that calls Run; its workers touch only what the members' comments allow.
@@ -33,6 +35,14 @@ namespace cleave::federated::sim_internal {
 inline uint64_t StreamSeed(uint64_t seed, uint64_t a, uint64_t b) {
   return SplitMix64(SplitMix64(SplitMix64(seed) ^ a) ^ b);
 }
+
+// "client-007": zero-padded so that sorting ids sorts clients by index.
+inline std::string ClientId(int index, int width) {
+  std::string digits = std::to_string(index);
+  if (static_cast<int>(digits.size()) < width) digits.insert(0, width - digits.size(), '0');
+  return "client-" + digits;
+}
+inline int ClientIndex(const std::string& id) { return std::stoi(id.substr(7)); }
 
 // Wall-clock seconds elapsed since `since`.
 inline double Seconds(std::chrono::steady_clock::time_point since) {
@@ -110,6 +120,23 @@ class Simulation {
   Result<secagg::MaskedInput> MaskUpdate(const RoundPlan& plan, const Task& t,
                                          const LocalTrainResult& trained);
   double SpeedOf(int client) const;
+  // Continual runs (SimOptions::continual). The experience of round `round` (from 1).
+  int ExperienceOfRound(int round) const;
+  // The dataset rows client `client` trains on in `experience` (its whole share when the run
+  // is not continual).
+  std::vector<int64_t> ClientRows(int client, int experience) const;
+  // Rows a client trains on in the current round's experience.
+  int64_t ClientSize(int client) const;
+  // Domain-incremental: `images` seen through the experience's pixel permutation.
+  torch::Tensor InExperience(const torch::Tensor& images, int experience) const;
+  // Makes the clients with data in `experience` the sampling pool.
+  void EnterExperience(int experience);
+  // The client's strategy (created on first use) and the rows it consolidates on when it
+  // moves to `experience` (empty when it does not).
+  ContinualStrategy* ClientStrategy(int client, int experience, LabeledBatch& consolidate)
+      EXCLUDES(mu_);
+  // Evaluates `w` on every experience's test data into the round's record and the tracker.
+  Status EvaluateExperiences(const Weights& w, int round, RoundRecord& record);
 
   const SimOptions& options_;
   const SimData& data_;
@@ -165,6 +192,17 @@ class Simulation {
   std::atomic<int64_t> training_micros_{0};  // inside TrainLocally's step loop
   std::atomic<int64_t> client_micros_{0};    // whole TrainLocally calls (weights in and out)
   double eval_seconds_ = 0;                  // of the last FinishRound's evaluation
+
+  // Continual runs. The experience whose clients form clients_ (-1 before the first).
+  int experience_ = -1;
+  std::vector<torch::Tensor> permutations_;         // domain: per experience, [H x W] (0: identity)
+  std::vector<split::ImageRows> experience_tests_;  // class: each experience's test rows
+  struct ClientContinual {
+    std::unique_ptr<ContinualStrategy> strategy;
+    int experience = -1;  // the experience it last trained in
+  };
+  std::unordered_map<int, ClientContinual> continual_ GUARDED_BY(mu_);
+  std::optional<ContinualTracker> tracker_;
 };
 
 }  // namespace cleave::federated::sim_internal

@@ -115,7 +115,18 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
     if (t.kind == Task::Kind::kTrain) {
       split::LabeledImages local;
       Status read_status = Status::Ok();
-      if (const split::LabeledImages* all = data_.train.in_memory()) {
+      const int experience = options_.continual.enabled ? experience_ : 0;
+      if (options_.continual.enabled) {  // the rows of the current experience
+        const std::vector<int64_t> rows = ClientRows(t.client, experience);
+        Result<split::LabeledImages> read =
+            data_.train.Select(torch::tensor(rows, torch::kLong)).Load();
+        if (read.ok()) {
+          local = std::move(read).value();
+          local.images = InExperience(local.images, experience);
+        } else {
+          read_status = read.status().WithContext("reading the client's rows");
+        }
+      } else if (const split::LabeledImages* all = data_.train.in_memory()) {
         local =
             GatherRows(*all, partition_.client_rows(t.client), partition_.client_size(t.client));
       } else {  // streamed: read this client's rows now
@@ -143,6 +154,11 @@ void Simulation::Worker(int worker, const RoundPlan& plan, const std::vector<Tas
       o.seed = StreamSeed(options_.seed, 0x7a1 + plan.round, t.client);
       o.cancelled = options_.cancelled;
       o.global_is_checked = true;  // the engine's own global model
+      LabeledBatch consolidate;
+      if (options_.continual.enabled) {
+        o.continual = ClientStrategy(t.client, experience, consolidate);
+        o.consolidate = &consolidate;
+      }
       Weights recycled;
       {
         MutexLock lock(&mu_);

@@ -14,6 +14,7 @@
 #include "common/shutdown.h"
 #include "federated/continual.h"
 #include "federated/continual_metrics.h"
+#include "federated/partition.h"
 #include "federated/simulation.h"
 #include "split/torch_status.h"
 #include "tools/bench_util.h"
@@ -35,6 +36,7 @@ struct ContinualArgs {
   std::vector<uint64_t> seeds{1, 2};
   std::vector<std::string> methods{"naive", "ewc", "lwf", "er_200", "er_500", "derpp_500", "joint"};
   int64_t eval_every = 20;  // steps between continual evaluations (min-ACC)
+  std::vector<std::string> sections{"class_incremental", "federated"};
 };
 
 // The experiences of a class-incremental split: experience e holds classes 2e and 2e+1.
@@ -247,6 +249,74 @@ json RunClassIncremental(const ContinualArgs& args, const federated::SimData& da
   return section;
 }
 
+// Federated continual: 10 clients, Dirichlet(0.5), the class-incremental experiences over
+// the rounds, FedAvg with each client's ER-500 against naive local fine-tuning.
+json RunFederated(const ContinualArgs& args, const federated::SimData& data) {
+  const int experiences = 5, rounds_per_experience = args.quick ? 1 : 5;
+  json section = {{"setting",
+                   {{"scenario", "class-incremental Split Fashion-MNIST over federated rounds"},
+                    {"clients", 10},
+                    {"partition", "dirichlet:0.5"},
+                    {"experiences", experiences},
+                    {"rounds_per_experience", rounds_per_experience},
+                    {"strategy", "fedavg, every client every round"},
+                    {"local_epochs", 1},
+                    {"batch_size", 64},
+                    {"lr", 0.01},
+                    {"momentum", 0.9},
+                    {"seeds", args.seeds}}}};
+  for (const std::string method : {"naive", "er_500"}) {
+    std::vector<double> acc, forgetting, bwt, min_acc;
+    json per_seed = json::array();
+    for (uint64_t seed : args.seeds) {
+      std::cerr << "== federated " << method << " seed " << seed << "\n";
+      federated::SimOptions o;
+      o.model = "simple_cnn";
+      o.num_clients = 10;
+      o.partition = *federated::PartitionSpec::Parse("dirichlet:0.5");
+      o.partition.min_size = 10;
+      o.rounds = experiences * rounds_per_experience;
+      o.engine.fraction = 1.0;
+      o.engine.min_clients = 1;
+      o.engine.quorum = 1;
+      o.engine.deadline_micros = int64_t{1} << 50;
+      o.engine.fit.local_epochs = 1;
+      o.engine.fit.batch_size = 64;
+      o.engine.fit.lr = 0.01;
+      o.engine.fit.momentum = 0.9;
+      o.seed = seed;
+      o.engine.seed = seed;
+      o.progress_out = nullptr;
+      o.cancelled = [] { return ShutdownRequested(); };
+      o.continual.enabled = true;
+      o.continual.scenario = "class";
+      o.continual.experiences = experiences;
+      o.continual.strategy = ConfigFor(method);
+      federated::SimData subset = data;
+      if (args.quick) {
+        subset.train = data.train.Head(10000);
+        subset.train_labels.resize(10000);
+      }
+      Result<federated::SimResult> r = federated::RunSimulation(o, subset);
+      if (!r.ok()) Fail("bench continual", r.status().WithContext("federated " + method));
+      const json& m = r->continual["metrics"];
+      acc.push_back(m["acc"].get<double>());
+      forgetting.push_back(m["forgetting"].get<double>());
+      bwt.push_back(m["bwt"].get<double>());
+      min_acc.push_back(m["min_acc"].get<double>());
+      per_seed.push_back(
+          {{"metrics", m}, {"matrix", r->continual["matrix"]}, {"wall_seconds", r->wall_seconds}});
+      std::cerr << "   acc " << acc.back() << " in " << r->wall_seconds << " s\n";
+    }
+    section[method] = {{"acc", Mean(acc)},
+                       {"forgetting", Mean(forgetting)},
+                       {"bwt", Mean(bwt)},
+                       {"min_acc", Mean(min_acc)},
+                       {"per_seed", per_seed}};
+  }
+  return section;
+}
+
 void RunBenchContinual(const ContinualArgs& args) {
   InstallShutdownHandlers();
   torch::set_num_threads(std::max(1u, std::thread::hardware_concurrency()));
@@ -258,7 +328,13 @@ void RunBenchContinual(const ContinualArgs& args) {
     if (plot_dir.empty()) plot_dir = ".";
   }
   json report;
-  report["class_incremental"] = RunClassIncremental(args, *data, plot_dir);
+  for (const std::string& section : args.sections) {
+    if (section == "class_incremental") {
+      report["class_incremental"] = RunClassIncremental(args, *data, plot_dir);
+    } else if (section == "federated") {
+      report["federated"] = RunFederated(args, *data);
+    }
+  }
   std::cout << report.dump(2) << std::endl;
   if (!args.json_out.empty()) {
     if (Status s = WriteFileAtomic(args.json_out, report.dump(2) + "\n"); !s.ok()) {
@@ -284,6 +360,9 @@ void RegisterBenchContinualCommand(CLI::App& bench) {
   c->add_option("--eval-every", args->eval_every, "steps between continual evaluations (min-ACC)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  c->add_option("--sections", args->sections, "sections to run")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"class_incremental", "federated"}));
   c->add_option("--data-dir", args->data_dir, "Fashion-MNIST directory")->capture_default_str();
   c->callback([args] {
     for (const std::string& m : args->methods) {

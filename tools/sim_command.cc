@@ -53,6 +53,31 @@ Status WriteSimOutputs(const federated::SimResult& result, const json& options,
   plot.xlabel = "round";
   plot.ylabel = "test accuracy";
   plot.series.push_back(series);
+  if (!result.continual.is_null()) {
+    // Each experience's test accuracy over the rounds, and the accuracy matrix.
+    const int experiences = result.continual.value("experiences", 0);
+    for (int j = 0; j < experiences; ++j) {
+      PlotSeries e;
+      e.label = "experience " + std::to_string(j + 1);
+      for (const auto& r : result.history) {
+        if (!r.extra.contains("continual")) continue;
+        const json& c = r.extra["continual"];
+        if (c.value("experience", 0) < j) continue;  // not learned yet
+        e.x.push_back(r.round);
+        e.y.push_back(c["accuracies"][j].get<double>());
+      }
+      if (!e.x.empty()) plot.series.push_back(e);
+    }
+    HeatmapSpec heat;
+    heat.title = "accuracy (%) after experience i on experience j";
+    heat.xlabel = "evaluated on experience j";
+    heat.ylabel = "after training experience i";
+    heat.values = result.continual["matrix"].get<std::vector<std::vector<double>>>();
+    if (!heat.values.empty()) {
+      // Rows not reached yet (an interrupted run) stay out; the matrix is square otherwise.
+      CLEAVE_RETURN_IF_ERROR(WriteHeatmapPng(heat, dir + "/accuracy-matrix.png"));
+    }
+  }
   return WritePlotPng(plot, dir + "/accuracy.png");
 }
 
@@ -64,9 +89,11 @@ struct SimArgs {
   std::string out = "sim-out";
   bool quiet = false;
   bool print_config = false;
+  bool continual = false;  // --continual: continual.enabled = true
 };
 
-void RunSim(const SimArgs& args, const ConfigSchema& schema) {
+void RunSim(SimArgs args, const ConfigSchema& schema) {
+  if (args.continual) args.flags["continual.enabled"] = "true";
   Result<Config> config = Config::Load(schema, args.config_path, args.flags);
   if (!config.ok()) Fail("sim", config.status());
   if (args.print_config) {
@@ -104,6 +131,9 @@ void RunSim(const SimArgs& args, const ConfigSchema& schema) {
                   {"wall_seconds", result->wall_seconds},
                   {"peak_rss_bytes", result->peak_rss_bytes},
                   {"out", args.out}};
+  if (!result->continual.is_null()) {
+    summary["continual"] = result->continual.value("metrics", json::object());
+  }
   std::cout << summary.dump(2) << std::endl;
 }
 
@@ -119,6 +149,8 @@ void RegisterSimCommand(CLI::App& app) {
   cli::AddConfigFlags(*cmd, *schema, &args->config_path, &args->flags);
   cmd->add_option("--out", args->out, "output directory")->capture_default_str();
   cmd->add_flag("--quiet", args->quiet, "no progress output on stderr");
+  cmd->add_flag("--continual", args->continual,
+                "federated continual learning (continual.enabled = true; see continual.*)");
   cmd->add_flag("--print-config", args->print_config,
                 "print the effective configuration as JSON and exit");
   cmd->callback([args, schema] { RunSim(*args, *schema); });
