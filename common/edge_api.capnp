@@ -53,3 +53,36 @@ struct ClassifyReply {
   totalMicros @10 :UInt64;         # receipt to reply inside the daemon
   className @11 :Text;             # the bundle's name of predictedClass ("" on error)
 }
+
+# Protocol version 2: an envelope, so one connection can carry more than classifications.
+# A reader tells the versions apart by protocolVersion, the first field of every root
+# message (ClassifyRequest v1 or LocalRequest v2); v1 senders keep getting v1 replies.
+struct LocalRequest {
+  protocolVersion @0 :UInt16;      # 2
+  union {
+    classify @1 :ClassifyRequest;  # its own protocolVersion is 1
+    feedback @2 :FeedbackRequest;
+  }
+}
+
+# The true class of an earlier request, sent on the same connection (the daemon matches it by
+# the connection and requestId; delayed labels are common in IoT). The daemon learns from it
+# when on-gateway adaptation is on (edge.adapt).
+struct FeedbackRequest {
+  requestId @0 :UInt64;            # the ClassifyRequest's requestId
+  trueClass @1 :Int32;             # in [0, classes of the bundle)
+}
+
+struct LocalReply {
+  protocolVersion @0 :UInt16;      # 2
+  union {
+    classify @1 :ClassifyReply;
+    feedback @2 :FeedbackReply;
+  }
+}
+
+struct FeedbackReply {
+  requestId @0 :UInt64;
+  accepted @1 :Bool;               # false: `error` says why (unknown request id, class out of
+  error @2 :Text;                  # range, adaptation off)
+}

@@ -97,9 +97,9 @@ const char* AnswerSourceName(AnswerSource source) {
   return "unknown";
 }
 
-std::string EncodeClassifyRequest(const ClassifyRequest& request) {
-  capnp::MallocMessageBuilder builder;
-  auto root = builder.initRoot<schema::ClassifyRequest>();
+namespace {
+
+void WriteClassifyRequest(const ClassifyRequest& request, schema::ClassifyRequest::Builder root) {
   root.setProtocolVersion(request.protocol_version);
   root.setRequestId(request.request_id);
   root.setDeadlineMs(request.deadline_ms);
@@ -125,12 +125,9 @@ std::string EncodeClassifyRequest(const ClassifyRequest& request) {
       break;
     }
   }
-  return WritePacked(builder);
 }
 
-std::string EncodeClassifyReply(const ClassifyReply& reply) {
-  capnp::MallocMessageBuilder builder;
-  auto root = builder.initRoot<schema::ClassifyReply>();
+void WriteClassifyReply(const ClassifyReply& reply, schema::ClassifyReply::Builder root) {
   root.setProtocolVersion(reply.protocol_version);
   root.setRequestId(reply.request_id);
   switch (reply.source) {
@@ -149,13 +146,13 @@ std::string EncodeClassifyReply(const ClassifyReply& reply) {
   root.setEdgeMicros(reply.edge_micros);
   root.setTotalMicros(reply.total_micros);
   root.setClassName(reply.class_name);
-  return WritePacked(builder);
 }
 
-Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes) {
-  return ReadPacked<schema::ClassifyRequest>(
-      bytes, "classify request",
-      [](schema::ClassifyRequest::Reader root) -> Result<ClassifyRequest> {
+}  // namespace
+
+namespace {
+
+Result<ClassifyRequest> ReadClassifyRequest(schema::ClassifyRequest::Reader root) {
         ClassifyRequest r;
         r.protocol_version = root.getProtocolVersion();
         CLEAVE_RETURN_IF_ERROR(CheckVersion(r.protocol_version, "classify request"));
@@ -198,12 +195,9 @@ Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes) {
           default: return Status::InvalidArgument("classify request carries an unknown image kind");
         }
         return r;
-      });
 }
 
-Result<ClassifyReply> DecodeClassifyReply(std::string_view bytes) {
-  return ReadPacked<schema::ClassifyReply>(
-      bytes, "classify reply", [](schema::ClassifyReply::Reader root) -> Result<ClassifyReply> {
+Result<ClassifyReply> ReadClassifyReply(schema::ClassifyReply::Reader root) {
         ClassifyReply r;
         r.protocol_version = root.getProtocolVersion();
         CLEAVE_RETURN_IF_ERROR(CheckVersion(r.protocol_version, "classify reply"));
@@ -229,14 +223,156 @@ Result<ClassifyReply> DecodeClassifyReply(std::string_view bytes) {
         r.class_name = root.getClassName().cStr();
         if (r.class_name.size() > 1024) return Status::InvalidArgument("class name too long");
         return r;
-      });
+}
+
+}  // namespace
+
+std::string EncodeClassifyRequest(const ClassifyRequest& request) {
+  capnp::MallocMessageBuilder builder;
+  WriteClassifyRequest(request, builder.initRoot<schema::ClassifyRequest>());
+  return WritePacked(builder);
+}
+
+std::string EncodeClassifyReply(const ClassifyReply& reply) {
+  capnp::MallocMessageBuilder builder;
+  WriteClassifyReply(reply, builder.initRoot<schema::ClassifyReply>());
+  return WritePacked(builder);
+}
+
+
+Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes) {
+  return ReadPacked<schema::ClassifyRequest>(bytes, "classify request", ReadClassifyRequest);
+}
+
+Result<ClassifyReply> DecodeClassifyReply(std::string_view bytes) {
+  return ReadPacked<schema::ClassifyReply>(bytes, "classify reply", ReadClassifyReply);
 }
 
 uint64_t PeekClassifyRequestId(std::string_view bytes) {
-  auto id = ReadPacked<schema::ClassifyRequest>(
+  // A well-formed v2 envelope names its request; anything else is read as a v1 request
+  // (whatever its version says, so a version mismatch can still be answered).
+  if (Result<LocalRequest> local = DecodeLocalRequest(bytes); local.ok() && local->enveloped) {
+    return local->kind == LocalRequest::Kind::kFeedback ? local->feedback.request_id
+                                                        : local->classify.request_id;
+  }
+  auto v1 = ReadPacked<schema::ClassifyRequest>(
       bytes, "classify request",
       [](schema::ClassifyRequest::Reader root) -> Result<uint64_t> { return root.getRequestId(); });
-  return id.ok() ? *id : 0;
+  return v1.ok() ? *v1 : 0;
+}
+
+// ---------------------------------------------------------------- protocol version 2
+
+uint16_t PeekProtocolVersion(std::string_view bytes) {
+  auto version = ReadPacked<schema::LocalRequest>(
+      bytes, "request",
+      [](schema::LocalRequest::Reader root) -> Result<uint16_t> {
+        return root.getProtocolVersion();
+      });
+  return version.ok() ? *version : 0;
+}
+
+std::string EncodeEnvelopedClassifyRequest(const ClassifyRequest& request) {
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<schema::LocalRequest>();
+  root.setProtocolVersion(kEnvelopeProtocolVersion);
+  WriteClassifyRequest(request, root.initClassify());
+  return WritePacked(builder);
+}
+
+std::string EncodeFeedbackRequest(const FeedbackRequest& request) {
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<schema::LocalRequest>();
+  root.setProtocolVersion(kEnvelopeProtocolVersion);
+  auto f = root.initFeedback();
+  f.setRequestId(request.request_id);
+  f.setTrueClass(request.true_class);
+  return WritePacked(builder);
+}
+
+std::string EncodeLocalReply(const LocalReply& reply) {
+  capnp::MallocMessageBuilder builder;
+  auto root = builder.initRoot<schema::LocalReply>();
+  root.setProtocolVersion(kEnvelopeProtocolVersion);
+  if (reply.kind == LocalRequest::Kind::kFeedback) {
+    auto f = root.initFeedback();
+    f.setRequestId(reply.feedback.request_id);
+    f.setAccepted(reply.feedback.accepted);
+    f.setError(reply.feedback.error);
+  } else {
+    WriteClassifyReply(reply.classify, root.initClassify());
+  }
+  return WritePacked(builder);
+}
+
+Result<LocalRequest> DecodeLocalRequest(std::string_view bytes) {
+  // Every root message starts with its protocolVersion (data word 0, bits 0-15), so the
+  // envelope's reader reads a v1 ClassifyRequest's version too.
+  Result<uint16_t> version = ReadPacked<schema::LocalRequest>(
+      bytes, "request",
+      [](schema::LocalRequest::Reader root) -> Result<uint16_t> {
+        return root.getProtocolVersion();
+      });
+  if (!version.ok()) return version.status();
+  if (*version == kProtocolVersion) {
+    LocalRequest r;
+    CLEAVE_ASSIGN_OR_RETURN(r.classify, DecodeClassifyRequest(bytes));
+    return r;
+  }
+  if (*version != kEnvelopeProtocolVersion) {
+    return Status::VersionMismatch("request has protocol version " + std::to_string(*version) +
+                                   "; this build speaks versions 1 and 2");
+  }
+  return ReadPacked<schema::LocalRequest>(
+      bytes, "request", [](schema::LocalRequest::Reader root) -> Result<LocalRequest> {
+        LocalRequest r;
+        r.enveloped = true;
+        switch (root.which()) {
+          case schema::LocalRequest::CLASSIFY: {
+            CLEAVE_ASSIGN_OR_RETURN(r.classify, ReadClassifyRequest(root.getClassify()));
+            return r;
+          }
+          case schema::LocalRequest::FEEDBACK: {
+            auto f = root.getFeedback();
+            r.kind = LocalRequest::Kind::kFeedback;
+            r.feedback.request_id = f.getRequestId();
+            r.feedback.true_class = f.getTrueClass();  // the daemon checks its range
+            return r;
+          }
+          default: return Status::InvalidArgument("request carries an unknown message kind");
+        }
+      });
+}
+
+Result<LocalReply> DecodeLocalReply(std::string_view bytes) {
+  return ReadPacked<schema::LocalReply>(
+      bytes, "reply", [](schema::LocalReply::Reader root) -> Result<LocalReply> {
+        if (root.getProtocolVersion() != kEnvelopeProtocolVersion) {
+          return Status::VersionMismatch("reply has protocol version " +
+                                         std::to_string(root.getProtocolVersion()) +
+                                         "; expected " +
+                                         std::to_string(kEnvelopeProtocolVersion));
+        }
+        LocalReply r;
+        switch (root.which()) {
+          case schema::LocalReply::CLASSIFY: {
+            CLEAVE_ASSIGN_OR_RETURN(r.classify, ReadClassifyReply(root.getClassify()));
+            return r;
+          }
+          case schema::LocalReply::FEEDBACK: {
+            auto f = root.getFeedback();
+            r.kind = LocalRequest::Kind::kFeedback;
+            r.feedback.request_id = f.getRequestId();
+            r.feedback.accepted = f.getAccepted();
+            r.feedback.error = f.getError().cStr();
+            if (r.feedback.error.size() > 4096) {
+              return Status::InvalidArgument("feedback error text too long");
+            }
+            return r;
+          }
+          default: return Status::InvalidArgument("reply carries an unknown message kind");
+        }
+      });
 }
 
 }  // namespace cleave::edge_api

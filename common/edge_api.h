@@ -62,7 +62,47 @@ std::string EncodeClassifyReply(const ClassifyReply& reply);
 Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes);
 Result<ClassifyReply> DecodeClassifyReply(std::string_view bytes);
 
-// Best effort request id of an undecodable request (0 when unreadable).
+// Best effort request id of an undecodable request, v1 or v2 (0 when unreadable).
 uint64_t PeekClassifyRequestId(std::string_view bytes);
+
+// ---- Protocol version 2 (LocalRequest / LocalReply envelopes, edge_api.capnp) ----
+inline constexpr uint16_t kEnvelopeProtocolVersion = 2;
+
+struct FeedbackRequest {
+  uint64_t request_id = 0;  // of an earlier ClassifyRequest on the same connection
+  int32_t true_class = -1;  // the daemon checks it against its bundle's classes
+};
+struct FeedbackReply {
+  uint64_t request_id = 0;
+  bool accepted = false;
+  std::string error;  // why not, when !accepted
+};
+
+// What an application sent: a v1 ClassifyRequest, or a v2 envelope holding a classification
+// or feedback. `enveloped` tells the daemon to answer with a v2 LocalReply.
+struct LocalRequest {
+  enum class Kind : uint8_t { kClassify, kFeedback } kind = Kind::kClassify;
+  bool enveloped = false;
+  ClassifyRequest classify;  // kClassify
+  FeedbackRequest feedback;  // kFeedback
+};
+struct LocalReply {
+  LocalRequest::Kind kind = LocalRequest::Kind::kClassify;
+  ClassifyReply classify;
+  FeedbackReply feedback;
+};
+
+// v2 envelopes.
+std::string EncodeEnvelopedClassifyRequest(const ClassifyRequest& request);
+std::string EncodeFeedbackRequest(const FeedbackRequest& request);
+std::string EncodeLocalReply(const LocalReply& reply);
+// A v1 ClassifyRequest or a v2 envelope (errors as DecodeClassifyRequest; VersionMismatch for
+// any other protocol version).
+Result<LocalRequest> DecodeLocalRequest(std::string_view bytes);
+// Best effort protocol version of a message (0 when unreadable): how to answer one that
+// does not decode.
+uint16_t PeekProtocolVersion(std::string_view bytes);
+// A v2 LocalReply (VersionMismatch for another version).
+Result<LocalReply> DecodeLocalReply(std::string_view bytes);
 
 }  // namespace cleave::edge_api

@@ -106,6 +106,55 @@ const ServiceMetrics& Metrics::Service(const std::string& component) {
   return *services_.emplace(component, std::move(m)).first->second;
 }
 
+const AdaptationMetrics& Metrics::Adaptation() {
+  MutexLock lock(&mu_);
+  if (adaptation_) return *adaptation_;
+  prometheus::Registry& r = *registry_;
+  auto m = std::make_unique<AdaptationMetrics>();
+  auto& cycles = prometheus::BuildCounter()
+                     .Name("cleave_edge_adapt_cycles_total")
+                     .Help("On-gateway adaptation cycles by result: swapped (the adapted head "
+                           "serves) or failed")
+                     .Register(r);
+  m->cycles = &cycles.Add({{"result", "swapped"}});
+  m->cycles_failed = &cycles.Add({{"result", "failed"}});
+  m->cycle_seconds = &prometheus::BuildHistogram()
+                          .Name("cleave_edge_adapt_cycle_seconds")
+                          .Help("Wall time of an adaptation cycle (training, re-quantization)")
+                          .Register(r)
+                          .Add({}, RoundDurationBuckets());
+  auto& observed = prometheus::BuildCounter()
+                       .Name("cleave_edge_adapt_observed_total")
+                       .Help("Served inputs kept for learning, by label source: teacher (the "
+                             "cloud's answer), pseudo (a confident exit), feedback (the "
+                             "application's label)")
+                       .Register(r);
+  m->observed_teacher = &observed.Add({{"source", "teacher"}});
+  m->observed_pseudo = &observed.Add({{"source", "pseudo"}});
+  m->observed_feedback = &observed.Add({{"source", "feedback"}});
+  m->observations_dropped = &prometheus::BuildCounter()
+                                 .Name("cleave_edge_adapt_dropped_total")
+                                 .Help("Served inputs not kept because the learner's inbox "
+                                       "was full (serving never waits for the learner)")
+                                 .Register(r)
+                                 .Add({});
+  auto& feedback = prometheus::BuildCounter()
+                       .Name("cleave_edge_feedback_total")
+                       .Help("Feedback messages by result: accepted or rejected")
+                       .Register(r);
+  m->feedback_accepted = &feedback.Add({{"result", "accepted"}});
+  m->feedback_rejected = &feedback.Add({{"result", "rejected"}});
+  auto& rows = prometheus::BuildGauge()
+                   .Name("cleave_edge_adapt_rows")
+                   .Help("Rows the learner holds: buffer (the strategy's replay buffer) and "
+                         "pending (labelled rows waiting for the next cycle)")
+                   .Register(r);
+  m->buffer_rows = &rows.Add({{"kind", "buffer"}});
+  m->pending_rows = &rows.Add({{"kind", "pending"}});
+  adaptation_ = std::move(m);
+  return *adaptation_;
+}
+
 const FederatedMetrics& Metrics::Federated() {
   MutexLock lock(&mu_);
   if (federated_) return *federated_;

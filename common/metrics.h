@@ -105,6 +105,23 @@ struct FederatedMetrics {
   prometheus::Counter* identity_max_clients = nullptr;
 };
 
+// On-gateway learning (edge/adaptation.h).
+struct AdaptationMetrics {
+  prometheus::Counter* cycles = nullptr;  // adaptation cycles whose head was swapped in
+  prometheus::Counter* cycles_failed = nullptr;
+  prometheus::Histogram* cycle_seconds = nullptr;
+  // Served inputs the learner kept, by label source: teacher (the cloud's answer), pseudo
+  // (a confident exit), feedback (the application's label).
+  prometheus::Counter* observed_teacher = nullptr;
+  prometheus::Counter* observed_pseudo = nullptr;
+  prometheus::Counter* observed_feedback = nullptr;
+  prometheus::Counter* observations_dropped = nullptr;  // the learner's inbox was full
+  prometheus::Counter* feedback_accepted = nullptr;
+  prometheus::Counter* feedback_rejected = nullptr;
+  prometheus::Gauge* buffer_rows = nullptr;   // the strategy's replay buffer
+  prometheus::Gauge* pending_rows = nullptr;  // labelled rows waiting for the next cycle
+};
+
 class Metrics {
  public:
   // Families on a fresh registry.
@@ -121,6 +138,7 @@ class Metrics {
   // for that component; later calls return the same object.
   const ServiceMetrics& Service(const std::string& component) EXCLUDES(mu_);
   const FederatedMetrics& Federated() EXCLUDES(mu_);
+  const AdaptationMetrics& Adaptation() EXCLUDES(mu_);
   prometheus::Gauge& ConnectedEdges() EXCLUDES(mu_);
   // Hand it to the ZAP handler (common/curve.h), which increments it per refusal.
   prometheus::Counter& CurveRefused(const std::string& component) EXCLUDES(mu_);
@@ -146,6 +164,7 @@ class Metrics {
   prometheus::Family<prometheus::Counter>* curve_refused_ GUARDED_BY(mu_) = nullptr;
   prometheus::Gauge* connected_edges_ GUARDED_BY(mu_) = nullptr;
   std::unique_ptr<FederatedMetrics> federated_ GUARDED_BY(mu_);
+  std::unique_ptr<AdaptationMetrics> adaptation_ GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<ServiceMetrics>> services_ GUARDED_BY(mu_);
   std::map<std::string, prometheus::Counter*> refused_ GUARDED_BY(mu_);
 };

@@ -5,11 +5,11 @@
 #include <string>
 
 #include "common/datasets.h"
+#include "edge/adaptation.h"
 #include "split/bundle.h"
 #include "split/compute_runtime.h"
 
 namespace cleave::edge {
-namespace {
 
 split::EdgeModel::Options HeadOptions(const Config& config) {
   split::EdgeModel::Options options;
@@ -17,8 +17,6 @@ split::EdgeModel::Options HeadOptions(const Config& config) {
   options.int8_engine = config.GetString("edge.int8_engine");
   return options;
 }
-
-}  // namespace
 
 ConfigSchema EdgeSchema() {
   ConfigSchema schema;
@@ -91,6 +89,7 @@ ConfigSchema EdgeSchema() {
            "testing only: in this secure-aggregation round, share keys and then drop out "
            "without a word (exercises the aggregator's dropout recovery); 0 = never")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
+  AddAdaptConfigKeys(schema);
   return schema;
 }
 

@@ -10,6 +10,9 @@
 
 namespace cleave::edge {
 
+// The head options edge.int8 and edge.int8_engine give.
+split::EdgeModel::Options HeadOptions(const Config& config);
+
 // Every key cleave-edge accepts (edge.*, log.level), with defaults and help texts.
 ConfigSchema EdgeSchema();
 

@@ -62,7 +62,8 @@ cleave::Result<std::unique_ptr<edge::EdgeServer>> CreateServer(
 // Hot swap: new versions load, verify and warm up on the poller's thread while the old one
 // serves, then replace it.
 cleave::Result<std::unique_ptr<edge::RepositoryPoller>> WatchRepository(
-    const cleave::Config& config, edge::ModelRepository& repository, edge::EdgeServer& server) {
+    const cleave::Config& config, edge::ModelRepository& repository, edge::EdgeServer& server,
+    std::shared_ptr<edge::EdgeLearner> learner) {
   server.set_initial_version(repository.current_version());
   const int64_t interval_ms = config.GetInt("edge.reload_interval_ms");
   if (interval_ms < 1) {
@@ -70,7 +71,13 @@ cleave::Result<std::unique_ptr<edge::RepositoryPoller>> WatchRepository(
                                    std::to_string(interval_ms));
   }
   return std::make_unique<edge::RepositoryPoller>(
-      repository, interval_ms, [&server](std::unique_ptr<edge::ServableEngine> next) {
+      repository, interval_ms, [&server, learner](std::unique_ptr<edge::ServableEngine> next) {
+        if (learner) {
+          // Later adaptation starts from the new version's head.
+          if (Status s = learner->Rebase(next->bundle); !s.ok()) {
+            cleave::GetLogger("edge")->warn("adaptation keeps its old base: {}", s.ToString());
+          }
+        }
         (void)server.SwapEngine(next->version, std::move(next->engine));
       });
 }
@@ -85,9 +92,25 @@ Status Serve(cleave::cli::Daemon& daemon) {
   cleave::TransportContext context;
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<edge::EdgeServer> server,
                           CreateServer(context, daemon, std::move(loaded.engine)));
+  // On-gateway learning: adapted heads go through the same hot swap as new versions.
+  CLEAVE_ASSIGN_OR_RETURN(edge::AdaptOptions adapt, edge::AdaptOptionsFromConfig(config));
+  std::shared_ptr<edge::EdgeLearner> learner;
+  if (adapt.enabled) {
+    edge::EdgeServer* raw = server.get();
+    CLEAVE_ASSIGN_OR_RETURN(
+        std::unique_ptr<edge::EdgeLearner> created,
+        edge::EdgeLearner::Create(
+            std::move(adapt), loaded.bundle, edge::HeadOptions(config),
+            [raw](std::unique_ptr<edge::EdgeEngine> engine) {
+              (void)raw->SwapEngine(raw->served_version(), std::move(engine));
+            },
+            daemon.metrics()));
+    learner = std::move(created);
+    server->set_learner(learner);
+  }
   std::unique_ptr<edge::RepositoryPoller> poller;
   if (repository) {
-    CLEAVE_ASSIGN_OR_RETURN(poller, WatchRepository(config, *repository, *server));
+    CLEAVE_ASSIGN_OR_RETURN(poller, WatchRepository(config, *repository, *server, learner));
   }
   // Declared after the server, so it is stopped and joined first (and before `context`).
   std::unique_ptr<edge::FederatedClient> fl_client;
@@ -102,6 +125,8 @@ Status Serve(cleave::cli::Daemon& daemon) {
   CLEAVE_RETURN_IF_ERROR(daemon.BecomeReady(server->endpoint(), ready));
   Status run = server->Run(&cleave::cli::Daemon::StopRequested);
   poller.reset();  // joins a load in progress before the server goes
+  server->set_learner(nullptr);
+  learner.reset();  // stops the learner (it saves its rows) before the server goes
   daemon.SetNotReady("shutting down");
   if (fl_client) edge::StopFederatedClient(std::move(fl_client));
   return run;

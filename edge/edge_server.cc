@@ -73,7 +73,39 @@ Status EdgeServer::WarmUp() {
       .WithContext("warm-up");
 }
 
-void EdgeServer::Reply(const std::string& peer, edge_api::ClassifyReply reply, Outcome outcome) {
+void EdgeServer::Observe(const std::string& peer, uint64_t request_id, const torch::Tensor& image,
+                         const torch::Tensor& teacher, const torch::Tensor& exit_logits) {
+  if (!options_.learner || !image.defined()) return;
+  Observation o;
+  o.peer = peer;
+  o.request_id = request_id;
+  o.image = image;
+  o.teacher = teacher;
+  o.exit_logits = exit_logits;
+  options_.learner->Observe(std::move(o));
+}
+
+void EdgeServer::HandleFeedback(const std::string& peer,
+                                const edge_api::FeedbackRequest& request) {
+  ++stats_.feedback;
+  edge_api::LocalReply reply;
+  reply.kind = edge_api::LocalRequest::Kind::kFeedback;
+  if (options_.learner) {
+    reply.feedback = options_.learner->Feedback(peer, request);
+  } else {
+    reply.feedback.request_id = request.request_id;
+    reply.feedback.error =
+        "on-gateway learning is off (edge.adapt_enabled = false): feedback is not used";
+  }
+  Status sent = local_->Send(peer, edge_api::EncodeLocalReply(reply));
+  if (!sent.ok()) {
+    GetLogger("edge")->warn("feedback reply to request {} not delivered: {}", request.request_id,
+                            sent.ToString());
+  }
+}
+
+void EdgeServer::Reply(const std::string& peer, edge_api::ClassifyReply reply, Outcome outcome,
+                       bool enveloped) {
   m_->Count(outcome);
   // Named by the bundle served now (a hot reload between offload and reply keeps the class
   // list unless the new bundle changed it, and then the index is the new bundle's answer).
@@ -86,7 +118,16 @@ void EdgeServer::Reply(const std::string& peer, edge_api::ClassifyReply reply, O
     case edge_api::AnswerSource::kDegraded: ++stats_.answered_degraded; break;
     default: ++stats_.answered_error; break;
   }
-  Status sent = local_->Send(peer, edge_api::EncodeClassifyReply(reply));
+  const uint64_t request_id = reply.request_id;
+  std::string bytes;
+  if (enveloped) {
+    edge_api::LocalReply local;
+    local.classify = std::move(reply);
+    bytes = edge_api::EncodeLocalReply(local);
+  } else {
+    bytes = edge_api::EncodeClassifyReply(reply);
+  }
+  Status sent = local_->Send(peer, bytes);
   if (!sent.ok()) {
     // The application went away or stopped reading; nothing else can be done for it.
     GetLogger("edge")->warn("reply to request {} not delivered: {}", reply.request_id,
@@ -106,7 +147,7 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.request_id = batch[i].request.request_id;
       reply.source = edge_api::AnswerSource::kError;
       reply.error = image.status().ToString();
-      Reply(batch[i].peer, reply, Outcome::kRejected);
+      Reply(batch[i].peer, reply, Outcome::kRejected, batch[i].enveloped);
       continue;
     }
     images.push_back(std::move(image).value());
@@ -133,7 +174,7 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.request_id = batch[r].request.request_id;
       reply.source = edge_api::AnswerSource::kError;
       reply.error = decisions.status().ToString();
-      Reply(batch[r].peer, reply, Outcome::kError);
+      Reply(batch[r].peer, reply, Outcome::kError, batch[r].enveloped);
     }
     return;
   }
@@ -156,11 +197,18 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.exit_index = d.best_exit;
       reply.edge_micros = d.edge_micros;
       reply.total_micros = static_cast<uint64_t>(SteadyMicros() - in.received_us);
-      Reply(in.peer, reply, d.exit_index >= 0 ? Outcome::kExit : Outcome::kDegraded);
+      Reply(in.peer, reply, d.exit_index >= 0 ? Outcome::kExit : Outcome::kDegraded,
+            in.enveloped);
+      // An exit's answer is a pseudo-label candidate; any answer can get feedback later.
+      Observe(in.peer, in.request.request_id, images[k][0],
+              torch::Tensor(),
+              d.exit_index >= 0 ? torch::tensor(d.best_scores) : torch::Tensor());
       continue;
     }
     Pending p;
     p.peer = in.peer;
+    p.enveloped = in.enveloped;
+    if (options_.learner) p.image = images[k][0];
     p.app_request_id = in.request.request_id;
     p.received_us = in.received_us;
     p.deadline_us = in.received_us + int64_t{deadlines[k]} * 1000;
@@ -198,8 +246,10 @@ void EdgeServer::AnswerDegraded(uint64_t wire_id, const std::string& why) {
   reply.total_micros = static_cast<uint64_t>(SteadyMicros() - p.received_us);
   expiry_.erase({p.deadline_us, wire_id});
   const std::string peer = p.peer;
+  const bool enveloped = p.enveloped;
+  Observe(peer, p.app_request_id, p.image, torch::Tensor(), torch::Tensor());  // for feedback
   pending_.erase(it);
-  Reply(peer, reply, Outcome::kDegraded);
+  Reply(peer, reply, Outcome::kDegraded, enveloped);
 }
 
 void EdgeServer::HandleCloudReply(const std::string& bytes) {
@@ -235,8 +285,11 @@ void EdgeServer::HandleCloudReply(const std::string& bytes) {
   reply.total_micros = static_cast<uint64_t>(SteadyMicros() - p.received_us);
   expiry_.erase({p.deadline_us, r.request_id});
   const std::string peer = p.peer;
+  const bool enveloped = p.enveloped;
+  // The cloud is the teacher: its logits are a soft label for the gateway's exits.
+  Observe(peer, p.app_request_id, p.image, torch::tensor(r.scores), torch::Tensor());
   pending_.erase(it);
-  Reply(peer, reply, Outcome::kOffload);
+  Reply(peer, reply, Outcome::kOffload, enveloped);
 }
 
 void EdgeServer::ExpireDeadlines(int64_t now_us) {
@@ -282,17 +335,23 @@ Status EdgeServer::Run(const std::function<bool()>& should_stop) {
       if (!msg.ok() || !msg->has_value()) break;
       ++stats_.requests;
       Envelope& env = **msg;
-      Result<edge_api::ClassifyRequest> request = edge_api::DecodeClassifyRequest(env.body);
+      Result<edge_api::LocalRequest> request = edge_api::DecodeLocalRequest(env.body);
       if (!request.ok()) {
         ++stats_.rejected;
         edge_api::ClassifyReply reply;
         reply.request_id = edge_api::PeekClassifyRequestId(env.body);
         reply.source = edge_api::AnswerSource::kError;
         reply.error = request.status().ToString();
-        Reply(env.peer, reply, Outcome::kRejected);
+        Reply(env.peer, reply, Outcome::kRejected,
+              edge_api::PeekProtocolVersion(env.body) == edge_api::kEnvelopeProtocolVersion);
         continue;
       }
-      batch.push_back({std::move(env.peer), std::move(request).value(), SteadyMicros()});
+      if (request->kind == edge_api::LocalRequest::Kind::kFeedback) {
+        HandleFeedback(env.peer, request->feedback);
+        continue;
+      }
+      batch.push_back({std::move(env.peer), std::move(request->classify), SteadyMicros(),
+                       request->enveloped});
     }
     ProcessBatch(batch);
     ExpireDeadlines(SteadyMicros());

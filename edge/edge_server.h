@@ -29,6 +29,7 @@
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "common/transport.h"
+#include "edge/adaptation.h"
 #include "edge/edge_engine.h"
 
 namespace cleave::edge {
@@ -43,6 +44,10 @@ struct EdgeServerOptions {
   std::function<Status(zmq::socket_t&)> cloud_configure;
   // Where the server's metrics go; null = a private registry nobody exports.
   std::shared_ptr<Metrics> metrics;
+  // On-gateway learning (edge/adaptation.h): every answered input is observed (with the
+  // cloud's logits or the answering exit's), and FeedbackRequests go to it. Null: feedback
+  // is refused ("on-gateway learning is off").
+  std::shared_ptr<EdgeLearner> learner;
 };
 
 struct EdgeServerStats {
@@ -52,6 +57,7 @@ struct EdgeServerStats {
   uint64_t answered_degraded = 0;
   uint64_t answered_error = 0;
   uint64_t rejected = 0;            // undecodable application requests
+  uint64_t feedback = 0;            // feedback messages answered (accepted or not)
   uint64_t late_cloud_replies = 0;  // arrived after the request was answered degraded
   uint64_t wire_bytes_sent = 0;
 };
@@ -91,12 +97,18 @@ class EdgeServer {
     m_->model_version->Set(static_cast<double>(version));
   }
 
+  // Sets EdgeServerOptions::learner after Create (the learner's swap needs the server).
+  // Call before Run.
+  void set_learner(std::shared_ptr<EdgeLearner> learner) { options_.learner = std::move(learner); }
+
   const EdgeServerStats& stats() const { return stats_; }
 
  private:
   struct Pending {
     std::string peer;
+    bool enveloped = false;  // answer with a v2 LocalReply
     uint64_t app_request_id = 0;
+    torch::Tensor image;  // the head's input, kept for the learner (undefined without one)
     int64_t deadline_us = 0;
     int64_t received_us = 0;
     uint64_t wire_bytes = 0;
@@ -106,6 +118,7 @@ class EdgeServer {
     std::string peer;
     edge_api::ClassifyRequest request;
     int64_t received_us = 0;
+    bool enveloped = false;
   };
 
   EdgeServer(EdgeServerOptions options, std::unique_ptr<EdgeEngine> engine);
@@ -113,8 +126,14 @@ class EdgeServer {
   void HandleCloudReply(const std::string& bytes);
   void ExpireDeadlines(int64_t now_us);
   void AnswerDegraded(uint64_t wire_id, const std::string& why);
-  // Sends `reply` (its class_name filled in from the bundle) and counts the outcome.
-  void Reply(const std::string& peer, edge_api::ClassifyReply reply, Outcome outcome);
+  // Sends `reply` (its class_name filled in from the bundle; a v2 LocalReply when the request
+  // was `enveloped`) and counts the outcome.
+  void Reply(const std::string& peer, edge_api::ClassifyReply reply, Outcome outcome,
+             bool enveloped);
+  void HandleFeedback(const std::string& peer, const edge_api::FeedbackRequest& request);
+  // Hands an answered input to the learner (no-op without one).
+  void Observe(const std::string& peer, uint64_t request_id, const torch::Tensor& image,
+               const torch::Tensor& teacher, const torch::Tensor& exit_logits);
   int NextTimeoutMs(int64_t now_us) const;
 
   // Socket thread: adopts an engine staged by SwapEngine.

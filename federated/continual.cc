@@ -373,6 +373,7 @@ Result<ExperienceResult> TrainExperience(ContinualModel& model, ContinualStrateg
   const int64_t n = data.size();
   if (n == 0) return Status::InvalidArgument("continual training: the experience has no data");
   if (options.epochs < 1 || options.batch_size < 1 || !Finite(options.lr) || options.lr <= 0 ||
+      !Finite(options.max_grad_norm) || options.max_grad_norm < 0 ||
       !Finite(options.momentum) || options.momentum < 0 || !Finite(options.weight_decay) ||
       options.weight_decay < 0) {
     return Status::InvalidArgument(
@@ -427,6 +428,9 @@ Result<ExperienceResult> TrainExperience(ContinualModel& model, ContinualStrateg
             }
             optimizer.zero_grad();
             loss.backward();
+            if (options.max_grad_norm > 0) {
+              torch::nn::utils::clip_grad_norm_(params, options.max_grad_norm);
+            }
             optimizer.step();
             CLEAVE_RETURN_IF_ERROR(strategy.Observe(step_rows, step.logits));
             loss_sum += value;

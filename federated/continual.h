@@ -144,6 +144,8 @@ struct ExperienceOptions {
   int64_t batch_size = 64;
   double lr = 0.01, momentum = 0.9, weight_decay = 0;
   uint64_t seed = 1;                // mini-batch order
+  // Clips the gradients' global L2 norm to this before each step (0 = no clipping).
+  double max_grad_norm = 0;
   int64_t max_steps = 0;            // 0 = none
   int64_t time_budget_micros = 0;   // 0 = none; checked per step
   Clock* clock = nullptr;           // default SystemClock()

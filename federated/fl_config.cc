@@ -147,53 +147,52 @@ Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfi
 }
 
 void AddContinualConfigKeys(ConfigSchema& s, const std::string& prefix,
-                            const std::string& default_strategy) {
-  const ContinualConfig d;
+                            const ContinualConfig& d) {
   const auto num = [](double v) {
     std::ostringstream out;
     out << v;
     return out.str();
   };
-  s.Add(prefix + ".strategy", ConfigType::kString, default_strategy,
+  s.Add(prefix + "strategy", ConfigType::kString, d.strategy,
         "continual-learning strategy: naive (fine-tuning) | er (experience replay) | ewc "
         "(online EWC, Schwarz et al. 2018) | lwf (Learning without Forgetting, Li & Hoiem "
         "2016) | derpp (DER++, Buzzega et al. 2020)")
-      .Add(prefix + ".buffer_size", ConfigType::kInt, std::to_string(d.replay.capacity),
+      .Add(prefix + "buffer_size", ConfigType::kInt, std::to_string(d.replay.capacity),
            "er/derpp: replay buffer rows (reservoir sampling)")
-      .Add(prefix + ".class_balanced", ConfigType::kBool, "false",
+      .Add(prefix + "class_balanced", ConfigType::kBool, d.replay.class_balanced ? "true" : "false",
            "er/derpp: class-balanced reservoir (CBRS, Chrysakis & Moens 2020)")
-      .Add(prefix + ".replay_batch", ConfigType::kInt, "0",
+      .Add(prefix + "replay_batch", ConfigType::kInt, std::to_string(d.replay_batch),
            "er/derpp: buffer rows per step (0 = the step's batch size)")
-      .Add(prefix + ".ewc_lambda", ConfigType::kDouble, num(d.ewc_lambda),
+      .Add(prefix + "ewc_lambda", ConfigType::kDouble, num(d.ewc_lambda),
            "ewc: penalty weight lambda in lambda/2 sum F (w - w*)^2")
-      .Add(prefix + ".ewc_gamma", ConfigType::kDouble, num(d.ewc_gamma),
+      .Add(prefix + "ewc_gamma", ConfigType::kDouble, num(d.ewc_gamma),
            "ewc: decay of the accumulated Fisher information at each boundary, in [0, 1]")
-      .Add(prefix + ".lwf_alpha", ConfigType::kDouble, num(d.lwf_alpha),
+      .Add(prefix + "lwf_alpha", ConfigType::kDouble, num(d.lwf_alpha),
            "lwf: weight of the distillation from the model frozen at the last boundary")
-      .Add(prefix + ".lwf_temperature", ConfigType::kDouble, num(d.lwf_temperature),
+      .Add(prefix + "lwf_temperature", ConfigType::kDouble, num(d.lwf_temperature),
            "lwf: distillation temperature")
-      .Add(prefix + ".derpp_alpha", ConfigType::kDouble, num(d.derpp_alpha),
+      .Add(prefix + "derpp_alpha", ConfigType::kDouble, num(d.derpp_alpha),
            "derpp: weight of the stored-logit (MSE) replay term")
-      .Add(prefix + ".derpp_beta", ConfigType::kDouble, num(d.derpp_beta),
+      .Add(prefix + "derpp_beta", ConfigType::kDouble, num(d.derpp_beta),
            "derpp: weight of the stored-label (cross-entropy) replay term")
-      .Add(prefix + ".kd_temperature", ConfigType::kDouble, num(d.kd_temperature),
+      .Add(prefix + "kd_temperature", ConfigType::kDouble, num(d.kd_temperature),
            "temperature of distillation from soft (teacher) labels");
 }
 
 Result<ContinualConfig> ReadContinualConfigKeys(const Config& c, const std::string& prefix) {
   ContinualConfig o;
-  o.strategy = c.GetString(prefix + ".strategy");
-  o.replay.capacity = c.GetInt(prefix + ".buffer_size");
-  o.replay.class_balanced = c.GetBool(prefix + ".class_balanced");
-  o.replay_batch = c.GetInt(prefix + ".replay_batch");
-  o.ewc_lambda = c.GetDouble(prefix + ".ewc_lambda");
-  o.ewc_gamma = c.GetDouble(prefix + ".ewc_gamma");
-  o.lwf_alpha = c.GetDouble(prefix + ".lwf_alpha");
-  o.lwf_temperature = c.GetDouble(prefix + ".lwf_temperature");
-  o.derpp_alpha = c.GetDouble(prefix + ".derpp_alpha");
-  o.derpp_beta = c.GetDouble(prefix + ".derpp_beta");
-  o.kd_temperature = c.GetDouble(prefix + ".kd_temperature");
-  CLEAVE_RETURN_IF_ERROR(o.Validate().WithContext(prefix));
+  o.strategy = c.GetString(prefix + "strategy");
+  o.replay.capacity = c.GetInt(prefix + "buffer_size");
+  o.replay.class_balanced = c.GetBool(prefix + "class_balanced");
+  o.replay_batch = c.GetInt(prefix + "replay_batch");
+  o.ewc_lambda = c.GetDouble(prefix + "ewc_lambda");
+  o.ewc_gamma = c.GetDouble(prefix + "ewc_gamma");
+  o.lwf_alpha = c.GetDouble(prefix + "lwf_alpha");
+  o.lwf_temperature = c.GetDouble(prefix + "lwf_temperature");
+  o.derpp_alpha = c.GetDouble(prefix + "derpp_alpha");
+  o.derpp_beta = c.GetDouble(prefix + "derpp_beta");
+  o.kd_temperature = c.GetDouble(prefix + "kd_temperature");
+  CLEAVE_RETURN_IF_ERROR(o.Validate().WithContext(prefix + "*"));
   return o;
 }
 

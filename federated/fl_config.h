@@ -23,12 +23,12 @@ void AddRoundConfigKeys(ConfigSchema& s);
 Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfig& strategy,
                            CompressionConfig& compression);
 
-// The continual-learning strategy keys under `prefix` ("continual" for `cleave sim`,
-// "edge.adapt" for the edge daemon): <prefix>.strategy, .buffer_size, .class_balanced,
-// .replay_batch, .ewc_lambda, .ewc_gamma, .lwf_alpha, .lwf_temperature, .derpp_alpha,
-// .derpp_beta, .kd_temperature, with ContinualConfig's defaults.
+// The continual-learning strategy keys, each `prefix` + name ("continual." for `cleave sim`,
+// "edge.adapt_" for the edge daemon): strategy, buffer_size, class_balanced, replay_batch,
+// ewc_lambda, ewc_gamma, lwf_alpha, lwf_temperature, derpp_alpha, derpp_beta,
+// kd_temperature, with the values of `defaults` as defaults.
 void AddContinualConfigKeys(ConfigSchema& s, const std::string& prefix,
-                            const std::string& default_strategy = "naive");
+                            const ContinualConfig& defaults = ContinualConfig());
 // Reads them (validated; InvalidArgument names the key's prefix).
 Result<ContinualConfig> ReadContinualConfigKeys(const Config& c, const std::string& prefix);
 

@@ -54,7 +54,7 @@ ConfigSchema SimSchema() {
            "(domain-incremental: each experience sees its rows through its own pixel "
            "permutation)")
       .Add("continual.experiences", ConfigType::kInt, "5", "experiences in the stream");
-  AddContinualConfigKeys(s, "continual");
+  AddContinualConfigKeys(s, "continual.");
   s.Add("attack.kind", ConfigType::kString, "none",
         "Byzantine clients: none | sign_flip (send global - scale x delta) | scale (global + "
         "scale x delta) | random (Gaussian delta, scale x the honest norm) | label_flip "
@@ -105,7 +105,7 @@ Result<SimSetup> SimSetupFromConfig(const Config& c) {
   o.continual.enabled = c.GetBool("continual.enabled");
   o.continual.scenario = c.GetString("continual.scenario");
   o.continual.experiences = static_cast<int>(c.GetInt("continual.experiences"));
-  CLEAVE_ASSIGN_OR_RETURN(o.continual.strategy, ReadContinualConfigKeys(c, "continual"));
+  CLEAVE_ASSIGN_OR_RETURN(o.continual.strategy, ReadContinualConfigKeys(c, "continual."));
   CLEAVE_ASSIGN_OR_RETURN(o.attack.kind, ParseAttackKind(c.GetString("attack.kind")));
   o.attack.fraction = c.GetDouble("attack.fraction");
   o.attack.scale = c.GetDouble("attack.scale");

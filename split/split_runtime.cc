@@ -150,6 +150,23 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
   return edge;
 }
 
+Result<std::unique_ptr<EdgeModel>> EdgeModel::FromModel(VisionSplitModel model,
+                                                       const Options& options) {
+  if (options.int8 ? model.int8_head == nullptr : model.net.is_empty()) {
+    return Status::InvalidArgument(std::string("edge model: no ") +
+                                   (options.int8 ? "int8 head" : "fp32 network") + " to run");
+  }
+  std::unique_ptr<EdgeModel> edge(new EdgeModel());
+  CLEAVE_ASSIGN_OR_RETURN(edge->feature_shape_, FeatureShape(model.spec));
+  if (options.int8) {
+    CLEAVE_RETURN_IF_ERROR(model.int8_head->SelectEngine(options.int8_engine)
+                               .WithContext("int8 engine '" + options.int8_engine + "'"));
+  }
+  edge->int8_ = options.int8;
+  edge->model_ = std::move(model);
+  return edge;
+}
+
 std::string EdgeModel::engine() const {
   if (!int8_) return "fp32";
   return imported_ ? imported_->int8_head->engine() : model_.int8_head->engine();

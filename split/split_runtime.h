@@ -47,6 +47,12 @@ class EdgeModel {
   };
   // Loads only the head (+ exits). Errors from ReadVisionBundle, plus the engine selection's.
   static Result<std::unique_ptr<EdgeModel>> Load(const Bundle& bundle, const Options& options);
+  // An edge model of cleave's own network held in memory (on-gateway adaptation builds one
+  // from its adapted network, edge/adaptation.h): `model.int8_head` must be set when
+  // options.int8, `model.net` (head and exits) otherwise. InvalidArgument when missing;
+  // the engine selection's errors.
+  static Result<std::unique_ptr<EdgeModel>> FromModel(VisionSplitModel model,
+                                                      const Options& options);
 
   // images: float [N, 1, H, W] in [0, 1] (N >= 1, H = W = the spec's image size).
   // InvalidArgument on a wrong shape/dtype or non-finite pixels; Internal if libtorch fails.

@@ -1,5 +1,6 @@
 // libFuzzer target for the edge daemon's local application API (common/edge_api.h):
-// DecodeClassifyRequest, DecodeClassifyReply and PeekClassifyRequestId, the decoders behind
+// DecodeClassifyRequest, DecodeClassifyReply, PeekClassifyRequestId and the protocol
+// version 2 envelopes (DecodeLocalRequest, DecodeLocalReply), the decoders behind
 // cleave-edge's ROUTER socket and its clients. Whatever decodes must satisfy the documented
 // invariants and survive an encode/decode round trip unchanged.
 #include <cmath>
@@ -58,12 +59,38 @@ void CheckReply(std::string_view bytes) {
   }
 }
 
+// Protocol version 2: envelopes carrying a classification or feedback.
+void CheckLocal(std::string_view bytes) {
+  auto request = DecodeLocalRequest(bytes);
+  if (request.ok()) {
+    if (request->kind == LocalRequest::Kind::kFeedback) {
+      Require(request->enveloped);
+      auto again = DecodeLocalRequest(EncodeFeedbackRequest(request->feedback));
+      Require(again.ok() && again->kind == LocalRequest::Kind::kFeedback &&
+              again->feedback.request_id == request->feedback.request_id &&
+              again->feedback.true_class == request->feedback.true_class);
+    } else {
+      Require(!std::isnan(request->classify.exit_threshold) &&
+              request->classify.exit_threshold <= 1.0f);
+    }
+  }
+  auto reply = DecodeLocalReply(bytes);
+  if (reply.ok() && reply->kind == LocalRequest::Kind::kFeedback) {
+    auto again = DecodeLocalReply(EncodeLocalReply(*reply));
+    Require(again.ok() && again->feedback.request_id == reply->feedback.request_id &&
+            again->feedback.accepted == reply->feedback.accepted &&
+            again->feedback.error == reply->feedback.error);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view bytes(reinterpret_cast<const char*>(data), size);
   CheckRequest(bytes);
   CheckReply(bytes);
+  CheckLocal(bytes);
   (void)PeekClassifyRequestId(bytes);
+  (void)PeekProtocolVersion(bytes);
   return 0;
 }

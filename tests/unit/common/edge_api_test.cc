@@ -120,7 +120,7 @@ TEST(EdgeApiTest, ReplyRoundTrip) {
 
 TEST(EdgeApiTest, RejectsOtherProtocolVersion) {
   ClassifyRequest in = GrayRequest();
-  in.protocol_version = kProtocolVersion + 1;
+  in.protocol_version = kEnvelopeProtocolVersion + 1;  // 2 is the v2 envelope's
   const std::string bytes = EncodeClassifyRequest(in);
   auto out = DecodeClassifyRequest(bytes);
   ASSERT_FALSE(out.ok());
@@ -194,6 +194,68 @@ TEST(EdgeApiTest, ReaderThatThrowsOnDestructionGivesAnError) {
   const std::string bytes("\x15\x01\x00\x01\x01\x01\x00\x00", 8);
   EXPECT_FALSE(DecodeClassifyRequest(bytes).ok());
   EXPECT_FALSE(DecodeClassifyReply(bytes).ok());
+}
+
+TEST(EdgeApiTest, VersionOneRequestsStillDecodeAsLocalRequests) {
+  auto r = DecodeLocalRequest(EncodeClassifyRequest(GrayRequest()));
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  EXPECT_EQ(r->kind, LocalRequest::Kind::kClassify);
+  EXPECT_FALSE(r->enveloped);
+  EXPECT_EQ(r->classify.request_id, 42u);
+  EXPECT_EQ(r->classify.pixels, GrayRequest().pixels);
+}
+
+TEST(EdgeApiTest, EnvelopedClassifyAndFeedbackRoundTrip) {
+  auto c = DecodeLocalRequest(EncodeEnvelopedClassifyRequest(GrayRequest()));
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  EXPECT_TRUE(c->enveloped);
+  EXPECT_EQ(c->kind, LocalRequest::Kind::kClassify);
+  EXPECT_EQ(c->classify.width, 4u);
+  const std::string feedback = EncodeFeedbackRequest({77, 3});
+  auto f = DecodeLocalRequest(feedback);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  EXPECT_TRUE(f->enveloped);
+  EXPECT_EQ(f->kind, LocalRequest::Kind::kFeedback);
+  EXPECT_EQ(f->feedback.request_id, 77u);
+  EXPECT_EQ(f->feedback.true_class, 3);
+  EXPECT_EQ(PeekClassifyRequestId(feedback), 77u);
+  // A v1 reader refuses the envelope by its version.
+  EXPECT_EQ(DecodeClassifyRequest(feedback).status().code(), StatusCode::kVersionMismatch);
+
+  LocalReply reply;
+  reply.kind = LocalRequest::Kind::kFeedback;
+  reply.feedback = {77, false, "unknown request id 77"};
+  auto back = DecodeLocalReply(EncodeLocalReply(reply));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->kind, LocalRequest::Kind::kFeedback);
+  EXPECT_EQ(back->feedback.request_id, 77u);
+  EXPECT_FALSE(back->feedback.accepted);
+  EXPECT_EQ(back->feedback.error, "unknown request id 77");
+  LocalReply classified;
+  classified.classify.request_id = 5;
+  classified.classify.class_name = "shirt";
+  auto cr = DecodeLocalReply(EncodeLocalReply(classified));
+  ASSERT_TRUE(cr.ok());
+  EXPECT_EQ(cr->kind, LocalRequest::Kind::kClassify);
+  EXPECT_EQ(cr->classify.class_name, "shirt");
+}
+
+TEST(EdgeApiTest, LocalRequestRejectsOtherVersionsAndGarbage) {
+  // A class out of range decodes: the daemon, which knows its classes, answers why.
+  auto negative = DecodeLocalRequest(EncodeFeedbackRequest({1, -1}));
+  ASSERT_TRUE(negative.ok());
+  EXPECT_EQ(negative->feedback.true_class, -1);
+  EXPECT_EQ(PeekProtocolVersion(EncodeFeedbackRequest({1, -1})), 2);
+  EXPECT_EQ(PeekProtocolVersion(EncodeClassifyRequest(GrayRequest())), 1);
+  EXPECT_EQ(PeekProtocolVersion("garbage"), 0);
+  ClassifyRequest v3 = GrayRequest();
+  v3.protocol_version = 3;
+  Status s = DecodeLocalRequest(EncodeClassifyRequest(v3)).status();
+  EXPECT_EQ(s.code(), StatusCode::kVersionMismatch);
+  EXPECT_NE(s.message().find("versions 1 and 2"), std::string::npos) << s.ToString();
+  EXPECT_EQ(DecodeLocalRequest("not capnp at all").status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(DecodeLocalReply(EncodeClassifyReply(ClassifyReply{})).status().code(),
+            StatusCode::kVersionMismatch);
 }
 
 }  // namespace

@@ -1,0 +1,681 @@
+#include "edge/adaptation.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+
+#include "common/file_util.h"
+#include "common/logging.h"
+#include "federated/fl_config.h"
+#include "federated/replay_buffer.h"
+#include "split/int8_head.h"
+#include "split/torch_status.h"
+#include "split/vision_bundle.h"
+
+namespace cleave::edge {
+
+namespace F = torch::nn::functional;
+using federated::LabeledBatch;
+
+namespace {
+
+// A deep copy of a network (its own parameters and buffers), in eval mode.
+split::SplitVisionNet CopyNet(const split::SplitVisionNet& net) {
+  torch::NoGradGuard no_grad;
+  split::SplitVisionNet copy(net->spec());
+  auto src = net->named_parameters();
+  for (auto& p : copy->named_parameters()) p.value().copy_(src[p.key()]);
+  auto src_buffers = net->named_buffers();
+  for (auto& b : copy->named_buffers()) b.value().copy_(src_buffers[b.key()]);
+  copy->eval();
+  return copy;
+}
+
+// Exit logits of `net` on `images`: [N, exits, classes].
+torch::Tensor ExitLogits(split::SplitVisionNet& net, const torch::Tensor& images, int head_end) {
+  return torch::stack(net->ForwardWithExits(images, head_end).exit_logits, 1);
+}
+
+// Train mode with BatchNorm frozen: served data drifts, and the statistics the head was
+// quantized and the tail trained with must hold.
+void TrainFrozenBatchNorm(split::SplitVisionNet& net) {
+  net->train();
+  for (auto& m : net->modules(/*include_self=*/false)) {
+    if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.get()) != nullptr) m->eval();
+  }
+}
+
+// What the strategy trains: the exits (and, scope head, the blocks before the encoder).
+class EdgeHeadModel final : public federated::ContinualModel {
+ public:
+  EdgeHeadModel(split::SplitVisionNet net, split::SplitVisionNet original, int head_end,
+                bool whole_head, double code_weight)
+      : net_(std::move(net)),
+        original_(std::move(original)),
+        head_end_(head_end),
+        whole_head_(whole_head),
+        code_weight_(code_weight) {
+    for (int j = 0; j < net_->num_exits(); ++j) {
+      for (auto& p : net_->exit(j)->parameters()) params_.push_back(p);
+    }
+    // The encoder is block head_end - 1: it stays as it is.
+    if (whole_head_) {
+      for (int b = 0; b + 1 < head_end_; ++b) {
+        for (auto& p : net_->block(b).parameters()) params_.push_back(p);
+      }
+    }
+    for (auto& p : net_->parameters()) p.set_requires_grad(false);
+    for (auto& p : params_) p.set_requires_grad(true);
+  }
+  torch::Tensor Forward(const torch::Tensor& images) override {
+    return ExitLogits(net_, images, head_end_);
+  }
+  std::vector<torch::Tensor> Parameters() override { return params_; }
+  Result<FrozenForward> Snapshot() override {
+    auto frozen = std::make_shared<split::SplitVisionNet>(CopyNet(net_));
+    const int end = head_end_;
+    return FrozenForward([frozen, end](const torch::Tensor& x) {
+      torch::NoGradGuard no_grad;
+      return ExitLogits(*frozen, x, end);
+    });
+  }
+  torch::Tensor AuxiliaryLoss(const torch::Tensor& images) override {
+    if (!whole_head_ || code_weight_ <= 0) return {};
+    torch::Tensor target;
+    {
+      torch::NoGradGuard no_grad;
+      target = original_->ForwardWithExits(images, head_end_).features;
+    }
+    return code_weight_ * F::mse_loss(net_->ForwardWithExits(images, head_end_).features, target);
+  }
+  void SetTraining(bool training) override {
+    if (training) {
+      TrainFrozenBatchNorm(net_);
+    } else {
+      net_->eval();
+    }
+  }
+
+ private:
+  split::SplitVisionNet net_, original_;
+  int head_end_;
+  bool whole_head_;
+  double code_weight_;
+  std::vector<torch::Tensor> params_;
+};
+
+std::filesystem::path PendingFile(const std::string& buffer_file) {
+  return buffer_file + ".pending";
+}
+
+// The last `limit` rows (the oldest go first).
+LabeledBatch KeepLast(const LabeledBatch& rows, int64_t limit) {
+  if (rows.size() <= limit) return rows;
+  return rows.Select(torch::arange(rows.size() - limit, rows.size(), torch::kLong));
+}
+
+Result<crypto::Key256> ReadKeyFile(const std::string& path) {
+  CLEAVE_ASSIGN_OR_RETURN(std::string text, ReadPrivateFile(path));
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  crypto::Key256 key{};
+  if (text.size() == 64) {
+    for (size_t i = 0; i < 32; ++i) {
+      const std::string byte = text.substr(2 * i, 2);
+      if (!std::isxdigit(static_cast<unsigned char>(byte[0])) ||
+          !std::isxdigit(static_cast<unsigned char>(byte[1]))) {
+        return Status::InvalidArgument(path + ": not 64 hex digits");
+      }
+      key[i] = static_cast<uint8_t>(std::stoi(byte, nullptr, 16));
+    }
+    return key;
+  }
+  return Status::InvalidArgument(path + ": a buffer key is 64 hex digits (32 bytes); e.g. "
+                                        "`openssl rand -hex 32 > FILE && chmod 600 FILE`");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- options and config
+
+Status AdaptOptions::Validate() const {
+  if (scope != "exits" && scope != "head") {
+    return Status::InvalidArgument("edge.adapt_scope must be exits or head, got '" + scope + "'");
+  }
+  CLEAVE_RETURN_IF_ERROR(strategy.Validate().WithContext("edge.adapt_*"));
+  const auto positive = [](double v, const char* key) -> Status {
+    if (!(v > 0) || !std::isfinite(v)) {
+      return Status::InvalidArgument(std::string(key) + " must be > 0");
+    }
+    return Status::Ok();
+  };
+  CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(min_new), "edge.adapt_min_new"));
+  CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(window), "edge.adapt_window"));
+  CLEAVE_RETURN_IF_ERROR(positive(epochs, "edge.adapt_epochs"));
+  CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(batch_size), "edge.adapt_batch_size"));
+  CLEAVE_RETURN_IF_ERROR(positive(lr, "edge.adapt_lr"));
+  CLEAVE_RETURN_IF_ERROR(positive(max_cycle_seconds, "edge.adapt_max_seconds"));
+  CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(feedback_window),
+                                  "edge.adapt_feedback_window"));
+  CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(inbox), "edge.adapt_inbox"));
+  if (!(cpu_share > 0 && cpu_share <= 1)) {
+    return Status::InvalidArgument("edge.adapt_cpu_share must be in (0, 1]");
+  }
+  if (!(momentum >= 0 && momentum < 1)) {
+    return Status::InvalidArgument("edge.adapt_momentum must be in [0, 1)");
+  }
+  if (!(pseudo_margin >= 0 && pseudo_margin <= 1)) {
+    return Status::InvalidArgument("edge.adapt_pseudo_margin must be in [0, 1] (0 = off)");
+  }
+  if (!(teacher_margin >= 0) || !std::isfinite(teacher_margin)) {
+    return Status::InvalidArgument("edge.adapt_teacher_margin must be >= 0 (> 1 = never)");
+  }
+  if (!(code_weight >= 0) || !std::isfinite(code_weight)) {
+    return Status::InvalidArgument("edge.adapt_code_weight must be >= 0");
+  }
+  if (min_new > window) {
+    return Status::InvalidArgument("edge.adapt_min_new must be <= edge.adapt_window");
+  }
+  if (buffer_key && buffer_file.empty()) {
+    return Status::InvalidArgument("edge.adapt_buffer_key_file needs edge.adapt_buffer_file");
+  }
+  return Status::Ok();
+}
+
+void AddAdaptConfigKeys(ConfigSchema& s) {
+  s.Add("edge.adapt_enabled", ConfigType::kBool, "false",
+        "serve: learn on the gateway from what it serves (the cloud's answers as soft labels, "
+        "confident exits, the application's feedback) and hot-swap the adapted exits in "
+        "(docs/design.md, on-gateway learning)")
+      .Add("edge.adapt_scope", ConfigType::kString, "exits",
+           "what adapts: exits (the early exits only; the code sent to the cloud is "
+           "untouched) | head (also the head's blocks before the encoder, with distillation "
+           "holding the encoder's code)")
+      .Add("edge.adapt_min_new", ConfigType::kInt, "256",
+           "labelled inputs that start an adaptation cycle")
+      .Add("edge.adapt_window", ConfigType::kInt, "4096",
+           "labelled inputs kept for the next cycle (the oldest are dropped)")
+      .Add("edge.adapt_epochs", ConfigType::kInt, "3", "epochs over a cycle's inputs")
+      .Add("edge.adapt_batch_size", ConfigType::kInt, "32", "adaptation mini-batch")
+      .Add("edge.adapt_lr", ConfigType::kDouble, "0.01", "adaptation SGD learning rate")
+      .Add("edge.adapt_momentum", ConfigType::kDouble, "0.9", "adaptation SGD momentum")
+      .Add("edge.adapt_cpu_share", ConfigType::kDouble, "0.25",
+           "adaptation's CPU budget: share of one core over time (the learner sleeps between "
+           "cycles to stay within it)")
+      .Add("edge.adapt_max_seconds", ConfigType::kDouble, "30",
+           "training time of one cycle at most")
+      .Add("edge.adapt_pseudo_margin", ConfigType::kDouble, "0",
+           "an exit answer whose probability margin (top-1 minus top-2) reaches this becomes "
+           "a pseudo-label; 0 = off")
+      .Add("edge.adapt_teacher_margin", ConfigType::kDouble, "0.3",
+           "a cloud answer whose probability margin (top-1 minus top-2) reaches this also "
+           "teaches its class as a hard label (else only its soft label); > 1 = never")
+      .Add("edge.adapt_code_weight", ConfigType::kDouble, "1.0",
+           "scope head: weight of the distillation that holds the encoder's code")
+      .Add("edge.adapt_feedback_window", ConfigType::kInt, "4096",
+           "the last N requests can still get feedback (their inputs are kept that long)")
+      .Add("edge.adapt_inbox", ConfigType::kInt, "8192",
+           "served inputs waiting for the learner; more are dropped (serving never waits)")
+      .Add("edge.adapt_buffer_file", ConfigType::kString, "",
+           "where the learner's rows (replay buffer, pending inputs) are kept across "
+           "restarts, written atomically (mode 0600); empty = not kept")
+      .Add("edge.adapt_buffer_key_file", ConfigType::kString, "",
+           "AES-256 key file (64 hex digits, mode 0600) sealing edge.adapt_buffer_file; "
+           "empty = not sealed");
+  // Experience replay; distillation at T = 1 (the exits answer with the cloud's own
+  // confidence, which the exit threshold reads). Chosen with `cleave bench continual
+  // --validation` (docs/benchmarks.md).
+  federated::ContinualConfig strategy;
+  strategy.strategy = "er";
+  strategy.kd_temperature = 1.0;
+  federated::AddContinualConfigKeys(s, "edge.adapt_", strategy);
+}
+
+Result<AdaptOptions> AdaptOptionsFromConfig(const Config& c) {
+  AdaptOptions o;
+  o.enabled = c.GetBool("edge.adapt_enabled");
+  o.scope = c.GetString("edge.adapt_scope");
+  o.min_new = c.GetInt("edge.adapt_min_new");
+  o.window = c.GetInt("edge.adapt_window");
+  o.epochs = static_cast<int>(c.GetInt("edge.adapt_epochs"));
+  o.batch_size = c.GetInt("edge.adapt_batch_size");
+  o.lr = c.GetDouble("edge.adapt_lr");
+  o.momentum = c.GetDouble("edge.adapt_momentum");
+  o.cpu_share = c.GetDouble("edge.adapt_cpu_share");
+  o.max_cycle_seconds = c.GetDouble("edge.adapt_max_seconds");
+  o.pseudo_margin = c.GetDouble("edge.adapt_pseudo_margin");
+  o.code_weight = c.GetDouble("edge.adapt_code_weight");
+  o.teacher_margin = c.GetDouble("edge.adapt_teacher_margin");
+  o.feedback_window = c.GetInt("edge.adapt_feedback_window");
+  o.inbox = c.GetInt("edge.adapt_inbox");
+  o.buffer_file = c.GetString("edge.adapt_buffer_file");
+  CLEAVE_ASSIGN_OR_RETURN(o.strategy, federated::ReadContinualConfigKeys(c, "edge.adapt_"));
+  const std::string key_file = c.GetString("edge.adapt_buffer_key_file");
+  if (!key_file.empty()) {
+    Result<crypto::Key256> key = ReadKeyFile(key_file);
+    if (!key.ok()) return key.status().WithContext("edge.adapt_buffer_key_file");
+    o.buffer_key = *key;
+  }
+  CLEAVE_RETURN_IF_ERROR(o.Validate());
+  return o;
+}
+
+// ---------------------------------------------------------------- the learner
+
+struct EdgeLearner::Base {
+  split::VisionSplitModel model;   // model.net: the network being adapted
+  split::SplitVisionNet original{nullptr};  // as the bundle has it (distillation on the code)
+};
+
+namespace {
+
+Result<std::shared_ptr<EdgeLearner::Base>> LoadBase(const Bundle& bundle);
+
+}  // namespace
+
+EdgeLearner::EdgeLearner(AdaptOptions options, split::EdgeModel::Options head, SwapFn swap,
+                         std::shared_ptr<Metrics> metrics)
+    : options_(std::move(options)),
+      head_(std::move(head)),
+      swap_(std::move(swap)),
+      metrics_(metrics ? std::move(metrics) : std::make_shared<Metrics>()),
+      m_(&metrics_->Adaptation()) {}
+
+Result<std::unique_ptr<EdgeLearner>> EdgeLearner::Create(AdaptOptions options,
+                                                         const Bundle& bundle,
+                                                         split::EdgeModel::Options head,
+                                                         SwapFn swap,
+                                                         std::shared_ptr<Metrics> metrics) {
+  CLEAVE_RETURN_IF_ERROR(options.Validate());
+  if (!swap) return Status::InvalidArgument("edge learner: no swap function");
+  std::unique_ptr<EdgeLearner> learner(
+      new EdgeLearner(std::move(options), std::move(head), std::move(swap), std::move(metrics)));
+  CLEAVE_ASSIGN_OR_RETURN(learner->base_, LoadBase(bundle));
+  learner->num_classes_ = learner->base_->model.spec.num_classes;
+  CLEAVE_RETURN_IF_ERROR(learner->Load());
+  learner->thread_ = std::thread([raw = learner.get()] { raw->Loop(); });
+  return learner;
+}
+
+EdgeLearner::~EdgeLearner() {
+  {
+    MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  cv_.NotifyAll();
+  if (thread_.joinable()) thread_.join();
+  if (Status s = Save(); !s.ok()) {
+    GetLogger("edge")->warn("adaptation: rows not saved at shutdown: {}", s.ToString());
+  }
+}
+
+namespace {
+
+Result<std::shared_ptr<EdgeLearner::Base>> LoadBase(const Bundle& bundle) {
+  if (bundle.kind() != split::kVisionSplitKind) {
+    return Status::FailedPrecondition(
+        "edge.adapt_enabled: on-gateway adaptation supports cleave's own (vision-split) "
+        "bundles; this bundle is " + bundle.kind());
+  }
+  split::VisionBundleParts parts;
+  parts.head_fp32 = true;
+  parts.exits_fp32 = true;
+  parts.tail_fp32 = false;
+  parts.head_int8 = false;
+  CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel model, split::ReadVisionBundle(bundle, parts));
+  if (model.spec.exits.empty()) {
+    return Status::FailedPrecondition(
+        "edge.adapt_enabled: the bundle's model has no early exit to adapt");
+  }
+  auto base = std::make_shared<EdgeLearner::Base>();
+  base->original = CopyNet(model.net);
+  base->model = std::move(model);
+  return base;
+}
+
+}  // namespace
+
+Status EdgeLearner::Rebase(const Bundle& bundle) {
+  CLEAVE_ASSIGN_OR_RETURN(std::shared_ptr<Base> base, LoadBase(bundle));
+  if (base->model.spec.num_classes != num_classes_) {
+    return Status::InvalidArgument("adaptation: the new bundle has " +
+                                   std::to_string(base->model.spec.num_classes) +
+                                   " classes, the learner's rows " + std::to_string(num_classes_));
+  }
+  MutexLock lock(&mu_);
+  next_base_ = std::move(base);
+  ++generation_;
+  return Status::Ok();
+}
+
+void EdgeLearner::Observe(Observation o) {
+  if (!o.image.defined()) return;
+  const bool labelled =
+      o.teacher.defined() || (o.exit_logits.defined() && options_.pseudo_margin > 0);
+  bool dropped = false;
+  {
+    MutexLock lock(&mu_);
+    const int64_t id = next_id_++;
+    // Every request can get feedback for a while.
+    const auto key = std::make_pair(std::move(o.peer), o.request_id);
+    if (recent_.count(key) == 0) recent_order_.push_back(key);
+    recent_[key] = Recent{id, o.image};
+    while (static_cast<int64_t>(recent_order_.size()) > options_.feedback_window) {
+      recent_.erase(recent_order_.front());
+      recent_order_.pop_front();
+    }
+    if (labelled) {
+      if (static_cast<int64_t>(inbox_.size()) >= options_.inbox) {
+        dropped = true;
+        ++stats_.dropped;
+      } else {
+        inbox_.push_back(Item{id, std::move(o.image), std::move(o.teacher),
+                              std::move(o.exit_logits), -1});
+        ++labelled_waiting_;
+      }
+    }
+  }
+  if (dropped) m_->observations_dropped->Increment();
+  if (labelled && !dropped) cv_.NotifyOne();
+}
+
+edge_api::FeedbackReply EdgeLearner::Feedback(const std::string& peer,
+                                              const edge_api::FeedbackRequest& request) {
+  edge_api::FeedbackReply reply;
+  reply.request_id = request.request_id;
+  if (request.true_class < 0 || request.true_class >= num_classes_) {
+    reply.error = "trueClass " + std::to_string(request.true_class) +
+                  " is outside the model's classes 0.." + std::to_string(num_classes_ - 1);
+  } else {
+    MutexLock lock(&mu_);
+    auto it = recent_.find({peer, request.request_id});
+    if (it == recent_.end()) {
+      reply.error = "unknown request id " + std::to_string(request.request_id) +
+                    " on this connection (feedback is kept for the last " +
+                    std::to_string(options_.feedback_window) + " requests)";
+    } else if (static_cast<int64_t>(inbox_.size()) >= options_.inbox) {
+      reply.error = "the learner is busy; feedback not taken (try again later)";
+    } else {
+      inbox_.push_back(Item{it->second.id, it->second.image, {}, {}, request.true_class});
+      ++labelled_waiting_;
+      reply.accepted = true;
+    }
+  }
+  if (reply.accepted) {
+    m_->feedback_accepted->Increment();
+    cv_.NotifyOne();
+  } else {
+    m_->feedback_rejected->Increment();
+  }
+  return reply;
+}
+
+LearnerStats EdgeLearner::stats() const {
+  MutexLock lock(&mu_);
+  return stats_;
+}
+
+void EdgeLearner::Drain() {
+  std::vector<Item> inbox;
+  {
+    MutexLock lock(&mu_);
+    inbox.swap(inbox_);
+    labelled_waiting_ = 0;
+  }
+  if (inbox.empty()) return;
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> images, soft;
+  std::vector<int64_t> hard, ids;
+  std::vector<int64_t> has_soft;
+  int64_t teacher = 0, pseudo = 0, feedback = 0;
+  for (Item& item : inbox) {
+    int64_t label = -1;
+    if (item.label >= 0) {
+      ++feedback;
+      // A row that is pending or in the buffer gets the true class; otherwise it joins.
+      bool known = false;
+      if (pending_.size() > 0) {
+        const torch::Tensor hit = pending_.ids.eq(item.id);
+        if (hit.any().item<bool>()) {
+          pending_.labels.masked_fill_(hit, item.label);
+          known = true;
+        }
+      }
+      if (strategy_->buffer() && strategy_->buffer()->SetLabel(item.id, item.label) > 0) {
+        known = true;
+      }
+      if (known) continue;
+      label = item.label;
+    } else if (item.teacher.defined()) {
+      ++teacher;
+      if (options_.teacher_margin <= 1) {
+        const torch::Tensor p =
+            F::softmax(item.teacher.to(torch::kFloat).flatten(), F::SoftmaxFuncOptions(0));
+        const auto top = p.topk(std::min<int64_t>(2, p.numel()));
+        const double margin = std::get<0>(top)[0].item<double>() -
+                              (p.numel() > 1 ? std::get<0>(top)[1].item<double>() : 0.0);
+        if (margin >= options_.teacher_margin) label = std::get<1>(top)[0].item<int64_t>();
+      }
+    } else if (item.exit_logits.defined()) {
+      const torch::Tensor p =
+          F::softmax(item.exit_logits.to(torch::kFloat).flatten(), F::SoftmaxFuncOptions(0));
+      const auto top = p.topk(std::min<int64_t>(2, p.numel()));
+      const double margin = std::get<0>(top)[0].item<double>() -
+                            (p.numel() > 1 ? std::get<0>(top)[1].item<double>() : 0.0);
+      if (margin < options_.pseudo_margin) continue;
+      label = std::get<1>(top)[0].item<int64_t>();
+      ++pseudo;
+    } else {
+      continue;
+    }
+    images.push_back(item.image.to(torch::kFloat));
+    hard.push_back(label);
+    ids.push_back(item.id);
+    has_soft.push_back(item.teacher.defined() ? 1 : 0);
+    soft.push_back(item.teacher.defined()
+                       ? item.teacher.to(torch::kFloat).reshape({num_classes_})
+                       : torch::zeros({num_classes_}));
+  }
+  if (!images.empty()) {
+    LabeledBatch rows;
+    rows.images = torch::stack(images);
+    rows.labels = torch::tensor(hard, torch::kLong);
+    rows.soft = torch::stack(soft);
+    rows.has_soft = torch::tensor(has_soft, torch::kLong).to(torch::kBool);
+    rows.ids = torch::tensor(ids, torch::kLong);
+    pending_ = KeepLast(LabeledBatch::Concat(pending_, rows), options_.window);
+  }
+  m_->observed_teacher->Increment(static_cast<double>(teacher));
+  m_->observed_pseudo->Increment(static_cast<double>(pseudo));
+  m_->observed_feedback->Increment(static_cast<double>(feedback));
+  m_->pending_rows->Set(static_cast<double>(pending_.size()));
+  MutexLock lock(&mu_);
+  stats_.observed += teacher + pseudo + feedback;
+  stats_.pending_rows = pending_.size();
+}
+
+Status EdgeLearner::Cycle() {
+  std::shared_ptr<Base> next;
+  uint64_t generation = 0;
+  {
+    MutexLock lock(&mu_);
+    next = std::move(next_base_);
+    generation = generation_;
+  }
+  if (next) base_ = std::move(next);
+  if (pending_.size() == 0) {
+    return Status::FailedPrecondition("adaptation: no labelled input to learn from yet");
+  }
+  return split::CallTorch(split::TorchSource::kOwnState, "adaptation", [&]() -> Status {
+    split::VisionSplitModel& model = base_->model;
+    const int head_end = model.head_end();
+    EdgeHeadModel trained(model.net, base_->original, head_end, options_.scope == "head",
+                          options_.code_weight);
+    if (previous_.size() > 0) {
+      CLEAVE_RETURN_IF_ERROR(strategy_->Consolidate(trained, previous_));
+    }
+    federated::ExperienceOptions eo;
+    eo.epochs = options_.epochs;
+    eo.batch_size = options_.batch_size;
+    eo.lr = options_.lr;
+    eo.momentum = options_.momentum;
+    // The head's blocks keep BatchNorm frozen, whose small running variances amplify their
+    // gradients (measured: the default bundle diverges within 10 steps at lr 0.001 without
+    // this); clipping the update keeps scope head stable.
+    eo.max_grad_norm = options_.scope == "head" ? 1.0 : 0.0;
+    eo.seed = options_.seed + static_cast<uint64_t>(stats().cycles);
+    eo.time_budget_micros = static_cast<int64_t>(options_.max_cycle_seconds * 1e6);
+    eo.cancelled = [this] {
+      MutexLock lock(&mu_);
+      return stop_;
+    };
+    CLEAVE_ASSIGN_OR_RETURN(federated::ExperienceResult r,
+                            federated::TrainExperience(trained, *strategy_, pending_, eo));
+    previous_ = pending_;
+    pending_ = LabeledBatch{};
+    // The new head: a copy of the adapted network, re-quantized on what was served.
+    split::VisionSplitModel serving = model;
+    serving.net = CopyNet(model.net);
+    torch::Tensor calibration = previous_.images;
+    if (strategy_->buffer() && strategy_->buffer()->size() > 0) {
+      calibration = torch::cat({calibration, strategy_->buffer()->All().images});
+    }
+    if (calibration.size(0) > 512) calibration = calibration.narrow(0, 0, 512);
+    if (head_.int8) {
+      CLEAVE_ASSIGN_OR_RETURN(split::Int8Head int8,
+                              split::Int8Head::Quantize(*serving.net, head_end, calibration));
+      serving.int8_head = std::make_shared<split::Int8Head>(std::move(int8));
+    }
+    CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<split::EdgeModel> edge,
+                            split::EdgeModel::FromModel(std::move(serving), head_));
+    {
+      MutexLock lock(&mu_);
+      if (generation != generation_) {
+        return Status::Unavailable("adaptation: a new bundle version arrived during the cycle");
+      }
+    }
+    swap_(std::make_unique<EdgeEngine>(std::move(edge)));
+    GetLogger("edge")->info("adaptation: {} steps on {} inputs in {:.1f} s; adapted head serves",
+                            r.steps, previous_.size(), r.seconds);
+    return Status::Ok();
+  });
+}
+
+void EdgeLearner::Loop() {
+  using SteadyClock = std::chrono::steady_clock;
+  for (;;) {
+    bool forced = false;
+    {
+      MutexLock lock(&mu_);
+      cv_.WaitFor(&mu_, std::chrono::seconds(1), [this]() REQUIRES(mu_) {
+        return stop_ || now_requested_ > now_done_ ||
+               labelled_waiting_ + stats_.pending_rows >= options_.min_new;
+      });
+      if (stop_) break;
+      forced = now_requested_ > now_done_;
+    }
+    Drain();
+    if (!forced && pending_.size() < options_.min_new) continue;
+    const auto start = SteadyClock::now();
+    Status s = Cycle();
+    const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
+    if (s.ok()) {
+      m_->cycles->Increment();
+      m_->cycle_seconds->Observe(seconds);
+      if (Status saved = Save(); !saved.ok()) {
+        GetLogger("edge")->warn("adaptation: rows not saved: {}", saved.ToString());
+      }
+    } else if (s.code() != StatusCode::kFailedPrecondition) {
+      m_->cycles_failed->Increment();
+      GetLogger("edge")->warn("adaptation cycle failed: {}", s.ToString());
+    }
+    m_->pending_rows->Set(static_cast<double>(pending_.size()));
+    if (strategy_->buffer()) m_->buffer_rows->Set(static_cast<double>(strategy_->buffer()->size()));
+    {
+      MutexLock lock(&mu_);
+      if (s.ok()) ++stats_.cycles;
+      if (!s.ok() && s.code() != StatusCode::kFailedPrecondition) ++stats_.failed_cycles;
+      if (!s.ok()) stats_.last_error = s.ToString();
+      stats_.last_cycle_seconds = seconds;
+      stats_.pending_rows = pending_.size();
+      stats_.buffer_rows = strategy_->buffer() ? strategy_->buffer()->size() : 0;
+      if (forced) {
+        ++now_done_;
+        now_status_ = s;
+        cv_.NotifyAll();
+        continue;  // a requested cycle does not wait out the budget
+      }
+      // The CPU budget: training took `seconds`; rest so that it is cpu_share of the time.
+      const double rest = seconds * (1.0 / options_.cpu_share - 1.0);
+      cv_.WaitFor(&mu_, std::chrono::duration<double>(rest),
+                  [this]() REQUIRES(mu_) { return stop_ || now_requested_ > now_done_; });
+    }
+  }
+}
+
+Status EdgeLearner::AdaptNow() {
+  MutexLock lock(&mu_);
+  const int64_t ticket = ++now_requested_;
+  cv_.NotifyAll();
+  cv_.Wait(&mu_, [&]() REQUIRES(mu_) { return now_done_ >= ticket || stop_; });
+  if (now_done_ < ticket) return Status::Unavailable("adaptation: the learner stopped");
+  return now_status_;
+}
+
+Status EdgeLearner::Save() {
+  if (options_.buffer_file.empty()) return Status::Ok();
+  const auto save = [&]() -> Status {
+    if (strategy_ && strategy_->buffer()) {
+      CLEAVE_RETURN_IF_ERROR(strategy_->buffer()->Save(options_.buffer_file, options_.buffer_key));
+    }
+    federated::ReplayOptions all;
+    all.capacity = std::max<int64_t>(1, options_.window);
+    all.max_bytes = 0;
+    federated::ReplayBuffer pending(all);
+    if (pending_.size() > 0) CLEAVE_RETURN_IF_ERROR(pending.Add(pending_));
+    return pending.Save(PendingFile(options_.buffer_file), options_.buffer_key);
+  };
+  return split::CallTorch(split::TorchSource::kOwnState, "saving the learner's rows", save);
+}
+
+Status EdgeLearner::Load() {
+  std::optional<federated::ReplayBuffer> buffer;
+  if (!options_.buffer_file.empty()) {
+    federated::ReplayOptions replay = options_.strategy.replay;
+    replay.seed = options_.seed;
+    if (options_.strategy.uses_buffer()) {
+      Result<federated::ReplayBuffer> loaded =
+          federated::ReplayBuffer::Load(options_.buffer_file, replay, options_.buffer_key);
+      if (loaded.ok()) {
+        buffer = std::move(loaded).value();
+      } else if (loaded.status().code() != StatusCode::kNotFound) {
+        return loaded.status().WithContext("edge.adapt_buffer_file");
+      }
+    }
+    federated::ReplayOptions all;
+    all.capacity = std::max<int64_t>(1, options_.window);
+    all.max_bytes = 0;
+    Result<federated::ReplayBuffer> pending =
+        federated::ReplayBuffer::Load(PendingFile(options_.buffer_file), all, options_.buffer_key);
+    if (pending.ok()) {
+      pending_ = pending->All();
+      if (pending_.size() > 0 && pending_.images.size(1) != base_->model.spec.input_channels) {
+        return Status::InvalidArgument("edge.adapt_buffer_file: its rows do not fit this model");
+      }
+    } else if (pending.status().code() != StatusCode::kNotFound) {
+      return pending.status().WithContext("edge.adapt_buffer_file");
+    }
+  }
+  int64_t max_id = 0;
+  if (pending_.size() > 0) max_id = pending_.ids.max().item<int64_t>();
+  if (buffer && buffer->size() > 0) max_id = std::max(max_id, buffer->All().ids.max().item<int64_t>());
+  CLEAVE_ASSIGN_OR_RETURN(strategy_,
+                          federated::MakeContinualStrategy(options_.strategy, std::move(buffer)));
+  MutexLock lock(&mu_);
+  next_id_ = max_id + 1;  // ids stay unique across restarts
+  stats_.pending_rows = pending_.size();
+  stats_.buffer_rows = strategy_->buffer() ? strategy_->buffer()->size() : 0;
+  return Status::Ok();
+}
+
+}  // namespace cleave::edge

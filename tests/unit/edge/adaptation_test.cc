@@ -1,0 +1,260 @@
+#include "edge/adaptation.h"
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+#include "common/file_util.h"
+#include "split/bundle.h"
+#include "testing/tiny_bundle.h"
+
+namespace cleave::edge {
+namespace {
+
+namespace fs = std::filesystem;
+
+class AdaptationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = testing::TempPath("adaptation");
+    ASSERT_TRUE(testing::WriteTinyBundle(dir_ / "bundle").ok());
+    auto bundle = Bundle::Open(dir_ / "bundle");
+    ASSERT_TRUE(bundle.ok()) << bundle.status().ToString();
+    bundle_ = std::make_unique<Bundle>(std::move(bundle).value());
+    head_.int8_engine = "reference";
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  AdaptOptions Options() const {
+    AdaptOptions o;
+    o.enabled = true;
+    o.strategy.strategy = "er";
+    o.strategy.replay.capacity = 50;
+    o.min_new = 1000;  // cycles only when a test asks (AdaptNow)
+    o.window = 1000;
+    o.batch_size = 16;
+    return o;
+  }
+  Result<std::unique_ptr<EdgeLearner>> Make(AdaptOptions o) {
+    return EdgeLearner::Create(
+        std::move(o), *bundle_, head_,
+        [this](std::unique_ptr<EdgeEngine> engine) {
+          ++swaps_;
+          last_ = std::move(engine);
+        },
+        nullptr);
+  }
+  // `n` served inputs the cloud answered (teacher logits favouring class i % 10).
+  void Teach(EdgeLearner& learner, int n, uint64_t first_id = 1) {
+    const torch::Tensor images = testing::RandomImages(n, first_id);
+    for (int i = 0; i < n; ++i) {
+      Observation o;
+      o.peer = "app";
+      o.request_id = first_id + i;
+      o.image = images[i];
+      o.teacher = torch::zeros({10});
+      o.teacher[(first_id + i) % 10] = 4.0;
+      learner.Observe(std::move(o));
+    }
+  }
+
+  fs::path dir_;
+  std::unique_ptr<Bundle> bundle_;
+  split::EdgeModel::Options head_;
+  std::atomic<int> swaps_{0};
+  std::unique_ptr<EdgeEngine> last_;
+};
+
+TEST_F(AdaptationTest, LearnsFromTheTeacherAndSwapsAnAdaptedEngineIn) {
+  auto learner = Make(Options());
+  ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+  EXPECT_EQ((*learner)->AdaptNow().code(), StatusCode::kFailedPrecondition);  // nothing yet
+  EXPECT_EQ(swaps_, 0);
+  Teach(**learner, 64);
+  ASSERT_TRUE((*learner)->AdaptNow().ok());
+  EXPECT_EQ(swaps_, 1);
+  ASSERT_NE(last_, nullptr);
+  const LearnerStats stats = (*learner)->stats();
+  EXPECT_EQ(stats.cycles, 1);
+  EXPECT_EQ(stats.observed, 64);
+  EXPECT_EQ(stats.pending_rows, 0);
+  EXPECT_EQ(stats.buffer_rows, 50);  // ER kept a reservoir of what it trained on
+  // The adapted exit answers differently from the bundle's.
+  auto original = split::EdgeModel::Load(*bundle_, head_);
+  ASSERT_TRUE(original.ok());
+  const torch::Tensor probe = testing::RandomImages(8, 99);
+  auto a = (*original)->Run(probe);
+  auto b = last_->model().Run(probe);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_FALSE(torch::allclose(a->exit_logits[0], b->exit_logits[0]));
+  // Scope exits: the code sent to the cloud is the bundle's (same int8 trunk up to the
+  // re-observed activation ranges: within the wire's quantization step).
+  EXPECT_LT((a->features - b->features).abs().max().item<double>(),
+            0.25 * a->features.abs().max().item<double>());
+}
+
+TEST_F(AdaptationTest, ScopeHeadTrainsTheBlocksBeforeTheEncoderWithoutDiverging) {
+  AdaptOptions o = Options();
+  o.scope = "head";
+  o.epochs = 5;
+  auto learner = Make(o);
+  ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+  Teach(**learner, 64);
+  Status s = (*learner)->AdaptNow();
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(swaps_, 1);
+}
+
+TEST_F(AdaptationTest, UnlabelledInputsWaitForFeedbackAndConfidentExitsArePseudoLabels) {
+  AdaptOptions o = Options();
+  o.pseudo_margin = 1e-6;  // every exit answer with a unique top class
+  auto learner = Make(o);
+  ASSERT_TRUE(learner.ok());
+  const torch::Tensor images = testing::RandomImages(3, 5);
+  // An input answered degraded (no label), then its true class arrives.
+  Observation unlabelled;
+  unlabelled.peer = "app";
+  unlabelled.request_id = 7;
+  unlabelled.image = images[0];
+  (*learner)->Observe(unlabelled);
+  EXPECT_EQ((*learner)->AdaptNow().code(), StatusCode::kFailedPrecondition);
+  edge_api::FeedbackReply reply = (*learner)->Feedback("app", {7, 3});
+  EXPECT_TRUE(reply.accepted) << reply.error;
+  // An exit answer becomes a pseudo-label.
+  Observation exit;
+  exit.peer = "app";
+  exit.request_id = 8;
+  exit.image = images[1];
+  exit.exit_logits = torch::tensor({0.f, 3.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f});
+  (*learner)->Observe(exit);
+  ASSERT_TRUE((*learner)->AdaptNow().ok());
+  EXPECT_EQ((*learner)->stats().observed, 2);
+}
+
+TEST_F(AdaptationTest, FeedbackRejectsUnknownIdsOtherConnectionsAndClassesOutOfRange) {
+  AdaptOptions o = Options();
+  o.feedback_window = 2;
+  auto learner = Make(o);
+  ASSERT_TRUE(learner.ok());
+  Teach(**learner, 3, 100);  // ids 100, 101, 102; only the last 2 can get feedback
+  edge_api::FeedbackReply r = (*learner)->Feedback("app", {999, 1});
+  EXPECT_FALSE(r.accepted);
+  EXPECT_NE(r.error.find("unknown request id 999"), std::string::npos) << r.error;
+  r = (*learner)->Feedback("app", {100, 1});  // too old
+  EXPECT_FALSE(r.accepted);
+  EXPECT_NE(r.error.find("last 2 requests"), std::string::npos) << r.error;
+  r = (*learner)->Feedback("another-app", {102, 1});  // identity comes from the connection
+  EXPECT_FALSE(r.accepted);
+  r = (*learner)->Feedback("app", {102, 10});
+  EXPECT_FALSE(r.accepted);
+  EXPECT_NE(r.error.find("outside the model's classes 0..9"), std::string::npos) << r.error;
+  r = (*learner)->Feedback("app", {102, -1});
+  EXPECT_FALSE(r.accepted);
+  r = (*learner)->Feedback("app", {102, 9});
+  EXPECT_TRUE(r.accepted) << r.error;
+  EXPECT_EQ(r.request_id, 102u);
+}
+
+TEST_F(AdaptationTest, RowsSurviveARestartSealedAndACorruptFileIsRefused) {
+  AdaptOptions o = Options();
+  o.buffer_file = (dir_ / "rows.bin").string();
+  crypto::Key256 key{};
+  key.fill(3);
+  o.buffer_key = key;
+  {
+    auto learner = Make(o);
+    ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+    Teach(**learner, 40);
+    ASSERT_TRUE((*learner)->AdaptNow().ok());  // 40 rows trained, buffer saved
+    Teach(**learner, 10, 500);                 // pending at shutdown
+    // Let the learner thread drain the inbox before it stops (a cycle needs 1000).
+    for (int i = 0; i < 100 && (*learner)->stats().pending_rows < 10; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  for (const char* name : {"rows.bin", "rows.bin.pending"}) {
+    struct stat st {};
+    ASSERT_EQ(::stat((dir_ / name).c_str(), &st), 0) << name;
+    EXPECT_EQ(st.st_mode & 0777, 0600u) << name;
+  }
+  {
+    auto learner = Make(o);
+    ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+    const LearnerStats stats = (*learner)->stats();
+    EXPECT_EQ(stats.buffer_rows, 40);
+    EXPECT_EQ(stats.pending_rows, 10);
+    ASSERT_TRUE((*learner)->AdaptNow().ok());  // the pending rows train after the restart
+  }
+  AdaptOptions wrong = o;
+  wrong.buffer_key->fill(4);
+  EXPECT_EQ(Make(wrong).status().code(), StatusCode::kDataLoss);
+  std::string bytes = ReadFileToString(dir_ / "rows.bin").value();
+  bytes[bytes.size() / 2] ^= 1;
+  ASSERT_TRUE(WriteFileAtomic(dir_ / "rows.bin", bytes, 0600).ok());
+  Status s = Make(o).status();
+  EXPECT_EQ(s.code(), StatusCode::kDataLoss);
+  EXPECT_NE(s.message().find("edge.adapt_buffer_file"), std::string::npos) << s.ToString();
+}
+
+TEST_F(AdaptationTest, AFullInboxDropsInsteadOfWaiting) {
+  AdaptOptions o = Options();
+  o.inbox = 5;
+  o.min_new = 5;
+  o.window = 5;
+  o.cpu_share = 1e-6;  // after one cycle the learner rests, so its inbox fills
+  auto learner = Make(o);
+  ASSERT_TRUE(learner.ok());
+  Teach(**learner, 5);
+  for (int i = 0; i < 200 && (*learner)->stats().cycles < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ((*learner)->stats().cycles, 1);  // the learner's own trigger
+  Teach(**learner, 20, 1000);
+  EXPECT_GE((*learner)->stats().dropped, 15);
+}
+
+TEST_F(AdaptationTest, RejectsBadOptionsAndBundlesWithoutExits) {
+  const auto rejects = [&](const std::function<void(AdaptOptions&)>& f, const char* key) {
+    AdaptOptions o = Options();
+    f(o);
+    Status s = Make(o).status();
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << key;
+    EXPECT_NE(s.message().find(key), std::string::npos) << s.ToString();
+  };
+  rejects([](AdaptOptions& o) { o.scope = "tail"; }, "edge.adapt_scope");
+  rejects([](AdaptOptions& o) { o.cpu_share = 0; }, "edge.adapt_cpu_share");
+  rejects([](AdaptOptions& o) { o.cpu_share = 1.5; }, "edge.adapt_cpu_share");
+  rejects([](AdaptOptions& o) { o.lr = -1; }, "edge.adapt_lr");
+  rejects([](AdaptOptions& o) { o.min_new = 0; }, "edge.adapt_min_new");
+  rejects([](AdaptOptions& o) { o.pseudo_margin = 2; }, "edge.adapt_pseudo_margin");
+  rejects([](AdaptOptions& o) { o.strategy.strategy = "gem"; }, "gem");
+  rejects([](AdaptOptions& o) { o.buffer_key = crypto::Key256{}; }, "edge.adapt_buffer_key_file");
+  // A bundle whose model has no early exit has nothing to adapt.
+  split::VisionSplitModel model;
+  model.spec = split::VisionModelSpec::TinySplit();
+  model.spec.exits.clear();
+  model.net = split::SplitVisionNet(model.spec);
+  torch::NoGradGuard no_grad;
+  auto head = split::Int8Head::Quantize(*model.net, model.head_end(), testing::RandomImages(8, 1));
+  ASSERT_TRUE(head.ok());
+  model.int8_head = std::make_shared<split::Int8Head>(std::move(head).value());
+  model.wire_quant = split::RangesToQuantParams(torch::zeros({2}), torch::ones({2}),
+                                                wire::DType::kUInt4);
+  auto policy = split::ExitPolicy::Create(split::ExitCriterion::kMaxSoftmax, {});
+  ASSERT_TRUE(policy.ok());
+  model.exit_policy = *policy;
+  ASSERT_TRUE(split::WriteVisionBundle(dir_ / "no-exit", model).ok());
+  auto bundle = Bundle::Open(dir_ / "no-exit");
+  ASSERT_TRUE(bundle.ok()) << bundle.status().ToString();
+  Status s = EdgeLearner::Create(Options(), *bundle, head_, [](std::unique_ptr<EdgeEngine>) {},
+                                 nullptr)
+                 .status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("no early exit"), std::string::npos) << s.ToString();
+}
+
+}  // namespace
+}  // namespace cleave::edge
