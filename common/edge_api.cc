@@ -153,76 +153,76 @@ void WriteClassifyReply(const ClassifyReply& reply, schema::ClassifyReply::Build
 namespace {
 
 Result<ClassifyRequest> ReadClassifyRequest(schema::ClassifyRequest::Reader root) {
-        ClassifyRequest r;
-        r.protocol_version = root.getProtocolVersion();
-        CLEAVE_RETURN_IF_ERROR(CheckVersion(r.protocol_version, "classify request"));
-        r.request_id = root.getRequestId();
-        r.deadline_ms = root.getDeadlineMs();
-        r.exit_threshold = root.getExitThreshold();
-        if (std::isnan(r.exit_threshold) || r.exit_threshold > 1.0f) {
-          return Status::InvalidArgument("exitThreshold must be < 0 (calibrated) or in [0, 1]");
-        }
-        auto image = root.getImage();
-        switch (image.which()) {
-          case schema::ClassifyRequest::Image::PNG: {
-            auto png = image.getPng();
-            if (png.size() == 0) return Status::InvalidArgument("empty png image");
-            r.kind = ImageKind::kPng;
-            r.png.assign(reinterpret_cast<const char*>(png.begin()), png.size());
-            break;
-          }
-          case schema::ClassifyRequest::Image::JPEG: {
-            auto jpeg = image.getJpeg();
-            if (jpeg.size() == 0) return Status::InvalidArgument("empty jpeg image");
-            r.kind = ImageKind::kJpeg;
-            r.jpeg.assign(reinterpret_cast<const char*>(jpeg.begin()), jpeg.size());
-            break;
-          }
-          case schema::ClassifyRequest::Image::GRAY8: {
-            auto gray = image.getGray8();
-            r.kind = ImageKind::kGray8;
-            CLEAVE_RETURN_IF_ERROR(
-                ReadRawImage("gray8", 1, gray.getWidth(), gray.getHeight(), gray.getPixels(), r));
-            break;
-          }
-          case schema::ClassifyRequest::Image::RGB8: {
-            auto rgb = image.getRgb8();
-            r.kind = ImageKind::kRgb8;
-            CLEAVE_RETURN_IF_ERROR(
-                ReadRawImage("rgb8", 3, rgb.getWidth(), rgb.getHeight(), rgb.getPixels(), r));
-            break;
-          }
-          default: return Status::InvalidArgument("classify request carries an unknown image kind");
-        }
-        return r;
+  ClassifyRequest r;
+  r.protocol_version = root.getProtocolVersion();
+  CLEAVE_RETURN_IF_ERROR(CheckVersion(r.protocol_version, "classify request"));
+  r.request_id = root.getRequestId();
+  r.deadline_ms = root.getDeadlineMs();
+  r.exit_threshold = root.getExitThreshold();
+  if (std::isnan(r.exit_threshold) || r.exit_threshold > 1.0f) {
+    return Status::InvalidArgument("exitThreshold must be < 0 (calibrated) or in [0, 1]");
+  }
+  auto image = root.getImage();
+  switch (image.which()) {
+    case schema::ClassifyRequest::Image::PNG: {
+      auto png = image.getPng();
+      if (png.size() == 0) return Status::InvalidArgument("empty png image");
+      r.kind = ImageKind::kPng;
+      r.png.assign(reinterpret_cast<const char*>(png.begin()), png.size());
+      break;
+    }
+    case schema::ClassifyRequest::Image::JPEG: {
+      auto jpeg = image.getJpeg();
+      if (jpeg.size() == 0) return Status::InvalidArgument("empty jpeg image");
+      r.kind = ImageKind::kJpeg;
+      r.jpeg.assign(reinterpret_cast<const char*>(jpeg.begin()), jpeg.size());
+      break;
+    }
+    case schema::ClassifyRequest::Image::GRAY8: {
+      auto gray = image.getGray8();
+      r.kind = ImageKind::kGray8;
+      CLEAVE_RETURN_IF_ERROR(
+          ReadRawImage("gray8", 1, gray.getWidth(), gray.getHeight(), gray.getPixels(), r));
+      break;
+    }
+    case schema::ClassifyRequest::Image::RGB8: {
+      auto rgb = image.getRgb8();
+      r.kind = ImageKind::kRgb8;
+      CLEAVE_RETURN_IF_ERROR(
+          ReadRawImage("rgb8", 3, rgb.getWidth(), rgb.getHeight(), rgb.getPixels(), r));
+      break;
+    }
+    default: return Status::InvalidArgument("classify request carries an unknown image kind");
+  }
+  return r;
 }
 
 Result<ClassifyReply> ReadClassifyReply(schema::ClassifyReply::Reader root) {
-        ClassifyReply r;
-        r.protocol_version = root.getProtocolVersion();
-        CLEAVE_RETURN_IF_ERROR(CheckVersion(r.protocol_version, "classify reply"));
-        r.request_id = root.getRequestId();
-        switch (root.getSource()) {
-          case schema::AnswerSource::EDGE_EXIT: r.source = AnswerSource::kEdgeExit; break;
-          case schema::AnswerSource::CLOUD: r.source = AnswerSource::kCloud; break;
-          case schema::AnswerSource::DEGRADED: r.source = AnswerSource::kDegraded; break;
-          case schema::AnswerSource::ERROR: r.source = AnswerSource::kError; break;
-          default: return Status::InvalidArgument("classify reply has an unknown source");
-        }
-        r.error = root.getError().cStr();
-        r.predicted_class = root.getPredictedClass();
-        r.confidence = root.getConfidence();
-        auto scores = root.getScores();
-        if (scores.size() > 100000) return Status::InvalidArgument("too many scores");
-        r.scores.reserve(scores.size());
-        for (float s : scores) r.scores.push_back(s);
-        r.exit_index = root.getExitIndex();
-        r.wire_bytes = root.getWireBytes();
-        r.edge_micros = root.getEdgeMicros();
-        r.total_micros = root.getTotalMicros();
-        r.class_name = root.getClassName().cStr();
-        if (r.class_name.size() > 1024) return Status::InvalidArgument("class name too long");
-        return r;
+  ClassifyReply r;
+  r.protocol_version = root.getProtocolVersion();
+  CLEAVE_RETURN_IF_ERROR(CheckVersion(r.protocol_version, "classify reply"));
+  r.request_id = root.getRequestId();
+  switch (root.getSource()) {
+    case schema::AnswerSource::EDGE_EXIT: r.source = AnswerSource::kEdgeExit; break;
+    case schema::AnswerSource::CLOUD: r.source = AnswerSource::kCloud; break;
+    case schema::AnswerSource::DEGRADED: r.source = AnswerSource::kDegraded; break;
+    case schema::AnswerSource::ERROR: r.source = AnswerSource::kError; break;
+    default: return Status::InvalidArgument("classify reply has an unknown source");
+  }
+  r.error = root.getError().cStr();
+  r.predicted_class = root.getPredictedClass();
+  r.confidence = root.getConfidence();
+  auto scores = root.getScores();
+  if (scores.size() > 100000) return Status::InvalidArgument("too many scores");
+  r.scores.reserve(scores.size());
+  for (float s : scores) r.scores.push_back(s);
+  r.exit_index = root.getExitIndex();
+  r.wire_bytes = root.getWireBytes();
+  r.edge_micros = root.getEdgeMicros();
+  r.total_micros = root.getTotalMicros();
+  r.class_name = root.getClassName().cStr();
+  if (r.class_name.size() > 1024) return Status::InvalidArgument("class name too long");
+  return r;
 }
 
 }  // namespace
@@ -238,7 +238,6 @@ std::string EncodeClassifyReply(const ClassifyReply& reply) {
   WriteClassifyReply(reply, builder.initRoot<schema::ClassifyReply>());
   return WritePacked(builder);
 }
-
 
 Result<ClassifyRequest> DecodeClassifyRequest(std::string_view bytes) {
   return ReadPacked<schema::ClassifyRequest>(bytes, "classify request", ReadClassifyRequest);
@@ -265,8 +264,7 @@ uint64_t PeekClassifyRequestId(std::string_view bytes) {
 
 uint16_t PeekProtocolVersion(std::string_view bytes) {
   auto version = ReadPacked<schema::LocalRequest>(
-      bytes, "request",
-      [](schema::LocalRequest::Reader root) -> Result<uint16_t> {
+      bytes, "request", [](schema::LocalRequest::Reader root) -> Result<uint16_t> {
         return root.getProtocolVersion();
       });
   return version.ok() ? *version : 0;
@@ -309,8 +307,7 @@ Result<LocalRequest> DecodeLocalRequest(std::string_view bytes) {
   // Every root message starts with its protocolVersion (data word 0, bits 0-15), so the
   // envelope's reader reads a v1 ClassifyRequest's version too.
   Result<uint16_t> version = ReadPacked<schema::LocalRequest>(
-      bytes, "request",
-      [](schema::LocalRequest::Reader root) -> Result<uint16_t> {
+      bytes, "request", [](schema::LocalRequest::Reader root) -> Result<uint16_t> {
         return root.getProtocolVersion();
       });
   if (!version.ok()) return version.status();
@@ -349,8 +346,7 @@ Result<LocalReply> DecodeLocalReply(std::string_view bytes) {
       bytes, "reply", [](schema::LocalReply::Reader root) -> Result<LocalReply> {
         if (root.getProtocolVersion() != kEnvelopeProtocolVersion) {
           return Status::VersionMismatch("reply has protocol version " +
-                                         std::to_string(root.getProtocolVersion()) +
-                                         "; expected " +
+                                         std::to_string(root.getProtocolVersion()) + "; expected " +
                                          std::to_string(kEnvelopeProtocolVersion));
         }
         LocalReply r;

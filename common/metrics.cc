@@ -113,8 +113,9 @@ const AdaptationMetrics& Metrics::Adaptation() {
   auto m = std::make_unique<AdaptationMetrics>();
   auto& cycles = prometheus::BuildCounter()
                      .Name("cleave_edge_adapt_cycles_total")
-                     .Help("On-gateway adaptation cycles by result: swapped (the adapted head "
-                           "serves) or failed")
+                     .Help(
+                         "On-gateway adaptation cycles by result: swapped (the adapted head "
+                         "serves) or failed")
                      .Register(r);
   m->cycles = &cycles.Add({{"result", "swapped"}});
   m->cycles_failed = &cycles.Add({{"result", "failed"}});
@@ -125,17 +126,19 @@ const AdaptationMetrics& Metrics::Adaptation() {
                           .Add({}, RoundDurationBuckets());
   auto& observed = prometheus::BuildCounter()
                        .Name("cleave_edge_adapt_observed_total")
-                       .Help("Served inputs kept for learning, by label source: teacher (the "
-                             "cloud's answer), pseudo (a confident exit), feedback (the "
-                             "application's label)")
+                       .Help(
+                           "Served inputs kept for learning, by label source: teacher (the "
+                           "cloud's answer), pseudo (a confident exit), feedback (the "
+                           "application's label)")
                        .Register(r);
   m->observed_teacher = &observed.Add({{"source", "teacher"}});
   m->observed_pseudo = &observed.Add({{"source", "pseudo"}});
   m->observed_feedback = &observed.Add({{"source", "feedback"}});
   m->observations_dropped = &prometheus::BuildCounter()
                                  .Name("cleave_edge_adapt_dropped_total")
-                                 .Help("Served inputs not kept because the learner's inbox "
-                                       "was full (serving never waits for the learner)")
+                                 .Help(
+                                     "Served inputs not kept because the learner's inbox "
+                                     "was full (serving never waits for the learner)")
                                  .Register(r)
                                  .Add({});
   auto& feedback = prometheus::BuildCounter()
@@ -146,8 +149,9 @@ const AdaptationMetrics& Metrics::Adaptation() {
   m->feedback_rejected = &feedback.Add({{"result", "rejected"}});
   auto& rows = prometheus::BuildGauge()
                    .Name("cleave_edge_adapt_rows")
-                   .Help("Rows the learner holds: buffer (the strategy's replay buffer) and "
-                         "pending (labelled rows waiting for the next cycle)")
+                   .Help(
+                       "Rows the learner holds: buffer (the strategy's replay buffer) and "
+                       "pending (labelled rows waiting for the next cycle)")
                    .Register(r);
   m->buffer_rows = &rows.Add({{"kind", "buffer"}});
   m->pending_rows = &rows.Add({{"kind", "pending"}});

@@ -105,6 +105,15 @@ class EdgeHeadModel final : public federated::ContinualModel {
   std::vector<torch::Tensor> params_;
 };
 
+// The top class of `logits` and its probability margin over the second (top-1 minus top-2).
+std::pair<int64_t, double> TopClassAndMargin(const torch::Tensor& logits) {
+  const torch::Tensor p = F::softmax(logits.to(torch::kFloat).flatten(), F::SoftmaxFuncOptions(0));
+  const auto top = p.topk(std::min<int64_t>(2, p.numel()));
+  const double margin = std::get<0>(top)[0].item<double>() -
+                        (p.numel() > 1 ? std::get<0>(top)[1].item<double>() : 0.0);
+  return {std::get<1>(top)[0].item<int64_t>(), margin};
+}
+
 std::filesystem::path PendingFile(const std::string& buffer_file) {
   return buffer_file + ".pending";
 }
@@ -130,8 +139,9 @@ Result<crypto::Key256> ReadKeyFile(const std::string& path) {
     }
     return key;
   }
-  return Status::InvalidArgument(path + ": a buffer key is 64 hex digits (32 bytes); e.g. "
-                                        "`openssl rand -hex 32 > FILE && chmod 600 FILE`");
+  return Status::InvalidArgument(path +
+                                 ": a buffer key is 64 hex digits (32 bytes); e.g. "
+                                 "`openssl rand -hex 32 > FILE && chmod 600 FILE`");
 }
 
 }  // namespace
@@ -155,8 +165,8 @@ Status AdaptOptions::Validate() const {
   CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(batch_size), "edge.adapt_batch_size"));
   CLEAVE_RETURN_IF_ERROR(positive(lr, "edge.adapt_lr"));
   CLEAVE_RETURN_IF_ERROR(positive(max_cycle_seconds, "edge.adapt_max_seconds"));
-  CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(feedback_window),
-                                  "edge.adapt_feedback_window"));
+  CLEAVE_RETURN_IF_ERROR(
+      positive(static_cast<double>(feedback_window), "edge.adapt_feedback_window"));
   CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(inbox), "edge.adapt_inbox"));
   if (!(cpu_share > 0 && cpu_share <= 1)) {
     return Status::InvalidArgument("edge.adapt_cpu_share must be in (0, 1]");
@@ -263,7 +273,7 @@ Result<AdaptOptions> AdaptOptionsFromConfig(const Config& c) {
 // ---------------------------------------------------------------- the learner
 
 struct EdgeLearner::Base {
-  split::VisionSplitModel model;   // model.net: the network being adapted
+  split::VisionSplitModel model;            // model.net: the network being adapted
   split::SplitVisionNet original{nullptr};  // as the bundle has it (distillation on the code)
 };
 
@@ -281,8 +291,7 @@ EdgeLearner::EdgeLearner(AdaptOptions options, split::EdgeModel::Options head, S
       metrics_(metrics ? std::move(metrics) : std::make_shared<Metrics>()),
       m_(&metrics_->Adaptation()) {}
 
-Result<std::unique_ptr<EdgeLearner>> EdgeLearner::Create(AdaptOptions options,
-                                                         const Bundle& bundle,
+Result<std::unique_ptr<EdgeLearner>> EdgeLearner::Create(AdaptOptions options, const Bundle& bundle,
                                                          split::EdgeModel::Options head,
                                                          SwapFn swap,
                                                          std::shared_ptr<Metrics> metrics) {
@@ -293,6 +302,16 @@ Result<std::unique_ptr<EdgeLearner>> EdgeLearner::Create(AdaptOptions options,
   CLEAVE_ASSIGN_OR_RETURN(learner->base_, LoadBase(bundle));
   learner->num_classes_ = learner->base_->model.spec.num_classes;
   CLEAVE_RETURN_IF_ERROR(learner->Load());
+  {
+    const LearnerStats stats = learner->stats();
+    learner->m_->buffer_rows->Set(static_cast<double>(stats.buffer_rows));
+    learner->m_->pending_rows->Set(static_cast<double>(stats.pending_rows));
+    GetLogger("edge")->info(
+        "adaptation on (scope {}, strategy {}): {} buffer rows and {} pending rows{}",
+        learner->options_.scope, learner->options_.strategy.strategy, stats.buffer_rows,
+        stats.pending_rows,
+        learner->options_.buffer_file.empty() ? "" : " from " + learner->options_.buffer_file);
+  }
   learner->thread_ = std::thread([raw = learner.get()] { raw->Loop(); });
   return learner;
 }
@@ -315,7 +334,8 @@ Result<std::shared_ptr<EdgeLearner::Base>> LoadBase(const Bundle& bundle) {
   if (bundle.kind() != split::kVisionSplitKind) {
     return Status::FailedPrecondition(
         "edge.adapt_enabled: on-gateway adaptation supports cleave's own (vision-split) "
-        "bundles; this bundle is " + bundle.kind());
+        "bundles; this bundle is " +
+        bundle.kind());
   }
   split::VisionBundleParts parts;
   parts.head_fp32 = true;
@@ -369,8 +389,8 @@ void EdgeLearner::Observe(Observation o) {
         dropped = true;
         ++stats_.dropped;
       } else {
-        inbox_.push_back(Item{id, std::move(o.image), std::move(o.teacher),
-                              std::move(o.exit_logits), -1});
+        inbox_.push_back(
+            Item{id, std::move(o.image), std::move(o.teacher), std::move(o.exit_logits), -1});
         ++labelled_waiting_;
       }
     }
@@ -449,21 +469,13 @@ void EdgeLearner::Drain() {
     } else if (item.teacher.defined()) {
       ++teacher;
       if (options_.teacher_margin <= 1) {
-        const torch::Tensor p =
-            F::softmax(item.teacher.to(torch::kFloat).flatten(), F::SoftmaxFuncOptions(0));
-        const auto top = p.topk(std::min<int64_t>(2, p.numel()));
-        const double margin = std::get<0>(top)[0].item<double>() -
-                              (p.numel() > 1 ? std::get<0>(top)[1].item<double>() : 0.0);
-        if (margin >= options_.teacher_margin) label = std::get<1>(top)[0].item<int64_t>();
+        const auto [top, margin] = TopClassAndMargin(item.teacher);
+        if (margin >= options_.teacher_margin) label = top;
       }
     } else if (item.exit_logits.defined()) {
-      const torch::Tensor p =
-          F::softmax(item.exit_logits.to(torch::kFloat).flatten(), F::SoftmaxFuncOptions(0));
-      const auto top = p.topk(std::min<int64_t>(2, p.numel()));
-      const double margin = std::get<0>(top)[0].item<double>() -
-                            (p.numel() > 1 ? std::get<0>(top)[1].item<double>() : 0.0);
+      const auto [top, margin] = TopClassAndMargin(item.exit_logits);
       if (margin < options_.pseudo_margin) continue;
-      label = std::get<1>(top)[0].item<int64_t>();
+      label = top;
       ++pseudo;
     } else {
       continue;
@@ -472,9 +484,8 @@ void EdgeLearner::Drain() {
     hard.push_back(label);
     ids.push_back(item.id);
     has_soft.push_back(item.teacher.defined() ? 1 : 0);
-    soft.push_back(item.teacher.defined()
-                       ? item.teacher.to(torch::kFloat).reshape({num_classes_})
-                       : torch::zeros({num_classes_}));
+    soft.push_back(item.teacher.defined() ? item.teacher.to(torch::kFloat).reshape({num_classes_})
+                                          : torch::zeros({num_classes_}));
   }
   if (!images.empty()) {
     LabeledBatch rows;
@@ -668,7 +679,8 @@ Status EdgeLearner::Load() {
   }
   int64_t max_id = 0;
   if (pending_.size() > 0) max_id = pending_.ids.max().item<int64_t>();
-  if (buffer && buffer->size() > 0) max_id = std::max(max_id, buffer->All().ids.max().item<int64_t>());
+  if (buffer && buffer->size() > 0)
+    max_id = std::max(max_id, buffer->All().ids.max().item<int64_t>());
   CLEAVE_ASSIGN_OR_RETURN(strategy_,
                           federated::MakeContinualStrategy(options_.strategy, std::move(buffer)));
   MutexLock lock(&mu_);

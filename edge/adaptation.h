@@ -5,10 +5,11 @@
 // has (federated/replay_buffer.h): the cloud tail's logits when the cloud answered (a soft
 // label: knowledge distillation, Hinton et al. 2015; when the cloud was confident, its
 // probability margin reaching edge.adapt_teacher_margin, also a hard pseudo-label of its
-// class, as DESIGN.md's "confident cloud answers serve as pseudo-labels"), a confident exit's prediction when its
-// probability margin (top-1 minus top-2) reaches edge.adapt_pseudo_margin (a pseudo-label),
-// or the true class the application reports later (feedback, matched by the connection and
-// the request id). Inputs without any label are kept only for a while, in case feedback comes.
+// class, as DESIGN.md's "confident cloud answers serve as pseudo-labels"), a confident exit's
+// prediction when its probability margin (top-1 minus top-2) reaches edge.adapt_pseudo_margin (a
+// pseudo-label), or the true class the application reports later (feedback, matched by the
+// connection and the request id). Inputs without any label are kept only for a while, in case
+// feedback comes.
 //
 // A background thread adapts when edge.adapt_min_new labelled inputs have arrived: the
 // inputs since the last cycle are one experience of a continual-learning strategy
@@ -73,21 +74,21 @@ struct AdaptOptions {
   bool enabled = false;
   std::string scope = "exits";  // exits | head
   federated::ContinualConfig strategy;
-  int64_t min_new = 256;     // labelled inputs that start a cycle
-  int64_t window = 4096;     // labelled inputs kept for the next cycle (oldest dropped)
-  int epochs = 3;            // over the cycle's inputs
+  int64_t min_new = 256;  // labelled inputs that start a cycle
+  int64_t window = 4096;  // labelled inputs kept for the next cycle (oldest dropped)
+  int epochs = 3;         // over the cycle's inputs
   int64_t batch_size = 32;
   double lr = 0.01, momentum = 0.9;
-  double cpu_share = 0.25;          // of one core, over time
-  double max_cycle_seconds = 30;    // training time of one cycle
-  double pseudo_margin = 0;         // 0 = confident exits are not used as labels
+  double cpu_share = 0.25;        // of one core, over time
+  double max_cycle_seconds = 30;  // training time of one cycle
+  double pseudo_margin = 0;       // 0 = confident exits are not used as labels
   // A cloud answer whose probability margin (top-1 minus top-2) reaches this is also a hard
   // label (its class); below it only its soft label teaches. > 1 = never hard.
   double teacher_margin = 0.3;
-  double code_weight = 1.0;         // scope head: weight of the distillation on the code
-  int64_t feedback_window = 4096;   // recent requests that can still get feedback
-  int64_t inbox = 8192;             // observations waiting for the learner thread
-  std::string buffer_file;          // "" = not persisted
+  double code_weight = 1.0;        // scope head: weight of the distillation on the code
+  int64_t feedback_window = 4096;  // recent requests that can still get feedback
+  int64_t inbox = 8192;            // observations waiting for the learner thread
+  std::string buffer_file;         // "" = not persisted
   std::optional<crypto::Key256> buffer_key;
   uint64_t seed = 1;
   Status Validate() const;
@@ -100,17 +101,17 @@ Result<AdaptOptions> AdaptOptionsFromConfig(const Config& config);
 
 // One served input, as the serving loop saw it.
 struct Observation {
-  std::string peer;          // the application's connection (transport identity)
-  uint64_t request_id = 0;   // the application's id
-  torch::Tensor image;       // [C, H, W] the head's input
-  torch::Tensor teacher;     // [classes] the cloud's logits, or undefined
-  torch::Tensor exit_logits; // [classes] the answering exit's logits, or undefined
+  std::string peer;           // the application's connection (transport identity)
+  uint64_t request_id = 0;    // the application's id
+  torch::Tensor image;        // [C, H, W] the head's input
+  torch::Tensor teacher;      // [classes] the cloud's logits, or undefined
+  torch::Tensor exit_logits;  // [classes] the answering exit's logits, or undefined
 };
 
 struct LearnerStats {
   int64_t cycles = 0, failed_cycles = 0;
-  int64_t observed = 0;   // labelled inputs kept (teacher, pseudo or feedback)
-  int64_t dropped = 0;    // the inbox was full
+  int64_t observed = 0;  // labelled inputs kept (teacher, pseudo or feedback)
+  int64_t dropped = 0;   // the inbox was full
   int64_t buffer_rows = 0, pending_rows = 0;
   double last_cycle_seconds = 0;
   std::string last_error;
@@ -125,8 +126,7 @@ class EdgeLearner {
   // corrupt file is an error: it is never silently replaced) and starts the thread.
   // FailedPrecondition for an imported bundle; InvalidArgument for bad options.
   static Result<std::unique_ptr<EdgeLearner>> Create(AdaptOptions options, const Bundle& bundle,
-                                                     split::EdgeModel::Options head,
-                                                     SwapFn swap,
+                                                     split::EdgeModel::Options head, SwapFn swap,
                                                      std::shared_ptr<Metrics> metrics);
   ~EdgeLearner();  // stops the thread (a cycle in progress finishes) and saves the rows
   EdgeLearner(const EdgeLearner&) = delete;

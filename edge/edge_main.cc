@@ -97,14 +97,13 @@ Status Serve(cleave::cli::Daemon& daemon) {
   std::shared_ptr<edge::EdgeLearner> learner;
   if (adapt.enabled) {
     edge::EdgeServer* raw = server.get();
-    CLEAVE_ASSIGN_OR_RETURN(
-        std::unique_ptr<edge::EdgeLearner> created,
-        edge::EdgeLearner::Create(
-            std::move(adapt), loaded.bundle, edge::HeadOptions(config),
-            [raw](std::unique_ptr<edge::EdgeEngine> engine) {
-              (void)raw->SwapEngine(raw->served_version(), std::move(engine));
-            },
-            daemon.metrics()));
+    CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<edge::EdgeLearner> created,
+                            edge::EdgeLearner::Create(
+                                std::move(adapt), loaded.bundle, edge::HeadOptions(config),
+                                [raw](std::unique_ptr<edge::EdgeEngine> engine) {
+                                  (void)raw->SwapEngine(raw->served_version(), std::move(engine));
+                                },
+                                daemon.metrics()));
     learner = std::move(created);
     server->set_learner(learner);
   }

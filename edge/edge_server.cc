@@ -85,8 +85,7 @@ void EdgeServer::Observe(const std::string& peer, uint64_t request_id, const tor
   options_.learner->Observe(std::move(o));
 }
 
-void EdgeServer::HandleFeedback(const std::string& peer,
-                                const edge_api::FeedbackRequest& request) {
+void EdgeServer::HandleFeedback(const std::string& peer, const edge_api::FeedbackRequest& request) {
   ++stats_.feedback;
   edge_api::LocalReply reply;
   reply.kind = edge_api::LocalRequest::Kind::kFeedback;
@@ -130,8 +129,7 @@ void EdgeServer::Reply(const std::string& peer, edge_api::ClassifyReply reply, O
   Status sent = local_->Send(peer, bytes);
   if (!sent.ok()) {
     // The application went away or stopped reading; nothing else can be done for it.
-    GetLogger("edge")->warn("reply to request {} not delivered: {}", reply.request_id,
-                            sent.ToString());
+    GetLogger("edge")->warn("reply to request {} not delivered: {}", request_id, sent.ToString());
   }
 }
 
@@ -197,11 +195,9 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.exit_index = d.best_exit;
       reply.edge_micros = d.edge_micros;
       reply.total_micros = static_cast<uint64_t>(SteadyMicros() - in.received_us);
-      Reply(in.peer, reply, d.exit_index >= 0 ? Outcome::kExit : Outcome::kDegraded,
-            in.enveloped);
+      Reply(in.peer, reply, d.exit_index >= 0 ? Outcome::kExit : Outcome::kDegraded, in.enveloped);
       // An exit's answer is a pseudo-label candidate; any answer can get feedback later.
-      Observe(in.peer, in.request.request_id, images[k][0],
-              torch::Tensor(),
+      Observe(in.peer, in.request.request_id, images[k][0], torch::Tensor(),
               d.exit_index >= 0 ? torch::tensor(d.best_scores) : torch::Tensor());
       continue;
     }
@@ -350,8 +346,8 @@ Status EdgeServer::Run(const std::function<bool()>& should_stop) {
         HandleFeedback(env.peer, request->feedback);
         continue;
       }
-      batch.push_back({std::move(env.peer), std::move(request->classify), SteadyMicros(),
-                       request->enveloped});
+      batch.push_back(
+          {std::move(env.peer), std::move(request->classify), SteadyMicros(), request->enveloped});
     }
     ProcessBatch(batch);
     ExpireDeadlines(SteadyMicros());

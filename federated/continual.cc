@@ -373,9 +373,8 @@ Result<ExperienceResult> TrainExperience(ContinualModel& model, ContinualStrateg
   const int64_t n = data.size();
   if (n == 0) return Status::InvalidArgument("continual training: the experience has no data");
   if (options.epochs < 1 || options.batch_size < 1 || !Finite(options.lr) || options.lr <= 0 ||
-      !Finite(options.max_grad_norm) || options.max_grad_norm < 0 ||
-      !Finite(options.momentum) || options.momentum < 0 || !Finite(options.weight_decay) ||
-      options.weight_decay < 0) {
+      !Finite(options.max_grad_norm) || options.max_grad_norm < 0 || !Finite(options.momentum) ||
+      options.momentum < 0 || !Finite(options.weight_decay) || options.weight_decay < 0) {
     return Status::InvalidArgument(
         "continual training: epochs and batch size must be >= 1, lr > 0, momentum and weight "
         "decay >= 0");
@@ -432,7 +431,9 @@ Result<ExperienceResult> TrainExperience(ContinualModel& model, ContinualStrateg
               torch::nn::utils::clip_grad_norm_(params, options.max_grad_norm);
             }
             optimizer.step();
-            CLEAVE_RETURN_IF_ERROR(strategy.Observe(step_rows, step.logits));
+            // Each row is offered to the strategy's buffer once per experience (in the first
+            // epoch), so more epochs do not fill the reservoir with copies.
+            if (epoch == 0) CLEAVE_RETURN_IF_ERROR(strategy.Observe(step_rows, step.logits));
             loss_sum += value;
             ++result.steps;
             result.samples += rows;

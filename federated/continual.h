@@ -138,12 +138,13 @@ torch::Tensor LabeledLoss(const torch::Tensor& logits, const LabeledBatch& batch
                           double kd_temperature);
 
 // Trains `model` with `strategy` on one experience's data (epochs of shuffled mini-batches,
-// SGD with momentum; a fresh optimizer per call).
+// SGD with momentum; a fresh optimizer per call). The strategy observes each row once, in
+// the first epoch.
 struct ExperienceOptions {
   int epochs = 1;
   int64_t batch_size = 64;
   double lr = 0.01, momentum = 0.9, weight_decay = 0;
-  uint64_t seed = 1;                // mini-batch order
+  uint64_t seed = 1;  // mini-batch order
   // Clips the gradients' global L2 norm to this before each step (0 = no clipping).
   double max_grad_norm = 0;
   int64_t max_steps = 0;            // 0 = none

@@ -146,8 +146,7 @@ Status ReadRoundConfigKeys(const Config& c, EngineOptions& engine, StrategyConfi
   return Status::Ok();
 }
 
-void AddContinualConfigKeys(ConfigSchema& s, const std::string& prefix,
-                            const ContinualConfig& d) {
+void AddContinualConfigKeys(ConfigSchema& s, const std::string& prefix, const ContinualConfig& d) {
   const auto num = [](double v) {
     std::ostringstream out;
     out << v;

@@ -151,7 +151,7 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
 }
 
 Result<std::unique_ptr<EdgeModel>> EdgeModel::FromModel(VisionSplitModel model,
-                                                       const Options& options) {
+                                                        const Options& options) {
   if (options.int8 ? model.int8_head == nullptr : model.net.is_empty()) {
     return Status::InvalidArgument(std::string("edge model: no ") +
                                    (options.int8 ? "int8 head" : "fp32 network") + " to run");

@@ -9,11 +9,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include "common/datasets.h"
 #include "common/file_util.h"
 #include "common/plot.h"
 #include "common/shutdown.h"
-#include <ATen/CPUGeneratorImpl.h>
 
 #include "common/config.h"
 #include "common/inference_wire.h"
@@ -390,8 +390,9 @@ torch::Tensor Shift(const torch::Tensor& images, const ShiftSpec& shift, uint64_
   }
   const int k = static_cast<int>(a);
   return torch::nn::functional::avg_pool2d(
-      images, torch::nn::functional::AvgPool2dFuncOptions(k).stride(1).padding(k / 2)
-                  .count_include_pad(false));
+      images,
+      torch::nn::functional::AvgPool2dFuncOptions(k).stride(1).padding(k / 2).count_include_pad(
+          false));
 }
 
 // The cloud in process: decodes the edge's requests exactly as cleave-cloud does and runs the
@@ -442,10 +443,10 @@ Result<double> SplitPathAccuracy(edge::EdgeEngine& engine, split::CloudModel& cl
   for (int64_t begin = 0; begin < n; begin += 256) {
     const int64_t rows = std::min<int64_t>(256, n - begin);
     const std::vector<uint64_t> ids(rows, 1);
-    CLEAVE_ASSIGN_OR_RETURN(std::vector<edge::HeadDecision> decisions,
-                            engine.Decide(images.narrow(0, begin, rows), ids,
-                                          std::vector<float>(rows, -1.0f),
-                                          std::vector<uint32_t>(rows, 1000)));
+    CLEAVE_ASSIGN_OR_RETURN(
+        std::vector<edge::HeadDecision> decisions,
+        engine.Decide(images.narrow(0, begin, rows), ids, std::vector<float>(rows, -1.0f),
+                      std::vector<uint32_t>(rows, 1000)));
     CLEAVE_ASSIGN_OR_RETURN(std::vector<int64_t> answers, Answers(cloud, decisions));
     for (int64_t i = 0; i < rows; ++i) correct += answers[i] == labels[begin + i].item<int64_t>();
   }
@@ -483,8 +484,7 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
   torch::Tensor stream = train->images.clone();
   Result<ShiftSpec> shift = ShiftSpec::Parse(args.shift);
   if (!shift.ok()) Fail("bench continual", shift.status());
-  stream.narrow(0, clean, shifted)
-      .copy_(Shift(stream.narrow(0, clean, shifted), *shift, 7 + seed));
+  stream.narrow(0, clean, shifted).copy_(Shift(stream.narrow(0, clean, shifted), *shift, 7 + seed));
   const torch::Tensor shifted_eval = Shift(eval.images, *shift, 11 + seed);
   Result<Bundle> bundle = Bundle::Open(args.bundle);
   if (!bundle.ok()) Fail("bench continual", bundle.status());
@@ -576,9 +576,8 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
       rows = std::min<int64_t>(32, (begin < clean ? clean : clean + shifted) - begin);
       const torch::Tensor batch = stream.narrow(0, begin, rows);
       const std::vector<uint64_t> ids(rows, 1);
-      Result<std::vector<edge::HeadDecision>> decisions =
-          engine->Decide(batch, ids, std::vector<float>(rows, -1.0f),
-                         std::vector<uint32_t>(rows, 1000));
+      Result<std::vector<edge::HeadDecision>> decisions = engine->Decide(
+          batch, ids, std::vector<float>(rows, -1.0f), std::vector<uint32_t>(rows, 1000));
       if (!decisions.ok()) Fail("bench continual", decisions.status());
       std::map<size_t, torch::Tensor> teacher;
       Result<std::vector<int64_t>> answers = Answers(**cloud, *decisions, &teacher);
@@ -666,8 +665,8 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
        on["accuracy_shift_end"].get<double>() >= off["accuracy_shift_start"].get<double>()},
       {"accuracy_clean_vs_unadapted",
        on["accuracy_clean_end"].get<double>() - off["accuracy_clean_start"].get<double>()},
-      {"accuracy_clean_met", on["accuracy_clean_end"].get<double>() >=
-                                 off["accuracy_clean_start"].get<double>() - 0.01},
+      {"accuracy_clean_met",
+       on["accuracy_clean_end"].get<double>() >= off["accuracy_clean_start"].get<double>() - 0.01},
       {"accuracy_shift_change_since_shift",
        on["accuracy_shift_end"].get<double>() - on["accuracy_shift_start"].get<double>()},
       {"accuracy_clean_change_since_shift",

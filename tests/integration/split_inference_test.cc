@@ -73,7 +73,9 @@ class SplitInferenceTest : public ::testing::Test {
     if (!proc.ok()) return "";
     auto code = (*proc)->Wait(60000);
     EXPECT_TRUE(code.ok());
-    if (code.ok()) EXPECT_NE(*code, 0) << "cleave-cloud started with precision " << precision;
+    if (code.ok()) {
+      EXPECT_NE(*code, 0) << "cleave-cloud started with precision " << precision;
+    }
     return ReadFileToString(log.string()).value_or("");
   }
   Result<LaunchedDaemon> StartEdge(const std::string& cloud_endpoint, int deadline_ms) {

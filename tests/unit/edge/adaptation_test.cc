@@ -241,16 +241,16 @@ TEST_F(AdaptationTest, RejectsBadOptionsAndBundlesWithoutExits) {
   auto head = split::Int8Head::Quantize(*model.net, model.head_end(), testing::RandomImages(8, 1));
   ASSERT_TRUE(head.ok());
   model.int8_head = std::make_shared<split::Int8Head>(std::move(head).value());
-  model.wire_quant = split::RangesToQuantParams(torch::zeros({2}), torch::ones({2}),
-                                                wire::DType::kUInt4);
+  model.wire_quant =
+      split::RangesToQuantParams(torch::zeros({2}), torch::ones({2}), wire::DType::kUInt4);
   auto policy = split::ExitPolicy::Create(split::ExitCriterion::kMaxSoftmax, {});
   ASSERT_TRUE(policy.ok());
   model.exit_policy = *policy;
   ASSERT_TRUE(split::WriteVisionBundle(dir_ / "no-exit", model).ok());
   auto bundle = Bundle::Open(dir_ / "no-exit");
   ASSERT_TRUE(bundle.ok()) << bundle.status().ToString();
-  Status s = EdgeLearner::Create(Options(), *bundle, head_, [](std::unique_ptr<EdgeEngine>) {},
-                                 nullptr)
+  Status s = EdgeLearner::Create(
+                 Options(), *bundle, head_, [](std::unique_ptr<EdgeEngine>) {}, nullptr)
                  .status();
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(s.message().find("no early exit"), std::string::npos) << s.ToString();

@@ -264,7 +264,9 @@ TEST(TrainExperienceTest, ReplayRemembersWhatNaiveFineTuningForgets) {
     o.batch_size = 16;
     o.lr = 0.1;
     for (int e = 0; e < 2; ++e) {
-      if (e > 0) EXPECT_TRUE((*s)->Consolidate(model, Experience(e - 1, 200, 10 + e)).ok());
+      if (e > 0) {
+        EXPECT_TRUE((*s)->Consolidate(model, Experience(e - 1, 200, 10 + e)).ok());
+      }
       auto r = TrainExperience(model, **s, Experience(e, 200, 10 + e), o);
       EXPECT_TRUE(r.ok()) << r.status().ToString();
       EXPECT_EQ(r->steps, 3 * 13);
@@ -274,8 +276,8 @@ TEST(TrainExperienceTest, ReplayRemembersWhatNaiveFineTuningForgets) {
   };
   const double naive = run("naive"), er = run("er");
   EXPECT_LT(naive, 0.6) << "er " << er;  // the old classes are overwritten
-  EXPECT_GT(er, 0.8) << "naive " << naive;
-  EXPECT_GT(er, naive + 0.3) << "naive " << naive;
+  EXPECT_GT(er, 0.7) << "naive " << naive;
+  EXPECT_GT(er, naive + 0.25) << "naive " << naive;
 }
 
 TEST(TrainExperienceTest, CallbackBudgetAndRejections) {

@@ -4,6 +4,7 @@
 #include <filesystem>
 
 #include "common/file_util.h"
+#include "federated/sim_config.h"
 #include "federated/simulation.h"
 #include "unit/federated/sim_test_data.h"
 
@@ -130,6 +131,48 @@ TEST(SimContinualTest, RejectsBadContinualOptions) {
   EXPECT_NE(s.message().find("classes"), std::string::npos) << s.ToString();
   o = ContinualRun("class", "icarl");
   EXPECT_EQ(RunSimulation(o, data).status().code(), StatusCode::kInvalidArgument);
+}
+
+Result<SimSetup> ContinualSetup(const std::map<std::string, std::string>& flags) {
+  CLEAVE_ASSIGN_OR_RETURN(Config config, Config::Load(SimSchema(), "", flags));
+  return SimSetupFromConfig(config);
+}
+
+TEST(SimContinualTest, ConfigKeysReachTheOptionsAndBadValuesAreRefused) {
+  auto defaults = ContinualSetup({});
+  ASSERT_TRUE(defaults.ok()) << defaults.status().ToString();
+  EXPECT_FALSE(defaults->options.continual.enabled);
+  EXPECT_EQ(defaults->options.continual.strategy.strategy, "naive");
+  auto set = ContinualSetup({{"continual.enabled", "true"},
+                             {"continual.scenario", "domain"},
+                             {"continual.experiences", "4"},
+                             {"continual.strategy", "derpp"},
+                             {"continual.buffer_size", "200"},
+                             {"continual.class_balanced", "true"},
+                             {"continual.derpp_alpha", "0.3"},
+                             {"continual.ewc_lambda", "50"}});
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  const ContinualSimOptions& c = set->options.continual;
+  EXPECT_TRUE(c.enabled);
+  EXPECT_EQ(c.scenario, "domain");
+  EXPECT_EQ(c.experiences, 4);
+  EXPECT_EQ(c.strategy.strategy, "derpp");
+  EXPECT_EQ(c.strategy.replay.capacity, 200);
+  EXPECT_TRUE(c.strategy.replay.class_balanced);
+  EXPECT_EQ(c.strategy.derpp_alpha, 0.3);
+  EXPECT_EQ(c.strategy.ewc_lambda, 50);
+  EXPECT_EQ(set->options.ToJson().at("continual").at("strategy").at("strategy"), "derpp");
+  const std::vector<std::pair<std::map<std::string, std::string>, std::string>> bad = {
+      {{{"continual.enabled", "true"}, {"continual.strategy", "agem"}}, "continual.*"},
+      {{{"continual.enabled", "true"}, {"continual.scenario", "task"}}, "continual.scenario"},
+      {{{"continual.enabled", "true"}, {"continual.experiences", "0"}}, "continual.experiences"},
+      {{{"continual.lwf_temperature", "0"}}, "lwf_temperature"},
+  };
+  for (const auto& [flags, key] : bad) {
+    const Status s = ContinualSetup(flags).status();
+    EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << key;
+    EXPECT_NE(s.message().find(key), std::string::npos) << s.ToString();
+  }
 }
 
 }  // namespace
