@@ -105,6 +105,10 @@ class EdgeHeadModel final : public federated::ContinualModel {
   std::vector<torch::Tensor> params_;
 };
 
+int64_t ImageBytes(const torch::Tensor& image) {
+  return image.defined() ? image.numel() * static_cast<int64_t>(image.element_size()) : 0;
+}
+
 // The top class of `logits` and its probability margin over the second (top-1 minus top-2).
 std::pair<int64_t, double> TopClassAndMargin(const torch::Tensor& logits) {
   const torch::Tensor p = F::softmax(logits.to(torch::kFloat).flatten(), F::SoftmaxFuncOptions(0));
@@ -168,6 +172,7 @@ Status AdaptOptions::Validate() const {
   CLEAVE_RETURN_IF_ERROR(
       positive(static_cast<double>(feedback_window), "edge.adapt_feedback_window"));
   CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(inbox), "edge.adapt_inbox"));
+  CLEAVE_RETURN_IF_ERROR(positive(static_cast<double>(max_bytes), "edge.adapt_max_mb"));
   if (!(cpu_share > 0 && cpu_share <= 1)) {
     return Status::InvalidArgument("edge.adapt_cpu_share must be in (0, 1]");
   }
@@ -224,6 +229,9 @@ void AddAdaptConfigKeys(ConfigSchema& s) {
            "scope head: weight of the distillation that holds the encoder's code")
       .Add("edge.adapt_feedback_window", ConfigType::kInt, "4096",
            "the last N requests can still get feedback (their inputs are kept that long)")
+      .Add("edge.adapt_max_mb", ConfigType::kInt, "128",
+           "memory the inputs waiting for the learner may take, in MiB, for the inbox and "
+           "for the feedback window each (the oldest requests leave the window first)")
       .Add("edge.adapt_inbox", ConfigType::kInt, "8192",
            "served inputs waiting for the learner; more are dropped (serving never waits)")
       .Add("edge.adapt_buffer_file", ConfigType::kString, "",
@@ -258,6 +266,7 @@ Result<AdaptOptions> AdaptOptionsFromConfig(const Config& c) {
   o.teacher_margin = c.GetDouble("edge.adapt_teacher_margin");
   o.feedback_window = c.GetInt("edge.adapt_feedback_window");
   o.inbox = c.GetInt("edge.adapt_inbox");
+  o.max_bytes = c.GetInt("edge.adapt_max_mb") << 20;
   o.buffer_file = c.GetString("edge.adapt_buffer_file");
   CLEAVE_ASSIGN_OR_RETURN(o.strategy, federated::ReadContinualConfigKeys(c, "edge.adapt_"));
   const std::string key_file = c.GetString("edge.adapt_buffer_key_file");
@@ -377,18 +386,33 @@ void EdgeLearner::Observe(Observation o) {
     MutexLock lock(&mu_);
     const int64_t id = next_id_++;
     // Every request can get feedback for a while.
+    const int64_t bytes = ImageBytes(o.image);
     const auto key = std::make_pair(std::move(o.peer), o.request_id);
-    if (recent_.count(key) == 0) recent_order_.push_back(key);
-    recent_[key] = Recent{id, o.image};
-    while (static_cast<int64_t>(recent_order_.size()) > options_.feedback_window) {
-      recent_.erase(recent_order_.front());
+    auto [it, fresh] = recent_.try_emplace(key);
+    if (fresh) {
+      recent_order_.push_back(key);
+    } else {
+      recent_bytes_ -= ImageBytes(it->second.image);
+    }
+    it->second = Recent{id, o.image};
+    recent_bytes_ += bytes;
+    while (!recent_order_.empty() &&
+           (static_cast<int64_t>(recent_order_.size()) > options_.feedback_window ||
+            recent_bytes_ > options_.max_bytes)) {
+      auto old = recent_.find(recent_order_.front());
+      if (old != recent_.end()) {
+        recent_bytes_ -= ImageBytes(old->second.image);
+        recent_.erase(old);
+      }
       recent_order_.pop_front();
     }
     if (labelled) {
-      if (static_cast<int64_t>(inbox_.size()) >= options_.inbox) {
+      if (static_cast<int64_t>(inbox_.size()) >= options_.inbox ||
+          inbox_bytes_ + bytes > options_.max_bytes) {
         dropped = true;
         ++stats_.dropped;
       } else {
+        inbox_bytes_ += bytes;
         inbox_.push_back(
             Item{id, std::move(o.image), std::move(o.teacher), std::move(o.exit_logits), -1});
         ++labelled_waiting_;
@@ -413,9 +437,11 @@ edge_api::FeedbackReply EdgeLearner::Feedback(const std::string& peer,
       reply.error = "unknown request id " + std::to_string(request.request_id) +
                     " on this connection (feedback is kept for the last " +
                     std::to_string(options_.feedback_window) + " requests)";
-    } else if (static_cast<int64_t>(inbox_.size()) >= options_.inbox) {
+    } else if (static_cast<int64_t>(inbox_.size()) >= options_.inbox ||
+               inbox_bytes_ + ImageBytes(it->second.image) > options_.max_bytes) {
       reply.error = "the learner is busy; feedback not taken (try again later)";
     } else {
+      inbox_bytes_ += ImageBytes(it->second.image);
       inbox_.push_back(Item{it->second.id, it->second.image, {}, {}, request.true_class});
       ++labelled_waiting_;
       reply.accepted = true;
@@ -441,6 +467,7 @@ void EdgeLearner::Drain() {
     MutexLock lock(&mu_);
     inbox.swap(inbox_);
     labelled_waiting_ = 0;
+    inbox_bytes_ = 0;
   }
   if (inbox.empty()) return;
   torch::NoGradGuard no_grad;

@@ -88,7 +88,10 @@ struct AdaptOptions {
   double code_weight = 1.0;        // scope head: weight of the distillation on the code
   int64_t feedback_window = 4096;  // recent requests that can still get feedback
   int64_t inbox = 8192;            // observations waiting for the learner thread
-  std::string buffer_file;         // "" = not persisted
+  // Memory the waiting inputs may take, inbox and feedback window each (the oldest request
+  // leaves the window first; a full inbox drops).
+  int64_t max_bytes = int64_t{128} << 20;
+  std::string buffer_file;  // "" = not persisted
   std::optional<crypto::Key256> buffer_key;
   uint64_t seed = 1;
   Status Validate() const;
@@ -179,6 +182,7 @@ class EdgeLearner {
   };
   std::vector<Item> inbox_ GUARDED_BY(mu_);
   int64_t labelled_waiting_ GUARDED_BY(mu_) = 0;  // labelled observations in the inbox
+  int64_t inbox_bytes_ GUARDED_BY(mu_) = 0, recent_bytes_ GUARDED_BY(mu_) = 0;
   // Recent requests by (peer, request id) -> (row id, input, teacher): feedback finds them here.
   struct Recent {
     int64_t id = 0;

@@ -216,6 +216,35 @@ TEST_F(AdaptationTest, AFullInboxDropsInsteadOfWaiting) {
   EXPECT_GE((*learner)->stats().dropped, 15);
 }
 
+TEST_F(AdaptationTest, WaitingInputsAreBoundedInBytes) {
+  // One 28x28 float image is 3,136 bytes: a budget of 4 images keeps 4 requests in the
+  // feedback window and 4 labelled inputs in the inbox.
+  AdaptOptions o = Options();
+  o.max_bytes = 4 * 28 * 28 * 4;
+  o.min_new = 4;
+  o.window = 4;
+  o.cpu_share = 1e-6;  // after its first cycle the learner rests: nothing drains the inbox
+  auto learner = Make(o);
+  ASSERT_TRUE(learner.ok());
+  Teach(**learner, 4, 500);
+  for (int i = 0; i < 200 && (*learner)->stats().cycles < 1; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ((*learner)->stats().cycles, 1);
+  const torch::Tensor images = testing::RandomImages(10, 3);
+  for (int i = 0; i < 10; ++i) {
+    Observation u;  // unlabelled: only the feedback window keeps it
+    u.peer = "app";
+    u.request_id = 100 + i;
+    u.image = images[i];
+    (*learner)->Observe(u);
+  }
+  EXPECT_FALSE((*learner)->Feedback("app", {105, 1}).accepted);  // left the window
+  EXPECT_TRUE((*learner)->Feedback("app", {106, 1}).accepted);
+  Teach(**learner, 10, 1000);  // the inbox takes 3 (the feedback holds the 4th slot)
+  EXPECT_EQ((*learner)->stats().dropped, 7);
+}
+
 TEST_F(AdaptationTest, RejectsBadOptionsAndBundlesWithoutExits) {
   const auto rejects = [&](const std::function<void(AdaptOptions&)>& f, const char* key) {
     AdaptOptions o = Options();
@@ -230,6 +259,7 @@ TEST_F(AdaptationTest, RejectsBadOptionsAndBundlesWithoutExits) {
   rejects([](AdaptOptions& o) { o.lr = -1; }, "edge.adapt_lr");
   rejects([](AdaptOptions& o) { o.min_new = 0; }, "edge.adapt_min_new");
   rejects([](AdaptOptions& o) { o.pseudo_margin = 2; }, "edge.adapt_pseudo_margin");
+  rejects([](AdaptOptions& o) { o.max_bytes = 0; }, "edge.adapt_max_mb");
   rejects([](AdaptOptions& o) { o.strategy.strategy = "gem"; }, "gem");
   rejects([](AdaptOptions& o) { o.buffer_key = crypto::Key256{}; }, "edge.adapt_buffer_key_file");
   // A bundle whose model has no early exit has nothing to adapt.
