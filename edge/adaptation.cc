@@ -310,6 +310,8 @@ Result<std::unique_ptr<EdgeLearner>> EdgeLearner::Create(AdaptOptions options, c
       new EdgeLearner(std::move(options), std::move(head), std::move(swap), std::move(metrics)));
   CLEAVE_ASSIGN_OR_RETURN(learner->base_, LoadBase(bundle));
   learner->num_classes_ = learner->base_->model.spec.num_classes;
+  const split::VisionModelSpec& spec = learner->base_->model.spec;
+  learner->pending_shape_ = {spec.input_channels, spec.image_size, spec.image_size};
   CLEAVE_RETURN_IF_ERROR(learner->Load());
   {
     const LearnerStats stats = learner->stats();
@@ -366,10 +368,13 @@ Result<std::shared_ptr<EdgeLearner::Base>> LoadBase(const Bundle& bundle) {
 
 Status EdgeLearner::Rebase(const Bundle& bundle) {
   CLEAVE_ASSIGN_OR_RETURN(std::shared_ptr<Base> base, LoadBase(bundle));
-  if (base->model.spec.num_classes != num_classes_) {
-    return Status::InvalidArgument("adaptation: the new bundle has " +
-                                   std::to_string(base->model.spec.num_classes) +
-                                   " classes, the learner's rows " + std::to_string(num_classes_));
+  const split::VisionModelSpec& spec = base->model.spec;
+  if (spec.num_classes != num_classes_ || std::vector<int64_t>{spec.input_channels, spec.image_size,
+                                                               spec.image_size} != pending_shape_) {
+    return Status::InvalidArgument(
+        "adaptation: the new bundle's input or classes differ from the learner's rows (" +
+        std::to_string(spec.num_classes) + " classes, " + std::to_string(spec.image_size) +
+        " px); adaptation keeps its old base");
   }
   MutexLock lock(&mu_);
   next_base_ = std::move(base);
@@ -475,8 +480,17 @@ void EdgeLearner::Drain() {
   std::vector<int64_t> hard, ids;
   std::vector<int64_t> has_soft;
   int64_t teacher = 0, pseudo = 0, feedback = 0;
+  int64_t malformed = 0;
   for (Item& item : inbox) {
     int64_t label = -1;
+    // The cloud's answer and the exit's logits come from elsewhere: a class count that does
+    // not match the model's (a cloud serving another model) is dropped, never trusted.
+    if ((item.teacher.defined() && item.teacher.numel() != num_classes_) ||
+        (item.exit_logits.defined() && item.exit_logits.numel() != num_classes_) ||
+        item.image.sizes() != pending_shape_) {
+      ++malformed;
+      continue;
+    }
     if (item.label >= 0) {
       ++feedback;
       // A row that is pending or in the buffer gets the true class; otherwise it joins.
@@ -523,12 +537,20 @@ void EdgeLearner::Drain() {
     rows.ids = torch::tensor(ids, torch::kLong);
     pending_ = KeepLast(LabeledBatch::Concat(pending_, rows), options_.window);
   }
+  if (malformed > 0) {
+    m_->observations_dropped->Increment(static_cast<double>(malformed));
+    GetLogger("edge")->warn(
+        "adaptation: dropped {} inputs whose shape or class count does not "
+        "match the model",
+        malformed);
+  }
   m_->observed_teacher->Increment(static_cast<double>(teacher));
   m_->observed_pseudo->Increment(static_cast<double>(pseudo));
   m_->observed_feedback->Increment(static_cast<double>(feedback));
   m_->pending_rows->Set(static_cast<double>(pending_.size()));
   MutexLock lock(&mu_);
   stats_.observed += teacher + pseudo + feedback;
+  stats_.dropped += malformed;
   stats_.pending_rows = pending_.size();
 }
 

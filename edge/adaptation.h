@@ -194,7 +194,8 @@ class EdgeLearner {
   std::shared_ptr<Base> next_base_ GUARDED_BY(mu_);  // set by Rebase
   uint64_t generation_ GUARDED_BY(mu_) = 0;
   LearnerStats stats_ GUARDED_BY(mu_);
-  int num_classes_ = 0;  // of the bundle (Feedback's range check); fixed at Create
+  int num_classes_ = 0;                 // of the bundle (Feedback's range check); fixed at Create
+  std::vector<int64_t> pending_shape_;  // an input's [C, H, W]; fixed at Create
 
   // Learner thread only.
   std::shared_ptr<Base> base_;

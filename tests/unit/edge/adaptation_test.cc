@@ -216,6 +216,28 @@ TEST_F(AdaptationTest, AFullInboxDropsInsteadOfWaiting) {
   EXPECT_GE((*learner)->stats().dropped, 15);
 }
 
+TEST_F(AdaptationTest, AnswersThatDoNotFitTheModelAreDroppedNotTrusted) {
+  auto learner = Make(Options());
+  ASSERT_TRUE(learner.ok());
+  const torch::Tensor images = testing::RandomImages(2, 4);
+  Observation other_model;  // a cloud serving a 7-class model
+  other_model.peer = "app";
+  other_model.request_id = 1;
+  other_model.image = images[0];
+  other_model.teacher = torch::zeros({7});
+  (*learner)->Observe(other_model);
+  Observation wrong_image;
+  wrong_image.peer = "app";
+  wrong_image.request_id = 2;
+  wrong_image.image = torch::zeros({3, 5, 5});
+  wrong_image.teacher = torch::zeros({10});
+  (*learner)->Observe(wrong_image);
+  EXPECT_EQ((*learner)->AdaptNow().code(), StatusCode::kFailedPrecondition);  // nothing kept
+  EXPECT_EQ((*learner)->stats().dropped, 2);
+  Teach(**learner, 8);
+  EXPECT_TRUE((*learner)->AdaptNow().ok());  // and the learner still works
+}
+
 TEST_F(AdaptationTest, WaitingInputsAreBoundedInBytes) {
   // One 28x28 float image is 3,136 bytes: a budget of 4 images keeps 4 requests in the
   // feedback window and 4 labelled inputs in the inbox.
