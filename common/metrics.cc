@@ -119,6 +119,7 @@ const AdaptationMetrics& Metrics::Adaptation() {
                      .Register(r);
   m->cycles = &cycles.Add({{"result", "swapped"}});
   m->cycles_failed = &cycles.Add({{"result", "failed"}});
+  m->cycles_kept = &cycles.Add({{"result", "kept"}});
   m->cycle_seconds = &prometheus::BuildHistogram()
                           .Name("cleave_edge_adapt_cycle_seconds")
                           .Help("Wall time of an adaptation cycle (training, re-quantization)")

@@ -109,6 +109,7 @@ struct FederatedMetrics {
 struct AdaptationMetrics {
   prometheus::Counter* cycles = nullptr;  // adaptation cycles whose head was swapped in
   prometheus::Counter* cycles_failed = nullptr;
+  prometheus::Counter* cycles_kept = nullptr;  // refused by the check against the cloud
   prometheus::Histogram* cycle_seconds = nullptr;
   // Served inputs the learner kept, by label source: teacher (the cloud's answer), pseudo
   // (a confident exit), feedback (the application's label).

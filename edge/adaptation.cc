@@ -118,6 +118,26 @@ std::pair<int64_t, double> TopClassAndMargin(const torch::Tensor& logits) {
   return {std::get<1>(top)[0].item<int64_t>(), margin};
 }
 
+// On rows the cloud answered (`check`), the share where the exits answer locally (by
+// `policy`) with another class than the cloud's: what swapping these exits in would change
+// against the teacher.
+double Disagreement(split::SplitVisionNet& net, int head_end, const split::ExitPolicy& policy,
+                    const LabeledBatch& check) {
+  torch::NoGradGuard no_grad;
+  net->eval();
+  const std::vector<torch::Tensor> exits =
+      net->ForwardWithExits(check.images, head_end).exit_logits;
+  const std::vector<int> decided = policy.Decide(exits);
+  const torch::Tensor teacher = check.soft.argmax(1);
+  int64_t differ = 0;
+  for (size_t r = 0; r < decided.size(); ++r) {
+    if (decided[r] < 0) continue;
+    differ += exits[decided[r]][static_cast<int64_t>(r)].argmax().item<int64_t>() !=
+              teacher[static_cast<int64_t>(r)].item<int64_t>();
+  }
+  return decided.empty() ? 0.0 : static_cast<double>(differ) / decided.size();
+}
+
 std::filesystem::path PendingFile(const std::string& buffer_file) {
   return buffer_file + ".pending";
 }
@@ -589,10 +609,36 @@ Status EdgeLearner::Cycle() {
       MutexLock lock(&mu_);
       return stop_;
     };
+    // Every fifth row the cloud answered is held out of this cycle to check the result
+    // against the teacher; it trains in the next cycle.
+    const torch::Tensor position = torch::arange(pending_.size(), torch::kLong);
+    const torch::Tensor held = position.remainder(5).eq(4).logical_and(pending_.has_soft);
+    const LabeledBatch check = pending_.Select(held.nonzero().flatten());
+    const LabeledBatch train = pending_.Select(held.logical_not().nonzero().flatten());
+    const double before =
+        check.size() > 0 ? Disagreement(model.net, head_end, model.exit_policy, check) : 0.0;
+    const split::SplitVisionNet saved = CopyNet(model.net);
     CLEAVE_ASSIGN_OR_RETURN(federated::ExperienceResult r,
-                            federated::TrainExperience(trained, *strategy_, pending_, eo));
-    previous_ = pending_;
-    pending_ = LabeledBatch{};
+                            federated::TrainExperience(trained, *strategy_, train, eo));
+    previous_ = train;
+    pending_ = check;
+    const double after =
+        check.size() > 0 ? Disagreement(model.net, head_end, model.exit_policy, check) : 0.0;
+    if (after > before) {
+      // The adapted exits would answer differently from the cloud more often: keep serving
+      // what serves now, and start the next cycle from it.
+      torch::NoGradGuard no_grad;
+      auto src = saved->named_parameters();
+      for (auto& p : model.net->named_parameters()) p.value().copy_(src[p.key()]);
+      GetLogger("edge")->info(
+          "adaptation: not swapped: the exits would disagree with the cloud on {:.1f} % of "
+          "held-out answers, {:.1f} % now",
+          100 * after, 100 * before);
+      m_->cycles_kept->Increment();
+      MutexLock lock(&mu_);
+      ++stats_.kept_cycles;
+      return Status::Ok();
+    }
     // The new head: a copy of the adapted network, re-quantized on what was served.
     split::VisionSplitModel serving = model;
     serving.net = CopyNet(model.net);

@@ -16,7 +16,11 @@
 // (federated/continual.h; its replay buffer, reservoir-sampled over everything served,
 // holds the past), trained for edge.adapt_epochs within edge.adapt_max_seconds. The new
 // head is re-quantized to int8 on the buffer's inputs and swapped in through the daemon's
-// hot swap (EdgeServer::SwapEngine): serving never waits for the learner. Between cycles the
+// hot swap (EdgeServer::SwapEngine): serving never waits for the learner. Every fifth cloud
+// answer of a cycle is held out of its training (it trains in the next one); if the adapted
+// exits would answer those inputs with another class than the cloud more often than the
+// serving exits do, the cycle is not swapped in and its training is undone (the old head
+// serves on). Between cycles the
 // thread sleeps so that training takes at most edge.adapt_cpu_share of one core.
 //
 // What adapts keeps the wire contract with the cloud (the bottleneck's code, quantized with
@@ -113,8 +117,9 @@ struct Observation {
 
 struct LearnerStats {
   int64_t cycles = 0, failed_cycles = 0;
-  int64_t observed = 0;  // labelled inputs kept (teacher, pseudo or feedback)
-  int64_t dropped = 0;   // the inbox was full
+  int64_t kept_cycles = 0;  // cycles whose exits the check refused (the old head serves on)
+  int64_t observed = 0;     // labelled inputs kept (teacher, pseudo or feedback)
+  int64_t dropped = 0;      // the inbox was full
   int64_t buffer_rows = 0, pending_rows = 0;
   double last_cycle_seconds = 0;
   std::string last_error;

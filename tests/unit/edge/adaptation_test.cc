@@ -80,8 +80,8 @@ TEST_F(AdaptationTest, LearnsFromTheTeacherAndSwapsAnAdaptedEngineIn) {
   const LearnerStats stats = (*learner)->stats();
   EXPECT_EQ(stats.cycles, 1);
   EXPECT_EQ(stats.observed, 64);
-  EXPECT_EQ(stats.pending_rows, 0);
-  EXPECT_EQ(stats.buffer_rows, 50);  // ER kept a reservoir of what it trained on
+  EXPECT_EQ(stats.pending_rows, 12);  // every fifth row checked the cycle; it trains next
+  EXPECT_EQ(stats.buffer_rows, 50);   // ER kept a reservoir of what it trained on
   // The adapted exit answers differently from the bundle's.
   auto original = split::EdgeModel::Load(*bundle_, head_);
   ASSERT_TRUE(original.ok());
@@ -94,6 +94,45 @@ TEST_F(AdaptationTest, LearnsFromTheTeacherAndSwapsAnAdaptedEngineIn) {
   // re-observed activation ranges: within the wire's quantization step).
   EXPECT_LT((a->features - b->features).abs().max().item<double>(),
             0.25 * a->features.abs().max().item<double>());
+}
+
+TEST_F(AdaptationTest, ExitsThatWouldContradictTheHeldOutCloudAnswersAreNotSwappedIn) {
+  // One input, answered by the cloud again and again: class 2 on the rows that train, class
+  // 1 on every fifth (held out). Training makes the exit confident in class 2, which the
+  // held-out answers contradict: the cycle is kept out and its training undone.
+  AdaptOptions o = Options();
+  o.lr = 0.1;
+  o.epochs = 10;
+  auto learner = Make(o);
+  ASSERT_TRUE(learner.ok());
+  const torch::Tensor image = testing::RandomImages(1, 8)[0];
+  for (int i = 0; i < 100; ++i) {
+    Observation o;
+    o.peer = "app";
+    o.request_id = static_cast<uint64_t>(i + 1);
+    o.image = image;
+    o.teacher = torch::zeros({10});
+    o.teacher[i % 5 == 4 ? 1 : 2] = 20.0;
+    (*learner)->Observe(std::move(o));
+  }
+  ASSERT_TRUE((*learner)->AdaptNow().ok());
+  EXPECT_EQ(swaps_, 0);
+  EXPECT_EQ((*learner)->stats().kept_cycles, 1);
+  // A learner whose held-out answers agree with the rest swaps the same training in.
+  auto agreeing = Make(o);
+  ASSERT_TRUE(agreeing.ok());
+  for (int i = 0; i < 100; ++i) {
+    Observation a;
+    a.peer = "app";
+    a.request_id = static_cast<uint64_t>(1000 + i);
+    a.image = image;
+    a.teacher = torch::zeros({10});
+    a.teacher[2] = 20.0;
+    (*agreeing)->Observe(std::move(a));
+  }
+  ASSERT_TRUE((*agreeing)->AdaptNow().ok());
+  EXPECT_EQ(swaps_, 1);
+  EXPECT_EQ((*agreeing)->stats().kept_cycles, 0);
 }
 
 TEST_F(AdaptationTest, ScopeHeadTrainsTheBlocksBeforeTheEncoderWithoutDiverging) {
@@ -168,7 +207,7 @@ TEST_F(AdaptationTest, RowsSurviveARestartSealedAndACorruptFileIsRefused) {
     auto learner = Make(o);
     ASSERT_TRUE(learner.ok()) << learner.status().ToString();
     Teach(**learner, 40);
-    ASSERT_TRUE((*learner)->AdaptNow().ok());  // 40 rows trained, buffer saved
+    ASSERT_TRUE((*learner)->AdaptNow().ok());  // 32 rows trained (8 checked), buffer saved
     Teach(**learner, 10, 500);                 // pending at shutdown
     // Let the learner thread drain the inbox before it stops (a cycle needs 1000).
     for (int i = 0; i < 100 && (*learner)->stats().pending_rows < 10; ++i) {
@@ -184,8 +223,8 @@ TEST_F(AdaptationTest, RowsSurviveARestartSealedAndACorruptFileIsRefused) {
     auto learner = Make(o);
     ASSERT_TRUE(learner.ok()) << learner.status().ToString();
     const LearnerStats stats = (*learner)->stats();
-    EXPECT_EQ(stats.buffer_rows, 40);
-    EXPECT_EQ(stats.pending_rows, 10);
+    EXPECT_EQ(stats.buffer_rows, 32);
+    EXPECT_EQ(stats.pending_rows, 18);  // the 8 checked rows and the 10 that came after
     ASSERT_TRUE((*learner)->AdaptNow().ok());  // the pending rows train after the restart
   }
   AdaptOptions wrong = o;
