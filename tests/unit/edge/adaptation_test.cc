@@ -224,7 +224,7 @@ TEST_F(AdaptationTest, RowsSurviveARestartSealedAndACorruptFileIsRefused) {
     ASSERT_TRUE(learner.ok()) << learner.status().ToString();
     const LearnerStats stats = (*learner)->stats();
     EXPECT_EQ(stats.buffer_rows, 32);
-    EXPECT_EQ(stats.pending_rows, 18);  // the 8 checked rows and the 10 that came after
+    EXPECT_EQ(stats.pending_rows, 18);         // the 8 checked rows and the 10 that came after
     ASSERT_TRUE((*learner)->AdaptNow().ok());  // the pending rows train after the restart
   }
   AdaptOptions wrong = o;
