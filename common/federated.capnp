@@ -142,6 +142,45 @@ struct RoundConfig {
   # invalid. A client that predates this field ignores it and sends tensors, which the
   # aggregator still accepts: the field is additive, hence no protocol version bump.
   compression @19 :UpdateCompression;
+  # Set in a federated continual-learning round (federated/continual_stream.h): the round
+  # belongs to one experience of the stream; the client trains on its rows of that experience
+  # with the strategy named here and keeps the strategy's state (replay buffer, Fisher,
+  # distillation teacher) across rounds. Additive: a client that predates it trains as ever.
+  continual @20 :ContinualRound;
+}
+
+enum ContinualScenario {
+  classIncremental @0;   # experience e holds its group of classes
+  domainIncremental @1;  # experience e holds its share of the rows, pixels permuted
+}
+
+enum ContinualMethod {
+  naive @0;
+  er @1;      # experience replay
+  ewc @2;     # online EWC
+  lwf @3;     # learning without forgetting
+  derpp @4;   # DER++
+}
+
+# federated::ContinualStreamOptions on the wire, minus what is the client's own (the
+# buffer's byte bound and sampling seed).
+struct ContinualRound {
+  experience @0 :UInt32;        # < experiences
+  experiences @1 :UInt32;       # 1 .. 4096
+  scenario @2 :ContinualScenario;
+  seed @3 :UInt64;              # domainIncremental: the permutations' seed
+  method @4 :ContinualMethod;
+  bufferRows @5 :UInt32;        # er, derpp: replay buffer rows, >= 1
+  classBalanced @6 :Bool;       # class-balanced reservoir (CBRS)
+  replayBatch @7 :UInt32;       # buffer rows per step; 0 = the step's batch
+  ewcLambda @8 :Float64;        # finite, >= 0
+  ewcGamma @9 :Float64;         # [0, 1]
+  ewcSamples @10 :UInt32;       # >= 1
+  lwfAlpha @11 :Float64;        # finite, >= 0
+  lwfTemperature @12 :Float64;  # finite, > 0
+  derppAlpha @13 :Float64;      # finite, >= 0
+  derppBeta @14 :Float64;       # finite, >= 0
+  kdTemperature @15 :Float64;   # finite, > 0
 }
 
 enum CompressionKind {

@@ -28,6 +28,13 @@ CLEAVE_SAME_ENUM(schema::Bye::Reason::FINISHED, ByeReason::kFinished);
 CLEAVE_SAME_ENUM(schema::Bye::Reason::SHUTTING_DOWN, ByeReason::kShuttingDown);
 CLEAVE_SAME_ENUM(schema::SecAggGraph::COMPLETE, secagg::GraphKind::kComplete);
 CLEAVE_SAME_ENUM(schema::SecAggGraph::HARARY, secagg::GraphKind::kHarary);
+CLEAVE_SAME_ENUM(schema::ContinualScenario::CLASS_INCREMENTAL, ContinualScenario::kClass);
+CLEAVE_SAME_ENUM(schema::ContinualScenario::DOMAIN_INCREMENTAL, ContinualScenario::kDomain);
+CLEAVE_SAME_ENUM(schema::ContinualMethod::NAIVE, ContinualMethod::kNaive);
+CLEAVE_SAME_ENUM(schema::ContinualMethod::ER, ContinualMethod::kEr);
+CLEAVE_SAME_ENUM(schema::ContinualMethod::EWC, ContinualMethod::kEwc);
+CLEAVE_SAME_ENUM(schema::ContinualMethod::LWF, ContinualMethod::kLwf);
+CLEAVE_SAME_ENUM(schema::ContinualMethod::DERPP, ContinualMethod::kDerpp);
 
 namespace {
 
@@ -64,6 +71,31 @@ Status CheckCompression(const UpdateCompression& c, bool secure) {
         "RoundConfig.compression.kind topk cannot be combined with secure aggregation");
   }
   return Status::Ok();
+}
+
+Status CheckContinual(const ContinualRound& c) {
+  const std::string field = "RoundConfig.continual";
+  CLEAVE_RETURN_IF_ERROR(CheckUint(c.experiences, field + ".experiences", 1, kMaxExperiences));
+  CLEAVE_RETURN_IF_ERROR(CheckUint(c.experience, field + ".experience", 0, c.experiences - 1));
+  if (static_cast<uint8_t>(c.scenario) > static_cast<uint8_t>(ContinualScenario::kDomain)) {
+    return Status::InvalidArgument(field + ".scenario: unknown value " +
+                                   std::to_string(static_cast<unsigned>(c.scenario)));
+  }
+  if (static_cast<uint8_t>(c.method) > static_cast<uint8_t>(ContinualMethod::kDerpp)) {
+    return Status::InvalidArgument(field + ".method: unknown value " +
+                                   std::to_string(static_cast<unsigned>(c.method)));
+  }
+  if (c.method == ContinualMethod::kEr || c.method == ContinualMethod::kDerpp) {
+    CLEAVE_RETURN_IF_ERROR(CheckUint(c.buffer_rows, field + ".buffer_rows", 1, UINT32_MAX));
+  }
+  CLEAVE_RETURN_IF_ERROR(CheckDouble(c.ewc_lambda, field + ".ewc_lambda", 0, false));
+  CLEAVE_RETURN_IF_ERROR(CheckDouble(c.ewc_gamma, field + ".ewc_gamma", 0, false, 1, false));
+  CLEAVE_RETURN_IF_ERROR(CheckUint(c.ewc_samples, field + ".ewc_samples", 1, UINT32_MAX));
+  CLEAVE_RETURN_IF_ERROR(CheckDouble(c.lwf_alpha, field + ".lwf_alpha", 0, false));
+  CLEAVE_RETURN_IF_ERROR(CheckDouble(c.lwf_temperature, field + ".lwf_temperature", 0, true));
+  CLEAVE_RETURN_IF_ERROR(CheckDouble(c.derpp_alpha, field + ".derpp_alpha", 0, false));
+  CLEAVE_RETURN_IF_ERROR(CheckDouble(c.derpp_beta, field + ".derpp_beta", 0, false));
+  return CheckDouble(c.kd_temperature, field + ".kd_temperature", 0, true);
 }
 
 Result<SecureParams> ReadSecureParams(schema::SecureRoundParams::Reader in) {
@@ -142,6 +174,7 @@ Status Check(const RoundConfig& m) {
   }
   if (m.secure) CLEAVE_RETURN_IF_ERROR(CheckSecureParams(*m.secure));
   CLEAVE_RETURN_IF_ERROR(CheckCompression(m.compression, m.secure.has_value()));
+  if (m.continual) CLEAVE_RETURN_IF_ERROR(CheckContinual(*m.continual));
   return CheckTensors(m.weights, "RoundConfig.weights");
 }
 
@@ -254,6 +287,30 @@ Result<RoundConfig> ReadBody(schema::RoundConfig::Reader in) {
     out.compression.kind = static_cast<CompressionKind>(kind > 255 ? 255 : kind);
     out.compression.topk_fraction = compression.getTopkFraction();
     out.compression.error_feedback = compression.getErrorFeedback();
+  }
+  if (in.hasContinual()) {
+    const auto c = in.getContinual();
+    ContinualRound r;
+    r.experience = c.getExperience();
+    r.experiences = c.getExperiences();
+    // Values above 255 must not wrap onto a known enumerant.
+    const auto scenario = static_cast<uint16_t>(c.getScenario());
+    r.scenario = static_cast<ContinualScenario>(scenario > 255 ? 255 : scenario);
+    r.seed = c.getSeed();
+    const auto method = static_cast<uint16_t>(c.getMethod());
+    r.method = static_cast<ContinualMethod>(method > 255 ? 255 : method);
+    r.buffer_rows = c.getBufferRows();
+    r.class_balanced = c.getClassBalanced();
+    r.replay_batch = c.getReplayBatch();
+    r.ewc_lambda = c.getEwcLambda();
+    r.ewc_gamma = c.getEwcGamma();
+    r.ewc_samples = c.getEwcSamples();
+    r.lwf_alpha = c.getLwfAlpha();
+    r.lwf_temperature = c.getLwfTemperature();
+    r.derpp_alpha = c.getDerppAlpha();
+    r.derpp_beta = c.getDerppBeta();
+    r.kd_temperature = c.getKdTemperature();
+    out.continual = r;
   }
   return out;
 }
@@ -392,6 +449,26 @@ void WriteBody(const RoundConfig& m, FlMessage::Body::Builder body) {
     compression.setTopkFraction(m.compression.topk_fraction);
     compression.setErrorFeedback(m.compression.error_feedback);
   }
+  if (m.continual) {
+    const ContinualRound& r = *m.continual;
+    auto c = out.initContinual();
+    c.setExperience(r.experience);
+    c.setExperiences(r.experiences);
+    c.setScenario(static_cast<schema::ContinualScenario>(r.scenario));
+    c.setSeed(r.seed);
+    c.setMethod(static_cast<schema::ContinualMethod>(r.method));
+    c.setBufferRows(r.buffer_rows);
+    c.setClassBalanced(r.class_balanced);
+    c.setReplayBatch(r.replay_batch);
+    c.setEwcLambda(r.ewc_lambda);
+    c.setEwcGamma(r.ewc_gamma);
+    c.setEwcSamples(r.ewc_samples);
+    c.setLwfAlpha(r.lwf_alpha);
+    c.setLwfTemperature(r.lwf_temperature);
+    c.setDerppAlpha(r.derpp_alpha);
+    c.setDerppBeta(r.derpp_beta);
+    c.setKdTemperature(r.kd_temperature);
+  }
 }
 
 void WriteBody(const Update& m, FlMessage::Body::Builder body) {
@@ -471,6 +548,25 @@ const char* ByeReasonName(ByeReason reason) {
     case ByeReason::kShuttingDown: return "shutting_down";
     default: return "unknown";
   }
+}
+
+const char* ContinualScenarioName(ContinualScenario scenario) {
+  switch (scenario) {
+    case ContinualScenario::kClass: return "class";
+    case ContinualScenario::kDomain: return "domain";
+  }
+  return "unknown";
+}
+
+const char* ContinualMethodName(ContinualMethod method) {
+  switch (method) {
+    case ContinualMethod::kNaive: return "naive";
+    case ContinualMethod::kEr: return "er";
+    case ContinualMethod::kEwc: return "ewc";
+    case ContinualMethod::kLwf: return "lwf";
+    case ContinualMethod::kDerpp: return "derpp";
+  }
+  return "unknown";
 }
 
 const char* CompressionKindName(CompressionKind kind) {

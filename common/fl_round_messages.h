@@ -70,6 +70,30 @@ struct UpdateCompression {
 };
 
 // Aggregator -> client. `trainable` is authoritative; `trainable_set` says how it was made.
+// Federated continual learning: which experience the round belongs to and the strategy every
+// client runs (federated::ContinualStreamOptions on the wire; common/federated.capnp).
+enum class ContinualScenario : uint8_t { kClass = 0, kDomain = 1 };
+enum class ContinualMethod : uint8_t { kNaive = 0, kEr = 1, kEwc = 2, kLwf = 3, kDerpp = 4 };
+inline constexpr uint32_t kMaxExperiences = 4096;
+// "class"/"domain" and "naive", "er", "ewc", "lwf", "derpp"; "unknown" otherwise.
+const char* ContinualScenarioName(ContinualScenario scenario);
+const char* ContinualMethodName(ContinualMethod method);
+struct ContinualRound {
+  uint32_t experience = 0;   // < experiences
+  uint32_t experiences = 1;  // 1..kMaxExperiences
+  ContinualScenario scenario = ContinualScenario::kClass;
+  uint64_t seed = 0;  // domain: the permutations' seed
+  ContinualMethod method = ContinualMethod::kNaive;
+  uint32_t buffer_rows = 500;  // er, derpp: >= 1
+  bool class_balanced = false;
+  uint32_t replay_batch = 0;
+  double ewc_lambda = 180, ewc_gamma = 1;  // >= 0; gamma <= 1
+  uint32_t ewc_samples = 1024;             // >= 1
+  double lwf_alpha = 1, lwf_temperature = 2;
+  double derpp_alpha = 1, derpp_beta = 0.5;
+  double kd_temperature = 2;
+};
+
 struct RoundConfig {
   uint32_t round = 1;  // >= 1
   std::string model_name;
@@ -92,6 +116,7 @@ struct RoundConfig {
   std::optional<SecureParams> secure;  // set: a secure round (no plain Update allowed)
   // kNone: Update.tensors. Otherwise Update.compressed (ignored in a secure round).
   UpdateCompression compression;
+  std::optional<ContinualRound> continual;  // set: a continual-learning round
 };
 
 // Client -> aggregator. Exactly one of `tensors` and `compressed` is non-empty.

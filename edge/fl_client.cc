@@ -35,6 +35,15 @@ std::string ShapeText(const std::vector<int64_t>& shape) {
   return out + "]";
 }
 
+uint64_t ClientNumber(const std::string& client_id) {
+  uint64_t h = 14695981039346656037ull;
+  for (char c : client_id) {
+    h ^= static_cast<uint8_t>(c);
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 }  // namespace fl_client_internal
 
 using fl_client_internal::Log;
@@ -135,6 +144,9 @@ nlohmann::json FederatedClientStats::ToJson() const {
           {"masked_inputs_sent", masked_inputs_sent},
           {"unmask_shares_sent", unmask_shares_sent},
           {"compressed_updates", compressed_updates},
+          {"continual_rounds", continual_rounds},
+          {"rounds_without_data", rounds_without_data},
+          {"experience", experience},
           {"malformed_messages", malformed_messages},
           {"unexpected_messages", unexpected_messages},
           {"send_failures", send_failures},

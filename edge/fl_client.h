@@ -80,6 +80,8 @@
 #include "common/status.h"
 #include "common/thread_annotations.h"
 #include "common/transport.h"
+#include "federated/continual.h"
+#include "federated/continual_stream.h"
 #include "federated/secure_round.h"
 #include "federated/update_compression.h"
 #include "federated/weights.h"
@@ -139,6 +141,9 @@ struct FederatedClientStats {
   uint64_t masked_inputs_sent = 0;                     // masked contributions sent (secure rounds)
   uint64_t unmask_shares_sent = 0;                     // secure rounds whose unmasking we answered
   uint64_t compressed_updates = 0;                     // updates sent as Update.compressed
+  uint64_t continual_rounds = 0;                       // continual rounds trained
+  uint64_t rounds_without_data = 0;  // continual rounds declined: no rows in the experience
+  int32_t experience = -1;           // the experience of the last continual round trained
   uint64_t malformed_messages = 0;   // frames from the aggregator that did not decode
   uint64_t unexpected_messages = 0;  // valid messages that make no sense to a client now
   uint64_t send_failures = 0;        // sends refused (aggregator unreachable, queue full)
@@ -247,6 +252,14 @@ class FederatedClient {
   std::optional<wire::fl::Message> PlainUpdate(const wire::fl::RoundConfig& config,
                                                const federated::Weights& global,
                                                const federated::LocalTrainResult& result);
+  // A continual round (RoundConfig.continual): the strategy (kept across rounds; a new one
+  // when the round describes another stream or strategy), our rows of the round's experience
+  // (seen through its permutation when domain-incremental) and, when the experience changed,
+  // (a sample of) the rows of the one we last trained in, to consolidate on. FailedPrecondition
+  // when we have no rows in the experience; InvalidArgument for a strategy that does not
+  // validate.
+  Status PrepareContinual(const wire::fl::ContinualRound& round, split::LabeledImages& rows,
+                          federated::LabeledBatch& consolidate);
   // Declines a round we cannot train: Bye{leaving} with `why`, counted in `counter`.
   void Decline(uint32_t round, const Status& why, uint64_t FederatedClientStats::*counter);
   // Sends `message`; on failure counts it, records backoff and returns the error.
@@ -288,6 +301,16 @@ class FederatedClient {
   // Error feedback of compressed rounds: what earlier compressed updates did not send.
   federated::ErrorFeedbackState feedback_;
   std::optional<SecureState> secure_;  // the open secure round, if any
+  // Federated continual learning: the strategy and its state, kept across rounds in memory
+  // (a restarted edge starts it empty, as a resumed `cleave sim` does).
+  struct ContinualState {
+    federated::ContinualStreamOptions stream;  // as the rounds describe it
+    uint64_t seed = 0;                         // domain permutations
+    std::unique_ptr<federated::ContinualStrategy> strategy;
+    int experience = -1;  // the experience last trained in
+    std::vector<torch::Tensor> permutations;
+  };
+  std::optional<ContinualState> continual_;
 
   mutable Mutex mu_;
   mutable CondVar changed_;

@@ -21,6 +21,7 @@ namespace cleave::edge {
 
 namespace fl = wire::fl;
 using federated::Weights;
+using fl_client_internal::ClientNumber;
 using fl_client_internal::Log;
 using fl_client_internal::ShapeText;
 using fl_client_internal::ShortSha;
@@ -40,17 +41,6 @@ int64_t MinPositive(int64_t a, int64_t b) {
   if (a <= 0) return std::max<int64_t>(b, 0);
   if (b <= 0) return a;
   return std::min(a, b);
-}
-
-// A stable 64-bit number for the client id (FNV-1a): the `client` input of the int8 rounding
-// stream, so two clients in one round draw different coins.
-uint64_t ClientNumber(const std::string& client_id) {
-  uint64_t h = 14695981039346656037ull;
-  for (char c : client_id) {
-    h ^= static_cast<uint8_t>(c);
-    h *= 1099511628211ull;
-  }
-  return h;
 }
 
 }  // namespace
@@ -133,6 +123,21 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
   train.time_budget_micros = budget_ms * 1000;
   train.trainable = config.trainable;
   train.seed = config.seed;
+  split::LabeledImages experience_rows;
+  federated::LabeledBatch consolidate;
+  if (config.continual) {
+    if (Status ready = PrepareContinual(*config.continual, experience_rows, consolidate);
+        !ready.ok()) {
+      Decline(config.round, ready,
+              ready.code() == StatusCode::kFailedPrecondition
+                  ? &FederatedClientStats::rounds_without_data
+                  : &FederatedClientStats::configs_rejected);
+      return;
+    }
+    train.continual = continual_->strategy.get();
+    train.consolidate = &consolidate;
+  }
+  const split::LabeledImages& rows = config.continual ? experience_rows : data_;
   train.clock = &clock_;
   // Runs between steps on this thread (the socket's owner): keeps the aggregator from
   // timing us out during a long round and lets Stop() interrupt training.
@@ -147,7 +152,8 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
   Log()->debug("round {}: training (epochs {}, batch {}, lr {}, max steps {}, budget {} ms)",
                config.round, config.local_epochs, config.batch_size, config.learning_rate,
                train.fit.max_steps, budget_ms);
-  Result<federated::LocalTrainResult> result = federated::TrainLocally(*net_, global, data_, train);
+  Result<federated::LocalTrainResult> result = federated::TrainLocally(*net_, global, rows, train);
+  if (config.continual) continual_->experience = static_cast<int>(config.continual->experience);
   if (!result.ok()) {
     if (stop_.load()) return;  // cancelled by Stop(); Run() says bye
     Decline(config.round, result.status(), &FederatedClientStats::training_failures);
@@ -184,6 +190,10 @@ void FederatedClient::Train(const fl::RoundConfig& config, Weights global, int64
   while (unacked_.size() > kMaxUnackedRounds) unacked_.erase(unacked_.begin());
   Update([&](FederatedClientStats& s) {
     ++s.rounds_trained;
+    if (config.continual) {
+      ++s.continual_rounds;
+      s.experience = static_cast<int32_t>(config.continual->experience);
+    }
     s.last_round = config.round;
     s.last_train_loss = result->train_loss;
   });

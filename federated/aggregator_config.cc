@@ -76,6 +76,11 @@ ConfigSchema AggregatorSchema() {
            "supervisors/tests)")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
   AddRoundConfigKeys(s);
+  AddContinualStreamKeys(s, "aggregator.rounds",
+                         "every round's config names its experience and the strategy; each "
+                         "edge keeps its strategy's state (replay buffer, Fisher) in memory "
+                         "across rounds; evaluation per experience needs "
+                         "aggregator.eval_data_dir");
   return s;
 }
 
@@ -170,6 +175,7 @@ Result<AggregatorOptions> AggregatorOptionsFromConfig(const Config& config) {
   }
   options.summary_file = config.GetString("aggregator.summary_file");
   options.max_message_bytes = config.GetInt("aggregator.max_message_bytes");
+  CLEAVE_ASSIGN_OR_RETURN(options.continual, ReadContinualStreamKeys(config));
   return options;
 }
 

@@ -47,6 +47,12 @@ Status AggregatorService::Impl::OpenRound() {
       std::min<int64_t>(options.engine.deadline_micros / 1000, fl::kMaxRetryAfterMs));
   config.seed = options.engine.seed * 1000003 + p.round;
   if (p.secure) config.secure = ToWireSecureParams(*p.secure, 0);
+  if (options.continual.enabled) {
+    config.continual =
+        ToWireContinual(options.continual,
+                        ExperienceOfRound(p.round, options.rounds, options.continual.experiences),
+                        options.engine.seed);
+  }
   round_compression = CompressionFor(p.round, p.secure.has_value());
   if (round_compression.kind != "none") {
     CLEAVE_ASSIGN_OR_RETURN(config.compression.kind, ToWireCompressionKind(round_compression.kind));
@@ -338,6 +344,21 @@ Status AggregatorService::Impl::CloseRound() {
   compression["payload_bytes_up"] = round_payload_bytes_up;
   compression["dense_bytes_up"] = static_cast<int64_t>(record.succeeded) * trainable_bytes;
   stored->extra["compression"] = compression;
+  if (continual_eval) {
+    Result<json> c = continual_eval->Evaluate(*eval_net, engine->global(),
+                                              split::ImageRows::InMemory(model.eval_data),
+                                              record.round, options.rounds);
+    if (c.ok()) {
+      stored->extra["continual"] = std::move(*c);
+    } else {  // the round stands; only its per-experience figures are missing
+      Log()->error("round {}: per-experience evaluation failed: {}", record.round,
+                   c.status().ToString());
+    }
+  }
+  if (options.continual.enabled) {
+    stored->extra["experience"] =
+        ExperienceOfRound(record.round, options.rounds, options.continual.experiences);
+  }
   plan.reset();
   plan_config_bytes.clear();
   for (auto& [id, c] : clients) c.config_sent = false;
@@ -374,6 +395,11 @@ json AggregatorService::Impl::SummaryJson() const {
             {"counters", counters},
             {"clients", clients.size()}};
   if (initial_eval) j["initial_accuracy"] = initial_eval->accuracy;
+  if (continual_eval) {
+    j["continual"] = continual_eval->Summary();
+  } else if (options.continual.enabled) {
+    j["continual"] = options.continual.ToJson();
+  }
   return j;
 }
 

@@ -234,6 +234,13 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
                                                     options.strategy.name)
                              .WithContext("aggregator"));
   CLEAVE_RETURN_IF_ERROR(ToWireCompressionKind(options.compression.kind).status());
+  CLEAVE_RETURN_IF_ERROR(options.continual.Validate(options.rounds, "aggregator"));
+  if (options.continual.enabled && options.continual.scenario == "class" &&
+      options.continual.experiences > model.net->num_classes()) {
+    return Status::InvalidArgument(
+        "aggregator: continual.experiences (" + std::to_string(options.continual.experiences) +
+        ") exceeds the model's classes (" + std::to_string(model.net->num_classes()) + ")");
+  }
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<Strategy> strategy, MakeStrategy(options.strategy));
   options.engine.split_after = model.net->split_after();
   options.engine.named_parts = model.net->kind() == split::kTorchScriptSplitKind;
@@ -258,6 +265,16 @@ Result<std::unique_ptr<AggregatorService>> AggregatorService::Create(AggregatorO
                             EvaluateWeights(*impl->eval_net, impl->engine->global(), data));
     impl->initial_eval = e;
     Log()->info("test accuracy of the starting model {:.4f}", e.accuracy);
+    if (options.continual.enabled) {  // the accuracy matrix, resumed from the history
+      impl->continual_eval.emplace(options.continual, model.net->num_classes(),
+                                   options.engine.seed);
+      CLEAVE_RETURN_IF_ERROR(impl->continual_eval->Restore(impl->engine->history()));
+    }
+  }
+  if (options.continual.enabled && model.eval_data.size() == 0) {
+    Log()->warn(
+        "continual rounds without evaluation data (aggregator.eval_data_dir): no "
+        "accuracy matrix will be kept");
   }
   SocketOptions socket_options;
   socket_options.max_message_bytes = options.max_message_bytes;

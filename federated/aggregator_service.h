@@ -95,6 +95,7 @@
 #include "common/metrics.h"
 #include "common/status.h"
 #include "common/transport.h"
+#include "federated/continual_stream.h"
 #include "federated/round_engine.h"
 #include "federated/update_compression.h"
 #include "split/train_data.h"
@@ -139,6 +140,11 @@ struct AggregatorOptions {
   CurveClientIds curve_client_ids;
   // Where the service's metrics go; null = a private registry nobody exports.
   std::shared_ptr<Metrics> metrics;
+  // Federated continual learning (federated/continual_stream.h): every RoundConfig carries
+  // the round's experience and the strategy the edges run; with evaluation data, each round
+  // is evaluated on every experience (the record's extra["continual"]) and the summary gets
+  // "continual" {scenario, experiences, strategy, matrix, metrics}. Experiences in 1..rounds.
+  ContinualStreamOptions continual;
   // Extra fields for the ready file (e.g. the admin URL).
   nlohmann::json ready_extra = nlohmann::json::object();
 };

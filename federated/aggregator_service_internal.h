@@ -119,6 +119,7 @@ struct AggregatorService::Impl {
   std::optional<Evaluation> initial_eval;
   std::map<std::string, uint64_t> counters;  // messages by kind, rejections by reason
   std::shared_ptr<split::TrainableNet> eval_net;
+  std::optional<ExperienceEvaluator> continual_eval;  // continual runs with evaluation data
   std::shared_ptr<Metrics> metrics;
   const ServiceMetrics* m = nullptr;
   const FederatedMetrics* fed = nullptr;

@@ -178,6 +178,30 @@ void AddContinualConfigKeys(ConfigSchema& s, const std::string& prefix, const Co
            "temperature of distillation from soft (teacher) labels");
 }
 
+void AddContinualStreamKeys(ConfigSchema& s, const std::string& rounds_key,
+                            const std::string& keeps_state) {
+  s.Add("continual.enabled", ConfigType::kBool, "false",
+        "federated continual learning (also --continual): the clients' data arrive as a "
+        "stream of experiences spread evenly over " +
+            rounds_key + "; " + keeps_state +
+            "; history gets the accuracy matrix, ACC, BWT, forgetting and min-ACC")
+      .Add("continual.scenario", ConfigType::kString, "class",
+           "class (class-incremental: experience e holds its share of the classes) | domain "
+           "(domain-incremental: each experience sees its rows through its own pixel "
+           "permutation)")
+      .Add("continual.experiences", ConfigType::kInt, "5", "experiences in the stream");
+  AddContinualConfigKeys(s, "continual.");
+}
+
+Result<ContinualStreamOptions> ReadContinualStreamKeys(const Config& c) {
+  ContinualStreamOptions o;
+  o.enabled = c.GetBool("continual.enabled");
+  o.scenario = c.GetString("continual.scenario");
+  o.experiences = static_cast<int>(c.GetInt("continual.experiences"));
+  CLEAVE_ASSIGN_OR_RETURN(o.strategy, ReadContinualConfigKeys(c, "continual."));
+  return o;
+}
+
 Result<ContinualConfig> ReadContinualConfigKeys(const Config& c, const std::string& prefix) {
   ContinualConfig o;
   o.strategy = c.GetString(prefix + "strategy");

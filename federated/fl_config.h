@@ -7,6 +7,7 @@
 #include "common/config.h"
 #include "common/status.h"
 #include "federated/continual.h"
+#include "federated/continual_stream.h"
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
 #include "federated/update_compression.h"
@@ -31,5 +32,13 @@ void AddContinualConfigKeys(ConfigSchema& s, const std::string& prefix,
                             const ContinualConfig& defaults = ContinualConfig());
 // Reads them (validated; InvalidArgument names the key's prefix).
 Result<ContinualConfig> ReadContinualConfigKeys(const Config& c, const std::string& prefix);
+
+// continual.enabled, continual.scenario, continual.experiences and the strategy keys above
+// under "continual." (cleave sim and cleave-aggregator). `rounds_key` names the rounds the
+// experiences spread over; `keeps_state` says where the clients' strategy state lives.
+void AddContinualStreamKeys(ConfigSchema& s, const std::string& rounds_key,
+                            const std::string& keeps_state);
+// Reads them (not checked against the rounds: ContinualStreamOptions::Validate does that).
+Result<ContinualStreamOptions> ReadContinualStreamKeys(const Config& c);
 
 }  // namespace cleave::federated

@@ -44,17 +44,9 @@ ConfigSchema SimSchema() {
            "a split whose converted images (float32) take more than this is read from the "
            "dataset when needed (each client's rows when it trains) instead of held in memory");
   AddRoundConfigKeys(s);  // also compression.*
-  s.Add("continual.enabled", ConfigType::kBool, "false",
-        "federated continual learning (also --continual): the clients' data arrive as a "
-        "stream of experiences spread evenly over sim.rounds; each client keeps its "
-        "strategy's state (replay buffer, Fisher) across rounds; history gets the accuracy "
-        "matrix, ACC, BWT, forgetting and min-ACC")
-      .Add("continual.scenario", ConfigType::kString, "class",
-           "class (class-incremental: experience e holds its share of the classes) | domain "
-           "(domain-incremental: each experience sees its rows through its own pixel "
-           "permutation)")
-      .Add("continual.experiences", ConfigType::kInt, "5", "experiences in the stream");
-  AddContinualConfigKeys(s, "continual.");
+  AddContinualStreamKeys(s, "sim.rounds",
+                         "each client keeps its strategy's state (replay buffer, Fisher) "
+                         "across rounds");
   s.Add("attack.kind", ConfigType::kString, "none",
         "Byzantine clients: none | sign_flip (send global - scale x delta) | scale (global + "
         "scale x delta) | random (Gaussian delta, scale x the honest norm) | label_flip "
@@ -102,10 +94,7 @@ Result<SimSetup> SimSetupFromConfig(const Config& c) {
   CLEAVE_RETURN_IF_ERROR(ReadRoundConfigKeys(c, o.engine, o.strategy, o.compression));
   o.engine.seed = o.seed;
   o.compression.seed = o.seed;
-  o.continual.enabled = c.GetBool("continual.enabled");
-  o.continual.scenario = c.GetString("continual.scenario");
-  o.continual.experiences = static_cast<int>(c.GetInt("continual.experiences"));
-  CLEAVE_ASSIGN_OR_RETURN(o.continual.strategy, ReadContinualConfigKeys(c, "continual."));
+  CLEAVE_ASSIGN_OR_RETURN(o.continual, ReadContinualStreamKeys(c));
   CLEAVE_ASSIGN_OR_RETURN(o.attack.kind, ParseAttackKind(c.GetString("attack.kind")));
   o.attack.fraction = c.GetDouble("attack.fraction");
   o.attack.scale = c.GetDouble("attack.scale");

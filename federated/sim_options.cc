@@ -102,14 +102,6 @@ json SimOptions::ToJson() const {
           {"continual", continual.ToJson()}};
 }
 
-json ContinualSimOptions::ToJson() const {
-  if (!enabled) return {{"enabled", false}};
-  return {{"enabled", true},
-          {"scenario", scenario},
-          {"experiences", experiences},
-          {"strategy", strategy.ToJson()}};
-}
-
 Status SimOptions::Validate() const {
   if (split::IsTorchScriptPath(model)) {
     // Loaded (and checked against the data) by MakeSimModel; here only its presence.
@@ -136,18 +128,7 @@ Status SimOptions::Validate() const {
   CLEAVE_RETURN_IF_ERROR(
       CheckCompressionCompatible(compression, engine.secure.enabled, strategy.name));
   CLEAVE_RETURN_IF_ERROR(attack.Validate());
-  if (continual.enabled) {
-    if (continual.scenario != "class" && continual.scenario != "domain") {
-      return Status::InvalidArgument("sim: continual.scenario must be class or domain, got '" +
-                                     continual.scenario + "'");
-    }
-    if (continual.experiences < 1 || continual.experiences > rounds) {
-      return Status::InvalidArgument("sim: continual.experiences must be in 1..sim.rounds (" +
-                                     std::to_string(rounds) + "), got " +
-                                     std::to_string(continual.experiences));
-    }
-    CLEAVE_RETURN_IF_ERROR(continual.strategy.Validate().WithContext("sim: continual"));
-  }
+  CLEAVE_RETURN_IF_ERROR(continual.Validate(rounds, "sim"));
   if (engine.secure.enabled && strategy.name == "dpfedavg" && strategy.dp.adaptive_clip) {
     return Status::InvalidArgument(
         "sim: strategy.dp_adaptive_clip is not available with secure aggregation (the "

@@ -81,12 +81,8 @@ Status Simulation::Setup() {
     }
     if (options_.continual.scenario == "domain") {
       CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor first, data_.test.Slice(0, 1));
-      const int64_t pixels = first.size(2) * first.size(3);
-      auto generator = at::make_generator<at::CPUGeneratorImpl>(options_.seed ^ 0x9e3779b9ULL);
-      permutations_.push_back(torch::arange(pixels, torch::kLong));
-      for (int e = 1; e < options_.continual.experiences; ++e) {
-        permutations_.push_back(torch::randperm(pixels, generator, torch::kLong));
-      }
+      permutations_ = DomainPermutations(options_.seed, options_.continual.experiences,
+                                         first.size(2) * first.size(3));
     }
   }
   malicious_ = MaliciousClients(options_.attack, options_.num_clients, options_.seed);
@@ -263,14 +259,8 @@ Result<SimResult> Simulation::Run() {
     }
   }
   if (options_.continual.enabled) {  // the accuracy matrix so far, from the history
-    tracker_.emplace(options_.continual.experiences);
-    for (const RoundRecord& r : engine_->history()) {
-      if (!r.extra.contains("continual")) continue;
-      const json& c = r.extra["continual"];
-      CLEAVE_RETURN_IF_ERROR(tracker_->Record(c.value("experience", 0),
-                                              c.value("accuracies", std::vector<double>{}),
-                                              c.value("end_of_experience", false)));
-    }
+    evaluator_.emplace(options_.continual, model_->num_classes(), options_.seed);
+    CLEAVE_RETURN_IF_ERROR(evaluator_->Restore(engine_->history()));
   }
   const int threads_before = torch::get_num_threads();
   if (workers_ > 1) split::SetComputeThreads(1);  // parallelism comes from the workers
@@ -295,15 +285,7 @@ Result<SimResult> Simulation::Run() {
       result.final_accuracy = *r.eval_accuracy;
     }
   }
-  if (options_.continual.enabled && tracker_) {
-    result.continual = {{"scenario", options_.continual.scenario},
-                        {"experiences", options_.continual.experiences},
-                        {"strategy", options_.continual.strategy.ToJson()},
-                        {"matrix", tracker_->matrix()}};
-    if (Result<ContinualMetrics> m = tracker_->Metrics(); m.ok()) {
-      result.continual["metrics"] = m->ToJson();
-    }
-  }
+  if (options_.continual.enabled && evaluator_) result.continual = evaluator_->Summary();
   result.wall_seconds = Seconds(start);
   result.peak_rss_bytes = PeakRssBytes();
   return result;

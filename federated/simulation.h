@@ -34,6 +34,7 @@
 #include "federated/attack.h"
 #include "federated/continual.h"
 #include "federated/continual_metrics.h"
+#include "federated/continual_stream.h"
 #include "federated/partition.h"
 #include "federated/round_engine.h"
 #include "federated/strategy.h"
@@ -94,13 +95,8 @@ Result<std::unique_ptr<split::TrainableNet>> MakeSimModel(const std::string& nam
 // experience's test data (the test rows of its classes, or all test rows through its
 // permutation): the round record's extra["continual"], the accuracy matrix and the metrics
 // of federated/continual_metrics.h in SimResult::continual.
-struct ContinualSimOptions {
-  bool enabled = false;
-  std::string scenario = "class";  // class | domain
-  int experiences = 5;
-  ContinualConfig strategy;
-  nlohmann::json ToJson() const;
-};
+// The stream is cut by federated/continual_stream.h, as the aggregator and the edges cut it.
+using ContinualSimOptions = ContinualStreamOptions;
 
 struct SimOptions {
   std::string model = "simple_cnn";

@@ -1,46 +1,26 @@
 // Federated continual learning in the simulator (SimOptions::continual): which rows a client
 // has in each experience, the clients' strategies, and the per-experience evaluation.
-#include <ATen/CPUGeneratorImpl.h>
-
 #include <algorithm>
 
 #include "federated/simulation_internal.h"
 
 namespace cleave::federated::sim_internal {
 
-namespace {
-
-// The class group of `label` among `experiences` groups of `classes` classes.
-int ClassExperience(int label, int classes, int experiences) {
-  return static_cast<int>(static_cast<int64_t>(label) * experiences / classes);
-}
-
-}  // namespace
-
 int Simulation::ExperienceOfRound(int round) const {
   if (!options_.continual.enabled) return 0;
-  const int e = static_cast<int>(static_cast<int64_t>(round - 1) * options_.continual.experiences /
-                                 options_.rounds);
-  return std::clamp(e, 0, options_.continual.experiences - 1);
+  return federated::ExperienceOfRound(round, options_.rounds, options_.continual.experiences);
 }
 
 std::vector<int64_t> Simulation::ClientRows(int client, int experience) const {
   const int64_t* rows = partition_.client_rows(client);
   const int64_t n = partition_.client_size(client);
   if (!options_.continual.enabled) return std::vector<int64_t>(rows, rows + n);
-  const int experiences = options_.continual.experiences;
-  std::vector<int64_t> out;
-  if (options_.continual.scenario == "class") {
-    const int classes = model_->num_classes();
-    for (int64_t k = 0; k < n; ++k) {
-      if (ClassExperience(data_.train_labels[rows[k]], classes, experiences) == experience) {
-        out.push_back(rows[k]);
-      }
-    }
-  } else {  // domain: the experience's chunk of the client's rows
-    const int64_t begin = n * experience / experiences, end = n * (experience + 1) / experiences;
-    out.assign(rows + begin, rows + end);
-  }
+  std::vector<int64_t> labels(n);
+  for (int64_t k = 0; k < n; ++k) labels[k] = data_.train_labels[rows[k]];
+  std::vector<int64_t> out =
+      ExperienceSelection(labels, options_.continual.scenario, model_->num_classes(), experience,
+                          options_.continual.experiences);
+  for (int64_t& k : out) k = rows[k];
   return out;
 }
 
@@ -50,10 +30,7 @@ int64_t Simulation::ClientSize(int client) const {
 }
 
 torch::Tensor Simulation::InExperience(const torch::Tensor& images, int experience) const {
-  if (permutations_.empty() || experience == 0) return images;
-  const torch::Tensor& perm = permutations_[experience];
-  const auto sizes = images.sizes().vec();
-  return images.flatten(2).index_select(2, perm).reshape(sizes);
+  return federated::InExperience(images, permutations_, experience);
 }
 
 void Simulation::EnterExperience(int experience) {
@@ -102,48 +79,10 @@ ContinualStrategy* Simulation::ClientStrategy(int client, int experience,
 }
 
 Status Simulation::EvaluateExperiences(const Weights& w, int round, RoundRecord& record) {
-  const int experiences = options_.continual.experiences;
-  const int experience = ExperienceOfRound(round);
-  if (experience_tests_.empty()) {
-    if (options_.continual.scenario == "class") {
-      const int classes = model_->num_classes();
-      std::vector<std::vector<int64_t>> rows(experiences);
-      const torch::Tensor labels = data_.test.labels();
-      const int64_t* l = labels.data_ptr<int64_t>();
-      for (int64_t r = 0; r < data_.test.size(); ++r) {
-        rows[ClassExperience(static_cast<int>(l[r]), classes, experiences)].push_back(r);
-      }
-      for (const auto& r : rows) {
-        experience_tests_.push_back(data_.test.Select(torch::tensor(r, torch::kLong)));
-      }
-    } else {
-      experience_tests_.push_back(data_.test);
-    }
-  }
-  std::vector<double> accuracies(experiences, 0.0);
-  for (int j = 0; j < experiences; ++j) {
-    split::ImageRows test;
-    if (options_.continual.scenario == "class") {
-      test = experience_tests_[j];
-      if (test.size() == 0) continue;
-    } else {
-      CLEAVE_ASSIGN_OR_RETURN(split::LabeledImages all, data_.test.Load());
-      all.images = InExperience(all.images, j);
-      test = split::ImageRows::InMemory(std::move(all));
-    }
-    CLEAVE_ASSIGN_OR_RETURN(Evaluation e, EvaluateWeights(*model_, w, test));
-    accuracies[j] = e.accuracy;
-  }
-  const bool end_of_experience =
-      round == options_.rounds || ExperienceOfRound(round + 1) != experience;
-  double seen = 0;
-  for (int j = 0; j <= experience; ++j) seen += accuracies[j];
-  record.extra["continual"] = {{"experience", experience},
-                               {"accuracies", accuracies},
-                               {"accuracy_seen", seen / (experience + 1)},
-                               {"end_of_experience", end_of_experience}};
-  if (!tracker_) tracker_.emplace(experiences);
-  return tracker_->Record(experience, accuracies, end_of_experience);
+  if (!evaluator_) evaluator_.emplace(options_.continual, model_->num_classes(), options_.seed);
+  CLEAVE_ASSIGN_OR_RETURN(record.extra["continual"],
+                          evaluator_->Evaluate(*model_, w, data_.test, round, options_.rounds));
+  return Status::Ok();
 }
 
 }  // namespace cleave::federated::sim_internal

@@ -195,14 +195,13 @@ class Simulation {
 
   // Continual runs. The experience whose clients form clients_ (-1 before the first).
   int experience_ = -1;
-  std::vector<torch::Tensor> permutations_;         // domain: per experience, [H x W] (0: identity)
-  std::vector<split::ImageRows> experience_tests_;  // class: each experience's test rows
+  std::vector<torch::Tensor> permutations_;  // domain: per experience, [H x W] (0: identity)
   struct ClientContinual {
     std::unique_ptr<ContinualStrategy> strategy;
     int experience = -1;  // the experience it last trained in
   };
   std::unordered_map<int, ClientContinual> continual_ GUARDED_BY(mu_);
-  std::optional<ContinualTracker> tracker_;
+  std::optional<ExperienceEvaluator> evaluator_;  // the accuracy matrix
 };
 
 }  // namespace cleave::federated::sim_internal

@@ -472,6 +472,12 @@ void FederatedWire(CorpusWriter& out) {  // fl_wire_fuzz
   round.trainable = {true, true};
   round.compression.kind = wire::fl::CompressionKind::kInt8;
   out.Add(t, "valid-round-config", wire::fl::EncodeMessage(wire::fl::Message(round)));
+  wire::fl::RoundConfig continual = round;
+  continual.continual.emplace();
+  continual.continual->experience = 2;
+  continual.continual->experiences = 5;
+  continual.continual->method = wire::fl::ContinualMethod::kDerpp;
+  out.Add(t, "valid-round-config-continual", wire::fl::EncodeMessage(wire::fl::Message(continual)));
   wire::fl::Update update;
   update.round = 2;
   update.client_id = "edge-07";
@@ -507,6 +513,10 @@ void FederatedWire(CorpusWriter& out) {  // fl_wire_fuzz
   wire::fl::RoundConfig no_trainable = round;
   no_trainable.trainable = {false, false};
   out.Add(t, "hostile-nothing-trainable", wire::fl::EncodeMessage(wire::fl::Message(no_trainable)));
+  wire::fl::RoundConfig past_stream = continual;
+  past_stream.continual->experience = 5;  // experiences 0..4
+  out.Add(t, "hostile-experience-past-stream",
+          wire::fl::EncodeMessage(wire::fl::Message(past_stream)));
 }
 
 void CheckpointFormat(CorpusWriter& out) {  // checkpoint_format_fuzz

@@ -1,6 +1,7 @@
 // Integration: a real cleave-aggregator and three cleave-edge processes on loopback run
 // federated rounds over ZeroMQ; one edge is killed mid-round and the round still
-// completes; a restarted aggregator resumes from its checkpoint.
+// completes; compressed and continual rounds; a restarted aggregator resumes from its
+// checkpoint.
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <unistd.h>
@@ -163,6 +164,52 @@ TEST_F(FederatedTest, Int8CompressedUpdatesBetweenProcesses) {
         << round.dump(2);
   }
   EXPECT_EQ(summary.at("counters").value("update_compressed_undecodable", 0), 0);
+}
+
+// Federated continual rounds between processes: the aggregator's continual.* keys reach the
+// edges in every RoundConfig; the edges train their rows of each experience with ER and
+// consolidate when the experience changes; the summary holds the accuracy matrix.
+TEST_F(FederatedTest, ContinualRoundsBetweenProcesses) {
+  std::vector<std::string> args = AggregatorArgs(4);
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--aggregator.wait_for_clients") args[i + 1] = "2";
+  }
+  args.insert(args.end(), {"--continual.enabled", "true", "--continual.experiences", "2",
+                           "--continual.strategy", "er", "--continual.buffer_size", "200"});
+  auto agg =
+      LaunchDaemon(kBin / "cleave-aggregator", args, "aggregator.ready_file", dir_, "aggregator");
+  ASSERT_TRUE(agg.ok()) << agg.status().ToString();
+  aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*agg));
+  for (int i = 0; i < 2; ++i) {
+    auto edge = StartEdge(aggregator_->endpoint, i);
+    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+    edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
+  }
+  auto code = aggregator_->process->Wait(180000);
+  ASSERT_TRUE(code.ok()) << "aggregator did not finish: " << code.status().ToString();
+  EXPECT_EQ(*code, 0) << "see " << aggregator_->log_path;
+  const json summary = Summary();
+  ASSERT_EQ(summary.at("rounds_completed").get<int>(), 4);
+  const int experiences[] = {0, 0, 1, 1};
+  for (size_t r = 0; r < 4; ++r) {
+    const json& round = summary.at("rounds")[r];
+    EXPECT_TRUE(round.at("applied").get<bool>()) << round.dump(2);
+    EXPECT_EQ(round.at("succeeded").get<int>(), 2) << round.dump(2);
+    EXPECT_EQ(round.at("continual").at("experience").get<int>(), experiences[r]);
+  }
+  const json& continual = summary.at("continual");
+  EXPECT_EQ(continual.at("strategy").at("strategy"), "er");
+  ASSERT_EQ(continual.at("matrix").size(), 2u) << continual.dump(2);
+  ASSERT_TRUE(continual.contains("metrics")) << continual.dump(2);
+  const double acc = continual.at("metrics").at("acc").get<double>();
+  EXPECT_GT(acc, 0.0);
+  EXPECT_LE(acc, 1.0);
+  // Each edge moved to the second experience, consolidating on its rows of the first.
+  for (const auto& edge : edges_) {
+    EXPECT_TRUE(
+        cleave::testing::WaitForLogLine(edge->log_path, "entering experience 1 of 2", 10000))
+        << "see " << edge->log_path;
+  }
 }
 
 TEST_F(FederatedTest, RestartedAggregatorResumesFromItsCheckpoint) {

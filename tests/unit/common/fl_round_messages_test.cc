@@ -7,9 +7,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <iostream>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "common/federated.capnp.h"
 #include "common/fl_wire.h"
@@ -354,6 +356,95 @@ TEST(FlWireTest, RejectsBadCompressionSettings) {
   builder.getRoot<schema::FlMessage>().getBody().getRoundConfig().getCompression().setKind(
       static_cast<schema::CompressionKind>(300));
   ExpectInvalid(DecodeMessage(Pack(builder)).status(), "RoundConfig.compression.kind");
+}
+
+TEST(FlWireTest, RoundConfigCarriesTheContinualStream) {
+  RoundConfig in = SampleRoundConfig();
+  EXPECT_FALSE(RoundTrip(in).continual.has_value());  // unset on the wire
+  ContinualRound c;
+  c.experience = 3;
+  c.experiences = 5;
+  c.scenario = ContinualScenario::kDomain;
+  c.seed = 0xfeedbeefcafe;
+  c.method = ContinualMethod::kDerpp;
+  c.buffer_rows = 200;
+  c.class_balanced = true;
+  c.replay_batch = 16;
+  c.ewc_lambda = 90;
+  c.ewc_gamma = 0.5;
+  c.ewc_samples = 64;
+  c.lwf_alpha = 0.25;
+  c.lwf_temperature = 3;
+  c.derpp_alpha = 0.3;
+  c.derpp_beta = 0.7;
+  c.kd_temperature = 1.5;
+  in.continual = c;
+  const RoundConfig out = RoundTrip(in);
+  ASSERT_TRUE(out.continual.has_value());
+  const ContinualRound& r = *out.continual;
+  EXPECT_EQ(r.experience, 3u);
+  EXPECT_EQ(r.experiences, 5u);
+  EXPECT_EQ(r.scenario, ContinualScenario::kDomain);
+  EXPECT_EQ(r.seed, 0xfeedbeefcafeu);
+  EXPECT_EQ(r.method, ContinualMethod::kDerpp);
+  EXPECT_EQ(r.buffer_rows, 200u);
+  EXPECT_TRUE(r.class_balanced);
+  EXPECT_EQ(r.replay_batch, 16u);
+  EXPECT_EQ(r.ewc_lambda, 90);
+  EXPECT_EQ(r.ewc_gamma, 0.5);
+  EXPECT_EQ(r.ewc_samples, 64u);
+  EXPECT_EQ(r.lwf_alpha, 0.25);
+  EXPECT_EQ(r.lwf_temperature, 3);
+  EXPECT_EQ(r.derpp_alpha, 0.3);
+  EXPECT_EQ(r.derpp_beta, 0.7);
+  EXPECT_EQ(r.kd_temperature, 1.5);
+  EXPECT_STREQ(ContinualScenarioName(r.scenario), "domain");
+  EXPECT_STREQ(ContinualMethodName(r.method), "derpp");
+}
+
+TEST(FlWireTest, RejectsBadContinualStreams) {
+  struct Case {
+    std::function<void(ContinualRound&)> mutate;
+    std::string fragment;
+  };
+  const std::vector<Case> cases = {
+      {[](ContinualRound& c) { c.experiences = 0; }, "RoundConfig.continual.experiences"},
+      {[](ContinualRound& c) { c.experiences = kMaxExperiences + 1; },
+       "RoundConfig.continual.experiences"},
+      {[](ContinualRound& c) { c.experience = 5; }, "RoundConfig.continual.experience"},
+      {[](ContinualRound& c) { c.scenario = static_cast<ContinualScenario>(9); },
+       "RoundConfig.continual.scenario: unknown value 9"},
+      {[](ContinualRound& c) { c.method = static_cast<ContinualMethod>(9); },
+       "RoundConfig.continual.method: unknown value 9"},
+      {[](ContinualRound& c) {
+         c.method = ContinualMethod::kEr;
+         c.buffer_rows = 0;
+       },
+       "RoundConfig.continual.buffer_rows"},
+      {[](ContinualRound& c) { c.ewc_gamma = 1.5; }, "RoundConfig.continual.ewc_gamma"},
+      {[](ContinualRound& c) { c.ewc_lambda = -1; }, "RoundConfig.continual.ewc_lambda"},
+      {[](ContinualRound& c) { c.ewc_samples = 0; }, "RoundConfig.continual.ewc_samples"},
+      {[](ContinualRound& c) { c.lwf_temperature = 0; }, "RoundConfig.continual.lwf_temperature"},
+      {[](ContinualRound& c) { c.derpp_beta = std::nan(""); }, "RoundConfig.continual.derpp_beta"},
+      {[](ContinualRound& c) { c.kd_temperature = -2; }, "RoundConfig.continual.kd_temperature"},
+  };
+  for (const Case& k : cases) {
+    RoundConfig m = SampleRoundConfig();
+    ContinualRound c;
+    c.experiences = 5;
+    k.mutate(c);
+    m.continual = c;
+    ExpectInvalid(ValidateMessage(m), k.fragment);
+    if (static_cast<uint8_t>(c.scenario) < 2 && static_cast<uint8_t>(c.method) < 5) {
+      ExpectInvalid(Decoded(m), k.fragment);  // the receiver checks it too
+    }
+  }
+  // Naive needs no buffer.
+  RoundConfig m = SampleRoundConfig();
+  ContinualRound c;
+  c.buffer_rows = 0;
+  m.continual = c;
+  EXPECT_TRUE(ValidateMessage(m).ok()) << ValidateMessage(m).ToString();
 }
 
 TEST(FlWireTest, TopKIsRefusedInSecureRoundsAndInt8Allowed) {

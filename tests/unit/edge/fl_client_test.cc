@@ -353,6 +353,80 @@ INSTANTIATE_TEST_SUITE_P(Breakages, BadRoundConfigTest,
                                            std::make_pair("delta", "delta")),
                          [](const auto& info) { return info.param.first; });
 
+// Continual rounds (RoundConfig.continual): the client trains on its rows of the round's
+// experience only, declines an experience it has no rows of (saying so), and consolidates its
+// strategy when the experience changes.
+TEST_F(FederatedClientTest, ContinualRoundsTrainOnTheExperiencesRowsOnly) {
+  // 40 rows of classes 0..4 (experience 0 of 2), 24 of classes 5..9 (experience 1).
+  data_.labels = torch::cat(
+      {torch::randint(0, 5, {40}, torch::kLong), torch::randint(5, 10, {24}, torch::kLong)});
+  options_.max_steps = 2;
+  FakeAggregator aggregator(context_);
+  StartClient(aggregator.endpoint());
+  ASSERT_TRUE(aggregator.AcceptRegistration());
+  const auto continual_config = [&](uint32_t round, uint32_t experience) {
+    fl::RoundConfig c = Config(round);
+    fl::ContinualRound r;
+    r.experience = experience;
+    r.experiences = 2;
+    r.method = fl::ContinualMethod::kEr;
+    r.buffer_rows = 16;
+    c.continual = r;
+    return c;
+  };
+  aggregator.Send(continual_config(1, 0));
+  auto first = aggregator.Expect<fl::Update>();
+  ASSERT_TRUE(first.has_value());
+  EXPECT_EQ(first->num_examples, 40u);  // the rows of classes 0..4, not all 64
+  aggregator.Send(fl::MakeUpdateAck(1, fl::AckReason::kOk));
+  aggregator.Send(continual_config(2, 1));
+  auto second = aggregator.Expect<fl::Update>();
+  ASSERT_TRUE(second.has_value());
+  EXPECT_EQ(second->round, 2u);
+  EXPECT_EQ(second->num_examples, 24u);
+  aggregator.Send(fl::MakeUpdateAck(2, fl::AckReason::kOk));
+  ASSERT_TRUE(WaitStats([](const FederatedClientStats& s) { return s.updates_accepted == 2; }));
+  const FederatedClientStats s = client_->stats();
+  EXPECT_EQ(s.continual_rounds, 2u);
+  EXPECT_EQ(s.experience, 1);
+  EXPECT_EQ(s.rounds_without_data, 0u);
+}
+
+TEST_F(FederatedClientTest, ContinualExperienceWithoutRowsIsDeclinedSayingWhy) {
+  data_.labels = torch::randint(0, 5, {64}, torch::kLong);  // nothing of classes 5..9
+  FakeAggregator aggregator(context_);
+  StartClient(aggregator.endpoint());
+  ASSERT_TRUE(aggregator.AcceptRegistration());
+  fl::RoundConfig config = Config(1);
+  fl::ContinualRound r;
+  r.experience = 1;
+  r.experiences = 2;
+  config.continual = r;
+  aggregator.Send(config);
+  std::vector<fl::Message> skipped;
+  auto bye = aggregator.Expect<fl::Bye>(kFlWaitMs, &skipped);
+  ASSERT_TRUE(bye.has_value());
+  EXPECT_EQ(bye->reason, fl::ByeReason::kLeaving);
+  EXPECT_NE(bye->message.find("no examples in experience 1"), std::string::npos) << bye->message;
+  for (const auto& m : skipped) EXPECT_FALSE(IsUpdate(m));
+  // A stream of more class-incremental experiences than the model has classes is refused.
+  fl::RoundConfig too_many = Config(2);
+  r.experience = 0;
+  r.experiences = 11;
+  too_many.continual = r;
+  aggregator.Send(too_many);
+  bye = aggregator.Expect<fl::Bye>(kFlWaitMs, &skipped);
+  ASSERT_TRUE(bye.has_value());
+  EXPECT_NE(bye->message.find("11 class-incremental experiences"), std::string::npos)
+      << bye->message;
+  ExpectHeartbeatsWithoutUpdates(aggregator, 2);
+  const FederatedClientStats s = client_->stats();
+  EXPECT_EQ(s.rounds_without_data, 1u);
+  EXPECT_EQ(s.configs_rejected, 1u);
+  EXPECT_EQ(s.rounds_trained, 0u);
+  EXPECT_TRUE(s.running);
+}
+
 TEST_F(FederatedClientTest, RefusedRegistrationIsRetried) {
   FakeAggregator aggregator(context_);
   StartClient(aggregator.endpoint());

@@ -78,6 +78,7 @@ class InProcessFederationTest : public TinyFederationTest {
     model.spec = spec_;
     model.initial = initial_;
     model.model_name = "tiny";
+    model.eval_data = eval_data_;
     auto service = federated::AggregatorService::Create(options, model, context_, SystemClock());
     ASSERT_TRUE(service.ok()) << service.status().ToString();
     service_ = std::move(service).value();
@@ -113,6 +114,7 @@ class InProcessFederationTest : public TinyFederationTest {
     clients_.push_back(std::move(client).value());
   }
 
+  split::LabeledImages eval_data_;  // the aggregator's test set (empty = none)
   std::unique_ptr<federated::AggregatorService> service_;
   std::thread thread_;
   std::atomic<bool> stop_{false}, finished_{false};
