@@ -5,6 +5,7 @@
 #include "split/head_int8_graph.h"
 #include "split/imported_model.h"
 #include "split/int8_head.h"
+#include "split/torch_status.h"
 #include "split/vision_bundle.h"
 #include "split/vision_model.h"
 
@@ -254,6 +255,7 @@ class ImportedAdaptableModel final : public AdaptableModel {
                                  model_.bottleneck_channels, model_.bottleneck_stride);
     CopyModuleState(*model_.encoder, *serving->encoder);
     serving->exits = CopyImportedExits(model_);
+    serving->decoder = split::BottleneckDecoder(nullptr);  // the cloud's; the edge never runs it
     serving->int8_head = nullptr;
     if (options.int8) {
       if (int8_head_.empty()) {
@@ -338,11 +340,15 @@ Result<std::shared_ptr<AdaptableModel>> LoadAdaptableModel(const Bundle& bundle,
                                                            const split::EdgeModel::Options& head,
                                                            const std::string& scope,
                                                            double code_weight) {
+  // The readers report their own errors; copying the network is ours (kOwnState).
   if (bundle.kind() == split::kVisionSplitKind) {
-    return LoadVisionAdaptable(bundle, scope == "head", code_weight);
+    return split::CallTorch(split::TorchSource::kOwnState, "adaptation: loading the bundle", [&] {
+      return LoadVisionAdaptable(bundle, scope == "head", code_weight);
+    });
   }
   if (bundle.kind() == split::kTorchScriptSplitKind) {
-    return LoadImportedAdaptable(bundle, head, scope);
+    return split::CallTorch(split::TorchSource::kOwnState, "adaptation: loading the bundle",
+                            [&] { return LoadImportedAdaptable(bundle, head, scope); });
   }
   return Status::FailedPrecondition(
       "edge.adapt_enabled: on-gateway adaptation supports vision-split and torchscript-split "

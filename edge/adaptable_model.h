@@ -17,7 +17,8 @@
 //
 // Thread-safety: none. A model belongs to the learner thread; the edge models Serving
 // returns own copies of everything they run, so they serve on another thread while the
-// learner trains on.
+// learner trains on. The methods run libtorch and may throw c10::Error: call them inside
+// split::CallTorch (the learner's cycle does). LoadAdaptableModel never throws.
 #pragma once
 
 #include <cstdint>
