@@ -1,17 +1,19 @@
 #include "edge/adaptation.h"
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "common/file_util.h"
 #include "common/logging.h"
+#include "edge/adaptable_model.h"
 #include "federated/fl_config.h"
 #include "federated/replay_buffer.h"
-#include "split/int8_head.h"
 #include "split/torch_status.h"
-#include "split/vision_bundle.h"
 
 namespace cleave::edge {
 
@@ -19,91 +21,6 @@ namespace F = torch::nn::functional;
 using federated::LabeledBatch;
 
 namespace {
-
-// A deep copy of a network (its own parameters and buffers), in eval mode.
-split::SplitVisionNet CopyNet(const split::SplitVisionNet& net) {
-  torch::NoGradGuard no_grad;
-  split::SplitVisionNet copy(net->spec());
-  auto src = net->named_parameters();
-  for (auto& p : copy->named_parameters()) p.value().copy_(src[p.key()]);
-  auto src_buffers = net->named_buffers();
-  for (auto& b : copy->named_buffers()) b.value().copy_(src_buffers[b.key()]);
-  copy->eval();
-  return copy;
-}
-
-// Exit logits of `net` on `images`: [N, exits, classes].
-torch::Tensor ExitLogits(split::SplitVisionNet& net, const torch::Tensor& images, int head_end) {
-  return torch::stack(net->ForwardWithExits(images, head_end).exit_logits, 1);
-}
-
-// Train mode with BatchNorm frozen: served data drifts, and the statistics the head was
-// quantized and the tail trained with must hold.
-void TrainFrozenBatchNorm(split::SplitVisionNet& net) {
-  net->train();
-  for (auto& m : net->modules(/*include_self=*/false)) {
-    if (dynamic_cast<torch::nn::BatchNorm2dImpl*>(m.get()) != nullptr) m->eval();
-  }
-}
-
-// What the strategy trains: the exits (and, scope head, the blocks before the encoder).
-class EdgeHeadModel final : public federated::ContinualModel {
- public:
-  EdgeHeadModel(split::SplitVisionNet net, split::SplitVisionNet original, int head_end,
-                bool whole_head, double code_weight)
-      : net_(std::move(net)),
-        original_(std::move(original)),
-        head_end_(head_end),
-        whole_head_(whole_head),
-        code_weight_(code_weight) {
-    for (int j = 0; j < net_->num_exits(); ++j) {
-      for (auto& p : net_->exit(j)->parameters()) params_.push_back(p);
-    }
-    // The encoder is block head_end - 1: it stays as it is.
-    if (whole_head_) {
-      for (int b = 0; b + 1 < head_end_; ++b) {
-        for (auto& p : net_->block(b).parameters()) params_.push_back(p);
-      }
-    }
-    for (auto& p : net_->parameters()) p.set_requires_grad(false);
-    for (auto& p : params_) p.set_requires_grad(true);
-  }
-  torch::Tensor Forward(const torch::Tensor& images) override {
-    return ExitLogits(net_, images, head_end_);
-  }
-  std::vector<torch::Tensor> Parameters() override { return params_; }
-  Result<FrozenForward> Snapshot() override {
-    auto frozen = std::make_shared<split::SplitVisionNet>(CopyNet(net_));
-    const int end = head_end_;
-    return FrozenForward([frozen, end](const torch::Tensor& x) {
-      torch::NoGradGuard no_grad;
-      return ExitLogits(*frozen, x, end);
-    });
-  }
-  torch::Tensor AuxiliaryLoss(const torch::Tensor& images) override {
-    if (!whole_head_ || code_weight_ <= 0) return {};
-    torch::Tensor target;
-    {
-      torch::NoGradGuard no_grad;
-      target = original_->ForwardWithExits(images, head_end_).features;
-    }
-    return code_weight_ * F::mse_loss(net_->ForwardWithExits(images, head_end_).features, target);
-  }
-  void SetTraining(bool training) override {
-    if (training) {
-      TrainFrozenBatchNorm(net_);
-    } else {
-      net_->eval();
-    }
-  }
-
- private:
-  split::SplitVisionNet net_, original_;
-  int head_end_;
-  bool whole_head_;
-  double code_weight_;
-  std::vector<torch::Tensor> params_;
-};
 
 int64_t ImageBytes(const torch::Tensor& image) {
   return image.defined() ? image.numel() * static_cast<int64_t>(image.element_size()) : 0;
@@ -118,24 +35,10 @@ std::pair<int64_t, double> TopClassAndMargin(const torch::Tensor& logits) {
   return {std::get<1>(top)[0].item<int64_t>(), margin};
 }
 
-// On rows the cloud answered (`check`), the share where the exits answer locally (by
-// `policy`) with another class than the cloud's: what swapping these exits in would change
-// against the teacher.
-double Disagreement(split::SplitVisionNet& net, int head_end, const split::ExitPolicy& policy,
-                    const LabeledBatch& check) {
-  torch::NoGradGuard no_grad;
-  net->eval();
-  const std::vector<torch::Tensor> exits =
-      net->ForwardWithExits(check.images, head_end).exit_logits;
-  const std::vector<int> decided = policy.Decide(exits);
-  const torch::Tensor teacher = check.soft.argmax(1);
-  int64_t differ = 0;
-  for (size_t r = 0; r < decided.size(); ++r) {
-    if (decided[r] < 0) continue;
-    differ += exits[decided[r]][static_cast<int64_t>(r)].argmax().item<int64_t>() !=
-              teacher[static_cast<int64_t>(r)].item<int64_t>();
-  }
-  return decided.empty() ? 0.0 : static_cast<double>(differ) / decided.size();
+std::string AdaptShapeText(const std::vector<int64_t>& shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i) text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
 }
 
 std::filesystem::path PendingFile(const std::string& buffer_file) {
@@ -225,7 +128,7 @@ void AddAdaptConfigKeys(ConfigSchema& s) {
       .Add("edge.adapt_scope", ConfigType::kString, "exits",
            "what adapts: exits (the early exits only; the code sent to the cloud is "
            "untouched) | head (also the head's blocks before the encoder, with distillation "
-           "holding the encoder's code)")
+           "holding the encoder's code; cleave's own vision-split bundles only)")
       .Add("edge.adapt_min_new", ConfigType::kInt, "256",
            "labelled inputs that start an adaptation cycle")
       .Add("edge.adapt_window", ConfigType::kInt, "4096",
@@ -301,17 +204,6 @@ Result<AdaptOptions> AdaptOptionsFromConfig(const Config& c) {
 
 // ---------------------------------------------------------------- the learner
 
-struct EdgeLearner::Base {
-  split::VisionSplitModel model;            // model.net: the network being adapted
-  split::SplitVisionNet original{nullptr};  // as the bundle has it (distillation on the code)
-};
-
-namespace {
-
-Result<std::shared_ptr<EdgeLearner::Base>> LoadBase(const Bundle& bundle);
-
-}  // namespace
-
 EdgeLearner::EdgeLearner(AdaptOptions options, split::EdgeModel::Options head, SwapFn swap,
                          std::shared_ptr<Metrics> metrics)
     : options_(std::move(options)),
@@ -328,19 +220,22 @@ Result<std::unique_ptr<EdgeLearner>> EdgeLearner::Create(AdaptOptions options, c
   if (!swap) return Status::InvalidArgument("edge learner: no swap function");
   std::unique_ptr<EdgeLearner> learner(
       new EdgeLearner(std::move(options), std::move(head), std::move(swap), std::move(metrics)));
-  CLEAVE_ASSIGN_OR_RETURN(learner->base_, LoadBase(bundle));
-  learner->num_classes_ = learner->base_->model.spec.num_classes;
-  const split::VisionModelSpec& spec = learner->base_->model.spec;
-  learner->pending_shape_ = {spec.input_channels, spec.image_size, spec.image_size};
+  CLEAVE_ASSIGN_OR_RETURN(learner->base_,
+                          LoadAdaptableModel(bundle, learner->head_, learner->options_.scope,
+                                             learner->options_.code_weight));
+  learner->kind_ = learner->base_->kind();
+  learner->num_classes_ = learner->base_->num_classes();
+  learner->pending_shape_ = learner->base_->input_shape();
   CLEAVE_RETURN_IF_ERROR(learner->Load());
   {
     const LearnerStats stats = learner->stats();
     learner->m_->buffer_rows->Set(static_cast<double>(stats.buffer_rows));
     learner->m_->pending_rows->Set(static_cast<double>(stats.pending_rows));
     GetLogger("edge")->info(
-        "adaptation on (scope {}, strategy {}): {} buffer rows and {} pending rows{}",
-        learner->options_.scope, learner->options_.strategy.strategy, stats.buffer_rows,
-        stats.pending_rows,
+        "adaptation on ({} bundle, scope {}, strategy {}): {} buffer rows and {} pending "
+        "rows{}",
+        learner->kind_, learner->options_.scope, learner->options_.strategy.strategy,
+        stats.buffer_rows, stats.pending_rows,
         learner->options_.buffer_file.empty() ? "" : " from " + learner->options_.buffer_file);
   }
   learner->thread_ = std::thread([raw = learner.get()] { raw->Loop(); });
@@ -359,46 +254,39 @@ EdgeLearner::~EdgeLearner() {
   }
 }
 
-namespace {
-
-Result<std::shared_ptr<EdgeLearner::Base>> LoadBase(const Bundle& bundle) {
-  if (bundle.kind() != split::kVisionSplitKind) {
-    return Status::FailedPrecondition(
-        "edge.adapt_enabled: on-gateway adaptation supports cleave's own (vision-split) "
-        "bundles; this bundle is " +
-        bundle.kind());
-  }
-  split::VisionBundleParts parts;
-  parts.head_fp32 = true;
-  parts.exits_fp32 = true;
-  parts.tail_fp32 = false;
-  parts.head_int8 = false;
-  CLEAVE_ASSIGN_OR_RETURN(split::VisionSplitModel model, split::ReadVisionBundle(bundle, parts));
-  if (model.spec.exits.empty()) {
-    return Status::FailedPrecondition(
-        "edge.adapt_enabled: the bundle's model has no early exit to adapt");
-  }
-  auto base = std::make_shared<EdgeLearner::Base>();
-  base->original = CopyNet(model.net);
-  base->model = std::move(model);
-  return base;
-}
-
-}  // namespace
-
 Status EdgeLearner::Rebase(const Bundle& bundle) {
-  CLEAVE_ASSIGN_OR_RETURN(std::shared_ptr<Base> base, LoadBase(bundle));
-  const split::VisionModelSpec& spec = base->model.spec;
-  if (spec.num_classes != num_classes_ || std::vector<int64_t>{spec.input_channels, spec.image_size,
-                                                               spec.image_size} != pending_shape_) {
-    return Status::InvalidArgument(
-        "adaptation: the new bundle's input or classes differ from the learner's rows (" +
-        std::to_string(spec.num_classes) + " classes, " + std::to_string(spec.image_size) +
-        " px); adaptation keeps its old base");
-  }
+  const auto check = [&]() -> Result<std::shared_ptr<AdaptableModel>> {
+    if (bundle.kind() != kind_) {
+      return Status::FailedPrecondition(
+          "adaptation: the new bundle is of kind " + bundle.kind() + ", the learner's is " + kind_ +
+          " (its rows and strategy belong to that model); restart the edge to adapt a " +
+          bundle.kind() + " bundle");
+    }
+    CLEAVE_ASSIGN_OR_RETURN(
+        std::shared_ptr<AdaptableModel> loaded,
+        LoadAdaptableModel(bundle, head_, options_.scope, options_.code_weight));
+    if (loaded->num_classes() != num_classes_ || loaded->input_shape() != pending_shape_) {
+      return Status::InvalidArgument(
+          "adaptation: the new bundle's input or classes differ from the learner's rows (" +
+          std::to_string(loaded->num_classes()) + " classes, input " +
+          AdaptShapeText(loaded->input_shape()) + "; the learner's: " +
+          std::to_string(num_classes_) + " classes, input " + AdaptShapeText(pending_shape_) + ")");
+    }
+    return loaded;
+  };
+  Result<std::shared_ptr<AdaptableModel>> loaded = check();
+  const Status refused = loaded.status();
   MutexLock lock(&mu_);
-  next_base_ = std::move(base);
-  ++generation_;
+  ++generation_;  // a cycle in progress on the old base is not swapped in
+  if (!refused.ok()) {
+    // The new version serves; exits adapted on the old base must not replace it.
+    next_base_.reset();
+    suspended_ = refused.ToString() + "; adaptation pauses until a bundle it can adapt serves";
+    stats_.last_error = suspended_;
+    return refused;
+  }
+  next_base_ = std::move(loaded).value();
+  suspended_.clear();
   return Status::Ok();
 }
 
@@ -575,10 +463,11 @@ void EdgeLearner::Drain() {
 }
 
 Status EdgeLearner::Cycle() {
-  std::shared_ptr<Base> next;
+  std::shared_ptr<AdaptableModel> next;
   uint64_t generation = 0;
   {
     MutexLock lock(&mu_);
+    if (!suspended_.empty()) return Status::FailedPrecondition(suspended_);
     next = std::move(next_base_);
     generation = generation_;
   }
@@ -587,12 +476,9 @@ Status EdgeLearner::Cycle() {
     return Status::FailedPrecondition("adaptation: no labelled input to learn from yet");
   }
   return split::CallTorch(split::TorchSource::kOwnState, "adaptation", [&]() -> Status {
-    split::VisionSplitModel& model = base_->model;
-    const int head_end = model.head_end();
-    EdgeHeadModel trained(model.net, base_->original, head_end, options_.scope == "head",
-                          options_.code_weight);
+    const std::unique_ptr<federated::ContinualModel> trained = base_->Trainable();
     if (previous_.size() > 0) {
-      CLEAVE_RETURN_IF_ERROR(strategy_->Consolidate(trained, previous_));
+      CLEAVE_RETURN_IF_ERROR(strategy_->Consolidate(*trained, previous_));
     }
     federated::ExperienceOptions eo;
     eo.epochs = options_.epochs;
@@ -615,21 +501,21 @@ Status EdgeLearner::Cycle() {
     const torch::Tensor held = position.remainder(5).eq(4).logical_and(pending_.has_soft);
     const LabeledBatch check = pending_.Select(held.nonzero().flatten());
     const LabeledBatch train = pending_.Select(held.logical_not().nonzero().flatten());
-    const double before =
-        check.size() > 0 ? Disagreement(model.net, head_end, model.exit_policy, check) : 0.0;
-    const split::SplitVisionNet saved = CopyNet(model.net);
+    const double before = base_->Disagreement(check);
+    // What training changes (BatchNorm statistics stay), to undo a refused cycle.
+    std::vector<torch::Tensor> saved;
+    for (const torch::Tensor& p : trained->Parameters()) saved.push_back(p.detach().clone());
     CLEAVE_ASSIGN_OR_RETURN(federated::ExperienceResult r,
-                            federated::TrainExperience(trained, *strategy_, train, eo));
+                            federated::TrainExperience(*trained, *strategy_, train, eo));
     previous_ = train;
     pending_ = check;
-    const double after =
-        check.size() > 0 ? Disagreement(model.net, head_end, model.exit_policy, check) : 0.0;
+    const double after = base_->Disagreement(check);
     if (after > before) {
       // The adapted exits would answer differently from the cloud more often: keep serving
       // what serves now, and start the next cycle from it.
       torch::NoGradGuard no_grad;
-      auto src = saved->named_parameters();
-      for (auto& p : model.net->named_parameters()) p.value().copy_(src[p.key()]);
+      const std::vector<torch::Tensor> params = trained->Parameters();
+      for (size_t i = 0; i < params.size(); ++i) params[i].detach().copy_(saved[i]);
       GetLogger("edge")->info(
           "adaptation: not swapped: the exits would disagree with the cloud on {:.1f} % of "
           "held-out answers, {:.1f} % now",
@@ -639,21 +525,15 @@ Status EdgeLearner::Cycle() {
       ++stats_.kept_cycles;
       return Status::Ok();
     }
-    // The new head: a copy of the adapted network, re-quantized on what was served.
-    split::VisionSplitModel serving = model;
-    serving.net = CopyNet(model.net);
+    // The engine to swap in: copies of the adapted model (served inputs re-quantize an
+    // int8 head that training changed).
     torch::Tensor calibration = previous_.images;
     if (strategy_->buffer() && strategy_->buffer()->size() > 0) {
       calibration = torch::cat({calibration, strategy_->buffer()->All().images});
     }
     if (calibration.size(0) > 512) calibration = calibration.narrow(0, 0, 512);
-    if (head_.int8) {
-      CLEAVE_ASSIGN_OR_RETURN(split::Int8Head int8,
-                              split::Int8Head::Quantize(*serving.net, head_end, calibration));
-      serving.int8_head = std::make_shared<split::Int8Head>(std::move(int8));
-    }
     CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<split::EdgeModel> edge,
-                            split::EdgeModel::FromModel(std::move(serving), head_));
+                            base_->Serving(head_, calibration));
     {
       MutexLock lock(&mu_);
       if (generation != generation_) {
@@ -670,18 +550,19 @@ Status EdgeLearner::Cycle() {
 void EdgeLearner::Loop() {
   using SteadyClock = std::chrono::steady_clock;
   for (;;) {
-    bool forced = false;
+    bool forced = false, suspended = false;
     {
       MutexLock lock(&mu_);
       cv_.WaitFor(&mu_, std::chrono::seconds(1), [this]() REQUIRES(mu_) {
         return stop_ || now_requested_ > now_done_ ||
-               labelled_waiting_ + stats_.pending_rows >= options_.min_new;
+               (suspended_.empty() && labelled_waiting_ + stats_.pending_rows >= options_.min_new);
       });
       if (stop_) break;
       forced = now_requested_ > now_done_;
+      suspended = !suspended_.empty();
     }
     Drain();
-    if (!forced && pending_.size() < options_.min_new) continue;
+    if (!forced && (suspended || pending_.size() < options_.min_new)) continue;
     const auto start = SteadyClock::now();
     Status s = Cycle();
     const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
@@ -765,7 +646,7 @@ Status EdgeLearner::Load() {
         federated::ReplayBuffer::Load(PendingFile(options_.buffer_file), all, options_.buffer_key);
     if (pending.ok()) {
       pending_ = pending->All();
-      if (pending_.size() > 0 && pending_.images.size(1) != base_->model.spec.input_channels) {
+      if (pending_.size() > 0 && pending_.images.sizes().slice(1).vec() != pending_shape_) {
         return Status::InvalidArgument("edge.adapt_buffer_file: its rows do not fit this model");
       }
     } else if (pending.status().code() != StatusCode::kNotFound) {

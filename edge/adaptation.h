@@ -14,9 +14,10 @@
 // A background thread adapts when edge.adapt_min_new labelled inputs have arrived: the
 // inputs since the last cycle are one experience of a continual-learning strategy
 // (federated/continual.h; its replay buffer, reservoir-sampled over everything served,
-// holds the past), trained for edge.adapt_epochs within edge.adapt_max_seconds. The new
-// head is re-quantized to int8 on the buffer's inputs and swapped in through the daemon's
-// hot swap (EdgeServer::SwapEngine): serving never waits for the learner. Every fifth cloud
+// holds the past), trained for edge.adapt_epochs within edge.adapt_max_seconds. The adapted
+// model (edge/adaptable_model.h) is swapped in through the daemon's hot swap
+// (EdgeServer::SwapEngine), its int8 head re-quantized on the buffer's inputs when training
+// may have changed it: serving never waits for the learner. Every fifth cloud
 // answer of a cycle is held out of its training (it trains in the next one); if the adapted
 // exits would answer those inputs with another class than the cloud more often than the
 // serving exits do, the cycle is not swapped in and its training is undone (the old head
@@ -32,6 +33,7 @@
 //          held by distillation on the code (edge.adapt_code_weight x MSE against the
 //          original head's code on the same input). More capacity to follow a shift, at the
 //          risk of moving the code the cloud decodes; docs/benchmarks.md measures both.
+//          cleave's own (vision-split) bundles only.
 // Every head's exit threshold stays the bundle's calibrated one.
 //
 // The learner's rows (the strategy's buffer and the pending experience) are written
@@ -39,8 +41,12 @@
 // with AES-256-GCM under edge.adapt_buffer_key_file when set) and read back at start, so a
 // restart keeps them. They never leave the gateway.
 //
-// Supports cleave's own (vision-split) bundles; an imported (torchscript-split) bundle is
-// refused at start with a clear error.
+// Both bundle kinds adapt: cleave's own (vision-split) with either scope; an imported
+// (torchscript-split) one with scope exits only: its TorchScript head and encoder stay
+// frozen (the engine swapped in runs the bundle's int8 or fp32 head unchanged, so the code
+// the cloud receives is bit for bit the bundle's) and its fp32 exits learn on the head's
+// output. Scope head on an imported bundle is refused at start (FailedPrecondition naming
+// edge.adapt_scope).
 //
 // Thread-safety: Observe, Feedback, Rebase and stats are safe from any thread; the learner
 // thread does the rest.
@@ -73,6 +79,8 @@
 #include "split/split_runtime.h"
 
 namespace cleave::edge {
+
+class AdaptableModel;  // edge/adaptable_model.h
 
 struct AdaptOptions {
   bool enabled = false;
@@ -130,9 +138,10 @@ class EdgeLearner {
   // Receives each adapted engine (the daemon's SwapEngine). Called on the learner thread.
   using SwapFn = std::function<void(std::unique_ptr<EdgeEngine>)>;
 
-  // Loads the bundle's fp32 head and exits, reads edge.adapt_buffer_file when it exists (a
-  // corrupt file is an error: it is never silently replaced) and starts the thread.
-  // FailedPrecondition for an imported bundle; InvalidArgument for bad options.
+  // Loads the bundle's fp32 head and exits (an imported bundle's int8 head too when
+  // head.int8), reads edge.adapt_buffer_file when it exists (a corrupt file is an error: it
+  // is never silently replaced) and starts the thread. FailedPrecondition for a model
+  // without early exits or scope head on an imported bundle; InvalidArgument for bad options.
   static Result<std::unique_ptr<EdgeLearner>> Create(AdaptOptions options, const Bundle& bundle,
                                                      split::EdgeModel::Options head, SwapFn swap,
                                                      std::shared_ptr<Metrics> metrics);
@@ -147,14 +156,16 @@ class EdgeLearner {
   edge_api::FeedbackReply Feedback(const std::string& peer,
                                    const edge_api::FeedbackRequest& request) EXCLUDES(mu_);
   // A new bundle version serves (the model repository): later cycles start from its head;
-  // a cycle in progress on the old one is discarded. The rows are kept.
+  // a cycle in progress on the old one is discarded. The rows are kept. A bundle of another
+  // kind (FailedPrecondition), with another input shape or class count (InvalidArgument) or
+  // that cannot be loaded is refused, and adaptation pauses (AdaptNow: FailedPrecondition
+  // with the reason) until a bundle it can adapt serves: exits adapted on the old base must
+  // not replace the new version.
   Status Rebase(const Bundle& bundle) EXCLUDES(mu_);
   // Runs a cycle now on the learner thread and waits for it (tests and benchmarks);
   // FailedPrecondition when no labelled input is pending.
   Status AdaptNow() EXCLUDES(mu_);
   LearnerStats stats() const EXCLUDES(mu_);
-
-  struct Base;  // (internal) the fp32 network being adapted, with its bundle's description
 
  private:
   EdgeLearner(AdaptOptions options, split::EdgeModel::Options head, SwapFn swap,
@@ -196,14 +207,16 @@ class EdgeLearner {
   std::map<std::pair<std::string, uint64_t>, Recent> recent_ GUARDED_BY(mu_);
   std::deque<std::pair<std::string, uint64_t>> recent_order_ GUARDED_BY(mu_);
   int64_t next_id_ GUARDED_BY(mu_) = 1;
-  std::shared_ptr<Base> next_base_ GUARDED_BY(mu_);  // set by Rebase
+  std::shared_ptr<AdaptableModel> next_base_ GUARDED_BY(mu_);  // set by Rebase
   uint64_t generation_ GUARDED_BY(mu_) = 0;
+  std::string suspended_ GUARDED_BY(mu_);  // why cycles pause (a refused Rebase); "" = not
   LearnerStats stats_ GUARDED_BY(mu_);
+  std::string kind_;                    // the bundle's kind; fixed at Create
   int num_classes_ = 0;                 // of the bundle (Feedback's range check); fixed at Create
   std::vector<int64_t> pending_shape_;  // an input's [C, H, W]; fixed at Create
 
   // Learner thread only.
-  std::shared_ptr<Base> base_;
+  std::shared_ptr<AdaptableModel> base_;
   std::unique_ptr<federated::ContinualStrategy> strategy_;
   federated::LabeledBatch pending_;   // labelled rows since the last cycle
   federated::LabeledBatch previous_;  // the last cycle's rows (consolidation)

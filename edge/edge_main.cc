@@ -73,9 +73,10 @@ cleave::Result<std::unique_ptr<edge::RepositoryPoller>> WatchRepository(
   return std::make_unique<edge::RepositoryPoller>(
       repository, interval_ms, [&server, learner](std::unique_ptr<edge::ServableEngine> next) {
         if (learner) {
-          // Later adaptation starts from the new version's head.
+          // Later adaptation starts from the new version's head; a version the learner
+          // cannot take pauses it (EdgeLearner::Rebase).
           if (Status s = learner->Rebase(next->bundle); !s.ok()) {
-            cleave::GetLogger("edge")->warn("adaptation keeps its old base: {}", s.ToString());
+            cleave::GetLogger("edge")->warn("adaptation paused: {}", s.ToString());
           }
         }
         (void)server.SwapEngine(next->version, std::move(next->engine));

@@ -122,16 +122,7 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
     parts.tail = parts.cloud = false;
     parts.head_int8 = options.int8;
     CLEAVE_ASSIGN_OR_RETURN(ImportedSplitModel imported, ReadImportedBundle(bundle, parts));
-    if (options.int8) {
-      CLEAVE_RETURN_IF_ERROR(imported.int8_head->SelectEngine(options.int8_engine)
-                                 .WithContext("int8 engine '" + options.int8_engine + "'"));
-    }
-    std::unique_ptr<EdgeModel> edge(new EdgeModel());
-    edge->feature_shape_ = imported.FeatureShape();
-    edge->model_ = DescribeImported(imported);
-    edge->int8_ = options.int8;
-    edge->imported_ = std::make_shared<ImportedSplitModel>(std::move(imported));
-    return edge;
+    return FromImported(std::make_shared<ImportedSplitModel>(std::move(imported)), options);
   }
   VisionBundleParts parts;
   parts.head_fp32 = !options.int8;
@@ -164,6 +155,26 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::FromModel(VisionSplitModel model,
   }
   edge->int8_ = options.int8;
   edge->model_ = std::move(model);
+  return edge;
+}
+
+Result<std::unique_ptr<EdgeModel>> EdgeModel::FromImported(
+    std::shared_ptr<ImportedSplitModel> imported, const Options& options) {
+  if (imported == nullptr || imported->encoder.is_empty() ||
+      (options.int8 ? imported->int8_head == nullptr : !imported->has_head)) {
+    return Status::InvalidArgument(std::string("edge model: no ") +
+                                   (options.int8 ? "int8 head" : "fp32 head") +
+                                   " or no encoder to run");
+  }
+  if (options.int8) {
+    CLEAVE_RETURN_IF_ERROR(imported->int8_head->SelectEngine(options.int8_engine)
+                               .WithContext("int8 engine '" + options.int8_engine + "'"));
+  }
+  std::unique_ptr<EdgeModel> edge(new EdgeModel());
+  edge->feature_shape_ = imported->FeatureShape();
+  edge->model_ = DescribeImported(*imported);
+  edge->int8_ = options.int8;
+  edge->imported_ = std::move(imported);
   return edge;
 }
 

@@ -53,6 +53,14 @@ class EdgeModel {
   // the engine selection's errors.
   static Result<std::unique_ptr<EdgeModel>> FromModel(VisionSplitModel model,
                                                       const Options& options);
+  // An edge model of an imported split model held in memory (Load builds one from the
+  // bundle; on-gateway adaptation builds one with its adapted exits). `imported` needs its
+  // encoder and, when options.int8, its int8 head (run unchanged), else its fp32 TorchScript
+  // head: InvalidArgument when missing; the engine selection's errors. The modules are
+  // shared, not copied: nothing else may run or change them while the edge model lives
+  // (the engine selection prepacks the int8 head).
+  static Result<std::unique_ptr<EdgeModel>> FromImported(
+      std::shared_ptr<ImportedSplitModel> imported, const Options& options);
 
   // images: float [N, 1, H, W] in [0, 1] (N >= 1, H = W = the spec's image size).
   // InvalidArgument on a wrong shape/dtype or non-finite pixels; Internal if libtorch fails.

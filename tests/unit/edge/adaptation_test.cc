@@ -4,12 +4,18 @@
 
 #include <atomic>
 #include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
 #include "common/file_util.h"
 #include "split/bundle.h"
+#include "split/head_int8_graph.h"
+#include "split/imported_model.h"
 #include "testing/tiny_bundle.h"
+#include "testing/tiny_torchscript.h"
 
 namespace cleave::edge {
 namespace {
@@ -38,15 +44,7 @@ class AdaptationTest : public ::testing::Test {
     o.batch_size = 16;
     return o;
   }
-  Result<std::unique_ptr<EdgeLearner>> Make(AdaptOptions o) {
-    return EdgeLearner::Create(
-        std::move(o), *bundle_, head_,
-        [this](std::unique_ptr<EdgeEngine> engine) {
-          ++swaps_;
-          last_ = std::move(engine);
-        },
-        nullptr);
-  }
+  Result<std::unique_ptr<EdgeLearner>> Make(AdaptOptions o) { return MakeFor(*bundle_, o); }
   // `n` served inputs the cloud answered (teacher logits favouring class i % 10).
   void Teach(EdgeLearner& learner, int n, uint64_t first_id = 1) {
     const torch::Tensor images = testing::RandomImages(n, first_id);
@@ -58,6 +56,93 @@ class AdaptationTest : public ::testing::Test {
       o.teacher = torch::zeros({10});
       o.teacher[(first_id + i) % 10] = 4.0;
       learner.Observe(std::move(o));
+    }
+  }
+
+  // The tiny imported model (testing/tiny_torchscript.h: a TorchScript head, one exit, two
+  // classes, 1x8x8 inputs) with an int8 head, written as a bundle at dir_/name and opened.
+  std::unique_ptr<Bundle> ImportedBundle(const std::string& name) {
+    split::ImportedSplitModel model = testing::TinyImportedModel();
+    torch::manual_seed(5);
+    auto int8 = split::Int8GraphHead::Quantize(
+        model.head, torch::rand({32, 1, testing::kTinyChainSide, testing::kTinyChainSide}));
+    EXPECT_TRUE(int8.ok()) << int8.status().ToString();
+    if (!int8.ok()) return nullptr;
+    model.int8_head = std::make_shared<split::Int8GraphHead>(std::move(int8).value());
+    Status written = split::WriteImportedBundle(dir_ / name, model);
+    EXPECT_TRUE(written.ok()) << written.ToString();
+    auto bundle = Bundle::Open(dir_ / name);
+    EXPECT_TRUE(bundle.ok()) << bundle.status().ToString();
+    if (!bundle.ok()) return nullptr;
+    return std::make_unique<Bundle>(std::move(bundle).value());
+  }
+  Result<std::unique_ptr<EdgeLearner>> MakeFor(const Bundle& bundle, AdaptOptions o) {
+    return EdgeLearner::Create(
+        std::move(o), bundle, head_,
+        [this](std::unique_ptr<EdgeEngine> engine) {
+          ++swaps_;
+          last_ = std::move(engine);
+        },
+        nullptr);
+  }
+  static torch::Tensor ImportedImages(int64_t n, uint64_t seed) {
+    torch::manual_seed(seed);
+    return torch::rand({n, 1, testing::kTinyChainSide, testing::kTinyChainSide});
+  }
+  // `n` served inputs of the imported model that the cloud answered, all with class 1.
+  void TeachImported(EdgeLearner& learner, int n, uint64_t first_id = 1) {
+    const torch::Tensor images = ImportedImages(n, first_id);
+    for (int i = 0; i < n; ++i) {
+      Observation o;
+      o.peer = "app";
+      o.request_id = first_id + i;
+      o.image = images[i];
+      o.teacher = torch::tensor({0.f, 4.f});
+      learner.Observe(std::move(o));
+    }
+  }
+  // An imported bundle adapts: the swapped engine's exit answers moved towards the cloud's
+  // while its features and the wire bytes it sends are exactly the bundle's.
+  void ExpectImportedExitsAdaptAndTheWireHolds() {
+    std::unique_ptr<Bundle> imported = ImportedBundle("imported");
+    ASSERT_NE(imported, nullptr);
+    auto learner = MakeFor(*imported, Options());
+    ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+    TeachImported(**learner, 64);
+    Status adapted = (*learner)->AdaptNow();
+    ASSERT_TRUE(adapted.ok()) << adapted.ToString();
+    ASSERT_EQ(swaps_, 1);
+    ASSERT_NE(last_, nullptr);
+    EXPECT_EQ((*learner)->stats().kept_cycles, 0);
+    ASSERT_NE(last_->model().imported(), nullptr);
+    EXPECT_EQ(last_->model().engine(), head_.int8 ? "reference" : "fp32");
+    auto original = split::EdgeModel::Load(*imported, head_);
+    ASSERT_TRUE(original.ok()) << original.status().ToString();
+    const torch::Tensor probe = ImportedImages(8, 99);
+    auto a = (*original)->Run(probe);
+    auto b = last_->model().Run(probe);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(a->exit_logits.size(), 1u);
+    ASSERT_EQ(b->exit_logits.size(), 1u);
+    EXPECT_FALSE(torch::allclose(a->exit_logits[0], b->exit_logits[0]));
+    const auto class1 = [](const torch::Tensor& logits) {
+      return torch::softmax(logits, 1).select(1, 1).mean().item<double>();
+    };
+    EXPECT_GT(class1(b->exit_logits[0]), class1(a->exit_logits[0]));  // the cloud's class
+    EXPECT_TRUE(torch::equal(a->features, b->features));
+    // The wire bytes of the same inputs, every row offloaded (a threshold above 1).
+    EdgeEngine bundle_engine(std::move(original).value());
+    const std::vector<uint64_t> ids = {1, 2, 3, 4, 5, 6, 7, 8};
+    const std::vector<float> offload(8, 2.0f);
+    const std::vector<uint32_t> deadlines(8, 0);
+    auto sent_by_bundle = bundle_engine.Decide(probe, ids, offload, deadlines);
+    auto sent_adapted = last_->Decide(probe, ids, offload, deadlines);
+    ASSERT_TRUE(sent_by_bundle.ok() && sent_adapted.ok());
+    ASSERT_EQ(sent_adapted->size(), 8u);
+    for (size_t i = 0; i < 8; ++i) {
+      ASSERT_EQ((*sent_adapted)[i].exit_index, -1);
+      EXPECT_FALSE((*sent_adapted)[i].offload_request.empty());
+      EXPECT_EQ((*sent_by_bundle)[i].offload_request, (*sent_adapted)[i].offload_request) << i;
     }
   }
 
@@ -345,6 +430,70 @@ TEST_F(AdaptationTest, RejectsBadOptionsAndBundlesWithoutExits) {
                  .status();
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
   EXPECT_NE(s.message().find("no early exit"), std::string::npos) << s.ToString();
+}
+
+TEST_F(AdaptationTest, ImportedBundleAdaptsItsExitsAndSendsTheBundlesWireBytes) {
+  ExpectImportedExitsAdaptAndTheWireHolds();  // the bundle's int8 head serves unchanged
+}
+
+TEST_F(AdaptationTest, ImportedBundleAdaptsItsExitsOnTheFp32Head) {
+  head_.int8 = false;
+  ExpectImportedExitsAdaptAndTheWireHolds();
+}
+
+TEST_F(AdaptationTest, ScopeHeadIsRefusedForAnImportedBundle) {
+  std::unique_ptr<Bundle> imported = ImportedBundle("imported");
+  ASSERT_NE(imported, nullptr);
+  AdaptOptions o = Options();
+  o.scope = "head";
+  Status s = MakeFor(*imported, o).status();
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition) << s.ToString();
+  EXPECT_NE(s.message().find("edge.adapt_scope"), std::string::npos) << s.ToString();
+  o.scope = "exits";
+  EXPECT_TRUE(MakeFor(*imported, o).ok());
+}
+
+TEST_F(AdaptationTest, RebaseOntoAnotherKindIsRefusedAndPausesUntilItsKindServesAgain) {
+  std::unique_ptr<Bundle> imported = ImportedBundle("imported");
+  ASSERT_NE(imported, nullptr);
+  auto learner = Make(Options());  // vision-split
+  ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+  Teach(**learner, 64);
+  Status rebased = (*learner)->Rebase(*imported);
+  EXPECT_EQ(rebased.code(), StatusCode::kFailedPrecondition) << rebased.ToString();
+  EXPECT_NE(rebased.message().find("torchscript-split"), std::string::npos) << rebased.ToString();
+  EXPECT_NE(rebased.message().find("vision-split"), std::string::npos) << rebased.ToString();
+  // The imported version serves now: exits adapted on the old model must not replace it.
+  Status paused = (*learner)->AdaptNow();
+  EXPECT_EQ(paused.code(), StatusCode::kFailedPrecondition) << paused.ToString();
+  EXPECT_NE(paused.message().find("torchscript-split"), std::string::npos) << paused.ToString();
+  EXPECT_EQ(swaps_, 0);
+  // Its own kind serves again: adaptation resumes on the rows it kept.
+  ASSERT_TRUE((*learner)->Rebase(*bundle_).ok());
+  Status resumed = (*learner)->AdaptNow();
+  ASSERT_TRUE(resumed.ok()) << resumed.ToString();
+  EXPECT_EQ(swaps_, 1);
+  EXPECT_EQ(last_->model().imported(), nullptr);
+}
+
+TEST_F(AdaptationTest, ImportedLearnerRebasesOntoANewImportedVersionButNotOntoAnotherKind) {
+  std::unique_ptr<Bundle> imported = ImportedBundle("imported");
+  std::unique_ptr<Bundle> next = ImportedBundle("imported-v2");
+  ASSERT_NE(imported, nullptr);
+  ASSERT_NE(next, nullptr);
+  auto learner = MakeFor(*imported, Options());
+  ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+  Status refused = (*learner)->Rebase(*bundle_);  // vision-split, 10 classes, 1x28x28
+  EXPECT_EQ(refused.code(), StatusCode::kFailedPrecondition) << refused.ToString();
+  EXPECT_NE(refused.message().find("vision-split"), std::string::npos) << refused.ToString();
+  Status accepted = (*learner)->Rebase(*next);
+  ASSERT_TRUE(accepted.ok()) << accepted.ToString();
+  TeachImported(**learner, 64);
+  Status adapted = (*learner)->AdaptNow();
+  ASSERT_TRUE(adapted.ok()) << adapted.ToString();
+  EXPECT_EQ(swaps_, 1);
+  ASSERT_NE(last_, nullptr);
+  EXPECT_NE(last_->model().imported(), nullptr);
 }
 
 }  // namespace
