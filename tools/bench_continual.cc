@@ -63,6 +63,7 @@ struct ContinualArgs {
   std::string bundle;  // cloud_teacher: a split bundle trained on clean Fashion-MNIST
   std::string shift = "noise:0.08";
   bool validation = false;  // cloud_teacher: stream and evaluation from training rows only
+  int stream = 0;           // cloud_teacher: which stream of the training rows (0..6)
   edge::AdaptOptions adapt = DaemonAdaptDefaults();
 };
 
@@ -469,8 +470,10 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
   const int64_t window = args.quick ? 250 : 500;
   // --validation (for choosing settings without the test set): another stream and shift
   // noise, evaluated on training rows the stream does not use.
-  const int64_t offset = args.validation ? 20000 : 0;
-  const uint64_t seed = args.validation ? 100 : 0;
+  // --stream k (a confirming run on inputs and noise nobody has tuned on): training rows
+  // from 7,000 k and other noise draws, evaluated on the test set as stream 0 is.
+  const int64_t offset = args.validation ? 20000 : int64_t{7000} * args.stream;
+  const uint64_t seed = args.validation ? 100 : 1000 * static_cast<uint64_t>(args.stream);
   Result<split::LabeledImages> train =
       data.train.Select(torch::arange(offset, offset + clean + shifted, torch::kLong)).Load();
   Result<split::LabeledImages> test =
@@ -508,6 +511,7 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
   json section = {{"setting",
                    {{"bundle", args.bundle},
                     {"validation", args.validation},
+                    {"stream_index", args.stream},
                     {"int8_engine", head.int8_engine},
                     {"shift", args.shift},
                     {"stream", {{"clean_requests", clean}, {"shifted_requests", shifted}}},
@@ -659,14 +663,19 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
       {"exit_rate_met", drop > 0 && recovered >= 0.5 * drop},
       // Accuracy: against the bundle as trained (adaptation off), which is what turning
       // adaptation on changes; the changes since the shift are reported beside.
+      // Met only when the adapted run ends at or above both the bundle as trained and its
+      // own accuracy at the moment of the shift (it may have adapted on the clean stream).
       {"accuracy_shift_vs_unadapted",
        on["accuracy_shift_end"].get<double>() - off["accuracy_shift_start"].get<double>()},
       {"accuracy_shift_met",
-       on["accuracy_shift_end"].get<double>() >= off["accuracy_shift_start"].get<double>()},
+       on["accuracy_shift_end"].get<double>() >= off["accuracy_shift_start"].get<double>() &&
+           on["accuracy_shift_end"].get<double>() >= on["accuracy_shift_start"].get<double>()},
       {"accuracy_clean_vs_unadapted",
        on["accuracy_clean_end"].get<double>() - off["accuracy_clean_start"].get<double>()},
       {"accuracy_clean_met",
-       on["accuracy_clean_end"].get<double>() >= off["accuracy_clean_start"].get<double>() - 0.01},
+       on["accuracy_clean_end"].get<double>() >= off["accuracy_clean_start"].get<double>() - 0.01 &&
+           on["accuracy_clean_end"].get<double>() >=
+               on["accuracy_clean_start"].get<double>() - 0.01},
       {"accuracy_shift_change_since_shift",
        on["accuracy_shift_end"].get<double>() - on["accuracy_shift_start"].get<double>()},
       {"accuracy_clean_change_since_shift",
@@ -754,6 +763,11 @@ void RegisterBenchContinualCommand(CLI::App& bench) {
   c->add_option("--adapt-code-weight", args->adapt.code_weight,
                 "cloud_teacher: edge.adapt_code_weight")
       ->capture_default_str();
+  c->add_option("--stream", args->stream,
+                "cloud_teacher: which stream of training rows (0 = rows 0-6,999; k: from "
+                "7,000 k, with other noise draws), for a confirming run on inputs nobody "
+                "tuned on")
+      ->check(CLI::Range(0, 6));
   c->add_flag("--validation", args->validation,
               "cloud_teacher: another stream, evaluated on training rows (choose settings "
               "with this, never with the test set)");

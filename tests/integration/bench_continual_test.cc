@@ -90,6 +90,11 @@ TEST_F(BenchContinualTest, CloudTeacherWithoutABundleOrWithABadShiftSaysWhy) {
                  "--shift", "fog:2"}),
             0);
   EXPECT_NE(Log().find("contrast:(0,1]"), std::string::npos) << Log();
+  // Streams are 0..6 (7,000 training rows each below the validation rows).
+  EXPECT_NE(Run({"--quick", "--sections", "cloud_teacher", "--bundle", (dir_ / "bundle").string(),
+                 "--stream", "7"}),
+            0);
+  EXPECT_NE(Log().find("--stream"), std::string::npos) << Log();
 }
 
 }  // namespace

@@ -88,7 +88,32 @@ class FederatedTest : public cleave::testing::FederationTest {
          "dirichlet:0.5"},
         "edge.ready_file", dir_, "edge" + std::to_string(index));
   }
+
+  void RunWithTwoEdges(int rounds, const std::vector<std::string>& extra, int64_t timeout_ms);
 };
+
+// Runs `rounds` rounds with two edges and the aggregator's extra `args`; returns once the
+// aggregator exited 0 (fatal failure otherwise).
+void FederatedTest::RunWithTwoEdges(int rounds, const std::vector<std::string>& extra,
+                                    int64_t timeout_ms) {
+  std::vector<std::string> args = AggregatorArgs(rounds);
+  for (size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] == "--aggregator.wait_for_clients") args[i + 1] = "2";
+  }
+  args.insert(args.end(), extra.begin(), extra.end());
+  auto agg =
+      LaunchDaemon(kBin / "cleave-aggregator", args, "aggregator.ready_file", dir_, "aggregator");
+  ASSERT_TRUE(agg.ok()) << agg.status().ToString();
+  aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*agg));
+  for (int i = 0; i < 2; ++i) {
+    auto edge = StartEdge(aggregator_->endpoint, i);
+    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+    edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
+  }
+  auto code = aggregator_->process->Wait(timeout_ms);
+  ASSERT_TRUE(code.ok()) << "aggregator did not finish: " << code.status().ToString();
+  ASSERT_EQ(*code, 0) << "see " << aggregator_->log_path;
+}
 
 TEST_F(FederatedTest, TwoRoundsWithThreeEdgesSurviveAnEdgeKilledMidRound) {
   auto agg = StartAggregator(2, "aggregator");
@@ -136,23 +161,8 @@ TEST_F(FederatedTest, TwoRoundsWithThreeEdgesSurviveAnEdgeKilledMidRound) {
 // The compression keys reach the real processes: the aggregator asks for int8 updates, the
 // edges send Update.compressed, both rounds apply and the uplink is a fraction of float32.
 TEST_F(FederatedTest, Int8CompressedUpdatesBetweenProcesses) {
-  std::vector<std::string> args = AggregatorArgs(2);
-  for (size_t i = 0; i + 1 < args.size(); ++i) {
-    if (args[i] == "--aggregator.wait_for_clients") args[i + 1] = "2";
-  }
-  args.insert(args.end(), {"--compression.kind", "int8"});
-  auto agg =
-      LaunchDaemon(kBin / "cleave-aggregator", args, "aggregator.ready_file", dir_, "aggregator");
-  ASSERT_TRUE(agg.ok()) << agg.status().ToString();
-  aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*agg));
-  for (int i = 0; i < 2; ++i) {
-    auto edge = StartEdge(aggregator_->endpoint, i);
-    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
-    edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
-  }
-  auto code = aggregator_->process->Wait(120000);
-  ASSERT_TRUE(code.ok()) << "aggregator did not finish: " << code.status().ToString();
-  EXPECT_EQ(*code, 0) << "see " << aggregator_->log_path;
+  RunWithTwoEdges(2, {"--compression.kind", "int8"}, 120000);
+  if (HasFatalFailure()) return;
   const json summary = Summary();
   ASSERT_EQ(summary.at("rounds_completed").get<int>(), 2);
   for (const json& round : summary.at("rounds")) {
@@ -170,24 +180,11 @@ TEST_F(FederatedTest, Int8CompressedUpdatesBetweenProcesses) {
 // edges in every RoundConfig; the edges train their rows of each experience with ER and
 // consolidate when the experience changes; the summary holds the accuracy matrix.
 TEST_F(FederatedTest, ContinualRoundsBetweenProcesses) {
-  std::vector<std::string> args = AggregatorArgs(4);
-  for (size_t i = 0; i + 1 < args.size(); ++i) {
-    if (args[i] == "--aggregator.wait_for_clients") args[i + 1] = "2";
-  }
-  args.insert(args.end(), {"--continual.enabled", "true", "--continual.experiences", "2",
-                           "--continual.strategy", "er", "--continual.buffer_size", "200"});
-  auto agg =
-      LaunchDaemon(kBin / "cleave-aggregator", args, "aggregator.ready_file", dir_, "aggregator");
-  ASSERT_TRUE(agg.ok()) << agg.status().ToString();
-  aggregator_ = std::make_unique<LaunchedDaemon>(std::move(*agg));
-  for (int i = 0; i < 2; ++i) {
-    auto edge = StartEdge(aggregator_->endpoint, i);
-    ASSERT_TRUE(edge.ok()) << edge.status().ToString();
-    edges_.push_back(std::make_unique<LaunchedDaemon>(std::move(*edge)));
-  }
-  auto code = aggregator_->process->Wait(180000);
-  ASSERT_TRUE(code.ok()) << "aggregator did not finish: " << code.status().ToString();
-  EXPECT_EQ(*code, 0) << "see " << aggregator_->log_path;
+  RunWithTwoEdges(4,
+                  {"--continual.enabled", "true", "--continual.experiences", "2",
+                   "--continual.strategy", "er", "--continual.buffer_size", "200"},
+                  180000);
+  if (HasFatalFailure()) return;
   const json summary = Summary();
   ASSERT_EQ(summary.at("rounds_completed").get<int>(), 4);
   const int experiences[] = {0, 0, 1, 1};
