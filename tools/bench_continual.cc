@@ -436,10 +436,20 @@ Result<std::vector<int64_t>> Answers(split::CloudModel& cloud,
 }
 
 // Split-path accuracy with the engine's exit policy: confident exits answer, the rest goes to
-// the cloud.
-Result<double> SplitPathAccuracy(edge::EdgeEngine& engine, split::CloudModel& cloud,
-                                 const torch::Tensor& images, const torch::Tensor& labels) {
-  int64_t correct = 0;
+// the cloud. Also how many the exits answered and how many of those they got right.
+struct SplitPathScore {
+  double accuracy = 0, exit_rate = 0, exit_accuracy = 0, cloud_accuracy = 0;
+  json ToJson() const {
+    return {{"accuracy", accuracy},
+            {"exit_rate", exit_rate},
+            {"exit_accuracy", exit_accuracy},
+            {"cloud_accuracy", cloud_accuracy}};
+  }
+};
+
+Result<SplitPathScore> SplitPathAccuracy(edge::EdgeEngine& engine, split::CloudModel& cloud,
+                                         const torch::Tensor& images, const torch::Tensor& labels) {
+  int64_t correct = 0, exited = 0, exit_correct = 0;
   const int64_t n = images.size(0);
   for (int64_t begin = 0; begin < n; begin += 256) {
     const int64_t rows = std::min<int64_t>(256, n - begin);
@@ -449,9 +459,23 @@ Result<double> SplitPathAccuracy(edge::EdgeEngine& engine, split::CloudModel& cl
         engine.Decide(images.narrow(0, begin, rows), ids, std::vector<float>(rows, -1.0f),
                       std::vector<uint32_t>(rows, 1000)));
     CLEAVE_ASSIGN_OR_RETURN(std::vector<int64_t> answers, Answers(cloud, decisions));
-    for (int64_t i = 0; i < rows; ++i) correct += answers[i] == labels[begin + i].item<int64_t>();
+    for (int64_t i = 0; i < rows; ++i) {
+      const bool right = answers[i] == labels[begin + i].item<int64_t>();
+      correct += right;
+      if (decisions[i].exit_index >= 0) {
+        ++exited;
+        exit_correct += right;
+      }
+    }
   }
-  return static_cast<double>(correct) / static_cast<double>(n);
+  SplitPathScore score;
+  score.accuracy = static_cast<double>(correct) / static_cast<double>(n);
+  score.exit_rate = static_cast<double>(exited) / static_cast<double>(n);
+  score.exit_accuracy = exited > 0 ? static_cast<double>(exit_correct) / exited : 0.0;
+  score.cloud_accuracy =
+      n > exited ? static_cast<double>(correct - exit_correct) / static_cast<double>(n - exited)
+                 : 0.0;
+  return score;
 }
 
 struct StreamWindow {
@@ -552,16 +576,19 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
       if (!made.ok()) Fail("bench continual", made.status());
       learner = std::move(made).value();
     }
-    const auto evaluate = [&](const torch::Tensor& images) {
-      Result<double> a = SplitPathAccuracy(*engine, **cloud, images, eval.labels);
+    json points;
+    // The split path's accuracy on `images`; its detail (exit rate and accuracy) goes to
+    // points["split_path"][name].
+    const auto evaluate = [&](const torch::Tensor& images, const std::string& name) {
+      Result<SplitPathScore> a = SplitPathAccuracy(*engine, **cloud, images, eval.labels);
       if (!a.ok()) Fail("bench continual", a.status());
-      return *a;
+      points["split_path"][name] = a->ToJson();
+      return a->accuracy;
     };
     std::vector<StreamWindow> windows;
     StreamWindow current;
     int64_t served = 0, labelled_since_cycle = 0, cycles = 0;
     double adapt_seconds = 0, exits = 0, correct = 0, bytes = 0;
-    json points;
     const auto close_window = [&] {
       current.end = served;
       const double n = static_cast<double>(window);
@@ -573,8 +600,8 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
     };
     for (int64_t begin = 0, rows = 0; begin < clean + shifted; begin += rows) {
       if (begin == clean) {
-        points["accuracy_clean_start"] = evaluate(eval.images);
-        points["accuracy_shift_start"] = evaluate(shifted_eval);
+        points["accuracy_clean_start"] = evaluate(eval.images, "clean_start");
+        points["accuracy_shift_start"] = evaluate(shifted_eval, "shift_start");
       }
       // Batches do not straddle the shift.
       rows = std::min<int64_t>(32, (begin < clean ? clean : clean + shifted) - begin);
@@ -615,8 +642,8 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
         if (staged) engine = std::move(staged);  // the hot swap, between batches
       }
     }
-    points["accuracy_clean_end"] = evaluate(eval.images);
-    points["accuracy_shift_end"] = evaluate(shifted_eval);
+    points["accuracy_clean_end"] = evaluate(eval.images, "clean_end");
+    points["accuracy_shift_end"] = evaluate(shifted_eval, "shift_end");
     // Windows: the last clean one, the first shifted one, the last one (`shifted` requests
     // after the shift).
     const size_t clean_windows = static_cast<size_t>(clean / window);
