@@ -730,6 +730,14 @@ void RunBenchContinual(const ContinualArgs& args) {
     plot_dir = std::filesystem::path(args.json_out).parent_path();
     if (plot_dir.empty()) plot_dir = ".";
   }
+  if (!plot_dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(plot_dir, ec);
+    if (ec) {
+      Fail("bench continual",
+           Status::IoError("--plot-dir " + plot_dir.string() + ": " + ec.message()));
+    }
+  }
   json report;
   for (const std::string& section : args.sections) {
     if (section == "class_incremental") {
