@@ -392,6 +392,50 @@ TEST_F(FederatedClientTest, ContinualRoundsTrainOnTheExperiencesRowsOnly) {
   EXPECT_EQ(s.rounds_without_data, 0u);
 }
 
+// Domain-incremental: each experience is the client's next contiguous share of its rows, seen
+// through the experience's pixel permutation (the update differs from one trained on the
+// unpermuted rows of the same share).
+TEST_F(FederatedClientTest, DomainIncrementalRoundsTrainEachShareOfTheRows) {
+  options_.max_steps = 2;
+  FakeAggregator aggregator(context_);
+  StartClient(aggregator.endpoint());
+  ASSERT_TRUE(aggregator.AcceptRegistration());
+  const auto domain_config = [&](uint32_t round, uint32_t experience, uint64_t seed) {
+    fl::RoundConfig c = Config(round);
+    fl::ContinualRound r;
+    r.experience = experience;
+    r.experiences = 4;
+    r.scenario = fl::ContinualScenario::kDomain;
+    r.seed = seed;
+    c.continual = r;
+    return c;
+  };
+  std::vector<uint64_t> examples;
+  std::vector<fl::Update> updates;
+  const std::vector<std::pair<uint32_t, uint64_t>> rounds = {{0, 5}, {3, 5}, {3, 6}};
+  for (size_t k = 0; k < rounds.size(); ++k) {
+    const uint32_t round = static_cast<uint32_t>(k + 1);
+    aggregator.Send(domain_config(round, rounds[k].first, rounds[k].second));
+    auto update = aggregator.Expect<fl::Update>();
+    ASSERT_TRUE(update.has_value()) << "round " << round;
+    updates.push_back(*update);
+    aggregator.Send(fl::MakeUpdateAck(round, fl::AckReason::kOk));
+  }
+  // 64 rows in 4 shares of 16.
+  for (const fl::Update& u : updates) EXPECT_EQ(u.num_examples, 16u);
+  // The same share seen through another permutation trains to other weights.
+  bool differ = false;
+  for (size_t i = 0; i < updates[1].tensors.size(); ++i) {
+    auto a = federated::FromWireTensor(updates[1].tensors[i]);
+    auto b = federated::FromWireTensor(updates[2].tensors[i]);
+    ASSERT_TRUE(a.ok() && b.ok());
+    differ = differ || !torch::equal(*a, *b);
+  }
+  EXPECT_TRUE(differ) << "the permutation seed did not reach the training rows";
+  ASSERT_TRUE(WaitStats([](const FederatedClientStats& s) { return s.updates_accepted == 3; }));
+  EXPECT_EQ(client_->stats().continual_rounds, 3u);
+}
+
 TEST_F(FederatedClientTest, ContinualExperienceWithoutRowsIsDeclinedSayingWhy) {
   data_.labels = torch::randint(0, 5, {64}, torch::kLong);  // nothing of classes 5..9
   FakeAggregator aggregator(context_);
