@@ -120,6 +120,7 @@ const AdaptationMetrics& Metrics::Adaptation() {
   m->cycles = &cycles.Add({{"result", "swapped"}});
   m->cycles_failed = &cycles.Add({{"result", "failed"}});
   m->cycles_kept = &cycles.Add({{"result", "kept"}});
+  m->cycles_skipped = &cycles.Add({{"result", "no_drift"}});
   m->cycle_seconds = &prometheus::BuildHistogram()
                           .Name("cleave_edge_adapt_cycle_seconds")
                           .Help("Wall time of an adaptation cycle (training, re-quantization)")

@@ -109,7 +109,8 @@ struct FederatedMetrics {
 struct AdaptationMetrics {
   prometheus::Counter* cycles = nullptr;  // adaptation cycles whose head was swapped in
   prometheus::Counter* cycles_failed = nullptr;
-  prometheus::Counter* cycles_kept = nullptr;  // refused by the check against the cloud
+  prometheus::Counter* cycles_kept = nullptr;     // refused by the check against the cloud
+  prometheus::Counter* cycles_skipped = nullptr;  // no drift from the calibrated exit rate
   prometheus::Histogram* cycle_seconds = nullptr;
   // Served inputs the learner kept, by label source: teacher (the cloud's answer), pseudo
   // (a confident exit), feedback (the application's label).

@@ -124,6 +124,7 @@ class VisionAdaptableModel final : public AdaptableModel {
     return {model_.spec.input_channels, model_.spec.image_size, model_.spec.image_size};
   }
   const split::ExitPolicy& exit_policy() const override { return model_.exit_policy; }
+  const nlohmann::json& calibration() const override { return model_.calibration; }
 
   std::unique_ptr<federated::ContinualModel> Trainable() override {
     return std::make_unique<VisionHeadTrainee>(model_.net, original_, model_.head_end(),
@@ -235,6 +236,7 @@ class ImportedAdaptableModel final : public AdaptableModel {
     return {model_.input.channels, model_.input.height, model_.input.width};
   }
   const split::ExitPolicy& exit_policy() const override { return model_.exit_policy; }
+  const nlohmann::json& calibration() const override { return model_.calibration; }
 
   std::unique_ptr<federated::ContinualModel> Trainable() override {
     return std::make_unique<ImportedExitsTrainee>(model_);

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include <torch/torch.h>
+#include <nlohmann/json.hpp>
 
 #include "common/status.h"
 #include "federated/continual.h"
@@ -48,6 +49,8 @@ class AdaptableModel {
   virtual std::vector<int64_t> input_shape() const = 0;
   // The bundle's calibrated exit policy (adaptation keeps it).
   virtual const split::ExitPolicy& exit_policy() const = 0;
+  // The bundle's calibration (CalibrationResult::ToJson), or null.
+  virtual const nlohmann::json& calibration() const = 0;
 
   // What a continual-learning strategy trains: its Parameters() are this model's own
   // tensors, updated in place. The returned object borrows this model (it must not

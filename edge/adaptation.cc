@@ -6,6 +6,7 @@
 #include <cmath>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/file_util.h"
@@ -76,8 +77,9 @@ Result<crypto::Key256> ReadKeyFile(const std::string& path) {
 // ---------------------------------------------------------------- options and config
 
 Status AdaptOptions::Validate() const {
-  if (scope != "exits" && scope != "head") {
-    return Status::InvalidArgument("edge.adapt_scope must be exits or head, got '" + scope + "'");
+  if (scope != "auto" && scope != "exits" && scope != "head") {
+    return Status::InvalidArgument("edge.adapt_scope must be auto, exits or head, got '" + scope +
+                                   "'");
   }
   CLEAVE_RETURN_IF_ERROR(strategy.Validate().WithContext("edge.adapt_*"));
   const auto positive = [](double v, const char* key) -> Status {
@@ -125,10 +127,11 @@ void AddAdaptConfigKeys(ConfigSchema& s) {
         "serve: learn on the gateway from what it serves (the cloud's answers as soft labels, "
         "confident exits, the application's feedback) and hot-swap the adapted exits in "
         "(docs/design.md, on-gateway learning)")
-      .Add("edge.adapt_scope", ConfigType::kString, "exits",
+      .Add("edge.adapt_scope", ConfigType::kString, "auto",
            "what adapts: exits (the early exits only; the code sent to the cloud is "
            "untouched) | head (also the head's blocks before the encoder, with distillation "
-           "holding the encoder's code; cleave's own vision-split bundles only)")
+           "holding the encoder's code; cleave's own vision-split bundles only) | auto (head "
+           "where the bundle allows it, else exits)")
       .Add("edge.adapt_min_new", ConfigType::kInt, "256",
            "labelled inputs that start an adaptation cycle")
       .Add("edge.adapt_window", ConfigType::kInt, "4096",
@@ -167,7 +170,7 @@ void AddAdaptConfigKeys(ConfigSchema& s) {
   // confidence, which the exit threshold reads). Chosen with `cleave bench continual
   // --validation` (docs/benchmarks.md).
   federated::ContinualConfig strategy;
-  strategy.strategy = "er";
+  strategy.strategy = "derpp";
   strategy.kd_temperature = 1.0;
   federated::AddContinualConfigKeys(s, "edge.adapt_", strategy);
 }
@@ -218,6 +221,9 @@ Result<std::unique_ptr<EdgeLearner>> EdgeLearner::Create(AdaptOptions options, c
                                                          std::shared_ptr<Metrics> metrics) {
   CLEAVE_RETURN_IF_ERROR(options.Validate());
   if (!swap) return Status::InvalidArgument("edge learner: no swap function");
+  if (options.scope == "auto") {
+    options.scope = bundle.kind() == split::kVisionSplitKind ? "head" : "exits";
+  }
   std::unique_ptr<EdgeLearner> learner(
       new EdgeLearner(std::move(options), std::move(head), std::move(swap), std::move(metrics)));
   CLEAVE_ASSIGN_OR_RETURN(learner->base_,
@@ -297,6 +303,8 @@ void EdgeLearner::Observe(Observation o) {
   bool dropped = false;
   {
     MutexLock lock(&mu_);
+    ++served_since_;
+    if (o.exit_logits.defined()) ++exited_since_;
     const int64_t id = next_id_++;
     // Every request can get feedback for a while.
     const int64_t bytes = ImageBytes(o.image);
@@ -462,6 +470,28 @@ void EdgeLearner::Drain() {
   stats_.pending_rows = pending_.size();
 }
 
+namespace {
+
+// Whether served traffic has drifted from what the bundle was calibrated on: `exited` exit
+// answers among `served` requests are significantly (a one-sided 3-sigma binomial test) fewer
+// than the exit rate the bundle's calibration measured on its held-out data. On data like the
+// training data a cycle can only move the exits past their calibrated threshold; cycles run
+// when the exits fall short. Without a calibrated exit rate every cycle runs.
+bool Drifted(const nlohmann::json& calibration, int64_t served, int64_t exited) {
+  if (!calibration.is_object() || !calibration.contains("exit_fraction") ||
+      !calibration["exit_fraction"].is_number()) {
+    return true;
+  }
+  const double p0 = calibration["exit_fraction"].get<double>();
+  if (!(p0 > 0 && p0 < 1)) return true;
+  if (served <= 0) return false;
+  const double n = static_cast<double>(served);
+  const double z = (static_cast<double>(exited) - n * p0) / std::sqrt(n * p0 * (1 - p0));
+  return z <= -3.0;
+}
+
+}  // namespace
+
 Status EdgeLearner::Cycle() {
   std::shared_ptr<AdaptableModel> next;
   uint64_t generation = 0;
@@ -474,6 +504,22 @@ Status EdgeLearner::Cycle() {
   if (next) base_ = std::move(next);
   if (pending_.size() == 0) {
     return Status::FailedPrecondition("adaptation: no labelled input to learn from yet");
+  }
+  int64_t served = 0, exited = 0;
+  {
+    MutexLock lock(&mu_);
+    served = std::exchange(served_since_, 0);
+    exited = std::exchange(exited_since_, 0);
+  }
+  if (!Drifted(base_->calibration(), served, exited)) {
+    GetLogger("edge")->debug(
+        "adaptation: no cycle: {} of {} requests answered by an exit, not below the bundle's "
+        "calibrated exit rate",
+        exited, served);
+    m_->cycles_skipped->Increment();
+    MutexLock lock(&mu_);
+    ++stats_.skipped_cycles;
+    return Status::Ok();
   }
   return split::CallTorch(split::TorchSource::kOwnState, "adaptation", [&]() -> Status {
     const std::unique_ptr<federated::ContinualModel> trained = base_->Trainable();
@@ -502,25 +548,21 @@ Status EdgeLearner::Cycle() {
     const LabeledBatch check = pending_.Select(held.nonzero().flatten());
     const LabeledBatch train = pending_.Select(held.logical_not().nonzero().flatten());
     const double before = base_->Disagreement(check);
-    // What training changes (BatchNorm statistics stay), to undo a refused cycle.
-    std::vector<torch::Tensor> saved;
-    for (const torch::Tensor& p : trained->Parameters()) saved.push_back(p.detach().clone());
     CLEAVE_ASSIGN_OR_RETURN(federated::ExperienceResult r,
                             federated::TrainExperience(*trained, *strategy_, train, eo));
     previous_ = train;
     pending_ = check;
     const double after = base_->Disagreement(check);
     if (after > before) {
-      // The adapted exits would answer differently from the cloud more often: keep serving
-      // what serves now, and start the next cycle from it.
-      torch::NoGradGuard no_grad;
-      const std::vector<torch::Tensor> params = trained->Parameters();
-      for (size_t i = 0; i < params.size(); ++i) params[i].detach().copy_(saved[i]);
+      // The cycle made the exits answer differently from the cloud more often: what serves
+      // keeps serving; the learner goes on from where training left it (a later cycle that
+      // passes the check is swapped in).
       GetLogger("edge")->info(
           "adaptation: not swapped: the exits would disagree with the cloud on {:.1f} % of "
-          "held-out answers, {:.1f} % now",
+          "held-out answers, {:.1f} % before the cycle",
           100 * after, 100 * before);
       m_->cycles_kept->Increment();
+      outcome_ = CycleOutcome::kKept;
       MutexLock lock(&mu_);
       ++stats_.kept_cycles;
       return Status::Ok();
@@ -541,6 +583,7 @@ Status EdgeLearner::Cycle() {
       }
     }
     swap_(std::make_unique<EdgeEngine>(std::move(edge)));
+    outcome_ = CycleOutcome::kSwapped;
     GetLogger("edge")->info("adaptation: {} steps on {} inputs in {:.1f} s; adapted head serves",
                             r.steps, previous_.size(), r.seconds);
     return Status::Ok();
@@ -564,10 +607,11 @@ void EdgeLearner::Loop() {
     Drain();
     if (!forced && (suspended || pending_.size() < options_.min_new)) continue;
     const auto start = SteadyClock::now();
+    outcome_ = CycleOutcome::kNone;
     Status s = Cycle();
     const double seconds = std::chrono::duration<double>(SteadyClock::now() - start).count();
-    if (s.ok()) {
-      m_->cycles->Increment();
+    if (s.ok() && outcome_ != CycleOutcome::kNone) {
+      if (outcome_ == CycleOutcome::kSwapped) m_->cycles->Increment();
       m_->cycle_seconds->Observe(seconds);
       if (Status saved = Save(); !saved.ok()) {
         GetLogger("edge")->warn("adaptation: rows not saved: {}", saved.ToString());
@@ -580,7 +624,7 @@ void EdgeLearner::Loop() {
     if (strategy_->buffer()) m_->buffer_rows->Set(static_cast<double>(strategy_->buffer()->size()));
     {
       MutexLock lock(&mu_);
-      if (s.ok()) ++stats_.cycles;
+      if (s.ok() && outcome_ != CycleOutcome::kNone) ++stats_.cycles;
       if (!s.ok() && s.code() != StatusCode::kFailedPrecondition) ++stats_.failed_cycles;
       if (!s.ok()) stats_.last_error = s.ToString();
       stats_.last_cycle_seconds = seconds;

@@ -11,7 +11,12 @@
 // connection and the request id). Inputs without any label are kept only for a while, in case
 // feedback comes.
 //
-// A background thread adapts when edge.adapt_min_new labelled inputs have arrived: the
+// A background thread adapts when edge.adapt_min_new labelled inputs have arrived and the
+// served traffic has drifted: the exit rate of the requests served since the last cycle is
+// significantly below the one the bundle's calibration measured (a one-sided 3-sigma
+// binomial test; without a calibrated exit rate every cycle runs). On traffic like the
+// calibration data, training on cloud answers could only push the exits past their
+// calibrated threshold; those decisions are counted (no_drift) and the rows wait. The
 // inputs since the last cycle are one experience of a continual-learning strategy
 // (federated/continual.h; its replay buffer, reservoir-sampled over everything served,
 // holds the past), trained for edge.adapt_epochs within edge.adapt_max_seconds. The adapted
@@ -20,19 +25,22 @@
 // may have changed it: serving never waits for the learner. Every fifth cloud
 // answer of a cycle is held out of its training (it trains in the next one); if the adapted
 // exits would answer those inputs with another class than the cloud more often than the
-// serving exits do, the cycle is not swapped in and its training is undone (the old head
-// serves on). Between cycles the
+// learner's model did before the cycle, the cycle is not swapped in (the old head serves
+// on) and the learner goes on from its training: the check is a promotion gate, a later
+// cycle that passes it is swapped in. Between cycles the
 // thread sleeps so that training takes at most edge.adapt_cpu_share of one core.
 //
 // What adapts keeps the wire contract with the cloud (the bottleneck's code, quantized with
 // the bundle's wire parameters, and the cloud's tail are unchanged):
-//   exits  (default) only the early exits. The head and its encoder are untouched, so what
+//   auto   (default) head for cleave's own bundles, exits for imported ones.
+//   exits  only the early exits. The head and its encoder are untouched, so what
 //          the cloud receives is what it was trained on; the exits learn to answer, on the
 //          gateway, the inputs the cloud now answers for them (the exit rate recovers).
 //   head   the exits and the head's blocks before the encoder, with the encoder's output
 //          held by distillation on the code (edge.adapt_code_weight x MSE against the
 //          original head's code on the same input). More capacity to follow a shift, at the
-//          risk of moving the code the cloud decodes; docs/benchmarks.md measures both.
+//          risk of moving the code the cloud decodes; docs/benchmarks.md measures both (the
+//          head also denoises the code under a shift, so the cloud's answers improve too).
 //          cleave's own (vision-split) bundles only.
 // Every head's exit threshold stays the bundle's calibrated one.
 //
@@ -84,7 +92,7 @@ class AdaptableModel;  // edge/adaptable_model.h
 
 struct AdaptOptions {
   bool enabled = false;
-  std::string scope = "exits";  // exits | head
+  std::string scope = "auto";  // auto (head where the bundle allows it, else exits) | exits | head
   federated::ContinualConfig strategy;
   int64_t min_new = 256;  // labelled inputs that start a cycle
   int64_t window = 4096;  // labelled inputs kept for the next cycle (oldest dropped)
@@ -124,10 +132,12 @@ struct Observation {
 };
 
 struct LearnerStats {
-  int64_t cycles = 0, failed_cycles = 0;
+  int64_t cycles = 0, failed_cycles = 0;  // cycles that trained (swapped or kept); failed
   int64_t kept_cycles = 0;  // cycles whose exits the check refused (the old head serves on)
-  int64_t observed = 0;     // labelled inputs kept (teacher, pseudo or feedback)
-  int64_t dropped = 0;      // the inbox was full
+  // Cycles not run: the served exit rate was not below the bundle's calibrated one.
+  int64_t skipped_cycles = 0;
+  int64_t observed = 0;  // labelled inputs kept (teacher, pseudo or feedback)
+  int64_t dropped = 0;   // the inbox was full
   int64_t buffer_rows = 0, pending_rows = 0;
   double last_cycle_seconds = 0;
   std::string last_error;
@@ -166,6 +176,8 @@ class EdgeLearner {
   // FailedPrecondition when no labelled input is pending.
   Status AdaptNow() EXCLUDES(mu_);
   LearnerStats stats() const EXCLUDES(mu_);
+  // What adapts: "exits" or "head" (edge.adapt_scope auto resolved for the bundle's kind).
+  const std::string& scope() const { return options_.scope; }
 
  private:
   EdgeLearner(AdaptOptions options, split::EdgeModel::Options head, SwapFn swap,
@@ -211,6 +223,8 @@ class EdgeLearner {
   uint64_t generation_ GUARDED_BY(mu_) = 0;
   std::string suspended_ GUARDED_BY(mu_);  // why cycles pause (a refused Rebase); "" = not
   LearnerStats stats_ GUARDED_BY(mu_);
+  // Requests observed since the last cycle, and those an exit answered (drift test).
+  int64_t served_since_ GUARDED_BY(mu_) = 0, exited_since_ GUARDED_BY(mu_) = 0;
   std::string kind_;                    // the bundle's kind; fixed at Create
   int num_classes_ = 0;                 // of the bundle (Feedback's range check); fixed at Create
   std::vector<int64_t> pending_shape_;  // an input's [C, H, W]; fixed at Create
@@ -220,6 +234,10 @@ class EdgeLearner {
   std::unique_ptr<federated::ContinualStrategy> strategy_;
   federated::LabeledBatch pending_;   // labelled rows since the last cycle
   federated::LabeledBatch previous_;  // the last cycle's rows (consolidation)
+  // What the last Cycle() did when it returned OK: trained and swapped, trained and kept the
+  // serving head, or nothing (no drift).
+  enum class CycleOutcome { kNone, kKept, kSwapped };
+  CycleOutcome outcome_ = CycleOutcome::kNone;
   std::thread thread_;
 };
 

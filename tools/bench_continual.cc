@@ -575,6 +575,7 @@ json RunCloudTeacher(const ContinualArgs& args, const federated::SimData& data,
           nullptr);
       if (!made.ok()) Fail("bench continual", made.status());
       learner = std::move(made).value();
+      section["setting"]["adapt"]["scope"] = learner->scope();  // edge.adapt_scope auto resolved
     }
     json points;
     // The split path's accuracy on `images`; its detail (exit rate and accuracy) goes to

@@ -14,6 +14,7 @@
 #include "split/bundle.h"
 #include "split/head_int8_graph.h"
 #include "split/imported_model.h"
+#include "split/vision_bundle.h"
 #include "testing/tiny_bundle.h"
 #include "testing/tiny_torchscript.h"
 
@@ -37,6 +38,7 @@ class AdaptationTest : public ::testing::Test {
   AdaptOptions Options() const {
     AdaptOptions o;
     o.enabled = true;
+    o.scope = "exits";
     o.strategy.strategy = "er";
     o.strategy.replay.capacity = 50;
     o.min_new = 1000;  // cycles only when a test asks (AdaptNow)
@@ -184,7 +186,7 @@ TEST_F(AdaptationTest, LearnsFromTheTeacherAndSwapsAnAdaptedEngineIn) {
 TEST_F(AdaptationTest, ExitsThatWouldContradictTheHeldOutCloudAnswersAreNotSwappedIn) {
   // One input, answered by the cloud again and again: class 2 on the rows that train, class
   // 1 on every fifth (held out). Training makes the exit confident in class 2, which the
-  // held-out answers contradict: the cycle is kept out and its training undone.
+  // held-out answers contradict: the cycle is kept out (the learner goes on from it).
   AdaptOptions o = Options();
   o.lr = 0.1;
   o.epochs = 10;
@@ -218,6 +220,64 @@ TEST_F(AdaptationTest, ExitsThatWouldContradictTheHeldOutCloudAnswersAreNotSwapp
   ASSERT_TRUE((*agreeing)->AdaptNow().ok());
   EXPECT_EQ(swaps_, 1);
   EXPECT_EQ((*agreeing)->stats().kept_cycles, 0);
+}
+
+// Cycles run only while the served exit rate is significantly below the bundle's calibrated
+// one: on traffic like the calibration data a cycle could only push the exits past their
+// calibrated threshold.
+TEST_F(AdaptationTest, CyclesWaitForTheExitRateToFallBelowTheCalibratedOne) {
+  split::VisionBundleParts parts;
+  parts.head_int8 = true;
+  auto model = split::ReadVisionBundle(*bundle_, parts);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  model->calibration = {{"exit_fraction", 0.5}, {"target", "drop:0.2"}};
+  ASSERT_TRUE(split::WriteVisionBundle(dir_ / "calibrated", *model).ok());
+  auto calibrated = Bundle::Open(dir_ / "calibrated");
+  ASSERT_TRUE(calibrated.ok()) << calibrated.status().ToString();
+  auto learner = MakeFor(*calibrated, Options());
+  ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+  // 200 requests answered by the exit, 56 by the cloud: 78 % at the exit, above 50 %.
+  const torch::Tensor images = testing::RandomImages(200, 40);
+  for (int i = 0; i < 200; ++i) {
+    Observation o;
+    o.peer = "app";
+    o.request_id = static_cast<uint64_t>(5000 + i);
+    o.image = images[i];
+    o.exit_logits = torch::zeros({10});
+    (*learner)->Observe(std::move(o));
+  }
+  Teach(**learner, 56);
+  ASSERT_TRUE((*learner)->AdaptNow().ok());
+  EXPECT_EQ(swaps_, 0);
+  LearnerStats stats = (*learner)->stats();
+  EXPECT_EQ(stats.skipped_cycles, 1);
+  EXPECT_EQ(stats.cycles, 0);
+  EXPECT_EQ(stats.pending_rows, 56);  // kept for when a cycle runs
+  // Then only cloud answers: the exit rate is far below the calibrated 50 %.
+  Teach(**learner, 64, 100);
+  ASSERT_TRUE((*learner)->AdaptNow().ok());
+  stats = (*learner)->stats();
+  EXPECT_EQ(stats.skipped_cycles, 1);
+  EXPECT_EQ(stats.cycles, 1);
+  EXPECT_EQ(swaps_ + stats.kept_cycles, 1);
+}
+
+TEST_F(AdaptationTest, ScopeAutoAdaptsTheHeadOfOwnBundlesAndTheExitsOfImportedOnes) {
+  AdaptOptions o = Options();
+  o.scope = "auto";
+  auto own = Make(o);
+  ASSERT_TRUE(own.ok()) << own.status().ToString();
+  EXPECT_EQ((*own)->scope(), "head");
+  std::unique_ptr<Bundle> imported = ImportedBundle("imported-auto");
+  ASSERT_NE(imported, nullptr);
+  auto theirs = MakeFor(*imported, o);
+  ASSERT_TRUE(theirs.ok()) << theirs.status().ToString();
+  EXPECT_EQ((*theirs)->scope(), "exits");
+  o.scope = "blocks";
+  auto refused = Make(o);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("auto, exits or head"), std::string::npos)
+      << refused.status().ToString();
 }
 
 TEST_F(AdaptationTest, ScopeHeadTrainsTheBlocksBeforeTheEncoderWithoutDiverging) {
