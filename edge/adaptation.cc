@@ -234,6 +234,10 @@ Result<std::unique_ptr<EdgeLearner>> EdgeLearner::Create(AdaptOptions options, c
   learner->pending_shape_ = learner->base_->input_shape();
   CLEAVE_RETURN_IF_ERROR(learner->Load());
   {
+    MutexLock lock(&learner->mu_);
+    learner->fresh_ = learner->pending_.size();  // rows kept from before a restart
+  }
+  {
     const LearnerStats stats = learner->stats();
     learner->m_->buffer_rows->Set(static_cast<double>(stats.buffer_rows));
     learner->m_->pending_rows->Set(static_cast<double>(stats.pending_rows));
@@ -387,6 +391,7 @@ void EdgeLearner::Drain() {
   {
     MutexLock lock(&mu_);
     inbox.swap(inbox_);
+    fresh_ += static_cast<int64_t>(inbox.size());
     labelled_waiting_ = 0;
     inbox_bytes_ = 0;
   }
@@ -598,14 +603,20 @@ void EdgeLearner::Loop() {
       MutexLock lock(&mu_);
       cv_.WaitFor(&mu_, std::chrono::seconds(1), [this]() REQUIRES(mu_) {
         return stop_ || now_requested_ > now_done_ ||
-               (suspended_.empty() && labelled_waiting_ + stats_.pending_rows >= options_.min_new);
+               (suspended_.empty() && labelled_waiting_ + fresh_ >= options_.min_new);
       });
       if (stop_) break;
       forced = now_requested_ > now_done_;
       suspended = !suspended_.empty();
     }
     Drain();
-    if (!forced && (suspended || pending_.size() < options_.min_new)) continue;
+    {
+      // A cycle (or a decision that there is no drift to adapt to) takes min_new labelled
+      // inputs that arrived since the last one: the drift test then has a window to judge.
+      MutexLock lock(&mu_);
+      if (!forced && (suspended || fresh_ < options_.min_new)) continue;
+      fresh_ = 0;
+    }
     const auto start = SteadyClock::now();
     outcome_ = CycleOutcome::kNone;
     Status s = Cycle();

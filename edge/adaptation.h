@@ -210,6 +210,7 @@ class EdgeLearner {
   };
   std::vector<Item> inbox_ GUARDED_BY(mu_);
   int64_t labelled_waiting_ GUARDED_BY(mu_) = 0;  // labelled observations in the inbox
+  int64_t fresh_ GUARDED_BY(mu_) = 0;  // labelled rows drained since the last cycle decision
   int64_t inbox_bytes_ GUARDED_BY(mu_) = 0, recent_bytes_ GUARDED_BY(mu_) = 0;
   // Recent requests by (peer, request id) -> (row id, input, teacher): feedback finds them here.
   struct Recent {

@@ -3,9 +3,12 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -260,6 +263,52 @@ TEST_F(AdaptationTest, CyclesWaitForTheExitRateToFallBelowTheCalibratedOne) {
   EXPECT_EQ(stats.skipped_cycles, 1);
   EXPECT_EQ(stats.cycles, 1);
   EXPECT_EQ(swaps_ + stats.kept_cycles, 1);
+}
+
+// The learner's own thread, not AdaptNow: every edge.adapt_min_new labelled inputs it decides
+// once, so the drift test sees a window of that many (a skipped decision does not make the
+// next one judge a handful of requests).
+TEST_F(AdaptationTest, TheLearnerThreadAdaptsOnceTheTrafficDrifts) {
+  split::VisionBundleParts parts;
+  parts.head_int8 = true;
+  auto model = split::ReadVisionBundle(*bundle_, parts);
+  ASSERT_TRUE(model.ok()) << model.status().ToString();
+  model->calibration = {{"exit_fraction", 0.5}, {"target", "drop:0.2"}};
+  ASSERT_TRUE(split::WriteVisionBundle(dir_ / "calibrated", *model).ok());
+  auto calibrated = Bundle::Open(dir_ / "calibrated");
+  ASSERT_TRUE(calibrated.ok()) << calibrated.status().ToString();
+  AdaptOptions o = Options();
+  o.min_new = 32;
+  o.cpu_share = 1.0;
+  auto learner = MakeFor(*calibrated, o);
+  ASSERT_TRUE(learner.ok()) << learner.status().ToString();
+  const auto wait_for = [&](const std::function<bool(const LearnerStats&)>& done) {
+    for (int i = 0; i < 600 && !done((*learner)->stats()); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return done((*learner)->stats());
+  };
+  // Like the calibration data: 3 exit answers for each cloud answer, 64 cloud answers.
+  const torch::Tensor images = testing::RandomImages(192, 41);
+  for (int k = 0; k < 64; ++k) {
+    for (int e = 0; e < 3; ++e) {
+      Observation x;
+      x.peer = "app";
+      x.request_id = static_cast<uint64_t>(7000 + 3 * k + e);
+      x.image = images[3 * k + e];
+      x.exit_logits = torch::zeros({10});
+      (*learner)->Observe(std::move(x));
+    }
+    Teach(**learner, 1, static_cast<uint64_t>(100 + k));
+  }
+  ASSERT_TRUE(wait_for([](const LearnerStats& s) { return s.skipped_cycles >= 1; }));
+  EXPECT_EQ((*learner)->stats().cycles, 0);
+  EXPECT_EQ(swaps_, 0);
+  // Then the exits stop answering: the next window has drifted.
+  Teach(**learner, 64, 1000);
+  ASSERT_TRUE(wait_for([](const LearnerStats& s) { return s.cycles >= 1; }))
+      << "no cycle ran after the drift";
+  EXPECT_EQ(swaps_ + (*learner)->stats().kept_cycles, (*learner)->stats().cycles);
 }
 
 TEST_F(AdaptationTest, ScopeAutoAdaptsTheHeadOfOwnBundlesAndTheExitsOfImportedOnes) {
