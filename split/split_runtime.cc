@@ -130,15 +130,7 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
   parts.tail_fp32 = false;
   parts.head_int8 = options.int8;
   CLEAVE_ASSIGN_OR_RETURN(VisionSplitModel model, ReadVisionBundle(bundle, parts));
-  std::unique_ptr<EdgeModel> edge(new EdgeModel());
-  CLEAVE_ASSIGN_OR_RETURN(edge->feature_shape_, FeatureShape(model.spec));
-  if (options.int8) {
-    CLEAVE_RETURN_IF_ERROR(model.int8_head->SelectEngine(options.int8_engine)
-                               .WithContext("int8 engine '" + options.int8_engine + "'"));
-  }
-  edge->int8_ = options.int8;
-  edge->model_ = std::move(model);
-  return edge;
+  return FromModel(std::move(model), options);
 }
 
 Result<std::unique_ptr<EdgeModel>> EdgeModel::FromModel(VisionSplitModel model,

@@ -81,6 +81,22 @@ class AdaptationTest : public ::testing::Test {
     if (!bundle.ok()) return nullptr;
     return std::make_unique<Bundle>(std::move(bundle).value());
   }
+  // The tiny bundle with a calibration that measured an exit rate of 50 % (the drift test's
+  // reference), written at dir_/calibrated and opened; null (with a failure) otherwise.
+  std::unique_ptr<Bundle> CalibratedBundle() {
+    split::VisionBundleParts parts;
+    parts.head_int8 = true;
+    auto model = split::ReadVisionBundle(*bundle_, parts);
+    EXPECT_TRUE(model.ok()) << model.status().ToString();
+    if (!model.ok()) return nullptr;
+    model->calibration = {{"exit_fraction", 0.5}, {"target", "drop:0.2"}};
+    Status written = split::WriteVisionBundle(dir_ / "calibrated", *model);
+    EXPECT_TRUE(written.ok()) << written.ToString();
+    auto bundle = Bundle::Open(dir_ / "calibrated");
+    EXPECT_TRUE(bundle.ok()) << bundle.status().ToString();
+    if (!bundle.ok()) return nullptr;
+    return std::make_unique<Bundle>(std::move(bundle).value());
+  }
   Result<std::unique_ptr<EdgeLearner>> MakeFor(const Bundle& bundle, AdaptOptions o) {
     return EdgeLearner::Create(
         std::move(o), bundle, head_,
@@ -229,14 +245,8 @@ TEST_F(AdaptationTest, ExitsThatWouldContradictTheHeldOutCloudAnswersAreNotSwapp
 // one: on traffic like the calibration data a cycle could only push the exits past their
 // calibrated threshold.
 TEST_F(AdaptationTest, CyclesWaitForTheExitRateToFallBelowTheCalibratedOne) {
-  split::VisionBundleParts parts;
-  parts.head_int8 = true;
-  auto model = split::ReadVisionBundle(*bundle_, parts);
-  ASSERT_TRUE(model.ok()) << model.status().ToString();
-  model->calibration = {{"exit_fraction", 0.5}, {"target", "drop:0.2"}};
-  ASSERT_TRUE(split::WriteVisionBundle(dir_ / "calibrated", *model).ok());
-  auto calibrated = Bundle::Open(dir_ / "calibrated");
-  ASSERT_TRUE(calibrated.ok()) << calibrated.status().ToString();
+  std::unique_ptr<Bundle> calibrated = CalibratedBundle();
+  ASSERT_NE(calibrated, nullptr);
   auto learner = MakeFor(*calibrated, Options());
   ASSERT_TRUE(learner.ok()) << learner.status().ToString();
   // 200 requests answered by the exit, 56 by the cloud: 78 % at the exit, above 50 %.
@@ -269,14 +279,8 @@ TEST_F(AdaptationTest, CyclesWaitForTheExitRateToFallBelowTheCalibratedOne) {
 // once, so the drift test sees a window of that many (a skipped decision does not make the
 // next one judge a handful of requests).
 TEST_F(AdaptationTest, TheLearnerThreadAdaptsOnceTheTrafficDrifts) {
-  split::VisionBundleParts parts;
-  parts.head_int8 = true;
-  auto model = split::ReadVisionBundle(*bundle_, parts);
-  ASSERT_TRUE(model.ok()) << model.status().ToString();
-  model->calibration = {{"exit_fraction", 0.5}, {"target", "drop:0.2"}};
-  ASSERT_TRUE(split::WriteVisionBundle(dir_ / "calibrated", *model).ok());
-  auto calibrated = Bundle::Open(dir_ / "calibrated");
-  ASSERT_TRUE(calibrated.ok()) << calibrated.status().ToString();
+  std::unique_ptr<Bundle> calibrated = CalibratedBundle();
+  ASSERT_NE(calibrated, nullptr);
   AdaptOptions o = Options();
   o.min_new = 32;
   o.cpu_share = 1.0;
