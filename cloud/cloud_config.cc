@@ -35,8 +35,12 @@ ConfigSchema CloudSchema() {
            "most waiting requests computed together in one batch (1 with max_queue_delay_us = 0 "
            "disables batching)")
       .Add("cloud.max_queue_delay_us", ConfigType::kInt, "2000",
-           "longest the oldest waiting request waits for a fuller batch, in microseconds (0 = "
-           "compute whatever is waiting at once)")
+           "longest the oldest waiting request waits for a fuller batch while another batch is "
+           "being computed, in microseconds (0 = compute whatever is waiting at once); an idle "
+           "service computes a lone request at once unless cloud.hold_when_idle")
+      .Add("cloud.hold_when_idle", ConfigType::kBool, "false",
+           "hold requests for cloud.max_queue_delay_us even when no batch is being computed "
+           "(fuller batches at the cost of every lone request's latency)")
       .Add("cloud.max_queue", ConfigType::kInt, "1024",
            "most accepted requests waiting for a batch; beyond it requests are answered "
            "`overloaded` at once")
@@ -125,6 +129,7 @@ Result<TailServerOptions> TailServerOptionsFromConfig(const Config& config) {
   CLEAVE_ASSIGN_OR_RETURN(options.workers, CloudWorkers(config));
   options.max_batch = static_cast<int>(config.GetInt("cloud.max_batch"));
   options.max_queue_delay_us = config.GetInt("cloud.max_queue_delay_us");
+  options.hold_when_idle = config.GetBool("cloud.hold_when_idle");
   options.intra_op_threads = static_cast<int>(std::max<int64_t>(1, config.GetInt("cloud.threads")));
   return options;
 }

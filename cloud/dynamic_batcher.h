@@ -1,9 +1,14 @@
 // DynamicBatcher: a bounded queue of requests that releases them in batches to worker threads.
 //
-// A batch is released when `max_batch` requests are waiting or when the oldest waiting request
-// has waited `max_queue_delay_us` (0 = release at once; with max_batch = 1 this is "batching
-// disabled"), or, with `max_queue_wait_us`, as soon as the queue holds more work than that
-// bound admits. The queue holds at most `max_queue` requests: Submit beyond that returns
+// A batch is released at once when no batch is being computed (every worker is idle: a lone
+// request has no queue to wait with, so holding it would only idle the worker; Triton's dynamic
+// batcher behaves the same way). While a batch is being computed, the waiting requests form the
+// next batch when `max_batch` of them wait or when the oldest has waited `max_queue_delay_us`
+// (0 = release at once; with max_batch = 1 this is "batching disabled"), or, with
+// `max_queue_wait_us`, as soon as the queue holds more work than that bound admits. With one
+// worker this is "natural batching": each batch holds what arrived while the previous one was
+// computed. `hold_when_idle` restores the older rule (the delay applies even to an idle
+// worker). The queue holds at most `max_queue` requests: Submit beyond that returns
 // kOverloaded and leaves the item with the caller, who must answer it (nothing is dropped
 // silently). With `max_queue_wait_us` set, Submit also refuses (kWaitTooLong) a request whose
 // estimated queueing time exceeds that bound. The estimate is the compute time of the work
@@ -57,6 +62,9 @@ struct DynamicBatcherOptions {
   // Applies once a batch has been timed; before that only max_queue bounds admission.
   int64_t max_queue_wait_us = 0;
   int workers = 1;  // worker threads started by Start (0 = the owner calls RunOnce itself)
+  // Hold a batch for the delay even when no batch is being computed (false: an idle service
+  // computes a lone request at once). With workers = 0, "being computed" means inside RunOnce.
+  bool hold_when_idle = false;
   // InvalidArgument naming the first bad field.
   Status Validate() const;
 };
@@ -278,11 +286,13 @@ class DynamicBatcher {
     cost_ = BatchCost{0, fit_.sy / fit_.sx};
   }
 
-  // Requires a non-empty queue. With a queue-wait bound, a queue that already holds as much
-  // work as the bound admits is as full as it will get: waiting out the delay for a fuller
-  // batch would only leave the worker idle.
+  // Requires a non-empty queue. With no batch being computed there is nothing to wait with:
+  // the delay would only idle the workers. With a queue-wait bound, a queue that already holds
+  // as much work as the bound admits is as full as it will get: waiting out the delay for a
+  // fuller batch would only leave the worker idle.
   bool DueLocked(int64_t now) const REQUIRES(mu_) {
-    return stopping_ || queue_.size() >= static_cast<size_t>(options_.max_batch) ||
+    return stopping_ || (!options_.hold_when_idle && running_.empty()) ||
+           queue_.size() >= static_cast<size_t>(options_.max_batch) ||
            now - queue_.front().enqueued_us >= options_.max_queue_delay_us ||
            (options_.max_queue_wait_us > 0 &&
             EstimatedWaitLocked(now) > options_.max_queue_wait_us);
@@ -321,11 +331,17 @@ class DynamicBatcher {
     const bool computed = Call([&] { compute_(worker, formed.batch); });
     const double micros = static_cast<double>(clock_.NowMicros() - start);
     const uint64_t failed = computed ? 0 : RejectUnanswered(formed.batch);
-    MutexLock lock(&mu_);
-    stats_.compute_failed += failed;
-    running_.erase(std::find_if(running_.begin(), running_.end(),
-                                [&](const Running& r) { return r.id == formed.id; }));
-    LearnCostLocked(n, micros);
+    bool idle_with_work = false;
+    {
+      MutexLock lock(&mu_);
+      stats_.compute_failed += failed;
+      running_.erase(std::find_if(running_.begin(), running_.end(),
+                                  [&](const Running& r) { return r.id == formed.id; }));
+      LearnCostLocked(n, micros);
+      idle_with_work = running_.empty() && !queue_.empty();
+    }
+    // Workers holding items for the delay release them now that nothing is being computed.
+    if (idle_with_work && !options_.hold_when_idle) cv_.NotifyAll();
   }
 
   // After the compute callback threw: the items it did not answer get kComputeFailed.

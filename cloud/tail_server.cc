@@ -128,6 +128,7 @@ Result<std::unique_ptr<TailServer>> TailServer::Create(
   batching.max_queue = options.max_queue;
   batching.max_queue_wait_us = options.max_queue_wait_us;
   batching.workers = options.workers;
+  batching.hold_when_idle = options.hold_when_idle;
   CLEAVE_RETURN_IF_ERROR(batching.Validate());
   if (options.workers < 1) return Status::InvalidArgument("workers must be >= 1");
   CLEAVE_ASSIGN_OR_RETURN(std::shared_ptr<ModelSet> set,

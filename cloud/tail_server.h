@@ -54,7 +54,10 @@ struct TailServerOptions {
   std::string listen = "tcp://127.0.0.1:5560";
   int max_batch = 64;                 // most requests computed together (>= 1)
   int64_t max_queue_delay_us = 2000;  // longest the oldest request waits for a fuller batch
-  size_t max_queue = 1024;            // most accepted requests waiting; beyond: `overloaded`
+  // Hold requests for the delay even when no batch is being computed (false: an idle server
+  // computes a lone request at once; DynamicBatcherOptions::hold_when_idle).
+  bool hold_when_idle = false;
+  size_t max_queue = 1024;  // most accepted requests waiting; beyond: `overloaded`
   // Most estimated queueing microseconds for a new request; beyond: `overloaded` (0 = no bound;
   // see DynamicBatcherOptions::max_queue_wait_us).
   int64_t max_queue_wait_us = 0;

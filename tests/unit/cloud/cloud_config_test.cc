@@ -54,6 +54,7 @@ TEST(CloudConfigTest, TailServerOptionsReadEveryServingKey) {
       TailServerOptionsFromConfig(Load({{"cloud.listen", "tcp://127.0.0.1:0"},
                                         {"cloud.max_batch", "16"},
                                         {"cloud.max_queue_delay_us", "500"},
+                                        {"cloud.hold_when_idle", "true"},
                                         {"cloud.max_queue", "32"},
                                         {"cloud.max_queue_wait_us", "700"},
                                         {"cloud.workers", "3"},
@@ -62,6 +63,7 @@ TEST(CloudConfigTest, TailServerOptionsReadEveryServingKey) {
   EXPECT_EQ(options->listen, "tcp://127.0.0.1:0");
   EXPECT_EQ(options->max_batch, 16);
   EXPECT_EQ(options->max_queue_delay_us, 500);
+  EXPECT_TRUE(options->hold_when_idle);
   EXPECT_EQ(options->max_queue, 32u);
   EXPECT_EQ(options->max_queue_wait_us, 700);
   EXPECT_EQ(options->workers, 3);

@@ -1,5 +1,7 @@
-// DynamicBatcher with a fake clock: batches are released when full or when the oldest item
-// has waited long enough, a full queue refuses with kOverloaded, expired items are never
+// DynamicBatcher with a fake clock: an idle batcher computes a lone item at once; while a batch
+// is computed the next one is released when full or when the oldest item has waited long
+// enough (the delay tests hold an idle batcher, hold_when_idle, so the delay alone decides), a
+// full queue refuses with kOverloaded, expired items are never
 // computed, shutdown gives every queued item exactly one outcome, and so does a batch whose
 // compute callback throws.
 #include "cloud/dynamic_batcher.h"
@@ -7,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -55,6 +58,7 @@ DynamicBatcherOptions Options(int max_batch, int64_t delay_us, size_t max_queue,
   o.max_queue_delay_us = delay_us;
   o.max_queue = max_queue;
   o.workers = workers;
+  o.hold_when_idle = true;
   return o;
 }
 
@@ -114,6 +118,75 @@ TEST(DynamicBatcherTest, ReleasesWhenTheOldestHasWaitedTheDelay) {
   EXPECT_EQ(b->RunOnce(), 2u);  // 500 us: both go, the younger one too
   ASSERT_EQ(rec.batches.size(), 1u);
   EXPECT_EQ(rec.batches[0], (std::vector<int>{1, 2}));
+}
+
+// The default: with no batch being computed a lone item has nothing to wait with and goes at
+// once, whatever the delay.
+TEST(DynamicBatcherTest, AnIdleBatcherComputesALoneItemAtOnce) {
+  FakeClock clock(1000);
+  Recorder rec;
+  DynamicBatcherOptions o = Options(8, 1'000'000, 16, 0);
+  o.hold_when_idle = false;
+  auto b = MakeBatcher(o, clock, rec);
+  ASSERT_EQ(b->Submit(1, 0), SubmitResult::kAccepted);
+  EXPECT_EQ(b->RunOnce(), 1u);  // no time has passed
+  ASSERT_EQ(rec.batches.size(), 1u);
+  EXPECT_EQ(rec.batches[0], std::vector<int>{1});
+}
+
+// Blocks the first batch's compute until released, so a test can hold a batch "running".
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool entered = false, open = false;
+  void Pass() {
+    std::unique_lock<std::mutex> lock(mu);
+    entered = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return open; });
+  }
+  void AwaitEntered() {
+    std::unique_lock<std::mutex> lock(mu);
+    cv.wait(lock, [&] { return entered; });
+  }
+  void Open() {
+    std::lock_guard<std::mutex> lock(mu);
+    open = true;
+    cv.notify_all();
+  }
+};
+
+// While a batch is computed the items arriving meanwhile have a queue to wait with: an idle
+// second worker holds them (the delay never passes on the fake clock), and they go together
+// as soon as nothing is computed any more ("natural batching"), on one worker or two.
+TEST(DynamicBatcherTest, ItemsArrivingDuringABatchGoTogetherWhenItEnds) {
+  for (int workers : {1, 2}) {
+    SCOPED_TRACE("workers " + std::to_string(workers));
+    FakeClock clock(1000);
+    Recorder rec;
+    Gate gate;
+    DynamicBatcherOptions o = Options(8, 1'000'000, 16, workers);
+    o.hold_when_idle = false;
+    DynamicBatcher<int> b(
+        o, clock,
+        [&](int, std::vector<int>& batch) {
+          if (batch.front() == 0) gate.Pass();
+          rec.Compute(batch);
+        },
+        [&](Rejection why, int& id) { rec.Reject(why, id); });
+    b.Start();
+    ASSERT_EQ(b.Submit(0, 0), SubmitResult::kAccepted);
+    gate.AwaitEntered();  // item 0 went alone, at once
+    for (int id = 1; id <= 3; ++id) ASSERT_EQ(b.Submit(int{id}, 0), SubmitResult::kAccepted);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // an idle worker would show
+    EXPECT_EQ(b.queued(), 3u);
+    gate.Open();
+    rec.WaitFor(4);
+    b.Shutdown(DynamicBatcher<int>::ShutdownMode::kDrain);
+    ASSERT_EQ(rec.batches.size(), 2u);
+    EXPECT_EQ(rec.batches[0], std::vector<int>{0});
+    EXPECT_EQ(rec.batches[1], (std::vector<int>{1, 2, 3}));
+  }
 }
 
 TEST(DynamicBatcherTest, ZeroDelayAndBatchOfOneIsUnbatched) {
