@@ -7,15 +7,12 @@
 #include "split/wire_quant.h"
 
 namespace cleave::split {
-namespace {
-
 using nlohmann::json;
 
-// Per row: the exit's prediction where the policy exits, else the offloaded prediction.
-// Returns (accuracy, exit fraction).
-std::pair<double, double> ExitAccuracy(const std::vector<torch::Tensor>& exits,
-                                       const torch::Tensor& offloaded, const torch::Tensor& labels,
-                                       const ExitPolicy& policy) {
+std::pair<double, double> ExitPolicyAccuracy(const std::vector<torch::Tensor>& exits,
+                                             const torch::Tensor& offloaded,
+                                             const torch::Tensor& labels,
+                                             const ExitPolicy& policy) {
   const std::vector<int> decision = policy.Decide(exits);
   const torch::Tensor chosen =
       torch::tensor(std::vector<int64_t>(decision.begin(), decision.end()), torch::kLong);
@@ -27,8 +24,6 @@ std::pair<double, double> ExitAccuracy(const std::vector<torch::Tensor>& exits,
   const double n = static_cast<double>(labels.size(0));
   return {pred.eq(labels).sum().item<double>() / n, local / n};
 }
-
-}  // namespace
 
 Result<PathLogits> RunPaths(VisionSplitModel& model, const ImageRows& rows, int64_t batch) {
   torch::NoGradGuard no_grad;
@@ -83,10 +78,11 @@ json EvaluatePaths(const PathLogits& logits, const torch::Tensor& labels,
   json exit_acc = json::array();
   for (const auto& e : logits.exits_deployed) exit_acc.push_back(Accuracy(e, labels));
   j["exit_accuracy"] = exit_acc;
-  auto [acc, frac] = ExitAccuracy(logits.exits_deployed, logits.deployed, labels, policy);
+  auto [acc, frac] = ExitPolicyAccuracy(logits.exits_deployed, logits.deployed, labels, policy);
   j["split_exit"] = acc;
   j["exit_fraction"] = frac;
-  auto [acc32, frac32] = ExitAccuracy(logits.exits_fp32, logits.fp32_head_wire, labels, policy);
+  auto [acc32, frac32] =
+      ExitPolicyAccuracy(logits.exits_fp32, logits.fp32_head_wire, labels, policy);
   j["split_exit_fp32_head"] = acc32;
   j["exit_fraction_fp32_head"] = frac32;
   return j;

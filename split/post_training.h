@@ -38,6 +38,12 @@ struct PathLogits {
 // reading the rows, the codec or Int8Head::Forward.
 Result<PathLogits> RunPaths(VisionSplitModel& model, const ImageRows& rows, int64_t batch = 500);
 
+// Per row: the exit's prediction where `policy` exits, else the offloaded prediction.
+// Returns (accuracy, exit fraction) against `labels`.
+std::pair<double, double> ExitPolicyAccuracy(const std::vector<torch::Tensor>& exits,
+                                             const torch::Tensor& offloaded,
+                                             const torch::Tensor& labels, const ExitPolicy& policy);
+
 // Accuracies of `logits` against `labels` under `policy`:
 // {"local_fp32", "split_no_exit", "split_no_exit_fp32_head", "exit_accuracy": [...],
 //  "split_exit", "exit_fraction", "split_exit_fp32_head", "exit_fraction_fp32_head", "rows"}.

@@ -125,9 +125,11 @@ Result<std::unique_ptr<EdgeModel>> EdgeModel::Load(const Bundle& bundle, const O
     return FromImported(std::make_shared<ImportedSplitModel>(std::move(imported)), options);
   }
   VisionBundleParts parts;
-  parts.head_fp32 = !options.int8;
-  parts.exits_fp32 = !options.int8;
-  parts.tail_fp32 = false;
+  // Further split points run fp32 blocks on either side of the deployment split.
+  const bool more_splits = bundle.model().contains("splits");
+  parts.head_fp32 = !options.int8 || more_splits;
+  parts.exits_fp32 = !options.int8 || more_splits;
+  parts.tail_fp32 = more_splits;
   parts.head_int8 = options.int8;
   CLEAVE_ASSIGN_OR_RETURN(VisionSplitModel model, ReadVisionBundle(bundle, parts));
   return FromModel(std::move(model), options);
@@ -178,6 +180,39 @@ std::string EdgeModel::engine() const {
 int EdgeModel::num_exits() const {
   return imported_ ? static_cast<int>(imported_->exits.size())
                    : static_cast<int>(model_.spec.exits.size());
+}
+
+const ExitPolicy& EdgeModel::exit_policy(int split) const {
+  return split == 0 ? model_.exit_policy : model_.splits[split - 1].exit_policy;
+}
+wire::DType EdgeModel::wire_dtype(int split) const {
+  return split == 0 ? model_.wire_dtype : model_.splits[split - 1].wire_dtype;
+}
+const wire::QuantParams& EdgeModel::wire_quant(int split) const {
+  return split == 0 ? model_.wire_quant : model_.splits[split - 1].wire_quant;
+}
+const std::vector<uint32_t>& EdgeModel::feature_shape(int split) const {
+  return split == 0 ? feature_shape_ : model_.splits[split - 1].feature_shape;
+}
+
+Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images, int split) {
+  if (split == 0) return Run(images);
+  if (split < 0 || split >= num_splits()) {
+    return Status::InvalidArgument("split point " + std::to_string(split) +
+                                   " is not in the bundle (" + std::to_string(num_splits()) +
+                                   " split points)");
+  }
+  CLEAVE_RETURN_IF_ERROR(CheckBatch(images, SpecImageShape(model_.spec), "edge input images"));
+  return CallTorch(
+      TorchSource::kOwnState, "edge head: libtorch failed", [&]() -> Result<EdgeHeadOutput> {
+        torch::NoGradGuard no_grad;
+        SplitVisionNetImpl::Outputs o = RunSplitHead(*model_.net, model_.splits[split - 1],
+                                                     images.to(torch::kFloat).contiguous());
+        EdgeHeadOutput out;
+        out.exit_logits = std::move(o.exit_logits);
+        out.features = o.features.contiguous();
+        return out;
+      });
 }
 
 Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images) {
@@ -247,6 +282,16 @@ Result<std::unique_ptr<CloudModel>> CloudModel::Load(const Bundle& bundle, const
   };
   CLEAVE_ASSIGN_OR_RETURN(
       cloud->tail_, CallTorch(TorchSource::kOwnState, "cloud tail plan: libtorch failed", compile));
+  for (const SplitPoint& point : model.splits) {
+    const auto compile_point = [&] {
+      return TailPlan::Compile(*model.net, point.resume, model.net->num_blocks(),
+                               options.precision);
+    };
+    CLEAVE_ASSIGN_OR_RETURN(
+        TailPlan plan,
+        CallTorch(TorchSource::kOwnState, "cloud tail plan: libtorch failed", compile_point));
+    cloud->split_tails_.push_back(std::move(plan));
+  }
   cloud->model_ = std::move(model);
   return cloud;
 }
@@ -258,6 +303,26 @@ Result<torch::Tensor> CloudModel::RunTail(const torch::Tensor& features) {
     torch::NoGradGuard no_grad;
     if (imported_) return imported_->RunTail(features.to(torch::kFloat).contiguous());
     return tail_.Run(features);
+  });
+}
+
+const std::vector<uint32_t>& CloudModel::feature_shape(int split) const {
+  return split == 0 ? feature_shape_ : model_.splits[split - 1].feature_shape;
+}
+
+Result<torch::Tensor> CloudModel::RunTail(const torch::Tensor& features, int split) {
+  if (split == 0) return RunTail(features);
+  if (split < 0 || split >= num_splits()) {
+    return Status::InvalidArgument("split point " + std::to_string(split) +
+                                   " is not served (the bundle has " +
+                                   std::to_string(num_splits()) + ")");
+  }
+  const SplitPoint& point = model_.splits[split - 1];
+  const std::vector<int64_t> per_item(point.feature_shape.begin(), point.feature_shape.end());
+  CLEAVE_RETURN_IF_ERROR(CheckBatch(features, per_item, "tail input features"));
+  return CallTorch(TorchSource::kOwnState, "cloud tail: libtorch failed", [&] {
+    torch::NoGradGuard no_grad;
+    return split_tails_[split - 1].Run(RunSplitDecoder(point, features.to(torch::kFloat)));
   });
 }
 

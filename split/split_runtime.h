@@ -65,6 +65,18 @@ class EdgeModel {
   // images: float [N, 1, H, W] in [0, 1] (N >= 1, H = W = the spec's image size).
   // InvalidArgument on a wrong shape/dtype or non-finite pixels; Internal if libtorch fails.
   Result<EdgeHeadOutput> Run(const torch::Tensor& images);
+  // The same at split point `split` (0 = the deployment split, what Run does; further points
+  // of split/split_point.h run the fp32 blocks before their cut, then their encoder). The
+  // exits are those before the cut. InvalidArgument for a split the bundle does not have.
+  Result<EdgeHeadOutput> Run(const torch::Tensor& images, int split);
+  // 1 + the bundle's further split points (always 1 for imported bundles).
+  int num_splits() const { return 1 + static_cast<int>(model_.splits.size()); }
+  // Per split point: its exit policy, wire dtype and parameters, and per-image feature shape.
+  // Precondition: 0 <= split < num_splits().
+  const ExitPolicy& exit_policy(int split) const;
+  wire::DType wire_dtype(int split) const;
+  const wire::QuantParams& wire_quant(int split) const;
+  const std::vector<uint32_t>& feature_shape(int split) const;
 
   const ExitPolicy& exit_policy() const { return model_.exit_policy; }
   // Replaces the thresholds (e.g. for a threshold sweep). The policy's exit count should
@@ -109,6 +121,14 @@ class CloudModel {
   // features: float [N, C, H, W] with [C, H, W] == feature_shape() (N >= 1) -> logits
   // [N, num_classes]. InvalidArgument on a wrong shape/dtype or non-finite values.
   Result<torch::Tensor> RunTail(const torch::Tensor& features);
+  // The tail of split point `split` (0 = RunTail's): decoder of the point if it has one, then
+  // the backbone from its `resume` block, as a TailPlan. InvalidArgument for a split the
+  // bundle does not have or features of another shape than feature_shape(split).
+  Result<torch::Tensor> RunTail(const torch::Tensor& features, int split);
+  // 1 + the bundle's further split points; every one is served.
+  int num_splits() const { return 1 + static_cast<int>(split_tails_.size()); }
+  // Per-image feature shape at split point `split`. Precondition: 0 <= split < num_splits().
+  const std::vector<uint32_t>& feature_shape(int split) const;
   // images as for EdgeModel::Run -> logits of the whole fp32 split model.
   Result<torch::Tensor> RunFull(const torch::Tensor& images);
 
@@ -124,6 +144,7 @@ class CloudModel {
   VisionSplitModel model_;
   std::shared_ptr<ImportedSplitModel> imported_;  // kind torchscript-split
   TailPlan tail_;
+  std::vector<TailPlan> split_tails_;  // of model_.splits, in order
   std::vector<uint32_t> feature_shape_;
 };
 

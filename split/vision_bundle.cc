@@ -13,6 +13,8 @@ using nlohmann::json;
 
 enum class Part { kHead, kExits, kTail };
 
+constexpr size_t kMaxSplitPoints = 64;
+
 const char* PartFile(Part part) {
   switch (part) {
     case Part::kHead: return kHeadFp32File;
@@ -177,6 +179,21 @@ Result<VisionSplitModel> ParseManifest(const json& m) {
     CLEAVE_RETURN_IF_ERROR(model.input.CheckMatches(model.spec).WithContext("\"input\""));
   }
 
+  auto splits = m.find("splits");
+  if (splits != m.end()) {
+    if (!splits->is_array()) return Status::InvalidArgument("\"splits\" must be an array");
+    if (splits->size() > kMaxSplitPoints) {
+      return Status::InvalidArgument("more than " + std::to_string(kMaxSplitPoints) +
+                                     " split points");
+    }
+    for (size_t i = 0; i < splits->size(); ++i) {
+      auto point = SplitPoint::FromJson((*splits)[i], model.spec);
+      if (!point.ok()) {
+        return point.status().WithContext("split point " + std::to_string(i + 1));
+      }
+      model.splits.push_back(std::move(point).value());
+    }
+  }
   model.calibration = m.value("calibration", json());
   model.int8_info = m.value("int8", json());
   model.evaluation = m.value("evaluation", json::object());
@@ -199,6 +216,10 @@ Result<std::vector<uint32_t>> FeatureShape(const VisionModelSpec& spec) {
   const int size = spec.OutputSize(spec.split_after);
   return std::vector<uint32_t>{static_cast<uint32_t>(spec.blocks[spec.split_after].out_channels),
                                static_cast<uint32_t>(size), static_cast<uint32_t>(size)};
+}
+
+std::string SplitBottleneckFile(size_t index) {
+  return "split" + std::to_string(index) + "_fp32.pt";
 }
 
 Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitModel& model) {
@@ -229,6 +250,21 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
     int8["file"] = kHeadInt8File;
     int8["weight_bytes"] = model.int8_head->WeightBytes();
   }
+  json splits = json::array();
+  for (size_t i = 0; i < model.splits.size(); ++i) {
+    const SplitPoint& point = model.splits[i];
+    CLEAVE_RETURN_IF_ERROR(
+        point.Validate(model.spec)
+            .WithContext("WriteVisionBundle: split point " + std::to_string(i + 1)));
+    splits.push_back(point.ToJson());
+    if (point.bottleneck) {
+      CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, SaveBottleneck(point));
+      const std::string file = SplitBottleneckFile(i + 1);
+      CLEAVE_RETURN_IF_ERROR(writer.AddFile(file, bytes));
+      splits.back()["file"] = file;
+      files["split" + std::to_string(i + 1) + "_fp32"] = file;
+    }
+  }
   // A model that never set its input (tests, older producers) is described as Legacy.
   const InputSpec input =
       model.input.class_names.empty() ? InputSpec::Legacy(model.spec) : model.input;
@@ -246,7 +282,9 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
                          {"evaluation", model.evaluation},
                          {"training", model.training},
                          {"files", files}};
-  return writer.Commit(kVisionSplitKind, manifest);
+  json full = manifest;
+  if (!splits.empty()) full["splits"] = splits;  // earlier manifests stay byte-identical
+  return writer.Commit(kVisionSplitKind, full);
 }
 
 Result<VisionSplitModel> ReadVisionBundle(const Bundle& bundle, const VisionBundleParts& parts) {
@@ -267,6 +305,15 @@ Result<VisionSplitModel> ReadVisionBundle(const Bundle& bundle, const VisionBund
     if (want) CLEAVE_RETURN_IF_ERROR(LoadPart(bundle, *model.net, part));
   }
   model.net->eval();
+  for (size_t i = 0; i < model.splits.size(); ++i) {
+    SplitPoint& point = model.splits[i];
+    if (!point.bottleneck) continue;
+    const std::string file = SplitBottleneckFile(i + 1);
+    if (!bundle.HasFile(file)) return Status::DataLoss("bundle lacks " + file);
+    CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, bundle.ReadVerified(file));
+    BuildBottleneck(point);
+    CLEAVE_RETURN_IF_ERROR(LoadBottleneck(point, bytes, file));
+  }
   if (parts.head_int8) {
     if (!bundle.HasFile(kHeadInt8File)) {
       return Status::NotFound("bundle " + bundle.dir().string() + " has no " + kHeadInt8File +

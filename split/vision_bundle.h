@@ -12,7 +12,9 @@
 //    "exit_policy" {"criterion","thresholds"}, "calibration" (CalibrationResult JSON or null),
 //    "wire" {"dtype","channel_axis":1,"scale":[..],"zero_point":[..]},
 //    "int8" {"file","weight_bytes","engine","engine_timings_ms",...} or null,
-//    "evaluation" {...accuracies...}, "training" {...options...}, "files" {part -> file name}}
+//    "evaluation" {...accuracies...}, "training" {...options...}, "files" {part -> file name},
+//    "splits" [...] (further split points, split/split_point.h; absent when there are none)}
+//   split<i>_fp32.pt  the learned bottleneck of further split point i (1-based), if it has one
 // Readers validate every field (the manifest is input, hence hostile) and load only the
 // parts asked for, so the edge never reads the tail and the cloud never reads int8 weights.
 #pragma once
@@ -32,6 +34,7 @@
 #include "split/exit_policy.h"
 #include "split/input_spec.h"
 #include "split/int8_head.h"
+#include "split/split_point.h"
 #include "split/vision_model.h"
 
 namespace cleave::split {
@@ -60,6 +63,9 @@ struct VisionSplitModel {
   nlohmann::json int8_info;    // engine, engine_timings_ms, weight_bytes, ... or null
   nlohmann::json evaluation;   // accuracies measured by the producer
   nlohmann::json training;     // options the model was trained with
+  // Further split points (indices 1, 2, ...; index 0 is the deployment split described by the
+  // fields above). Their bottlenecks are built and loaded by ReadVisionBundle.
+  std::vector<SplitPoint> splits;
 
   // Blocks the edge runs: [0, head_end()).
   int head_end() const { return spec.split_after + 1; }
@@ -68,6 +74,9 @@ struct VisionSplitModel {
 // Per-image feature shape [C, H, W] after block spec.split_after (InvalidArgument when the
 // spec has no split or splits after a non-spatial block).
 Result<std::vector<uint32_t>> FeatureShape(const VisionModelSpec& spec);
+
+// The file holding the bottleneck of further split point `index` (1-based).
+std::string SplitBottleneckFile(size_t index);
 
 // Writes `model` as a bundle at `dir` atomically (replacing an older bundle there only once
 // the new one is complete). Requires model.net; writes head_int8.bin iff model.int8_head.

@@ -36,21 +36,41 @@ int BlockOutSize(const BlockSpec& b, int size) {
 
 }  // namespace
 
+int BlockOutputSide(const BlockSpec& block, int in_size) { return BlockOutSize(block, in_size); }
+
+json BlockSpecToJson(const BlockSpec& b) {
+  json j = {{"type", b.type},
+            {"role", b.role},
+            {"in_channels", b.in_channels},
+            {"out_channels", b.out_channels},
+            {"kernel", b.kernel},
+            {"stride", b.stride},
+            {"expansion", b.expansion},
+            {"relu", b.relu}};
+  // Only when not the default, so manifests of earlier models stay byte-identical.
+  if (!b.batch_norm) j["batch_norm"] = false;
+  if (b.padding != -1) j["padding"] = b.padding;
+  return j;
+}
+
+BlockSpec BlockSpecFromJson(const json& bj) {
+  BlockSpec b;
+  b.type = bj.at("type").get<std::string>();
+  b.role = bj.value("role", std::string());
+  b.in_channels = bj.at("in_channels").get<int>();
+  b.out_channels = bj.at("out_channels").get<int>();
+  b.kernel = bj.value("kernel", 3);
+  b.stride = bj.value("stride", 1);
+  b.expansion = bj.value("expansion", 2);
+  b.relu = bj.value("relu", true);
+  b.batch_norm = bj.value("batch_norm", true);
+  b.padding = bj.value("padding", -1);
+  return b;
+}
+
 json VisionModelSpec::ToJson() const {
   json blocks_json = json::array();
-  for (const auto& b : blocks) {
-    blocks_json.push_back({{"type", b.type},
-                           {"role", b.role},
-                           {"in_channels", b.in_channels},
-                           {"out_channels", b.out_channels},
-                           {"kernel", b.kernel},
-                           {"stride", b.stride},
-                           {"expansion", b.expansion},
-                           {"relu", b.relu}});
-    // Only when not the default, so manifests of earlier models stay byte-identical.
-    if (!b.batch_norm) blocks_json.back()["batch_norm"] = false;
-    if (b.padding != -1) blocks_json.back()["padding"] = b.padding;
-  }
+  for (const auto& b : blocks) blocks_json.push_back(BlockSpecToJson(b));
   json exits_json = json::array();
   for (const auto& e : exits) {
     exits_json.push_back({{"after_block", e.after_block}, {"hidden_channels", e.hidden_channels}});
@@ -74,20 +94,7 @@ Result<VisionModelSpec> VisionModelSpec::FromJson(const json& j) {
     s.input_mean = NormalizationFromJson(j.at("input_mean"));
     s.input_std = NormalizationFromJson(j.at("input_std"));
     s.split_after = j.at("split_after").get<int>();
-    for (const auto& bj : j.at("blocks")) {
-      BlockSpec b;
-      b.type = bj.at("type").get<std::string>();
-      b.role = bj.value("role", std::string());
-      b.in_channels = bj.at("in_channels").get<int>();
-      b.out_channels = bj.at("out_channels").get<int>();
-      b.kernel = bj.value("kernel", 3);
-      b.stride = bj.value("stride", 1);
-      b.expansion = bj.value("expansion", 2);
-      b.relu = bj.value("relu", true);
-      b.batch_norm = bj.value("batch_norm", true);
-      b.padding = bj.value("padding", -1);
-      s.blocks.push_back(b);
-    }
+    for (const auto& bj : j.at("blocks")) s.blocks.push_back(BlockSpecFromJson(bj));
     for (const auto& ej : j.at("exits")) {
       s.exits.push_back({ej.at("after_block").get<int>(), ej.at("hidden_channels").get<int>()});
     }

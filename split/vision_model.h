@@ -56,6 +56,13 @@ struct BlockSpec {
   int padding = -1;        // conv only; -1 = kernel / 2 ("same" at stride 1)
 };
 
+// A block's JSON as in a model spec, and back (throws nlohmann::json::exception on malformed
+// input; the spec's Validate checks the values).
+nlohmann::json BlockSpecToJson(const BlockSpec& block);
+// Output side of `block` given a square input of side `in_size` (1 once flattened).
+int BlockOutputSide(const BlockSpec& block, int in_size);
+BlockSpec BlockSpecFromJson(const nlohmann::json& json);
+
 struct ExitSpec {
   int after_block = 0;  // the exit reads the output of this block
   int hidden_channels = 32;

@@ -4,6 +4,7 @@
 #include <iostream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,8 @@
 #include "split/image_rows.h"
 #include "split/model_spec_file.h"
 #include "split/post_training.h"
+#include "split/split_point.h"
+#include "split/split_point_calibration.h"
 #include "split/trainer.h"
 #include "split/vision_bundle.h"
 #include "tools/command_error.h"
@@ -72,7 +75,39 @@ struct SplitArgs {
   int threads = 2;
   bool no_int8 = false;
   bool quiet = false;
+  std::vector<std::string> add_splits;  // AFTER[:DTYPE]
+  bool clear_splits = false;
 };
+
+// "AFTER[:DTYPE]" of --add-split: a plain cut after block AFTER (u8 on the wire by default).
+Result<split::SplitPoint> ParseAddSplit(const std::string& text,
+                                        const split::VisionModelSpec& spec) {
+  const size_t colon = text.find(':');
+  const std::string block = text.substr(0, colon);
+  int after = -1;
+  try {
+    size_t used = 0;
+    after = std::stoi(block, &used);
+    if (used != block.size()) after = -1;
+  } catch (const std::exception&) {
+    after = -1;
+  }
+  if (after < 0) {
+    return Status::InvalidArgument("--add-split " + text +
+                                   ": expected AFTER[:DTYPE], AFTER a block index");
+  }
+  wire::DType dtype = wire::DType::kUInt8;
+  if (colon != std::string::npos) {
+    CLEAVE_ASSIGN_OR_RETURN(dtype, wire::ParseDType(text.substr(colon + 1)));
+  }
+  if (after == spec.split_after) {
+    return Status::InvalidArgument("--add-split " + text + ": block " + block +
+                                   " is already the deployment split");
+  }
+  auto point = split::SplitPoint::Plain(spec, after, dtype);
+  if (!point.ok()) return point.status().WithContext("--add-split " + text);
+  return point;
+}
 
 // Epoch counts and the data/size knobs a preset sets; any of them given explicitly on the
 // command line wins over the preset.
@@ -219,6 +254,28 @@ void RunSplit(SplitArgs& args) {
 
   const Status finalized = FinalizeSplitModel(model, split.first, split.second, test, finalize);
   if (!finalized.ok()) Fail(cmd, finalized);
+  // Further split points: every one is re-calibrated with the deployment split's target.
+  if (args.clear_splits) model.splits.clear();
+  for (const std::string& text : args.add_splits) {
+    split::SplitPoint point = OrFail(cmd, ParseAddSplit(text, model.spec));
+    for (const split::SplitPoint& have : model.splits) {
+      if (have.after == point.after && !have.bottleneck) {
+        Fail(cmd, Status::InvalidArgument("--add-split " + text +
+                                          ": the bundle already cuts after block " +
+                                          std::to_string(point.after)));
+      }
+    }
+    model.splits.push_back(std::move(point));
+  }
+  split::SplitPointCalibration point_options;
+  point_options.target = finalize.target;
+  point_options.criterion = finalize.criterion;
+  point_options.log = finalize.log;
+  for (split::SplitPoint& point : model.splits) {
+    const Status calibrated =
+        split::CalibrateSplitPoint(model, point, split.first, split.second, test, point_options);
+    if (!calibrated.ok()) Fail(cmd, calibrated);
+  }
   model.training["resplit"] = {{"calibration_target", finalize.target.ToString()},
                                {"criterion", ExitCriterionName(finalize.criterion)},
                                {"wire_dtype", wire::DTypeName(model.wire_dtype)},
@@ -325,8 +382,9 @@ void RegisterTrainCommands(CLI::App& app) {
       "split",
       "Re-quantize and re-calibrate an existing vision-split bundle: refit the wire "
       "quantizer (--wire-dtype), re-run int8 post-training quantization of the head, "
-      "re-calibrate the exit threshold on the bundle's own held-out split, re-evaluate, and "
-      "write the bundle (in place, atomically, unless --out is given).");
+      "re-calibrate the exit threshold on the bundle's own held-out split, add or re-calibrate "
+      "further split points (--add-split), re-evaluate, and write the bundle (in place, "
+      "atomically, unless --out is given).");
   split->add_option("--bundle", split_args->bundle, "bundle directory to read")
       ->required()
       ->check(CLI::ExistingDirectory);
@@ -347,6 +405,14 @@ void RegisterTrainCommands(CLI::App& app) {
   split->add_option("--threads", split_args->threads, "libtorch intra-op threads")
       ->capture_default_str();
   split->add_flag("--no-int8", split_args->no_int8, "drop the int8 head");
+  split
+      ->add_option("--add-split", split_args->add_splits,
+                   "AFTER[:DTYPE]: add a further split point cutting after block AFTER, its "
+                   "features sent as DTYPE (u8 by default; f32, f16, u8 or u4); repeatable. The "
+                   "cloud serves every split point's tail and the edge may choose per request")
+      ->type_name("AFTER[:DTYPE]");
+  split->add_flag("--clear-splits", split_args->clear_splits,
+                  "drop the bundle's further split points (before --add-split)");
   split->add_flag("--quiet", split_args->quiet, "no progress output on stderr");
   split->callback([split_args] { RunSplit(*split_args); });
 }
