@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "split/split_point_calibration.h"
 #include "split/torch_status.h"
 #include "split/train_log.h"
 #include "split/wire_quant.h"
@@ -171,6 +172,9 @@ Status FinalizeImpl(VisionSplitModel& model, const ImageRows& train, const Image
   model.exit_policy = calibration->policy();
   model.calibration = calibration->ToJson();
   model.calibration["drop_reference"] = drop_reference;
+  // The trade-off an offload policy chooses from (split/split_point_calibration.h).
+  model.calibration["sweep"] =
+      ThresholdSweep(held.exits_deployed, held.deployed, held_out.labels(), options.criterion);
   LogLine(options.log,
           "exits: " + options.target.ToString() + " with " + ExitCriterionName(options.criterion) +
               " -> threshold " +

@@ -4,6 +4,7 @@
 
 #include "split/compute_runtime.h"
 #include "split/dataset.h"
+#include "split/latency_profile.h"
 #include "split/post_training.h"
 #include "split/torch_status.h"
 #include "split/train_log.h"
@@ -299,6 +300,7 @@ Result<TrainReport> TrainVisionSplit(const TrainOptions& options, const TrainDat
     finalize.criterion = options.criterion;
     finalize.log = options.progress_out;
     CLEAVE_RETURN_IF_ERROR(FinalizeSplitModel(model, train, held_out, test, finalize));
+    CLEAVE_RETURN_IF_ERROR(AttachLatencyProfile(model).WithContext("latency profile"));
     StageStats post;
     post.name = "post-training";
     post.seconds = SecondsSince(post_start);

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <sstream>
 
+#include "split/latency_profile.h"
 #include "split/torch_status.h"
 #include "split/wire_quant.h"
 
@@ -194,6 +195,11 @@ Result<VisionSplitModel> ParseManifest(const json& m) {
       model.splits.push_back(std::move(point).value());
     }
   }
+  auto profile = m.find("profile");
+  if (profile != m.end() && !profile->is_null()) {
+    CLEAVE_RETURN_IF_ERROR(LatencyProfile::FromJson(*profile, model).status());
+    model.profile = *profile;
+  }
   model.calibration = m.value("calibration", json());
   model.int8_info = m.value("int8", json());
   model.evaluation = m.value("evaluation", json::object());
@@ -284,6 +290,12 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
                          {"files", files}};
   json full = manifest;
   if (!splits.empty()) full["splits"] = splits;  // earlier manifests stay byte-identical
+  if (!model.profile.is_null()) {
+    CLEAVE_RETURN_IF_ERROR(LatencyProfile::FromJson(model.profile, model)
+                               .status()
+                               .WithContext("WriteVisionBundle: latency profile"));
+    full["profile"] = model.profile;
+  }
   return writer.Commit(kVisionSplitKind, full);
 }
 

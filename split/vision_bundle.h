@@ -13,7 +13,8 @@
 //    "wire" {"dtype","channel_axis":1,"scale":[..],"zero_point":[..]},
 //    "int8" {"file","weight_bytes","engine","engine_timings_ms",...} or null,
 //    "evaluation" {...accuracies...}, "training" {...options...}, "files" {part -> file name},
-//    "splits" [...] (further split points, split/split_point.h; absent when there are none)}
+//    "splits" [...] (further split points, split/split_point.h; absent when there are none),
+//    "profile" {...} (per-block latencies, split/latency_profile.h; absent in older bundles)}
 //   split<i>_fp32.pt  the learned bottleneck of further split point i (1-based), if it has one
 // Readers validate every field (the manifest is input, hence hostile) and load only the
 // parts asked for, so the edge never reads the tail and the cloud never reads int8 weights.
@@ -66,6 +67,8 @@ struct VisionSplitModel {
   // Further split points (indices 1, 2, ...; index 0 is the deployment split described by the
   // fields above). Their bottlenecks are built and loaded by ReadVisionBundle.
   std::vector<SplitPoint> splits;
+  // Per-block latencies measured when the bundle was made (split/latency_profile.h), or null.
+  nlohmann::json profile;
 
   // Blocks the edge runs: [0, head_end()).
   int head_end() const { return spec.split_after + 1; }

@@ -13,6 +13,7 @@
 #include "split/compute_runtime.h"
 #include "split/dataset.h"
 #include "split/image_rows.h"
+#include "split/latency_profile.h"
 #include "split/model_spec_file.h"
 #include "split/post_training.h"
 #include "split/split_point.h"
@@ -276,6 +277,8 @@ void RunSplit(SplitArgs& args) {
         split::CalibrateSplitPoint(model, point, split.first, split.second, test, point_options);
     if (!calibrated.ok()) Fail(cmd, calibrated);
   }
+  const Status profiled = split::AttachLatencyProfile(model);
+  if (!profiled.ok()) Fail(cmd, profiled.WithContext("latency profile"));
   model.training["resplit"] = {{"calibration_target", finalize.target.ToString()},
                                {"criterion", ExitCriterionName(finalize.criterion)},
                                {"wire_dtype", wire::DTypeName(model.wire_dtype)},
@@ -289,6 +292,16 @@ void RunSplit(SplitArgs& args) {
                   {"int8", model.int8_info},
                   {"test", model.evaluation.value("test", json::object())},
                   {"held_out", model.evaluation.value("held_out", json::object())}};
+  json points = json::array();
+  for (const split::SplitPoint& point : model.splits) {
+    points.push_back({{"after", point.after},
+                      {"wire_dtype", wire::DTypeName(point.wire_dtype)},
+                      {"feature_shape", point.feature_shape},
+                      {"held_out", point.calibration.value("held_out", json::object())},
+                      {"test", point.calibration.value("test", json::object())}});
+  }
+  summary["splits"] = points;
+  summary["profile"] = model.profile;
   std::cout << summary.dump(2) << std::endl;
 }
 

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "common/tensor_codec.h"
+#include "split/latency_profile.h"
 #include "split/split_point_calibration.h"
 #include "split/split_runtime.h"
 #include "split/vision_bundle.h"
@@ -349,6 +350,91 @@ TEST(SplitPointTest, CalibrationFitsTheWireAndRecordsTheSweep) {
     }
     EXPECT_FALSE(point.calibration.contains("test"));
   }
+}
+
+TEST(LatencyProfileTest, MeasuresEveryBlockExitAndBottleneck) {
+  VisionSplitModel model = TinyModel();
+  model.splits.push_back(Plain(model.spec, 3, wire::DType::kUInt8));
+  model.splits.push_back(BottleneckPoint(model.spec));
+  Result<LatencyProfile> p = MeasureLatencyProfile(model, 3);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_EQ(p->block_fp32_ms.size(), model.spec.blocks.size());
+  EXPECT_EQ(p->block_plan_ms.size(), model.spec.blocks.size());
+  EXPECT_EQ(p->block_plan32_ms.size(), model.spec.blocks.size());
+  EXPECT_EQ(p->exit_ms.size(), 1u);
+  ASSERT_EQ(p->encoder_ms.size(), 2u);
+  EXPECT_EQ(p->encoder_ms[0], 0.0);  // a plain cut has no bottleneck
+  EXPECT_GT(p->encoder_ms[1], 0.0);
+  EXPECT_GT(p->decoder_ms[1], 0.0);
+  for (double ms : p->block_fp32_ms) EXPECT_GT(ms, 0.0);
+  EXPECT_EQ(p->int8_head_ms, 0.0);  // no int8 head in this model
+  EXPECT_FALSE(p->cpu.empty());
+  Result<LatencyProfile> back = LatencyProfile::FromJson(p->ToJson(), model);
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->block_plan_ms, p->block_plan_ms);
+  // Stored with the bundle and read back.
+  model.profile = p->ToJson();
+  const std::filesystem::path dir = testing::TempPath("profile");
+  ASSERT_TRUE(WriteVisionBundle(dir, model).ok());
+  Result<Bundle> bundle = Bundle::Open(dir);
+  ASSERT_TRUE(bundle.ok());
+  Result<VisionSplitModel> read = ReadVisionBundle(*bundle, VisionBundleParts());
+  ASSERT_TRUE(read.ok()) << read.status().ToString();
+  EXPECT_EQ(read->profile, model.profile);
+  std::filesystem::remove_all(dir);
+}
+
+// Hand-countable sums: blocks before the cut + the exits there (+ encoder) on the edge; the
+// decoder and the blocks from the resume block in the cloud.
+TEST(LatencyProfileTest, PredictsEachSplitPointFromItsBlocks) {
+  VisionSplitModel model = TinyModel();
+  model.splits.push_back(Plain(model.spec, 0, wire::DType::kUInt8));
+  model.splits.push_back(BottleneckPoint(model.spec));
+  LatencyProfile p;
+  p.block_fp32_ms = {1, 2, 4, 8, 16, 32};
+  p.block_plan_ms = {100, 200, 400, 800, 1600, 3200};
+  p.block_plan32_ms = {10, 20, 40, 80, 160, 320};
+  p.exit_ms = {0.5};
+  p.int8_head_ms = 0.25;
+  p.encoder_ms = {0, 64};
+  p.decoder_ms = {0, 128};
+  EXPECT_DOUBLE_EQ(p.EdgeMs(model, 0, /*int8=*/false), 1 + 2 + 4 + 0.5);
+  EXPECT_DOUBLE_EQ(p.EdgeMs(model, 0, /*int8=*/true), 0.25);
+  EXPECT_DOUBLE_EQ(p.EdgeMs(model, 1, true), 1);  // after block 0: before the exit
+  EXPECT_DOUBLE_EQ(p.EdgeMs(model, 2, false), 1 + 2 + 0.5 + 64);
+  EXPECT_DOUBLE_EQ(p.CloudMs(model, 0, false), 800 + 1600 + 3200);
+  EXPECT_DOUBLE_EQ(p.CloudMs(model, 1, true), 20 + 40 + 80 + 160 + 320);
+  EXPECT_DOUBLE_EQ(p.CloudMs(model, 2, false), 128 + 1600 + 3200);
+}
+
+TEST(LatencyProfileTest, MalformedProfilesAreRefused) {
+  VisionSplitModel model = TinyModel();
+  LatencyProfile p;
+  p.block_fp32_ms = p.block_plan_ms = p.block_plan32_ms = std::vector<double>(6, 1.0);
+  p.exit_ms = {1.0};
+  ASSERT_TRUE(LatencyProfile::FromJson(p.ToJson(), model).ok());
+  const auto refused = [&](json j, const std::string& needle) {
+    Result<LatencyProfile> r = LatencyProfile::FromJson(j, model);
+    ASSERT_FALSE(r.ok()) << j.dump();
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(needle), std::string::npos) << r.status().ToString();
+  };
+  json j = p.ToJson();
+  j["block_fp32_ms"] = {1.0, 2.0};
+  refused(j, "block_fp32_ms");
+  j = p.ToJson();
+  j["exit_ms"] = {-1.0};
+  refused(j, "negative");
+  j = p.ToJson();
+  j["block_plan_ms"][0] = "fast";
+  refused(j, "non-number");
+  j = p.ToJson();
+  j.erase("encoder_ms");
+  refused(j, "encoder_ms");
+  j = p.ToJson();
+  j["int8_head_ms"] = -2;
+  refused(j, "int8_head_ms");
+  refused(json::array(), "object");
 }
 
 }  // namespace
