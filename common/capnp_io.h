@@ -100,7 +100,9 @@ Result<T> WithPackedReader(std::string_view bytes, const char* what, size_t max_
                                      " bytes, more than the limit of " + std::to_string(max_bytes));
     }
     capnp::ReaderOptions options;
-    options.traversalLimitInWords = unpacked_words;
+    // Every word once, plus a little for readers that look at the root twice (a version
+    // peek before the real decode): still no amplification beyond the message's own size.
+    options.traversalLimitInWords = unpacked_words + 64;
     options.nestingLimit = nesting_limit;
     kj::ArrayInputStream stream(input);
     std::optional<Result<T>> result;

@@ -3,8 +3,11 @@
 #
 # Mirrored by the plain structs in common/inference_wire.h; only common/inference_wire.cc
 # touches these.
-# Messages travel Cap'n Proto *packed*. Every message starts with protocolVersion and a
-# reader rejects any version it does not speak (see wire::kProtocolVersion).
+# Messages travel Cap'n Proto *packed*. Every message starts with protocolVersion (a UInt16
+# at bit 0 of the root's data section in every struct here) and a reader rejects any version
+# it does not speak. Version 1 requests are InferRequest; version 2 requests (issue 19) are
+# InferRequestV2, which carries only what the cloud does not already know. Replies are
+# InferReply, version 1, to both (its format did not change).
 # Compatibility: field ordinals and enum values are frozen once released.
 @0xedb00fadf8007893;
 
@@ -27,6 +30,27 @@ struct InferRequest {
     # The raw input image, PNG or JPEG encoded (the "send everything" baselines); the tail
     # tells them apart by their magic bytes.
     png @5 :Data;
+  }
+}
+
+# Version 2 of the request. The bundle fixes the features' shape, dtype, quantization and
+# entropy model at each split point, so none of it travels, nor does the model name; a 16-bit
+# tag of that layout (split::WireLayoutTag) lets the cloud refuse features coded for another
+# bundle instead of computing garbage. Field order packs the envelope into two data words.
+struct InferRequestV2 {
+  protocolVersion @0 :UInt16;  # 2
+  layoutTag @1 :UInt16;
+  requestId @2 :UInt32;
+  # Remaining latency budget the edge allows, in milliseconds; 0 = no deadline.
+  deadlineMs @3 :UInt32;
+  # Index of the bundle's split point that produced the features (0 = deployment split).
+  split @4 :UInt8;
+
+  input :union {
+    # The features of split point `split`, coded as its layout says (common/feature_coding.h).
+    features @5 :Data;
+    # The raw input, PNG or JPEG encoded: the cloud runs the whole model.
+    image @6 :Data;
   }
 }
 

@@ -51,8 +51,13 @@ Result<T> WithPackedReader(std::string_view bytes, const char* what, ReadFn&& re
                                        std::forward<ReadFn>(read));
 }
 
-Status CheckVersion(uint16_t version, const char* what) {
-  return capnp_io::CheckVersion(version, kProtocolVersion, what);
+Result<std::string> ReadBlob(capnp::Data::Reader data, size_t limit, const char* what) {
+  if (data.size() == 0) return Status::InvalidArgument(std::string(what) + " is empty");
+  if (data.size() > limit) {
+    return Status::InvalidArgument(std::string(what) + " is " + std::to_string(data.size()) +
+                                   " bytes, more than the limit of " + std::to_string(limit));
+  }
+  return ToString(data);
 }
 
 Result<std::string> ReadModelName(capnp::Text::Reader model) {
@@ -87,10 +92,41 @@ Result<EncodedTensor> ReadTensor(schema::Tensor::Reader in) {
   return out;
 }
 
+Result<InferRequest> ReadRequestV2(schema::InferRequestV2::Reader in) {
+  InferRequest out;
+  out.protocol_version = in.getProtocolVersion();
+  out.layout_tag = in.getLayoutTag();
+  out.request_id = in.getRequestId();
+  out.deadline_ms = in.getDeadlineMs();
+  out.split = in.getSplit();
+  const auto input = in.getInput();
+  switch (input.which()) {
+    case schema::InferRequestV2::Input::FEATURES: {
+      out.input = InputKind::kCodedFeatures;
+      CLEAVE_ASSIGN_OR_RETURN(out.coded,
+                              ReadBlob(input.getFeatures(), kMaxCodedFeatureBytes, "features"));
+      break;
+    }
+    case schema::InferRequestV2::Input::IMAGE: {
+      out.input = InputKind::kPng;
+      CLEAVE_ASSIGN_OR_RETURN(out.png, ReadBlob(input.getImage(), kMaxPngBytes, "image input"));
+      break;
+    }
+    default:
+      return Status::InvalidArgument("unknown input kind " +
+                                     std::to_string(static_cast<uint16_t>(input.which())));
+  }
+  return out;
+}
+
 Result<InferRequest> ReadRequest(schema::InferRequest::Reader in) {
   InferRequest out;
   out.protocol_version = in.getProtocolVersion();
-  CLEAVE_RETURN_IF_ERROR(CheckVersion(out.protocol_version, "InferRequest"));
+  if (out.protocol_version != kProtocolVersion) {
+    return Status::VersionMismatch("InferRequest has protocol version " +
+                                   std::to_string(out.protocol_version) +
+                                   " but this build speaks versions 1 and 2");
+  }
   out.request_id = in.getRequestId();
   out.deadline_ms = in.getDeadlineMs();
   CLEAVE_ASSIGN_OR_RETURN(out.model, ReadModelName(in.getModel()));
@@ -124,7 +160,8 @@ Result<InferRequest> ReadRequest(schema::InferRequest::Reader in) {
 Result<InferReply> ReadReply(schema::InferReply::Reader in) {
   InferReply out;
   out.protocol_version = in.getProtocolVersion();
-  CLEAVE_RETURN_IF_ERROR(CheckVersion(out.protocol_version, "InferReply"));
+  CLEAVE_RETURN_IF_ERROR(
+      capnp_io::CheckVersion(out.protocol_version, kProtocolVersion, "InferReply"));
   out.request_id = in.getRequestId();
   const auto status = in.getStatus();
   switch (status) {
@@ -179,7 +216,26 @@ const char* ReplyStatusName(ReplyStatus status) {
   }
 }
 
+std::string EncodeInferRequestV2(const InferRequest& request) {
+  const std::string& blob = request.input == InputKind::kPng ? request.png : request.coded;
+  capnp::MallocMessageBuilder message(static_cast<unsigned>(8 + WordsFor(blob.size())));
+  auto root = message.initRoot<schema::InferRequestV2>();
+  root.setProtocolVersion(request.protocol_version);
+  root.setLayoutTag(request.layout_tag);
+  root.setRequestId(static_cast<uint32_t>(request.request_id));
+  root.setDeadlineMs(request.deadline_ms);
+  root.setSplit(request.split);
+  auto input = root.initInput();
+  if (request.input == InputKind::kPng) {
+    input.setImage(AsData(request.png));
+  } else {
+    input.setFeatures(AsData(request.coded));
+  }
+  return WritePacked(message);
+}
+
 std::string EncodeInferRequest(const InferRequest& request) {
+  if (request.protocol_version == kCompactProtocolVersion) return EncodeInferRequestV2(request);
   const size_t words = 16 + WordsFor(request.model.size() + 1) + WordsFor(request.png.size()) +
                        (request.input == InputKind::kFeatures ? TensorWords(request.features) : 0);
   capnp::MallocMessageBuilder message(static_cast<unsigned>(words));
@@ -218,6 +274,10 @@ std::string EncodeInferReply(const InferReply& reply) {
 
 Result<InferRequest> DecodeInferRequest(std::string_view bytes) {
   return WithPackedReader<InferRequest>(bytes, "InferRequest", [](capnp::MessageReader& message) {
+    // Both request structs keep protocolVersion as the first UInt16 of the data section.
+    if (message.getRoot<schema::InferRequest>().getProtocolVersion() == kCompactProtocolVersion) {
+      return ReadRequestV2(message.getRoot<schema::InferRequestV2>());
+    }
     return ReadRequest(message.getRoot<schema::InferRequest>());
   });
 }
@@ -229,9 +289,14 @@ Result<InferReply> DecodeInferReply(std::string_view bytes) {
 }
 
 uint64_t PeekRequestId(std::string_view bytes) {
-  // requestId is field @1, a UInt64 in data word 1, in both InferRequest and InferReply.
+  // requestId is field @1, a UInt64 in data word 1, in both InferRequest and InferReply; a
+  // version 2 request keeps a UInt32 in the high half of data word 0.
   Result<uint64_t> id =
       WithPackedReader<uint64_t>(bytes, "message", [](capnp::MessageReader& message) {
+        if (message.getRoot<schema::InferRequest>().getProtocolVersion() ==
+            kCompactProtocolVersion) {
+          return Result<uint64_t>(message.getRoot<schema::InferRequestV2>().getRequestId());
+        }
         return Result<uint64_t>(message.getRoot<schema::InferRequest>().getRequestId());
       });
   return id.value_or(0);

@@ -19,27 +19,38 @@
 namespace cleave::wire {
 
 // Bumped on any incompatible change to inference.capnp or tensor.capnp. Decoders reject
-// every other version with kVersionMismatch.
+// every version but these two with kVersionMismatch.
+// Version 1: InferRequest, with the model name and a self-describing tensor.
 inline constexpr uint16_t kProtocolVersion = 1;
+// Version 2 (issue 19): InferRequestV2, only what the cloud does not know from the bundle.
+inline constexpr uint16_t kCompactProtocolVersion = 2;
 
 // Limits applied by the decoders (and documented preconditions of the encoders).
 inline constexpr size_t kMaxMessageBytes = size_t{64} << 20;  // packed and unpacked
 inline constexpr size_t kMaxModelNameBytes = 256;
 inline constexpr size_t kMaxPngBytes = size_t{4} << 20;
+inline constexpr size_t kMaxCodedFeatureBytes = size_t{16} << 20;
 inline constexpr uint32_t kMaxNumClasses = 100000;
 inline constexpr int kMaxNestingDepth = 16;
 
-enum class InputKind : uint8_t { kFeatures, kPng };
+// kFeatures: a self-describing tensor (version 1 only); kCodedFeatures: bytes coded as the
+// bundle's split point says (version 2 only); kPng: an encoded image (both).
+enum class InputKind : uint8_t { kFeatures, kPng, kCodedFeatures };
 
-// Edge -> cloud: finish the computation for one input.
+// Edge -> cloud: finish the computation for one input. `protocol_version` picks the
+// encoding: kProtocolVersion (InferRequest) or kCompactProtocolVersion (InferRequestV2).
 struct InferRequest {
   uint16_t protocol_version = kProtocolVersion;
-  uint64_t request_id = 0;
-  std::string model;         // bundle name, <= kMaxModelNameBytes, no control bytes
+  uint64_t request_id = 0;   // version 2: < 2^32 (the encoder keeps the low 32 bits)
+  std::string model;         // version 1: bundle name, <= kMaxModelNameBytes, no control bytes
   uint32_t deadline_ms = 0;  // remaining budget the edge allows; 0 = none
   InputKind input = InputKind::kFeatures;
   EncodedTensor features;  // used when input == kFeatures
   std::string png;         // used when input == kPng (a PNG or JPEG), <= kMaxPngBytes
+  // Version 2 only.
+  uint8_t split = 0;        // the bundle's split point that produced the features
+  uint16_t layout_tag = 0;  // split::WireLayoutTag of that split point's feature layout
+  std::string coded;        // used when input == kCodedFeatures, 1..kMaxCodedFeatureBytes
 };
 
 enum class ReplyStatus : uint8_t { kOk, kError, kOverloaded, kDeadlineExceeded };
@@ -47,7 +58,8 @@ enum class ReplyStatus : uint8_t { kOk, kError, kOverloaded, kDeadlineExceeded }
 // "ok", "error", "overloaded", "deadline_exceeded" ("unknown" for other values).
 const char* ReplyStatusName(ReplyStatus status);
 
-// Cloud -> edge: the answer to the InferRequest with the same request_id.
+// Cloud -> edge: the answer to the InferRequest with the same request_id. Always version 1
+// (kProtocolVersion), whatever the request's version: its format did not change.
 struct InferReply {
   uint16_t protocol_version = kProtocolVersion;
   uint64_t request_id = 0;
@@ -67,14 +79,15 @@ std::string EncodeInferRequest(const InferRequest& request);
 std::string EncodeInferReply(const InferReply& reply);
 
 // Decode and validate. InvalidArgument for malformed, oversized or inconsistent input
-// (message says which field), VersionMismatch when protocol_version != kProtocolVersion.
+// (message says which field), VersionMismatch for a version other than the two above.
 // A kFeatures request has a tensor that passed ValidateTensor; a kOk reply has
 // scores.size() == rows * num_classes with rows >= 1 and finite scores.
 Result<InferRequest> DecodeInferRequest(std::string_view bytes);
 Result<InferReply> DecodeInferReply(std::string_view bytes);
 
 // Best effort: the request id of a request or reply that failed to decode (for example a
-// version mismatch), so an error reply can still be routed; 0 if unreadable.
+// version mismatch), so an error reply can still be routed; 0 if unreadable. Reads version 2
+// requests' 32-bit id where a version 2 request keeps it.
 uint64_t PeekRequestId(std::string_view bytes);
 
 }  // namespace cleave::wire

@@ -167,12 +167,12 @@ TEST(WireTest, DecodesUnalignedInput) {
 
 TEST(WireTest, WrongProtocolVersionIsVersionMismatch) {
   InferRequest request = FeaturesRequest();
-  request.protocol_version = 2;
+  request.protocol_version = 3;
   const std::string bytes = EncodeInferRequest(request);
   auto decoded = DecodeInferRequest(bytes);
   ASSERT_EQ(decoded.status().code(), StatusCode::kVersionMismatch);
-  EXPECT_THAT(decoded.status().message(), HasSubstr("protocol version 2"));
-  EXPECT_THAT(decoded.status().message(), HasSubstr("speaks version 1"));
+  EXPECT_THAT(decoded.status().message(), HasSubstr("protocol version 3"));
+  EXPECT_THAT(decoded.status().message(), HasSubstr("speaks versions 1 and 2"));
   EXPECT_EQ(PeekRequestId(bytes), 42u);  // an error reply can still be routed
 
   InferReply reply = OkReply();
@@ -347,6 +347,103 @@ TEST(WireTest, DecodesMultiSegmentMessagesFromOtherEncoders) {
   ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
   EXPECT_EQ(decoded->request_id, 77u);
   EXPECT_EQ(decoded->features.data, features.data);
+}
+
+// ---- version 2 (InferRequestV2) ---------------------------------------------------------
+
+InferRequest CompactRequest(size_t coded_bytes) {
+  InferRequest request;
+  request.protocol_version = kCompactProtocolVersion;
+  request.request_id = 1234;
+  request.deadline_ms = 250;
+  request.split = 1;
+  request.layout_tag = 0xBEEF;
+  request.input = InputKind::kCodedFeatures;
+  std::mt19937 rng(5);
+  for (size_t i = 0; i < coded_bytes; ++i) request.coded.push_back(static_cast<char>(rng()));
+  return request;
+}
+
+TEST(WireTest, CompactRequestRoundTripsEveryField) {
+  const InferRequest request = CompactRequest(37);
+  auto decoded = DecodeInferRequest(EncodeInferRequest(request));
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_EQ(decoded->protocol_version, kCompactProtocolVersion);
+  EXPECT_EQ(decoded->request_id, 1234u);
+  EXPECT_EQ(decoded->deadline_ms, 250u);
+  EXPECT_EQ(decoded->split, 1);
+  EXPECT_EQ(decoded->layout_tag, 0xBEEF);
+  EXPECT_EQ(decoded->input, InputKind::kCodedFeatures);
+  EXPECT_EQ(decoded->coded, request.coded);
+  EXPECT_TRUE(decoded->model.empty());
+
+  InferRequest image = CompactRequest(0);
+  image.input = InputKind::kPng;
+  image.png = "\x89PNG fake";
+  auto decoded_image = DecodeInferRequest(EncodeInferRequest(image));
+  ASSERT_TRUE(decoded_image.ok()) << decoded_image.status().ToString();
+  EXPECT_EQ(decoded_image->input, InputKind::kPng);
+  EXPECT_EQ(decoded_image->png, image.png);
+  EXPECT_EQ(PeekRequestId(EncodeInferRequest(image)), 1234u);
+}
+
+// The point of version 2: the envelope around the features shrinks to what the receiver does
+// not know. Packed: the segment table (2 bytes), the root pointer (3), a two-word data section
+// with a random tag and small id and deadline (~10), the blob pointer (4) and the blob's
+// packing tags (~1 per 8 bytes of random data) -- about 20 + n/8 bytes, where version 1
+// spent ~61 on the model name and the tensor header.
+TEST(WireTest, CompactEnvelopeCostsAboutTwentyBytes) {
+  for (size_t n : {1u, 20u, 37u, 49u, 200u}) {
+    const InferRequest request = CompactRequest(n);
+    const size_t bytes = EncodeInferRequest(request).size();
+    EXPECT_LE(bytes, n + 20 + (n + 7) / 8) << n << " coded bytes";
+  }
+  InferRequest v1 = FeaturesRequest();
+  const size_t v1_envelope = EncodeInferRequest(v1).size() - v1.features.data.size();
+  InferRequest v2 = CompactRequest(0);
+  v2.coded = v1.features.data;
+  const size_t v2_envelope = EncodeInferRequest(v2).size() - v2.coded.size();
+  EXPECT_LE(v2_envelope * 2, v1_envelope) << v2_envelope << " vs " << v1_envelope;
+}
+
+TEST(WireTest, CompactRequestRejectsEmptyAndOversizedInputs) {
+  InferRequest request = CompactRequest(0);
+  ExpectInvalid(DecodeInferRequest(EncodeInferRequest(request)).status(), "features is empty");
+  request.input = InputKind::kPng;
+  ExpectInvalid(DecodeInferRequest(EncodeInferRequest(request)).status(), "image input is empty");
+  request.png.assign(kMaxPngBytes + 1, 'x');
+  ExpectInvalid(DecodeInferRequest(EncodeInferRequest(request)).status(), "more than the limit");
+  request = CompactRequest(0);
+  request.coded.assign(kMaxCodedFeatureBytes + 1, 'x');
+  ExpectInvalid(DecodeInferRequest(EncodeInferRequest(request)).status(), "more than the limit");
+}
+
+TEST(WireTest, CompactRequestRejectsUnknownInputKind) {
+  capnp::MallocMessageBuilder message;
+  auto root = message.initRoot<schema::InferRequestV2>();
+  root.setProtocolVersion(kCompactProtocolVersion);
+  root.setRequestId(9);
+  root.getInput().setImage(capnp::Data::Reader(reinterpret_cast<const kj::byte*>("x"), 1));
+  // The union discriminant is the UInt16 at bytes 6-7 of data word 1 (bytes 14-15).
+  capnp::AnyStruct::Builder any = capnp::toAny(root);
+  ASSERT_EQ(root.getInput().which(), schema::InferRequestV2::Input::IMAGE);
+  ASSERT_EQ(any.getDataSection()[14], 1);
+  any.getDataSection()[14] = 7;
+  const std::string bytes = Pack(message);
+  ExpectInvalid(DecodeInferRequest(bytes).status(), "unknown input kind 7");
+  EXPECT_EQ(PeekRequestId(bytes), 9u);
+}
+
+TEST(WireTest, VersionsOtherThanOneAndTwoAreRefused) {
+  InferRequest request = CompactRequest(4);
+  request.protocol_version = 3;
+  EXPECT_EQ(DecodeInferRequest(EncodeInferRequest(request)).status().code(),
+            StatusCode::kVersionMismatch);
+  // Replies stay version 1.
+  InferReply reply = OkReply();
+  reply.protocol_version = kCompactProtocolVersion;
+  EXPECT_EQ(DecodeInferReply(EncodeInferReply(reply)).status().code(),
+            StatusCode::kVersionMismatch);
 }
 
 }  // namespace
