@@ -347,7 +347,8 @@ void LinkEstimator::OnReply(uint64_t request_id, const ExchangeReply& reply) {
     ++counters_.negative_network_times;
     network_ms = 0;
   }
-  rtt_->Add({now, network_ms, static_cast<double>(sent.burst_bytes)});
+  // A timed-out request already gave its (censored) RTT sample.
+  if (!sent.timed_out) rtt_->Add({now, network_ms, static_cast<double>(sent.burst_bytes)});
   if (!ok) return;
   queue_->Add({now, static_cast<double>(reply.queue_us) / 1000.0, 0});
   compute_->Add(
@@ -368,6 +369,10 @@ void LinkEstimator::OnTimeout(uint64_t request_id) {
   ++counters_.timeouts;
   last_news_us_ = now;
   RecordOutcome(Outcome::kTimeout, now);
+  // Censored: the network time is at least this long (if the cloud held the request, that is
+  // counted as network time too). Without it a dead link would leave only old, fast samples.
+  rtt_->Add({now, static_cast<double>(now - it->second.sent_us) / 1000.0,
+             static_cast<double>(it->second.burst_bytes)});
 }
 
 void LinkEstimator::RecordOutcome(Outcome outcome, int64_t now_us) {

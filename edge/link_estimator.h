@@ -3,15 +3,18 @@
 // decides from them; Snapshot() is a plain struct for gauges.
 //
 // Inputs. OnSend when an encoded InferRequest is handed to the DEALER, then one OnReply (the
-// decoded InferReply) or OnTimeout (the edge gave up waiting). A reply that arrives after its
-// OnTimeout should still go to OnReply: it is a timing sample, and the only one a slow link
-// gives. Each call reads the time from the injected Clock, so call it when the event happens.
+// decoded InferReply) or OnTimeout (the edge gave up waiting); a reply that arrives after its
+// OnTimeout should still go to OnReply (it counts as late and gives queue/compute samples). Each
+// call reads the time from the injected Clock, so call it when the event happens.
 //
 // Methods and their limits:
 //  * Network time of an exchange = (reply - send) - queue_us - compute_us, from kOk and
 //    kOverloaded replies (a kDeadlineExceeded or kError reply does not say how long the cloud
 //    held the request). Clamped at 0 and counted when negative (the cloud's and the edge's
-//    clocks may tick at slightly different rates).
+//    clocks may tick at slightly different rates). A timeout is a censored sample: its elapsed
+//    time, a lower bound of the truth (its late reply, if any, adds no second one). So when
+//    more than 1 - p of the window timed out, the RTT's p-quantile is at least the timeout,
+//    and a dead link, which gives no replies at all, still shows up in the RTT.
 //  * Uplink throughput: a request reaches the cloud once its own bytes *and those queued ahead
 //    of it* crossed the uplink. The regressor is the bytes sent in the request's burst up to and
 //    including it (sends less than burst_gap_us apart; EdgeServer sends a head batch's offloads
@@ -175,8 +178,8 @@ class LinkEstimator {
       EXCLUDES(mu_);
   // The reply to `request_id` arrived now. Unknown ids are counted and ignored.
   void OnReply(uint64_t request_id, const ExchangeReply& reply) EXCLUDES(mu_);
-  // The edge stopped waiting for `request_id` (its deadline passed). A later OnReply for it
-  // still contributes timing samples.
+  // The edge stopped waiting for `request_id` (its deadline passed): a censored RTT sample. A
+  // later OnReply for it counts as late.
   void OnTimeout(uint64_t request_id) EXCLUDES(mu_);
 
   // Every estimate now, with `at_percentile` at `percentile` (clamped to [0, 1]).

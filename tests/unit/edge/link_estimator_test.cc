@@ -258,7 +258,7 @@ TEST(LinkEstimatorTest, OverloadedFractionOverRecentWindow) {
   EXPECT_EQ(s.rtt_ms.samples, 40);
 }
 
-TEST(LinkEstimatorTest, TimeoutsCountAndLateRepliesStillTime) {
+TEST(LinkEstimatorTest, TimeoutsAreCensoredRttSamplesAndLateRepliesCountOnce) {
   LinkTestLink link;
   for (int i = 0; i < 3; ++i) link.Exchange(5);
   link.estimator->OnSend(100, 1000);
@@ -269,18 +269,39 @@ TEST(LinkEstimatorTest, TimeoutsCountAndLateRepliesStillTime) {
   EXPECT_EQ(s.timeouts, 1u);
   EXPECT_DOUBLE_EQ(s.timeout_fraction, 0.25);
   EXPECT_EQ(s.in_flight, 0u);
+  EXPECT_EQ(s.rtt_ms.samples, 4);
   link.clock.Advance(150'000);
   link.estimator->OnReply(100, ExchangeReply{});
   s = link.Snapshot();
   EXPECT_EQ(s.late_replies, 1u);
   EXPECT_EQ(s.outcomes, 4);  // the late reply does not count twice
   EXPECT_DOUBLE_EQ(s.timeout_fraction, 0.25);
+  // The timeout was a censored sample of 250 ms; the late reply adds no second one.
   EXPECT_EQ(s.rtt_ms.samples, 4);
-  EXPECT_NEAR(s.rtt_ms.p99, 400, 1e-9);
+  EXPECT_NEAR(s.rtt_ms.p99, 250, 1e-9);
   // A second reply for the same id, and one for an id never sent, are ignored.
   link.estimator->OnReply(100, ExchangeReply{});
   link.estimator->OnReply(12345, ExchangeReply{});
   EXPECT_EQ(link.Snapshot().unmatched_replies, 2u);
+}
+
+TEST(LinkEstimatorTest, DeadLinkShowsUpThroughTimeouts) {
+  // No replies at all: the censored samples of the timeouts are a level shift like any other.
+  LinkTestLink link;
+  for (int i = 0; i < 100; ++i) link.Exchange(5.0 + link.Jitter());
+  const int k = link.estimator->options().shift_samples;
+  for (int i = 0; i < k; ++i) {
+    const uint64_t id = 1000 + i;
+    link.estimator->OnSend(id, 1000);
+    link.clock.Advance(250'000);
+    link.estimator->OnTimeout(id);
+  }
+  const LinkSnapshot s = link.Snapshot();
+  EXPECT_EQ(s.level_shifts, 1u);
+  EXPECT_NEAR(s.rtt_ms.p50, 250, 1e-9);
+  EXPECT_NEAR(s.rtt_ms.base, 250, 1e-9);
+  EXPECT_NEAR(s.timeout_fraction, static_cast<double>(k) / 50, 1e-9);
+  EXPECT_EQ(s.in_flight, 0u);
 }
 
 TEST(LinkEstimatorTest, NegativeNetworkTimeIsClampedAndCounted) {
