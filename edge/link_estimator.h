@@ -18,10 +18,11 @@
 //  * Uplink throughput: a request reaches the cloud once its own bytes *and those queued ahead
 //    of it* crossed the uplink. The regressor is the bytes sent in the request's burst up to and
 //    including it (sends less than burst_gap_us apart; EdgeServer sends a head batch's offloads
-//    back to back), so both request sizes that vary (split points, entropy coding) and bursts
-//    of equal requests (the queueing signature) spread it. Network time is regressed on it
-//    with the Theil-Sen estimator (median of pairwise slopes, robust to 29% outliers) over the
-//    window's settled samples; throughput = 1 / slope. It is reported only when identifiable:
+//    back to back; a burst also ends after 64 sends), so both request sizes that vary (split
+//    points, entropy coding) and bursts of equal requests (the queueing signature) spread it.
+//    Network time is regressed on it with the Theil-Sen estimator (median of pairwise slopes,
+//    robust to 29% outliers) over the window's settled samples; throughput = 1 / slope. It is
+//    reported only when identifiable:
 //    >= 5 samples, >= 5 pairs whose regressors differ by >= 10% (and >= 64 bytes), and >= 75%
 //    of those pairs' slopes positive (a sign test: on a fast link the transfer time hides in
 //    the jitter and the slope is noise). Otherwise uplink_bytes_per_s = 0 ("unknown") and
@@ -48,18 +49,21 @@
 //    varying request sizes; a cloud queue that jumps) is followed after exactly K samples of
 //    the new level: from then on every estimate comes from new samples only. Before that, the
 //    K-1 samples of the run are in the quantiles (so p95/p99 may rise early) but not in the fit
-//    or the fences.
+//    or the fences. This needs K settled samples to set fences from, which a window has after
+//    K samples of one level (so also right after a shift).
 //  * A smaller step is followed by the window alone: the p50 after floor(N/2) + 1 samples, the base
 //    after at most N - ceil(N/20) + 1, and every estimate once the old samples are
 //    max_sample_age_us old.
-//  * Up to K-1 consecutive outliers never reset the window. One sample moves the p50 by at most
-//    one rank and the base by none (a single 500 ms spike among 5 ms samples leaves both at 5).
+//  * Up to K-1 consecutive outliers never reset the window. One sample moves any quantile by at
+//    most one rank; a high one never moves the base, and a single low one is never the base (a
+//    500 ms spike among 5 ms samples leaves p50 and base at 5, and p99 too while N >= 100).
 //  * Outcome fractions are over the last outcome_window exchanges no older than
 //    max_sample_age_us: a change from 0% to 100% overloaded reads 50% after
 //    ceil(outcome_window / 2) exchanges and 100% after outcome_window.
-//  * Staleness: `stale` once nothing (reply or timeout) was heard for stale_after_us (the
-//    policy probes then); samples older than max_sample_age_us are forgotten, so every estimate
-//    decays to "unknown" (samples = 0) after that long without news.
+//  * Staleness: `stale` once nothing (reply or timeout) was heard for stale_after_us, with
+//    last_sample_age_us for gauges (OffloadPolicy probes after its own probe_interval_us of
+//    silence). Samples older than max_sample_age_us are forgotten, so every estimate decays to
+//    "unknown" (samples = 0) after that long without news, and the next sample starts afresh.
 //
 // Threads: every method may be called from any thread (one mutex). Cost: OnReply and Snapshot
 // are O(N^2) for the Theil-Sen fit over at most 128 samples (~8k pairs).

@@ -16,14 +16,15 @@
 //   cloud leg(o) = request_bytes / uplink + RTT_p + queue_p + cloud_ms * compute_ratio_p
 //   latency(o)   = edge_ms + cloud leg(o)            (local only: edge_ms)
 //   bytes/s(o)   = request rate * (1 - exit_fraction) * request_bytes
-// Adding per-component percentiles overestimates the percentile of the sum, and the exits are
-// not credited with covering the tail (the latency of the offloaded requests is what must meet
+// Adding per-component percentiles generally overestimates the percentile of the sum, and the exits
+// are not credited with covering the tail (the latency of the offloaded requests is what must meet
 // the objective), so the prediction errs on the slow side. Unknown estimates count as 0 (compute
 // ratio 1; an unknown uplink uses assumed_uplink_bytes_per_s, and with 0 the transfer is taken to
 // be inside the measured RTT): the policy is optimistic until it has measured, and request
 // deadlines bound the cost. Timeouts enter through the RTT (LinkEstimator counts each as a
-// censored sample), so a link where more than 1 - p of the requests time out predicts at least
-// the timeout.
+// censored sample of how long it waited), so when more than 1 - p of the requests time out the
+// predicted leg is at least that wait.
+// The request rate (bytes) counts Plan calls over rate_window_us, in 20 buckets.
 // Effective accuracy = accuracy - (1 - exit_fraction) * p_fail * max(0, accuracy - local), where
 // p_fail is the share of >= 5 recent exchanges that brought no answer (overloaded, deadline,
 // error, timeout) and `local` the accuracy of the menu's best local-only option (no penalty
@@ -41,7 +42,9 @@
 // else the most accurate that meets it, else the fastest (cheapest) unless the current one is
 // within `hysteresis` of that. Noise inside the headroom band cannot flip the choice.
 // Deadline guard (every policy): Decide never offloads a request whose cloud leg at the
-// percentile exceeds its remaining time; it is answered on the edge at once instead.
+// percentile exceeds its remaining time; it is answered on the edge at once instead. With no
+// estimates the leg is just the profile's tail, so static behaves as today; once the link is
+// measured, the guard answers at once what would otherwise come back degraded at the deadline.
 // Probing (slo, bytes): when nothing was heard from the cloud for probe_interval_us (the current
 // option offloads nothing, or the guard kept everything local), Plan marks one request as a
 // probe: on the current option if it offloads, else on the offloading option with the fewest
