@@ -233,6 +233,26 @@ TEST(LinkEstimatorTest, UplinkUnknownWhenTransferHidesInJitter) {
   EXPECT_GT(s.rtt_ms.samples, 0);  // the RTT is still known: the whole network time
 }
 
+TEST(LinkEstimatorTest, FollowsCloudQueueAndComputeSteps) {
+  // The cloud gets busy: its queue goes from ~1 ms to ~30 ms and batches take 2.5x the profile.
+  LinkTestLink link;
+  const int k = link.estimator->options().shift_samples;
+  for (int i = 0; i < 60; ++i)
+    link.Exchange(5, 1000, 1000 + i % 3 * 100, 8000, ReplyStatus::kOk, 8000);
+  LinkSnapshot s = link.Snapshot();
+  EXPECT_NEAR(s.queue_ms.p50, 1.1, 1e-9);
+  EXPECT_NEAR(s.compute_ratio.p95, 1.0, 1e-9);
+  for (int i = 0; i < k; ++i)
+    link.Exchange(5, 1000, 30000 + i * 100, 20000, ReplyStatus::kOk, 8000);
+  s = link.Snapshot();
+  EXPECT_EQ(s.queue_ms.samples, k);
+  EXPECT_NEAR(s.queue_ms.p50, 30.2, 1e-9);  // nearest rank: the 3rd of 6
+  EXPECT_NEAR(s.compute_ms.p50, 20, 1e-9);
+  EXPECT_NEAR(s.compute_ratio.at_percentile, 2.5, 1e-9);
+  EXPECT_NEAR(s.rtt_ms.p50, 5, 1e-9);  // the network did not change
+  EXPECT_EQ(s.level_shifts, 3u);       // queue, compute and ratio windows
+}
+
 TEST(LinkEstimatorTest, OverloadedFractionOverRecentWindow) {
   LinkEstimatorOptions options;
   options.outcome_window = 20;
