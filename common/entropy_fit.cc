@@ -147,13 +147,20 @@ Result<EntropyModelChoice> ChooseEntropyModel(const std::vector<uint8_t>& sample
                 samples.begin() + (i + 1) * options.elements);
   }
 
+  // Coarsest first; a granularity is skipped when it would equal a coarser one (one channel;
+  // one element a channel) or its tables would exceed kMaxEntropyTableEntries.
+  const auto fits = [&](ContextKind kind) {
+    return ValidateEntropyModelLayout(options.alphabet, options.precision, kind, options.channels,
+                                      options.elements)
+        .ok();
+  };
   std::vector<ContextKind> kinds = {ContextKind::kShared};
-  if (options.channels > 1) kinds.push_back(ContextKind::kPerChannel);
-  const bool fits =
-      ValidateEntropyModelLayout(options.alphabet, options.precision, ContextKind::kPerElement,
-                                 options.channels, options.elements)
-          .ok();
-  if (options.elements > options.channels && fits) kinds.push_back(ContextKind::kPerElement);
+  if (options.channels > 1 && fits(ContextKind::kPerChannel)) {
+    kinds.push_back(ContextKind::kPerChannel);
+  }
+  if (options.elements > options.channels && fits(ContextKind::kPerElement)) {
+    kinds.push_back(ContextKind::kPerElement);
+  }
 
   std::vector<EntropyCandidate> candidates;
   size_t best = 0;

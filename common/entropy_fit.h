@@ -51,11 +51,11 @@ struct EntropyModelChoice {
 };
 
 // Picks the context granularity for `samples`: fits shared, per-channel and per-element
-// models (skipping one that would equal a coarser one) on all samples but every
-// holdout_every-th, encodes the held-out samples with each, and refits the one with the
-// fewest held-out bytes (ties go to the coarser) on all samples. Fine tables fitted on few
-// samples overfit, so scarce data picks coarse tables. InvalidArgument as FitEntropyModel,
-// and for fewer than 2 samples (nothing to hold out).
+// models (skipping one that would equal a coarser one or exceed kMaxEntropyTableEntries) on
+// all samples but every holdout_every-th, encodes the held-out samples with each, and
+// refits the one with the fewest held-out bytes (ties go to the coarser) on all samples.
+// Fine tables fitted on few samples overfit, so scarce data picks coarse tables.
+// InvalidArgument as FitEntropyModel, and for fewer than 2 samples (nothing to hold out).
 Result<EntropyModelChoice> ChooseEntropyModel(const std::vector<uint8_t>& samples,
                                               const EntropyFitOptions& options);
 

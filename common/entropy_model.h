@@ -79,12 +79,13 @@ Status ValidateEntropyModelLayout(uint32_t alphabet, uint32_t precision, Context
 // just costs more) and sum to 2^precision. Immutable and cheap to share by const reference.
 class EntropyModel {
  public:
-  // A model from `frequencies`: table_count(kind) tables of `alphabet` entries, table-major
-  // (table t's symbol s at t * alphabet + s). InvalidArgument, naming the first problem,
-  // for an alphabet outside [2, 256], a precision outside [8, 16], an unknown kind, no
-  // channels or elements, elements not a multiple of channels or above kMaxEntropyElements,
-  // more than kMaxEntropyTableEntries entries, a wrong number of frequencies, a zero
-  // frequency, or a table whose sum is not 2^precision.
+  // A model from `frequencies`: EntropyTableCount(kind, channels, elements) tables of
+  // `alphabet` entries, table-major (table t's symbol s at t * alphabet + s).
+  // InvalidArgument, naming the first problem, for an alphabet outside [2, 256], a precision
+  // outside [8, 16], an unknown kind or termination, no channels or elements, elements not a
+  // multiple of channels or above kMaxEntropyElements, more than kMaxEntropyTableEntries
+  // entries, a wrong number of frequencies, a zero frequency, or a table whose sum is not
+  // 2^precision.
   static Result<EntropyModel> Create(
       uint32_t alphabet, uint32_t precision, ContextKind kind, uint32_t channels, uint32_t elements,
       const std::vector<uint32_t>& frequencies,
@@ -93,8 +94,8 @@ class EntropyModel {
   // The compact canonical binary form: "CEM", a version byte (1), then LEB128 varints:
   // alphabet, precision, kind, termination, channels, elements, every frequency
   // (table-major). At most 2 bytes a frequency at precision 12 to 14: a per-element u4
-  // model of [2,7,7] is ~2 KB, a per-channel one ~50 bytes.
-  // A bundle can keep it as a file next to its TorchScript files.
+  // model of [2,7,7] is ~2.4 KB, a per-channel one ~65 bytes. A bundle can keep it as one
+  // more file listed with its SHA-256.
   std::string Serialize() const;
   // The inverse of Serialize. Bytes are hostile: VersionMismatch for another version,
   // InvalidArgument for everything else that is not exactly a serialized model (bad magic,

@@ -27,7 +27,12 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "common/edge_api.h"
+#include "common/entropy_coder.h"
+#include "common/entropy_fit.h"
+#include "common/entropy_model.h"
 #include "common/file_util.h"
 #include "common/fl_wire.h"
 #include "common/image_codec.h"
@@ -442,6 +447,121 @@ void TensorCodec(CorpusWriter& out) {  // tensor_codec_fuzz
   add("hostile-encode-inf", EncodeInput{u8, {1.0f, INFINITY, -2.0f, 0.5f}, 1, {}});
 }
 
+// entropy_coder_fuzz reads a mode byte (% 4) and then fields (see its file comment): 0 a
+// serialized model, 1 model JSON, 2 a model, a symbol count and entropy-coded bytes, 3 a
+// dtype, a count and packed tensor data.
+std::string EntropyInput(uint8_t mode, const std::string& rest) {
+  return std::string(1, static_cast<char>(mode)) + rest;
+}
+
+std::string EntropyU16(size_t value) {
+  return {static_cast<char>(value & 0xFF), static_cast<char>((value >> 8) & 0xFF)};
+}
+
+struct EntropyDecodeInput {
+  std::string model;  // serialized
+  size_t count;
+  std::string coded;
+
+  std::string Bytes() const {
+    return EntropyInput(2, EntropyU16(model.size()) + model + EntropyU16(count) + coded);
+  }
+  // Whether the target's EntropyDecode call succeeds.
+  bool Valid() const {
+    auto parsed = EntropyModel::Parse(model);
+    return parsed.ok() && EntropyDecode(*parsed, coded, count).ok();
+  }
+};
+
+struct EntropyUnpackInput {
+  wire::DType dtype;
+  size_t count;
+  std::string data;
+
+  std::string Bytes() const {
+    return EntropyInput(3, std::string(1, static_cast<char>(dtype)) + EntropyU16(count) + data);
+  }
+  bool Valid() const { return UnpackSymbols(dtype, data, count).ok(); }
+};
+
+void EntropyCoder(CorpusWriter& out) {  // entropy_coder_fuzz
+  const std::string t = "entropy_coder_fuzz";
+  const auto add = [&](const std::string& name, const auto& input) {
+    out.Add(t, name, input.Bytes(), input.Valid());
+  };
+  // A stand-in for the [2,7,7] u4 bottleneck: 40 samples whose channels peak at 2 and 9.
+  std::vector<uint8_t> samples;
+  for (uint32_t i = 0; i < 40 * 98; ++i) {
+    const uint32_t peak = (i % 98) < 49 ? 2 : 9;
+    samples.push_back(static_cast<uint8_t>((peak + (i * 7919 % 13 < 9 ? 0 : i % 5)) % 16));
+  }
+  EntropyFitOptions options;
+  options.channels = 2;
+  options.elements = 98;
+  const EntropyModel per_channel =
+      Must(FitEntropyModel(samples, options, ContextKind::kPerChannel), "FitEntropyModel");
+  options.termination = EntropyTermination::kMinimal;
+  const EntropyModel minimal =
+      Must(FitEntropyModel(samples, options, ContextKind::kPerElement), "FitEntropyModel");
+  EntropyFitOptions bytes_options;
+  bytes_options.alphabet = 256;
+  bytes_options.elements = 16;
+  std::vector<uint8_t> byte_samples;
+  for (uint32_t i = 0; i < 16 * 8; ++i) byte_samples.push_back(static_cast<uint8_t>(i * i % 251));
+  const EntropyModel u8_shared =
+      Must(FitEntropyModel(byte_samples, bytes_options, ContextKind::kShared), "FitEntropyModel");
+  const std::vector<uint8_t> message(samples.begin(), samples.begin() + 98);
+  const std::string coded = Must(EntropyEncode(per_channel, message), "EntropyEncode");
+  const std::string coded_minimal = Must(EntropyEncode(minimal, message), "EntropyEncode");
+  const std::vector<uint8_t> byte_message(byte_samples.begin(), byte_samples.begin() + 16);
+  const std::string coded_u8 = Must(EntropyEncode(u8_shared, byte_message), "EntropyEncode");
+
+  const std::string model_bytes = per_channel.Serialize();
+  out.Add(t, "valid-model-per-channel", EntropyInput(0, model_bytes), true);
+  out.Add(t, "valid-model-per-element-minimal", EntropyInput(0, minimal.Serialize()), true);
+  out.Add(t, "valid-model-json", EntropyInput(1, per_channel.ToJson().dump()), true);
+  add("valid-decode-prefix-free", EntropyDecodeInput{model_bytes, 98, coded});
+  add("valid-decode-minimal", EntropyDecodeInput{minimal.Serialize(), 98, coded_minimal});
+  add("valid-decode-u8", EntropyDecodeInput{u8_shared.Serialize(), 16, coded_u8});
+  add("valid-decode-nothing", EntropyDecodeInput{model_bytes, 0, ""});
+  const std::string odd_u4 = Must(PackSymbols(wire::DType::kUInt4, message), "PackSymbols");
+  add("valid-unpack-u4", EntropyUnpackInput{wire::DType::kUInt4, 98, odd_u4});
+  add("valid-unpack-u4-odd", EntropyUnpackInput{wire::DType::kUInt4, 3, "\x21\x03"});
+  add("valid-unpack-u8",
+      EntropyUnpackInput{wire::DType::kUInt8, 4, std::string("\x00\xff\x10\x7f", 4)});
+
+  const auto refused = [&](const std::string& name, const std::string& model) {
+    out.Add(t, name, EntropyInput(0, model), EntropyModel::Parse(model).ok());
+  };
+  refused("hostile-model-bad-magic", "CEN" + model_bytes.substr(3));
+  refused("hostile-model-other-version", "CEM\x02" + model_bytes.substr(4));
+  refused("hostile-model-truncated", FirstHalf(model_bytes));
+  refused("hostile-model-trailing-byte", model_bytes + "\x01");
+  // alphabet 16, precision 12, per-element, prefix-free, 1 channel, 2^22 elements: 64 Mi
+  // frequencies announced, refused before anything is allocated.
+  refused("hostile-model-huge-element-count",
+          std::string("CEM\x01\x10\x0c\x02\x00\x01\x80\x80\x80\x02", 13));
+  std::string zero = model_bytes;
+  zero[10] = '\0';  // the first frequency (after the 10 header bytes) becomes 0
+  refused("hostile-model-zero-frequency", zero);
+  nlohmann::json tampered = per_channel.ToJson();
+  tampered["fingerprint"] = "00000000";
+  out.Add(t, "hostile-json-fingerprint-mismatch", EntropyInput(1, tampered.dump()),
+          EntropyModel::FromJson(tampered).ok());
+  out.Add(t, "hostile-json-not-json", EntropyInput(1, "{\"alphabet\": 16,"), false);
+  add("hostile-decode-truncated",
+      EntropyDecodeInput{model_bytes, 98, coded.substr(0, coded.size() - 1)});
+  add("hostile-decode-trailing-byte", EntropyDecodeInput{model_bytes, 98, coded + "\x5a"});
+  add("hostile-decode-minimal-trailing-zero",
+      EntropyDecodeInput{minimal.Serialize(), 98, coded_minimal + std::string(1, '\0')});
+  add("hostile-decode-count-beyond-model", EntropyDecodeInput{model_bytes, 99, coded});
+  add("hostile-decode-other-model", EntropyDecodeInput{u8_shared.Serialize(), 16, coded});
+  add("hostile-decode-random-bytes", EntropyDecodeInput{model_bytes, 98, std::string(40, '\xA7')});
+  add("hostile-unpack-padding-nibble", EntropyUnpackInput{wire::DType::kUInt4, 3, "\x21\x13"});
+  add("hostile-unpack-short-data", EntropyUnpackInput{wire::DType::kUInt8, 5, "abcd"});
+  add("hostile-unpack-f32", EntropyUnpackInput{wire::DType::kFloat32, 1, "abcd"});
+}
+
 federated::CheckpointData Checkpoint() {
   federated::CheckpointData c;
   c.round = 3;
@@ -595,6 +715,7 @@ int main(int argc, char** argv) {
   cleave::HardTokenWire(out);
   cleave::EdgeApi(out);
   cleave::TensorCodec(out);
+  cleave::EntropyCoder(out);
   cleave::FederatedWire(out);
   cleave::CheckpointFormat(out);
   cleave::ImageCodec(out);

@@ -132,5 +132,14 @@ TEST(EntropyCoderFitTest, ChoiceSkipsGranularitiesThatAddNothingOrDoNotFit) {
   EXPECT_EQ(choice->heldout_samples, 1u);  // fewer samples than holdout_every: the last one
 }
 
+TEST(EntropyCoderFitTest, ChoiceSkipsPerChannelTablesThatDoNotFit) {
+  // 8192 channels of one element: per-channel (and per-element) tables of 256 symbols are
+  // over the size limit, so only the shared table is tried.
+  auto choice = ChooseEntropyModel(UniformSymbols(8192 * 2, 256, 2), FitOptions(256, 8192, 8192));
+  ASSERT_TRUE(choice.ok()) << choice.status().ToString();
+  ASSERT_EQ(choice->candidates.size(), 1u);
+  EXPECT_EQ(choice->model.kind(), ContextKind::kShared);
+}
+
 }  // namespace
 }  // namespace cleave::entropy_testing
