@@ -38,7 +38,7 @@ class FdFrameSource : public FrameSource {
       Result<LengthPrefixedSplitter::Piece> piece = splitter_.Next();
       if (!piece.ok()) {
         ended_ = true;
-        return piece.status().WithContext(description_);
+        return piece.status();
       }
       if (piece->kind != LengthPrefixedSplitter::Piece::Kind::kNeedMore) {
         SourceFrame frame;

@@ -82,6 +82,9 @@ const char* AnsweredByName(edge_api::AnswerSource source) {
   }
 }
 
+// Microseconds as milliseconds with three decimals (no binary noise in the JSON lines).
+double Millis(int64_t micros) { return static_cast<double>(micros) / 1000.0; }
+
 double UnixSeconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
@@ -313,8 +316,8 @@ void StreamFeeder::Loop::HandleReply(const std::string& bytes) {
                            {"class", reply->predicted_class},
                            {"class_name", reply->class_name},
                            {"confidence", confidence},
-                           {"latency_ms", static_cast<double>(now - f.sent_us) * 1e-3},
-                           {"staleness_ms", static_cast<double>(now - f.arrival_us) * 1e-3}};
+                           {"latency_ms", Millis(now - f.sent_us)},
+                           {"staleness_ms", Millis(now - f.arrival_us)}};
     if (!reply->error.empty()) line["error"] = reply->error;
     if (!f.origin.empty()) line["origin"] = f.origin;
     Write(s.name, std::move(line));
