@@ -17,6 +17,25 @@ const char* OutcomeName(Outcome outcome) {
   return "unknown";
 }
 
+const char* NotOffloadedReasonName(NotOffloadedReason reason) {
+  switch (reason) {
+    case NotOffloadedReason::kMaxPending: return "max_pending";
+  }
+  return "unknown";
+}
+
+const char* FrameDropName(FrameDrop reason) {
+  switch (reason) {
+    case FrameDrop::kReplaced: return "replaced";
+    case FrameDrop::kBadInput: return "bad_input";
+    case FrameDrop::kError: return "error";
+    case FrameDrop::kNoReply: return "no_reply";
+    case FrameDrop::kShutdown: return "shutdown";
+    case FrameDrop::kTooManyStreams: return "too_many_streams";
+  }
+  return "unknown";
+}
+
 // Requests answered on the gateway or by a batcher: 50 us .. 2.5 s.
 const std::vector<double>& Metrics::QueueSecondsBuckets() {
   static const std::vector<double> buckets = {0.00005, 0.0001, 0.00025, 0.0005, 0.001,
@@ -43,6 +62,13 @@ const std::vector<double>& Metrics::BatchSizeBuckets() {
 const std::vector<double>& Metrics::RoundDurationBuckets() {
   static const std::vector<double> buckets = {0.5, 1,   2.5, 5,   10,   30,
                                               60,  120, 300, 600, 1800, 3600};
+  return buckets;
+}
+
+// A frame's age when answered: an exit on the gateway (ms) up to a stalled link (30 s).
+const std::vector<double>& Metrics::StalenessSecondsBuckets() {
+  static const std::vector<double> buckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                              0.25,  0.5,    1,     2.5,  5,     10,   30};
   return buckets;
 }
 
@@ -238,6 +264,73 @@ prometheus::Counter& Metrics::CurveRefused(const std::string& component) {
   prometheus::Counter& counter = curve_refused_->Add({{"component", component}});
   refused_.emplace(component, &counter);
   return counter;
+}
+
+prometheus::Counter& Metrics::EdgeNotOffloaded(NotOffloadedReason reason) {
+  MutexLock lock(&mu_);
+  if (not_offloaded_[0] == nullptr) {
+    auto& family = prometheus::BuildCounter()
+                       .Name("cleave_edge_not_offloaded_total")
+                       .Help(
+                           "Inputs the exit policy would send to the cloud that the edge "
+                           "answered degraded at once, by reason (max_pending: edge.max_pending "
+                           "requests were already waiting for the cloud)")
+                       .Register(*registry_);
+    for (size_t i = 0; i < kNotOffloadedReasonCount; ++i) {
+      not_offloaded_[i] =
+          &family.Add({{"reason", NotOffloadedReasonName(static_cast<NotOffloadedReason>(i))}});
+    }
+  }
+  return *not_offloaded_[static_cast<size_t>(reason)];
+}
+
+const StreamMetrics& Metrics::Stream(const std::string& stream) {
+  MutexLock lock(&mu_);
+  auto found = streams_.find(stream);
+  if (found != streams_.end()) return *found->second;
+  prometheus::Registry& r = *registry_;
+  if (stream_frames_ == nullptr) {
+    stream_frames_ = &prometheus::BuildCounter()
+                          .Name("cleave_edge_stream_frames_total")
+                          .Help("Frames a streaming source delivered to cleave-edge, good or bad")
+                          .Register(r);
+    stream_answered_ = &prometheus::BuildCounter()
+                            .Name("cleave_edge_stream_answered_total")
+                            .Help(
+                                "Frames of a stream answered, by source (exit, cloud, "
+                                "degraded)")
+                            .Register(r);
+    stream_dropped_ = &prometheus::BuildCounter()
+                           .Name("cleave_edge_stream_dropped_total")
+                           .Help(
+                               "Frames of a stream that got no answer, by reason (replaced: "
+                               "latest-frame-wins; bad_input; error; no_reply; shutdown; "
+                               "too_many_streams)")
+                           .Register(r);
+    stream_fps_ = &prometheus::BuildGauge()
+                       .Name("cleave_edge_stream_fps")
+                       .Help(
+                           "Frames per second of a stream over the last second or so, by kind "
+                           "(received, answered)")
+                       .Register(r);
+    stream_staleness_ = &prometheus::BuildHistogram()
+                             .Name("cleave_edge_stream_staleness_seconds")
+                             .Help("Time from a frame's arrival at cleave-edge to its answer")
+                             .Register(r);
+  }
+  auto m = std::make_unique<StreamMetrics>();
+  m->frames = &stream_frames_->Add({{"stream", stream}});
+  m->answered_exit = &stream_answered_->Add({{"stream", stream}, {"source", "exit"}});
+  m->answered_cloud = &stream_answered_->Add({{"stream", stream}, {"source", "cloud"}});
+  m->answered_degraded = &stream_answered_->Add({{"stream", stream}, {"source", "degraded"}});
+  for (size_t i = 0; i < kFrameDropCount; ++i) {
+    m->dropped[i] = &stream_dropped_->Add(
+        {{"stream", stream}, {"reason", FrameDropName(static_cast<FrameDrop>(i))}});
+  }
+  m->received_fps = &stream_fps_->Add({{"stream", stream}, {"kind", "received"}});
+  m->answered_fps = &stream_fps_->Add({{"stream", stream}, {"kind", "answered"}});
+  m->staleness_seconds = &stream_staleness_->Add({{"stream", stream}}, StalenessSecondsBuckets());
+  return *streams_.emplace(stream, std::move(m)).first->second;
 }
 
 void RecentPeers::Seen(const std::string& peer, int64_t now_micros) {

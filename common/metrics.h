@@ -25,6 +25,15 @@
 //                                                           beyond aggregator.max_clients
 //   cleave_curve_refused_total{component}         counter   CURVE handshakes the ZAP handler
 //                                                           refused
+//   cleave_edge_not_offloaded_total{reason}       counter   inputs the exit policy sent to the
+//                                                           cloud that were answered degraded at
+//                                                           once (max_pending: the edge's bound
+//                                                           on requests waiting for the cloud)
+//   cleave_edge_stream_frames_total{stream}       counter   frames a streaming source delivered
+//   cleave_edge_stream_answered_total{stream,source} counter  answered (exit, cloud, degraded)
+//   cleave_edge_stream_dropped_total{stream,reason}  counter  not answered, by FrameDrop reason
+//   cleave_edge_stream_fps{stream,kind}           gauge     frames per second received/answered
+//   cleave_edge_stream_staleness_seconds{stream}  histogram arrival of a frame -> its answer
 //
 // Families are registered on first use, so a daemon exports only what it uses (the cloud
 // has no federated series). Label children are created once, when a component asks for its
@@ -71,6 +80,51 @@ enum class Outcome : uint8_t { kExit, kOffload, kDegraded, kRejected, kError, kO
 inline constexpr size_t kOutcomeCount = 7;
 // "exit", "offload", ... (the label value).
 const char* OutcomeName(Outcome outcome);
+
+// Why an input the exit policy would send to the cloud was answered degraded at once: the
+// `reason` label of cleave_edge_not_offloaded_total.
+//   max_pending  edge.max_pending requests were already waiting for the cloud
+enum class NotOffloadedReason : uint8_t { kMaxPending };
+inline constexpr size_t kNotOffloadedReasonCount = 1;
+const char* NotOffloadedReasonName(NotOffloadedReason reason);
+
+// Why a frame of a streaming source (edge/stream_feeder.h) got no answer: the `reason` label
+// of cleave_edge_stream_dropped_total. Every frame received is answered or dropped, once.
+//   replaced          latest-frame-wins: a newer frame of its stream took its place while the
+//                     stream's in-flight window was full
+//   bad_input         oversized, not an image of the configured format, bad framing, or a
+//                     stream id that is not allowed
+//   error             the daemon answered with an error (e.g. the image does not decode)
+//   no_reply          the daemon did not answer within the feeder's reply timeout
+//   shutdown          still waiting to be sent when the daemon stopped
+//   too_many_streams  its stream would pass edge.stream_max_streams (counted on stream
+//                     "_other")
+enum class FrameDrop : uint8_t {
+  kReplaced,
+  kBadInput,
+  kError,
+  kNoReply,
+  kShutdown,
+  kTooManyStreams
+};
+inline constexpr size_t kFrameDropCount = 6;
+const char* FrameDropName(FrameDrop reason);
+
+// One stream's children of the streaming-source families. Pointers are never null.
+struct StreamMetrics {
+  prometheus::Counter* frames = nullptr;  // received, good or bad
+  prometheus::Counter* answered_exit = nullptr;
+  prometheus::Counter* answered_cloud = nullptr;
+  prometheus::Counter* answered_degraded = nullptr;
+  std::array<prometheus::Counter*, kFrameDropCount> dropped{};
+  prometheus::Gauge* received_fps = nullptr;
+  prometheus::Gauge* answered_fps = nullptr;
+  prometheus::Histogram* staleness_seconds = nullptr;
+
+  void Drop(FrameDrop reason, double n = 1) const {
+    dropped[static_cast<size_t>(reason)]->Increment(n);
+  }
+};
 
 // One component's children of the per-component families. Pointers are never null.
 struct ServiceMetrics {
@@ -144,12 +198,20 @@ class Metrics {
   prometheus::Gauge& ConnectedEdges() EXCLUDES(mu_);
   // Hand it to the ZAP handler (common/curve.h), which increments it per refusal.
   prometheus::Counter& CurveRefused(const std::string& component) EXCLUDES(mu_);
+  // The edge's cleave_edge_not_offloaded_total child for `reason` (every reason is created,
+  // at 0, on the first call).
+  prometheus::Counter& EdgeNotOffloaded(NotOffloadedReason reason) EXCLUDES(mu_);
+  // The children of stream `stream` (edge streaming sources), created on the first call for
+  // that stream with every answer source and drop reason at 0; later calls return the same
+  // object. The caller bounds how many streams it asks for (label cardinality).
+  const StreamMetrics& Stream(const std::string& stream) EXCLUDES(mu_);
 
   // Bucket boundaries (seconds, or requests for batch size).
   static const std::vector<double>& QueueSecondsBuckets();
   static const std::vector<double>& ComputeSecondsBuckets();
   static const std::vector<double>& BatchSizeBuckets();
   static const std::vector<double>& RoundDurationBuckets();
+  static const std::vector<double>& StalenessSecondsBuckets();
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
@@ -165,10 +227,17 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* model_version_ GUARDED_BY(mu_) = nullptr;
   prometheus::Family<prometheus::Counter>* curve_refused_ GUARDED_BY(mu_) = nullptr;
   prometheus::Gauge* connected_edges_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Counter>* stream_frames_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Counter>* stream_answered_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Counter>* stream_dropped_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Gauge>* stream_fps_ GUARDED_BY(mu_) = nullptr;
+  prometheus::Family<prometheus::Histogram>* stream_staleness_ GUARDED_BY(mu_) = nullptr;
   std::unique_ptr<FederatedMetrics> federated_ GUARDED_BY(mu_);
   std::unique_ptr<AdaptationMetrics> adaptation_ GUARDED_BY(mu_);
   std::map<std::string, std::unique_ptr<ServiceMetrics>> services_ GUARDED_BY(mu_);
   std::map<std::string, prometheus::Counter*> refused_ GUARDED_BY(mu_);
+  std::array<prometheus::Counter*, kNotOffloadedReasonCount> not_offloaded_ GUARDED_BY(mu_){};
+  std::map<std::string, std::unique_ptr<StreamMetrics>> streams_ GUARDED_BY(mu_);
 };
 
 // Distinct peers seen within a sliding window: cleave_connected_edges for a service whose

@@ -6,6 +6,7 @@
 
 #include "common/datasets.h"
 #include "edge/adaptation.h"
+#include "edge/stream_config.h"
 #include "split/bundle.h"
 #include "split/compute_runtime.h"
 
@@ -49,6 +50,9 @@ ConfigSchema EdgeSchema() {
       .Add("edge.deadline_ms", ConfigType::kInt, "250",
            "default end-to-end deadline of a request; past it the best local exit answers")
       .Add("edge.max_batch", ConfigType::kInt, "32", "requests run through the head together")
+      .Add("edge.max_pending", ConfigType::kInt, "256",
+           "requests waiting for the cloud at most; with that many waiting, an input the exit "
+           "policy would offload is answered at once by its best local exit, marked degraded")
       .Add("edge.int8", ConfigType::kBool, "true", "run the int8-quantized head")
       .Add("edge.int8_engine", ConfigType::kString, "auto",
            "auto|onednn|qnnpack|reference (auto measures and keeps the fastest)")
@@ -90,6 +94,7 @@ ConfigSchema EdgeSchema() {
            "without a word (exercises the aggregator's dropout recovery); 0 = never")
       .Add("log.level", ConfigType::kString, "info", "trace|debug|info|warn|error|off");
   AddAdaptConfigKeys(schema);
+  AddStreamConfigKeys(schema);
   return schema;
 }
 

@@ -19,6 +19,8 @@
 #include "edge/edge_server.h"
 #include "edge/federated_setup.h"
 #include "edge/model_repository.h"
+#include "edge/stream_config.h"
+#include "edge/stream_feeder.h"
 #include "split/compute_runtime.h"
 
 namespace {
@@ -31,7 +33,11 @@ constexpr char kDescription[] =
     "exits; confident inputs are answered on the gateway, hard ones send a few dozen bytes "
     "of quantized bottleneck features to cleave-cloud. If the cloud does not answer within "
     "a request's deadline, the best local exit answers, marked degraded. `generate` does the "
-    "same for language models (hard-token routing).\n\nEvery key of the "
+    "same for language models (hard-token routing).\n\n`serve --edge.source SOURCE` also "
+    "classifies a stream of frames (zmq-pull://, zmq-sub://, dir:PATH, stdin) with at most "
+    "--edge.stream_window requests in flight per stream; while the window is full a newer "
+    "frame replaces the waiting one (latest frame wins, counted as dropped). One JSON line per "
+    "frame (answer or drop) goes to --edge.stream_results.\n\nEvery key of the "
     "TOML config file can be given as a flag (--section.key value); flags win over the file.";
 
 // The application endpoint, its link to the cloud and the head it starts with.
@@ -44,6 +50,7 @@ cleave::Result<std::unique_ptr<edge::EdgeServer>> CreateServer(
   options.cloud = config.GetString("edge.cloud");
   options.default_deadline_ms = static_cast<uint32_t>(config.GetInt("edge.deadline_ms"));
   options.max_batch = static_cast<int>(config.GetInt("edge.max_batch"));
+  options.max_pending = static_cast<size_t>(config.GetInt("edge.max_pending"));
   options.metrics = daemon.metrics();
   cleave::SocketOptions cloud_socket;
   CLEAVE_RETURN_IF_ERROR(cleave::SetUpCurveClient(config.GetString("edge.curve_secret_key"),
@@ -81,6 +88,30 @@ cleave::Result<std::unique_ptr<edge::RepositoryPoller>> WatchRepository(
         }
         (void)server.SwapEngine(next->version, std::move(next->engine));
       });
+}
+
+// Checks made before anything loads: values a bad config would otherwise trip over later.
+Status CheckServeConfig(const cleave::Config& config) {
+  const int64_t max_pending = config.GetInt("edge.max_pending");
+  if (max_pending < 1) {
+    return Status::InvalidArgument("edge.max_pending must be >= 1, got " +
+                                   std::to_string(max_pending));
+  }
+  return edge::StreamSetupFromConfig(config).status();
+}
+
+// edge.source: frames from the source go through the server's application endpoint.
+cleave::Result<std::unique_ptr<edge::StreamFeeder>> StartStream(cleave::TransportContext& context,
+                                                                const cleave::cli::Daemon& daemon,
+                                                                const edge::EdgeServer& server) {
+  CLEAVE_ASSIGN_OR_RETURN(std::optional<edge::StreamSetup> setup,
+                          edge::StreamSetupFromConfig(daemon.config()));
+  if (!setup) return std::unique_ptr<edge::StreamFeeder>();
+  CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<edge::FrameSource> source,
+                          edge::OpenFrameSource(context, setup->spec, setup->source));
+  setup->feeder.daemon = server.endpoint();
+  setup->feeder.metrics = daemon.metrics();
+  return edge::StreamFeeder::Start(context, std::move(setup->feeder), std::move(source));
 }
 
 Status Serve(cleave::cli::Daemon& daemon) {
@@ -122,8 +153,28 @@ Status Serve(cleave::cli::Daemon& daemon) {
     ready["federated"] = fl_ready;
   }
   if (repository) ready["model_version"] = server->served_version();
+  // Declared after the server: its thread is joined before the server goes.
+  CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<edge::StreamFeeder> stream,
+                          StartStream(context, daemon, *server));
+  if (stream) {
+    ready["stream_source"] = stream->source_description();
+    if (!stream->publish_endpoint().empty()) ready["stream_publish"] = stream->publish_endpoint();
+  }
   CLEAVE_RETURN_IF_ERROR(daemon.BecomeReady(server->endpoint(), ready));
-  Status run = server->Run(&cleave::cli::Daemon::StopRequested);
+  // On shutdown the server keeps answering until the stream has drained its requests in
+  // flight; a stream whose source failed stops the daemon with that error.
+  Status run = server->Run([&stream] {
+    if (!stream) return cleave::cli::Daemon::StopRequested();
+    if (stream->done() && !stream->status().ok()) return true;
+    if (!cleave::cli::Daemon::StopRequested()) return false;
+    stream->RequestStop();
+    return stream->done();
+  });
+  if (stream) {
+    Status streamed = stream->status();
+    stream.reset();
+    if (run.ok() && !streamed.ok()) run = streamed;
+  }
   poller.reset();  // joins a load in progress before the server goes
   server->set_learner(nullptr);
   learner.reset();  // stops the learner (it saves its rows) before the server goes
@@ -141,7 +192,7 @@ int main(int argc, char** argv) {
   const cleave::ConfigSchema schema = edge::EdgeSchema();
   CLI::App* serve = cli.app().add_subcommand(
       "serve", "serve local applications (ClassifyRequest over ZeroMQ, see common/edge_api.capnp)");
-  cli.AddDaemon(*serve, {"edge", schema, nullptr, nullptr, Serve});
+  cli.AddDaemon(*serve, {"edge", schema, CheckServeConfig, nullptr, Serve});
   edge::AddClassifyCommand(cli, schema);
   edge::AddGenerateCommand(cli.app());
   return cli.Main(argc, argv);

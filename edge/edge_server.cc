@@ -18,7 +18,8 @@ EdgeServer::EdgeServer(EdgeServerOptions options, std::unique_ptr<EdgeEngine> en
     : options_(std::move(options)),
       engine_(std::move(engine)),
       metrics_(options_.metrics ? options_.metrics : std::make_shared<Metrics>()),
-      m_(&metrics_->Service("edge")) {}
+      m_(&metrics_->Service("edge")),
+      pending_full_(&metrics_->EdgeNotOffloaded(NotOffloadedReason::kMaxPending)) {}
 
 EdgeServer::~EdgeServer() = default;
 
@@ -26,6 +27,7 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::Create(TransportContext& context
                                                        EdgeServerOptions options,
                                                        std::unique_ptr<EdgeEngine> engine) {
   if (options.max_batch < 1) return Status::InvalidArgument("max_batch must be >= 1");
+  if (options.max_pending < 1) return Status::InvalidArgument("max_pending must be >= 1");
   std::unique_ptr<EdgeServer> server(new EdgeServer(options, std::move(engine)));
   CLEAVE_ASSIGN_OR_RETURN(server->local_,
                           RouterServer::Bind(context, options.listen, options.socket));
@@ -182,13 +184,22 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
   for (size_t k = 0; k < rows.size(); ++k) {
     Incoming& in = batch[rows[k]];
     HeadDecision& d = (*decisions)[k];
-    if (d.exit_index >= 0 || !cloud_) {
+    // Bounded waiting: with max_pending requests already waiting for the cloud, one more
+    // would only wait behind them; its best local exit answers now instead.
+    const bool pending_full = cloud_ && pending_.size() >= options_.max_pending;
+    if (d.exit_index >= 0 || !cloud_ || pending_full) {
       edge_api::ClassifyReply reply;
       reply.request_id = in.request.request_id;
       // Without a cloud every answer is the edge's; an input the policy wanted to offload is
       // then degraded.
       reply.source =
           d.exit_index >= 0 ? edge_api::AnswerSource::kEdgeExit : edge_api::AnswerSource::kDegraded;
+      if (d.exit_index < 0 && pending_full) {
+        reply.error = "too many requests waiting for the cloud (edge.max_pending = " +
+                      std::to_string(options_.max_pending) + ")";
+        ++stats_.pending_full;
+        pending_full_->Increment();
+      }
       reply.predicted_class = d.best_class;
       reply.confidence = d.best_confidence;
       reply.scores = d.best_scores;

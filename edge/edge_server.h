@@ -6,13 +6,17 @@
 // answers confident inputs at once, and sends the rest to the cloud. A pending request is
 // answered by the cloud's reply or, when its deadline passes or the cloud refuses, by the
 // best local exit marked `degraded`. Every request gets exactly one reply; late cloud replies
-// are counted and dropped.
+// are counted and dropped. At most `max_pending` requests wait for the cloud: when that many
+// already do, an input the exit policy would offload is answered at once by its best local
+// exit, marked `degraded` ("too many requests waiting for the cloud").
 //
 // Metrics (common/metrics.h, component "edge"): every reply by outcome (exit, offload,
 // degraded; rejected for undecodable requests and unusable images; error when the head
 // failed), wire bytes on the cloud link (offloaded requests actually queued, cloud replies
 // received), queue seconds (arrival -> head), head compute seconds and batch sizes, and the
-// requests waiting for the cloud as pending. The loop only increments pre-built children.
+// requests waiting for the cloud as pending, and the inputs kept from the cloud because
+// max_pending were waiting (cleave_edge_not_offloaded_total{reason="max_pending"}). The loop
+// only increments pre-built children.
 #pragma once
 
 #include <atomic>
@@ -39,6 +43,7 @@ struct EdgeServerOptions {
   std::string cloud = "tcp://127.0.0.1:5560";   // cloud tail endpoint; empty = edge only
   uint32_t default_deadline_ms = 250;           // when a request does not set one
   int max_batch = 32;                           // application requests per head batch
+  size_t max_pending = 256;                     // requests waiting for the cloud at most (>= 1)
   SocketOptions socket;
   // Applied to the cloud DEALER only, before it connects (CURVE: SetUpCurveClient).
   std::function<Status(zmq::socket_t&)> cloud_configure;
@@ -59,6 +64,7 @@ struct EdgeServerStats {
   uint64_t rejected = 0;            // undecodable application requests
   uint64_t feedback = 0;            // feedback messages answered (accepted or not)
   uint64_t late_cloud_replies = 0;  // arrived after the request was answered degraded
+  uint64_t pending_full = 0;        // degraded at once: max_pending were waiting for the cloud
   uint64_t wire_bytes_sent = 0;
 };
 
@@ -152,7 +158,8 @@ class EdgeServer {
   uint64_t next_wire_id_ = 1;
   EdgeServerStats stats_;
   std::shared_ptr<Metrics> metrics_;
-  const ServiceMetrics* m_ = nullptr;  // metrics_->Service("edge")
+  const ServiceMetrics* m_ = nullptr;            // metrics_->Service("edge")
+  prometheus::Counter* pending_full_ = nullptr;  // cleave_edge_not_offloaded_total{max_pending}
 };
 
 // Microseconds on the steady clock.

@@ -41,6 +41,7 @@
 #include "common/lm_wire.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
+#include "edge/length_prefixed.h"
 #include "federated/checkpoint_format.h"
 
 namespace cleave {
@@ -701,6 +702,43 @@ void ImageCodec(CorpusWriter& out) {  // image_codec_fuzz
   out.Add(t, "hostile-not-an-image", input(0, "GIF89a, a format this decoder does not read"));
 }
 
+// `bytes` as one frame of the stdin stream framing.
+std::string LengthPrefixed(const std::string& bytes) {
+  const uint32_t n = static_cast<uint32_t>(bytes.size());
+  std::string out = {static_cast<char>(n & 0xff), static_cast<char>((n >> 8) & 0xff),
+                     static_cast<char>((n >> 16) & 0xff), static_cast<char>((n >> 24) & 0xff)};
+  return out + bytes;
+}
+
+void StreamFraming(CorpusWriter& out) {  // stream_framing_fuzz
+  const std::string t = "stream_framing_fuzz";
+  // An input is a read size (first byte) and then the stream; accepted: whole frames within
+  // the fuzz target's cap of 256 bytes, nothing left over.
+  out.SetAccepts(t, [](const std::string& bytes) {
+    if (bytes.empty()) return false;
+    edge::LengthPrefixedSplitter splitter(256);
+    splitter.Feed(std::string_view(bytes).substr(1));
+    while (true) {
+      auto piece = splitter.Next();
+      if (!piece.ok() || piece->kind == edge::LengthPrefixedSplitter::Piece::Kind::kOversized) {
+        return false;
+      }
+      if (piece->kind == edge::LengthPrefixedSplitter::Piece::Kind::kNeedMore) break;
+    }
+    return splitter.buffered() == 0 && !splitter.skipping();
+  });
+  const std::string small_png = Must(EncodePngPixels(SeedImage(4, 3, 1)), "EncodePngPixels");
+  out.Add(t, "valid-two-frames", "\x05" + LengthPrefixed(small_png) + LengthPrefixed("raw"));
+  out.Add(t, "valid-empty-frame", "\x01" + LengthPrefixed(""));
+  out.Add(t, "valid-no-input", std::string(1, '\x10'));
+  out.Add(t, "hostile-bare-png", "\x07" + small_png);
+  out.Add(t, "hostile-bare-jpeg",
+          "\x07" + Must(EncodeJpegPixels(SeedImage(8, 8, 3), 80), "EncodeJpeg"));
+  out.Add(t, "hostile-oversized-then-frame",
+          "\x20" + LengthPrefixed(std::string(300, 'x')) + LengthPrefixed(small_png));
+  out.Add(t, "hostile-truncated-frame", "\x02" + FirstHalf(LengthPrefixed(small_png)));
+}
+
 }  // namespace
 }  // namespace cleave
 
@@ -719,6 +757,7 @@ int main(int argc, char** argv) {
   cleave::FederatedWire(out);
   cleave::CheckpointFormat(out);
   cleave::ImageCodec(out);
+  cleave::StreamFraming(out);
   if (check) out.CheckNoOthers();
   if (out.problems() > 0) {
     if (check) {

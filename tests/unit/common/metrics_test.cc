@@ -113,6 +113,8 @@ TEST(MetricsTest, NamesFollowPrometheusConventions) {
   metrics.Federated();
   metrics.ConnectedEdges();
   metrics.CurveRefused("cloud");
+  metrics.EdgeNotOffloaded(NotOffloadedReason::kMaxPending);
+  metrics.Stream("cam1");
   std::set<std::string> names;
   for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
     names.insert(family.name);
@@ -136,8 +138,42 @@ TEST(MetricsTest, NamesFollowPrometheusConventions) {
                                           "cleave_federated_round_duration_seconds",
                                           "cleave_federated_dp_epsilon",
                                           "cleave_federated_identity_refused_total",
-                                          "cleave_curve_refused_total"};
+                                          "cleave_curve_refused_total",
+                                          "cleave_edge_not_offloaded_total",
+                                          "cleave_edge_stream_frames_total",
+                                          "cleave_edge_stream_answered_total",
+                                          "cleave_edge_stream_dropped_total",
+                                          "cleave_edge_stream_fps",
+                                          "cleave_edge_stream_staleness_seconds"};
   EXPECT_EQ(names, expected);
+}
+
+// Streams (edge/stream_feeder.h) get their children once, every answer source and drop
+// reason at 0 from the start; the edge's not-offloaded reasons likewise.
+TEST(MetricsTest, StreamChildrenExistFromTheStartAndAreShared) {
+  Metrics metrics;
+  const StreamMetrics& cam = metrics.Stream("cam1");
+  EXPECT_EQ(&cam, &metrics.Stream("cam1"));
+  EXPECT_NE(&cam, &metrics.Stream("cam2"));
+  cam.frames->Increment(3);
+  cam.answered_cloud->Increment();
+  cam.Drop(FrameDrop::kReplaced, 2);
+  cam.staleness_seconds->Observe(0.02);
+  metrics.EdgeNotOffloaded(NotOffloadedReason::kMaxPending).Increment();
+  const std::string text = Text(metrics);
+  EXPECT_TRUE(Has(text, "cleave_edge_stream_frames_total{stream=\"cam1\"} 3")) << text;
+  EXPECT_TRUE(Has(text, "cleave_edge_stream_answered_total{source=\"cloud\",stream=\"cam1\"} 1"));
+  EXPECT_TRUE(Has(text, "cleave_edge_stream_answered_total{source=\"exit\",stream=\"cam1\"} 0"));
+  EXPECT_TRUE(Has(text, "cleave_edge_stream_dropped_total{reason=\"replaced\",stream=\"cam1\"} 2"));
+  for (size_t i = 0; i < kFrameDropCount; ++i) {
+    const std::string reason = FrameDropName(static_cast<FrameDrop>(i));
+    EXPECT_TRUE(
+        Has(text, "cleave_edge_stream_dropped_total{reason=\"" + reason + "\",stream=\"cam2\"} 0"))
+        << reason;
+  }
+  EXPECT_TRUE(Has(text, "cleave_edge_stream_fps{kind=\"answered\",stream=\"cam1\"} 0"));
+  EXPECT_TRUE(Has(text, "cleave_edge_stream_staleness_seconds_count{stream=\"cam1\"} 1"));
+  EXPECT_TRUE(Has(text, "cleave_edge_not_offloaded_total{reason=\"max_pending\"} 1"));
 }
 
 TEST(MetricsTest, BucketsAreIncreasingAndCoverTheExpectedRanges) {

@@ -29,7 +29,7 @@ class EdgeServerTest : public ::testing::Test {
   }
 
   // Starts the server; `with_cloud` binds a fake cloud the test drives by hand.
-  void Start(bool with_cloud, uint32_t deadline_ms) {
+  void Start(bool with_cloud, uint32_t deadline_ms, size_t max_pending = 256) {
     if (with_cloud) {
       auto cloud = RouterServer::Bind(context_, "tcp://127.0.0.1:0");
       ASSERT_TRUE(cloud.ok());
@@ -45,6 +45,7 @@ class EdgeServerTest : public ::testing::Test {
     server_options.listen = "tcp://127.0.0.1:0";
     server_options.cloud = with_cloud ? cloud_->endpoint() : "";
     server_options.default_deadline_ms = deadline_ms;
+    server_options.max_pending = max_pending;
     server_options.metrics = metrics_;
     auto server = EdgeServer::Create(context_, server_options,
                                      std::make_unique<EdgeEngine>(std::move(model).value()));
@@ -297,6 +298,63 @@ TEST_F(EdgeServerTest, MetricsCountEveryOutcomeAndTheCloudLink) {
   EXPECT_EQ(m.compute_seconds->Collect().histogram.sample_count, 3u);
   EXPECT_EQ(m.batch_size->Collect().histogram.sample_sum, 3.0);
   EXPECT_EQ(m.pending_requests->Value(), 0);
+}
+
+// edge.max_pending: with that many requests waiting for the cloud, the next input the policy
+// would offload is answered at once, degraded, by its best exit (and counted); once one of
+// them is answered there is room again.
+TEST_F(EdgeServerTest, MaxPendingAnswersFurtherOffloadsDegradedAtOnce) {
+  Start(true, 60000, /*max_pending=*/2);
+  Send(Request(1, 1.0f));
+  Send(Request(2, 1.0f));
+  Envelope first = CloudReceive();
+  Envelope second = CloudReceive();
+  ASSERT_FALSE(first.body.empty());
+  ASSERT_FALSE(second.body.empty());
+  Send(Request(3, 1.0f));
+  edge_api::ClassifyReply refused = Receive(2000);  // long before the 60 s deadline
+  EXPECT_EQ(refused.request_id, 3u);
+  EXPECT_EQ(refused.source, edge_api::AnswerSource::kDegraded);
+  EXPECT_GE(refused.predicted_class, 0);
+  EXPECT_EQ(refused.wire_bytes, 0u);
+  EXPECT_NE(refused.error.find("too many requests waiting for the cloud"), std::string::npos)
+      << refused.error;
+  auto nothing = cloud_->Receive(200);
+  ASSERT_TRUE(nothing.ok());
+  EXPECT_FALSE(nothing->has_value()) << "a request past max_pending reached the cloud";
+  // Confident inputs are not affected.
+  Send(Request(4, 0.0f));
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kEdgeExit);
+
+  auto request = wire::DecodeInferRequest(first.body);
+  ASSERT_TRUE(request.ok());
+  wire::InferReply answer;
+  answer.request_id = request->request_id;
+  answer.scores = std::vector<float>(10, 0.0f);
+  answer.num_classes = 10;
+  ASSERT_TRUE(cloud_->Send(first.peer, wire::EncodeInferReply(answer)).ok());
+  EXPECT_EQ(Receive().source, edge_api::AnswerSource::kCloud);
+  Send(Request(5, 1.0f));
+  EXPECT_FALSE(CloudReceive().body.empty()) << "room again after an answer";
+  EXPECT_EQ(server_->stats().pending_full, 1u);
+  EXPECT_EQ(metrics_->EdgeNotOffloaded(NotOffloadedReason::kMaxPending).Value(), 1);
+  EXPECT_EQ(Count(Outcome::kDegraded), 1);
+}
+
+TEST_F(EdgeServerTest, MaxPendingMustBePositive) {
+  auto bundle = Bundle::Open(dir_);
+  ASSERT_TRUE(bundle.ok());
+  split::EdgeModel::Options options;
+  options.int8_engine = "reference";
+  auto model = split::EdgeModel::Load(*bundle, options);
+  ASSERT_TRUE(model.ok());
+  EdgeServerOptions server_options;
+  server_options.listen = "tcp://127.0.0.1:0";
+  server_options.cloud = "";
+  server_options.max_pending = 0;
+  auto server = EdgeServer::Create(context_, server_options,
+                                   std::make_unique<EdgeEngine>(std::move(model).value()));
+  EXPECT_EQ(server.status().code(), StatusCode::kInvalidArgument);
 }
 
 // Hot swap: a request taken after SwapEngine uses the new engine (here: the old bundle's exit
