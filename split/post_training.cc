@@ -5,6 +5,7 @@
 #include "split/split_point_calibration.h"
 #include "split/torch_status.h"
 #include "split/train_log.h"
+#include "split/wire_entropy.h"
 #include "split/wire_quant.h"
 
 namespace cleave::split {
@@ -117,6 +118,26 @@ Status FinalizeImpl(VisionSplitModel& model, const ImageRows& train, const Image
     model.wire_quant = RangesToQuantParams(lo, hi, model.wire_dtype);
     LogLine(options.log, "wire: fitted " + std::string(wire::DTypeName(model.wire_dtype)) +
                              " ranges on " + std::to_string(images.size(0)) + " training images");
+  }
+
+  // Entropy model of the quantized features (what version 2 requests carry), fitted on
+  // training images' features with the ranges just chosen.
+  model.wire_entropy.reset();
+  if (!model.evaluation.is_object()) model.evaluation = json::object();
+  if (quantized_wire && options.entropy) {
+    CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor images, train.Slice(0, options.wire_fit_images));
+    const torch::Tensor features = Batched(images, 500, [&](const torch::Tensor& x) {
+      return net.ForwardRange(net.Preprocess(x), 0, end);
+    });
+    auto fit = FitWireEntropy(features, model.wire_dtype, model.wire_quant);
+    if (!fit.ok()) return fit.status().WithContext("wire entropy model");
+    model.wire_entropy = fit->model;
+    model.evaluation["wire_entropy"] = fit->report;
+    LogLine(options.log,
+            "wire: entropy model (" + fit->report["context"].get<std::string>() + ") codes " +
+                std::to_string(fit->report["heldout_bytes_per_image"].get<double>()) +
+                " bytes per image on held-out training rows, " +
+                std::to_string(fit->report["packed_bytes_per_image"].get<uint64_t>()) + " packed");
   }
 
   // Int8 head (post-training static quantization by Int8Head).

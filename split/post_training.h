@@ -58,6 +58,8 @@ struct FinalizeOptions {
   std::string int8_engine = "auto";  // recorded in the bundle; the edge may pick another
   int64_t int8_calibration_images = 1536;
   int64_t wire_fit_images = 8192;
+  // Fit an entropy model of the quantized features (u8/u4 wires), for version 2 requests.
+  bool entropy = true;
   CalibrationTarget target;  // the caller sets it (cleave train: TrainOptions::target)
   ExitCriterion criterion = ExitCriterion::kMaxSoftmax;
   // Bound "drop" against the fp32 split model's held-out accuracy (the benchmark's

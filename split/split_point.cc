@@ -3,6 +3,7 @@
 #include <sstream>
 
 #include "split/torch_status.h"
+#include "split/wire_entropy.h"
 #include "split/wire_quant.h"
 
 namespace cleave::split {
@@ -126,6 +127,7 @@ Status SplitPoint::Validate(const VisionModelSpec& spec) const {
                                    " disagrees with the network (" + ShapeText(expected) + ")");
   }
   CLEAVE_RETURN_IF_ERROR(ValidatePointWire(*this).WithContext("\"wire\""));
+  CLEAVE_RETURN_IF_ERROR(Layout().Validate().WithContext("\"wire\""));
   if (exit_policy.num_exits() != NumExits(spec)) {
     return Status::InvalidArgument("\"exit_policy\" has " +
                                    std::to_string(exit_policy.num_exits()) + " thresholds but " +
@@ -138,7 +140,7 @@ json SplitPoint::ToJson() const {
   json j = {{"after", after},
             {"resume", resume},
             {"feature_shape", feature_shape},
-            {"wire", WireManifestJson(wire_dtype, wire_quant)},
+            {"wire", WireJsonWithEntropy(wire_dtype, wire_quant, wire_entropy)},
             {"exit_policy", exit_policy.ToJson()},
             {"calibration", calibration}};
   if (bottleneck) {
@@ -165,6 +167,7 @@ Result<SplitPoint> SplitPoint::FromJson(const json& j, const VisionModelSpec& sp
     }
     p.wire_quant.scale = w.at("scale").get<std::vector<float>>();
     p.wire_quant.zero_point = w.at("zero_point").get<std::vector<uint8_t>>();
+    CLEAVE_ASSIGN_OR_RETURN(p.wire_entropy, ReadWireEntropy(w));
     if (j.contains("encoder") != j.contains("decoder")) {
       return Status::InvalidArgument("a bottleneck needs both \"encoder\" and \"decoder\"");
     }

@@ -26,6 +26,8 @@
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
 
+#include "common/entropy_model.h"
+#include "common/feature_coding.h"
 #include "common/status.h"
 #include "common/tensor_codec.h"
 #include "split/exit_policy.h"
@@ -47,12 +49,18 @@ struct SplitPoint {
   std::vector<uint32_t> feature_shape;  // per image [C, H, W] on the wire
   wire::DType wire_dtype = wire::DType::kUInt8;
   wire::QuantParams wire_quant;  // one (scale, zero point) per channel; empty for f32/f16
-  ExitPolicy exit_policy;        // thresholds of the exits with after_block <= after
-  nlohmann::json calibration;    // CalibrationResult JSON of this point, or null
+  // Entropy model of the quantized features (u8/u4), or null: packed bytes on the wire.
+  std::shared_ptr<const EntropyModel> wire_entropy;
+  ExitPolicy exit_policy;      // thresholds of the exits with after_block <= after
+  nlohmann::json calibration;  // CalibrationResult JSON of this point, or null
 
   // How many of the spec's exits answer before this cut (the first ones: exits are ordered
   // by the block they read).
   int NumExits(const VisionModelSpec& spec) const;
+  // What both ends know of this point's features (common/feature_coding.h).
+  wire::FeatureLayout Layout() const {
+    return {wire_dtype, feature_shape, wire_quant, wire_entropy};
+  }
   nlohmann::json ToJson() const;
   // Checks the point against `spec`: the cut is a spatial block, resume follows (after + 1
   // without a bottleneck; after < resume <= the classifier with one), the bottleneck chains

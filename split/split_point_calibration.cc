@@ -4,6 +4,7 @@
 #include "split/torch_status.h"
 #include "split/train_data.h"
 #include "split/train_log.h"
+#include "split/wire_entropy.h"
 #include "split/wire_quant.h"
 
 namespace cleave::split {
@@ -89,6 +90,7 @@ Status CalibrateSplitPoint(VisionSplitModel& model, SplitPoint& point, const Ima
   torch::NoGradGuard no_grad;
   model.net->eval();
   const std::string where = "split after block " + std::to_string(point.after);
+  json entropy_report;
 
   if (point.wire_dtype == wire::DType::kUInt4 || point.wire_dtype == wire::DType::kUInt8) {
     CLEAVE_ASSIGN_OR_RETURN(const torch::Tensor images, train.Slice(0, options.wire_fit_images));
@@ -100,8 +102,13 @@ Status CalibrateSplitPoint(VisionSplitModel& model, SplitPoint& point, const Ima
                             }));
     auto [lo, hi] = ChooseWireRanges(features, point.wire_dtype);
     point.wire_quant = RangesToQuantParams(lo, hi, point.wire_dtype);
+    auto fit = FitWireEntropy(features, point.wire_dtype, point.wire_quant);
+    if (!fit.ok()) return fit.status().WithContext(where + ": wire entropy model");
+    point.wire_entropy = fit->model;
+    entropy_report = fit->report;
   } else {
     point.wire_quant = {};
+    point.wire_entropy.reset();
   }
 
   CLEAVE_ASSIGN_OR_RETURN(const PointLogits held, RunPoint(model, point, held_out));
@@ -126,6 +133,7 @@ Status CalibrateSplitPoint(VisionSplitModel& model, SplitPoint& point, const Ima
     }
   }
   calibration["held_out"] = PointAccuracies(held, labels, point.exit_policy);
+  if (!entropy_report.is_null()) calibration["wire_entropy"] = entropy_report;
   calibration["sweep"] = ThresholdSweep(held.exits, held.offloaded, labels, options.criterion);
   if (test.size() > 0) {
     CLEAVE_ASSIGN_OR_RETURN(const PointLogits t, RunPoint(model, point, test));

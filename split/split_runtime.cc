@@ -195,6 +195,14 @@ const std::vector<uint32_t>& EdgeModel::feature_shape(int split) const {
   return split == 0 ? feature_shape_ : model_.splits[split - 1].feature_shape;
 }
 
+wire::FeatureLayout EdgeModel::layout(int split) const {
+  return {wire_dtype(split), feature_shape(split), wire_quant(split),
+          split == 0 ? model_.wire_entropy : model_.splits[split - 1].wire_entropy};
+}
+uint16_t EdgeModel::layout_tag(int split) const {
+  return wire::WireLayoutTag(layout(split), model_.name, split);
+}
+
 Result<EdgeHeadOutput> EdgeModel::Run(const torch::Tensor& images, int split) {
   if (split == 0) return Run(images);
   if (split < 0 || split >= num_splits()) {
@@ -308,6 +316,14 @@ Result<torch::Tensor> CloudModel::RunTail(const torch::Tensor& features) {
 
 const std::vector<uint32_t>& CloudModel::feature_shape(int split) const {
   return split == 0 ? feature_shape_ : model_.splits[split - 1].feature_shape;
+}
+
+wire::FeatureLayout CloudModel::layout(int split) const {
+  if (split > 0) return model_.splits[split - 1].Layout();
+  return {model_.wire_dtype, feature_shape_, model_.wire_quant, model_.wire_entropy};
+}
+uint16_t CloudModel::layout_tag(int split) const {
+  return wire::WireLayoutTag(layout(split), model_.name, split);
 }
 
 Result<torch::Tensor> CloudModel::RunTail(const torch::Tensor& features, int split) {

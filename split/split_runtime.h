@@ -77,6 +77,10 @@ class EdgeModel {
   wire::DType wire_dtype(int split) const;
   const wire::QuantParams& wire_quant(int split) const;
   const std::vector<uint32_t>& feature_shape(int split) const;
+  // Everything both ends know of split point `split`'s features (common/feature_coding.h),
+  // and its 16-bit tag. Precondition: 0 <= split < num_splits().
+  wire::FeatureLayout layout(int split) const;
+  uint16_t layout_tag(int split) const;
 
   const ExitPolicy& exit_policy() const { return model_.exit_policy; }
   // Replaces the thresholds (e.g. for a threshold sweep). The policy's exit count should
@@ -129,6 +133,9 @@ class CloudModel {
   int num_splits() const { return 1 + static_cast<int>(split_tails_.size()); }
   // Per-image feature shape at split point `split`. Precondition: 0 <= split < num_splits().
   const std::vector<uint32_t>& feature_shape(int split) const;
+  // As EdgeModel::layout / layout_tag: what a version 2 request's features are coded with.
+  wire::FeatureLayout layout(int split) const;
+  uint16_t layout_tag(int split) const;
   // images as for EdgeModel::Run -> logits of the whole fp32 split model.
   Result<torch::Tensor> RunFull(const torch::Tensor& images);
 

@@ -5,6 +5,7 @@
 
 #include "split/latency_profile.h"
 #include "split/torch_status.h"
+#include "split/wire_entropy.h"
 #include "split/wire_quant.h"
 
 namespace cleave::split {
@@ -171,6 +172,9 @@ Result<VisionSplitModel> ParseManifest(const json& m) {
                           Field<std::vector<uint8_t>>(*wire_json, "zero_point"));
   CLEAVE_RETURN_IF_ERROR(
       ValidateWire(model.wire_dtype, model.wire_quant, shape).WithContext("\"wire\""));
+  CLEAVE_ASSIGN_OR_RETURN(model.wire_entropy, ReadWireEntropy(*wire_json));
+  const wire::FeatureLayout layout{model.wire_dtype, shape, model.wire_quant, model.wire_entropy};
+  CLEAVE_RETURN_IF_ERROR(layout.Validate().WithContext("\"wire\""));
 
   auto input_json = m.find("input");
   if (input_json == m.end()) {
@@ -222,6 +226,13 @@ Result<std::vector<uint32_t>> FeatureShape(const VisionModelSpec& spec) {
   const int size = spec.OutputSize(spec.split_after);
   return std::vector<uint32_t>{static_cast<uint32_t>(spec.blocks[spec.split_after].out_channels),
                                static_cast<uint32_t>(size), static_cast<uint32_t>(size)};
+}
+
+wire::FeatureLayout SplitLayout(const VisionSplitModel& model, int split) {
+  if (split > 0) return model.splits[static_cast<size_t>(split) - 1].Layout();
+  auto shape = FeatureShape(model.spec);
+  return {model.wire_dtype, shape.ok() ? *shape : std::vector<uint32_t>{}, model.wire_quant,
+          model.wire_entropy};
 }
 
 std::string SplitBottleneckFile(size_t index) {
@@ -276,18 +287,19 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
       model.input.class_names.empty() ? InputSpec::Legacy(model.spec) : model.input;
   CLEAVE_RETURN_IF_ERROR(input.Validate().WithContext("WriteVisionBundle"));
   CLEAVE_RETURN_IF_ERROR(input.CheckMatches(model.spec).WithContext("WriteVisionBundle"));
-  const json manifest = {{"name", model.name},
-                         {"spec", model.spec.ToJson()},
-                         {"input", input.ToJson()},
-                         {"split_after", model.spec.split_after},
-                         {"feature_shape", shape},
-                         {"exit_policy", model.exit_policy.ToJson()},
-                         {"calibration", model.calibration},
-                         {"wire", WireManifestJson(model.wire_dtype, model.wire_quant)},
-                         {"int8", int8},
-                         {"evaluation", model.evaluation},
-                         {"training", model.training},
-                         {"files", files}};
+  const json manifest = {
+      {"name", model.name},
+      {"spec", model.spec.ToJson()},
+      {"input", input.ToJson()},
+      {"split_after", model.spec.split_after},
+      {"feature_shape", shape},
+      {"exit_policy", model.exit_policy.ToJson()},
+      {"calibration", model.calibration},
+      {"wire", WireJsonWithEntropy(model.wire_dtype, model.wire_quant, model.wire_entropy)},
+      {"int8", int8},
+      {"evaluation", model.evaluation},
+      {"training", model.training},
+      {"files", files}};
   json full = manifest;
   if (!splits.empty()) full["splits"] = splits;  // earlier manifests stay byte-identical
   if (!model.profile.is_null()) {

@@ -59,6 +59,8 @@ struct VisionSplitModel {
   std::shared_ptr<Int8Head> int8_head;  // null when absent or not loaded
   wire::DType wire_dtype = wire::DType::kUInt4;
   wire::QuantParams wire_quant;  // one (scale, zero point) per feature channel
+  // Entropy model of the quantized features ("wire" {"entropy"}), or null: packed bytes.
+  std::shared_ptr<const EntropyModel> wire_entropy;
   ExitPolicy exit_policy;
   nlohmann::json calibration;  // CalibrationResult::ToJson(), or null
   nlohmann::json int8_info;    // engine, engine_timings_ms, weight_bytes, ... or null
@@ -77,6 +79,10 @@ struct VisionSplitModel {
 // Per-image feature shape [C, H, W] after block spec.split_after (InvalidArgument when the
 // spec has no split or splits after a non-spatial block).
 Result<std::vector<uint32_t>> FeatureShape(const VisionModelSpec& spec);
+
+// What both ends know of the features at split point `split` (0 = the deployment split).
+// Precondition: split <= model.splits.size() and FeatureShape(model.spec) is OK for split 0.
+wire::FeatureLayout SplitLayout(const VisionSplitModel& model, int split);
 
 // The file holding the bottleneck of further split point `index` (1-based).
 std::string SplitBottleneckFile(size_t index);

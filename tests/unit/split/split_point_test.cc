@@ -14,6 +14,8 @@
 #include "split/split_point_calibration.h"
 #include "split/split_runtime.h"
 #include "split/vision_bundle.h"
+#include "split/wire_entropy.h"
+#include "split/wire_quant.h"
 #include "testing/tiny_bundle.h"
 
 namespace cleave::split {
@@ -188,6 +190,56 @@ TEST_F(SplitPointBundleTest, ABottleneckPointEncodesOnTheEdgeAndDecodesInTheClou
   Result<torch::Tensor> logits = (*cloud)->RunTail(ThroughF32Wire(head->features), 1);
   ASSERT_TRUE(logits.ok()) << logits.status().ToString();
   EXPECT_TRUE(torch::allclose(*logits, expected, 1e-4, 1e-5));
+}
+
+// Entropy models fitted for the deployment split and a further point travel in the manifest;
+// the edge and the cloud then agree on every split point's layout tag, and a changed model
+// changes it.
+TEST_F(SplitPointBundleTest, EntropyModelsTravelWithTheBundleAndBothEndsAgreeOnTheTags) {
+  VisionSplitModel model = TinyModel();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor images = testing::RandomImages(64, 4);
+  const torch::Tensor f0 = model.net->ForwardRange(model.net->Preprocess(images), 0, 3);
+  auto [lo, hi] = ChooseWireRanges(f0, wire::DType::kUInt4);
+  model.wire_dtype = wire::DType::kUInt4;
+  model.wire_quant = RangesToQuantParams(lo, hi, wire::DType::kUInt4);
+  Result<WireEntropyFit> fit0 = FitWireEntropy(f0, model.wire_dtype, model.wire_quant);
+  ASSERT_TRUE(fit0.ok()) << fit0.status().ToString();
+  model.wire_entropy = fit0->model;
+  EXPECT_GT(fit0->report.at("packed_bytes_per_image").get<uint64_t>(), 0u);
+  SplitPoint point = Plain(model.spec, 3, wire::DType::kUInt8);
+  const torch::Tensor f3 = RunSplitHead(*model.net, point, images).features;
+  auto [lo3, hi3] = ChooseWireRanges(f3, wire::DType::kUInt8);
+  point.wire_quant = RangesToQuantParams(lo3, hi3, wire::DType::kUInt8);
+  point.wire_entropy = FitWireEntropy(f3, point.wire_dtype, point.wire_quant)->model;
+  model.splits.push_back(point);
+  ASSERT_TRUE(WriteVisionBundle(dir_, model).ok());
+
+  Result<Bundle> bundle = Bundle::Open(dir_);
+  ASSERT_TRUE(bundle.ok());
+  EdgeModel::Options fp32;
+  fp32.int8 = false;
+  auto edge = EdgeModel::Load(*bundle, fp32);
+  auto cloud = CloudModel::Load(*bundle);
+  ASSERT_TRUE(edge.ok()) << edge.status().ToString();
+  ASSERT_TRUE(cloud.ok()) << cloud.status().ToString();
+  for (int s = 0; s < 2; ++s) {
+    SCOPED_TRACE("split " + std::to_string(s));
+    ASSERT_NE((*edge)->layout(s).entropy, nullptr);
+    EXPECT_EQ((*edge)->layout(s).entropy->Fingerprint(),
+              (s == 0 ? model.wire_entropy : point.wire_entropy)->Fingerprint());
+    EXPECT_EQ((*edge)->layout_tag(s), (*cloud)->layout_tag(s));
+  }
+  EXPECT_NE((*edge)->layout_tag(0), (*edge)->layout_tag(1));
+  // Without the entropy model the layout, hence the tag, differs.
+  wire::FeatureLayout packed = (*edge)->layout(0);
+  packed.entropy.reset();
+  EXPECT_NE(wire::WireLayoutTag(packed, model.name, 0), (*edge)->layout_tag(0));
+  // A model that does not fit the features is refused on write.
+  model.splits[0].wire_entropy = model.wire_entropy;  // 98 u4 symbols for 392 u8 features
+  Status refused = WriteVisionBundle(dir_.string() + "_bad", model);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_NE(refused.ToString().find("entropy model"), std::string::npos) << refused.ToString();
 }
 
 TEST_F(SplitPointBundleTest, SplitIndicesOutsideTheBundleAreRefused) {
