@@ -77,6 +77,25 @@ Result<std::string> CodeFeatures(const FeatureLayout& layout, const float* value
   return EntropyEncode(*layout.entropy, symbols);
 }
 
+Result<std::pair<std::string, bool>> CodeFeaturesShortest(const FeatureLayout& layout,
+                                                          const float* values) {
+  CLEAVE_ASSIGN_OR_RETURN(
+      EncodedTensor tensor,
+      EncodeTensor(values, BatchShape(layout), layout.dtype, 1,
+                   Quantized(layout.dtype) ? &layout.quant : nullptr));
+  if (!layout.entropy) return std::make_pair(std::move(tensor.data), true);
+  CLEAVE_ASSIGN_OR_RETURN(const std::vector<uint8_t> symbols,
+                          UnpackSymbols(layout.dtype, tensor.data, layout.elements()));
+  CLEAVE_ASSIGN_OR_RETURN(std::string coded, EntropyEncode(*layout.entropy, symbols));
+  if (tensor.data.size() <= coded.size()) return std::make_pair(std::move(tensor.data), true);
+  return std::make_pair(std::move(coded), false);
+}
+
+FeatureLayout PackedLayout(FeatureLayout layout) {
+  layout.entropy.reset();
+  return layout;
+}
+
 Result<std::vector<float>> DecodeFeatures(const FeatureLayout& layout, std::string_view coded) {
   EncodedTensor tensor;
   tensor.dtype = layout.dtype;

@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/entropy_model.h"
@@ -50,6 +51,15 @@ uint16_t WireLayoutTag(const FeatureLayout& layout, const std::string& model_nam
 // InvalidArgument for non-finite values (from the codec) or a model that cannot code the
 // symbols. Precondition: layout.Validate() is OK.
 Result<std::string> CodeFeatures(const FeatureLayout& layout, const float* values);
+
+// Codes them both ways and returns the shorter: (bytes, true) when packed (the layout without
+// its entropy model) is no longer than the entropy coding, which happens for rare atypical
+// inputs. Without an entropy model always packed.
+Result<std::pair<std::string, bool>> CodeFeaturesShortest(const FeatureLayout& layout,
+                                                          const float* values);
+
+// The layout without its entropy model: how kPackedFeatures requests are decoded.
+FeatureLayout PackedLayout(FeatureLayout layout);
 
 // Decodes `coded` (hostile) into layout.elements() floats. InvalidArgument when the bytes are
 // not exactly a coding of one image in this layout (wrong length for packed bytes, or what

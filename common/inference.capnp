@@ -51,6 +51,9 @@ struct InferRequestV2 {
     features @5 :Data;
     # The raw input, PNG or JPEG encoded: the cloud runs the whole model.
     image @6 :Data;
+    # The features of split point `split` as the tensor codec packs them (u4 two a byte),
+    # sent instead of `features` when entropy coding would not make them shorter.
+    packed @7 :Data;
   }
 }
 

@@ -107,6 +107,12 @@ Result<InferRequest> ReadRequestV2(schema::InferRequestV2::Reader in) {
                               ReadBlob(input.getFeatures(), kMaxCodedFeatureBytes, "features"));
       break;
     }
+    case schema::InferRequestV2::Input::PACKED: {
+      out.input = InputKind::kPackedFeatures;
+      CLEAVE_ASSIGN_OR_RETURN(out.coded,
+                              ReadBlob(input.getPacked(), kMaxCodedFeatureBytes, "packed features"));
+      break;
+    }
     case schema::InferRequestV2::Input::IMAGE: {
       out.input = InputKind::kPng;
       CLEAVE_ASSIGN_OR_RETURN(out.png, ReadBlob(input.getImage(), kMaxPngBytes, "image input"));
@@ -228,6 +234,8 @@ std::string EncodeInferRequestV2(const InferRequest& request) {
   auto input = root.initInput();
   if (request.input == InputKind::kPng) {
     input.setImage(AsData(request.png));
+  } else if (request.input == InputKind::kPackedFeatures) {
+    input.setPacked(AsData(request.coded));
   } else {
     input.setFeatures(AsData(request.coded));
   }

@@ -34,8 +34,9 @@ inline constexpr uint32_t kMaxNumClasses = 100000;
 inline constexpr int kMaxNestingDepth = 16;
 
 // kFeatures: a self-describing tensor (version 1 only); kCodedFeatures: bytes coded as the
-// bundle's split point says (version 2 only); kPng: an encoded image (both).
-enum class InputKind : uint8_t { kFeatures, kPng, kCodedFeatures };
+// bundle's split point says, kPackedFeatures: the codec's packed bytes of that split point's
+// quantized features (version 2 only); kPng: an encoded image (both).
+enum class InputKind : uint8_t { kFeatures, kPng, kCodedFeatures, kPackedFeatures };
 
 // Edge -> cloud: finish the computation for one input. `protocol_version` picks the
 // encoding: kProtocolVersion (InferRequest) or kCompactProtocolVersion (InferRequestV2).
@@ -50,7 +51,7 @@ struct InferRequest {
   // Version 2 only.
   uint8_t split = 0;        // the bundle's split point that produced the features
   uint16_t layout_tag = 0;  // split::WireLayoutTag of that split point's feature layout
-  std::string coded;        // used when input == kCodedFeatures, 1..kMaxCodedFeatureBytes
+  std::string coded;  // kCodedFeatures / kPackedFeatures, 1..kMaxCodedFeatureBytes
 };
 
 enum class ReplyStatus : uint8_t { kOk, kError, kOverloaded, kDeadlineExceeded };

@@ -99,6 +99,30 @@ TEST(FeatureCodingTest, EntropyCodedFeaturesAreLosslessAndShorter) {
   EXPECT_LT(coded_total, 50u * 40u) << coded_total / 50.0 << " bytes per image";
 }
 
+// The shorter of the two codings goes out: entropy coding for typical features, the packed
+// bytes for an input the tables did not expect (every symbol a rare one).
+TEST(FeatureCodingTest, ShortestCodingFallsBackToPackedForAtypicalInputs) {
+  FeatureLayout layout = U4Layout();
+  layout.entropy = FittedModel(layout);
+  const std::vector<float> typical = Features(7);
+  auto coded = CodeFeaturesShortest(layout, typical.data());
+  ASSERT_TRUE(coded.ok());
+  EXPECT_FALSE(coded->second);
+  EXPECT_LT(coded->first.size(), 49u);
+  EXPECT_EQ(*DecodeFeatures(layout, coded->first), CodecRoundTrip(layout, typical));
+  const std::vector<float> atypical(98, 3.0f);  // the top level everywhere
+  auto packed = CodeFeaturesShortest(layout, atypical.data());
+  ASSERT_TRUE(packed.ok());
+  EXPECT_TRUE(packed->second);
+  EXPECT_EQ(packed->first.size(), 49u);
+  EXPECT_EQ(*DecodeFeatures(PackedLayout(layout), packed->first),
+            CodecRoundTrip(layout, atypical));
+  FeatureLayout raw = U4Layout();
+  auto no_model = CodeFeaturesShortest(raw, typical.data());
+  ASSERT_TRUE(no_model.ok());
+  EXPECT_TRUE(no_model->second);
+}
+
 TEST(FeatureCodingTest, MalformedCodedBytesAreRefused) {
   FeatureLayout raw = U4Layout();
   const std::vector<float> f = Features(2);

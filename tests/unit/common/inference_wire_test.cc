@@ -385,6 +385,16 @@ TEST(WireTest, CompactRequestRoundTripsEveryField) {
   EXPECT_EQ(decoded_image->input, InputKind::kPng);
   EXPECT_EQ(decoded_image->png, image.png);
   EXPECT_EQ(PeekRequestId(EncodeInferRequest(image)), 1234u);
+
+  InferRequest packed = CompactRequest(49);
+  packed.input = InputKind::kPackedFeatures;
+  auto decoded_packed = DecodeInferRequest(EncodeInferRequest(packed));
+  ASSERT_TRUE(decoded_packed.ok()) << decoded_packed.status().ToString();
+  EXPECT_EQ(decoded_packed->input, InputKind::kPackedFeatures);
+  EXPECT_EQ(decoded_packed->coded, packed.coded);
+  packed.coded.clear();
+  ExpectInvalid(DecodeInferRequest(EncodeInferRequest(packed)).status(),
+                "packed features is empty");
 }
 
 // The point of version 2: the envelope around the features shrinks to what the receiver does
