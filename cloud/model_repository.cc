@@ -11,10 +11,14 @@
 namespace cleave::cloud {
 
 Status WarmUpCloudModel(split::CloudModel& model) {
-  const std::vector<uint32_t>& shape = model.feature_shape();
-  std::vector<int64_t> sizes = {1};
-  sizes.insert(sizes.end(), shape.begin(), shape.end());
-  CLEAVE_RETURN_IF_ERROR(model.RunTail(torch::zeros(sizes)).status().WithContext("warm-up"));
+  // Every split point's tail: a request may name any of them.
+  for (int split = 0; split < model.num_splits(); ++split) {
+    const std::vector<uint32_t>& shape = model.feature_shape(split);
+    std::vector<int64_t> sizes = {1};
+    sizes.insert(sizes.end(), shape.begin(), shape.end());
+    CLEAVE_RETURN_IF_ERROR(
+        model.RunTail(torch::zeros(sizes), split).status().WithContext("warm-up"));
+  }
   const split::VisionModelSpec& spec = model.info().spec;
   return model.RunFull(torch::zeros({1, spec.input_channels, spec.image_size, spec.image_size}))
       .status()

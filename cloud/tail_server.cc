@@ -5,6 +5,7 @@
 #include "cloud/model_repository.h"
 #include "common/logging.h"
 #include "common/mutex.h"
+#include "common/feature_coding.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
 #include "split/compute_runtime.h"
@@ -47,10 +48,12 @@ struct TailServer::ModelSlot {
 // Copies of one model version; immutable after creation except through each slot's mutex.
 struct TailServer::ModelSet {
   uint64_t version = 0;
-  // The copies' name and per-image feature shape, read by the socket thread to validate
-  // requests without waiting for a slot's mutex.
+  // The copies' name and, per split point, the feature layout and its tag, read by the socket
+  // thread to validate requests and by the workers to decode them, without a slot's mutex.
   std::string model_name;
-  std::vector<uint32_t> feature_shape;
+  std::vector<uint32_t> feature_shape;  // of split point 0 (version 1 requests)
+  std::vector<wire::FeatureLayout> layouts;
+  std::vector<uint16_t> layout_tags;
   std::vector<std::unique_ptr<ModelSlot>> slots;
 };
 
@@ -75,6 +78,10 @@ Result<std::shared_ptr<TailServer::ModelSet>> TailServer::MakeSet(
     if (set->slots.empty()) {
       set->model_name = model->model_name();
       set->feature_shape = model->feature_shape();
+      for (int s = 0; s < model->num_splits(); ++s) {
+        set->layouts.push_back(model->layout(s));
+        set->layout_tags.push_back(model->layout_tag(s));
+      }
     }
     set->slots.push_back(std::make_unique<ModelSlot>());
     set->slots.back()->input = model->info().input;
@@ -209,34 +216,62 @@ void TailServer::ComputeBatch(int worker, std::vector<Job>& jobs) {
     }
   }
   for (ModelSet* set : sets) {
-    std::vector<Job*> feature_group, png_group;
+    // One group per split point's features (split 0 also holds version 1 requests), one for
+    // whole images.
+    std::vector<std::vector<Job*>> feature_groups(set->layouts.size());
+    std::vector<Job*> png_group;
     for (Job& job : jobs) {
       if (job.models.get() != set) continue;
-      (job.request.input == wire::InputKind::kFeatures ? feature_group : png_group).push_back(&job);
+      if (job.request.input == wire::InputKind::kPng) {
+        png_group.push_back(&job);
+      } else {
+        feature_groups[job.request.split].push_back(&job);
+      }
     }
     ModelSlot& slot = *set->slots[static_cast<size_t>(worker) % set->slots.size()];
-    ComputeGroup(slot, feature_group, /*features=*/true);
-    ComputeGroup(slot, png_group, /*features=*/false);
+    for (size_t s = 0; s < feature_groups.size(); ++s) {
+      ComputeGroup(*set, slot, feature_groups[s], static_cast<int>(s));
+    }
+    ComputeGroup(*set, slot, png_group, /*split=*/-1);
   }
 }
 
-void TailServer::ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool features) {
+// Decodes one request's features (socket thread checked version 1 shapes and version 2 split
+// indices and tags; decoding the bytes is the workers' job).
+Result<torch::Tensor> TailServer::DecodeJobFeatures(const ModelSet& set, const Job& job) {
+  const wire::InferRequest& r = job.request;
+  std::vector<float> values;
+  std::vector<int64_t> sizes = {1};
+  if (r.input == wire::InputKind::kFeatures) {
+    CLEAVE_ASSIGN_OR_RETURN(values, wire::DecodeTensor(r.features));
+    sizes.assign(r.features.shape.begin(), r.features.shape.end());
+  } else {
+    const wire::FeatureLayout& layout = set.layouts[r.split];
+    CLEAVE_ASSIGN_OR_RETURN(values, r.input == wire::InputKind::kPackedFeatures
+                                        ? wire::DecodeFeatures(wire::PackedLayout(layout), r.coded)
+                                        : wire::DecodeFeatures(layout, r.coded));
+    sizes.insert(sizes.end(), layout.shape.begin(), layout.shape.end());
+  }
+  return torch::from_blob(values.data(), sizes, torch::kFloat32).clone();
+}
+
+void TailServer::ComputeGroup(const ModelSet& set, ModelSlot& slot, std::vector<Job*>& group,
+                              int split) {
   if (group.empty()) return;
+  const bool features = split >= 0;
   std::vector<torch::Tensor> inputs;
   std::vector<Job*> valid;
   // The socket thread checked the feature shape; decoding the bytes is the workers' job.
   try {
     for (Job* job : group) {
       if (features) {
-        const wire::EncodedTensor& t = job->request.features;
-        Result<std::vector<float>> values = wire::DecodeTensor(t);
-        if (!values.ok()) {
-          PostError(*job, wire::ReplyStatus::kError, values.status().ToString(),
+        Result<torch::Tensor> decoded = DecodeJobFeatures(set, *job);
+        if (!decoded.ok()) {
+          PostError(*job, wire::ReplyStatus::kError, decoded.status().ToString(),
                     Outcome::kRejected);
           continue;
         }
-        std::vector<int64_t> sizes(t.shape.begin(), t.shape.end());
-        inputs.push_back(torch::from_blob(values->data(), sizes, torch::kFloat32).clone());
+        inputs.push_back(*std::move(decoded));
       } else {
         // An encoded PNG or JPEG of any size and colour, converted to the bundle's input.
         Result<torch::Tensor> image = split::DecodeImageTensor(job->request.png, slot.input);
@@ -256,7 +291,7 @@ void TailServer::ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool fe
     }
     torch::Tensor batch = torch::cat(inputs, 0);
     Result<torch::Tensor> logits =
-        features ? slot.model->RunTail(batch) : slot.model->RunFull(batch);
+        features ? slot.model->RunTail(batch, split) : slot.model->RunFull(batch);
     if (!logits.ok()) {
       for (Job* job : valid) {
         PostError(*job, wire::ReplyStatus::kError, logits.status().ToString(), Outcome::kError);
@@ -325,7 +360,14 @@ void TailServer::Admit(Envelope env, int64_t received) {
   }
   const wire::InferRequest& r = *decoded;
   std::shared_ptr<ModelSet> set = CurrentModels();
-  if (r.model != set->model_name) {
+  if (r.protocol_version == wire::kCompactProtocolVersion) {
+    const Status refused = CheckCompact(*set, r);
+    if (!refused.ok()) {
+      ReplyNow(env.peer, r.request_id, wire::ReplyStatus::kError, refused.message(),
+               Outcome::kRejected);
+      return;
+    }
+  } else if (r.model != set->model_name) {
     ReplyNow(env.peer, r.request_id, wire::ReplyStatus::kError,
              "model '" + r.model + "' is not served here (serving '" + set->model_name + "')",
              Outcome::kRejected);
@@ -360,6 +402,25 @@ void TailServer::Admit(Envelope env, int64_t received) {
            RefusalReason(submitted, options_.max_queue, batcher_->EstimatedWaitMicros(),
                          options_.max_queue_wait_us),
            Outcome::kOverloaded);
+}
+
+// A version 2 request names a split point this bundle has and carries features coded with
+// the same layout (tag) as the bundle's; its image input needs neither.
+Status TailServer::CheckCompact(const ModelSet& set, const wire::InferRequest& r) {
+  if (r.input == wire::InputKind::kPng) return Status::Ok();
+  if (r.split >= set.layouts.size()) {
+    return Status::InvalidArgument("split point " + std::to_string(r.split) +
+                                   " is not served here (model '" + set.model_name + "' has " +
+                                   std::to_string(set.layouts.size()) + ")");
+  }
+  if (r.layout_tag != set.layout_tags[r.split]) {
+    return Status::InvalidArgument(
+        "features coded for another bundle: layout tag " + std::to_string(r.layout_tag) +
+        " of split point " + std::to_string(r.split) + ", but model '" + set.model_name +
+        "' here has " + std::to_string(set.layout_tags[r.split]) +
+        " (edge and cloud serve different bundle versions)");
+  }
+  return Status::Ok();
 }
 
 Status TailServer::Run(const std::function<bool()>& should_stop) {

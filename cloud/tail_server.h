@@ -134,6 +134,8 @@ class TailServer {
   using Batcher = DynamicBatcher<Job>;
 
   TailServer(TailServerOptions options, std::shared_ptr<ModelSet> models);
+  static Status CheckCompact(const ModelSet& set, const wire::InferRequest& request);
+  static Result<torch::Tensor> DecodeJobFeatures(const ModelSet& set, const Job& job);
   static Result<std::shared_ptr<ModelSet>> MakeSet(
       uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models);
   std::shared_ptr<ModelSet> CurrentModels() const EXCLUDES(models_mu_);
@@ -144,7 +146,7 @@ class TailServer {
   void PublishStats();
   // Worker threads.
   void ComputeBatch(int worker, std::vector<Job>& jobs);
-  void ComputeGroup(ModelSlot& slot, std::vector<Job*>& group, bool features);
+  void ComputeGroup(const ModelSet& set, ModelSlot& slot, std::vector<Job*>& group, int split);
   void Reject(Rejection why, Job& job);
   void Post(const std::string& peer, wire::InferReply reply, Outcome outcome);
   void PostError(Job& job, wire::ReplyStatus status, const std::string& error, Outcome outcome);

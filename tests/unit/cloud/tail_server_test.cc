@@ -14,6 +14,7 @@
 
 #include "cloud/model_repository.h"
 #include "common/clock.h"
+#include "common/feature_coding.h"
 #include "common/inference_wire.h"
 #include "common/metrics.h"
 #include "common/png_image.h"
@@ -161,6 +162,117 @@ TEST_F(TailServerTest, RejectionsNameTheProblemAndServingContinues) {
   wire::InferReply ok = RoundTrip(wire::EncodeInferRequest(FeatureRequest(7, &values)));
   EXPECT_EQ(ok.status, wire::ReplyStatus::kOk);
   EXPECT_GE(server_->stats().replied_error, 4u);
+}
+
+// Version 2 requests: the features coded with the bundle's layout of split point 0 are
+// answered like the same features in version 1; a layout tag of another bundle, a split point
+// the bundle does not have and bytes that do not decode are refused, and serving goes on.
+TEST_F(TailServerTest, CompactRequestsAreCheckedByLayoutAndAnswered) {
+  const wire::FeatureLayout layout = reference_->layout(0);
+  torch::manual_seed(31);
+  const torch::Tensor f = torch::randn({1, 2, 7, 7});
+  Result<std::string> coded = wire::CodeFeatures(layout, f.data_ptr<float>());
+  ASSERT_TRUE(coded.ok()) << coded.status().ToString();
+  wire::InferRequest r;
+  r.protocol_version = wire::kCompactProtocolVersion;
+  r.request_id = 77;
+  r.input = wire::InputKind::kCodedFeatures;
+  r.layout_tag = reference_->layout_tag(0);
+  r.coded = *coded;
+  wire::InferReply reply = RoundTrip(wire::EncodeInferRequest(r));
+  ASSERT_EQ(reply.status, wire::ReplyStatus::kOk) << reply.error;
+  EXPECT_EQ(reply.request_id, 77u);
+  Result<std::vector<float>> dequantized = wire::DecodeFeatures(layout, *coded);
+  ASSERT_TRUE(dequantized.ok());
+  auto expected = reference_->RunTail(torch::from_blob(dequantized->data(), {1, 2, 7, 7}).clone());
+  ASSERT_TRUE(expected.ok());
+  for (int c = 0; c < 10; ++c) EXPECT_NEAR(reply.scores[c], (*expected)[0][c].item<float>(), 1e-5);
+
+  wire::InferRequest packed = r;  // the packed variant decodes the same way
+  packed.input = wire::InputKind::kPackedFeatures;
+  packed.request_id = 78;
+  wire::InferReply packed_reply = RoundTrip(wire::EncodeInferRequest(packed));
+  ASSERT_EQ(packed_reply.status, wire::ReplyStatus::kOk) << packed_reply.error;
+  EXPECT_EQ(packed_reply.scores, reply.scores);
+
+  wire::InferRequest other = r;
+  other.layout_tag = static_cast<uint16_t>(r.layout_tag + 1);
+  wire::InferReply other_reply = RoundTrip(wire::EncodeInferRequest(other));
+  EXPECT_EQ(other_reply.status, wire::ReplyStatus::kError);
+  EXPECT_EQ(other_reply.request_id, 77u);
+  EXPECT_NE(other_reply.error.find("another bundle"), std::string::npos) << other_reply.error;
+
+  wire::InferRequest split = r;
+  split.split = 3;
+  wire::InferReply split_reply = RoundTrip(wire::EncodeInferRequest(split));
+  EXPECT_EQ(split_reply.status, wire::ReplyStatus::kError);
+  EXPECT_NE(split_reply.error.find("split point 3 is not served"), std::string::npos)
+      << split_reply.error;
+
+  wire::InferRequest short_bytes = r;
+  short_bytes.coded.pop_back();
+  wire::InferReply short_reply = RoundTrip(wire::EncodeInferRequest(short_bytes));
+  EXPECT_EQ(short_reply.status, wire::ReplyStatus::kError);
+  EXPECT_NE(short_reply.error.find("bytes"), std::string::npos) << short_reply.error;
+
+  wire::InferReply again = RoundTrip(wire::EncodeInferRequest(r));
+  EXPECT_EQ(again.status, wire::ReplyStatus::kOk);
+}
+
+// A bundle with a further split point: the server computes each request with the tail of the
+// split point it names.
+TEST(TailServerSplitsTest, EachRequestIsFinishedByTheTailOfItsSplitPoint) {
+  const std::filesystem::path dir = testing::TempPath("tail_server_splits");
+  ASSERT_TRUE(testing::WriteTinyBundle(dir).ok());
+  {
+    auto tiny = Bundle::Open(dir);
+    ASSERT_TRUE(tiny.ok());
+    split::VisionBundleParts parts;
+    parts.head_int8 = true;
+    auto model = split::ReadVisionBundle(*tiny, parts);
+    ASSERT_TRUE(model.ok());
+    auto point = split::SplitPoint::Plain(model->spec, 3, wire::DType::kFloat32);
+    ASSERT_TRUE(point.ok());
+    model->splits.push_back(*point);
+    ASSERT_TRUE(split::WriteVisionBundle(dir, *model).ok());
+  }
+  auto bundle = Bundle::Open(dir);
+  ASSERT_TRUE(bundle.ok());
+  auto served = split::CloudModel::Load(*bundle);
+  auto reference = split::CloudModel::Load(*bundle);
+  ASSERT_TRUE(served.ok() && reference.ok());
+  ASSERT_EQ((*served)->num_splits(), 2);
+  TransportContext context;
+  TailServerOptions options;
+  options.listen = "tcp://127.0.0.1:0";
+  auto server = TailServer::Create(context, options, std::move(served).value());
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->WarmUp().ok());
+  std::atomic<bool> stop{false};
+  std::thread thread([&] { (void)(*server)->Run([&] { return stop.load(); }); });
+  auto client = DealerClient::Connect(context, (*server)->endpoint());
+  ASSERT_TRUE(client.ok());
+  torch::manual_seed(5);
+  const torch::Tensor f = torch::randn({1, 8, 7, 7});
+  wire::InferRequest r;
+  r.protocol_version = wire::kCompactProtocolVersion;
+  r.request_id = 1;
+  r.split = 1;
+  r.input = wire::InputKind::kCodedFeatures;
+  r.layout_tag = (*reference)->layout_tag(1);
+  r.coded = *wire::CodeFeatures((*reference)->layout(1), f.data_ptr<float>());
+  ASSERT_TRUE((*client)->Send(wire::EncodeInferRequest(r), 1000).ok());
+  auto msg = (*client)->Receive(5000);
+  ASSERT_TRUE(msg.ok() && msg->has_value());
+  auto reply = wire::DecodeInferReply(**msg);
+  ASSERT_TRUE(reply.ok());
+  ASSERT_EQ(reply->status, wire::ReplyStatus::kOk) << reply->error;
+  auto expected = (*reference)->RunTail(f, 1);
+  ASSERT_TRUE(expected.ok());
+  for (int c = 0; c < 10; ++c) EXPECT_NEAR(reply->scores[c], (*expected)[0][c].item<float>(), 1e-4);
+  stop = true;
+  thread.join();
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(TailServerTest, ConcurrentRequestsAreBatchedAndAllAnswered) {
