@@ -3,9 +3,9 @@
 #include <algorithm>
 
 #include "cloud/model_repository.h"
+#include "common/feature_coding.h"
 #include "common/logging.h"
 #include "common/mutex.h"
-#include "common/feature_coding.h"
 #include "common/png_image.h"
 #include "common/tensor_codec.h"
 #include "split/compute_runtime.h"
@@ -414,11 +414,11 @@ Status TailServer::CheckCompact(const ModelSet& set, const wire::InferRequest& r
                                    std::to_string(set.layouts.size()) + ")");
   }
   if (r.layout_tag != set.layout_tags[r.split]) {
-    return Status::InvalidArgument(
-        "features coded for another bundle: layout tag " + std::to_string(r.layout_tag) +
-        " of split point " + std::to_string(r.split) + ", but model '" + set.model_name +
-        "' here has " + std::to_string(set.layout_tags[r.split]) +
-        " (edge and cloud serve different bundle versions)");
+    return Status::InvalidArgument("features coded for another bundle: layout tag " +
+                                   std::to_string(r.layout_tag) + " of split point " +
+                                   std::to_string(r.split) + ", but model '" + set.model_name +
+                                   "' here has " + std::to_string(set.layout_tags[r.split]) +
+                                   " (edge and cloud serve different bundle versions)");
   }
   return Status::Ok();
 }

@@ -20,6 +20,8 @@ const char* OutcomeName(Outcome outcome) {
 const char* NotOffloadedReasonName(NotOffloadedReason reason) {
   switch (reason) {
     case NotOffloadedReason::kMaxPending: return "max_pending";
+    case NotOffloadedReason::kDeadline: return "deadline";
+    case NotOffloadedReason::kPolicy: return "policy";
   }
   return "unknown";
 }
@@ -273,8 +275,10 @@ prometheus::Counter& Metrics::EdgeNotOffloaded(NotOffloadedReason reason) {
                        .Name("cleave_edge_not_offloaded_total")
                        .Help(
                            "Inputs the exit policy would send to the cloud that the edge "
-                           "answered degraded at once, by reason (max_pending: edge.max_pending "
-                           "requests were already waiting for the cloud)")
+                           "answered at once, by reason (max_pending: edge.max_pending "
+                           "requests were already waiting for the cloud; deadline: the answer "
+                           "would come after the deadline; policy: the offload policy answers "
+                           "at the edge)")
                        .Register(*registry_);
     for (size_t i = 0; i < kNotOffloadedReasonCount; ++i) {
       not_offloaded_[i] =
@@ -331,6 +335,55 @@ const StreamMetrics& Metrics::Stream(const std::string& stream) {
   m->answered_fps = &stream_fps_->Add({{"stream", stream}, {"kind", "answered"}});
   m->staleness_seconds = &stream_staleness_->Add({{"stream", stream}}, StalenessSecondsBuckets());
   return *streams_.emplace(stream, std::move(m)).first->second;
+}
+
+const OffloadMetrics& Metrics::Offload() {
+  MutexLock lock(&mu_);
+  if (offload_) return *offload_;
+  prometheus::Registry& r = *registry_;
+  auto gauge = [&r](const char* name, const char* help) -> prometheus::Family<prometheus::Gauge>& {
+    return prometheus::BuildGauge().Name(name).Help(help).Register(r);
+  };
+  auto m = std::make_unique<OffloadMetrics>();
+  auto& rtt = gauge("cleave_edge_link_rtt_seconds",
+                    "Network round trip to the cloud (reply time minus the cloud's queue and "
+                    "compute time), by quantile over recent requests");
+  m->rtt_p50_seconds = &rtt.Add({{"quantile", "0.5"}});
+  m->rtt_p95_seconds = &rtt.Add({{"quantile", "0.95"}});
+  m->uplink_bytes_per_second = &gauge("cleave_edge_link_uplink_bytes_per_second",
+                                      "Estimated uplink throughput to the cloud (0 while unknown)")
+                                    .Add({});
+  m->cloud_queue_p50_seconds =
+      &gauge("cleave_edge_cloud_queue_seconds", "Median queueing time the cloud reports")
+           .Add({{"quantile", "0.5"}});
+  m->cloud_compute_p50_seconds =
+      &gauge("cleave_edge_cloud_compute_seconds", "Median batch compute time the cloud reports")
+           .Add({{"quantile", "0.5"}});
+  auto& outcome = gauge("cleave_edge_link_outcome_fraction",
+                        "Share of recent cloud exchanges by outcome (overloaded, timeout)");
+  m->overloaded_fraction = &outcome.Add({{"outcome", "overloaded"}});
+  m->timeout_fraction = &outcome.Add({{"outcome", "timeout"}});
+  m->split = &gauge("cleave_edge_offload_split",
+                    "Split point the offload policy offloads at now (-1: answers at the edge)")
+                  .Add({});
+  m->exit_threshold =
+      &gauge("cleave_edge_offload_exit_threshold", "Exit threshold of the policy's option").Add({});
+  m->predicted_latency_seconds =
+      &gauge("cleave_edge_offload_predicted_latency_seconds",
+             "Predicted latency of the policy's option at its percentile")
+           .Add({});
+  m->switches = &prometheus::BuildCounter()
+                     .Name("cleave_edge_offload_switches_total")
+                     .Help("Times the offload policy changed its option")
+                     .Register(r)
+                     .Add({});
+  m->probes = &prometheus::BuildCounter()
+                   .Name("cleave_edge_offload_probes_total")
+                   .Help("Requests sent to refresh the link estimates while the cloud was silent")
+                   .Register(r)
+                   .Add({});
+  offload_ = std::move(m);
+  return *offload_;
 }
 
 void RecentPeers::Seen(const std::string& peer, int64_t now_micros) {

@@ -84,8 +84,11 @@ const char* OutcomeName(Outcome outcome);
 // Why an input the exit policy would send to the cloud was answered degraded at once: the
 // `reason` label of cleave_edge_not_offloaded_total.
 //   max_pending  edge.max_pending requests were already waiting for the cloud
-enum class NotOffloadedReason : uint8_t { kMaxPending };
-inline constexpr size_t kNotOffloadedReasonCount = 1;
+// max_pending: edge.max_pending requests were already waiting; deadline: the offload policy
+// predicted the cloud's answer would come after the request's deadline; policy: the policy's
+// current option answers every input at the edge (a slow link or an overloaded cloud).
+enum class NotOffloadedReason : uint8_t { kMaxPending, kDeadline, kPolicy };
+inline constexpr size_t kNotOffloadedReasonCount = 3;
 const char* NotOffloadedReasonName(NotOffloadedReason reason);
 
 // Why a frame of a streaming source (edge/stream_feeder.h) got no answer: the `reason` label
@@ -124,6 +127,23 @@ struct StreamMetrics {
   void Drop(FrameDrop reason, double n = 1) const {
     dropped[static_cast<size_t>(reason)]->Increment(n);
   }
+};
+
+// The edge's live link estimates and offload policy (edge/link_estimator.h,
+// edge/offload_policy.h), refreshed by the serving loop. Pointers are never null.
+struct OffloadMetrics {
+  prometheus::Gauge* rtt_p50_seconds = nullptr;  // network round trip (queue + compute removed)
+  prometheus::Gauge* rtt_p95_seconds = nullptr;
+  prometheus::Gauge* uplink_bytes_per_second = nullptr;  // 0 while unknown
+  prometheus::Gauge* cloud_queue_p50_seconds = nullptr;
+  prometheus::Gauge* cloud_compute_p50_seconds = nullptr;
+  prometheus::Gauge* overloaded_fraction = nullptr;  // of recent exchanges
+  prometheus::Gauge* timeout_fraction = nullptr;
+  prometheus::Gauge* split = nullptr;           // the policy's current split point (-1: local)
+  prometheus::Gauge* exit_threshold = nullptr;  // and its exit threshold
+  prometheus::Gauge* predicted_latency_seconds = nullptr;  // of that option, at the percentile
+  prometheus::Counter* switches = nullptr;
+  prometheus::Counter* probes = nullptr;
 };
 
 // One component's children of the per-component families. Pointers are never null.
@@ -205,6 +225,8 @@ class Metrics {
   // that stream with every answer source and drop reason at 0; later calls return the same
   // object. The caller bounds how many streams it asks for (label cardinality).
   const StreamMetrics& Stream(const std::string& stream) EXCLUDES(mu_);
+  // The edge's link and offload-policy children, created on the first call.
+  const OffloadMetrics& Offload() EXCLUDES(mu_);
 
   // Bucket boundaries (seconds, or requests for batch size).
   static const std::vector<double>& QueueSecondsBuckets();
@@ -238,6 +260,7 @@ class Metrics {
   std::map<std::string, prometheus::Counter*> refused_ GUARDED_BY(mu_);
   std::array<prometheus::Counter*, kNotOffloadedReasonCount> not_offloaded_ GUARDED_BY(mu_){};
   std::map<std::string, std::unique_ptr<StreamMetrics>> streams_ GUARDED_BY(mu_);
+  std::unique_ptr<OffloadMetrics> offload_ GUARDED_BY(mu_);
 };
 
 // Distinct peers seen within a sliding window: cleave_connected_edges for a service whose

@@ -53,6 +53,23 @@ ConfigSchema EdgeSchema() {
       .Add("edge.max_pending", ConfigType::kInt, "256",
            "requests waiting for the cloud at most; with that many waiting, an input the exit "
            "policy would offload is answered at once by its best local exit, marked degraded")
+      .Add("edge.offload_policy", ConfigType::kString, "static",
+           "where to compute each input: static (the bundle's calibrated threshold at its "
+           "deployment split), slo (the most accurate option of the bundle's split points and "
+           "thresholds whose predicted latency at edge.slo_percentile meets edge.slo_ms, from "
+           "live link and cloud estimates) or bytes (the most accurate within "
+           "edge.max_bytes_per_s of uplink). Every policy answers at the edge what could not "
+           "come back from the cloud before its deadline")
+      .Add("edge.slo_ms", ConfigType::kDouble, "0",
+           "slo policy: the latency objective in milliseconds (> 0)")
+      .Add("edge.slo_percentile", ConfigType::kDouble, "0.95",
+           "the percentile edge.slo_ms and the deadline guard are predicted at, in (0, 1)")
+      .Add("edge.max_bytes_per_s", ConfigType::kDouble, "0",
+           "bytes policy: the uplink budget in bytes per second (> 0)")
+      .Add("edge.wire_version", ConfigType::kInt, "2",
+           "request encoding: 2 (split index, layout tag and coded features only) or 1 (model "
+           "name and a self-describing tensor, for cleave-cloud builds older than version 2; "
+           "deployment split only)")
       .Add("edge.int8", ConfigType::kBool, "true", "run the int8-quantized head")
       .Add("edge.int8_engine", ConfigType::kString, "auto",
            "auto|onednn|qnnpack|reference (auto measures and keeps the fastest)")
@@ -96,6 +113,32 @@ ConfigSchema EdgeSchema() {
   AddAdaptConfigKeys(schema);
   AddStreamConfigKeys(schema);
   return schema;
+}
+
+Status ReadOffloadOptions(const Config& config, EdgeServerOptions& options) {
+  auto kind = ParseOffloadPolicyKind(config.GetString("edge.offload_policy"));
+  if (!kind.ok()) return kind.status().WithContext("edge.offload_policy");
+  options.policy = *kind;
+  options.slo_ms = config.GetDouble("edge.slo_ms");
+  options.slo_percentile = config.GetDouble("edge.slo_percentile");
+  options.max_bytes_per_s = config.GetDouble("edge.max_bytes_per_s");
+  if (!(options.slo_percentile > 0 && options.slo_percentile < 1)) {
+    return Status::InvalidArgument("edge.slo_percentile must lie in (0, 1), got " +
+                                   std::to_string(options.slo_percentile));
+  }
+  if (options.policy == OffloadPolicyKind::kSlo && !(options.slo_ms > 0)) {
+    return Status::InvalidArgument("edge.offload_policy = slo needs edge.slo_ms > 0");
+  }
+  if (options.policy == OffloadPolicyKind::kBytes && !(options.max_bytes_per_s > 0)) {
+    return Status::InvalidArgument("edge.offload_policy = bytes needs edge.max_bytes_per_s > 0");
+  }
+  const int64_t version = config.GetInt("edge.wire_version");
+  if (version != 1 && version != 2) {
+    return Status::InvalidArgument("edge.wire_version must be 1 or 2, got " +
+                                   std::to_string(version));
+  }
+  options.wire_version = static_cast<uint16_t>(version);
+  return Status::Ok();
 }
 
 Result<ServableEngine> LoadConfiguredEngine(const Config& config,

@@ -6,6 +6,7 @@
 
 #include "common/config.h"
 #include "common/status.h"
+#include "edge/edge_server.h"
 #include "edge/model_repository.h"
 
 namespace cleave::edge {
@@ -15,6 +16,12 @@ split::EdgeModel::Options HeadOptions(const Config& config);
 
 // Every key cleave-edge accepts (edge.*, log.level), with defaults and help texts.
 ConfigSchema EdgeSchema();
+
+// edge.offload_policy, edge.slo_ms, edge.slo_percentile, edge.max_bytes_per_s and
+// edge.wire_version into `options`. InvalidArgument naming the key for a value out of range
+// or a policy without what it needs (slo without edge.slo_ms > 0, bytes without
+// edge.max_bytes_per_s > 0).
+Status ReadOffloadOptions(const Config& config, EdgeServerOptions& options);
 
 // The head `config` names: edge.bundle, or (with `repository` non-null) the highest version
 // of edge.model_repository, for which *repository is set to the repository that keeps

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "common/feature_coding.h"
 #include "common/inference_wire.h"
 #include "common/jpeg_image.h"
 #include "common/png_image.h"
@@ -34,7 +35,9 @@ int32_t ArgMax(const std::vector<float>& values) {
   return best;
 }
 
-EdgeEngine::EdgeEngine(std::unique_ptr<split::EdgeModel> model) : model_(std::move(model)) {}
+EdgeEngine::EdgeEngine(std::unique_ptr<split::EdgeModel> model) : model_(std::move(model)) {
+  for (int s = 0; s < model_->num_splits(); ++s) layout_tags_.push_back(model_->layout_tag(s));
+}
 
 Result<torch::Tensor> EdgeEngine::ImageFromRequest(const edge_api::ClassifyRequest& request) const {
   PixelImage image;
@@ -68,8 +71,17 @@ std::string EdgeEngine::ClassName(int32_t index) const {
 Result<std::vector<HeadDecision>> EdgeEngine::Decide(const torch::Tensor& images,
                                                      const std::vector<uint64_t>& wire_ids,
                                                      const std::vector<float>& thresholds,
-                                                     const std::vector<uint32_t>& deadlines_ms) {
+                                                     const std::vector<uint32_t>& deadlines_ms,
+                                                     int split) {
   const auto start = std::chrono::steady_clock::now();
+  if (split < 0 || split >= model_->num_splits()) {
+    return Status::InvalidArgument("split point " + std::to_string(split) +
+                                   " is not in the bundle (" +
+                                   std::to_string(model_->num_splits()) + " split points)");
+  }
+  if (split > 0 && wire_version_ != wire::kCompactProtocolVersion) {
+    return Status::InvalidArgument("wire version 1 can only offload at split point 0");
+  }
   if (images.dim() != 4) return Status::InvalidArgument("images must be [N,1,H,W]");
   const int64_t n = images.size(0);
   if (static_cast<int64_t>(wire_ids.size()) != n || static_cast<int64_t>(thresholds.size()) != n ||
@@ -77,8 +89,8 @@ Result<std::vector<HeadDecision>> EdgeEngine::Decide(const torch::Tensor& images
     return Status::InvalidArgument("EdgeEngine::Decide: per-row arguments do not match batch " +
                                    std::to_string(n));
   }
-  CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head, model_->Run(images));
-  const split::ExitPolicy& policy = model_->exit_policy();
+  CLEAVE_ASSIGN_OR_RETURN(split::EdgeHeadOutput head, model_->Run(images, split));
+  const split::ExitPolicy& policy = model_->exit_policy(split);
   const int num_exits = static_cast<int>(head.exit_logits.size());
 
   // Scores of every exit for every row (the policy's criterion; higher = more confident).
@@ -92,7 +104,8 @@ Result<std::vector<HeadDecision>> EdgeEngine::Decide(const torch::Tensor& images
   std::vector<HeadDecision> decisions(n);
   torch::Tensor features = head.features.contiguous().to(torch::kFloat32);
   std::vector<uint32_t> row_shape = {1};
-  for (uint32_t d : model_->feature_shape()) row_shape.push_back(d);
+  for (uint32_t d : model_->feature_shape(split)) row_shape.push_back(d);
+  const wire::FeatureLayout layout = model_->layout(split);
   const int64_t row_elems = n > 0 ? features.numel() / n : 0;
 
   for (int64_t i = 0; i < n; ++i) {
@@ -130,15 +143,26 @@ Result<std::vector<HeadDecision>> EdgeEngine::Decide(const torch::Tensor& images
       d.best_confidence = scores[d.exit_index][i].item<float>();
       continue;
     }
+    d.split = split;
     wire::InferRequest request;
     request.request_id = wire_ids[i];
-    request.model = model_->model_name();
     request.deadline_ms = deadlines_ms[i];
-    request.input = wire::InputKind::kFeatures;
-    CLEAVE_ASSIGN_OR_RETURN(
-        request.features,
-        wire::EncodeTensor(features.data_ptr<float>() + i * row_elems, row_shape,
-                           model_->wire_dtype(), /*channel_axis=*/1, &model_->wire_quant()));
+    const float* row = features.data_ptr<float>() + i * row_elems;
+    if (wire_version_ == wire::kCompactProtocolVersion) {
+      request.protocol_version = wire::kCompactProtocolVersion;
+      request.split = static_cast<uint8_t>(split);
+      request.layout_tag = layout_tags_[static_cast<size_t>(split)];
+      CLEAVE_ASSIGN_OR_RETURN(auto coded, wire::CodeFeaturesShortest(layout, row));
+      request.coded = std::move(coded.first);
+      request.input =
+          coded.second ? wire::InputKind::kPackedFeatures : wire::InputKind::kCodedFeatures;
+    } else {
+      request.model = model_->model_name();
+      request.input = wire::InputKind::kFeatures;
+      CLEAVE_ASSIGN_OR_RETURN(request.features,
+                              wire::EncodeTensor(row, row_shape, model_->wire_dtype(),
+                                                 /*channel_axis=*/1, &model_->wire_quant()));
+    }
     d.offload_request = wire::EncodeInferRequest(request);
   }
   const uint64_t per_row = n > 0 ? MicrosSince(start) / static_cast<uint64_t>(n) : 0;

@@ -51,6 +51,7 @@ cleave::Result<std::unique_ptr<edge::EdgeServer>> CreateServer(
   options.default_deadline_ms = static_cast<uint32_t>(config.GetInt("edge.deadline_ms"));
   options.max_batch = static_cast<int>(config.GetInt("edge.max_batch"));
   options.max_pending = static_cast<size_t>(config.GetInt("edge.max_pending"));
+  CLEAVE_RETURN_IF_ERROR(edge::ReadOffloadOptions(config, options));
   options.metrics = daemon.metrics();
   cleave::SocketOptions cloud_socket;
   CLEAVE_RETURN_IF_ERROR(cleave::SetUpCurveClient(config.GetString("edge.curve_secret_key"),
@@ -97,6 +98,8 @@ Status CheckServeConfig(const cleave::Config& config) {
     return Status::InvalidArgument("edge.max_pending must be >= 1, got " +
                                    std::to_string(max_pending));
   }
+  edge::EdgeServerOptions offload;
+  CLEAVE_RETURN_IF_ERROR(edge::ReadOffloadOptions(config, offload));
   return edge::StreamSetupFromConfig(config).status();
 }
 

@@ -5,6 +5,7 @@
 
 #include "common/inference_wire.h"
 #include "common/logging.h"
+#include "edge/offload_menu.h"
 
 namespace cleave::edge {
 
@@ -19,7 +20,9 @@ EdgeServer::EdgeServer(EdgeServerOptions options, std::unique_ptr<EdgeEngine> en
       engine_(std::move(engine)),
       metrics_(options_.metrics ? options_.metrics : std::make_shared<Metrics>()),
       m_(&metrics_->Service("edge")),
-      pending_full_(&metrics_->EdgeNotOffloaded(NotOffloadedReason::kMaxPending)) {}
+      pending_full_(&metrics_->EdgeNotOffloaded(NotOffloadedReason::kMaxPending)),
+      deadline_local_(&metrics_->EdgeNotOffloaded(NotOffloadedReason::kDeadline)),
+      om_(&metrics_->Offload()) {}
 
 EdgeServer::~EdgeServer() = default;
 
@@ -28,7 +31,18 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::Create(TransportContext& context
                                                        std::unique_ptr<EdgeEngine> engine) {
   if (options.max_batch < 1) return Status::InvalidArgument("max_batch must be >= 1");
   if (options.max_pending < 1) return Status::InvalidArgument("max_pending must be >= 1");
+  if (!(options.slo_percentile > 0 && options.slo_percentile < 1)) {
+    return Status::InvalidArgument("slo_percentile must lie in (0, 1)");
+  }
+  if (options.wire_version != wire::kProtocolVersion &&
+      options.wire_version != wire::kCompactProtocolVersion) {
+    return Status::InvalidArgument("wire_version must be 1 or 2, got " +
+                                   std::to_string(options.wire_version));
+  }
   std::unique_ptr<EdgeServer> server(new EdgeServer(options, std::move(engine)));
+  const Clock& clock = options.clock ? *options.clock : SystemClock();
+  CLEAVE_ASSIGN_OR_RETURN(server->link_, LinkEstimator::Create(LinkEstimatorOptions(), clock));
+  CLEAVE_RETURN_IF_ERROR(server->RebuildPolicy());
   CLEAVE_ASSIGN_OR_RETURN(server->local_,
                           RouterServer::Bind(context, options.listen, options.socket));
   if (!options.cloud.empty()) {
@@ -60,10 +74,83 @@ void EdgeServer::AdoptStagedEngine() {
     version = staged_version_;
   }
   engine_.swap(engine);  // the old engine is freed here, outside the lock
+  const Status rebuilt = RebuildPolicy();
+  if (!rebuilt.ok()) {
+    GetLogger("edge")->warn(
+        "the new bundle's offload menu is unusable ({}); the policy keeps "
+        "the previous one",
+        rebuilt.ToString());
+  }
   served_version_.store(version, std::memory_order_release);
   m_->model_version->Set(static_cast<double>(version));
   GetLogger("edge")->info("now serving model version {} ({})", version,
                           engine_->model().model_name());
+}
+
+Status EdgeServer::RebuildPolicy() {
+  engine_->set_wire_version(options_.wire_version);
+  const bool int8 = engine_->model().engine() != "fp32";
+  const OffloadMenu menu = BuildOffloadMenu(engine_->model(), int8);
+  OffloadPolicyOptions o;
+  o.kind = options_.policy;
+  o.menu = menu.options;
+  o.calibrated = menu.calibrated;
+  o.slo_ms = options_.slo_ms;
+  o.percentile = options_.slo_percentile;
+  o.max_bytes_per_s = options_.max_bytes_per_s;
+  if (options_.wire_version != wire::kCompactProtocolVersion) {
+    // Version 1 names no split point: only split 0 (and answering locally) remain.
+    std::vector<OffloadOption> kept;
+    for (const OffloadOption& option : o.menu) {
+      if (option.split <= 0) kept.push_back(option);
+    }
+    o.menu = kept;
+  }
+  const Clock& clock = options_.clock ? *options_.clock : SystemClock();
+  CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<OffloadPolicy> policy,
+                          OffloadPolicy::Create(std::move(o), clock));
+  policy_ = std::move(policy);
+  reported_switches_ = reported_probes_ = 0;
+  if (options_.policy != OffloadPolicyKind::kStatic) {
+    GetLogger("edge")->info("offload policy {} over {} options:\n{}",
+                            OffloadPolicyKindName(options_.policy), menu.options.size(),
+                            DescribeMenu(menu));
+  }
+  UpdatePolicy(/*force=*/true);
+  return Status::Ok();
+}
+
+void EdgeServer::UpdatePolicy(bool force) {
+  const int64_t now = SteadyMicros();
+  if (!force && now - last_policy_update_us_ < 50'000) return;
+  last_policy_update_us_ = now;
+  const LinkSnapshot link = link_->Snapshot(options_.slo_percentile);
+  policy_->Update(link);
+  const OffloadPolicyState state = policy_->State();
+  om_->rtt_p50_seconds->Set(link.rtt_ms.p50 * 1e-3);
+  om_->rtt_p95_seconds->Set(link.rtt_ms.p95 * 1e-3);
+  om_->uplink_bytes_per_second->Set(link.uplink_bytes_per_s);
+  om_->cloud_queue_p50_seconds->Set(link.queue_ms.p50 * 1e-3);
+  om_->cloud_compute_p50_seconds->Set(link.compute_ms.p50 * 1e-3);
+  om_->overloaded_fraction->Set(link.overloaded_fraction);
+  om_->timeout_fraction->Set(link.timeout_fraction);
+  om_->split->Set(state.split);
+  om_->exit_threshold->Set(state.exit_threshold);
+  om_->predicted_latency_seconds->Set(state.predicted_latency_ms * 1e-3);
+  if (state.switches > reported_switches_) {
+    om_->switches->Increment(static_cast<double>(state.switches - reported_switches_));
+    reported_switches_ = state.switches;
+  }
+  if (state.probes > reported_probes_) {
+    om_->probes->Increment(static_cast<double>(state.probes - reported_probes_));
+    reported_probes_ = state.probes;
+  }
+}
+
+uint64_t EdgeServer::NextWireId() {
+  const uint64_t id = next_wire_id_++;
+  if (next_wire_id_ > 0xFFFFFFFFull) next_wire_id_ = 1;
+  return id;
 }
 
 Status EdgeServer::WarmUp() {
@@ -156,38 +243,73 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
   }
   if (images.empty()) return;
 
-  std::vector<uint64_t> wire_ids;
-  std::vector<float> thresholds;
+  // The policy's plan for each input (usually one option for the whole batch; a probe may
+  // differ), then one head run per split point the plans name.
+  std::vector<OffloadPlan> plans;
   std::vector<uint32_t> deadlines;
-  for (size_t r : rows) {
-    const auto& req = batch[r].request;
-    wire_ids.push_back(next_wire_id_++);
-    thresholds.push_back(req.exit_threshold);
+  std::vector<uint64_t> wire_ids;
+  std::map<int, std::vector<size_t>> by_split;  // head split -> indices into rows
+  for (size_t k = 0; k < rows.size(); ++k) {
+    const auto& req = batch[rows[k]].request;
+    plans.push_back(policy_->Plan());
     deadlines.push_back(req.deadline_ms ? req.deadline_ms : options_.default_deadline_ms);
+    wire_ids.push_back(NextWireId());
+    by_split[std::max(0, plans.back().split)].push_back(k);
   }
+  const bool static_policy = options_.policy == OffloadPolicyKind::kStatic;
+  std::vector<HeadDecision> decisions(rows.size());
   const int64_t head_start = SteadyMicros();
-  Result<std::vector<HeadDecision>> decisions =
-      engine_->Decide(torch::cat(images, 0), wire_ids, thresholds, deadlines);
-  if (!decisions.ok()) {
-    for (size_t r : rows) {
-      edge_api::ClassifyReply reply;
-      reply.request_id = batch[r].request.request_id;
-      reply.source = edge_api::AnswerSource::kError;
-      reply.error = decisions.status().ToString();
-      Reply(batch[r].peer, reply, Outcome::kError, batch[r].enveloped);
+  for (const auto& [split, members] : by_split) {
+    std::vector<torch::Tensor> group_images;
+    std::vector<uint64_t> group_ids;
+    std::vector<float> group_thresholds;
+    std::vector<uint32_t> group_deadlines;
+    for (size_t k : members) {
+      const auto& req = batch[rows[k]].request;
+      group_images.push_back(images[k]);
+      group_ids.push_back(wire_ids[k]);
+      // The application's own threshold wins; the static policy keeps the bundle's calibrated
+      // decision (-1); otherwise the plan's option says.
+      const float option_threshold = static_policy && plans[k].split == 0
+                                         ? -1.0f
+                                         : static_cast<float>(plans[k].exit_threshold);
+      group_thresholds.push_back(req.exit_threshold >= 0 ? req.exit_threshold : option_threshold);
+      group_deadlines.push_back(deadlines[k]);
     }
-    return;
+    Result<std::vector<HeadDecision>> group = engine_->Decide(
+        torch::cat(group_images, 0), group_ids, group_thresholds, group_deadlines, split);
+    if (!group.ok()) {
+      for (size_t k : members) {
+        edge_api::ClassifyReply reply;
+        reply.request_id = batch[rows[k]].request.request_id;
+        reply.source = edge_api::AnswerSource::kError;
+        reply.error = group.status().ToString();
+        Reply(batch[rows[k]].peer, reply, Outcome::kError, batch[rows[k]].enveloped);
+        decisions[k].exit_index = -2;  // answered
+      }
+      continue;
+    }
+    for (size_t i = 0; i < members.size(); ++i) decisions[members[i]] = std::move((*group)[i]);
   }
   m_->compute_seconds->Observe(static_cast<double>(SteadyMicros() - head_start) * 1e-6);
   m_->batch_size->Observe(static_cast<double>(images.size()));
 
   for (size_t k = 0; k < rows.size(); ++k) {
+    HeadDecision& d = decisions[k];
+    if (d.exit_index == -2) continue;  // the head failed: already answered with an error
     Incoming& in = batch[rows[k]];
-    HeadDecision& d = (*decisions)[k];
+    const int64_t deadline_us = in.received_us + int64_t{deadlines[k]} * 1000;
     // Bounded waiting: with max_pending requests already waiting for the cloud, one more
     // would only wait behind them; its best local exit answers now instead.
     const bool pending_full = cloud_ && pending_.size() >= options_.max_pending;
-    if (d.exit_index >= 0 || !cloud_ || pending_full) {
+    OffloadDecision od;
+    if (d.exit_index < 0 && cloud_ && !pending_full) {
+      const double remaining_ms = static_cast<double>(deadline_us - SteadyMicros()) / 1000.0;
+      // The engine already applied the exit threshold (the application's or the option's):
+      // what is left for the policy is the deadline guard.
+      od = policy_->Decide(plans[k], /*confidence=*/-1.0, remaining_ms);
+    }
+    if (d.exit_index >= 0 || !cloud_ || pending_full || !od.offload) {
       edge_api::ClassifyReply reply;
       reply.request_id = in.request.request_id;
       // Without a cloud every answer is the edge's; an input the policy wanted to offload is
@@ -199,6 +321,13 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
                       std::to_string(options_.max_pending) + ")";
         ++stats_.pending_full;
         pending_full_->Increment();
+      } else if (d.exit_index < 0 && cloud_) {
+        reply.error =
+            "not offloaded: the cloud's answer would come after the deadline "
+            "(predicted " +
+            std::to_string(od.predicted_leg_ms) + " ms)";
+        ++stats_.not_offloaded_deadline;
+        deadline_local_->Increment();
       }
       reply.predicted_class = d.best_class;
       reply.confidence = d.best_confidence;
@@ -206,6 +335,17 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.exit_index = d.best_exit;
       reply.edge_micros = d.edge_micros;
       reply.total_micros = static_cast<uint64_t>(SteadyMicros() - in.received_us);
+      if (od.send_probe && !d.offload_request.empty()) {
+        // Answered here; the features still go, so the estimates learn the link again.
+        Pending probe;
+        probe.probe = true;
+        probe.deadline_us = deadline_us;
+        probe.received_us = in.received_us;
+        probe.decision = d;
+        ++stats_.probes;
+        SendToCloud(wire_ids[k], std::move(probe),
+                    policy_->options().menu[static_cast<size_t>(plans[k].option)].cloud_ms);
+      }
       Reply(in.peer, reply, d.exit_index >= 0 ? Outcome::kExit : Outcome::kDegraded, in.enveloped);
       // An exit's answer is a pseudo-label candidate; any answer can get feedback later.
       Observe(in.peer, in.request.request_id, images[k][0], torch::Tensor(),
@@ -218,28 +358,44 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
     if (options_.learner) p.image = images[k][0];
     p.app_request_id = in.request.request_id;
     p.received_us = in.received_us;
-    p.deadline_us = in.received_us + int64_t{deadlines[k]} * 1000;
-    p.wire_bytes = WireBytes(d.offload_request.size());
-    const uint64_t wire_id = wire_ids[k];
-    // Never block the loop on a slow link: a send that cannot be queued at once degrades.
-    Status sent = cloud_->Send(d.offload_request, 0);
+    p.deadline_us = deadline_us;
     p.decision = std::move(d);
-    pending_.emplace(wire_id, std::move(p));
-    expiry_.emplace(pending_[wire_id].deadline_us, wire_id);
-    if (!sent.ok()) {
-      pending_[wire_id].wire_bytes = 0;
-      AnswerDegraded(wire_id, "cloud unreachable: " + sent.ToString());
-    } else {
-      stats_.wire_bytes_sent += pending_[wire_id].wire_bytes;
-      m_->wire_bytes_sent->Increment(static_cast<double>(pending_[wire_id].wire_bytes));
-    }
+    const size_t option = static_cast<size_t>(plans[k].option);
+    SendToCloud(wire_ids[k], std::move(p), policy_->options().menu[option].cloud_ms);
   }
+}
+
+bool EdgeServer::SendToCloud(uint64_t wire_id, Pending p, double expected_cloud_ms) {
+  p.wire_bytes = WireBytes(p.decision.offload_request.size());
+  // Never block the loop on a slow link: a send that cannot be queued at once degrades.
+  Status sent = cloud_->Send(p.decision.offload_request, 0);
+  const bool probe = p.probe;
+  const uint64_t bytes = p.wire_bytes;
+  const int64_t deadline_us = p.deadline_us;
+  pending_.emplace(wire_id, std::move(p));
+  expiry_.emplace(deadline_us, wire_id);
+  if (!sent.ok()) {
+    pending_[wire_id].wire_bytes = 0;
+    AnswerDegraded(wire_id, "cloud unreachable: " + sent.ToString());
+    return false;
+  }
+  link_->OnSend(wire_id, bytes, static_cast<int64_t>(expected_cloud_ms * 1000.0));
+  if (!probe) {
+    stats_.wire_bytes_sent += bytes;
+  }
+  m_->wire_bytes_sent->Increment(static_cast<double>(bytes));
+  return true;
 }
 
 void EdgeServer::AnswerDegraded(uint64_t wire_id, const std::string& why) {
   auto it = pending_.find(wire_id);
   if (it == pending_.end()) return;
   Pending& p = it->second;
+  if (p.probe) {  // its request was answered when it was sent
+    expiry_.erase({p.deadline_us, wire_id});
+    pending_.erase(it);
+    return;
+  }
   edge_api::ClassifyReply reply;
   reply.request_id = p.app_request_id;
   reply.source = edge_api::AnswerSource::kDegraded;
@@ -268,9 +424,16 @@ void EdgeServer::HandleCloudReply(const std::string& bytes) {
     return;
   }
   const wire::InferReply& r = *decoded;
+  // Every reply teaches the estimator, late ones too (their queue and compute times).
+  link_->OnReply(r.request_id, ExchangeReply::FromInferReply(r, WireBytes(bytes.size())));
   auto it = pending_.find(r.request_id);
   if (it == pending_.end()) {
     ++stats_.late_cloud_replies;
+    return;
+  }
+  if (it->second.probe) {
+    expiry_.erase({it->second.deadline_us, r.request_id});
+    pending_.erase(it);
     return;
   }
   if (r.status != wire::ReplyStatus::kOk || r.num_classes == 0 ||
@@ -301,6 +464,8 @@ void EdgeServer::HandleCloudReply(const std::string& bytes) {
 
 void EdgeServer::ExpireDeadlines(int64_t now_us) {
   while (!expiry_.empty() && expiry_.begin()->first <= now_us) {
+    link_->OnTimeout(expiry_.begin()->second);
+    timed_out_ = true;
     AnswerDegraded(expiry_.begin()->second, "cloud did not answer within the deadline");
   }
 }
@@ -362,6 +527,9 @@ Status EdgeServer::Run(const std::function<bool()>& should_stop) {
     }
     ProcessBatch(batch);
     ExpireDeadlines(SteadyMicros());
+    // A timeout is news the guard must act on at once; otherwise every 50 ms is enough.
+    UpdatePolicy(/*force=*/timed_out_);
+    timed_out_ = false;
     m_->pending_requests->Set(static_cast<double>(pending_.size()));
   }
   // Shutting down: nobody is left waiting without an answer.

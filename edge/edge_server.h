@@ -35,6 +35,8 @@
 #include "common/transport.h"
 #include "edge/adaptation.h"
 #include "edge/edge_engine.h"
+#include "edge/link_estimator.h"
+#include "edge/offload_policy.h"
 
 namespace cleave::edge {
 
@@ -53,6 +55,19 @@ struct EdgeServerOptions {
   // cloud's logits or the answering exit's), and FeedbackRequests go to it. Null: feedback
   // is refused ("on-gateway learning is off").
   std::shared_ptr<EdgeLearner> learner;
+  // Where to compute (edge/offload_policy.h), from the live link estimates and the served
+  // bundle's menu (edge/offload_menu.h, rebuilt on every engine swap). kStatic: the bundle's
+  // calibrated threshold at split 0, as before; every kind refuses to offload what its
+  // estimates say cannot come back before the request's deadline.
+  OffloadPolicyKind policy = OffloadPolicyKind::kStatic;
+  double slo_ms = 0;             // kSlo: latency objective at slo_percentile
+  double slo_percentile = 0.95;  // also the deadline guard's
+  double max_bytes_per_s = 0;    // kBytes: uplink budget
+  // Request encoding (EdgeEngine::set_wire_version): 2 = compact (default), 1 = for clouds
+  // older than version 2.
+  uint16_t wire_version = wire::kCompactProtocolVersion;
+  // Time of the link estimator and the policy; null = SystemClock(). Must outlive the server.
+  const Clock* clock = nullptr;
 };
 
 struct EdgeServerStats {
@@ -61,10 +76,12 @@ struct EdgeServerStats {
   uint64_t answered_cloud = 0;
   uint64_t answered_degraded = 0;
   uint64_t answered_error = 0;
-  uint64_t rejected = 0;            // undecodable application requests
-  uint64_t feedback = 0;            // feedback messages answered (accepted or not)
-  uint64_t late_cloud_replies = 0;  // arrived after the request was answered degraded
-  uint64_t pending_full = 0;        // degraded at once: max_pending were waiting for the cloud
+  uint64_t rejected = 0;                // undecodable application requests
+  uint64_t feedback = 0;                // feedback messages answered (accepted or not)
+  uint64_t late_cloud_replies = 0;      // arrived after the request was answered degraded
+  uint64_t pending_full = 0;            // degraded at once: max_pending were waiting for the cloud
+  uint64_t not_offloaded_deadline = 0;  // answered at the edge: the cloud could not make it
+  uint64_t probes = 0;                  // features sent only to refresh the link estimates
   uint64_t wire_bytes_sent = 0;
 };
 
@@ -108,6 +125,9 @@ class EdgeServer {
   void set_learner(std::shared_ptr<EdgeLearner> learner) { options_.learner = std::move(learner); }
 
   const EdgeServerStats& stats() const { return stats_; }
+  // The link estimates and the policy's state now (socket thread, or after Run returned).
+  LinkSnapshot link() const { return link_->Snapshot(options_.slo_percentile); }
+  OffloadPolicyState policy_state() const { return policy_->State(); }
 
  private:
   struct Pending {
@@ -118,6 +138,7 @@ class EdgeServer {
     int64_t deadline_us = 0;
     int64_t received_us = 0;
     uint64_t wire_bytes = 0;
+    bool probe = false;  // sent only for the estimates: its reply answers nobody
     HeadDecision decision;
   };
   struct Incoming {
@@ -141,6 +162,14 @@ class EdgeServer {
   void Observe(const std::string& peer, uint64_t request_id, const torch::Tensor& image,
                const torch::Tensor& teacher, const torch::Tensor& exit_logits);
   int NextTimeoutMs(int64_t now_us) const;
+  // A fresh wire id (below 2^32: version 2 requests carry 32-bit ids).
+  uint64_t NextWireId();
+  // Builds the policy for the engine being served (its menu); keeps the old one on error.
+  Status RebuildPolicy();
+  // Feeds the policy the link estimates (at most every 50 ms) and refreshes the gauges.
+  void UpdatePolicy(bool force);
+  // Sends `d`'s request; `probe`: nobody waits for its answer. Returns whether it was queued.
+  bool SendToCloud(uint64_t wire_id, Pending p, double expected_cloud_ms);
 
   // Socket thread: adopts an engine staged by SwapEngine.
   void AdoptStagedEngine() EXCLUDES(staged_mu_);
@@ -158,8 +187,16 @@ class EdgeServer {
   uint64_t next_wire_id_ = 1;
   EdgeServerStats stats_;
   std::shared_ptr<Metrics> metrics_;
-  const ServiceMetrics* m_ = nullptr;            // metrics_->Service("edge")
-  prometheus::Counter* pending_full_ = nullptr;  // cleave_edge_not_offloaded_total{max_pending}
+  const ServiceMetrics* m_ = nullptr;              // metrics_->Service("edge")
+  prometheus::Counter* pending_full_ = nullptr;    // cleave_edge_not_offloaded_total{max_pending}
+  prometheus::Counter* deadline_local_ = nullptr;  // ...{deadline}
+  const OffloadMetrics* om_ = nullptr;
+  std::unique_ptr<LinkEstimator> link_;
+  std::unique_ptr<OffloadPolicy> policy_;
+  int64_t last_policy_update_us_ = 0;
+  bool timed_out_ = false;  // a request timed out this turn
+  uint64_t reported_switches_ = 0;
+  uint64_t reported_probes_ = 0;
 };
 
 // Microseconds on the steady clock.

@@ -379,12 +379,21 @@ OffloadDecision OffloadPolicy::Decide(const OffloadPlan& plan, double confidence
   } else if (!(remaining_ms >= d.predicted_leg_ms)) {  // also NaN
     d.reason = DecisionReason::kDeadline;
     ++counters_.local_deadline;
+    // The static policy never switches, so nothing else would ever test a link the guard
+    // has given up on (a cloud that was down and is back): while the cloud is silent, a
+    // held-back request's features still go, once per probe interval.
+    const int64_t now = clock_.NowMicros();
+    if (options_.kind == OffloadPolicyKind::kStatic && ProbeDue(now)) {
+      last_probe_us_ = now;
+      ++counters_.probes;
+      d.send_probe = true;
+    }
   } else {
     d.offload = true;
     d.reason = DecisionReason::kOffload;
     ++counters_.offloaded;
   }
-  d.send_probe = plan.probe && !d.offload;
+  d.send_probe = d.send_probe || (plan.probe && !d.offload);
   if (d.offload || d.send_probe) d.split = o.split;
   return d;
 }

@@ -32,7 +32,10 @@
 // inputs are the hard ones, where the edge does worse than on average).
 //
 // Policies:
-//  * static: always options.calibrated (today's behaviour); never switches or probes.
+//  * static: always options.calibrated (today's behaviour); never switches. It probes only
+//    while the deadline guard holds requests back and the cloud is silent (a held-back
+//    request's features are sent once per probe interval, its answer given locally), so a
+//    cloud that comes back is noticed.
 //  * slo:    the most accurate option whose predicted latency <= slo_ms; if none, the fastest.
 //  * bytes:  the most accurate option whose bytes/s <= max_bytes_per_s; if none, the cheapest.
 // Hysteresis (slo, bytes): the current option is kept while it meets the objective. A more

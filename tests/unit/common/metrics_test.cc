@@ -115,6 +115,7 @@ TEST(MetricsTest, NamesFollowPrometheusConventions) {
   metrics.CurveRefused("cloud");
   metrics.EdgeNotOffloaded(NotOffloadedReason::kMaxPending);
   metrics.Stream("cam1");
+  metrics.Offload();
   std::set<std::string> names;
   for (const prometheus::MetricFamily& family : metrics.registry()->Collect()) {
     names.insert(family.name);
@@ -144,7 +145,17 @@ TEST(MetricsTest, NamesFollowPrometheusConventions) {
                                           "cleave_edge_stream_answered_total",
                                           "cleave_edge_stream_dropped_total",
                                           "cleave_edge_stream_fps",
-                                          "cleave_edge_stream_staleness_seconds"};
+                                          "cleave_edge_stream_staleness_seconds",
+                                          "cleave_edge_link_rtt_seconds",
+                                          "cleave_edge_link_uplink_bytes_per_second",
+                                          "cleave_edge_cloud_queue_seconds",
+                                          "cleave_edge_cloud_compute_seconds",
+                                          "cleave_edge_link_outcome_fraction",
+                                          "cleave_edge_offload_split",
+                                          "cleave_edge_offload_exit_threshold",
+                                          "cleave_edge_offload_predicted_latency_seconds",
+                                          "cleave_edge_offload_switches_total",
+                                          "cleave_edge_offload_probes_total"};
   EXPECT_EQ(names, expected);
 }
 

@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <functional>
 #include <set>
 #include <thread>
 
+#include "common/feature_coding.h"
 #include "common/inference_wire.h"
 #include "common/metrics.h"
 #include "split/bundle.h"
@@ -29,7 +32,8 @@ class EdgeServerTest : public ::testing::Test {
   }
 
   // Starts the server; `with_cloud` binds a fake cloud the test drives by hand.
-  void Start(bool with_cloud, uint32_t deadline_ms, size_t max_pending = 256) {
+  void Start(bool with_cloud, uint32_t deadline_ms, size_t max_pending = 256,
+             const std::function<void(EdgeServerOptions&)>& configure = {}) {
     if (with_cloud) {
       auto cloud = RouterServer::Bind(context_, "tcp://127.0.0.1:0");
       ASSERT_TRUE(cloud.ok());
@@ -47,6 +51,7 @@ class EdgeServerTest : public ::testing::Test {
     server_options.default_deadline_ms = deadline_ms;
     server_options.max_pending = max_pending;
     server_options.metrics = metrics_;
+    if (configure) configure(server_options);
     auto server = EdgeServer::Create(context_, server_options,
                                      std::make_unique<EdgeEngine>(std::move(model).value()));
     ASSERT_TRUE(server.ok()) << server.status().ToString();
@@ -400,6 +405,115 @@ TEST_F(EdgeServerTest, SwappedEngineServesTheNextRequests) {
   EXPECT_EQ(server_->served_version(), 2u);
   EXPECT_EQ(metrics_->Service("edge").model_version->Value(), 2.0);
   std::filesystem::remove_all(other);
+}
+
+// Offloaded features travel as version 2 requests: split 0, the bundle's layout tag, and bytes
+// that decode with the bundle's layout; edge.wire_version = 1 still sends version 1.
+TEST_F(EdgeServerTest, OffloadsTravelAsCompactRequestsWithTheBundlesLayoutTag) {
+  Start(true, 2000);
+  Send(Request(5, 1.0f));
+  Envelope offloaded = CloudReceive();
+  auto request = wire::DecodeInferRequest(offloaded.body);
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  EXPECT_EQ(request->protocol_version, wire::kCompactProtocolVersion);
+  EXPECT_EQ(request->split, 0);
+  EXPECT_TRUE(request->model.empty());
+  auto bundle = Bundle::Open(dir_);
+  ASSERT_TRUE(bundle.ok());
+  auto model = split::EdgeModel::Load(*bundle, split::EdgeModel::Options());
+  ASSERT_TRUE(model.ok());
+  EXPECT_EQ(request->layout_tag, (*model)->layout_tag(0));
+  const wire::FeatureLayout layout = (*model)->layout(0);
+  auto values = request->input == wire::InputKind::kPackedFeatures
+                    ? wire::DecodeFeatures(wire::PackedLayout(layout), request->coded)
+                    : wire::DecodeFeatures(layout, request->coded);
+  ASSERT_TRUE(values.ok()) << values.status().ToString();
+  EXPECT_EQ(values->size(), 98u);
+  Stop();
+
+  stop_ = false;
+  Start(true, 2000, 256, [](EdgeServerOptions& o) { o.wire_version = wire::kProtocolVersion; });
+  Send(Request(6, 1.0f));
+  auto v1 = wire::DecodeInferRequest(CloudReceive().body);
+  ASSERT_TRUE(v1.ok());
+  EXPECT_EQ(v1->protocol_version, wire::kProtocolVersion);
+  EXPECT_EQ(v1->model, "fmnist");
+  EXPECT_EQ(v1->input, wire::InputKind::kFeatures);
+}
+
+TEST_F(EdgeServerTest, BadOffloadSettingsAreRefused) {
+  auto bundle = Bundle::Open(dir_);
+  ASSERT_TRUE(bundle.ok());
+  for (int bad = 0; bad < 3; ++bad) {
+    auto model = split::EdgeModel::Load(*bundle, split::EdgeModel::Options());
+    ASSERT_TRUE(model.ok());
+    EdgeServerOptions o;
+    o.listen = "tcp://127.0.0.1:0";
+    o.cloud = "";
+    if (bad == 0) o.wire_version = 3;
+    if (bad == 1) o.slo_percentile = 1.0;
+    if (bad == 2) o.policy = OffloadPolicyKind::kSlo;  // without slo_ms
+    auto server =
+        EdgeServer::Create(context_, o, std::make_unique<EdgeEngine>(std::move(model).value()));
+    EXPECT_FALSE(server.ok()) << bad;
+    EXPECT_EQ(server.status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+// A cloud that stops answering: once a timeout says the cloud's leg takes the whole deadline,
+// the next hard input is answered at the edge at once (degraded, saying why) instead of
+// waiting out its deadline; the estimator has counted the exchange.
+TEST_F(EdgeServerTest, TheDeadlineGuardAnswersAtOnceWhatCannotComeBackInTime) {
+  Start(true, 150);
+  Send(Request(1, 1.0f));
+  CloudReceive();  // and never answered
+  edge_api::ClassifyReply first = Receive();
+  EXPECT_EQ(first.source, edge_api::AnswerSource::kDegraded);
+  EXPECT_NE(first.error.find("within the deadline"), std::string::npos) << first.error;
+  const auto sent = std::chrono::steady_clock::now();
+  Send(Request(2, 1.0f));
+  edge_api::ClassifyReply second = Receive();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count();
+  EXPECT_EQ(second.request_id, 2u);
+  EXPECT_EQ(second.source, edge_api::AnswerSource::kDegraded);
+  EXPECT_NE(second.error.find("not offloaded"), std::string::npos) << second.error;
+  EXPECT_LT(ms, 120.0);  // not the 150 ms deadline
+  Stop();
+  EXPECT_EQ(server_->stats().not_offloaded_deadline, 1u);
+  EXPECT_EQ(metrics_->EdgeNotOffloaded(NotOffloadedReason::kDeadline).Value(), 1.0);
+  const LinkSnapshot link = server_->link();
+  EXPECT_EQ(link.timeouts, 1u);
+  EXPECT_GE(link.rtt_ms.p50, 100.0);
+}
+
+// Replies teach the estimator: the cloud's reported queue and compute times show up in the
+// snapshot and in the edge's link gauges.
+TEST_F(EdgeServerTest, CloudRepliesFeedTheLinkEstimatesAndGauges) {
+  Start(true, 2000);
+  for (uint64_t id = 1; id <= 3; ++id) {
+    Send(Request(id, 1.0f));
+    Envelope offloaded = CloudReceive();
+    auto request = wire::DecodeInferRequest(offloaded.body);
+    ASSERT_TRUE(request.ok());
+    wire::InferReply answer;
+    answer.request_id = request->request_id;
+    answer.scores.assign(10, 0.0f);
+    answer.num_classes = 10;
+    answer.batch_size = 1;
+    answer.queue_us = 2000;
+    answer.compute_us = 3000;
+    ASSERT_TRUE(cloud_->Send(offloaded.peer, wire::EncodeInferReply(answer)).ok());
+    EXPECT_EQ(Receive().source, edge_api::AnswerSource::kCloud);
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(80));  // a policy update turn
+  Stop();
+  const LinkSnapshot link = server_->link();
+  EXPECT_EQ(link.replies, 3u);
+  EXPECT_DOUBLE_EQ(link.queue_ms.p50, 2.0);
+  EXPECT_DOUBLE_EQ(link.compute_ms.p50, 3.0);
+  EXPECT_DOUBLE_EQ(metrics_->Offload().cloud_compute_p50_seconds->Value(), 0.003);
+  EXPECT_EQ(metrics_->Offload().split->Value(), 0.0);
 }
 
 }  // namespace

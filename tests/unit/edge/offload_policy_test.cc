@@ -117,6 +117,33 @@ TEST(OffloadPolicyTest, StaticPolicyIsTodaysBehaviour) {
   EXPECT_NE(s.why.find("calibrated option 2 (split 3"), std::string::npos) << s.why;
 }
 
+// A cloud that stopped answering: the guard holds requests back once the timeouts say the
+// leg cannot make the deadline, and the static policy still sends one held-back request's
+// features per probe interval, so the estimates learn when the cloud is back.
+TEST(OffloadPolicyTest, StaticProbesWhileTheGuardHoldsRequestsBack) {
+  FakeClock clock;
+  auto policy = MakePolicy(PolicyTestOptions(OffloadPolicyKind::kStatic), clock);
+  policy->Update(SteadyLink(clock, 400, Mbit(10)));  // the leg now takes > 400 ms
+  int probes = 0, offloaded = 0;
+  for (int i = 0; i < 40; ++i) {  // 40 requests over 4 s of silence
+    const OffloadPlan plan = policy->Plan();
+    EXPECT_FALSE(plan.probe);
+    const OffloadDecision d = policy->Decide(plan, /*confidence=*/0.1, /*remaining_ms=*/250);
+    EXPECT_FALSE(d.offload);
+    EXPECT_EQ(d.reason, DecisionReason::kDeadline);
+    if (d.send_probe) {
+      ++probes;
+      EXPECT_EQ(d.split, 3);
+    }
+    offloaded += d.offload ? 1 : 0;
+    clock.Advance(100'000);
+  }
+  EXPECT_GE(probes, 3);
+  EXPECT_LE(probes, 5);  // one per second of silence
+  EXPECT_EQ(policy->State().probes, static_cast<uint64_t>(probes));
+  EXPECT_EQ(policy->State().switches, 0u);
+}
+
 TEST(OffloadPolicyTest, SloPicksTheMostAccurateOptionThatFits) {
   FakeClock clock;
   auto policy = MakePolicy(PolicyTestOptions(OffloadPolicyKind::kSlo), clock);
