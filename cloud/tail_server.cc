@@ -240,16 +240,12 @@ void TailServer::ComputeBatch(int worker, std::vector<Job>& jobs) {
 // indices and tags; decoding the bytes is the workers' job).
 Result<torch::Tensor> TailServer::DecodeJobFeatures(const ModelSet& set, const Job& job) {
   const wire::InferRequest& r = job.request;
-  std::vector<float> values;
+  const wire::FeatureLayout& layout = set.layouts[r.split];
+  CLEAVE_ASSIGN_OR_RETURN(std::vector<float> values, wire::DecodeRequestFeatures(r, layout));
   std::vector<int64_t> sizes = {1};
   if (r.input == wire::InputKind::kFeatures) {
-    CLEAVE_ASSIGN_OR_RETURN(values, wire::DecodeTensor(r.features));
     sizes.assign(r.features.shape.begin(), r.features.shape.end());
   } else {
-    const wire::FeatureLayout& layout = set.layouts[r.split];
-    CLEAVE_ASSIGN_OR_RETURN(values, r.input == wire::InputKind::kPackedFeatures
-                                        ? wire::DecodeFeatures(wire::PackedLayout(layout), r.coded)
-                                        : wire::DecodeFeatures(layout, r.coded));
     sizes.insert(sizes.end(), layout.shape.begin(), layout.shape.end());
   }
   return torch::from_blob(values.data(), sizes, torch::kFloat32).clone();

@@ -118,4 +118,14 @@ Result<std::vector<float>> DecodeFeatures(const FeatureLayout& layout, std::stri
   return DecodeTensor(tensor);
 }
 
+Result<std::vector<float>> DecodeRequestFeatures(const InferRequest& request,
+                                                 const FeatureLayout& layout) {
+  switch (request.input) {
+    case InputKind::kFeatures: return DecodeTensor(request.features);
+    case InputKind::kCodedFeatures: return DecodeFeatures(layout, request.coded);
+    case InputKind::kPackedFeatures: return DecodeFeatures(PackedLayout(layout), request.coded);
+    default: return Status::InvalidArgument("the request carries an image, not features");
+  }
+}
+
 }  // namespace cleave::wire

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "common/entropy_model.h"
+#include "common/inference_wire.h"
 #include "common/status.h"
 #include "common/tensor_codec.h"
 
@@ -65,5 +66,12 @@ FeatureLayout PackedLayout(FeatureLayout layout);
 // not exactly a coding of one image in this layout (wrong length for packed bytes, or what
 // EntropyDecode refuses). Work is O(elements) whatever `coded` holds.
 Result<std::vector<float>> DecodeFeatures(const FeatureLayout& layout, std::string_view coded);
+
+// The features of a decoded request, as the cloud computes them: a version 1 tensor
+// (DecodeTensor), or version 2 bytes in `layout` (the layout of the request's split point;
+// packed bytes with its entropy model dropped). InvalidArgument for an image request or
+// bytes that do not decode.
+Result<std::vector<float>> DecodeRequestFeatures(const InferRequest& request,
+                                                 const FeatureLayout& layout);
 
 }  // namespace cleave::wire

@@ -16,6 +16,7 @@
 #include "common/shutdown.h"
 
 #include "common/config.h"
+#include "common/feature_coding.h"
 #include "common/inference_wire.h"
 #include "common/mutex.h"
 #include "common/transport.h"
@@ -403,9 +404,14 @@ Result<torch::Tensor> CloudAnswers(split::CloudModel& cloud,
   std::vector<torch::Tensor> rows;
   for (const std::string* request : requests) {
     CLEAVE_ASSIGN_OR_RETURN(wire::InferRequest decoded, wire::DecodeInferRequest(*request));
-    CLEAVE_ASSIGN_OR_RETURN(std::vector<float> features, wire::DecodeTensor(decoded.features));
-    std::vector<int64_t> shape;
-    for (uint32_t d : decoded.features.shape) shape.push_back(d);
+    if (decoded.split >= cloud.num_splits()) {
+      return Status::InvalidArgument("request for split point " + std::to_string(decoded.split));
+    }
+    const wire::FeatureLayout layout = cloud.layout(decoded.split);
+    CLEAVE_ASSIGN_OR_RETURN(std::vector<float> features,
+                            wire::DecodeRequestFeatures(decoded, layout));
+    std::vector<int64_t> shape = {1};
+    shape.insert(shape.end(), layout.shape.begin(), layout.shape.end());
     rows.push_back(torch::from_blob(features.data(), shape, torch::kFloat32).clone());
   }
   return cloud.RunTail(torch::cat(rows, 0));

@@ -1,13 +1,16 @@
-// libFuzzer target for the split-inference wire decoders: DecodeInferRequest,
-// DecodeInferReply, PeekRequestId, and what the cloud does next with a decoded request
-// (DecodeTensor on features, DecodePng on a raw image). Anything that decodes must survive
-// an encode/decode round trip unchanged.
+// libFuzzer target for the split-inference wire decoders: DecodeInferRequest (versions 1 and
+// 2), DecodeInferReply, PeekRequestId, and what the cloud does next with a decoded request
+// (DecodeTensor on version 1 features, DecodeRequestFeatures with a bundle-like layout -
+// packed, and entropy-coded - on version 2 features, DecodePng on a raw image). Anything that
+// decodes must survive an encode/decode round trip unchanged.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
 
+#include "common/entropy_model.h"
+#include "common/feature_coding.h"
 #include "common/inference_wire.h"
 #include "common/png_image.h"
 
@@ -25,6 +28,24 @@ bool SameFloats(const std::vector<float>& a, const std::vector<float>& b) {
          (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0);
 }
 
+// u4 [2,7,7] like the default bundle's deployment split, with a per-channel entropy model
+// (uniform tables: every symbol sequence is codable).
+const FeatureLayout& CodedLayout() {
+  static const FeatureLayout layout = [] {
+    FeatureLayout l;
+    l.dtype = DType::kUInt4;
+    l.shape = {2, 7, 7};
+    l.quant.scale = {0.25f, 0.5f};
+    l.quant.zero_point = {3, 8};
+    auto model = cleave::EntropyModel::Create(16, 12, cleave::ContextKind::kPerChannel, 2, 98,
+                                              std::vector<uint32_t>(32, 256));
+    Require(model.ok());
+    l.entropy = std::make_shared<const cleave::EntropyModel>(std::move(model).value());
+    return l;
+  }();
+  return layout;
+}
+
 void CheckRequest(std::string_view bytes) {
   auto request = DecodeInferRequest(bytes);
   if (!request.ok()) return;
@@ -32,11 +53,18 @@ void CheckRequest(std::string_view bytes) {
   if (request->input == InputKind::kFeatures) {
     auto values = DecodeTensor(request->features);
     Require(values.ok());  // the decoder already validated the tensor
-  } else {
+  } else if (request->input == InputKind::kPng) {
     (void)cleave::DecodePng(request->png);
+  } else {
+    auto values = DecodeRequestFeatures(*request, CodedLayout());
+    if (values.ok()) Require(values->size() == 98);
+    (void)DecodeRequestFeatures(*request, PackedLayout(CodedLayout()));
   }
   auto again = DecodeInferRequest(EncodeInferRequest(*request));
   Require(again.ok());
+  Require(again->protocol_version == request->protocol_version &&
+          again->split == request->split && again->layout_tag == request->layout_tag &&
+          again->coded == request->coded);
   Require(again->request_id == request->request_id && again->model == request->model &&
           again->deadline_ms == request->deadline_ms && again->input == request->input &&
           again->png == request->png && again->features.data == request->features.data &&

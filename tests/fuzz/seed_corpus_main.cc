@@ -151,6 +151,10 @@ void SplitInferenceWire(CorpusWriter& out) {  // inference_wire_fuzz
   const std::string t = "inference_wire_fuzz";
   out.SetAccepts(t, [](const std::string& bytes) {
     if (auto request = wire::DecodeInferRequest(bytes); request.ok()) {
+      if (request->input == wire::InputKind::kCodedFeatures ||
+          request->input == wire::InputKind::kPackedFeatures) {
+        return true;
+      }
       return request->input == wire::InputKind::kFeatures
                  ? wire::DecodeTensor(request->features).ok()
                  : DecodePng(request->png).ok();
@@ -185,8 +189,32 @@ void SplitInferenceWire(CorpusWriter& out) {  // inference_wire_fuzz
 
   out.Add(t, "hostile-truncated-request", FirstHalf(wire::EncodeInferRequest(features)));
   wire::InferRequest version = features;
-  version.protocol_version = wire::kProtocolVersion + 1;
+  version.protocol_version = wire::kCompactProtocolVersion + 1;
   out.Add(t, "hostile-other-version", wire::EncodeInferRequest(version));
+  // Version 2: packed u4 features of split 0, entropy-coded bytes, an image; then an empty
+  // and a truncated one.
+  wire::InferRequest compact;
+  compact.protocol_version = wire::kCompactProtocolVersion;
+  compact.request_id = 43;
+  compact.deadline_ms = 250;
+  compact.layout_tag = 0x5eed;
+  compact.input = wire::InputKind::kPackedFeatures;
+  compact.coded = Tensor({1, 2, 7, 7}, wire::DType::kUInt4, 1).data;
+  out.Add(t, "valid-compact-packed", wire::EncodeInferRequest(compact));
+  wire::InferRequest coded = compact;
+  coded.input = wire::InputKind::kCodedFeatures;
+  coded.split = 1;
+  coded.coded = std::string("\x3a\x91\x07\xc4\x55\x12\xe8\x6b\x20\x9d\x41\xf3", 12);
+  out.Add(t, "valid-compact-coded", wire::EncodeInferRequest(coded));
+  wire::InferRequest compact_png = compact;
+  compact_png.input = wire::InputKind::kPng;
+  compact_png.coded.clear();
+  compact_png.png = Png28();
+  out.Add(t, "valid-compact-image", wire::EncodeInferRequest(compact_png));
+  wire::InferRequest empty = compact;
+  empty.coded.clear();
+  out.Add(t, "hostile-compact-empty-features", wire::EncodeInferRequest(empty));
+  out.Add(t, "hostile-compact-truncated", FirstHalf(wire::EncodeInferRequest(compact)));
   wire::InferRequest huge = features;
   huge.features.shape = {4096, 4096, 64};  // claims far more elements than its bytes
   out.Add(t, "hostile-shape-beyond-data", wire::EncodeInferRequest(huge));

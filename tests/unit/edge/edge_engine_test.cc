@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/feature_coding.h"
 #include "common/inference_wire.h"
 #include "common/jpeg_image.h"
 #include "common/png_image.h"
@@ -54,16 +55,36 @@ TEST_F(EdgeEngineTest, UnreachableThresholdOffloadsDecodableFeatures) {
     // The degraded fallback is still prepared.
     EXPECT_GE(d.best_exit, 0);
     EXPECT_GE(d.best_class, 0);
+    // Version 2 (the default): the split point, the layout tag, the coded bytes only. The
+    // tiny bundle has no entropy model: the packed u4 features.
     auto request = wire::DecodeInferRequest(d.offload_request);
     ASSERT_TRUE(request.ok()) << request.status().ToString();
+    EXPECT_EQ(request->protocol_version, wire::kCompactProtocolVersion);
     EXPECT_EQ(request->request_id, 10 + i);
     EXPECT_EQ(request->deadline_ms, 50 + 10 * i);
-    EXPECT_EQ(request->model, "fmnist");
-    EXPECT_EQ(request->input, wire::InputKind::kFeatures);
-    EXPECT_EQ(request->features.dtype, wire::DType::kUInt4);
-    EXPECT_EQ(request->features.shape, (std::vector<uint32_t>{1, 2, 7, 7}));
-    EXPECT_EQ(request->features.data.size(), 49u);  // 98 four-bit values
+    EXPECT_TRUE(request->model.empty());
+    EXPECT_EQ(request->split, 0);
+    EXPECT_EQ(request->layout_tag, engine_->model().layout_tag(0));
+    EXPECT_EQ(request->input, wire::InputKind::kPackedFeatures);
+    EXPECT_EQ(request->coded.size(), 49u);  // 98 four-bit values
   }
+  engine_->set_wire_version(wire::kProtocolVersion);
+  auto v1 = engine_->Decide(testing::RandomImages(1, 2), {10}, {2.0f}, {50});
+  ASSERT_TRUE(v1.ok());
+  auto request = wire::DecodeInferRequest((*v1)[0].offload_request);
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  EXPECT_EQ(request->protocol_version, wire::kProtocolVersion);
+  EXPECT_EQ(request->model, "fmnist");
+  EXPECT_EQ(request->input, wire::InputKind::kFeatures);
+  EXPECT_EQ(request->features.dtype, wire::DType::kUInt4);
+  EXPECT_EQ(request->features.shape, (std::vector<uint32_t>{1, 2, 7, 7}));
+  EXPECT_EQ(request->features.data.size(), 49u);
+  // Version 1 names no split point, and no bundle has split point 5.
+  EXPECT_EQ(engine_->Decide(testing::RandomImages(1, 2), {1}, {2.0f}, {50}, 5).status().code(),
+            StatusCode::kInvalidArgument);
+  engine_->set_wire_version(wire::kCompactProtocolVersion);
+  EXPECT_EQ(engine_->Decide(testing::RandomImages(1, 2), {1}, {2.0f}, {50}, -1).status().code(),
+            StatusCode::kInvalidArgument);
 }
 
 TEST_F(EdgeEngineTest, OffloadedFeaturesMatchTheHeadWithinQuantization) {
@@ -72,8 +93,8 @@ TEST_F(EdgeEngineTest, OffloadedFeaturesMatchTheHeadWithinQuantization) {
   ASSERT_TRUE(decisions.ok());
   auto request = wire::DecodeInferRequest((*decisions)[0].offload_request);
   ASSERT_TRUE(request.ok());
-  auto values = wire::DecodeTensor(request->features);
-  ASSERT_TRUE(values.ok());
+  auto values = wire::DecodeRequestFeatures(*request, engine_->model().layout(0));
+  ASSERT_TRUE(values.ok()) << values.status().ToString();
   auto head = engine_->model().Run(images);
   ASSERT_TRUE(head.ok());
   torch::Tensor expected = head->features.contiguous().view(-1);
