@@ -97,8 +97,8 @@ TEST(EntropyCoderModelTest, CreateRejectsMalformedTables) {
   ExpectEntropyInvalid(EntropyModel::Create(16, 17, ContextKind::kShared, 1, 4, uniform16).status(),
                        "precision 17 bits is outside [8, 16]");
   ExpectEntropyInvalid(
-      EntropyModel::Create(16, 12, static_cast<ContextKind>(3), 1, 4, uniform16).status(),
-      "unknown entropy model context kind 3");
+      EntropyModel::Create(16, 12, static_cast<ContextKind>(4), 1, 4, uniform16).status(),
+      "unknown entropy model context kind 4");
   ExpectEntropyInvalid(EntropyModel::Create(16, 12, ContextKind::kShared, 1, 4, uniform16,
                                             static_cast<EntropyTermination>(2))
                            .status(),
@@ -181,8 +181,8 @@ TEST(EntropyCoderModelTest, ParseRejectsMalformedBytes) {
                        "1 bytes after its frequencies");
   ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({1, 8, 0, 0, 1, 4}, {256})).status(),
                        "alphabet 1 is outside");
-  ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({2, 8, 3, 0, 1, 4}, {1, 255})).status(),
-                       "unknown entropy model context kind 3");
+  ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({2, 8, 4, 0, 1, 4}, {1, 255})).status(),
+                       "unknown entropy model context kind 4");
   ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({2, 8, 0, 2, 1, 4}, {1, 255})).status(),
                        "unknown entropy termination 2");
   ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({2, 8, 1, 0, 2, 4}, {1, 255})).status(),
