@@ -37,8 +37,8 @@ TEST(EntropyCoderModelTest, SerializedFormIsStable) {
 
 TEST(EntropyCoderModelTest, SerializeParseRoundTripIsCanonical) {
   for (EntropyTermination termination : kEntropyTerminations) {
-    for (ContextKind kind :
-         {ContextKind::kShared, ContextKind::kPerChannel, ContextKind::kPerElement}) {
+    for (ContextKind kind : {ContextKind::kShared, ContextKind::kPerChannel,
+                             ContextKind::kPerElement, ContextKind::kPerElementPredicted}) {
       auto options = FitOptions(16, kBottleneckChannels, kBottleneckElements);
       options.termination = termination;
       const EntropyModel model = FitOrFail(BottleneckSamples(50, 3), options, kind);
@@ -50,8 +50,10 @@ TEST(EntropyCoderModelTest, SerializeParseRoundTripIsCanonical) {
       EXPECT_EQ(parsed->Frequencies(), model.Frequencies());
       EXPECT_EQ(parsed->kind(), kind);
       EXPECT_EQ(parsed->termination(), termination);
+      EXPECT_EQ(parsed->Predictor(), model.Predictor());
       EXPECT_EQ(parsed->table_count(),
-                EntropyTableCount(kind, kBottleneckChannels, kBottleneckElements));
+                EntropyTableCount(kind, kBottleneckChannels, kBottleneckElements,
+                                  model.prediction_buckets()));
     }
   }
 }
