@@ -63,11 +63,11 @@ namespace cleave {
 
 // Codes symbols[0..count), element i with table TableOf(i, symbols) (for
 // kPerElementPredicted a function of symbols[0..i), which the decoder has decoded by then).
-// InvalidArgument when count >
-// model.elements() or a symbol is >= model.alphabet(). One output allocation per call,
-// none per symbol. Symbols the model finds unlikely cost more than their packed size (up to
-// ~precision bits each), so a caller that must never expand a message compares the result
-// with the packed data and sends whichever is shorter, with a flag.
+// InvalidArgument when count > model.elements() or a symbol is >= model.alphabet(). One
+// output allocation per call, none per symbol. Symbols the model finds unlikely cost more
+// than their packed size (up to ~precision bits each), so a caller that must never expand a
+// message compares the result with the packed data and sends whichever is shorter, with a
+// flag.
 Result<std::string> EntropyEncode(const EntropyModel& model, const uint8_t* symbols, size_t count);
 Result<std::string> EntropyEncode(const EntropyModel& model, const std::vector<uint8_t>& symbols);
 

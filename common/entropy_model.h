@@ -190,7 +190,7 @@ class EntropyModel {
 };
 
 // Number of tables a model of `kind` has: 1, channels, elements or elements *
-// prediction_buckets (kPerElementPredicted). Precondition: prediction_buckets <= 256.
+// prediction_buckets (kPerElementPredicted; saturating at 2^32 - 1).
 uint32_t EntropyTableCount(ContextKind kind, uint32_t channels, uint32_t elements,
                            uint32_t prediction_buckets = 0);
 
