@@ -192,16 +192,23 @@ class RangeDecoder {
 };
 
 // Walks the elements of a sample in order, keeping track of the table that codes each.
+// `symbols` is the sample being coded; the table of element i depends on symbols[0..i) only
+// (kPerElementPredicted), so a decoder passes the buffer it decodes into.
 class EntropyContextCursor {
  public:
-  explicit EntropyContextCursor(const EntropyModel& model)
+  EntropyContextCursor(const EntropyModel& model, const uint8_t* symbols)
       : model_(model),
-        run_length_(model.kind() == ContextKind::kPerElement   ? 1
-                    : model.kind() == ContextKind::kPerChannel ? model.elements() / model.channels()
-                                                               : model.elements()) {}
+        symbols_(symbols),
+        predicted_(model.kind() == ContextKind::kPerElementPredicted),
+        run_length_(model.kind() == ContextKind::kPerChannel ? model.elements() / model.channels()
+                    : model.kind() == ContextKind::kShared   ? model.elements()
+                                                             : 1) {}
 
-  const uint32_t* cumulative() const { return model_.Cumulative(table_); }
+  const uint32_t* cumulative() const {
+    return model_.Cumulative(predicted_ ? model_.TableOf(element_, symbols_) : table_);
+  }
   void Next() {
+    ++element_;
     if (++run_ == run_length_) {
       run_ = 0;
       ++table_;
@@ -210,9 +217,12 @@ class EntropyContextCursor {
 
  private:
   const EntropyModel& model_;
+  const uint8_t* symbols_;
+  const bool predicted_;
   const uint32_t run_length_;
   uint32_t run_ = 0;
   uint32_t table_ = 0;
+  uint32_t element_ = 0;
 };
 
 }  // namespace
@@ -231,7 +241,7 @@ Result<std::string> EntropyEncode(const EntropyModel& model, const uint8_t* symb
   // Each symbol narrows the range by at most 2^precision * (1 + 2^-8): one allocation.
   out.reserve(count * (precision + 1) / 8 + 8);
   RangeEncoder encoder(&out);
-  EntropyContextCursor context(model);
+  EntropyContextCursor context(model, symbols);
   for (size_t i = 0; i < count; ++i, context.Next()) {
     const uint8_t symbol = symbols[i];
     if (symbol >= alphabet) {
@@ -259,7 +269,7 @@ Result<std::vector<uint8_t>> EntropyDecode(const EntropyModel& model, std::strin
   }
   std::vector<uint8_t> symbols(count);
   RangeDecoder decoder(bytes);
-  EntropyContextCursor context(model);
+  EntropyContextCursor context(model, symbols.data());
   for (size_t i = 0; i < count; ++i, context.Next()) {
     const int symbol = decoder.Decode(context.cumulative(), model.alphabet(), model.precision());
     if (symbol < 0) {

@@ -1,5 +1,6 @@
 #include "common/entropy_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -17,7 +18,8 @@ constexpr uint8_t kEntropyModelVersion = 1;
 
 // ValidateEntropyModelLayout with `kind` raw, so that Parse can pass what it read.
 Status ValidateEntropyLayoutValue(uint32_t alphabet, uint32_t precision, uint32_t kind,
-                                  uint32_t channels, uint32_t elements) {
+                                  uint32_t channels, uint32_t elements,
+                                  uint32_t prediction_buckets) {
   if (alphabet < kMinEntropyAlphabet || alphabet > kMaxEntropyAlphabet) {
     return Status::InvalidArgument("entropy model alphabet " + std::to_string(alphabet) +
                                    " is outside [" + std::to_string(kMinEntropyAlphabet) + ", " +
@@ -28,8 +30,21 @@ Status ValidateEntropyLayoutValue(uint32_t alphabet, uint32_t precision, uint32_
                                    " bits is outside [" + std::to_string(kMinEntropyPrecision) +
                                    ", " + std::to_string(kMaxEntropyPrecision) + "]");
   }
-  if (kind > static_cast<uint32_t>(ContextKind::kPerElement)) {
+  if (kind > static_cast<uint32_t>(ContextKind::kPerElementPredicted)) {
     return Status::InvalidArgument("unknown entropy model context kind " + std::to_string(kind));
+  }
+  if (kind == static_cast<uint32_t>(ContextKind::kPerElementPredicted)) {
+    if (prediction_buckets < kMinEntropyPredictionBuckets ||
+        prediction_buckets > kMaxEntropyPredictionBuckets) {
+      return Status::InvalidArgument("entropy model prediction buckets " +
+                                     std::to_string(prediction_buckets) + " are outside [" +
+                                     std::to_string(kMinEntropyPredictionBuckets) + ", " +
+                                     std::to_string(kMaxEntropyPredictionBuckets) + "]");
+    }
+  } else if (prediction_buckets != 0) {
+    return Status::InvalidArgument(
+        std::string("only per_element_predicted entropy models have prediction buckets, not ") +
+        ContextKindName(static_cast<ContextKind>(kind)));
   }
   if (channels == 0 || elements == 0) {
     return Status::InvalidArgument("entropy model needs at least one channel and element, got " +
@@ -46,8 +61,9 @@ Status ValidateEntropyLayoutValue(uint32_t alphabet, uint32_t precision, uint32_
                                    " elements are not a whole number of " +
                                    std::to_string(channels) + " channels");
   }
-  const uint64_t entries =
-      uint64_t{EntropyTableCount(static_cast<ContextKind>(kind), channels, elements)} * alphabet;
+  const uint64_t entries = uint64_t{EntropyTableCount(static_cast<ContextKind>(kind), channels,
+                                                      elements, prediction_buckets)} *
+                           alphabet;
   if (entries > kMaxEntropyTableEntries) {
     return Status::InvalidArgument(
         "entropy model has " + std::to_string(entries) + " frequencies (" +
@@ -70,6 +86,14 @@ void AppendEntropyVarint(uint32_t value, std::string* out) {
     value >>= 7;
   }
   out->push_back(static_cast<char>(value));
+}
+
+// Zigzag: 0, -1, 1, -2, ... -> 0, 1, 2, 3, ...
+uint32_t EntropyZigzag(int32_t value) {
+  return (static_cast<uint32_t>(value) << 1) ^ static_cast<uint32_t>(value < 0 ? -1 : 0);
+}
+int32_t EntropyUnzigzag(uint32_t value) {
+  return static_cast<int32_t>((value >> 1) ^ (0u - (value & 1)));
 }
 
 // Reads the minimal LEB128 varints Serialize writes, and nothing else.
@@ -122,17 +146,19 @@ const char* ContextKindName(ContextKind kind) {
     case ContextKind::kShared: return "shared";
     case ContextKind::kPerChannel: return "per_channel";
     case ContextKind::kPerElement: return "per_element";
+    case ContextKind::kPerElementPredicted: return "per_element_predicted";
   }
   return "unknown";
 }
 
 Result<ContextKind> ParseContextKind(std::string_view name) {
-  for (ContextKind kind :
-       {ContextKind::kShared, ContextKind::kPerChannel, ContextKind::kPerElement}) {
+  for (ContextKind kind : {ContextKind::kShared, ContextKind::kPerChannel, ContextKind::kPerElement,
+                           ContextKind::kPerElementPredicted}) {
     if (name == ContextKindName(kind)) return kind;
   }
-  return Status::InvalidArgument("unknown entropy model context '" + std::string(name) +
-                                 "' (expected shared, per_channel or per_element)");
+  return Status::InvalidArgument(
+      "unknown entropy model context '" + std::string(name) +
+      "' (expected shared, per_channel, per_element or per_element_predicted)");
 }
 
 const char* EntropyTerminationName(EntropyTermination termination) {
@@ -152,29 +178,43 @@ Result<EntropyTermination> ParseEntropyTermination(std::string_view name) {
                                  "' (expected prefix_free or minimal)");
 }
 
-uint32_t EntropyTableCount(ContextKind kind, uint32_t channels, uint32_t elements) {
+uint32_t EntropyTableCount(ContextKind kind, uint32_t channels, uint32_t elements,
+                           uint32_t prediction_buckets) {
   switch (kind) {
     case ContextKind::kShared: return 1;
     case ContextKind::kPerChannel: return channels;
     case ContextKind::kPerElement: return elements;
+    case ContextKind::kPerElementPredicted: {
+      const uint64_t tables = uint64_t{elements} * prediction_buckets;
+      return static_cast<uint32_t>(
+          std::min<uint64_t>(tables, std::numeric_limits<uint32_t>::max()));
+    }
   }
   return 0;
 }
 
 Status ValidateEntropyModelLayout(uint32_t alphabet, uint32_t precision, ContextKind kind,
-                                  uint32_t channels, uint32_t elements) {
+                                  uint32_t channels, uint32_t elements,
+                                  uint32_t prediction_buckets) {
   return ValidateEntropyLayoutValue(alphabet, precision, static_cast<uint32_t>(kind), channels,
-                                    elements);
+                                    elements, prediction_buckets);
 }
 
 Result<EntropyModel> EntropyModel::Create(uint32_t alphabet, uint32_t precision, ContextKind kind,
                                           uint32_t channels, uint32_t elements,
                                           const std::vector<uint32_t>& frequencies,
-                                          EntropyTermination termination) {
+                                          EntropyTermination termination,
+                                          const EntropyPredictor& predictor) {
+  const bool predicted = kind == ContextKind::kPerElementPredicted;
+  if (!predicted && !predictor.empty()) {
+    return Status::InvalidArgument(std::string("a ") + ContextKindName(kind) +
+                                   " entropy model takes no predictor");
+  }
   CLEAVE_RETURN_IF_ERROR(ValidateEntropyLayoutValue(
-      alphabet, precision, static_cast<uint32_t>(kind), channels, elements));
+      alphabet, precision, static_cast<uint32_t>(kind), channels, elements, predictor.buckets));
   CLEAVE_RETURN_IF_ERROR(ValidateEntropyTermination(static_cast<uint32_t>(termination)));
-  const uint32_t tables = EntropyTableCount(kind, channels, elements);
+  if (predicted) CLEAVE_RETURN_IF_ERROR(ValidateEntropyPredictor(predictor, elements));
+  const uint32_t tables = EntropyTableCount(kind, channels, elements, predictor.buckets);
   if (frequencies.size() != uint64_t{tables} * alphabet) {
     return Status::InvalidArgument(
         "entropy model needs " + std::to_string(uint64_t{tables} * alphabet) + " frequencies (" +
@@ -190,6 +230,20 @@ Result<EntropyModel> EntropyModel::Create(uint32_t alphabet, uint32_t precision,
   model.elements_ = elements;
   model.table_count_ = tables;
   model.elements_per_channel_ = elements / channels;
+  if (predicted) {
+    model.prediction_buckets_ = predictor.buckets;
+    model.bias_.reserve(elements);
+    model.tap_begin_.reserve(size_t{elements} + 1);
+    model.tap_begin_.push_back(0);
+    for (const EntropyElementPredictor& element : predictor.elements) {
+      model.bias_.push_back(element.bias);
+      for (const EntropyPredictionTap& tap : element.taps) {
+        model.tap_distance_.push_back(tap.distance);
+        model.tap_weight_.push_back(tap.weight);
+      }
+      model.tap_begin_.push_back(static_cast<uint32_t>(model.tap_distance_.size()));
+    }
+  }
   model.cumulative_.resize(size_t{tables} * (alphabet + 1));
   const uint64_t total = uint64_t{1} << precision;
   for (uint32_t t = 0; t < tables; ++t) {
@@ -229,6 +283,17 @@ std::string EntropyModel::Serialize() const {
   AppendEntropyVarint(static_cast<uint32_t>(termination_), &out);
   AppendEntropyVarint(channels_, &out);
   AppendEntropyVarint(elements_, &out);
+  if (kind_ == ContextKind::kPerElementPredicted) {
+    AppendEntropyVarint(prediction_buckets_, &out);
+    for (uint32_t i = 0; i < elements_; ++i) {
+      AppendEntropyVarint(EntropyZigzag(bias_[i]), &out);
+      AppendEntropyVarint(tap_begin_[i + 1] - tap_begin_[i], &out);
+      for (uint32_t t = tap_begin_[i]; t < tap_begin_[i + 1]; ++t) {
+        AppendEntropyVarint(tap_distance_[t], &out);
+        AppendEntropyVarint(EntropyZigzag(tap_weight_[t]), &out);
+      }
+    }
+  }
   for (uint32_t t = 0; t < table_count_; ++t) {
     for (uint32_t s = 0; s < alphabet_; ++s) AppendEntropyVarint(Frequency(t, s), &out);
   }
@@ -253,14 +318,50 @@ Result<EntropyModel> EntropyModel::Parse(std::string_view bytes) {
   CLEAVE_ASSIGN_OR_RETURN(const uint32_t termination, in.Varint("termination"));
   CLEAVE_ASSIGN_OR_RETURN(const uint32_t channels, in.Varint("channel count"));
   CLEAVE_ASSIGN_OR_RETURN(const uint32_t elements, in.Varint("element count"));
-  CLEAVE_RETURN_IF_ERROR(ValidateEntropyLayoutValue(alphabet, precision, kind, channels, elements));
+  const bool predicted = kind == static_cast<uint32_t>(ContextKind::kPerElementPredicted);
+  EntropyPredictor predictor;
+  if (predicted) {
+    CLEAVE_ASSIGN_OR_RETURN(predictor.buckets, in.Varint("prediction buckets"));
+  }
+  CLEAVE_RETURN_IF_ERROR(
+      ValidateEntropyLayoutValue(alphabet, precision, kind, channels, elements, predictor.buckets));
   CLEAVE_RETURN_IF_ERROR(ValidateEntropyTermination(termination));
-  const uint64_t entries =
-      uint64_t{EntropyTableCount(static_cast<ContextKind>(kind), channels, elements)} * alphabet;
-  if (in.remaining() < entries) {  // every varint takes at least a byte
-    return Status::InvalidArgument("entropy model is truncated: " + std::to_string(entries) +
-                                   " frequencies announced, " + std::to_string(in.remaining()) +
-                                   " bytes left");
+  const uint64_t entries = uint64_t{EntropyTableCount(static_cast<ContextKind>(kind), channels,
+                                                      elements, predictor.buckets)} *
+                           alphabet;
+  // Every varint takes at least a byte: an element predictor at least 2, a tap 2.
+  const uint64_t least = entries + (predicted ? uint64_t{2} * elements : 0);
+  if (in.remaining() < least) {
+    return Status::InvalidArgument(
+        "entropy model is truncated: " + std::to_string(entries) + " frequencies" +
+        (predicted ? " and " + std::to_string(elements) + " predictors" : std::string()) +
+        " announced, " + std::to_string(in.remaining()) + " bytes left");
+  }
+  if (predicted) {
+    predictor.elements.resize(elements);
+    for (uint32_t i = 0; i < elements; ++i) {
+      EntropyElementPredictor& element = predictor.elements[i];
+      CLEAVE_ASSIGN_OR_RETURN(const uint32_t bias, in.Varint("prediction bias"));
+      element.bias = EntropyUnzigzag(bias);
+      CLEAVE_ASSIGN_OR_RETURN(const uint32_t taps, in.Varint("prediction tap count"));
+      if (taps > kMaxEntropyPredictionTaps) {
+        return Status::InvalidArgument("entropy model predictor of element " + std::to_string(i) +
+                                       " has " + std::to_string(taps) +
+                                       " taps, more than the limit of " +
+                                       std::to_string(kMaxEntropyPredictionTaps));
+      }
+      // The taps left to read, and at least a byte for each later bias, tap count and
+      // frequency: what is allocated never exceeds what the input holds.
+      if (in.remaining() < uint64_t{2} * taps + uint64_t{2} * (elements - i - 1) + entries) {
+        return Status::InvalidArgument("entropy model is truncated in its prediction taps");
+      }
+      element.taps.resize(taps);
+      for (EntropyPredictionTap& tap : element.taps) {
+        CLEAVE_ASSIGN_OR_RETURN(tap.distance, in.Varint("prediction tap distance"));
+        CLEAVE_ASSIGN_OR_RETURN(const uint32_t weight, in.Varint("prediction tap weight"));
+        tap.weight = EntropyUnzigzag(weight);
+      }
+    }
   }
   std::vector<uint32_t> frequencies(entries);
   for (uint32_t& frequency : frequencies) {
@@ -271,18 +372,22 @@ Result<EntropyModel> EntropyModel::Parse(std::string_view bytes) {
                                    " bytes after its frequencies");
   }
   return Create(alphabet, precision, static_cast<ContextKind>(kind), channels, elements,
-                frequencies, static_cast<EntropyTermination>(termination));
+                frequencies, static_cast<EntropyTermination>(termination), predictor);
 }
 
 nlohmann::json EntropyModel::ToJson() const {
-  return nlohmann::json{{"alphabet", alphabet_},
-                        {"precision", precision_},
-                        {"context", ContextKindName(kind_)},
-                        {"termination", EntropyTerminationName(termination_)},
-                        {"channels", channels_},
-                        {"elements", elements_},
-                        {"frequencies", Frequencies()},
-                        {"fingerprint", FingerprintHex()}};
+  nlohmann::json json{{"alphabet", alphabet_},
+                      {"precision", precision_},
+                      {"context", ContextKindName(kind_)},
+                      {"termination", EntropyTerminationName(termination_)},
+                      {"channels", channels_},
+                      {"elements", elements_},
+                      {"frequencies", Frequencies()},
+                      {"fingerprint", FingerprintHex()}};
+  if (kind_ == ContextKind::kPerElementPredicted) {
+    json["predictor"] = EntropyPredictorToJson(Predictor());
+  }
+  return json;
 }
 
 Result<EntropyModel> EntropyModel::FromJson(const nlohmann::json& json) {
@@ -304,8 +409,20 @@ Result<EntropyModel> EntropyModel::FromJson(const nlohmann::json& json) {
   }
   CLEAVE_ASSIGN_OR_RETURN(const EntropyTermination termination,
                           ParseEntropyTermination(end->get_ref<const std::string&>()));
+  EntropyPredictor predictor;
+  const auto predictor_json = json.find("predictor");
+  if (kind == ContextKind::kPerElementPredicted) {
+    if (predictor_json == json.end()) {
+      return Status::InvalidArgument(
+          "entropy model JSON of a per_element_predicted model has no \"predictor\"");
+    }
+    CLEAVE_ASSIGN_OR_RETURN(predictor, EntropyPredictorFromJson(*predictor_json));
+  } else if (predictor_json != json.end()) {
+    return Status::InvalidArgument(std::string("entropy model JSON of a ") + ContextKindName(kind) +
+                                   " model has a \"predictor\"");
+  }
   CLEAVE_RETURN_IF_ERROR(ValidateEntropyLayoutValue(
-      alphabet, precision, static_cast<uint32_t>(kind), channels, elements));
+      alphabet, precision, static_cast<uint32_t>(kind), channels, elements, predictor.buckets));
   const auto table = json.find("frequencies");
   if (table == json.end() || !table->is_array()) {
     return Status::InvalidArgument(
@@ -323,7 +440,7 @@ Result<EntropyModel> EntropyModel::FromJson(const nlohmann::json& json) {
     frequencies.push_back(value.get<uint32_t>());
   }
   CLEAVE_ASSIGN_OR_RETURN(EntropyModel model, Create(alphabet, precision, kind, channels, elements,
-                                                     frequencies, termination));
+                                                     frequencies, termination, predictor));
   if (const auto fingerprint = json.find("fingerprint"); fingerprint != json.end()) {
     if (!fingerprint->is_string() ||
         fingerprint->get_ref<const std::string&>() != model.FingerprintHex()) {
@@ -340,11 +457,36 @@ std::string EntropyModel::FingerprintHex() const {
   return hex;
 }
 
-uint32_t EntropyModel::TableOf(uint32_t element) const {
+EntropyPredictor EntropyModel::Predictor() const {
+  EntropyPredictor predictor;
+  if (kind_ != ContextKind::kPerElementPredicted) return predictor;
+  predictor.buckets = prediction_buckets_;
+  predictor.elements.resize(elements_);
+  for (uint32_t i = 0; i < elements_; ++i) {
+    predictor.elements[i].bias = bias_[i];
+    for (uint32_t t = tap_begin_[i]; t < tap_begin_[i + 1]; ++t) {
+      predictor.elements[i].taps.push_back({tap_distance_[t], tap_weight_[t]});
+    }
+  }
+  return predictor;
+}
+
+uint32_t EntropyModel::TableOf(uint32_t element, const uint8_t* symbols) const {
   switch (kind_) {
     case ContextKind::kShared: return 0;
     case ContextKind::kPerChannel: return element / elements_per_channel_;
     case ContextKind::kPerElement: return element;
+    case ContextKind::kPerElementPredicted: {
+      // common/entropy_predictor.h: |acc| < 2^31 * (1 + 64 * 255) < 2^46.
+      int64_t acc = bias_[element];
+      for (uint32_t t = tap_begin_[element]; t < tap_begin_[element + 1]; ++t) {
+        acc += int64_t{tap_weight_[t]} * symbols[element - tap_distance_[t]];
+      }
+      const uint64_t span = uint64_t{alphabet_} << kEntropyPredictionFractionBits;
+      const uint64_t clamped = acc <= 0 ? 0 : std::min(static_cast<uint64_t>(acc), span - 1);
+      return element * prediction_buckets_ +
+             static_cast<uint32_t>(clamped * prediction_buckets_ / span);
+    }
   }
   return 0;
 }
@@ -366,7 +508,8 @@ std::vector<uint32_t> EntropyModel::Frequencies() const {
 double EntropyModel::CostBits(const uint8_t* symbols, size_t count) const {
   double bits = 0;
   for (size_t i = 0; i < count; ++i) {
-    bits += precision_ - std::log2(Frequency(TableOf(static_cast<uint32_t>(i)), symbols[i]));
+    bits +=
+        precision_ - std::log2(Frequency(TableOf(static_cast<uint32_t>(i), symbols), symbols[i]));
   }
   return bits;
 }

@@ -1,15 +1,16 @@
 // libFuzzer target for the entropy coding of quantized features: the model parsers
 // (EntropyModel::Parse, EntropyModel::FromJson), the decoder (EntropyDecode) and the
 // unpacking of wire tensor data (UnpackSymbols). The first byte % 4 picks a mode:
-//   0: the rest is a serialized model. One that parses must serialize to the same bytes and
-//      survive the JSON form.
+//   0: the rest is a serialized model (any context kind; per_element_predicted ones carry a
+//      predictor). One that parses must serialize to the same bytes and survive the JSON form.
 //   1: the rest is JSON text for FromJson. A model that comes out must survive the binary
 //      form.
 //   2: a u16 length and that many bytes of serialized model (a model that does not parse
 //      ends the run), a u16 symbol count, then entropy-coded bytes. A count above the
 //      model's element count must be refused; a decode that succeeds must hold `count`
 //      symbols of the alphabet whose encoding is exactly the bytes (decoding accepts the
-//      encoder's outputs and nothing else).
+//      encoder's outputs and nothing else; a predicted model's contexts come from the symbols
+//      decoded so far, so a decoder that computed them differently would fail this).
 //   3: a dtype byte (% 5, so unknown values too), a u16 count, then packed tensor data. Data
 //      that unpacks must pack back to itself.
 // Little-endian throughout; missing bytes read as 0. tests/fuzz/seed_corpus_main.cc writes
@@ -60,6 +61,7 @@ void FuzzModelBytes(std::string_view bytes) {
   Require(model->Serialize() == bytes);
   auto again = EntropyModel::FromJson(model->ToJson());
   Require(again.ok() && again->Fingerprint() == model->Fingerprint());
+  Require(again->Predictor() == model->Predictor());
 }
 
 void FuzzModelJson(std::string_view text) {

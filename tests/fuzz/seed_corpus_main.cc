@@ -513,6 +513,47 @@ struct EntropyUnpackInput {
   bool Valid() const { return UnpackSymbols(dtype, data, count).ok(); }
 };
 
+// A serialized entropy model written field by field ("CEM", version 1, then varints), to
+// break one field at a time.
+std::string EntropyModelFields(const std::vector<uint32_t>& fields) {
+  std::string out("CEM\x01", 4);
+  for (uint32_t value : fields) {
+    for (; value >= 0x80; value >>= 7) out.push_back(static_cast<char>((value & 0x7F) | 0x80));
+    out.push_back(static_cast<char>(value));
+  }
+  return out;
+}
+
+// A per_element_predicted model spelled out rather than fitted, so its bytes do not depend on
+// floating point: [2, 1, 8] u4, 4 buckets of 4 symbols; channel 0 predicted from the left
+// neighbour, channel 1 from the same position of channel 0 (x = 0) or the mean of that and
+// the left neighbour; bucket b's table favours symbols 4b..4b+3.
+EntropyModel SpelledOutPredictedModel() {
+  EntropyPredictor predictor;
+  predictor.buckets = 4;
+  predictor.elements.resize(16);
+  for (uint32_t i = 1; i < 16; ++i) {
+    EntropyElementPredictor& element = predictor.elements[i];
+    element.bias = 512;  // two symbols: bucket b holds predictions in [4b - 2, 4b + 2)
+    if (i < 8) {
+      element.taps = {{1, 256}};
+    } else if (i == 8) {
+      element.taps = {{8, 256}};
+    } else {
+      element.taps = {{1, 128}, {8, 128}};
+    }
+  }
+  std::vector<uint32_t> frequencies;
+  for (uint32_t table = 0; table < 16 * 4; ++table) {
+    for (uint32_t symbol = 0; symbol < 16; ++symbol) {
+      frequencies.push_back(symbol / 4 == table % 4 ? 940 : 28);  // 4 * 940 + 12 * 28 = 4096
+    }
+  }
+  return Must(EntropyModel::Create(16, 12, ContextKind::kPerElementPredicted, 2, 16, frequencies,
+                                   EntropyTermination::kPrefixFree, predictor),
+              "EntropyModel::Create");
+}
+
 void EntropyCoder(CorpusWriter& out) {  // entropy_coder_fuzz
   const std::string t = "entropy_coder_fuzz";
   const auto add = [&](const std::string& name, const auto& input) {
@@ -589,6 +630,51 @@ void EntropyCoder(CorpusWriter& out) {  // entropy_coder_fuzz
   add("hostile-unpack-padding-nibble", EntropyUnpackInput{wire::DType::kUInt4, 3, "\x21\x13"});
   add("hostile-unpack-short-data", EntropyUnpackInput{wire::DType::kUInt8, 5, "abcd"});
   add("hostile-unpack-f32", EntropyUnpackInput{wire::DType::kFloat32, 1, "abcd"});
+
+  // per_element_predicted: the context depends on the symbols decoded before.
+  const EntropyModel predicted = SpelledOutPredictedModel();
+  const std::string predicted_bytes = predicted.Serialize();
+  const std::vector<uint8_t> row = {3, 4, 4, 5, 6, 6, 7, 8, 3, 4, 5, 5, 6, 7, 7, 8};
+  const std::string coded_predicted = Must(EntropyEncode(predicted, row), "EntropyEncode");
+  const std::string coded_prefix = Must(EntropyEncode(predicted, row.data(), 5), "EntropyEncode");
+  out.Add(t, "valid-model-predicted", EntropyInput(0, predicted_bytes), true);
+  out.Add(t, "valid-model-json-predicted", EntropyInput(1, predicted.ToJson().dump()), true);
+  add("valid-decode-predicted", EntropyDecodeInput{predicted_bytes, 16, coded_predicted});
+  add("valid-decode-predicted-partial", EntropyDecodeInput{predicted_bytes, 5, coded_prefix});
+  add("hostile-decode-predicted-truncated",
+      EntropyDecodeInput{predicted_bytes, 16, FirstHalf(coded_predicted)});
+  add("hostile-decode-predicted-random-bytes",
+      EntropyDecodeInput{predicted_bytes, 16, std::string(12, '\x5C')});
+  // alphabet 2, precision 8, predicted, prefix-free, 1 channel, 2 or 3 elements, then buckets,
+  // per element bias (zigzag), tap count and taps (distance, zigzag weight), then tables.
+  const auto predicted_fields = [](std::vector<uint32_t> predictors, uint32_t elements,
+                                   uint32_t tables) {
+    std::vector<uint32_t> fields = {2, 8, 3, 0, 1, elements};
+    fields.insert(fields.end(), predictors.begin(), predictors.end());
+    for (uint32_t i = 0; i < tables; ++i) fields.insert(fields.end(), {128, 128});
+    return EntropyModelFields(fields);
+  };
+  out.Add(t, "valid-model-predicted-spelled-out",
+          EntropyInput(0, predicted_fields({2, 0, 0, 1, 1, 1, 512}, 2, 4)), true);
+  refused("hostile-model-predicted-one-bucket", predicted_fields({1, 0, 0, 0, 0}, 2, 2));
+  refused("hostile-model-predicted-tap-beyond-start",
+          predicted_fields({2, 0, 0, 1, 1, 2, 512}, 2, 4));
+  refused("hostile-model-predicted-tap-into-itself",
+          predicted_fields({2, 0, 0, 1, 1, 0, 512}, 2, 4));
+  refused("hostile-model-predicted-unsorted-taps",
+          predicted_fields({2, 0, 0, 0, 1, 1, 512, 0, 2, 2, 256, 1, 256}, 3, 6));
+  refused("hostile-model-predicted-too-many-taps", predicted_fields({2, 0, 0, 1, 65}, 2, 4));
+  refused("hostile-model-predicted-truncated-taps", predicted_fields({2, 0, 0, 1, 30}, 2, 4));
+  refused("hostile-model-predicted-huge-weight",
+          predicted_fields({2, 0, 0, 1, 1, 1}, 2, 0) + std::string("\xFF\xFF\xFF\xFF\x7F", 5));
+  nlohmann::json predictor_elsewhere = per_channel.ToJson();
+  predictor_elsewhere["predictor"] = predicted.ToJson()["predictor"];
+  out.Add(t, "hostile-json-predictor-on-per-channel", EntropyInput(1, predictor_elsewhere.dump()),
+          EntropyModel::FromJson(predictor_elsewhere).ok());
+  nlohmann::json no_predictor = predicted.ToJson();
+  no_predictor.erase("predictor");
+  out.Add(t, "hostile-json-predicted-without-predictor", EntropyInput(1, no_predictor.dump()),
+          EntropyModel::FromJson(no_predictor).ok());
 }
 
 federated::CheckpointData Checkpoint() {

@@ -81,18 +81,21 @@ TEST(EntropyCoderFitTest, RejectsBadInput) {
 }
 
 // Channels differ, positions within a channel do not, and there are few samples: a table
-// per element would be fitted to ~16 symbols and overfit.
+// per element (or per element and prediction bucket) would be fitted to ~16 symbols and
+// overfit.
 TEST(EntropyCoderFitTest, ScarceDataChoosesPerChannelTables) {
   auto choice = ChooseEntropyModel(BottleneckSamples(20, 40),
                                    FitOptions(16, kBottleneckChannels, kBottleneckElements));
   ASSERT_TRUE(choice.ok()) << choice.status().ToString();
   EXPECT_EQ(choice->model.kind(), ContextKind::kPerChannel);
-  ASSERT_EQ(choice->candidates.size(), 3u);
+  ASSERT_EQ(choice->candidates.size(), 4u);
   EXPECT_EQ(choice->candidates[0].kind, ContextKind::kShared);
   EXPECT_EQ(choice->candidates[1].kind, ContextKind::kPerChannel);
   EXPECT_EQ(choice->candidates[2].kind, ContextKind::kPerElement);
+  EXPECT_EQ(choice->candidates[3].kind, ContextKind::kPerElementPredicted);
   EXPECT_LT(choice->candidates[1].heldout_bytes, choice->candidates[0].heldout_bytes);
   EXPECT_LT(choice->candidates[1].heldout_bytes, choice->candidates[2].heldout_bytes);
+  EXPECT_LT(choice->candidates[1].heldout_bytes, choice->candidates[3].heldout_bytes);
   EXPECT_EQ(choice->training_samples, 16u);
   EXPECT_EQ(choice->heldout_samples, 4u);
   for (const auto& c : choice->candidates) {

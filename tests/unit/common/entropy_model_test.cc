@@ -37,8 +37,8 @@ TEST(EntropyCoderModelTest, SerializedFormIsStable) {
 
 TEST(EntropyCoderModelTest, SerializeParseRoundTripIsCanonical) {
   for (EntropyTermination termination : kEntropyTerminations) {
-    for (ContextKind kind :
-         {ContextKind::kShared, ContextKind::kPerChannel, ContextKind::kPerElement}) {
+    for (ContextKind kind : {ContextKind::kShared, ContextKind::kPerChannel,
+                             ContextKind::kPerElement, ContextKind::kPerElementPredicted}) {
       auto options = FitOptions(16, kBottleneckChannels, kBottleneckElements);
       options.termination = termination;
       const EntropyModel model = FitOrFail(BottleneckSamples(50, 3), options, kind);
@@ -50,8 +50,10 @@ TEST(EntropyCoderModelTest, SerializeParseRoundTripIsCanonical) {
       EXPECT_EQ(parsed->Frequencies(), model.Frequencies());
       EXPECT_EQ(parsed->kind(), kind);
       EXPECT_EQ(parsed->termination(), termination);
+      EXPECT_EQ(parsed->Predictor(), model.Predictor());
       EXPECT_EQ(parsed->table_count(),
-                EntropyTableCount(kind, kBottleneckChannels, kBottleneckElements));
+                EntropyTableCount(kind, kBottleneckChannels, kBottleneckElements,
+                                  model.prediction_buckets()));
     }
   }
 }
@@ -97,8 +99,8 @@ TEST(EntropyCoderModelTest, CreateRejectsMalformedTables) {
   ExpectEntropyInvalid(EntropyModel::Create(16, 17, ContextKind::kShared, 1, 4, uniform16).status(),
                        "precision 17 bits is outside [8, 16]");
   ExpectEntropyInvalid(
-      EntropyModel::Create(16, 12, static_cast<ContextKind>(3), 1, 4, uniform16).status(),
-      "unknown entropy model context kind 3");
+      EntropyModel::Create(16, 12, static_cast<ContextKind>(4), 1, 4, uniform16).status(),
+      "unknown entropy model context kind 4");
   ExpectEntropyInvalid(EntropyModel::Create(16, 12, ContextKind::kShared, 1, 4, uniform16,
                                             static_cast<EntropyTermination>(2))
                            .status(),
@@ -181,8 +183,8 @@ TEST(EntropyCoderModelTest, ParseRejectsMalformedBytes) {
                        "1 bytes after its frequencies");
   ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({1, 8, 0, 0, 1, 4}, {256})).status(),
                        "alphabet 1 is outside");
-  ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({2, 8, 3, 0, 1, 4}, {1, 255})).status(),
-                       "unknown entropy model context kind 3");
+  ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({2, 8, 4, 0, 1, 4}, {1, 255})).status(),
+                       "unknown entropy model context kind 4");
   ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({2, 8, 0, 2, 1, 4}, {1, 255})).status(),
                        "unknown entropy termination 2");
   ExpectEntropyInvalid(EntropyModel::Parse(SerializedModel({2, 8, 1, 0, 2, 4}, {1, 255})).status(),
