@@ -62,9 +62,8 @@ void CheckRequest(std::string_view bytes) {
   }
   auto again = DecodeInferRequest(EncodeInferRequest(*request));
   Require(again.ok());
-  Require(again->protocol_version == request->protocol_version &&
-          again->split == request->split && again->layout_tag == request->layout_tag &&
-          again->coded == request->coded);
+  Require(again->protocol_version == request->protocol_version && again->split == request->split &&
+          again->layout_tag == request->layout_tag && again->coded == request->coded);
   Require(again->request_id == request->request_id && again->model == request->model &&
           again->deadline_ms == request->deadline_ms && again->input == request->input &&
           again->png == request->png && again->features.data == request->features.data &&
