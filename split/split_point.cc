@@ -136,11 +136,11 @@ Status SplitPoint::Validate(const VisionModelSpec& spec) const {
   return Status::Ok();
 }
 
-json SplitPoint::ToJson() const {
+json SplitPoint::ToJson(const std::string& entropy_file) const {
   json j = {{"after", after},
             {"resume", resume},
             {"feature_shape", feature_shape},
-            {"wire", WireJsonWithEntropy(wire_dtype, wire_quant, wire_entropy)},
+            {"wire", WireJsonWithEntropy(wire_dtype, wire_quant, wire_entropy, entropy_file)},
             {"exit_policy", exit_policy.ToJson()},
             {"calibration", calibration}};
   if (bottleneck) {
@@ -150,7 +150,9 @@ json SplitPoint::ToJson() const {
   return j;
 }
 
-Result<SplitPoint> SplitPoint::FromJson(const json& j, const VisionModelSpec& spec) {
+Result<SplitPoint> SplitPoint::FromJson(
+    const json& j, const VisionModelSpec& spec,
+    const std::function<Result<std::string>(const std::string&)>& read) {
   if (!j.is_object()) return Status::InvalidArgument("a split point must be an object");
   SplitPoint p;
   try {
@@ -167,7 +169,7 @@ Result<SplitPoint> SplitPoint::FromJson(const json& j, const VisionModelSpec& sp
     }
     p.wire_quant.scale = w.at("scale").get<std::vector<float>>();
     p.wire_quant.zero_point = w.at("zero_point").get<std::vector<uint8_t>>();
-    CLEAVE_ASSIGN_OR_RETURN(p.wire_entropy, ReadWireEntropy(w));
+    CLEAVE_ASSIGN_OR_RETURN(p.wire_entropy, ReadWireEntropy(w, read));
     if (j.contains("encoder") != j.contains("decoder")) {
       return Status::InvalidArgument("a bottleneck needs both \"encoder\" and \"decoder\"");
     }

@@ -18,6 +18,7 @@
 // "feature_shape", "wire" {...}, "exit_policy", "calibration", "file" (bottleneck weights)}].
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -61,13 +62,18 @@ struct SplitPoint {
   wire::FeatureLayout Layout() const {
     return {wire_dtype, feature_shape, wire_quant, wire_entropy};
   }
-  nlohmann::json ToJson() const;
+  // `entropy_file`: the bundle file its entropy model is written to (when it has one).
+  nlohmann::json ToJson(const std::string& entropy_file = "") const;
   // Checks the point against `spec`: the cut is a spatial block, resume follows (after + 1
   // without a bottleneck; after < resume <= the classifier with one), the bottleneck chains
   // (encoder reads block after's channels, decoder writes block resume-1's), the feature
   // shape and wire parameters agree, the policy has NumExits thresholds. InvalidArgument
   // naming the field otherwise. Builds nothing.
-  static Result<SplitPoint> FromJson(const nlohmann::json& json, const VisionModelSpec& spec);
+  // `read` reads the bundle's files (for the entropy model; may be empty when the point names
+  // none).
+  static Result<SplitPoint> FromJson(
+      const nlohmann::json& json, const VisionModelSpec& spec,
+      const std::function<Result<std::string>(const std::string&)>& read = {});
   Status Validate(const VisionModelSpec& spec) const;
 
   // A plain cut after block `after` (no bottleneck) with `dtype` on the wire and no

@@ -126,7 +126,7 @@ Result<T> Field(const json& obj, const char* key) {
   }
 }
 
-Result<VisionSplitModel> ParseManifest(const json& m) {
+Result<VisionSplitModel> ParseManifest(const json& m, const BundleFileReader& read) {
   if (!m.is_object()) return Status::InvalidArgument("\"model\" must be an object");
   VisionSplitModel model;
   CLEAVE_ASSIGN_OR_RETURN(model.name, Field<std::string>(m, "name"));
@@ -172,7 +172,7 @@ Result<VisionSplitModel> ParseManifest(const json& m) {
                           Field<std::vector<uint8_t>>(*wire_json, "zero_point"));
   CLEAVE_RETURN_IF_ERROR(
       ValidateWire(model.wire_dtype, model.wire_quant, shape).WithContext("\"wire\""));
-  CLEAVE_ASSIGN_OR_RETURN(model.wire_entropy, ReadWireEntropy(*wire_json));
+  CLEAVE_ASSIGN_OR_RETURN(model.wire_entropy, ReadWireEntropy(*wire_json, read));
   const wire::FeatureLayout layout{model.wire_dtype, shape, model.wire_quant, model.wire_entropy};
   CLEAVE_RETURN_IF_ERROR(layout.Validate().WithContext("\"wire\""));
 
@@ -192,7 +192,7 @@ Result<VisionSplitModel> ParseManifest(const json& m) {
                                      " split points");
     }
     for (size_t i = 0; i < splits->size(); ++i) {
-      auto point = SplitPoint::FromJson((*splits)[i], model.spec);
+      auto point = SplitPoint::FromJson((*splits)[i], model.spec, read);
       if (!point.ok()) {
         return point.status().WithContext("split point " + std::to_string(i + 1));
       }
@@ -267,13 +267,21 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
     int8["file"] = kHeadInt8File;
     int8["weight_bytes"] = model.int8_head->WeightBytes();
   }
+  if (model.wire_entropy) {
+    CLEAVE_RETURN_IF_ERROR(writer.AddFile(kWireEntropyFile, model.wire_entropy->Serialize()));
+    files["wire_entropy"] = kWireEntropyFile;
+  }
   json splits = json::array();
   for (size_t i = 0; i < model.splits.size(); ++i) {
     const SplitPoint& point = model.splits[i];
     CLEAVE_RETURN_IF_ERROR(
         point.Validate(model.spec)
             .WithContext("WriteVisionBundle: split point " + std::to_string(i + 1)));
-    splits.push_back(point.ToJson());
+    const std::string entropy_file = "split" + std::to_string(i + 1) + "_entropy.cem";
+    splits.push_back(point.ToJson(entropy_file));
+    if (point.wire_entropy) {
+      CLEAVE_RETURN_IF_ERROR(writer.AddFile(entropy_file, point.wire_entropy->Serialize()));
+    }
     if (point.bottleneck) {
       CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, SaveBottleneck(point));
       const std::string file = SplitBottleneckFile(i + 1);
@@ -287,19 +295,19 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
       model.input.class_names.empty() ? InputSpec::Legacy(model.spec) : model.input;
   CLEAVE_RETURN_IF_ERROR(input.Validate().WithContext("WriteVisionBundle"));
   CLEAVE_RETURN_IF_ERROR(input.CheckMatches(model.spec).WithContext("WriteVisionBundle"));
-  const json manifest = {
-      {"name", model.name},
-      {"spec", model.spec.ToJson()},
-      {"input", input.ToJson()},
-      {"split_after", model.spec.split_after},
-      {"feature_shape", shape},
-      {"exit_policy", model.exit_policy.ToJson()},
-      {"calibration", model.calibration},
-      {"wire", WireJsonWithEntropy(model.wire_dtype, model.wire_quant, model.wire_entropy)},
-      {"int8", int8},
-      {"evaluation", model.evaluation},
-      {"training", model.training},
-      {"files", files}};
+  const json manifest = {{"name", model.name},
+                         {"spec", model.spec.ToJson()},
+                         {"input", input.ToJson()},
+                         {"split_after", model.spec.split_after},
+                         {"feature_shape", shape},
+                         {"exit_policy", model.exit_policy.ToJson()},
+                         {"calibration", model.calibration},
+                         {"wire", WireJsonWithEntropy(model.wire_dtype, model.wire_quant,
+                                                      model.wire_entropy, kWireEntropyFile)},
+                         {"int8", int8},
+                         {"evaluation", model.evaluation},
+                         {"training", model.training},
+                         {"files", files}};
   json full = manifest;
   if (!splits.empty()) full["splits"] = splits;  // earlier manifests stay byte-identical
   if (!model.profile.is_null()) {
@@ -313,7 +321,11 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
 
 Result<VisionSplitModel> ReadVisionBundle(const Bundle& bundle, const VisionBundleParts& parts) {
   CLEAVE_RETURN_IF_ERROR(bundle.CheckKind(kVisionSplitKind));
-  auto parsed = ParseManifest(bundle.model());
+  const BundleFileReader read = [&bundle](const std::string& file) -> Result<std::string> {
+    if (!bundle.HasFile(file)) return Status::DataLoss("bundle lacks " + file);
+    return bundle.ReadVerified(file);
+  };
+  auto parsed = ParseManifest(bundle.model(), read);
   if (!parsed.ok()) {
     return parsed.status().WithContext("bundle " + bundle.dir().string() + " manifest");
   }

@@ -16,6 +16,8 @@
 //    "splits" [...] (further split points, split/split_point.h; absent when there are none),
 //    "profile" {...} (per-block latencies, split/latency_profile.h; absent in older bundles)}
 //   split<i>_fp32.pt  the learned bottleneck of further split point i (1-based), if it has one
+//   wire_entropy.cem, split<i>_entropy.cem  entropy models of the wire features (named by the
+//                  "wire" objects with their fingerprints; split/wire_entropy.h)
 // Readers validate every field (the manifest is input, hence hostile) and load only the
 // parts asked for, so the edge never reads the tail and the cloud never reads int8 weights.
 #pragma once
@@ -45,6 +47,7 @@ inline constexpr char kHeadFp32File[] = "head_fp32.pt";
 inline constexpr char kExitsFp32File[] = "exits_fp32.pt";
 inline constexpr char kTailFp32File[] = "tail_fp32.pt";
 inline constexpr char kHeadInt8File[] = "head_int8.bin";
+inline constexpr char kWireEntropyFile[] = "wire_entropy.cem";
 
 // Everything a vision-split bundle describes. Plain data: copying shares `net` and
 // `int8_head` (both are handles).

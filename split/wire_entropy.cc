@@ -55,17 +55,39 @@ Result<WireEntropyFit> FitWireEntropy(const torch::Tensor& features, wire::DType
 }
 
 json WireJsonWithEntropy(wire::DType dtype, const wire::QuantParams& quant,
-                         const std::shared_ptr<const EntropyModel>& entropy) {
+                         const std::shared_ptr<const EntropyModel>& entropy,
+                         const std::string& file) {
   json wire = WireManifestJson(dtype, quant);
-  if (entropy) wire["entropy"] = entropy->ToJson();
+  if (entropy) {
+    wire["entropy"] = {{"file", file},
+                       {"fingerprint", entropy->FingerprintHex()},
+                       {"context", ContextKindName(entropy->kind())}};
+  }
   return wire;
 }
 
-Result<std::shared_ptr<const EntropyModel>> ReadWireEntropy(const json& wire) {
+Result<std::shared_ptr<const EntropyModel>> ReadWireEntropy(const json& wire,
+                                                            const BundleFileReader& read) {
   auto it = wire.find("entropy");
   if (it == wire.end() || it->is_null()) return std::shared_ptr<const EntropyModel>();
-  auto model = EntropyModel::FromJson(*it);
-  if (!model.ok()) return model.status().WithContext("\"entropy\"");
+  if (it->is_object() && it->contains("frequencies")) {  // the model inline
+    auto model = EntropyModel::FromJson(*it);
+    if (!model.ok()) return model.status().WithContext("\"entropy\"");
+    return std::make_shared<const EntropyModel>(std::move(model).value());
+  }
+  if (!it->is_object() || !it->contains("file") || !(*it)["file"].is_string() ||
+      !it->contains("fingerprint") || !(*it)["fingerprint"].is_string()) {
+    return Status::InvalidArgument("\"entropy\" must name a \"file\" and its \"fingerprint\"");
+  }
+  const std::string file = (*it)["file"].get<std::string>();
+  if (!read) return Status::InvalidArgument("\"entropy\": no bundle to read " + file + " from");
+  CLEAVE_ASSIGN_OR_RETURN(const std::string bytes, read(file));
+  auto model = EntropyModel::Parse(bytes);
+  if (!model.ok()) return model.status().WithContext(file);
+  if (model->FingerprintHex() != (*it)["fingerprint"].get<std::string>()) {
+    return Status::DataLoss(file + " holds entropy model " + model->FingerprintHex() +
+                            " but the manifest names " + (*it)["fingerprint"].get<std::string>());
+  }
   return std::make_shared<const EntropyModel>(std::move(model).value());
 }
 

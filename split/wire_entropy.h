@@ -1,9 +1,13 @@
-// The entropy model of a split point's wire features, fitted when a bundle is made and kept in
-// its manifest's "wire" object ("entropy", EntropyModel::ToJson), so the edge codes and the
-// cloud decodes version 2 requests with the same tables (common/feature_coding.h).
+// The entropy model of a split point's wire features, fitted when a bundle is made and kept as
+// a file of the bundle (EntropyModel::Serialize, verified by the manifest's SHA-256 like every
+// file) that the manifest's "wire" object names with the model's fingerprint, so the edge
+// codes and the cloud decodes version 2 requests with the same tables
+// (common/feature_coding.h).
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
 
 #include <torch/torch.h>
 #include <nlohmann/json.hpp>
@@ -30,11 +34,20 @@ struct WireEntropyFit {
 Result<WireEntropyFit> FitWireEntropy(const torch::Tensor& features, wire::DType dtype,
                                       const wire::QuantParams& quant);
 
-// The manifest's wire object with the entropy model added when there is one.
+// The manifest's wire object, naming the entropy model's `file` and fingerprint when there is
+// one ("entropy": {"file", "fingerprint", "context"}).
 nlohmann::json WireJsonWithEntropy(wire::DType dtype, const wire::QuantParams& quant,
-                                   const std::shared_ptr<const EntropyModel>& entropy);
-// Reads "entropy" from a manifest wire object: null when absent; InvalidArgument for a
-// malformed model (EntropyModel::FromJson).
-Result<std::shared_ptr<const EntropyModel>> ReadWireEntropy(const nlohmann::json& wire);
+                                   const std::shared_ptr<const EntropyModel>& entropy,
+                                   const std::string& file);
+
+// Reads a verified file of the bundle being read (DataLoss when it has none of that name).
+using BundleFileReader = std::function<Result<std::string>(const std::string& file)>;
+
+// The entropy model a manifest wire object names: null when absent; the file read with
+// `read` and parsed (EntropyModel::Parse), DataLoss when its fingerprint is not the one the
+// manifest states; InvalidArgument for a malformed entry. (An inline EntropyModel::ToJson
+// object is read too.)
+Result<std::shared_ptr<const EntropyModel>> ReadWireEntropy(const nlohmann::json& wire,
+                                                            const BundleFileReader& read);
 
 }  // namespace cleave::split

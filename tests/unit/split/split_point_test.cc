@@ -235,6 +235,34 @@ TEST_F(SplitPointBundleTest, EntropyModelsTravelWithTheBundleAndBothEndsAgreeOnT
   wire::FeatureLayout packed = (*edge)->layout(0);
   packed.entropy.reset();
   EXPECT_NE(wire::WireLayoutTag(packed, model.name, 0), (*edge)->layout_tag(0));
+  // The models are files of the bundle, named with their fingerprints in the manifest.
+  EXPECT_TRUE(std::filesystem::exists(dir_ / kWireEntropyFile));
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "split1_entropy.cem"));
+  const json wire = bundle->model().at("wire").at("entropy");
+  EXPECT_EQ(wire.at("fingerprint"), model.wire_entropy->FingerprintHex());
+  // A manifest naming another fingerprint than its file holds is refused.
+  {
+    const std::filesystem::path copy = dir_.string() + "_fp";
+    BundleWriter writer(copy);
+    for (const auto& [part, file] : bundle->model().at("files").items()) {
+      auto bytes = bundle->ReadVerified(file.get<std::string>());
+      ASSERT_TRUE(bytes.ok()) << file;
+      ASSERT_TRUE(writer.AddFile(file.get<std::string>(), *bytes).ok());
+    }
+    auto bytes = bundle->ReadVerified("split1_entropy.cem");
+    ASSERT_TRUE(bytes.ok());
+    ASSERT_TRUE(writer.AddFile("split1_entropy.cem", *bytes).ok());
+    json manifest = bundle->model();
+    manifest["wire"]["entropy"]["fingerprint"] = "00000000";
+    ASSERT_TRUE(writer.Commit(kVisionSplitKind, manifest).ok());
+    auto tampered = Bundle::Open(copy);
+    ASSERT_TRUE(tampered.ok());
+    auto read = ReadVisionBundle(*tampered, VisionBundleParts());
+    ASSERT_FALSE(read.ok());
+    EXPECT_EQ(read.status().code(), StatusCode::kDataLoss);
+    EXPECT_NE(read.status().ToString().find("00000000"), std::string::npos);
+    std::filesystem::remove_all(copy);
+  }
   // A model that does not fit the features is refused on write.
   model.splits[0].wire_entropy = model.wire_entropy;  // 98 u4 symbols for 392 u8 features
   Status refused = WriteVisionBundle(dir_.string() + "_bad", model);
