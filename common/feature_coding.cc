@@ -79,10 +79,9 @@ Result<std::string> CodeFeatures(const FeatureLayout& layout, const float* value
 
 Result<std::pair<std::string, bool>> CodeFeaturesShortest(const FeatureLayout& layout,
                                                           const float* values) {
-  CLEAVE_ASSIGN_OR_RETURN(
-      EncodedTensor tensor,
-      EncodeTensor(values, BatchShape(layout), layout.dtype, 1,
-                   Quantized(layout.dtype) ? &layout.quant : nullptr));
+  CLEAVE_ASSIGN_OR_RETURN(EncodedTensor tensor,
+                          EncodeTensor(values, BatchShape(layout), layout.dtype, 1,
+                                       Quantized(layout.dtype) ? &layout.quant : nullptr));
   if (!layout.entropy) return std::make_pair(std::move(tensor.data), true);
   CLEAVE_ASSIGN_OR_RETURN(const std::vector<uint8_t> symbols,
                           UnpackSymbols(layout.dtype, tensor.data, layout.elements()));

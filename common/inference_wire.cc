@@ -109,8 +109,8 @@ Result<InferRequest> ReadRequestV2(schema::InferRequestV2::Reader in) {
     }
     case schema::InferRequestV2::Input::PACKED: {
       out.input = InputKind::kPackedFeatures;
-      CLEAVE_ASSIGN_OR_RETURN(out.coded,
-                              ReadBlob(input.getPacked(), kMaxCodedFeatureBytes, "packed features"));
+      CLEAVE_ASSIGN_OR_RETURN(
+          out.coded, ReadBlob(input.getPacked(), kMaxCodedFeatureBytes, "packed features"));
       break;
     }
     case schema::InferRequestV2::Input::IMAGE: {

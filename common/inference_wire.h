@@ -51,7 +51,7 @@ struct InferRequest {
   // Version 2 only.
   uint8_t split = 0;        // the bundle's split point that produced the features
   uint16_t layout_tag = 0;  // split::WireLayoutTag of that split point's feature layout
-  std::string coded;  // kCodedFeatures / kPackedFeatures, 1..kMaxCodedFeatureBytes
+  std::string coded;        // kCodedFeatures / kPackedFeatures, 1..kMaxCodedFeatureBytes
 };
 
 enum class ReplyStatus : uint8_t { kOk, kError, kOverloaded, kDeadlineExceeded };

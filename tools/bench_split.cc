@@ -485,7 +485,8 @@ Result<json> RunBenchSplit(const BenchSplitOptions& options) {
     return v.is_number() ? v.get<double>() : 1e9;
   };
   report["targets"]["offload_latency_budget_ms"] = offload_budget;
-  report["targets"]["split_exit_offload_p50_le_budget"] = offload_p50("split_exit") <= offload_budget;
+  report["targets"]["split_exit_offload_p50_le_budget"] =
+      offload_p50("split_exit") <= offload_budget;
   report["targets"]["split_no_exit_offload_p50_le_budget"] =
       offload_p50("split_no_exit") <= offload_budget;
   report["targets"]["split_exit_bytes_le_png_over_25_within_0.3pt"] =
@@ -546,7 +547,9 @@ std::string BenchSplitMarkdown(const json& report) {
     std::snprintf(buf, sizeof(buf), "%.*f", digits, v);
     return std::string(buf);
   };
-  auto optional = [&fixed](const json& v) { return v.is_number() ? fixed(v, 3) : std::string("-"); };
+  auto optional = [&fixed](const json& v) {
+    return v.is_number() ? fixed(v, 3) : std::string("-");
+  };
   std::string md;
   md +=
       "| config | accuracy | bytes/request (mean) | edge ms (mean) | p50 ms | p99 ms | "

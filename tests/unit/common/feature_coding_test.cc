@@ -115,8 +115,7 @@ TEST(FeatureCodingTest, ShortestCodingFallsBackToPackedForAtypicalInputs) {
   ASSERT_TRUE(packed.ok());
   EXPECT_TRUE(packed->second);
   EXPECT_EQ(packed->first.size(), 49u);
-  EXPECT_EQ(*DecodeFeatures(PackedLayout(layout), packed->first),
-            CodecRoundTrip(layout, atypical));
+  EXPECT_EQ(*DecodeFeatures(PackedLayout(layout), packed->first), CodecRoundTrip(layout, atypical));
   FeatureLayout raw = U4Layout();
   auto no_model = CodeFeaturesShortest(raw, typical.data());
   ASSERT_TRUE(no_model.ok());
