@@ -19,24 +19,6 @@ std::string ShapeText(const std::vector<uint32_t>& shape) {
   return out + "]";
 }
 
-// The wire parameters of a point, checked with the codec's validator on a zero tensor, as the
-// deployment split's are (vision_bundle.cc).
-Status ValidatePointWire(const SplitPoint& p) {
-  if (p.wire_dtype == wire::DType::kFloat32 || p.wire_dtype == wire::DType::kFloat16) {
-    if (!p.wire_quant.scale.empty() || !p.wire_quant.zero_point.empty()) {
-      return Status::InvalidArgument("float wire dtypes take no quantization parameters");
-    }
-  }
-  wire::EncodedTensor probe;
-  probe.dtype = p.wire_dtype;
-  probe.shape = {1, p.feature_shape[0], p.feature_shape[1], p.feature_shape[2]};
-  probe.channel_axis = 1;
-  probe.quant = p.wire_quant;
-  const uint64_t count = uint64_t{p.feature_shape[0]} * p.feature_shape[1] * p.feature_shape[2];
-  probe.data.assign(wire::PackedByteSize(p.wire_dtype, count), '\0');
-  return wire::ValidateTensor(probe);
-}
-
 struct BottleneckTensor {
   std::string name;
   torch::Tensor tensor;
@@ -126,7 +108,7 @@ Status SplitPoint::Validate(const VisionModelSpec& spec) const {
     return Status::InvalidArgument("\"feature_shape\" " + ShapeText(feature_shape) +
                                    " disagrees with the network (" + ShapeText(expected) + ")");
   }
-  CLEAVE_RETURN_IF_ERROR(ValidatePointWire(*this).WithContext("\"wire\""));
+  // The codec's own validator (on a zero tensor) and the entropy model's fit.
   CLEAVE_RETURN_IF_ERROR(Layout().Validate().WithContext("\"wire\""));
   if (exit_policy.num_exits() != NumExits(spec)) {
     return Status::InvalidArgument("\"exit_policy\" has " +

@@ -95,26 +95,6 @@ Status LoadPart(const Bundle& bundle, SplitVisionNetImpl& net, Part part) {
   return Status::Ok();
 }
 
-// Wire parameters are checked with the codec's own validator on a dummy tensor, so a
-// bundle can never hold parameters a peer would reject.
-Status ValidateWire(wire::DType dtype, const wire::QuantParams& quant,
-                    const std::vector<uint32_t>& feature_shape) {
-  wire::EncodedTensor probe;
-  probe.dtype = dtype;
-  probe.shape = {1, feature_shape[0], feature_shape[1], feature_shape[2]};
-  probe.channel_axis = 1;
-  probe.quant = quant;
-  const uint64_t count = uint64_t{feature_shape[0]} * feature_shape[1] * feature_shape[2];
-  probe.data.assign(wire::PackedByteSize(dtype, count), '\0');
-  if (dtype == wire::DType::kFloat32 || dtype == wire::DType::kFloat16) {
-    probe.quant = {};
-    if (!quant.scale.empty() || !quant.zero_point.empty()) {
-      return Status::InvalidArgument("float wire dtypes take no quantization parameters");
-    }
-  }
-  return wire::ValidateTensor(probe);
-}
-
 template <typename T>
 Result<T> Field(const json& obj, const char* key) {
   auto it = obj.find(key);
@@ -170,9 +150,9 @@ Result<VisionSplitModel> ParseManifest(const json& m, const BundleFileReader& re
   CLEAVE_ASSIGN_OR_RETURN(model.wire_quant.scale, Field<std::vector<float>>(*wire_json, "scale"));
   CLEAVE_ASSIGN_OR_RETURN(model.wire_quant.zero_point,
                           Field<std::vector<uint8_t>>(*wire_json, "zero_point"));
-  CLEAVE_RETURN_IF_ERROR(
-      ValidateWire(model.wire_dtype, model.wire_quant, shape).WithContext("\"wire\""));
   CLEAVE_ASSIGN_OR_RETURN(model.wire_entropy, ReadWireEntropy(*wire_json, read));
+  // The codec's own validator on a zero tensor, so a bundle never holds parameters a peer
+  // would refuse (common/feature_coding.h), and the entropy model's fit.
   const wire::FeatureLayout layout{model.wire_dtype, shape, model.wire_quant, model.wire_entropy};
   CLEAVE_RETURN_IF_ERROR(layout.Validate().WithContext("\"wire\""));
 
@@ -243,8 +223,8 @@ Status WriteVisionBundle(const std::filesystem::path& dir, const VisionSplitMode
   if (!model.net) return Status::InvalidArgument("WriteVisionBundle: model has no network");
   CLEAVE_RETURN_IF_ERROR(model.spec.Validate());
   CLEAVE_ASSIGN_OR_RETURN(const std::vector<uint32_t> shape, FeatureShape(model.spec));
-  CLEAVE_RETURN_IF_ERROR(ValidateWire(model.wire_dtype, model.wire_quant, shape)
-                             .WithContext("WriteVisionBundle: wire parameters"));
+  const wire::FeatureLayout layout{model.wire_dtype, shape, model.wire_quant, model.wire_entropy};
+  CLEAVE_RETURN_IF_ERROR(layout.Validate().WithContext("WriteVisionBundle: wire parameters"));
   if (model.exit_policy.num_exits() != static_cast<int>(model.spec.exits.size())) {
     return Status::InvalidArgument("WriteVisionBundle: exit policy/spec exit count mismatch");
   }
