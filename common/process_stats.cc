@@ -7,8 +7,8 @@
 namespace cleave {
 namespace {
 
-int64_t StatusFieldKib(const std::string& field) {
-  std::ifstream in("/proc/self/status");
+int64_t StatusFieldKib(const std::string& path, const std::string& field) {
+  std::ifstream in(path);
   std::string line;
   while (std::getline(in, line)) {
     if (line.rfind(field + ":", 0) == 0) {
@@ -23,7 +23,10 @@ int64_t StatusFieldKib(const std::string& field) {
 
 }  // namespace
 
-int64_t PeakRssBytes() { return StatusFieldKib("VmHWM") * 1024; }
-int64_t CurrentRssBytes() { return StatusFieldKib("VmRSS") * 1024; }
+int64_t PeakRssBytes() { return StatusFieldKib("/proc/self/status", "VmHWM") * 1024; }
+int64_t CurrentRssBytes() { return StatusFieldKib("/proc/self/status", "VmRSS") * 1024; }
+int64_t ProcessRssBytes(pid_t pid, const char* field) {
+  return StatusFieldKib("/proc/" + std::to_string(pid) + "/status", field) * 1024;
+}
 
 }  // namespace cleave

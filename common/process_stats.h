@@ -1,6 +1,8 @@
 // Memory figures of the running process, for benchmark reports and round histories.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 
 namespace cleave {
@@ -9,5 +11,8 @@ namespace cleave {
 int64_t PeakRssBytes();
 // Current resident set size (VmRSS), in bytes; 0 when unavailable.
 int64_t CurrentRssBytes();
+// Another process's resident set size: `field` is "VmRSS" (current) or "VmHWM" (peak), read
+// from /proc/<pid>/status, in bytes; 0 when unavailable (no such process, no such field).
+int64_t ProcessRssBytes(pid_t pid, const char* field);
 
 }  // namespace cleave

@@ -3,7 +3,7 @@
 //   cleave split   — re-quantize / re-calibrate a bundle
 //   cleave import  — a TorchScript model -> a split bundle (bottleneck, exit)
 //   cleave sim     — federated learning with many virtual clients in one process
-//   cleave bench   — measurements that print JSON (split, lm, serve, fl, sim-scale, aggregate)
+//   cleave bench   — measurements that print JSON (split, lm, serve, stream, fl, sim-scale, aggregate)
 //   cleave keys    — key pairs for signing bundles
 //   cleave bundle  — sign / verify bundles
 //   cleave demo    — the main job: daemons on loopback, the test set through the edge
@@ -15,6 +15,7 @@
 #include "tools/bench_lm.h"
 #include "tools/bench_serve.h"
 #include "tools/bench_split.h"
+#include "tools/bench_stream.h"
 #include "tools/bundle_command.h"
 #include "tools/demo_command.h"
 #include "tools/import_command.h"
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
   cleave::tools::RegisterBenchImportCommand(*bench);
   cleave::tools::RegisterBenchLmCommand(*bench);
   cleave::tools::RegisterBenchServeCommand(*bench);
+  cleave::tools::RegisterBenchStreamCommand(*bench);
   cleave::tools::RegisterFederatedBenchCommands(*bench);
   cleave::tools::RegisterBenchContinualCommand(*bench);
   cleave::tools::RegisterSimCommand(app);

@@ -114,6 +114,7 @@ struct LinkShaper::State {
   LinkTrace trace;
   std::string upstream;
   size_t max_queued = 4096;
+  bool shape_bandwidth = true;
   int64_t start_us = 0;
   std::unique_ptr<RouterServer> front;
   std::map<std::string, std::unique_ptr<DealerClient>> back;  // per edge
@@ -127,11 +128,21 @@ struct LinkShaper::State {
 Result<std::unique_ptr<LinkShaper>> LinkShaper::Start(TransportContext& context,
                                                       const std::string& upstream, LinkTrace trace,
                                                       const Clock& clock, size_t max_queued) {
+  LinkShaperOptions options;
+  options.max_queued = max_queued;
+  return Start(context, upstream, std::move(trace), clock, options);
+}
+
+Result<std::unique_ptr<LinkShaper>> LinkShaper::Start(TransportContext& context,
+                                                      const std::string& upstream, LinkTrace trace,
+                                                      const Clock& clock,
+                                                      const LinkShaperOptions& options) {
   std::unique_ptr<LinkShaper> shaper(new LinkShaper());
   shaper->state_ = std::make_unique<State>(context, clock, std::move(trace));
   State& s = *shaper->state_;
   s.upstream = upstream;
-  s.max_queued = std::max<size_t>(1, max_queued);
+  s.max_queued = std::max<size_t>(1, options.max_queued);
+  s.shape_bandwidth = options.shape_bandwidth;
   CLEAVE_ASSIGN_OR_RETURN(s.front, RouterServer::Bind(context, "tcp://127.0.0.1:0"));
   shaper->endpoint_ = s.front->endpoint();
   s.start_us = clock.NowMicros();
@@ -143,6 +154,8 @@ LinkShaper::~LinkShaper() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();
 }
+
+int64_t LinkShaper::start_us() const { return state_->start_us; }
 
 double LinkShaper::Elapsed() const {
   return static_cast<double>(state_->clock.NowMicros() - state_->start_us) * 1e-6;
@@ -186,7 +199,9 @@ void LinkShaper::Loop() {
       Envelope& env = **in;
       const uint64_t bytes = WireBytes(env.body.size());
       const auto tx_us =
-          static_cast<int64_t>(static_cast<double>(bytes) * 8e6 / step.bandwidth_bps);
+          s.shape_bandwidth
+              ? static_cast<int64_t>(static_cast<double>(bytes) * 8e6 / step.bandwidth_bps)
+              : 0;
       s.uplink_free_us = std::max(s.uplink_free_us, now) + tx_us;
       const int64_t due = std::max(s.uplink_free_us + half_rtt_us, s.last_up_due_us);
       s.last_up_due_us = due;

@@ -3,9 +3,11 @@
 // forwards every message after the delay a link of the trace's bandwidth and round-trip time
 // would add (serialization at the bandwidth, FIFO, plus half the RTT each way).
 //
-// Why in process: the kernel's delay emulation (netem) is not available on the machines we
-// measure on, and a network namespace with `tc tbf` needs root; a relay shapes both bandwidth
-// and delay everywhere and follows a scripted trace exactly. It shapes the uplink by
+// Why a relay: the kernel's delay emulation (netem) is not available on the machines we
+// measure on. Where the machine allows a network namespace and `tc tbf` (root), the benchmarks
+// put the cloud behind a KernelLink (tools/kernel_link.h) that shapes the bandwidth in the
+// kernel, and the relay only adds the delay (LinkShaperOptions::shape_bandwidth = false);
+// elsewhere the relay shapes both and follows the trace exactly. It shapes the uplink by
 // bandwidth and both directions by delay (replies are small; the downlink is taken as fast).
 //
 // One thread owns every socket: a ROUTER the edges connect to and, per edge, a DEALER to the
@@ -57,6 +59,13 @@ struct LinkShaperStats {
   uint64_t up_bytes = 0, down_bytes = 0;  // wire bytes (payload + ZMTP framing)
 };
 
+struct LinkShaperOptions {
+  size_t max_queued = 4096;  // messages held; beyond, the relay stops reading
+  // false: the bandwidth is shaped elsewhere (a KernelLink's tc tbf, tools/kernel_link.h) and
+  // the relay only adds the trace's delay.
+  bool shape_bandwidth = true;
+};
+
 class LinkShaper {
  public:
   // Binds tcp://127.0.0.1:0 for edges and relays to `upstream` (a cleave-cloud endpoint)
@@ -64,12 +73,18 @@ class LinkShaper {
   static Result<std::unique_ptr<LinkShaper>> Start(TransportContext& context,
                                                    const std::string& upstream, LinkTrace trace,
                                                    const Clock& clock, size_t max_queued = 4096);
+  static Result<std::unique_ptr<LinkShaper>> Start(TransportContext& context,
+                                                   const std::string& upstream, LinkTrace trace,
+                                                   const Clock& clock,
+                                                   const LinkShaperOptions& options);
   ~LinkShaper();
   LinkShaper(const LinkShaper&) = delete;
   LinkShaper& operator=(const LinkShaper&) = delete;
 
   // Where edges connect.
   const std::string& endpoint() const { return endpoint_; }
+  // The trace's time 0 on its clock.
+  int64_t start_us() const;
   // Seconds since the trace started (its clock).
   double Elapsed() const;
   LinkShaperStats stats() const;
