@@ -28,6 +28,20 @@ struct SweepState {
   std::vector<int64_t> per_exit;
 };
 
+// The standard normal quantile at p in (0, 1), by bisection on erfc (to ~1e-12).
+double NormalQuantile(double p) {
+  double lo = -40, hi = 40;
+  for (int i = 0; i < 200; ++i) {
+    const double mid = 0.5 * (lo + hi);
+    if (0.5 * std::erfc(-mid / std::sqrt(2.0)) < p) {
+      lo = mid;
+    } else {
+      hi = mid;
+    }
+  }
+  return 0.5 * (lo + hi);
+}
+
 struct Event {
   double threshold;  // at this threshold (and below) the row moves to `exit`
   int64_t row;
@@ -165,9 +179,13 @@ Result<ExitPolicy> ExitPolicy::FromJson(const json& j) {
 }
 
 std::string CalibrationTarget::ToString() const {
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%s:%g", kind == Kind::kMaxAccuracyDrop ? "drop" : "offload",
-                value);
+  char buf[96];
+  if (kind == Kind::kMaxAccuracyDrop && confidence > 0) {
+    std::snprintf(buf, sizeof(buf), "drop:%g@%g", value, confidence);
+  } else {
+    std::snprintf(buf, sizeof(buf), "%s:%g", kind == Kind::kMaxAccuracyDrop ? "drop" : "offload",
+                  value);
+  }
   return buf;
 }
 
@@ -175,6 +193,7 @@ Result<CalibrationTarget> CalibrationTarget::Parse(const std::string& text) {
   const auto bad = [&text](const std::string& why) {
     return Status::InvalidArgument("bad calibration target '" + text + "': " + why +
                                    " (expected drop:X with X accuracy points in [0,100], "
+                                   "drop:X@C with a confidence C in (0.5,1) or C% in (50,100), "
                                    "or offload:Y with Y in [0,1] or Y% in [0,100])");
   };
   const size_t colon = text.find(':');
@@ -188,6 +207,19 @@ Result<CalibrationTarget> CalibrationTarget::Parse(const std::string& text) {
     target.kind = Kind::kMaxOffloadFraction;
   } else {
     return bad("unknown kind '" + kind + "'");
+  }
+  const size_t at = number.find('@');
+  if (at != std::string::npos) {
+    if (target.kind != Kind::kMaxAccuracyDrop) return bad("a confidence applies to drop only");
+    std::string level = number.substr(at + 1);
+    number.resize(at);
+    const bool level_percent = !level.empty() && level.back() == '%';
+    if (level_percent) level.pop_back();
+    double c = 0;
+    if (!ParseDouble(level, &c)) return bad("the confidence is not a number");
+    if (level_percent) c /= 100.0;
+    if (!(c > 0.5 && c < 1)) return bad("the confidence must be in (0.5, 1)");
+    target.confidence = c;
   }
   const bool percent = !number.empty() && number.back() == '%';
   if (percent) number.pop_back();
@@ -215,6 +247,7 @@ json CalibrationResult::ToJson() const {
           {"accuracy", accuracy},
           {"full_accuracy", full_accuracy},
           {"reference_accuracy", reference_accuracy},
+          {"drop_upper_bound", drop_upper_bound},
           {"rows", rows}};
 }
 
@@ -250,6 +283,10 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
   if (target.kind == CalibrationTarget::Kind::kMaxOffloadFraction &&
       !(target.value >= 0 && target.value <= 1)) {
     return Status::InvalidArgument("calibration: offload fraction must be in [0, 1]");
+  }
+  if (target.confidence != 0 && (target.kind != CalibrationTarget::Kind::kMaxAccuracyDrop ||
+                                 !(target.confidence > 0.5 && target.confidence < 1))) {
+    return Status::InvalidArgument("calibration: a confidence must be in (0.5, 1), for drop");
   }
   if (reference_accuracy && !(*reference_accuracy >= 0 && *reference_accuracy <= 1)) {
     return Status::InvalidArgument("calibration: reference accuracy must be in [0, 1]");
@@ -303,14 +340,30 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
     double threshold;
     int64_t local, correct;
     std::vector<int64_t> per_exit;
+    double bound;
   };
   std::optional<Candidate> best;
+  // Paired differences d_r = full_r - system_r (in {-1, 0, 1}): their sum and sum of |d_r|.
+  int64_t sum_d = 0, sum_abs_d = 0;
+  const double z = target.confidence > 0 ? NormalQuantile(target.confidence) : 0.0;
+  bool sequence_failed = false;  // drop@C: a threshold failed; no lower one is considered
   const auto consider = [&](double threshold) {
+    if (sequence_failed) return;
     const double acc = static_cast<double>(state.correct) / n;
     const double offload = static_cast<double>(n - state.local) / n;
     constexpr double kEps = 1e-12;
     bool better = false;
-    if (target.kind == CalibrationTarget::Kind::kMaxAccuracyDrop) {
+    double bound = 0;
+    if (target.kind == CalibrationTarget::Kind::kMaxAccuracyDrop && target.confidence > 0) {
+      const double mean = static_cast<double>(sum_d) / n;
+      const double var = std::max(0.0, static_cast<double>(sum_abs_d) / n - mean * mean);
+      bound = (reference - full_accuracy) + mean + z * std::sqrt(var / n);
+      if (bound > target.value / 100.0 + kEps) {
+        sequence_failed = true;
+        return;
+      }
+      better = true;  // each threshold tested lies below the last that passed
+    } else if (target.kind == CalibrationTarget::Kind::kMaxAccuracyDrop) {
       if (acc + kEps < reference - target.value / 100.0) return;
       better = !best || state.local > best->local ||
                (state.local == best->local && state.correct > best->correct);
@@ -319,7 +372,7 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
       better = !best || state.correct > best->correct ||
                (state.correct == best->correct && state.local > best->local);
     }
-    if (better) best = Candidate{threshold, state.local, state.correct, state.per_exit};
+    if (better) best = Candidate{threshold, state.local, state.correct, state.per_exit, bound};
   };
 
   consider(kExitDisabled);  // nothing exits
@@ -328,6 +381,7 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
     for (; i < events.size() && events[i].threshold == t; ++i) {
       const Event& ev = events[i];
       int& out = state.outcome[ev.row];
+      const int d_old = out == num_exits ? 0 : full[ev.row] - correct[out][ev.row];
       if (out == num_exits) {
         state.local++;
         state.correct -= full[ev.row];
@@ -338,6 +392,9 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
       out = ev.exit;
       state.per_exit[out]++;
       state.correct += correct[out][ev.row];
+      const int d_new = full[ev.row] - correct[out][ev.row];
+      sum_d += d_new - d_old;
+      sum_abs_d += std::abs(d_new) - std::abs(d_old);
     }
     consider(t);
   }
@@ -358,6 +415,7 @@ Result<CalibrationResult> Calibrate(const std::vector<torch::Tensor>& exit_score
   result.accuracy = static_cast<double>(best->correct) / n;
   result.full_accuracy = full_accuracy;
   result.reference_accuracy = reference;
+  result.drop_upper_bound = 100.0 * best->bound;
   result.rows = n;
   return result;
 }

@@ -85,11 +85,22 @@ struct CalibrationTarget {
   };
   Kind kind = Kind::kMaxAccuracyDrop;
   double value = 0.3;
+  // drop only. 0: the drop measured on the held-out rows must be <= X (a point estimate).
+  // In (0.5, 1): the one-sided upper confidence bound of the drop at this level must be <= X,
+  // and thresholds are tested in fixed sequence from the most conservative (nothing exits)
+  // down, stopping at the first that fails ("Learn then Test", Angelopoulos et al. 2021: the
+  // chosen threshold's true drop exceeds X with probability about 1 - confidence). The bound
+  // is the normal approximation of the mean of the rows' paired differences (offloaded answer
+  // right - system's answer right), so it is about the exits' disagreements, not all rows.
+  // Choosing the most aggressive threshold whose held-out drop meets X overstates what it
+  // delivers on new data (the winner's curse of a sweep over thousands of thresholds).
+  double confidence = 0;
 
-  // "drop:0.3" / "offload:0.35".
+  // "drop:0.3" / "drop:0.2@0.9" / "offload:0.35".
   std::string ToString() const;
-  // Parses "drop:X" (X points in [0, 100]) and "offload:Y" (Y in [0, 1], or "Y%" with Y in
-  // [0, 100]); InvalidArgument with the accepted forms otherwise.
+  // Parses "drop:X" (X points in [0, 100]), "drop:X@C" (C in (0.5, 1), or "C%" in (50, 100))
+  // and "offload:Y" (Y in [0, 1], or "Y%" with Y in [0, 100]); InvalidArgument with the
+  // accepted forms otherwise.
   static Result<CalibrationTarget> Parse(const std::string& text);
 };
 
@@ -102,6 +113,9 @@ struct CalibrationResult {
   double accuracy = 0;            // accuracy of the exit+offload system on the data
   double full_accuracy = 0;       // accuracy if every row were offloaded
   double reference_accuracy = 0;  // what "drop" was measured against
+  // drop with a confidence: the upper confidence bound of the drop at the chosen threshold,
+  // in points (0 otherwise).
+  double drop_upper_bound = 0;
   int64_t rows = 0;
 
   ExitPolicy policy() const;
@@ -114,6 +128,8 @@ struct CalibrationResult {
 // A single threshold t is shared by all exits (scores of one criterion are comparable across
 // exits) and found by an exact sweep over every distinct score:
 //   - drop:X    -> the t that answers the most rows locally with accuracy >= reference - X/100
+//   - drop:X@C  -> the lowest t reached, testing from the highest down, before the first whose
+//                  upper confidence bound (level C) of the drop exceeds X (see confidence)
 //   - offload:Y -> among t with offload fraction <= Y, the most accurate (ties: more local).
 // `reference_accuracy` defaults to full_correct's accuracy; pass the fp32 model's held-out
 // accuracy to bound the drop against it instead. Errors: InvalidArgument for empty,

@@ -57,11 +57,13 @@ struct TrainOptions {
   // re-seated for the data's input and normalization.
   std::optional<VisionModelSpec> student_spec;
   wire::DType wire_dtype = wire::DType::kUInt4;
-  // drop:0.2 against the fp32 split model on the held-out set. Measured on the 10k test set
-  // (default preset): drop:0.3 calibrated -> split_exit 0.56 points below local_fp32 (81%
-  // answered at the edge), drop:0.2 -> 0.43 below (79%); the held-out estimate is noisy
-  // (5k rows), so the default keeps 0.1 points in reserve for the 0.5-point budget.
-  CalibrationTarget target{CalibrationTarget::Kind::kMaxAccuracyDrop, 0.2};
+  // drop:0.2@0.9 against the fp32 split model on the held-out set: the 90 % upper confidence
+  // bound of the drop, thresholds tested in fixed sequence (CalibrationTarget::confidence).
+  // The point estimate (drop:0.2) picks the most aggressive of thousands of thresholds whose
+  // held-out drop meets the target, and so overstates what it delivers: on the default bundle
+  // it measured 0.40 points below local_fp32 on the test set (79 % answered at the edge)
+  // where the issue-19 budget is 0.3. 0.9 is the conventional level, not tuned.
+  CalibrationTarget target{CalibrationTarget::Kind::kMaxAccuracyDrop, 0.2, 0.9};
   ExitCriterion criterion = ExitCriterion::kMaxSoftmax;
   int64_t held_out = 5000;
   int64_t train_limit = 0;  // use at most this many training rows (0 = all)

@@ -369,7 +369,9 @@ void RegisterTrainCommands(CLI::App& app) {
   train
       ->add_option("--calibrate", train_args->calibrate,
                    "exit calibration target: drop:X (at most X accuracy points below the fp32 "
-                   "split model) or offload:Y (offload at most a fraction Y, or Y%)")
+                   "split model on the held-out rows), drop:X@C (the upper confidence bound at "
+                   "level C of that drop at most X) or offload:Y (offload at most a fraction Y, "
+                   "or Y%)")
       ->capture_default_str();
   train
       ->add_option("--criterion", train_args->criterion,
@@ -403,7 +405,7 @@ void RegisterTrainCommands(CLI::App& app) {
       ->check(CLI::ExistingDirectory);
   split->add_option("--out", split_args->out, "where to write (default: replace --bundle)");
   split->add_option("--calibrate", split_args->calibrate,
-                    "drop:X or offload:Y (default: the bundle's target)");
+                    "drop:X, drop:X@C or offload:Y (default: the bundle's target)");
   split->add_option("--criterion", split_args->criterion,
                     "max_softmax, entropy or margin (default: the bundle's)");
   split->add_option("--wire-dtype", split_args->wire_dtype, "u4 or u8 (default: the bundle's)");

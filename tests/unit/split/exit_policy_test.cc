@@ -124,6 +124,106 @@ TEST(CalibrationTargetTest, ParsesBothKindsAndRejectsNonsense) {
   }
 }
 
+TEST(CalibrationTargetTest, ParsesAConfidenceForDropOnly) {
+  auto bounded = CalibrationTarget::Parse("drop:0.2@0.9");
+  ASSERT_TRUE(bounded.ok()) << bounded.status().ToString();
+  EXPECT_DOUBLE_EQ(bounded->value, 0.2);
+  EXPECT_DOUBLE_EQ(bounded->confidence, 0.9);
+  EXPECT_EQ(bounded->ToString(), "drop:0.2@0.9");
+  auto percent = CalibrationTarget::Parse("drop:0.2@95%");
+  ASSERT_TRUE(percent.ok());
+  EXPECT_DOUBLE_EQ(percent->confidence, 0.95);
+  auto again = CalibrationTarget::Parse(bounded->ToString());
+  ASSERT_TRUE(again.ok());
+  EXPECT_DOUBLE_EQ(again->confidence, 0.9);
+  EXPECT_DOUBLE_EQ(CalibrationTarget::Parse("drop:0.2")->confidence, 0.0);
+  for (const char* bad : {"offload:0.3@0.9", "drop:0.2@0.5", "drop:0.2@1", "drop:0.2@x",
+                          "drop:0.2@", "drop:0.2@0.9@0.9", "drop:@0.9", "drop:0.2@150%"}) {
+    auto r = CalibrationTarget::Parse(bad);
+    EXPECT_FALSE(r.ok()) << bad;
+    if (!r.ok()) EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+// One exit over 1000 rows whose offloaded answer is always right; the exit is right on every
+// row except those at `wrong` (ranks by falling score, 0 = most confident).
+struct Ranked {
+  std::vector<torch::Tensor> scores, correct;
+  torch::Tensor full;
+};
+Ranked MakeRanked(const std::vector<int64_t>& wrong, const std::vector<int64_t>& full_wrong = {}) {
+  const int64_t n = 1000;
+  Ranked r;
+  r.scores.push_back(1.0 - torch::arange(n, torch::kFloat) / (2.0 * n));  // 1 .. 0.5, distinct
+  torch::Tensor correct = torch::ones({n}, torch::kBool);
+  for (int64_t i : wrong) correct[i] = false;
+  r.correct.push_back(correct);
+  r.full = torch::ones({n}, torch::kBool);
+  for (int64_t i : full_wrong) r.full[i] = false;
+  return r;
+}
+
+TEST(CalibrateTest, AConfidenceBoundStopsWhereTheBoundPassesTheTarget) {
+  // Ten wrong exit answers at ranks 100, 200, ..., 1000 - 0: drop:1 (10 rows of 1000) lets a
+  // point estimate answer every row locally; at 90 % the bound k/n + z*sqrt(k/n - (k/n)^2)/
+  // sqrt(n), z = 1.2816, is 9.1 rows for k = 6 and 10.4 rows for k = 7, so the threshold stops
+  // just above the 7th wrong answer (rank 700): 700 rows answered locally.
+  std::vector<int64_t> wrong;
+  for (int64_t k = 1; k <= 10; ++k) wrong.push_back(k * 100 - 1);
+  const Ranked r = MakeRanked(wrong);
+  const CalibrationTarget point{CalibrationTarget::Kind::kMaxAccuracyDrop, 1.0};
+  auto p = Calibrate(r.scores, r.correct, r.full, ExitCriterion::kMaxSoftmax, point);
+  ASSERT_TRUE(p.ok()) << p.status().ToString();
+  EXPECT_DOUBLE_EQ(p->exit_fraction, 1.0);
+  EXPECT_DOUBLE_EQ(p->drop_upper_bound, 0.0);
+  const CalibrationTarget bounded{CalibrationTarget::Kind::kMaxAccuracyDrop, 1.0, 0.9};
+  auto b = Calibrate(r.scores, r.correct, r.full, ExitCriterion::kMaxSoftmax, bounded);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_DOUBLE_EQ(b->exit_fraction, 0.699);  // ranks 0..698: six wrong answers
+  EXPECT_DOUBLE_EQ(b->accuracy, 0.994);
+  const double mean = 0.006, bound = mean + 1.2815515655446004 * std::sqrt((mean - mean * mean) / 1000);
+  EXPECT_NEAR(b->drop_upper_bound, 100 * bound, 1e-6);
+  EXPECT_LE(b->drop_upper_bound, 1.0);
+  EXPECT_EQ(b->target.ToString(), "drop:1@0.9");
+  EXPECT_DOUBLE_EQ(b->ToJson()["drop_upper_bound"].get<double>(), b->drop_upper_bound);
+}
+
+TEST(CalibrateTest, AConfidenceBoundTestsInFixedSequenceAndStopsAtTheFirstFailure) {
+  // Twelve wrong exit answers early (ranks 10..21) fail the bound; below them the exit fixes
+  // 30 rows the offloaded answer gets wrong, so the point estimate recovers and goes further,
+  // but the fixed sequence never looks past the first failure.
+  std::vector<int64_t> wrong, full_wrong;
+  for (int64_t i = 10; i < 22; ++i) wrong.push_back(i);
+  for (int64_t i = 100; i < 130; ++i) full_wrong.push_back(i);
+  const Ranked r = MakeRanked(wrong, full_wrong);
+  const CalibrationTarget point{CalibrationTarget::Kind::kMaxAccuracyDrop, 1.0};
+  auto p = Calibrate(r.scores, r.correct, r.full, ExitCriterion::kMaxSoftmax, point);
+  ASSERT_TRUE(p.ok());
+  EXPECT_DOUBLE_EQ(p->exit_fraction, 1.0);
+  const CalibrationTarget bounded{CalibrationTarget::Kind::kMaxAccuracyDrop, 1.0, 0.9};
+  auto b = Calibrate(r.scores, r.correct, r.full, ExitCriterion::kMaxSoftmax, bounded);
+  ASSERT_TRUE(b.ok()) << b.status().ToString();
+  EXPECT_LT(b->exit_fraction, 0.022);
+  EXPECT_GE(b->exit_fraction, 0.016);  // at least six of the twelve wrong answers fit
+  // Nothing exiting has no variance: the bound is the reference gap alone.
+  const CalibrationTarget strict{CalibrationTarget::Kind::kMaxAccuracyDrop, 0.0, 0.9};
+  auto none = Calibrate(r.scores, r.correct, r.full, ExitCriterion::kMaxSoftmax, strict);
+  ASSERT_TRUE(none.ok()) << none.status().ToString();
+  EXPECT_LE(none->exit_fraction, 0.010);  // the ten sure rows before the first wrong one
+}
+
+TEST(CalibrateTest, ABadConfidenceIsRejected) {
+  const Ranked r = MakeRanked({});
+  for (double c : {0.5, 1.0, -0.1, 2.0}) {
+    const CalibrationTarget t{CalibrationTarget::Kind::kMaxAccuracyDrop, 1.0, c};
+    auto b = Calibrate(r.scores, r.correct, r.full, ExitCriterion::kMaxSoftmax, t);
+    ASSERT_FALSE(b.ok()) << c;
+    EXPECT_EQ(b.status().code(), StatusCode::kInvalidArgument);
+  }
+  const CalibrationTarget offload{CalibrationTarget::Kind::kMaxOffloadFraction, 0.3, 0.9};
+  EXPECT_FALSE(Calibrate(r.scores, r.correct, r.full, ExitCriterion::kMaxSoftmax, offload).ok());
+}
+
 // Synthetic held-out data: exit correctness grows with the score; the full model is right
 // on 95% of rows.
 struct Synthetic {
