@@ -27,7 +27,7 @@
 // the reject callback (kExpired, kShutDown when Shutdown(kFail) empties the queue, or
 // kComputeFailed for the items of a batch whose compute callback threw before answering them).
 //
-// Threads: Submit, Wake, queued, stats and Shutdown may be called from any thread. The
+// Threads: Submit, SubmitAll, Wake, queued, stats and Shutdown may be called from any thread. The
 // callbacks run on the worker threads (or the caller of RunOnce / Shutdown for items it
 // rejects), concurrently with each other when workers > 1, and must not call Shutdown. They
 // should not throw; an exception is caught and counted in callback_failures. When the compute
@@ -134,26 +134,37 @@ class DynamicBatcher {
   // Queues `item` with an absolute deadline on the clock (0 = none). `item` is moved from only
   // when the result is kAccepted; otherwise the caller still owns it and must answer it.
   SubmitResult Submit(T&& item, int64_t deadline_us) EXCLUDES(mu_) {
+    SubmitResult result;
     {
       MutexLock lock(&mu_);
-      if (stopping_) {
-        ++stats_.refused_shut_down;
-        return SubmitResult::kShutDown;
-      }
-      if (queue_.size() >= options_.max_queue) {
-        ++stats_.overloaded;
-        return SubmitResult::kOverloaded;
-      }
-      if (options_.max_queue_wait_us > 0 &&
-          EstimatedWaitLocked(clock_.NowMicros()) > options_.max_queue_wait_us) {
-        ++stats_.wait_too_long;
-        return SubmitResult::kWaitTooLong;
-      }
-      queue_.push_back(Entry{std::move(item), clock_.NowMicros(), deadline_us});
-      ++stats_.accepted;
+      result = SubmitLocked(item, deadline_us, clock_.NowMicros());
     }
-    cv_.NotifyOne();
-    return SubmitResult::kAccepted;
+    if (result == SubmitResult::kAccepted) cv_.NotifyOne();
+    return result;
+  }
+
+  // Submit of every item of `items` in order (`deadlines_us[i]` for items[i]), under one lock
+  // and with one wake-up: how a socket thread hands over a burst of requests. `results` gets
+  // one SubmitResult per item (replaced); accepted items are moved from, the others stay with
+  // the caller, who must answer them. Returns how many were accepted.
+  size_t SubmitAll(std::vector<T>& items, const std::vector<int64_t>& deadlines_us,
+                   std::vector<SubmitResult>* results) EXCLUDES(mu_) {
+    results->clear();
+    size_t accepted = 0;
+    {
+      MutexLock lock(&mu_);
+      const int64_t now = clock_.NowMicros();
+      for (size_t i = 0; i < items.size(); ++i) {
+        results->push_back(SubmitLocked(items[i], deadlines_us[i], now));
+        if (results->back() == SubmitResult::kAccepted) ++accepted;
+      }
+    }
+    if (accepted > 1 && options_.workers > 1) {
+      cv_.NotifyAll();  // maybe more than one batch's worth
+    } else if (accepted > 0) {
+      cv_.NotifyOne();
+    }
+    return accepted;
   }
 
   // Makes waiting workers re-read the clock (needed only after a FakeClock moves).
@@ -245,6 +256,25 @@ class DynamicBatcher {
     int64_t started_us = 0;
     size_t items = 0;
   };
+
+  // Admission of one item at `now`; moves it into the queue when accepted.
+  SubmitResult SubmitLocked(T& item, int64_t deadline_us, int64_t now) REQUIRES(mu_) {
+    if (stopping_) {
+      ++stats_.refused_shut_down;
+      return SubmitResult::kShutDown;
+    }
+    if (queue_.size() >= options_.max_queue) {
+      ++stats_.overloaded;
+      return SubmitResult::kOverloaded;
+    }
+    if (options_.max_queue_wait_us > 0 && EstimatedWaitLocked(now) > options_.max_queue_wait_us) {
+      ++stats_.wait_too_long;
+      return SubmitResult::kWaitTooLong;
+    }
+    queue_.push_back(Entry{std::move(item), now, deadline_us});
+    ++stats_.accepted;
+    return SubmitResult::kAccepted;
+  }
 
   // The modelled time left of each running batch (never below 0), plus the waiting items'
   // batches.

@@ -15,7 +15,7 @@ RouterReply Encode(const std::string& peer, const lm_wire::LmReply& reply, Outco
     case lm_wire::LmStatus::kDeadlineExceeded: kind = ReplyKind::kDeadlineExceeded; break;
     default: break;
   }
-  return {peer, lm_wire::EncodeLmReply(reply), reply.request_id, kind, outcome};
+  return RouterReply::Of(peer, lm_wire::EncodeLmReply(reply), reply.request_id, kind, outcome);
 }
 
 }  // namespace
@@ -123,7 +123,8 @@ void LmServer::ReplyNow(const std::string& peer, uint64_t request_id, lm_wire::L
   reply.request_id = request_id;
   reply.status = status;
   reply.error = error;
-  router_->Send(Encode(peer, reply, outcome));
+  RouterReply encoded = Encode(peer, reply, outcome);
+  router_->Send(encoded);
 }
 
 void LmServer::ExpireIdleSessions() {
@@ -143,11 +144,11 @@ void LmServer::PublishStats() {
   stats_.deadline_exceeded = socket.replied_deadline;
 }
 
-void LmServer::Admit(Envelope env, int64_t received) {
-  Result<lm_wire::LmRequest> request = lm_wire::DecodeLmRequest(env.body);
+void LmServer::Admit(InboundMessage& message, int64_t received) {
+  Result<lm_wire::LmRequest> request = lm_wire::DecodeLmRequest(message.bytes());
   if (!request.ok()) {
     ++stats_.malformed;
-    ReplyNow(env.peer, wire::PeekRequestId(env.body),  // same slot as InferRequest's
+    ReplyNow(message.peer, wire::PeekRequestId(message.bytes()),  // same slot as InferRequest's
              lm_wire::LmStatus::kError, request.status().ToString(), Outcome::kRejected);
     return;
   }
@@ -155,12 +156,12 @@ void LmServer::Admit(Envelope env, int64_t received) {
   const int64_t deadline =
       request->deadline_ms > 0 ? received + int64_t{request->deadline_ms} * 1000 : 0;
   const SubmitResult submitted =
-      batcher_->Submit(Job{env.peer, std::move(request).value(), received}, deadline);
+      batcher_->Submit(Job{message.peer, std::move(request).value(), received}, deadline);
   if (submitted == SubmitResult::kAccepted) {
     router_->Accepted();
     return;
   }
-  ReplyNow(env.peer, request_id, lm_wire::LmStatus::kOverloaded,
+  ReplyNow(message.peer, request_id, lm_wire::LmStatus::kOverloaded,
            RefusalReason(submitted, options_.max_queue, batcher_->EstimatedWaitMicros(),
                          options_.max_queue_wait_us),
            Outcome::kOverloaded);
@@ -169,7 +170,9 @@ void LmServer::Admit(Envelope env, int64_t received) {
 Status LmServer::Run(const std::function<bool()>& should_stop) {
   batcher_->Start();
   RouterService::Hooks hooks;
-  hooks.admit = [this](Envelope env, int64_t received) { Admit(std::move(env), received); };
+  hooks.admit = [this](std::vector<InboundMessage>& burst, int64_t received) {
+    for (InboundMessage& message : burst) Admit(message, received);
+  };
   hooks.sweep = [this](int64_t) { ExpireIdleSessions(); };
   hooks.after_turn = [this] { PublishStats(); };
   const Status result = router_->Serve(should_stop, hooks);

@@ -84,7 +84,7 @@ class LmServer {
 
   LmServer(LmServerOptions options, std::unique_ptr<LmTailService> service);
   // Socket thread.
-  void Admit(Envelope env, int64_t received_us);
+  void Admit(InboundMessage& message, int64_t received_us);
   void ReplyNow(const std::string& peer, uint64_t request_id, lm_wire::LmStatus status,
                 const std::string& error, Outcome outcome);
   void ExpireIdleSessions() EXCLUDES(service_mu_);

@@ -6,12 +6,14 @@
 //  - about once a second: forget peers not seen for a minute (cleave_connected_edges), then
 //    the owner's sweep (e.g. expiring idle LM sessions);
 //  - wait up to 100 ms for a request or a posted reply;
-//  - send every posted reply;
-//  - take up to 256 waiting requests, sending the replies posted meanwhile after every 16
-//    (so a computed reply never waits behind a flood), and hand each request to the owner's
-//    admit callback, which decodes and validates it and either queues it
+//  - send every posted reply, in one burst;
+//  - take up to 256 waiting requests in bursts of up to 16, sending the replies posted
+//    meanwhile between bursts (so a computed reply never waits behind a flood), and hand each
+//    burst to the owner's admit callback, which looks at each request and either queues it
 //    (then calls Accepted; its reply comes back through Post) or answers at once (Send);
 //  - the owner's after-turn callback.
+// The messages move from the socket to the owner without a copy (InboundMessage keeps ZeroMQ's
+// frame), and the owner's replies come back as ZeroMQ messages that are sent without one.
 // What the protocol is - decoding, validation, what a reply says - stays with the owner;
 // replies arrive here encoded, tagged with what they say (ReplyKind) for the counters.
 //
@@ -25,10 +27,13 @@
 // or by the owner before Serve starts or after it returned.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include "cloud/reply_mailbox.h"
 #include "common/clock.h"
@@ -44,11 +49,18 @@ enum class ReplyKind : uint8_t { kOk, kError, kOverloaded, kDeadlineExceeded };
 
 // An encoded reply on its way to a peer.
 struct RouterReply {
-  std::string peer;  // routing id the request came from
-  std::string bytes;
+  std::string peer;         // routing id the request came from
+  zmq::message_t bytes;     // handed to ZeroMQ as is (no copy on the socket thread)
   uint64_t request_id = 0;  // for logs
   ReplyKind kind = ReplyKind::kOk;
   Outcome outcome = Outcome::kOk;  // cleave_requests_total{outcome}
+
+  // `bytes` copied into a fresh message.
+  static RouterReply Of(std::string peer, std::string_view bytes, uint64_t request_id,
+                        ReplyKind kind, Outcome outcome) {
+    return RouterReply{std::move(peer), zmq::message_t(bytes.data(), bytes.size()), request_id,
+                       kind, outcome};
+  }
 };
 
 struct RouterServiceStats {
@@ -64,8 +76,10 @@ class RouterService {
  public:
   // What the owner does inside the loop; `admit` is required, the others optional.
   struct Hooks {
-    // One request, received at `received_us` (the clock given to Bind).
-    std::function<void(Envelope env, int64_t received_us)> admit;
+    // A burst of 1..16 requests in arrival order, taken from the socket at `received_us` (the
+    // clock given to Bind). The callback may move the messages' frames away; the burst is
+    // cleared after it returns.
+    std::function<void(std::vector<InboundMessage>& burst, int64_t received_us)> admit;
     // About once a second, after the peers are swept.
     std::function<void(int64_t now_us)> sweep;
     // After every turn of the loop (e.g. to publish stats to the socket thread's readers).
@@ -88,8 +102,11 @@ class RouterService {
 
   // Queues `reply` for the socket thread, which sends it on its next turn. Any thread.
   void Post(RouterReply reply) { mailbox_.Post(std::move(reply)); }
+  // Queues every reply of `replies` (moved from, then cleared) with one hand-over: the replies
+  // of a batch. Any thread.
+  void PostAll(std::vector<RouterReply>& replies) { mailbox_.PostAll(replies); }
   // Sends `reply` now and counts it (socket thread): for answers decided while admitting.
-  void Send(const RouterReply& reply);
+  void Send(RouterReply& reply);
   // A request was queued by the owner; its reply will come through Post.
   void Accepted() { ++in_flight_; }
 
@@ -105,8 +122,16 @@ class RouterService {
   uint64_t in_flight() const { return in_flight_; }
 
  private:
+  // What a burst of sends adds to the counters, folded into them once.
+  struct SendTally {
+    std::array<uint64_t, kOutcomeCount> outcomes{};
+    uint64_t wire_bytes = 0;
+  };
+
   RouterService(const Clock& clock, Metrics& metrics, const std::string& component);
   void ReceiveWaiting(const Hooks& hooks);
+  void SendCounted(RouterReply& reply, SendTally& tally);
+  void Fold(const SendTally& tally);
 
   const Clock& clock_;
   const ServiceMetrics& m_;
@@ -116,6 +141,8 @@ class RouterService {
   RecentPeers peers_;
   RouterServiceStats stats_;
   uint64_t in_flight_ = 0;
+  std::vector<RouterReply> outgoing_;  // DeliverReplies' buffer, reused
+  std::vector<InboundMessage> burst_;  // ReceiveWaiting's buffer, reused
 };
 
 }  // namespace cleave::cloud

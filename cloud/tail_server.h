@@ -2,26 +2,35 @@
 //
 // Threads and ownership:
 //  - The socket thread (the caller of Run) is the only one that touches the ROUTER socket.
-//    It receives, decodes and validates each request (protocol version, model name, feature
-//    shape) and submits it to a DynamicBatcher (cloud/dynamic_batcher.h). A full queue gets an
-//    `overloaded` reply at once; invalid requests get an error reply naming the problem.
-//  - `workers` batcher threads compute batches: feature requests through decoder + tail, PNG
+//    It takes requests in bursts (RouterService, cloud/router_service.h) and admits each by
+//    what it can see without decoding the payload (wire::PeekInferRequest): the protocol
+//    version, the request id and deadline and, for version 2 features, the split point and
+//    layout tag. It hands the burst to a DynamicBatcher (cloud/dynamic_batcher.h) under one
+//    lock; the request's ZeroMQ frame moves along, never copied. A full queue gets an
+//    `overloaded` reply at once; a request that is not a request (undecodable, another
+//    version, a split point or layout this bundle does not have) gets an error reply naming
+//    the problem at once.
+//  - `workers` batcher threads compute batches. A worker decodes and validates each request of
+//    its batch (wire::DecodeInferRequest; version 1: model name and feature shape) and its
+//    features; a request that fails gets an error reply naming the problem from the worker
+//    and the rest of the batch is computed. Feature requests go through decoder + tail, PNG
 //    requests through the whole model. Requests already past their deadline when a batch is
-//    formed get `deadlineExceeded` without being computed. Workers never send: they encode
-//    their replies and post them to the RouterService (cloud/router_service.h: the ROUTER,
-//    a reply mailbox the socket thread polls together with it, and the serving loop), and
-//    the socket thread sends them.
+//    formed get `deadlineExceeded` without being decoded or computed. Workers never send: they
+//    encode their replies (into ZeroMQ messages) and post a batch's replies at once to the
+//    RouterService (the ROUTER, a reply mailbox the socket thread polls together with it,
+//    and the serving loop), and the socket thread sends them in a burst.
 //  - split::CloudModel is not thread-safe. The server owns one or more model copies; worker w
 //    uses models[w % models.size()] under that model's mutex, so one copy per worker computes
 //    in parallel and fewer copies serialize the workers that share one.
 //  - Hot reload: the copies form a model set held by std::shared_ptr. SwapModels (any thread,
 //    e.g. a RepositoryPoller, cloud/model_repository.h) replaces the current set atomically.
-//    Each accepted request keeps the set it was validated against (model name, feature shape)
-//    and is computed by it, so requests queued or computing during a swap finish on the old
-//    version and no request fails because of a swap; the old set is freed with its last
-//    request. New requests are validated against and computed by the new set.
-// Nothing a peer sends can stop the loop. Run stops accepting when asked to stop, then drains:
-// every accepted request is computed and answered before Run returns.
+//    Each accepted request keeps the set it was admitted against (split point and layout tag)
+//    and is validated (model name, feature shape) and computed by it, so requests queued or
+//    computing during a swap finish on the old version and no request fails because of a
+//    swap; the old set is freed with its last request. New requests are admitted against and
+//    computed by the new set.
+// Nothing a peer sends can stop the loop or a worker. Run stops accepting when asked to stop,
+// then drains: every accepted request is computed and answered before Run returns.
 //
 // Metrics (common/metrics.h, component "cloud"): every reply is counted by outcome (ok;
 // overloaded; rejected for undecodable or invalid requests and those past their deadline; error
@@ -131,24 +140,25 @@ class TailServer {
   struct Job;
   struct ModelSlot;
   struct ModelSet;
+  struct Outbox;
   using Batcher = DynamicBatcher<Job>;
 
   TailServer(TailServerOptions options, std::shared_ptr<ModelSet> models);
-  static Status CheckCompact(const ModelSet& set, const wire::InferRequest& request);
-  static Result<torch::Tensor> DecodeJobFeatures(const ModelSet& set, const Job& job);
+  static Status CheckAdmissible(const ModelSet& set, const wire::InferRequestHeader& header);
+  static Status CheckVersion1(const ModelSet& set, const wire::InferRequest& request);
   static Result<std::shared_ptr<ModelSet>> MakeSet(
       uint64_t version, std::vector<std::unique_ptr<split::CloudModel>> models);
   std::shared_ptr<ModelSet> CurrentModels() const EXCLUDES(models_mu_);
   // Socket thread.
-  void Admit(Envelope env, int64_t received_us) EXCLUDES(models_mu_);
+  void Admit(std::vector<InboundMessage>& burst, int64_t received_us) EXCLUDES(models_mu_);
   void ReplyNow(const std::string& peer, uint64_t request_id, wire::ReplyStatus status,
                 const std::string& error, Outcome outcome);
   void PublishStats();
   // Worker threads.
   void ComputeBatch(int worker, std::vector<Job>& jobs);
-  void ComputeGroup(const ModelSet& set, ModelSlot& slot, std::vector<Job*>& group, int split);
+  void ComputeGroup(const ModelSet& set, ModelSlot& slot, std::vector<Job*>& group, int split,
+                    Outbox& outbox);
   void Reject(Rejection why, Job& job);
-  void Post(const std::string& peer, wire::InferReply reply, Outcome outcome);
   void PostError(Job& job, wire::ReplyStatus status, const std::string& error, Outcome outcome);
 
   TailServerOptions options_;
@@ -163,6 +173,13 @@ class TailServer {
   std::unique_ptr<Batcher> batcher_;        // stopped by ~TailServer before anything else goes
   TailServerStats stats_;                   // socket thread
   std::atomic<uint64_t> batches_{0};        // workers
+  // Socket thread: the burst being admitted, reused from burst to burst.
+  std::vector<Job> admitting_;
+  std::vector<int64_t> admitting_deadlines_;
+  std::vector<SubmitResult> admitted_;
+  std::string encoded_;  // ReplyNow's encoding buffer
+  // Worker w's buffers (replies, decoded features), reused from batch to batch.
+  std::vector<std::unique_ptr<Outbox>> outboxes_;
 };
 
 }  // namespace cleave::cloud

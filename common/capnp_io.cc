@@ -1,5 +1,7 @@
 #include "common/capnp_io.h"
 
+#include <memory>
+
 namespace cleave::wire::capnp_io {
 namespace {
 
@@ -15,13 +17,39 @@ class StringOutputStream final : public kj::OutputStream {
   std::string* out_;
 };
 
+// One thread's scratch words (allocated on first use) and whether they are lent out.
+struct ThreadScratch {
+  std::unique_ptr<capnp::word[]> words;
+  bool lent = false;
+};
+
 }  // namespace
+
+ScratchLease::ScratchLease(Use use) {
+  thread_local ThreadScratch reader, builder;
+  ThreadScratch& scratch = use == Use::kReader ? reader : builder;
+  if (scratch.lent) return;
+  // Value-initialized: zeroed, as builders need (readers do not care).
+  if (!scratch.words) scratch.words = std::make_unique<capnp::word[]>(kWords);
+  scratch.lent = true;
+  lent_ = &scratch.lent;
+  words_ = kj::arrayPtr(scratch.words.get(), kWords);
+}
+
+ScratchLease::~ScratchLease() {
+  if (lent_ != nullptr) *lent_ = false;
+}
 
 std::string WritePacked(capnp::MessageBuilder& message) {
   std::string out;
-  StringOutputStream stream(&out);
-  capnp::writePackedMessage(stream, message);
+  WritePacked(message, &out);
   return out;
+}
+
+void WritePacked(capnp::MessageBuilder& message, std::string* out) {
+  out->clear();
+  StringOutputStream stream(out);
+  capnp::writePackedMessage(stream, message);
 }
 
 void WriteTensor(const EncodedTensor& tensor, schema::Tensor::Builder out) {

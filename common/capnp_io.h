@@ -64,6 +64,31 @@ inline Status CheckVersion(uint16_t version, uint16_t expected, const char* what
 
 // The packed encoding of `message` as bytes.
 std::string WritePacked(capnp::MessageBuilder& message);
+// The same into `out` (replaced; its capacity is reused).
+void WritePacked(capnp::MessageBuilder& message, std::string* out);
+
+// A thread's scratch words, lent to one reader or builder at a time so that decoding or
+// encoding a small message allocates nothing. While one lease is alive, another on the same
+// thread (a nested decode) gets an empty buffer and the caller falls back to allocating.
+class ScratchLease {
+ public:
+  // Words each thread keeps for readers (and, separately, for builders).
+  static constexpr size_t kWords = 1024;
+  enum class Use { kReader, kBuilder };
+  // Builder scratch is zeroed, as MallocMessageBuilder requires; its destructor zeroes again
+  // what it used, so the words stay zeroed between leases.
+  explicit ScratchLease(Use use);
+  ~ScratchLease();
+  ScratchLease(const ScratchLease&) = delete;
+  ScratchLease& operator=(const ScratchLease&) = delete;
+
+  // Empty when the thread's buffer is already lent out.
+  kj::ArrayPtr<capnp::word> words() const { return words_; }
+
+ private:
+  bool* lent_ = nullptr;
+  kj::ArrayPtr<capnp::word> words_;
+};
 
 // Words a tensor needs, generously, so a message stays in one segment.
 inline size_t TensorWords(const EncodedTensor& tensor) {
@@ -79,9 +104,10 @@ Result<EncodedTensor> ReadTensorFields(schema::Tensor::Reader in, const std::str
 
 // Unpacks `bytes` (at most `max_bytes`, packed and unpacked) and hands a reader to `read`,
 // with a traversal limit equal to the unpacked size: every object is read once, so needing
-// more is an amplification attempt. The packed reader unpacks into its own word-aligned
-// buffer, so `bytes` may sit at any alignment. Trailing bytes are an error. Every exception
-// of the Cap'n Proto layer becomes a Status naming `what`.
+// more is an amplification attempt. The packed reader unpacks into a word-aligned buffer (the
+// thread's scratch words when the message fits, see ScratchLease), so `bytes` may sit at any
+// alignment. Trailing bytes are an error. Every exception of the Cap'n Proto layer becomes a
+// Status naming `what`.
 template <typename T, typename ReadFn>
 Result<T> WithPackedReader(std::string_view bytes, const char* what, size_t max_bytes,
                            int nesting_limit, ReadFn&& read) {
@@ -108,7 +134,8 @@ Result<T> WithPackedReader(std::string_view bytes, const char* what, size_t max_
     std::optional<Result<T>> result;
     {
       // The reader may load later segments lazily, up to its destruction.
-      capnp::PackedMessageReader message(stream, options);
+      const ScratchLease scratch(ScratchLease::Use::kReader);
+      capnp::PackedMessageReader message(stream, options, scratch.words());
       result.emplace(read(message));
     }
     const size_t trailing = stream.tryGetReadBuffer().size();

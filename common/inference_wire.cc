@@ -125,14 +125,15 @@ Result<InferRequest> ReadRequestV2(schema::InferRequestV2::Reader in) {
   return out;
 }
 
+Status RequestVersionMismatch(uint16_t version) {
+  return Status::VersionMismatch("InferRequest has protocol version " + std::to_string(version) +
+                                 " but this build speaks versions 1 and 2");
+}
+
 Result<InferRequest> ReadRequest(schema::InferRequest::Reader in) {
   InferRequest out;
   out.protocol_version = in.getProtocolVersion();
-  if (out.protocol_version != kProtocolVersion) {
-    return Status::VersionMismatch("InferRequest has protocol version " +
-                                   std::to_string(out.protocol_version) +
-                                   " but this build speaks versions 1 and 2");
-  }
+  if (out.protocol_version != kProtocolVersion) return RequestVersionMismatch(out.protocol_version);
   out.request_id = in.getRequestId();
   out.deadline_ms = in.getDeadlineMs();
   CLEAVE_ASSIGN_OR_RETURN(out.model, ReadModelName(in.getModel()));
@@ -222,9 +223,32 @@ const char* ReplyStatusName(ReplyStatus status) {
   }
 }
 
-std::string EncodeInferRequestV2(const InferRequest& request) {
+namespace {
+
+// A builder whose first segment is this thread's scratch when `words` fit in it, else a
+// fresh one of `words` (either way the message stays one segment).
+class OneSegmentBuilder {
+ public:
+  explicit OneSegmentBuilder(size_t words) : scratch_(capnp_io::ScratchLease::Use::kBuilder) {
+    if (words <= scratch_.words().size()) {
+      builder_.emplace(scratch_.words());
+    } else {
+      builder_.emplace(static_cast<unsigned>(words));
+    }
+  }
+  capnp::MallocMessageBuilder& message() { return *builder_; }
+
+ private:
+  const capnp_io::ScratchLease scratch_;
+  std::optional<capnp::MallocMessageBuilder> builder_;  // destroyed before the lease ends
+};
+
+size_t RequestV2Words(const InferRequest& request) {
   const std::string& blob = request.input == InputKind::kPng ? request.png : request.coded;
-  capnp::MallocMessageBuilder message(static_cast<unsigned>(8 + WordsFor(blob.size())));
+  return 8 + WordsFor(blob.size());
+}
+
+void BuildRequestV2(const InferRequest& request, capnp::MessageBuilder& message) {
   auto root = message.initRoot<schema::InferRequestV2>();
   root.setProtocolVersion(request.protocol_version);
   root.setLayoutTag(request.layout_tag);
@@ -239,14 +263,14 @@ std::string EncodeInferRequestV2(const InferRequest& request) {
   } else {
     input.setFeatures(AsData(request.coded));
   }
-  return WritePacked(message);
 }
 
-std::string EncodeInferRequest(const InferRequest& request) {
-  if (request.protocol_version == kCompactProtocolVersion) return EncodeInferRequestV2(request);
-  const size_t words = 16 + WordsFor(request.model.size() + 1) + WordsFor(request.png.size()) +
-                       (request.input == InputKind::kFeatures ? TensorWords(request.features) : 0);
-  capnp::MallocMessageBuilder message(static_cast<unsigned>(words));
+size_t RequestV1Words(const InferRequest& request) {
+  return 16 + WordsFor(request.model.size() + 1) + WordsFor(request.png.size()) +
+         (request.input == InputKind::kFeatures ? TensorWords(request.features) : 0);
+}
+
+void BuildRequestV1(const InferRequest& request, capnp::MessageBuilder& message) {
   auto root = message.initRoot<schema::InferRequest>();
   root.setProtocolVersion(request.protocol_version);
   root.setRequestId(request.request_id);
@@ -258,12 +282,13 @@ std::string EncodeInferRequest(const InferRequest& request) {
   } else {
     WriteTensor(request.features, input.initFeatures());
   }
-  return WritePacked(message);
 }
 
-std::string EncodeInferReply(const InferReply& reply) {
-  const size_t words = 16 + WordsFor(reply.error.size() + 1) + WordsFor(reply.scores.size() * 4);
-  capnp::MallocMessageBuilder message(static_cast<unsigned>(words));
+size_t ReplyWords(const InferReply& reply) {
+  return 16 + WordsFor(reply.error.size() + 1) + WordsFor(reply.scores.size() * 4);
+}
+
+void BuildReply(const InferReply& reply, capnp::MessageBuilder& message) {
   auto root = message.initRoot<schema::InferReply>();
   root.setProtocolVersion(reply.protocol_version);
   root.setRequestId(reply.request_id);
@@ -277,7 +302,37 @@ std::string EncodeInferReply(const InferReply& reply) {
   root.setBatchSize(reply.batch_size);
   root.setQueueUs(reply.queue_us);
   root.setComputeUs(reply.compute_us);
-  return WritePacked(message);
+}
+
+}  // namespace
+
+std::string EncodeInferRequest(const InferRequest& request) {
+  std::string out;
+  EncodeInferRequest(request, &out);
+  return out;
+}
+
+void EncodeInferRequest(const InferRequest& request, std::string* out) {
+  const bool compact = request.protocol_version == kCompactProtocolVersion;
+  OneSegmentBuilder builder(compact ? RequestV2Words(request) : RequestV1Words(request));
+  if (compact) {
+    BuildRequestV2(request, builder.message());
+  } else {
+    BuildRequestV1(request, builder.message());
+  }
+  WritePacked(builder.message(), out);
+}
+
+std::string EncodeInferReply(const InferReply& reply) {
+  std::string out;
+  EncodeInferReply(reply, &out);
+  return out;
+}
+
+void EncodeInferReply(const InferReply& reply, std::string* out) {
+  OneSegmentBuilder builder(ReplyWords(reply));
+  BuildReply(reply, builder.message());
+  WritePacked(builder.message(), out);
 }
 
 Result<InferRequest> DecodeInferRequest(std::string_view bytes) {
@@ -294,6 +349,51 @@ Result<InferReply> DecodeInferReply(std::string_view bytes) {
   return WithPackedReader<InferReply>(bytes, "InferReply", [](capnp::MessageReader& message) {
     return ReadReply(message.getRoot<schema::InferReply>());
   });
+}
+
+Result<InferRequestHeader> PeekInferRequest(std::string_view bytes) {
+  return WithPackedReader<InferRequestHeader>(
+      bytes, "InferRequest", [](capnp::MessageReader& message) -> Result<InferRequestHeader> {
+        InferRequestHeader out;
+        // Both request structs keep protocolVersion as the first UInt16 of the data section.
+        out.protocol_version = message.getRoot<schema::InferRequest>().getProtocolVersion();
+        if (out.protocol_version == kCompactProtocolVersion) {
+          const auto in = message.getRoot<schema::InferRequestV2>();
+          out.request_id = in.getRequestId();
+          out.deadline_ms = in.getDeadlineMs();
+          out.split = in.getSplit();
+          out.layout_tag = in.getLayoutTag();
+          const auto which = in.getInput().which();
+          switch (which) {
+            case schema::InferRequestV2::Input::FEATURES:
+              out.input = InputKind::kCodedFeatures;
+              break;
+            case schema::InferRequestV2::Input::PACKED:
+              out.input = InputKind::kPackedFeatures;
+              break;
+            case schema::InferRequestV2::Input::IMAGE: out.input = InputKind::kPng; break;
+            default:
+              return Status::InvalidArgument("unknown input kind " +
+                                             std::to_string(static_cast<uint16_t>(which)));
+          }
+          return out;
+        }
+        if (out.protocol_version != kProtocolVersion) {
+          return RequestVersionMismatch(out.protocol_version);
+        }
+        const auto in = message.getRoot<schema::InferRequest>();
+        out.request_id = in.getRequestId();
+        out.deadline_ms = in.getDeadlineMs();
+        const auto which = in.getInput().which();
+        switch (which) {
+          case schema::InferRequest::Input::FEATURES: out.input = InputKind::kFeatures; break;
+          case schema::InferRequest::Input::PNG: out.input = InputKind::kPng; break;
+          default:
+            return Status::InvalidArgument("unknown input kind " +
+                                           std::to_string(static_cast<uint16_t>(which)));
+        }
+        return out;
+      });
 }
 
 uint64_t PeekRequestId(std::string_view bytes) {

@@ -78,6 +78,11 @@ struct InferReply {
 // rejected by the peer's decoder. Size precondition: every field far below 512 MiB.
 std::string EncodeInferRequest(const InferRequest& request);
 std::string EncodeInferReply(const InferReply& reply);
+// The same bytes into `out` (replaced), building in this thread's scratch words: no
+// allocation once `out` has the capacity. For threads that encode many (the cloud's workers,
+// a load generator).
+void EncodeInferRequest(const InferRequest& request, std::string* out);
+void EncodeInferReply(const InferReply& reply, std::string* out);
 
 // Decode and validate. InvalidArgument for malformed, oversized or inconsistent input
 // (message says which field), VersionMismatch for a version other than the two above.
@@ -85,6 +90,24 @@ std::string EncodeInferReply(const InferReply& reply);
 // scores.size() == rows * num_classes with rows >= 1 and finite scores.
 Result<InferRequest> DecodeInferRequest(std::string_view bytes);
 Result<InferReply> DecodeInferReply(std::string_view bytes);
+
+// What admission needs of a request (the cloud's socket thread): its fixed fields, read
+// without copying or validating the payload.
+struct InferRequestHeader {
+  uint16_t protocol_version = kProtocolVersion;
+  uint64_t request_id = 0;
+  uint32_t deadline_ms = 0;
+  InputKind input = InputKind::kFeatures;
+  uint8_t split = 0;        // version 2 (0 for version 1)
+  uint16_t layout_tag = 0;  // version 2
+};
+
+// Reads the header of a request of either version. InvalidArgument for bytes that are not one
+// Cap'n Proto message within the limits above, or an unknown input kind; VersionMismatch as
+// DecodeInferRequest. The payload (version 1 model name and tensor, version 2 coded bytes or
+// image) is neither read nor validated: DecodeInferRequest of the same bytes does that, and
+// whatever it refuses, this may have accepted.
+Result<InferRequestHeader> PeekInferRequest(std::string_view bytes);
 
 // Best effort: the request id of a request or reply that failed to decode (for example a
 // version mismatch), so an error reply can still be routed; 0 if unreadable. Reads version 2

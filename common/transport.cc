@@ -195,29 +195,98 @@ Result<std::optional<Envelope>> RouterServer::Receive(int timeout_ms) {
   }
 }
 
+Result<size_t> RouterServer::ReceiveBurst(size_t max, std::vector<InboundMessage>* out) {
+  size_t taken = 0;
+  uint64_t bytes = 0;
+  try {
+    while (taken < max) {
+      zmq::message_t peer;
+      if (!socket_.recv(peer, zmq::recv_flags::dontwait)) break;
+      // The frames of one message arrive together, so the rest never needs a wait.
+      zmq::message_t body;
+      bool more = peer.more();
+      int frames = 1;
+      while (more) {
+        zmq::message_t part;
+        if (!socket_.recv(part, zmq::recv_flags::dontwait)) break;
+        more = part.more();
+        if (++frames == 2) body = std::move(part);
+      }
+      if (frames != 2 || more) {
+        malformed_frames_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      bytes += body.size();
+      out->push_back(InboundMessage{peer.to_string(), std::move(body)});
+      ++taken;
+    }
+  } catch (const zmq::error_t& e) {
+    bytes_received_.fetch_add(bytes, std::memory_order_relaxed);
+    return ZmqErrorToStatus(e, "receive on " + endpoint_);
+  }
+  bytes_received_.fetch_add(bytes, std::memory_order_relaxed);
+  return taken;
+}
+
+std::string InboundMessage::identity() {
+  // Connection metadata; only a ZAP handler sets User-Id (null for inproc peers).
+  return TransportIdentity(
+      body.data() != nullptr ? zmq_msg_gets(body.handle(), "User-Id") : nullptr, peer);
+}
+
+bool RouterServer::SendRoutingFrame(const std::string& peer) {
+  if (socket_.send(zmq::const_buffer(peer.data(), peer.size()),
+                   zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
+    return true;
+  }
+  pipe_full_.fetch_add(1, std::memory_order_relaxed);
+  return false;
+}
+
+Status RouterServer::PipeFullMidMessage(const std::string& peer) {
+  pipe_full_.fetch_add(1, std::memory_order_relaxed);
+  return Status::ResourceExhausted("send queue to peer " + PeerForHumans(peer) + " on " +
+                                   endpoint_ + " filled mid-message");
+}
+
+Status RouterServer::SendFailed(const zmq::error_t& e, const std::string& peer) {
+  if (e.num() == EHOSTUNREACH) {
+    unroutable_.fetch_add(1, std::memory_order_relaxed);
+    return Status::Unavailable("cannot reply to peer " + PeerForHumans(peer) + " on " + endpoint_ +
+                               ": unknown or disconnected peer");
+  }
+  return ZmqErrorToStatus(e, "send on " + endpoint_);
+}
+
 Status RouterServer::Send(const std::string& peer, std::string_view body) {
   try {
-    if (!socket_.send(zmq::const_buffer(peer.data(), peer.size()),
-                      zmq::send_flags::sndmore | zmq::send_flags::dontwait)) {
-      pipe_full_.fetch_add(1, std::memory_order_relaxed);
+    if (!SendRoutingFrame(peer)) {
       return Status::ResourceExhausted("send queue to peer " + PeerForHumans(peer) + " on " +
                                        endpoint_ + " is full (send_hwm reached): overloaded");
     }
     // Once the routing frame is accepted the pipe has room for the rest of the message.
     if (!socket_.send(zmq::const_buffer(body.data(), body.size()), zmq::send_flags::dontwait)) {
-      pipe_full_.fetch_add(1, std::memory_order_relaxed);
-      return Status::ResourceExhausted("send queue to peer " + PeerForHumans(peer) + " on " +
-                                       endpoint_ + " filled mid-message");
+      return PipeFullMidMessage(peer);
     }
   } catch (const zmq::error_t& e) {
-    if (e.num() == EHOSTUNREACH) {
-      unroutable_.fetch_add(1, std::memory_order_relaxed);
-      return Status::Unavailable("cannot reply to peer " + PeerForHumans(peer) + " on " +
-                                 endpoint_ + ": unknown or disconnected peer");
-    }
-    return ZmqErrorToStatus(e, "send on " + endpoint_);
+    return SendFailed(e, peer);
   }
   bytes_sent_.fetch_add(body.size(), std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+Status RouterServer::Send(const std::string& peer, zmq::message_t& body) {
+  const size_t size = body.size();
+  try {
+    if (!SendRoutingFrame(peer)) {
+      return Status::ResourceExhausted("send queue to peer " + PeerForHumans(peer) + " on " +
+                                       endpoint_ + " is full (send_hwm reached): overloaded");
+    }
+    if (!socket_.send(body, zmq::send_flags::dontwait)) return PipeFullMidMessage(peer);
+  } catch (const zmq::error_t& e) {
+    return SendFailed(e, peer);
+  }
+  bytes_sent_.fetch_add(size, std::memory_order_relaxed);
   return Status::Ok();
 }
 
@@ -338,6 +407,30 @@ Status DealerClient::Send(std::string_view body, int timeout_ms) {
   return Status::DeadlineExceeded("send queue to " + endpoint_ + " stayed full (send_hwm " +
                                   std::to_string(send_hwm_) + "): the server is not keeping up" +
                                   waited);
+}
+
+Result<size_t> DealerClient::ReceiveBurst(size_t max, std::vector<zmq::message_t>* out) {
+  size_t taken = 0;
+  try {
+    while (taken < max) {
+      zmq::message_t frame;
+      if (!socket_.recv(frame, zmq::recv_flags::dontwait)) break;
+      if (frame.more()) {
+        // Multi-frame: discard the remaining parts, which are already queued.
+        zmq::message_t part;
+        while (socket_.recv(part, zmq::recv_flags::dontwait) && part.more()) {
+        }
+        malformed_frames_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      bytes_received_.fetch_add(frame.size(), std::memory_order_relaxed);
+      out->push_back(std::move(frame));
+      ++taken;
+    }
+  } catch (const zmq::error_t& e) {
+    return ZmqErrorToStatus(e, "receive from " + endpoint_);
+  }
+  return taken;
 }
 
 Result<std::optional<std::string>> DealerClient::Receive(int timeout_ms) {

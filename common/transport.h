@@ -26,6 +26,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include <zmq.hpp>
 
@@ -78,6 +79,20 @@ struct Envelope {
 // null when none) and `routing_id` the ROUTER routing id of the peer.
 std::string TransportIdentity(const char* user_id, const std::string& routing_id);
 
+// One inbound message on a RouterServer as ZeroMQ delivered it: the body frame is kept, not
+// copied, so a serving loop can hand it to another thread (RouterServer::ReceiveBurst).
+struct InboundMessage {
+  std::string peer;     // ROUTER routing id of the sender (a few bytes); pass it back to Send
+  zmq::message_t body;  // the message; read it through bytes()
+
+  std::string_view bytes() const {
+    return std::string_view(static_cast<const char*>(body.data()), body.size());
+  }
+  // The sender's Envelope::identity, from the connection's metadata the body frame carries.
+  // Only while `body` holds the received frame (not after it was moved from).
+  std::string identity();
+};
+
 // A bound ROUTER socket. Owned by one thread (see file comment).
 class RouterServer {
  public:
@@ -101,10 +116,19 @@ class RouterServer {
   // only if the socket itself fails (e.g. the context is being terminated).
   Result<std::optional<Envelope>> Receive(int timeout_ms);
 
+  // Takes up to `max` messages that are already waiting, without waiting, and appends them to
+  // `out` (whose capacity the caller reuses from burst to burst); returns how many. The frames
+  // are moved, not copied. Layouts other than [peer, body] are discarded and counted in
+  // malformed_frames(), as by Receive. Error only if the socket itself fails.
+  Result<size_t> ReceiveBurst(size_t max, std::vector<InboundMessage>* out);
+
   // Queues `body` for `peer` without blocking. Unavailable if the peer is unknown or gone
   // (counted in unroutable()); ResourceExhausted if that peer's pipe is at send_hwm (counted
   // in pipe_full()) - reply "overloaded" or drop it knowingly, the socket never does.
   Status Send(const std::string& peer, std::string_view body);
+  // The same, handing `body` to ZeroMQ without a copy: it is empty afterwards if it was queued
+  // and unchanged if not.
+  Status Send(const std::string& peer, zmq::message_t& body);
 
   // For zmq::poll together with other sockets; do not change options or bind through it.
   zmq::socket_t& socket() { return socket_; }
@@ -121,6 +145,10 @@ class RouterServer {
 
  private:
   RouterServer(zmq::socket_t socket, std::string endpoint);
+  // Sends the routing frame of a message to `peer`; false if its pipe is full.
+  bool SendRoutingFrame(const std::string& peer);
+  Status PipeFullMidMessage(const std::string& peer);
+  Status SendFailed(const zmq::error_t& e, const std::string& peer);
 
   zmq::socket_t socket_;
   std::string endpoint_;
@@ -157,6 +185,11 @@ class DealerClient {
   // timeout or when a signal interrupts the wait. Multi-frame messages are discarded and
   // counted in malformed_frames().
   Result<std::optional<std::string>> Receive(int timeout_ms);
+
+  // Takes up to `max` one-frame messages that are already waiting, without waiting, and
+  // appends them to `out` as ZeroMQ delivered them (no copy); returns how many. Multi-frame
+  // messages are discarded and counted as by Receive.
+  Result<size_t> ReceiveBurst(size_t max, std::vector<zmq::message_t>* out);
 
   // Whether a tcp/ipc connection has completed its ZMTP handshake and not dropped since
   // (from the socket monitor). Always true for inproc, which has no link to lose.

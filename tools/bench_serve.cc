@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "common/datasets.h"
+#include "common/feature_coding.h"
 #include "common/file_util.h"
 #include "common/inference_wire.h"
 #include "common/process_stats.h"
@@ -66,10 +67,16 @@ int64_t RssOf(pid_t pid, const char* field) {
   return kib * 1024;
 }
 
-// Feature requests for `n` test images: what the bundle's int8 head would send.
+// Feature requests for `n` test images: what the bundle's int8 head would send at its
+// deployment split point, in the wire version of options.wire_version (2, what edges send by
+// default: coded features and a layout tag; 1: the model name and a self-describing tensor).
 Result<std::vector<wire::InferRequest>> MakeRequestPool(const Bundle& bundle,
                                                         const BenchServeOptions& options) {
   if (options.pool <= 0) return Status::InvalidArgument("bench serve: --pool must be >= 1");
+  if (options.wire_version != wire::kProtocolVersion &&
+      options.wire_version != wire::kCompactProtocolVersion) {
+    return Status::InvalidArgument("bench serve: --wire-version must be 1 or 2");
+  }
   split::EdgeModel::Options edge_options;
   edge_options.int8 = true;
   CLEAVE_ASSIGN_OR_RETURN(auto edge, split::EdgeModel::Load(bundle, edge_options));
@@ -85,15 +92,27 @@ Result<std::vector<wire::InferRequest>> MakeRequestPool(const Bundle& bundle,
   std::vector<uint32_t> row_shape = {1};
   for (uint32_t d : edge->feature_shape()) row_shape.push_back(d);
   const int64_t row_elems = features.numel() / n;
+  const wire::FeatureLayout layout = edge->layout(0);
   std::vector<wire::InferRequest> pool;
   for (int64_t i = 0; i < n; ++i) {
+    const float* row = features.data_ptr<float>() + i * row_elems;
     wire::InferRequest request;
-    request.model = edge->model_name();
-    request.input = wire::InputKind::kFeatures;
-    CLEAVE_ASSIGN_OR_RETURN(
-        request.features,
-        wire::EncodeTensor(features.data_ptr<float>() + i * row_elems, row_shape,
-                           edge->wire_dtype(), /*channel_axis=*/1, &edge->wire_quant()));
+    if (options.wire_version == wire::kCompactProtocolVersion) {
+      // As edge::EdgeEngine codes an offloaded input.
+      request.protocol_version = wire::kCompactProtocolVersion;
+      request.split = 0;
+      request.layout_tag = edge->layout_tag(0);
+      CLEAVE_ASSIGN_OR_RETURN(auto coded, wire::CodeFeaturesShortest(layout, row));
+      request.coded = std::move(coded.first);
+      request.input =
+          coded.second ? wire::InputKind::kPackedFeatures : wire::InputKind::kCodedFeatures;
+    } else {
+      request.model = edge->model_name();
+      request.input = wire::InputKind::kFeatures;
+      CLEAVE_ASSIGN_OR_RETURN(request.features,
+                              wire::EncodeTensor(row, row_shape, edge->wire_dtype(),
+                                                 /*channel_axis=*/1, &edge->wire_quant()));
+    }
     pool.push_back(std::move(request));
   }
   return pool;
@@ -103,11 +122,12 @@ Result<std::vector<wire::InferRequest>> MakeRequestPool(const Bundle& bundle,
 // inputs are the pool's features decoded exactly as the daemon decodes them.
 Result<double> CeilingRps(split::CloudModel& model, const std::vector<wire::InferRequest>& pool,
                           int batch, double seconds) {
+  const wire::FeatureLayout layout = model.layout(0);
   std::vector<float> rows;
   for (int i = 0; i < batch; ++i) {
     CLEAVE_ASSIGN_OR_RETURN(
         std::vector<float> decoded,
-        wire::DecodeTensor(pool[static_cast<size_t>(i) % pool.size()].features));
+        wire::DecodeRequestFeatures(pool[static_cast<size_t>(i) % pool.size()], layout));
     rows.insert(rows.end(), decoded.begin(), decoded.end());
   }
   std::vector<int64_t> shape = {batch};
@@ -221,6 +241,7 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
   report["max_queue_wait_us"] = options.max_queue_wait_us;
   report["throughput_queue_wait_us"] = options.throughput_queue_wait_us;
   report["overloaded_backoff_ms"] = options.overloaded_backoff_ms;
+  report["wire_version"] = options.wire_version;
   report["request_bytes"] = WireBytes(wire::EncodeInferRequest(pool[0]).size());
 
   // (b) The ceiling: the tail alone, batched, in this process.
@@ -399,6 +420,10 @@ std::string BenchServeMarkdown(const json& report) {
   if (report.contains("tail_precision")) {
     md += "| tail precision | " + report.at("tail_precision").get<std::string>() + " |\n";
   }
+  if (report.contains("wire_version")) {
+    md +=
+        "| request wire version | " + std::to_string(report.at("wire_version").get<int>()) + " |\n";
+  }
   md += "| request bytes on the wire | " +
         std::to_string(report.at("request_bytes").get<int64_t>()) + " |\n";
   md += "\n| target (issue 5) | met |\n|---|---|\n";
@@ -462,6 +487,11 @@ void RegisterBenchServeCommand(CLI::App& bench) {
       ->check(CLI::PositiveNumber);
   cmd->add_option("--pool", options->pool, "distinct test images whose features are sent")
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--wire-version", options->wire_version,
+                  "request encoding: 2 (coded features and a layout tag, what edges send) or 1 "
+                  "(model name and tensor, as edge.wire_version = 1)")
+      ->check(CLI::IsMember({1, 2}))
+      ->capture_default_str();
   cmd->callback([options] {
     Result<json> report = RunBenchServe(*options);
     if (!report.ok()) {

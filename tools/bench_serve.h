@@ -57,6 +57,8 @@ struct BenchServeOptions {
   double overloaded_backoff_ms = 1.0;
   int deadline_ms = 2000;  // per request
   int pool = 512;          // distinct test images whose features are sent
+  // Request encoding (wire::kCompactProtocolVersion, what edges send by default, or 1).
+  int wire_version = 2;
 };
 
 // Runs every phase and returns the JSON report (also written to json_out).

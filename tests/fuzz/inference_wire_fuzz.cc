@@ -1,5 +1,6 @@
 // libFuzzer target for the split-inference wire decoders: DecodeInferRequest (versions 1 and
-// 2), DecodeInferReply, PeekRequestId, and what the cloud does next with a decoded request
+// 2), PeekInferRequest (what it reads agrees with the full decode), DecodeInferReply,
+// PeekRequestId, and what the cloud does next with a decoded request
 // (DecodeTensor on version 1 features, DecodeRequestFeatures with a bundle-like layout -
 // packed, and entropy-coded - on version 2 features, DecodePng on a raw image). Anything that
 // decodes must survive an encode/decode round trip unchanged.
@@ -47,8 +48,16 @@ const FeatureLayout& CodedLayout() {
 }
 
 void CheckRequest(std::string_view bytes) {
+  // The cloud's admission reads the header only (any bytes: no crash); whatever decodes in full
+  // must peek to the same fields.
+  auto header = PeekInferRequest(bytes);
   auto request = DecodeInferRequest(bytes);
   if (!request.ok()) return;
+  Require(header.ok());
+  Require(header->protocol_version == request->protocol_version &&
+          header->request_id == request->request_id &&
+          header->deadline_ms == request->deadline_ms && header->input == request->input &&
+          header->split == request->split && header->layout_tag == request->layout_tag);
   Require(PeekRequestId(bytes) == request->request_id);
   if (request->input == InputKind::kFeatures) {
     auto values = DecodeTensor(request->features);

@@ -296,6 +296,82 @@ TEST_F(TailServerTest, ConcurrentRequestsAreBatchedAndAllAnswered) {
   EXPECT_GE(largest_batch, 1u);
 }
 
+// The socket thread admits by the header alone; the workers decode. A burst mixing good
+// requests of both versions with requests whose header is fine but whose payload is not
+// (decoded on a worker, in the middle of a batch) gets one reply per request: the good ones
+// their scores, the bad ones an error naming the problem, and serving goes on.
+TEST_F(TailServerTest, PayloadsRefusedByTheWorkersGetErrorsAndTheirBatchIsServed) {
+  const wire::FeatureLayout layout = reference_->layout(0);
+  torch::manual_seed(41);
+  const torch::Tensor f = torch::randn({1, 2, 7, 7});
+  Result<std::string> coded = wire::CodeFeatures(layout, f.data_ptr<float>());
+  ASSERT_TRUE(coded.ok()) << coded.status().ToString();
+  wire::InferRequest compact;
+  compact.protocol_version = wire::kCompactProtocolVersion;
+  compact.input = wire::InputKind::kCodedFeatures;
+  compact.layout_tag = reference_->layout_tag(0);
+  compact.coded = *coded;
+
+  std::map<uint64_t, std::string> expected_error;  // id -> fragment; absent: ok
+  std::vector<std::string> burst;
+  std::vector<float> values;
+  for (uint64_t id = 1; id <= 60; ++id) {
+    wire::InferRequest r = compact;
+    r.request_id = id;
+    switch (id % 6) {
+      case 1:  // features that do not decode in the layout
+        r.input = wire::InputKind::kPackedFeatures;
+        r.coded.pop_back();
+        expected_error[id] = "bytes";
+        break;
+      case 2:  // an empty payload: the decoder refuses it
+        r.coded.clear();
+        expected_error[id] = "features is empty";
+        break;
+      case 3: {  // version 1 naming another model
+        r = FeatureRequest(id, &values);
+        r.model = "imagenet";
+        expected_error[id] = "not served";
+        break;
+      }
+      case 4:  // version 1, good
+        r = FeatureRequest(id, &values);
+        break;
+      case 5: {  // version 1 with a tensor the decoder refuses
+        r = FeatureRequest(id, &values);
+        r.features.data.pop_back();
+        expected_error[id] = "features";
+        break;
+      }
+      default: break;  // version 2, good
+    }
+    burst.push_back(wire::EncodeInferRequest(r));
+  }
+  for (const std::string& bytes : burst) ASSERT_TRUE(client_->Send(bytes, 1000).ok());
+  std::set<uint64_t> answered;
+  for (size_t i = 0; i < burst.size(); ++i) {
+    auto msg = client_->Receive(10000);
+    ASSERT_TRUE(msg.ok() && msg->has_value()) << "replies: " << answered.size();
+    auto reply = wire::DecodeInferReply(**msg);
+    ASSERT_TRUE(reply.ok()) << reply.status().ToString();
+    EXPECT_TRUE(answered.insert(reply->request_id).second) << "answered twice";
+    auto fragment = expected_error.find(reply->request_id);
+    if (fragment == expected_error.end()) {
+      EXPECT_EQ(reply->status, wire::ReplyStatus::kOk) << reply->request_id << reply->error;
+      EXPECT_EQ(reply->scores.size(), 10u);
+    } else {
+      EXPECT_EQ(reply->status, wire::ReplyStatus::kError) << reply->request_id;
+      EXPECT_NE(reply->error.find(fragment->second), std::string::npos)
+          << reply->request_id << ": " << reply->error;
+    }
+  }
+  EXPECT_EQ(answered.size(), burst.size());
+  wire::InferRequest after = compact;
+  after.request_id = 99;
+  EXPECT_EQ(RoundTrip(wire::EncodeInferRequest(after)).status, wire::ReplyStatus::kOk);
+  EXPECT_EQ(server_->queued_requests(), 0u);
+}
+
 TEST_F(TailServerTest, MetricsCountOutcomesWireBytesAndBatches) {
   // What the client put on and took off the wire, to compare with the server's counts.
   uint64_t bytes_to_server = 0, bytes_from_server = 0;

@@ -456,5 +456,92 @@ TEST(WireTest, VersionsOtherThanOneAndTwoAreRefused) {
             StatusCode::kVersionMismatch);
 }
 
+// What the cloud's socket thread admits by: the header of either version, without the payload.
+TEST(WireTest, PeekReadsTheHeaderOfBothVersions) {
+  InferRequest compact = CompactRequest(37);
+  auto header = PeekInferRequest(EncodeInferRequest(compact));
+  ASSERT_TRUE(header.ok()) << header.status().ToString();
+  EXPECT_EQ(header->protocol_version, kCompactProtocolVersion);
+  EXPECT_EQ(header->request_id, 1234u);
+  EXPECT_EQ(header->deadline_ms, 250u);
+  EXPECT_EQ(header->split, 1);
+  EXPECT_EQ(header->layout_tag, 0xBEEF);
+  EXPECT_EQ(header->input, InputKind::kCodedFeatures);
+  compact.input = InputKind::kPackedFeatures;
+  EXPECT_EQ(PeekInferRequest(EncodeInferRequest(compact))->input, InputKind::kPackedFeatures);
+  compact.input = InputKind::kPng;
+  compact.png = "png";
+  EXPECT_EQ(PeekInferRequest(EncodeInferRequest(compact))->input, InputKind::kPng);
+
+  const InferRequest v1 = FeaturesRequest();
+  auto v1_header = PeekInferRequest(EncodeInferRequest(v1));
+  ASSERT_TRUE(v1_header.ok()) << v1_header.status().ToString();
+  EXPECT_EQ(v1_header->protocol_version, kProtocolVersion);
+  EXPECT_EQ(v1_header->request_id, 42u);
+  EXPECT_EQ(v1_header->deadline_ms, 150u);
+  EXPECT_EQ(v1_header->input, InputKind::kFeatures);
+}
+
+// The peek refuses what is not a request of a known version, with DecodeInferRequest's
+// messages, and leaves the payload to the decoder: a request whose payload is bad peeks fine.
+TEST(WireTest, PeekRefusesGarbageAndOtherVersionsButNotBadPayloads) {
+  InferRequest request = CompactRequest(4);
+  request.protocol_version = 3;
+  const std::string other_version = EncodeInferRequest(request);
+  EXPECT_EQ(PeekInferRequest(other_version).status().code(), StatusCode::kVersionMismatch);
+  EXPECT_EQ(PeekInferRequest(other_version).status().message(),
+            DecodeInferRequest(other_version).status().message());
+  EXPECT_FALSE(PeekInferRequest("").ok());
+  EXPECT_FALSE(PeekInferRequest("\x10\x20\x30 not a message").ok());
+  const std::string whole = EncodeInferRequest(CompactRequest(20));
+  for (size_t cut = 0; cut < whole.size(); ++cut) {
+    EXPECT_FALSE(PeekInferRequest(whole.substr(0, cut)).ok()) << cut;
+  }
+  EXPECT_FALSE(PeekInferRequest(whole + "x").ok());
+
+  InferRequest empty = CompactRequest(0);  // no features: the decoder refuses it
+  ASSERT_TRUE(PeekInferRequest(EncodeInferRequest(empty)).ok());
+  ExpectInvalid(DecodeInferRequest(EncodeInferRequest(empty)).status(), "features is empty");
+  InferRequest bad_model = FeaturesRequest();
+  bad_model.model = std::string("a\x01b", 3);
+  ASSERT_TRUE(PeekInferRequest(EncodeInferRequest(bad_model)).ok());
+  EXPECT_FALSE(DecodeInferRequest(EncodeInferRequest(bad_model)).ok());
+}
+
+// The encoders into a caller's buffer build in the thread's scratch words: the bytes are those
+// of the allocating encoders, also for messages too large for the scratch and one after the
+// other (the scratch is zeroed again between messages).
+TEST(WireTest, EncodingIntoABufferGivesTheSameBytes) {
+  std::string buffer;
+  InferReply reply = OkReply();
+  EncodeInferReply(reply, &buffer);
+  EXPECT_EQ(buffer, EncodeInferReply(reply));
+  InferReply error;
+  error.request_id = 7;
+  error.status = ReplyStatus::kError;
+  error.error = "short";
+  EncodeInferReply(error, &buffer);
+  EXPECT_EQ(buffer, EncodeInferReply(error));
+  auto decoded = DecodeInferReply(buffer);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_TRUE(decoded->scores.empty());
+  EXPECT_EQ(decoded->error, "short");
+  InferReply large = OkReply();  // far beyond the scratch words
+  large.num_classes = 5000;
+  large.scores.assign(10000, 0.5f);
+  EncodeInferReply(large, &buffer);
+  EXPECT_EQ(buffer, EncodeInferReply(large));
+  EXPECT_EQ(DecodeInferReply(buffer)->scores.size(), 10000u);
+  EncodeInferReply(reply, &buffer);
+  EXPECT_EQ(DecodeInferReply(buffer)->scores, reply.scores);
+
+  for (const InferRequest& request : {FeaturesRequest(), CompactRequest(37)}) {
+    EncodeInferRequest(request, &buffer);
+    auto back = DecodeInferRequest(buffer);
+    ASSERT_TRUE(back.ok()) << back.status().ToString();
+    EXPECT_EQ(back->request_id, request.request_id);
+  }
+}
+
 }  // namespace
 }  // namespace cleave::wire

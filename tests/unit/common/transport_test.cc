@@ -279,6 +279,91 @@ TEST(TransportTest, MalformedFrameLayoutIsCountedAndServerKeepsServing) {
   raw.close();
 }
 
+// Waits (without a timing assertion) until a message waits on `server`'s socket: ReceiveBurst
+// itself never waits. On inproc, every message sent before is then queued too.
+void WaitUntilReadable(RouterServer& server) {
+  zmq_pollitem_t item{server.socket().handle(), 0, ZMQ_POLLIN, 0};
+  ASSERT_EQ(zmq_poll(&item, 1, kWaitMs), 1);
+}
+
+TEST(TransportTest, ReceiveBurstTakesWhatWaitsUpToTheLimitWithoutCopying) {
+  TransportContext context;
+  const std::string endpoint = UniqueInproc("burst");
+  auto server = RouterServer::Bind(context, endpoint);
+  ASSERT_TRUE(server.ok());
+  auto client = DealerClient::Connect(context, endpoint);
+  ASSERT_TRUE(client.ok());
+  constexpr int kMessages = 40;
+  for (int i = 0; i < kMessages; ++i) {
+    ASSERT_TRUE((*client)->Send("message " + std::to_string(i), kWaitMs).ok());
+  }
+  // Everything sent on inproc is queued at the server once Send returned.
+  WaitUntilReadable(**server);
+  std::vector<InboundMessage> burst;
+  std::vector<std::string> bodies;
+  while (bodies.size() < static_cast<size_t>(kMessages)) {
+    burst.clear();
+    auto got = (*server)->ReceiveBurst(16, &burst);
+    ASSERT_TRUE(got.ok()) << got.status().ToString();
+    ASSERT_LE(*got, 16u);
+    ASSERT_GT(*got, 0u) << "messages were lost after " << bodies.size();
+    ASSERT_EQ(burst.size(), *got);
+    for (InboundMessage& message : burst) {
+      bodies.emplace_back(message.bytes());
+      EXPECT_EQ(message.identity().rfind("conn:", 0), 0u) << message.identity();
+    }
+  }
+  for (int i = 0; i < kMessages; ++i) EXPECT_EQ(bodies[i], "message " + std::to_string(i));
+  burst.clear();
+  auto none = (*server)->ReceiveBurst(16, &burst);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(*none, 0u);  // nothing waits: returns at once
+
+  // The frame is sent back as it is (Send of a zmq message), and the client takes a burst.
+  ASSERT_TRUE((*client)->Send("last", kWaitMs).ok());
+  WaitUntilReadable(**server);
+  ASSERT_TRUE((*server)->ReceiveBurst(16, &burst).ok());
+  ASSERT_EQ(burst.size(), 1u);
+  zmq::message_t echo(burst[0].bytes().data(), burst[0].bytes().size());
+  ASSERT_TRUE((*server)->Send(burst[0].peer, echo).ok());
+  ASSERT_TRUE((*server)->Send(burst[0].peer, burst[0].body).ok());
+  EXPECT_EQ(burst[0].body.size(), 0u) << "the sent frame was handed to ZeroMQ";
+  std::vector<zmq::message_t> replies;
+  while (replies.size() < 2) {
+    zmq_pollitem_t item{(*client)->socket().handle(), 0, ZMQ_POLLIN, 0};
+    ASSERT_EQ(zmq_poll(&item, 1, kWaitMs), 1);
+    ASSERT_TRUE((*client)->ReceiveBurst(8, &replies).ok());
+  }
+  EXPECT_EQ(replies[0].to_string(), "last");
+  EXPECT_EQ(replies[1].to_string(), "last");
+  EXPECT_EQ((*server)->bytes_sent(), 8u);
+}
+
+TEST(TransportTest, ReceiveBurstDiscardsMalformedLayoutsAndKeepsTheRest) {
+  TransportContext context;
+  const std::string endpoint = UniqueInproc("burst-malformed");
+  auto server = RouterServer::Bind(context, endpoint);
+  ASSERT_TRUE(server.ok());
+  zmq::socket_t raw(context.raw(), zmq::socket_type::dealer);
+  raw.set(zmq::sockopt::linger, 0);
+  raw.connect(endpoint);
+  raw.send(zmq::str_buffer("first"), zmq::send_flags::none);
+  raw.send(zmq::str_buffer("a"), zmq::send_flags::sndmore);  // two body frames
+  raw.send(zmq::str_buffer("b"), zmq::send_flags::none);
+  raw.send(zmq::str_buffer("second"), zmq::send_flags::none);
+  WaitUntilReadable(**server);
+  std::vector<InboundMessage> burst;
+  auto got = (*server)->ReceiveBurst(16, &burst);
+  ASSERT_TRUE(got.ok()) << got.status().ToString();
+  ASSERT_EQ(*got, 2u);
+  ASSERT_EQ(burst.size(), 2u);
+  EXPECT_EQ(burst[0].bytes(), "first");
+  EXPECT_EQ(burst[1].bytes(), "second");
+  EXPECT_EQ((*server)->malformed_frames(), 1u);
+  EXPECT_EQ((*server)->bytes_received(), 11u);
+  raw.close();
+}
+
 TEST(TransportTest, ClientDiscardsMultiFrameReplies) {
   TransportContext context;
   const std::string endpoint = UniqueInproc("client-malformed");
