@@ -50,23 +50,6 @@ json OutcomesJson(const Outcomes& o) {
           {"error", o.error}};
 }
 
-// Resident set size of another process (VmRSS / VmHWM from /proc/<pid>/status), bytes.
-int64_t RssOf(pid_t pid, const char* field) {
-  std::FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
-  if (f == nullptr) return 0;
-  char line[256];
-  int64_t kib = 0;
-  const size_t len = std::strlen(field);
-  while (std::fgets(line, sizeof(line), f) != nullptr) {
-    if (std::strncmp(line, field, len) == 0 && line[len] == ':') {
-      kib = std::strtoll(line + len + 1, nullptr, 10);
-      break;
-    }
-  }
-  std::fclose(f);
-  return kib * 1024;
-}
-
 // Feature requests for `n` test images: what the bundle's int8 head would send at its
 // deployment split point, in the wire version of options.wire_version (2, what edges send by
 // default: coded features and a layout tag; 1: the model name and a self-describing tensor).
@@ -316,7 +299,7 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
 
   // (d) Overload: offered rate = factor x measured capacity.
   const double offered_rps = options.overload_factor * batched_rps;
-  const int64_t rss_before = RssOf(cloud.pid, "VmRSS");
+  const int64_t rss_before = ProcessRssBytes(cloud.pid, "VmRSS");
   int64_t rss_max = rss_before;
   {
     std::fprintf(stderr, "overload: offering %.0f req/s for %.0f s...\n", offered_rps,
@@ -325,8 +308,9 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
                             LoadGenerator::Connect(context, cloud.launched.endpoint,
                                                    std::max(1, options.overload_clients), pool));
     CLEAVE_ASSIGN_OR_RETURN(
-        Outcomes o, gen->OpenLoop(offered_rps, options.overload_seconds, options.deadline_ms,
-                                  [&] { rss_max = std::max(rss_max, RssOf(cloud.pid, "VmRSS")); }));
+        Outcomes o, gen->OpenLoop(offered_rps, options.overload_seconds, options.deadline_ms, [&] {
+          rss_max = std::max(rss_max, ProcessRssBytes(cloud.pid, "VmRSS"));
+        }));
     json overload = OutcomesJson(o);
     overload["offered_rps"] = offered_rps;
     overload["sent"] = o.sent;
@@ -351,7 +335,7 @@ Result<json> RunBenchServe(const BenchServeOptions& options) {
                  overload["admitted_p99_ms"].get<double>(),
                  overload["server_p99_ms"].get<double>());
   }
-  report["peak_rss_bytes"] = RssOf(cloud.pid, "VmHWM");
+  report["peak_rss_bytes"] = ProcessRssBytes(cloud.pid, "VmHWM");
   (void)cloud.launched.process->Stop(5000);
   std::error_code ec;
   std::filesystem::remove_all(work, ec);

@@ -360,7 +360,12 @@ std::string BenchStreamMarkdown(const json& report) {
   auto count = [](const json& obj, const char* key) {
     return obj.contains(key) ? std::to_string(obj.at(key).get<uint64_t>()) : std::string("0");
   };
-  for (const auto& [rate, r] : report.at("rates").items()) {
+  std::vector<std::pair<double, std::string>> order;  // JSON keys sort as text: "100" < "30"
+  for (const auto& [rate, r] : report.at("rates").items())
+    order.emplace_back(std::stod(rate), rate);
+  std::sort(order.begin(), order.end());
+  for (const auto& [fps, rate] : order) {
+    const json& r = report.at("rates").at(rate);
     std::string drops = std::to_string(r.at("dropped").get<uint64_t>());
     if (!r.at("dropped_by_reason").empty()) {
       drops += " (";
