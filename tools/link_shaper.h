@@ -63,7 +63,7 @@ class LinkShaper {
   // shaped by `trace`, whose time 0 is now. `context` and `clock` must outlive the shaper.
   static Result<std::unique_ptr<LinkShaper>> Start(TransportContext& context,
                                                    const std::string& upstream, LinkTrace trace,
-                                                   const Clock& clock, size_t max_queued = 4096);
+                                                   const cleave::Clock& clock, size_t max_queued = 4096);
   ~LinkShaper();
   LinkShaper(const LinkShaper&) = delete;
   LinkShaper& operator=(const LinkShaper&) = delete;
@@ -72,6 +72,9 @@ class LinkShaper {
   const std::string& endpoint() const { return endpoint_; }
   // Seconds since the trace started (its clock).
   double Elapsed() const;
+  // Starts the trace again from its first step now (e.g. once the edge behind it is up and
+  // warm); messages already queued keep the delay they were given. Any thread.
+  void RestartTrace();
   LinkShaperStats stats() const;
 
  private:
