@@ -27,7 +27,7 @@ std::vector<AdaptiveRecord> Records(int window, int n, int hits, int correct, do
   return out;
 }
 
-AdaptiveRun Run(const std::string& name, std::vector<std::vector<AdaptiveRecord>> parts) {
+AdaptiveRun MakeRun(const std::string& name, std::vector<std::vector<AdaptiveRecord>> parts) {
   AdaptiveRun run;
   run.name = name;
   for (auto& part : parts) run.records.insert(run.records.end(), part.begin(), part.end());
@@ -69,7 +69,7 @@ TEST(AdaptiveReportTest, AnEmptySetHasNoFigures) {
   const AdaptiveFigures f = SummarizeRecords({}, kSlo);
   EXPECT_EQ(f.requests, 0u);
   EXPECT_TRUE(FiguresJson(f).is_null());
-  const AdaptiveRun run = Run("adaptive", {Records(0, 5, 5, 5)});
+  const AdaptiveRun run = MakeRun("adaptive", {Records(0, 5, 5, 5)});
   EXPECT_EQ(SummarizeWindow(run, 1, kSlo).requests, 0u);
   EXPECT_EQ(SummarizeWindow(run, -1, kSlo).requests, 5u);
   const nlohmann::json j = FiguresJson(SummarizeWindow(run, 0, kSlo));
@@ -142,11 +142,11 @@ TEST(AdaptiveReportTest, ReconvergenceIgnoresProbesAndUnansweredRequests) {
 // window 0. The best static is static_fast, the oracle takes static_accurate in window 0 and
 // static_fast in window 1.
 TEST(AdaptiveReportTest, BestStaticAndOracleFromTheStaticRuns) {
-  const AdaptiveRun fast = Run("static_local", {Records(0, 100, 100, 80), Records(1, 100, 100, 80)});
+  const AdaptiveRun fast = MakeRun("static_local", {Records(0, 100, 100, 80), Records(1, 100, 100, 80)});
   const AdaptiveRun accurate =
-      Run("static_1_off", {Records(0, 100, 100, 95, 3000), Records(1, 100, 40, 95, 3000)});
+      MakeRun("static_1_off", {Records(0, 100, 100, 95, 3000), Records(1, 100, 40, 95, 3000)});
   const AdaptiveRun adaptive =
-      Run("adaptive", {Records(0, 100, 99, 95, 2970, "1:off"), Records(1, 100, 98, 80, 0, "local")});
+      MakeRun("adaptive", {Records(0, 100, 99, 95, 2970, "1:off"), Records(1, 100, 98, 80, 0, "local")});
   const nlohmann::json r = AnalyzeAdaptiveRuns(adaptive, {fast, accurate}, 2, kSlo, 0.95);
   EXPECT_EQ(r["best_static"], "static_local");
   EXPECT_EQ(r["oracle_picks"][0], "static_1_off");
@@ -173,26 +173,26 @@ TEST(AdaptiveReportTest, BestStaticAndOracleFromTheStaticRuns) {
 }
 
 TEST(AdaptiveReportTest, TargetsCompareWithTheStatedMargins) {
-  const AdaptiveRun fast = Run("static_local", {Records(0, 100, 96, 80), Records(1, 100, 96, 80)});
+  const AdaptiveRun fast = MakeRun("static_local", {Records(0, 100, 96, 80), Records(1, 100, 96, 80)});
   // Equal to the best static (and the oracle) in each window: ties meet ">="; but 1 point
   // less accurate than the oracle.
   const AdaptiveRun adaptive =
-      Run("adaptive", {Records(0, 100, 96, 78), Records(1, 100, 96, 80)});
+      MakeRun("adaptive", {Records(0, 100, 96, 78), Records(1, 100, 96, 80)});
   nlohmann::json r = AnalyzeAdaptiveRuns(adaptive, {fast}, 2, kSlo, 0.95);
   EXPECT_TRUE(r["targets"]["adaptive_ge_best_static_every_window"].get<bool>());
   EXPECT_TRUE(r["targets"]["adaptive_within_2pt_of_oracle"].get<bool>());
   EXPECT_FALSE(r["targets"]["adaptive_accuracy_within_0.5pt_of_oracle"].get<bool>());
   // 2.5 points below the oracle's hit rate overall: outside 2 points.
-  const AdaptiveRun slow = Run("adaptive", {Records(0, 100, 94, 80), Records(1, 100, 93, 80)});
+  const AdaptiveRun slow = MakeRun("adaptive", {Records(0, 100, 94, 80), Records(1, 100, 93, 80)});
   r = AnalyzeAdaptiveRuns(slow, {fast}, 2, kSlo, 0.95);
   EXPECT_FALSE(r["targets"]["adaptive_within_2pt_of_oracle"].get<bool>());
   EXPECT_TRUE(r["targets"]["adaptive_accuracy_within_0.5pt_of_oracle"].get<bool>());
 }
 
 TEST(AdaptiveReportTest, EmptyWindowsHaveNullFiguresAndTakeNoPartInTheTargets) {
-  const AdaptiveRun fast = Run("static_local", {Records(0, 50, 50, 40), Records(2, 50, 50, 40)});
+  const AdaptiveRun fast = MakeRun("static_local", {Records(0, 50, 50, 40), Records(2, 50, 50, 40)});
   const AdaptiveRun adaptive =
-      Run("adaptive", {Records(0, 50, 50, 45, 0, "local"), Records(2, 50, 50, 45, 0, "local")});
+      MakeRun("adaptive", {Records(0, 50, 50, 45, 0, "local"), Records(2, 50, 50, 45, 0, "local")});
   const nlohmann::json r = AnalyzeAdaptiveRuns(adaptive, {fast}, 3, kSlo, 0.95);
   ASSERT_EQ(r["windows"].size(), 3u);
   EXPECT_TRUE(r["windows"][1]["adaptive"].is_null());
