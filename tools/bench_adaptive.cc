@@ -439,9 +439,10 @@ std::string BenchAdaptiveMarkdown(const json& report) {
     std::snprintf(buf, sizeof(buf), "%.*f", digits, scale * v.get<double>());
     return std::string(buf);
   };
-  auto row = [&](const std::string& name, const json& f) {
-    if (f.is_null()) return "| `" + name + "` | - | - | - | - |\n";
-    return "| `" + name + "` | " + fixed(f.at("slo_hit_rate"), 1, 100) + " % | " +
+  auto row = [&](const std::string& name, const json& f, const std::string& note = "") {
+    const std::string label = "`" + name + "`" + note;
+    if (f.is_null()) return "| " + label + " | - | - | - | - |\n";
+    return "| " + label + " | " + fixed(f.at("slo_hit_rate"), 1, 100) + " % | " +
            fixed(f.at("p99_ms"), 1) + " | " + fixed(f.at("accuracy"), 2, 100) + " % | " +
            fixed(f.at("bytes_per_request_mean"), 1) + " |\n";
   };
@@ -464,7 +465,7 @@ std::string BenchAdaptiveMarkdown(const json& report) {
   md += row("oracle", policies.at("oracle"));
   for (const auto& [name, f] : policies.items()) {
     if (name != "adaptive" && name != "oracle") {
-      md += row(name == best ? name + "` (best static) `" : name, f);
+      md += row(name, f, name == best ? " (best static)" : "");
     }
   }
   const json& windows = report.at("windows");
@@ -483,7 +484,7 @@ std::string BenchAdaptiveMarkdown(const json& report) {
           " requests:\n\n" + header;
     md += row("adaptive", windows[i].at("adaptive"));
     md += row("oracle", windows[i].at("oracle"));
-    if (!best.empty()) md += row(best + "` (best static) `", windows[i].at(best));
+    if (!best.empty()) md += row(best, windows[i].at(best), " (best static)");
   }
   md += "\n| target | met |\n|---|---|\n";
   for (const auto& [key, value] : report.at("targets").items()) {
