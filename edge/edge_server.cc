@@ -323,10 +323,15 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       edge_api::ClassifyReply reply;
       reply.request_id = in.request.request_id;
       // Without a cloud every answer is the edge's; an input the policy wanted to offload is
-      // then degraded.
-      reply.source =
-          d.exit_index >= 0 ? edge_api::AnswerSource::kEdgeExit : edge_api::AnswerSource::kDegraded;
-      if (d.exit_index < 0 && pending_full) {
+      // then degraded. A probe's request while the policy keeps everything local is answered
+      // by its best exit as the local option would be: not degraded.
+      const bool local_by_choice = d.exit_index < 0 && cloud_ && !pending_full &&
+                                   od.reason == DecisionReason::kLocalOption;
+      reply.source = d.exit_index >= 0 || local_by_choice ? edge_api::AnswerSource::kEdgeExit
+                                                          : edge_api::AnswerSource::kDegraded;
+      if (local_by_choice) {
+        // Nothing to explain: the policy's current option answers here.
+      } else if (d.exit_index < 0 && pending_full) {
         reply.error = "too many requests waiting for the cloud (edge.max_pending = " +
                       std::to_string(options_.max_pending) + ")";
         ++stats_.pending_full;
@@ -361,7 +366,9 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
         }
       }
       reply.total_micros = static_cast<uint64_t>(SteadyMicros() - in.received_us);
-      Reply(in.peer, reply, d.exit_index >= 0 ? Outcome::kExit : Outcome::kDegraded, in.enveloped);
+      Reply(in.peer, reply,
+            reply.source == edge_api::AnswerSource::kEdgeExit ? Outcome::kExit : Outcome::kDegraded,
+            in.enveloped);
       // An exit's answer is a pseudo-label candidate; any answer can get feedback later.
       Observe(in.peer, in.request.request_id, images[k][0], torch::Tensor(),
               d.exit_index >= 0 ? torch::tensor(d.best_scores) : torch::Tensor());

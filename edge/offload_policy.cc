@@ -391,6 +391,13 @@ OffloadDecision OffloadPolicy::Decide(const OffloadPlan& plan, double confidence
   if (confidence >= o.exit_threshold) {
     d.reason = DecisionReason::kConfident;
     ++counters_.local_confident;
+  } else if (plan.probe && !options_.menu[current_].offloads()) {
+    // The policy keeps everything local (the link or the cloud is too slow for any offloading
+    // option): the probe's request is served as the current option serves it, on the edge at
+    // once, and its features go only to refresh the estimates. Sending it for its answer would
+    // make it wait on the very link the policy judged too slow.
+    d.reason = DecisionReason::kLocalOption;
+    ++counters_.local_option;
   } else if (!(remaining_ms >= d.predicted_leg_ms)) {  // also NaN
     d.reason = DecisionReason::kDeadline;
     ++counters_.local_deadline;

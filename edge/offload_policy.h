@@ -51,7 +51,8 @@
 // Probing (slo, bytes): when nothing was heard from the cloud for probe_interval_us (the current
 // option offloads nothing, or the guard kept everything local), Plan marks one request as a
 // probe: on the current option if it offloads, else on the offloading option with the fewest
-// request bytes. At most one probe per probe_interval_us (default: one a second) while that
+// request bytes; in that case Decide answers the probe's request on the edge at once (reason
+// local_option, as the current option would) and only sends its features (send_probe). At most one probe per probe_interval_us (default: one a second) while that
 // silence lasts; while the current option offloads nothing although a more accurate one
 // offloads, recovery_probe_interval_us (default 100 ms) instead, so that a link that recovers
 // is noticed within about a second rather than the six seconds six probes a second apart take. Decide offloads a probe like any request when it may; otherwise it answers
@@ -132,7 +133,7 @@ struct OffloadPlan {
 enum class DecisionReason : uint8_t {
   kOffload,      // not confident, and the cloud can answer in time
   kConfident,    // an exit reached the threshold
-  kLocalOption,  // the plan's option never offloads
+  kLocalOption,  // the plan's option never offloads, or a probe while the current one does not
   kDeadline,     // the cloud leg at the percentile would end past the deadline
 };
 // "offload", "confident", "local_option", "deadline".

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -258,7 +259,12 @@ Result<std::string> PrepareBundle(const BenchAdaptiveOptions& options,
     }
   }
   std::vector<std::string> argv = {(SelfBinaryDir() / "cleave").string(), "split", "--bundle",
-                                   options.bundle, "--out", copy.string(), "--quiet"};
+                                   options.bundle, "--out", copy.string(), "--quiet",
+                                   // The latency profile is measured with the thread count the
+                                   // daemons run with (edge.threads, cloud.threads): with two
+                                   // threads on a busy machine a batch-1 fp32 block can stall
+                                   // for tens of ms, which would misstate every split point.
+                                   "--threads", "1"};
   for (const std::string& cut : options.add_splits) {
     argv.push_back("--add-split");
     argv.push_back(cut);
@@ -417,6 +423,14 @@ Result<json> RunBenchAdaptive(BenchAdaptiveOptions options) {
                      {"link", "in-process relay (tools/link_shaper.h): bandwidth and delay"},
                      {"quick", options.quick},
                      {"menu", menu_json}};
+  // The adaptive run's requests, for re-convergence by eye: [window, latency ms, option served,
+  // probe, correct].
+  json requests = json::array();
+  for (const AdaptiveRecord& r : adaptive.records) {
+    requests.push_back({r.window, std::round(r.latency_ms * 10) / 10, r.option, r.probe ? 1 : 0,
+                        r.answered && r.correct ? 1 : 0});
+  }
+  report["adaptive_requests"] = requests;
   report["wall_seconds"] =
       std::chrono::duration<double>(SteadyClock::now() - started).count();
   report["note"] =

@@ -396,14 +396,14 @@ TEST(OffloadPolicyTest, ProbesOncePerIntervalWhileTheCloudIsSilent) {
       continue;
     }
     ++probes;
-    // The cheapest offloading option; its leg (400 ms RTT) does not fit 250 ms, so the request
-    // is answered locally and the features go out as a probe only.
+    // The cheapest offloading option; the current option is local, so the request is answered
+    // locally as it would be, and the features go out as a probe only.
     EXPECT_EQ(plan.option, 2);
     EXPECT_EQ(plan.split, 3);
     EXPECT_FALSE(d.offload);
     EXPECT_TRUE(d.send_probe);
     EXPECT_EQ(d.split, 3);
-    EXPECT_EQ(d.reason, DecisionReason::kDeadline);
+    EXPECT_EQ(d.reason, DecisionReason::kLocalOption);
   }
   EXPECT_EQ(probes, 10);  // the first after 1 s of silence, then one a second
   EXPECT_EQ(policy->State().probes, 10u);
@@ -440,6 +440,37 @@ TEST(OffloadPolicyTest, ProbesOftenWhileHeldLocalByTheLink) {
     }
     EXPECT_EQ(probes, local_is_best ? 3 : 30) << local_is_best;
   }
+}
+
+// A probe while the policy is local for want of a link never makes its request wait on the
+// link, even when the deadline would allow the leg: the answer is local, the features go only
+// for the estimates. A probe on an offloading current option is an ordinary request.
+TEST(OffloadPolicyTest, AProbeFromTheLocalOptionIsAnsweredLocally) {
+  FakeClock clock(1'000'000);
+  auto policy = MakePolicy(PolicyTestOptions(OffloadPolicyKind::kSlo), clock);
+  LinkSnapshot link = SteadyLink(clock, 150, Mbit(10));  // over the 100 ms objective
+  link.last_sample_age_us = 5'000'000;                    // and silent: a probe is due
+  policy->Update(link);
+  ASSERT_EQ(policy->State().option, 0);
+  const OffloadPlan plan = policy->Plan();
+  ASSERT_TRUE(plan.probe);
+  const OffloadDecision d = policy->Decide(plan, 0.1, /*remaining_ms=*/10'000);
+  EXPECT_FALSE(d.offload);
+  EXPECT_TRUE(d.send_probe);
+  EXPECT_EQ(d.reason, DecisionReason::kLocalOption);
+  EXPECT_EQ(d.split, plan.split);
+  // A fast link, silent for a while: the probe rides the current (offloading) option.
+  LinkSnapshot fast = SteadyLink(clock, 5, Mbit(10));
+  fast.last_sample_age_us = 5'000'000;
+  clock.Advance(2'000'000);
+  fast.at_us = clock.NowMicros();
+  policy->Update(fast);
+  ASSERT_TRUE(policy->options().menu[static_cast<size_t>(policy->State().option)].offloads());
+  const OffloadPlan on_current = policy->Plan();
+  ASSERT_TRUE(on_current.probe);
+  const OffloadDecision sent = policy->Decide(on_current, 0.1, 10'000);
+  EXPECT_TRUE(sent.offload);
+  EXPECT_FALSE(sent.send_probe);
 }
 
 TEST(OffloadPolicyTest, InvalidConfigurationsAreRejected) {
