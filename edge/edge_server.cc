@@ -116,8 +116,8 @@ Status EdgeServer::RebuildPolicy() {
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<OffloadPolicy> policy,
                           OffloadPolicy::Create(std::move(o), clock));
   policy_ = std::move(policy);
-  calibrated_exits_ =
-      options_.policy == OffloadPolicyKind::kStatic && policy_->options().calibrated == menu.calibrated;
+  calibrated_exits_ = options_.policy == OffloadPolicyKind::kStatic &&
+                      policy_->options().calibrated == menu.calibrated;
   reported_switches_ = reported_probes_ = 0;
   if (options_.policy != OffloadPolicyKind::kStatic) {
     GetLogger("edge")->info("offload policy {} over {} options:\n{}",
@@ -325,8 +325,8 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       // Without a cloud every answer is the edge's; an input the policy wanted to offload is
       // then degraded. A probe's request while the policy keeps everything local is answered
       // by its best exit as the local option would be: not degraded.
-      const bool local_by_choice = d.exit_index < 0 && cloud_ && !pending_full &&
-                                   od.reason == DecisionReason::kLocalOption;
+      const bool local_by_choice =
+          d.exit_index < 0 && cloud_ && !pending_full && od.reason == DecisionReason::kLocalOption;
       reply.source = d.exit_index >= 0 || local_by_choice ? edge_api::AnswerSource::kEdgeExit
                                                           : edge_api::AnswerSource::kDegraded;
       if (local_by_choice) {

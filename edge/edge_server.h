@@ -142,8 +142,8 @@ class EdgeServer {
     int64_t deadline_us = 0;
     int64_t received_us = 0;
     uint64_t wire_bytes = 0;
-    bool probe = false;  // sent only for the estimates: its reply answers nobody
-    OffloadPlan plan;    // the option that served it (reported in the reply)
+    bool probe = false;            // sent only for the estimates: its reply answers nobody
+    OffloadPlan plan;              // the option that served it (reported in the reply)
     float exit_threshold = -1.0f;  // what the exits were held to
     HeadDecision decision;
   };

@@ -52,12 +52,14 @@
 // option offloads nothing, or the guard kept everything local), Plan marks one request as a
 // probe: on the current option if it offloads, else on the offloading option with the fewest
 // request bytes; in that case Decide answers the probe's request on the edge at once (reason
-// local_option, as the current option would) and only sends its features (send_probe). At most one probe per probe_interval_us (default: one a second) while that
-// silence lasts; while the current option offloads nothing although a more accurate one
-// offloads, recovery_probe_interval_us (default 100 ms) instead, so that a link that recovers
-// is noticed within about a second rather than the six seconds six probes a second apart take. Decide offloads a probe like any request when it may; otherwise it answers
-// locally and sets send_probe: the caller also sends the features, and that reply only feeds the
-// estimator. A probe never risks its request's deadline; it costs one request's bytes.
+// local_option, as the current option would) and only sends its features (send_probe). At most one
+// probe per probe_interval_us (default: one a second) while that silence lasts; while the current
+// option offloads nothing although a more accurate one offloads, recovery_probe_interval_us
+// (default 100 ms) instead, so that a link that recovers is noticed within about a second rather
+// than the six seconds six probes a second apart take. Decide offloads a probe like any request
+// when it may; otherwise it answers locally and sets send_probe: the caller also sends the
+// features, and that reply only feeds the estimator. A probe never risks its request's deadline; it
+// costs one request's bytes.
 //
 // Calling pattern (EdgeServer's loop): Update(estimator.Snapshot(options().percentile)) every
 // turn or every ~100 ms (choices change only in Update); per request, Plan() before the head runs

@@ -25,7 +25,8 @@ bool AdaptiveBreaksTie(double a_secondary, double b_secondary, const AdaptiveFig
 
 const char* const kAdaptiveDefinitions[][2] = {
     {"window", "the requests sent while one step of the link trace was in force"},
-    {"slo_hit", "answered within slo_ms as the client measured it (send to reply); no reply is a miss"},
+    {"slo_hit",
+     "answered within slo_ms as the client measured it (send to reply); no reply is a miss"},
     {"best_static",
      "the static configuration a user would pick for this SLO: the most accurate whose overall "
      "hit rate >= the SLO percentile, else the one with the highest hit rate (ties: the other "
@@ -44,8 +45,7 @@ const char* const kAdaptiveDefinitions[][2] = {
 
 }  // namespace
 
-AdaptiveFigures SummarizeRecords(const std::vector<const AdaptiveRecord*>& records,
-                                 double slo_ms) {
+AdaptiveFigures SummarizeRecords(const std::vector<const AdaptiveRecord*>& records, double slo_ms) {
   AdaptiveFigures f;
   f.requests = records.size();
   if (records.empty()) return f;

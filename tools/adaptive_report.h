@@ -42,9 +42,9 @@ struct AdaptiveRecord {
   bool answered = false;  // a reply arrived before the client's timeout
   double latency_ms = 0;  // send -> reply; the client's timeout when unanswered
   bool correct = false;
-  double bytes = 0;     // what it put on the edge -> cloud wire
-  std::string option;   // the offload option that served it ("0:0.9", "local"); "" = unknown
-  bool probe = false;   // served by the policy's probe option
+  double bytes = 0;    // what it put on the edge -> cloud wire
+  std::string option;  // the offload option that served it ("0:0.9", "local"); "" = unknown
+  bool probe = false;  // served by the policy's probe option
 };
 
 // The figures of a set of requests.
@@ -64,8 +64,7 @@ struct AdaptiveRun {
 };
 
 // The figures of `records` (see the file comment).
-AdaptiveFigures SummarizeRecords(const std::vector<const AdaptiveRecord*>& records,
-                                 double slo_ms);
+AdaptiveFigures SummarizeRecords(const std::vector<const AdaptiveRecord*>& records, double slo_ms);
 // Of the records of `run` in `window` (all of them for window < 0).
 AdaptiveFigures SummarizeWindow(const AdaptiveRun& run, int window, double slo_ms);
 

@@ -351,10 +351,10 @@ Result<json> RunBenchAdaptive(BenchAdaptiveOptions options) {
     if (std::find(unique.begin(), unique.end(), s) == unique.end()) unique.push_back(s);
   }
   std::vector<AdaptiveConfig> configs;
-  configs.push_back({"adaptive",
-                     {"--edge.offload_policy", "slo", "--edge.slo_ms",
-                      std::to_string(options.slo_ms), "--edge.slo_percentile",
-                      std::to_string(options.slo_percentile)}});
+  configs.push_back(
+      {"adaptive",
+       {"--edge.offload_policy", "slo", "--edge.slo_ms", std::to_string(options.slo_ms),
+        "--edge.slo_percentile", std::to_string(options.slo_percentile)}});
   for (const std::string& s : unique) {
     configs.push_back(
         {StaticName(s), {"--edge.offload_policy", "static", "--edge.static_option", s}});
@@ -366,12 +366,12 @@ Result<json> RunBenchAdaptive(BenchAdaptiveOptions options) {
       const AdaptiveStream stream,
       MakeStream(bundle, options, static_cast<int64_t>(std::min<size_t>(counted + warmup, 10000))));
 
-  CLEAVE_ASSIGN_OR_RETURN(LaunchedDaemon cloud,
-                          LaunchDaemon(SelfBinaryDir() / "cleave-cloud",
-                                       {"--cloud.bundle", bundle_dir, "--cloud.listen",
-                                        "tcp://127.0.0.1:0", "--cloud.threads", "1",
-                                        "--cloud.workers", "1", "--log.level", "warn"},
-                                       "cloud.ready_file", work, "cloud"));
+  CLEAVE_ASSIGN_OR_RETURN(
+      LaunchedDaemon cloud,
+      LaunchDaemon(SelfBinaryDir() / "cleave-cloud",
+                   {"--cloud.bundle", bundle_dir, "--cloud.listen", "tcp://127.0.0.1:0",
+                    "--cloud.threads", "1", "--cloud.workers", "1", "--log.level", "warn"},
+                   "cloud.ready_file", work, "cloud"));
   TransportContext context;
   const auto started = SteadyClock::now();
   std::vector<AdaptiveRun> runs;
@@ -431,8 +431,7 @@ Result<json> RunBenchAdaptive(BenchAdaptiveOptions options) {
                         r.answered && r.correct ? 1 : 0});
   }
   report["adaptive_requests"] = requests;
-  report["wall_seconds"] =
-      std::chrono::duration<double>(SteadyClock::now() - started).count();
+  report["wall_seconds"] = std::chrono::duration<double>(SteadyClock::now() - started).count();
   report["note"] =
       "latency figures come from a shared 2-core machine (other builds and benchmarks ran "
       "beside it): noisy";
@@ -550,8 +549,7 @@ void RegisterBenchAdaptiveCommand(CLI::App& bench) {
                   "the objective's percentile (edge.slo_percentile), also the hit rate the "
                   "best static configuration and the oracle must reach")
       ->capture_default_str();
-  cmd->add_option("--rate", options->rate, "requests per second, open loop")
-      ->capture_default_str();
+  cmd->add_option("--rate", options->rate, "requests per second, open loop")->capture_default_str();
   cmd->add_option("--deadline-ms", options->deadline_ms, "every request's deadline")
       ->capture_default_str();
   cmd->add_option("--warmup-seconds", options->warmup_seconds,

@@ -7,8 +7,9 @@
 //    fresh LinkShaper relay in this process (tools/link_shaper.h: uplink bandwidth
 //    serialization and half the RTT each way, following the trace) and a fresh cleave-edge
 //    daemon connected to the cloud through it. The kernel's delay emulation (netem) is not
-//    available on our machines, and a relay shapes bandwidth and delay alike and follows the
-//    trace exactly, so bandwidth is shaped by the relay too (no `tc tbf` on a veth pair).
+//    available on our machines, so the relay adds the delay; it shapes the bandwidth too. A
+//    network namespace with a veth pair and `tc tbf` for the bandwidth (root only; tbf works
+//    on our machines) would shape it in the kernel, TCP included: not built yet.
 //  * the bundle: the one given, copied with `cleave split --add-split` when it has only its
 //    deployment split (a raw cut: the most accurate option, whose features are far larger than
 //    the bottleneck's), so the policy has split points with very different byte costs.

@@ -103,7 +103,8 @@ size_t LinkTrace::IndexAt(double seconds) const {
 const LinkStep& LinkTrace::At(double seconds) const { return steps_[IndexAt(seconds)]; }
 
 struct LinkShaper::State {
-  State(TransportContext& c, const cleave::Clock& k, LinkTrace t) : context(c), clock(k), trace(t) {}
+  State(TransportContext& c, const cleave::Clock& k, LinkTrace t)
+      : context(c), clock(k), trace(t) {}
   struct Queued {
     int64_t due_us = 0;
     std::string peer;
@@ -126,7 +127,8 @@ struct LinkShaper::State {
 
 Result<std::unique_ptr<LinkShaper>> LinkShaper::Start(TransportContext& context,
                                                       const std::string& upstream, LinkTrace trace,
-                                                      const cleave::Clock& clock, size_t max_queued) {
+                                                      const cleave::Clock& clock,
+                                                      size_t max_queued) {
   std::unique_ptr<LinkShaper> shaper(new LinkShaper());
   shaper->state_ = std::make_unique<State>(context, clock, std::move(trace));
   State& s = *shaper->state_;

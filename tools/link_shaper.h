@@ -63,7 +63,8 @@ class LinkShaper {
   // shaped by `trace`, whose time 0 is now. `context` and `clock` must outlive the shaper.
   static Result<std::unique_ptr<LinkShaper>> Start(TransportContext& context,
                                                    const std::string& upstream, LinkTrace trace,
-                                                   const cleave::Clock& clock, size_t max_queued = 4096);
+                                                   const cleave::Clock& clock,
+                                                   size_t max_queued = 4096);
   ~LinkShaper();
   LinkShaper(const LinkShaper&) = delete;
   LinkShaper& operator=(const LinkShaper&) = delete;

@@ -35,8 +35,9 @@ class BenchAdaptiveTest : public ::testing::Test {
     fs::remove_all(dir_, ec);
   }
   int Run(const std::vector<std::string>& extra) {
-    std::vector<std::string> argv = {(kBin / "cleave").string(), "bench", "adaptive", "--bundle",
-                                     bundle_.string(), "--work-dir", (dir_ / "work").string()};
+    std::vector<std::string> argv = {
+        (kBin / "cleave").string(), "bench", "adaptive", "--bundle", bundle_.string(), "--work-dir",
+        (dir_ / "work").string()};
     argv.insert(argv.end(), extra.begin(), extra.end());
     auto child = ChildProcess::Spawn(argv, (dir_ / "log").string());
     EXPECT_TRUE(child.ok()) << child.status().ToString();
@@ -65,9 +66,9 @@ void ExpectFigures(const nlohmann::json& f, const std::string& where) {
 
 TEST_F(BenchAdaptiveTest, QuickRunReportsEveryKeyOfTheIssue) {
   const fs::path json_path = dir_ / "adaptive.json";
-  ASSERT_EQ(Run({"--quick", "--json", json_path.string(), "--markdown",
-                 (dir_ / "adaptive.md").string()}),
-            0)
+  ASSERT_EQ(
+      Run({"--quick", "--json", json_path.string(), "--markdown", (dir_ / "adaptive.md").string()}),
+      0)
       << Log();
   auto text = ReadFileToString(json_path);
   ASSERT_TRUE(text.ok()) << text.status().ToString();
@@ -108,8 +109,9 @@ TEST_F(BenchAdaptiveTest, QuickRunReportsEveryKeyOfTheIssue) {
     EXPECT_LE(r.get<int>(), 150);
   }
   EXPECT_TRUE(report["best_static"].is_string());
-  for (const char* target : {"adaptive_ge_best_static_every_window", "adaptive_within_2pt_of_oracle",
-                             "adaptive_accuracy_within_0.5pt_of_oracle"}) {
+  for (const char* target :
+       {"adaptive_ge_best_static_every_window", "adaptive_within_2pt_of_oracle",
+        "adaptive_accuracy_within_0.5pt_of_oracle"}) {
     ASSERT_TRUE(report["targets"].contains(target)) << target;
     EXPECT_TRUE(report["targets"][target].is_boolean()) << target;
   }

@@ -449,7 +449,7 @@ TEST(OffloadPolicyTest, AProbeFromTheLocalOptionIsAnsweredLocally) {
   FakeClock clock(1'000'000);
   auto policy = MakePolicy(PolicyTestOptions(OffloadPolicyKind::kSlo), clock);
   LinkSnapshot link = SteadyLink(clock, 150, Mbit(10));  // over the 100 ms objective
-  link.last_sample_age_us = 5'000'000;                    // and silent: a probe is due
+  link.last_sample_age_us = 5'000'000;                   // and silent: a probe is due
   policy->Update(link);
   ASSERT_EQ(policy->State().option, 0);
   const OffloadPlan plan = policy->Plan();

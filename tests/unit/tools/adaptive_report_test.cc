@@ -80,16 +80,14 @@ TEST(AdaptiveReportTest, AnEmptySetHasNoFigures) {
 
 TEST(AdaptiveReportTest, PickIsTheMostAccurateMeetingTheTarget) {
   // 1 is more accurate but misses; 2 meets and beats 0 on accuracy.
-  EXPECT_EQ(PickConfiguration({Figures(0.99, 0.80), Figures(0.90, 0.95), Figures(0.96, 0.85)},
-                              0.95),
-            2);
+  EXPECT_EQ(
+      PickConfiguration({Figures(0.99, 0.80), Figures(0.90, 0.95), Figures(0.96, 0.85)}, 0.95), 2);
   // Exactly at the target meets it (19 of 20).
   EXPECT_EQ(PickConfiguration({Figures(1.0, 0.80), Figures(19.0 / 20.0, 0.9)}, 0.95), 1);
 }
 
 TEST(AdaptiveReportTest, PickFallsBackToTheHighestHitRateWhenNoneMeets) {
-  EXPECT_EQ(PickConfiguration({Figures(0.50, 0.95), Figures(0.90, 0.70), Figures(0.80, 0.9)},
-                              0.95),
+  EXPECT_EQ(PickConfiguration({Figures(0.50, 0.95), Figures(0.90, 0.70), Figures(0.80, 0.9)}, 0.95),
             1);
 }
 
@@ -142,11 +140,12 @@ TEST(AdaptiveReportTest, ReconvergenceIgnoresProbesAndUnansweredRequests) {
 // window 0. The best static is static_fast, the oracle takes static_accurate in window 0 and
 // static_fast in window 1.
 TEST(AdaptiveReportTest, BestStaticAndOracleFromTheStaticRuns) {
-  const AdaptiveRun fast = MakeRun("static_local", {Records(0, 100, 100, 80), Records(1, 100, 100, 80)});
+  const AdaptiveRun fast =
+      MakeRun("static_local", {Records(0, 100, 100, 80), Records(1, 100, 100, 80)});
   const AdaptiveRun accurate =
       MakeRun("static_1_off", {Records(0, 100, 100, 95, 3000), Records(1, 100, 40, 95, 3000)});
-  const AdaptiveRun adaptive =
-      MakeRun("adaptive", {Records(0, 100, 99, 95, 2970, "1:off"), Records(1, 100, 98, 80, 0, "local")});
+  const AdaptiveRun adaptive = MakeRun(
+      "adaptive", {Records(0, 100, 99, 95, 2970, "1:off"), Records(1, 100, 98, 80, 0, "local")});
   const nlohmann::json r = AnalyzeAdaptiveRuns(adaptive, {fast, accurate}, 2, kSlo, 0.95);
   EXPECT_EQ(r["best_static"], "static_local");
   EXPECT_EQ(r["oracle_picks"][0], "static_1_off");
@@ -173,7 +172,8 @@ TEST(AdaptiveReportTest, BestStaticAndOracleFromTheStaticRuns) {
 }
 
 TEST(AdaptiveReportTest, TargetsCompareWithTheStatedMargins) {
-  const AdaptiveRun fast = MakeRun("static_local", {Records(0, 100, 96, 80), Records(1, 100, 96, 80)});
+  const AdaptiveRun fast =
+      MakeRun("static_local", {Records(0, 100, 96, 80), Records(1, 100, 96, 80)});
   // Equal to the best static (and the oracle) in each window: ties meet ">="; but 1 point
   // less accurate than the oracle.
   const AdaptiveRun adaptive =
@@ -190,7 +190,8 @@ TEST(AdaptiveReportTest, TargetsCompareWithTheStatedMargins) {
 }
 
 TEST(AdaptiveReportTest, EmptyWindowsHaveNullFiguresAndTakeNoPartInTheTargets) {
-  const AdaptiveRun fast = MakeRun("static_local", {Records(0, 50, 50, 40), Records(2, 50, 50, 40)});
+  const AdaptiveRun fast =
+      MakeRun("static_local", {Records(0, 50, 50, 40), Records(2, 50, 50, 40)});
   const AdaptiveRun adaptive =
       MakeRun("adaptive", {Records(0, 50, 50, 45, 0, "local"), Records(2, 50, 50, 45, 0, "local")});
   const nlohmann::json r = AnalyzeAdaptiveRuns(adaptive, {fast}, 3, kSlo, 0.95);
