@@ -52,6 +52,12 @@ struct ClassifyReply {
   edgeMicros @9 :UInt64;           # head + exit + encode compute on the gateway
   totalMicros @10 :UInt64;         # receipt to reply inside the daemon
   className @11 :Text;             # the bundle's name of predictedClass ("" on error)
+  # The offload option that served it (edge.offload_policy): the split point the head ran to
+  # (-1: the local-only option) and the exits' threshold (< 0: the bundle's calibrated exit
+  # policy); probe = the policy ran its probe option for it, not its current choice.
+  split @12 :Int32 = -1;
+  exitThreshold @13 :Float32 = -1;
+  probe @14 :Bool;
 }
 
 # Protocol version 2: an envelope, so one connection can carry more than classifications.

@@ -146,6 +146,9 @@ void WriteClassifyReply(const ClassifyReply& reply, schema::ClassifyReply::Build
   root.setEdgeMicros(reply.edge_micros);
   root.setTotalMicros(reply.total_micros);
   root.setClassName(reply.class_name);
+  root.setSplit(reply.split);
+  root.setExitThreshold(reply.exit_threshold);
+  root.setProbe(reply.probe);
 }
 
 }  // namespace
@@ -222,6 +225,9 @@ Result<ClassifyReply> ReadClassifyReply(schema::ClassifyReply::Reader root) {
   r.total_micros = root.getTotalMicros();
   r.class_name = root.getClassName().cStr();
   if (r.class_name.size() > 1024) return Status::InvalidArgument("class name too long");
+  r.split = root.getSplit();
+  r.exit_threshold = root.getExitThreshold();
+  r.probe = root.getProbe();
   return r;
 }
 

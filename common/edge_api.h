@@ -50,6 +50,11 @@ struct ClassifyReply {
   uint64_t edge_micros = 0;
   uint64_t total_micros = 0;
   std::string class_name;  // the bundle's name of predicted_class; "" on error
+  // The offload option that served it: split point (-1: local only), exit threshold (< 0: the
+  // bundle's calibrated exit policy), and whether it was the policy's probe.
+  int32_t split = -1;
+  float exit_threshold = -1.0f;
+  bool probe = false;
 };
 
 // Cap'n Proto packed encodings.

@@ -60,6 +60,11 @@ ConfigSchema EdgeSchema() {
            "live link and cloud estimates) or bytes (the most accurate within "
            "edge.max_bytes_per_s of uplink). Every policy answers at the edge what could not "
            "come back from the cloud before its deadline")
+      .Add("edge.static_option", ConfigType::kString, "",
+           "static policy: the option of the bundle's menu to run instead of the calibrated "
+           "one: local (the exits answer everything) or SPLIT:THRESHOLD (e.g. 0:0.9, 1:off for "
+           "split point 1 with the exits off); empty = the calibrated threshold at split 0. "
+           "The edge logs the menu at start with edge.offload_policy = slo")
       .Add("edge.slo_ms", ConfigType::kDouble, "0",
            "slo policy: the latency objective in milliseconds (> 0)")
       .Add("edge.slo_percentile", ConfigType::kDouble, "0.95",
@@ -122,6 +127,11 @@ Status ReadOffloadOptions(const Config& config, EdgeServerOptions& options) {
   options.slo_ms = config.GetDouble("edge.slo_ms");
   options.slo_percentile = config.GetDouble("edge.slo_percentile");
   options.max_bytes_per_s = config.GetDouble("edge.max_bytes_per_s");
+  options.static_option = config.GetString("edge.static_option");
+  if (!options.static_option.empty() && options.policy != OffloadPolicyKind::kStatic) {
+    return Status::InvalidArgument(
+        "edge.static_option applies to edge.offload_policy = static only");
+  }
   if (!(options.slo_percentile > 0 && options.slo_percentile < 1)) {
     return Status::InvalidArgument("edge.slo_percentile must lie in (0, 1), got " +
                                    std::to_string(options.slo_percentile));

@@ -17,10 +17,11 @@ split::EdgeModel::Options HeadOptions(const Config& config);
 // Every key cleave-edge accepts (edge.*, log.level), with defaults and help texts.
 ConfigSchema EdgeSchema();
 
-// edge.offload_policy, edge.slo_ms, edge.slo_percentile, edge.max_bytes_per_s and
-// edge.wire_version into `options`. InvalidArgument naming the key for a value out of range
-// or a policy without what it needs (slo without edge.slo_ms > 0, bytes without
-// edge.max_bytes_per_s > 0).
+// edge.offload_policy, edge.static_option, edge.slo_ms, edge.slo_percentile,
+// edge.max_bytes_per_s and edge.wire_version into `options`. InvalidArgument naming the key for
+// a value out of range or a policy without what it needs (slo without edge.slo_ms > 0, bytes
+// without edge.max_bytes_per_s > 0, edge.static_option with another policy than static).
+// Whether the bundle's menu has the static option is checked when the server starts.
 Status ReadOffloadOptions(const Config& config, EdgeServerOptions& options);
 
 // The head `config` names: edge.bundle, or (with `repository` non-null) the highest version

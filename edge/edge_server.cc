@@ -95,6 +95,12 @@ Status EdgeServer::RebuildPolicy() {
   o.kind = options_.policy;
   o.menu = menu.options;
   o.calibrated = menu.calibrated;
+  if (!options_.static_option.empty()) {
+    if (options_.policy != OffloadPolicyKind::kStatic) {
+      return Status::InvalidArgument("static_option applies to the static policy only");
+    }
+    CLEAVE_ASSIGN_OR_RETURN(o.calibrated, FindOffloadOption(menu, options_.static_option));
+  }
   o.slo_ms = options_.slo_ms;
   o.percentile = options_.slo_percentile;
   o.max_bytes_per_s = options_.max_bytes_per_s;
@@ -110,6 +116,8 @@ Status EdgeServer::RebuildPolicy() {
   CLEAVE_ASSIGN_OR_RETURN(std::unique_ptr<OffloadPolicy> policy,
                           OffloadPolicy::Create(std::move(o), clock));
   policy_ = std::move(policy);
+  calibrated_exits_ = options_.policy == OffloadPolicyKind::kStatic &&
+                      policy_->options().calibrated == menu.calibrated;
   reported_switches_ = reported_probes_ = 0;
   if (options_.policy != OffloadPolicyKind::kStatic) {
     GetLogger("edge")->info("offload policy {} over {} options:\n{}",
@@ -256,8 +264,8 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
     wire_ids.push_back(NextWireId());
     by_split[std::max(0, plans.back().split)].push_back(k);
   }
-  const bool static_policy = options_.policy == OffloadPolicyKind::kStatic;
   std::vector<HeadDecision> decisions(rows.size());
+  std::vector<float> thresholds(rows.size(), -1.0f);
   const int64_t head_start = SteadyMicros();
   for (const auto& [split, members] : by_split) {
     std::vector<torch::Tensor> group_images;
@@ -268,12 +276,14 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       const auto& req = batch[rows[k]].request;
       group_images.push_back(images[k]);
       group_ids.push_back(wire_ids[k]);
-      // The application's own threshold wins; the static policy keeps the bundle's calibrated
-      // decision (-1); otherwise the plan's option says.
-      const float option_threshold = static_policy && plans[k].split == 0
-                                         ? -1.0f
-                                         : static_cast<float>(plans[k].exit_threshold);
-      group_thresholds.push_back(req.exit_threshold >= 0 ? req.exit_threshold : option_threshold);
+      // The application's own threshold wins; the static policy on the calibrated option keeps
+      // the bundle's calibrated decision (-1); otherwise the plan's option says.
+      const float option_threshold =
+          calibrated_exits_ && plans[k].option == policy_->options().calibrated
+              ? -1.0f
+              : static_cast<float>(plans[k].exit_threshold);
+      thresholds[k] = req.exit_threshold >= 0 ? req.exit_threshold : option_threshold;
+      group_thresholds.push_back(thresholds[k]);
       group_deadlines.push_back(deadlines[k]);
     }
     Result<std::vector<HeadDecision>> group = engine_->Decide(
@@ -313,10 +323,15 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       edge_api::ClassifyReply reply;
       reply.request_id = in.request.request_id;
       // Without a cloud every answer is the edge's; an input the policy wanted to offload is
-      // then degraded.
-      reply.source =
-          d.exit_index >= 0 ? edge_api::AnswerSource::kEdgeExit : edge_api::AnswerSource::kDegraded;
-      if (d.exit_index < 0 && pending_full) {
+      // then degraded. A probe's request while the policy keeps everything local is answered
+      // by its best exit as the local option would be: not degraded.
+      const bool local_by_choice =
+          d.exit_index < 0 && cloud_ && !pending_full && od.reason == DecisionReason::kLocalOption;
+      reply.source = d.exit_index >= 0 || local_by_choice ? edge_api::AnswerSource::kEdgeExit
+                                                          : edge_api::AnswerSource::kDegraded;
+      if (local_by_choice) {
+        // Nothing to explain: the policy's current option answers here.
+      } else if (d.exit_index < 0 && pending_full) {
         reply.error = "too many requests waiting for the cloud (edge.max_pending = " +
                       std::to_string(options_.max_pending) + ")";
         ++stats_.pending_full;
@@ -334,7 +349,9 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
       reply.scores = d.best_scores;
       reply.exit_index = d.best_exit;
       reply.edge_micros = d.edge_micros;
-      reply.total_micros = static_cast<uint64_t>(SteadyMicros() - in.received_us);
+      reply.split = plans[k].split;
+      reply.exit_threshold = thresholds[k];
+      reply.probe = plans[k].probe;
       if (od.send_probe && !d.offload_request.empty()) {
         // Answered here; the features still go, so the estimates learn the link again.
         Pending probe;
@@ -343,10 +360,15 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
         probe.received_us = in.received_us;
         probe.decision = d;
         ++stats_.probes;
-        SendToCloud(wire_ids[k], std::move(probe),
-                    policy_->options().menu[static_cast<size_t>(plans[k].option)].cloud_ms);
+        if (SendToCloud(wire_ids[k], std::move(probe),
+                        policy_->options().menu[static_cast<size_t>(plans[k].option)].cloud_ms)) {
+          reply.wire_bytes = WireBytes(d.offload_request.size());  // its bytes did go
+        }
       }
-      Reply(in.peer, reply, d.exit_index >= 0 ? Outcome::kExit : Outcome::kDegraded, in.enveloped);
+      reply.total_micros = static_cast<uint64_t>(SteadyMicros() - in.received_us);
+      Reply(in.peer, reply,
+            reply.source == edge_api::AnswerSource::kEdgeExit ? Outcome::kExit : Outcome::kDegraded,
+            in.enveloped);
       // An exit's answer is a pseudo-label candidate; any answer can get feedback later.
       Observe(in.peer, in.request.request_id, images[k][0], torch::Tensor(),
               d.exit_index >= 0 ? torch::tensor(d.best_scores) : torch::Tensor());
@@ -360,6 +382,8 @@ void EdgeServer::ProcessBatch(std::vector<Incoming>& batch) {
     p.received_us = in.received_us;
     p.deadline_us = deadline_us;
     p.decision = std::move(d);
+    p.plan = plans[k];
+    p.exit_threshold = thresholds[k];
     const size_t option = static_cast<size_t>(plans[k].option);
     SendToCloud(wire_ids[k], std::move(p), policy_->options().menu[option].cloud_ms);
   }
@@ -406,6 +430,9 @@ void EdgeServer::AnswerDegraded(uint64_t wire_id, const std::string& why) {
   reply.exit_index = p.decision.best_exit;
   reply.wire_bytes = p.wire_bytes;
   reply.edge_micros = p.decision.edge_micros;
+  reply.split = p.plan.split;
+  reply.exit_threshold = p.exit_threshold;
+  reply.probe = p.plan.probe;
   reply.total_micros = static_cast<uint64_t>(SteadyMicros() - p.received_us);
   expiry_.erase({p.deadline_us, wire_id});
   const std::string peer = p.peer;
@@ -452,6 +479,9 @@ void EdgeServer::HandleCloudReply(const std::string& bytes) {
   reply.confidence = p.decision.best_confidence;
   reply.wire_bytes = p.wire_bytes;
   reply.edge_micros = p.decision.edge_micros;
+  reply.split = p.plan.split;
+  reply.exit_threshold = p.exit_threshold;
+  reply.probe = p.plan.probe;
   reply.total_micros = static_cast<uint64_t>(SteadyMicros() - p.received_us);
   expiry_.erase({p.deadline_us, r.request_id});
   const std::string peer = p.peer;

@@ -63,6 +63,10 @@ struct EdgeServerOptions {
   double slo_ms = 0;             // kSlo: latency objective at slo_percentile
   double slo_percentile = 0.95;  // also the deadline guard's
   double max_bytes_per_s = 0;    // kBytes: uplink budget
+  // kStatic: the menu option to run instead of the calibrated one ("local" or
+  // "SPLIT:THRESHOLD", edge/offload_menu.h FindOffloadOption); "" = the calibrated one. Create
+  // fails when the bundle's menu has no such option (an engine swap keeps the old policy).
+  std::string static_option;
   // Request encoding (EdgeEngine::set_wire_version): 2 = compact (default), 1 = for clouds
   // older than version 2.
   uint16_t wire_version = wire::kCompactProtocolVersion;
@@ -138,7 +142,9 @@ class EdgeServer {
     int64_t deadline_us = 0;
     int64_t received_us = 0;
     uint64_t wire_bytes = 0;
-    bool probe = false;  // sent only for the estimates: its reply answers nobody
+    bool probe = false;            // sent only for the estimates: its reply answers nobody
+    OffloadPlan plan;              // the option that served it (reported in the reply)
+    float exit_threshold = -1.0f;  // what the exits were held to
     HeadDecision decision;
   };
   struct Incoming {
@@ -194,6 +200,9 @@ class EdgeServer {
   std::unique_ptr<LinkEstimator> link_;
   std::unique_ptr<OffloadPolicy> policy_;
   int64_t last_policy_update_us_ = 0;
+  // The static policy runs the bundle's calibrated option: its exits keep the bundle's
+  // per-exit thresholds (-1) instead of the option's single one.
+  bool calibrated_exits_ = true;
   bool timed_out_ = false;  // a request timed out this turn
   uint64_t reported_switches_ = 0;
   uint64_t reported_probes_ = 0;

@@ -122,6 +122,52 @@ OffloadMenu BuildOffloadMenu(const split::EdgeModel& model, bool int8) {
   return menu;
 }
 
+std::string OffloadOptionSpec(const OffloadOption& option) {
+  if (!option.offloads()) return "local";
+  if (option.exit_threshold > 1.0) return std::to_string(option.split) + ":off";
+  char threshold[32];
+  std::snprintf(threshold, sizeof(threshold), "%g", option.exit_threshold);
+  return std::to_string(option.split) + ":" + threshold;
+}
+
+Result<int> FindOffloadOption(const OffloadMenu& menu, const std::string& spec) {
+  // Parse SPLIT:THRESHOLD so that "0:0.90" and "0:0.9" name the same option.
+  int split = -1;
+  double threshold = -1;
+  bool parsed = spec == "local";
+  const size_t colon = spec.find(':');
+  if (!parsed && colon != std::string::npos && colon > 0) {
+    try {
+      size_t used = 0;
+      split = std::stoi(spec.substr(0, colon), &used);
+      const std::string t = spec.substr(colon + 1);
+      if (used == colon && t == "off") {
+        threshold = split::kExitDisabled;
+        parsed = split >= 0;
+      } else if (used == colon) {
+        threshold = std::stod(t, &used);
+        parsed = split >= 0 && used == t.size() && threshold >= 0 && threshold <= 1;
+      }
+    } catch (const std::exception&) {
+      parsed = false;
+    }
+  }
+  std::string known;
+  for (size_t i = 0; i < menu.options.size(); ++i) {
+    const OffloadOption& o = menu.options[i];
+    known += (i == 0 ? "" : ", ") + OffloadOptionSpec(o);
+    if (!parsed) continue;
+    if (spec == "local" ? !o.offloads()
+                        : o.offloads() && o.split == split &&
+                              (threshold > 1 ? o.exit_threshold > 1
+                                             : std::abs(o.exit_threshold - threshold) <= 1e-6)) {
+      return static_cast<int>(i);
+    }
+  }
+  return Status::NotFound("offload option '" + spec + "' is not on the bundle's menu (" + known +
+                          "; written local or SPLIT:THRESHOLD)");
+}
+
 std::string DescribeMenu(const OffloadMenu& menu) {
   std::string out;
   char line[200];

@@ -31,6 +31,14 @@ double CompactRequestWireBytes(double coded_bytes);
 // Never fails: what the bundle does not describe is left out (see the file comment).
 OffloadMenu BuildOffloadMenu(const split::EdgeModel& model, bool int8);
 
+// The option's name in configuration and reports: "local" for the local-only option, else
+// "SPLIT:THRESHOLD" (the threshold as %g, "off" when the exits are off), e.g. "0:0.9", "1:off".
+std::string OffloadOptionSpec(const OffloadOption& option);
+
+// The menu index of the first option whose OffloadOptionSpec is `spec` (thresholds compare
+// within 1e-6, so "0:0.90" finds 0:0.9). NotFound listing the menu's specs otherwise.
+Result<int> FindOffloadOption(const OffloadMenu& menu, const std::string& spec);
+
 // One line per option ("split 0 @0.75: acc 0.9248, exit 0.71, edge 0.20 ms, cloud 0.36 ms,
 // 57 B"), for logs and --help of the benchmark.
 std::string DescribeMenu(const OffloadMenu& menu);

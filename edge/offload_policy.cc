@@ -127,6 +127,10 @@ Status OffloadPolicyOptions::Validate() const {
     return Status::InvalidArgument("offload policy: probe_interval_us must be > 0, got " +
                                    std::to_string(probe_interval_us));
   }
+  if (recovery_probe_interval_us <= 0) {
+    return Status::InvalidArgument("offload policy: recovery_probe_interval_us must be > 0, got " +
+                                   std::to_string(recovery_probe_interval_us));
+  }
   if (rate_window_us < 1000) {
     return Status::InvalidArgument("offload policy: rate_window_us must be >= 1000 (1 ms), got " +
                                    std::to_string(rate_window_us));
@@ -310,11 +314,22 @@ double OffloadPolicy::RequestRate(int64_t now_us) const {
   return static_cast<double>(count) * 1e6 / static_cast<double>(span_us);
 }
 
-bool OffloadPolicy::ProbeDue(int64_t now_us) const {
-  if (last_probe_us_ >= 0 && now_us - last_probe_us_ < options_.probe_interval_us) return false;
+bool OffloadPolicy::ProbeDue(int64_t now_us, int64_t interval_us) const {
+  if (last_probe_us_ >= 0 && now_us - last_probe_us_ < interval_us) return false;
   if (link_.last_sample_age_us < 0) return true;  // never heard from the cloud
   const int64_t silent_us = link_.last_sample_age_us + (now_us - link_.at_us);
-  return silent_us >= options_.probe_interval_us;
+  return silent_us >= interval_us;
+}
+
+int64_t OffloadPolicy::AdaptiveProbeIntervalUs() const {
+  const OffloadOption& current = options_.menu[current_];
+  if (current.offloads()) return options_.probe_interval_us;
+  for (const OffloadOption& o : options_.menu) {
+    if (o.offloads() && o.accuracy > current.accuracy + kPolicyMinAccuracyGain) {
+      return options_.recovery_probe_interval_us;  // local for want of a link
+    }
+  }
+  return options_.probe_interval_us;
 }
 
 int OffloadPolicy::ProbeTarget() const {
@@ -343,7 +358,7 @@ OffloadPlan OffloadPolicy::Plan() {
 
   int option = current_;
   bool probe = false;
-  if (options_.kind != OffloadPolicyKind::kStatic && ProbeDue(now)) {
+  if (options_.kind != OffloadPolicyKind::kStatic && ProbeDue(now, AdaptiveProbeIntervalUs())) {
     const int target = ProbeTarget();
     if (target >= 0) {
       option = target;
@@ -376,6 +391,13 @@ OffloadDecision OffloadPolicy::Decide(const OffloadPlan& plan, double confidence
   if (confidence >= o.exit_threshold) {
     d.reason = DecisionReason::kConfident;
     ++counters_.local_confident;
+  } else if (plan.probe && !options_.menu[current_].offloads()) {
+    // The policy keeps everything local (the link or the cloud is too slow for any offloading
+    // option): the probe's request is served as the current option serves it, on the edge at
+    // once, and its features go only to refresh the estimates. Sending it for its answer would
+    // make it wait on the very link the policy judged too slow.
+    d.reason = DecisionReason::kLocalOption;
+    ++counters_.local_option;
   } else if (!(remaining_ms >= d.predicted_leg_ms)) {  // also NaN
     d.reason = DecisionReason::kDeadline;
     ++counters_.local_deadline;
@@ -383,7 +405,7 @@ OffloadDecision OffloadPolicy::Decide(const OffloadPlan& plan, double confidence
     // has given up on (a cloud that was down and is back): while the cloud is silent, a
     // held-back request's features still go, once per probe interval.
     const int64_t now = clock_.NowMicros();
-    if (options_.kind == OffloadPolicyKind::kStatic && ProbeDue(now)) {
+    if (options_.kind == OffloadPolicyKind::kStatic && ProbeDue(now, options_.probe_interval_us)) {
       last_probe_us_ = now;
       ++counters_.probes;
       d.send_probe = true;

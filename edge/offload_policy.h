@@ -51,10 +51,15 @@
 // Probing (slo, bytes): when nothing was heard from the cloud for probe_interval_us (the current
 // option offloads nothing, or the guard kept everything local), Plan marks one request as a
 // probe: on the current option if it offloads, else on the offloading option with the fewest
-// request bytes. At most one probe per probe_interval_us (default: one a second) while that
-// silence lasts. Decide offloads a probe like any request when it may; otherwise it answers
-// locally and sets send_probe: the caller also sends the features, and that reply only feeds the
-// estimator. A probe never risks its request's deadline; it costs one request's bytes.
+// request bytes; in that case Decide answers the probe's request on the edge at once (reason
+// local_option, as the current option would) and only sends its features (send_probe). At most one
+// probe per probe_interval_us (default: one a second) while that silence lasts; while the current
+// option offloads nothing although a more accurate one offloads, recovery_probe_interval_us
+// (default 100 ms) instead, so that a link that recovers is noticed within about a second rather
+// than the six seconds six probes a second apart take. Decide offloads a probe like any request
+// when it may; otherwise it answers locally and sets send_probe: the caller also sends the
+// features, and that reply only feeds the estimator. A probe never risks its request's deadline; it
+// costs one request's bytes.
 //
 // Calling pattern (EdgeServer's loop): Update(estimator.Snapshot(options().percentile)) every
 // turn or every ~100 ms (choices change only in Update); per request, Plan() before the head runs
@@ -105,6 +110,13 @@ struct OffloadPolicyOptions {
   double hysteresis = 0.1;           // relative headroom to move to a better option, [0, 1)
   int64_t min_dwell_us = 1'000'000;  // no move to a better option sooner after a switch
   int64_t probe_interval_us = 1'000'000;  // silence before a probe, and between probes
+  // Probing (slo, bytes) while the current option offloads nothing although a more accurate one
+  // offloads (held local by the link or the cloud): silence before a probe and between probes.
+  // A recovered link is confirmed by LinkEstimator's shift_samples (6) samples of the new
+  // level, so this bounds how long the policy stays local after the link recovers: ~6 x (this
+  // + the RTT) instead of 6 x probe_interval_us. Each probe costs one request of the smallest
+  // offloading option.
+  int64_t recovery_probe_interval_us = 100'000;
   int64_t rate_window_us = 5'000'000;     // request rate (bytes) measured over this
   double assumed_uplink_bytes_per_s = 0;  // while the estimator does not know it; 0 = see above
   // InvalidArgument naming the first bad field ("option 2: accuracy ..." for the menu). Fields
@@ -123,7 +135,7 @@ struct OffloadPlan {
 enum class DecisionReason : uint8_t {
   kOffload,      // not confident, and the cloud can answer in time
   kConfident,    // an exit reached the threshold
-  kLocalOption,  // the plan's option never offloads
+  kLocalOption,  // the plan's option never offloads, or a probe while the current one does not
   kDeadline,     // the cloud leg at the percentile would end past the deadline
 };
 // "offload", "confident", "local_option", "deadline".
@@ -210,7 +222,9 @@ class OffloadPolicy {
   double BytesPerSecond(int option) const REQUIRES(mu_);
   double Accuracy(int option) const REQUIRES(mu_);
   double RequestRate(int64_t now_us) const REQUIRES(mu_);
-  bool ProbeDue(int64_t now_us) const REQUIRES(mu_);
+  bool ProbeDue(int64_t now_us, int64_t interval_us) const REQUIRES(mu_);
+  // The probe interval of the slo and bytes policies now (see recovery_probe_interval_us).
+  int64_t AdaptiveProbeIntervalUs() const REQUIRES(mu_);
   int ProbeTarget() const REQUIRES(mu_);
   std::string Describe(int option) const;
 

@@ -3,12 +3,14 @@
 //   cleave split   — re-quantize / re-calibrate a bundle
 //   cleave import  — a TorchScript model -> a split bundle (bottleneck, exit)
 //   cleave sim     — federated learning with many virtual clients in one process
-//   cleave bench   — measurements that print JSON (split, lm, serve, stream, fl, sim-scale, aggregate)
+//   cleave bench   — measurements that print JSON (split, lm, serve, stream, adaptive, fl,
+//                    sim-scale, aggregate)
 //   cleave keys    — key pairs for signing bundles
 //   cleave bundle  — sign / verify bundles
 //   cleave demo    — the main job: daemons on loopback, the test set through the edge
 #include <CLI/CLI.hpp>
 
+#include "tools/bench_adaptive.h"
 #include "tools/bench_continual.h"
 #include "tools/bench_fl.h"
 #include "tools/bench_import.h"
@@ -40,6 +42,7 @@ int main(int argc, char** argv) {
   cleave::tools::RegisterBenchLmCommand(*bench);
   cleave::tools::RegisterBenchServeCommand(*bench);
   cleave::tools::RegisterBenchStreamCommand(*bench);
+  cleave::tools::RegisterBenchAdaptiveCommand(*bench);
   cleave::tools::RegisterFederatedBenchCommands(*bench);
   cleave::tools::RegisterBenchContinualCommand(*bench);
   cleave::tools::RegisterSimCommand(app);

@@ -103,19 +103,20 @@ size_t LinkTrace::IndexAt(double seconds) const {
 const LinkStep& LinkTrace::At(double seconds) const { return steps_[IndexAt(seconds)]; }
 
 struct LinkShaper::State {
-  State(TransportContext& c, const Clock& k, LinkTrace t) : context(c), clock(k), trace(t) {}
+  State(TransportContext& c, const cleave::Clock& k, LinkTrace t)
+      : context(c), clock(k), trace(t) {}
   struct Queued {
     int64_t due_us = 0;
     std::string peer;
     std::string body;
   };
   TransportContext& context;
-  const Clock& clock;
+  const cleave::Clock& clock;  // qualified: a unity build may see another Clock
   LinkTrace trace;
   std::string upstream;
   size_t max_queued = 4096;
   bool shape_bandwidth = true;
-  int64_t start_us = 0;
+  std::atomic<int64_t> start_us{0};
   std::unique_ptr<RouterServer> front;
   std::map<std::string, std::unique_ptr<DealerClient>> back;  // per edge
   std::deque<Queued> up, down;
@@ -127,7 +128,8 @@ struct LinkShaper::State {
 
 Result<std::unique_ptr<LinkShaper>> LinkShaper::Start(TransportContext& context,
                                                       const std::string& upstream, LinkTrace trace,
-                                                      const Clock& clock, size_t max_queued) {
+                                                      const ::cleave::Clock& clock,
+                                                      size_t max_queued) {
   LinkShaperOptions options;
   options.max_queued = max_queued;
   return Start(context, upstream, std::move(trace), clock, options);
@@ -135,7 +137,7 @@ Result<std::unique_ptr<LinkShaper>> LinkShaper::Start(TransportContext& context,
 
 Result<std::unique_ptr<LinkShaper>> LinkShaper::Start(TransportContext& context,
                                                       const std::string& upstream, LinkTrace trace,
-                                                      const Clock& clock,
+                                                      const ::cleave::Clock& clock,
                                                       const LinkShaperOptions& options) {
   std::unique_ptr<LinkShaper> shaper(new LinkShaper());
   shaper->state_ = std::make_unique<State>(context, clock, std::move(trace));
@@ -156,6 +158,8 @@ LinkShaper::~LinkShaper() {
 }
 
 int64_t LinkShaper::start_us() const { return state_->start_us; }
+
+void LinkShaper::RestartTrace() { state_->start_us = state_->clock.NowMicros(); }
 
 double LinkShaper::Elapsed() const {
   return static_cast<double>(state_->clock.NowMicros() - state_->start_us) * 1e-6;

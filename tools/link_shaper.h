@@ -72,10 +72,11 @@ class LinkShaper {
   // shaped by `trace`, whose time 0 is now. `context` and `clock` must outlive the shaper.
   static Result<std::unique_ptr<LinkShaper>> Start(TransportContext& context,
                                                    const std::string& upstream, LinkTrace trace,
-                                                   const Clock& clock, size_t max_queued = 4096);
+                                                   const ::cleave::Clock& clock,
+                                                   size_t max_queued = 4096);
   static Result<std::unique_ptr<LinkShaper>> Start(TransportContext& context,
                                                    const std::string& upstream, LinkTrace trace,
-                                                   const Clock& clock,
+                                                   const ::cleave::Clock& clock,
                                                    const LinkShaperOptions& options);
   ~LinkShaper();
   LinkShaper(const LinkShaper&) = delete;
@@ -87,6 +88,9 @@ class LinkShaper {
   int64_t start_us() const;
   // Seconds since the trace started (its clock).
   double Elapsed() const;
+  // Starts the trace again from its first step now (e.g. once the edge behind it is up and
+  // warm); messages already queued keep the delay they were given. Any thread.
+  void RestartTrace();
   LinkShaperStats stats() const;
 
  private:

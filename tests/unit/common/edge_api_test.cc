@@ -118,6 +118,24 @@ TEST(EdgeApiTest, ReplyRoundTrip) {
   EXPECT_STREQ(AnswerSourceName(out->source), "degraded");
 }
 
+TEST(EdgeApiTest, ReplyCarriesTheOffloadOptionThatServedIt) {
+  ClassifyReply in;
+  in.source = AnswerSource::kEdgeExit;
+  auto out = DecodeClassifyReply(EncodeClassifyReply(in));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->split, -1);  // the defaults: local only, calibrated exits, no probe
+  EXPECT_FLOAT_EQ(out->exit_threshold, -1.0f);
+  EXPECT_FALSE(out->probe);
+  in.split = 2;
+  in.exit_threshold = 0.93f;
+  in.probe = true;
+  out = DecodeClassifyReply(EncodeClassifyReply(in));
+  ASSERT_TRUE(out.ok()) << out.status().ToString();
+  EXPECT_EQ(out->split, 2);
+  EXPECT_FLOAT_EQ(out->exit_threshold, 0.93f);
+  EXPECT_TRUE(out->probe);
+}
+
 TEST(EdgeApiTest, RejectsOtherProtocolVersion) {
   ClassifyRequest in = GrayRequest();
   in.protocol_version = kEnvelopeProtocolVersion + 1;  // 2 is the v2 envelope's

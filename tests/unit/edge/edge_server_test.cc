@@ -460,6 +460,66 @@ TEST_F(EdgeServerTest, BadOffloadSettingsAreRefused) {
   }
 }
 
+// Every reply names the option that served it: the split point the head ran to and the
+// threshold its exits were held to (the application's, when it gave one).
+TEST_F(EdgeServerTest, RepliesNameTheOptionThatServedThem) {
+  Start(true, 2000);
+  Send(Request(5, 1.0f));
+  Envelope offloaded = CloudReceive();
+  auto request = wire::DecodeInferRequest(offloaded.body);
+  ASSERT_TRUE(request.ok()) << request.status().ToString();
+  wire::InferReply answer;
+  answer.request_id = request->request_id;
+  answer.scores = {0, 0, 0, 9, 0, 0, 0, 0, 0, 0};
+  answer.num_classes = 10;
+  answer.batch_size = 1;
+  ASSERT_TRUE(cloud_->Send(offloaded.peer, wire::EncodeInferReply(answer)).ok());
+  edge_api::ClassifyReply reply = Receive();
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kCloud);
+  EXPECT_EQ(reply.split, 0);
+  EXPECT_FLOAT_EQ(reply.exit_threshold, 1.0f);
+  EXPECT_FALSE(reply.probe);
+  Send(Request(6, 0.0f));  // every exit is confident enough
+  reply = Receive();
+  EXPECT_EQ(reply.source, edge_api::AnswerSource::kEdgeExit);
+  EXPECT_EQ(reply.split, 0);
+  EXPECT_FLOAT_EQ(reply.exit_threshold, 0.0f);
+}
+
+// edge.static_option pins the static policy to one option of the menu: one that is on it
+// serves, one that is not (or another policy) is refused at start.
+TEST_F(EdgeServerTest, AStaticOptionMustBeOnTheMenuAndIsForTheStaticPolicy) {
+  auto bundle = Bundle::Open(dir_);
+  ASSERT_TRUE(bundle.ok());
+  const struct {
+    const char* option;
+    OffloadPolicyKind kind;
+    StatusCode code;
+  } cases[] = {{"0:0.5", OffloadPolicyKind::kStatic, StatusCode::kOk},
+               {"0:0.50", OffloadPolicyKind::kStatic, StatusCode::kOk},
+               {"0:0.7", OffloadPolicyKind::kStatic, StatusCode::kNotFound},
+               {"local", OffloadPolicyKind::kStatic, StatusCode::kNotFound},
+               {"zero", OffloadPolicyKind::kStatic, StatusCode::kNotFound},
+               {"0:0.5", OffloadPolicyKind::kBytes, StatusCode::kInvalidArgument}};
+  for (const auto& c : cases) {
+    auto model = split::EdgeModel::Load(*bundle, split::EdgeModel::Options());
+    ASSERT_TRUE(model.ok());
+    EdgeServerOptions o;
+    o.listen = "tcp://127.0.0.1:0";
+    o.cloud = "";
+    o.policy = c.kind;
+    o.max_bytes_per_s = 1000;
+    o.static_option = c.option;
+    auto server =
+        EdgeServer::Create(context_, o, std::make_unique<EdgeEngine>(std::move(model).value()));
+    EXPECT_EQ(server.status().code(), c.code) << c.option << ": " << server.status().ToString();
+    if (c.code == StatusCode::kNotFound) {
+      EXPECT_NE(server.status().message().find("0:0.5"), std::string::npos)
+          << "the error lists the menu: " << server.status().ToString();
+    }
+  }
+}
+
 // A cloud that stops answering: once a timeout says the cloud's leg takes the whole deadline,
 // the next hard input is answered at the edge at once (degraded, saying why) instead of
 // waiting out its deadline; the estimator has counted the exchange.

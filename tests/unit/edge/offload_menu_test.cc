@@ -100,6 +100,32 @@ TEST_F(OffloadMenuTest, CrossesEverySplitPointsSweepWithItsProfileAndBytes) {
   EXPECT_NE(DescribeMenu(menu).find("* split 0"), std::string::npos) << DescribeMenu(menu);
 }
 
+TEST_F(OffloadMenuTest, OptionsAreNamedAndFoundBySpec) {
+  std::unique_ptr<split::EdgeModel> model = Load(/*described=*/true);
+  const OffloadMenu menu = BuildOffloadMenu(*model, /*int8=*/true);
+  ASSERT_EQ(menu.options.size(), 5u) << DescribeMenu(menu);
+  EXPECT_EQ(OffloadOptionSpec(menu.options[0]), "0:0.6");
+  EXPECT_EQ(OffloadOptionSpec(menu.options[1]), "local");
+  EXPECT_EQ(OffloadOptionSpec(menu.options[3]), "0:off");
+  EXPECT_EQ(OffloadOptionSpec(menu.options[4]), "1:0.8");
+  for (size_t i = 0; i < menu.options.size(); ++i) {
+    auto found = FindOffloadOption(menu, OffloadOptionSpec(menu.options[i]));
+    ASSERT_TRUE(found.ok()) << found.status().ToString();
+    EXPECT_EQ(*found, static_cast<int>(i));
+  }
+  auto spelled = FindOffloadOption(menu, "1:0.80");
+  ASSERT_TRUE(spelled.ok());
+  EXPECT_EQ(*spelled, 4);
+  for (const char* bad : {"1:0.9", "2:off", "-1:0.5", "0:1.5", "0:", ":0.6", "0.6", "", "0:x"}) {
+    auto missing = FindOffloadOption(menu, bad);
+    ASSERT_FALSE(missing.ok()) << bad;
+    EXPECT_EQ(missing.status().code(), StatusCode::kNotFound) << bad;
+    EXPECT_NE(missing.status().message().find("0:0.6, local, 0:0.9, 0:off, 1:0.8"),
+              std::string::npos)
+        << missing.status().ToString();
+  }
+}
+
 TEST_F(OffloadMenuTest, ABundleWithoutAProfileGivesItsCalibratedOptionAlone) {
   std::unique_ptr<split::EdgeModel> model = Load(/*described=*/false);
   const OffloadMenu menu = BuildOffloadMenu(*model, true);

@@ -371,7 +371,9 @@ TEST(OffloadPolicyTest, NeverOffloadsWhatCannotComeBackByTheDeadline) {
 
 TEST(OffloadPolicyTest, ProbesOncePerIntervalWhileTheCloudIsSilent) {
   FakeClock clock(1'000'000);
-  auto policy = MakePolicy(PolicyTestOptions(OffloadPolicyKind::kSlo), clock);
+  OffloadPolicyOptions options = PolicyTestOptions(OffloadPolicyKind::kSlo);
+  options.recovery_probe_interval_us = options.probe_interval_us;  // see the next test
+  auto policy = MakePolicy(options, clock);
   LinkSnapshot link = SteadyLink(clock, 400, Mbit(10));
   policy->Update(link);
   ASSERT_EQ(policy->State().option, 0);
@@ -394,14 +396,14 @@ TEST(OffloadPolicyTest, ProbesOncePerIntervalWhileTheCloudIsSilent) {
       continue;
     }
     ++probes;
-    // The cheapest offloading option; its leg (400 ms RTT) does not fit 250 ms, so the request
-    // is answered locally and the features go out as a probe only.
+    // The cheapest offloading option; the current option is local, so the request is answered
+    // locally as it would be, and the features go out as a probe only.
     EXPECT_EQ(plan.option, 2);
     EXPECT_EQ(plan.split, 3);
     EXPECT_FALSE(d.offload);
     EXPECT_TRUE(d.send_probe);
     EXPECT_EQ(d.split, 3);
-    EXPECT_EQ(d.reason, DecisionReason::kDeadline);
+    EXPECT_EQ(d.reason, DecisionReason::kLocalOption);
   }
   EXPECT_EQ(probes, 10);  // the first after 1 s of silence, then one a second
   EXPECT_EQ(policy->State().probes, 10u);
@@ -413,6 +415,62 @@ TEST(OffloadPolicyTest, ProbesOncePerIntervalWhileTheCloudIsSilent) {
     clock.Advance(10'000);
     EXPECT_FALSE(policy->Plan().probe);
   }
+}
+
+// Held local by a slow link while more accurate options offload, the policy probes every
+// recovery_probe_interval_us, so the six samples that confirm a recovered link come within
+// about a second; when the local option is the most accurate anyway, once a second.
+TEST(OffloadPolicyTest, ProbesOftenWhileHeldLocalByTheLink) {
+  for (const bool local_is_best : {false, true}) {
+    FakeClock clock(1'000'000);
+    OffloadPolicyOptions options = PolicyTestOptions(OffloadPolicyKind::kSlo);
+    if (local_is_best) options.menu[0].accuracy = 0.95;
+    auto policy = MakePolicy(options, clock);
+    LinkSnapshot link = SteadyLink(clock, 400, Mbit(10));
+    policy->Update(link);
+    ASSERT_EQ(policy->State().option, 0) << local_is_best;
+    const int64_t heard_us = clock.NowMicros();
+    int probes = 0;
+    for (int i = 0; i < 300; ++i) {  // 3 s of requests every 10 ms, nothing heard
+      clock.Advance(10'000);
+      link.at_us = clock.NowMicros();
+      link.last_sample_age_us = clock.NowMicros() - heard_us;
+      policy->Update(link);
+      probes += policy->Plan().probe;
+    }
+    EXPECT_EQ(probes, local_is_best ? 3 : 30) << local_is_best;
+  }
+}
+
+// A probe while the policy is local for want of a link never makes its request wait on the
+// link, even when the deadline would allow the leg: the answer is local, the features go only
+// for the estimates. A probe on an offloading current option is an ordinary request.
+TEST(OffloadPolicyTest, AProbeFromTheLocalOptionIsAnsweredLocally) {
+  FakeClock clock(1'000'000);
+  auto policy = MakePolicy(PolicyTestOptions(OffloadPolicyKind::kSlo), clock);
+  LinkSnapshot link = SteadyLink(clock, 150, Mbit(10));  // over the 100 ms objective
+  link.last_sample_age_us = 5'000'000;                   // and silent: a probe is due
+  policy->Update(link);
+  ASSERT_EQ(policy->State().option, 0);
+  const OffloadPlan plan = policy->Plan();
+  ASSERT_TRUE(plan.probe);
+  const OffloadDecision d = policy->Decide(plan, 0.1, /*remaining_ms=*/10'000);
+  EXPECT_FALSE(d.offload);
+  EXPECT_TRUE(d.send_probe);
+  EXPECT_EQ(d.reason, DecisionReason::kLocalOption);
+  EXPECT_EQ(d.split, plan.split);
+  // A fast link, silent for a while: the probe rides the current (offloading) option.
+  LinkSnapshot fast = SteadyLink(clock, 5, Mbit(10));
+  fast.last_sample_age_us = 5'000'000;
+  clock.Advance(2'000'000);
+  fast.at_us = clock.NowMicros();
+  policy->Update(fast);
+  ASSERT_TRUE(policy->options().menu[static_cast<size_t>(policy->State().option)].offloads());
+  const OffloadPlan on_current = policy->Plan();
+  ASSERT_TRUE(on_current.probe);
+  const OffloadDecision sent = policy->Decide(on_current, 0.1, 10'000);
+  EXPECT_TRUE(sent.offload);
+  EXPECT_FALSE(sent.send_probe);
 }
 
 TEST(OffloadPolicyTest, InvalidConfigurationsAreRejected) {
@@ -452,6 +510,9 @@ TEST(OffloadPolicyTest, InvalidConfigurationsAreRejected) {
   o = PolicyTestOptions(OffloadPolicyKind::kSlo);
   o.probe_interval_us = 0;
   expect_invalid(o, "probe_interval_us");
+  o = PolicyTestOptions(OffloadPolicyKind::kSlo);
+  o.recovery_probe_interval_us = -5;
+  expect_invalid(o, "recovery_probe_interval_us");
   o = PolicyTestOptions(OffloadPolicyKind::kSlo);
   o.rate_window_us = 10;
   expect_invalid(o, "rate_window_us");
@@ -631,10 +692,10 @@ TEST(OffloadPolicyTest, EndToEndLinkSlowsDownAndRecovers) {
   EXPECT_LT(went_local - slow_start, 1'000'000);
   EXPECT_EQ(last_option, 0);
   EXPECT_LE(slow_totals.late, 25);
-  // While local, the policy probes about once a second (the probe's timeout is news, so the next
-  // one waits for another probe_interval_us of silence).
-  EXPECT_GE(slow_totals.probes_sent, 4);
-  EXPECT_LE(slow_totals.probes_sent, 10);
+  // While local for want of a link, the policy probes after every recovery_probe_interval_us
+  // (100 ms) of silence (a probe's timeout is news, so the next one waits for another 100 ms).
+  EXPECT_GE(slow_totals.probes_sent, 20);
+  EXPECT_LE(slow_totals.probes_sent, 100);
 
   // The link recovers: the probes' fast replies confirm a level shift after shift_samples of
   // them, and the policy offloads again; the shallow split once the failures of the slow phase
@@ -646,7 +707,8 @@ TEST(OffloadPolicyTest, EndToEndLinkSlowsDownAndRecovers) {
     last_option = option;
   });
   ASSERT_GE(offloading_again, 0);
-  EXPECT_LT(offloading_again - fast_again, 10'000'000);
+  // Six probes' replies confirm the recovery: well within two seconds.
+  EXPECT_LT(offloading_again - fast_again, 2'000'000);
   EXPECT_EQ(last_option, 1) << sim.policy->State().why;
   EXPECT_EQ(recovered.late, 0);
 }

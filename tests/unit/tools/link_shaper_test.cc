@@ -153,3 +153,25 @@ TEST_F(LinkShaperTest, RepliesReachTheEdgeThatAsked) {
 
 }  // namespace
 }  // namespace cleave::tools
+
+namespace cleave::tools {
+namespace {
+
+// `bench adaptive` starts the edge behind the relay, warms it up, then restarts the trace so
+// every configuration meets its first step at the same moment of its counted requests.
+TEST(LinkShaperTraceClockTest, RestartTraceStartsTheTraceAgainNow) {
+  TransportContext context;
+  FakeClock clock(1'000'000);
+  auto shaper = LinkShaper::Start(context, "tcp://127.0.0.1:1", *LinkTrace::Parse("0:1mbit:5ms"),
+                                  clock);
+  ASSERT_TRUE(shaper.ok()) << shaper.status().ToString();
+  clock.Advance(5'000'000);
+  EXPECT_DOUBLE_EQ((*shaper)->Elapsed(), 5.0);
+  (*shaper)->RestartTrace();
+  EXPECT_DOUBLE_EQ((*shaper)->Elapsed(), 0.0);
+  clock.Advance(250'000);
+  EXPECT_DOUBLE_EQ((*shaper)->Elapsed(), 0.25);
+}
+
+}  // namespace
+}  // namespace cleave::tools
