@@ -181,7 +181,8 @@ TEST(CalibrateTest, AConfidenceBoundStopsWhereTheBoundPassesTheTarget) {
   ASSERT_TRUE(b.ok()) << b.status().ToString();
   EXPECT_DOUBLE_EQ(b->exit_fraction, 0.699);  // ranks 0..698: six wrong answers
   EXPECT_DOUBLE_EQ(b->accuracy, 0.994);
-  const double mean = 0.006, bound = mean + 1.2815515655446004 * std::sqrt((mean - mean * mean) / 1000);
+  const double mean = 0.006,
+               bound = mean + 1.2815515655446004 * std::sqrt((mean - mean * mean) / 1000);
   EXPECT_NEAR(b->drop_upper_bound, 100 * bound, 1e-6);
   EXPECT_LE(b->drop_upper_bound, 1.0);
   EXPECT_EQ(b->target.ToString(), "drop:1@0.9");

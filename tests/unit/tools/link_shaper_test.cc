@@ -162,8 +162,8 @@ namespace {
 TEST(LinkShaperTraceClockTest, RestartTraceStartsTheTraceAgainNow) {
   TransportContext context;
   FakeClock clock(1'000'000);
-  auto shaper = LinkShaper::Start(context, "tcp://127.0.0.1:1", *LinkTrace::Parse("0:1mbit:5ms"),
-                                  clock);
+  auto shaper =
+      LinkShaper::Start(context, "tcp://127.0.0.1:1", *LinkTrace::Parse("0:1mbit:5ms"), clock);
   ASSERT_TRUE(shaper.ok()) << shaper.status().ToString();
   clock.Advance(5'000'000);
   EXPECT_DOUBLE_EQ((*shaper)->Elapsed(), 5.0);
